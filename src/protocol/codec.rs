@@ -1,0 +1,212 @@
+//! The wire encoding: length-prefixed bincode frames with a hard size limit.
+//!
+//! A frame is a 4-byte big-endian body length followed by the body, one
+//! [`Message`] encoded with bincode 2 (serde mode, standard configuration).
+//! This module is the only place that knows the encoding.
+//!
+//! Invariants: no frame body longer than [`MAX_FRAME_BODY`] is produced or
+//! accepted, and a body must decode to exactly one message with no bytes left
+//! over. A violation is a [`CodecError`]; the caller ends the channel with it.
+
+use super::message::{Message, MAX_BLOCK_SIZE};
+
+/// Length of the frame header (the body length, u32 big-endian).
+pub const HEADER_LEN: usize = 4;
+
+/// The largest frame body: one maximum-size block plus room for its header fields.
+pub const MAX_FRAME_BODY: usize = MAX_BLOCK_SIZE as usize + 4096;
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_FRAME_BODY>()
+}
+
+/// Why a frame could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CodecError {
+    #[error("frame of {len} bytes exceeds the {max}-byte limit")]
+    TooLarge { len: usize, max: usize },
+    #[error("frame body does not decode: {0}")]
+    Decode(String),
+    #[error("frame body has {0} trailing bytes after the message")]
+    Trailing(usize),
+    #[error("message does not encode: {0}")]
+    Encode(String),
+}
+
+/// Appends one frame holding `msg` to `out`.
+pub fn encode_into(msg: &Message, out: &mut Vec<u8>) -> Result<(), CodecError> {
+    let start = out.len();
+    out.extend_from_slice(&[0; HEADER_LEN]);
+    if let Err(e) = bincode::serde::encode_into_std_write(msg, out, config()) {
+        out.truncate(start);
+        return Err(CodecError::Encode(e.to_string()));
+    }
+    let len = out.len() - start - HEADER_LEN;
+    if len > MAX_FRAME_BODY {
+        out.truncate(start);
+        return Err(CodecError::TooLarge { len, max: MAX_FRAME_BODY });
+    }
+    let len = u32::try_from(len).expect("len <= MAX_FRAME_BODY, which fits in u32");
+    out[start..start + HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+    Ok(())
+}
+
+/// One frame holding `msg`.
+pub fn encode(msg: &Message) -> Result<Vec<u8>, CodecError> {
+    let mut out = Vec::new();
+    encode_into(msg, &mut out)?;
+    Ok(out)
+}
+
+/// Reads a frame header and checks the announced body length against the limit.
+pub fn body_len(header: [u8; HEADER_LEN]) -> Result<usize, CodecError> {
+    let len = u32::from_be_bytes(header) as usize;
+    if len > MAX_FRAME_BODY {
+        return Err(CodecError::TooLarge { len, max: MAX_FRAME_BODY });
+    }
+    Ok(len)
+}
+
+/// Decodes a frame body (without its header).
+pub fn decode_body(body: &[u8]) -> Result<Message, CodecError> {
+    if body.len() > MAX_FRAME_BODY {
+        return Err(CodecError::TooLarge { len: body.len(), max: MAX_FRAME_BODY });
+    }
+    let (msg, used) = bincode::serde::decode_from_slice::<Message, _>(body, config())
+        .map_err(|e| CodecError::Decode(e.to_string()))?;
+    if used != body.len() {
+        return Err(CodecError::Trailing(body.len() - used));
+    }
+    Ok(msg)
+}
+
+/// Decodes the first complete frame in `buf`, if there is one.
+///
+/// Returns the message and the number of bytes it used, `Ok(None)` when more
+/// bytes are needed, and an error as soon as the header announces too much.
+pub fn decode_frame(buf: &[u8]) -> Result<Option<(Message, usize)>, CodecError> {
+    let Some(header) = buf.get(..HEADER_LEN) else {
+        return Ok(None);
+    };
+    let header: [u8; HEADER_LEN] = header.try_into().expect("slice of HEADER_LEN bytes");
+    let len = body_len(header)?;
+    let Some(body) = buf.get(HEADER_LEN..HEADER_LEN + len) else {
+        return Ok(None);
+    };
+    Ok(Some((decode_body(body)?, HEADER_LEN + len)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::message::*;
+    use proptest::prelude::*;
+
+    fn arb_code() -> impl Strategy<Value = ErrorCode> {
+        prop_oneof![
+            Just(ErrorCode::UnknownRule),
+            Just(ErrorCode::BadFileName),
+            Just(ErrorCode::NoSpace),
+            Just(ErrorCode::Protocol),
+            Just(ErrorCode::Cancelled),
+        ]
+    }
+
+    fn arb_message() -> impl Strategy<Value = Message> {
+        let id = any::<u128>().prop_map(|n| RequestId::parse(&format!("{n:032x}")).expect("hex id"));
+        prop_oneof![
+            (any::<u16>(), id.clone()).prop_map(|(version, request_id)| Message::Startup(Startup { version, request_id })),
+            (".{0,40}", any::<u32>()).prop_map(|(host_id, max_block_size)| Message::Authent(Authent {
+                host_id,
+                capabilities: Capabilities { max_block_size, compression: vec![Compression::Lz4] },
+            })),
+            (id, ".{0,20}", ".{0,60}", any::<u64>(), any::<u32>(), any::<u64>(), proptest::option::of(".{0,10}"), any::<bool>())
+                .prop_map(|(request_id, rule, file_name, size, block_size, restart_offset, external_job_id, push)| {
+                    Message::Request(Request {
+                        request_id,
+                        rule,
+                        direction: if push { Direction::Push } else { Direction::Pull },
+                        file_name,
+                        size,
+                        block_size,
+                        restart_offset,
+                        options: TransferOptions::default(),
+                        external_job_id,
+                        transfer_info: String::new(),
+                    })
+                }),
+            (any::<u64>(), any::<u32>(), any::<u64>()).prop_map(|(size, block_size, restart_offset)| Message::Valid(Valid {
+                size,
+                block_size,
+                restart_offset,
+                compression: Compression::None,
+            })),
+            (arb_code(), ".{0,80}").prop_map(|(code, message)| Message::Refused(Refused { code, message })),
+            (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..5000), any::<bool>(), any::<[u8; 32]>())
+                .prop_map(|(offset, payload, compressed, h)| Message::Data(Data { offset, raw_len: payload.len() as u32, payload, compressed, hash: Digest(h) })),
+            (any::<u64>(), any::<[u8; 32]>()).prop_map(|(bytes, h)| Message::EndTransfer(EndTransfer { bytes, hash: Digest(h) })),
+            Just(Message::EndRequest(EndRequest {})),
+            (arb_code(), ".{0,80}").prop_map(|(code, message)| Message::Error(ErrorReport { code, message })),
+            ".{0,80}".prop_map(|reason| Message::Cancel(Cancel { reason })),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn every_message_round_trips(msg in arb_message()) {
+            let frame = encode(&msg).expect("encodes");
+            let (back, used) = decode_frame(&frame).expect("decodes").expect("complete");
+            prop_assert_eq!(used, frame.len());
+            prop_assert_eq!(back, msg);
+        }
+
+        #[test]
+        fn a_truncated_frame_asks_for_more(msg in arb_message(), cut in 0usize..1000) {
+            let frame = encode(&msg).expect("encodes");
+            let cut = cut.min(frame.len() - 1);
+            prop_assert!(decode_frame(&frame[..cut]).expect("no error on a prefix").is_none());
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
+            let _ = decode_frame(&bytes);
+            let _ = decode_body(&bytes);
+        }
+    }
+
+    #[test]
+    fn header_over_the_limit_is_refused_before_reading_the_body() {
+        let header = ((MAX_FRAME_BODY + 1) as u32).to_be_bytes();
+        assert!(matches!(body_len(header), Err(CodecError::TooLarge { .. })));
+        assert!(matches!(decode_frame(&header), Err(CodecError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn trailing_bytes_are_an_error() {
+        let mut frame = encode(&Message::EndRequest(EndRequest {})).expect("encodes");
+        frame.push(0);
+        let len = (frame.len() - HEADER_LEN) as u32;
+        frame[..HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+        assert!(matches!(decode_frame(&frame), Err(CodecError::Trailing(1))));
+    }
+
+    #[test]
+    fn unknown_variant_is_a_decode_error() {
+        let frame = [0, 0, 0, 1, 200];
+        assert!(matches!(decode_frame(&frame), Err(CodecError::Decode(_))));
+    }
+
+    #[test]
+    fn a_maximum_block_fits_in_a_frame() {
+        let msg = Message::Data(Data {
+            offset: u64::MAX,
+            raw_len: MAX_BLOCK_SIZE,
+            payload: vec![7; MAX_BLOCK_SIZE as usize],
+            compressed: false,
+            hash: Digest([1; 32]),
+        });
+        let frame = encode(&msg).expect("a full block encodes");
+        assert!(frame.len() - HEADER_LEN <= MAX_FRAME_BODY);
+    }
+}

@@ -1,0 +1,325 @@
+//! The messages two nodes exchange on a request's private channel.
+//!
+//! Every request runs on its own bidirectional QUIC stream and follows
+//! `Startup → Authent → Request → Valid|Refused → Data* → EndTransfer → EndRequest`
+//! (see `docs/PROTOCOL.md`). These types are plain data: no I/O, no clocks. The
+//! wire encoding lives in [`super::codec`] alone, so it can change in one place.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this build speaks. A peer with another version is refused.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Largest block size a node accepts (the frame limit is derived from it).
+pub const MAX_BLOCK_SIZE: u32 = 16 * 1024 * 1024;
+
+/// Smallest block size: tiny blocks turn a transfer into per-frame overhead.
+pub const MIN_BLOCK_SIZE: u32 = 4 * 1024;
+
+/// Default block size (1 MiB): large enough to amortise per-frame work, small
+/// enough that a lost connection costs little.
+pub const DEFAULT_BLOCK_SIZE: u32 = 1024 * 1024;
+
+/// A request's globally unique id: 32 lowercase hex characters (128 random bits).
+///
+/// The same id names the request on both nodes it involves.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RequestId(String);
+
+impl RequestId {
+    /// A fresh random id.
+    pub fn generate() -> Self {
+        RequestId(format!("{:032x}", rand::random::<u128>()))
+    }
+
+    /// Parses an id, accepting only the canonical 32-hex-character form.
+    pub fn parse(s: &str) -> Option<Self> {
+        let ok = s.len() == 32 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        ok.then(|| RequestId(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for RequestId {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        RequestId::parse(&s).ok_or_else(|| format!("malformed request id {s:?}"))
+    }
+}
+
+impl From<RequestId> for String {
+    fn from(id: RequestId) -> String {
+        id.0
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A BLAKE3 digest (32 bytes). Displays as the lowercase hex `b3sum` prints.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Digest(pub [u8; 32]);
+
+impl Digest {
+    pub fn of(bytes: &[u8]) -> Self {
+        Digest(*blake3::hash(bytes).as_bytes())
+    }
+
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl From<blake3::Hash> for Digest {
+    fn from(h: blake3::Hash) -> Self {
+        Digest(*h.as_bytes())
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Digest({})", self.to_hex())
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// Which way the file moves, seen from the requester.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// The requester sends the file to the requested node.
+    Push,
+    /// The requester receives the file from the requested node.
+    Pull,
+}
+
+/// Per-block compression, negotiated in the handshake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    None,
+    /// lz4 per block; a block that does not shrink travels uncompressed.
+    Lz4,
+}
+
+/// Why a request was refused or failed. Carried on the wire and stored with the request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The peer speaks another protocol version.
+    VersionMismatch,
+    /// The two sides cannot agree on block size or compression.
+    CapabilityMismatch,
+    /// The peer is not a configured partner.
+    UnknownPartner,
+    /// The peer's Authent id differs from its certificate's name.
+    AuthentMismatch,
+    /// The rule does not exist on this node.
+    UnknownRule,
+    /// The partner may not use this rule.
+    RuleNotAllowed,
+    /// The file name is not a plain name inside the rule's folder.
+    BadFileName,
+    /// The file to send does not exist or cannot be read.
+    FileNotFound,
+    /// The receiver lacks room for the file.
+    NoSpace,
+    /// A local read or write failed.
+    Io,
+    /// A block's BLAKE3 did not match its payload.
+    BlockHashMismatch,
+    /// The whole-file BLAKE3 differs between the two ends.
+    FileHashMismatch,
+    /// The byte count at the end differs from what was announced or received.
+    SizeMismatch,
+    /// The source file changed while it was being sent.
+    SourceChanged,
+    /// A message arrived that the state machine does not allow here.
+    Protocol,
+    /// A frame exceeded the size limit or did not decode.
+    BadFrame,
+    /// The connection to the partner was lost or could not be made.
+    Connection,
+    /// An operator or the peer cancelled the request.
+    Cancelled,
+    /// The node is shutting down.
+    Shutdown,
+    /// Anything else: a bug or an unexpected local condition.
+    Internal,
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// Opens a private channel: the requester sends it first, the requested node echoes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Startup {
+    pub version: u16,
+    pub request_id: RequestId,
+}
+
+/// What a node can do; both sides send theirs and use the intersection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    pub max_block_size: u32,
+    pub compression: Vec<Compression>,
+}
+
+impl Default for Capabilities {
+    fn default() -> Self {
+        Capabilities {
+            max_block_size: MAX_BLOCK_SIZE,
+            compression: vec![Compression::None, Compression::Lz4],
+        }
+    }
+}
+
+/// A node's identity claim, checked against the peer certificate's name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Authent {
+    pub host_id: String,
+    pub capabilities: Capabilities,
+}
+
+/// Options the requester asks for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct TransferOptions {
+    pub compression: Compression,
+}
+
+/// The transfer request itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub request_id: RequestId,
+    pub rule: String,
+    pub direction: Direction,
+    /// A plain file name (no folders): the file in the rule's send folder.
+    pub file_name: String,
+    /// The file's size when the requester sends it (push); 0 for a pull.
+    pub size: u64,
+    pub block_size: u32,
+    /// Where the requester would like to resume; the sides agree in [`Valid`].
+    pub restart_offset: u64,
+    pub options: TransferOptions,
+    pub external_job_id: Option<String>,
+    pub transfer_info: String,
+}
+
+/// The requested node accepts the request, with the agreed parameters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Valid {
+    /// The file size (for a pull, the requested node's file).
+    pub size: u64,
+    pub block_size: u32,
+    pub restart_offset: u64,
+    pub compression: Compression,
+}
+
+/// The requested node refuses the request; the channel ends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refused {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// One block of the file.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Data {
+    pub offset: u64,
+    /// Length of the raw block; equals `payload.len()` unless `compressed`.
+    pub raw_len: u32,
+    /// The block as sent: lz4-compressed when `compressed`, raw otherwise.
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+    pub compressed: bool,
+    /// BLAKE3 of the raw (uncompressed) block.
+    pub hash: Digest,
+}
+
+impl fmt::Debug for Data {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Data")
+            .field("offset", &self.offset)
+            .field("raw_len", &self.raw_len)
+            .field("len", &self.payload.len())
+            .field("compressed", &self.compressed)
+            .field("hash", &self.hash)
+            .finish()
+    }
+}
+
+/// The sender has sent every block; the receiver echoes it once its own count
+/// and whole-file BLAKE3 match.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndTransfer {
+    pub bytes: u64,
+    pub hash: Digest,
+}
+
+/// The sender closes the request; the receiver echoes it. Both then record `Done`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndRequest {}
+
+/// Either side reports a failure; the channel ends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReport {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// Either side cancels; the channel ends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cancel {
+    pub reason: String,
+}
+
+/// Everything that travels on a private channel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    Startup(Startup),
+    Authent(Authent),
+    Request(Request),
+    Valid(Valid),
+    Refused(Refused),
+    Data(Data),
+    EndTransfer(EndTransfer),
+    EndRequest(EndRequest),
+    Error(ErrorReport),
+    Cancel(Cancel),
+}
+
+impl Message {
+    /// A short name for logs and error messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Startup(_) => "Startup",
+            Message::Authent(_) => "Authent",
+            Message::Request(_) => "Request",
+            Message::Valid(_) => "Valid",
+            Message::Refused(_) => "Refused",
+            Message::Data(_) => "Data",
+            Message::EndTransfer(_) => "EndTransfer",
+            Message::EndRequest(_) => "EndRequest",
+            Message::Error(_) => "Error",
+            Message::Cancel(_) => "Cancel",
+        }
+    }
+}
