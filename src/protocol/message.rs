@@ -155,6 +155,8 @@ pub enum ErrorCode {
     BadFrame,
     /// The connection to the partner was lost or could not be made.
     Connection,
+    /// The TLS handshake with the partner failed (certificate not trusted, wrong name).
+    Handshake,
     /// An operator or the peer cancelled the request.
     Cancelled,
     /// The node is shutting down.

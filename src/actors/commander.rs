@@ -1,0 +1,145 @@
+//! Commander: takes queued (`ToSubmit`) requests from the store and starts a
+//! ClientRunner for each, within the node's concurrency limit.
+//!
+//! ClientRunners are spawned linked to the Commander, so their end arrives
+//! as a supervision event; that frees a slot and takes the next request. At
+//! node start-up (`recover`), requests this node was running or that were
+//! interrupted go back to `ToSubmit` so they resume by themselves, and
+//! requests a partner was running here are marked `Interrupted` (the partner
+//! drives them again).
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+
+use super::client_runner::{ClientRunner, ClientRunnerArgs, ClientRunnerMsg};
+use super::connections::ConnectionsMsg;
+use super::drive::Control;
+use crate::node::NodeContext;
+use crate::protocol::{ErrorCode, RequestId};
+use crate::store::{RequestError, Role, Status};
+
+pub enum CommanderMsg {
+    /// New requests may be queued.
+    Wake,
+    /// Forward a control command to the runner of a request, if it runs here.
+    Control(RequestId, Control),
+}
+
+pub struct CommanderArgs {
+    pub ctx: Arc<NodeContext>,
+    pub connections: ActorRef<ConnectionsMsg>,
+    /// Whether to recover requests left running by a previous process.
+    pub recover: bool,
+}
+
+pub struct Commander;
+
+pub struct CommanderState {
+    ctx: Arc<NodeContext>,
+    connections: ActorRef<ConnectionsMsg>,
+    running: HashMap<ActorId, (RequestId, ActorRef<ClientRunnerMsg>)>,
+}
+
+impl CommanderState {
+    fn set_gauge(&self) {
+        self.ctx.running_requests.store(self.running.len(), Ordering::Relaxed);
+    }
+
+    async fn fill(&mut self, myself: &ActorRef<CommanderMsg>) -> Result<(), ActorProcessingErr> {
+        if *self.ctx.shutdown.borrow() {
+            return Ok(());
+        }
+        let free = self.ctx.config.concurrency.saturating_sub(self.running.len());
+        if free == 0 {
+            return Ok(());
+        }
+        for rec in self.ctx.store.queued(free)? {
+            self.ctx.store.update(&rec.id, "taken by the Commander", |r| r.status = Status::Running)?;
+            let args = ClientRunnerArgs { ctx: self.ctx.clone(), connections: self.connections.clone(), id: rec.id.clone() };
+            match Actor::spawn_linked(None, ClientRunner, args, myself.get_cell()).await {
+                Ok((runner, _)) => {
+                    self.running.insert(runner.get_id(), (rec.id, runner));
+                }
+                Err(e) => {
+                    tracing::error!(request_id = %rec.id, error = %e, "cannot start a ClientRunner");
+                    self.ctx.store.update(&rec.id, "", |r| {
+                        r.status = Status::Interrupted;
+                        r.error = Some(RequestError { code: ErrorCode::Internal, message: format!("cannot start runner: {e}") });
+                    })?;
+                }
+            }
+        }
+        self.set_gauge();
+        Ok(())
+    }
+}
+
+impl Actor for Commander {
+    type Msg = CommanderMsg;
+    type State = CommanderState;
+    type Arguments = CommanderArgs;
+
+    async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: CommanderArgs) -> Result<Self::State, ActorProcessingErr> {
+        let store = &args.ctx.store;
+        if args.recover {
+            for status in [Status::Running, Status::Interrupted] {
+                for rec in store.list(Some(status))? {
+                    match rec.role {
+                        Role::Requester => {
+                            store.update(&rec.id, "resumed at node start-up", |r| r.status = Status::ToSubmit)?;
+                        }
+                        Role::Requested if status == Status::Running => {
+                            store.update(&rec.id, "node restarted; the partner drives the request again", |r| {
+                                r.status = Status::Interrupted
+                            })?;
+                        }
+                        Role::Requested => {}
+                    }
+                }
+            }
+            store.rebuild_queue()?;
+        }
+        myself.cast(CommanderMsg::Wake)?;
+        Ok(CommanderState { ctx: args.ctx, connections: args.connections, running: HashMap::new() })
+    }
+
+    async fn handle(&self, myself: ActorRef<Self::Msg>, msg: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        match msg {
+            CommanderMsg::Wake => state.fill(&myself).await?,
+            CommanderMsg::Control(id, control) => {
+                if let Some((_, runner)) = state.running.values().find(|(rid, _)| *rid == id) {
+                    let _ = runner.cast(ClientRunnerMsg::Control(control));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        evt: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match evt {
+            SupervisionEvent::ActorTerminated(cell, _, _) => {
+                state.running.remove(&cell.get_id());
+            }
+            SupervisionEvent::ActorFailed(cell, err) => {
+                if let Some((id, _)) = state.running.remove(&cell.get_id()) {
+                    tracing::error!(request_id = %id, error = %err, "ClientRunner failed");
+                    state.ctx.store.update(&id, "runner failed", |r| {
+                        r.status = Status::Interrupted;
+                        r.error = Some(RequestError { code: ErrorCode::Internal, message: format!("runner failed: {err}") });
+                    })?;
+                }
+            }
+            _ => return Ok(()),
+        }
+        state.set_gauge();
+        state.fill(&myself).await
+    }
+}

@@ -1,0 +1,476 @@
+//! The loop that runs one request's session on its private channel, shared
+//! by the ClientRunner and the ServerRunner.
+//!
+//! It feeds the [`Session`] what arrives (frames from the peer, frames from
+//! the RetrieveRunner, operator control) and carries out what the session
+//! returns: sending, judging an incoming request, starting the block pump or
+//! the block writer, verifying and delivering, and recording every
+//! transition in the store.
+//!
+//! Crash guarantees made here: the final state of a request (`Done`,
+//! `InError`, `Interrupted`, `Cancelled`) is flushed to disk before the
+//! runner ends; the receiver delivers (fsynced rename) before it echoes
+//! `EndTransfer`, so a sender that saw the echo knows the file is durable.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::connections::CLOSE_UNKNOWN_PARTNER;
+use crate::node::NodeContext;
+use crate::protocol::names::check_file_name;
+use crate::protocol::{Direction, ErrorCode, Failure, Message, Output, Plan, Request, RequestId, Role as SessionRole, Session};
+use crate::store::{now_ms, RequestRecord, Role, Status, Step};
+use crate::transfer::receive::{self, BlockWriter};
+use crate::transfer::retrieve::{self, PumpEvent, SourceSnapshot};
+use crate::transport::{ChannelError, FrameReader, FrameWriter};
+
+/// How often progress is written to the store during a transfer.
+const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+
+/// How long to look for the peer's own error after our write failed.
+const LAST_WORDS: Duration = Duration::from_secs(2);
+
+/// Operator and node commands to a running request.
+#[derive(Debug)]
+pub enum Control {
+    Cancel(String),
+    Shutdown,
+}
+
+/// Local files of the request, known once the request is.
+#[derive(Debug, Default)]
+pub struct Files {
+    /// Sender: the source file and its state when the transfer began.
+    pub source: Option<(PathBuf, SourceSnapshot)>,
+    /// Receiver: the rule's receive folder.
+    pub recv_dir: Option<PathBuf>,
+}
+
+/// Everything one run of a request needs.
+pub struct Drive {
+    pub ctx: Arc<NodeContext>,
+    pub partner: String,
+    pub session: Session,
+    pub reader: FrameReader,
+    pub writer: FrameWriter,
+    pub conn: Option<quinn::Connection>,
+    pub files: Files,
+}
+
+/// Audit events go to one dedicated target, separate from diagnostics.
+pub const AUDIT: &str = "ferry::audit";
+
+impl Drive {
+    /// Runs the session to its end; returns the final status this node recorded.
+    pub async fn run(self, first: Vec<Output>, control: mpsc::Receiver<Control>) -> Option<Status> {
+        let ctx = self.ctx.clone();
+        ctx.open_channels.fetch_add(1, Ordering::Relaxed);
+        let status = self.run_inner(first, control).await;
+        ctx.open_channels.fetch_sub(1, Ordering::Relaxed);
+        status
+    }
+
+    async fn run_inner(mut self, first: Vec<Output>, mut control: mpsc::Receiver<Control>) -> Option<Status> {
+        let mut pending: std::collections::VecDeque<Output> = first.into();
+        let mut pump: Option<mpsc::Receiver<PumpEvent>> = None;
+        let pump_stop = Arc::new(AtomicBool::new(false));
+        let mut writer: Option<BlockWriter> = None;
+        let mut last_progress = Instant::now();
+        let mut recorded = false; // whether this node holds a record of the request
+        let mut final_status = None;
+        let mut shutdown = self.ctx.shutdown.clone();
+        if self.session.role() == SessionRole::Requester {
+            recorded = true;
+        }
+        loop {
+            while let Some(out) = pending.pop_front() {
+                match out {
+                    Output::Send(m) => {
+                        if let Err(e) = self.writer.send(&m).await {
+                            let more = self.after_write_failure(e).await;
+                            pending.extend(more);
+                        }
+                    }
+                    Output::Judge(req) => {
+                        tracing::Span::current().record("request_id", tracing::field::display(&req.request_id));
+                        let more = match self.judge(&req) {
+                            Ok((size, restart)) => {
+                                recorded = true;
+                                self.session.accept(size, restart)
+                            }
+                            Err((code, message)) => {
+                                tracing::warn!(code = %code, %message, "refused request");
+                                self.session.refuse(code, message)
+                            }
+                        };
+                        pending.extend(more);
+                    }
+                    Output::StartSending(plan) => {
+                        self.started(&plan, "sending");
+                        match self.files.source.clone() {
+                            Some((path, snap)) => pump = Some(retrieve::start(path, plan, snap, pump_stop.clone())),
+                            None => pending.extend(self.session.fail(ErrorCode::Internal, "no source file".into())),
+                        }
+                    }
+                    Output::StartReceiving(plan) => {
+                        self.started(&plan, "receiving");
+                        match self.prepare_receive(&plan) {
+                            Ok(work) => writer = Some(BlockWriter::start(work, plan)),
+                            Err((code, msg)) => pending.extend(self.session.fail(code, msg)),
+                        }
+                    }
+                    Output::Write(block) => {
+                        let end = block.offset + u64::from(block.raw_len);
+                        let ok = match writer.as_mut() {
+                            Some(w) => w.write(block).await,
+                            None => false,
+                        };
+                        if ok {
+                            self.progress(end, &mut last_progress);
+                        } else {
+                            let (code, msg) = match writer.take() {
+                                Some(w) => w.finish().await.err().unwrap_or((ErrorCode::Internal, "writer stopped".into())),
+                                None => (ErrorCode::Internal, "no work file open".into()),
+                            };
+                            pending.extend(self.session.fail(code, msg));
+                        }
+                    }
+                    Output::Verify(theirs) => {
+                        let result = match writer.take() {
+                            Some(w) => w.finish().await,
+                            None => Err((ErrorCode::Internal, "no work file open".into())),
+                        };
+                        let result = result.and_then(|mine| {
+                            if mine != theirs {
+                                return Err((
+                                    ErrorCode::FileHashMismatch,
+                                    format!(
+                                        "received {} bytes with BLAKE3 {}; sender sent {} bytes with BLAKE3 {}",
+                                        mine.bytes, mine.hash, theirs.bytes, theirs.hash
+                                    ),
+                                ));
+                            }
+                            tracing::info!(target: AUDIT, event = "verified", request_id = %self.session.request_id(), partner = %self.partner, bytes = mine.bytes, blake3 = %mine.hash);
+                            self.deliver()?;
+                            self.record("", |r| {
+                                r.hash = Some(mine.hash);
+                                r.transferred = mine.bytes;
+                                r.step = Step::PostTask;
+                            });
+                            Ok(mine)
+                        });
+                        pending.extend(self.session.verified(result));
+                    }
+                    Output::Done => {
+                        let hash = self.session.plan().map(|p| p.size);
+                        self.record("request complete on both sides", |r| {
+                            r.status = Status::Done;
+                            r.step = Step::AllDone;
+                            r.transferred = hash.unwrap_or(r.transferred);
+                            r.finished_at = Some(now_ms());
+                            r.error = None;
+                        });
+                        if let Ok(Some(rec)) = self.ctx.store.get(self.session.request_id()) {
+                            if rec.is_sender() {
+                                // The sender's record also gets the hash the receiver confirmed.
+                                tracing::info!(target: AUDIT, event = "done", request_id = %rec.id, partner = %self.partner, bytes = rec.size);
+                            }
+                        }
+                        final_status = Some(Status::Done);
+                    }
+                    Output::Failed(f) => {
+                        pump_stop.store(true, Ordering::Relaxed);
+                        final_status = recorded.then(|| self.failed(&f));
+                        if !recorded {
+                            tracing::warn!(code = %f.code, message = %f.message, "request ended before it was recorded");
+                        }
+                        if let Some(w) = writer.take() {
+                            let _ = w.finish().await;
+                        }
+                        self.cleanup_after_failure(&f);
+                    }
+                }
+            }
+            if self.session.is_finished() {
+                break;
+            }
+            tokio::select! {
+                msg = self.reader.next() => {
+                    let more = match msg {
+                        Ok(Some(m)) => self.session.handle(m),
+                        Ok(None) => self.session.channel_lost(self.lost_code(), "partner closed the channel".into()),
+                        Err(ChannelError::Lost(why)) => self.session.channel_lost(self.lost_code(), why),
+                        Err(e) => {
+                            self.reader.stop();
+                            self.session.fail(ErrorCode::BadFrame, e.to_string())
+                        }
+                    };
+                    pending.extend(more);
+                }
+                ev = async { pump.as_mut().expect("guarded by is_some").recv().await }, if pump.is_some() => {
+                    match ev {
+                        Some(PumpEvent::Frame { frame, end }) => {
+                            match self.writer.send_frame(frame).await {
+                                Ok(()) => self.progress(end, &mut last_progress),
+                                Err(e) => {
+                                    pump = None;
+                                    pending.extend(self.after_write_failure(e).await);
+                                }
+                            }
+                        }
+                        Some(PumpEvent::Finished(end)) => {
+                            pump = None;
+                            pending.extend(self.session.sending_finished(end));
+                        }
+                        Some(PumpEvent::Failed { code, message }) => {
+                            pump = None;
+                            pending.extend(self.session.fail(code, message));
+                        }
+                        None => {
+                            pump = None;
+                            pending.extend(self.session.fail(ErrorCode::Internal, "block pump ended without a result".into()));
+                        }
+                    }
+                }
+                c = control.recv() => {
+                    let more = match c {
+                        Some(Control::Cancel(reason)) => self.session.cancel(reason),
+                        Some(Control::Shutdown) | None => self.session.fail(ErrorCode::Shutdown, format!("node {} is shutting down", self.ctx.config.node_id)),
+                    };
+                    pending.extend(more);
+                }
+                _ = async { let _ = shutdown.wait_for(|s| *s).await; } => {
+                    pending.extend(self.session.fail(ErrorCode::Shutdown, format!("node {} is shutting down", self.ctx.config.node_id)));
+                }
+            }
+        }
+        // Let the last message reach the peer before the stream is dropped.
+        self.writer.finish();
+        final_status
+    }
+
+    /// Why the channel was lost: a peer that closed the connection because it
+    /// does not know us says so in its close code.
+    fn lost_code(&self) -> ErrorCode {
+        match self.conn.as_ref().and_then(|c| c.close_reason()) {
+            Some(quinn::ConnectionError::ApplicationClosed(c)) if c.error_code == quinn::VarInt::from_u32(CLOSE_UNKNOWN_PARTNER) => {
+                ErrorCode::UnknownPartner
+            }
+            _ => ErrorCode::Connection,
+        }
+    }
+
+    /// Our write failed: the peer may have said why before it stopped reading.
+    async fn after_write_failure(&mut self, e: ChannelError) -> Vec<Output> {
+        if let Ok(Ok(Some(m @ (Message::Error(_) | Message::Cancel(_))))) =
+            tokio::time::timeout(LAST_WORDS, self.reader.next()).await
+        {
+            return self.session.handle(m);
+        }
+        let why = match (&e, self.conn.as_ref().and_then(|c| c.close_reason())) {
+            (_, Some(reason)) => crate::transport::channel::describe_connection(&reason),
+            (e, None) => e.to_string(),
+        };
+        self.session.channel_lost(self.lost_code(), why)
+    }
+
+    /// Requested side: decides on an incoming request and records it.
+    /// Returns the file size (when this node sends) and the restart offset.
+    fn judge(&mut self, req: &Request) -> Result<(u64, u64), (ErrorCode, String)> {
+        let cfg = &self.ctx.config;
+        let rule = cfg
+            .rule(&req.rule)
+            .ok_or_else(|| (ErrorCode::UnknownRule, format!("rule {:?} does not exist on node {}", req.rule, cfg.node_id)))?;
+        if !rule.allows(&self.partner) {
+            return Err((
+                ErrorCode::RuleNotAllowed,
+                format!("partner {} may not use rule {:?} on node {}", self.partner, req.rule, cfg.node_id),
+            ));
+        }
+        check_file_name(&req.file_name).map_err(|why| (ErrorCode::BadFileName, why))?;
+        let size = match req.direction {
+            Direction::Pull => {
+                let path = rule.send_dir.join(&req.file_name);
+                let snap = source_snapshot(&path, &req.rule, &cfg.node_id)?;
+                let size = snap.size;
+                self.files.source = Some((path, snap));
+                size
+            }
+            Direction::Push => {
+                check_space(&rule.recv_dir, req.size)?;
+                self.files.recv_dir = Some(rule.recv_dir.clone());
+                req.size
+            }
+        };
+        let rec = RequestRecord {
+            id: req.request_id.clone(),
+            role: Role::Requested,
+            partner: self.partner.clone(),
+            rule: req.rule.clone(),
+            direction: req.direction,
+            file_name: req.file_name.clone(),
+            block_size: req.block_size,
+            compression: req.options.compression,
+            size,
+            transferred: 0,
+            restart_offset: 0,
+            status: Status::Running,
+            step: Step::PreTask,
+            hash: None,
+            external_job_id: req.external_job_id.clone(),
+            transfer_info: req.transfer_info.clone(),
+            created_at: now_ms(),
+            updated_at: now_ms(),
+            started_at: Some(now_ms()),
+            finished_at: None,
+            error: None,
+            queue_seq: None,
+        };
+        let msg = format!("accepted {:?} of {:?} from {}", req.direction, req.file_name, self.partner);
+        match self.ctx.store.insert(rec, &msg) {
+            Ok(_) => {}
+            Err(crate::store::StoreError::Exists(_)) => {
+                // A request this node saw before runs again (a retry after an interruption).
+                self.record(&format!("{msg} (again)"), |r| {
+                    r.status = Status::Running;
+                    r.size = size;
+                    r.error = None;
+                });
+            }
+            Err(e) => return Err((ErrorCode::Internal, format!("cannot record the request: {e}"))),
+        }
+        Ok((size, 0))
+    }
+
+    fn prepare_receive(&mut self, plan: &Plan) -> Result<PathBuf, (ErrorCode, String)> {
+        if self.files.recv_dir.is_none() {
+            // Pull: this node is the requester and receives into its own rule's folder.
+            let rec = self.record_snapshot()?;
+            let rule = self.ctx.config.rule(&rec.rule).ok_or_else(|| {
+                (ErrorCode::UnknownRule, format!("rule {:?} does not exist on node {}", rec.rule, self.ctx.config.node_id))
+            })?;
+            check_space(&rule.recv_dir, plan.size)?;
+            self.files.recv_dir = Some(rule.recv_dir.clone());
+        }
+        let dir = self.files.recv_dir.as_ref().expect("set just above");
+        std::fs::create_dir_all(dir).map_err(|e| (ErrorCode::Io, format!("cannot create {}: {e}", dir.display())))?;
+        Ok(receive::work_path(dir, self.session.request_id()))
+    }
+
+    fn final_path(&self) -> Option<PathBuf> {
+        let name = &self.session.request()?.file_name;
+        Some(self.files.recv_dir.as_ref()?.join(name))
+    }
+
+    fn deliver(&self) -> Result<(), (ErrorCode, String)> {
+        let dir = self.files.recv_dir.as_ref().ok_or((ErrorCode::Internal, "no receive folder".to_string()))?;
+        let final_path = self.final_path().ok_or((ErrorCode::Internal, "no file name".to_string()))?;
+        receive::deliver(&receive::work_path(dir, self.session.request_id()), &final_path)?;
+        tracing::info!(target: AUDIT, event = "delivered", request_id = %self.session.request_id(), partner = %self.partner, path = %final_path.display());
+        Ok(())
+    }
+
+    fn cleanup_after_failure(&self, f: &Failure) {
+        // A lost connection or a shutdown leaves the work file for a resume;
+        // anything else (bad data, cancel, refusal) removes it.
+        if matches!(f.code, ErrorCode::Connection | ErrorCode::Shutdown) {
+            return;
+        }
+        if let Some(dir) = &self.files.recv_dir {
+            receive::discard(&receive::work_path(dir, self.session.request_id()));
+        }
+    }
+
+    fn record_snapshot(&self) -> Result<RequestRecord, (ErrorCode, String)> {
+        self.ctx
+            .store
+            .get(self.session.request_id())
+            .map_err(|e| (ErrorCode::Internal, e.to_string()))?
+            .ok_or_else(|| (ErrorCode::Internal, "request record vanished".to_string()))
+    }
+
+    fn started(&self, plan: &Plan, what: &str) {
+        tracing::info!(target: AUDIT, event = "started", request_id = %self.session.request_id(), partner = %self.partner, size = plan.size, from = plan.restart_offset, what);
+        self.record(&format!("{what} {} bytes from offset {}", plan.size, plan.restart_offset), |r| {
+            r.status = Status::Running;
+            r.step = Step::Transfer;
+            r.size = plan.size;
+            r.restart_offset = plan.restart_offset;
+            r.transferred = plan.restart_offset;
+            r.started_at.get_or_insert(now_ms());
+        });
+    }
+
+    fn progress(&self, end: u64, last: &mut Instant) {
+        if last.elapsed() >= PROGRESS_EVERY {
+            *last = Instant::now();
+            self.record("", |r| r.transferred = end);
+        }
+    }
+
+    fn failed(&self, f: &Failure) -> Status {
+        let status = match f.code {
+            ErrorCode::Cancelled => Status::Cancelled,
+            ErrorCode::Connection | ErrorCode::Shutdown => Status::Interrupted,
+            _ => Status::InError,
+        };
+        let origin = match f.origin {
+            crate::protocol::Origin::Local => "",
+            crate::protocol::Origin::Remote => " (reported by partner)",
+        };
+        let message = format!("{}: {}{origin}", f.code, f.message);
+        tracing::warn!(target: AUDIT, event = "failed", request_id = %self.session.request_id(), partner = %self.partner, code = %f.code, message = %f.message, status = ?status);
+        self.record(&message, |r| {
+            r.status = status;
+            r.error = Some(crate::store::RequestError { code: f.code, message: f.message.clone() });
+            if status != Status::Interrupted {
+                r.finished_at = Some(now_ms());
+            }
+        });
+        status
+    }
+
+    fn record(&self, message: &str, change: impl Fn(&mut RequestRecord)) {
+        if let Err(e) = self.ctx.store.update(self.session.request_id(), message, change) {
+            tracing::error!(request_id = %self.session.request_id(), error = %e, "cannot record request state");
+        }
+    }
+}
+
+/// The source of a transfer: a regular file in the rule's send folder.
+pub fn source_snapshot(path: &std::path::Path, rule: &str, node: &str) -> Result<SourceSnapshot, (ErrorCode, String)> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(SourceSnapshot::of(&m)),
+        Ok(_) => Err((ErrorCode::FileNotFound, format!("{} is not a regular file", path.display()))),
+        Err(e) => Err((
+            ErrorCode::FileNotFound,
+            format!("file {:?} not found in the send folder of rule {rule:?} on node {node}: {e}", path.file_name().unwrap_or_default()),
+        )),
+    }
+}
+
+/// Refuses a transfer the receive folder has no room for.
+pub fn check_space(dir: &std::path::Path, size: u64) -> Result<(), (ErrorCode, String)> {
+    std::fs::create_dir_all(dir).map_err(|e| (ErrorCode::Io, format!("cannot create {}: {e}", dir.display())))?;
+    let free = receive::available_space(dir).map_err(|e| (ErrorCode::Io, format!("cannot read free space of {}: {e}", dir.display())))?;
+    let needed = size.saturating_add(receive::space_margin(size));
+    if free < needed {
+        return Err((
+            ErrorCode::NoSpace,
+            format!("not enough space in {}: {size} bytes plus a margin need {needed}, {free} available", dir.display()),
+        ));
+    }
+    Ok(())
+}
+
+/// The request id, for spans, before the session knows it.
+pub fn span_for(id: Option<&RequestId>, partner: &str) -> tracing::Span {
+    match id {
+        Some(id) => tracing::info_span!("request", request_id = %id, partner = %partner),
+        None => tracing::info_span!("request", request_id = tracing::field::Empty, partner = %partner),
+    }
+}

@@ -1,0 +1,21 @@
+//! The node's actors (ractor) and the per-request runners.
+//!
+//! - [`supervisor`]: starts the long-lived actors and restarts a failed one.
+//! - [`connections`]: one QUIC connection per partner; accepts the
+//!   partner's private channels and starts a ServerRunner for each.
+//! - [`commander`]: starts a ClientRunner per queued request, within the
+//!   concurrency limit.
+//! - [`client_runner`]: the requester's side of one request.
+//! - [`server_runner`]: the requested side of one request.
+//! - [`drive`]: the session loop both runners share; the sending side's
+//!   block pump (RetrieveRunner) lives in [`crate::transfer::retrieve`].
+//!
+//! Mailboxes carry control only (wake, cancel, supervision); file blocks
+//! never pass through them.
+
+pub mod client_runner;
+pub mod commander;
+pub mod connections;
+pub mod drive;
+pub mod server_runner;
+pub mod supervisor;

@@ -1,0 +1,72 @@
+//! ServerRunner: the requested side of one incoming request.
+//!
+//! Started by Connections for every private channel (bidirectional stream)
+//! a partner opens. The partner's identity comes from its verified
+//! certificate; the session checks that its Authent agrees. The data path
+//! runs in the runner's own task.
+
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use super::drive::{self, Control, Drive, Files};
+use crate::node::NodeContext;
+use crate::protocol::Session;
+use crate::transport::{FrameReader, FrameWriter};
+
+pub enum ServerRunnerMsg {
+    Control(Control),
+}
+
+pub struct ServerRunnerArgs {
+    pub ctx: Arc<NodeContext>,
+    pub partner: String,
+    pub send: quinn::SendStream,
+    pub recv: quinn::RecvStream,
+}
+
+pub struct ServerRunner;
+
+pub struct ServerRunnerState {
+    control: mpsc::Sender<Control>,
+}
+
+impl Actor for ServerRunner {
+    type Msg = ServerRunnerMsg;
+    type State = ServerRunnerState;
+    type Arguments = ServerRunnerArgs;
+
+    async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: ServerRunnerArgs) -> Result<Self::State, ActorProcessingErr> {
+        let (tx, rx) = mpsc::channel(4);
+        let span = drive::span_for(None, &args.partner);
+        tokio::spawn(
+            async move {
+                let session = Session::requested(&args.ctx.config.node_id, &args.partner, args.ctx.capabilities.clone());
+                let drive = Drive {
+                    ctx: args.ctx.clone(),
+                    partner: args.partner,
+                    session,
+                    reader: FrameReader::new(args.recv),
+                    writer: FrameWriter::new(args.send),
+                    conn: None,
+                    files: Files::default(),
+                };
+                drive.run(Vec::new(), rx).await;
+                myself.stop(None);
+            }
+            .instrument(span),
+        );
+        Ok(ServerRunnerState { control: tx })
+    }
+
+    async fn handle(&self, _: ActorRef<Self::Msg>, msg: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ServerRunnerMsg::Control(c) => {
+                let _ = state.control.send(c).await;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,384 @@
+//! A small client for a node's REST API, used by the command line and tests.
+//!
+//! It speaks plain HTTP/1.1 (hyper's pooled legacy client) to one node and
+//! decodes the views of [`super::view`]. A server-side failure comes back as
+//! [`ClientError::Api`] with the server's code and message; a node that does
+//! not answer at all as [`ClientError::Unreachable`].
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::header::{ACCEPT, CONTENT_TYPE};
+use hyper::{Method, Request, StatusCode, Uri};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use serde::de::DeserializeOwned;
+
+use super::view::{ErrorBody, LogLineView, TransferView};
+use crate::node::{NodeStats, Submit};
+use crate::protocol::RequestId;
+use crate::store::Status;
+
+/// The address used when none is given.
+pub const DEFAULT_API: &str = "http://127.0.0.1:8001";
+
+/// How long one call may take, connection included, unless changed with
+/// [`ApiClient::with_timeout`].
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Largest response body read (a list of many transfers can be large).
+const MAX_BODY: usize = 512 * 1024 * 1024;
+
+/// Why an API call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The base address is not a usable `http://host:port`.
+    #[error("invalid node API address {base:?}: {reason}")]
+    BadBase { base: String, reason: String },
+    /// The id is not a well-formed request id (checked before any call).
+    #[error("malformed request id {0:?}: expected 32 lowercase hex characters")]
+    BadId(String),
+    /// The status filter names no status (checked before any call).
+    #[error("unknown status {0:?}: expected one of ToSubmit, Running, Done, Interrupted, InError, Cancelled")]
+    BadStatus(String),
+    /// No connection could be made to the node.
+    #[error("cannot reach node API at {base}: {reason}")]
+    Unreachable { base: String, reason: String },
+    /// The node did not answer in time.
+    #[error("node API at {base} did not answer within {}s", timeout.as_secs_f64())]
+    Timeout { base: String, timeout: Duration },
+    /// The connection failed after it was made (reset, closed mid-answer...).
+    #[error("node API at {base}: {reason}")]
+    Transport { base: String, reason: String },
+    /// The node answered with an API error.
+    #[error("{message} ({code}, HTTP {status})")]
+    Api {
+        /// The HTTP status.
+        status: u16,
+        /// The server's machine-readable code, e.g. `unknown_partner`.
+        code: String,
+        /// The server's message.
+        message: String,
+    },
+    /// The node answered with an error that is not an API error body.
+    #[error("node API answered HTTP {status}: {body}")]
+    Http { status: u16, body: String },
+    /// A successful answer did not decode.
+    #[error("cannot decode the node API's answer: {0}")]
+    Decode(String),
+    /// The request could not be built or encoded.
+    #[error("cannot build the API request: {0}")]
+    Request(String),
+}
+
+impl ClientError {
+    /// The server's error code, when the server answered with an API error.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    /// The HTTP status, when the server answered with an error.
+    pub fn http_status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } | ClientError::Http { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// A client for one node's REST API. Cheap to clone; clones share the connection pool.
+#[derive(Clone, Debug)]
+pub struct ApiClient {
+    base: String,
+    http: Client<HttpConnector, Full<Bytes>>,
+    timeout: Duration,
+}
+
+impl ApiClient {
+    /// A client for the node at `base`: `http://host:port`, or just `host:port`.
+    pub fn new(base: &str) -> Result<ApiClient, ClientError> {
+        let base = normalise_base(base)?;
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        connector.set_nodelay(true);
+        let http = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Ok(ApiClient { base, http, timeout: DEFAULT_TIMEOUT })
+    }
+
+    /// The same client with another per-call time limit.
+    pub fn with_timeout(mut self, timeout: Duration) -> ApiClient {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The normalised base address, e.g. `http://127.0.0.1:8001`.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Submits a transfer; returns it as the node stored it (status `ToSubmit`).
+    pub async fn submit(&self, s: &Submit) -> Result<TransferView, ClientError> {
+        let body = serde_json::to_vec(s).map_err(|e| ClientError::Request(e.to_string()))?;
+        self.call(Method::POST, "/api/v1/transfers", Some(body)).await
+    }
+
+    /// One transfer.
+    pub async fn get(&self, id: &str) -> Result<TransferView, ClientError> {
+        let id = check_id(id)?;
+        self.call(Method::GET, &format!("/api/v1/transfers/{id}"), None).await
+    }
+
+    /// Every transfer on the node, oldest first, optionally only those with
+    /// `status` (any case, e.g. `"done"`).
+    pub async fn list(&self, status: Option<&str>) -> Result<Vec<TransferView>, ClientError> {
+        let path = match status {
+            None => "/api/v1/transfers".to_owned(),
+            Some(s) => {
+                let st = Status::parse(s).ok_or_else(|| ClientError::BadStatus(s.to_owned()))?;
+                format!("/api/v1/transfers?status={st:?}")
+            }
+        };
+        self.call(Method::GET, &path, None).await
+    }
+
+    /// A transfer's job log, oldest first.
+    pub async fn log(&self, id: &str) -> Result<Vec<LogLineView>, ClientError> {
+        let id = check_id(id)?;
+        self.call(Method::GET, &format!("/api/v1/transfers/{id}/log"), None).await
+    }
+
+    /// The node's connection and load figures.
+    pub async fn node(&self) -> Result<NodeStats, ClientError> {
+        self.call(Method::GET, "/api/v1/node", None).await
+    }
+
+    /// Polls a transfer every `poll` until its status is final (`Done`,
+    /// `InError` or `Cancelled`) and returns that last view. `on_progress`
+    /// sees every view fetched, the last one included. A failed poll ends the
+    /// wait with its error.
+    pub async fn wait(
+        &self,
+        id: &str,
+        poll: Duration,
+        mut on_progress: impl FnMut(&TransferView),
+    ) -> Result<TransferView, ClientError> {
+        loop {
+            let view = self.get(id).await?;
+            on_progress(&view);
+            if view.is_final() {
+                return Ok(view);
+            }
+            tokio::time::sleep(poll).await;
+        }
+    }
+
+    async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<T, ClientError> {
+        let uri: Uri = format!("{}{path}", self.base).parse().map_err(|e| ClientError::Request(format!("{e}")))?;
+        let mut req = Request::builder().method(method).uri(uri).header(ACCEPT, "application/json");
+        if body.is_some() {
+            req = req.header(CONTENT_TYPE, "application/json");
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| ClientError::Request(e.to_string()))?;
+        let exchange = async {
+            let resp = self.http.request(req).await.map_err(|e| self.transport_error(&e))?;
+            let status = resp.status();
+            let bytes = Limited::new(resp.into_body(), MAX_BODY)
+                .collect()
+                .await
+                .map_err(|e| ClientError::Transport { base: self.base.clone(), reason: error_chain(&*e) })?
+                .to_bytes();
+            Ok::<_, ClientError>((status, bytes))
+        };
+        let (status, bytes) = tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| ClientError::Timeout { base: self.base.clone(), timeout: self.timeout })??;
+        decode_answer(status, &bytes)
+    }
+
+    fn transport_error(&self, e: &hyper_util::client::legacy::Error) -> ClientError {
+        if e.is_connect() {
+            ClientError::Unreachable { base: self.base.clone(), reason: connect_reason(e) }
+        } else {
+            ClientError::Transport { base: self.base.clone(), reason: error_chain(e) }
+        }
+    }
+}
+
+/// Turns an answer into the expected value or the error it carries.
+fn decode_answer<T: DeserializeOwned>(status: StatusCode, bytes: &[u8]) -> Result<T, ClientError> {
+    if status.is_success() {
+        return serde_json::from_slice(bytes).map_err(|e| ClientError::Decode(e.to_string()));
+    }
+    match serde_json::from_slice::<ErrorBody>(bytes) {
+        Ok(ErrorBody { error }) => {
+            Err(ClientError::Api { status: status.as_u16(), code: error.code, message: error.message })
+        }
+        Err(_) => {
+            let text = String::from_utf8_lossy(bytes);
+            let text = text.trim();
+            let body = match text.char_indices().nth(200) {
+                Some((i, _)) => format!("{}...", &text[..i]),
+                None if text.is_empty() => status.canonical_reason().unwrap_or("no body").to_owned(),
+                None => text.to_owned(),
+            };
+            Err(ClientError::Http { status: status.as_u16(), body })
+        }
+    }
+}
+
+fn check_id(id: &str) -> Result<RequestId, ClientError> {
+    RequestId::parse(id).ok_or_else(|| ClientError::BadId(id.to_owned()))
+}
+
+/// `host:port` or `http://host:port[/]` → `http://host:port`.
+fn normalise_base(base: &str) -> Result<String, ClientError> {
+    let bad = |reason: &str| ClientError::BadBase { base: base.to_owned(), reason: reason.to_owned() };
+    let trimmed = base.trim().trim_end_matches('/');
+    if trimmed.is_empty() {
+        return Err(bad("it is empty"));
+    }
+    let full = if trimmed.contains("://") { trimmed.to_owned() } else { format!("http://{trimmed}") };
+    let uri: Uri = full.parse().map_err(|e| bad(&format!("{e}")))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(bad("only http:// is supported"));
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(bad("it names no host"));
+    }
+    if uri.path_and_query().is_some_and(|p| p.as_str() != "/" && !p.as_str().is_empty()) {
+        return Err(bad("it must not contain a path (the API lives under /api/v1)"));
+    }
+    Ok(full)
+}
+
+/// The innermost cause of a failed connection, in plain words
+/// ("connection refused", "timed out", or the resolver's message).
+fn connect_reason(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut io: Option<&std::io::Error> = None;
+    let mut last = e;
+    while let Some(err) = cur {
+        if let Some(i) = err.downcast_ref::<std::io::Error>() {
+            io = Some(i);
+        }
+        last = err;
+        cur = err.source();
+    }
+    match io {
+        Some(i) => {
+            use std::io::ErrorKind as K;
+            match i.kind() {
+                K::ConnectionRefused
+                | K::ConnectionReset
+                | K::ConnectionAborted
+                | K::TimedOut
+                | K::AddrNotAvailable
+                | K::HostUnreachable
+                | K::NetworkUnreachable
+                | K::PermissionDenied => i.kind().to_string(),
+                _ => i.to_string(),
+            }
+        }
+        None => last.to_string(),
+    }
+}
+
+/// An error and its causes, joined with ": ".
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(err) = cur {
+        let s = err.to_string();
+        if parts.last() != Some(&s) {
+            parts.push(s);
+        }
+        cur = err.source();
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bases_are_normalised_and_checked() {
+        assert_eq!(normalise_base("127.0.0.1:8001").expect("bare"), "http://127.0.0.1:8001");
+        assert_eq!(normalise_base("http://localhost:8001/").expect("slash"), "http://localhost:8001");
+        assert_eq!(normalise_base(" http://[::1]:8001 ").expect("v6"), "http://[::1]:8001");
+        for bad in ["", "https://h:1", "http://h:1/api", "http://", "ftp://h"] {
+            assert!(matches!(normalise_base(bad), Err(ClientError::BadBase { .. })), "{bad}");
+        }
+    }
+
+    #[test]
+    fn error_bodies_carry_the_servers_code_and_message() {
+        let body = br#"{"error":{"code":"unknown_partner","message":"no partner zed"}}"#;
+        let err = decode_answer::<TransferView>(StatusCode::UNPROCESSABLE_ENTITY, body).expect_err("error");
+        assert_eq!(err.code(), Some("unknown_partner"));
+        assert_eq!(err.http_status(), Some(422));
+        assert!(err.to_string().contains("no partner zed"), "{err}");
+
+        let err = decode_answer::<TransferView>(StatusCode::BAD_GATEWAY, b"").expect_err("error");
+        assert!(matches!(err, ClientError::Http { status: 502, .. }), "{err}");
+        assert!(err.to_string().contains("Bad Gateway"), "{err}");
+
+        let err = decode_answer::<TransferView>(StatusCode::OK, b"[]").expect_err("wrong shape");
+        assert!(matches!(err, ClientError::Decode(_)), "{err}");
+    }
+
+    #[test]
+    fn inputs_are_checked_before_calling() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async {
+            let c = ApiClient::new("127.0.0.1:1").expect("client");
+            assert!(matches!(c.get("../node").await, Err(ClientError::BadId(_))));
+            assert!(matches!(c.log("nope").await, Err(ClientError::BadId(_))));
+            assert!(matches!(c.list(Some("finished")).await, Err(ClientError::BadStatus(_))));
+        });
+    }
+
+    #[tokio::test]
+    async fn an_absent_node_is_reported_as_unreachable() {
+        // Bind then drop a listener so the port is (very likely) closed.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").port()
+        };
+        let c = ApiClient::new(&format!("127.0.0.1:{port}")).expect("client");
+        let err = c.node().await.expect_err("nobody listens");
+        assert_eq!(err.to_string(), format!("cannot reach node API at http://127.0.0.1:{port}: connection refused"));
+    }
+
+    #[tokio::test]
+    async fn a_non_api_server_gives_an_http_error() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        tokio::spawn(async move {
+            if let Ok((mut s, _)) = l.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 9\r\nconnection: close\r\n\r\nnot here\n")
+                    .await;
+            }
+        });
+        let c = ApiClient::new(&addr.to_string()).expect("client");
+        let err = c.node().await.expect_err("404");
+        assert!(matches!(&err, ClientError::Http { status: 404, body } if body == "not here"), "{err}");
+    }
+}

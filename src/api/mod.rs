@@ -1,0 +1,36 @@
+//! The node's REST API: JSON over HTTP/1.1 on the `api` address of the config.
+//!
+//! This module owns the HTTP surface of a node and nothing else: it reads
+//! requests from the store and hands submissions to [`NodeHandle::submit`],
+//! but never changes a record itself.
+//!
+//! - [`server`]: the axum router ([`router`]) and [`serve`], and the mapping of
+//!   every failure to `{"error": {"code", "message"}}` with a fitting status;
+//! - [`view`]: the JSON shapes ([`TransferView`], [`LogLineView`]), shared by
+//!   both sides;
+//! - [`client`]: [`ApiClient`], used by the command line and tests.
+//!
+//! Routes (all JSON):
+//!
+//! | method | path                          | answer                                   |
+//! |--------|-------------------------------|------------------------------------------|
+//! | POST   | `/api/v1/transfers`           | 201 + [`TransferView`] (body: `Submit`)  |
+//! | GET    | `/api/v1/transfers[?status=]` | `[TransferView]`, oldest first           |
+//! | GET    | `/api/v1/transfers/{id}`      | [`TransferView`]                         |
+//! | GET    | `/api/v1/transfers/{id}/log`  | `[LogLineView]`, oldest first            |
+//! | GET    | `/api/v1/node`                | `NodeStats`                              |
+//!
+//! Error statuses: 400 for malformed input (bad JSON, bad id, bad status
+//! filter, bad file name or block size), 404 for an unknown transfer or route,
+//! 422 for a submission naming an unknown partner, rule or file or a rule the
+//! partner may not use, 503 while the node shuts down, 500 for store failures.
+//!
+//! [`NodeHandle::submit`]: crate::node::NodeHandle::submit
+
+pub mod client;
+pub mod server;
+pub mod view;
+
+pub use client::{ApiClient, ClientError};
+pub use server::{router, serve, ApiError};
+pub use view::{ErrorBody, ErrorView, LogLineView, TransferView};

@@ -1,0 +1,377 @@
+//! The HTTP side of the REST API: routes, handlers and the mapping of every
+//! failure to a JSON error with a fitting status.
+//!
+//! Handlers only read the store and call [`NodeHandle::submit`]; they never
+//! change a record themselves. Store reads are synchronous sled calls, so the
+//! ones that may scan (lists, logs) run on the blocking pool.
+
+use std::future::Future;
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use super::view::{ErrorBody, ErrorView, LogLineView, TransferView};
+use crate::node::{NodeHandle, NodeStats, Submit, SubmitError};
+use crate::protocol::RequestId;
+use crate::store::{Status, StoreError};
+
+/// Why an API call failed. Each variant maps to an HTTP status and a
+/// snake_case code (see [`ApiError::status`] and [`ApiError::code`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// The node refused the submission.
+    #[error(transparent)]
+    Submit(#[from] SubmitError),
+    /// The path does not hold a well-formed request id.
+    #[error("malformed request id {0:?}: expected 32 lowercase hex characters")]
+    BadId(String),
+    /// The `status` filter names no status.
+    #[error("unknown status {:?}: expected one of {}", .0, status_names())]
+    BadStatus(String),
+    /// No request has this id on this node.
+    #[error("no transfer {0} on this node")]
+    NotFound(String),
+    /// The body, query or path could not be read (malformed JSON, missing field,
+    /// wrong content type...).
+    #[error("{message}")]
+    BadInput {
+        /// The HTTP status the rejection calls for (400, 413 or 415).
+        status: StatusCode,
+        /// The snake_case code sent to the client.
+        code: &'static str,
+        message: String,
+    },
+    /// No route matches the path.
+    #[error("no API route {0}")]
+    NoRoute(String),
+    /// The route exists but not for this method.
+    #[error("method not allowed here")]
+    MethodNotAllowed,
+    /// Reading the store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Anything else (a panicked blocking task, a bug).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+fn status_names() -> String {
+    Status::ALL.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ")
+}
+
+impl ApiError {
+    /// The HTTP status this error is answered with.
+    ///
+    /// Names in a submission that the node does not know (partner, rule, file)
+    /// or may not combine are 422: the route exists, the body refers to
+    /// something that does not. 404 is kept for URLs naming no resource.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Submit(e) => match e {
+                SubmitError::UnknownPartner(_)
+                | SubmitError::UnknownRule(_)
+                | SubmitError::RuleNotAllowed { .. }
+                | SubmitError::FileNotFound(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                SubmitError::BadFileName(_) | SubmitError::BadBlockSize(_) => StatusCode::BAD_REQUEST,
+                SubmitError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+                SubmitError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                // A variant added later is a server-side failure until mapped here.
+                #[allow(unreachable_patterns)]
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            ApiError::BadId(_) | ApiError::BadStatus(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) | ApiError::NoRoute(_) => StatusCode::NOT_FOUND,
+            ApiError::BadInput { status, .. } => *status,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Store(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The machine-readable code sent to the client.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Submit(e) => e.code(),
+            ApiError::BadId(_) => "bad_id",
+            ApiError::BadStatus(_) => "bad_status",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::BadInput { code, .. } => code,
+            ApiError::NoRoute(_) => "no_route",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::Store(_) => "store",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    /// The JSON body sent for this error.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody { error: ErrorView { code: self.code().to_owned(), message: self.to_string() } }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+            tracing::error!(code = self.code(), "API request failed: {self}");
+        } else {
+            tracing::debug!(code = self.code(), %status, "API request refused: {self}");
+        }
+        (status, Json(self.body())).into_response()
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        let (status, code) = match &r {
+            JsonRejection::MissingJsonContentType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            JsonRejection::BytesRejection(b) if b.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+            }
+            _ => (StatusCode::BAD_REQUEST, "bad_json"),
+        };
+        ApiError::BadInput { status, code, message: r.body_text() }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError::BadInput { status: StatusCode::BAD_REQUEST, code: "bad_query", message: r.body_text() }
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        ApiError::BadInput { status: StatusCode::BAD_REQUEST, code: "bad_path", message: r.body_text() }
+    }
+}
+
+/// Parses a request id from a URL segment.
+pub(crate) fn parse_id(s: &str) -> Result<RequestId, ApiError> {
+    RequestId::parse(s).ok_or_else(|| ApiError::BadId(s.to_owned()))
+}
+
+/// Parses the optional `status` filter, case-insensitively.
+pub(crate) fn parse_status(s: Option<&str>) -> Result<Option<Status>, ApiError> {
+    match s {
+        None | Some("") => Ok(None),
+        Some(s) => Status::parse(s).map(Some).ok_or_else(|| ApiError::BadStatus(s.to_owned())),
+    }
+}
+
+/// Runs a store read on the blocking pool.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::Internal(format!("store task failed: {e}")))?
+}
+
+/// The API's routes, all under `/api/v1`.
+pub fn router(node: NodeHandle) -> Router {
+    Router::new()
+        .route("/api/v1/transfers", get(list_transfers).post(submit))
+        .route("/api/v1/transfers/{id}", get(get_transfer))
+        .route("/api/v1/transfers/{id}/log", get(transfer_log))
+        .route("/api/v1/node", get(node_stats))
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(node)
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then lets
+/// in-flight requests finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    node: NodeHandle,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::debug!(%addr, "REST API listening");
+    }
+    axum::serve(listener, router(node)).with_graceful_shutdown(shutdown).await
+}
+
+async fn submit(
+    State(node): State<NodeHandle>,
+    body: Result<Json<Submit>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(s) = body?;
+    let rec = node.submit(s).await?;
+    let view = TransferView::from_record(&rec, node.node_id());
+    let location = format!("/api/v1/transfers/{}", view.id);
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(view)).into_response())
+}
+
+async fn get_transfer(
+    State(node): State<NodeHandle>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<TransferView>, ApiError> {
+    let Path(id) = id?;
+    let id = parse_id(&id)?;
+    let store = node.store().clone();
+    let rec = blocking(move || Ok(store.get(&id)?.ok_or_else(|| ApiError::NotFound(id.to_string()))?)).await?;
+    Ok(Json(TransferView::from_record(&rec, node.node_id())))
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    status: Option<String>,
+}
+
+async fn list_transfers(
+    State(node): State<NodeHandle>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Vec<TransferView>>, ApiError> {
+    let Query(q) = query?;
+    let status = parse_status(q.status.as_deref())?;
+    let store = node.store().clone();
+    let mut recs = blocking(move || Ok(store.list(status)?)).await?;
+    recs.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+    let me = node.node_id();
+    Ok(Json(recs.iter().map(|r| TransferView::from_record(r, me)).collect()))
+}
+
+async fn transfer_log(
+    State(node): State<NodeHandle>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<Vec<LogLineView>>, ApiError> {
+    let Path(id) = id?;
+    let id = parse_id(&id)?;
+    let store = node.store().clone();
+    let lines = blocking(move || {
+        if store.get(&id)?.is_none() {
+            return Err(ApiError::NotFound(id.to_string()));
+        }
+        Ok(store.job_log(&id)?)
+    })
+    .await?;
+    Ok(Json(lines.iter().map(LogLineView::from).collect()))
+}
+
+async fn node_stats(State(node): State<NodeHandle>) -> Json<NodeStats> {
+    Json(node.stats().await)
+}
+
+async fn no_route(uri: Uri) -> ApiError {
+    ApiError::NoRoute(uri.path().to_owned())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_of(e: ApiError) -> (StatusCode, serde_json::Value) {
+        let resp = e.into_response();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.expect("body");
+        (status, serde_json::from_slice(&bytes).expect("json body"))
+    }
+
+    #[test]
+    fn submit_errors_map_to_consistent_statuses() {
+        let cases = [
+            (SubmitError::UnknownPartner("z".into()), StatusCode::UNPROCESSABLE_ENTITY),
+            (SubmitError::UnknownRule("r".into()), StatusCode::UNPROCESSABLE_ENTITY),
+            (
+                SubmitError::RuleNotAllowed { rule: "r".into(), partner: "z".into() },
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            (SubmitError::FileNotFound("f".into()), StatusCode::UNPROCESSABLE_ENTITY),
+            (SubmitError::BadFileName("../f".into()), StatusCode::BAD_REQUEST),
+            (SubmitError::BadBlockSize("1".into()), StatusCode::BAD_REQUEST),
+            (SubmitError::ShuttingDown, StatusCode::SERVICE_UNAVAILABLE),
+            (
+                SubmitError::Store(StoreError::Encode("x".into())),
+                StatusCode::INTERNAL_SERVER_ERROR,
+            ),
+        ];
+        for (e, status) in cases {
+            let code = e.code();
+            let api = ApiError::from(e);
+            assert_eq!(api.status(), status, "{api}");
+            assert_eq!(api.code(), code);
+        }
+    }
+
+    #[tokio::test]
+    async fn errors_answer_with_a_json_body() {
+        let (status, json) = body_of(ApiError::Submit(SubmitError::UnknownPartner("zed".into()))).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(json["error"]["code"], "unknown_partner");
+        assert!(json["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{json}");
+
+        let (status, json) = body_of(ApiError::NotFound("ab".into())).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(json["error"]["code"], "not_found");
+
+        let (status, json) = body_of(ApiError::Store(StoreError::Encode("boom".into()))).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(json["error"]["code"], "store");
+        assert!(json["error"]["message"].as_str().is_some_and(|m| m.contains("boom")));
+    }
+
+    #[test]
+    fn ids_must_be_canonical() {
+        assert!(parse_id("0123456789abcdef0123456789abcdef").is_ok());
+        for bad in ["", "xyz", "0123456789ABCDEF0123456789ABCDEF", "../../etc/passwd"] {
+            let e = parse_id(bad).expect_err(bad);
+            assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+            assert_eq!(e.code(), "bad_id");
+        }
+    }
+
+    #[test]
+    fn status_filters_parse_case_insensitively() {
+        assert_eq!(parse_status(None).expect("none"), None);
+        assert_eq!(parse_status(Some("")).expect("empty"), None);
+        assert_eq!(parse_status(Some("done")).expect("done"), Some(Status::Done));
+        assert_eq!(parse_status(Some("INERROR")).expect("inerror"), Some(Status::InError));
+        let e = parse_status(Some("finished")).expect_err("bad");
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(e.code(), "bad_status");
+        assert!(e.to_string().contains("ToSubmit"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn malformed_json_bodies_become_json_errors() {
+        use axum::extract::FromRequest;
+        let req = |ct: Option<&str>, body: &'static str| {
+            let mut b = axum::http::Request::builder().method("POST").uri("/api/v1/transfers");
+            if let Some(ct) = ct {
+                b = b.header(header::CONTENT_TYPE, ct);
+            }
+            b.body(axum::body::Body::from(body)).expect("request")
+        };
+        let cases = [
+            (req(Some("application/json"), "{not json"), StatusCode::BAD_REQUEST, "bad_json"),
+            (req(Some("application/json"), r#"{"partner":"b"}"#), StatusCode::BAD_REQUEST, "bad_json"),
+            (
+                req(Some("application/json"), r#"{"partner":"b","rule":"r","direction":"sideways","file":"f"}"#),
+                StatusCode::BAD_REQUEST,
+                "bad_json",
+            ),
+            (req(None, "{}"), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+        ];
+        for (r, status, code) in cases {
+            let rejection = Json::<Submit>::from_request(r, &()).await.expect_err("rejected");
+            let (got, json) = body_of(ApiError::from(rejection)).await;
+            assert_eq!(got, status);
+            assert_eq!(json["error"]["code"], code);
+        }
+        let ok = Json::<Submit>::from_request(
+            req(Some("application/json"), r#"{"partner":"b","rule":"r","direction":"pull","file":"f"}"#),
+            &(),
+        )
+        .await
+        .expect("minimal body decodes");
+        assert_eq!(ok.0.transfer_info, "");
+        assert_eq!(ok.0.block_size, None);
+    }
+}

@@ -1,0 +1,462 @@
+//! Cluster certificate tooling: the cluster CA and the per-node certificates
+//! that nodes use for mutual TLS over QUIC.
+//!
+//! This module owns the on-disk layout of a certificate directory:
+//!
+//! * `ca.pem` / `ca.key` — the cluster CA certificate and its private key;
+//! * `NODE.pem` / `NODE.key` — one node's certificate chain and private key.
+//!
+//! Invariants:
+//!
+//! * A CA is never overwritten, and neither is an existing node's cert or key:
+//!   every file is created with `create_new`, so a race loses with an error
+//!   instead of silently replacing key material.
+//! * Private keys are created with mode 0600 from the start (never widened
+//!   and later narrowed), certificates with 0644.
+//! * A node id is a single lowercase DNS label (see [`validate_node_id`]). It is
+//!   the certificate's only DNS subjectAltName and its CN, so the TLS layer can
+//!   use it directly as the server name when dialing and as the authenticated
+//!   identity of an accepted peer.
+//! * Every node certificate carries both the ServerAuth and the ClientAuth
+//!   extended key usage, because one UDP socket both accepts and dials.
+
+use std::collections::HashSet;
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+
+use crate::transport::tls;
+
+/// File name of the cluster CA certificate inside a certificate directory.
+pub const CA_CERT_FILE: &str = "ca.pem";
+/// File name of the cluster CA private key inside a certificate directory.
+pub const CA_KEY_FILE: &str = "ca.key";
+
+/// Maximum length of a node id: the DNS limit for one label.
+pub const MAX_NODE_ID_LEN: usize = 63;
+
+/// Prefix of the CA's common name; the rest is a fingerprint of the CA key
+/// (see [`ca_params`]). `add` cannot parse the CA certificate (rcgen needs
+/// `x509-parser` for that), so it rebuilds the issuer name from this prefix and
+/// `ca.key`. Changing it would make `add` issue certificates whose issuer name
+/// no longer matches existing CAs; the post-issue chain check would catch it.
+const CA_COMMON_NAME_PREFIX: &str = "ferry cluster CA";
+
+/// Ten years, counting two leap days.
+const VALIDITY: Duration = Duration::from_secs((10 * 365 + 2) * 24 * 60 * 60);
+
+/// Nodes' clocks are not perfectly in sync; a certificate that is "not yet
+/// valid" on a peer a few seconds behind would fail the handshake right after
+/// `init`.
+const BACKDATE: Duration = Duration::from_secs(60 * 60);
+
+/// Modes for files written here. Keys are secret; certs are public.
+const KEY_MODE: u32 = 0o600;
+const CERT_MODE: u32 = 0o644;
+
+/// Errors from certificate generation and loading.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CertError {
+    /// The node id is not a valid single lowercase DNS label.
+    #[error("invalid node id {id:?}: {reason}")]
+    InvalidNodeId {
+        /// The rejected id.
+        id: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+
+    /// The same node id was given more than once to `init`.
+    #[error("node id {0:?} given more than once")]
+    DuplicateNodeId(String),
+
+    /// A CA already exists in the directory; it is never overwritten.
+    #[error("a cluster CA already exists at {} (refusing to overwrite it)", path.display())]
+    CaExists {
+        /// The existing CA file.
+        path: PathBuf,
+    },
+
+    /// The CA needed by `add` is missing.
+    #[error("no cluster CA found at {} (run init first)", path.display())]
+    CaMissing {
+        /// The missing CA file.
+        path: PathBuf,
+    },
+
+    /// The CA files could not be used to issue certificates.
+    #[error("cluster CA in {} is unusable: {reason}", dir.display())]
+    CaUnusable {
+        /// The certificate directory.
+        dir: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+
+    /// A node's certificate or key already exists; it is never overwritten.
+    #[error("certificate material for node {node:?} already exists at {}", path.display())]
+    NodeExists {
+        /// The node id.
+        node: String,
+        /// The existing file.
+        path: PathBuf,
+    },
+
+    /// Filesystem error.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Certificate or key generation failed.
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+}
+
+/// Where one node's TLS material lives inside a certificate directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeCertPaths {
+    /// The node's certificate chain (`NODE.pem`).
+    pub cert: PathBuf,
+    /// The node's private key (`NODE.key`).
+    pub key: PathBuf,
+    /// The cluster CA certificate (`ca.pem`).
+    pub ca: PathBuf,
+}
+
+/// Paths of `node`'s certificate, key and the cluster CA inside `dir`.
+///
+/// Does not validate `node`; callers that take ids from outside should call
+/// [`validate_node_id`] first so a hostile id cannot name a path like `../x`.
+pub fn paths(dir: &Path, node: &str) -> NodeCertPaths {
+    NodeCertPaths {
+        cert: dir.join(format!("{node}.pem")),
+        key: dir.join(format!("{node}.key")),
+        ca: dir.join(CA_CERT_FILE),
+    }
+}
+
+/// Why `id` is not an acceptable node id, or `None` if it is.
+pub(crate) fn node_id_problem(id: &str) -> Option<&'static str> {
+    if id.is_empty() {
+        return Some("must not be empty");
+    }
+    if id.len() > MAX_NODE_ID_LEN {
+        return Some("must be at most 63 characters (one DNS label)");
+    }
+    if !id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        return Some("only lowercase ASCII letters, digits and '-' are allowed");
+    }
+    if id.starts_with('-') || id.ends_with('-') {
+        return Some("must not start or end with '-'");
+    }
+    // `ca.pem`/`ca.key` are the CA's files; a node named "ca" would collide.
+    if id == "ca" {
+        return Some("\"ca\" is reserved for the cluster CA files");
+    }
+    None
+}
+
+/// Check that `id` is a valid node id: a non-empty lowercase DNS label of at
+/// most 63 characters (`a-z`, `0-9`, `-`, not starting or ending with `-`),
+/// other than the reserved `ca`.
+pub fn validate_node_id(id: &str) -> Result<(), CertError> {
+    match node_id_problem(id) {
+        None => Ok(()),
+        Some(reason) => Err(CertError::InvalidNodeId { id: id.to_owned(), reason }),
+    }
+}
+
+/// Create a new cluster CA in `dir` (created if needed) and issue a
+/// certificate and key for each of `nodes`.
+///
+/// Refuses, before writing anything, if a CA already exists in `dir`, if any
+/// node id is invalid or repeated, or if any node's files already exist.
+pub fn init(dir: &Path, nodes: &[String]) -> Result<(), CertError> {
+    let mut seen = HashSet::new();
+    for node in nodes {
+        validate_node_id(node)?;
+        if !seen.insert(node.as_str()) {
+            return Err(CertError::DuplicateNodeId(node.clone()));
+        }
+    }
+    for path in [dir.join(CA_CERT_FILE), dir.join(CA_KEY_FILE)] {
+        if exists(&path)? {
+            return Err(CertError::CaExists { path });
+        }
+    }
+    for node in nodes {
+        ensure_node_absent(dir, node)?;
+    }
+
+    fs::create_dir_all(dir).map_err(|source| CertError::Io { path: dir.to_owned(), source })?;
+
+    let ca_key = KeyPair::generate()?;
+    let ca = CertifiedIssuer::self_signed(ca_params(&ca_key), ca_key)?;
+    // Key first: if the cert write then fails, the leftover key still blocks a
+    // second `init` from silently minting a different CA over it.
+    write_new(&dir.join(CA_KEY_FILE), ca.key().serialize_pem(), KEY_MODE)?;
+    write_new(&dir.join(CA_CERT_FILE), ca.pem(), CERT_MODE)?;
+
+    for node in nodes {
+        issue_node(dir, node, &ca)?;
+    }
+    Ok(())
+}
+
+/// Issue a certificate and key for one more node, signed by the CA in `dir`.
+///
+/// Refuses if the node id is invalid, if the node's files already exist, or if
+/// the CA in `dir` is missing or was not made by [`init`].
+pub fn add(dir: &Path, node: &str) -> Result<(), CertError> {
+    validate_node_id(node)?;
+    let ca_cert_path = dir.join(CA_CERT_FILE);
+    let ca_key_path = dir.join(CA_KEY_FILE);
+    for path in [&ca_cert_path, &ca_key_path] {
+        if !exists(path)? {
+            return Err(CertError::CaMissing { path: path.to_path_buf() });
+        }
+    }
+    ensure_node_absent(dir, node)?;
+
+    let unusable = |reason: String| CertError::CaUnusable { dir: dir.to_owned(), reason };
+    let ca_key_pem =
+        fs::read_to_string(&ca_key_path).map_err(|source| CertError::Io { path: ca_key_path.clone(), source })?;
+    let ca_key =
+        KeyPair::from_pem(&ca_key_pem).map_err(|e| unusable(format!("cannot parse {}: {e}", ca_key_path.display())))?;
+    let ca_cert = CertificateDer::from_pem_file(&ca_cert_path)
+        .map_err(|e| unusable(format!("cannot parse {}: {e}", ca_cert_path.display())))?;
+    let issuer = Issuer::new(ca_params(&ca_key), ca_key);
+
+    // The issuer was rebuilt rather than parsed from ca.pem, so prove the
+    // result chains to the real ca.pem before writing anything: this catches a
+    // ca.key that does not belong to ca.pem, or a CA not made by `init`.
+    let (cert_pem, key_pem, cert_der) = make_node_cert(node, &issuer)?;
+    tls::verify_node_certificate(&ca_cert, &[cert_der], node)
+        .map_err(|e| unusable(format!("a certificate issued with ca.key does not verify against ca.pem ({e})")))?;
+
+    write_node(dir, node, &cert_pem, &key_pem)
+}
+
+/// CA parameters for `key`. `add` depends on these being reproducible from
+/// the key alone; only the validity window may vary between calls because it
+/// is not part of the issuer identity.
+///
+/// The CN embeds a fingerprint of the CA public key so that CAs of different
+/// clusters have different names: a certificate from a foreign cluster then
+/// fails as "unknown issuer" instead of as a confusing bad signature, and a
+/// `ca.key` that does not belong to `ca.pem` is detected by name alone.
+fn ca_params(key: &KeyPair) -> CertificateParams {
+    let fingerprint = blake3::hash(key.public_key_raw());
+    let short: String = fingerprint.as_bytes()[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, format!("{CA_COMMON_NAME_PREFIX} {short}"));
+    params.distinguished_name = dn;
+    // Path length 0: the CA signs node certs directly, never sub-CAs.
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    set_validity(&mut params);
+    params
+}
+
+fn set_validity(params: &mut CertificateParams) {
+    let now = SystemTime::now();
+    params.not_before = now.checked_sub(BACKDATE).unwrap_or(now).into();
+    params.not_after = (now + VALIDITY).into();
+}
+
+/// Generate a node key and a certificate for it signed by `issuer`.
+/// Returns (cert PEM, key PEM, cert DER).
+fn make_node_cert(
+    node: &str,
+    issuer: &Issuer<'_, KeyPair>,
+) -> Result<(String, String, CertificateDer<'static>), CertError> {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, node);
+    params.distinguished_name = dn;
+    // Built explicitly rather than via `CertificateParams::new`, which would
+    // turn anything that parses as an IP address into an IP SAN.
+    params.subject_alt_names = vec![SanType::DnsName(node.try_into()?)];
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    set_validity(&mut params);
+
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, issuer)?;
+    Ok((cert.pem(), key.serialize_pem(), cert.der().clone()))
+}
+
+fn issue_node(dir: &Path, node: &str, issuer: &Issuer<'_, KeyPair>) -> Result<(), CertError> {
+    let (cert_pem, key_pem, _) = make_node_cert(node, issuer)?;
+    write_node(dir, node, &cert_pem, &key_pem)
+}
+
+fn write_node(dir: &Path, node: &str, cert_pem: &str, key_pem: &str) -> Result<(), CertError> {
+    let p = paths(dir, node);
+    write_new(&p.key, key_pem, KEY_MODE)?;
+    write_new(&p.cert, cert_pem, CERT_MODE)
+}
+
+fn ensure_node_absent(dir: &Path, node: &str) -> Result<(), CertError> {
+    let p = paths(dir, node);
+    for path in [p.cert, p.key] {
+        if exists(&path)? {
+            return Err(CertError::NodeExists { node: node.to_owned(), path });
+        }
+    }
+    Ok(())
+}
+
+/// Like `Path::exists`, but a permission error is reported instead of being
+/// mistaken for "absent".
+fn exists(path: &Path) -> Result<bool, CertError> {
+    path.try_exists().map_err(|source| CertError::Io { path: path.to_owned(), source })
+}
+
+/// Create `path` (failing if it exists) with `mode` and write `contents`.
+fn write_new(path: &Path, contents: impl AsRef<[u8]>, mode: u32) -> Result<(), CertError> {
+    let io_err = |source| CertError::Io { path: path.to_owned(), source };
+    let mut file =
+        OpenOptions::new().write(true).create_new(true).mode(mode).open(path).map_err(|source: std::io::Error| {
+            if source.kind() == std::io::ErrorKind::AlreadyExists {
+                CertError::Io {
+                    path: path.to_owned(),
+                    source: std::io::Error::new(source.kind(), "already exists (refusing to overwrite)"),
+                }
+            } else {
+                io_err(source)
+            }
+        })?;
+    file.write_all(contents.as_ref()).map_err(io_err)?;
+    // Key material that vanishes on a crash right after `init` would strand
+    // the certs already handed out.
+    file.sync_all().map_err(io_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).expect("stat").permissions().mode() & 0o777
+    }
+
+    fn nodes(ids: &[&str]) -> Vec<String> {
+        ids.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn init_writes_files_with_modes() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("certs");
+        init(&dir, &nodes(&["alpha", "beta"])).expect("init");
+
+        assert_eq!(mode(&dir.join("ca.key")), 0o600);
+        // Certs are requested as 0644; a restrictive umask can only narrow.
+        assert_eq!(mode(&dir.join("ca.pem")) & !0o644, 0);
+        for node in ["alpha", "beta"] {
+            let p = paths(&dir, node);
+            assert_eq!(mode(&p.key), 0o600, "{node} key mode");
+            assert_eq!(mode(&p.cert) & !0o644, 0, "{node} cert mode");
+            assert_eq!(p.ca, dir.join("ca.pem"));
+        }
+    }
+
+    #[test]
+    fn node_cert_dns_name_is_node_id_and_verifies() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        init(tmp.path(), &nodes(&["node-1"])).expect("init");
+        let p = paths(tmp.path(), "node-1");
+        let cert = CertificateDer::from_pem_file(&p.cert).expect("cert pem");
+        let ca = CertificateDer::from_pem_file(&p.ca).expect("ca pem");
+
+        assert_eq!(tls::certificate_dns_names(&cert).expect("parse"), vec!["node-1".to_string()]);
+        tls::verify_node_certificate(&ca, std::slice::from_ref(&cert), "node-1").expect("chain");
+        assert!(tls::verify_node_certificate(&ca, &[cert], "node-2").is_err());
+    }
+
+    #[test]
+    fn add_issues_verifiable_cert() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        init(tmp.path(), &nodes(&["alpha"])).expect("init");
+        add(tmp.path(), "gamma").expect("add");
+
+        let p = paths(tmp.path(), "gamma");
+        assert_eq!(mode(&p.key), 0o600);
+        let cert = CertificateDer::from_pem_file(&p.cert).expect("cert pem");
+        let ca = CertificateDer::from_pem_file(&p.ca).expect("ca pem");
+        tls::verify_node_certificate(&ca, &[cert], "gamma").expect("chain");
+
+        // The same node again must not overwrite its key.
+        assert!(matches!(add(tmp.path(), "gamma"), Err(CertError::NodeExists { .. })));
+        assert!(matches!(add(tmp.path(), "alpha"), Err(CertError::NodeExists { .. })));
+    }
+
+    #[test]
+    fn add_without_ca_refused() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        assert!(matches!(add(tmp.path(), "alpha"), Err(CertError::CaMissing { .. })));
+    }
+
+    #[test]
+    fn add_with_mismatched_ca_key_refused() {
+        let one = tempfile::tempdir().expect("tempdir");
+        let two = tempfile::tempdir().expect("tempdir");
+        init(one.path(), &[]).expect("init one");
+        init(two.path(), &[]).expect("init two");
+        fs::copy(two.path().join("ca.key"), one.path().join("other.key")).expect("copy");
+        fs::remove_file(one.path().join("ca.key")).expect("rm");
+        fs::rename(one.path().join("other.key"), one.path().join("ca.key")).expect("mv");
+
+        assert!(matches!(add(one.path(), "alpha"), Err(CertError::CaUnusable { .. })));
+        assert!(!paths(one.path(), "alpha").key.exists());
+    }
+
+    #[test]
+    fn bad_ids_refused() {
+        let too_long = "a".repeat(64);
+        for bad in ["", "-a", "a-", "Alpha", "a.b", "a_b", "a/b", "..", "é", "ca", too_long.as_str()] {
+            assert!(matches!(validate_node_id(bad), Err(CertError::InvalidNodeId { .. })), "{bad:?} accepted");
+        }
+        for good in ["a", "0", "node-1", "a-b-c", &"a".repeat(63)] {
+            validate_node_id(good).expect(good);
+        }
+
+        let tmp = tempfile::tempdir().expect("tempdir");
+        assert!(matches!(init(tmp.path(), &nodes(&["ok", "Not-Ok"])), Err(CertError::InvalidNodeId { .. })));
+        // Nothing written when validation fails.
+        assert!(!tmp.path().join("ca.pem").exists());
+        assert!(matches!(init(tmp.path(), &nodes(&["x", "x"])), Err(CertError::DuplicateNodeId(_))));
+        init(tmp.path(), &nodes(&["ok"])).expect("init");
+        assert!(matches!(add(tmp.path(), "bad_id"), Err(CertError::InvalidNodeId { .. })));
+    }
+
+    #[test]
+    fn init_twice_refused() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        init(tmp.path(), &nodes(&["alpha"])).expect("init");
+        let before = fs::read(tmp.path().join("ca.key")).expect("read");
+        assert!(matches!(init(tmp.path(), &nodes(&["beta"])), Err(CertError::CaExists { .. })));
+        assert_eq!(fs::read(tmp.path().join("ca.key")).expect("read"), before);
+        assert!(!paths(tmp.path(), "beta").cert.exists());
+    }
+}

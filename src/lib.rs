@@ -1,0 +1,16 @@
+//! ferry: a managed file transfer cluster.
+//!
+//! Nodes talk QUIC with mutual TLS. Each request is persisted on both nodes
+//! it involves, runs on its own private channel (a QUIC stream) of the one
+//! connection between the two nodes, and ends with the file verified by
+//! BLAKE3 end to end. See `docs/ARCHITECTURE.md` for the codemap.
+
+pub mod actors;
+pub mod api;
+pub mod certs;
+pub mod config;
+pub mod node;
+pub mod protocol;
+pub mod store;
+pub mod transfer;
+pub mod transport;

@@ -1,0 +1,356 @@
+//! A running node: its store, endpoint, actors and REST API, wired together.
+//!
+//! [`Node::start`] opens the store, loads the node's identity, binds the one
+//! UDP socket (QUIC) and the API's TCP socket, and starts the supervisor
+//! (which starts Connections and the Commander). [`Node::shutdown`] stops
+//! taking work, tells every runner to stop (their requests become
+//! `Interrupted`, resumable), waits for them briefly, closes the connections
+//! and flushes the store.
+//!
+//! [`NodeHandle`] is what the API (and tests) use to submit and inspect
+//! requests.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use ractor::{Actor, ActorRef};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::actors::commander::CommanderMsg;
+use crate::actors::connections::{self, ConnectionsMsg, CLOSE_SHUTDOWN};
+use crate::actors::drive::{self, AUDIT};
+use crate::actors::supervisor::{Supervisor, SupervisorMsg};
+use crate::config::NodeConfig;
+use crate::protocol::names::check_file_name;
+use crate::protocol::{Capabilities, Compression, Direction, RequestId, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
+use crate::store::{now_ms, RequestRecord, Role, Status, Step, Store, StoreError};
+use crate::transport::{self, NodeIdentity, TransportTuning};
+
+/// How long shutdown waits for runners to record their interruption.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    #[error("cannot create data folder {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("node identity: {0}")]
+    Tls(#[from] transport::TlsError),
+    #[error("QUIC endpoint: {0}")]
+    Transport(#[from] transport::TransportError),
+    #[error("cannot bind the REST API on {addr}: {source}")]
+    Api { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot start the node's actors: {0}")]
+    Actors(String),
+    #[error("cannot wait for a signal: {0}")]
+    Signal(std::io::Error),
+}
+
+/// The long-lived actors, as last (re)started by the supervisor.
+#[derive(Clone)]
+pub struct ActorRefs {
+    pub commander: ActorRef<CommanderMsg>,
+    pub connections: ActorRef<ConnectionsMsg>,
+}
+
+/// What every part of a running node shares.
+pub struct NodeContext {
+    pub config: NodeConfig,
+    pub store: Store,
+    pub endpoint: quinn::Endpoint,
+    pub capabilities: Capabilities,
+    /// Becomes `true` when the node shuts down.
+    pub shutdown: watch::Receiver<bool>,
+    /// Private channels (requests) currently running on this node, either side.
+    pub open_channels: AtomicUsize,
+    /// Requests this node's Commander is running.
+    pub running_requests: AtomicUsize,
+    actors: RwLock<Option<ActorRefs>>,
+}
+
+impl NodeContext {
+    pub fn set_actors(&self, refs: ActorRefs) {
+        if let Ok(mut a) = self.actors.write() {
+            *a = Some(refs);
+        }
+    }
+
+    pub fn actors(&self) -> Option<ActorRefs> {
+        self.actors.read().ok().and_then(|a| a.clone())
+    }
+}
+
+/// A transfer to submit.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Submit {
+    /// Partner id or alias.
+    pub partner: String,
+    pub rule: String,
+    pub direction: Direction,
+    /// A plain file name in the rule's send folder (of this node for a push,
+    /// of the partner for a pull).
+    pub file: String,
+    #[serde(default)]
+    pub external_job_id: Option<String>,
+    #[serde(default)]
+    pub transfer_info: String,
+    #[serde(default)]
+    pub block_size: Option<u32>,
+    #[serde(default)]
+    pub compression: Compression,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubmitError {
+    #[error("unknown partner {0:?}")]
+    UnknownPartner(String),
+    #[error("unknown rule {0:?}")]
+    UnknownRule(String),
+    #[error("partner {partner:?} may not use rule {rule:?}")]
+    RuleNotAllowed { rule: String, partner: String },
+    #[error("bad file name: {0}")]
+    BadFileName(String),
+    #[error("{0}")]
+    FileNotFound(String),
+    #[error("bad block size: {0}")]
+    BadBlockSize(String),
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl SubmitError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            SubmitError::UnknownPartner(_) => "unknown_partner",
+            SubmitError::UnknownRule(_) => "unknown_rule",
+            SubmitError::RuleNotAllowed { .. } => "rule_not_allowed",
+            SubmitError::BadFileName(_) => "bad_file_name",
+            SubmitError::FileNotFound(_) => "file_not_found",
+            SubmitError::BadBlockSize(_) => "bad_block_size",
+            SubmitError::ShuttingDown => "shutting_down",
+            SubmitError::Store(_) => "store",
+        }
+    }
+}
+
+/// Counts an operator (or a test) can watch.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeStats {
+    pub node_id: String,
+    /// Live QUIC connections to partners.
+    pub connections: usize,
+    pub connections_by_partner: BTreeMap<String, usize>,
+    /// Private channels (requests) running on this node, either side.
+    pub open_channels: usize,
+    /// Requests this node's Commander is running.
+    pub running_requests: usize,
+}
+
+/// A cheap, cloneable handle to a running node.
+#[derive(Clone)]
+pub struct NodeHandle {
+    ctx: Arc<NodeContext>,
+}
+
+impl NodeHandle {
+    pub fn node_id(&self) -> &str {
+        &self.ctx.config.node_id
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.ctx.config
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.ctx.store
+    }
+
+    /// Records a new request and queues it. The record is on disk before
+    /// this returns, so an acknowledged request survives a crash.
+    pub async fn submit(&self, s: Submit) -> Result<RequestRecord, SubmitError> {
+        let cfg = &self.ctx.config;
+        if *self.ctx.shutdown.borrow() {
+            return Err(SubmitError::ShuttingDown);
+        }
+        let partner = cfg.partner(&s.partner).ok_or_else(|| SubmitError::UnknownPartner(s.partner.clone()))?;
+        let rule = cfg.rule(&s.rule).ok_or_else(|| SubmitError::UnknownRule(s.rule.clone()))?;
+        if !rule.allows(&partner.id) {
+            return Err(SubmitError::RuleNotAllowed { rule: s.rule, partner: partner.id.clone() });
+        }
+        check_file_name(&s.file).map_err(SubmitError::BadFileName)?;
+        let block_size = s.block_size.unwrap_or(cfg.block_size);
+        if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) {
+            return Err(SubmitError::BadBlockSize(format!("{block_size} is outside {MIN_BLOCK_SIZE}..={MAX_BLOCK_SIZE}")));
+        }
+        let mut size = 0;
+        if s.direction == Direction::Push {
+            let snap = drive::source_snapshot(&rule.send_dir.join(&s.file), &s.rule, &cfg.node_id)
+                .map_err(|(_, msg)| SubmitError::FileNotFound(msg))?;
+            size = snap.size;
+        }
+        let now = now_ms();
+        let rec = RequestRecord {
+            id: RequestId::generate(),
+            role: Role::Requester,
+            partner: partner.id.clone(),
+            rule: s.rule.clone(),
+            direction: s.direction,
+            file_name: s.file.clone(),
+            block_size,
+            compression: s.compression,
+            size,
+            transferred: 0,
+            restart_offset: 0,
+            status: Status::ToSubmit,
+            step: Step::PreTask,
+            hash: None,
+            external_job_id: s.external_job_id,
+            transfer_info: s.transfer_info,
+            created_at: now,
+            updated_at: now,
+            started_at: None,
+            finished_at: None,
+            error: None,
+            queue_seq: None,
+        };
+        let msg = format!("submitted: {:?} {:?} with {} under rule {:?}", s.direction, s.file, partner.id, s.rule);
+        let rec = self.ctx.store.insert(rec, &msg)?;
+        self.ctx.store.flush().await?;
+        tracing::info!(target: AUDIT, event = "submitted", request_id = %rec.id, partner = %rec.partner, direction = ?rec.direction, file = %rec.file_name);
+        if let Some(a) = self.ctx.actors() {
+            let _ = a.commander.cast(CommanderMsg::Wake);
+        }
+        Ok(rec)
+    }
+
+    pub async fn stats(&self) -> NodeStats {
+        let by_partner = match self.ctx.actors() {
+            Some(a) => ractor::call!(a.connections, ConnectionsMsg::Counts).unwrap_or_default(),
+            None => BTreeMap::new(),
+        };
+        NodeStats {
+            node_id: self.ctx.config.node_id.clone(),
+            connections: by_partner.values().sum(),
+            connections_by_partner: by_partner,
+            open_channels: self.ctx.open_channels.load(Ordering::Relaxed),
+            running_requests: self.ctx.running_requests.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A running node.
+pub struct Node {
+    handle: NodeHandle,
+    shutdown_tx: watch::Sender<bool>,
+    supervisor: ActorRef<SupervisorMsg>,
+    quic_addr: SocketAddr,
+    api_addr: SocketAddr,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Node {
+    pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|source| NodeError::DataDir { path: config.data_dir.display().to_string(), source })?;
+        let store = Store::open(&config.data_dir.join("store"))?;
+        let identity = NodeIdentity::load(&config.node_id, &config.tls.cert, &config.tls.key, &config.tls.ca)?;
+        let endpoint = transport::make_endpoint(config.listen, &identity, &TransportTuning::default())?;
+        let quic_addr = endpoint.local_addr().map_err(|e| NodeError::Actors(format!("no local address: {e}")))?;
+        let api_listener =
+            tokio::net::TcpListener::bind(config.api).await.map_err(|source| NodeError::Api { addr: config.api, source })?;
+        let api_addr = api_listener.local_addr().map_err(|source| NodeError::Api { addr: config.api, source })?;
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let ctx = Arc::new(NodeContext {
+            config,
+            store,
+            endpoint: endpoint.clone(),
+            capabilities: Capabilities::default(),
+            shutdown: shutdown_rx.clone(),
+            open_channels: AtomicUsize::new(0),
+            running_requests: AtomicUsize::new(0),
+            actors: RwLock::new(None),
+        });
+        let (supervisor, _) =
+            Actor::spawn(None, Supervisor, ctx.clone()).await.map_err(|e| NodeError::Actors(e.to_string()))?;
+        let handle = NodeHandle { ctx: ctx.clone() };
+        let mut tasks = Vec::new();
+        let accept_ctx = ctx.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(incoming) = endpoint.accept().await {
+                let Some(a) = accept_ctx.actors() else { continue };
+                tokio::spawn(connections::admit(accept_ctx.clone(), a.connections, incoming));
+            }
+        }));
+        let mut api_shutdown = shutdown_rx;
+        let api_handle = handle.clone();
+        tasks.push(tokio::spawn(async move {
+            let stop = async move {
+                let _ = api_shutdown.wait_for(|s| *s).await;
+            };
+            if let Err(e) = crate::api::serve(api_listener, api_handle, stop).await {
+                tracing::error!(error = %e, "REST API stopped");
+            }
+        }));
+        tracing::info!(node = %ctx.config.node_id, quic = %quic_addr, api = %api_addr, "node started");
+        Ok(Node { handle, shutdown_tx, supervisor, quic_addr, api_addr, tasks })
+    }
+
+    pub fn handle(&self) -> NodeHandle {
+        self.handle.clone()
+    }
+
+    /// The bound QUIC (UDP) address.
+    pub fn quic_addr(&self) -> SocketAddr {
+        self.quic_addr
+    }
+
+    /// The bound REST API (TCP) address.
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
+    }
+
+    /// Stops the node cleanly: running requests become `Interrupted` and the
+    /// store is flushed.
+    pub async fn shutdown(self) {
+        let ctx = self.handle.ctx.clone();
+        let _ = self.shutdown_tx.send(true);
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        while ctx.open_channels.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Give the last frames (Error to partners) a moment on the wire.
+        ctx.endpoint.close(quinn::VarInt::from_u32(CLOSE_SHUTDOWN), b"node shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), ctx.endpoint.wait_idle()).await;
+        self.supervisor.stop(None);
+        for t in self.tasks {
+            t.abort();
+        }
+        if let Err(e) = ctx.store.flush().await {
+            tracing::error!(error = %e, "cannot flush the store at shutdown");
+        }
+        tracing::info!(node = %ctx.config.node_id, "node stopped");
+    }
+}
+
+/// Runs a node until SIGINT or SIGTERM, then shuts it down cleanly.
+pub async fn run_node(config: NodeConfig) -> Result<(), NodeError> {
+    let node = Node::start(config).await?;
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(NodeError::Signal)?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.map_err(NodeError::Signal)?,
+        _ = term.recv() => {}
+    }
+    tracing::info!("signal received; shutting down");
+    node.shutdown().await;
+    Ok(())
+}

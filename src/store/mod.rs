@@ -1,0 +1,374 @@
+//! The node's persistent store: one sled database, owned by this module alone.
+//!
+//! Trees:
+//! - `meta`: the schema version (`schema` → u32 big-endian). A database with
+//!   another version is refused at open, never silently reinterpreted.
+//! - `requests`: request id → bincode([`RequestRecord`]).
+//! - `joblog`: request id ++ sequence (u64 BE) → bincode([`LogEntry`]); the
+//!   sequence comes from sled's monotonic id generator, so a request's entries
+//!   scan in the order they were written.
+//! - `queue`: sequence (u64 BE) ++ request id → empty; one entry per
+//!   `ToSubmit` request, so the Commander takes them in submission order
+//!   without scanning every request.
+//!
+//! Invariants: a record and its queue entry are written by [`Store::put`]
+//! only; the queue index may be stale after a crash (written after the
+//! record), so readers re-check the record's status, and
+//! [`Store::rebuild_queue`] restores it at start-up.
+//!
+//! Crash guarantees: writes land in sled's log, which sled flushes to disk in
+//! the background every 500 ms. [`Store::flush`] forces that flush (fsync);
+//! callers use it where a write must survive a crash before they answer
+//! anyone: a submitted request before the API acknowledges it, and final
+//! states. sled 0.34 is unmaintained and has open reports of damage after a
+//! hard kill; a record that does not decode is reported as
+//! [`StoreError::Corrupt`] naming the key, never skipped silently.
+
+mod record;
+
+pub use record::*;
+
+use std::path::Path;
+
+use crate::protocol::RequestId;
+
+/// The on-disk layout version this build reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("store at {path} has schema version {found}; this build reads version {SCHEMA_VERSION}")]
+    Schema { path: String, found: u32 },
+    #[error("store: record {key} does not decode: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("store: request {0} already exists")]
+    Exists(RequestId),
+    #[error("store: no request {0}")]
+    NotFound(RequestId),
+    #[error("store: record does not encode: {0}")]
+    Encode(String),
+}
+
+fn config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    bincode::serde::encode_to_vec(v, config()).map_err(|e| StoreError::Encode(e.to_string()))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
+    bincode::serde::decode_from_slice(bytes, config()).map(|(v, _)| v).map_err(|e| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// A handle to the node's database; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    requests: sled::Tree,
+    joblog: sled::Tree,
+    queue: sled::Tree,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the database in `dir`.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let db = sled::Config::new().path(dir).flush_every_ms(Some(500)).open()?;
+        let meta = db.open_tree("meta")?;
+        match meta.get("schema")? {
+            Some(v) => {
+                let found = v.as_ref().try_into().map(u32::from_be_bytes).unwrap_or(0);
+                if found != SCHEMA_VERSION {
+                    return Err(StoreError::Schema { path: dir.display().to_string(), found });
+                }
+            }
+            None => {
+                meta.insert("schema", &SCHEMA_VERSION.to_be_bytes())?;
+                db.flush()?;
+            }
+        }
+        Ok(Store {
+            requests: db.open_tree("requests")?,
+            joblog: db.open_tree("joblog")?,
+            queue: db.open_tree("queue")?,
+            db,
+        })
+    }
+
+    /// Stores a new request, refusing an id that already exists, and logs `message`.
+    pub fn insert(&self, mut rec: RequestRecord, message: &str) -> Result<RequestRecord, StoreError> {
+        if rec.status == Status::ToSubmit {
+            rec.queue_seq = Some(self.db.generate_id()?);
+        }
+        let bytes = encode(&rec)?;
+        let key = rec.id.as_str().as_bytes();
+        if self.requests.compare_and_swap(key, None as Option<&[u8]>, Some(bytes))?.is_err() {
+            return Err(StoreError::Exists(rec.id));
+        }
+        if let Some(seq) = rec.queue_seq {
+            self.queue.insert(queue_key(seq, &rec.id), &[])?;
+        }
+        self.append_log(&rec, message)?;
+        Ok(rec)
+    }
+
+    pub fn get(&self, id: &RequestId) -> Result<Option<RequestRecord>, StoreError> {
+        let key = id.as_str().as_bytes();
+        self.requests.get(key)?.map(|v| decode(key, &v)).transpose()
+    }
+
+    /// Changes a request with `change`, logging `message` when it is not empty
+    /// or when the status or step changed. Returns the new record.
+    pub fn update(
+        &self,
+        id: &RequestId,
+        message: &str,
+        change: impl Fn(&mut RequestRecord),
+    ) -> Result<RequestRecord, StoreError> {
+        let key = id.as_str().as_bytes();
+        loop {
+            let old_bytes = self.requests.get(key)?.ok_or_else(|| StoreError::NotFound(id.clone()))?;
+            let old: RequestRecord = decode(key, &old_bytes)?;
+            let mut new = old.clone();
+            change(&mut new);
+            new.updated_at = record::now_ms();
+            let leaving_queue = old.queue_seq.is_some() && new.status != Status::ToSubmit;
+            if leaving_queue {
+                new.queue_seq = None;
+            }
+            let joining_queue = new.status == Status::ToSubmit && new.queue_seq.is_none();
+            if joining_queue {
+                new.queue_seq = Some(self.db.generate_id()?);
+            }
+            let new_bytes = encode(&new)?;
+            if self.requests.compare_and_swap(key, Some(old_bytes), Some(new_bytes))?.is_err() {
+                continue; // someone else changed it meanwhile: re-read and re-apply
+            }
+            if let (true, Some(seq)) = (leaving_queue, old.queue_seq) {
+                self.queue.remove(queue_key(seq, id))?;
+            }
+            if let (true, Some(seq)) = (joining_queue, new.queue_seq) {
+                self.queue.insert(queue_key(seq, id), &[])?;
+            }
+            if !message.is_empty() || old.status != new.status || old.step != new.step {
+                let msg = if message.is_empty() { format!("{:?} / {:?}", new.status, new.step) } else { message.into() };
+                self.append_log(&new, &msg)?;
+            }
+            return Ok(new);
+        }
+    }
+
+    /// Appends a line to a request's job log.
+    pub fn log(&self, id: &RequestId, message: &str) -> Result<(), StoreError> {
+        let rec = self.get(id)?.ok_or_else(|| StoreError::NotFound(id.clone()))?;
+        self.append_log(&rec, message)
+    }
+
+    fn append_log(&self, rec: &RequestRecord, message: &str) -> Result<(), StoreError> {
+        let seq = self.db.generate_id()?;
+        let mut key = rec.id.as_str().as_bytes().to_vec();
+        key.extend_from_slice(&seq.to_be_bytes());
+        let entry = LogEntry { at: record::now_ms(), status: rec.status, step: rec.step, message: message.to_owned() };
+        self.joblog.insert(key, encode(&entry)?)?;
+        Ok(())
+    }
+
+    /// A request's job log, oldest first.
+    pub fn job_log(&self, id: &RequestId) -> Result<Vec<LogEntry>, StoreError> {
+        self.joblog
+            .scan_prefix(id.as_str().as_bytes())
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    /// Every request, optionally only those with `status`.
+    pub fn list(&self, status: Option<Status>) -> Result<Vec<RequestRecord>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.requests.iter() {
+            let (k, v) = kv?;
+            let rec: RequestRecord = decode(&k, &v)?;
+            if status.is_none_or(|s| rec.status == s) {
+                out.push(rec);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Up to `max` queued (`ToSubmit`) requests in submission order.
+    ///
+    /// Stale index entries (the record is gone or no longer `ToSubmit`) are
+    /// dropped on the way.
+    pub fn queued(&self, max: usize) -> Result<Vec<RequestRecord>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.queue.iter() {
+            if out.len() >= max {
+                break;
+            }
+            let (k, _) = kv?;
+            let id = k.get(8..).and_then(|b| std::str::from_utf8(b).ok()).and_then(RequestId::parse);
+            let rec = match &id {
+                Some(id) => self.get(id)?,
+                None => None,
+            };
+            match rec {
+                Some(rec) if rec.status == Status::ToSubmit && rec.queue_seq.map(|s| queue_key(s, &rec.id)) == Some(k.to_vec()) => {
+                    out.push(rec)
+                }
+                _ => {
+                    self.queue.remove(k)?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Re-creates the queue index from the records (after a crash the index
+    /// may miss entries written just before it).
+    pub fn rebuild_queue(&self) -> Result<(), StoreError> {
+        for rec in self.list(Some(Status::ToSubmit))? {
+            match rec.queue_seq {
+                Some(seq) => {
+                    self.queue.insert(queue_key(seq, &rec.id), &[])?;
+                }
+                None => {
+                    // Re-queue through update so the record gets its sequence.
+                    self.update(&rec.id, "", |r| r.queue_seq = None)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Forces everything written so far to disk (fsync). Concurrent callers
+    /// share sled's flush, so a burst of submits costs few fsyncs.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Blocking variant of [`Store::flush`] for shutdown paths.
+    pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+fn queue_key(seq: u64, id: &RequestId) -> Vec<u8> {
+    let mut k = seq.to_be_bytes().to_vec();
+    k.extend_from_slice(id.as_str().as_bytes());
+    k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Direction;
+
+    pub(crate) fn sample(status: Status) -> RequestRecord {
+        RequestRecord {
+            id: RequestId::generate(),
+            role: Role::Requester,
+            partner: "b".into(),
+            rule: "r".into(),
+            direction: Direction::Push,
+            file_name: "f".into(),
+            block_size: 1 << 20,
+            compression: crate::protocol::Compression::None,
+            size: 10,
+            transferred: 0,
+            restart_offset: 0,
+            status,
+            step: Step::PreTask,
+            hash: None,
+            external_job_id: None,
+            transfer_info: String::new(),
+            created_at: now_ms(),
+            updated_at: now_ms(),
+            started_at: None,
+            finished_at: None,
+            error: None,
+            queue_seq: None,
+        }
+    }
+
+    #[test]
+    fn records_survive_reopen_and_keep_their_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rec = sample(Status::ToSubmit);
+        {
+            let s = Store::open(dir.path()).expect("open");
+            s.insert(rec.clone(), "submitted").expect("insert");
+            s.update(&rec.id, "", |r| r.status = Status::Running).expect("update");
+            s.flush_blocking().expect("flush");
+        }
+        let s = Store::open(dir.path()).expect("reopen");
+        let back = s.get(&rec.id).expect("get").expect("present");
+        assert_eq!(back.status, Status::Running);
+        let log = s.job_log(&rec.id).expect("log");
+        assert_eq!(log.len(), 2);
+        assert_eq!(log[0].message, "submitted");
+        assert_eq!(log[1].status, Status::Running);
+    }
+
+    #[test]
+    fn a_duplicate_id_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(dir.path()).expect("open");
+        let rec = sample(Status::Running);
+        s.insert(rec.clone(), "x").expect("first");
+        assert!(matches!(s.insert(rec, "x"), Err(StoreError::Exists(_))));
+    }
+
+    #[test]
+    fn the_queue_follows_the_status_in_submission_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(dir.path()).expect("open");
+        let recs: Vec<_> = (0..5).map(|_| s.insert(sample(Status::ToSubmit), "q").expect("insert")).collect();
+        let q: Vec<_> = s.queued(10).expect("queued").into_iter().map(|r| r.id).collect();
+        assert_eq!(q, recs.iter().map(|r| r.id.clone()).collect::<Vec<_>>());
+        s.update(&recs[1].id, "", |r| r.status = Status::Running).expect("run");
+        assert_eq!(s.queued(10).expect("queued").len(), 4);
+        s.update(&recs[1].id, "", |r| r.status = Status::ToSubmit).expect("requeue");
+        let q: Vec<_> = s.queued(10).expect("queued").into_iter().map(|r| r.id).collect();
+        assert_eq!(q.last(), Some(&recs[1].id), "a re-queued request goes to the back");
+        assert_eq!(s.queued(2).expect("queued").len(), 2);
+    }
+
+    #[test]
+    fn another_schema_version_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let db = sled::open(dir.path()).expect("sled");
+            db.open_tree("meta").expect("meta").insert("schema", &99u32.to_be_bytes()).expect("insert");
+            db.flush().expect("flush");
+        }
+        let err = Store::open(dir.path()).expect_err("refused");
+        assert!(err.to_string().contains("schema version 99"), "{err}");
+    }
+
+    #[test]
+    fn list_filters_by_status() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(dir.path()).expect("open");
+        s.insert(sample(Status::Done), "x").expect("insert");
+        s.insert(sample(Status::InError), "x").expect("insert");
+        assert_eq!(s.list(None).expect("all").len(), 2);
+        assert_eq!(s.list(Some(Status::Done)).expect("done").len(), 1);
+        assert_eq!(Status::parse("inerror"), Some(Status::InError));
+    }
+}

@@ -1,0 +1,120 @@
+//! What the store keeps for each request: its record and its job log.
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::{Compression, Digest, Direction, ErrorCode, RequestId};
+
+/// Where a request stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Status {
+    /// Queued for the Commander.
+    ToSubmit,
+    /// A runner is working on it.
+    Running,
+    /// Finished on both sides, file verified and delivered.
+    Done,
+    /// Stopped part-way (connection lost, node stopped, paused): resumable.
+    Interrupted,
+    /// A step failed; stays until an operator restarts it.
+    InError,
+    /// Cancelled by an operator or the partner.
+    Cancelled,
+}
+
+impl Status {
+    pub const ALL: [Status; 6] =
+        [Status::ToSubmit, Status::Running, Status::Done, Status::Interrupted, Status::InError, Status::Cancelled];
+
+    /// Whether the request has ended for good (until an operator restarts it).
+    pub fn is_final(self) -> bool {
+        matches!(self, Status::Done | Status::InError | Status::Cancelled)
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|st| format!("{st:?}").eq_ignore_ascii_case(s))
+    }
+}
+
+/// Which step of the request was reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Step {
+    PreTask,
+    Transfer,
+    PostTask,
+    AllDone,
+    ErrorTask,
+}
+
+/// This node's part in the request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    Requester,
+    Requested,
+}
+
+/// The cause of a failed request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// One request as one node knows it. Both nodes hold one under the same id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    pub id: RequestId,
+    pub role: Role,
+    /// The other node's id.
+    pub partner: String,
+    pub rule: String,
+    pub direction: Direction,
+    pub file_name: String,
+    pub block_size: u32,
+    /// Per-block compression the requester asks for.
+    pub compression: Compression,
+    /// File size (for a pull, known once the sender answered).
+    pub size: u64,
+    /// Bytes confirmed so far (sent, or received and written).
+    pub transferred: u64,
+    /// Offset the current or last attempt started from.
+    pub restart_offset: u64,
+    pub status: Status,
+    pub step: Step,
+    /// Whole-file BLAKE3, once verified.
+    pub hash: Option<Digest>,
+    pub external_job_id: Option<String>,
+    pub transfer_info: String,
+    /// Unix milliseconds.
+    pub created_at: u64,
+    pub updated_at: u64,
+    pub started_at: Option<u64>,
+    pub finished_at: Option<u64>,
+    pub error: Option<RequestError>,
+    /// Position in the submit queue while `ToSubmit` (store-internal index key).
+    pub queue_seq: Option<u64>,
+}
+
+impl RequestRecord {
+    /// Whether this node sends the file.
+    pub fn is_sender(&self) -> bool {
+        matches!((self.role, self.direction), (Role::Requester, Direction::Push) | (Role::Requested, Direction::Pull))
+    }
+}
+
+/// One line of a request's job log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// Unix milliseconds.
+    pub at: u64,
+    pub status: Status,
+    pub step: Step,
+    pub message: String,
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}

@@ -1,0 +1,235 @@
+//! The receiving side's work file: blocks are checked and written off the
+//! async executor, then the file is verified and delivered.
+//!
+//! Crash and delivery guarantees:
+//! - Blocks go into a work file `RECV_DIR/.ferry-work/REQUEST_ID.part`, never
+//!   under the final name.
+//! - Each block's BLAKE3 is checked before it is written; a mismatch fails the
+//!   transfer.
+//! - At the end the work file is fsynced; only if the byte count and the
+//!   whole-file BLAKE3 match the sender's is it renamed atomically to its
+//!   final name, and the folder is fsynced so the rename itself is durable.
+//!   A file whose check fails is never delivered under its final name.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::protocol::{Data, Digest, EndTransfer, ErrorCode, Plan, RequestId};
+
+/// Name of the work-file folder inside a receive folder (its name uses the
+/// reserved prefix, so no partner file can collide with it).
+pub const WORK_DIR: &str = ".ferry-work";
+
+/// Blocks buffered between the network and the disk.
+const PIPELINE_DEPTH: usize = 8;
+
+type Failure = (ErrorCode, String);
+
+/// Where a request's work file lives.
+pub fn work_path(recv_dir: &Path, id: &RequestId) -> PathBuf {
+    recv_dir.join(WORK_DIR).join(format!("{id}.part"))
+}
+
+/// Receives blocks into a work file.
+#[derive(Debug)]
+pub struct BlockWriter {
+    tx: Option<mpsc::Sender<Data>>,
+    handle: JoinHandle<Result<EndTransfer, Failure>>,
+}
+
+impl BlockWriter {
+    /// Opens the work file, keeping its first `plan.restart_offset` bytes.
+    pub fn start(work: PathBuf, plan: Plan) -> BlockWriter {
+        let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
+        let handle = tokio::task::spawn_blocking(move || write_blocks(&work, &plan, rx));
+        BlockWriter { tx: Some(tx), handle }
+    }
+
+    /// Queues a block. `false` means the writer stopped: call [`Self::finish`] for why.
+    pub async fn write(&mut self, block: Data) -> bool {
+        match &self.tx {
+            Some(tx) => tx.send(block).await.is_ok(),
+            None => false,
+        }
+    }
+
+    /// Ends the stream of blocks; returns the count and whole-file hash of the
+    /// fsynced work file, or why writing failed.
+    pub async fn finish(mut self) -> Result<EndTransfer, Failure> {
+        self.tx = None;
+        match self.handle.await {
+            Ok(r) => r,
+            Err(e) => Err((ErrorCode::Internal, format!("block writer panicked: {e}"))),
+        }
+    }
+}
+
+fn io_failure(what: &str, path: &Path, e: std::io::Error) -> Failure {
+    if e.raw_os_error() == Some(libc::ENOSPC) {
+        return (ErrorCode::NoSpace, format!("disk full while trying to {what} {}", path.display()));
+    }
+    (ErrorCode::Io, format!("cannot {what} {}: {e}", path.display()))
+}
+
+fn write_blocks(work: &Path, plan: &Plan, mut rx: mpsc::Receiver<Data>) -> Result<EndTransfer, Failure> {
+    if let Some(dir) = work.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| io_failure("create", dir, e))?;
+    }
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(work)
+        .map_err(|e| io_failure("open", work, e))?;
+    file.set_len(plan.restart_offset).map_err(|e| io_failure("truncate", work, e))?;
+    let mut whole = blake3::Hasher::new();
+    hash_prefix(&mut file, plan.restart_offset, &mut whole).map_err(|e| io_failure("read", work, e))?;
+    file.seek(SeekFrom::Start(plan.restart_offset)).map_err(|e| io_failure("seek in", work, e))?;
+    let mut offset = plan.restart_offset;
+    let mut raw_buf = Vec::new();
+    while let Some(block) = rx.blocking_recv() {
+        let raw: &[u8] = if block.compressed {
+            raw_buf.resize(block.raw_len as usize, 0);
+            match lz4_flex::block::decompress_into(&block.payload, &mut raw_buf) {
+                Ok(n) if n == block.raw_len as usize => &raw_buf,
+                Ok(n) => {
+                    return Err((ErrorCode::BlockHashMismatch, format!("block at {} decompressed to {n} bytes, not {}", block.offset, block.raw_len)))
+                }
+                Err(e) => return Err((ErrorCode::BlockHashMismatch, format!("block at {} does not decompress: {e}", block.offset))),
+            }
+        } else {
+            &block.payload
+        };
+        if Digest::of(raw) != block.hash {
+            return Err((ErrorCode::BlockHashMismatch, format!("block at offset {} failed its BLAKE3 check", block.offset)));
+        }
+        file.write_all(raw).map_err(|e| io_failure("write", work, e))?;
+        whole.update(raw);
+        offset += raw.len() as u64;
+    }
+    file.sync_all().map_err(|e| io_failure("fsync", work, e))?;
+    Ok(EndTransfer { bytes: offset, hash: whole.finalize().into() })
+}
+
+fn hash_prefix(file: &mut File, len: u64, whole: &mut blake3::Hasher) -> std::io::Result<()> {
+    file.seek(SeekFrom::Start(0))?;
+    let mut left = len;
+    let mut buf = vec![0u8; 1 << 20];
+    while left > 0 {
+        let n = buf.len().min(left as usize);
+        file.read_exact(&mut buf[..n])?;
+        whole.update(&buf[..n]);
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+/// Renames a verified, fsynced work file to its final name and fsyncs the
+/// folder, so the delivery survives a crash. Replaces an existing file
+/// atomically.
+pub fn deliver(work: &Path, final_path: &Path) -> Result<(), Failure> {
+    std::fs::rename(work, final_path).map_err(|e| io_failure("rename into", final_path, e))?;
+    let dir = final_path.parent().unwrap_or(Path::new("."));
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_failure("fsync folder", dir, e))?;
+    Ok(())
+}
+
+/// Removes a work file that must not be resumed (failed check, cancel).
+pub fn discard(work: &Path) {
+    if let Err(e) = std::fs::remove_file(work) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(path = %work.display(), error = %e, "cannot remove work file");
+        }
+    }
+}
+
+/// Bytes available to an unprivileged writer in `dir`'s file system.
+pub fn available_space(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `c` is a valid NUL-terminated path and `st` points to writable
+    // memory of the right type; statvfs fills it in on success.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: statvfs returned 0, so it initialised `st`.
+    let st = unsafe { st.assume_init() };
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+/// Room to keep free beyond a file's size: 1% of it plus 1 MiB, so a
+/// transfer never fills a disk to the last byte.
+pub fn space_margin(size: u64) -> u64 {
+    size / 100 + (1 << 20)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Compression;
+
+    fn plan(size: u64) -> Plan {
+        Plan { size, block_size: 4096, restart_offset: 0, compression: Compression::None }
+    }
+
+    fn block(offset: u64, bytes: &[u8]) -> Data {
+        Data { offset, raw_len: bytes.len() as u32, payload: bytes.to_vec(), compressed: false, hash: Digest::of(bytes) }
+    }
+
+    #[tokio::test]
+    async fn writes_verifies_and_delivers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let id = RequestId::generate();
+        let work = work_path(dir.path(), &id);
+        let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+        let mut w = BlockWriter::start(work.clone(), plan(data.len() as u64));
+        for (i, c) in data.chunks(4096).enumerate() {
+            assert!(w.write(block(i as u64 * 4096, c)).await);
+        }
+        let end = w.finish().await.expect("finishes");
+        assert_eq!(end, EndTransfer { bytes: data.len() as u64, hash: Digest::of(&data) });
+        let fin = dir.path().join("f");
+        deliver(&work, &fin).expect("delivers");
+        assert_eq!(std::fs::read(&fin).expect("read"), data);
+        assert!(!work.exists());
+    }
+
+    #[tokio::test]
+    async fn a_bad_block_stops_the_writer_with_a_clear_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let work = work_path(dir.path(), &RequestId::generate());
+        let mut w = BlockWriter::start(work, plan(8192));
+        let mut b = block(0, &[1; 4096]);
+        b.payload[0] = 2;
+        w.write(b).await;
+        let (code, msg) = w.finish().await.expect_err("fails");
+        assert_eq!(code, ErrorCode::BlockHashMismatch);
+        assert!(msg.contains("offset 0"), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn compressed_blocks_are_decompressed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let work = work_path(dir.path(), &RequestId::generate());
+        let raw = vec![5u8; 4096];
+        let mut w = BlockWriter::start(work, plan(4096));
+        let payload = lz4_flex::block::compress(&raw);
+        w.write(Data { offset: 0, raw_len: 4096, payload, compressed: true, hash: Digest::of(&raw) }).await;
+        assert_eq!(w.finish().await.expect("ok").hash, Digest::of(&raw));
+    }
+
+    #[test]
+    fn free_space_is_readable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(available_space(dir.path()).expect("statvfs") > 0);
+        assert!(available_space(Path::new("/definitely/not/here")).is_err());
+    }
+}

@@ -1,0 +1,154 @@
+//! The RetrieveRunner: the sending side's block pump.
+//!
+//! It runs on a blocking thread of its own (file reads and BLAKE3 are CPU and
+//! disk work that must not stall the async executor) and hands encoded frames
+//! to the runner through a small bounded channel, so reading and hashing the
+//! next blocks overlaps with QUIC sending the previous ones.
+//!
+//! Invariants: blocks are produced in order, contiguous from the plan's
+//! restart offset to the announced size. The whole-file BLAKE3 covers the file
+//! from offset 0 (the prefix before a restart offset is read and hashed, not
+//! resent), so a resumed transfer still ends with an end-to-end check. If the
+//! source's size or modification time differs from when the transfer began,
+//! the pump fails with [`ErrorCode::SourceChanged`] instead of finishing.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::protocol::codec;
+use crate::protocol::{Compression, Data, Digest, EndTransfer, ErrorCode, Message, Plan};
+
+/// Frames buffered between the pump and the network: enough to keep the
+/// stream busy while the next block is read, little enough to bound memory.
+const PIPELINE_DEPTH: usize = 4;
+
+/// What the pump reports to its runner.
+#[derive(Debug)]
+pub enum PumpEvent {
+    /// An encoded Data frame, and the offset just past its block.
+    Frame { frame: Bytes, end: u64 },
+    /// Every block was produced; the file did not change meanwhile.
+    Finished(EndTransfer),
+    /// The pump stopped: the source could not be read or changed.
+    Failed { code: ErrorCode, message: String },
+}
+
+/// What the pump needs to know about the source when the transfer began.
+#[derive(Clone, Debug)]
+pub struct SourceSnapshot {
+    pub size: u64,
+    pub modified: Option<SystemTime>,
+}
+
+impl SourceSnapshot {
+    pub fn of(meta: &std::fs::Metadata) -> Self {
+        SourceSnapshot { size: meta.len(), modified: meta.modified().ok() }
+    }
+}
+
+/// Starts pumping `path` per `plan`. Dropping the receiver, or setting `stop`,
+/// ends the pump at the next block.
+pub fn start(path: PathBuf, plan: Plan, snapshot: SourceSnapshot, stop: Arc<AtomicBool>) -> mpsc::Receiver<PumpEvent> {
+    let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
+    tokio::task::spawn_blocking(move || {
+        let last = match pump(&path, &plan, &snapshot, &stop, &tx) {
+            Ok(Some(end)) => PumpEvent::Finished(end),
+            Ok(None) => return,
+            Err((code, message)) => PumpEvent::Failed { code, message },
+        };
+        let _ = tx.blocking_send(last);
+    });
+    rx
+}
+
+type PumpResult<T> = Result<T, (ErrorCode, String)>;
+
+fn io_err(path: &std::path::Path, what: &str, e: std::io::Error) -> (ErrorCode, String) {
+    (ErrorCode::Io, format!("cannot {what} {}: {e}", path.display()))
+}
+
+/// Returns `Ok(None)` when stopped or when nobody listens any more.
+fn pump(
+    path: &std::path::Path,
+    plan: &Plan,
+    snapshot: &SourceSnapshot,
+    stop: &AtomicBool,
+    tx: &mpsc::Sender<PumpEvent>,
+) -> PumpResult<Option<EndTransfer>> {
+    let mut file = File::open(path).map_err(|e| io_err(path, "open", e))?;
+    let changed = |now: &SourceSnapshot| {
+        (now.size != snapshot.size || now.modified != snapshot.modified).then(|| {
+            (
+                ErrorCode::SourceChanged,
+                format!(
+                    "source {} changed during the transfer (size {} -> {} bytes or modification time changed)",
+                    path.display(),
+                    snapshot.size,
+                    now.size
+                ),
+            )
+        })
+    };
+    let meta = file.metadata().map_err(|e| io_err(path, "stat", e))?;
+    if let Some(e) = changed(&SourceSnapshot::of(&meta)) {
+        return Err(e);
+    }
+    if snapshot.size != plan.size {
+        return Err((ErrorCode::SourceChanged, format!("source is {} bytes, {} were announced", snapshot.size, plan.size)));
+    }
+    let mut whole = blake3::Hasher::new();
+    let block = plan.block_size as usize;
+    let mut buf = vec![0u8; block];
+    // Hash the prefix that is not resent, so the final check still covers the whole file.
+    let mut offset = 0u64;
+    while offset < plan.restart_offset {
+        let n = block.min((plan.restart_offset - offset) as usize);
+        file.read_exact(&mut buf[..n]).map_err(|e| io_err(path, "read", e))?;
+        whole.update(&buf[..n]);
+        offset += n as u64;
+    }
+    file.seek(SeekFrom::Start(offset)).map_err(|e| io_err(path, "seek in", e))?;
+    while offset < plan.size {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let n = block.min((plan.size - offset) as usize);
+        let raw = &mut buf[..n];
+        if let Err(e) = file.read_exact(raw) {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                return Err((ErrorCode::SourceChanged, format!("source {} shrank during the transfer", path.display())));
+            }
+            return Err(io_err(path, "read", e));
+        }
+        whole.update(raw);
+        let hash = Digest::of(raw);
+        let compressed = match plan.compression {
+            Compression::Lz4 => Some(lz4_flex::block::compress(raw)).filter(|c| c.len() < n),
+            Compression::None => None,
+        };
+        let data = Data {
+            offset,
+            raw_len: u32::try_from(n).expect("a block is at most MAX_BLOCK_SIZE"),
+            compressed: compressed.is_some(),
+            payload: compressed.unwrap_or_else(|| raw.to_vec()),
+            hash,
+        };
+        let frame = codec::encode(&Message::Data(data)).map_err(|e| (ErrorCode::Internal, e.to_string()))?;
+        offset += n as u64;
+        if tx.blocking_send(PumpEvent::Frame { frame: Bytes::from(frame), end: offset }).is_err() {
+            return Ok(None);
+        }
+    }
+    let meta = file.metadata().map_err(|e| io_err(path, "stat", e))?;
+    if let Some(e) = changed(&SourceSnapshot::of(&meta)) {
+        return Err(e);
+    }
+    Ok(Some(EndTransfer { bytes: offset, hash: whole.finalize().into() }))
+}
