@@ -113,7 +113,7 @@ async fn run(args: ClientRunnerArgs, control: mpsc::Receiver<Control>) {
         Ok(s) => s,
         Err(e) => {
             let msg = format!("cannot open a channel to {}: {}", rec.partner, crate::transport::channel::describe_connection(&e));
-            return fail_early(&ctx, &id, ErrorCode::Connection, msg);
+            return fail_early(&ctx, &id, super::connections::close_code(&e), msg);
         }
     };
     let request = Request {

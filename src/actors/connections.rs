@@ -67,18 +67,38 @@ impl ConnectionsState {
     }
 }
 
+/// Whether a connection ended in a failed TLS handshake (a TLS alert travels
+/// as a QUIC CRYPTO_ERROR, codes 0x100..0x1ff).
+pub fn is_handshake_failure(e: &quinn::ConnectionError) -> bool {
+    match e {
+        quinn::ConnectionError::TransportError(_) => true,
+        quinn::ConnectionError::ConnectionClosed(c) => {
+            let code = u64::from(c.error_code);
+            (0x100..0x200).contains(&code)
+        }
+        _ => false,
+    }
+}
+
+/// The error code for a connection that ended: a partner that closed it
+/// because it does not know us says so in its close code; a failed TLS
+/// handshake is not worth retrying; anything else is a lost connection.
+pub fn close_code(e: &quinn::ConnectionError) -> ErrorCode {
+    match e {
+        quinn::ConnectionError::ApplicationClosed(c) if c.error_code == quinn::VarInt::from_u32(CLOSE_UNKNOWN_PARTNER) => {
+            ErrorCode::UnknownPartner
+        }
+        e if is_handshake_failure(e) => ErrorCode::Handshake,
+        _ => ErrorCode::Connection,
+    }
+}
+
 /// Maps a dial failure to an error code: an untrusted certificate is not
 /// worth retrying, an unreachable partner is.
 fn dial_error(partner: &str, e: &TransportError) -> ConnectError {
     let code = match e {
-        TransportError::Handshake { source: quinn::ConnectionError::TransportError(_), .. }
-        | TransportError::Tls(_)
-        | TransportError::WrongPeer { .. } => ErrorCode::Handshake,
-        TransportError::Handshake { source: quinn::ConnectionError::ConnectionClosed(c), .. }
-            if c.error_code.to_string().contains("crypto") || c.error_code.to_string().contains("CRYPTO") =>
-        {
-            ErrorCode::Handshake
-        }
+        TransportError::Handshake { source, .. } if is_handshake_failure(source) => ErrorCode::Handshake,
+        TransportError::Tls(_) | TransportError::WrongPeer { .. } => ErrorCode::Handshake,
         _ => ErrorCode::Connection,
     };
     ConnectError { code, message: format!("cannot connect to partner {partner}: {e}") }

@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::connections::CLOSE_UNKNOWN_PARTNER;
 use crate::node::NodeContext;
 use crate::protocol::names::check_file_name;
 use crate::protocol::{Direction, ErrorCode, Failure, Message, Output, Plan, Request, RequestId, Role as SessionRole, Session};
@@ -256,12 +255,7 @@ impl Drive {
     /// Why the channel was lost: a peer that closed the connection because it
     /// does not know us says so in its close code.
     fn lost_code(&self) -> ErrorCode {
-        match self.conn.as_ref().and_then(|c| c.close_reason()) {
-            Some(quinn::ConnectionError::ApplicationClosed(c)) if c.error_code == quinn::VarInt::from_u32(CLOSE_UNKNOWN_PARTNER) => {
-                ErrorCode::UnknownPartner
-            }
-            _ => ErrorCode::Connection,
-        }
+        self.conn.as_ref().and_then(|c| c.close_reason()).map_or(ErrorCode::Connection, |e| super::connections::close_code(&e))
     }
 
     /// Our write failed: the peer may have said why before it stopped reading.
