@@ -8,6 +8,7 @@
 pub mod actors;
 pub mod api;
 pub mod certs;
+pub mod cluster;
 pub mod config;
 pub mod node;
 pub mod protocol;

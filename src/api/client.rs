@@ -183,7 +183,12 @@ impl ApiClient {
         }
     }
 
-    async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<T, ClientError> {
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, ClientError> {
         let uri: Uri = format!("{}{path}", self.base).parse().map_err(|e| ClientError::Request(format!("{e}")))?;
         let mut req = Request::builder().method(method).uri(uri).header(ACCEPT, "application/json");
         if body.is_some() {
@@ -246,7 +251,7 @@ fn check_id(id: &str) -> Result<RequestId, ClientError> {
 /// `host:port` or `http://host:port[/]` → `http://host:port`.
 fn normalise_base(base: &str) -> Result<String, ClientError> {
     let bad = |reason: &str| ClientError::BadBase { base: base.to_owned(), reason: reason.to_owned() };
-    let trimmed = base.trim().trim_end_matches('/');
+    let trimmed = base.trim();
     if trimmed.is_empty() {
         return Err(bad("it is empty"));
     }
@@ -255,13 +260,13 @@ fn normalise_base(base: &str) -> Result<String, ClientError> {
     if uri.scheme_str() != Some("http") {
         return Err(bad("only http:// is supported"));
     }
-    if uri.host().is_none_or(str::is_empty) {
+    let Some(authority) = uri.authority().filter(|a| !a.host().is_empty()) else {
         return Err(bad("it names no host"));
-    }
+    };
     if uri.path_and_query().is_some_and(|p| p.as_str() != "/" && !p.as_str().is_empty()) {
-        return Err(bad("it must not contain a path (the API lives under /api/v1)"));
+        return Err(bad("it must not contain a path or query (the API lives under /api/v1)"));
     }
-    Ok(full)
+    Ok(format!("http://{authority}"))
 }
 
 /// The innermost cause of a failed connection, in plain words
@@ -319,7 +324,7 @@ mod tests {
         assert_eq!(normalise_base("127.0.0.1:8001").expect("bare"), "http://127.0.0.1:8001");
         assert_eq!(normalise_base("http://localhost:8001/").expect("slash"), "http://localhost:8001");
         assert_eq!(normalise_base(" http://[::1]:8001 ").expect("v6"), "http://[::1]:8001");
-        for bad in ["", "https://h:1", "http://h:1/api", "http://", "ftp://h"] {
+        for bad in ["", " ", "https://h:1", "http://h:1/api", "http://h:1?x=1", "http://", "http:///", "ftp://h"] {
             assert!(matches!(normalise_base(bad), Err(ClientError::BadBase { .. })), "{bad}");
         }
     }

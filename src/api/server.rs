@@ -212,7 +212,7 @@ async fn get_transfer(
     let Path(id) = id?;
     let id = parse_id(&id)?;
     let store = node.store().clone();
-    let rec = blocking(move || Ok(store.get(&id)?.ok_or_else(|| ApiError::NotFound(id.to_string()))?)).await?;
+    let rec = blocking(move || store.get(&id)?.ok_or_else(|| ApiError::NotFound(id.to_string()))).await?;
     Ok(Json(TransferView::from_record(&rec, node.node_id())))
 }
 
@@ -279,18 +279,12 @@ mod tests {
         let cases = [
             (SubmitError::UnknownPartner("z".into()), StatusCode::UNPROCESSABLE_ENTITY),
             (SubmitError::UnknownRule("r".into()), StatusCode::UNPROCESSABLE_ENTITY),
-            (
-                SubmitError::RuleNotAllowed { rule: "r".into(), partner: "z".into() },
-                StatusCode::UNPROCESSABLE_ENTITY,
-            ),
+            (SubmitError::RuleNotAllowed { rule: "r".into(), partner: "z".into() }, StatusCode::UNPROCESSABLE_ENTITY),
             (SubmitError::FileNotFound("f".into()), StatusCode::UNPROCESSABLE_ENTITY),
             (SubmitError::BadFileName("../f".into()), StatusCode::BAD_REQUEST),
             (SubmitError::BadBlockSize("1".into()), StatusCode::BAD_REQUEST),
             (SubmitError::ShuttingDown, StatusCode::SERVICE_UNAVAILABLE),
-            (
-                SubmitError::Store(StoreError::Encode("x".into())),
-                StatusCode::INTERNAL_SERVER_ERROR,
-            ),
+            (SubmitError::Store(StoreError::Encode("x".into())), StatusCode::INTERNAL_SERVER_ERROR),
         ];
         for (e, status) in cases {
             let code = e.code();

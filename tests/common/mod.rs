@@ -2,26 +2,17 @@
 //! process, each with its own certificates, sled store and folders.
 #![allow(dead_code)]
 
-use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use ferry::config::{NodeConfig, Partner, Rule, TlsPaths};
+use ferry::cluster::LocalLayout;
+use ferry::config::NodeConfig;
 use ferry::node::{Node, NodeHandle, Submit};
 use ferry::protocol::{Compression, Digest, Direction, RequestId};
 use ferry::store::{RequestRecord, Status};
 
-/// A free UDP port on loopback (bound and released: tests tolerate the tiny race).
-pub fn free_udp() -> SocketAddr {
-    UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).expect("free udp port")
-}
-
-pub fn free_tcp() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").and_then(|s| s.local_addr()).expect("free tcp port")
-}
-
 /// Folders and configs of a test cluster; nodes are started separately so
-/// tests can tweak configs first.
+/// tests can tweak configs first. The temporary folder lives as long as this.
 pub struct Layout {
     pub dir: tempfile::TempDir,
     pub configs: Vec<NodeConfig>,
@@ -32,45 +23,8 @@ impl Layout {
     /// open to all partners.
     pub fn new(ids: &[&str]) -> Layout {
         let dir = tempfile::tempdir().expect("tempdir");
-        let certs = dir.path().join("certs");
-        ferry::certs::init(&certs, &ids.iter().map(|s| s.to_string()).collect::<Vec<_>>()).expect("certs");
-        let addrs: Vec<SocketAddr> = ids.iter().map(|_| free_udp()).collect();
-        let configs = ids
-            .iter()
-            .enumerate()
-            .map(|(i, id)| {
-                let home = dir.path().join(id);
-                let p = ferry::certs::paths(&certs, id);
-                NodeConfig {
-                    node_id: id.to_string(),
-                    listen: addrs[i],
-                    api: free_tcp(),
-                    data_dir: home.join("data"),
-                    concurrency: 64,
-                    block_size: ferry::protocol::DEFAULT_BLOCK_SIZE,
-                    tls: TlsPaths { cert: p.cert, key: p.key, ca: p.ca },
-                    partners: ids
-                        .iter()
-                        .enumerate()
-                        .filter(|(j, _)| *j != i)
-                        .map(|(j, other)| Partner { id: other.to_string(), address: addrs[j], aliases: vec![] })
-                        .collect(),
-                    rules: vec![Rule {
-                        name: "default".into(),
-                        send_dir: home.join("out"),
-                        recv_dir: home.join("in"),
-                        partners: vec!["*".into()],
-                    }],
-                }
-            })
-            .collect::<Vec<_>>();
-        for c in &configs {
-            for r in &c.rules {
-                std::fs::create_dir_all(&r.send_dir).expect("send dir");
-                std::fs::create_dir_all(&r.recv_dir).expect("recv dir");
-            }
-        }
-        Layout { dir, configs }
+        let layout = LocalLayout::create(dir.path(), ids).expect("layout");
+        Layout { dir, configs: layout.configs }
     }
 
     pub fn config(&self, id: &str) -> &NodeConfig {

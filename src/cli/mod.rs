@@ -1,0 +1,185 @@
+//! The `ferry` command line: argument parsing (clap) and dispatch.
+//!
+//! `node` and `certs` act locally; `send`, `get`, `status` and `log` talk to
+//! a running node through its REST API ([`ferry::api::ApiClient`]); `demo`
+//! and `bench` live in their own modules.
+
+mod bench;
+mod demo;
+mod display;
+mod transfer;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use ferry::config::NodeConfig;
+use ferry::protocol::Direction;
+
+use display::out;
+
+/// Managed file transfer: nodes talk QUIC with mutual TLS, every request is
+/// persisted and restartable, every file is verified with BLAKE3.
+#[derive(Parser, Debug)]
+#[command(name = "ferry", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a node until SIGINT or SIGTERM (log level from RUST_LOG, default info).
+    Node {
+        /// The node's TOML config.
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Create the cluster CA and node certificates.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// Push a file to a partner.
+    Send(transfer::TransferArgs),
+    /// Pull a file from a partner.
+    Get(transfer::TransferArgs),
+    /// Show one transfer in detail, or list transfers.
+    Status(transfer::StatusArgs),
+    /// Show a transfer's job log.
+    Log(transfer::LogArgs),
+    /// Start a local cluster and run a few transfers through it.
+    Demo(demo::DemoArgs),
+    /// Measure transfer throughput on a local cluster.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CertsCommand {
+    /// Create a new cluster CA in DIR and a certificate for each node.
+    Init {
+        /// The certificate folder (created if needed).
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Node ids, comma-separated (e.g. a,b,c).
+        #[arg(long, value_name = "IDS", value_delimiter = ',', required = true)]
+        nodes: Vec<String>,
+    },
+    /// Issue a certificate for one more node with the CA in DIR.
+    Add {
+        /// The certificate folder holding ca.pem and ca.key.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// The new node's id.
+        node: String,
+    },
+}
+
+/// Sets up logging to stderr: the filter comes from `RUST_LOG`, else `default`.
+pub fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // A second call (a subscriber is already set) is harmless.
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Runs one command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Node { config } => {
+            init_tracing("info");
+            let cfg = NodeConfig::load(&config)?;
+            ferry::node::run_node(cfg).await.with_context(|| format!("node {}", config.display()))?;
+            Ok(())
+        }
+        Command::Certs(CertsCommand::Init { dir, nodes }) => {
+            ferry::certs::init(&dir, &nodes)?;
+            let mut text = format!(
+                "wrote cluster CA {} and {}\n",
+                dir.join(ferry::certs::CA_CERT_FILE).display(),
+                dir.join(ferry::certs::CA_KEY_FILE).display()
+            );
+            for node in &nodes {
+                text.push_str(&written(&dir, node));
+            }
+            out(&text)
+        }
+        Command::Certs(CertsCommand::Add { dir, node }) => {
+            ferry::certs::add(&dir, &node)?;
+            out(&written(&dir, &node))
+        }
+        Command::Send(args) => transfer::transfer(args, Direction::Push).await,
+        Command::Get(args) => transfer::transfer(args, Direction::Pull).await,
+        Command::Status(args) => transfer::status(args).await,
+        Command::Log(args) => transfer::log(args).await,
+        Command::Demo(args) => demo::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
+    }
+}
+
+fn written(dir: &std::path::Path, node: &str) -> String {
+    let p = ferry::certs::paths(dir, node);
+    format!("wrote node {node}: {} and {}\n", p.cert.display(), p.key.display())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn send_takes_its_options() {
+        let cli = Cli::try_parse_from([
+            "ferry",
+            "send",
+            "--api",
+            "h:1",
+            "b",
+            "default",
+            "f.bin",
+            "--job-id",
+            "j1",
+            "--info",
+            "hi",
+            "--block-size",
+            "64K",
+            "--lz4",
+            "--wait",
+        ])
+        .expect("parses");
+        let Command::Send(a) = cli.command else { panic!("not send: {:?}", cli.command) };
+        assert_eq!((a.partner.as_str(), a.rule.as_str(), a.file.as_str()), ("b", "default", "f.bin"));
+        assert_eq!(a.api.api.as_deref(), Some("h:1"));
+        assert_eq!(a.job_id.as_deref(), Some("j1"));
+        assert_eq!(a.block_size, Some(65536));
+        assert!(a.lz4 && a.wait);
+    }
+
+    #[test]
+    fn certs_init_splits_node_ids() {
+        let cli = Cli::try_parse_from(["ferry", "certs", "init", "--dir", "c", "--nodes", "a,b,c"]).expect("parses");
+        let Command::Certs(CertsCommand::Init { nodes, .. }) = cli.command else { panic!("not certs init") };
+        assert_eq!(nodes, ["a", "b", "c"]);
+        assert!(Cli::try_parse_from(["ferry", "certs", "init", "--dir", "c"]).is_err(), "--nodes is required");
+    }
+
+    #[test]
+    fn status_takes_an_id_or_a_filter_not_both() {
+        assert!(Cli::try_parse_from(["ferry", "status", "--status", "done"]).is_ok());
+        assert!(Cli::try_parse_from(["ferry", "status", "abc"]).is_ok());
+        assert!(Cli::try_parse_from(["ferry", "status", "abc", "--status", "done"]).is_err());
+    }
+
+    #[test]
+    fn bench_and_demo_have_their_defaults() {
+        let cli = Cli::try_parse_from(["ferry", "bench"]).expect("parses");
+        let Command::Bench(b) = cli.command else { panic!("not bench") };
+        assert_eq!((b.big_mib, b.small_count, b.small_kib, b.skip_ssh), (1024, 2000, 4, false));
+        let cli = Cli::try_parse_from(["ferry", "demo", "--keep", "d"]).expect("parses");
+        let Command::Demo(d) = cli.command else { panic!("not demo") };
+        assert_eq!(d.keep, Some(PathBuf::from("d")));
+    }
+}

@@ -1,0 +1,412 @@
+//! The client commands: `send`, `get`, `status` and `log`, all through a
+//! node's REST API.
+
+use std::collections::VecDeque;
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use ferry::api::{ApiClient, TransferView};
+use ferry::node::Submit;
+use ferry::protocol::{Compression, Direction};
+use ferry::store::{Role, Status};
+
+use super::display::{bytes, iso_time, out, rate, table};
+
+/// How often `--wait` polls the node.
+const POLL: Duration = Duration::from_millis(250);
+
+/// The rate shown while waiting is measured over this window.
+const RATE_WINDOW: Duration = Duration::from_secs(3);
+
+/// Which node to talk to.
+#[derive(Args, Debug, Clone)]
+pub struct ApiArg {
+    /// The node's REST API, `http://host:port` or `host:port`
+    /// [env: FERRY_API] [default: http://127.0.0.1:8001]
+    #[arg(long, value_name = "URL")]
+    pub api: Option<String>,
+}
+
+impl ApiArg {
+    /// `--api`, else `$FERRY_API`, else the default address.
+    pub fn resolve(&self) -> String {
+        self.api
+            .clone()
+            .or_else(|| std::env::var("FERRY_API").ok().filter(|s| !s.trim().is_empty()))
+            .unwrap_or_else(|| ferry::api::client::DEFAULT_API.to_owned())
+    }
+
+    pub fn client(&self) -> anyhow::Result<ApiClient> {
+        Ok(ApiClient::new(&self.resolve())?)
+    }
+}
+
+/// Arguments of `send` and `get`.
+#[derive(Args, Debug, Clone)]
+pub struct TransferArgs {
+    #[command(flatten)]
+    pub api: ApiArg,
+    /// The partner node (id or alias).
+    pub partner: String,
+    /// The rule (decides the folders on both nodes).
+    pub rule: String,
+    /// A plain file name in the rule's send folder (of this node for `send`, of the partner for `get`).
+    pub file: String,
+    /// An id of your own to attach to the request (e.g. a scheduler's job id).
+    #[arg(long, value_name = "X")]
+    pub job_id: Option<String>,
+    /// Free text attached to the request.
+    #[arg(long, value_name = "TEXT")]
+    pub info: Option<String>,
+    /// Block size: bytes, or with a K/M suffix (e.g. 64K, 4M). Default: the node's.
+    #[arg(long, value_name = "N", value_parser = parse_block_size)]
+    pub block_size: Option<u32>,
+    /// Compress blocks with lz4.
+    #[arg(long)]
+    pub lz4: bool,
+    /// Follow the transfer until it ends; exit 1 unless it ends Done.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+/// Arguments of `status`.
+#[derive(Args, Debug, Clone)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub api: ApiArg,
+    /// Show this transfer in detail; without it, list transfers.
+    #[arg(conflicts_with = "status")]
+    pub id: Option<String>,
+    /// List only transfers with this status (ToSubmit, Running, Done, Interrupted, InError, Cancelled; any case).
+    #[arg(long, value_name = "S")]
+    pub status: Option<String>,
+}
+
+/// Arguments of `log`.
+#[derive(Args, Debug, Clone)]
+pub struct LogArgs {
+    #[command(flatten)]
+    pub api: ApiArg,
+    /// The transfer's id.
+    pub id: String,
+}
+
+/// `N`, `NK`/`NKiB`, `NM`/`NMiB` (binary units, any case) → bytes.
+pub fn parse_block_size(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let lower = t.to_ascii_lowercase();
+    let digits_end = lower.find(|c: char| !c.is_ascii_digit()).unwrap_or(lower.len());
+    let (num, suffix) = lower.split_at(digits_end);
+    let mult: u64 = match suffix.trim() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1024,
+        "m" | "mb" | "mib" => 1024 * 1024,
+        _ => return Err(format!("{t:?} is not a size (examples: 65536, 64K, 4M)")),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("{t:?} is not a size (examples: 65536, 64K, 4M)"))?;
+    n.checked_mul(mult).and_then(|v| u32::try_from(v).ok()).ok_or_else(|| format!("{t:?} is too large"))
+}
+
+/// `send` (push) or `get` (pull).
+pub async fn transfer(args: TransferArgs, direction: Direction) -> anyhow::Result<()> {
+    let client = args.api.client()?;
+    let submit = Submit {
+        partner: args.partner,
+        rule: args.rule,
+        direction,
+        file: args.file,
+        external_job_id: args.job_id,
+        transfer_info: args.info.unwrap_or_default(),
+        block_size: args.block_size,
+        compression: if args.lz4 { Compression::Lz4 } else { Compression::None },
+    };
+    let view = client.submit(&submit).await.context("the node refused the transfer")?;
+    out(&format!("{}\n", view.id))?;
+    if !args.wait {
+        return Ok(());
+    }
+    let mut progress = Progress::new(std::io::stderr().is_terminal());
+    let end = client.wait(&view.id, POLL, |v| progress.show(v)).await;
+    progress.finish();
+    let end = end.with_context(|| format!("lost track of transfer {}", view.id))?;
+    out(&format!("{}\n", summary(&end)))?;
+    match end.status {
+        Status::Done => Ok(()),
+        status => {
+            let (code, message) = match &end.error {
+                Some(e) => (e.code.as_str(), e.message.as_str()),
+                None => ("-", "no reason recorded"),
+            };
+            anyhow::bail!("transfer {} ended {status:?} at step {:?}: {code}: {message}", end.id, end.step)
+        }
+    }
+}
+
+/// One line on the final state of a transfer.
+pub fn summary(v: &TransferView) -> String {
+    match v.status {
+        Status::Done => {
+            let moved = v.size.saturating_sub(v.restart_offset);
+            let secs = match (v.started_at, v.finished_at) {
+                (Some(s), Some(f)) => f.saturating_sub(s) as f64 / 1000.0,
+                _ => 0.0,
+            };
+            let resumed =
+                if v.restart_offset > 0 { format!(", resumed at {}", bytes(v.restart_offset)) } else { String::new() };
+            format!(
+                "{} Done: {} ({}) in {secs:.2} s, {}{resumed}, blake3 {}",
+                v.id,
+                v.file,
+                bytes(v.size),
+                rate(moved, secs),
+                v.hash.as_deref().unwrap_or("-")
+            )
+        }
+        status => format!(
+            "{} {status:?} at step {:?}: {} of {} transferred",
+            v.id,
+            v.step,
+            bytes(v.transferred),
+            size_or_unknown(v)
+        ),
+    }
+}
+
+fn size_or_unknown(v: &TransferView) -> String {
+    if v.size == 0 && v.status != Status::Done {
+        "?".to_owned()
+    } else {
+        bytes(v.size)
+    }
+}
+
+/// The `--wait` display on stderr: one redrawn line on a terminal, a line
+/// per status or step change otherwise.
+struct Progress {
+    tty: bool,
+    samples: VecDeque<(Instant, u64)>,
+    last_state: Option<String>,
+    drawn: bool,
+}
+
+impl Progress {
+    fn new(tty: bool) -> Progress {
+        Progress { tty, samples: VecDeque::new(), last_state: None, drawn: false }
+    }
+
+    fn show(&mut self, v: &TransferView) {
+        let now = Instant::now();
+        if self.samples.back().is_some_and(|&(_, b)| v.transferred < b) {
+            self.samples.clear(); // restarted from an earlier offset
+        }
+        self.samples.push_back((now, v.transferred));
+        while self.samples.len() > 2 && self.samples.front().is_some_and(|&(t, _)| now - t > RATE_WINDOW) {
+            self.samples.pop_front();
+        }
+        let state = format!("{:?}/{:?}", v.status, v.step);
+        let mut err = std::io::stderr().lock();
+        if self.tty {
+            let pct = v.progress().map_or_else(|| "?".to_owned(), |p| format!("{:.1}%", p * 100.0));
+            let speed = match (self.samples.front(), self.samples.back()) {
+                (Some(&(t0, b0)), Some(&(t1, b1))) if v.status == Status::Running && t1 > t0 => {
+                    rate(b1.saturating_sub(b0), (t1 - t0).as_secs_f64())
+                }
+                _ => "- MB/s".to_owned(),
+            };
+            let line = format!("{state:<20} {} / {}  {pct:>6}  {speed}", bytes(v.transferred), size_or_unknown(v));
+            let _ = write!(err, "\r{line}\x1b[K");
+            let _ = err.flush();
+            self.drawn = true;
+        } else if self.last_state.as_deref() != Some(state.as_str()) {
+            let _ = writeln!(err, "{}: {state} {} / {}", v.id, bytes(v.transferred), size_or_unknown(v));
+        }
+        self.last_state = Some(state);
+    }
+
+    /// Ends the redrawn line so what follows starts on a fresh one.
+    fn finish(&mut self) {
+        if self.drawn {
+            let mut err = std::io::stderr().lock();
+            let _ = writeln!(err);
+            self.drawn = false;
+        }
+    }
+}
+
+/// `status`: one transfer in detail, or a table.
+pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let client = args.api.client()?;
+    if let Some(id) = &args.id {
+        let v = client.get(id).await?;
+        return out(&detail(&v));
+    }
+    let list = client.list(args.status.as_deref()).await?;
+    if list.is_empty() {
+        eprintln!("no transfers{}", args.status.map(|s| format!(" with status {s}")).unwrap_or_default());
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|v| {
+            vec![
+                v.id.clone(),
+                format!("{:?}", v.status),
+                format!("{:?}", v.step),
+                v.partner.clone(),
+                direction_word(v).to_owned(),
+                v.file.clone(),
+                format!("{} / {}", bytes(v.transferred), size_or_unknown(v)),
+            ]
+        })
+        .collect();
+    out(&table(&["ID", "STATUS", "STEP", "PARTNER", "DIRECTION", "FILE", "TRANSFERRED / SIZE"], &rows))
+}
+
+/// `push`/`pull` as the requester asked, with the way the file goes from this node's side.
+fn direction_word(v: &TransferView) -> &'static str {
+    match (v.role, v.direction) {
+        (Role::Requester, Direction::Push) => "push (out)",
+        (Role::Requester, Direction::Pull) => "pull (in)",
+        (Role::Requested, Direction::Push) => "push (in)",
+        (Role::Requested, Direction::Pull) => "pull (out)",
+    }
+}
+
+/// One transfer, one field a line.
+pub fn detail(v: &TransferView) -> String {
+    let mut f: Vec<(&str, String)> = vec![
+        ("id", v.id.clone()),
+        ("node", format!("{} ({:?})", v.node, v.role)),
+        ("partner", v.partner.clone()),
+        ("rule", v.rule.clone()),
+        ("direction", direction_word(v).to_owned()),
+        ("file", v.file.clone()),
+        ("status", format!("{:?} (step {:?})", v.status, v.step)),
+        (
+            "progress",
+            format!(
+                "{} / {}{}",
+                bytes(v.transferred),
+                size_or_unknown(v),
+                v.progress().map(|p| format!(" ({:.1}%)", p * 100.0)).unwrap_or_default()
+            ),
+        ),
+    ];
+    if v.restart_offset > 0 {
+        f.push(("restarted at", bytes(v.restart_offset)));
+    }
+    f.push(("block size", format!("{}, compression {:?}", bytes(u64::from(v.block_size)), v.compression)));
+    if let Some(h) = &v.hash {
+        f.push(("blake3", h.clone()));
+    }
+    if let Some(j) = &v.external_job_id {
+        f.push(("job id", j.clone()));
+    }
+    if !v.transfer_info.is_empty() {
+        f.push(("info", v.transfer_info.clone()));
+    }
+    f.push(("created", iso_time(v.created_at)));
+    if let Some(t) = v.started_at {
+        f.push(("started", iso_time(t)));
+    }
+    if let Some(t) = v.finished_at {
+        let took = v.started_at.map(|s| format!(" ({:.2} s)", t.saturating_sub(s) as f64 / 1000.0));
+        f.push(("finished", format!("{}{}", iso_time(t), took.unwrap_or_default())));
+    }
+    f.push(("updated", iso_time(v.updated_at)));
+    if let Some(e) = &v.error {
+        f.push(("error", format!("{}: {}", e.code, e.message)));
+    }
+    let width = f.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
+    f.iter().map(|(k, val)| format!("{:<width$} {val}\n", format!("{k}:"))).collect()
+}
+
+/// `log`: the job log, one line per entry.
+pub async fn log(args: LogArgs) -> anyhow::Result<()> {
+    let client = args.api.client()?;
+    let lines = client.log(&args.id).await?;
+    let text: String = lines
+        .iter()
+        .map(|l| {
+            format!(
+                "{}  {:<11} {:<9} {}\n",
+                iso_time(l.at),
+                format!("{:?}", l.status),
+                format!("{:?}", l.step),
+                l.message
+            )
+        })
+        .collect();
+    out(&text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry::api::ErrorView;
+    use ferry::store::Step;
+
+    fn view() -> TransferView {
+        TransferView {
+            id: "0123456789abcdef0123456789abcdef".into(),
+            role: Role::Requester,
+            partner: "b".into(),
+            rule: "default".into(),
+            direction: Direction::Push,
+            file: "big.bin".into(),
+            block_size: 1 << 20,
+            compression: Compression::None,
+            size: 100_000_000,
+            transferred: 100_000_000,
+            restart_offset: 0,
+            status: Status::Done,
+            step: Step::AllDone,
+            hash: Some("ab".repeat(32)),
+            external_job_id: None,
+            transfer_info: String::new(),
+            created_at: 1_700_000_000_000,
+            updated_at: 1_700_000_002_000,
+            started_at: Some(1_700_000_000_000),
+            finished_at: Some(1_700_000_002_000),
+            error: None,
+            node: "a".into(),
+        }
+    }
+
+    #[test]
+    fn block_sizes_take_suffixes() {
+        assert_eq!(parse_block_size("65536"), Ok(65536));
+        assert_eq!(parse_block_size("64K"), Ok(65536));
+        assert_eq!(parse_block_size("64kib"), Ok(65536));
+        assert_eq!(parse_block_size("4M"), Ok(4 << 20));
+        assert!(parse_block_size("4G").is_err());
+        assert!(parse_block_size("").is_err());
+        assert!(parse_block_size("-1").is_err());
+        assert!(parse_block_size("8192M").is_err(), "overflows u32");
+    }
+
+    #[test]
+    fn summaries_give_rate_and_hash_or_the_failure() {
+        let v = view();
+        let s = summary(&v);
+        assert!(s.contains("Done") && s.contains("50.0 MB/s") && s.contains(&"ab".repeat(32)), "{s}");
+        let mut f = view();
+        f.status = Status::InError;
+        f.step = Step::Transfer;
+        f.transferred = 1 << 20;
+        f.error = Some(ErrorView { code: "Connection".into(), message: "lost".into() });
+        let s = summary(&f);
+        assert!(s.contains("InError at step Transfer") && s.contains("1.0 MiB"), "{s}");
+        let d = detail(&f);
+        assert!(d.contains("error:") && d.contains("Connection: lost"), "{d}");
+        assert!(d.contains("created:") && d.contains("2023-11-14T22:13:20.000Z"), "{d}");
+    }
+
+    #[test]
+    fn the_api_address_falls_back_to_the_default() {
+        let a = ApiArg { api: Some("http://10.0.0.1:9000".into()) };
+        assert_eq!(a.resolve(), "http://10.0.0.1:9000");
+    }
+}
