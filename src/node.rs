@@ -189,7 +189,9 @@ impl NodeHandle {
         check_file_name(&s.file).map_err(SubmitError::BadFileName)?;
         let block_size = s.block_size.unwrap_or(cfg.block_size);
         if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) {
-            return Err(SubmitError::BadBlockSize(format!("{block_size} is outside {MIN_BLOCK_SIZE}..={MAX_BLOCK_SIZE}")));
+            return Err(SubmitError::BadBlockSize(format!(
+                "{block_size} is outside {MIN_BLOCK_SIZE}..={MAX_BLOCK_SIZE}"
+            )));
         }
         let mut size = 0;
         if s.direction == Direction::Push {
@@ -265,8 +267,9 @@ impl Node {
         let identity = NodeIdentity::load(&config.node_id, &config.tls.cert, &config.tls.key, &config.tls.ca)?;
         let endpoint = transport::make_endpoint(config.listen, &identity, &TransportTuning::default())?;
         let quic_addr = endpoint.local_addr().map_err(|e| NodeError::Actors(format!("no local address: {e}")))?;
-        let api_listener =
-            tokio::net::TcpListener::bind(config.api).await.map_err(|source| NodeError::Api { addr: config.api, source })?;
+        let api_listener = tokio::net::TcpListener::bind(config.api)
+            .await
+            .map_err(|source| NodeError::Api { addr: config.api, source })?;
         let api_addr = api_listener.local_addr().map_err(|source| NodeError::Api { addr: config.api, source })?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let ctx = Arc::new(NodeContext {

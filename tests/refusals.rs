@@ -22,7 +22,8 @@ async fn raw_peer(layout: &Layout, who: &str, to: &str) -> (quinn::Endpoint, qui
     let certs = layout.dir.path().join("certs");
     let p = ferry::certs::paths(&certs, who);
     let id = NodeIdentity::load(who, &p.cert, &p.key, &p.ca).expect("identity");
-    let ep = transport::make_endpoint("127.0.0.1:0".parse().expect("addr"), &id, &TransportTuning::default()).expect("endpoint");
+    let ep = transport::make_endpoint("127.0.0.1:0".parse().expect("addr"), &id, &TransportTuning::default())
+        .expect("endpoint");
     let conn = transport::dial(&ep, layout.config(to).listen, to).await.expect("dial");
     (ep, conn)
 }
@@ -41,7 +42,9 @@ async fn handshake(w: &mut FrameWriter, r: &mut FrameReader, claim: &str) -> Req
     let id = RequestId::generate();
     w.send(&Message::Startup(Startup { version: PROTOCOL_VERSION, request_id: id.clone() })).await.expect("send");
     assert!(matches!(next(r).await, Message::Startup(_)));
-    w.send(&Message::Authent(Authent { host_id: claim.into(), capabilities: Capabilities::default() })).await.expect("send");
+    w.send(&Message::Authent(Authent { host_id: claim.into(), capabilities: Capabilities::default() }))
+        .await
+        .expect("send");
     id
 }
 

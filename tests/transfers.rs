@@ -11,7 +11,14 @@ use ferry::store::{Role, Status, Step};
 
 const WITHIN: Duration = Duration::from_secs(120);
 
-async fn transfer_and_check(layout: &Layout, a: &ferry::node::Node, b: &ferry::node::Node, direction: Direction, name: &str, size: usize) {
+async fn transfer_and_check(
+    layout: &Layout,
+    a: &ferry::node::Node,
+    b: &ferry::node::Node,
+    direction: Direction,
+    name: &str,
+    size: usize,
+) {
     let (src_dir, dst_dir) = match direction {
         Direction::Push => (layout.out_dir("a"), layout.in_dir("b")),
         Direction::Pull => (layout.out_dir("b"), layout.in_dir("a")),
@@ -44,7 +51,8 @@ async fn push_and_pull_files_of_edge_sizes_arrive_identical() {
         transfer_and_check(&layout, &a, &b, Direction::Push, &format!("push-{name}"), size).await;
         transfer_and_check(&layout, &a, &b, Direction::Pull, &format!("pull-{name}"), size).await;
     }
-    let log = a.handle().store().job_log(&a.handle().store().list(Some(Status::Done)).expect("list")[0].id).expect("log");
+    let log =
+        a.handle().store().job_log(&a.handle().store().list(Some(Status::Done)).expect("list")[0].id).expect("log");
     assert!(log.iter().any(|l| l.message.starts_with("submitted")), "job log starts with the submission: {log:?}");
     assert!(log.iter().any(|l| l.status == Status::Done), "job log records Done");
     a.shutdown().await;

@@ -40,7 +40,11 @@ impl Actor for ClientRunner {
     type State = ClientRunnerState;
     type Arguments = ClientRunnerArgs;
 
-    async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: ClientRunnerArgs) -> Result<Self::State, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: ClientRunnerArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
         let (tx, rx) = mpsc::channel(4);
         let span = tracing::info_span!("request", request_id = %args.id, partner = tracing::field::Empty);
         tokio::spawn(
@@ -53,7 +57,12 @@ impl Actor for ClientRunner {
         Ok(ClientRunnerState { control: tx })
     }
 
-    async fn handle(&self, _: ActorRef<Self::Msg>, msg: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             ClientRunnerMsg::Control(c) => {
                 let _ = state.control.send(c).await;
@@ -112,7 +121,11 @@ async fn run(args: ClientRunnerArgs, control: mpsc::Receiver<Control>) {
     let (send, recv) = match conn.open_bi().await {
         Ok(s) => s,
         Err(e) => {
-            let msg = format!("cannot open a channel to {}: {}", rec.partner, crate::transport::channel::describe_connection(&e));
+            let msg = format!(
+                "cannot open a channel to {}: {}",
+                rec.partner,
+                crate::transport::channel::describe_connection(&e)
+            );
             return fail_early(&ctx, &id, super::connections::close_code(&e), msg);
         }
     };

@@ -58,7 +58,8 @@ impl CommanderState {
         }
         for rec in self.ctx.store.queued(free)? {
             self.ctx.store.update(&rec.id, "taken by the Commander", |r| r.status = Status::Running)?;
-            let args = ClientRunnerArgs { ctx: self.ctx.clone(), connections: self.connections.clone(), id: rec.id.clone() };
+            let args =
+                ClientRunnerArgs { ctx: self.ctx.clone(), connections: self.connections.clone(), id: rec.id.clone() };
             match Actor::spawn_linked(None, ClientRunner, args, myself.get_cell()).await {
                 Ok((runner, _)) => {
                     self.running.insert(runner.get_id(), (rec.id, runner));
@@ -67,7 +68,10 @@ impl CommanderState {
                     tracing::error!(request_id = %rec.id, error = %e, "cannot start a ClientRunner");
                     self.ctx.store.update(&rec.id, "", |r| {
                         r.status = Status::Interrupted;
-                        r.error = Some(RequestError { code: ErrorCode::Internal, message: format!("cannot start runner: {e}") });
+                        r.error = Some(RequestError {
+                            code: ErrorCode::Internal,
+                            message: format!("cannot start runner: {e}"),
+                        });
                     })?;
                 }
             }
@@ -82,7 +86,11 @@ impl Actor for Commander {
     type State = CommanderState;
     type Arguments = CommanderArgs;
 
-    async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: CommanderArgs) -> Result<Self::State, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: CommanderArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
         let store = &args.ctx.store;
         if args.recover {
             for status in [Status::Running, Status::Interrupted] {
@@ -106,7 +114,12 @@ impl Actor for Commander {
         Ok(CommanderState { ctx: args.ctx, connections: args.connections, running: HashMap::new() })
     }
 
-    async fn handle(&self, myself: ActorRef<Self::Msg>, msg: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             CommanderMsg::Wake => state.fill(&myself).await?,
             CommanderMsg::Control(id, control) => {
@@ -133,7 +146,8 @@ impl Actor for Commander {
                     tracing::error!(request_id = %id, error = %err, "ClientRunner failed");
                     state.ctx.store.update(&id, "runner failed", |r| {
                         r.status = Status::Interrupted;
-                        r.error = Some(RequestError { code: ErrorCode::Internal, message: format!("runner failed: {err}") });
+                        r.error =
+                            Some(RequestError { code: ErrorCode::Internal, message: format!("runner failed: {err}") });
                     })?;
                 }
             }

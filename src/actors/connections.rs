@@ -85,7 +85,9 @@ pub fn is_handshake_failure(e: &quinn::ConnectionError) -> bool {
 /// handshake is not worth retrying; anything else is a lost connection.
 pub fn close_code(e: &quinn::ConnectionError) -> ErrorCode {
     match e {
-        quinn::ConnectionError::ApplicationClosed(c) if c.error_code == quinn::VarInt::from_u32(CLOSE_UNKNOWN_PARTNER) => {
+        quinn::ConnectionError::ApplicationClosed(c)
+            if c.error_code == quinn::VarInt::from_u32(CLOSE_UNKNOWN_PARTNER) =>
+        {
             ErrorCode::UnknownPartner
         }
         e if is_handshake_failure(e) => ErrorCode::Handshake,
@@ -109,7 +111,11 @@ impl Actor for Connections {
     type State = ConnectionsState;
     type Arguments = Arc<NodeContext>;
 
-    async fn pre_start(&self, _: ActorRef<Self::Msg>, ctx: Arc<NodeContext>) -> Result<Self::State, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _: ActorRef<Self::Msg>,
+        ctx: Arc<NodeContext>,
+    ) -> Result<Self::State, ActorProcessingErr> {
         Ok(ConnectionsState { ctx, live: HashMap::new(), dialing: HashMap::new() })
     }
 
@@ -138,7 +144,8 @@ impl Actor for Connections {
                     let endpoint = state.ctx.endpoint.clone();
                     let me = myself.clone();
                     tokio::spawn(async move {
-                        let r = transport::dial(&endpoint, address, &partner).await.map_err(|e| dial_error(&partner, &e));
+                        let r =
+                            transport::dial(&endpoint, address, &partner).await.map_err(|e| dial_error(&partner, &e));
                         let _ = me.cast(ConnectionsMsg::Dialed(partner, r));
                     });
                 }
@@ -186,7 +193,12 @@ impl Actor for Connections {
 }
 
 /// Accepts the partner's private channels on one connection until it closes.
-async fn serve_channels(ctx: Arc<NodeContext>, conns: ActorRef<ConnectionsMsg>, partner: String, conn: quinn::Connection) {
+async fn serve_channels(
+    ctx: Arc<NodeContext>,
+    conns: ActorRef<ConnectionsMsg>,
+    partner: String,
+    conn: quinn::Connection,
+) {
     loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {

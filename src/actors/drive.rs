@@ -21,7 +21,9 @@ use tokio::sync::mpsc;
 
 use crate::node::NodeContext;
 use crate::protocol::names::check_file_name;
-use crate::protocol::{Direction, ErrorCode, Failure, Message, Output, Plan, Request, RequestId, Role as SessionRole, Session};
+use crate::protocol::{
+    Direction, ErrorCode, Failure, Message, Output, Plan, Request, RequestId, Role as SessionRole, Session,
+};
 use crate::store::{now_ms, RequestRecord, Role, Status, Step};
 use crate::transfer::receive::{self, BlockWriter};
 use crate::transfer::retrieve::{self, PumpEvent, SourceSnapshot};
@@ -132,7 +134,9 @@ impl Drive {
                             self.progress(end, &mut last_progress);
                         } else {
                             let (code, msg) = match writer.take() {
-                                Some(w) => w.finish().await.err().unwrap_or((ErrorCode::Internal, "writer stopped".into())),
+                                Some(w) => {
+                                    w.finish().await.err().unwrap_or((ErrorCode::Internal, "writer stopped".into()))
+                                }
                                 None => (ErrorCode::Internal, "no work file open".into()),
                             };
                             pending.extend(self.session.fail(code, msg));
@@ -165,26 +169,27 @@ impl Drive {
                         pending.extend(self.session.verified(result));
                     }
                     Output::Done => {
-                        let hash = self.session.plan().map(|p| p.size);
+                        let end = self.session.end_transfer().cloned();
                         self.record("request complete on both sides", |r| {
                             r.status = Status::Done;
                             r.step = Step::AllDone;
-                            r.transferred = hash.unwrap_or(r.transferred);
+                            if let Some(end) = &end {
+                                r.transferred = end.bytes;
+                                r.hash = Some(end.hash);
+                            }
                             r.finished_at = Some(now_ms());
                             r.error = None;
                         });
-                        if let Ok(Some(rec)) = self.ctx.store.get(self.session.request_id()) {
-                            if rec.is_sender() {
-                                // The sender's record also gets the hash the receiver confirmed.
-                                tracing::info!(target: AUDIT, event = "done", request_id = %rec.id, partner = %self.partner, bytes = rec.size);
-                            }
-                        }
+                        self.flush().await;
+                        tracing::info!(target: AUDIT, event = "done", request_id = %self.session.request_id(), partner = %self.partner, bytes = end.as_ref().map_or(0, |e| e.bytes));
                         final_status = Some(Status::Done);
                     }
                     Output::Failed(f) => {
                         pump_stop.store(true, Ordering::Relaxed);
                         final_status = recorded.then(|| self.failed(&f));
-                        if !recorded {
+                        if recorded {
+                            self.flush().await;
+                        } else {
                             tracing::warn!(code = %f.code, message = %f.message, "request ended before it was recorded");
                         }
                         if let Some(w) = writer.take() {
@@ -255,7 +260,10 @@ impl Drive {
     /// Why the channel was lost: a peer that closed the connection because it
     /// does not know us says so in its close code.
     fn lost_code(&self) -> ErrorCode {
-        self.conn.as_ref().and_then(|c| c.close_reason()).map_or(ErrorCode::Connection, |e| super::connections::close_code(&e))
+        self.conn
+            .as_ref()
+            .and_then(|c| c.close_reason())
+            .map_or(ErrorCode::Connection, |e| super::connections::close_code(&e))
     }
 
     /// Our write failed: the peer may have said why before it stopped reading.
@@ -276,9 +284,9 @@ impl Drive {
     /// Returns the file size (when this node sends) and the restart offset.
     fn judge(&mut self, req: &Request) -> Result<(u64, u64), (ErrorCode, String)> {
         let cfg = &self.ctx.config;
-        let rule = cfg
-            .rule(&req.rule)
-            .ok_or_else(|| (ErrorCode::UnknownRule, format!("rule {:?} does not exist on node {}", req.rule, cfg.node_id)))?;
+        let rule = cfg.rule(&req.rule).ok_or_else(|| {
+            (ErrorCode::UnknownRule, format!("rule {:?} does not exist on node {}", req.rule, cfg.node_id))
+        })?;
         if !rule.allows(&self.partner) {
             return Err((
                 ErrorCode::RuleNotAllowed,
@@ -345,7 +353,10 @@ impl Drive {
             // Pull: this node is the requester and receives into its own rule's folder.
             let rec = self.record_snapshot()?;
             let rule = self.ctx.config.rule(&rec.rule).ok_or_else(|| {
-                (ErrorCode::UnknownRule, format!("rule {:?} does not exist on node {}", rec.rule, self.ctx.config.node_id))
+                (
+                    ErrorCode::UnknownRule,
+                    format!("rule {:?} does not exist on node {}", rec.rule, self.ctx.config.node_id),
+                )
             })?;
             check_space(&rule.recv_dir, plan.size)?;
             self.files.recv_dir = Some(rule.recv_dir.clone());
@@ -428,6 +439,13 @@ impl Drive {
         status
     }
 
+    /// Makes the final state durable before the runner ends.
+    async fn flush(&self) {
+        if let Err(e) = self.ctx.store.flush().await {
+            tracing::error!(request_id = %self.session.request_id(), error = %e, "cannot flush the final state");
+        }
+    }
+
     fn record(&self, message: &str, change: impl Fn(&mut RequestRecord)) {
         if let Err(e) = self.ctx.store.update(self.session.request_id(), message, change) {
             tracing::error!(request_id = %self.session.request_id(), error = %e, "cannot record request state");
@@ -442,7 +460,10 @@ pub fn source_snapshot(path: &std::path::Path, rule: &str, node: &str) -> Result
         Ok(_) => Err((ErrorCode::FileNotFound, format!("{} is not a regular file", path.display()))),
         Err(e) => Err((
             ErrorCode::FileNotFound,
-            format!("file {:?} not found in the send folder of rule {rule:?} on node {node}: {e}", path.file_name().unwrap_or_default()),
+            format!(
+                "file {:?} not found in the send folder of rule {rule:?} on node {node}: {e}",
+                path.file_name().unwrap_or_default()
+            ),
         )),
     }
 }
@@ -450,12 +471,16 @@ pub fn source_snapshot(path: &std::path::Path, rule: &str, node: &str) -> Result
 /// Refuses a transfer the receive folder has no room for.
 pub fn check_space(dir: &std::path::Path, size: u64) -> Result<(), (ErrorCode, String)> {
     std::fs::create_dir_all(dir).map_err(|e| (ErrorCode::Io, format!("cannot create {}: {e}", dir.display())))?;
-    let free = receive::available_space(dir).map_err(|e| (ErrorCode::Io, format!("cannot read free space of {}: {e}", dir.display())))?;
+    let free = receive::available_space(dir)
+        .map_err(|e| (ErrorCode::Io, format!("cannot read free space of {}: {e}", dir.display())))?;
     let needed = size.saturating_add(receive::space_margin(size));
     if free < needed {
         return Err((
             ErrorCode::NoSpace,
-            format!("not enough space in {}: {size} bytes plus a margin need {needed}, {free} available", dir.display()),
+            format!(
+                "not enough space in {}: {size} bytes plus a margin need {needed}, {free} available",
+                dir.display()
+            ),
         ));
     }
     Ok(())

@@ -38,12 +38,17 @@ impl Actor for ServerRunner {
     type State = ServerRunnerState;
     type Arguments = ServerRunnerArgs;
 
-    async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: ServerRunnerArgs) -> Result<Self::State, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: ServerRunnerArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
         let (tx, rx) = mpsc::channel(4);
         let span = drive::span_for(None, &args.partner);
         tokio::spawn(
             async move {
-                let session = Session::requested(&args.ctx.config.node_id, &args.partner, args.ctx.capabilities.clone());
+                let session =
+                    Session::requested(&args.ctx.config.node_id, &args.partner, args.ctx.capabilities.clone());
                 let drive = Drive {
                     ctx: args.ctx.clone(),
                     partner: args.partner,
@@ -61,7 +66,12 @@ impl Actor for ServerRunner {
         Ok(ServerRunnerState { control: tx })
     }
 
-    async fn handle(&self, _: ActorRef<Self::Msg>, msg: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             ServerRunnerMsg::Control(c) => {
                 let _ = state.control.send(c).await;

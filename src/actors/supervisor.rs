@@ -35,7 +35,11 @@ impl Actor for Supervisor {
     type State = SupervisorState;
     type Arguments = Arc<NodeContext>;
 
-    async fn pre_start(&self, myself: ActorRef<Self::Msg>, ctx: Arc<NodeContext>) -> Result<Self::State, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        ctx: Arc<NodeContext>,
+    ) -> Result<Self::State, ActorProcessingErr> {
         let (connections, _) = Actor::spawn_linked(None, Connections, ctx.clone(), myself.get_cell()).await?;
         let commander = start_commander(&ctx, connections.clone(), true, &myself).await?;
         let refs = ActorRefs { commander, connections };
@@ -59,7 +63,8 @@ impl Actor for Supervisor {
         }
         if cell.get_id() == state.refs.connections.get_id() {
             tracing::error!(reason = %why, "Connections ended; starting it again");
-            state.refs.connections = Actor::spawn_linked(None, Connections, state.ctx.clone(), myself.get_cell()).await?.0;
+            state.refs.connections =
+                Actor::spawn_linked(None, Connections, state.ctx.clone(), myself.get_cell()).await?.0;
         } else if cell.get_id() == state.refs.commander.get_id() {
             tracing::error!(reason = %why, "Commander ended; starting it again");
             state.refs.commander = start_commander(&state.ctx, state.refs.connections.clone(), false, &myself).await?;

@@ -1,13 +1,27 @@
-//! `ferry bench`: measures throughput for one big file and many small ones.
+//! `ferry bench`: throughput of one big push and of many small requests
+//! between two nodes on this machine. Prints figures; asserts nothing.
 //!
-//! PLACEHOLDER: the arguments are final; the body is still to be written.
+//! The nodes run in this process and requests are submitted through the
+//! REST API, as an operator's scheduler would. `cluster/bench.sh` runs this
+//! and then scp and rsync over a local sshd on the same files.
 
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use ferry::api::ApiClient;
+use ferry::cluster::LocalLayout;
+use ferry::node::{Node, Submit};
+use ferry::protocol::{Compression, Direction};
+use ferry::store::Status;
+use rand::RngCore;
+
+use super::display;
 
 /// Arguments of `ferry bench`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// Work in DIR (kept afterwards) instead of a temporary folder.
+    /// Work in DIR (kept afterwards, with the generated files) instead of a temporary folder.
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
     /// Size of the big file, in MiB.
@@ -19,13 +33,123 @@ pub struct BenchArgs {
     /// Size of each small file, in KiB.
     #[arg(long, value_name = "KIB", default_value_t = 4)]
     pub small_kib: u64,
-    /// Skip the scp/ssh comparison.
+    /// Small-file submissions in flight at once.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub submit_parallel: usize,
+    /// Kept for scripts: the comparison with scp/rsync is done by cluster/bench.sh.
     #[arg(long)]
     pub skip_ssh: bool,
 }
 
+fn submit(file: String) -> Submit {
+    Submit {
+        partner: "b".into(),
+        rule: "default".into(),
+        direction: Direction::Push,
+        file,
+        external_job_id: None,
+        transfer_info: String::new(),
+        block_size: None,
+        compression: Compression::None,
+    }
+}
+
 /// Runs the benchmark.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let _ = (&args.dir, args.big_mib, args.small_count, args.small_kib, args.skip_ssh);
-    anyhow::bail!("not yet")
+    let temp;
+    let root = match &args.dir {
+        Some(d) => d.clone(),
+        None => {
+            temp = tempfile::Builder::new().prefix("ferry-bench-").tempdir()?;
+            temp.path().to_owned()
+        }
+    };
+    let layout = LocalLayout::create(&root, &["a", "b"]).context("generating certificates and configs")?;
+    let a = Node::start(layout.configs[0].clone()).await?;
+    let b = Node::start(layout.configs[1].clone()).await?;
+    let api = ApiClient::new(&a.api_addr().to_string())?.with_timeout(Duration::from_secs(60));
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    println!("ferry bench: 2 nodes on loopback, {cores} cores, work folder {}", root.display());
+
+    // One big file.
+    let big = "big.bin";
+    let big_bytes = args.big_mib << 20;
+    {
+        let path = layout.out_dir("a").join(big);
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&path)?);
+        let mut chunk = vec![0u8; 1 << 20];
+        for _ in 0..args.big_mib {
+            rand::rng().fill_bytes(&mut chunk);
+            std::io::Write::write_all(&mut f, &chunk)?;
+        }
+        std::io::Write::flush(&mut f)?;
+    }
+    let t = Instant::now();
+    let view = api.submit(&submit(big.into())).await?;
+    let done = api.wait(&view.id, Duration::from_millis(20), |_| {}).await?;
+    let secs = t.elapsed().as_secs_f64();
+    if done.status != Status::Done {
+        bail!("big push ended {:?}: {:?}", done.status, done.error);
+    }
+    let big_mbs = big_bytes as f64 / 1e6 / secs;
+    println!(
+        "big push: {} in {secs:.2} s = {} (verified, fsynced, delivered)",
+        display::bytes(big_bytes),
+        display::rate(big_bytes, secs)
+    );
+
+    // Many small files, each its own request.
+    let small_dir = layout.out_dir("a");
+    let mut data = vec![0u8; (args.small_kib << 10) as usize];
+    let names: Vec<String> = (0..args.small_count).map(|i| format!("small-{i:05}.dat")).collect();
+    for n in &names {
+        rand::rng().fill_bytes(&mut data);
+        std::fs::write(small_dir.join(n), &data)?;
+    }
+    let t = Instant::now();
+    let mut ids = Vec::with_capacity(names.len());
+    let mut in_flight = tokio::task::JoinSet::new();
+    for n in names.iter().cloned() {
+        if in_flight.len() >= args.submit_parallel.max(1) {
+            if let Some(r) = in_flight.join_next().await {
+                ids.push(r??);
+            }
+        }
+        let api = api.clone();
+        in_flight.spawn(async move { api.submit(&submit(n)).await.map(|v| v.id) });
+    }
+    while let Some(r) = in_flight.join_next().await {
+        ids.push(r??);
+    }
+    let submitted = t.elapsed().as_secs_f64();
+    let store = a.handle();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let pending = store.store().list(None)?.iter().filter(|r| !r.status.is_final()).count();
+        if pending == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("{pending} small requests still not final after 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let failed = store.store().list(None)?.iter().filter(|r| r.status != Status::Done).count();
+    if failed > 0 {
+        bail!("{failed} requests did not end Done");
+    }
+    let rps = names.len() as f64 / secs;
+    println!(
+        "small files: {} requests of {} in {secs:.2} s = {rps:.0} requests/s (all submitted through the API in {submitted:.2} s)",
+        names.len(),
+        display::bytes(args.small_kib << 10)
+    );
+    println!(
+        "BENCH big_bytes={big_bytes} big_mbs={big_mbs:.1} small_count={} small_rps={rps:.1} cores={cores}",
+        names.len()
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+    Ok(())
 }

@@ -52,7 +52,13 @@ impl Planned {
 
 fn plan(nodes: &[&'static str]) -> Vec<Planned> {
     let n = nodes.len();
-    let mut v = vec![Planned { requester: nodes[0], partner: nodes[1], direction: Direction::Push, file: "ledger-64MiB.bin".into(), size: 64 << 20 }];
+    let mut v = vec![Planned {
+        requester: nodes[0],
+        partner: nodes[1],
+        direction: Direction::Push,
+        file: "ledger-64MiB.bin".into(),
+        size: 64 << 20,
+    }];
     let sizes = [10_000, 3 << 20, 0, 5 << 20 | 12_345, 1, 700_000];
     for (i, size) in sizes.iter().enumerate() {
         let requester = nodes[(i + 1) % n];
@@ -141,7 +147,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             .wait(id, Duration::from_millis(100), |v| {
                 if p.size >= 16 << 20 && v.transferred > last_shown && v.status == Status::Running {
                     last_shown = v.transferred;
-                    eprint!("\r  {} {}: {} of {}   ", id, p.file, display::bytes(v.transferred), display::bytes(v.size));
+                    eprint!(
+                        "\r  {} {}: {} of {}   ",
+                        id,
+                        p.file,
+                        display::bytes(v.transferred),
+                        display::bytes(v.size)
+                    );
                 }
             })
             .await?;
@@ -158,7 +170,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             format!("FAILED {:?} {e}", view.status)
         } else {
             match file_digest(&delivered) {
-                Ok(d) if d == *digest && view.hash.as_deref().is_none_or(|h| h == d.to_hex()) => "identical".to_string(),
+                Ok(d) if d == *digest && view.hash.as_deref().is_none_or(|h| h == d.to_hex()) => {
+                    "identical".to_string()
+                }
                 Ok(d) => format!("MISMATCH delivered {d}"),
                 Err(e) => format!("MISSING {e:#}"),
             }
@@ -176,7 +190,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             verdict,
         ]);
     }
-    println!("\n{}", display::table(&["request", "route", "how", "size", "throughput", "BLAKE3 (b3sum)", "result"], &rows));
+    println!(
+        "\n{}",
+        display::table(&["request", "route", "how", "size", "throughput", "BLAKE3 (b3sum)", "result"], &rows)
+    );
 
     for node in &nodes {
         let stats = node.handle().stats().await;

@@ -209,8 +209,13 @@ impl Progress {
         let mut err = std::io::stderr().lock();
         if self.tty {
             let pct = v.progress().map_or_else(|| "?".to_owned(), |p| format!("{:.1}%", p * 100.0));
-            let speed = match (self.samples.front(), self.samples.back()) {
-                (Some(&(t0, b0)), Some(&(t1, b1))) if v.status == Status::Running && t1 > t0 => {
+            let speed = match (v.status, v.started_at, v.finished_at, self.samples.front(), self.samples.back()) {
+                // Finished: the average over the whole transfer, from the node's own clock.
+                (Status::Done, Some(s), Some(f), _, _) => {
+                    rate(v.size.saturating_sub(v.restart_offset), f.saturating_sub(s) as f64 / 1000.0)
+                }
+                // Running: the rate over the last few seconds.
+                (Status::Running, _, _, Some(&(t0, b0)), Some(&(t1, b1))) if t1 > t0 => {
                     rate(b1.saturating_sub(b0), (t1 - t0).as_secs_f64())
                 }
                 _ => "- MB/s".to_owned(),
@@ -274,6 +279,13 @@ fn direction_word(v: &TransferView) -> &'static str {
     }
 }
 
+fn compression_word(c: Compression) -> &'static str {
+    match c {
+        Compression::None => "none",
+        Compression::Lz4 => "lz4",
+    }
+}
+
 /// One transfer, one field a line.
 pub fn detail(v: &TransferView) -> String {
     let mut f: Vec<(&str, String)> = vec![
@@ -297,7 +309,10 @@ pub fn detail(v: &TransferView) -> String {
     if v.restart_offset > 0 {
         f.push(("restarted at", bytes(v.restart_offset)));
     }
-    f.push(("block size", format!("{}, compression {:?}", bytes(u64::from(v.block_size)), v.compression)));
+    f.push((
+        "block size",
+        format!("{}, compression {}", bytes(u64::from(v.block_size)), compression_word(v.compression)),
+    ));
     if let Some(h) = &v.hash {
         f.push(("blake3", h.clone()));
     }

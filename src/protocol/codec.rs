@@ -116,36 +116,53 @@ mod tests {
     fn arb_message() -> impl Strategy<Value = Message> {
         let id = any::<u128>().prop_map(|n| RequestId::parse(&format!("{n:032x}")).expect("hex id"));
         prop_oneof![
-            (any::<u16>(), id.clone()).prop_map(|(version, request_id)| Message::Startup(Startup { version, request_id })),
+            (any::<u16>(), id.clone())
+                .prop_map(|(version, request_id)| Message::Startup(Startup { version, request_id })),
             (".{0,40}", any::<u32>()).prop_map(|(host_id, max_block_size)| Message::Authent(Authent {
                 host_id,
                 capabilities: Capabilities { max_block_size, compression: vec![Compression::Lz4] },
             })),
-            (id, ".{0,20}", ".{0,60}", any::<u64>(), any::<u32>(), any::<u64>(), proptest::option::of(".{0,10}"), any::<bool>())
-                .prop_map(|(request_id, rule, file_name, size, block_size, restart_offset, external_job_id, push)| {
-                    Message::Request(Request {
-                        request_id,
-                        rule,
-                        direction: if push { Direction::Push } else { Direction::Pull },
-                        file_name,
-                        size,
-                        block_size,
-                        restart_offset,
-                        options: TransferOptions::default(),
-                        external_job_id,
-                        transfer_info: String::new(),
-                    })
-                }),
-            (any::<u64>(), any::<u32>(), any::<u64>()).prop_map(|(size, block_size, restart_offset)| Message::Valid(Valid {
-                size,
-                block_size,
-                restart_offset,
-                compression: Compression::None,
-            })),
+            (
+                id,
+                ".{0,20}",
+                ".{0,60}",
+                any::<u64>(),
+                any::<u32>(),
+                any::<u64>(),
+                proptest::option::of(".{0,10}"),
+                any::<bool>()
+            )
+                .prop_map(
+                    |(request_id, rule, file_name, size, block_size, restart_offset, external_job_id, push)| {
+                        Message::Request(Request {
+                            request_id,
+                            rule,
+                            direction: if push { Direction::Push } else { Direction::Pull },
+                            file_name,
+                            size,
+                            block_size,
+                            restart_offset,
+                            options: TransferOptions::default(),
+                            external_job_id,
+                            transfer_info: String::new(),
+                        })
+                    }
+                ),
+            (any::<u64>(), any::<u32>(), any::<u64>()).prop_map(|(size, block_size, restart_offset)| Message::Valid(
+                Valid { size, block_size, restart_offset, compression: Compression::None }
+            )),
             (arb_code(), ".{0,80}").prop_map(|(code, message)| Message::Refused(Refused { code, message })),
-            (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..5000), any::<bool>(), any::<[u8; 32]>())
-                .prop_map(|(offset, payload, compressed, h)| Message::Data(Data { offset, raw_len: payload.len() as u32, payload, compressed, hash: Digest(h) })),
-            (any::<u64>(), any::<[u8; 32]>()).prop_map(|(bytes, h)| Message::EndTransfer(EndTransfer { bytes, hash: Digest(h) })),
+            (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..5000), any::<bool>(), any::<[u8; 32]>()).prop_map(
+                |(offset, payload, compressed, h)| Message::Data(Data {
+                    offset,
+                    raw_len: payload.len() as u32,
+                    payload,
+                    compressed,
+                    hash: Digest(h)
+                })
+            ),
+            (any::<u64>(), any::<[u8; 32]>())
+                .prop_map(|(bytes, h)| Message::EndTransfer(EndTransfer { bytes, hash: Digest(h) })),
             Just(Message::EndRequest(EndRequest {})),
             (arb_code(), ".{0,80}").prop_map(|(code, message)| Message::Error(ErrorReport { code, message })),
             ".{0,80}".prop_map(|reason| Message::Cancel(Cancel { reason })),

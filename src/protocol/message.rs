@@ -187,10 +187,7 @@ pub struct Capabilities {
 
 impl Default for Capabilities {
     fn default() -> Self {
-        Capabilities {
-            max_block_size: MAX_BLOCK_SIZE,
-            compression: vec![Compression::None, Compression::Lz4],
-        }
+        Capabilities { max_block_size: MAX_BLOCK_SIZE, compression: vec![Compression::None, Compression::Lz4] }
     }
 }
 

@@ -91,9 +91,13 @@ enum State {
     AwaitRequest,
     Judging,
     Sending,
-    AwaitEndTransferEcho { sent: EndTransfer },
+    AwaitEndTransferEcho {
+        sent: EndTransfer,
+    },
     AwaitEndRequestEcho,
-    Receiving { next: u64 },
+    Receiving {
+        next: u64,
+    },
     Verifying,
     AwaitEndRequest,
     Done,
@@ -113,6 +117,8 @@ pub struct Session {
     /// The request (the requester's own; the requested side's once received).
     request: Option<Request>,
     plan: Option<Plan>,
+    /// The count and whole-file hash this side sent or verified.
+    end: Option<EndTransfer>,
     state: State,
 }
 
@@ -128,6 +134,7 @@ impl Session {
             peer_capabilities: None,
             request: Some(request),
             plan: None,
+            end: None,
             state: State::Idle,
         }
     }
@@ -145,6 +152,7 @@ impl Session {
             peer_capabilities: None,
             request: None,
             plan: None,
+            end: None,
             state: State::AwaitStartup,
         }
     }
@@ -165,6 +173,12 @@ impl Session {
     /// The agreed data-phase parameters, once agreed.
     pub fn plan(&self) -> Option<&Plan> {
         self.plan.as_ref()
+    }
+
+    /// The byte count and whole-file BLAKE3 this side sent (sender) or
+    /// verified (receiver), once known.
+    pub fn end_transfer(&self) -> Option<&EndTransfer> {
+        self.end.as_ref()
     }
 
     /// Whether this side sends the file (known once the request is).
@@ -331,7 +345,8 @@ impl Session {
         let req = self.request.clone().expect("Judging implies a request");
         let size = if req.direction == Direction::Push { req.size } else { size };
         let restart_offset = restart_offset.min(req.restart_offset).min(size);
-        let plan = Plan { size, block_size: req.block_size, restart_offset, compression: self.agreed_compression(&req) };
+        let plan =
+            Plan { size, block_size: req.block_size, restart_offset, compression: self.agreed_compression(&req) };
         let valid = Valid {
             size: plan.size,
             block_size: plan.block_size,
@@ -368,6 +383,7 @@ impl Session {
             );
         }
         self.state = State::AwaitEndTransferEcho { sent: end.clone() };
+        self.end = Some(end.clone());
         vec![Output::Send(Message::EndTransfer(end))]
     }
 
@@ -381,6 +397,7 @@ impl Session {
         }
         match result {
             Ok(end) => {
+                self.end = Some(end.clone());
                 self.state = State::AwaitEndRequest;
                 vec![Output::Send(Message::EndTransfer(end))]
             }
@@ -508,7 +525,12 @@ impl Session {
                 format!("peer chose compression {:?}, which this node does not support", v.compression),
             );
         }
-        let plan = Plan { size: v.size, block_size: v.block_size, restart_offset: v.restart_offset, compression: v.compression };
+        let plan = Plan {
+            size: v.size,
+            block_size: v.block_size,
+            restart_offset: v.restart_offset,
+            compression: v.compression,
+        };
         self.enter_data_phase(plan)
     }
 

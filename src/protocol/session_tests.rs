@@ -55,7 +55,13 @@ fn data_blocks(file: &[u8], from: u64, block: u32) -> Vec<Message> {
     file[from as usize..]
         .chunks(block as usize)
         .scan(from, |off, c| {
-            let d = Data { offset: *off, raw_len: c.len() as u32, payload: c.to_vec(), compressed: false, hash: Digest::of(c) };
+            let d = Data {
+                offset: *off,
+                raw_len: c.len() as u32,
+                payload: c.to_vec(),
+                compressed: false,
+                hash: Digest::of(c),
+            };
             *off += c.len() as u64;
             Some(Message::Data(d))
         })
@@ -89,7 +95,11 @@ impl Driver {
             match &out {
                 Output::Send(m) => {
                     if let Some(m) = (self.tamper)(at_a, m.clone()) {
-                        if at_a { self.inbox_b.push_back(m) } else { self.inbox_a.push_back(m) }
+                        if at_a {
+                            self.inbox_b.push_back(m)
+                        } else {
+                            self.inbox_a.push_back(m)
+                        }
                     }
                 }
                 Output::Judge(r) => {
@@ -222,8 +232,17 @@ fn the_exchange_follows_the_documented_order() {
     assert_eq!(
         *seen.borrow(),
         [
-            "A>Startup", "B>Startup", "A>Authent", "B>Authent", "A>Request", "B>Valid", "A>Data", "A>EndTransfer",
-            "B>EndTransfer", "A>EndRequest", "B>EndRequest"
+            "A>Startup",
+            "B>Startup",
+            "A>Authent",
+            "B>Authent",
+            "A>Request",
+            "B>Valid",
+            "A>Data",
+            "A>EndTransfer",
+            "B>EndTransfer",
+            "A>EndRequest",
+            "B>EndRequest"
         ]
     );
 }
@@ -322,24 +341,33 @@ fn a_corrupted_block_fails_the_transfer_and_is_not_written() {
 fn out_of_order_missing_or_extra_blocks_are_protocol_errors() {
     let src = file(3 * BS as usize);
     let cases: Vec<(&str, Tamper)> = vec![
-        ("dropped", Box::new(|_, m| match m {
-            Message::Data(d) if d.offset == 0 => None,
-            m => Some(m),
-        })),
-        ("moved", Box::new(|_, m| match m {
-            Message::Data(mut d) if d.offset == BS as u64 => {
-                d.offset += 1;
-                Some(Message::Data(d))
-            }
-            m => Some(m),
-        })),
-        ("raw_len lies", Box::new(|_, m| match m {
-            Message::Data(mut d) => {
-                d.raw_len -= 1;
-                Some(Message::Data(d))
-            }
-            m => Some(m),
-        })),
+        (
+            "dropped",
+            Box::new(|_, m| match m {
+                Message::Data(d) if d.offset == 0 => None,
+                m => Some(m),
+            }),
+        ),
+        (
+            "moved",
+            Box::new(|_, m| match m {
+                Message::Data(mut d) if d.offset == BS as u64 => {
+                    d.offset += 1;
+                    Some(Message::Data(d))
+                }
+                m => Some(m),
+            }),
+        ),
+        (
+            "raw_len lies",
+            Box::new(|_, m| match m {
+                Message::Data(mut d) => {
+                    d.raw_len -= 1;
+                    Some(Message::Data(d))
+                }
+                m => Some(m),
+            }),
+        ),
     ];
     for (name, t) in cases {
         let o = run(request(Direction::Push, src.len() as u64), "b", &src, accept_all(0), t);
@@ -402,7 +430,12 @@ fn source_shorter_than_announced_fails_as_source_changed() {
     s.start();
     s.handle(Message::Startup(Startup { version: PROTOCOL_VERSION, request_id: s.request_id().clone() }));
     s.handle(Message::Authent(Authent { host_id: "b".into(), capabilities: Capabilities::default() }));
-    let out = s.handle(Message::Valid(Valid { size: 100, block_size: BS, restart_offset: 0, compression: Compression::None }));
+    let out = s.handle(Message::Valid(Valid {
+        size: 100,
+        block_size: BS,
+        restart_offset: 0,
+        compression: Compression::None,
+    }));
     assert!(matches!(out[0], Output::StartSending(_)));
     let out = s.sending_finished(EndTransfer { bytes: 90, hash: Digest([0; 32]) });
     assert!(matches!(&out[1], Output::Failed(f) if f.code == ErrorCode::SourceChanged));
@@ -419,7 +452,10 @@ fn peer_error_and_cancel_end_the_session_at_any_step() {
                 return Some(if cancel {
                     Message::Cancel(Cancel { reason: "operator".into() })
                 } else {
-                    Message::Error(ErrorReport { code: ErrorCode::Io, message: format!("disk trouble (from_a={from_a})") })
+                    Message::Error(ErrorReport {
+                        code: ErrorCode::Io,
+                        message: format!("disk trouble (from_a={from_a})"),
+                    })
                 });
             }
             Some(m)
@@ -461,54 +497,92 @@ fn unexpected_messages_in_every_state_are_protocol_errors() {
     let id2 = id.clone();
     let id3 = id.clone();
     let states: Vec<(&str, Setup, Vec<&str>)> = vec![
-        ("requester AwaitStartupEcho", Box::new(move || {
-            let mut s = Session::requester("a", "b", Capabilities::default(), r1.clone());
-            s.start();
-            s
-        }), vec!["Startup"]),
-        ("requester AwaitValid", Box::new(move || {
-            let mut s = Session::requester("a", "b", Capabilities::default(), r2.clone());
-            s.start();
-            s.handle(Message::Startup(Startup { version: PROTOCOL_VERSION, request_id: r2.request_id.clone() }));
-            s.handle(Message::Authent(Authent { host_id: "b".into(), capabilities: Capabilities::default() }));
-            s
-        }), vec!["Valid", "Refused"]),
-        ("requester Sending", Box::new(move || {
-            let mut s = Session::requester("a", "b", Capabilities::default(), r3.clone());
-            s.start();
-            s.handle(Message::Startup(Startup { version: PROTOCOL_VERSION, request_id: r3.request_id.clone() }));
-            s.handle(Message::Authent(Authent { host_id: "b".into(), capabilities: Capabilities::default() }));
-            s.handle(Message::Valid(Valid { size: 1, block_size: BS, restart_offset: 0, compression: Compression::None }));
-            s
-        }), vec![]),
-        ("requester Receiving (pull)", Box::new(move || {
-            let mut s = Session::requester("a", "b", Capabilities::default(), p1.clone());
-            s.start();
-            s.handle(Message::Startup(Startup { version: PROTOCOL_VERSION, request_id: p1.request_id.clone() }));
-            s.handle(Message::Authent(Authent { host_id: "b".into(), capabilities: Capabilities::default() }));
-            s.handle(Message::Valid(Valid { size: 1, block_size: BS, restart_offset: 0, compression: Compression::None }));
-            s
-        }), vec!["Data", "EndTransfer"]),
+        (
+            "requester AwaitStartupEcho",
+            Box::new(move || {
+                let mut s = Session::requester("a", "b", Capabilities::default(), r1.clone());
+                s.start();
+                s
+            }),
+            vec!["Startup"],
+        ),
+        (
+            "requester AwaitValid",
+            Box::new(move || {
+                let mut s = Session::requester("a", "b", Capabilities::default(), r2.clone());
+                s.start();
+                s.handle(Message::Startup(Startup { version: PROTOCOL_VERSION, request_id: r2.request_id.clone() }));
+                s.handle(Message::Authent(Authent { host_id: "b".into(), capabilities: Capabilities::default() }));
+                s
+            }),
+            vec!["Valid", "Refused"],
+        ),
+        (
+            "requester Sending",
+            Box::new(move || {
+                let mut s = Session::requester("a", "b", Capabilities::default(), r3.clone());
+                s.start();
+                s.handle(Message::Startup(Startup { version: PROTOCOL_VERSION, request_id: r3.request_id.clone() }));
+                s.handle(Message::Authent(Authent { host_id: "b".into(), capabilities: Capabilities::default() }));
+                s.handle(Message::Valid(Valid {
+                    size: 1,
+                    block_size: BS,
+                    restart_offset: 0,
+                    compression: Compression::None,
+                }));
+                s
+            }),
+            vec![],
+        ),
+        (
+            "requester Receiving (pull)",
+            Box::new(move || {
+                let mut s = Session::requester("a", "b", Capabilities::default(), p1.clone());
+                s.start();
+                s.handle(Message::Startup(Startup { version: PROTOCOL_VERSION, request_id: p1.request_id.clone() }));
+                s.handle(Message::Authent(Authent { host_id: "b".into(), capabilities: Capabilities::default() }));
+                s.handle(Message::Valid(Valid {
+                    size: 1,
+                    block_size: BS,
+                    restart_offset: 0,
+                    compression: Compression::None,
+                }));
+                s
+            }),
+            vec!["Data", "EndTransfer"],
+        ),
         ("requested AwaitStartup", Box::new(|| Session::requested("b", "a", Capabilities::default())), vec!["Startup"]),
-        ("requested AwaitAuthent", Box::new(move || {
-            let mut s = Session::requested("b", "a", Capabilities::default());
-            s.handle(Message::Startup(Startup { version: PROTOCOL_VERSION, request_id: id1.clone() }));
-            s
-        }), vec![]),
-        ("requested AwaitRequest", Box::new(move || {
-            let mut s = Session::requested("b", "a", Capabilities::default());
-            s.handle(Message::Startup(Startup { version: PROTOCOL_VERSION, request_id: id2.clone() }));
-            s.handle(Message::Authent(Authent { host_id: "a".into(), capabilities: Capabilities::default() }));
-            s
-        }), vec!["Request"]),
-        ("requested Receiving (push)", Box::new(move || {
-            let mut s = Session::requested("b", "a", Capabilities::default());
-            s.handle(Message::Startup(Startup { version: PROTOCOL_VERSION, request_id: id3.clone() }));
-            s.handle(Message::Authent(Authent { host_id: "a".into(), capabilities: Capabilities::default() }));
-            s.handle(Message::Request(Request { request_id: id3.clone(), ..request(Direction::Push, 1) }));
-            s.accept(0, 0);
-            s
-        }), vec!["Data", "EndTransfer"]),
+        (
+            "requested AwaitAuthent",
+            Box::new(move || {
+                let mut s = Session::requested("b", "a", Capabilities::default());
+                s.handle(Message::Startup(Startup { version: PROTOCOL_VERSION, request_id: id1.clone() }));
+                s
+            }),
+            vec![],
+        ),
+        (
+            "requested AwaitRequest",
+            Box::new(move || {
+                let mut s = Session::requested("b", "a", Capabilities::default());
+                s.handle(Message::Startup(Startup { version: PROTOCOL_VERSION, request_id: id2.clone() }));
+                s.handle(Message::Authent(Authent { host_id: "a".into(), capabilities: Capabilities::default() }));
+                s
+            }),
+            vec!["Request"],
+        ),
+        (
+            "requested Receiving (push)",
+            Box::new(move || {
+                let mut s = Session::requested("b", "a", Capabilities::default());
+                s.handle(Message::Startup(Startup { version: PROTOCOL_VERSION, request_id: id3.clone() }));
+                s.handle(Message::Authent(Authent { host_id: "a".into(), capabilities: Capabilities::default() }));
+                s.handle(Message::Request(Request { request_id: id3.clone(), ..request(Direction::Push, 1) }));
+                s.accept(0, 0);
+                s
+            }),
+            vec!["Data", "EndTransfer"],
+        ),
     ];
     for (name, setup, legal) in &states {
         for msg in samples(&id) {
@@ -539,7 +613,9 @@ fn nothing_happens_after_the_end() {
     s.start();
     s.handle(Message::Error(ErrorReport { code: ErrorCode::Io, message: "x".into() }));
     assert!(s.is_finished());
-    assert!(s.handle(Message::Data(Data { offset: 0, raw_len: 10, payload: src, compressed: false, hash: Digest([0; 32]) })).is_empty());
+    assert!(s
+        .handle(Message::Data(Data { offset: 0, raw_len: 10, payload: src, compressed: false, hash: Digest([0; 32]) }))
+        .is_empty());
     assert!(s.fail(ErrorCode::Io, "again".into()).is_empty());
     assert!(s.cancel("again".into()).is_empty());
 }
@@ -561,7 +637,8 @@ fn restart_offset_is_the_smaller_of_both_sides_and_never_past_the_size() {
 
 #[test]
 fn compression_is_used_only_when_both_sides_support_it() {
-    let mut b = Session::requested("b", "a", Capabilities { compression: vec![Compression::None], ..Capabilities::default() });
+    let mut b =
+        Session::requested("b", "a", Capabilities { compression: vec![Compression::None], ..Capabilities::default() });
     let id = RequestId::generate();
     b.handle(Message::Startup(Startup { version: PROTOCOL_VERSION, request_id: id.clone() }));
     b.handle(Message::Authent(Authent { host_id: "a".into(), capabilities: Capabilities::default() }));

@@ -20,7 +20,11 @@
 //! the background every 500 ms. [`Store::flush`] forces that flush (fsync);
 //! callers use it where a write must survive a crash before they answer
 //! anyone: a submitted request before the API acknowledges it, and final
-//! states. sled 0.34 is unmaintained and has open reports of damage after a
+//! states. Flushes are group commits: one flusher thread per store takes
+//! every flush request queued while it was busy and answers them all with
+//! one sled flush, so a burst of submits costs a few fsyncs, not one each.
+//! (sled's own `flush_async` goes through its global thread pool and stalls
+//! under many concurrent callers, so it is not used.) sled 0.34 is unmaintained and has open reports of damage after a
 //! hard kill; a record that does not decode is reported as
 //! [`StoreError::Corrupt`] naming the key, never skipped silently.
 
@@ -50,6 +54,8 @@ pub enum StoreError {
     NotFound(RequestId),
     #[error("store: record does not encode: {0}")]
     Encode(String),
+    #[error("store: flush to disk failed: {0}")]
+    Flush(String),
 }
 
 fn config() -> bincode::config::Configuration {
@@ -61,11 +67,15 @@ fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
 }
 
 fn decode<T: serde::de::DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
-    bincode::serde::decode_from_slice(bytes, config()).map(|(v, _)| v).map_err(|e| StoreError::Corrupt {
-        key: String::from_utf8_lossy(key).into_owned(),
-        reason: e.to_string(),
-    })
+    bincode::serde::decode_from_slice(bytes, config())
+        .map(|(v, _)| v)
+        .map_err(|e| StoreError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), reason: e.to_string() })
 }
+
+/// A flush request carries its own handle to the database, so the flusher
+/// thread keeps the database open only while it flushes: dropping the last
+/// [`Store`] closes it (and releases its lock) at once.
+type FlushReply = (sled::Db, tokio::sync::oneshot::Sender<Result<(), String>>);
 
 /// A handle to the node's database; cheap to clone.
 #[derive(Clone)]
@@ -74,6 +84,23 @@ pub struct Store {
     requests: sled::Tree,
     joblog: sled::Tree,
     queue: sled::Tree,
+    flusher: tokio::sync::mpsc::UnboundedSender<FlushReply>,
+}
+
+/// The group-commit loop: one sled flush answers every request queued
+/// while the previous flush ran. Ends when the last [`Store`] is dropped.
+fn run_flusher(mut rx: tokio::sync::mpsc::UnboundedReceiver<FlushReply>) {
+    while let Some((db, first)) = rx.blocking_recv() {
+        let mut batch = vec![first];
+        while let Ok((_, more)) = rx.try_recv() {
+            batch.push(more);
+        }
+        let result = db.flush().map(|_| ()).map_err(|e| e.to_string());
+        drop(db);
+        for waiter in batch {
+            let _ = waiter.send(result.clone());
+        }
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -99,11 +126,17 @@ impl Store {
                 db.flush()?;
             }
         }
+        let (flusher, rx) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::Builder::new()
+            .name("ferry-store-flush".into())
+            .spawn(move || run_flusher(rx))
+            .map_err(|e| StoreError::Flush(format!("cannot start the flusher thread: {e}")))?;
         Ok(Store {
             requests: db.open_tree("requests")?,
             joblog: db.open_tree("joblog")?,
             queue: db.open_tree("queue")?,
             db,
+            flusher,
         })
     }
 
@@ -163,7 +196,8 @@ impl Store {
                 self.queue.insert(queue_key(seq, id), &[])?;
             }
             if !message.is_empty() || old.status != new.status || old.step != new.step {
-                let msg = if message.is_empty() { format!("{:?} / {:?}", new.status, new.step) } else { message.into() };
+                let msg =
+                    if message.is_empty() { format!("{:?} / {:?}", new.status, new.step) } else { message.into() };
                 self.append_log(&new, &msg)?;
             }
             return Ok(new);
@@ -226,7 +260,10 @@ impl Store {
                 None => None,
             };
             match rec {
-                Some(rec) if rec.status == Status::ToSubmit && rec.queue_seq.map(|s| queue_key(s, &rec.id)) == Some(k.to_vec()) => {
+                Some(rec)
+                    if rec.status == Status::ToSubmit
+                        && rec.queue_seq.map(|s| queue_key(s, &rec.id)) == Some(k.to_vec()) =>
+                {
                     out.push(rec)
                 }
                 _ => {
@@ -254,11 +291,14 @@ impl Store {
         Ok(())
     }
 
-    /// Forces everything written so far to disk (fsync). Concurrent callers
-    /// share sled's flush, so a burst of submits costs few fsyncs.
+    /// Forces everything written so far to disk (fsync), as a group commit
+    /// shared with every other caller waiting at the same time.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
-        Ok(())
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.flusher
+            .send((self.db.clone(), tx))
+            .map_err(|_| StoreError::Flush("the flusher thread has stopped".into()))?;
+        rx.await.map_err(|_| StoreError::Flush("the flusher thread has stopped".into()))?.map_err(StoreError::Flush)
     }
 
     /// Blocking variant of [`Store::flush`] for shutdown paths.
@@ -359,6 +399,29 @@ mod tests {
         }
         let err = Store::open(dir.path()).expect_err("refused");
         assert!(err.to_string().contains("schema version 99"), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_flushes_all_complete() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(dir.path()).expect("open");
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..200 {
+            let s = s.clone();
+            set.spawn(async move {
+                s.insert(sample(Status::ToSubmit), "x").expect("insert");
+                s.flush().await
+            });
+        }
+        let mut n = 0;
+        while let Some(r) = set.join_next().await {
+            r.expect("task").expect("flushed");
+            n += 1;
+        }
+        assert_eq!(n, 200);
+        drop(s);
+        let s = Store::open(dir.path()).expect("reopen");
+        assert_eq!(s.list(None).expect("list").len(), 200);
     }
 
     #[test]

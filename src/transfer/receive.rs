@@ -98,15 +98,26 @@ fn write_blocks(work: &Path, plan: &Plan, mut rx: mpsc::Receiver<Data>) -> Resul
             match lz4_flex::block::decompress_into(&block.payload, &mut raw_buf) {
                 Ok(n) if n == block.raw_len as usize => &raw_buf,
                 Ok(n) => {
-                    return Err((ErrorCode::BlockHashMismatch, format!("block at {} decompressed to {n} bytes, not {}", block.offset, block.raw_len)))
+                    return Err((
+                        ErrorCode::BlockHashMismatch,
+                        format!("block at {} decompressed to {n} bytes, not {}", block.offset, block.raw_len),
+                    ))
                 }
-                Err(e) => return Err((ErrorCode::BlockHashMismatch, format!("block at {} does not decompress: {e}", block.offset))),
+                Err(e) => {
+                    return Err((
+                        ErrorCode::BlockHashMismatch,
+                        format!("block at {} does not decompress: {e}", block.offset),
+                    ))
+                }
             }
         } else {
             &block.payload
         };
         if Digest::of(raw) != block.hash {
-            return Err((ErrorCode::BlockHashMismatch, format!("block at offset {} failed its BLAKE3 check", block.offset)));
+            return Err((
+                ErrorCode::BlockHashMismatch,
+                format!("block at offset {} failed its BLAKE3 check", block.offset),
+            ));
         }
         file.write_all(raw).map_err(|e| io_failure("write", work, e))?;
         whole.update(raw);
@@ -181,7 +192,13 @@ mod tests {
     }
 
     fn block(offset: u64, bytes: &[u8]) -> Data {
-        Data { offset, raw_len: bytes.len() as u32, payload: bytes.to_vec(), compressed: false, hash: Digest::of(bytes) }
+        Data {
+            offset,
+            raw_len: bytes.len() as u32,
+            payload: bytes.to_vec(),
+            compressed: false,
+            hash: Digest::of(bytes),
+        }
     }
 
     #[tokio::test]

@@ -101,7 +101,10 @@ fn pump(
         return Err(e);
     }
     if snapshot.size != plan.size {
-        return Err((ErrorCode::SourceChanged, format!("source is {} bytes, {} were announced", snapshot.size, plan.size)));
+        return Err((
+            ErrorCode::SourceChanged,
+            format!("source is {} bytes, {} were announced", snapshot.size, plan.size),
+        ));
     }
     let mut whole = blake3::Hasher::new();
     let block = plan.block_size as usize;
@@ -123,7 +126,10 @@ fn pump(
         let raw = &mut buf[..n];
         if let Err(e) = file.read_exact(raw) {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                return Err((ErrorCode::SourceChanged, format!("source {} shrank during the transfer", path.display())));
+                return Err((
+                    ErrorCode::SourceChanged,
+                    format!("source {} shrank during the transfer", path.display()),
+                ));
             }
             return Err(io_err(path, "read", e));
         }

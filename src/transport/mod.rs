@@ -9,6 +9,6 @@ pub mod channel;
 pub mod endpoint;
 pub mod tls;
 
+pub use channel::{ChannelError, FrameReader, FrameWriter};
 pub use endpoint::{accept, dial, make_endpoint, TransportError, TransportTuning};
 pub use tls::{peer_node_id, NodeIdentity, TlsError, ALPN};
-pub use channel::{ChannelError, FrameReader, FrameWriter};
