@@ -321,7 +321,7 @@ impl Drive {
             transferred: 0,
             restart_offset: 0,
             status: Status::Running,
-            step: Step::PreTask,
+            step: Step::Transfer,
             hash: None,
             external_job_id: req.external_job_id.clone(),
             transfer_info: req.transfer_info.clone(),

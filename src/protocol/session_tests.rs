@@ -233,10 +233,10 @@ fn the_exchange_follows_the_documented_order() {
         *seen.borrow(),
         [
             "A>Startup",
-            "B>Startup",
             "A>Authent",
-            "B>Authent",
             "A>Request",
+            "B>Startup",
+            "B>Authent",
             "B>Valid",
             "A>Data",
             "A>EndTransfer",

@@ -10,6 +10,14 @@
 //!   whole-file BLAKE3 match the sender's is it renamed atomically to its
 //!   final name, and the folder is fsynced so the rename itself is durable.
 //!   A file whose check fails is never delivered under its final name.
+//!
+//! Writes use `O_DIRECT` where the file system allows it: full, aligned
+//! blocks go from an aligned buffer straight to the device, without the
+//! page-cache copy (the largest CPU cost of receiving on a 2-core machine)
+//! and without leaving a file's worth of dirty pages for the final fsync to
+//! write back. The last, shorter block, and file systems that refuse
+//! `O_DIRECT` (tmpfs), use ordinary buffered writes. Either way the data is
+//! only durable after the final `sync_all`.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -26,6 +34,64 @@ pub const WORK_DIR: &str = ".ferry-work";
 
 /// Blocks buffered between the network and the disk.
 const PIPELINE_DEPTH: usize = 8;
+
+/// Alignment `O_DIRECT` needs for buffers, offsets and lengths (the largest
+/// logical block size in common use).
+const DIRECT_ALIGN: usize = 4096;
+
+/// A buffer whose start is aligned for `O_DIRECT`, carved out of a Vec so no
+/// unsafe allocation is needed.
+struct AlignedBuf {
+    storage: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    fn new(capacity: usize) -> AlignedBuf {
+        let storage = vec![0u8; capacity + DIRECT_ALIGN];
+        let start = storage.as_ptr().align_offset(DIRECT_ALIGN);
+        AlignedBuf { storage, start, len: 0 }
+    }
+
+    /// The first `len` bytes, for writing into.
+    fn fill(&mut self, len: usize) -> &mut [u8] {
+        self.len = len;
+        &mut self.storage[self.start..self.start + len]
+    }
+
+    fn filled(&self) -> &[u8] {
+        &self.storage[self.start..self.start + self.len]
+    }
+}
+
+/// Opens the work file, with `O_DIRECT` when the file system supports it.
+fn open_work(work: &Path) -> std::io::Result<(File, bool)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut opts = OpenOptions::new();
+    opts.read(true).write(true).create(true).truncate(false);
+    match opts.clone().custom_flags(libc::O_DIRECT).open(work) {
+        Ok(f) => Ok((f, true)),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok((opts.open(work)?, false)),
+        Err(e) => Err(e),
+    }
+}
+
+/// Turns `O_DIRECT` off on an open file (for a last, unaligned block).
+fn clear_direct(file: &File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl with F_GETFL/F_SETFL on an fd we own; no memory is passed.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_DIRECT) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
 
 type Failure = (ErrorCode, String);
 
@@ -79,28 +145,22 @@ fn write_blocks(work: &Path, plan: &Plan, mut rx: mpsc::Receiver<Data>) -> Resul
     if let Some(dir) = work.parent() {
         std::fs::create_dir_all(dir).map_err(|e| io_failure("create", dir, e))?;
     }
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(work)
-        .map_err(|e| io_failure("open", work, e))?;
+    let (mut file, mut direct) = open_work(work).map_err(|e| io_failure("open", work, e))?;
     file.set_len(plan.restart_offset).map_err(|e| io_failure("truncate", work, e))?;
     let mut whole = blake3::Hasher::new();
-    hash_prefix(&mut file, plan.restart_offset, &mut whole).map_err(|e| io_failure("read", work, e))?;
+    hash_prefix(work, plan.restart_offset, &mut whole).map_err(|e| io_failure("read", work, e))?;
     file.seek(SeekFrom::Start(plan.restart_offset)).map_err(|e| io_failure("seek in", work, e))?;
     let mut offset = plan.restart_offset;
-    let mut raw_buf = Vec::new();
+    let mut buf = AlignedBuf::new((plan.block_size as u64).min(plan.size) as usize);
     while let Some(block) = rx.blocking_recv() {
-        let raw: &[u8] = if block.compressed {
-            raw_buf.resize(block.raw_len as usize, 0);
-            match lz4_flex::block::decompress_into(&block.payload, &mut raw_buf) {
-                Ok(n) if n == block.raw_len as usize => &raw_buf,
+        let len = block.raw_len as usize;
+        if block.compressed {
+            match lz4_flex::block::decompress_into(&block.payload, buf.fill(len)) {
+                Ok(n) if n == len => {}
                 Ok(n) => {
                     return Err((
                         ErrorCode::BlockHashMismatch,
-                        format!("block at {} decompressed to {n} bytes, not {}", block.offset, block.raw_len),
+                        format!("block at {} decompressed to {n} bytes, not {len}", block.offset),
                     ))
                 }
                 Err(e) => {
@@ -111,24 +171,34 @@ fn write_blocks(work: &Path, plan: &Plan, mut rx: mpsc::Receiver<Data>) -> Resul
                 }
             }
         } else {
-            &block.payload
-        };
+            buf.fill(len).copy_from_slice(&block.payload);
+        }
+        let raw = buf.filled();
         if Digest::of(raw) != block.hash {
             return Err((
                 ErrorCode::BlockHashMismatch,
                 format!("block at offset {} failed its BLAKE3 check", block.offset),
             ));
         }
+        if direct && (len % DIRECT_ALIGN != 0 || offset % DIRECT_ALIGN as u64 != 0) {
+            clear_direct(&file).map_err(|e| io_failure("write", work, e))?;
+            direct = false;
+        }
         file.write_all(raw).map_err(|e| io_failure("write", work, e))?;
         whole.update(raw);
-        offset += raw.len() as u64;
+        offset += len as u64;
     }
     file.sync_all().map_err(|e| io_failure("fsync", work, e))?;
     Ok(EndTransfer { bytes: offset, hash: whole.finalize().into() })
 }
 
-fn hash_prefix(file: &mut File, len: u64, whole: &mut blake3::Hasher) -> std::io::Result<()> {
-    file.seek(SeekFrom::Start(0))?;
+/// Hashes the kept prefix through a buffered handle of its own (the work
+/// file's handle may be `O_DIRECT`, which needs aligned reads).
+fn hash_prefix(work: &Path, len: u64, whole: &mut blake3::Hasher) -> std::io::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    let mut file = File::open(work)?;
     let mut left = len;
     let mut buf = vec![0u8; 1 << 20];
     while left > 0 {
