@@ -72,9 +72,13 @@ impl Actor for ClientRunner {
     }
 }
 
-/// Fails the request before any channel exists.
-fn fail_early(ctx: &NodeContext, id: &RequestId, code: ErrorCode, message: String) {
-    let status = if code == ErrorCode::Connection { Status::Interrupted } else { Status::InError };
+/// Fails the request before any channel exists (or after its task died),
+/// and makes that durable.
+async fn fail_early(ctx: &NodeContext, id: &RequestId, code: ErrorCode, message: String) {
+    let status = match code {
+        ErrorCode::Connection | ErrorCode::Internal => Status::Interrupted,
+        _ => Status::InError,
+    };
     tracing::warn!(target: drive::AUDIT, event = "failed", request_id = %id, code = %code, message = %message, status = ?status);
     let r = ctx.store.update(id, &format!("{code}: {message}"), |r| {
         r.status = status;
@@ -85,6 +89,9 @@ fn fail_early(ctx: &NodeContext, id: &RequestId, code: ErrorCode, message: Strin
     });
     if let Err(e) = r {
         tracing::error!(request_id = %id, error = %e, "cannot record request state");
+    }
+    if let Err(e) = ctx.store.flush().await {
+        tracing::error!(request_id = %id, error = %e, "cannot flush request state");
     }
 }
 
@@ -99,8 +106,12 @@ async fn run(args: ClientRunnerArgs, control: mpsc::Receiver<Control>) {
     tracing::Span::current().record("partner", rec.partner.as_str());
     let Some(rule) = ctx.config.rule(&rec.rule) else {
         let msg = format!("rule {:?} does not exist on node {}", rec.rule, ctx.config.node_id);
-        return fail_early(&ctx, &id, ErrorCode::UnknownRule, msg);
+        return fail_early(&ctx, &id, ErrorCode::UnknownRule, msg).await;
     };
+    if !rule.allows(&rec.partner) {
+        let msg = format!("partner {} may not use rule {:?} on node {}", rec.partner, rec.rule, ctx.config.node_id);
+        return fail_early(&ctx, &id, ErrorCode::RuleNotAllowed, msg).await;
+    }
     let mut files = Files::default();
     let mut size = 0;
     if rec.direction == Direction::Push {
@@ -110,13 +121,15 @@ async fn run(args: ClientRunnerArgs, control: mpsc::Receiver<Control>) {
                 size = snap.size;
                 files.source = Some((path, snap));
             }
-            Err((code, msg)) => return fail_early(&ctx, &id, code, msg),
+            Err((code, msg)) => return fail_early(&ctx, &id, code, msg).await,
         }
     }
     let conn = match ractor::call!(args.connections, ConnectionsMsg::Get, rec.partner.clone()) {
         Ok(Ok(c)) => c,
-        Ok(Err(e)) => return fail_early(&ctx, &id, e.code, e.message),
-        Err(e) => return fail_early(&ctx, &id, ErrorCode::Internal, format!("connection manager unavailable: {e}")),
+        Ok(Err(e)) => return fail_early(&ctx, &id, e.code, e.message).await,
+        Err(e) => {
+            return fail_early(&ctx, &id, ErrorCode::Internal, format!("connection manager unavailable: {e}")).await
+        }
     };
     let (send, recv) = match conn.open_bi().await {
         Ok(s) => s,
@@ -126,7 +139,7 @@ async fn run(args: ClientRunnerArgs, control: mpsc::Receiver<Control>) {
                 rec.partner,
                 crate::transport::channel::describe_connection(&e)
             );
-            return fail_early(&ctx, &id, super::connections::close_code(&e), msg);
+            return fail_early(&ctx, &id, super::connections::close_code(&e), msg).await;
         }
     };
     let request = Request {

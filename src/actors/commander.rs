@@ -109,6 +109,7 @@ impl Actor for Commander {
                 }
             }
             store.rebuild_queue()?;
+            store.flush_blocking()?;
         }
         myself.cast(CommanderMsg::Wake)?;
         Ok(CommanderState { ctx: args.ctx, connections: args.connections, running: HashMap::new() })

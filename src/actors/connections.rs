@@ -20,9 +20,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use super::server_runner::{ServerRunner, ServerRunnerArgs};
 use crate::node::NodeContext;
 use crate::protocol::ErrorCode;
+use crate::transport::endpoint::CLOSE_WRONG_PEER;
 use crate::transport::{self, TransportError};
 
-/// QUIC application close codes.
+/// QUIC application close codes; 1 ([`CLOSE_WRONG_PEER`]) is the
+/// transport's, for a peer whose certificate is not who was expected.
 pub const CLOSE_SHUTDOWN: u32 = 3;
 pub const CLOSE_UNKNOWN_PARTNER: u32 = 4;
 
@@ -89,6 +91,9 @@ pub fn close_code(e: &quinn::ConnectionError) -> ErrorCode {
             if c.error_code == quinn::VarInt::from_u32(CLOSE_UNKNOWN_PARTNER) =>
         {
             ErrorCode::UnknownPartner
+        }
+        quinn::ConnectionError::ApplicationClosed(c) if c.error_code == quinn::VarInt::from_u32(CLOSE_WRONG_PEER) => {
+            ErrorCode::Handshake
         }
         e if is_handshake_failure(e) => ErrorCode::Handshake,
         _ => ErrorCode::Connection,

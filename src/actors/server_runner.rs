@@ -45,7 +45,7 @@ impl Actor for ServerRunner {
     ) -> Result<Self::State, ActorProcessingErr> {
         let (tx, rx) = mpsc::channel(4);
         let span = drive::span_for(None, &args.partner);
-        tokio::spawn(
+        let work = tokio::spawn(
             async move {
                 let session =
                     Session::requested(&args.ctx.config.node_id, &args.partner, args.ctx.capabilities.clone());
@@ -59,10 +59,16 @@ impl Actor for ServerRunner {
                     files: Files::default(),
                 };
                 drive.run(Vec::new(), rx).await;
-                myself.stop(None);
             }
             .instrument(span),
         );
+        tokio::spawn(async move {
+            if let Err(e) = work.await {
+                // The partner sees the channel drop and records the request Interrupted.
+                tracing::error!(error = %e, "ServerRunner task ended abnormally");
+            }
+            myself.stop(None);
+        });
         Ok(ServerRunnerState { control: tx })
     }
 

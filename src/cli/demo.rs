@@ -42,7 +42,7 @@ struct Planned {
 }
 
 impl Planned {
-    fn from_to(&self) -> (&'static str, &'static str) {
+    fn route(&self) -> (&'static str, &'static str) {
         match self.direction {
             Direction::Push => (self.requester, self.partner),
             Direction::Pull => (self.partner, self.requester),
@@ -121,7 +121,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("\ngenerating {} files and submitting them through the REST API", planned.len());
     let mut submitted = Vec::new();
     for p in &planned {
-        let (from, _) = p.from_to();
+        let (from, _) = p.route();
         let digest = write_random(&layout.out_dir(from).join(&p.file), p.size)?;
         let s = Submit {
             partner: p.partner.into(),
@@ -140,7 +140,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     let mut failures = 0;
     for (p, digest, id) in &submitted {
-        let (from, to) = p.from_to();
+        let (from, to) = p.route();
         let client = api(p.requester)?;
         let mut last_shown = 0u64;
         let view = client

@@ -24,7 +24,7 @@ impl Outcome {
         })
     }
     fn done(outs: &[Output]) -> bool {
-        outs.iter().any(|o| *o == Output::Done)
+        outs.contains(&Output::Done)
     }
 }
 

@@ -243,7 +243,7 @@ pub fn available_space(dir: &Path) -> std::io::Result<u64> {
     }
     // SAFETY: statvfs returned 0, so it initialised `st`.
     let st = unsafe { st.assume_init() };
-    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// Room to keep free beyond a file's size: 1% of it plus 1 MiB, so a

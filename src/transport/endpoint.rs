@@ -32,7 +32,7 @@ const UDP_BUFFER_BYTES: usize = 8 * 1024 * 1024;
 
 /// Application error code used when we close a connection because the peer is
 /// not who we expected.
-const CLOSE_WRONG_PEER: u32 = 1;
+pub const CLOSE_WRONG_PEER: u32 = 1;
 
 /// Errors from building endpoints and establishing connections.
 #[derive(Debug, thiserror::Error)]

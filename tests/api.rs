@@ -1,0 +1,278 @@
+//! The REST API of real in-process nodes, driven over HTTP on loopback:
+//! submissions, lookups, lists, job logs and node figures through
+//! [`ApiClient`], and the JSON errors every kind of bad input gets.
+//!
+//! Where [`ApiClient`] checks an input itself before calling (malformed ids,
+//! unknown status filters) or cannot send it at all (malformed JSON), the
+//! test sends the HTTP request by hand so the server's answer is what is
+//! checked.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::*;
+use ferry::api::{ApiClient, ClientError, TransferView};
+use ferry::protocol::{Direction, RequestId};
+use ferry::store::{Role, Status, Step};
+
+const WITHIN: Duration = Duration::from_secs(60);
+const POLL: Duration = Duration::from_millis(20);
+
+fn client(node: &ferry::node::Node) -> ApiClient {
+    ApiClient::new(&format!("http://{}", node.api_addr())).expect("client")
+}
+
+/// Polls `api` (bounded) until transfer `id` has `status`.
+async fn wait_status(api: &ApiClient, id: &str, status: Status) -> TransferView {
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        match api.get(id).await {
+            Ok(v) if v.status == status => return v,
+            Ok(v) if v.is_final() => {
+                panic!("transfer {id} ended {:?} on {}, not {status:?}: {:?}", v.status, v.node, v.error)
+            }
+            Ok(_) | Err(ClientError::Api { status: 404, .. }) => {}
+            Err(e) => panic!("GET transfer {id} on {}: {e}", api.base()),
+        }
+        assert!(Instant::now() < deadline, "transfer {id} not {status:?} on {} within {WITHIN:?}", api.base());
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// An HTTP/1.1 exchange sent by hand: returns the status and the JSON body.
+async fn raw(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect to the API");
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\naccept: application/json\r\nconnection: close\r\n");
+    if let Some(b) = body {
+        req.push_str(&format!("content-type: application/json\r\ncontent-length: {}\r\n", b.len()));
+    }
+    req.push_str("\r\n");
+    req.push_str(body.unwrap_or(""));
+    s.write_all(req.as_bytes()).await.expect("send request");
+    let mut answer = Vec::new();
+    tokio::time::timeout(WITHIN, s.read_to_end(&mut answer)).await.expect("answer in time").expect("read answer");
+    let text = String::from_utf8(answer).expect("UTF-8 answer");
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no header end in {text:?}"));
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {head:?}"));
+    let head_lower = head.to_ascii_lowercase();
+    assert!(head_lower.contains("content-type: application/json"), "{method} {path}: not JSON: {head}");
+    assert!(!head_lower.contains("transfer-encoding: chunked"), "{method} {path}: chunked body not expected: {head}");
+    let json = serde_json::from_str(body).unwrap_or_else(|e| panic!("{method} {path}: body {body:?} is not JSON: {e}"));
+    (status, json)
+}
+
+/// Checks an error body `{"error": {"code", "message"}}`.
+fn assert_error_body(json: &serde_json::Value, code: &str, what: &str) {
+    assert_eq!(json["error"]["code"], code, "{what}: {json}");
+    let message = json["error"]["message"].as_str().unwrap_or_default();
+    assert!(!message.is_empty(), "{what}: empty message: {json}");
+}
+
+/// Checks a refusal through [`ApiClient`]: an API error with `status` and `code`.
+fn assert_api_error<T: std::fmt::Debug>(r: Result<T, ClientError>, status: u16, code: &str, what: &str) -> String {
+    let e = r.expect_err(what);
+    assert!(matches!(e, ClientError::Api { .. }), "{what}: not an API error: {e:?}");
+    assert_eq!(e.http_status(), Some(status), "{what}: {e}");
+    assert_eq!(e.code(), Some(code), "{what}: {e}");
+    e.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_submitted_over_http_is_found_listed_logged_and_counted() {
+    let layout = Layout::new(&["a", "b"]);
+    let a = layout.start("a").await;
+    let b = layout.start("b").await;
+    let api = client(&a);
+    let size = 300_000;
+    let digest = write_random(&layout.out_dir("a").join("report.bin"), size);
+
+    let before = api.node().await.expect("node figures");
+    assert_eq!(before.node_id, "a");
+    assert_eq!(before.connections, 0, "no connection before any transfer: {before:?}");
+
+    let created = api.submit(&submit(Direction::Push, "b", "report.bin")).await.expect("submitted");
+    assert!(RequestId::parse(&created.id).is_some(), "id {:?} is canonical", created.id);
+    assert_eq!(created.node, "a");
+    assert_eq!(created.role, Role::Requester);
+    assert_eq!(created.partner, "b");
+    assert_eq!(created.direction, Direction::Push);
+    assert_eq!(created.file, "report.bin");
+    assert_eq!(created.size, size as u64, "a push knows its size at submission");
+    assert_eq!(created.status, Status::ToSubmit);
+
+    let got = api.get(&created.id).await.expect("GET by id");
+    assert_eq!(
+        (got.id.as_str(), got.file.as_str(), got.created_at),
+        (created.id.as_str(), "report.bin", created.created_at)
+    );
+
+    let done = tokio::time::timeout(WITHIN, api.wait(&created.id, POLL, |_| {}))
+        .await
+        .expect("Done in time")
+        .expect("followed to the end");
+    assert_eq!(done.status, Status::Done, "{:?}", done.error);
+    assert_eq!(done.step, Step::AllDone);
+    assert_eq!(done.transferred, size as u64);
+    assert_eq!(done.hash.as_deref(), Some(digest.to_hex().as_str()));
+    assert!(done.error.is_none(), "{:?}", done.error);
+    assert!(done.finished_at.is_some());
+    assert_eq!(file_digest(&layout.in_dir("b").join("report.bin")), digest, "delivered file differs");
+
+    let ids = |l: &[TransferView]| l.iter().map(|v| v.id.clone()).collect::<Vec<_>>();
+    let just_it = vec![created.id.clone()];
+    let all = api.list(None).await.expect("list");
+    assert_eq!(ids(&all), just_it);
+    let finished = api.list(Some("Done")).await.expect("list Done");
+    assert_eq!(ids(&finished), just_it, "?status=Done lists it");
+    assert_eq!(finished[0].status, Status::Done);
+    let lower = api.list(Some("done")).await.expect("list done");
+    assert_eq!(ids(&lower), just_it, "the client takes the filter in any case");
+    let queued = api.list(Some("ToSubmit")).await.expect("list ToSubmit");
+    assert!(queued.is_empty(), "?status=ToSubmit must not list a Done transfer: {queued:?}");
+    assert!(api.list(Some("InError")).await.expect("list InError").is_empty());
+
+    let log = api.log(&created.id).await.expect("job log");
+    assert!(!log.is_empty());
+    assert!(log[0].message.starts_with("submitted"), "the log starts with the submission: {log:?}");
+    assert_eq!(log[0].status, Status::ToSubmit, "{log:?}");
+    assert!(log.iter().any(|l| l.status == Status::Done && l.step == Step::AllDone), "a Done line: {log:?}");
+    assert!(log.windows(2).all(|w| w[0].at <= w[1].at), "oldest first: {log:?}");
+
+    let after = api.node().await.expect("node figures");
+    assert_eq!(after.node_id, "a");
+    assert_eq!(after.connections, 1, "{after:?}");
+    assert_eq!(after.connections_by_partner.get("b"), Some(&1), "{after:?}");
+    let b_side = client(&b).node().await.expect("b's figures");
+    assert_eq!(b_side.connections_by_partner.get("a"), Some(&1), "{b_side:?}");
+
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_json_error_with_code_and_status() {
+    let layout = Layout::new(&["a", "b"]);
+    let a = layout.start("a").await;
+    let api = client(&a);
+    let addr = a.api_addr();
+    write_random(&layout.out_dir("a").join("present"), 10);
+
+    let mut s = submit(Direction::Push, "zed", "present");
+    let msg = assert_api_error(api.submit(&s).await, 422, "unknown_partner", "unknown partner");
+    assert!(msg.contains("zed"), "the message names the partner: {msg}");
+
+    s = submit(Direction::Push, "b", "present");
+    s.rule = "nightly".into();
+    let msg = assert_api_error(api.submit(&s).await, 422, "unknown_rule", "unknown rule");
+    assert!(msg.contains("nightly"), "the message names the rule: {msg}");
+
+    let msg = assert_api_error(
+        api.submit(&submit(Direction::Push, "b", "../x")).await,
+        400,
+        "bad_file_name",
+        "file name ../x",
+    );
+    assert!(msg.contains("../x"), "{msg}");
+    assert_api_error(api.submit(&submit(Direction::Pull, "b", "../x")).await, 400, "bad_file_name", "pull of ../x");
+
+    let msg = assert_api_error(
+        api.submit(&submit(Direction::Push, "b", "absent")).await,
+        422,
+        "file_not_found",
+        "missing source file",
+    );
+    assert!(msg.contains("absent"), "the message names the file: {msg}");
+
+    s = submit(Direction::Push, "b", "present");
+    s.block_size = Some(1);
+    assert_api_error(api.submit(&s).await, 400, "bad_block_size", "block size 1");
+
+    let unknown = RequestId::generate();
+    let msg = assert_api_error(api.get(unknown.as_str()).await, 404, "not_found", "unknown id");
+    assert!(msg.contains(unknown.as_str()), "{msg}");
+    assert_api_error(api.log(unknown.as_str()).await, 404, "not_found", "log of an unknown id");
+
+    // The client refuses these itself; the server must too.
+    assert!(matches!(api.get("xyz").await, Err(ClientError::BadId(_))));
+    assert!(matches!(api.list(Some("finished")).await, Err(ClientError::BadStatus(_))));
+    for path in ["/api/v1/transfers/xyz", "/api/v1/transfers/0123456789ABCDEF0123456789ABCDEF/log"] {
+        let (status, json) = raw(addr, "GET", path, None).await;
+        assert_eq!(status, 400, "GET {path}: {json}");
+        assert_error_body(&json, "bad_id", path);
+    }
+    let (status, json) = raw(addr, "GET", "/api/v1/transfers?status=finished", None).await;
+    assert_eq!(status, 400, "{json}");
+    assert_error_body(&json, "bad_status", "status=finished");
+    assert!(json["error"]["message"].as_str().is_some_and(|m| m.contains("finished")), "{json}");
+
+    let (status, json) = raw(addr, "POST", "/api/v1/transfers", Some("{not json")).await;
+    assert_eq!(status, 400, "malformed JSON: {json}");
+    assert_error_body(&json, "bad_json", "malformed JSON");
+    let (status, json) = raw(addr, "POST", "/api/v1/transfers", Some(r#"{"partner":"b"}"#)).await;
+    assert_eq!(status, 400, "missing fields: {json}");
+    assert_error_body(&json, "bad_json", "missing fields");
+
+    let (status, json) = raw(addr, "GET", "/api/v1/nothing-here", None).await;
+    assert_eq!(status, 404, "{json}");
+    assert_error_body(&json, "no_route", "unknown route");
+    let (status, json) = raw(addr, "DELETE", "/api/v1/node", None).await;
+    assert_eq!(status, 405, "{json}");
+    assert_error_body(&json, "method_not_allowed", "DELETE /api/v1/node");
+
+    // The same raw path answers properly when the input is good.
+    let (status, json) = raw(addr, "GET", "/api/v1/transfers?status=done", None).await;
+    assert_eq!((status, json), (200, serde_json::json!([])), "no refused submission was recorded");
+    assert!(a.handle().store().list(None).expect("store").is_empty(), "no refused submission was recorded");
+
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_id_and_info_are_known_on_both_nodes() {
+    let layout = Layout::new(&["a", "b"]);
+    let a = layout.start("a").await;
+    let b = layout.start("b").await;
+    let (api_a, api_b) = (client(&a), client(&b));
+    write_random(&layout.out_dir("a").join("pushed"), 70_000);
+    write_random(&layout.out_dir("b").join("pulled"), 80_000);
+
+    for (direction, file, job) in [(Direction::Push, "pushed", "job-push-7"), (Direction::Pull, "pulled", "job-pull-8")]
+    {
+        let mut s = submit(direction, "b", file);
+        s.external_job_id = Some(job.into());
+        s.transfer_info = format!("nightly {file} batch, ünïcode ✓");
+        let created = api_a.submit(&s).await.expect("submitted");
+        assert_eq!(created.external_job_id.as_deref(), Some(job));
+        assert_eq!(created.transfer_info, s.transfer_info);
+
+        let on_a = wait_status(&api_a, &created.id, Status::Done).await;
+        let on_b = wait_status(&api_b, &created.id, Status::Done).await;
+        for (v, node, role, partner) in [(&on_a, "a", Role::Requester, "b"), (&on_b, "b", Role::Requested, "a")] {
+            let what = format!("{direction:?} seen by {node}");
+            assert_eq!(v.id, created.id, "{what}: one id on both nodes");
+            assert_eq!(v.node, node, "{what}");
+            assert_eq!(v.role, role, "{what}");
+            assert_eq!(v.partner, partner, "{what}");
+            assert_eq!(v.direction, direction, "{what}");
+            assert_eq!(v.file, file, "{what}");
+            assert_eq!(v.external_job_id.as_deref(), Some(job), "{what}");
+            assert_eq!(v.transfer_info, s.transfer_info, "{what}");
+        }
+        assert_eq!(on_a.hash, on_b.hash, "{direction:?}: both sides record one digest");
+        let listed = api_b.list(Some("Done")).await.expect("b lists");
+        assert!(listed.iter().any(|v| v.id == created.id && v.external_job_id.as_deref() == Some(job)), "{listed:?}");
+        let log_b = api_b.log(&created.id).await.expect("b's job log");
+        assert!(log_b.first().is_some_and(|l| l.message.starts_with("accepted")), "{log_b:?}");
+    }
+
+    a.shutdown().await;
+    b.shutdown().await;
+}
