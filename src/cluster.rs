@@ -63,6 +63,9 @@ impl LocalLayout {
                 data_dir: home.join("data"),
                 concurrency: 64,
                 block_size: DEFAULT_BLOCK_SIZE,
+                restart_interval_bytes: 32 << 20,
+                restart_interval_secs: 2,
+                retry: Default::default(),
                 tls: TlsPaths { cert: p.cert, key: p.key, ca: p.ca },
                 partners: ids
                     .iter()
@@ -75,6 +78,8 @@ impl LocalLayout {
                     send_dir: home.join("out"),
                     recv_dir: home.join("in"),
                     partners: vec!["*".into()],
+                    retry: None,
+                    on_resume_mismatch: Default::default(),
                 }],
             };
             for r in &cfg.rules {

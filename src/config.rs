@@ -62,6 +62,41 @@ pub struct Partner {
     pub aliases: Vec<String>,
 }
 
+/// How an interrupted request is retried: `attempts` runs in all, the
+/// delay doubling from `initial_delay_ms` up to `max_delay_ms`.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    pub initial_delay_ms: u64,
+    pub max_delay_ms: u64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy { attempts: 10, initial_delay_ms: 500, max_delay_ms: 30_000 }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait before attempt `attempt + 1`, after `attempt` attempts (1-based).
+    pub fn delay_after(&self, attempt: u32) -> std::time::Duration {
+        let factor = 1u64 << attempt.saturating_sub(1).min(20);
+        std::time::Duration::from_millis(self.initial_delay_ms.saturating_mul(factor).min(self.max_delay_ms))
+    }
+}
+
+/// What a sender does when the receiver's partial file does not match the
+/// source's prefix.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnResumeMismatch {
+    /// Send the whole file again (the partial file is overwritten).
+    #[default]
+    Restart,
+    /// Fail the request with `ResumeMismatch`.
+    Fail,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Rule {
     pub name: String,
@@ -72,6 +107,12 @@ pub struct Rule {
     /// Partners allowed to use the rule; `"*"` allows every partner.
     #[serde(default)]
     pub partners: Vec<String>,
+    /// Overrides the node's retry policy for requests of this rule.
+    #[serde(default)]
+    pub retry: Option<RetryPolicy>,
+    /// What the sender does when a resume finds a mismatched partial file.
+    #[serde(default)]
+    pub on_resume_mismatch: OnResumeMismatch,
 }
 
 impl Rule {
@@ -88,6 +129,14 @@ fn default_block_size() -> u32 {
     DEFAULT_BLOCK_SIZE
 }
 
+fn default_restart_bytes() -> u64 {
+    32 << 20
+}
+
+fn default_restart_secs() -> u64 {
+    2
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct NodeConfig {
     pub node_id: String,
@@ -98,6 +147,16 @@ pub struct NodeConfig {
     pub concurrency: usize,
     #[serde(default = "default_block_size")]
     pub block_size: u32,
+    /// A receiver records a restart point (fsync + record) after this many
+    /// bytes since the last one...
+    #[serde(default = "default_restart_bytes")]
+    pub restart_interval_bytes: u64,
+    /// ...or after this many seconds, whichever comes first.
+    #[serde(default = "default_restart_secs")]
+    pub restart_interval_secs: u64,
+    /// How interrupted requests are retried (a rule may override it).
+    #[serde(default)]
+    pub retry: RetryPolicy,
     pub tls: TlsPaths,
     #[serde(default)]
     pub partners: Vec<Partner>,
@@ -144,6 +203,9 @@ impl NodeConfig {
         if self.node_id.is_empty() {
             return Err("node_id is empty".into());
         }
+        if self.restart_interval_bytes == 0 && self.restart_interval_secs == 0 {
+            return Err("restart_interval_bytes and restart_interval_secs cannot both be 0".into());
+        }
         if self.concurrency == 0 {
             return Err("concurrency must be at least 1".into());
         }
@@ -177,6 +239,11 @@ impl NodeConfig {
 
     pub fn rule(&self, name: &str) -> Option<&Rule> {
         self.rules.iter().find(|r| r.name == name)
+    }
+
+    /// The retry policy for requests of `rule`.
+    pub fn retry_for(&self, rule: &str) -> RetryPolicy {
+        self.rule(rule).and_then(|r| r.retry).unwrap_or(self.retry)
     }
 }
 
@@ -217,6 +284,13 @@ partners = ["b"]
         assert_eq!(cfg.partner("bravo").map(|p| p.id.as_str()), Some("b"));
         assert!(cfg.rule("default").expect("rule").allows("b"));
         assert!(!cfg.rule("default").expect("rule").allows("c"));
+    }
+
+    #[test]
+    fn retry_delays_double_up_to_the_cap() {
+        let p = RetryPolicy { attempts: 5, initial_delay_ms: 100, max_delay_ms: 700 };
+        let ms: Vec<u128> = (1..=5).map(|a| p.delay_after(a).as_millis()).collect();
+        assert_eq!(ms, [100, 200, 400, 700, 700]);
     }
 
     #[test]

@@ -20,14 +20,16 @@ use ractor::{Actor, ActorRef};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::actors::client_runner::tell_cancel;
 use crate::actors::commander::CommanderMsg;
 use crate::actors::connections::{self, ConnectionsMsg, CLOSE_SHUTDOWN};
-use crate::actors::drive::{self, AUDIT};
+use crate::actors::drive::{self, Control, AUDIT};
 use crate::actors::supervisor::{Supervisor, SupervisorMsg};
 use crate::config::NodeConfig;
 use crate::protocol::names::check_file_name;
-use crate::protocol::{Capabilities, Compression, Direction, RequestId, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
-use crate::store::{now_ms, RequestRecord, Role, Status, Step, Store, StoreError};
+use crate::protocol::{Capabilities, Compression, Direction, ErrorCode, RequestId, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
+use crate::store::{now_ms, RequestError, RequestRecord, Role, Status, Step, Store, StoreError};
+use crate::transfer::receive;
 use crate::transport::{self, NodeIdentity, TransportTuning};
 
 /// How long shutdown waits for runners to record their interruption.
@@ -142,6 +144,31 @@ impl SubmitError {
     }
 }
 
+/// Why an operator command was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommandError {
+    #[error("no request {0}")]
+    NotFound(RequestId),
+    #[error("request {id} is driven by node {partner}; send the command there")]
+    NotRequester { id: RequestId, partner: String },
+    #[error("cannot {action} request {id}: it is {state}")]
+    InvalidState { id: RequestId, action: &'static str, state: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl CommandError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            CommandError::NotFound(_) => "not_found",
+            CommandError::NotRequester { .. } => "not_requester",
+            CommandError::InvalidState { .. } => "invalid_state",
+            CommandError::Store(_) => "store",
+        }
+    }
+}
+
 /// Counts an operator (or a test) can watch.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct NodeStats {
@@ -223,11 +250,121 @@ impl NodeHandle {
             finished_at: None,
             error: None,
             queue_seq: None,
+            restart_point: None,
+            delivered: false,
+            attempts: 0,
+            retry_at: None,
         };
         let msg = format!("submitted: {:?} {:?} with {} under rule {:?}", s.direction, s.file, partner.id, s.rule);
         let rec = self.ctx.store.insert(rec, &msg)?;
         self.ctx.store.flush().await?;
         tracing::info!(target: AUDIT, event = "submitted", request_id = %rec.id, partner = %rec.partner, direction = ?rec.direction, file = %rec.file_name);
+        if let Some(a) = self.ctx.actors() {
+            let _ = a.commander.cast(CommanderMsg::Wake);
+        }
+        Ok(rec)
+    }
+
+    fn own(&self, id: &RequestId) -> Result<RequestRecord, CommandError> {
+        let rec = self.ctx.store.get(id)?.ok_or_else(|| CommandError::NotFound(id.clone()))?;
+        if rec.role != Role::Requester {
+            return Err(CommandError::NotRequester { id: id.clone(), partner: rec.partner });
+        }
+        Ok(rec)
+    }
+
+    fn invalid(rec: &RequestRecord, action: &'static str) -> CommandError {
+        let state = match &rec.error {
+            Some(e) if rec.status == Status::Interrupted && e.code == ErrorCode::Stopped => "stopped already".into(),
+            _ => format!("{:?}", rec.status),
+        };
+        CommandError::InvalidState { id: rec.id.clone(), action, state }
+    }
+
+    fn control(&self, id: &RequestId, c: Control) {
+        if let Some(a) = self.ctx.actors() {
+            let _ = a.commander.cast(CommanderMsg::Control(id.clone(), c));
+        }
+    }
+
+    /// Pauses a request: `Interrupted`, its partial file and restart point
+    /// kept, not retried until [`NodeHandle::restart`].
+    pub async fn stop(&self, id: &RequestId) -> Result<RequestRecord, CommandError> {
+        let rec = self.own(id)?;
+        let stopped = || RequestError { code: ErrorCode::Stopped, message: "stopped by an operator".into() };
+        let rec = match rec.status {
+            Status::Running => {
+                self.control(id, Control::Stop);
+                self.ctx.store.log(id, "stop requested by an operator")?;
+                rec
+            }
+            Status::ToSubmit | Status::Interrupted
+                if rec.error.as_ref().is_none_or(|e| e.code != ErrorCode::Stopped) =>
+            {
+                self.ctx.store.update(id, "stopped by an operator", |r| {
+                    r.status = Status::Interrupted;
+                    r.retry_at = None;
+                    r.error = Some(stopped());
+                })?
+            }
+            _ => return Err(Self::invalid(&rec, "stop")),
+        };
+        self.ctx.store.flush().await?;
+        Ok(rec)
+    }
+
+    /// Cancels a request: `Cancelled` on both nodes, the partial file removed.
+    pub async fn cancel(&self, id: &RequestId) -> Result<RequestRecord, CommandError> {
+        let rec = self.own(id)?;
+        let reason = format!("cancelled by an operator on {}", self.ctx.config.node_id);
+        let rec = match rec.status {
+            Status::Running => {
+                self.control(id, Control::Cancel(reason));
+                self.ctx.store.log(id, "cancel requested by an operator")?;
+                rec
+            }
+            Status::ToSubmit | Status::Interrupted | Status::InError => {
+                let started = rec.attempts > 0;
+                let rec = self.ctx.store.update(id, &reason, |r| {
+                    r.status = Status::Cancelled;
+                    r.retry_at = None;
+                    r.finished_at = Some(now_ms());
+                    r.error = Some(RequestError { code: ErrorCode::Cancelled, message: reason.clone() });
+                })?;
+                if rec.direction == Direction::Pull {
+                    if let Some(rule) = self.ctx.config.rule(&rec.rule) {
+                        receive::discard(&receive::work_path(&rule.recv_dir, id));
+                    }
+                }
+                if started {
+                    if let Some(a) = self.ctx.actors() {
+                        let ctx = self.ctx.clone();
+                        tokio::spawn(tell_cancel(ctx, a.connections, id.clone(), rec.partner.clone()));
+                    }
+                }
+                rec
+            }
+            _ => return Err(Self::invalid(&rec, "cancel")),
+        };
+        self.ctx.store.flush().await?;
+        Ok(rec)
+    }
+
+    /// Puts an `InError` or `Interrupted` request back in the queue; it
+    /// resumes from its restart point.
+    pub async fn restart(&self, id: &RequestId) -> Result<RequestRecord, CommandError> {
+        let rec = self.own(id)?;
+        if !matches!(rec.status, Status::InError | Status::Interrupted) {
+            return Err(Self::invalid(&rec, "restart"));
+        }
+        let rec = self.ctx.store.update(id, "restarted by an operator", |r| {
+            r.status = Status::ToSubmit;
+            r.attempts = 0;
+            r.retry_at = None;
+            r.error = None;
+            r.finished_at = None;
+        })?;
+        self.ctx.store.flush().await?;
         if let Some(a) = self.ctx.actors() {
             let _ = a.commander.cast(CommanderMsg::Wake);
         }

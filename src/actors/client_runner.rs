@@ -15,8 +15,12 @@ use tracing::Instrument;
 use super::connections::ConnectionsMsg;
 use super::drive::{self, Control, Drive, Files};
 use crate::node::NodeContext;
-use crate::protocol::{Direction, ErrorCode, Request, RequestId, Session, TransferOptions};
+use crate::protocol::{
+    Authent, Cancel, Direction, EndTransfer, ErrorCode, Message, Request, RequestId, Session, Startup, TransferOptions,
+    PROTOCOL_VERSION,
+};
 use crate::store::{RequestError, Status};
+use crate::transfer::receive;
 use crate::transport::{FrameReader, FrameWriter};
 
 pub enum ClientRunnerMsg {
@@ -114,6 +118,11 @@ async fn run(args: ClientRunnerArgs, control: mpsc::Receiver<Control>) {
     }
     let mut files = Files::default();
     let mut size = 0;
+    // Push: the receiver offers where to resume. Pull: this node receives,
+    // so it offers its own restart point (or says it already delivered).
+    let mut restart_offset = u64::MAX;
+    let mut prefix_hash = None;
+    let mut delivered = None;
     if rec.direction == Direction::Push {
         let path = rule.send_dir.join(&rec.file_name);
         match drive::source_snapshot(&path, &rec.rule, &ctx.config.node_id) {
@@ -123,6 +132,36 @@ async fn run(args: ClientRunnerArgs, control: mpsc::Receiver<Control>) {
             }
             Err((code, msg)) => return fail_early(&ctx, &id, code, msg).await,
         }
+    } else {
+        let dir = rule.recv_dir.clone();
+        let work = receive::work_path(&dir, &id);
+        restart_offset = 0;
+        if rec.delivered {
+            if work.exists() {
+                // Verified and recorded as delivered, but the rename did not happen.
+                if let Err((code, msg)) = receive::deliver(&work, &dir.join(&rec.file_name)) {
+                    return fail_early(&ctx, &id, code, msg).await;
+                }
+            }
+            delivered = rec.hash.map(|hash| EndTransfer { bytes: rec.size, hash });
+        } else {
+            let point = rec.restart_point;
+            match tokio::task::spawn_blocking(move || receive::resume_offer(&work, point)).await {
+                Ok(Ok(offer)) => {
+                    files.work_len = offer.work_len;
+                    if let Some(p) = offer.prefix {
+                        restart_offset = p.offset;
+                        prefix_hash = Some(p.digest());
+                        files.prefix = Some(p);
+                    }
+                }
+                Ok(Err(e)) => {
+                    return fail_early(&ctx, &id, ErrorCode::Io, format!("cannot read the partial file: {e}")).await
+                }
+                Err(e) => return fail_early(&ctx, &id, ErrorCode::Internal, e.to_string()).await,
+            }
+        }
+        files.recv_dir = Some(dir);
     }
     let conn = match ractor::call!(args.connections, ConnectionsMsg::Get, rec.partner.clone()) {
         Ok(Ok(c)) => c,
@@ -149,7 +188,9 @@ async fn run(args: ClientRunnerArgs, control: mpsc::Receiver<Control>) {
         file_name: rec.file_name.clone(),
         size,
         block_size: rec.block_size,
-        restart_offset: 0,
+        restart_offset,
+        prefix_hash,
+        delivered,
         options: TransferOptions { compression: rec.compression },
         external_job_id: rec.external_job_id.clone(),
         transfer_info: rec.transfer_info.clone(),
@@ -166,4 +207,40 @@ async fn run(args: ClientRunnerArgs, control: mpsc::Receiver<Control>) {
         files,
     };
     drive.run(first, control).await;
+}
+
+/// Tells the partner that a request which is not running here was cancelled,
+/// so it marks its record and removes its partial file: opens a channel and
+/// sends Startup, Authent and Cancel. The outcome goes to the job log.
+pub async fn tell_cancel(ctx: Arc<NodeContext>, connections: ActorRef<ConnectionsMsg>, id: RequestId, partner: String) {
+    let told = async {
+        let conn = ractor::call!(connections, ConnectionsMsg::Get, partner.clone())
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.message)?;
+        let (send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        let (mut w, mut r) = (FrameWriter::new(send), FrameReader::new(recv));
+        let msgs = [
+            Message::Startup(Startup { version: PROTOCOL_VERSION, request_id: id.clone() }),
+            Message::Authent(Authent { host_id: ctx.config.node_id.clone(), capabilities: ctx.capabilities.clone() }),
+            Message::Cancel(Cancel { reason: format!("cancelled by an operator on {}", ctx.config.node_id) }),
+        ];
+        for m in &msgs {
+            w.send(m).await.map_err(|e| e.to_string())?;
+        }
+        w.finish();
+        // The partner answers Startup and Authent, then ends the channel once it has acted.
+        let drained = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while let Ok(Some(_)) = r.next().await {}
+        });
+        drained.await.map_err(|_| "no answer within 10 s".to_string())?;
+        Ok::<(), String>(())
+    }
+    .await;
+    let line = match told {
+        Ok(()) => format!("partner {partner} told of the cancellation"),
+        Err(e) => format!("partner {partner} could not be told of the cancellation: {e}"),
+    };
+    if let Err(e) = ctx.store.log(&id, &line) {
+        tracing::error!(request_id = %id, error = %e, "cannot log");
+    }
 }

@@ -24,6 +24,8 @@ use crate::store::{RequestError, Role, Status};
 pub enum CommanderMsg {
     /// New requests may be queued.
     Wake,
+    /// An interrupted request's backoff is over.
+    Retry(RequestId),
     /// Forward a control command to the runner of a request, if it runs here.
     Control(RequestId, Control),
 }
@@ -57,7 +59,12 @@ impl CommanderState {
             return Ok(());
         }
         for rec in self.ctx.store.queued(free)? {
-            self.ctx.store.update(&rec.id, "taken by the Commander", |r| r.status = Status::Running)?;
+            let rec = self.ctx.store.update(&rec.id, "", |r| {
+                r.status = Status::Running;
+                r.attempts += 1;
+                r.retry_at = None;
+            })?;
+            self.ctx.store.log(&rec.id, &format!("attempt {} started by the Commander", rec.attempts))?;
             let args =
                 ClientRunnerArgs { ctx: self.ctx.clone(), connections: self.connections.clone(), id: rec.id.clone() };
             match Actor::spawn_linked(None, ClientRunner, args, myself.get_cell()).await {
@@ -96,6 +103,7 @@ impl Actor for Commander {
             for status in [Status::Running, Status::Interrupted] {
                 for rec in store.list(Some(status))? {
                     match rec.role {
+                        Role::Requester if is_stopped(&rec) => {}
                         Role::Requester => {
                             store.update(&rec.id, "resumed at node start-up", |r| r.status = Status::ToSubmit)?;
                         }
@@ -123,6 +131,17 @@ impl Actor for Commander {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             CommanderMsg::Wake => state.fill(&myself).await?,
+            CommanderMsg::Retry(id) => {
+                if let Some(rec) = state.ctx.store.get(&id)? {
+                    if rec.status == Status::Interrupted && !is_stopped(&rec) {
+                        state.ctx.store.update(&id, &format!("retrying after attempt {}", rec.attempts), |r| {
+                            r.status = Status::ToSubmit;
+                            r.retry_at = None;
+                        })?;
+                        state.fill(&myself).await?;
+                    }
+                }
+            }
             CommanderMsg::Control(id, control) => {
                 if let Some((_, runner)) = state.running.values().find(|(rid, _)| *rid == id) {
                     let _ = runner.cast(ClientRunnerMsg::Control(control));
@@ -140,7 +159,9 @@ impl Actor for Commander {
     ) -> Result<(), ActorProcessingErr> {
         match evt {
             SupervisionEvent::ActorTerminated(cell, _, _) => {
-                state.running.remove(&cell.get_id());
+                if let Some((id, _)) = state.running.remove(&cell.get_id()) {
+                    schedule_retry(&myself, &state.ctx, &id).await?;
+                }
             }
             SupervisionEvent::ActorFailed(cell, err) => {
                 if let Some((id, _)) = state.running.remove(&cell.get_id()) {
@@ -157,4 +178,48 @@ impl Actor for Commander {
         state.set_gauge();
         state.fill(&myself).await
     }
+}
+
+/// Whether an operator stopped the request (it waits for a restart).
+fn is_stopped(rec: &crate::store::RequestRecord) -> bool {
+    rec.error.as_ref().is_some_and(|e| e.code == ErrorCode::Stopped)
+}
+
+/// After a runner ended: an interrupted request is retried after a backoff,
+/// or goes to `InError` once its attempts are spent.
+async fn schedule_retry(
+    myself: &ActorRef<CommanderMsg>,
+    ctx: &NodeContext,
+    id: &RequestId,
+) -> Result<(), ActorProcessingErr> {
+    if *ctx.shutdown.borrow() {
+        return Ok(()); // resumed by the next start-up instead
+    }
+    let Some(rec) = ctx.store.get(id)? else { return Ok(()) };
+    if rec.status != Status::Interrupted || is_stopped(&rec) {
+        return Ok(());
+    }
+    let policy = ctx.config.retry_for(&rec.rule);
+    let cause = rec.error.as_ref().map(|e| format!("{}: {}", e.code, e.message)).unwrap_or_default();
+    if rec.attempts >= policy.attempts {
+        let message = format!("gave up after {} attempts; last cause: {cause}", rec.attempts);
+        ctx.store.update(id, &message, |r| {
+            r.status = Status::InError;
+            r.finished_at = Some(crate::store::now_ms());
+            r.error = Some(RequestError { code: ErrorCode::RetriesExhausted, message: message.clone() });
+        })?;
+        ctx.store.flush().await?;
+        tracing::warn!(target: crate::actors::drive::AUDIT, event = "failed", request_id = %id, code = %ErrorCode::RetriesExhausted, message = %message);
+        return Ok(());
+    }
+    let delay = policy.delay_after(rec.attempts);
+    let at = crate::store::now_ms() + u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+    ctx.store.update(
+        id,
+        &format!("retry {} of {} in {} ms", rec.attempts + 1, policy.attempts, delay.as_millis()),
+        |r| r.retry_at = Some(at),
+    )?;
+    let id = id.clone();
+    myself.send_after(delay, move || CommanderMsg::Retry(id));
+    Ok(())
 }

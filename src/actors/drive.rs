@@ -19,14 +19,17 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use crate::config::OnResumeMismatch;
 use crate::node::NodeContext;
 use crate::protocol::names::check_file_name;
 use crate::protocol::{
-    Direction, ErrorCode, Failure, Message, Output, Plan, Request, RequestId, Role as SessionRole, Session,
+    Digest, Direction, EndTransfer, ErrorCode, Failure, Message, Output, Plan, Request, RequestId, Role as SessionRole,
+    Session,
 };
-use crate::store::{now_ms, RequestRecord, Role, Status, Step};
-use crate::transfer::receive::{self, BlockWriter};
+use crate::store::{now_ms, RequestRecord, RestartPoint, Role, Status, Step};
+use crate::transfer::receive::{self, BlockWriter, RestartPoints};
 use crate::transfer::retrieve::{self, PumpEvent, SourceSnapshot};
+use crate::transfer::{hash_prefix, Prefix};
 use crate::transport::{ChannelError, FrameReader, FrameWriter};
 
 /// How often progress is written to the store during a transfer.
@@ -39,6 +42,9 @@ const LAST_WORDS: Duration = Duration::from_secs(2);
 #[derive(Debug)]
 pub enum Control {
     Cancel(String),
+    /// Operator pause: `Interrupted`, partial file and restart point kept,
+    /// not retried until an operator restarts it.
+    Stop,
     Shutdown,
 }
 
@@ -49,6 +55,28 @@ pub struct Files {
     pub source: Option<(PathBuf, SourceSnapshot)>,
     /// Receiver: the rule's receive folder.
     pub recv_dir: Option<PathBuf>,
+    /// The hashed prefix of the local file where a resume would start
+    /// (receiver: its partial file; sender: its source).
+    pub prefix: Option<Prefix>,
+    /// Receiver: bytes the work file held before this attempt.
+    pub work_len: u64,
+}
+
+/// The requested side's decision on an incoming request.
+enum Judgement {
+    Accept {
+        size: u64,
+        restart: u64,
+        prefix_hash: Option<Digest>,
+    },
+    /// Completed before: confirm with the verified result.
+    Complete(EndTransfer),
+    Refuse(ErrorCode, String),
+}
+
+/// Failures that leave the request resumable: the partial file is kept.
+pub fn is_resumable(code: ErrorCode) -> bool {
+    matches!(code, ErrorCode::Connection | ErrorCode::Shutdown | ErrorCode::Stopped)
 }
 
 /// Everything one run of a request needs.
@@ -98,29 +126,49 @@ impl Drive {
                     }
                     Output::Judge(req) => {
                         tracing::Span::current().record("request_id", tracing::field::display(&req.request_id));
-                        let more = match self.judge(&req) {
-                            Ok((size, restart)) => {
+                        let more = match self.judge(&req).await {
+                            Judgement::Accept { size, restart, prefix_hash } => {
                                 recorded = true;
-                                self.session.accept(size, restart)
+                                self.session.accept(size, restart, prefix_hash)
                             }
-                            Err((code, message)) => {
+                            Judgement::Complete(end) => {
+                                recorded = true;
+                                self.session.already_complete(end)
+                            }
+                            Judgement::Refuse(code, message) => {
                                 tracing::warn!(code = %code, %message, "refused request");
                                 self.session.refuse(code, message)
                             }
                         };
                         pending.extend(more);
                     }
+                    Output::CheckPrefix { offset, hash } => {
+                        let more = self.check_prefix(offset, hash).await;
+                        pending.extend(more);
+                    }
                     Output::StartSending(plan) => {
                         self.started(&plan, "sending");
                         match self.files.source.clone() {
-                            Some((path, snap)) => pump = Some(retrieve::start(path, plan, snap, pump_stop.clone())),
+                            Some((path, snap)) => {
+                                let prefix = self.files.prefix.take();
+                                pump = Some(retrieve::start(path, plan, snap, prefix, pump_stop.clone()))
+                            }
                             None => pending.extend(self.session.fail(ErrorCode::Internal, "no source file".into())),
                         }
                     }
                     Output::StartReceiving(plan) => {
                         self.started(&plan, "receiving");
                         match self.prepare_receive(&plan) {
-                            Ok(work) => writer = Some(BlockWriter::start(work, plan)),
+                            Ok(work) => {
+                                let points = RestartPoints {
+                                    store: self.ctx.store.clone(),
+                                    id: self.session.request_id().clone(),
+                                    every_bytes: self.ctx.config.restart_interval_bytes,
+                                    every: Duration::from_secs(self.ctx.config.restart_interval_secs),
+                                };
+                                let prefix = self.files.prefix.take();
+                                writer = Some(BlockWriter::start(work, plan, prefix, Some(points)))
+                            }
                             Err((code, msg)) => pending.extend(self.session.fail(code, msg)),
                         }
                     }
@@ -158,12 +206,16 @@ impl Drive {
                                 ));
                             }
                             tracing::info!(target: AUDIT, event = "verified", request_id = %self.session.request_id(), partner = %self.partner, bytes = mine.bytes, blake3 = %mine.hash);
-                            self.deliver()?;
-                            self.record("", |r| {
+                            // Recorded (and flushed) before the rename: a crash in
+                            // between is finished on the next attempt, never received twice.
+                            self.record(&format!("verified {} bytes, BLAKE3 {}", mine.bytes, mine.hash), |r| {
                                 r.hash = Some(mine.hash);
                                 r.transferred = mine.bytes;
+                                r.delivered = true;
                                 r.step = Step::PostTask;
                             });
+                            self.ctx.store.flush_blocking().map_err(|e| (ErrorCode::Internal, e.to_string()))?;
+                            self.deliver()?;
                             Ok(mine)
                         });
                         pending.extend(self.session.verified(result));
@@ -193,7 +245,25 @@ impl Drive {
                             tracing::warn!(code = %f.code, message = %f.message, "request ended before it was recorded");
                         }
                         if let Some(w) = writer.take() {
-                            let _ = w.finish().await;
+                            // On a resumable failure the written prefix is fsynced and
+                            // becomes the restart point: nothing received is sent again.
+                            if let (true, Ok(end)) = (is_resumable(f.code), w.finish().await) {
+                                let point = RestartPoint { offset: end.bytes, prefix_hash: end.hash };
+                                self.record(
+                                    &format!(
+                                        "interrupted after receiving {} bytes; restart point at {}",
+                                        end.bytes, end.bytes
+                                    ),
+                                    |r| {
+                                        r.restart_point = Some(point);
+                                        r.transferred = end.bytes;
+                                    },
+                                );
+                            }
+                        }
+                        if !recorded && self.session.role() == SessionRole::Requested && f.code == ErrorCode::Cancelled
+                        {
+                            self.cancelled_before_request();
                         }
                         self.cleanup_after_failure(&f);
                     }
@@ -243,6 +313,7 @@ impl Drive {
                 c = control.recv() => {
                     let more = match c {
                         Some(Control::Cancel(reason)) => self.session.cancel(reason),
+                        Some(Control::Stop) => self.session.fail(ErrorCode::Stopped, format!("stopped by an operator on {}", self.ctx.config.node_id)),
                         Some(Control::Shutdown) | None => self.session.fail(ErrorCode::Shutdown, format!("node {} is shutting down", self.ctx.config.node_id)),
                     };
                     pending.extend(more);
@@ -281,12 +352,21 @@ impl Drive {
     }
 
     /// Requested side: decides on an incoming request and records it.
-    /// Returns the file size (when this node sends) and the restart offset.
-    fn judge(&mut self, req: &Request) -> Result<(u64, u64), (ErrorCode, String)> {
+    async fn judge(&mut self, req: &Request) -> Judgement {
+        match self.judge_inner(req).await {
+            Ok(j) => j,
+            Err((code, message)) => Judgement::Refuse(code, message),
+        }
+    }
+
+    async fn judge_inner(&mut self, req: &Request) -> Result<Judgement, (ErrorCode, String)> {
         let cfg = &self.ctx.config;
-        let rule = cfg.rule(&req.rule).ok_or_else(|| {
-            (ErrorCode::UnknownRule, format!("rule {:?} does not exist on node {}", req.rule, cfg.node_id))
-        })?;
+        let rule = cfg
+            .rule(&req.rule)
+            .ok_or_else(|| {
+                (ErrorCode::UnknownRule, format!("rule {:?} does not exist on node {}", req.rule, cfg.node_id))
+            })?
+            .clone();
         if !rule.allows(&self.partner) {
             return Err((
                 ErrorCode::RuleNotAllowed,
@@ -294,20 +374,101 @@ impl Drive {
             ));
         }
         check_file_name(&req.file_name).map_err(|why| (ErrorCode::BadFileName, why))?;
+        let existing = self.ctx.store.get(&req.request_id).map_err(|e| (ErrorCode::Internal, e.to_string()))?;
+        if let Some(rec) = &existing {
+            if rec.partner != self.partner || rec.role != Role::Requested {
+                return Err((
+                    ErrorCode::Protocol,
+                    format!("request id {} is already used for another request", rec.id),
+                ));
+            }
+            if rec.status == Status::Cancelled {
+                return Err((ErrorCode::Cancelled, format!("request {} was cancelled", rec.id)));
+            }
+        }
+        let mut restart = 0;
+        let mut prefix_hash = None;
         let size = match req.direction {
             Direction::Pull => {
                 let path = rule.send_dir.join(&req.file_name);
+                if let Some(end) = &req.delivered {
+                    // The requester delivered it before and lost track: confirm.
+                    self.record_requested(
+                        req,
+                        end.bytes,
+                        existing.is_some(),
+                        "the requester already delivered it; confirming",
+                    )?;
+                    return Ok(Judgement::Complete(end.clone()));
+                }
                 let snap = source_snapshot(&path, &req.rule, &cfg.node_id)?;
                 let size = snap.size;
+                if let Some(theirs) = req.prefix_hash.filter(|_| req.restart_offset > 0 && req.restart_offset <= size) {
+                    let offset = req.restart_offset;
+                    let p = path.clone();
+                    let mine = tokio::task::spawn_blocking(move || hash_prefix(&p, offset))
+                        .await
+                        .map_err(|e| (ErrorCode::Internal, e.to_string()))?
+                        .map_err(|e| (ErrorCode::Io, format!("cannot read {}: {e}", path.display())))?;
+                    let prefix = Prefix { offset, hasher: mine };
+                    if prefix.digest() == theirs {
+                        restart = offset;
+                        self.files.prefix = Some(prefix);
+                    } else if rule.on_resume_mismatch == OnResumeMismatch::Fail {
+                        return Err(mismatch_error(offset, true));
+                    }
+                }
                 self.files.source = Some((path, snap));
                 size
             }
             Direction::Push => {
-                check_space(&rule.recv_dir, req.size)?;
-                self.files.recv_dir = Some(rule.recv_dir.clone());
+                let dir = rule.recv_dir.clone();
+                if let Some(rec) = existing.as_ref().filter(|r| r.delivered) {
+                    let Some(hash) = rec.hash else {
+                        return Err((ErrorCode::Internal, "delivered request without a hash".into()));
+                    };
+                    self.files.recv_dir = Some(dir.clone());
+                    self.finish_interrupted_delivery(&dir, &req.file_name)?;
+                    self.record_requested(
+                        req,
+                        rec.size,
+                        true,
+                        "already delivered; confirming without receiving it again",
+                    )?;
+                    return Ok(Judgement::Complete(EndTransfer { bytes: rec.size, hash }));
+                }
+                let work = receive::work_path(&dir, &req.request_id);
+                let point = existing.as_ref().and_then(|r| r.restart_point).filter(|p| p.offset <= req.size);
+                let offer = tokio::task::spawn_blocking(move || receive::resume_offer(&work, point))
+                    .await
+                    .map_err(|e| (ErrorCode::Internal, e.to_string()))?
+                    .map_err(|e| (ErrorCode::Io, format!("cannot read the partial file: {e}")))?;
+                check_space(&dir, req.size.saturating_sub(offer.prefix.as_ref().map_or(0, |p| p.offset)))?;
+                self.files.work_len = offer.work_len;
+                if let Some(p) = offer.prefix {
+                    restart = p.offset;
+                    prefix_hash = Some(p.digest());
+                    self.files.prefix = Some(p);
+                }
+                self.files.recv_dir = Some(dir);
                 req.size
             }
         };
+        let msg = format!("accepted {:?} of {:?} from {}", req.direction, req.file_name, self.partner);
+        self.record_requested(req, size, existing.is_some(), &msg)?;
+        Ok(Judgement::Accept { size, restart, prefix_hash })
+    }
+
+    /// Records the request on the requested side (new, or running again).
+    fn record_requested(&self, req: &Request, size: u64, exists: bool, msg: &str) -> Result<(), (ErrorCode, String)> {
+        if exists {
+            self.record(&format!("{msg} (again)"), |r| {
+                r.status = Status::Running;
+                r.size = size;
+                r.error = None;
+            });
+            return Ok(());
+        }
         let rec = RequestRecord {
             id: req.request_id.clone(),
             role: Role::Requested,
@@ -331,21 +492,83 @@ impl Drive {
             finished_at: None,
             error: None,
             queue_seq: None,
+            restart_point: None,
+            delivered: false,
+            attempts: 0,
+            retry_at: None,
         };
-        let msg = format!("accepted {:?} of {:?} from {}", req.direction, req.file_name, self.partner);
-        match self.ctx.store.insert(rec, &msg) {
-            Ok(_) => {}
-            Err(crate::store::StoreError::Exists(_)) => {
-                // A request this node saw before runs again (a retry after an interruption).
-                self.record(&format!("{msg} (again)"), |r| {
-                    r.status = Status::Running;
-                    r.size = size;
-                    r.error = None;
-                });
-            }
-            Err(e) => return Err((ErrorCode::Internal, format!("cannot record the request: {e}"))),
+        self.ctx
+            .store
+            .insert(rec, msg)
+            .map_err(|e| (ErrorCode::Internal, format!("cannot record the request: {e}")))?;
+        Ok(())
+    }
+
+    /// A receiver that recorded a verified file as delivered but crashed
+    /// before (or during) the rename finishes the rename now.
+    fn finish_interrupted_delivery(&self, dir: &std::path::Path, name: &str) -> Result<(), (ErrorCode, String)> {
+        let work = receive::work_path(dir, self.session.request_id());
+        if work.exists() {
+            receive::deliver(&work, &dir.join(name))?;
+            self.record(
+                &format!("delivered to {} (finishing an interrupted delivery)", dir.join(name).display()),
+                |_| {},
+            );
         }
-        Ok((size, 0))
+        Ok(())
+    }
+
+    /// Push sender: compares the receiver's offered prefix with the source.
+    async fn check_prefix(&mut self, offset: u64, theirs: Digest) -> Vec<Output> {
+        let Some((path, _)) = self.files.source.clone() else {
+            return self.session.fail(ErrorCode::Internal, "no source file".into());
+        };
+        let p = path.clone();
+        let mine = match tokio::task::spawn_blocking(move || hash_prefix(&p, offset)).await {
+            Ok(Ok(h)) => Prefix { offset, hasher: h },
+            Ok(Err(e)) => return self.session.fail(ErrorCode::Io, format!("cannot read {}: {e}", path.display())),
+            Err(e) => return self.session.fail(ErrorCode::Internal, e.to_string()),
+        };
+        if mine.digest() == theirs {
+            self.files.prefix = Some(mine);
+            return self.session.resume_checked(true);
+        }
+        let rule = self.record_snapshot().ok().and_then(|r| self.ctx.config.rule(&r.rule).cloned());
+        if rule.is_some_and(|r| r.on_resume_mismatch == OnResumeMismatch::Fail) {
+            let (code, msg) = mismatch_error(offset, false);
+            return self.session.fail(code, msg);
+        }
+        self.record(
+            &format!(
+                "the receiver's partial file differs from the source in its first {offset} bytes: starting over from 0"
+            ),
+            |_| {},
+        );
+        self.session.resume_checked(false)
+    }
+
+    /// The requester cancelled before sending a Request (a request that was
+    /// not running): mark this node's record and remove its partial file.
+    fn cancelled_before_request(&self) {
+        let id = self.session.request_id();
+        let Ok(Some(rec)) = self.ctx.store.get(id) else { return };
+        if rec.partner != self.partner || rec.status.is_final() {
+            return;
+        }
+        if let Some(rule) = self.ctx.config.rule(&rec.rule) {
+            receive::discard(&receive::work_path(&rule.recv_dir, id));
+        }
+        self.record(&format!("cancelled by {}", self.partner), |r| {
+            r.status = Status::Cancelled;
+            r.finished_at = Some(now_ms());
+            r.error = Some(crate::store::RequestError {
+                code: ErrorCode::Cancelled,
+                message: format!("cancelled by {}", self.partner),
+            });
+        });
+        if let Err(e) = self.ctx.store.flush_blocking() {
+            tracing::error!(error = %e, "cannot flush a cancellation");
+        }
     }
 
     fn prepare_receive(&mut self, plan: &Plan) -> Result<PathBuf, (ErrorCode, String)> {
@@ -363,6 +586,19 @@ impl Drive {
         }
         let dir = self.files.recv_dir.as_ref().expect("set just above");
         std::fs::create_dir_all(dir).map_err(|e| (ErrorCode::Io, format!("cannot create {}: {e}", dir.display())))?;
+        let held = self.files.work_len;
+        if plan.restart_offset > 0 {
+            self.record(
+                &format!(
+                    "resuming at offset {}; the work file held {held} bytes, so {} bytes are received again",
+                    plan.restart_offset,
+                    held.saturating_sub(plan.restart_offset)
+                ),
+                |_| {},
+            );
+        } else if held > 0 {
+            self.record(&format!("starting over from offset 0; the work file held {held} bytes"), |_| {});
+        }
         Ok(receive::work_path(dir, self.session.request_id()))
     }
 
@@ -375,6 +611,7 @@ impl Drive {
         let dir = self.files.recv_dir.as_ref().ok_or((ErrorCode::Internal, "no receive folder".to_string()))?;
         let final_path = self.final_path().ok_or((ErrorCode::Internal, "no file name".to_string()))?;
         receive::deliver(&receive::work_path(dir, self.session.request_id()), &final_path)?;
+        self.record(&format!("delivered to {}", final_path.display()), |_| {});
         tracing::info!(target: AUDIT, event = "delivered", request_id = %self.session.request_id(), partner = %self.partner, path = %final_path.display());
         Ok(())
     }
@@ -382,7 +619,7 @@ impl Drive {
     fn cleanup_after_failure(&self, f: &Failure) {
         // A lost connection or a shutdown leaves the work file for a resume;
         // anything else (bad data, cancel, refusal) removes it.
-        if matches!(f.code, ErrorCode::Connection | ErrorCode::Shutdown) {
+        if is_resumable(f.code) {
             return;
         }
         if let Some(dir) = &self.files.recv_dir {
@@ -420,7 +657,7 @@ impl Drive {
     fn failed(&self, f: &Failure) -> Status {
         let status = match f.code {
             ErrorCode::Cancelled => Status::Cancelled,
-            ErrorCode::Connection | ErrorCode::Shutdown => Status::Interrupted,
+            code if is_resumable(code) => Status::Interrupted,
             _ => Status::InError,
         };
         let origin = match f.origin {
@@ -492,4 +729,16 @@ pub fn span_for(id: Option<&RequestId>, partner: &str) -> tracing::Span {
         Some(id) => tracing::info_span!("request", request_id = %id, partner = %partner),
         None => tracing::info_span!("request", request_id = tracing::field::Empty, partner = %partner),
     }
+}
+
+/// The error for a resume whose prefixes differ, when the rule says to fail.
+fn mismatch_error(offset: u64, sender_is_us: bool) -> (ErrorCode, String) {
+    let whose = if sender_is_us { "requester's" } else { "receiver's" };
+    (
+        ErrorCode::ResumeMismatch,
+        format!(
+            "the {whose} partial file differs from the source in its first {offset} bytes; \
+             the rule says to fail rather than start over"
+        ),
+    )
 }

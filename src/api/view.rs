@@ -155,6 +155,10 @@ mod tests {
             finished_at: None,
             error: Some(RequestError { code: ErrorCode::FileNotFound, message: "gone".into() }),
             queue_seq: Some(9),
+            restart_point: None,
+            delivered: false,
+            attempts: 1,
+            retry_at: None,
         }
     }
 

@@ -142,6 +142,8 @@ mod tests {
                             size,
                             block_size,
                             restart_offset,
+                            prefix_hash: None,
+                            delivered: None,
                             options: TransferOptions::default(),
                             external_job_id,
                             transfer_info: String::new(),
@@ -149,7 +151,13 @@ mod tests {
                     }
                 ),
             (any::<u64>(), any::<u32>(), any::<u64>()).prop_map(|(size, block_size, restart_offset)| Message::Valid(
-                Valid { size, block_size, restart_offset, compression: Compression::None }
+                Valid {
+                    size,
+                    block_size,
+                    restart_offset,
+                    prefix_hash: Some(Digest([3; 32])),
+                    compression: Compression::None
+                }
             )),
             (arb_code(), ".{0,80}").prop_map(|(code, message)| Message::Refused(Refused { code, message })),
             (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..5000), any::<bool>(), any::<[u8; 32]>()).prop_map(
@@ -166,6 +174,9 @@ mod tests {
             Just(Message::EndRequest(EndRequest {})),
             (arb_code(), ".{0,80}").prop_map(|(code, message)| Message::Error(ErrorReport { code, message })),
             ".{0,80}".prop_map(|reason| Message::Cancel(Cancel { reason })),
+            any::<u64>().prop_map(|offset| Message::Resume(Resume { offset })),
+            (any::<u64>(), any::<[u8; 32]>())
+                .prop_map(|(bytes, h)| Message::Complete(EndTransfer { bytes, hash: Digest(h) })),
         ]
     }
 

@@ -149,6 +149,13 @@ pub enum ErrorCode {
     SizeMismatch,
     /// The source file changed while it was being sent.
     SourceChanged,
+    /// The receiver's partial file does not match the sender's prefix and the
+    /// rule says to fail rather than start over.
+    ResumeMismatch,
+    /// An operator stopped (paused) the request; it resumes when restarted.
+    Stopped,
+    /// The retries for an interrupted request are spent.
+    RetriesExhausted,
     /// A message arrived that the state machine does not allow here.
     Protocol,
     /// A frame exceeded the size limit or did not decode.
@@ -215,8 +222,17 @@ pub struct Request {
     /// The file's size when the requester sends it (push); 0 for a pull.
     pub size: u64,
     pub block_size: u32,
-    /// Where the requester would like to resume; the sides agree in [`Valid`].
+    /// Pull: where the requester (the receiver) can resume from, i.e. its
+    /// durable restart point; the sender agrees or answers 0 in [`Valid`].
+    /// Push: the largest offset the requester would accept (`u64::MAX` when
+    /// it has no reason to limit the receiver's offer).
     pub restart_offset: u64,
+    /// Pull: BLAKE3 of the requester's partial file up to `restart_offset`,
+    /// which the sender checks against its own file before resuming.
+    pub prefix_hash: Option<Digest>,
+    /// Pull: the requester already delivered this request's file (it
+    /// crashed before recording Done); the sender only confirms.
+    pub delivered: Option<EndTransfer>,
     pub options: TransferOptions,
     pub external_job_id: Option<String>,
     pub transfer_info: String,
@@ -228,8 +244,21 @@ pub struct Valid {
     /// The file size (for a pull, the requested node's file).
     pub size: u64,
     pub block_size: u32,
+    /// Pull: the agreed offset. Push: the receiver's offer (its durable
+    /// restart point), which the sender confirms with [`Resume`].
     pub restart_offset: u64,
+    /// Push with an offer above 0: BLAKE3 of the receiver's partial file up
+    /// to `restart_offset`.
+    pub prefix_hash: Option<Digest>,
     pub compression: Compression,
+}
+
+/// Push, after a [`Valid`] offering to resume: the sender's decision, made
+/// after comparing the receiver's prefix hash with its own file. Either the
+/// offered offset, or 0 to start over.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resume {
+    pub offset: u64,
 }
 
 /// The requested node refuses the request; the channel ends.
@@ -303,6 +332,10 @@ pub enum Message {
     EndRequest(EndRequest),
     Error(ErrorReport),
     Cancel(Cancel),
+    Resume(Resume),
+    /// Answer to a Request that this node already completed and delivered:
+    /// nothing is transferred again; carries the verified count and hash.
+    Complete(EndTransfer),
 }
 
 impl Message {
@@ -319,6 +352,8 @@ impl Message {
             Message::EndRequest(_) => "EndRequest",
             Message::Error(_) => "Error",
             Message::Cancel(_) => "Cancel",
+            Message::Resume(_) => "Resume",
+            Message::Complete(_) => "Complete",
         }
     }
 }

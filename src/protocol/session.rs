@@ -64,6 +64,11 @@ pub enum Output {
     /// Requested side: judge the request (rule, partner, file, space), then
     /// call [`Session::accept`] or [`Session::refuse`].
     Judge(Request),
+    /// Push sender: the receiver offers to resume at `offset`, where its
+    /// partial file hashes to `hash`. Compare with the source's prefix, then
+    /// call [`Session::resume_checked`] (or [`Session::fail`] if the rule
+    /// forbids starting over).
+    CheckPrefix { offset: u64, hash: Digest },
     /// This side sends: pump blocks from `plan.restart_offset`, then call
     /// [`Session::sending_finished`].
     StartSending(Plan),
@@ -90,6 +95,10 @@ enum State {
     AwaitStartup,
     AwaitRequest,
     Judging,
+    /// Push sender, comparing the receiver's prefix hash with its own file.
+    CheckingPrefix,
+    /// Push receiver, after offering to resume: waits for the sender's decision.
+    AwaitResume,
     Sending,
     AwaitEndTransferEcho {
         sent: EndTransfer,
@@ -201,6 +210,8 @@ impl Session {
             State::AwaitStartup => "AwaitStartup",
             State::AwaitRequest => "AwaitRequest",
             State::Judging => "Judging",
+            State::CheckingPrefix => "CheckingPrefix",
+            State::AwaitResume => "AwaitResume",
             State::Sending => "Sending",
             State::AwaitEndTransferEcho { .. } => "AwaitEndTransferEcho",
             State::AwaitEndRequestEcho => "AwaitEndRequestEcho",
@@ -270,6 +281,26 @@ impl Session {
             }
             (State::AwaitValid, Message::Valid(v)) => self.on_valid(v),
             (State::AwaitValid, Message::Refused(r)) => self.fail_remote(r.code, r.message),
+            (State::AwaitValid, Message::Complete(end)) => {
+                // The partner already completed this request (we crashed
+                // before recording it): nothing moves again.
+                self.end = Some(end);
+                self.state = State::Done;
+                vec![Output::Done]
+            }
+            (State::AwaitResume, Message::Resume(r)) => {
+                let mut plan = self.plan.clone().expect("AwaitResume implies a plan");
+                if r.offset != 0 && r.offset != plan.restart_offset {
+                    return self.fail_local(
+                        ErrorCode::Protocol,
+                        format!("sender resumes at {} but {} or 0 was offered", r.offset, plan.restart_offset),
+                    );
+                }
+                plan.restart_offset = r.offset;
+                self.plan = Some(plan.clone());
+                self.state = State::Receiving { next: plan.restart_offset };
+                vec![Output::StartReceiving(plan)]
+            }
 
             // ---- requested handshake ----
             (State::AwaitStartup, Message::Startup(s)) => {
@@ -342,10 +373,13 @@ impl Session {
 
     /// Requested side: the runner accepts the request it was asked to judge.
     ///
-    /// `restart_offset` is where this node can resume (0 when it is the
-    /// sender or has nothing durable); `size` is the file size when this node
-    /// sends (pull), ignored otherwise.
-    pub fn accept(&mut self, size: u64, restart_offset: u64) -> Vec<Output> {
+    /// Push (this node receives): `restart_offset` is this node's durable
+    /// restart point and `prefix_hash` the BLAKE3 of its partial file up to
+    /// it; an offer above 0 waits for the sender's [`Resume`]. Pull (this
+    /// node sends): `size` is the file's size and `restart_offset` the
+    /// offset agreed after checking the requester's prefix hash (0 to start
+    /// over).
+    pub fn accept(&mut self, size: u64, restart_offset: u64, prefix_hash: Option<Digest>) -> Vec<Output> {
         if self.state != State::Judging {
             return Vec::new();
         }
@@ -354,15 +388,49 @@ impl Session {
         let restart_offset = restart_offset.min(req.restart_offset).min(size);
         let plan =
             Plan { size, block_size: req.block_size, restart_offset, compression: self.agreed_compression(&req) };
+        let offer = req.direction == Direction::Push && restart_offset > 0;
         let valid = Valid {
             size: plan.size,
             block_size: plan.block_size,
             restart_offset: plan.restart_offset,
+            prefix_hash: if offer { prefix_hash } else { None },
             compression: plan.compression,
         };
         let mut out = vec![Output::Send(Message::Valid(valid))];
-        out.extend(self.enter_data_phase(plan));
+        if offer {
+            self.plan = Some(plan);
+            self.state = State::AwaitResume;
+        } else {
+            out.extend(self.enter_data_phase(plan));
+        }
         out
+    }
+
+    /// Requested side: this request was completed before (the requester
+    /// lost track of it); answer with the verified result and end, without
+    /// moving the file again.
+    pub fn already_complete(&mut self, end: EndTransfer) -> Vec<Output> {
+        if self.state != State::Judging {
+            return Vec::new();
+        }
+        self.end = Some(end.clone());
+        self.state = State::Done;
+        vec![Output::Send(Message::Complete(end)), Output::Done]
+    }
+
+    /// Push sender: the decision after [`Output::CheckPrefix`]: resume at
+    /// the offered offset (`true`) or start over from 0 (`false`).
+    pub fn resume_checked(&mut self, resume: bool) -> Vec<Output> {
+        if self.state != State::CheckingPrefix {
+            return Vec::new();
+        }
+        let mut plan = self.plan.clone().expect("CheckingPrefix implies a plan");
+        if !resume {
+            plan.restart_offset = 0;
+        }
+        self.plan = Some(plan.clone());
+        self.state = State::Sending;
+        vec![Output::Send(Message::Resume(Resume { offset: plan.restart_offset })), Output::StartSending(plan)]
     }
 
     /// Requested side: the runner refuses the request it was asked to judge.
@@ -495,11 +563,6 @@ impl Session {
             self.state = State::Judging;
             return self.refuse(ErrorCode::BadFileName, why);
         }
-        if r.direction == Direction::Push && r.restart_offset > r.size {
-            self.request = Some(r);
-            self.state = State::Judging;
-            return self.refuse(ErrorCode::Protocol, "restart offset lies beyond the announced size".into());
-        }
         self.request = Some(r.clone());
         self.state = State::Judging;
         vec![Output::Judge(r)]
@@ -538,6 +601,14 @@ impl Session {
             restart_offset: v.restart_offset,
             compression: v.compression,
         };
+        if req.direction == Direction::Push && v.restart_offset > 0 {
+            let Some(hash) = v.prefix_hash else {
+                return self.fail_local(ErrorCode::Protocol, "resume offered without a prefix hash".into());
+            };
+            self.plan = Some(plan);
+            self.state = State::CheckingPrefix;
+            return vec![Output::CheckPrefix { offset: v.restart_offset, hash }];
+        }
         self.enter_data_phase(plan)
     }
 

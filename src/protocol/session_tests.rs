@@ -6,7 +6,7 @@ use super::*;
 
 const BS: u32 = MIN_BLOCK_SIZE;
 
-type Judge = Box<dyn Fn(&Request) -> Result<(u64, u64), (ErrorCode, String)>>;
+type Judge = Box<dyn Fn(&Request) -> Result<(u64, u64, Option<Digest>), (ErrorCode, String)>>;
 type Tamper = Box<dyn FnMut(bool, Message) -> Option<Message>>;
 
 struct Outcome {
@@ -36,7 +36,9 @@ fn request(direction: Direction, size: u64) -> Request {
         file_name: "f.bin".into(),
         size,
         block_size: BS,
-        restart_offset: 0,
+        restart_offset: u64::MAX,
+        prefix_hash: None,
+        delivered: None,
         options: TransferOptions::default(),
         external_job_id: Some("job-1".into()),
         transfer_info: String::new(),
@@ -44,7 +46,7 @@ fn request(direction: Direction, size: u64) -> Request {
 }
 
 fn accept_all(pull_size: u64) -> Judge {
-    Box::new(move |_| Ok((pull_size, 0)))
+    Box::new(move |_| Ok((pull_size, 0, None)))
 }
 
 fn no_tamper() -> Tamper {
@@ -105,7 +107,7 @@ impl Driver {
                 Output::Judge(r) => {
                     let me = if at_a { &mut self.a } else { &mut self.b };
                     follow_me = match (self.judge)(r) {
-                        Ok((size, restart)) => me.accept(size, restart),
+                        Ok((size, restart, hash)) => me.accept(size, restart, hash),
                         Err((code, msg)) => me.refuse(code, msg),
                     };
                 }
@@ -120,6 +122,11 @@ impl Driver {
                     let outs = me.sending_finished(end);
                     self.process(at_a, outs);
                     continue;
+                }
+                Output::CheckPrefix { offset, hash } => {
+                    let me = if at_a { &mut self.a } else { &mut self.b };
+                    let mine = Digest::of(&self.source[..*offset as usize]);
+                    follow_me = me.resume_checked(mine == *hash);
                 }
                 Output::StartReceiving(plan) => self.received.truncate(plan.restart_offset as usize),
                 Output::Write(d) => {
@@ -187,6 +194,142 @@ fn run(req: Request, requested_claims: &str, source: &[u8], judge: Judge, tamper
         }
     }
     Outcome { requester: d.log_a, requested: d.log_b, received: d.received, wrote: d.wrote }
+}
+
+/// Like [`run`], with the receiver holding `partial` from an earlier attempt.
+fn run_with_partial(req: Request, source: &[u8], partial: &[u8], judge: Judge) -> Outcome {
+    let mut d = Driver {
+        a: Session::requester("a", "b", Capabilities::default(), req),
+        b: Session::requested("b", "a", Capabilities::default()),
+        log_a: Vec::new(),
+        log_b: Vec::new(),
+        received: partial.to_vec(),
+        wrote: false,
+        source: source.to_vec(),
+        judge,
+        tamper: no_tamper(),
+        steps: 0,
+        inbox_a: Default::default(),
+        inbox_b: Default::default(),
+    };
+    let first = d.a.start();
+    d.process(true, first);
+    loop {
+        if let Some(m) = d.inbox_b.pop_front() {
+            let outs = d.b.handle(m);
+            d.process(false, outs);
+        } else if let Some(m) = d.inbox_a.pop_front() {
+            let outs = d.a.handle(m);
+            d.process(true, outs);
+        } else {
+            break;
+        }
+    }
+    Outcome { requester: d.log_a, requested: d.log_b, received: d.received, wrote: d.wrote }
+}
+
+fn sent_offsets(outs: &[Output]) -> Vec<u64> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::Write(d) => Some(d.offset),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_push_resumes_at_the_receivers_offer_when_the_prefixes_match() {
+    let src = file(5 * BS as usize);
+    let partial = src[..2 * BS as usize].to_vec();
+    let offer = Digest::of(&partial);
+    let judge: Judge = Box::new(move |_| Ok((0, 2 * BS as u64, Some(offer))));
+    let o = run_with_partial(request(Direction::Push, src.len() as u64), &src, &partial, judge);
+    assert!(Outcome::done(&o.requester) && Outcome::done(&o.requested));
+    assert_eq!(o.received, src);
+    assert_eq!(sent_offsets(&o.requested).first(), Some(&(2 * BS as u64)), "nothing before the offer is resent");
+}
+
+#[test]
+fn a_push_starts_over_when_the_receivers_partial_differs() {
+    let src = file(5 * BS as usize);
+    let mut partial = src[..2 * BS as usize].to_vec();
+    partial[100] ^= 0xff; // corrupted after the crash
+    let offer = Digest::of(&partial);
+    let judge: Judge = Box::new(move |_| Ok((0, 2 * BS as u64, Some(offer))));
+    let o = run_with_partial(request(Direction::Push, src.len() as u64), &src, &partial, judge);
+    assert!(Outcome::done(&o.requester) && Outcome::done(&o.requested));
+    assert_eq!(o.received, src, "the corrupted prefix was replaced, never appended to");
+    assert_eq!(sent_offsets(&o.requested).first(), Some(&0));
+}
+
+#[test]
+fn a_pull_resumes_at_the_offset_the_sender_agreed() {
+    let src = file(4 * BS as usize + 7);
+    let partial = src[..3 * BS as usize].to_vec();
+    let mut req = request(Direction::Pull, 0);
+    req.restart_offset = 3 * BS as u64;
+    req.prefix_hash = Some(Digest::of(&partial));
+    let size = src.len() as u64;
+    let judge: Judge = Box::new(move |r| Ok((size, r.restart_offset, None)));
+    let o = run_with_partial(req, &src, &partial, judge);
+    assert!(Outcome::done(&o.requester) && Outcome::done(&o.requested));
+    assert_eq!(o.received, src);
+    assert_eq!(sent_offsets(&o.requester).first(), Some(&(3 * BS as u64)));
+}
+
+#[test]
+fn a_resume_outside_the_offer_is_a_protocol_error() {
+    let mut b = Session::requested("b", "a", Capabilities::default());
+    let id = RequestId::generate();
+    b.handle(Message::Startup(Startup { version: PROTOCOL_VERSION, request_id: id.clone() }));
+    b.handle(Message::Authent(Authent { host_id: "a".into(), capabilities: Capabilities::default() }));
+    b.handle(Message::Request(Request { request_id: id, ..request(Direction::Push, 10 * BS as u64) }));
+    let out = b.accept(0, 4 * BS as u64, Some(Digest([1; 32])));
+    assert!(
+        matches!(&out[0], Output::Send(Message::Valid(v)) if v.restart_offset == 4 * BS as u64 && v.prefix_hash.is_some())
+    );
+    assert_eq!(out.len(), 1, "the receiver waits for the sender's decision");
+    let out = b.handle(Message::Resume(Resume { offset: BS as u64 }));
+    assert!(matches!(&out[1], Output::Failed(f) if f.code == ErrorCode::Protocol));
+}
+
+#[test]
+fn a_request_completed_before_is_confirmed_without_moving_the_file() {
+    let src = file(3 * BS as usize);
+    let end = EndTransfer { bytes: src.len() as u64, hash: Digest::of(&src) };
+    let mut b = Session::requested("b", "a", Capabilities::default());
+    let mut a = Session::requester("a", "b", Capabilities::default(), request(Direction::Push, src.len() as u64));
+    let mut to_b: Vec<Message> = a
+        .start()
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Send(m) => Some(m),
+            _ => None,
+        })
+        .collect();
+    let mut to_a = Vec::new();
+    for m in to_b.drain(..) {
+        for o in b.handle(m) {
+            match o {
+                Output::Send(m) => to_a.push(m),
+                Output::Judge(_) => {
+                    for o in b.already_complete(end.clone()) {
+                        if let Output::Send(m) = o {
+                            to_a.push(m)
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    assert!(b.is_finished());
+    let mut outs = Vec::new();
+    for m in to_a {
+        outs.extend(a.handle(m));
+    }
+    assert_eq!(outs, vec![Output::Done]);
+    assert_eq!(a.end_transfer(), Some(&end));
 }
 
 fn file(len: usize) -> Vec<u8> {
@@ -434,6 +577,7 @@ fn source_shorter_than_announced_fails_as_source_changed() {
         size: 100,
         block_size: BS,
         restart_offset: 0,
+        prefix_hash: None,
         compression: Compression::None,
     }));
     assert!(matches!(out[0], Output::StartSending(_)));
@@ -478,11 +622,19 @@ fn unexpected_messages_in_every_state_are_protocol_errors() {
             Message::Startup(Startup { version: PROTOCOL_VERSION, request_id: id.clone() }),
             Message::Authent(Authent { host_id: "b".into(), capabilities: Capabilities::default() }),
             Message::Request(Request { request_id: id.clone(), ..request(Direction::Push, 1) }),
-            Message::Valid(Valid { size: 1, block_size: BS, restart_offset: 0, compression: Compression::None }),
+            Message::Valid(Valid {
+                size: 1,
+                block_size: BS,
+                restart_offset: 0,
+                prefix_hash: None,
+                compression: Compression::None,
+            }),
             Message::Refused(Refused { code: ErrorCode::Io, message: "x".into() }),
             Message::Data(Data { offset: 0, raw_len: 1, payload: vec![1], compressed: false, hash: Digest::of(&[1]) }),
             Message::EndTransfer(EndTransfer { bytes: 1, hash: Digest::of(&[1]) }),
             Message::EndRequest(EndRequest {}),
+            Message::Resume(Resume { offset: 0 }),
+            Message::Complete(EndTransfer { bytes: 1, hash: Digest::of(&[1]) }),
         ]
     };
     // Each entry: how to reach the state, and which message kinds are legal there.
@@ -515,7 +667,7 @@ fn unexpected_messages_in_every_state_are_protocol_errors() {
                 s.handle(Message::Authent(Authent { host_id: "b".into(), capabilities: Capabilities::default() }));
                 s
             }),
-            vec!["Valid", "Refused"],
+            vec!["Valid", "Refused", "Complete"],
         ),
         (
             "requester Sending",
@@ -528,6 +680,7 @@ fn unexpected_messages_in_every_state_are_protocol_errors() {
                     size: 1,
                     block_size: BS,
                     restart_offset: 0,
+                    prefix_hash: None,
                     compression: Compression::None,
                 }));
                 s
@@ -545,6 +698,7 @@ fn unexpected_messages_in_every_state_are_protocol_errors() {
                     size: 1,
                     block_size: BS,
                     restart_offset: 0,
+                    prefix_hash: None,
                     compression: Compression::None,
                 }));
                 s
@@ -578,7 +732,7 @@ fn unexpected_messages_in_every_state_are_protocol_errors() {
                 s.handle(Message::Startup(Startup { version: PROTOCOL_VERSION, request_id: id3.clone() }));
                 s.handle(Message::Authent(Authent { host_id: "a".into(), capabilities: Capabilities::default() }));
                 s.handle(Message::Request(Request { request_id: id3.clone(), ..request(Direction::Push, 1) }));
-                s.accept(0, 0);
+                s.accept(0, 0, None);
                 s
             }),
             vec!["Data", "EndTransfer"],
@@ -630,9 +784,11 @@ fn restart_offset_is_the_smaller_of_both_sides_and_never_past_the_size() {
     r.request_id = id;
     r.restart_offset = 800;
     b.handle(Message::Request(r));
-    let out = b.accept(0, 500);
+    let out = b.accept(0, 500, Some(Digest([0; 32])));
     assert!(matches!(&out[0], Output::Send(Message::Valid(v)) if v.restart_offset == 500));
-    assert!(matches!(&out[1], Output::StartReceiving(p) if p.restart_offset == 500));
+    assert_eq!(out.len(), 1, "a push receiver's offer waits for the sender's Resume");
+    let out = b.handle(Message::Resume(Resume { offset: 500 }));
+    assert!(matches!(&out[0], Output::StartReceiving(p) if p.restart_offset == 500));
 }
 
 #[test]
@@ -646,6 +802,6 @@ fn compression_is_used_only_when_both_sides_support_it() {
     r.request_id = id;
     r.options.compression = Compression::Lz4;
     b.handle(Message::Request(r));
-    let out = b.accept(0, 0);
+    let out = b.accept(0, 0, None);
     assert!(matches!(&out[0], Output::Send(Message::Valid(v)) if v.compression == Compression::None));
 }

@@ -37,7 +37,7 @@ use std::path::Path;
 use crate::protocol::RequestId;
 
 /// The on-disk layout version this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -343,6 +343,10 @@ mod tests {
             finished_at: None,
             error: None,
             queue_seq: None,
+            restart_point: None,
+            delivered: false,
+            attempts: 0,
+            retry_at: None,
         }
     }
 

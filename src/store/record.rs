@@ -59,6 +59,14 @@ pub struct RequestError {
     pub message: String,
 }
 
+/// A receiver's restart point: the work file is fsynced up to `offset`, and
+/// its first `offset` bytes hash to `prefix_hash`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartPoint {
+    pub offset: u64,
+    pub prefix_hash: Digest,
+}
+
 /// One request as one node knows it. Both nodes hold one under the same id.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestRecord {
@@ -92,6 +100,16 @@ pub struct RequestRecord {
     pub error: Option<RequestError>,
     /// Position in the submit queue while `ToSubmit` (store-internal index key).
     pub queue_seq: Option<u64>,
+    /// Receiver: the last durable restart point of the work file.
+    pub restart_point: Option<RestartPoint>,
+    /// Receiver: the verified file was (or is being) renamed into place.
+    /// Set, and flushed, before the rename, so a crash in between is
+    /// finished on the next attempt instead of receiving the file again.
+    pub delivered: bool,
+    /// Requester: attempts started so far (reset by an operator restart).
+    pub attempts: u32,
+    /// Requester: when an interrupted request is due to be retried (unix ms).
+    pub retry_at: Option<u64>,
 }
 
 impl RequestRecord {

@@ -20,13 +20,44 @@
 //! only durable after the final `sync_all`.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::protocol::{Data, Digest, EndTransfer, ErrorCode, Plan, RequestId};
+use crate::store::{RestartPoint, Store};
+
+/// Where and how often the writer records restart points.
+#[derive(Clone, Debug)]
+pub struct RestartPoints {
+    pub store: Store,
+    pub id: RequestId,
+    /// Record after this many bytes since the last point (0: never by size)...
+    pub every_bytes: u64,
+    /// ...or after this long (zero: never by time).
+    pub every: std::time::Duration,
+}
+
+impl RestartPoints {
+    fn due(&self, bytes: u64, since: std::time::Instant) -> bool {
+        (self.every_bytes > 0 && bytes >= self.every_bytes) || (!self.every.is_zero() && since.elapsed() >= self.every)
+    }
+
+    /// fsyncs the work file, then records the point and flushes the store,
+    /// in that order: a recorded point never runs ahead of durable data.
+    fn record(&self, file: &File, work: &Path, offset: u64, whole: &blake3::Hasher) -> Result<(), Failure> {
+        file.sync_data().map_err(|e| io_failure("fsync", work, e))?;
+        let point = RestartPoint { offset, prefix_hash: whole.finalize().into() };
+        self.store
+            .update(&self.id, "", |r| r.restart_point = Some(point))
+            .and_then(|_| self.store.flush_blocking())
+            .map_err(|e| (ErrorCode::Internal, format!("cannot record a restart point: {e}")))?;
+        tracing::debug!(request_id = %self.id, offset, "restart point");
+        Ok(())
+    }
+}
 
 /// Name of the work-file folder inside a receive folder (its name uses the
 /// reserved prefix, so no partner file can collide with it).
@@ -109,9 +140,17 @@ pub struct BlockWriter {
 
 impl BlockWriter {
     /// Opens the work file, keeping its first `plan.restart_offset` bytes.
-    pub fn start(work: PathBuf, plan: Plan) -> BlockWriter {
+    /// `prefix` is the hash state of exactly those bytes when the caller
+    /// already has it (it is read and hashed again otherwise).
+    pub fn start(
+        work: PathBuf,
+        plan: Plan,
+        prefix: Option<super::Prefix>,
+        points: Option<RestartPoints>,
+    ) -> BlockWriter {
         let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
-        let handle = tokio::task::spawn_blocking(move || write_blocks(&work, &plan, rx));
+        let prefix = prefix.filter(|p| p.offset == plan.restart_offset);
+        let handle = tokio::task::spawn_blocking(move || write_blocks(&work, &plan, prefix, points.as_ref(), rx));
         BlockWriter { tx: Some(tx), handle }
     }
 
@@ -141,14 +180,24 @@ fn io_failure(what: &str, path: &Path, e: std::io::Error) -> Failure {
     (ErrorCode::Io, format!("cannot {what} {}: {e}", path.display()))
 }
 
-fn write_blocks(work: &Path, plan: &Plan, mut rx: mpsc::Receiver<Data>) -> Result<EndTransfer, Failure> {
+fn write_blocks(
+    work: &Path,
+    plan: &Plan,
+    prefix: Option<super::Prefix>,
+    points: Option<&RestartPoints>,
+    mut rx: mpsc::Receiver<Data>,
+) -> Result<EndTransfer, Failure> {
     if let Some(dir) = work.parent() {
         std::fs::create_dir_all(dir).map_err(|e| io_failure("create", dir, e))?;
     }
     let (mut file, mut direct) = open_work(work).map_err(|e| io_failure("open", work, e))?;
     file.set_len(plan.restart_offset).map_err(|e| io_failure("truncate", work, e))?;
-    let mut whole = blake3::Hasher::new();
-    hash_prefix(work, plan.restart_offset, &mut whole).map_err(|e| io_failure("read", work, e))?;
+    let mut whole = match prefix {
+        Some(p) => p.hasher,
+        None => super::hash_prefix(work, plan.restart_offset).map_err(|e| io_failure("read", work, e))?,
+    };
+    let mut since_point = 0u64;
+    let mut point_at = std::time::Instant::now();
     file.seek(SeekFrom::Start(plan.restart_offset)).map_err(|e| io_failure("seek in", work, e))?;
     let mut offset = plan.restart_offset;
     let mut buf = AlignedBuf::new((plan.block_size as u64).min(plan.size) as usize);
@@ -187,27 +236,43 @@ fn write_blocks(work: &Path, plan: &Plan, mut rx: mpsc::Receiver<Data>) -> Resul
         file.write_all(raw).map_err(|e| io_failure("write", work, e))?;
         whole.update(raw);
         offset += len as u64;
+        since_point += len as u64;
+        if let Some(points) = points.filter(|p| p.due(since_point, point_at)) {
+            points.record(&file, work, offset, &whole)?;
+            since_point = 0;
+            point_at = std::time::Instant::now();
+        }
     }
     file.sync_all().map_err(|e| io_failure("fsync", work, e))?;
     Ok(EndTransfer { bytes: offset, hash: whole.finalize().into() })
 }
 
-/// Hashes the kept prefix through a buffered handle of its own (the work
-/// file's handle may be `O_DIRECT`, which needs aligned reads).
-fn hash_prefix(work: &Path, len: u64, whole: &mut blake3::Hasher) -> std::io::Result<()> {
-    if len == 0 {
-        return Ok(());
-    }
-    let mut file = File::open(work)?;
-    let mut left = len;
-    let mut buf = vec![0u8; 1 << 20];
-    while left > 0 {
-        let n = buf.len().min(left as usize);
-        file.read_exact(&mut buf[..n])?;
-        whole.update(&buf[..n]);
-        left -= n as u64;
-    }
-    Ok(())
+/// What a receiver can offer to resume from.
+#[derive(Debug)]
+pub struct Offer {
+    /// Bytes the work file held before this attempt (0 when there is none).
+    pub work_len: u64,
+    /// The durable, hashed prefix to offer, if any.
+    pub prefix: Option<super::Prefix>,
+}
+
+/// Reads the work file's state for a resume (blocking): its length, and the
+/// hash of its first `point.offset` bytes as they are on disk now (not as
+/// recorded: the sender compares this with its source, so a partial file
+/// changed since the crash is caught).
+pub fn resume_offer(work: &Path, point: Option<RestartPoint>) -> std::io::Result<Offer> {
+    let work_len = match std::fs::metadata(work) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Offer { work_len: 0, prefix: None }),
+        Err(e) => return Err(e),
+    };
+    let prefix = match point {
+        Some(p) if p.offset > 0 && p.offset <= work_len => {
+            Some(super::Prefix { offset: p.offset, hasher: super::hash_prefix(work, p.offset)? })
+        }
+        _ => None,
+    };
+    Ok(Offer { work_len, prefix })
 }
 
 /// Renames a verified, fsynced work file to its final name and fsyncs the
@@ -277,7 +342,7 @@ mod tests {
         let id = RequestId::generate();
         let work = work_path(dir.path(), &id);
         let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
-        let mut w = BlockWriter::start(work.clone(), plan(data.len() as u64));
+        let mut w = BlockWriter::start(work.clone(), plan(data.len() as u64), None, None);
         for (i, c) in data.chunks(4096).enumerate() {
             assert!(w.write(block(i as u64 * 4096, c)).await);
         }
@@ -293,7 +358,7 @@ mod tests {
     async fn a_bad_block_stops_the_writer_with_a_clear_error() {
         let dir = tempfile::tempdir().expect("tempdir");
         let work = work_path(dir.path(), &RequestId::generate());
-        let mut w = BlockWriter::start(work, plan(8192));
+        let mut w = BlockWriter::start(work, plan(8192), None, None);
         let mut b = block(0, &[1; 4096]);
         b.payload[0] = 2;
         w.write(b).await;
@@ -307,7 +372,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let work = work_path(dir.path(), &RequestId::generate());
         let raw = vec![5u8; 4096];
-        let mut w = BlockWriter::start(work, plan(4096));
+        let mut w = BlockWriter::start(work, plan(4096), None, None);
         let payload = lz4_flex::block::compress(&raw);
         w.write(Data { offset: 0, raw_len: 4096, payload, compressed: true, hash: Digest::of(&raw) }).await;
         assert_eq!(w.finish().await.expect("ok").hash, Digest::of(&raw));

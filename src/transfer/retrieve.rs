@@ -55,10 +55,20 @@ impl SourceSnapshot {
 
 /// Starts pumping `path` per `plan`. Dropping the receiver, or setting `stop`,
 /// ends the pump at the next block.
-pub fn start(path: PathBuf, plan: Plan, snapshot: SourceSnapshot, stop: Arc<AtomicBool>) -> mpsc::Receiver<PumpEvent> {
+///
+/// `prefix` is the source's hash state over `plan.restart_offset` bytes when
+/// the caller already computed it to check a resume (read again otherwise).
+pub fn start(
+    path: PathBuf,
+    plan: Plan,
+    snapshot: SourceSnapshot,
+    prefix: Option<super::Prefix>,
+    stop: Arc<AtomicBool>,
+) -> mpsc::Receiver<PumpEvent> {
     let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
+    let prefix = prefix.filter(|p| p.offset == plan.restart_offset);
     tokio::task::spawn_blocking(move || {
-        let last = match pump(&path, &plan, &snapshot, &stop, &tx) {
+        let last = match pump(&path, &plan, &snapshot, prefix, &stop, &tx) {
             Ok(Some(end)) => PumpEvent::Finished(end),
             Ok(None) => return,
             Err((code, message)) => PumpEvent::Failed { code, message },
@@ -79,6 +89,7 @@ fn pump(
     path: &std::path::Path,
     plan: &Plan,
     snapshot: &SourceSnapshot,
+    prefix: Option<super::Prefix>,
     stop: &AtomicBool,
     tx: &mpsc::Sender<PumpEvent>,
 ) -> PumpResult<Option<EndTransfer>> {
@@ -106,18 +117,15 @@ fn pump(
             format!("source is {} bytes, {} were announced", snapshot.size, plan.size),
         ));
     }
-    let mut whole = blake3::Hasher::new();
     let block = plan.block_size as usize;
     // A small file needs no block-sized buffer (zeroing 1 MiB per 4 KiB request shows up).
     let mut buf = vec![0u8; block.min(usize::try_from(plan.size).unwrap_or(usize::MAX))];
-    // Hash the prefix that is not resent, so the final check still covers the whole file.
-    let mut offset = 0u64;
-    while offset < plan.restart_offset {
-        let n = block.min((plan.restart_offset - offset) as usize);
-        file.read_exact(&mut buf[..n]).map_err(|e| io_err(path, "read", e))?;
-        whole.update(&buf[..n]);
-        offset += n as u64;
-    }
+    // The prefix that is not resent is still hashed, so the final check covers the whole file.
+    let mut whole = match prefix {
+        Some(p) => p.hasher,
+        None => super::hash_prefix(path, plan.restart_offset).map_err(|e| io_err(path, "read", e))?,
+    };
+    let mut offset = plan.restart_offset;
     file.seek(SeekFrom::Start(offset)).map_err(|e| io_err(path, "seek in", e))?;
     while offset < plan.size {
         if stop.load(Ordering::Relaxed) {
