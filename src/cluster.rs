@@ -66,6 +66,7 @@ impl LocalLayout {
                 restart_interval_bytes: 32 << 20,
                 restart_interval_secs: 2,
                 retry: Default::default(),
+                connect_timeout_ms: 5_000,
                 tls: TlsPaths { cert: p.cert, key: p.key, ca: p.ca },
                 partners: ids
                     .iter()

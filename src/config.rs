@@ -137,6 +137,10 @@ fn default_restart_secs() -> u64 {
     2
 }
 
+fn default_connect_timeout_ms() -> u64 {
+    5_000
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct NodeConfig {
     pub node_id: String,
@@ -157,6 +161,11 @@ pub struct NodeConfig {
     /// How interrupted requests are retried (a rule may override it).
     #[serde(default)]
     pub retry: RetryPolicy,
+    /// How long one dial to a partner may take before the attempt counts
+    /// as failed (an unreachable partner would otherwise hold it for the
+    /// whole QUIC idle timeout).
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
     pub tls: TlsPaths,
     #[serde(default)]
     pub partners: Vec<Partner>,

@@ -470,12 +470,21 @@ impl Node {
         // Give the last frames (Error to partners) a moment on the wire.
         ctx.endpoint.close(quinn::VarInt::from_u32(CLOSE_SHUTDOWN), b"node shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(2), ctx.endpoint.wait_idle()).await;
-        self.supervisor.stop(None);
+        // Stopping the supervisor stops its children (Connections, Commander).
+        let _ = self.supervisor.stop_and_wait(None, Some(SHUTDOWN_GRACE)).await;
         for t in self.tasks {
             t.abort();
+            let _ = t.await;
         }
         if let Err(e) = ctx.store.flush().await {
             tracing::error!(error = %e, "cannot flush the store at shutdown");
+        }
+        // The store closes (and releases its lock) with the last holder of
+        // the context: wait, bounded, for runner tasks still finishing.
+        drop(self.handle);
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        while Arc::strong_count(&ctx) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         tracing::info!(node = %ctx.config.node_id, "node stopped");
     }

@@ -148,9 +148,18 @@ impl Actor for Connections {
                 if waiters.len() == 1 {
                     let endpoint = state.ctx.endpoint.clone();
                     let me = myself.clone();
+                    let limit = std::time::Duration::from_millis(state.ctx.config.connect_timeout_ms);
                     tokio::spawn(async move {
-                        let r =
-                            transport::dial(&endpoint, address, &partner).await.map_err(|e| dial_error(&partner, &e));
+                        let r = match tokio::time::timeout(limit, transport::dial(&endpoint, address, &partner)).await {
+                            Ok(r) => r.map_err(|e| dial_error(&partner, &e)),
+                            Err(_) => Err(ConnectError {
+                                code: ErrorCode::Connection,
+                                message: format!(
+                                    "cannot connect to partner {partner} at {address}: no answer within {} ms",
+                                    limit.as_millis()
+                                ),
+                            }),
+                        };
                         let _ = me.cast(ConnectionsMsg::Dialed(partner, r));
                     });
                 }
