@@ -8,7 +8,10 @@
 //! accepted, and a body must decode to exactly one message with no bytes left
 //! over. A violation is a [`CodecError`]; the caller ends the channel with it.
 
-use super::message::{Message, MAX_BLOCK_SIZE};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::message::{Data, Digest, Message, MAX_BLOCK_SIZE};
 
 /// Length of the frame header (the body length, u32 big-endian).
 pub const HEADER_LEN: usize = 4;
@@ -57,6 +60,77 @@ pub fn encode(msg: &Message) -> Result<Vec<u8>, CodecError> {
     let mut out = Vec::new();
     encode_into(msg, &mut out)?;
     Ok(out)
+}
+
+/// `Data`'s position among [`Message`]'s variants: the data path encodes
+/// and decodes Data frames without going through an owned `Message` (to
+/// save a copy of every block), and must produce and accept exactly the
+/// bytes the generic path does. Tests compare the two.
+const DATA_VARIANT: u32 = 5;
+
+/// The fields of [`Data`], borrowing the payload; same serde shape.
+#[derive(Serialize, Deserialize)]
+struct DataRef<'a> {
+    offset: u64,
+    raw_len: u32,
+    #[serde(with = "serde_bytes", borrow)]
+    payload: &'a [u8],
+    compressed: bool,
+    hash: Digest,
+}
+
+struct DataFrame<'a>(DataRef<'a>);
+
+impl Serialize for DataFrame<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_newtype_variant("Message", DATA_VARIANT, "Data", &self.0)
+    }
+}
+
+/// One frame holding a `Data` message whose payload is borrowed: the same
+/// bytes as `encode(&Message::Data(..))`, with one copy of the payload
+/// instead of two.
+pub fn encode_data(
+    offset: u64,
+    raw_len: u32,
+    compressed: bool,
+    hash: Digest,
+    payload: &[u8],
+) -> Result<Vec<u8>, CodecError> {
+    let frame = DataFrame(DataRef { offset, raw_len, payload, compressed, hash });
+    let mut out = Vec::with_capacity(payload.len() + 64);
+    out.extend_from_slice(&[0; HEADER_LEN]);
+    bincode::serde::encode_into_std_write(&frame, &mut out, config()).map_err(|e| CodecError::Encode(e.to_string()))?;
+    let len = out.len() - HEADER_LEN;
+    if len > MAX_FRAME_BODY {
+        return Err(CodecError::TooLarge { len, max: MAX_FRAME_BODY });
+    }
+    let len = u32::try_from(len).expect("len <= MAX_FRAME_BODY, which fits in u32");
+    out[..HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+    Ok(out)
+}
+
+/// Decodes a frame body held in `Bytes`; a `Data` payload is a slice of
+/// `body` rather than a copy.
+pub fn decode_body_shared(body: &Bytes) -> Result<Message, CodecError> {
+    let (variant, head) =
+        bincode::serde::decode_from_slice::<u32, _>(body, config()).map_err(|e| CodecError::Decode(e.to_string()))?;
+    if variant != DATA_VARIANT {
+        return decode_body(body);
+    }
+    let rest = &body[head..];
+    let (d, used) = bincode::serde::borrow_decode_from_slice::<DataRef<'_>, _>(rest, config())
+        .map_err(|e| CodecError::Decode(e.to_string()))?;
+    if head + used != body.len() {
+        return Err(CodecError::Trailing(body.len() - head - used));
+    }
+    Ok(Message::Data(Data {
+        offset: d.offset,
+        raw_len: d.raw_len,
+        payload: body.slice_ref(d.payload),
+        compressed: d.compressed,
+        hash: d.hash,
+    }))
 }
 
 /// Reads a frame header and checks the announced body length against the limit.
@@ -164,7 +238,7 @@ mod tests {
                 |(offset, payload, compressed, h)| Message::Data(Data {
                     offset,
                     raw_len: payload.len() as u32,
-                    payload,
+                    payload: payload.into(),
                     compressed,
                     hash: Digest(h)
                 })
@@ -181,6 +255,29 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn the_data_fast_paths_match_the_generic_codec(
+            offset in any::<u64>(),
+            payload in proptest::collection::vec(any::<u8>(), 0..3000),
+            compressed in any::<bool>(),
+            h in any::<[u8; 32]>(),
+        ) {
+            let raw_len = payload.len() as u32;
+            let msg = Message::Data(Data { offset, raw_len, payload: payload.clone().into(), compressed, hash: Digest(h) });
+            let generic = encode(&msg).expect("encodes");
+            let fast = encode_data(offset, raw_len, compressed, Digest(h), &payload).expect("encodes");
+            prop_assert_eq!(&fast, &generic);
+            let body = Bytes::copy_from_slice(&generic[HEADER_LEN..]);
+            prop_assert_eq!(decode_body_shared(&body).expect("decodes"), msg);
+        }
+
+        #[test]
+        fn the_shared_decoder_agrees_on_every_message(msg in arb_message()) {
+            let frame = encode(&msg).expect("encodes");
+            let body = Bytes::copy_from_slice(&frame[HEADER_LEN..]);
+            prop_assert_eq!(decode_body_shared(&body).expect("decodes"), msg);
+        }
+
         #[test]
         fn every_message_round_trips(msg in arb_message()) {
             let frame = encode(&msg).expect("encodes");
@@ -230,7 +327,7 @@ mod tests {
         let msg = Message::Data(Data {
             offset: u64::MAX,
             raw_len: MAX_BLOCK_SIZE,
-            payload: vec![7; MAX_BLOCK_SIZE as usize],
+            payload: vec![7; MAX_BLOCK_SIZE as usize].into(),
             compressed: false,
             hash: Digest([1; 32]),
         });

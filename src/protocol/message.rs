@@ -275,8 +275,8 @@ pub struct Data {
     /// Length of the raw block; equals `payload.len()` unless `compressed`.
     pub raw_len: u32,
     /// The block as sent: lz4-compressed when `compressed`, raw otherwise.
-    #[serde(with = "serde_bytes")]
-    pub payload: Vec<u8>,
+    /// A `Bytes` so a received block can be a slice of its frame, not a copy.
+    pub payload: bytes::Bytes,
     pub compressed: bool,
     /// BLAKE3 of the raw (uncompressed) block.
     pub hash: Digest,

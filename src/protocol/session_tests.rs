@@ -60,7 +60,7 @@ fn data_blocks(file: &[u8], from: u64, block: u32) -> Vec<Message> {
             let d = Data {
                 offset: *off,
                 raw_len: c.len() as u32,
-                payload: c.to_vec(),
+                payload: c.to_vec().into(),
                 compressed: false,
                 hash: Digest::of(c),
             };
@@ -469,7 +469,9 @@ fn a_corrupted_block_fails_the_transfer_and_is_not_written() {
     let src = file(3 * BS as usize);
     let tamper: Tamper = Box::new(|_, m| match m {
         Message::Data(mut d) if d.offset == BS as u64 => {
-            d.payload[7] ^= 1;
+            let mut p = d.payload.to_vec();
+            p[7] ^= 1;
+            d.payload = p.into();
             Some(Message::Data(d))
         }
         m => Some(m),
@@ -630,7 +632,13 @@ fn unexpected_messages_in_every_state_are_protocol_errors() {
                 compression: Compression::None,
             }),
             Message::Refused(Refused { code: ErrorCode::Io, message: "x".into() }),
-            Message::Data(Data { offset: 0, raw_len: 1, payload: vec![1], compressed: false, hash: Digest::of(&[1]) }),
+            Message::Data(Data {
+                offset: 0,
+                raw_len: 1,
+                payload: vec![1].into(),
+                compressed: false,
+                hash: Digest::of(&[1]),
+            }),
             Message::EndTransfer(EndTransfer { bytes: 1, hash: Digest::of(&[1]) }),
             Message::EndRequest(EndRequest {}),
             Message::Resume(Resume { offset: 0 }),
@@ -768,7 +776,13 @@ fn nothing_happens_after_the_end() {
     s.handle(Message::Error(ErrorReport { code: ErrorCode::Io, message: "x".into() }));
     assert!(s.is_finished());
     assert!(s
-        .handle(Message::Data(Data { offset: 0, raw_len: 10, payload: src, compressed: false, hash: Digest([0; 32]) }))
+        .handle(Message::Data(Data {
+            offset: 0,
+            raw_len: 10,
+            payload: src.into(),
+            compressed: false,
+            hash: Digest([0; 32])
+        }))
         .is_empty());
     assert!(s.fail(ErrorCode::Io, "again".into()).is_empty());
     assert!(s.cancel("again".into()).is_empty());

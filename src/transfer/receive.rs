@@ -330,7 +330,7 @@ mod tests {
         Data {
             offset,
             raw_len: bytes.len() as u32,
-            payload: bytes.to_vec(),
+            payload: bytes.to_vec().into(),
             compressed: false,
             hash: Digest::of(bytes),
         }
@@ -360,7 +360,9 @@ mod tests {
         let work = work_path(dir.path(), &RequestId::generate());
         let mut w = BlockWriter::start(work, plan(8192), None, None);
         let mut b = block(0, &[1; 4096]);
-        b.payload[0] = 2;
+        let mut p = b.payload.to_vec();
+        p[0] = 2;
+        b.payload = p.into();
         w.write(b).await;
         let (code, msg) = w.finish().await.expect_err("fails");
         assert_eq!(code, ErrorCode::BlockHashMismatch);
@@ -373,7 +375,7 @@ mod tests {
         let work = work_path(dir.path(), &RequestId::generate());
         let raw = vec![5u8; 4096];
         let mut w = BlockWriter::start(work, plan(4096), None, None);
-        let payload = lz4_flex::block::compress(&raw);
+        let payload = lz4_flex::block::compress(&raw).into();
         w.write(Data { offset: 0, raw_len: 4096, payload, compressed: true, hash: Digest::of(&raw) }).await;
         assert_eq!(w.finish().await.expect("ok").hash, Digest::of(&raw));
     }

@@ -23,7 +23,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::protocol::codec;
-use crate::protocol::{Compression, Data, Digest, EndTransfer, ErrorCode, Message, Plan};
+use crate::protocol::{Compression, Digest, EndTransfer, ErrorCode, Plan};
 
 /// Frames buffered between the pump and the network: enough to keep the
 /// stream busy while the next block is read, little enough to bound memory.
@@ -148,14 +148,12 @@ fn pump(
             Compression::Lz4 => Some(lz4_flex::block::compress(raw)).filter(|c| c.len() < n),
             Compression::None => None,
         };
-        let data = Data {
-            offset,
-            raw_len: u32::try_from(n).expect("a block is at most MAX_BLOCK_SIZE"),
-            compressed: compressed.is_some(),
-            payload: compressed.unwrap_or_else(|| raw.to_vec()),
-            hash,
-        };
-        let frame = codec::encode(&Message::Data(data)).map_err(|e| (ErrorCode::Internal, e.to_string()))?;
+        let raw_len = u32::try_from(n).expect("a block is at most MAX_BLOCK_SIZE");
+        let frame = match &compressed {
+            Some(c) => codec::encode_data(offset, raw_len, true, hash, c),
+            None => codec::encode_data(offset, raw_len, false, hash, raw),
+        }
+        .map_err(|e| (ErrorCode::Internal, e.to_string()))?;
         offset += n as u64;
         if tx.blocking_send(PumpEvent::Frame { frame: Bytes::from(frame), end: offset }).is_err() {
             return Ok(None);

@@ -59,12 +59,11 @@ pub fn describe_connection(e: &quinn::ConnectionError) -> String {
 #[derive(Debug)]
 pub struct FrameReader {
     recv: quinn::RecvStream,
-    buf: Vec<u8>,
 }
 
 impl FrameReader {
     pub fn new(recv: quinn::RecvStream) -> Self {
-        FrameReader { recv, buf: Vec::new() }
+        FrameReader { recv }
     }
 
     /// The next message; `Ok(None)` when the peer finished the stream cleanly
@@ -81,9 +80,17 @@ impl FrameReader {
         }
         self.recv.read_exact(&mut header[1..]).await.map_err(ChannelError::from_read)?;
         let len = codec::body_len(header)?;
-        self.buf.resize(len, 0);
-        self.recv.read_exact(&mut self.buf).await.map_err(ChannelError::from_read)?;
-        Ok(Some(codec::decode_body(&self.buf)?))
+        // Gather the body from quinn's chunks into a fresh buffer (one copy,
+        // no zero-fill), so a Data payload can be handed on as a slice of it.
+        let mut body = bytes::BytesMut::with_capacity(len);
+        while body.len() < len {
+            match self.recv.read_chunk(len - body.len(), true).await {
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk.bytes),
+                Ok(None) => return Err(ChannelError::Truncated),
+                Err(e) => return Err(ChannelError::Lost(describe_read(&e))),
+            }
+        }
+        Ok(Some(codec::decode_body_shared(&body.freeze())?))
     }
 
     /// Tells the peer we will read no more (after a protocol error).
