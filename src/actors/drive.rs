@@ -191,33 +191,7 @@ impl Drive {
                         }
                     }
                     Output::Verify(theirs) => {
-                        let result = match writer.take() {
-                            Some(w) => w.finish().await,
-                            None => Err((ErrorCode::Internal, "no work file open".into())),
-                        };
-                        let result = result.and_then(|mine| {
-                            if mine != theirs {
-                                return Err((
-                                    ErrorCode::FileHashMismatch,
-                                    format!(
-                                        "received {} bytes with BLAKE3 {}; sender sent {} bytes with BLAKE3 {}",
-                                        mine.bytes, mine.hash, theirs.bytes, theirs.hash
-                                    ),
-                                ));
-                            }
-                            tracing::info!(target: AUDIT, event = "verified", request_id = %self.session.request_id(), partner = %self.partner, bytes = mine.bytes, blake3 = %mine.hash);
-                            // Recorded (and flushed) before the rename: a crash in
-                            // between is finished on the next attempt, never received twice.
-                            self.record(&format!("verified {} bytes, BLAKE3 {}", mine.bytes, mine.hash), |r| {
-                                r.hash = Some(mine.hash);
-                                r.transferred = mine.bytes;
-                                r.delivered = true;
-                                r.step = Step::PostTask;
-                            });
-                            self.ctx.store.flush_blocking().map_err(|e| (ErrorCode::Internal, e.to_string()))?;
-                            self.deliver()?;
-                            Ok(mine)
-                        });
+                        let result = self.verify_and_deliver(writer.take(), theirs).await;
                         pending.extend(self.session.verified(result));
                     }
                     Output::Done => {
@@ -607,13 +581,48 @@ impl Drive {
         Some(self.files.recv_dir.as_ref()?.join(name))
     }
 
-    fn deliver(&self) -> Result<(), (ErrorCode, String)> {
-        let dir = self.files.recv_dir.as_ref().ok_or((ErrorCode::Internal, "no receive folder".to_string()))?;
+    /// Receiver: checks the fsynced work file against the sender's count and
+    /// whole-file hash, records the delivery (flushed) and only then renames
+    /// the file into place and fsyncs the folder.
+    async fn verify_and_deliver(
+        &self,
+        writer: Option<BlockWriter>,
+        theirs: EndTransfer,
+    ) -> Result<EndTransfer, (ErrorCode, String)> {
+        let mine = match writer {
+            Some(w) => w.finish().await?,
+            None => return Err((ErrorCode::Internal, "no work file open".into())),
+        };
+        if mine != theirs {
+            return Err((
+                ErrorCode::FileHashMismatch,
+                format!(
+                    "received {} bytes with BLAKE3 {}; sender sent {} bytes with BLAKE3 {}",
+                    mine.bytes, mine.hash, theirs.bytes, theirs.hash
+                ),
+            ));
+        }
+        let id = self.session.request_id().clone();
+        tracing::info!(target: AUDIT, event = "verified", request_id = %id, partner = %self.partner, bytes = mine.bytes, blake3 = %mine.hash);
+        // Recorded (and flushed) before the rename: a crash in between is
+        // finished on the next attempt, never received twice.
+        self.record(&format!("verified {} bytes, BLAKE3 {}", mine.bytes, mine.hash), |r| {
+            r.hash = Some(mine.hash);
+            r.transferred = mine.bytes;
+            r.delivered = true;
+            r.step = Step::PostTask;
+        });
+        self.ctx.store.flush().await.map_err(|e| (ErrorCode::Internal, e.to_string()))?;
+        let dir = self.files.recv_dir.clone().ok_or((ErrorCode::Internal, "no receive folder".to_string()))?;
         let final_path = self.final_path().ok_or((ErrorCode::Internal, "no file name".to_string()))?;
-        receive::deliver(&receive::work_path(dir, self.session.request_id()), &final_path)?;
+        let work = receive::work_path(&dir, &id);
+        let target = final_path.clone();
+        tokio::task::spawn_blocking(move || receive::deliver(&work, &target))
+            .await
+            .map_err(|e| (ErrorCode::Internal, e.to_string()))??;
         self.record(&format!("delivered to {}", final_path.display()), |_| {});
-        tracing::info!(target: AUDIT, event = "delivered", request_id = %self.session.request_id(), partner = %self.partner, path = %final_path.display());
-        Ok(())
+        tracing::info!(target: AUDIT, event = "delivered", request_id = %id, partner = %self.partner, path = %final_path.display());
+        Ok(mine)
     }
 
     fn cleanup_after_failure(&self, f: &Failure) {

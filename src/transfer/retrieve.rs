@@ -29,6 +29,10 @@ use crate::protocol::{Compression, Digest, EndTransfer, ErrorCode, Plan};
 /// stream busy while the next block is read, little enough to bound memory.
 const PIPELINE_DEPTH: usize = 4;
 
+/// A file this small that fits in one block is read, hashed and encoded on
+/// the runner's own task: a thread hand-off would cost more than the work.
+const INLINE_MAX: u64 = 64 * 1024;
+
 /// What the pump reports to its runner.
 #[derive(Debug)]
 pub enum PumpEvent {
@@ -67,15 +71,30 @@ pub fn start(
 ) -> mpsc::Receiver<PumpEvent> {
     let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
     let prefix = prefix.filter(|p| p.offset == plan.restart_offset);
+    let remaining = plan.size - plan.restart_offset.min(plan.size);
+    if remaining <= INLINE_MAX && remaining <= u64::from(plan.block_size) {
+        // At most one frame and the final event: both fit in the channel.
+        let last = finish(pump(&path, &plan, &snapshot, prefix, &stop, &mut |ev| tx.try_send(ev).is_ok()));
+        if let Some(last) = last {
+            let _ = tx.try_send(last);
+        }
+        return rx;
+    }
     tokio::task::spawn_blocking(move || {
-        let last = match pump(&path, &plan, &snapshot, prefix, &stop, &tx) {
-            Ok(Some(end)) => PumpEvent::Finished(end),
-            Ok(None) => return,
-            Err((code, message)) => PumpEvent::Failed { code, message },
-        };
-        let _ = tx.blocking_send(last);
+        let last = finish(pump(&path, &plan, &snapshot, prefix, &stop, &mut |ev| tx.blocking_send(ev).is_ok()));
+        if let Some(last) = last {
+            let _ = tx.blocking_send(last);
+        }
     });
     rx
+}
+
+fn finish(r: PumpResult<Option<EndTransfer>>) -> Option<PumpEvent> {
+    match r {
+        Ok(Some(end)) => Some(PumpEvent::Finished(end)),
+        Ok(None) => None,
+        Err((code, message)) => Some(PumpEvent::Failed { code, message }),
+    }
 }
 
 type PumpResult<T> = Result<T, (ErrorCode, String)>;
@@ -91,7 +110,7 @@ fn pump(
     snapshot: &SourceSnapshot,
     prefix: Option<super::Prefix>,
     stop: &AtomicBool,
-    tx: &mpsc::Sender<PumpEvent>,
+    send: &mut dyn FnMut(PumpEvent) -> bool,
 ) -> PumpResult<Option<EndTransfer>> {
     let mut file = File::open(path).map_err(|e| io_err(path, "open", e))?;
     let changed = |now: &SourceSnapshot| {
@@ -155,7 +174,7 @@ fn pump(
         }
         .map_err(|e| (ErrorCode::Internal, e.to_string()))?;
         offset += n as u64;
-        if tx.blocking_send(PumpEvent::Frame { frame: Bytes::from(frame), end: offset }).is_err() {
+        if !send(PumpEvent::Frame { frame: Bytes::from(frame), end: offset }) {
             return Ok(None);
         }
     }
