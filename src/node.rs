@@ -28,7 +28,7 @@ use crate::actors::supervisor::{Supervisor, SupervisorMsg};
 use crate::config::NodeConfig;
 use crate::protocol::names::check_file_name;
 use crate::protocol::{Capabilities, Compression, Direction, ErrorCode, RequestId, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
-use crate::store::{now_ms, RequestError, RequestRecord, Role, Status, Step, Store, StoreError};
+use crate::store::{now_ms, RequestError, RequestRecord, Role, Status, Store, StoreError};
 use crate::transfer::receive;
 use crate::transport::{self, NodeIdentity, TransportTuning};
 
@@ -226,34 +226,13 @@ impl NodeHandle {
                 .map_err(|(_, msg)| SubmitError::FileNotFound(msg))?;
             size = snap.size;
         }
-        let now = now_ms();
         let rec = RequestRecord {
-            id: RequestId::generate(),
-            role: Role::Requester,
-            partner: partner.id.clone(),
-            rule: s.rule.clone(),
-            direction: s.direction,
-            file_name: s.file.clone(),
             block_size,
             compression: s.compression,
             size,
-            transferred: 0,
-            restart_offset: 0,
-            status: Status::ToSubmit,
-            step: Step::PreTask,
-            hash: None,
             external_job_id: s.external_job_id,
             transfer_info: s.transfer_info,
-            created_at: now,
-            updated_at: now,
-            started_at: None,
-            finished_at: None,
-            error: None,
-            queue_seq: None,
-            restart_point: None,
-            delivered: false,
-            attempts: 0,
-            retry_at: None,
+            ..RequestRecord::new(RequestId::generate(), Role::Requester, &partner.id, &s.rule, s.direction, &s.file)
         };
         let msg = format!("submitted: {:?} {:?} with {} under rule {:?}", s.direction, s.file, partner.id, s.rule);
         let rec = self.ctx.store.insert(rec, &msg)?;

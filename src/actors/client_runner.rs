@@ -51,13 +51,10 @@ impl Actor for ClientRunner {
     ) -> Result<Self::State, ActorProcessingErr> {
         let (tx, rx) = mpsc::channel(4);
         let span = tracing::info_span!("request", request_id = %args.id, partner = tracing::field::Empty);
-        tokio::spawn(
-            async move {
-                run(args, rx).await;
-                myself.stop(None);
-            }
-            .instrument(span),
-        );
+        let (ctx, id) = (args.ctx.clone(), args.id.clone());
+        drive::spawn_runner_task(myself, run(args, rx).instrument(span), async move {
+            fail_early(&ctx, &id, ErrorCode::Internal, "runner task ended abnormally".into()).await
+        });
         Ok(ClientRunnerState { control: tx })
     }
 

@@ -444,32 +444,22 @@ impl Drive {
             return Ok(());
         }
         let rec = RequestRecord {
-            id: req.request_id.clone(),
-            role: Role::Requested,
-            partner: self.partner.clone(),
-            rule: req.rule.clone(),
-            direction: req.direction,
-            file_name: req.file_name.clone(),
             block_size: req.block_size,
             compression: req.options.compression,
             size,
-            transferred: 0,
-            restart_offset: 0,
             status: Status::Running,
             step: Step::Transfer,
-            hash: None,
             external_job_id: req.external_job_id.clone(),
             transfer_info: req.transfer_info.clone(),
-            created_at: now_ms(),
-            updated_at: now_ms(),
             started_at: Some(now_ms()),
-            finished_at: None,
-            error: None,
-            queue_seq: None,
-            restart_point: None,
-            delivered: false,
-            attempts: 0,
-            retry_at: None,
+            ..RequestRecord::new(
+                req.request_id.clone(),
+                Role::Requested,
+                &self.partner,
+                &req.rule,
+                req.direction,
+                &req.file_name,
+            )
         };
         self.ctx
             .store
@@ -730,6 +720,24 @@ pub fn check_space(dir: &std::path::Path, size: u64) -> Result<(), (ErrorCode, S
         ));
     }
     Ok(())
+}
+
+/// Runs a runner's work on its own task and stops the runner's actor when
+/// it ends. If the work panics, `on_panic` records what it can (the
+/// request must not stay `Running` with its Commander slot taken).
+pub fn spawn_runner_task<M: ractor::Message>(
+    myself: ractor::ActorRef<M>,
+    work: impl std::future::Future<Output = ()> + Send + 'static,
+    on_panic: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let work = tokio::spawn(work);
+    tokio::spawn(async move {
+        if let Err(e) = work.await {
+            tracing::error!(error = %e, "runner task ended abnormally");
+            on_panic.await;
+        }
+        myself.stop(None);
+    });
 }
 
 /// The request id, for spans, before the session knows it.

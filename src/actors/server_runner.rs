@@ -45,30 +45,22 @@ impl Actor for ServerRunner {
     ) -> Result<Self::State, ActorProcessingErr> {
         let (tx, rx) = mpsc::channel(4);
         let span = drive::span_for(None, &args.partner);
-        let work = tokio::spawn(
-            async move {
-                let session =
-                    Session::requested(&args.ctx.config.node_id, &args.partner, args.ctx.capabilities.clone());
-                let drive = Drive {
-                    ctx: args.ctx.clone(),
-                    partner: args.partner,
-                    session,
-                    reader: FrameReader::new(args.recv),
-                    writer: FrameWriter::new(args.send),
-                    conn: None,
-                    files: Files::default(),
-                };
-                drive.run(Vec::new(), rx).await;
-            }
-            .instrument(span),
-        );
-        tokio::spawn(async move {
-            if let Err(e) = work.await {
-                // The partner sees the channel drop and records the request Interrupted.
-                tracing::error!(error = %e, "ServerRunner task ended abnormally");
-            }
-            myself.stop(None);
-        });
+        let work = async move {
+            let session = Session::requested(&args.ctx.config.node_id, &args.partner, args.ctx.capabilities.clone());
+            let drive = Drive {
+                ctx: args.ctx.clone(),
+                partner: args.partner,
+                session,
+                reader: FrameReader::new(args.recv),
+                writer: FrameWriter::new(args.send),
+                conn: None,
+                files: Files::default(),
+            };
+            drive.run(Vec::new(), rx).await;
+        };
+        // On a panic the partner sees the channel drop and records the
+        // request Interrupted; this node's record is recovered at start-up.
+        drive::spawn_runner_task(myself, work.instrument(span), async {});
         Ok(ServerRunnerState { control: tx })
     }
 

@@ -321,32 +321,10 @@ mod tests {
 
     pub(crate) fn sample(status: Status) -> RequestRecord {
         RequestRecord {
-            id: RequestId::generate(),
-            role: Role::Requester,
-            partner: "b".into(),
-            rule: "r".into(),
-            direction: Direction::Push,
-            file_name: "f".into(),
-            block_size: 1 << 20,
-            compression: crate::protocol::Compression::None,
             size: 10,
-            transferred: 0,
-            restart_offset: 0,
+            block_size: 1 << 20,
             status,
-            step: Step::PreTask,
-            hash: None,
-            external_job_id: None,
-            transfer_info: String::new(),
-            created_at: now_ms(),
-            updated_at: now_ms(),
-            started_at: None,
-            finished_at: None,
-            error: None,
-            queue_seq: None,
-            restart_point: None,
-            delivered: false,
-            attempts: 0,
-            retry_at: None,
+            ..RequestRecord::new(RequestId::generate(), Role::Requester, "b", "r", Direction::Push, "f")
         }
     }
 

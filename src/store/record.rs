@@ -113,6 +113,40 @@ pub struct RequestRecord {
 }
 
 impl RequestRecord {
+    /// A new record in `ToSubmit`/`PreTask`, created now, with nothing
+    /// transferred; callers set the rest with struct-update syntax.
+    pub fn new(id: RequestId, role: Role, partner: &str, rule: &str, direction: Direction, file_name: &str) -> Self {
+        let now = now_ms();
+        RequestRecord {
+            id,
+            role,
+            partner: partner.to_owned(),
+            rule: rule.to_owned(),
+            direction,
+            file_name: file_name.to_owned(),
+            block_size: crate::protocol::DEFAULT_BLOCK_SIZE,
+            compression: Compression::None,
+            size: 0,
+            transferred: 0,
+            restart_offset: 0,
+            status: Status::ToSubmit,
+            step: Step::PreTask,
+            hash: None,
+            external_job_id: None,
+            transfer_info: String::new(),
+            created_at: now,
+            updated_at: now,
+            started_at: None,
+            finished_at: None,
+            error: None,
+            queue_seq: None,
+            restart_point: None,
+            delivered: false,
+            attempts: 0,
+            retry_at: None,
+        }
+    }
+
     /// Whether this node sends the file.
     pub fn is_sender(&self) -> bool {
         matches!((self.role, self.direction), (Role::Requester, Direction::Push) | (Role::Requested, Direction::Pull))
