@@ -171,6 +171,8 @@ impl Actor for Commander {
                         r.error =
                             Some(RequestError { code: ErrorCode::Internal, message: format!("runner failed: {err}") });
                     })?;
+                    state.ctx.store.flush().await?;
+                    schedule_retry(&myself, &state.ctx, &id).await?;
                 }
             }
             _ => return Ok(()),
