@@ -59,12 +59,14 @@ impl CommanderState {
             return Ok(());
         }
         for rec in self.ctx.store.queued(free)? {
-            let rec = self.ctx.store.update(&rec.id, "", |r| {
+            // `queued` read the record just now and only this actor changes a
+            // queued record's attempts, so the count below is the stored one + 1.
+            let attempt = rec.attempts + 1;
+            let rec = self.ctx.store.update(&rec.id, &format!("attempt {attempt} started by the Commander"), |r| {
                 r.status = Status::Running;
-                r.attempts += 1;
+                r.attempts = attempt;
                 r.retry_at = None;
             })?;
-            self.ctx.store.log(&rec.id, &format!("attempt {} started by the Commander", rec.attempts))?;
             let args =
                 ClientRunnerArgs { ctx: self.ctx.clone(), connections: self.connections.clone(), id: rec.id.clone() };
             match Actor::spawn_linked(None, ClientRunner, args, myself.get_cell()).await {
