@@ -73,6 +73,9 @@ pub struct NodeContext {
     pub open_channels: AtomicUsize,
     /// Requests this node's Commander is running.
     pub running_requests: AtomicUsize,
+    /// The requested-side runner currently serving each request: a token,
+    /// and the flag that tells an older runner it was superseded.
+    pub serving: std::sync::Mutex<std::collections::HashMap<RequestId, (u64, Arc<std::sync::atomic::AtomicBool>)>>,
     actors: RwLock<Option<ActorRefs>>,
 }
 
@@ -396,6 +399,7 @@ impl Node {
             shutdown: shutdown_rx.clone(),
             open_channels: AtomicUsize::new(0),
             running_requests: AtomicUsize::new(0),
+            serving: Default::default(),
             actors: RwLock::new(None),
         });
         let (supervisor, _) =

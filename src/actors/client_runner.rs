@@ -194,15 +194,14 @@ async fn run(args: ClientRunnerArgs, control: mpsc::Receiver<Control>) {
     };
     let mut session = Session::requester(&ctx.config.node_id, &rec.partner, ctx.capabilities.clone(), request);
     let first = session.start();
-    let drive = Drive {
-        ctx: ctx.clone(),
-        partner: rec.partner.clone(),
+    let drive = Drive::new(
+        ctx.clone(),
+        rec.partner.clone(),
         session,
-        reader: FrameReader::new(recv),
-        writer: FrameWriter::new(send),
-        conn: Some(conn),
+        (FrameReader::new(recv), FrameWriter::new(send)),
+        Some(conn),
         files,
-    };
+    );
     drive.run(first, control).await;
 }
 

@@ -88,22 +88,71 @@ pub struct Drive {
     pub writer: FrameWriter,
     pub conn: Option<quinn::Connection>,
     pub files: Files,
+    /// Identifies this run among runs of the same request on this node.
+    token: u64,
+    /// Set when a newer run of the same request took over (the partner
+    /// retried while this run's connection was dying): from then on this
+    /// run records nothing and writes nothing.
+    superseded: Arc<AtomicBool>,
 }
 
 /// Audit events go to one dedicated target, separate from diagnostics.
 pub const AUDIT: &str = "ferry::audit";
 
 impl Drive {
+    pub fn new(
+        ctx: Arc<NodeContext>,
+        partner: String,
+        session: Session,
+        (reader, writer): (FrameReader, FrameWriter),
+        conn: Option<quinn::Connection>,
+        files: Files,
+    ) -> Drive {
+        Drive {
+            ctx,
+            partner,
+            session,
+            reader,
+            writer,
+            conn,
+            files,
+            token: rand::random(),
+            superseded: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
     /// Runs the session to its end; returns the final status this node recorded.
     pub async fn run(self, first: Vec<Output>, control: mpsc::Receiver<Control>) -> Option<Status> {
         let ctx = self.ctx.clone();
+        let token = self.token;
         ctx.open_channels.fetch_add(1, Ordering::Relaxed);
-        let status = self.run_inner(first, control).await;
+        let (status, id) = self.run_inner(first, control).await;
         ctx.open_channels.fetch_sub(1, Ordering::Relaxed);
+        if let Ok(mut serving) = ctx.serving.lock() {
+            if serving.get(&id).is_some_and(|(t, _)| *t == token) {
+                serving.remove(&id);
+            }
+        }
         status
     }
 
-    async fn run_inner(mut self, first: Vec<Output>, mut control: mpsc::Receiver<Control>) -> Option<Status> {
+    /// Requested side: this run now serves `id`; an older run still alive
+    /// (on a connection that is dying) is told it was superseded.
+    fn claim(&self, id: &RequestId) {
+        let Ok(mut serving) = self.ctx.serving.lock() else { return };
+        if let Some((token, older)) = serving.insert(id.clone(), (self.token, self.superseded.clone())) {
+            if token != self.token {
+                older.store(true, Ordering::Relaxed);
+                tracing::info!(request_id = %id, "a newer attempt supersedes a run still open on an old connection");
+            }
+        }
+    }
+
+    async fn run_inner(
+        mut self,
+        first: Vec<Output>,
+        mut control: mpsc::Receiver<Control>,
+    ) -> (Option<Status>, RequestId) {
         let mut pending: std::collections::VecDeque<Output> = first.into();
         let mut pump: Option<mpsc::Receiver<PumpEvent>> = None;
         let pump_stop = Arc::new(AtomicBool::new(false));
@@ -162,6 +211,7 @@ impl Drive {
                             Ok(work) => {
                                 let points = RestartPoints {
                                     store: self.ctx.store.clone(),
+                                    abandoned: self.superseded.clone(),
                                     id: self.session.request_id().clone(),
                                     every_bytes: self.ctx.config.restart_interval_bytes,
                                     every: Duration::from_secs(self.ctx.config.restart_interval_secs),
@@ -299,7 +349,7 @@ impl Drive {
         }
         // Let the last message reach the peer before the stream is dropped.
         self.writer.finish();
-        final_status
+        (final_status, self.session.request_id().clone())
     }
 
     /// Why the channel was lost: a peer that closed the connection because it
@@ -334,6 +384,7 @@ impl Drive {
     }
 
     async fn judge_inner(&mut self, req: &Request) -> Result<Judgement, (ErrorCode, String)> {
+        self.claim(&req.request_id);
         let cfg = &self.ctx.config;
         let rule = cfg
             .rule(&req.rule)
@@ -664,6 +715,14 @@ impl Drive {
             crate::protocol::Origin::Remote => " (reported by partner)",
         };
         let message = format!("{}: {}{origin}", f.code, f.message);
+        if let Ok(Some(rec)) = self.ctx.store.get(self.session.request_id()) {
+            if matches!(rec.status, Status::Done | Status::Cancelled) {
+                // A late failure of a run that was already overtaken never
+                // rewrites a final state.
+                tracing::info!(code = %f.code, message = %f.message, status = ?rec.status, "late failure ignored");
+                return rec.status;
+            }
+        }
         tracing::warn!(target: AUDIT, event = "failed", request_id = %self.session.request_id(), partner = %self.partner, code = %f.code, message = %f.message, status = ?status);
         self.record(&message, |r| {
             r.status = status;
@@ -683,6 +742,9 @@ impl Drive {
     }
 
     fn record(&self, message: &str, change: impl Fn(&mut RequestRecord)) {
+        if self.superseded.load(Ordering::Relaxed) {
+            return; // a newer run owns the record now
+        }
         if let Err(e) = self.ctx.store.update(self.session.request_id(), message, change) {
             tracing::error!(request_id = %self.session.request_id(), error = %e, "cannot record request state");
         }

@@ -47,15 +47,14 @@ impl Actor for ServerRunner {
         let span = drive::span_for(None, &args.partner);
         let work = async move {
             let session = Session::requested(&args.ctx.config.node_id, &args.partner, args.ctx.capabilities.clone());
-            let drive = Drive {
-                ctx: args.ctx.clone(),
-                partner: args.partner,
+            let drive = Drive::new(
+                args.ctx.clone(),
+                args.partner,
                 session,
-                reader: FrameReader::new(args.recv),
-                writer: FrameWriter::new(args.send),
-                conn: None,
-                files: Files::default(),
-            };
+                (FrameReader::new(args.recv), FrameWriter::new(args.send)),
+                None,
+                Files::default(),
+            );
             drive.run(Vec::new(), rx).await;
         };
         // On a panic the partner sees the channel drop and records the

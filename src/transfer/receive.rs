@@ -33,6 +33,9 @@ use crate::store::{RestartPoint, Store};
 #[derive(Clone, Debug)]
 pub struct RestartPoints {
     pub store: Store,
+    /// Set when a newer run of the request took over: this writer stops
+    /// writing and recording at once.
+    pub abandoned: std::sync::Arc<std::sync::atomic::AtomicBool>,
     pub id: RequestId,
     /// Record after this many bytes since the last point (0: never by size)...
     pub every_bytes: u64,
@@ -48,6 +51,9 @@ impl RestartPoints {
     /// fsyncs the work file, then records the point and flushes the store,
     /// in that order: a recorded point never runs ahead of durable data.
     fn record(&self, file: &File, work: &Path, offset: u64, whole: &blake3::Hasher) -> Result<(), Failure> {
+        if self.abandoned.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(()); // a newer run owns the record
+        }
         file.sync_data().map_err(|e| io_failure("fsync", work, e))?;
         let point = RestartPoint { offset, prefix_hash: whole.finalize().into() };
         self.store
@@ -221,6 +227,9 @@ fn write_blocks(
             }
         } else {
             buf.fill(len).copy_from_slice(&block.payload);
+        }
+        if points.is_some_and(|p| p.abandoned.load(std::sync::atomic::Ordering::Relaxed)) {
+            return Err((ErrorCode::Internal, "superseded by a newer attempt of the request".into()));
         }
         let raw = buf.filled();
         if Digest::of(raw) != block.hash {
