@@ -158,6 +158,33 @@ impl ApiClient {
         self.call(Method::GET, &format!("/api/v1/transfers/{id}/log"), None).await
     }
 
+    /// Stops (pauses) a request this node drives: it becomes `Interrupted`
+    /// with the code `Stopped`, keeps its partial file and restart point, and
+    /// is not retried until [`Self::restart`]. A `Running` request is only
+    /// asked to stop, so the answer may still say `Running`.
+    pub async fn stop(&self, id: &str) -> Result<TransferView, ClientError> {
+        self.command(id, "stop").await
+    }
+
+    /// Cancels a request this node drives: `Cancelled` on both nodes, its
+    /// partial file removed. A `Running` request is only asked to cancel, so
+    /// the answer may still say `Running`.
+    pub async fn cancel(&self, id: &str) -> Result<TransferView, ClientError> {
+        self.command(id, "cancel").await
+    }
+
+    /// Puts an `InError` or `Interrupted` request this node drives back in
+    /// the queue (`ToSubmit`, attempts reset); it resumes from its restart
+    /// point.
+    pub async fn restart(&self, id: &str) -> Result<TransferView, ClientError> {
+        self.command(id, "restart").await
+    }
+
+    async fn command(&self, id: &str, what: &str) -> Result<TransferView, ClientError> {
+        let id = check_id(id)?;
+        self.call(Method::POST, &format!("/api/v1/transfers/{id}/{what}"), None).await
+    }
+
     /// The node's connection and load figures.
     pub async fn node(&self) -> Result<NodeStats, ClientError> {
         self.call(Method::GET, "/api/v1/node", None).await
@@ -171,12 +198,25 @@ impl ApiClient {
         &self,
         id: &str,
         poll: Duration,
+        on_progress: impl FnMut(&TransferView),
+    ) -> Result<TransferView, ClientError> {
+        self.wait_until(id, poll, on_progress, TransferView::is_final).await
+    }
+
+    /// Polls a transfer every `poll` until `done` holds for its view and
+    /// returns that view. `on_progress` sees every view fetched, the last one
+    /// included. A failed poll ends the wait with its error.
+    pub async fn wait_until(
+        &self,
+        id: &str,
+        poll: Duration,
         mut on_progress: impl FnMut(&TransferView),
+        done: impl Fn(&TransferView) -> bool,
     ) -> Result<TransferView, ClientError> {
         loop {
             let view = self.get(id).await?;
             on_progress(&view);
-            if view.is_final() {
+            if done(&view) {
                 return Ok(view);
             }
             tokio::time::sleep(poll).await;
@@ -353,6 +393,9 @@ mod tests {
             assert!(matches!(c.get("../node").await, Err(ClientError::BadId(_))));
             assert!(matches!(c.log("nope").await, Err(ClientError::BadId(_))));
             assert!(matches!(c.list(Some("finished")).await, Err(ClientError::BadStatus(_))));
+            assert!(matches!(c.stop("x").await, Err(ClientError::BadId(_))));
+            assert!(matches!(c.cancel("../../node").await, Err(ClientError::BadId(_))));
+            assert!(matches!(c.restart("0123456789ABCDEF0123456789ABCDEF").await, Err(ClientError::BadId(_))));
         });
     }
 

@@ -1,8 +1,9 @@
 //! The node's REST API: JSON over HTTP/1.1 on the `api` address of the config.
 //!
 //! This module owns the HTTP surface of a node and nothing else: it reads
-//! requests from the store and hands submissions to [`NodeHandle::submit`],
-//! but never changes a record itself.
+//! requests from the store and hands submissions and operator commands to
+//! [`NodeHandle`] (`submit`, `stop`, `cancel`, `restart`), but never changes
+//! a record itself.
 //!
 //! - [`server`]: the axum router ([`router`]) and [`serve`], and the mapping of
 //!   every failure to `{"error": {"code", "message"}}` with a fitting status;
@@ -18,14 +19,20 @@
 //! | GET    | `/api/v1/transfers[?status=]` | `[TransferView]`, oldest first           |
 //! | GET    | `/api/v1/transfers/{id}`      | [`TransferView`]                         |
 //! | GET    | `/api/v1/transfers/{id}/log`  | `[LogLineView]`, oldest first            |
+//! | POST   | `/api/v1/transfers/{id}/stop` | [`TransferView`] after the command       |
+//! | POST   | `/api/v1/transfers/{id}/cancel` | [`TransferView`] after the command     |
+//! | POST   | `/api/v1/transfers/{id}/restart` | [`TransferView`] after the command    |
 //! | GET    | `/api/v1/node`                | `NodeStats`                              |
 //!
 //! Error statuses: 400 for malformed input (bad JSON, bad id, bad status
 //! filter, bad file name or block size), 404 for an unknown transfer or route,
-//! 422 for a submission naming an unknown partner, rule or file or a rule the
-//! partner may not use, 503 while the node shuts down, 500 for store failures.
+//! 409 for an operator command this node cannot carry out (`not_requester`:
+//! the partner drives the request; `invalid_state`: not in a state the
+//! command accepts), 422 for a submission naming an unknown partner, rule or
+//! file or a rule the partner may not use, 503 while the node shuts down, 500
+//! for store failures.
 //!
-//! [`NodeHandle::submit`]: crate::node::NodeHandle::submit
+//! [`NodeHandle`]: crate::node::NodeHandle
 
 pub mod client;
 pub mod server;

@@ -1,9 +1,10 @@
 //! The HTTP side of the REST API: routes, handlers and the mapping of every
 //! failure to a JSON error with a fitting status.
 //!
-//! Handlers only read the store and call [`NodeHandle::submit`]; they never
-//! change a record themselves. Store reads are synchronous sled calls, so the
-//! ones that may scan (lists, logs) run on the blocking pool.
+//! Handlers only read the store and call [`NodeHandle`]'s `submit`, `stop`,
+//! `cancel` and `restart`; they never change a record themselves. Store reads
+//! are synchronous sled calls, so the ones that may scan (lists, logs) run on
+//! the blocking pool.
 
 use std::future::Future;
 
@@ -11,12 +12,12 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
 use super::view::{ErrorBody, ErrorView, LogLineView, TransferView};
-use crate::node::{NodeHandle, NodeStats, Submit, SubmitError};
+use crate::node::{CommandError, NodeHandle, NodeStats, Submit, SubmitError};
 use crate::protocol::RequestId;
 use crate::store::{Status, StoreError};
 
@@ -28,6 +29,9 @@ pub enum ApiError {
     /// The node refused the submission.
     #[error(transparent)]
     Submit(#[from] SubmitError),
+    /// The node refused an operator command (stop, cancel, restart).
+    #[error(transparent)]
+    Command(#[from] CommandError),
     /// The path does not hold a well-formed request id.
     #[error("malformed request id {0:?}: expected 32 lowercase hex characters")]
     BadId(String),
@@ -85,6 +89,15 @@ impl ApiError {
                 #[allow(unreachable_patterns)]
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
+            ApiError::Command(e) => match e {
+                CommandError::NotFound(_) => StatusCode::NOT_FOUND,
+                // The request exists but this node cannot act on it (the
+                // partner drives it) or not in its current state.
+                CommandError::NotRequester { .. } | CommandError::InvalidState { .. } => StatusCode::CONFLICT,
+                CommandError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                #[allow(unreachable_patterns)]
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            },
             ApiError::BadId(_) | ApiError::BadStatus(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) | ApiError::NoRoute(_) => StatusCode::NOT_FOUND,
             ApiError::BadInput { status, .. } => *status,
@@ -97,6 +110,7 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::Submit(e) => e.code(),
+            ApiError::Command(e) => e.code(),
             ApiError::BadId(_) => "bad_id",
             ApiError::BadStatus(_) => "bad_status",
             ApiError::NotFound(_) => "not_found",
@@ -175,6 +189,9 @@ pub fn router(node: NodeHandle) -> Router {
         .route("/api/v1/transfers", get(list_transfers).post(submit))
         .route("/api/v1/transfers/{id}", get(get_transfer))
         .route("/api/v1/transfers/{id}/log", get(transfer_log))
+        .route("/api/v1/transfers/{id}/stop", post(stop_transfer))
+        .route("/api/v1/transfers/{id}/cancel", post(cancel_transfer))
+        .route("/api/v1/transfers/{id}/restart", post(restart_transfer))
         .route("/api/v1/node", get(node_stats))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
@@ -251,6 +268,55 @@ async fn transfer_log(
     Ok(Json(lines.iter().map(LogLineView::from).collect()))
 }
 
+/// An operator command on one request.
+#[derive(Clone, Copy, Debug)]
+enum Operation {
+    Stop,
+    Cancel,
+    Restart,
+}
+
+/// Runs `op` on the request named in the path; answers the record as the
+/// command left it. A stop or cancel of a `Running` request only asks its
+/// runner, so the answer still says `Running`; the runner records
+/// `Interrupted` or `Cancelled` shortly after.
+async fn operate(
+    node: NodeHandle,
+    id: Result<Path<String>, PathRejection>,
+    op: Operation,
+) -> Result<Json<TransferView>, ApiError> {
+    let Path(id) = id?;
+    let id = parse_id(&id)?;
+    let rec = match op {
+        Operation::Stop => node.stop(&id).await?,
+        Operation::Cancel => node.cancel(&id).await?,
+        Operation::Restart => node.restart(&id).await?,
+    };
+    tracing::info!(target: crate::actors::drive::AUDIT, event = "operator", request_id = %id, command = ?op, status = ?rec.status);
+    Ok(Json(TransferView::from_record(&rec, node.node_id())))
+}
+
+async fn stop_transfer(
+    State(node): State<NodeHandle>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<TransferView>, ApiError> {
+    operate(node, id, Operation::Stop).await
+}
+
+async fn cancel_transfer(
+    State(node): State<NodeHandle>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<TransferView>, ApiError> {
+    operate(node, id, Operation::Cancel).await
+}
+
+async fn restart_transfer(
+    State(node): State<NodeHandle>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<TransferView>, ApiError> {
+    operate(node, id, Operation::Restart).await
+}
+
 async fn node_stats(State(node): State<NodeHandle>) -> Json<NodeStats> {
     Json(node.stats().await)
 }
@@ -292,6 +358,58 @@ mod tests {
             assert_eq!(api.status(), status, "{api}");
             assert_eq!(api.code(), code);
         }
+    }
+
+    #[test]
+    fn command_errors_map_to_consistent_statuses() {
+        let id = RequestId::generate();
+        let cases = [
+            (CommandError::NotFound(id.clone()), StatusCode::NOT_FOUND, "not_found"),
+            (CommandError::NotRequester { id: id.clone(), partner: "b".into() }, StatusCode::CONFLICT, "not_requester"),
+            (
+                CommandError::InvalidState { id: id.clone(), action: "restart", state: "Done".into() },
+                StatusCode::CONFLICT,
+                "invalid_state",
+            ),
+            (CommandError::Store(StoreError::Encode("x".into())), StatusCode::INTERNAL_SERVER_ERROR, "store"),
+        ];
+        for (e, status, code) in cases {
+            assert_eq!(e.code(), code);
+            let api = ApiError::from(e);
+            assert_eq!(api.status(), status, "{api}");
+            assert_eq!(api.code(), code, "{api}");
+        }
+    }
+
+    #[tokio::test]
+    async fn command_refusals_say_why_in_the_body() {
+        let id = RequestId::generate();
+        let (status, json) =
+            body_of(ApiError::from(CommandError::NotRequester { id: id.clone(), partner: "bravo".into() })).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert_eq!(json["error"]["code"], "not_requester");
+        let msg = json["error"]["message"].as_str().unwrap_or_default();
+        assert!(msg.contains("bravo") && msg.contains(id.as_str()), "names the driving node: {msg}");
+
+        let (status, json) = body_of(ApiError::from(CommandError::InvalidState {
+            id: id.clone(),
+            action: "cancel",
+            state: "Done".into(),
+        }))
+        .await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert_eq!(json["error"]["code"], "invalid_state");
+        let msg = json["error"]["message"].as_str().unwrap_or_default();
+        assert!(msg.contains("cancel") && msg.contains("Done"), "{msg}");
+
+        let (status, json) = body_of(ApiError::from(CommandError::NotFound(id.clone()))).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(json["error"]["code"], "not_found");
+        assert!(json["error"]["message"].as_str().is_some_and(|m| m.contains(id.as_str())), "{json}");
+
+        let (status, json) = body_of(ApiError::from(CommandError::Store(StoreError::Encode("disk".into())))).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(json["error"]["code"], "store");
     }
 
     #[tokio::test]

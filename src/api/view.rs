@@ -32,6 +32,22 @@ pub struct TransferView {
     pub transferred: u64,
     /// Offset the current or last attempt started from.
     pub restart_offset: u64,
+    /// Receiver: the offset of its last durable restart point (the work file
+    /// is fsynced up to it, and a resume starts there), or `None`.
+    #[serde(default)]
+    pub restart_offset_durable: Option<u64>,
+    /// Receiver: the verified file was recorded as delivered (renamed, or
+    /// about to be renamed, into place). A rerun then confirms with
+    /// `Complete` instead of moving the file again.
+    #[serde(default)]
+    pub delivered: bool,
+    /// Requester: attempts started so far (an operator restart resets it).
+    #[serde(default)]
+    pub attempts: u32,
+    /// Requester: when an interrupted request is due to be retried (Unix
+    /// milliseconds), or `None` when no retry is scheduled.
+    #[serde(default)]
+    pub retry_at: Option<u64>,
     pub status: Status,
     pub step: Step,
     /// Whole-file BLAKE3 as lowercase hex, once verified.
@@ -64,6 +80,10 @@ impl TransferView {
             size: rec.size,
             transferred: rec.transferred,
             restart_offset: rec.restart_offset,
+            restart_offset_durable: rec.restart_point.map(|p| p.offset),
+            delivered: rec.delivered,
+            attempts: rec.attempts,
+            retry_at: rec.retry_at,
             status: rec.status,
             step: rec.step,
             hash: rec.hash.map(|h| h.to_hex()),
@@ -81,6 +101,12 @@ impl TransferView {
     /// Whether the request has ended for good (`Done`, `InError`, `Cancelled`).
     pub fn is_final(&self) -> bool {
         self.status.is_final()
+    }
+
+    /// Whether an operator stopped (paused) the request: `Interrupted` with
+    /// the error code `Stopped`. It stays so until it is restarted.
+    pub fn is_stopped(&self) -> bool {
+        self.status == Status::Interrupted && self.error.as_ref().is_some_and(|e| e.code == "Stopped")
     }
 
     /// Fraction of the file confirmed so far, in `0.0..=1.0` (`None` while the size is unknown).
@@ -129,7 +155,7 @@ impl From<&LogEntry> for LogLineView {
 mod tests {
     use super::*;
     use crate::protocol::{Digest, ErrorCode, RequestId};
-    use crate::store::RequestError;
+    use crate::store::{RequestError, RestartPoint};
 
     fn record() -> RequestRecord {
         RequestRecord {
@@ -181,8 +207,53 @@ mod tests {
         assert_eq!(json["error"]["message"], "gone");
         assert_eq!(json["finished_at"], serde_json::Value::Null);
         assert!(json.get("queue_seq").is_none(), "store-internal fields stay inside");
+        assert!(json.get("restart_point").is_none(), "the prefix hash stays inside");
+        assert_eq!(json["attempts"], 1);
+        assert_eq!(json["retry_at"], serde_json::Value::Null);
+        assert_eq!(json["restart_offset_durable"], serde_json::Value::Null);
+        assert_eq!(json["delivered"], false);
         let back: TransferView = serde_json::from_value(json).expect("deserialises");
         assert_eq!(back, v);
+    }
+
+    #[test]
+    fn restart_point_retry_and_delivery_are_shown() {
+        let mut rec = record();
+        rec.restart_point = Some(RestartPoint { offset: 96, prefix_hash: Digest::of(b"p") });
+        rec.retry_at = Some(1_700_000_000_000);
+        rec.attempts = 3;
+        rec.delivered = true;
+        let v = TransferView::from_record(&rec, "a");
+        assert_eq!(v.restart_offset_durable, Some(96));
+        let json = serde_json::to_value(&v).expect("serialises");
+        assert_eq!(json["restart_offset_durable"], 96);
+        assert_eq!(json["retry_at"], 1_700_000_000_000u64);
+        assert_eq!(json["attempts"], 3);
+        assert_eq!(json["delivered"], true);
+    }
+
+    #[test]
+    fn views_from_a_node_without_the_newer_fields_still_decode() {
+        let mut json = serde_json::to_value(TransferView::from_record(&record(), "a")).expect("serialises");
+        let obj = json.as_object_mut().expect("object");
+        for k in ["attempts", "retry_at", "restart_offset_durable", "delivered"] {
+            obj.remove(k);
+        }
+        let v: TransferView = serde_json::from_value(json).expect("decodes");
+        assert_eq!((v.attempts, v.retry_at, v.restart_offset_durable, v.delivered), (0, None, None, false));
+    }
+
+    #[test]
+    fn only_an_interrupted_request_with_code_stopped_is_stopped() {
+        let mut rec = record();
+        rec.status = Status::Interrupted;
+        rec.error = Some(RequestError { code: ErrorCode::Stopped, message: "stopped by an operator".into() });
+        assert!(TransferView::from_record(&rec, "a").is_stopped());
+        rec.error = Some(RequestError { code: ErrorCode::Connection, message: "lost".into() });
+        assert!(!TransferView::from_record(&rec, "a").is_stopped());
+        rec.status = Status::InError;
+        rec.error = Some(RequestError { code: ErrorCode::Stopped, message: "x".into() });
+        assert!(!TransferView::from_record(&rec, "a").is_stopped());
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! The `ferry` command line: argument parsing (clap) and dispatch.
 //!
-//! `node` and `certs` act locally; `send`, `get`, `status` and `log` talk to
-//! a running node through its REST API ([`ferry::api::ApiClient`]); `demo`
-//! and `bench` live in their own modules.
+//! `node` and `certs` act locally; `send`, `get`, `status`, `log`, `stop`,
+//! `cancel` and `restart` talk to a running node through its REST API
+//! ([`ferry::api::ApiClient`]); `demo` and `bench` live in their own modules.
 
 mod bench;
+mod control;
 mod demo;
 mod display;
 mod transfer;
@@ -46,6 +47,12 @@ pub enum Command {
     Status(transfer::StatusArgs),
     /// Show a transfer's job log.
     Log(transfer::LogArgs),
+    /// Stop (pause) a transfer this node requested; `restart` resumes it.
+    Stop(control::CommandArgs),
+    /// Cancel a transfer this node requested, on both nodes (its partial file is removed).
+    Cancel(control::CommandArgs),
+    /// Queue an InError or Interrupted transfer again; it resumes from its restart point.
+    Restart(control::RestartArgs),
     /// Start a local cluster and run a few transfers through it.
     Demo(demo::DemoArgs),
     /// Measure transfer throughput on a local cluster.
@@ -111,6 +118,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Get(args) => transfer::transfer(args, Direction::Pull).await,
         Command::Status(args) => transfer::status(args).await,
         Command::Log(args) => transfer::log(args).await,
+        Command::Stop(args) => control::stop(args).await,
+        Command::Cancel(args) => control::cancel(args).await,
+        Command::Restart(args) => control::restart(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(args) => bench::run(args).await,
     }
@@ -172,6 +182,27 @@ mod tests {
         assert!(Cli::try_parse_from(["ferry", "status", "--status", "done"]).is_ok());
         assert!(Cli::try_parse_from(["ferry", "status", "abc"]).is_ok());
         assert!(Cli::try_parse_from(["ferry", "status", "abc", "--status", "done"]).is_err());
+    }
+
+    #[test]
+    fn operator_commands_take_an_id_and_an_api() {
+        let id = "0123456789abcdef0123456789abcdef";
+        let cli = Cli::try_parse_from(["ferry", "stop", "--api", "h:1", id]).expect("parses");
+        let Command::Stop(a) = cli.command else { panic!("not stop: {:?}", cli.command) };
+        assert_eq!((a.id.as_str(), a.api.api.as_deref()), (id, Some("h:1")));
+        let cli = Cli::try_parse_from(["ferry", "cancel", id]).expect("parses");
+        let Command::Cancel(a) = cli.command else { panic!("not cancel: {:?}", cli.command) };
+        assert_eq!((a.id.as_str(), a.api.api.as_deref()), (id, None));
+        let cli = Cli::try_parse_from(["ferry", "restart", id, "--wait"]).expect("parses");
+        let Command::Restart(a) = cli.command else { panic!("not restart: {:?}", cli.command) };
+        assert!(a.wait && a.id == id);
+        let cli = Cli::try_parse_from(["ferry", "restart", id]).expect("parses");
+        let Command::Restart(a) = cli.command else { panic!("not restart: {:?}", cli.command) };
+        assert!(!a.wait);
+        for cmd in ["stop", "cancel", "restart"] {
+            assert!(Cli::try_parse_from(["ferry", cmd]).is_err(), "{cmd} needs an id");
+        }
+        assert!(Cli::try_parse_from(["ferry", "stop", id, "--wait"]).is_err(), "only restart waits");
     }
 
     #[test]

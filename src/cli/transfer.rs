@@ -1,5 +1,5 @@
 //! The client commands: `send`, `get`, `status` and `log`, all through a
-//! node's REST API.
+//! node's REST API (the operator commands are in [`super::control`]).
 
 use std::collections::VecDeque;
 use std::io::{IsTerminal, Write};
@@ -127,11 +127,20 @@ pub async fn transfer(args: TransferArgs, direction: Direction) -> anyhow::Resul
     if !args.wait {
         return Ok(());
     }
+    follow(&client, &view.id).await
+}
+
+/// `--wait`: shows progress on stderr until the transfer is final or an
+/// operator stopped it, prints the summary, and fails unless it ended `Done`.
+pub async fn follow(client: &ApiClient, id: &str) -> anyhow::Result<()> {
     let mut progress = Progress::new(std::io::stderr().is_terminal());
-    let end = client.wait(&view.id, POLL, |v| progress.show(v)).await;
+    let end = client.wait_until(id, POLL, |v| progress.show(v), |v| v.is_final() || v.is_stopped()).await;
     progress.finish();
-    let end = end.with_context(|| format!("lost track of transfer {}", view.id))?;
+    let end = end.with_context(|| format!("lost track of transfer {id}"))?;
     out(&format!("{}\n", summary(&end)))?;
+    if end.is_stopped() {
+        anyhow::bail!("transfer {} was stopped by an operator; `ferry restart {}` resumes it", end.id, end.id)
+    }
     match end.status {
         Status::Done => Ok(()),
         status => {
@@ -309,6 +318,18 @@ pub fn detail(v: &TransferView) -> String {
     if v.restart_offset > 0 {
         f.push(("restarted at", bytes(v.restart_offset)));
     }
+    if let Some(o) = v.restart_offset_durable {
+        f.push(("restart point", format!("{} (durable)", bytes(o))));
+    }
+    if v.delivered && v.status != Status::Done {
+        f.push(("delivered", "yes (verified and in place; the partner has not confirmed yet)".to_owned()));
+    }
+    if v.attempts > 0 {
+        f.push(("attempts", v.attempts.to_string()));
+    }
+    if let Some(t) = v.retry_at {
+        f.push(("next retry", iso_time(t)));
+    }
     f.push((
         "block size",
         format!("{}, compression {}", bytes(u64::from(v.block_size)), compression_word(v.compression)),
@@ -387,6 +408,10 @@ mod tests {
             finished_at: Some(1_700_000_002_000),
             error: None,
             node: "a".into(),
+            restart_offset_durable: None,
+            delivered: false,
+            attempts: 1,
+            retry_at: None,
         }
     }
 
@@ -417,6 +442,32 @@ mod tests {
         let d = detail(&f);
         assert!(d.contains("error:") && d.contains("Connection: lost"), "{d}");
         assert!(d.contains("created:") && d.contains("2023-11-14T22:13:20.000Z"), "{d}");
+    }
+
+    #[test]
+    fn details_show_attempts_restart_point_and_next_retry_when_set() {
+        let mut v = view();
+        v.status = Status::Interrupted;
+        v.step = Step::Transfer;
+        v.attempts = 3;
+        v.restart_offset_durable = Some(32 << 20);
+        v.retry_at = Some(1_700_000_005_000);
+        v.error = Some(ErrorView { code: "Connection".into(), message: "lost".into() });
+        let d = detail(&v);
+        assert!(d.contains("attempts:") && d.contains(" 3\n"), "{d}");
+        assert!(d.contains("restart point:") && d.contains("32.0 MiB (durable)"), "{d}");
+        assert!(d.contains("next retry:") && d.contains("2023-11-14T22:13:25.000Z"), "{d}");
+        assert!(!d.contains("delivered:"), "{d}");
+
+        let mut v = view();
+        v.attempts = 0;
+        let d = detail(&v);
+        for absent in ["attempts:", "restart point:", "next retry:", "delivered:"] {
+            assert!(!d.contains(absent), "{absent} shown though unset: {d}");
+        }
+        v.status = Status::Interrupted;
+        v.delivered = true;
+        assert!(detail(&v).contains("delivered:"), "{}", detail(&v));
     }
 
     #[test]
