@@ -2,6 +2,8 @@
 //! process, each with its own certificates, sled store and folders.
 #![allow(dead_code)]
 
+pub mod procs;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
