@@ -96,7 +96,7 @@ async fn fail_early(ctx: &NodeContext, id: &RequestId, code: ErrorCode, message:
     }
 }
 
-async fn run(args: ClientRunnerArgs, control: mpsc::Receiver<Control>) {
+async fn run(args: ClientRunnerArgs, mut control: mpsc::Receiver<Control>) {
     let ctx = args.ctx;
     let id = args.id;
     let rec = match ctx.store.get(&id) {
@@ -160,7 +160,14 @@ async fn run(args: ClientRunnerArgs, control: mpsc::Receiver<Control>) {
         }
         files.recv_dir = Some(dir);
     }
-    let conn = match ractor::call!(args.connections, ConnectionsMsg::Get, rec.partner.clone()) {
+    let got = ractor::call!(args.connections, ConnectionsMsg::Get, rec.partner.clone());
+    // An operator command that arrived while the partner was being dialed
+    // wins over the dial's outcome; once the channel is open, the session
+    // handles commands itself.
+    if let Ok(c) = control.try_recv() {
+        return apply_before_channel(&ctx, &args.connections, &rec, c).await;
+    }
+    let conn = match got {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => return fail_early(&ctx, &id, e.code, e.message).await,
         Err(e) => {
@@ -203,6 +210,45 @@ async fn run(args: ClientRunnerArgs, control: mpsc::Receiver<Control>) {
         files,
     );
     drive.run(first, control).await;
+}
+
+/// Carries out a stop or cancel that arrived before the request's channel
+/// was open (nothing was sent on this attempt).
+async fn apply_before_channel(
+    ctx: &Arc<NodeContext>,
+    connections: &ActorRef<ConnectionsMsg>,
+    rec: &crate::store::RequestRecord,
+    c: Control,
+) {
+    let (status, code, message) = match c {
+        Control::Stop => (Status::Interrupted, ErrorCode::Stopped, "stopped by an operator".to_string()),
+        Control::Cancel(reason) => (Status::Cancelled, ErrorCode::Cancelled, reason),
+        Control::Shutdown => {
+            (Status::Interrupted, ErrorCode::Shutdown, format!("node {} is shutting down", ctx.config.node_id))
+        }
+    };
+    let r = ctx.store.update(&rec.id, &message, |r| {
+        r.status = status;
+        r.retry_at = None;
+        if status == Status::Cancelled {
+            r.finished_at = Some(crate::store::now_ms());
+        }
+        r.error = Some(RequestError { code, message: message.clone() });
+    });
+    if let Err(e) = r.and(ctx.store.flush().await) {
+        tracing::error!(request_id = %rec.id, error = %e, "cannot record an operator command");
+    }
+    if status == Status::Cancelled {
+        if rec.direction == Direction::Pull {
+            if let Some(rule) = ctx.config.rule(&rec.rule) {
+                receive::discard(&receive::work_path(&rule.recv_dir, &rec.id));
+            }
+        }
+        if rec.attempts > 1 {
+            // An earlier attempt may have left a partial file with the partner.
+            tokio::spawn(tell_cancel(ctx.clone(), connections.clone(), rec.id.clone(), rec.partner.clone()));
+        }
+    }
 }
 
 /// Tells the partner that a request which is not running here was cancelled,

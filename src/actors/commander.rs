@@ -59,14 +59,20 @@ impl CommanderState {
             return Ok(());
         }
         for rec in self.ctx.store.queued(free)? {
-            // `queued` read the record just now and only this actor changes a
-            // queued record's attempts, so the count below is the stored one + 1.
+            // Taken only if still queued: an operator may have stopped or
+            // cancelled it since `queued` read it.
             let attempt = rec.attempts + 1;
-            let rec = self.ctx.store.update(&rec.id, &format!("attempt {attempt} started by the Commander"), |r| {
-                r.status = Status::Running;
-                r.attempts = attempt;
-                r.retry_at = None;
-            })?;
+            let taken = self.ctx.store.update_if(
+                &rec.id,
+                &format!("attempt {attempt} started by the Commander"),
+                |r| r.status == Status::ToSubmit,
+                |r| {
+                    r.status = Status::Running;
+                    r.attempts = attempt;
+                    r.retry_at = None;
+                },
+            )?;
+            let Some(rec) = taken else { continue };
             let args =
                 ClientRunnerArgs { ctx: self.ctx.clone(), connections: self.connections.clone(), id: rec.id.clone() };
             match Actor::spawn_linked(None, ClientRunner, args, myself.get_cell()).await {

@@ -262,15 +262,10 @@ impl Drive {
                     }
                     Output::Failed(f) => {
                         pump_stop.store(true, Ordering::Relaxed);
-                        final_status = recorded.then(|| self.failed(&f));
-                        if recorded {
-                            self.flush().await;
-                        } else {
-                            tracing::warn!(code = %f.code, message = %f.message, "request ended before it was recorded");
-                        }
                         if let Some(w) = writer.take() {
                             // On a resumable failure the written prefix is fsynced and
                             // becomes the restart point: nothing received is sent again.
+                            // Recorded before the final state, so one flush covers both.
                             if let (true, Ok(end)) = (is_resumable(f.code), w.finish().await) {
                                 let point = RestartPoint { offset: end.bytes, prefix_hash: end.hash };
                                 self.record(
@@ -284,6 +279,12 @@ impl Drive {
                                     },
                                 );
                             }
+                        }
+                        final_status = recorded.then(|| self.failed(&f));
+                        if recorded {
+                            self.flush().await;
+                        } else {
+                            tracing::warn!(code = %f.code, message = %f.message, "request ended before it was recorded");
                         }
                         if !recorded && self.session.role() == SessionRole::Requested && f.code == ErrorCode::Cancelled
                         {

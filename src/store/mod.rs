@@ -170,10 +170,25 @@ impl Store {
         message: &str,
         change: impl Fn(&mut RequestRecord),
     ) -> Result<RequestRecord, StoreError> {
+        self.update_if(id, message, |_| true, change)?.ok_or_else(|| StoreError::NotFound(id.clone()))
+    }
+
+    /// Like [`Store::update`], applied only if `cond` holds for the current
+    /// record, atomically with the change; `Ok(None)` when it does not.
+    pub fn update_if(
+        &self,
+        id: &RequestId,
+        message: &str,
+        cond: impl Fn(&RequestRecord) -> bool,
+        change: impl Fn(&mut RequestRecord),
+    ) -> Result<Option<RequestRecord>, StoreError> {
         let key = id.as_str().as_bytes();
         loop {
             let old_bytes = self.requests.get(key)?.ok_or_else(|| StoreError::NotFound(id.clone()))?;
             let old: RequestRecord = decode(key, &old_bytes)?;
+            if !cond(&old) {
+                return Ok(None);
+            }
             let mut new = old.clone();
             change(&mut new);
             new.updated_at = record::now_ms();
@@ -200,7 +215,7 @@ impl Store {
                     if message.is_empty() { format!("{:?} / {:?}", new.status, new.step) } else { message.into() };
                 self.append_log(&new, &msg)?;
             }
-            return Ok(new);
+            return Ok(Some(new));
         }
     }
 
