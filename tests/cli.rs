@@ -8,118 +8,18 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::procs::{NodeProc, BIN};
 use common::work_files;
 use ferry::api::{ApiClient, ClientError, TransferView};
 use ferry::cluster::LocalLayout;
 use ferry::protocol::{Digest, RequestId};
 use ferry::store::{Role, Status, Step};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ferry");
-
-/// Bound on a node's start-up and on a short command.
-const START_WITHIN: Duration = Duration::from_secs(30);
 /// Bound on a transfer.
 const TRANSFER_WITHIN: Duration = Duration::from_secs(300);
-
-/// A `ferry node` process; killed and reaped on drop unless it already ended.
-struct NodeProc {
-    id: String,
-    child: Option<Child>,
-    log: PathBuf,
-    api: String,
-}
-
-impl NodeProc {
-    /// Starts `ferry node --config CONFIG`, output to `LOG_DIR/ID-RUN.log`.
-    fn start(layout: &LocalLayout, id: &str, config: &Path, run: u32) -> NodeProc {
-        let log = layout.root.join(format!("{id}-{run}.log"));
-        let out = std::fs::File::create(&log).expect("node log file");
-        let err = out.try_clone().expect("node log file");
-        let child = Command::new(BIN)
-            .arg("node")
-            .arg("--config")
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .env_remove("FERRY_API")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("spawn ferry node");
-        let api = format!("http://{}", layout.config(id).expect("node in layout").api);
-        NodeProc { id: id.to_owned(), child: Some(child), log, api }
-    }
-
-    fn pid(&self) -> i32 {
-        i32::try_from(self.child.as_ref().expect("running").id()).expect("pid fits")
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn client(&self) -> ApiClient {
-        ApiClient::new(&self.api).expect("client").with_timeout(Duration::from_secs(10))
-    }
-
-    /// Polls (bounded) until the node's API answers; fails early if the process ended.
-    async fn wait_ready(&mut self) -> ApiClient {
-        let api = self.client().with_timeout(Duration::from_secs(2));
-        let deadline = Instant::now() + START_WITHIN;
-        loop {
-            if let Some(status) = self.child.as_mut().expect("running").try_wait().expect("try_wait") {
-                panic!("node {} exited ({status}) before its API answered:\n{}", self.id, self.log_text());
-            }
-            match api.node().await {
-                Ok(stats) => {
-                    assert_eq!(stats.node_id, self.id, "the API at {} is another node's", self.api);
-                    return self.client();
-                }
-                Err(ClientError::Unreachable { .. } | ClientError::Timeout { .. } | ClientError::Transport { .. }) => {}
-                Err(e) => panic!("node {} API: {e}", self.id),
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node {} API not up within {START_WITHIN:?}:\n{}",
-                self.id,
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Sends SIGTERM and waits (bounded) for the process to end.
-    async fn terminate(&mut self, within: Duration) -> ExitStatus {
-        // SAFETY: kill(2) on the pid of a child this struct owns and has not reaped.
-        let rc = unsafe { libc::kill(self.pid(), libc::SIGTERM) };
-        assert_eq!(rc, 0, "kill(SIGTERM): {}", std::io::Error::last_os_error());
-        let deadline = Instant::now() + within;
-        let mut child = self.child.take().expect("running");
-        loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                return status;
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("node {} still running {within:?} after SIGTERM:\n{}", self.id, self.log_text());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 /// A generated two-node layout with its configs on disk.
 fn two_nodes() -> (tempfile::TempDir, LocalLayout, Vec<PathBuf>) {
@@ -322,8 +222,8 @@ async fn send_get_status_and_log_drive_two_node_processes() {
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("cannot reach node API"), "{}", text(&out.stderr));
 
-    assert!(a.child.as_mut().expect("a").try_wait().expect("try_wait").is_none(), "node a still runs");
-    assert!(b.child.as_mut().expect("b").try_wait().expect("try_wait").is_none(), "node b still runs");
+    assert!(a.is_running(), "node a still runs");
+    assert!(b.is_running(), "node b still runs");
 }
 
 /// Polls (bounded) until `check` accepts the transfer's view on `api`.

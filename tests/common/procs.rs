@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ferry::api::{ApiClient, ClientError, LogLineView, TransferView};
@@ -93,6 +93,26 @@ impl NodeProc {
                 self.log_text()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the process to end.
+    pub async fn terminate(&mut self, within: Duration) -> ExitStatus {
+        // SAFETY: kill(2) on the pid of a child this struct owns and has not reaped.
+        let rc = unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill(SIGTERM): {}", std::io::Error::last_os_error());
+        let deadline = Instant::now() + within;
+        let mut child = self.child.take().expect("running");
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("node {} still running {within:?} after SIGTERM:\n{}", self.id, self.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
