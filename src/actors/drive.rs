@@ -668,6 +668,11 @@ impl Drive {
     }
 
     fn cleanup_after_failure(&self, f: &Failure) {
+        if self.superseded.load(Ordering::Relaxed) {
+            // The work file belongs to the newer run now: removing it would
+            // make that run recreate it with a zero-filled prefix.
+            return;
+        }
         // A lost connection or a shutdown leaves the work file for a resume;
         // anything else (bad data, cancel, refusal) removes it.
         if is_resumable(f.code) {
