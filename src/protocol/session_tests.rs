@@ -166,48 +166,32 @@ impl Driver {
 
 /// Runs a request to its end. `tamper(from_requester, msg)` may alter or drop messages in flight.
 fn run(req: Request, requested_claims: &str, source: &[u8], judge: Judge, tamper: Tamper) -> Outcome {
-    let mut d = Driver {
-        a: Session::requester("a", "b", Capabilities::default(), req),
-        b: Session::requested(requested_claims, "a", Capabilities::default()),
-        log_a: Vec::new(),
-        log_b: Vec::new(),
-        received: Vec::new(),
-        wrote: false,
-        source: source.to_vec(),
-        judge,
-        tamper,
-        steps: 0,
-        inbox_a: Default::default(),
-        inbox_b: Default::default(),
-    };
-    let first = d.a.start();
-    d.process(true, first);
-    loop {
-        if let Some(m) = d.inbox_b.pop_front() {
-            let outs = d.b.handle(m);
-            d.process(false, outs);
-        } else if let Some(m) = d.inbox_a.pop_front() {
-            let outs = d.a.handle(m);
-            d.process(true, outs);
-        } else {
-            break;
-        }
-    }
-    Outcome { requester: d.log_a, requested: d.log_b, received: d.received, wrote: d.wrote }
+    run_full(req, requested_claims, source, &[], judge, tamper)
 }
 
 /// Like [`run`], with the receiver holding `partial` from an earlier attempt.
 fn run_with_partial(req: Request, source: &[u8], partial: &[u8], judge: Judge) -> Outcome {
+    run_full(req, "b", source, partial, judge, no_tamper())
+}
+
+fn run_full(
+    req: Request,
+    requested_claims: &str,
+    source: &[u8],
+    partial: &[u8],
+    judge: Judge,
+    tamper: Tamper,
+) -> Outcome {
     let mut d = Driver {
         a: Session::requester("a", "b", Capabilities::default(), req),
-        b: Session::requested("b", "a", Capabilities::default()),
+        b: Session::requested(requested_claims, "a", Capabilities::default()),
         log_a: Vec::new(),
         log_b: Vec::new(),
         received: partial.to_vec(),
         wrote: false,
         source: source.to_vec(),
         judge,
-        tamper: no_tamper(),
+        tamper,
         steps: 0,
         inbox_a: Default::default(),
         inbox_b: Default::default(),
