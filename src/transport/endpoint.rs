@@ -195,13 +195,19 @@ pub fn make_endpoint(
     Ok(endpoint)
 }
 
-/// The endpoint config, with a stateless-reset key derived from the node's
-/// private key rather than a random one: after a crash and restart the node
-/// answers packets of its old connections with resets its peers accept, so
-/// they notice at once instead of waiting for the idle timeout.
+/// The endpoint config, with the stateless-reset key and the connection-ID
+/// key derived from the node's private key rather than random ones: after a
+/// crash and restart the node still recognises the connection IDs it issued
+/// (quinn drops packets whose CID fails its keyed check before considering a
+/// reset) and answers them with resets its peers accept, so they notice at
+/// once instead of waiting for the idle timeout.
 fn endpoint_config(id: &NodeIdentity) -> EndpointConfig {
     let secret = blake3::derive_key("ferry 2026-11 QUIC stateless reset key", id.key.secret_der());
-    EndpointConfig::new(Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret)))
+    let mut config = EndpointConfig::new(Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret)));
+    let cid = blake3::derive_key("ferry 2026-11 QUIC connection id key", id.key.secret_der());
+    let cid_key = u64::from_le_bytes(cid[..8].try_into().expect("a BLAKE3 key is 32 bytes"));
+    config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+    config
 }
 
 /// Best effort: a small buffer costs throughput, not correctness, so failures

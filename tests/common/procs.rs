@@ -43,7 +43,7 @@ impl NodeProc {
             .arg("node")
             .arg("--config")
             .arg(config)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", std::env::var("FERRY_TEST_NODE_LOG").unwrap_or_else(|_| "info".into()))
             .env_remove("FERRY_API")
             .stdin(Stdio::null())
             .stdout(out)
