@@ -112,7 +112,7 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        let db = sled::Config::new().path(dir).flush_every_ms(Some(500)).open()?;
+        let db = open_db(dir)?;
         let meta = db.open_tree("meta")?;
         match meta.get("schema")? {
             Some(v) => {
@@ -320,6 +320,26 @@ impl Store {
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         Ok(())
+    }
+}
+
+/// Opens sled, waiting (bounded) for its file lock: sled releases the lock
+/// of a database dropped in this process from a background thread, a moment
+/// after the last handle is gone, so a store reopened at once (a node
+/// restarted in the same process) may find it still held.
+fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
+    const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match sled::Config::new().path(dir).flush_every_ms(Some(500)).open() {
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                if std::time::Instant::now() >= deadline {
+                    return Err(StoreError::Sled(sled::Error::Io(e)));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => return Ok(r?),
+        }
     }
 }
 
