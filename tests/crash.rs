@@ -20,7 +20,7 @@ use ferry::api::{ApiClient, LogLineView, TransferView};
 use ferry::cluster::LocalLayout;
 use ferry::config::{OnResumeMismatch, RetryPolicy, Rule};
 use ferry::node::Submit;
-use ferry::protocol::{Compression, Digest, Direction};
+use ferry::protocol::{Digest, Direction};
 use ferry::store::Status;
 
 const MIB: u64 = 1 << 20;
@@ -48,16 +48,7 @@ fn tweak(layout: &mut LocalLayout) {
 }
 
 fn request(direction: Direction, rule: &str, file: &str) -> Submit {
-    Submit {
-        partner: "b".into(),
-        rule: rule.into(),
-        direction,
-        file: file.into(),
-        external_job_id: None,
-        transfer_info: String::new(),
-        block_size: None,
-        compression: Compression::None,
-    }
+    Submit { rule: rule.into(), ..common::submit(direction, "b", file) }
 }
 
 async fn log_of(api: &ApiClient, id: &str) -> Vec<LogLineView> {

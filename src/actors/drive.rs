@@ -121,19 +121,18 @@ impl Drive {
         }
     }
 
-    /// Runs the session to its end; returns the final status this node recorded.
-    pub async fn run(self, first: Vec<Output>, control: mpsc::Receiver<Control>) -> Option<Status> {
+    /// Runs the session to its end (the outcome is in the store).
+    pub async fn run(self, first: Vec<Output>, control: mpsc::Receiver<Control>) {
         let ctx = self.ctx.clone();
         let token = self.token;
         ctx.open_channels.fetch_add(1, Ordering::Relaxed);
-        let (status, id) = self.run_inner(first, control).await;
+        let id = self.run_inner(first, control).await;
         ctx.open_channels.fetch_sub(1, Ordering::Relaxed);
         if let Ok(mut serving) = ctx.serving.lock() {
             if serving.get(&id).is_some_and(|(t, _)| *t == token) {
                 serving.remove(&id);
             }
-        }
-        status
+        };
     }
 
     /// Requested side: this run now serves `id`; an older run still alive
@@ -148,18 +147,13 @@ impl Drive {
         }
     }
 
-    async fn run_inner(
-        mut self,
-        first: Vec<Output>,
-        mut control: mpsc::Receiver<Control>,
-    ) -> (Option<Status>, RequestId) {
+    async fn run_inner(mut self, first: Vec<Output>, mut control: mpsc::Receiver<Control>) -> RequestId {
         let mut pending: std::collections::VecDeque<Output> = first.into();
         let mut pump: Option<mpsc::Receiver<PumpEvent>> = None;
         let pump_stop = Arc::new(AtomicBool::new(false));
         let mut writer: Option<BlockWriter> = None;
         let mut last_progress = Instant::now();
         let mut recorded = false; // whether this node holds a record of the request
-        let mut final_status = None;
         let mut shutdown = self.ctx.shutdown.clone();
         if self.session.role() == SessionRole::Requester {
             recorded = true;
@@ -258,7 +252,6 @@ impl Drive {
                         });
                         self.flush().await;
                         tracing::info!(target: AUDIT, event = "done", request_id = %self.session.request_id(), partner = %self.partner, bytes = end.as_ref().map_or(0, |e| e.bytes));
-                        final_status = Some(Status::Done);
                     }
                     Output::Failed(f) => {
                         pump_stop.store(true, Ordering::Relaxed);
@@ -280,8 +273,8 @@ impl Drive {
                                 );
                             }
                         }
-                        final_status = recorded.then(|| self.failed(&f));
                         if recorded {
+                            self.failed(&f);
                             self.flush().await;
                         } else {
                             tracing::warn!(code = %f.code, message = %f.message, "request ended before it was recorded");
@@ -350,7 +343,7 @@ impl Drive {
         }
         // Let the last message reach the peer before the stream is dropped.
         self.writer.finish();
-        (final_status, self.session.request_id().clone())
+        self.session.request_id().clone()
     }
 
     /// Why the channel was lost: a peer that closed the connection because it
@@ -806,14 +799,6 @@ pub fn spawn_runner_task<M: ractor::Message>(
         }
         myself.stop(None);
     });
-}
-
-/// The request id, for spans, before the session knows it.
-pub fn span_for(id: Option<&RequestId>, partner: &str) -> tracing::Span {
-    match id {
-        Some(id) => tracing::info_span!("request", request_id = %id, partner = %partner),
-        None => tracing::info_span!("request", request_id = tracing::field::Empty, partner = %partner),
-    }
 }
 
 /// The error for a resume whose prefixes differ, when the rule says to fail.

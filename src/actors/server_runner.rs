@@ -44,7 +44,8 @@ impl Actor for ServerRunner {
         args: ServerRunnerArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         let (tx, rx) = mpsc::channel(4);
-        let span = drive::span_for(None, &args.partner);
+        // The request id is learnt from the partner's Request (recorded into the span then).
+        let span = tracing::info_span!("request", request_id = tracing::field::Empty, partner = %args.partner);
         let work = async move {
             let session = Session::requested(&args.ctx.config.node_id, &args.partner, args.ctx.capabilities.clone());
             let drive = Drive::new(

@@ -131,9 +131,4 @@ impl FrameWriter {
     pub fn finish(&mut self) {
         let _ = self.send.finish();
     }
-
-    /// Waits until the peer has received everything we sent (or the stream broke).
-    pub async fn stopped(&mut self) {
-        let _ = self.send.stopped().await;
-    }
 }
