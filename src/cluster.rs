@@ -68,11 +68,18 @@ impl LocalLayout {
                 retry: Default::default(),
                 connect_timeout_ms: 5_000,
                 tls: TlsPaths { cert: p.cert, key: p.key, ca: p.ca },
+                cluster: Default::default(),
+                groups: vec![],
                 partners: ids
                     .iter()
                     .enumerate()
                     .filter(|(j, _)| *j != i)
-                    .map(|(j, other)| Partner { id: other.to_string(), address: quic[j], aliases: vec![] })
+                    .map(|(j, other)| Partner {
+                        id: other.to_string(),
+                        address: quic[j],
+                        aliases: vec![],
+                        keep_connected: false,
+                    })
                     .collect(),
                 rules: vec![Rule {
                     name: "default".into(),

@@ -60,6 +60,52 @@ pub struct Partner {
     pub address: SocketAddr,
     #[serde(default)]
     pub aliases: Vec<String>,
+    /// Keep an outbound connection to this partner at all times (redialed
+    /// when lost), so a node behind a firewall stays reachable through it.
+    #[serde(default)]
+    pub keep_connected: bool,
+}
+
+/// A name that stands for several partners able to serve the same rules; a
+/// request to a group goes to one available member.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Group {
+    pub name: String,
+    pub members: Vec<String>,
+}
+
+/// How a node watches its partners and reaches those behind firewalls.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct ClusterSettings {
+    /// A heartbeat (Ping) goes to every connected partner this often.
+    pub heartbeat_ms: u64,
+    /// A partner that has not answered a heartbeat for this long is unavailable.
+    pub heartbeat_timeout_ms: u64,
+    /// How often an unavailable partner with waiting requests is dialed again.
+    pub probe_interval_ms: u64,
+    /// How long a request waits for an unavailable partner before it ends
+    /// `InError` with the last cause.
+    pub partner_wait_secs: u64,
+    /// After a direct dial failed, how long to wait for the partner to dial
+    /// back when asked through a relay (reverse connect).
+    pub reverse_connect_timeout_ms: u64,
+    /// Partners asked to relay a dial-back request; empty: every partner
+    /// this node is connected to.
+    pub relays: Vec<String>,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            heartbeat_ms: 1_000,
+            heartbeat_timeout_ms: 3_500,
+            probe_interval_ms: 2_000,
+            partner_wait_secs: 3_600,
+            reverse_connect_timeout_ms: 5_000,
+            relays: Vec::new(),
+        }
+    }
 }
 
 /// How an interrupted request is retried: `attempts` runs in all, the
@@ -168,7 +214,11 @@ pub struct NodeConfig {
     pub connect_timeout_ms: u64,
     pub tls: TlsPaths,
     #[serde(default)]
+    pub cluster: ClusterSettings,
+    #[serde(default)]
     pub partners: Vec<Partner>,
+    #[serde(default)]
+    pub groups: Vec<Group>,
     #[serde(default)]
     pub rules: Vec<Rule>,
 }
@@ -232,6 +282,30 @@ impl NodeConfig {
                 }
             }
         }
+        for g in &self.groups {
+            if !names.insert(g.name.as_str()) {
+                return Err(format!("group name {:?} is already a partner name, alias or group", g.name));
+            }
+            if g.members.is_empty() {
+                return Err(format!("group {:?} has no members", g.name));
+            }
+            for m in &g.members {
+                if self.partners.iter().all(|p| &p.id != m) {
+                    return Err(format!("group {:?}: member {m:?} is not a partner id", g.name));
+                }
+            }
+        }
+        for r in &self.cluster.relays {
+            if self.partners.iter().all(|p| &p.id != r) {
+                return Err(format!("cluster.relays: {r:?} is not a partner id"));
+            }
+        }
+        if self.cluster.heartbeat_ms == 0 || self.cluster.probe_interval_ms == 0 {
+            return Err("cluster.heartbeat_ms and cluster.probe_interval_ms must be at least 1".into());
+        }
+        if self.cluster.heartbeat_timeout_ms <= self.cluster.heartbeat_ms {
+            return Err("cluster.heartbeat_timeout_ms must be longer than cluster.heartbeat_ms".into());
+        }
         let mut rules = HashSet::new();
         for r in &self.rules {
             if !rules.insert(r.name.as_str()) {
@@ -244,6 +318,18 @@ impl NodeConfig {
     /// Resolves a partner id or alias to the partner.
     pub fn partner(&self, name: &str) -> Option<&Partner> {
         self.partners.iter().find(|p| p.id == name || p.aliases.iter().any(|a| a == name))
+    }
+
+    /// Whether `partner` (an id) may use `rule`: named in it directly, as
+    /// `"*"`, or through a group it belongs to.
+    pub fn rule_allows(&self, rule: &Rule, partner: &str) -> bool {
+        rule.allows(partner)
+            || rule.partners.iter().any(|n| self.group(n).is_some_and(|g| g.members.iter().any(|m| m == partner)))
+    }
+
+    /// Resolves a group name to its group.
+    pub fn group(&self, name: &str) -> Option<&Group> {
+        self.groups.iter().find(|g| g.name == name)
     }
 
     pub fn rule(&self, name: &str) -> Option<&Rule> {

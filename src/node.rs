@@ -20,9 +20,12 @@ use ractor::{Actor, ActorRef};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::actors::availability::{Availability, PartnerHealth, PartnerState};
 use crate::actors::client_runner::tell_cancel;
 use crate::actors::commander::CommanderMsg;
 use crate::actors::connections::{self, ConnectionsMsg, CLOSE_SHUTDOWN};
+use crate::actors::control_plane::request_state;
+use crate::protocol::control::RequestState;
 use crate::actors::drive::{self, Control, AUDIT};
 use crate::actors::supervisor::{Supervisor, SupervisorMsg};
 use crate::config::NodeConfig;
@@ -76,6 +79,8 @@ pub struct NodeContext {
     /// The requested-side runner currently serving each request: a token,
     /// and the flag that tells an older runner it was superseded.
     pub serving: std::sync::Mutex<std::collections::HashMap<RequestId, (u64, Arc<std::sync::atomic::AtomicBool>)>>,
+    /// What this node knows of each partner's reachability.
+    pub availability: Availability,
     actors: RwLock<Option<ActorRefs>>,
 }
 
@@ -92,9 +97,15 @@ impl NodeContext {
 }
 
 /// A transfer to submit.
+///
+/// Submitted to the node that takes part in it, `partner` names the other
+/// node (id, alias or group). Submitted anywhere in the cluster, `source`
+/// and `target` name the node that has the file and the node that gets it
+/// (see [`NodeHandle::submit_anywhere`]).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Submit {
-    /// Partner id or alias.
+    /// Partner id, alias or group.
+    #[serde(default)]
     pub partner: String,
     pub rule: String,
     pub direction: Direction,
@@ -109,6 +120,12 @@ pub struct Submit {
     pub block_size: Option<u32>,
     #[serde(default)]
     pub compression: Compression,
+    /// Submit anywhere: the node that sends the file.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// Submit anywhere: the node that receives the file.
+    #[serde(default)]
+    pub target: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +145,12 @@ pub enum SubmitError {
     BadBlockSize(String),
     #[error("the node is shutting down")]
     ShuttingDown,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unreachable(String),
+    #[error("node {node} refused the transfer: {message}")]
+    Refused { node: String, code: ErrorCode, message: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -142,7 +165,27 @@ impl SubmitError {
             SubmitError::FileNotFound(_) => "file_not_found",
             SubmitError::BadBlockSize(_) => "bad_block_size",
             SubmitError::ShuttingDown => "shutting_down",
+            SubmitError::BadRequest(_) => "bad_request",
+            SubmitError::Unreachable(_) => "unreachable",
+            SubmitError::Refused { .. } => "refused",
             SubmitError::Store(_) => "store",
+        }
+    }
+
+    /// The protocol error code a refused handover carries back.
+    pub fn error_code(&self) -> ErrorCode {
+        match self {
+            SubmitError::UnknownPartner(_) => ErrorCode::UnknownPartner,
+            SubmitError::UnknownRule(_) => ErrorCode::UnknownRule,
+            SubmitError::RuleNotAllowed { .. } => ErrorCode::RuleNotAllowed,
+            SubmitError::BadFileName(_) => ErrorCode::BadFileName,
+            SubmitError::FileNotFound(_) => ErrorCode::FileNotFound,
+            SubmitError::BadBlockSize(_) => ErrorCode::CapabilityMismatch,
+            SubmitError::ShuttingDown => ErrorCode::Shutdown,
+            SubmitError::BadRequest(_) => ErrorCode::Protocol,
+            SubmitError::Unreachable(_) => ErrorCode::Connection,
+            SubmitError::Refused { code, .. } => *code,
+            SubmitError::Store(_) => ErrorCode::Internal,
         }
     }
 }
@@ -185,6 +228,73 @@ pub struct NodeStats {
     pub running_requests: usize,
 }
 
+/// How long one control exchange started by the API may take.
+const CONTROL_ASK_LIMIT: Duration = Duration::from_secs(10);
+
+/// Where a request submitted anywhere went.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClusterSubmitted {
+    pub id: RequestId,
+    /// The node that runs the request (its requester).
+    pub holder: String,
+    pub state: RequestState,
+}
+
+/// A request as its two nodes know it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClusterView {
+    pub id: String,
+    /// The node that runs the request (its requester), if found.
+    pub holder: Option<String>,
+    /// The status both nodes agree on, else the holder's.
+    pub status: Option<String>,
+    /// Both nodes answered and agree on the status.
+    pub agreed: bool,
+    /// Each node's record, by node id.
+    pub nodes: Vec<RequestState>,
+    /// Nodes that could not be asked, and why.
+    pub unreachable: Vec<String>,
+}
+
+/// One partner as the API lists it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PartnerView {
+    pub id: String,
+    pub aliases: Vec<String>,
+    pub address: String,
+    pub state: PartnerState,
+    /// Unix milliseconds of the last state change.
+    pub since_ms: Option<u64>,
+    /// Round-trip time of the last heartbeat, milliseconds.
+    pub rtt_ms: Option<f64>,
+    /// Live QUIC connections to it.
+    pub connections: usize,
+    pub last_error: Option<String>,
+    pub keep_connected: bool,
+}
+
+/// `GET /api/v1/partners`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PartnersView {
+    pub node_id: String,
+    pub partners: Vec<PartnerView>,
+    pub groups: Vec<crate::config::Group>,
+}
+
+/// See [`NodeHandle::pick_member`].
+pub(crate) fn pick_member(ctx: &NodeContext, members: &[String], avoid: Option<&str>) -> String {
+    let rank = |m: &String| {
+        let state = ctx.availability.get(m).state;
+        let base = match state {
+            PartnerState::Available => 0,
+            PartnerState::Unknown => 1,
+            PartnerState::Unavailable => 2,
+        };
+        base + if Some(m.as_str()) == avoid { 3 } else { 0 }
+    };
+    members.iter().min_by_key(|m| rank(m)).cloned().unwrap_or_default()
+}
+
 /// A cheap, cloneable handle to a running node.
 #[derive(Clone)]
 pub struct NodeHandle {
@@ -207,14 +317,29 @@ impl NodeHandle {
     /// Records a new request and queues it. The record is on disk before
     /// this returns, so an acknowledged request survives a crash.
     pub async fn submit(&self, s: Submit) -> Result<RequestRecord, SubmitError> {
+        self.submit_as(s, RequestId::generate(), None).await
+    }
+
+    /// Records a request under `id` (chosen here, or by the node that
+    /// handed it over) and queues it.
+    async fn submit_as(
+        &self,
+        s: Submit,
+        id: RequestId,
+        submitted_on: Option<String>,
+    ) -> Result<RequestRecord, SubmitError> {
         let cfg = &self.ctx.config;
         if *self.ctx.shutdown.borrow() {
             return Err(SubmitError::ShuttingDown);
         }
-        let partner = cfg.partner(&s.partner).ok_or_else(|| SubmitError::UnknownPartner(s.partner.clone()))?;
+        let (partner, group) = match (cfg.partner(&s.partner), cfg.group(&s.partner)) {
+            (Some(p), _) => (p.id.clone(), None),
+            (None, Some(g)) => (self.pick_member(&g.members, None), Some(g.name.clone())),
+            (None, None) => return Err(SubmitError::UnknownPartner(s.partner.clone())),
+        };
         let rule = cfg.rule(&s.rule).ok_or_else(|| SubmitError::UnknownRule(s.rule.clone()))?;
-        if !rule.allows(&partner.id) {
-            return Err(SubmitError::RuleNotAllowed { rule: s.rule, partner: partner.id.clone() });
+        if !cfg.rule_allows(rule, &partner) {
+            return Err(SubmitError::RuleNotAllowed { rule: s.rule, partner });
         }
         check_file_name(&s.file).map_err(SubmitError::BadFileName)?;
         let block_size = s.block_size.unwrap_or(cfg.block_size);
@@ -235,9 +360,17 @@ impl NodeHandle {
             size,
             external_job_id: s.external_job_id,
             transfer_info: s.transfer_info,
-            ..RequestRecord::new(RequestId::generate(), Role::Requester, &partner.id, &s.rule, s.direction, &s.file)
+            group: group.clone(),
+            submitted_on: submitted_on.clone(),
+            ..RequestRecord::new(id, Role::Requester, &partner, &s.rule, s.direction, &s.file)
         };
-        let msg = format!("submitted: {:?} {:?} with {} under rule {:?}", s.direction, s.file, partner.id, s.rule);
+        let mut msg = format!("submitted: {:?} {:?} with {partner} under rule {:?}", s.direction, s.file, s.rule);
+        if let Some(g) = &group {
+            msg.push_str(&format!(" (member {partner} of group {g} chosen)"));
+        }
+        if let Some(n) = &submitted_on {
+            msg.push_str(&format!("; handed over by node {n}, whose API took it"));
+        }
         let rec = self.ctx.store.insert(rec, &msg)?;
         self.ctx.store.flush().await?;
         tracing::info!(target: AUDIT, event = "submitted", request_id = %rec.id, partner = %rec.partner, direction = ?rec.direction, file = %rec.file_name);
@@ -245,6 +378,214 @@ impl NodeHandle {
             let _ = a.commander.cast(CommanderMsg::Wake);
         }
         Ok(rec)
+    }
+
+    pub(crate) fn from_context(ctx: Arc<NodeContext>) -> NodeHandle {
+        NodeHandle { ctx }
+    }
+
+    /// Chooses a group member for a request: an available one first, then
+    /// one not known to be unavailable, in the group's order; `avoid` (the
+    /// member that just failed) is taken only if nothing else is left.
+    pub(crate) fn pick_member(&self, members: &[String], avoid: Option<&str>) -> String {
+        pick_member(&self.ctx, members, avoid)
+    }
+
+    /// Takes over a request another node's API accepted (submit anywhere):
+    /// recorded here, as requester, under the id that node chose. Asking
+    /// again with the same id answers with the existing record.
+    pub async fn accept_handover(
+        &self,
+        h: crate::protocol::control::Handover,
+        from: &str,
+    ) -> Result<RequestRecord, SubmitError> {
+        if let Some(rec) = self.ctx.store.get(&h.id)? {
+            return Ok(rec);
+        }
+        let s = Submit {
+            partner: h.partner,
+            rule: h.rule,
+            direction: h.direction,
+            file: h.file,
+            external_job_id: h.external_job_id,
+            transfer_info: h.transfer_info,
+            block_size: h.block_size,
+            compression: h.compression,
+            source: None,
+            target: None,
+        };
+        let submitted_on = if h.submitted_on == from { h.submitted_on } else { format!("{} (via {from})", h.submitted_on) };
+        self.submit_as(s, h.id, Some(submitted_on)).await
+    }
+
+    /// Submits a transfer from `source` to `target`, either of which may be
+    /// another node: run here if this node is one of them, else handed over
+    /// to the source (a push) or, if the source cannot be reached, to the
+    /// target (a pull). Tracked under one id everywhere.
+    pub async fn submit_anywhere(&self, s: Submit) -> Result<ClusterSubmitted, SubmitError> {
+        let me = self.ctx.config.node_id.clone();
+        let resolve = |name: &str| -> Result<String, SubmitError> {
+            if name == me {
+                return Ok(me.clone());
+            }
+            self.ctx.config.partner(name).map(|p| p.id.clone()).ok_or_else(|| SubmitError::UnknownPartner(name.into()))
+        };
+        let source = resolve(s.source.as_deref().unwrap_or(&me))?;
+        let target_name = s.target.clone().unwrap_or_else(|| s.partner.clone());
+        if target_name.is_empty() {
+            return Err(SubmitError::BadRequest("a transfer needs a target (or partner)".into()));
+        }
+        // A group target is resolved by the node that runs the request.
+        let target = if self.ctx.config.group(&target_name).is_some() { target_name } else { resolve(&target_name)? };
+        if source == target {
+            return Err(SubmitError::BadRequest(format!("source and target are the same node ({source})")));
+        }
+        let local = |partner: String, direction| Submit { partner, direction, source: None, target: None, ..s.clone() };
+        if source == me {
+            let rec = self.submit(local(target, Direction::Push)).await?;
+            return Ok(ClusterSubmitted { id: rec.id.clone(), holder: me.clone(), state: request_state(&me, &rec) });
+        }
+        if target == me {
+            let rec = self.submit(local(source, Direction::Pull)).await?;
+            return Ok(ClusterSubmitted { id: rec.id.clone(), holder: me.clone(), state: request_state(&me, &rec) });
+        }
+        let id = RequestId::generate();
+        let handover = |partner: &str, direction| crate::protocol::control::Handover {
+            id: id.clone(),
+            partner: partner.to_owned(),
+            direction,
+            rule: s.rule.clone(),
+            file: s.file.clone(),
+            external_job_id: s.external_job_id.clone(),
+            transfer_info: s.transfer_info.clone(),
+            block_size: s.block_size,
+            compression: s.compression,
+            submitted_on: me.clone(),
+        };
+        let mut unreachable = Vec::new();
+        let tries = [(source.clone(), handover(&target, Direction::Push)), (target.clone(), handover(&source, Direction::Pull))];
+        for (node, h) in tries {
+            if self.ctx.config.partner(&node).is_none() {
+                continue; // a group target: only its source can run it
+            }
+            match self.ask(&node, crate::protocol::control::Ask::Handover(h)).await {
+                Ok(crate::protocol::control::Answer::Accepted(state)) => {
+                    tracing::info!(target: AUDIT, event = "submitted", request_id = %id, holder = %node, "handed over");
+                    return Ok(ClusterSubmitted { id, holder: node, state });
+                }
+                Ok(crate::protocol::control::Answer::Refused { code, message }) => {
+                    return Err(SubmitError::Refused { node, code, message })
+                }
+                Ok(other) => unreachable.push(format!("{node}: unexpected answer {other:?}")),
+                Err(why) => unreachable.push(why),
+            }
+        }
+        Err(SubmitError::Unreachable(format!(
+            "neither {source} nor {target} could take the transfer: {}",
+            unreachable.join("; ")
+        )))
+    }
+
+    /// One control exchange with a partner, connecting if needed.
+    async fn ask(
+        &self,
+        partner: &str,
+        question: crate::protocol::control::Ask,
+    ) -> Result<crate::protocol::control::Answer, String> {
+        let Some(a) = self.ctx.actors() else { return Err("the node is not running".into()) };
+        let link = connections::connect(&a.connections, partner).await.map_err(|e| e.message)?;
+        transport::control::ask(&link.conn, &question, CONTROL_ASK_LIMIT)
+            .await
+            .map_err(|e| format!("{partner} did not answer: {e}"))
+    }
+
+    /// The cluster-wide view of a request: what each of its two nodes knows,
+    /// from this node's store and by asking its partners.
+    pub async fn cluster_view(&self, id: &RequestId) -> ClusterView {
+        let me = self.ctx.config.node_id.clone();
+        let mut nodes = Vec::new();
+        let mut unreachable = Vec::new();
+        let mut ask_next: Vec<String> = Vec::new();
+        match self.ctx.store.get(id) {
+            Ok(Some(rec)) => {
+                ask_next.push(rec.partner.clone());
+                nodes.push(request_state(&me, &rec));
+            }
+            _ => ask_next.extend(self.ctx.config.partners.iter().map(|p| p.id.clone())),
+        }
+        let mut asked = std::collections::HashSet::new();
+        while !ask_next.is_empty() {
+            let round: Vec<String> = ask_next.drain(..).filter(|n| *n != me && asked.insert(n.clone())).collect();
+            let mut set = tokio::task::JoinSet::new();
+            for n in round {
+                let (me, q) = (self.clone(), crate::protocol::control::Ask::Query(id.clone()));
+                set.spawn(async move {
+                    let a = tokio::time::timeout(CONTROL_ASK_LIMIT, me.ask(&n, q)).await;
+                    (n, a)
+                });
+            }
+            while let Some(joined) = set.join_next().await {
+                let Ok((node, a)) = joined else { continue };
+                match a {
+                    Ok(Ok(crate::protocol::control::Answer::State(Some(st)))) => {
+                        // The request's other node, if this one did not know it.
+                        if nodes.iter().all(|n: &crate::protocol::control::RequestState| n.node != st.partner) {
+                            ask_next.push(st.partner.clone());
+                        }
+                        nodes.push(st);
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(why)) => unreachable.push(why),
+                    Err(_) => unreachable.push(format!("{node} did not answer in time")),
+                }
+            }
+            // Only the request's two nodes matter once one of them is found.
+            if !nodes.is_empty() {
+                ask_next.retain(|n| nodes.iter().any(|st| &st.partner == n));
+            }
+        }
+        nodes.sort_by(|a, b| a.node.cmp(&b.node));
+        let holder = nodes.iter().find(|n| n.role == "Requester").map(|n| n.node.clone());
+        let status = match nodes.first() {
+            Some(first) if nodes.iter().all(|n| n.status == first.status) => Some(first.status.clone()),
+            _ => holder.as_ref().and_then(|h| nodes.iter().find(|n| &n.node == h)).map(|n| n.status.clone()),
+        };
+        let agreed = nodes.len() == 2 && nodes.iter().all(|n| Some(&n.status) == status.as_ref());
+        ClusterView { id: id.to_string(), holder, status, agreed, nodes, unreachable }
+    }
+
+    /// What this node knows of a partner's reachability.
+    pub fn availability_of(&self, partner: &str) -> PartnerState {
+        self.ctx.availability.get(partner).state
+    }
+
+    /// Every configured partner with its availability, and the groups.
+    pub async fn partners(&self) -> PartnersView {
+        let counts = match self.ctx.actors() {
+            Some(a) => ractor::call!(a.connections, ConnectionsMsg::Counts).unwrap_or_default(),
+            None => BTreeMap::new(),
+        };
+        let partners = self
+            .ctx
+            .config
+            .partners
+            .iter()
+            .map(|p| {
+                let h: PartnerHealth = self.ctx.availability.get(&p.id);
+                PartnerView {
+                    id: p.id.clone(),
+                    aliases: p.aliases.clone(),
+                    address: p.address.to_string(),
+                    state: h.state,
+                    since_ms: h.since_ms,
+                    rtt_ms: h.rtt_ms,
+                    connections: counts.get(&p.id).copied().unwrap_or(0),
+                    last_error: h.last_error,
+                    keep_connected: p.keep_connected,
+                }
+            })
+            .collect();
+        PartnersView { node_id: self.ctx.config.node_id.clone(), partners, groups: self.ctx.config.groups.clone() }
     }
 
     fn own(&self, id: &RequestId) -> Result<RequestRecord, CommandError> {
@@ -400,6 +741,7 @@ impl Node {
             open_channels: AtomicUsize::new(0),
             running_requests: AtomicUsize::new(0),
             serving: Default::default(),
+            availability: Availability::default(),
             actors: RwLock::new(None),
         });
         let (supervisor, _) =

@@ -30,7 +30,7 @@ async fn raw_peer(layout: &Layout, who: &str, to: &str) -> (quinn::Endpoint, qui
 
 async fn channel(conn: &quinn::Connection) -> (FrameWriter, FrameReader) {
     let (s, r) = conn.open_bi().await.expect("open channel");
-    (FrameWriter::new(s), FrameReader::new(r))
+    (FrameWriter::opened(s, StreamKind::Request), FrameReader::new(r))
 }
 
 async fn next(r: &mut FrameReader) -> Message {

@@ -12,12 +12,12 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use super::connections::ConnectionsMsg;
+use super::connections::{self, ConnectionsMsg};
 use super::drive::{self, Control, Drive, Files};
 use crate::node::NodeContext;
 use crate::protocol::{
-    Authent, Cancel, Direction, EndTransfer, ErrorCode, Message, Request, RequestId, Session, Startup, TransferOptions,
-    PROTOCOL_VERSION,
+    Authent, Cancel, Direction, EndTransfer, ErrorCode, Message, Request, RequestId, Session, Startup, StreamKind,
+    TransferOptions, PROTOCOL_VERSION,
 };
 use crate::store::{RequestError, Status};
 use crate::transfer::receive;
@@ -109,7 +109,7 @@ async fn run(args: ClientRunnerArgs, mut control: mpsc::Receiver<Control>) {
         let msg = format!("rule {:?} does not exist on node {}", rec.rule, ctx.config.node_id);
         return fail_early(&ctx, &id, ErrorCode::UnknownRule, msg).await;
     };
-    if !rule.allows(&rec.partner) {
+    if !ctx.config.rule_allows(rule, &rec.partner) {
         let msg = format!("partner {} may not use rule {:?} on node {}", rec.partner, rec.rule, ctx.config.node_id);
         return fail_early(&ctx, &id, ErrorCode::RuleNotAllowed, msg).await;
     }
@@ -160,20 +160,22 @@ async fn run(args: ClientRunnerArgs, mut control: mpsc::Receiver<Control>) {
         }
         files.recv_dir = Some(dir);
     }
-    let got = ractor::call!(args.connections, ConnectionsMsg::Get, rec.partner.clone());
+    let got = connections::connect(&args.connections, &rec.partner).await;
     // An operator command that arrived while the partner was being dialed
     // wins over the dial's outcome; once the channel is open, the session
     // handles commands itself.
     if let Ok(c) = control.try_recv() {
         return apply_before_channel(&ctx, &args.connections, &rec, c).await;
     }
-    let conn = match got {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => return fail_early(&ctx, &id, e.code, e.message).await,
-        Err(e) => {
-            return fail_early(&ctx, &id, ErrorCode::Internal, format!("connection manager unavailable: {e}")).await
-        }
+    let link = match got {
+        Ok(l) => l,
+        Err(e) => return fail_early(&ctx, &id, e.code, e.message).await,
     };
+    let _channel = link.channel_guard();
+    let conn = link.conn.clone();
+    if let Err(e) = ctx.store.log(&id, &format!("channel opened on the connection {}", link.origin)) {
+        tracing::error!(request_id = %id, error = %e, "cannot log");
+    }
     let (send, recv) = match conn.open_bi().await {
         Ok(s) => s,
         Err(e) => {
@@ -182,7 +184,7 @@ async fn run(args: ClientRunnerArgs, mut control: mpsc::Receiver<Control>) {
                 rec.partner,
                 crate::transport::channel::describe_connection(&e)
             );
-            return fail_early(&ctx, &id, super::connections::close_code(&e), msg).await;
+            return fail_early(&ctx, &id, connections::close_code(&e), msg).await;
         }
     };
     let request = Request {
@@ -205,7 +207,7 @@ async fn run(args: ClientRunnerArgs, mut control: mpsc::Receiver<Control>) {
         ctx.clone(),
         rec.partner.clone(),
         session,
-        (FrameReader::new(recv), FrameWriter::new(send)),
+        (FrameReader::new(recv), FrameWriter::opened(send, StreamKind::Request)),
         Some(conn),
         files,
     );
@@ -256,11 +258,10 @@ async fn apply_before_channel(
 /// sends Startup, Authent and Cancel. The outcome goes to the job log.
 pub async fn tell_cancel(ctx: Arc<NodeContext>, connections: ActorRef<ConnectionsMsg>, id: RequestId, partner: String) {
     let told = async {
-        let conn = ractor::call!(connections, ConnectionsMsg::Get, partner.clone())
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.message)?;
-        let (send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-        let (mut w, mut r) = (FrameWriter::new(send), FrameReader::new(recv));
+        let link = connections::connect(&connections, &partner).await.map_err(|e| e.message)?;
+        let _channel = link.channel_guard();
+        let (send, recv) = link.conn.open_bi().await.map_err(|e| e.to_string())?;
+        let (mut w, mut r) = (FrameWriter::opened(send, StreamKind::Request), FrameReader::new(recv));
         let msgs = [
             Message::Startup(Startup { version: PROTOCOL_VERSION, request_id: id.clone() }),
             Message::Authent(Authent { host_id: ctx.config.node_id.clone(), capabilities: ctx.capabilities.clone() }),

@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 
@@ -19,7 +20,7 @@ use super::connections::ConnectionsMsg;
 use super::drive::Control;
 use crate::node::NodeContext;
 use crate::protocol::{ErrorCode, RequestId};
-use crate::store::{RequestError, Role, Status};
+use crate::store::{RequestError, RequestRecord, Role, Status};
 
 pub enum CommanderMsg {
     /// New requests may be queued.
@@ -28,6 +29,9 @@ pub enum CommanderMsg {
     Retry(RequestId),
     /// Forward a control command to the runner of a request, if it runs here.
     Control(RequestId, Control),
+    /// Probe the partners requests are waiting for, and check how long
+    /// they have waited.
+    Tick,
 }
 
 pub struct CommanderArgs {
@@ -43,6 +47,10 @@ pub struct CommanderState {
     ctx: Arc<NodeContext>,
     connections: ActorRef<ConnectionsMsg>,
     running: HashMap<ActorId, (RequestId, ActorRef<ClientRunnerMsg>)>,
+    /// Queued requests passed over because their partner is unavailable,
+    /// with when they started waiting (in memory: a restart waits afresh).
+    waiting: HashMap<RequestId, (String, Instant)>,
+    tick_scheduled: bool,
 }
 
 impl CommanderState {
@@ -58,18 +66,39 @@ impl CommanderState {
         if free == 0 {
             return Ok(());
         }
-        for rec in self.ctx.store.queued(free)? {
+        let ctx = self.ctx.clone();
+        let mut passed_over = Vec::new();
+        let picked = ctx.store.queued_where(free, |rec| {
+            if !ctx.availability.is_unavailable(&rec.partner) || movable_member(&ctx, rec).is_some() {
+                return true;
+            }
+            passed_over.push((rec.id.clone(), rec.partner.clone()));
+            false
+        })?;
+        self.wait_for_partners(myself, passed_over).await?;
+        for rec in picked {
+            self.waiting.remove(&rec.id);
+            // A group request that has sent nothing moves to an available
+            // member; one with data at its member stays there.
+            let member = movable_member(&self.ctx, &rec);
             // Taken only if still queued: an operator may have stopped or
             // cancelled it since `queued` read it.
             let attempt = rec.attempts + 1;
+            let mut line = format!("attempt {attempt} started by the Commander");
+            if let (Some(m), Some(g)) = (&member, &rec.group) {
+                line = format!("{line}; moved to member {m} of group {g} ({} is unavailable)", rec.partner);
+            }
             let taken = self.ctx.store.update_if(
                 &rec.id,
-                &format!("attempt {attempt} started by the Commander"),
+                &line,
                 |r| r.status == Status::ToSubmit,
                 |r| {
                     r.status = Status::Running;
                     r.attempts = attempt;
                     r.retry_at = None;
+                    if let Some(m) = &member {
+                        r.partner = m.clone();
+                    }
                 },
             )?;
             let Some(rec) = taken else { continue };
@@ -94,6 +123,73 @@ impl CommanderState {
         self.set_gauge();
         Ok(())
     }
+
+    /// Keeps requests for unavailable partners queued without spending
+    /// their attempts, logs when each starts waiting, fails those that
+    /// waited longer than `cluster.partner_wait_secs`, and keeps a probe
+    /// timer going while any wait.
+    async fn wait_for_partners(
+        &mut self,
+        myself: &ActorRef<CommanderMsg>,
+        passed_over: Vec<(RequestId, String)>,
+    ) -> Result<(), ActorProcessingErr> {
+        let limit = Duration::from_secs(self.ctx.config.cluster.partner_wait_secs);
+        let mut still = HashMap::new();
+        for (id, partner) in passed_over {
+            let health = self.ctx.availability.get(&partner);
+            let cause = health.last_error.unwrap_or_else(|| "no answer".into());
+            let since = match self.waiting.get(&id) {
+                Some((_, since)) => *since,
+                None => {
+                    self.ctx.store.log(&id, &format!("waiting: partner {partner} is unavailable ({cause})"))?;
+                    Instant::now()
+                }
+            };
+            if since.elapsed() < limit {
+                still.insert(id, (partner, since));
+                continue;
+            }
+            let message = format!(
+                "partner {partner} stayed unavailable for {} s, longer than this request may wait; last cause: {cause}",
+                since.elapsed().as_secs()
+            );
+            let failed = self.ctx.store.update_if(
+                &id,
+                &message,
+                |r| r.status == Status::ToSubmit,
+                |r| {
+                    r.status = Status::InError;
+                    r.finished_at = Some(crate::store::now_ms());
+                    r.error = Some(RequestError { code: ErrorCode::PartnerUnavailable, message: message.clone() });
+                },
+            )?;
+            if failed.is_some() {
+                tracing::warn!(target: crate::actors::drive::AUDIT, event = "failed", request_id = %id, code = %ErrorCode::PartnerUnavailable, message = %message);
+            }
+        }
+        if still.len() < self.waiting.len() || !still.is_empty() {
+            self.ctx.store.flush().await?;
+        }
+        self.waiting = still;
+        if !self.waiting.is_empty() && !self.tick_scheduled {
+            self.tick_scheduled = true;
+            let every = Duration::from_millis(self.ctx.config.cluster.probe_interval_ms);
+            myself.send_after(every, || CommanderMsg::Tick);
+        }
+        Ok(())
+    }
+}
+
+/// For a queued group request whose member is unavailable and which has
+/// sent nothing yet: another member to move it to, if one is not known to
+/// be unavailable.
+fn movable_member(ctx: &NodeContext, rec: &RequestRecord) -> Option<String> {
+    let group = ctx.config.group(rec.group.as_deref()?)?;
+    if !ctx.availability.is_unavailable(&rec.partner) || rec.transferred > 0 || rec.restart_offset > 0 {
+        return None;
+    }
+    let m = crate::node::pick_member(ctx, &group.members, Some(&rec.partner));
+    (m != rec.partner && !ctx.availability.is_unavailable(&m)).then_some(m)
 }
 
 impl Actor for Commander {
@@ -128,7 +224,13 @@ impl Actor for Commander {
             store.flush_blocking()?;
         }
         myself.cast(CommanderMsg::Wake)?;
-        Ok(CommanderState { ctx: args.ctx, connections: args.connections, running: HashMap::new() })
+        Ok(CommanderState {
+            ctx: args.ctx,
+            connections: args.connections,
+            running: HashMap::new(),
+            waiting: HashMap::new(),
+            tick_scheduled: false,
+        })
     }
 
     async fn handle(
@@ -149,6 +251,15 @@ impl Actor for Commander {
                         state.fill(&myself).await?;
                     }
                 }
+            }
+            CommanderMsg::Tick => {
+                state.tick_scheduled = false;
+                let partners: std::collections::BTreeSet<String> =
+                    state.waiting.values().map(|(p, _)| p.clone()).collect();
+                for p in partners {
+                    let _ = state.connections.cast(ConnectionsMsg::Probe(p));
+                }
+                state.fill(&myself).await?;
             }
             CommanderMsg::Control(id, control) => {
                 if let Some((_, runner)) = state.running.values().find(|(rid, _)| *rid == id) {

@@ -1,32 +1,61 @@
-//! Connections: one QUIC connection per partner, whoever dialed it.
+//! Connections: one QUIC connection per partner, whichever side dialed it,
+//! partner heartbeats, and reverse connect.
 //!
-//! This actor owns the table of live connections. A runner asks it for the
-//! connection to a partner; if none is live, one dial is started and every
-//! runner asking meanwhile waits for that same dial, so concurrent requests
-//! to a partner share one connection. Connections the partner dialed are
-//! registered here too and used for our own requests in the other
+//! This actor owns the table of live connections ([`Link`]s). A runner asks
+//! it for the link to a partner; if none is live, one dial is started and
+//! every runner asking meanwhile waits for that same dial, so concurrent
+//! requests to a partner share one connection. Connections the partner
+//! dialed are registered too and carry our own requests in the other
 //! direction. Every registered connection gets a task that accepts the
-//! partner's private channels (bidirectional streams) and starts a
-//! ServerRunner for each.
+//! partner's streams: a request's private channel starts a ServerRunner, a
+//! control exchange goes to [`super::control_plane`].
 //!
-//! Dialing runs in a task of its own, never in the mailbox, so a slow or
+//! **One connection per pair.** If both nodes dial each other at the same
+//! moment, two connections exist for a while. Both nodes prefer the one
+//! dialed by the node with the smaller id (the same choice on both sides),
+//! open new channels only on it, and the node that dialed the other one
+//! closes it once no channel runs on it.
+//!
+//! **Heartbeats.** Every `cluster.heartbeat_ms` a Ping goes to each
+//! connected partner; its answer refreshes the partner's availability and
+//! round-trip time, and no answer within `cluster.heartbeat_timeout_ms`
+//! makes it unavailable ([`super::availability`]).
+//!
+//! **Reverse connect.** When a direct dial fails (the partner's firewall
+//! drops what we send), this node asks a relay, a partner both can reach,
+//! to tell the partner to dial back (`RelayDialBack` → `DialMe`). The
+//! waiting runners get the connection the partner then dials; if no relay
+//! manages it within `cluster.reverse_connect_timeout_ms`, they get an
+//! error that names both attempts. Partners marked `keep_connected` are
+//! dialed again whenever their connection is lost, so a node behind a
+//! firewall stays reachable through its own outbound connection.
+//!
+//! Dialing runs in tasks of its own, never in the mailbox, so a slow or
 //! unreachable partner does not hold up requests to other partners.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::server_runner::{ServerRunner, ServerRunnerArgs};
 use crate::node::NodeContext;
+use crate::protocol::control::{Answer, Ask, StreamKind};
 use crate::protocol::ErrorCode;
 use crate::transport::endpoint::CLOSE_WRONG_PEER;
-use crate::transport::{self, TransportError};
+use crate::transport::{self, control, TransportError};
 
 /// QUIC application close codes; 1 ([`CLOSE_WRONG_PEER`]) is the
 /// transport's, for a peer whose certificate is not who was expected.
 pub const CLOSE_SHUTDOWN: u32 = 3;
 pub const CLOSE_UNKNOWN_PARTNER: u32 = 4;
+/// A duplicate connection of a pair, closed once idle.
+pub const CLOSE_DUPLICATE: u32 = 5;
+
+/// How long the peer may take to say what a stream it opened carries.
+const STREAM_KIND_LIMIT: Duration = Duration::from_secs(10);
 
 /// Why a connection to a partner could not be had.
 #[derive(Clone, Debug)]
@@ -35,38 +64,103 @@ pub struct ConnectError {
     pub message: String,
 }
 
+/// A live connection to a partner and what is known of it.
+#[derive(Clone, Debug)]
+pub struct Link {
+    pub conn: quinn::Connection,
+    /// Whether this node dialed it.
+    pub dialed_by_me: bool,
+    /// How it came about, for job logs ("dialed by a", "dialed back by b
+    /// through reverse connect via c").
+    pub origin: String,
+    channels: Arc<AtomicUsize>,
+    seq: u64,
+}
+
+impl Link {
+    /// Counts a channel on this link until the guard is dropped (an idle
+    /// duplicate link is closed only when it carries none).
+    pub fn channel_guard(&self) -> ChannelGuard {
+        self.channels.fetch_add(1, Ordering::Relaxed);
+        ChannelGuard(self.channels.clone())
+    }
+
+    fn is_live(&self) -> bool {
+        self.conn.close_reason().is_none()
+    }
+}
+
+/// A channel running on a [`Link`]; see [`Link::channel_guard`].
+pub struct ChannelGuard(Arc<AtomicUsize>);
+
+impl Drop for ChannelGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+type LinkReply = RpcReplyPort<Result<Link, ConnectError>>;
+
 pub enum ConnectionsMsg {
-    /// The live connection to a partner (by id), dialing it if needed.
-    Get(String, RpcReplyPort<Result<quinn::Connection, ConnectError>>),
-    Dialed(String, Result<quinn::Connection, ConnectError>),
+    /// The link to a partner (by id), dialing it if needed; `reverse`
+    /// allows reverse connect when the direct dial fails.
+    Get { partner: String, reverse: bool, reply: LinkReply },
+    /// Dial a partner with waiting requests if it is not connected (the
+    /// outcome only updates its availability).
+    Probe(String),
+    /// A direct dial ended.
+    Dialed { partner: String, result: Result<quinn::Connection, ConnectError>, started: Instant },
     /// The partner dialed us; its identity is verified and it is known.
     Accepted(String, quinn::Connection),
     /// A connection ended (its stream-accept task saw it close).
-    Closed(String, usize),
+    Closed { partner: String, stable_id: usize, reason: String },
+    /// Reverse connect: the named relay is being asked.
+    ReverseVia(String, String),
+    /// Reverse connect ended: the relay that got the partner to dial, or
+    /// why none did.
+    ReverseDone(String, Result<String, String>),
+    /// A relay reported a successful dial-back, but the connection never
+    /// showed up here.
+    ReverseExpired(String, u64),
+    /// A relay asks this node to dial `node` back.
+    DialBack { node: String, relay: String, reply: RpcReplyPort<Result<(), String>> },
+    /// The dial-back dial ended.
+    DialedBack {
+        node: String,
+        relay: String,
+        result: Result<quinn::Connection, ConnectError>,
+        reply: RpcReplyPort<Result<(), String>>,
+    },
+    /// Heartbeats, duplicate clean-up, keep-connected dials.
+    Tick,
+    /// A heartbeat's outcome: round-trip milliseconds or why it failed.
+    Heartbeat(String, Result<f64, String>),
     /// Live connection count per partner.
     Counts(RpcReplyPort<BTreeMap<String, usize>>),
+}
+
+/// A dial in progress to one partner.
+struct Pending {
+    waiters: Vec<LinkReply>,
+    reverse: bool,
+    phase: Phase,
+    /// Distinguishes this dial from a later one (for expiry timers).
+    generation: u64,
+}
+
+enum Phase {
+    Direct,
+    Reverse { direct_error: String, via: Option<String>, started: Instant },
 }
 
 pub struct Connections;
 
 pub struct ConnectionsState {
     ctx: Arc<NodeContext>,
-    live: HashMap<String, Vec<quinn::Connection>>,
-    dialing: HashMap<String, Vec<RpcReplyPort<Result<quinn::Connection, ConnectError>>>>,
-}
-
-impl ConnectionsState {
-    fn usable(&self, partner: &str) -> Option<quinn::Connection> {
-        self.live.get(partner)?.iter().find(|c| c.close_reason().is_none()).cloned()
-    }
-
-    fn register(&mut self, myself: &ActorRef<ConnectionsMsg>, partner: String, conn: quinn::Connection) {
-        tracing::info!(partner = %partner, remote = %conn.remote_address(), "connection up");
-        let list = self.live.entry(partner.clone()).or_default();
-        list.retain(|c| c.close_reason().is_none());
-        list.push(conn.clone());
-        tokio::spawn(serve_channels(self.ctx.clone(), myself.clone(), partner, conn));
-    }
+    live: HashMap<String, Vec<Link>>,
+    pending: HashMap<String, Pending>,
+    pinging: std::collections::HashSet<String>,
+    seq: u64,
 }
 
 /// Whether a connection ended in a failed TLS handshake (a TLS alert travels
@@ -111,6 +205,250 @@ fn dial_error(partner: &str, e: &TransportError) -> ConnectError {
     ConnectError { code, message: format!("cannot connect to partner {partner}: {e}") }
 }
 
+/// Dials `partner` at its configured address, bounded by `connect_timeout_ms`.
+async fn dial_direct(ctx: &NodeContext, partner: &str) -> Result<quinn::Connection, ConnectError> {
+    let Some(address) = ctx.config.partner(partner).map(|p| p.address) else {
+        return Err(unknown_partner(ctx, partner));
+    };
+    let limit = Duration::from_millis(ctx.config.connect_timeout_ms);
+    match tokio::time::timeout(limit, transport::dial(&ctx.endpoint, address, partner)).await {
+        Ok(r) => r.map_err(|e| dial_error(partner, &e)),
+        Err(_) => Err(ConnectError {
+            code: ErrorCode::Connection,
+            message: format!("direct dial to {partner} at {address} got no answer within {} ms", limit.as_millis()),
+        }),
+    }
+}
+
+fn unknown_partner(ctx: &NodeContext, partner: &str) -> ConnectError {
+    ConnectError {
+        code: ErrorCode::UnknownPartner,
+        message: format!("partner {partner} is not configured on node {}", ctx.config.node_id),
+    }
+}
+
+/// The link to `partner`, dialing (and reverse connecting) if needed.
+pub async fn connect(conns: &ActorRef<ConnectionsMsg>, partner: &str) -> Result<Link, ConnectError> {
+    connect_with(conns, partner, true).await
+}
+
+/// Like [`connect`], with reverse connect allowed or not.
+pub async fn connect_with(
+    conns: &ActorRef<ConnectionsMsg>,
+    partner: &str,
+    reverse: bool,
+) -> Result<Link, ConnectError> {
+    let partner = partner.to_owned();
+    match conns.call(|reply| ConnectionsMsg::Get { partner, reverse, reply }, None).await {
+        Ok(ractor::rpc::CallResult::Success(r)) => r,
+        Ok(_) => Err(ConnectError { code: ErrorCode::Internal, message: "connection manager gave no answer".into() }),
+        Err(e) => {
+            Err(ConnectError { code: ErrorCode::Internal, message: format!("connection manager unavailable: {e}") })
+        }
+    }
+}
+
+impl ConnectionsState {
+    /// The link new channels to `partner` go on: the one dialed by the node
+    /// with the smaller id if it is live, else the newest live one.
+    fn preferred(&self, partner: &str) -> Option<Link> {
+        let by_smaller = |l: &Link| l.dialed_by_me == (self.ctx.config.node_id.as_str() < partner);
+        let live = self.live.get(partner)?.iter().filter(|l| l.is_live());
+        live.max_by_key(|l| (by_smaller(l), l.seq)).cloned()
+    }
+
+    fn register(
+        &mut self,
+        myself: &ActorRef<ConnectionsMsg>,
+        partner: &str,
+        conn: quinn::Connection,
+        dialed_by_me: bool,
+        origin: String,
+    ) {
+        tracing::info!(partner = %partner, remote = %conn.remote_address(), origin = %origin, "connection up");
+        self.seq += 1;
+        let link = Link { conn: conn.clone(), dialed_by_me, origin, channels: Arc::default(), seq: self.seq };
+        let list = self.live.entry(partner.to_owned()).or_default();
+        list.retain(|l| l.is_live());
+        list.push(link.clone());
+        let rtt = conn.rtt().as_secs_f64() * 1000.0;
+        if self.ctx.availability.up(partner, Some(rtt)) {
+            tracing::info!(partner = %partner, "partner available");
+            wake_commander(&self.ctx);
+        }
+        tokio::spawn(serve_streams(self.ctx.clone(), myself.clone(), partner.to_owned(), link));
+    }
+
+    /// Answers everyone waiting for a dial to `partner`.
+    fn settle(&mut self, partner: &str, result: Result<Link, ConnectError>) {
+        if let Some(p) = self.pending.remove(partner) {
+            for w in p.waiters {
+                let _ = w.send(result.clone());
+            }
+        }
+        if let Err(e) = &result {
+            if self.ctx.availability.down(partner, &e.message) {
+                tracing::warn!(partner = %partner, error = %e.message, "partner unavailable");
+            }
+        }
+    }
+
+    fn start_dial(
+        &mut self,
+        myself: &ActorRef<ConnectionsMsg>,
+        partner: &str,
+        reverse: bool,
+        waiter: Option<LinkReply>,
+    ) {
+        if let Some(p) = self.pending.get_mut(partner) {
+            p.reverse |= reverse;
+            p.waiters.extend(waiter);
+            return;
+        }
+        self.seq += 1;
+        let pending =
+            Pending { waiters: waiter.into_iter().collect(), reverse, phase: Phase::Direct, generation: self.seq };
+        self.pending.insert(partner.to_owned(), pending);
+        let (ctx, me, partner) = (self.ctx.clone(), myself.clone(), partner.to_owned());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let result = dial_direct(&ctx, &partner).await;
+            let _ = me.cast(ConnectionsMsg::Dialed { partner, result, started });
+        });
+    }
+
+    /// Starts reverse connect for a pending dial whose direct attempt failed.
+    fn start_reverse(&mut self, myself: &ActorRef<ConnectionsMsg>, partner: &str, direct_error: String) {
+        let relays = self.relays(partner);
+        let Some(p) = self.pending.get_mut(partner) else { return };
+        if relays.is_empty() {
+            let message = format!("{direct_error}; reverse connect: no relay (no other partner) to ask");
+            return self.settle(partner, Err(ConnectError { code: ErrorCode::Connection, message }));
+        }
+        p.phase = Phase::Reverse { direct_error, via: None, started: Instant::now() };
+        tracing::info!(partner = %partner, relays = ?relays, "direct dial failed; trying reverse connect");
+        let (ctx, me, partner) = (self.ctx.clone(), myself.clone(), partner.to_owned());
+        tokio::spawn(async move {
+            let result = reverse_connect(&ctx, &me, &partner, relays).await;
+            let _ = me.cast(ConnectionsMsg::ReverseDone(partner, result));
+        });
+    }
+
+    /// Partners that may relay a dial-back to `target`: the configured
+    /// relays, else every other partner we are connected to.
+    fn relays(&self, target: &str) -> Vec<String> {
+        let configured = &self.ctx.config.cluster.relays;
+        if !configured.is_empty() {
+            return configured.iter().filter(|r| r.as_str() != target).cloned().collect();
+        }
+        let mut connected: Vec<String> = self
+            .live
+            .iter()
+            .filter(|(p, links)| p.as_str() != target && links.iter().any(Link::is_live))
+            .map(|(p, _)| p.clone())
+            .collect();
+        connected.sort();
+        connected
+    }
+
+    fn tick(&mut self, myself: &ActorRef<ConnectionsMsg>) {
+        if *self.ctx.shutdown.borrow() {
+            return;
+        }
+        let limit = Duration::from_millis(self.ctx.config.cluster.heartbeat_timeout_ms);
+        let partners: Vec<String> = self.live.keys().cloned().collect();
+        for partner in partners {
+            self.retire_duplicates(&partner);
+            let Some(link) = self.preferred(&partner) else { continue };
+            if !self.pinging.insert(partner.clone()) {
+                continue;
+            }
+            let me = myself.clone();
+            tokio::spawn(async move {
+                let t0 = Instant::now();
+                let r = match control::ask(&link.conn, &Ask::Ping, limit).await {
+                    Ok(Answer::Pong) => Ok(t0.elapsed().as_secs_f64() * 1000.0),
+                    Ok(other) => Err(format!("unexpected answer to a heartbeat: {other:?}")),
+                    Err(e) => Err(format!("heartbeat: {e}")),
+                };
+                let _ = me.cast(ConnectionsMsg::Heartbeat(partner, r));
+            });
+        }
+        let keep: Vec<String> =
+            self.ctx.config.partners.iter().filter(|p| p.keep_connected).map(|p| p.id.clone()).collect();
+        for partner in keep {
+            if self.preferred(&partner).is_none() && !self.pending.contains_key(&partner) {
+                self.start_dial(myself, &partner, false, None);
+            }
+        }
+    }
+
+    /// Closes the duplicate links to `partner` that this node dialed and
+    /// that carry no channel; the peer makes the same choice of preferred link.
+    fn retire_duplicates(&mut self, partner: &str) {
+        let Some(keep) = self.preferred(partner) else { return };
+        let Some(list) = self.live.get_mut(partner) else { return };
+        list.retain(|l| {
+            let idle_duplicate = l.seq != keep.seq
+                && l.dialed_by_me
+                && l.is_live()
+                && l.channels.load(Ordering::Relaxed) == 0
+                && keep.seq > l.seq;
+            if idle_duplicate {
+                tracing::info!(partner = %partner, origin = %l.origin, "closing a duplicate connection");
+                l.conn.close(quinn::VarInt::from_u32(CLOSE_DUPLICATE), b"duplicate connection");
+            }
+            !idle_duplicate && l.is_live()
+        });
+    }
+}
+
+fn wake_commander(ctx: &NodeContext) {
+    if let Some(a) = ctx.actors() {
+        let _ = a.commander.cast(super::commander::CommanderMsg::Wake);
+    }
+}
+
+/// Asks each relay in turn to get `target` to dial us; the relay's name on
+/// success. The relay answers once the target's dial succeeded or failed.
+async fn reverse_connect(
+    ctx: &NodeContext,
+    me: &ActorRef<ConnectionsMsg>,
+    target: &str,
+    relays: Vec<String>,
+) -> Result<String, String> {
+    let limit = Duration::from_millis(ctx.config.cluster.reverse_connect_timeout_ms);
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut failures = Vec::new();
+    for relay in relays {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            failures.push(format!("{relay}: not asked, time was up"));
+            continue;
+        }
+        let _ = me.cast(ConnectionsMsg::ReverseVia(target.to_owned(), relay.clone()));
+        let link = match tokio::time::timeout(left, connect_with(me, &relay, false)).await {
+            Ok(Ok(l)) => l,
+            Ok(Err(e)) => {
+                failures.push(format!("{relay}: {}", e.message));
+                continue;
+            }
+            Err(_) => {
+                failures.push(format!("{relay}: not reached within {} ms", limit.as_millis()));
+                continue;
+            }
+        };
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match control::ask(&link.conn, &Ask::RelayDialBack { target: target.to_owned() }, left).await {
+            Ok(Answer::Dialed) => return Ok(relay),
+            Ok(Answer::Refused { message, .. }) => failures.push(format!("{relay}: {message}")),
+            Ok(other) => failures.push(format!("{relay}: unexpected answer {other:?}")),
+            Err(e) => failures.push(format!("{relay}: {e}")),
+        }
+    }
+    Err(failures.join("; "))
+}
+
 impl Actor for Connections {
     type Msg = ConnectionsMsg;
     type State = ConnectionsState;
@@ -118,10 +456,14 @@ impl Actor for Connections {
 
     async fn pre_start(
         &self,
-        _: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         ctx: Arc<NodeContext>,
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(ConnectionsState { ctx, live: HashMap::new(), dialing: HashMap::new() })
+        let every = Duration::from_millis(ctx.config.cluster.heartbeat_ms);
+        myself.send_interval(every, || ConnectionsMsg::Tick);
+        // Keep-connected partners are dialed at once, not a tick later.
+        myself.cast(ConnectionsMsg::Tick)?;
+        Ok(ConnectionsState { ctx, live: HashMap::new(), pending: HashMap::new(), pinging: Default::default(), seq: 0 })
     }
 
     async fn handle(
@@ -131,72 +473,153 @@ impl Actor for Connections {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            ConnectionsMsg::Get(partner, reply) => {
-                if let Some(c) = state.usable(&partner) {
-                    let _ = reply.send(Ok(c));
-                    return Ok(());
+            ConnectionsMsg::Get { partner, reverse, reply } => {
+                if let Some(l) = state.preferred(&partner) {
+                    let _ = reply.send(Ok(l));
+                } else if state.ctx.config.partner(&partner).is_none() {
+                    let _ = reply.send(Err(unknown_partner(&state.ctx, &partner)));
+                } else {
+                    state.start_dial(&myself, &partner, reverse, Some(reply));
                 }
-                let Some(address) = state.ctx.config.partner(&partner).map(|p| p.address) else {
-                    let _ = reply.send(Err(ConnectError {
-                        code: ErrorCode::UnknownPartner,
-                        message: format!("partner {partner} is not configured on node {}", state.ctx.config.node_id),
-                    }));
-                    return Ok(());
-                };
-                let waiters = state.dialing.entry(partner.clone()).or_default();
-                waiters.push(reply);
-                if waiters.len() == 1 {
-                    let endpoint = state.ctx.endpoint.clone();
-                    let me = myself.clone();
-                    let limit = std::time::Duration::from_millis(state.ctx.config.connect_timeout_ms);
-                    tokio::spawn(async move {
-                        let r = match tokio::time::timeout(limit, transport::dial(&endpoint, address, &partner)).await {
-                            Ok(r) => r.map_err(|e| dial_error(&partner, &e)),
-                            Err(_) => Err(ConnectError {
-                                code: ErrorCode::Connection,
-                                message: format!(
-                                    "cannot connect to partner {partner} at {address}: no answer within {} ms",
-                                    limit.as_millis()
-                                ),
-                            }),
-                        };
-                        let _ = me.cast(ConnectionsMsg::Dialed(partner, r));
+            }
+            ConnectionsMsg::Probe(partner) => {
+                if state.preferred(&partner).is_none()
+                    && state.ctx.config.partner(&partner).is_some()
+                    && !state.pending.contains_key(&partner)
+                {
+                    state.start_dial(&myself, &partner, true, None);
+                }
+            }
+            ConnectionsMsg::Dialed { partner, result, started } => match result {
+                Ok(conn) => {
+                    let origin = format!("dialed by {}", state.ctx.config.node_id);
+                    state.register(&myself, &partner, conn, true, origin);
+                    let link = state.preferred(&partner).ok_or_else(|| ConnectError {
+                        code: ErrorCode::Connection,
+                        message: format!("connection to {partner} closed as soon as it opened"),
                     });
+                    if state.pending.get(&partner).is_some_and(|p| matches!(p.phase, Phase::Direct)) {
+                        state.settle(&partner, link);
+                    }
                 }
-            }
-            ConnectionsMsg::Dialed(partner, result) => {
-                let waiters = state.dialing.remove(&partner).unwrap_or_default();
-                let result = match result {
-                    Ok(conn) => {
-                        state.register(&myself, partner.clone(), conn);
-                        state.usable(&partner).ok_or_else(|| ConnectError {
-                            code: ErrorCode::Connection,
-                            message: format!("connection to {partner} closed as soon as it opened"),
-                        })
+                Err(e) => {
+                    tracing::warn!(partner = %partner, error = %e.message, elapsed_ms = started.elapsed().as_millis() as u64, "dial failed");
+                    let reverse = state.pending.get(&partner).is_some_and(|p| p.reverse)
+                        && e.code == ErrorCode::Connection
+                        && !*state.ctx.shutdown.borrow();
+                    if !state.pending.get(&partner).is_some_and(|p| matches!(p.phase, Phase::Direct)) {
+                        // Already settled by a connection the partner dialed.
+                    } else if reverse {
+                        state.start_reverse(&myself, &partner, e.message);
+                    } else {
+                        state.settle(&partner, Err(e));
                     }
-                    Err(e) => {
-                        tracing::warn!(partner = %partner, error = %e.message, "dial failed");
-                        Err(e)
-                    }
+                }
+            },
+            ConnectionsMsg::Accepted(partner, conn) => {
+                let origin = match state.pending.get(&partner).map(|p| &p.phase) {
+                    Some(Phase::Reverse { via, started, .. }) => format!(
+                        "dialed back by {partner} through reverse connect via {} ({} ms after asking)",
+                        via.as_deref().unwrap_or("a relay"),
+                        started.elapsed().as_millis()
+                    ),
+                    _ => format!("dialed by {partner}"),
                 };
-                for w in waiters {
-                    let _ = w.send(result.clone());
+                state.register(&myself, &partner, conn, false, origin);
+                if state.pending.contains_key(&partner) {
+                    if let Some(l) = state.preferred(&partner) {
+                        state.settle(&partner, Ok(l));
+                    }
                 }
             }
-            ConnectionsMsg::Accepted(partner, conn) => state.register(&myself, partner, conn),
-            ConnectionsMsg::Closed(partner, stable_id) => {
+            ConnectionsMsg::Closed { partner, stable_id, reason } => {
                 if let Some(list) = state.live.get_mut(&partner) {
-                    list.retain(|c| c.stable_id() != stable_id && c.close_reason().is_none());
+                    list.retain(|l| l.conn.stable_id() != stable_id && l.is_live());
                     if list.is_empty() {
                         state.live.remove(&partner);
+                        if !*state.ctx.shutdown.borrow() && state.ctx.availability.down(&partner, &reason) {
+                            tracing::warn!(partner = %partner, reason = %reason, "partner unavailable");
+                        }
                     }
+                }
+            }
+            ConnectionsMsg::ReverseVia(partner, relay) => {
+                if let Some(Pending { phase: Phase::Reverse { via, .. }, .. }) = state.pending.get_mut(&partner) {
+                    *via = Some(relay);
+                }
+            }
+            ConnectionsMsg::ReverseDone(partner, result) => {
+                let Some(p) = state.pending.get(&partner) else { return Ok(()) };
+                let Phase::Reverse { direct_error, .. } = &p.phase else { return Ok(()) };
+                match result {
+                    Ok(relay) => {
+                        // The partner's connection may still be on its way
+                        // through our accept path; give it a moment.
+                        tracing::info!(partner = %partner, relay = %relay, "relay reports the partner dialed back");
+                        let generation = p.generation;
+                        myself.send_after(Duration::from_secs(2), move || {
+                            ConnectionsMsg::ReverseExpired(partner, generation)
+                        });
+                    }
+                    Err(why) => {
+                        let message =
+                            format!("cannot reach partner {partner}: {direct_error}; reverse connect failed: {why}");
+                        state.settle(&partner, Err(ConnectError { code: ErrorCode::Connection, message }));
+                    }
+                }
+            }
+            ConnectionsMsg::ReverseExpired(partner, generation) => {
+                if state.pending.get(&partner).is_some_and(|p| p.generation == generation) {
+                    let message = format!(
+                        "cannot reach partner {partner}: a relay reported that it dialed back, but no connection arrived"
+                    );
+                    state.settle(&partner, Err(ConnectError { code: ErrorCode::Connection, message }));
+                }
+            }
+            ConnectionsMsg::DialBack { node, relay, reply } => {
+                if state.ctx.config.partner(&node).is_none_or(|p| p.id != node) {
+                    let _ = reply.send(Err(format!("node {} does not know partner {node}", state.ctx.config.node_id)));
+                    return Ok(());
+                }
+                let (ctx, me) = (state.ctx.clone(), myself.clone());
+                tokio::spawn(async move {
+                    let result = dial_direct(&ctx, &node).await;
+                    let _ = me.cast(ConnectionsMsg::DialedBack { node, relay, result, reply });
+                });
+            }
+            ConnectionsMsg::DialedBack { node, relay, result, reply } => match result {
+                Ok(conn) => {
+                    let origin = format!("dialed back to {node} at its request (relayed by {relay})");
+                    state.register(&myself, &node, conn, true, origin);
+                    let _ = reply.send(Ok(()));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e.message));
+                }
+            },
+            ConnectionsMsg::Tick => state.tick(&myself),
+            ConnectionsMsg::Heartbeat(partner, result) => {
+                state.pinging.remove(&partner);
+                match result {
+                    Ok(rtt) => {
+                        if state.ctx.availability.up(&partner, Some(rtt)) {
+                            tracing::info!(partner = %partner, "partner available again");
+                            wake_commander(&state.ctx);
+                        }
+                    }
+                    Err(why) if !*state.ctx.shutdown.borrow() => {
+                        if state.ctx.availability.down(&partner, &why) {
+                            tracing::warn!(partner = %partner, reason = %why, "partner unavailable");
+                        }
+                    }
+                    Err(_) => {}
                 }
             }
             ConnectionsMsg::Counts(reply) => {
                 let counts = state
                     .live
                     .iter()
-                    .map(|(p, l)| (p.clone(), l.iter().filter(|c| c.close_reason().is_none()).count()))
+                    .map(|(p, l)| (p.clone(), l.iter().filter(|l| l.is_live()).count()))
                     .filter(|(_, n)| *n > 0)
                     .collect();
                 let _ = reply.send(counts);
@@ -206,26 +629,52 @@ impl Actor for Connections {
     }
 }
 
-/// Accepts the partner's private channels on one connection until it closes.
-async fn serve_channels(
-    ctx: Arc<NodeContext>,
-    conns: ActorRef<ConnectionsMsg>,
-    partner: String,
-    conn: quinn::Connection,
-) {
+/// Accepts the partner's streams on one connection until it closes.
+async fn serve_streams(ctx: Arc<NodeContext>, conns: ActorRef<ConnectionsMsg>, partner: String, link: Link) {
+    let conn = link.conn.clone();
     loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {
-                let args = ServerRunnerArgs { ctx: ctx.clone(), partner: partner.clone(), send, recv };
-                if let Err(e) = Actor::spawn(None, ServerRunner, args).await {
-                    tracing::error!(partner = %partner, error = %e, "cannot start a ServerRunner");
-                }
+                tokio::spawn(serve_stream(ctx.clone(), conns.clone(), partner.clone(), link.clone(), send, recv));
             }
             Err(e) => {
-                tracing::info!(partner = %partner, reason = %transport::channel::describe_connection(&e), "connection closed");
-                let _ = conns.cast(ConnectionsMsg::Closed(partner, conn.stable_id()));
+                let reason = transport::channel::describe_connection(&e);
+                tracing::info!(partner = %partner, reason = %reason, "connection closed");
+                let reason = format!("connection to {partner} lost: {reason}");
+                let _ = conns.cast(ConnectionsMsg::Closed { partner, stable_id: conn.stable_id(), reason });
                 return;
             }
+        }
+    }
+}
+
+/// Reads what a stream carries and hands it on.
+async fn serve_stream(
+    ctx: Arc<NodeContext>,
+    conns: ActorRef<ConnectionsMsg>,
+    partner: String,
+    link: Link,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let kind = match control::read_kind(&mut recv, STREAM_KIND_LIMIT).await {
+        Ok(Some(b)) => StreamKind::from_byte(b).ok_or(format!("unknown stream kind byte 0x{b:02x}")),
+        Ok(None) => return,
+        Err(e) => Err(format!("no stream kind: {e}")),
+    };
+    match kind {
+        Ok(StreamKind::Request) => {
+            let guard = link.channel_guard();
+            let args = ServerRunnerArgs { ctx, partner: partner.clone(), send, recv, guard };
+            if let Err(e) = Actor::spawn(None, ServerRunner, args).await {
+                tracing::error!(partner = %partner, error = %e, "cannot start a ServerRunner");
+            }
+        }
+        Ok(StreamKind::Control) => super::control_plane::serve(ctx, conns, partner, send, recv).await,
+        Err(why) => {
+            tracing::warn!(partner = %partner, reason = %why, "refused a stream");
+            let _ = recv.stop(quinn::VarInt::from_u32(1));
+            let _ = send.reset(quinn::VarInt::from_u32(1));
         }
     }
 }

@@ -386,7 +386,7 @@ impl Drive {
                 (ErrorCode::UnknownRule, format!("rule {:?} does not exist on node {}", req.rule, cfg.node_id))
             })?
             .clone();
-        if !rule.allows(&self.partner) {
+        if !cfg.rule_allows(&rule, &self.partner) {
             return Err((
                 ErrorCode::RuleNotAllowed,
                 format!("partner {} may not use rule {:?} on node {}", self.partner, req.rule, cfg.node_id),

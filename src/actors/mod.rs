@@ -1,8 +1,13 @@
 //! The node's actors (ractor) and the per-request runners.
 //!
 //! - [`supervisor`]: starts the long-lived actors and restarts a failed one.
-//! - [`connections`]: one QUIC connection per partner; accepts the
-//!   partner's private channels and starts a ServerRunner for each.
+//! - [`connections`]: one QUIC connection per partner, whichever side
+//!   dialed it; heartbeats, reverse connect, keep-connected partners;
+//!   accepts the partner's streams and starts a ServerRunner for each
+//!   private channel.
+//! - [`control_plane`]: answers partners' control asks (heartbeat,
+//!   handover, query, dial-back).
+//! - [`availability`]: what this node knows of each partner's reachability.
 //! - [`commander`]: starts a ClientRunner per queued request, within the
 //!   concurrency limit.
 //! - [`client_runner`]: the requester's side of one request.
@@ -13,9 +18,11 @@
 //! Mailboxes carry control only (wake, cancel, supervision); file blocks
 //! never pass through them.
 
+pub mod availability;
 pub mod client_runner;
 pub mod commander;
 pub mod connections;
+pub mod control_plane;
 pub mod drive;
 pub mod server_runner;
 pub mod supervisor;

@@ -25,6 +25,8 @@ pub struct ServerRunnerArgs {
     pub partner: String,
     pub send: quinn::SendStream,
     pub recv: quinn::RecvStream,
+    /// Counts this channel on the link it arrived on while it runs.
+    pub guard: super::connections::ChannelGuard,
 }
 
 pub struct ServerRunner;
@@ -47,6 +49,7 @@ impl Actor for ServerRunner {
         // The request id is learnt from the partner's Request (recorded into the span then).
         let span = tracing::info_span!("request", request_id = tracing::field::Empty, partner = %args.partner);
         let work = async move {
+            let _guard = args.guard;
             let session = Session::requested(&args.ctx.config.node_id, &args.partner, args.ctx.capabilities.clone());
             let drive = Drive::new(
                 args.ctx.clone(),

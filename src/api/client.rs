@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::de::DeserializeOwned;
 
 use super::view::{ErrorBody, LogLineView, TransferView};
-use crate::node::{NodeStats, Submit};
+use crate::node::{ClusterSubmitted, ClusterView, NodeStats, PartnersView, Submit};
 use crate::protocol::RequestId;
 use crate::store::Status;
 
@@ -188,6 +188,24 @@ impl ApiClient {
     /// The node's connection and load figures.
     pub async fn node(&self) -> Result<NodeStats, ClientError> {
         self.call(Method::GET, "/api/v1/node", None).await
+    }
+
+    /// The node's partners with their availability, and its groups.
+    pub async fn partners(&self) -> Result<PartnersView, ClientError> {
+        self.call(Method::GET, "/api/v1/partners", None).await
+    }
+
+    /// Submits a transfer anywhere in the cluster (`source` and/or `target`
+    /// set); the answer names the node that holds it.
+    pub async fn submit_anywhere(&self, s: &Submit) -> Result<ClusterSubmitted, ClientError> {
+        let body = serde_json::to_vec(s).map_err(|e| ClientError::Request(e.to_string()))?;
+        self.call(Method::POST, "/api/v1/transfers", Some(body)).await
+    }
+
+    /// The request as its two nodes know it (asked through this node).
+    pub async fn cluster_view(&self, id: &str) -> Result<ClusterView, ClientError> {
+        let id = check_id(id)?;
+        self.call(Method::GET, &format!("/api/v1/cluster/transfers/{id}"), None).await
     }
 
     /// Polls a transfer every `poll` until its status is final (`Done`,

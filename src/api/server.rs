@@ -17,7 +17,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 
 use super::view::{ErrorBody, ErrorView, LogLineView, TransferView};
-use crate::node::{CommandError, NodeHandle, NodeStats, Submit, SubmitError};
+use crate::node::{ClusterView, CommandError, NodeHandle, NodeStats, PartnersView, Submit, SubmitError};
 use crate::protocol::RequestId;
 use crate::store::{Status, StoreError};
 
@@ -82,7 +82,11 @@ impl ApiError {
                 | SubmitError::UnknownRule(_)
                 | SubmitError::RuleNotAllowed { .. }
                 | SubmitError::FileNotFound(_) => StatusCode::UNPROCESSABLE_ENTITY,
-                SubmitError::BadFileName(_) | SubmitError::BadBlockSize(_) => StatusCode::BAD_REQUEST,
+                SubmitError::BadFileName(_) | SubmitError::BadBlockSize(_) | SubmitError::BadRequest(_) => {
+                    StatusCode::BAD_REQUEST
+                }
+                SubmitError::Refused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                SubmitError::Unreachable(_) => StatusCode::BAD_GATEWAY,
                 SubmitError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
                 SubmitError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
                 // A variant added later is a server-side failure until mapped here.
@@ -193,6 +197,8 @@ pub fn router(node: NodeHandle) -> Router {
         .route("/api/v1/transfers/{id}/cancel", post(cancel_transfer))
         .route("/api/v1/transfers/{id}/restart", post(restart_transfer))
         .route("/api/v1/node", get(node_stats))
+        .route("/api/v1/partners", get(partners))
+        .route("/api/v1/cluster/transfers/{id}", get(cluster_transfer))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(node)
@@ -216,6 +222,12 @@ async fn submit(
     body: Result<Json<Submit>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(s) = body?;
+    if s.source.is_some() || s.target.is_some() {
+        // Submit anywhere: the answer says which node holds the request.
+        let placed = node.submit_anywhere(s).await?;
+        let location = format!("/api/v1/cluster/transfers/{}", placed.id);
+        return Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(placed)).into_response());
+    }
     let rec = node.submit(s).await?;
     let view = TransferView::from_record(&rec, node.node_id());
     let location = format!("/api/v1/transfers/{}", view.id);
@@ -319,6 +331,29 @@ async fn restart_transfer(
 
 async fn node_stats(State(node): State<NodeHandle>) -> Json<NodeStats> {
     Json(node.stats().await)
+}
+
+async fn partners(State(node): State<NodeHandle>) -> Json<PartnersView> {
+    Json(node.partners().await)
+}
+
+/// The request as its two nodes know it, asked from whichever node serves
+/// the API; 404 when no node answers for it.
+async fn cluster_transfer(
+    State(node): State<NodeHandle>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<ClusterView>, ApiError> {
+    let Path(id) = id?;
+    let id = parse_id(&id)?;
+    let view = node.cluster_view(&id).await;
+    if view.nodes.is_empty() {
+        let mut why = format!("{id} (no node of the cluster that answered knows it)");
+        if !view.unreachable.is_empty() {
+            why = format!("{why}; not asked: {}", view.unreachable.join("; "));
+        }
+        return Err(ApiError::NotFound(why));
+    }
+    Ok(Json(view))
 }
 
 async fn no_route(uri: Uri) -> ApiError {

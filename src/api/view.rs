@@ -63,6 +63,14 @@ pub struct TransferView {
     pub error: Option<ErrorView>,
     /// The node that answered (whose view of the request this is).
     pub node: String,
+    /// Requester: the group the request was addressed to (`partner` is the
+    /// member chosen).
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Requester: the node whose API took the submission, when it was
+    /// handed over from another node.
+    #[serde(default)]
+    pub submitted_on: Option<String>,
 }
 
 impl TransferView {
@@ -95,6 +103,8 @@ impl TransferView {
             finished_at: rec.finished_at,
             error: rec.error.as_ref().map(|e| ErrorView { code: e.code.to_string(), message: e.message.clone() }),
             node: node.to_owned(),
+            group: rec.group.clone(),
+            submitted_on: rec.submitted_on.clone(),
         }
     }
 
@@ -185,6 +195,8 @@ mod tests {
             delivered: false,
             attempts: 1,
             retry_at: None,
+            group: Some("backends".into()),
+            submitted_on: None,
         }
     }
 

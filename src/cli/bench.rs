@@ -64,6 +64,8 @@ fn submit(file: String) -> Submit {
         external_job_id: None,
         transfer_info: String::new(),
         block_size: None,
+        source: None,
+        target: None,
         compression: Compression::None,
     }
 }

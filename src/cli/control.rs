@@ -164,6 +164,8 @@ mod tests {
             finished_at: None,
             error: None,
             node: "a".into(),
+            group: None,
+            submitted_on: None,
         }
     }
 

@@ -131,7 +131,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             external_job_id: Some(format!("demo-{}", submitted.len() + 1)),
             transfer_info: "ferry demo".into(),
             block_size: None,
-            compression: Compression::None,
+            source: None,
+        target: None,
+        compression: Compression::None,
         };
         let view = api(p.requester)?.submit(&s).await.with_context(|| format!("submitting {}", p.file))?;
         submitted.push((p, digest, view.id));

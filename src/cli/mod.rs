@@ -8,6 +8,7 @@ mod bench;
 mod control;
 mod demo;
 mod display;
+mod partners;
 mod transfer;
 
 use std::path::PathBuf;
@@ -47,6 +48,8 @@ pub enum Command {
     Status(transfer::StatusArgs),
     /// Show a transfer's job log.
     Log(transfer::LogArgs),
+    /// List this node's partners: available or not, since when, round-trip time.
+    Partners(partners::PartnersArgs),
     /// Stop (pause) a transfer this node requested; `restart` resumes it.
     Stop(control::CommandArgs),
     /// Cancel a transfer this node requested, on both nodes (its partial file is removed).
@@ -118,6 +121,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Get(args) => transfer::transfer(args, Direction::Pull).await,
         Command::Status(args) => transfer::status(args).await,
         Command::Log(args) => transfer::log(args).await,
+        Command::Partners(args) => partners::partners(args).await,
         Command::Stop(args) => control::stop(args).await,
         Command::Cancel(args) => control::cancel(args).await,
         Command::Restart(args) => control::restart(args).await,

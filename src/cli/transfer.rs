@@ -69,6 +69,14 @@ pub struct TransferArgs {
     /// Follow the transfer until it ends; exit 1 unless it ends Done.
     #[arg(long)]
     pub wait: bool,
+    /// `send` only: the node that sends the file, when it is not the node
+    /// behind --api (submit anywhere; the request is handed over to it).
+    #[arg(long, value_name = "NODE")]
+    pub from: Option<String>,
+    /// `get` only: the node that receives the file, when it is not the node
+    /// behind --api (submit anywhere).
+    #[arg(long, value_name = "NODE")]
+    pub to: Option<String>,
 }
 
 /// Arguments of `status`.
@@ -82,6 +90,10 @@ pub struct StatusArgs {
     /// List only transfers with this status (ToSubmit, Running, Done, Interrupted, InError, Cancelled; any case).
     #[arg(long, value_name = "S")]
     pub status: Option<String>,
+    /// With an id: the cluster-wide view (the request as both its nodes
+    /// know it, asked through this node, which need not be one of them).
+    #[arg(long, requires = "id")]
+    pub cluster: bool,
 }
 
 /// Arguments of `log`.
@@ -112,6 +124,14 @@ pub fn parse_block_size(s: &str) -> Result<u32, String> {
 /// `send` (push) or `get` (pull).
 pub async fn transfer(args: TransferArgs, direction: Direction) -> anyhow::Result<()> {
     let client = args.api.client()?;
+    let (source, target) = match (direction, &args.from, &args.to) {
+        (Direction::Push, None, Some(_)) => anyhow::bail!("--to is for `get`; `send` takes the target as PARTNER"),
+        (Direction::Pull, Some(_), None) => anyhow::bail!("--from is for `send`; `get` takes the source as PARTNER"),
+        (Direction::Push, Some(from), _) => (Some(from.clone()), Some(args.partner.clone())),
+        (Direction::Pull, _, Some(to)) => (Some(args.partner.clone()), Some(to.clone())),
+        _ => (None, None),
+    };
+    let anywhere = source.is_some();
     let submit = Submit {
         partner: args.partner,
         rule: args.rule,
@@ -120,8 +140,19 @@ pub async fn transfer(args: TransferArgs, direction: Direction) -> anyhow::Resul
         external_job_id: args.job_id,
         transfer_info: args.info.unwrap_or_default(),
         block_size: args.block_size,
+        source,
+        target,
         compression: if args.lz4 { Compression::Lz4 } else { Compression::None },
     };
+    if anywhere {
+        let placed = client.submit_anywhere(&submit).await.context("the cluster refused the transfer")?;
+        out(&format!("{}\n", placed.id))?;
+        eprintln!("held by node {} (its requester)", placed.holder);
+        if !args.wait {
+            return Ok(());
+        }
+        return super::partners::follow_cluster(&client, placed.id.as_str()).await;
+    }
     let view = client.submit(&submit).await.context("the node refused the transfer")?;
     out(&format!("{}\n", view.id))?;
     if !args.wait {
@@ -253,7 +284,18 @@ impl Progress {
 pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     let client = args.api.client()?;
     if let Some(id) = &args.id {
-        let v = client.get(id).await?;
+        if args.cluster {
+            return out(&super::partners::cluster_detail(&client.cluster_view(id).await?));
+        }
+        let v = match client.get(id).await {
+            Ok(v) => v,
+            Err(e) if e.http_status() == Some(404) => {
+                // Not on this node: perhaps elsewhere in the cluster.
+                let c = client.cluster_view(id).await.map_err(|_| e)?;
+                return out(&super::partners::cluster_detail(&c));
+            }
+            Err(e) => return Err(e.into()),
+        };
         return out(&detail(&v));
     }
     let list = client.list(args.status.as_deref()).await?;
@@ -408,6 +450,8 @@ mod tests {
             finished_at: Some(1_700_000_002_000),
             error: None,
             node: "a".into(),
+            group: None,
+            submitted_on: None,
             restart_offset_durable: None,
             delivered: false,
             attempts: 1,

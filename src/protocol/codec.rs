@@ -11,6 +11,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use super::control::MAX_CONTROL_BODY;
 use super::message::{Data, Digest, Message, MAX_BLOCK_SIZE};
 
 /// Length of the frame header (the body length, u32 big-endian).
@@ -155,6 +156,47 @@ pub fn decode_body(body: &[u8]) -> Result<Message, CodecError> {
     Ok(msg)
 }
 
+fn control_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_CONTROL_BODY>()
+}
+
+/// One control frame (an [`Ask`](super::control::Ask) or an
+/// [`Answer`](super::control::Answer)): same framing, a smaller limit.
+pub fn encode_control<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
+    let mut out = vec![0; HEADER_LEN];
+    bincode::serde::encode_into_std_write(value, &mut out, control_config())
+        .map_err(|e| CodecError::Encode(e.to_string()))?;
+    let len = out.len() - HEADER_LEN;
+    if len > MAX_CONTROL_BODY {
+        return Err(CodecError::TooLarge { len, max: MAX_CONTROL_BODY });
+    }
+    let len = u32::try_from(len).expect("len <= MAX_CONTROL_BODY, which fits in u32");
+    out[..HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+    Ok(out)
+}
+
+/// Checks a control frame's announced body length against its limit.
+pub fn control_body_len(header: [u8; HEADER_LEN]) -> Result<usize, CodecError> {
+    let len = u32::from_be_bytes(header) as usize;
+    if len > MAX_CONTROL_BODY {
+        return Err(CodecError::TooLarge { len, max: MAX_CONTROL_BODY });
+    }
+    Ok(len)
+}
+
+/// Decodes a control frame body (without its header), with no bytes left over.
+pub fn decode_control<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
+    if body.len() > MAX_CONTROL_BODY {
+        return Err(CodecError::TooLarge { len: body.len(), max: MAX_CONTROL_BODY });
+    }
+    let (v, used) = bincode::serde::decode_from_slice::<T, _>(body, control_config())
+        .map_err(|e| CodecError::Decode(e.to_string()))?;
+    if used != body.len() {
+        return Err(CodecError::Trailing(body.len() - used));
+    }
+    Ok(v)
+}
+
 /// Decodes the first complete frame in `buf`, if there is one.
 ///
 /// Returns the message and the number of bytes it used, `Ok(None)` when more
@@ -294,6 +336,26 @@ mod tests {
         }
 
         #[test]
+        fn control_frames_round_trip_and_refuse_trailing_bytes(
+            target in "[a-z]{1,20}",
+            extra in proptest::collection::vec(any::<u8>(), 1..8),
+        ) {
+            use crate::protocol::control::{Answer, Ask};
+            for ask in [Ask::Ping, Ask::RelayDialBack { target: target.clone() }, Ask::DialMe { node: target.clone() }] {
+                let frame = encode_control(&ask).expect("encodes");
+                let len = control_body_len(frame[..HEADER_LEN].try_into().expect("header")).expect("within limit");
+                prop_assert_eq!(len, frame.len() - HEADER_LEN);
+                prop_assert_eq!(decode_control::<Ask>(&frame[HEADER_LEN..]).expect("decodes"), ask);
+                let mut longer = frame[HEADER_LEN..].to_vec();
+                longer.extend_from_slice(&extra);
+                prop_assert!(matches!(decode_control::<Ask>(&longer), Err(CodecError::Trailing(_))));
+            }
+            let answer = Answer::Refused { code: crate::protocol::ErrorCode::UnknownPartner, message: target };
+            let frame = encode_control(&answer).expect("encodes");
+            prop_assert_eq!(decode_control::<Answer>(&frame[HEADER_LEN..]).expect("decodes"), answer);
+        }
+
+        #[test]
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
             let _ = decode_frame(&bytes);
             let _ = decode_body(&bytes);
@@ -305,6 +367,9 @@ mod tests {
         let header = ((MAX_FRAME_BODY + 1) as u32).to_be_bytes();
         assert!(matches!(body_len(header), Err(CodecError::TooLarge { .. })));
         assert!(matches!(decode_frame(&header), Err(CodecError::TooLarge { .. })));
+        let header = ((MAX_CONTROL_BODY + 1) as u32).to_be_bytes();
+        assert!(matches!(control_body_len(header), Err(CodecError::TooLarge { .. })));
+        assert_eq!(control_body_len((MAX_CONTROL_BODY as u32).to_be_bytes()).expect("at the limit"), MAX_CONTROL_BODY);
     }
 
     #[test]

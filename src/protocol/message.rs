@@ -10,7 +10,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks. A peer with another version is refused.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Largest block size a node accepts (the frame limit is derived from it).
 pub const MAX_BLOCK_SIZE: u32 = 16 * 1024 * 1024;
@@ -170,6 +170,9 @@ pub enum ErrorCode {
     Shutdown,
     /// Anything else: a bug or an unexpected local condition.
     Internal,
+    /// The partner stayed unavailable longer than the request may wait
+    /// (`cluster.partner_wait_secs`); the message carries the last cause.
+    PartnerUnavailable,
 }
 
 impl fmt::Display for ErrorCode {

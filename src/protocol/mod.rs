@@ -6,9 +6,11 @@
 //! tests and the simulations drive it directly.
 
 pub mod codec;
+pub mod control;
 pub mod message;
 pub mod names;
 pub mod session;
 
+pub use control::StreamKind;
 pub use message::*;
 pub use session::{Failure, Origin, Output, Plan, Role, Session};

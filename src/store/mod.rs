@@ -37,7 +37,7 @@ use std::path::Path;
 use crate::protocol::RequestId;
 
 /// The on-disk layout version this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -263,6 +263,16 @@ impl Store {
     /// Stale index entries (the record is gone or no longer `ToSubmit`) are
     /// dropped on the way.
     pub fn queued(&self, max: usize) -> Result<Vec<RequestRecord>, StoreError> {
+        self.queued_where(max, |_| true)
+    }
+
+    /// Like [`Store::queued`], taking only records `take` accepts (the
+    /// others stay queued and are passed over).
+    pub fn queued_where(
+        &self,
+        max: usize,
+        mut take: impl FnMut(&RequestRecord) -> bool,
+    ) -> Result<Vec<RequestRecord>, StoreError> {
         let mut out = Vec::new();
         for kv in self.queue.iter() {
             if out.len() >= max {
@@ -279,7 +289,9 @@ impl Store {
                     if rec.status == Status::ToSubmit
                         && rec.queue_seq.map(|s| queue_key(s, &rec.id)) == Some(k.to_vec()) =>
                 {
-                    out.push(rec)
+                    if take(&rec) {
+                        out.push(rec)
+                    }
                 }
                 _ => {
                     self.queue.remove(k)?;

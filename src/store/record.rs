@@ -110,6 +110,12 @@ pub struct RequestRecord {
     pub attempts: u32,
     /// Requester: when an interrupted request is due to be retried (unix ms).
     pub retry_at: Option<u64>,
+    /// Requester: the group the request was addressed to; `partner` is the
+    /// member chosen (kept once the member holds a partial file).
+    pub group: Option<String>,
+    /// Requester: the node whose API took the submission, when another
+    /// node handed the request over (submit anywhere).
+    pub submitted_on: Option<String>,
 }
 
 impl RequestRecord {
@@ -144,6 +150,8 @@ impl RequestRecord {
             delivered: false,
             attempts: 0,
             retry_at: None,
+            group: None,
+            submitted_on: None,
         }
     }
 

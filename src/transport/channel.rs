@@ -7,6 +7,7 @@
 use bytes::Bytes;
 
 use crate::protocol::codec::{self, CodecError, HEADER_LEN};
+use crate::protocol::control::StreamKind;
 use crate::protocol::Message;
 
 /// Why a channel stopped working.
@@ -104,26 +105,41 @@ impl FrameReader {
 pub struct FrameWriter {
     send: quinn::SendStream,
     buf: Vec<u8>,
+    /// The stream-kind byte, sent with the first frame of a stream we opened.
+    kind: Option<u8>,
 }
 
 impl FrameWriter {
+    /// A writer on a stream the peer opened (its kind byte was already read).
     pub fn new(send: quinn::SendStream) -> Self {
-        FrameWriter { send, buf: Vec::new() }
+        FrameWriter { send, buf: Vec::new(), kind: None }
+    }
+
+    /// A writer on a stream we opened: its first byte says what it carries.
+    pub fn opened(send: quinn::SendStream, kind: StreamKind) -> Self {
+        FrameWriter { send, buf: Vec::new(), kind: Some(kind.byte()) }
     }
 
     pub async fn send(&mut self, msg: &Message) -> Result<(), ChannelError> {
         self.buf.clear();
+        self.buf.extend(self.kind.take());
         codec::encode_into(msg, &mut self.buf)?;
         self.send.write_all(&self.buf).await.map_err(|e| ChannelError::Lost(e.to_string()))
     }
 
     /// Sends a frame already encoded (the data path encodes off the executor).
     pub async fn send_frame(&mut self, frame: Bytes) -> Result<(), ChannelError> {
+        if let Some(k) = self.kind.take() {
+            self.send.write_all(&[k]).await.map_err(|e| ChannelError::Lost(e.to_string()))?;
+        }
         self.send.write_chunk(frame).await.map_err(|e| ChannelError::Lost(e.to_string()))
     }
 
     /// Writes raw bytes: only for tests that play a misbehaving peer.
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ChannelError> {
+        if let Some(k) = self.kind.take() {
+            self.send.write_all(&[k]).await.map_err(|e| ChannelError::Lost(e.to_string()))?;
+        }
         self.send.write_all(bytes).await.map_err(|e| ChannelError::Lost(e.to_string()))
     }
 

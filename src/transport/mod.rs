@@ -6,6 +6,7 @@
 //! from the verified certificate, never from anything the peer merely says.
 
 pub mod channel;
+pub mod control;
 pub mod endpoint;
 pub mod tls;
 

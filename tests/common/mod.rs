@@ -72,6 +72,8 @@ pub fn submit(direction: Direction, partner: &str, file: &str) -> Submit {
         external_job_id: None,
         transfer_info: String::new(),
         block_size: None,
+        source: None,
+        target: None,
         compression: Compression::None,
     }
 }
