@@ -25,10 +25,10 @@ use crate::actors::client_runner::tell_cancel;
 use crate::actors::commander::CommanderMsg;
 use crate::actors::connections::{self, ConnectionsMsg, CLOSE_SHUTDOWN};
 use crate::actors::control_plane::request_state;
-use crate::protocol::control::RequestState;
 use crate::actors::drive::{self, Control, AUDIT};
 use crate::actors::supervisor::{Supervisor, SupervisorMsg};
 use crate::config::NodeConfig;
+use crate::protocol::control::RequestState;
 use crate::protocol::names::check_file_name;
 use crate::protocol::{Capabilities, Compression, Direction, ErrorCode, RequestId, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
 use crate::store::{now_ms, RequestError, RequestRecord, Role, Status, Store, StoreError};
@@ -414,7 +414,8 @@ impl NodeHandle {
             source: None,
             target: None,
         };
-        let submitted_on = if h.submitted_on == from { h.submitted_on } else { format!("{} (via {from})", h.submitted_on) };
+        let submitted_on =
+            if h.submitted_on == from { h.submitted_on } else { format!("{} (via {from})", h.submitted_on) };
         self.submit_as(s, h.id, Some(submitted_on)).await
     }
 
@@ -463,7 +464,10 @@ impl NodeHandle {
             submitted_on: me.clone(),
         };
         let mut unreachable = Vec::new();
-        let tries = [(source.clone(), handover(&target, Direction::Push)), (target.clone(), handover(&source, Direction::Pull))];
+        let tries = [
+            (source.clone(), handover(&target, Direction::Push)),
+            (target.clone(), handover(&source, Direction::Pull)),
+        ];
         for (node, h) in tries {
             if self.ctx.config.partner(&node).is_none() {
                 continue; // a group target: only its source can run it

@@ -273,8 +273,7 @@ async fn a_hundred_requests_in_both_directions_share_one_connection() {
     // both nodes see the same one.
     wait_until("one connection per pair", WITHIN, async || {
         let (sa, sb) = (ha.stats().await, hb.stats().await);
-        (sa.connections_by_partner.get("b") == Some(&1) && sb.connections_by_partner.get("a") == Some(&1))
-            .then_some(())
+        (sa.connections_by_partner.get("b") == Some(&1) && sb.connections_by_partner.get("a") == Some(&1)).then_some(())
     })
     .await;
     let sa = ha.stats().await;

@@ -75,6 +75,7 @@ pub struct Link {
     pub origin: String,
     channels: Arc<AtomicUsize>,
     seq: u64,
+    registered: Instant,
 }
 
 impl Link {
@@ -267,7 +268,14 @@ impl ConnectionsState {
     ) {
         tracing::info!(partner = %partner, remote = %conn.remote_address(), origin = %origin, "connection up");
         self.seq += 1;
-        let link = Link { conn: conn.clone(), dialed_by_me, origin, channels: Arc::default(), seq: self.seq };
+        let link = Link {
+            conn: conn.clone(),
+            dialed_by_me,
+            origin,
+            channels: Arc::default(),
+            seq: self.seq,
+            registered: Instant::now(),
+        };
         let list = self.live.entry(partner.to_owned()).or_default();
         list.retain(|l| l.is_live());
         list.push(link.clone());
@@ -322,7 +330,7 @@ impl ConnectionsState {
         let relays = self.relays(partner);
         let Some(p) = self.pending.get_mut(partner) else { return };
         if relays.is_empty() {
-            let message = format!("{direct_error}; reverse connect: no relay (no other partner) to ask");
+            let message = format!("{direct_error}; reverse connect: no other partner to ask as a relay");
             return self.settle(partner, Err(ConnectError { code: ErrorCode::Connection, message }));
         }
         p.phase = Phase::Reverse { direct_error, via: None, started: Instant::now() };
@@ -335,20 +343,22 @@ impl ConnectionsState {
     }
 
     /// Partners that may relay a dial-back to `target`: the configured
-    /// relays, else every other partner we are connected to.
+    /// relays, else every other partner, those we are connected to first.
     fn relays(&self, target: &str) -> Vec<String> {
         let configured = &self.ctx.config.cluster.relays;
         if !configured.is_empty() {
             return configured.iter().filter(|r| r.as_str() != target).cloned().collect();
         }
-        let mut connected: Vec<String> = self
-            .live
+        let mut all: Vec<(bool, String)> = self
+            .ctx
+            .config
+            .partners
             .iter()
-            .filter(|(p, links)| p.as_str() != target && links.iter().any(Link::is_live))
-            .map(|(p, _)| p.clone())
+            .filter(|p| p.id != target)
+            .map(|p| (self.preferred(&p.id).is_none(), p.id.clone()))
             .collect();
-        connected.sort();
-        connected
+        all.sort();
+        all.into_iter().map(|(_, p)| p).collect()
     }
 
     fn tick(&mut self, myself: &ActorRef<ConnectionsMsg>) {
@@ -387,13 +397,16 @@ impl ConnectionsState {
     /// that carry no channel; the peer makes the same choice of preferred link.
     fn retire_duplicates(&mut self, partner: &str) {
         let Some(keep) = self.preferred(partner) else { return };
+        // The peer must have seen the preferred link too before it stops
+        // opening channels on this one.
+        let settled = Duration::from_millis(2 * self.ctx.config.cluster.heartbeat_ms);
         let Some(list) = self.live.get_mut(partner) else { return };
         list.retain(|l| {
             let idle_duplicate = l.seq != keep.seq
                 && l.dialed_by_me
                 && l.is_live()
                 && l.channels.load(Ordering::Relaxed) == 0
-                && keep.seq > l.seq;
+                && keep.registered.elapsed() > settled;
             if idle_duplicate {
                 tracing::info!(partner = %partner, origin = %l.origin, "closing a duplicate connection");
                 l.conn.close(quinn::VarInt::from_u32(CLOSE_DUPLICATE), b"duplicate connection");

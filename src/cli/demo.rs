@@ -132,8 +132,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             transfer_info: "ferry demo".into(),
             block_size: None,
             source: None,
-        target: None,
-        compression: Compression::None,
+            target: None,
+            compression: Compression::None,
         };
         let view = api(p.requester)?.submit(&s).await.with_context(|| format!("submitting {}", p.file))?;
         submitted.push((p, digest, view.id));
