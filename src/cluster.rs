@@ -1,7 +1,13 @@
 //! Local cluster layouts: certificates, folders and node configs for N nodes
 //! on loopback, generated in one folder.
 //!
-//! Used by `ferry demo`, `ferry bench` and the tests. Every node is a
+//! Two generators live here. [`spec`] reads a cluster file (fixed ports, a
+//! state folder, partner groups) and is what `ferry cluster up|down|status`
+//! runs on; its types are re-exported here. [`LocalLayout`], below, picks
+//! free ports itself and is used by `ferry demo`, `ferry bench` and the
+//! tests, which start their nodes in one process.
+//!
+//! In [`LocalLayout`], every node is a
 //! partner of every other and has one rule, `default`, open to all of them,
 //! sending from `ROOT/NODE/out` and receiving into `ROOT/NODE/in`.
 //!
@@ -14,6 +20,10 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{NodeConfig, Partner, Rule, TlsPaths};
 use crate::protocol::DEFAULT_BLOCK_SIZE;
+
+pub mod spec;
+
+pub use spec::{ClusterError, ClusterSpec, ClusterState, Prepared};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -2,9 +2,11 @@
 //!
 //! `node` and `certs` act locally; `send`, `get`, `status`, `log`, `stop`,
 //! `cancel` and `restart` talk to a running node through its REST API
-//! ([`ferry::api::ApiClient`]); `demo` and `bench` live in their own modules.
+//! ([`ferry::api::ApiClient`]); `cluster`, `demo` and `bench` live in their
+//! own modules.
 
 mod bench;
+mod cluster;
 mod control;
 mod demo;
 mod display;
@@ -60,6 +62,9 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Measure transfer throughput on a local cluster.
     Bench(bench::BenchArgs),
+    /// Start, stop and inspect a cluster of `ferry node` processes described by a cluster file.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -127,6 +132,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Restart(args) => control::restart(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Cluster(cmd) => cluster::run(cmd).await,
     }
 }
 
