@@ -209,3 +209,40 @@ async fn a_frame_over_the_limit_ends_only_its_channel() {
     assert!(delivered(&layout.in_dir("b")).is_empty());
     b.shutdown().await;
 }
+
+/// Streams whose first byte is not a known kind, and control asks that are
+/// malformed or oversized, are refused one by one; the connection and
+/// heartbeats on it keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_streams_and_bad_control_asks_are_refused_alone() {
+    use ferry::protocol::control::{Answer, Ask};
+    let layout = Layout::new(&["a", "b"]);
+    let b = layout.start("b").await;
+    let (_ep, conn) = raw_peer(&layout, "a", "b").await;
+    let limit = Duration::from_secs(10);
+    // An unknown kind byte: the stream is reset, nothing is read from it.
+    let (mut s, mut r) = conn.open_bi().await.expect("open");
+    s.write_all(b"Xjunk").await.expect("write");
+    let mut buf = [0u8; 1];
+    let read = tokio::time::timeout(limit, r.read(&mut buf)).await.expect("answered in time");
+    assert!(matches!(read, Err(quinn::ReadError::Reset(_))), "{read:?}");
+    // A control frame announcing more than the control limit.
+    let (mut s, mut r) = conn.open_bi().await.expect("open");
+    let mut frame = vec![StreamKind::Control.byte()];
+    frame.extend_from_slice(&(ferry::protocol::control::MAX_CONTROL_BODY as u32 + 1).to_be_bytes());
+    s.write_all(&frame).await.expect("write");
+    let answer = tokio::time::timeout(limit, r.read_to_end(4096)).await.expect("in time").expect("an answer");
+    let answer: Answer = ferry::protocol::codec::decode_control(&answer[4..]).expect("decodes");
+    assert!(
+        matches!(&answer, Answer::Refused { code: ErrorCode::Protocol, message } if message.contains("exceeds")),
+        "{answer:?}"
+    );
+    // The connection still answers heartbeats.
+    let pong = ferry::transport::control::ask(&conn, &Ask::Ping, limit).await.expect("pong");
+    assert_eq!(pong, Answer::Pong);
+    // A relay request naming the asker itself is refused with a reason.
+    let a = ferry::transport::control::ask(&conn, &Ask::RelayDialBack { target: "a".into() }, limit).await;
+    assert!(matches!(a, Ok(Answer::Refused { .. })), "{a:?}");
+    assert!(conn.close_reason().is_none());
+    b.shutdown().await;
+}
