@@ -90,8 +90,8 @@ pub struct ClusterSettings {
     /// After a direct dial failed, how long to wait for the partner to dial
     /// back when asked through a relay (reverse connect).
     pub reverse_connect_timeout_ms: u64,
-    /// Partners asked to relay a dial-back request; empty: every partner
-    /// this node is connected to.
+    /// Partners asked to relay a dial-back request, in this order; empty:
+    /// every other partner, those this node is connected to first.
     pub relays: Vec<String>,
 }
 
