@@ -152,7 +152,7 @@ trap 'echo "netns-test.sh: line $LINENO: \`$BASH_COMMAND\` failed (exit $?)" >&2
 
 # --- the binary ---------------------------------------------------------------------
 
-BIN_SRC=${FERRY_BIN:-$REPO/target/debug/ferry}
+BIN_SRC=${FERRY_BIN:-${CARGO_TARGET_DIR:-$REPO/target}/debug/ferry}
 if ((BUILD)) || [[ ! -x $BIN_SRC ]]; then
     if [[ -n ${FERRY_BIN:-} ]]; then
         [[ -x $BIN_SRC ]] || { echo "FERRY_BIN=$FERRY_BIN is not an executable file" >&2; exit 1; }
