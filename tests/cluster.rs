@@ -206,22 +206,30 @@ async fn a_group_request_with_data_at_its_member_stays_with_it() {
     write_random(&layout.out_dir("a").join("warm"), 1000);
     let warm = a.handle().submit(submit(Direction::Push, "b", "warm")).await.expect("submit");
     done_on_both(&a.handle(), &b.handle(), &warm.id).await;
-    let digest = write_random(&layout.out_dir("a").join("big"), 96 << 20);
+    let digest = write_random(&layout.out_dir("a").join("big"), 256 << 20);
     let rec = a.handle().submit(submit(Direction::Push, "backends", "big")).await.expect("submit");
     assert_eq!(rec.partner, "b", "the available member is chosen over one not yet known");
-    let ha = a.handle();
-    wait_until("some data sent to b", WITHIN, async || {
+    // Pause the request as soon as b holds a durable part of the file,
+    // then take b away.
+    let (ha, hb) = (a.handle(), b.handle());
+    wait_until("a restart point at b", WITHIN, async || hb.store().get(&rec.id).ok()??.restart_point).await;
+    a.handle().stop(&rec.id).await.expect("stop");
+    let r = wait_until("stopped", WITHIN, async || {
         let r = ha.store().get(&rec.id).ok()??;
-        (r.transferred > 2 << 20).then_some(())
+        (r.status != Status::Running).then_some(r)
     })
     .await;
+    assert_eq!(r.status, Status::Interrupted, "stopped before it finished: {r:?}");
+    drop(hb); // the store closes with b's last handle, so b can start again
     b.shutdown().await;
     wait_until("b unavailable", WITHIN, async || ha.availability_of("b").eq(&PartnerState::Unavailable).then_some(()))
         .await;
+    a.handle().restart(&rec.id).await.expect("restart");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let r = a.handle().store().get(&rec.id).expect("store").expect("record");
     assert_eq!(r.partner, "b", "the member holding the partial file keeps the request: {r:?}");
     assert!(!r.status.is_final(), "{r:?}");
+    assert!(job_log_text(&a.handle(), &rec.id).contains("waiting: partner b is unavailable"));
     let b = layout.start("b").await;
     done_on_both(&a.handle(), &b.handle(), &rec.id).await;
     assert_eq!(file_digest(&layout.in_dir("b").join("big")), digest);

@@ -180,12 +180,15 @@ impl CommanderState {
     }
 }
 
-/// For a queued group request whose member is unavailable and which has
-/// sent nothing yet: another member to move it to, if one is not known to
-/// be unavailable.
+/// For a queued group request whose member is unavailable and never
+/// accepted it: another member to move it to, if one is not known to be
+/// unavailable. Once a member accepted the request (`started_at` is set on
+/// acceptance, before any data) it may hold a partial file, so the request
+/// stays with it; `transferred` cannot tell, as it is recorded only now
+/// and then.
 fn movable_member(ctx: &NodeContext, rec: &RequestRecord) -> Option<String> {
     let group = ctx.config.group(rec.group.as_deref()?)?;
-    if !ctx.availability.is_unavailable(&rec.partner) || rec.transferred > 0 || rec.restart_offset > 0 {
+    if !ctx.availability.is_unavailable(&rec.partner) || rec.started_at.is_some() {
         return None;
     }
     let m = crate::node::pick_member(ctx, &group.members, Some(&rec.partner));
