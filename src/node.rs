@@ -281,7 +281,9 @@ pub struct PartnersView {
     pub groups: Vec<crate::config::Group>,
 }
 
-/// See [`NodeHandle::pick_member`].
+/// Chooses a group member for a request: an available one first, then one
+/// not known to be unavailable, in the group's order; `avoid` (the member
+/// that just failed) is taken only if nothing else is left.
 pub(crate) fn pick_member(ctx: &NodeContext, members: &[String], avoid: Option<&str>) -> String {
     let rank = |m: &String| {
         let state = ctx.availability.get(m).state;
@@ -334,7 +336,7 @@ impl NodeHandle {
         }
         let (partner, group) = match (cfg.partner(&s.partner), cfg.group(&s.partner)) {
             (Some(p), _) => (p.id.clone(), None),
-            (None, Some(g)) => (self.pick_member(&g.members, None), Some(g.name.clone())),
+            (None, Some(g)) => (pick_member(&self.ctx, &g.members, None), Some(g.name.clone())),
             (None, None) => return Err(SubmitError::UnknownPartner(s.partner.clone())),
         };
         let rule = cfg.rule(&s.rule).ok_or_else(|| SubmitError::UnknownRule(s.rule.clone()))?;
@@ -382,13 +384,6 @@ impl NodeHandle {
 
     pub(crate) fn from_context(ctx: Arc<NodeContext>) -> NodeHandle {
         NodeHandle { ctx }
-    }
-
-    /// Chooses a group member for a request: an available one first, then
-    /// one not known to be unavailable, in the group's order; `avoid` (the
-    /// member that just failed) is taken only if nothing else is left.
-    pub(crate) fn pick_member(&self, members: &[String], avoid: Option<&str>) -> String {
-        pick_member(&self.ctx, members, avoid)
     }
 
     /// Takes over a request another node's API accepted (submit anywhere):
@@ -542,10 +537,6 @@ impl NodeHandle {
                     Ok(Err(why)) => unreachable.push(why),
                     Err(_) => unreachable.push(format!("{node} did not answer in time")),
                 }
-            }
-            // Only the request's two nodes matter once one of them is found.
-            if !nodes.is_empty() {
-                ask_next.retain(|n| nodes.iter().any(|st| &st.partner == n));
             }
         }
         nodes.sort_by(|a, b| a.node.cmp(&b.node));

@@ -135,6 +135,7 @@ impl CommanderState {
     ) -> Result<(), ActorProcessingErr> {
         let limit = Duration::from_secs(self.ctx.config.cluster.partner_wait_secs);
         let mut still = HashMap::new();
+        let mut wrote = false;
         for (id, partner) in passed_over {
             let health = self.ctx.availability.get(&partner);
             let cause = health.last_error.unwrap_or_else(|| "no answer".into());
@@ -142,6 +143,7 @@ impl CommanderState {
                 Some((_, since)) => *since,
                 None => {
                     self.ctx.store.log(&id, &format!("waiting: partner {partner} is unavailable ({cause})"))?;
+                    wrote = true;
                     Instant::now()
                 }
             };
@@ -164,10 +166,11 @@ impl CommanderState {
                 },
             )?;
             if failed.is_some() {
+                wrote = true;
                 tracing::warn!(target: crate::actors::drive::AUDIT, event = "failed", request_id = %id, code = %ErrorCode::PartnerUnavailable, message = %message);
             }
         }
-        if still.len() < self.waiting.len() || !still.is_empty() {
+        if wrote {
             self.ctx.store.flush().await?;
         }
         self.waiting = still;
