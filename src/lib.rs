@@ -10,6 +10,7 @@ pub mod api;
 pub mod certs;
 pub mod cluster;
 pub mod config;
+pub mod determinism;
 pub mod node;
 pub mod protocol;
 pub mod store;

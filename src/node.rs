@@ -78,7 +78,7 @@ pub struct NodeContext {
     pub running_requests: AtomicUsize,
     /// The requested-side runner currently serving each request: a token,
     /// and the flag that tells an older runner it was superseded.
-    pub serving: std::sync::Mutex<std::collections::HashMap<RequestId, (u64, Arc<std::sync::atomic::AtomicBool>)>>,
+    pub serving: std::sync::Mutex<std::collections::BTreeMap<RequestId, (u64, Arc<std::sync::atomic::AtomicBool>)>>,
     /// What this node knows of each partner's reachability.
     pub availability: Availability,
     actors: RwLock<Option<ActorRefs>>,
@@ -512,7 +512,7 @@ impl NodeHandle {
             }
             _ => ask_next.extend(self.ctx.config.partners.iter().map(|p| p.id.clone())),
         }
-        let mut asked = std::collections::HashSet::new();
+        let mut asked = std::collections::BTreeSet::new();
         while !ask_next.is_empty() {
             let round: Vec<String> = ask_next.drain(..).filter(|n| *n != me && asked.insert(n.clone())).collect();
             let mut set = tokio::task::JoinSet::new();
@@ -714,18 +714,49 @@ pub struct Node {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// How a node is started; the defaults are what `ferry node` does.
+#[derive(Clone, Debug, Default)]
+pub struct NodeOptions {
+    /// The network QUIC runs on (a simulation's socket and seed).
+    pub network: transport::Network,
+    /// Do not serve the REST API (a simulation drives the node through its
+    /// [`NodeHandle`]).
+    pub without_api: bool,
+}
+
+/// What a clean shutdown left behind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Tasks or actors still holding the node's context when the shutdown
+    /// grace period ended (0 when every one of them stopped).
+    pub lingering: usize,
+}
+
 impl Node {
     pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        Node::start_with(config, NodeOptions::default()).await
+    }
+
+    pub async fn start_with(config: NodeConfig, options: NodeOptions) -> Result<Node, NodeError> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| NodeError::DataDir { path: config.data_dir.display().to_string(), source })?;
         let store = Store::open(&config.data_dir.join("store"))?;
         let identity = NodeIdentity::load(&config.node_id, &config.tls.cert, &config.tls.key, &config.tls.ca)?;
-        let endpoint = transport::make_endpoint(config.listen, &identity, &TransportTuning::default())?;
+        let endpoint =
+            transport::make_endpoint_on(config.listen, &identity, &TransportTuning::default(), &options.network)?;
         let quic_addr = endpoint.local_addr().map_err(|e| NodeError::Actors(format!("no local address: {e}")))?;
-        let api_listener = tokio::net::TcpListener::bind(config.api)
-            .await
-            .map_err(|source| NodeError::Api { addr: config.api, source })?;
-        let api_addr = api_listener.local_addr().map_err(|source| NodeError::Api { addr: config.api, source })?;
+        let api_listener = match options.without_api {
+            true => None,
+            false => Some(
+                tokio::net::TcpListener::bind(config.api)
+                    .await
+                    .map_err(|source| NodeError::Api { addr: config.api, source })?,
+            ),
+        };
+        let api_addr = match &api_listener {
+            Some(l) => l.local_addr().map_err(|source| NodeError::Api { addr: config.api, source })?,
+            None => config.api,
+        };
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let ctx = Arc::new(NodeContext {
             config,
@@ -750,16 +781,18 @@ impl Node {
                 tokio::spawn(connections::admit(accept_ctx.clone(), a.connections, incoming));
             }
         }));
-        let mut api_shutdown = shutdown_rx;
-        let api_handle = handle.clone();
-        tasks.push(tokio::spawn(async move {
-            let stop = async move {
-                let _ = api_shutdown.wait_for(|s| *s).await;
-            };
-            if let Err(e) = crate::api::serve(api_listener, api_handle, stop).await {
-                tracing::error!(error = %e, "REST API stopped");
-            }
-        }));
+        if let Some(api_listener) = api_listener {
+            let mut api_shutdown = shutdown_rx;
+            let api_handle = handle.clone();
+            tasks.push(tokio::spawn(async move {
+                let stop = async move {
+                    let _ = api_shutdown.wait_for(|s| *s).await;
+                };
+                if let Err(e) = crate::api::serve(api_listener, api_handle, stop).await {
+                    tracing::error!(error = %e, "REST API stopped");
+                }
+            }));
+        }
         tracing::info!(node = %ctx.config.node_id, quic = %quic_addr, api = %api_addr, "node started");
         Ok(Node { handle, shutdown_tx, supervisor, quic_addr, api_addr, tasks })
     }
@@ -773,14 +806,15 @@ impl Node {
         self.quic_addr
     }
 
-    /// The bound REST API (TCP) address.
+    /// The bound REST API (TCP) address (the configured one when started
+    /// without the API).
     pub fn api_addr(&self) -> SocketAddr {
         self.api_addr
     }
 
     /// Stops the node cleanly: running requests become `Interrupted` and the
     /// store is flushed.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(self) -> ShutdownReport {
         let ctx = self.handle.ctx.clone();
         let _ = self.shutdown_tx.send(true);
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
@@ -806,7 +840,13 @@ impl Node {
         while Arc::strong_count(&ctx) > 1 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        tracing::info!(node = %ctx.config.node_id, "node stopped");
+        let lingering = Arc::strong_count(&ctx) - 1;
+        if lingering > 0 {
+            tracing::warn!(node = %ctx.config.node_id, lingering, "node stopped with tasks still holding it");
+        } else {
+            tracing::info!(node = %ctx.config.node_id, "node stopped");
+        }
+        ShutdownReport { lingering }
     }
 }
 

@@ -10,7 +10,7 @@
 //! The table lives in memory only: after a restart every partner is
 //! `Unknown` again and is learnt afresh by the first dial.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
@@ -47,7 +47,7 @@ impl Default for PartnerHealth {
 /// The table, shared by the node's parts.
 #[derive(Default)]
 pub struct Availability {
-    partners: Mutex<HashMap<String, PartnerHealth>>,
+    partners: Mutex<BTreeMap<String, PartnerHealth>>,
 }
 
 impl Availability {

@@ -143,7 +143,7 @@ async fn run(args: ClientRunnerArgs, mut control: mpsc::Receiver<Control>) {
             delivered = rec.hash.map(|hash| EndTransfer { bytes: rec.size, hash });
         } else {
             let point = rec.restart_point;
-            match tokio::task::spawn_blocking(move || receive::resume_offer(&work, point)).await {
+            match crate::determinism::blocking(move || receive::resume_offer(&work, point)).await {
                 Ok(Ok(offer)) => {
                     files.work_len = offer.work_len;
                     if let Some(p) = offer.prefix {

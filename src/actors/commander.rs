@@ -8,10 +8,12 @@
 //! requests a partner was running here are marked `Interrupted` (the partner
 //! drives them again).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 
@@ -46,10 +48,10 @@ pub struct Commander;
 pub struct CommanderState {
     ctx: Arc<NodeContext>,
     connections: ActorRef<ConnectionsMsg>,
-    running: HashMap<ActorId, (RequestId, ActorRef<ClientRunnerMsg>)>,
+    running: BTreeMap<ActorId, (RequestId, ActorRef<ClientRunnerMsg>)>,
     /// Queued requests passed over because their partner is unavailable,
     /// with when they started waiting (in memory: a restart waits afresh).
-    waiting: HashMap<RequestId, (String, Instant)>,
+    waiting: BTreeMap<RequestId, (String, Instant)>,
     tick_scheduled: bool,
 }
 
@@ -134,7 +136,7 @@ impl CommanderState {
         passed_over: Vec<(RequestId, String)>,
     ) -> Result<(), ActorProcessingErr> {
         let limit = Duration::from_secs(self.ctx.config.cluster.partner_wait_secs);
-        let mut still = HashMap::new();
+        let mut still = BTreeMap::new();
         let mut wrote = false;
         for (id, partner) in passed_over {
             let health = self.ctx.availability.get(&partner);
@@ -233,8 +235,8 @@ impl Actor for Commander {
         Ok(CommanderState {
             ctx: args.ctx,
             connections: args.connections,
-            running: HashMap::new(),
-            waiting: HashMap::new(),
+            running: BTreeMap::new(),
+            waiting: BTreeMap::new(),
             tick_scheduled: false,
         })
     }

@@ -33,10 +33,12 @@
 //! Dialing runs in tasks of its own, never in the mailbox, so a slow or
 //! unreachable partner does not hold up requests to other partners.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
@@ -158,9 +160,9 @@ pub struct Connections;
 
 pub struct ConnectionsState {
     ctx: Arc<NodeContext>,
-    live: HashMap<String, Vec<Link>>,
-    pending: HashMap<String, Pending>,
-    pinging: std::collections::HashSet<String>,
+    live: BTreeMap<String, Vec<Link>>,
+    pending: BTreeMap<String, Pending>,
+    pinging: BTreeSet<String>,
     seq: u64,
 }
 
@@ -476,7 +478,13 @@ impl Actor for Connections {
         myself.send_interval(every, || ConnectionsMsg::Tick);
         // Keep-connected partners are dialed at once, not a tick later.
         myself.cast(ConnectionsMsg::Tick)?;
-        Ok(ConnectionsState { ctx, live: HashMap::new(), pending: HashMap::new(), pinging: Default::default(), seq: 0 })
+        Ok(ConnectionsState {
+            ctx,
+            live: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            pinging: Default::default(),
+            seq: 0,
+        })
     }
 
     async fn handle(

@@ -15,7 +15,9 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio::sync::mpsc;
 
@@ -116,7 +118,7 @@ impl Drive {
             writer,
             conn,
             files,
-            token: rand::random(),
+            token: crate::determinism::random_u128() as u64,
             superseded: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -290,7 +292,10 @@ impl Drive {
             if self.session.is_finished() {
                 break;
             }
+            // Biased: polling order must not depend on a random draw, so a
+            // simulation replays the same interleaving from the same seed.
             tokio::select! {
+                biased;
                 msg = self.reader.next() => {
                     let more = match msg {
                         Ok(Some(m)) => self.session.handle(m),
@@ -425,7 +430,7 @@ impl Drive {
                 if let Some(theirs) = req.prefix_hash.filter(|_| req.restart_offset > 0 && req.restart_offset <= size) {
                     let offset = req.restart_offset;
                     let p = path.clone();
-                    let mine = tokio::task::spawn_blocking(move || hash_prefix(&p, offset))
+                    let mine = crate::determinism::blocking(move || hash_prefix(&p, offset))
                         .await
                         .map_err(|e| (ErrorCode::Internal, e.to_string()))?
                         .map_err(|e| (ErrorCode::Io, format!("cannot read {}: {e}", path.display())))?;
@@ -458,7 +463,7 @@ impl Drive {
                 }
                 let work = receive::work_path(&dir, &req.request_id);
                 let point = existing.as_ref().and_then(|r| r.restart_point).filter(|p| p.offset <= req.size);
-                let offer = tokio::task::spawn_blocking(move || receive::resume_offer(&work, point))
+                let offer = crate::determinism::blocking(move || receive::resume_offer(&work, point))
                     .await
                     .map_err(|e| (ErrorCode::Internal, e.to_string()))?
                     .map_err(|e| (ErrorCode::Io, format!("cannot read the partial file: {e}")))?;
@@ -533,7 +538,7 @@ impl Drive {
             return self.session.fail(ErrorCode::Internal, "no source file".into());
         };
         let p = path.clone();
-        let mine = match tokio::task::spawn_blocking(move || hash_prefix(&p, offset)).await {
+        let mine = match crate::determinism::blocking(move || hash_prefix(&p, offset)).await {
             Ok(Ok(h)) => Prefix { offset, hasher: h },
             Ok(Err(e)) => return self.session.fail(ErrorCode::Io, format!("cannot read {}: {e}", path.display())),
             Err(e) => return self.session.fail(ErrorCode::Internal, e.to_string()),
@@ -652,7 +657,7 @@ impl Drive {
         let final_path = self.final_path().ok_or((ErrorCode::Internal, "no file name".to_string()))?;
         let work = receive::work_path(&dir, &id);
         let target = final_path.clone();
-        tokio::task::spawn_blocking(move || receive::deliver(&work, &target))
+        crate::determinism::blocking(move || receive::deliver(&work, &target))
             .await
             .map_err(|e| (ErrorCode::Internal, e.to_string()))??;
         self.record(&format!("delivered to {}", final_path.display()), |_| {});

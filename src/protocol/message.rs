@@ -32,7 +32,7 @@ pub struct RequestId(String);
 impl RequestId {
     /// A fresh random id.
     pub fn generate() -> Self {
-        RequestId(format!("{:032x}", rand::random::<u128>()))
+        RequestId(format!("{:032x}", crate::determinism::random_u128()))
     }
 
     /// Parses an id, accepting only the canonical 32-hex-character form.

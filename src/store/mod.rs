@@ -127,10 +127,13 @@ impl Store {
             }
         }
         let (flusher, rx) = tokio::sync::mpsc::unbounded_channel();
-        std::thread::Builder::new()
-            .name("ferry-store-flush".into())
-            .spawn(move || run_flusher(rx))
-            .map_err(|e| StoreError::Flush(format!("cannot start the flusher thread: {e}")))?;
+        // A simulation flushes inline (see `flush`): no thread of its own.
+        if !crate::determinism::inline_io() {
+            std::thread::Builder::new()
+                .name("ferry-store-flush".into())
+                .spawn(move || run_flusher(rx))
+                .map_err(|e| StoreError::Flush(format!("cannot start the flusher thread: {e}")))?;
+        }
         Ok(Store {
             requests: db.open_tree("requests")?,
             joblog: db.open_tree("joblog")?,
@@ -321,6 +324,9 @@ impl Store {
     /// Forces everything written so far to disk (fsync), as a group commit
     /// shared with every other caller waiting at the same time.
     pub async fn flush(&self) -> Result<(), StoreError> {
+        if crate::determinism::inline_io() {
+            return self.flush_blocking();
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.flusher
             .send((self.db.clone(), tx))
@@ -343,7 +349,10 @@ fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
     const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
     let deadline = std::time::Instant::now() + LOCK_WAIT;
     loop {
-        match sled::Config::new().path(dir).flush_every_ms(Some(500)).open() {
+        // sled's own timed flush runs on a thread; a simulation, whose
+        // clock that thread cannot follow, relies on the explicit flushes.
+        let every = (!crate::determinism::inline_io()).then_some(500);
+        match sled::Config::new().path(dir).flush_every_ms(every).open() {
             Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
                 if std::time::Instant::now() >= deadline {
                     return Err(StoreError::Sled(sled::Error::Io(e)));

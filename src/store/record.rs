@@ -171,10 +171,8 @@ pub struct LogEntry {
     pub message: String,
 }
 
-/// Milliseconds since the Unix epoch (0 if the clock is before it).
+/// Milliseconds since the Unix epoch (0 if the clock is before it); the
+/// simulated clock under a simulation.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    crate::determinism::now_ms()
 }

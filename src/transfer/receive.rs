@@ -44,7 +44,7 @@ pub struct RestartPoints {
 }
 
 impl RestartPoints {
-    fn due(&self, bytes: u64, since: std::time::Instant) -> bool {
+    fn due(&self, bytes: u64, since: tokio::time::Instant) -> bool {
         (self.every_bytes > 0 && bytes >= self.every_bytes) || (!self.every.is_zero() && since.elapsed() >= self.every)
     }
 
@@ -156,7 +156,19 @@ impl BlockWriter {
     ) -> BlockWriter {
         let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
         let prefix = prefix.filter(|p| p.offset == plan.restart_offset);
-        let handle = tokio::task::spawn_blocking(move || write_blocks(&work, &plan, prefix, points.as_ref(), rx));
+        let handle = if crate::determinism::inline_io() {
+            // A simulation writes on a task of its own, each block inline.
+            tokio::spawn(async move {
+                let mut rx = rx;
+                let mut file = WorkFile::open(work, &plan, prefix, points)?;
+                while let Some(block) = rx.recv().await {
+                    file.write(block)?;
+                }
+                file.finish()
+            })
+        } else {
+            tokio::task::spawn_blocking(move || write_blocks(work, &plan, prefix, points, rx))
+        };
         BlockWriter { tx: Some(tx), handle }
     }
 
@@ -186,28 +198,70 @@ fn io_failure(what: &str, path: &Path, e: std::io::Error) -> Failure {
     (ErrorCode::Io, format!("cannot {what} {}: {e}", path.display()))
 }
 
+/// The blocking writer thread: blocks from the channel into the work file.
 fn write_blocks(
-    work: &Path,
+    work: PathBuf,
     plan: &Plan,
     prefix: Option<super::Prefix>,
-    points: Option<&RestartPoints>,
+    points: Option<RestartPoints>,
     mut rx: mpsc::Receiver<Data>,
 ) -> Result<EndTransfer, Failure> {
-    if let Some(dir) = work.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| io_failure("create", dir, e))?;
-    }
-    let (mut file, mut direct) = open_work(work).map_err(|e| io_failure("open", work, e))?;
-    file.set_len(plan.restart_offset).map_err(|e| io_failure("truncate", work, e))?;
-    let mut whole = match prefix {
-        Some(p) => p.hasher,
-        None => super::hash_prefix(work, plan.restart_offset).map_err(|e| io_failure("read", work, e))?,
-    };
-    let mut since_point = 0u64;
-    let mut point_at = std::time::Instant::now();
-    file.seek(SeekFrom::Start(plan.restart_offset)).map_err(|e| io_failure("seek in", work, e))?;
-    let mut offset = plan.restart_offset;
-    let mut buf = AlignedBuf::new((plan.block_size as u64).min(plan.size) as usize);
+    let mut file = WorkFile::open(work, plan, prefix, points)?;
     while let Some(block) = rx.blocking_recv() {
+        file.write(block)?;
+    }
+    file.finish()
+}
+
+/// An open work file and the state of the blocks written to it so far.
+struct WorkFile {
+    work: PathBuf,
+    file: File,
+    direct: bool,
+    whole: blake3::Hasher,
+    points: Option<RestartPoints>,
+    since_point: u64,
+    point_at: tokio::time::Instant,
+    offset: u64,
+    buf: AlignedBuf,
+}
+
+impl WorkFile {
+    /// Opens the work file, truncated to the plan's restart offset, with the
+    /// hash state of the prefix it keeps.
+    fn open(
+        work: PathBuf,
+        plan: &Plan,
+        prefix: Option<super::Prefix>,
+        points: Option<RestartPoints>,
+    ) -> Result<WorkFile, Failure> {
+        if let Some(dir) = work.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| io_failure("create", dir, e))?;
+        }
+        let (mut file, direct) = open_work(&work).map_err(|e| io_failure("open", &work, e))?;
+        file.set_len(plan.restart_offset).map_err(|e| io_failure("truncate", &work, e))?;
+        let whole = match prefix {
+            Some(p) => p.hasher,
+            None => super::hash_prefix(&work, plan.restart_offset).map_err(|e| io_failure("read", &work, e))?,
+        };
+        file.seek(SeekFrom::Start(plan.restart_offset)).map_err(|e| io_failure("seek in", &work, e))?;
+        Ok(WorkFile {
+            file,
+            direct,
+            whole,
+            points,
+            since_point: 0,
+            point_at: tokio::time::Instant::now(),
+            offset: plan.restart_offset,
+            buf: AlignedBuf::new((plan.block_size as u64).min(plan.size) as usize),
+            work,
+        })
+    }
+
+    /// Checks one block and appends it, recording a restart point when due.
+    fn write(&mut self, block: Data) -> Result<(), Failure> {
+        let WorkFile { work, file, direct, whole, points, since_point, point_at, offset, buf } = self;
+        let work = work.as_path();
         let len = block.raw_len as usize;
         if block.compressed {
             match lz4_flex::block::decompress_into(&block.payload, buf.fill(len)) {
@@ -228,7 +282,7 @@ fn write_blocks(
         } else {
             buf.fill(len).copy_from_slice(&block.payload);
         }
-        if points.is_some_and(|p| p.abandoned.load(std::sync::atomic::Ordering::Relaxed)) {
+        if points.as_ref().is_some_and(|p| p.abandoned.load(std::sync::atomic::Ordering::Relaxed)) {
             return Err((ErrorCode::Internal, "superseded by a newer attempt of the request".into()));
         }
         let raw = buf.filled();
@@ -238,22 +292,27 @@ fn write_blocks(
                 format!("block at offset {} failed its BLAKE3 check", block.offset),
             ));
         }
-        if direct && (len % DIRECT_ALIGN != 0 || offset % DIRECT_ALIGN as u64 != 0) {
-            clear_direct(&file).map_err(|e| io_failure("write", work, e))?;
-            direct = false;
+        if *direct && (len % DIRECT_ALIGN != 0 || *offset % DIRECT_ALIGN as u64 != 0) {
+            clear_direct(file).map_err(|e| io_failure("write", work, e))?;
+            *direct = false;
         }
         file.write_all(raw).map_err(|e| io_failure("write", work, e))?;
         whole.update(raw);
-        offset += len as u64;
-        since_point += len as u64;
-        if let Some(points) = points.filter(|p| p.due(since_point, point_at)) {
-            points.record(&file, work, offset, &whole)?;
-            since_point = 0;
-            point_at = std::time::Instant::now();
+        *offset += len as u64;
+        *since_point += len as u64;
+        if let Some(points) = points.as_ref().filter(|p| p.due(*since_point, *point_at)) {
+            points.record(file, work, *offset, whole)?;
+            *since_point = 0;
+            *point_at = tokio::time::Instant::now();
         }
+        Ok(())
     }
-    file.sync_all().map_err(|e| io_failure("fsync", work, e))?;
-    Ok(EndTransfer { bytes: offset, hash: whole.finalize().into() })
+
+    /// fsyncs the work file; its byte count and whole-file hash.
+    fn finish(self) -> Result<EndTransfer, Failure> {
+        self.file.sync_all().map_err(|e| io_failure("fsync", &self.work, e))?;
+        Ok(EndTransfer { bytes: self.offset, hash: self.whole.finalize().into() })
+    }
 }
 
 /// What a receiver can offer to resume from.

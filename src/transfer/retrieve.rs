@@ -69,11 +69,15 @@ pub fn start(
     prefix: Option<super::Prefix>,
     stop: Arc<AtomicBool>,
 ) -> mpsc::Receiver<PumpEvent> {
-    let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
     let prefix = prefix.filter(|p| p.offset == plan.restart_offset);
     let remaining = plan.size - plan.restart_offset.min(plan.size);
-    if remaining <= INLINE_MAX && remaining <= u64::from(plan.block_size) {
-        // At most one frame and the final event: both fit in the channel.
+    // A simulation has no threads to overlap with: it reads the (small)
+    // file at once, and the channel holds every frame.
+    let simulated = crate::determinism::inline_io();
+    let frames = usize::try_from(remaining.div_ceil(u64::from(plan.block_size.max(1)))).unwrap_or(usize::MAX);
+    let (tx, rx) = mpsc::channel(if simulated { frames.saturating_add(1).max(1) } else { PIPELINE_DEPTH });
+    if simulated || (remaining <= INLINE_MAX && remaining <= u64::from(plan.block_size)) {
+        // Every frame and the final event fit in the channel.
         let last = finish(pump(&path, &plan, &snapshot, prefix, &stop, &mut |ev| tx.try_send(ev).is_ok()));
         if let Some(last) = last {
             let _ = tx.try_send(last);

@@ -103,6 +103,24 @@ pub enum TransportError {
     },
 }
 
+/// Where an endpoint's packets go. The default binds a UDP socket on the
+/// listen address and lets QUIC draw its random choices from the system; a
+/// simulation supplies its own socket (its simulated network) and a seed.
+#[derive(Clone, Default)]
+pub struct Network {
+    pub socket: Option<Arc<dyn quinn::AsyncUdpSocket>>,
+    pub rng_seed: Option<[u8; 32]>,
+}
+
+impl std::fmt::Debug for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Network")
+            .field("socket", &self.socket.as_ref().map(|s| s.local_addr().ok()))
+            .field("seeded", &self.rng_seed.is_some())
+            .finish()
+    }
+}
+
 /// QUIC transport parameters for cluster links.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TransportTuning {
@@ -175,6 +193,16 @@ pub fn make_endpoint(
     id: &NodeIdentity,
     tuning: &TransportTuning,
 ) -> Result<quinn::Endpoint, TransportError> {
+    make_endpoint_on(bind, id, tuning, &Network::default())
+}
+
+/// [`make_endpoint`] on a given [`Network`] (a simulation's socket).
+pub fn make_endpoint_on(
+    bind: SocketAddr,
+    id: &NodeIdentity,
+    tuning: &TransportTuning,
+    network: &Network,
+) -> Result<quinn::Endpoint, TransportError> {
     let transport = Arc::new(tuning.transport_config()?);
 
     let server_crypto = QuicServerConfig::try_from(tls::server_config(id)?)?;
@@ -186,10 +214,17 @@ pub fn make_endpoint(
     client.transport_config(transport);
 
     let runtime = quinn::default_runtime().ok_or(TransportError::NoRuntime)?;
-    let socket = UdpSocket::bind(bind).map_err(|source| TransportError::Bind { addr: bind, source })?;
-    enlarge_socket_buffers(&socket);
-
-    let mut endpoint = quinn::Endpoint::new(endpoint_config(id), Some(server), socket, runtime)
+    let socket = match &network.socket {
+        Some(socket) => socket.clone(),
+        None => {
+            let socket = UdpSocket::bind(bind).map_err(|source| TransportError::Bind { addr: bind, source })?;
+            enlarge_socket_buffers(&socket);
+            runtime.wrap_udp_socket(socket).map_err(|source| TransportError::Bind { addr: bind, source })?
+        }
+    };
+    let mut config = endpoint_config(id);
+    config.rng_seed(network.rng_seed);
+    let mut endpoint = quinn::Endpoint::new_with_abstract_socket(config, Some(server), socket, runtime)
         .map_err(|source| TransportError::Bind { addr: bind, source })?;
     endpoint.set_default_client_config(client);
     Ok(endpoint)

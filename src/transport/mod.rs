@@ -11,5 +11,5 @@ pub mod endpoint;
 pub mod tls;
 
 pub use channel::{ChannelError, FrameReader, FrameWriter};
-pub use endpoint::{accept, dial, make_endpoint, TransportError, TransportTuning};
+pub use endpoint::{accept, dial, make_endpoint, make_endpoint_on, Network, TransportError, TransportTuning};
 pub use tls::{peer_node_id, NodeIdentity, TlsError, ALPN};

@@ -1,0 +1,247 @@
+//! The invariants every run must keep, checked against the stores as they
+//! are on disk after the run and the files in every receive folder.
+//!
+//! Each violation starts with the invariant's name:
+//! - `outcome`: every request ended `Done` with the delivered file's BLAKE3
+//!   equal to the source's, or ended with a recorded cause (and, when every
+//!   fault healed, `Done`); a request to a node lost for good ends `InError`
+//!   naming the partner, or — sent to a group — moved to another member
+//!   unless the lost member had accepted it; nothing acknowledged is lost;
+//! - `files`: no file under its final name is partial or wrong (also checked
+//!   at every crash);
+//! - `single delivery`: no request is delivered twice;
+//! - `agreement`: both nodes of a request agree on its final state;
+//! - `no actor left`: nothing runs once every request ended, and every node
+//!   stops with no task still holding it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use ferry::protocol::{Digest, Direction, ErrorCode};
+use ferry::store::{RequestRecord, Role, Status};
+
+use super::{Node, RunSpec};
+
+/// Files under their final names in `dir`: name and BLAKE3.
+fn final_names(dir: &Path) -> Vec<(String, Option<Digest>)> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return vec![] };
+    let mut out: Vec<(String, Option<Digest>)> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with(".ferry"))
+        .map(|n| {
+            let digest = std::fs::read(dir.join(&n)).ok().map(|b| Digest::of(&b));
+            (n, digest)
+        })
+        .collect();
+    out.sort_by(|x, y| x.0.cmp(&y.0));
+    out
+}
+
+/// `files`: every file under a final name is a whole, correct copy of a
+/// source of the run.
+pub fn final_files(nodes: &BTreeMap<String, Node>, sources: &BTreeMap<String, Digest>, when: &str) -> Vec<String> {
+    let mut v = Vec::new();
+    for (name, node) in nodes {
+        for (file, digest) in final_names(&node.recv_dir()) {
+            match (sources.get(&file), digest) {
+                (None, _) => v.push(format!("files: {name} holds {file} {when}, which no request sent")),
+                (Some(want), Some(got)) if *want == got => {}
+                (Some(_), got) => v.push(format!(
+                    "files: {name}'s {file} {when} is partial or wrong (BLAKE3 {})",
+                    got.map_or("unreadable".into(), |d| d.to_string())
+                )),
+            }
+        }
+    }
+    v
+}
+
+pub struct World<'a> {
+    pub spec: &'a RunSpec,
+    pub nodes: &'a BTreeMap<String, Node>,
+    pub sources: &'a BTreeMap<String, Digest>,
+    /// Per node, its records by request id, read back from disk.
+    pub records: &'a BTreeMap<String, BTreeMap<String, RequestRecord>>,
+    /// Job-log messages per (node, request id).
+    pub logs: &'a BTreeMap<(String, String), Vec<String>>,
+    /// Submission tag -> (requester, request id or refusal).
+    pub acks: &'a BTreeMap<usize, (String, Result<String, String>)>,
+    /// `delivered` audit events per request id.
+    pub deliveries: &'a BTreeMap<String, u32>,
+    /// Per stopped node, tasks still holding it after shutdown.
+    pub lingering: &'a BTreeMap<String, usize>,
+}
+
+impl World<'_> {
+    pub fn check(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        v.extend(self.acknowledged_kept());
+        v.extend(self.outcomes());
+        v.extend(final_files(self.nodes, self.sources, "after the run"));
+        v.extend(self.single_delivery());
+        v.extend(self.agreement());
+        v.extend(self.no_actor_left());
+        v.extend(self.expected_log());
+        v
+    }
+
+    fn lost(&self, node: &str) -> bool {
+        self.spec.lost.contains(node)
+    }
+
+    /// Requests as their requesters (not lost) hold them.
+    fn requests(&self) -> impl Iterator<Item = (&String, &RequestRecord)> {
+        self.records
+            .iter()
+            .filter(|(n, _)| !self.lost(n))
+            .flat_map(|(n, rs)| rs.values().map(move |r| (n, r)))
+            .filter(|(_, r)| r.role == Role::Requester)
+    }
+
+    fn receiver<'r>(requester: &'r str, r: &'r RequestRecord) -> &'r str {
+        match r.direction {
+            Direction::Push => &r.partner,
+            Direction::Pull => requester,
+        }
+    }
+
+    fn acknowledged_kept(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        for (tag, (node, ack)) in self.acks {
+            match ack {
+                Ok(id) if !self.records.get(node).is_some_and(|rs| rs.contains_key(id)) => v.push(format!(
+                    "outcome: submission {tag} was acknowledged by {node} as {id} but {node} has no record of it"
+                )),
+                Err(e) => v.push(format!("outcome: submission {tag} was refused by {node}: {e}")),
+                _ => {}
+            }
+        }
+        v
+    }
+
+    fn outcomes(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        for (node, r) in self.requests() {
+            let what = format!("{} ({} {:?} {} with {})", r.id, r.file_name, r.direction, node, r.partner);
+            match r.status {
+                Status::Done => {
+                    let receiver = Self::receiver(node, r);
+                    let path = self.nodes[receiver].recv_dir().join(&r.file_name);
+                    let got = std::fs::read(&path).ok().map(|b| Digest::of(&b));
+                    let want = self.sources.get(&r.file_name);
+                    if got.is_none() || got.as_ref() != want {
+                        v.push(format!(
+                            "outcome: {what} is Done but {receiver} holds {} (BLAKE3 {}, source {})",
+                            r.file_name,
+                            got.map_or("missing".into(), |d| d.to_string()),
+                            want.map_or("unknown".into(), |d| d.to_string())
+                        ));
+                    }
+                }
+                Status::InError | Status::Cancelled => {
+                    let cause = r.error.as_ref().map(|e| (e.code, e.message.clone()));
+                    match &cause {
+                        None => v.push(format!("outcome: {what} ended {:?} with no recorded cause", r.status)),
+                        Some((_, m)) if m.trim().is_empty() => {
+                            v.push(format!("outcome: {what} ended {:?} with an empty cause", r.status))
+                        }
+                        Some(_) if self.spec.all_done => v.push(format!(
+                            "outcome: {what} ended {:?} although every fault healed: {:?}",
+                            r.status, cause
+                        )),
+                        Some((code, message)) if self.lost(&r.partner) => {
+                            let accepted = r.started_at.is_some();
+                            if r.group.is_some() && !accepted {
+                                v.push(format!(
+                                    "outcome: {what} to group {:?} stayed with lost member {} that never accepted it",
+                                    r.group, r.partner
+                                ));
+                            }
+                            if *code != ErrorCode::PartnerUnavailable || !message.contains(&r.partner) {
+                                v.push(format!(
+                                    "outcome: {what} to lost node {} ended with {code:?} \"{message}\", not PartnerUnavailable naming it",
+                                    r.partner
+                                ));
+                            }
+                        }
+                        Some(_) => {}
+                    }
+                }
+                s => v.push(format!("outcome: {what} ended the run {s:?}")),
+            }
+        }
+        v
+    }
+
+    fn single_delivery(&self) -> Vec<String> {
+        self.deliveries
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .map(|(id, n)| format!("single delivery: {id} was delivered {n} times"))
+            .collect()
+    }
+
+    fn agreement(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        for (node, r) in self.requests() {
+            if self.lost(&r.partner) {
+                continue;
+            }
+            let theirs = self.records.get(&r.partner).and_then(|rs| rs.get(r.id.as_str()));
+            let ours = r.status;
+            let fine = match (ours, theirs.map(|t| t.status)) {
+                (Status::Done, Some(Status::Done)) => true,
+                (Status::Done, _) => false,
+                // Not Done here: the partner must not be Done, nor still think it runs.
+                (_, None) => true,
+                (_, Some(Status::Done | Status::Running | Status::ToSubmit)) => false,
+                (_, Some(_)) => true,
+            };
+            if !fine {
+                v.push(format!(
+                    "agreement: {} ({}) is {ours:?} on {node} but {} on {}\n{}",
+                    r.id,
+                    r.file_name,
+                    theirs.map_or("absent".into(), |t| format!("{:?}", t.status)),
+                    r.partner,
+                    self.job_logs(r.id.as_str(), &[node, &r.partner])
+                ));
+            }
+        }
+        v
+    }
+
+    /// Both nodes' job logs of a request, for the failure message.
+    fn job_logs(&self, id: &str, nodes: &[&str]) -> String {
+        let mut out = String::new();
+        for n in nodes {
+            let lines = self.logs.get(&(n.to_string(), id.to_string())).cloned().unwrap_or_default();
+            out.push_str(&format!("    {n}'s job log:\n"));
+            for l in lines {
+                out.push_str(&format!("      {l}\n"));
+            }
+        }
+        out
+    }
+
+    fn no_actor_left(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        for name in self.nodes.keys().filter(|n| !self.lost(n)) {
+            match self.lingering.get(name) {
+                None => v.push(format!("no actor left: {name} never reported its shutdown")),
+                Some(0) => {}
+                Some(n) => v.push(format!("no actor left: {n} tasks or actors still held {name} after it stopped")),
+            }
+        }
+        v
+    }
+
+    fn expected_log(&self) -> Vec<String> {
+        let Some(text) = self.spec.expect_log else { return vec![] };
+        if self.logs.values().flatten().any(|m| m.contains(text)) {
+            return vec![];
+        }
+        vec![format!("scenario: no job log mentions \"{text}\"")]
+    }
+}

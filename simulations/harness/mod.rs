@@ -1,0 +1,464 @@
+//! The simulation harness: real ferry nodes on turmoil's simulated network
+//! and clock, one run per seed.
+//!
+//! A run is described by a [`RunSpec`] (nodes, requests, faults and when they
+//! happen — a scenario draws it from the seed) and is fully determined by
+//! the seed: turmoil's random source (latency, loss), quinn's (seeded per
+//! node and start), ferry's ids (seeded through `ferry::determinism`), and
+//! the order in which hosts run (one thread, tick by tick). Blocking work
+//! runs inline, so wall-clock speed never changes what happens.
+//!
+//! The driver ([`run`]) steps the simulation, applies each fault at its
+//! time, hands submissions to the requesting host, and waits until every
+//! request has ended and nothing runs any more. It then shuts every node
+//! down, reopens each store from disk and checks the invariants
+//! ([`invariants`]).
+
+pub mod audit;
+pub mod host;
+pub mod invariants;
+pub mod udp;
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use ferry::cluster::LocalLayout;
+use ferry::config::{Group, NodeConfig, RetryPolicy};
+use ferry::node::Submit;
+use ferry::protocol::{Compression, Digest, Direction};
+use ferry::store::{RequestRecord, Store};
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
+
+use host::{Command, HostIo, Shared};
+use udp::Firewall;
+
+/// One request a scenario submits.
+#[derive(Clone, Debug)]
+pub struct RequestSpec {
+    /// Simulated time of the submission.
+    pub at_ms: u64,
+    pub requester: String,
+    /// Node or group.
+    pub partner: String,
+    pub direction: Direction,
+    pub file: String,
+    pub size: usize,
+}
+
+#[derive(Clone, Debug)]
+pub enum Fault {
+    /// The host's process dies: every task, socket and open handle is gone
+    /// (like SIGKILL: what reached the file system stays).
+    Crash(String),
+    /// The crashed host starts again on the same folders.
+    Restart(String),
+    /// Nothing passes between the two, either way.
+    Partition(String, String),
+    Repair(String, String),
+    /// `host` drops new traffic from `from` (a stateful firewall).
+    Firewall {
+        host: String,
+        from: String,
+    },
+    /// Loss rate and maximum latency of the link between two hosts.
+    Link {
+        a: String,
+        b: String,
+        loss: f64,
+        max_latency_ms: u64,
+    },
+}
+
+/// Everything a run does.
+#[derive(Clone, Debug)]
+pub struct RunSpec {
+    pub nodes: Vec<String>,
+    pub groups: Vec<Group>,
+    pub requests: Vec<RequestSpec>,
+    pub faults: Vec<(u64, Fault)>,
+    /// Nodes crashed for good (never restarted).
+    pub lost: BTreeSet<String>,
+    /// Every fault heals, so every request must end `Done`.
+    pub all_done: bool,
+    pub partner_wait_secs: u64,
+    /// A job-log line at least one request must show (the scenario's
+    /// mechanism really ran, e.g. reverse connect).
+    pub expect_log: Option<&'static str>,
+    pub max_latency_ms: u64,
+    /// Simulated seconds within which every request must have ended.
+    pub limit_secs: u64,
+}
+
+impl RunSpec {
+    pub fn new(nodes: &[&str]) -> RunSpec {
+        RunSpec {
+            nodes: nodes.iter().map(|s| s.to_string()).collect(),
+            groups: vec![],
+            requests: vec![],
+            faults: vec![],
+            lost: BTreeSet::new(),
+            all_done: true,
+            partner_wait_secs: 3600,
+            expect_log: None,
+            max_latency_ms: 5,
+            limit_secs: 300,
+        }
+    }
+}
+
+/// One record as the fingerprint keeps it: id, status, attempts,
+/// transferred bytes, finished_at (simulated ms).
+pub type RecordPrint = (String, String, u32, u64, Option<u64>);
+
+/// What a finished run looked like; equal for two runs of the same seed.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RunReport {
+    pub steps: u64,
+    pub settled_at_ms: u64,
+    /// Per node: (id, status, attempts, transferred, finished_at) of each record.
+    pub fingerprint: BTreeMap<String, Vec<RecordPrint>>,
+    pub done: usize,
+    pub failed: usize,
+}
+
+/// Where a run's files live: a RAM disk when there is one (fsync is free).
+fn scratch() -> tempfile::TempDir {
+    let shm = std::path::Path::new("/dev/shm");
+    let dir = if shm.is_dir() { tempfile::tempdir_in(shm) } else { tempfile::tempdir() };
+    dir.expect("a temporary folder")
+}
+
+/// The simulated clock ferry reads: turmoil's time since its epoch.
+fn sim_clock() -> Option<u64> {
+    turmoil::since_epoch().map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Sim epoch: fixed, so timestamps in records repeat from run to run.
+const EPOCH_SECS: u64 = 1_800_000_000;
+
+pub struct Node {
+    pub config: NodeConfig,
+    pub io: Shared,
+}
+
+impl Node {
+    pub fn recv_dir(&self) -> PathBuf {
+        self.config.rules[0].recv_dir.clone()
+    }
+
+    pub fn send_dir(&self) -> PathBuf {
+        self.config.rules[0].send_dir.clone()
+    }
+}
+
+fn configure(cfg: &mut NodeConfig, spec: &RunSpec) {
+    cfg.block_size = 64 * 1024;
+    cfg.restart_interval_bytes = 128 * 1024;
+    cfg.restart_interval_secs = 1;
+    cfg.connect_timeout_ms = 1_000;
+    // Faults heal: attempts must outlast them (a lost node is caught by the
+    // partner wait instead).
+    cfg.retry = RetryPolicy { attempts: 1_000, initial_delay_ms: 200, max_delay_ms: 2_000 };
+    cfg.cluster.heartbeat_ms = 500;
+    cfg.cluster.heartbeat_timeout_ms = 2_000;
+    cfg.cluster.probe_interval_ms = 1_000;
+    cfg.cluster.partner_wait_secs = spec.partner_wait_secs;
+    cfg.cluster.reverse_connect_timeout_ms = 3_000;
+    cfg.groups = spec.groups.clone();
+    for rule in &mut cfg.rules {
+        rule.partners = vec!["*".into()];
+    }
+}
+
+/// The node that sends `r`'s file (holds it in its send folder).
+fn sender_of(r: &RequestSpec) -> &str {
+    match r.direction {
+        Direction::Push => &r.requester,
+        Direction::Pull => &r.partner,
+    }
+}
+
+/// Runs one seed of a spec; `Err` lists the violated invariants.
+pub fn run(spec: &RunSpec, seed: u64) -> Result<RunReport, String> {
+    let root = scratch();
+    let ids: Vec<&str> = spec.nodes.iter().map(String::as_str).collect();
+    let layout = LocalLayout::create(root.path(), &ids).map_err(|e| format!("cannot lay out the nodes: {e}"))?;
+    let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
+    for mut cfg in layout.configs {
+        configure(&mut cfg, spec);
+        for dir in [&cfg.rules[0].send_dir, &cfg.rules[0].recv_dir] {
+            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        nodes.insert(cfg.node_id.clone(), Node { config: cfg, io: Rc::new(RefCell::new(HostIo::default())) });
+    }
+
+    // Source files, from the seed.
+    let mut data_rng = StdRng::seed_from_u64(seed ^ 0x5eed_f11e);
+    let mut sources: BTreeMap<String, Digest> = BTreeMap::new();
+    for r in &spec.requests {
+        let mut data = vec![0u8; r.size];
+        data_rng.fill_bytes(&mut data);
+        let senders: Vec<&str> = match spec.groups.iter().find(|g| g.name == r.partner) {
+            Some(g) if r.direction == Direction::Pull => g.members.iter().map(String::as_str).collect(),
+            _ => vec![sender_of(r)],
+        };
+        for s in senders {
+            let path = nodes[s].send_dir().join(&r.file);
+            std::fs::write(&path, &data).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        }
+        sources.insert(r.file.clone(), Digest::of(&data));
+    }
+
+    audit::start();
+    let _simulation = ferry::determinism::enter(sim_clock, seed);
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(seed)
+        .epoch(UNIX_EPOCH + Duration::from_secs(EPOCH_SECS))
+        .simulation_duration(Duration::from_secs(spec.limit_secs + 120))
+        .tick_duration(Duration::from_millis(1))
+        .min_message_latency(Duration::from_millis(1))
+        .max_message_latency(Duration::from_millis(spec.max_latency_ms.max(1)))
+        .udp_capacity(16 * 1024)
+        .build();
+    let firewall = Firewall::default();
+    for (name, node) in &nodes {
+        let (name, config, io, fw) = (name.clone(), node.config.clone(), node.io.clone(), firewall.clone());
+        let partners = spec.nodes.clone();
+        let host_name = name.clone();
+        sim.host(host_name.as_str(), move || {
+            host::software(name.clone(), config.clone(), partners.clone(), seed, fw.clone(), io.clone())
+        });
+    }
+
+    let mut faults = spec.faults.clone();
+    faults.sort_by_key(|(at, _)| *at);
+    let mut faults = faults.into_iter().peekable();
+    let mut pending: Vec<(usize, &RequestSpec)> = spec.requests.iter().enumerate().collect();
+    pending.sort_by_key(|(_, r)| r.at_ms);
+    let mut pending = pending.into_iter().peekable();
+    let mut down: BTreeSet<String> = BTreeSet::new();
+    let mut violations: Vec<String> = Vec::new();
+    let mut steps = 0u64;
+    let settled_at_ms;
+    loop {
+        let now = sim.elapsed().as_millis() as u64;
+        while let Some((_, fault)) = faults.next_if(|(at, _)| *at <= now) {
+            match fault {
+                Fault::Crash(n) => {
+                    violations.extend(invariants::final_files(&nodes, &sources, &format!("when {n} crashed")));
+                    sim.crash(n.as_str());
+                    nodes[&n].io.borrow_mut().snapshot = None;
+                    down.insert(n);
+                }
+                Fault::Restart(n) => {
+                    sim.bounce(n.as_str());
+                    down.remove(&n);
+                }
+                Fault::Partition(a, b) => sim.partition(a.as_str(), b.as_str()),
+                Fault::Repair(a, b) => sim.repair(a.as_str(), b.as_str()),
+                Fault::Firewall { host, from } => firewall.block(sim.lookup(host.as_str()), sim.lookup(from.as_str())),
+                Fault::Link { a, b, loss, max_latency_ms } => {
+                    sim.set_link_fail_rate(a.as_str(), b.as_str(), loss);
+                    sim.set_link_max_message_latency(a.as_str(), b.as_str(), Duration::from_millis(max_latency_ms));
+                }
+            }
+        }
+        while let Some((tag, r)) = pending.next_if(|(_, r)| r.at_ms <= now && !down.contains(&r.requester)) {
+            nodes[&r.requester].io.borrow_mut().inbox.push_back(Command::Submit { tag, submit: submission(r) });
+        }
+        sim.step().map_err(|e| format!("the simulation failed at {now} ms: {e}"))?;
+        steps += 1;
+        for (name, node) in &nodes {
+            if let Some(e) = node.io.borrow_mut().start_error.take() {
+                return Err(format!("{name} could not start: {e}"));
+            }
+        }
+        if steps % 100 != 0 {
+            continue;
+        }
+        if faults.peek().is_none() && pending.peek().is_none() && settled(&nodes, &down, spec) {
+            settled_at_ms = now;
+            break;
+        }
+        if now > spec.limit_secs * 1000 {
+            violations.push(format!(
+                "outcome: not settled {} s into the run: {}",
+                spec.limit_secs,
+                unsettled(&nodes, &down)
+            ));
+            settled_at_ms = now;
+            break;
+        }
+    }
+
+    // Clean shutdown of every live node, bounded.
+    for (name, node) in &nodes {
+        if !down.contains(name) {
+            node.io.borrow_mut().inbox.push_back(Command::Shutdown);
+        }
+    }
+    let until = sim.elapsed() + Duration::from_secs(30);
+    while nodes.iter().any(|(n, node)| !down.contains(n) && node.io.borrow().stopped.is_none()) {
+        if sim.elapsed() > until {
+            violations.push("no actor left: a node did not stop within 30 s of being asked".into());
+            break;
+        }
+        sim.step().map_err(|e| format!("the simulation failed during shutdown: {e}"))?;
+        steps += 1;
+    }
+    drop(sim);
+    let deliveries = audit::take();
+    if spec.faults.iter().any(|(_, f)| matches!(f, Fault::Firewall { .. })) && firewall.dropped() == 0 {
+        violations.push("scenario: the firewall dropped nothing, so no direct dial was blocked".into());
+    }
+
+    // The durable truth: every store as it is on disk now.
+    let mut records: BTreeMap<String, BTreeMap<String, RequestRecord>> = BTreeMap::new();
+    let mut logs: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for (name, node) in &nodes {
+        let store = Store::open(&node.config.data_dir.join("store"))
+            .map_err(|e| format!("cannot reopen {name}'s store: {e}"))?;
+        let mut mine = BTreeMap::new();
+        for r in store.list(None).map_err(|e| format!("cannot read {name}'s store: {e}"))? {
+            let log = store.job_log(&r.id).unwrap_or_default().into_iter().map(|l| l.message).collect();
+            logs.insert((name.clone(), r.id.to_string()), log);
+            mine.insert(r.id.to_string(), r);
+        }
+        records.insert(name.clone(), mine);
+    }
+    let acks: BTreeMap<usize, (String, Result<String, String>)> = nodes
+        .iter()
+        .flat_map(|(n, node)| {
+            node.io.borrow().acks.iter().map(|(t, r)| (*t, (n.clone(), r.clone()))).collect::<Vec<_>>()
+        })
+        .collect();
+    let reports: BTreeMap<String, usize> =
+        nodes.iter().filter_map(|(n, node)| node.io.borrow().stopped.map(|r| (n.clone(), r.lingering))).collect();
+    let world = invariants::World {
+        spec,
+        nodes: &nodes,
+        sources: &sources,
+        records: &records,
+        logs: &logs,
+        acks: &acks,
+        deliveries: &deliveries,
+        lingering: &reports,
+    };
+    violations.extend(world.check());
+    if !violations.is_empty() {
+        return Err(violations.join("\n  "));
+    }
+    let fingerprint = records
+        .iter()
+        .map(|(n, rs)| {
+            let v = rs
+                .values()
+                .map(|r| (r.id.to_string(), format!("{:?}", r.status), r.attempts, r.transferred, r.finished_at))
+                .collect();
+            (n.clone(), v)
+        })
+        .collect();
+    let requester_records =
+        || records.values().flat_map(|m| m.values()).filter(|r| r.role == ferry::store::Role::Requester);
+    Ok(RunReport {
+        steps,
+        settled_at_ms,
+        fingerprint,
+        done: requester_records().filter(|r| r.status == ferry::store::Status::Done).count(),
+        failed: requester_records().filter(|r| r.status != ferry::store::Status::Done).count(),
+    })
+}
+
+fn submission(r: &RequestSpec) -> Submit {
+    Submit {
+        partner: r.partner.clone(),
+        rule: "default".into(),
+        direction: r.direction,
+        file: r.file.clone(),
+        external_job_id: None,
+        transfer_info: String::new(),
+        block_size: None,
+        compression: Compression::None,
+        source: None,
+        target: None,
+    }
+}
+
+/// Every submission answered, every request on a live requester final, and
+/// no runner or channel left on any live node.
+fn settled(nodes: &BTreeMap<String, Node>, down: &BTreeSet<String>, spec: &RunSpec) -> bool {
+    let answered: usize = nodes.values().map(|n| n.io.borrow().acks.len()).sum();
+    let lost_requests = spec.requests.iter().filter(|r| spec.lost.contains(&r.requester)).count();
+    if answered + lost_requests < spec.requests.len() {
+        return false;
+    }
+    nodes.iter().filter(|(n, _)| !down.contains(*n)).all(|(_, node)| {
+        let io = node.io.borrow();
+        let Some(s) = &io.snapshot else { return false };
+        s.running_requests == 0
+            && s.open_channels == 0
+            && s.records.iter().filter(|r| r.role == ferry::store::Role::Requester).all(|r| r.status.is_final())
+    })
+}
+
+fn unsettled(nodes: &BTreeMap<String, Node>, down: &BTreeSet<String>) -> String {
+    let mut out = Vec::new();
+    for (name, node) in nodes.iter().filter(|(n, _)| !down.contains(*n)) {
+        let io = node.io.borrow();
+        let Some(s) = &io.snapshot else {
+            out.push(format!("{name}: no snapshot"));
+            continue;
+        };
+        if s.running_requests > 0 || s.open_channels > 0 {
+            out.push(format!("{name}: {} runners, {} channels", s.running_requests, s.open_channels));
+        }
+        for r in s.records.iter().filter(|r| r.role == ferry::store::Role::Requester && !r.status.is_final()) {
+            out.push(format!("{name}: {} to {} is {:?} ({})", r.id, r.partner, r.status, r.file_name));
+        }
+    }
+    out.join("; ")
+}
+
+/// Seeds to run: `SIM_SEED=N` alone, else `SIM_SEEDS` (default `ci`) seeds
+/// from `SIM_FIRST_SEED` (default 1).
+pub fn seeds(ci: u64) -> Vec<u64> {
+    let var = |name: &str| std::env::var(name).ok().and_then(|v| v.trim().parse::<u64>().ok());
+    if let Some(seed) = var("SIM_SEED") {
+        return vec![seed];
+    }
+    let first = var("SIM_FIRST_SEED").unwrap_or(1);
+    (first..first + var("SIM_SEEDS").unwrap_or(ci)).collect()
+}
+
+/// Runs a scenario over its seeds; panics with the first failing seed and
+/// the command that replays it.
+pub fn run_scenario(name: &str, ci_seeds: u64, make: fn(u64) -> RunSpec) {
+    let seeds = seeds(ci_seeds);
+    let started = std::time::Instant::now();
+    let (mut done, mut failed, mut sim_ms) = (0usize, 0usize, 0u64);
+    for &seed in &seeds {
+        let spec = make(seed);
+        match run(&spec, seed) {
+            Ok(report) => {
+                done += report.done;
+                failed += report.failed;
+                sim_ms += report.settled_at_ms;
+            }
+            Err(why) => panic!(
+                "simulation {name} failed with seed {seed}:\n  {why}\nreplay: SIM_SEED={seed} cargo test --test simulations {name} -- --nocapture"
+            ),
+        }
+    }
+    eprintln!(
+        "simulation {name}: {} seeds passed ({}..={}) in {:.1} s; requests Done {done}, ended with a cause {failed}; {:.0} simulated s",
+        seeds.len(),
+        seeds.first().copied().unwrap_or(0),
+        seeds.last().copied().unwrap_or(0),
+        started.elapsed().as_secs_f64(),
+        sim_ms as f64 / 1000.0
+    );
+}

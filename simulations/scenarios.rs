@@ -1,0 +1,197 @@
+//! The scenarios: each turns a seed into a [`RunSpec`] — which requests,
+//! which faults, and when. Fault timing is drawn from the seed, so every
+//! seed tries another moment (before, during or after the transfers).
+
+use std::collections::BTreeSet;
+
+use ferry::config::Group;
+use ferry::protocol::Direction;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::harness::{Fault, RequestSpec, RunSpec};
+
+fn rng(seed: u64, scenario: u64) -> StdRng {
+    StdRng::seed_from_u64(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ scenario)
+}
+
+fn request(n: usize, at_ms: u64, requester: &str, partner: &str, direction: Direction, size: usize) -> RequestSpec {
+    RequestSpec {
+        at_ms,
+        requester: requester.into(),
+        partner: partner.into(),
+        direction,
+        file: format!("f{n:03}.bin"),
+        size,
+    }
+}
+
+/// Pushes from a to b and pulls by b from a: b receives everything, a sends
+/// everything, and each side is the requester of some.
+fn a_sends_to_b(r: &mut StdRng, spec: &mut RunSpec, count: usize) {
+    for n in 0..count {
+        let size = r.random_range(64 * 1024..=1024 * 1024);
+        let at = r.random_range(0..200);
+        spec.requests.push(match n % 2 {
+            0 => request(n, at, "a", "b", Direction::Push, size),
+            _ => request(n, at, "b", "a", Direction::Pull, size),
+        });
+    }
+}
+
+/// A crash somewhere in the first transfers, and the restart after it.
+fn crash_and_restart(r: &mut StdRng, spec: &mut RunSpec, node: &str) {
+    let at = r.random_range(20..1_500);
+    let down = r.random_range(100..5_000);
+    spec.faults.push((at, Fault::Crash(node.into())));
+    spec.faults.push((at + down, Fault::Restart(node.into())));
+}
+
+/// The receiver (b) crashes mid-transfer and restarts.
+pub fn receiver_crash(seed: u64) -> RunSpec {
+    let mut r = rng(seed, 1);
+    let mut spec = RunSpec::new(&["a", "b"]);
+    a_sends_to_b(&mut r, &mut spec, 4);
+    crash_and_restart(&mut r, &mut spec, "b");
+    spec
+}
+
+/// The sender (a) crashes mid-transfer and restarts.
+pub fn sender_crash(seed: u64) -> RunSpec {
+    let mut r = rng(seed, 2);
+    let mut spec = RunSpec::new(&["a", "b"]);
+    a_sends_to_b(&mut r, &mut spec, 4);
+    crash_and_restart(&mut r, &mut spec, "a");
+    spec
+}
+
+/// Both crash, at independent moments (their downtimes may overlap).
+pub fn both_crash(seed: u64) -> RunSpec {
+    let mut r = rng(seed, 3);
+    let mut spec = RunSpec::new(&["a", "b"]);
+    a_sends_to_b(&mut r, &mut spec, 4);
+    crash_and_restart(&mut r, &mut spec, "a");
+    crash_and_restart(&mut r, &mut spec, "b");
+    spec
+}
+
+/// a and b lose each other for a while; the partition heals.
+pub fn partition_healed(seed: u64) -> RunSpec {
+    let mut r = rng(seed, 4);
+    let mut spec = RunSpec::new(&["a", "b"]);
+    a_sends_to_b(&mut r, &mut spec, 4);
+    let at = r.random_range(0..1_500);
+    let heal = at + r.random_range(200..20_000);
+    spec.faults.push((at, Fault::Partition("a".into(), "b".into())));
+    spec.faults.push((heal, Fault::Repair("a".into(), "b".into())));
+    spec
+}
+
+/// b's firewall drops new traffic from a for the whole run: a reaches b
+/// only through reverse connect via c, for its pushes and its pulls.
+pub fn one_way_partition(seed: u64) -> RunSpec {
+    let mut r = rng(seed, 5);
+    let mut spec = RunSpec::new(&["a", "b", "c"]);
+    spec.faults.push((0, Fault::Firewall { host: "b".into(), from: "a".into() }));
+    for n in 0..4 {
+        let size = r.random_range(16 * 1024..=512 * 1024);
+        let at = r.random_range(0..3_000);
+        let direction = if n % 2 == 0 { Direction::Push } else { Direction::Pull };
+        spec.requests.push(request(n, at, "a", "b", direction, size));
+    }
+    // Traffic c–b is unaffected and shares the relay's connections.
+    spec.requests.push(request(4, r.random_range(0..3_000), "c", "b", Direction::Push, 64 * 1024));
+    spec.expect_log = Some("reverse connect");
+    spec
+}
+
+/// Every link loses up to 10% of its packets and delays them up to 200 ms.
+pub fn lossy_links(seed: u64) -> RunSpec {
+    let mut r = rng(seed, 6);
+    let mut spec = RunSpec::new(&["a", "b", "c"]);
+    spec.max_latency_ms = r.random_range(5..=200);
+    for (x, y) in [("a", "b"), ("a", "c"), ("b", "c")] {
+        let loss = r.random_range(0.0..=0.10);
+        let latency = r.random_range(1..=200);
+        spec.faults.push((0, Fault::Link { a: x.into(), b: y.into(), loss, max_latency_ms: latency }));
+    }
+    let nodes = ["a", "b", "c"];
+    for n in 0..6 {
+        let from = nodes[r.random_range(0..3)];
+        let to = nodes.iter().copied().filter(|x| *x != from).nth(r.random_range(0..2)).expect("two others");
+        let direction = if r.random_bool(0.5) { Direction::Push } else { Direction::Pull };
+        spec.requests.push(request(
+            n,
+            r.random_range(0..1_000),
+            from,
+            to,
+            direction,
+            r.random_range(16 * 1024..=256 * 1024),
+        ));
+    }
+    spec
+}
+
+/// 100 requests across 5 nodes, with random crashes and partitions that heal.
+pub fn many_requests(seed: u64) -> RunSpec {
+    let mut r = rng(seed, 7);
+    let nodes = ["a", "b", "c", "d", "e"];
+    let mut spec = RunSpec::new(&nodes);
+    for n in 0..100 {
+        let from = nodes[r.random_range(0..5)];
+        let others: Vec<&str> = nodes.iter().copied().filter(|x| *x != from).collect();
+        let to = others[r.random_range(0..others.len())];
+        let direction = if r.random_bool(0.5) { Direction::Push } else { Direction::Pull };
+        spec.requests.push(request(
+            n,
+            r.random_range(0..2_000),
+            from,
+            to,
+            direction,
+            r.random_range(4 * 1024..=128 * 1024),
+        ));
+    }
+    for _ in 0..r.random_range(1..=3) {
+        let node = nodes[r.random_range(0..5)];
+        // One fault window per node at most, so restarts never overlap crashes.
+        if spec.faults.iter().any(|(_, f)| matches!(f, Fault::Crash(n) if n == node)) {
+            continue;
+        }
+        crash_and_restart(&mut r, &mut spec, node);
+    }
+    for _ in 0..r.random_range(1..=3) {
+        let a = nodes[r.random_range(0..5)];
+        let b = nodes[r.random_range(0..5)];
+        if a == b {
+            continue;
+        }
+        let at = r.random_range(0..3_000);
+        spec.faults.push((at, Fault::Partition(a.into(), b.into())));
+        spec.faults.push((at + r.random_range(200..10_000), Fault::Repair(a.into(), b.into())));
+    }
+    spec
+}
+
+/// b dies for good. a's requests to b end InError naming b; a's requests
+/// to the group {b, c} go to c unless b had accepted them.
+pub fn node_lost(seed: u64) -> RunSpec {
+    let mut r = rng(seed, 8);
+    let mut spec = RunSpec::new(&["a", "b", "c"]);
+    spec.groups = vec![Group { name: "backends".into(), members: vec!["b".into(), "c".into()] }];
+    spec.all_done = false;
+    spec.partner_wait_secs = 15;
+    spec.lost = BTreeSet::from(["b".to_string()]);
+    for n in 0..6 {
+        let partner = if n % 2 == 0 { "b" } else { "backends" };
+        spec.requests.push(request(
+            n,
+            r.random_range(0..2_000),
+            "a",
+            partner,
+            Direction::Push,
+            r.random_range(64 * 1024..=512 * 1024),
+        ));
+    }
+    spec.faults.push((r.random_range(0..2_500), Fault::Crash("b".into())));
+    spec
+}
