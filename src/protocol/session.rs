@@ -353,6 +353,17 @@ impl Session {
                         ),
                     );
                 }
+                if self.role == Role::Requested {
+                    // The requested side records Done before the requester
+                    // can: a requester that is Done never runs the request
+                    // again, so a requested side still waiting for an echo
+                    // (lost with its connection or its process) would stay
+                    // unfinished for good. Recorded first, then announced:
+                    // whatever is lost after, the requester runs it again and
+                    // is answered `Complete`.
+                    self.state = State::Done;
+                    return vec![Output::Done, Output::Send(Message::EndRequest(EndRequest {}))];
+                }
                 self.state = State::AwaitEndRequestEcho;
                 vec![Output::Send(Message::EndRequest(EndRequest {}))]
             }

@@ -14,6 +14,7 @@ struct Outcome {
     requested: Vec<Output>,
     received: Vec<u8>,
     wrote: bool,
+    done_order: Vec<bool>,
 }
 
 impl Outcome {
@@ -84,6 +85,8 @@ struct Driver {
     /// Messages in flight to the requester (`inbox_a`) and to the requested side.
     inbox_a: std::collections::VecDeque<Message>,
     inbox_b: std::collections::VecDeque<Message>,
+    /// Which side reached `Done`, in order (`true`: the requester).
+    done_order: Vec<bool>,
 }
 
 impl Driver {
@@ -156,6 +159,9 @@ impl Driver {
     }
 
     fn record(&mut self, at_a: bool, out: Output) {
+        if matches!(out, Output::Done) {
+            self.done_order.push(at_a);
+        }
         if at_a {
             self.log_a.push(out)
         } else {
@@ -195,6 +201,7 @@ fn run_full(
         steps: 0,
         inbox_a: Default::default(),
         inbox_b: Default::default(),
+        done_order: Vec::new(),
     };
     let first = d.a.start();
     d.process(true, first);
@@ -209,7 +216,7 @@ fn run_full(
             break;
         }
     }
-    Outcome { requester: d.log_a, requested: d.log_b, received: d.received, wrote: d.wrote }
+    Outcome { requester: d.log_a, requested: d.log_b, received: d.received, wrote: d.wrote, done_order: d.done_order }
 }
 
 fn sent_offsets(outs: &[Output]) -> Vec<u64> {
@@ -342,6 +349,32 @@ fn pull_succeeds_for_every_size_shape() {
             _ => None,
         });
         assert_eq!(plan.expect("requester receives a pull").size, len as u64);
+    }
+}
+
+/// A requester that is Done never runs the request again, so the requested
+/// side must never be left to finish after it (found by the simulation
+/// `many_requests`, seed 18: a pull's sender crashed waiting for the echo
+/// of its EndRequest and stayed Interrupted while the requester was Done).
+#[test]
+fn the_requested_side_is_done_before_the_requester_in_both_directions() {
+    for direction in [Direction::Push, Direction::Pull] {
+        let src = file(3 * BS as usize);
+        let size = if direction == Direction::Push { src.len() as u64 } else { 0 };
+        let o = run(request(direction, size), "b", &src, accept_all(src.len() as u64), no_tamper());
+        assert_eq!(o.done_order, [false, true], "{direction:?}: requested side first, then the requester");
+        // The requested side records Done before it sends the message that
+        // lets the requester finish: a crash in between leaves the requester
+        // running, and the requester's retry is answered Complete.
+        if direction == Direction::Pull {
+            let done_at = o.requested.iter().position(|x| matches!(x, Output::Done)).expect("done");
+            let end_at = o
+                .requested
+                .iter()
+                .position(|x| matches!(x, Output::Send(Message::EndRequest(_))))
+                .expect("EndRequest sent");
+            assert!(done_at < end_at, "the requested sender records Done before it sends EndRequest");
+        }
     }
 }
 
