@@ -172,8 +172,8 @@ pub fn many_requests(seed: u64) -> RunSpec {
     spec
 }
 
-/// b dies for good. a's requests to b end InError naming b; a's requests
-/// to the group {b, c} go to c unless b had accepted them.
+/// b dies for good. a's pushes to and pulls from b end InError naming b;
+/// a's requests to the group {b, c} go to c unless b had accepted them.
 pub fn node_lost(seed: u64) -> RunSpec {
     let mut r = rng(seed, 8);
     let mut spec = RunSpec::new(&["a", "b", "c"]);
@@ -181,14 +181,15 @@ pub fn node_lost(seed: u64) -> RunSpec {
     spec.all_done = false;
     spec.partner_wait_secs = 15;
     spec.lost = BTreeSet::from(["b".to_string()]);
-    for n in 0..6 {
+    for n in 0..8 {
         let partner = if n % 2 == 0 { "b" } else { "backends" };
+        let direction = if n % 4 < 2 { Direction::Push } else { Direction::Pull };
         spec.requests.push(request(
             n,
             r.random_range(0..2_000),
             "a",
             partner,
-            Direction::Push,
+            direction,
             r.random_range(64 * 1024..=512 * 1024),
         ));
     }

@@ -44,6 +44,9 @@ pub struct HostIo {
     pub inbox: VecDeque<Command>,
     /// (submission tag, request id or the refusal).
     pub acks: Vec<(usize, Result<String, String>)>,
+    /// The submission being handed to the node (lost if the host crashes
+    /// before the node answered it).
+    pub in_flight: Option<usize>,
     pub snapshot: Option<Snapshot>,
     pub starts: u32,
     pub start_error: Option<String>,
@@ -96,8 +99,11 @@ pub async fn software(
         for command in commands {
             match command {
                 Command::Submit { tag, submit } => {
+                    io.borrow_mut().in_flight = Some(tag);
                     let result = handle.submit(submit).await.map(|r| r.id.to_string()).map_err(|e| e.to_string());
-                    io.borrow_mut().acks.push((tag, result));
+                    let mut io = io.borrow_mut();
+                    io.in_flight = None;
+                    io.acks.push((tag, result));
                 }
                 Command::Shutdown => {
                     drop(handle);

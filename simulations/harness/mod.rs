@@ -123,6 +123,8 @@ pub struct RunReport {
     pub fingerprint: BTreeMap<String, Vec<RecordPrint>>,
     pub done: usize,
     pub failed: usize,
+    /// Requests the faults interrupted: run more than once.
+    pub rerun: usize,
 }
 
 /// Where a run's files live: a RAM disk when there is one (fsync is free).
@@ -239,7 +241,8 @@ pub fn run(spec: &RunSpec, seed: u64) -> Result<RunReport, String> {
     let mut faults = faults.into_iter().peekable();
     let mut pending: Vec<(usize, &RequestSpec)> = spec.requests.iter().enumerate().collect();
     pending.sort_by_key(|(_, r)| r.at_ms);
-    let mut pending = pending.into_iter().peekable();
+    // Submissions a crash took with it before the node answered them.
+    let mut unanswered = 0usize;
     let mut down: BTreeSet<String> = BTreeSet::new();
     let mut violations: Vec<String> = Vec::new();
     let mut steps = 0u64;
@@ -251,7 +254,10 @@ pub fn run(spec: &RunSpec, seed: u64) -> Result<RunReport, String> {
                 Fault::Crash(n) => {
                     violations.extend(invariants::final_files(&nodes, &sources, &format!("when {n} crashed")));
                     sim.crash(n.as_str());
-                    nodes[&n].io.borrow_mut().snapshot = None;
+                    let mut io = nodes[&n].io.borrow_mut();
+                    io.snapshot = None;
+                    unanswered += usize::from(io.in_flight.take().is_some());
+                    drop(io);
                     down.insert(n);
                 }
                 Fault::Restart(n) => {
@@ -267,9 +273,18 @@ pub fn run(spec: &RunSpec, seed: u64) -> Result<RunReport, String> {
                 }
             }
         }
-        while let Some((tag, r)) = pending.next_if(|(_, r)| r.at_ms <= now && !down.contains(&r.requester)) {
-            nodes[&r.requester].io.borrow_mut().inbox.push_back(Command::Submit { tag, submit: submission(r) });
-        }
+        // Due submissions go to their requester's mailbox; a requester that
+        // is down gets them when it is back (a client retrying).
+        pending.retain(|(tag, r)| {
+            if down.contains(&r.requester) {
+                return !spec.lost.contains(&r.requester); // never submitted
+            }
+            if r.at_ms > now {
+                return true;
+            }
+            nodes[&r.requester].io.borrow_mut().inbox.push_back(Command::Submit { tag: *tag, submit: submission(r) });
+            false
+        });
         sim.step().map_err(|e| format!("the simulation failed at {now} ms: {e}"))?;
         steps += 1;
         for (name, node) in &nodes {
@@ -280,7 +295,7 @@ pub fn run(spec: &RunSpec, seed: u64) -> Result<RunReport, String> {
         if steps % 100 != 0 {
             continue;
         }
-        if faults.peek().is_none() && pending.peek().is_none() && settled(&nodes, &down, spec) {
+        if faults.peek().is_none() && pending.is_empty() && settled(&nodes, &down, spec, unanswered) {
             settled_at_ms = now;
             break;
         }
@@ -370,6 +385,7 @@ pub fn run(spec: &RunSpec, seed: u64) -> Result<RunReport, String> {
         fingerprint,
         done: requester_records().filter(|r| r.status == ferry::store::Status::Done).count(),
         failed: requester_records().filter(|r| r.status != ferry::store::Status::Done).count(),
+        rerun: requester_records().filter(|r| r.attempts > 1).count(),
     })
 }
 
@@ -390,10 +406,10 @@ fn submission(r: &RequestSpec) -> Submit {
 
 /// Every submission answered, every request on a live requester final, and
 /// no runner or channel left on any live node.
-fn settled(nodes: &BTreeMap<String, Node>, down: &BTreeSet<String>, spec: &RunSpec) -> bool {
+fn settled(nodes: &BTreeMap<String, Node>, down: &BTreeSet<String>, spec: &RunSpec, unanswered: usize) -> bool {
     let answered: usize = nodes.values().map(|n| n.io.borrow().acks.len()).sum();
     let lost_requests = spec.requests.iter().filter(|r| spec.lost.contains(&r.requester)).count();
-    if answered + lost_requests < spec.requests.len() {
+    if answered + unanswered + lost_requests < spec.requests.len() {
         return false;
     }
     nodes.iter().filter(|(n, _)| !down.contains(*n)).all(|(_, node)| {
@@ -439,13 +455,14 @@ pub fn seeds(ci: u64) -> Vec<u64> {
 pub fn run_scenario(name: &str, ci_seeds: u64, make: fn(u64) -> RunSpec) {
     let seeds = seeds(ci_seeds);
     let started = std::time::Instant::now();
-    let (mut done, mut failed, mut sim_ms) = (0usize, 0usize, 0u64);
+    let (mut done, mut failed, mut rerun, mut sim_ms) = (0usize, 0usize, 0usize, 0u64);
     for &seed in &seeds {
         let spec = make(seed);
         match run(&spec, seed) {
             Ok(report) => {
                 done += report.done;
                 failed += report.failed;
+                rerun += report.rerun;
                 sim_ms += report.settled_at_ms;
             }
             Err(why) => panic!(
@@ -454,7 +471,7 @@ pub fn run_scenario(name: &str, ci_seeds: u64, make: fn(u64) -> RunSpec) {
         }
     }
     eprintln!(
-        "simulation {name}: {} seeds passed ({}..={}) in {:.1} s; requests Done {done}, ended with a cause {failed}; {:.0} simulated s",
+        "simulation {name}: {} seeds passed ({}..={}) in {:.1} s; requests Done {done}, ended with a cause {failed}, run more than once {rerun}; {:.0} simulated s",
         seeds.len(),
         seeds.first().copied().unwrap_or(0),
         seeds.last().copied().unwrap_or(0),

@@ -11,10 +11,10 @@
 //!   `ToSubmit` request, so the Commander takes them in submission order
 //!   without scanning every request.
 //!
-//! Invariants: a record and its queue entry are written by [`Store::put`]
-//! only; the queue index may be stale after a crash (written after the
-//! record), so readers re-check the record's status, and
-//! [`Store::rebuild_queue`] restores it at start-up.
+//! Invariants: a record and its queue entry are written together, by
+//! [`Store::insert`] and [`Store::update_if`] only; the queue index may be
+//! stale after a crash (written after the record), so readers re-check the
+//! record's status, and [`Store::rebuild_queue`] restores it at start-up.
 //!
 //! Crash guarantees: writes land in sled's log, which sled flushes to disk in
 //! the background every 500 ms. [`Store::flush`] forces that flush (fsync);

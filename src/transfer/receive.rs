@@ -1,5 +1,7 @@
 //! The receiving side's work file: blocks are checked and written off the
-//! async executor, then the file is verified and delivered.
+//! async executor (by a `WorkFile` on a blocking thread; on a task of its
+//! own, block by block, under a simulation), then the file is verified and
+//! delivered.
 //!
 //! Crash and delivery guarantees:
 //! - Blocks go into a work file `RECV_DIR/.ferry-work/REQUEST_ID.part`, never

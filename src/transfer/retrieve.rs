@@ -3,7 +3,10 @@
 //! It runs on a blocking thread of its own (file reads and BLAKE3 are CPU and
 //! disk work that must not stall the async executor) and hands encoded frames
 //! to the runner through a small bounded channel, so reading and hashing the
-//! next blocks overlaps with QUIC sending the previous ones.
+//! next blocks overlaps with QUIC sending the previous ones. Under a
+//! simulation ([`crate::determinism::inline_io`]) it reads the whole (small)
+//! file at once on the runner's task instead, so no thread races the
+//! simulated clock.
 //!
 //! Invariants: blocks are produced in order, contiguous from the plan's
 //! restart offset to the announced size. The whole-file BLAKE3 covers the file
