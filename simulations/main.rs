@@ -50,13 +50,21 @@ fn node_lost() {
     run_scenario("node_lost", CI_SEEDS, scenarios::node_lost);
 }
 
-/// The same seed gives the same run: same steps, same moment everything
-/// settled, same records with the same (simulated) timestamps.
+/// The same seed gives the same run, in every scenario: same steps, same
+/// moment everything settled, same records with the same (simulated)
+/// timestamps.
 #[test]
 fn a_seed_replays_exactly() {
-    for (name, make) in
-        [("both_crash", scenarios::both_crash as fn(u64) -> harness::RunSpec), ("lossy_links", scenarios::lossy_links)]
-    {
+    for (name, make) in [
+        ("receiver_crash", scenarios::receiver_crash as fn(u64) -> harness::RunSpec),
+        ("sender_crash", scenarios::sender_crash),
+        ("both_crash", scenarios::both_crash),
+        ("partition_healed", scenarios::partition_healed),
+        ("one_way_partition", scenarios::one_way_partition),
+        ("lossy_links", scenarios::lossy_links),
+        ("many_requests", scenarios::many_requests),
+        ("node_lost", scenarios::node_lost),
+    ] {
         let seed = harness::seeds(1)[0];
         let first = harness::run(&make(seed), seed).unwrap_or_else(|e| panic!("{name} seed {seed}: {e}"));
         let again = harness::run(&make(seed), seed).unwrap_or_else(|e| panic!("{name} seed {seed}: {e}"));

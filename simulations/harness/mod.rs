@@ -456,10 +456,12 @@ pub fn run_scenario(name: &str, ci_seeds: u64, make: fn(u64) -> RunSpec) {
     let seeds = seeds(ci_seeds);
     let started = std::time::Instant::now();
     let (mut done, mut failed, mut rerun, mut sim_ms) = (0usize, 0usize, 0usize, 0u64);
+    let mut prints = blake3::Hasher::new();
     for &seed in &seeds {
         let spec = make(seed);
         match run(&spec, seed) {
             Ok(report) => {
+                prints.update(format!("{report:?}").as_bytes());
                 done += report.done;
                 failed += report.failed;
                 rerun += report.rerun;
@@ -478,4 +480,6 @@ pub fn run_scenario(name: &str, ci_seeds: u64, make: fn(u64) -> RunSpec) {
         started.elapsed().as_secs_f64(),
         sim_ms as f64 / 1000.0
     );
+    // Equal for two runs of the same seeds, in any process.
+    eprintln!("simulation {name}: fingerprint {}", &prints.finalize().to_hex()[..16]);
 }
