@@ -338,8 +338,11 @@ impl Session {
                 vec![Output::Verify(e)]
             }
             (State::AwaitEndRequest, Message::EndRequest(_)) => {
+                // Recorded before the echo: in a push this side is the
+                // requested one and must be Done before the requester can be
+                // (see the sender's end below).
                 self.state = State::Done;
-                vec![Output::Send(Message::EndRequest(EndRequest {})), Output::Done]
+                vec![Output::Done, Output::Send(Message::EndRequest(EndRequest {}))]
             }
 
             // ---- data phase: sender ----
