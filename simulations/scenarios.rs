@@ -47,32 +47,30 @@ fn crash_and_restart(r: &mut StdRng, spec: &mut RunSpec, node: &str) {
     spec.faults.push((at + down, Fault::Restart(node.into())));
 }
 
-/// The receiver (b) crashes mid-transfer and restarts.
-pub fn receiver_crash(seed: u64) -> RunSpec {
-    let mut r = rng(seed, 1);
+/// a sends four files to b while each of `crashing` crashes and restarts.
+fn crashes(seed: u64, scenario: u64, crashing: &[&str]) -> RunSpec {
+    let mut r = rng(seed, scenario);
     let mut spec = RunSpec::new(&["a", "b"]);
     a_sends_to_b(&mut r, &mut spec, 4);
-    crash_and_restart(&mut r, &mut spec, "b");
+    for node in crashing {
+        crash_and_restart(&mut r, &mut spec, node);
+    }
     spec
+}
+
+/// The receiver (b) crashes mid-transfer and restarts.
+pub fn receiver_crash(seed: u64) -> RunSpec {
+    crashes(seed, 1, &["b"])
 }
 
 /// The sender (a) crashes mid-transfer and restarts.
 pub fn sender_crash(seed: u64) -> RunSpec {
-    let mut r = rng(seed, 2);
-    let mut spec = RunSpec::new(&["a", "b"]);
-    a_sends_to_b(&mut r, &mut spec, 4);
-    crash_and_restart(&mut r, &mut spec, "a");
-    spec
+    crashes(seed, 2, &["a"])
 }
 
 /// Both crash, at independent moments (their downtimes may overlap).
 pub fn both_crash(seed: u64) -> RunSpec {
-    let mut r = rng(seed, 3);
-    let mut spec = RunSpec::new(&["a", "b"]);
-    a_sends_to_b(&mut r, &mut spec, 4);
-    crash_and_restart(&mut r, &mut spec, "a");
-    crash_and_restart(&mut r, &mut spec, "b");
-    spec
+    crashes(seed, 3, &["a", "b"])
 }
 
 /// a and b lose each other for a while; the partition heals.
