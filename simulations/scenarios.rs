@@ -113,21 +113,28 @@ pub fn lossy_links(seed: u64) -> RunSpec {
         let latency = r.random_range(1..=200);
         spec.faults.push((0, Fault::Link { a: x.into(), b: y.into(), loss, max_latency_ms: latency }));
     }
-    let nodes = ["a", "b", "c"];
-    for n in 0..6 {
-        let from = nodes[r.random_range(0..3)];
-        let to = nodes.iter().copied().filter(|x| *x != from).nth(r.random_range(0..2)).expect("two others");
-        let direction = if r.random_bool(0.5) { Direction::Push } else { Direction::Pull };
-        spec.requests.push(request(
-            n,
-            r.random_range(0..1_000),
-            from,
-            to,
-            direction,
-            r.random_range(16 * 1024..=256 * 1024),
-        ));
-    }
+    random_requests(&mut r, &mut spec, 6, 1_000, 16 * 1024..=256 * 1024);
     spec
+}
+
+/// `count` requests between random pairs of the spec's nodes, in random
+/// directions, submitted within `within_ms`.
+fn random_requests(
+    r: &mut StdRng,
+    spec: &mut RunSpec,
+    count: usize,
+    within_ms: u64,
+    sizes: std::ops::RangeInclusive<usize>,
+) {
+    let nodes = spec.nodes.clone();
+    for n in 0..count {
+        let from = &nodes[r.random_range(0..nodes.len())];
+        let others: Vec<&String> = nodes.iter().filter(|x| *x != from).collect();
+        let to = others[r.random_range(0..others.len())];
+        let direction = if r.random_bool(0.5) { Direction::Push } else { Direction::Pull };
+        let at = r.random_range(0..within_ms);
+        spec.requests.push(request(n, at, from, to, direction, r.random_range(sizes.clone())));
+    }
 }
 
 /// 100 requests across 5 nodes, with random crashes and partitions that heal.
@@ -135,20 +142,7 @@ pub fn many_requests(seed: u64) -> RunSpec {
     let mut r = rng(seed, 7);
     let nodes = ["a", "b", "c", "d", "e"];
     let mut spec = RunSpec::new(&nodes);
-    for n in 0..100 {
-        let from = nodes[r.random_range(0..5)];
-        let others: Vec<&str> = nodes.iter().copied().filter(|x| *x != from).collect();
-        let to = others[r.random_range(0..others.len())];
-        let direction = if r.random_bool(0.5) { Direction::Push } else { Direction::Pull };
-        spec.requests.push(request(
-            n,
-            r.random_range(0..2_000),
-            from,
-            to,
-            direction,
-            r.random_range(4 * 1024..=128 * 1024),
-        ));
-    }
+    random_requests(&mut r, &mut spec, 100, 2_000, 4 * 1024..=128 * 1024);
     for _ in 0..r.random_range(1..=3) {
         let node = nodes[r.random_range(0..5)];
         // One fault window per node at most, so restarts never overlap crashes.
