@@ -32,6 +32,7 @@ scenarios!(
     lossy_links,
     many_requests,
     node_lost,
+    operator_commands,
 );
 
 /// The same seed gives the same run, in every scenario: same steps, same

@@ -9,6 +9,7 @@ use ferry::protocol::Direction;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::harness::host::Operation;
 use crate::harness::{Fault, RequestSpec, RunSpec};
 
 fn rng(seed: u64, scenario: u64) -> StdRng {
@@ -186,5 +187,27 @@ pub fn node_lost(seed: u64) -> RunSpec {
         ));
     }
     spec.faults.push((r.random_range(0..2_500), Fault::Crash("b".into())));
+    spec
+}
+
+/// Operators at work while b crashes: two requests are stopped and
+/// restarted (restart asked three times, as an operator would until it
+/// takes), one is cancelled, each at a random moment.
+pub fn operator_commands(seed: u64) -> RunSpec {
+    let mut r = rng(seed, 9);
+    let mut spec = RunSpec::new(&["a", "b"]);
+    a_sends_to_b(&mut r, &mut spec, 6);
+    crash_and_restart(&mut r, &mut spec, "b");
+    let mut tags: Vec<usize> = (0..spec.requests.len()).collect();
+    for (i, op) in [Operation::Stop, Operation::Stop, Operation::Cancel].into_iter().enumerate() {
+        let tag = tags.remove(r.random_range(0..tags.len()));
+        let at = r.random_range(0..1_500);
+        spec.faults.push((at, Fault::Operate { tag, op }));
+        if op == Operation::Stop {
+            for later in [1_000, 3_000, 6_000] {
+                spec.faults.push((at + later + i as u64, Fault::Operate { tag, op: Operation::Restart }));
+            }
+        }
+    }
     spec
 }

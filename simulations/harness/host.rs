@@ -26,8 +26,23 @@ pub const PORT: u16 = 7000;
 const SNAPSHOT_EVERY: Duration = Duration::from_millis(50);
 
 pub enum Command {
-    Submit { tag: usize, submit: Submit },
+    Submit {
+        tag: usize,
+        submit: Submit,
+    },
+    /// An operator command on the request of submission `tag`.
+    Operate {
+        tag: usize,
+        op: Operation,
+    },
     Shutdown,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    Stop,
+    Cancel,
+    Restart,
 }
 
 /// What a host last reported.
@@ -47,6 +62,8 @@ pub struct HostIo {
     /// The submission being handed to the node (lost if the host crashes
     /// before the node answered it).
     pub in_flight: Option<usize>,
+    /// Operator commands carried out: (tag, operation, result).
+    pub operations: Vec<(usize, Operation, Result<(), String>)>,
     pub snapshot: Option<Snapshot>,
     pub starts: u32,
     pub start_error: Option<String>,
@@ -104,6 +121,23 @@ pub async fn software(
                     let mut io = io.borrow_mut();
                     io.in_flight = None;
                     io.acks.push((tag, result));
+                }
+                Command::Operate { tag, op } => {
+                    let id = io.borrow().acks.iter().find(|(t, _)| *t == tag).and_then(|(_, r)| r.clone().ok());
+                    let result = match id {
+                        None => Err(format!("submission {tag} was not acknowledged")),
+                        Some(id) => match ferry::protocol::RequestId::parse(&id) {
+                            None => Err(format!("{id} is not a request id")),
+                            Some(id) => match op {
+                                Operation::Stop => handle.stop(&id).await,
+                                Operation::Cancel => handle.cancel(&id).await,
+                                Operation::Restart => handle.restart(&id).await,
+                            }
+                            .map(|_| ())
+                            .map_err(|e| e.to_string()),
+                        },
+                    };
+                    io.borrow_mut().operations.push((tag, op, result));
                 }
                 Command::Shutdown => {
                     drop(handle);

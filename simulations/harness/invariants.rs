@@ -14,7 +14,7 @@
 //! - `no actor left`: nothing runs once every request ended, and every node
 //!   stops with no task still holding it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use ferry::protocol::{Digest, Direction, ErrorCode};
@@ -71,6 +71,8 @@ pub struct World<'a> {
     pub deliveries: &'a BTreeMap<String, u32>,
     /// Per stopped node, tasks still holding it after shutdown.
     pub lingering: &'a BTreeMap<String, usize>,
+    /// Requests an operator cancelled (the command was accepted).
+    pub cancelled: &'a BTreeSet<String>,
 }
 
 impl World<'_> {
@@ -146,6 +148,7 @@ impl World<'_> {
                         Some((_, m)) if m.trim().is_empty() => {
                             v.push(format!("outcome: {what} ended {:?} with an empty cause", r.status))
                         }
+                        Some((ErrorCode::Cancelled, _)) if self.cancelled.contains(r.id.as_str()) => {}
                         Some(_) if self.spec.all_done => v.push(format!(
                             "outcome: {what} ended {:?} although every fault healed: {:?}",
                             r.status, cause

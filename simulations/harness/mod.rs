@@ -71,6 +71,12 @@ pub enum Fault {
         loss: f64,
         max_latency_ms: u64,
     },
+    /// An operator command on the request of submission `tag`, given to
+    /// its requester (when it is up).
+    Operate {
+        tag: usize,
+        op: host::Operation,
+    },
 }
 
 /// Everything a run does.
@@ -82,7 +88,8 @@ pub struct RunSpec {
     pub faults: Vec<(u64, Fault)>,
     /// Nodes crashed for good (never restarted).
     pub lost: BTreeSet<String>,
-    /// Every fault heals, so every request must end `Done`.
+    /// Every fault heals, so every request must end `Done` (or `Cancelled`,
+    /// when an operator cancelled it).
     pub all_done: bool,
     pub partner_wait_secs: u64,
     /// A job-log line at least one request must show (the scenario's
@@ -271,6 +278,12 @@ pub fn run(spec: &RunSpec, seed: u64) -> Result<RunReport, String> {
                     sim.set_link_fail_rate(a.as_str(), b.as_str(), loss);
                     sim.set_link_max_message_latency(a.as_str(), b.as_str(), Duration::from_millis(max_latency_ms));
                 }
+                Fault::Operate { tag, op } => {
+                    let requester = &spec.requests[tag].requester;
+                    if !down.contains(requester) {
+                        nodes[requester].io.borrow_mut().inbox.push_back(Command::Operate { tag, op });
+                    }
+                }
             }
         }
         // Due submissions go to their requester's mailbox; a requester that
@@ -353,6 +366,17 @@ pub fn run(spec: &RunSpec, seed: u64) -> Result<RunReport, String> {
         .collect();
     let reports: BTreeMap<String, usize> =
         nodes.iter().filter_map(|(n, node)| node.io.borrow().stopped.map(|r| (n.clone(), r.lingering))).collect();
+    let cancelled: BTreeSet<String> = nodes
+        .values()
+        .flat_map(|node| {
+            let io = node.io.borrow();
+            io.operations
+                .iter()
+                .filter(|(_, op, r)| *op == host::Operation::Cancel && r.is_ok())
+                .filter_map(|(tag, _, _)| acks.get(tag).and_then(|(_, id)| id.clone().ok()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
     let world = invariants::World {
         spec,
         nodes: &nodes,
@@ -362,6 +386,7 @@ pub fn run(spec: &RunSpec, seed: u64) -> Result<RunReport, String> {
         acks: &acks,
         deliveries: &deliveries,
         lingering: &reports,
+        cancelled: &cancelled,
     };
     violations.extend(world.check());
     if !violations.is_empty() {
