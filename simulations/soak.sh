@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The long soak: every scenario over COUNT seeds (default 2000) from FIRST
 # (default 1), two scenarios at a time. A failure prints its seed and the
-# command that replays it. About an hour for 2000 seeds on 2 cores.
+# command that replays it. About an hour and a half for 2000 seeds on 2 cores.
 #
 #   simulations/soak.sh [COUNT] [FIRST]
 set -euo pipefail

@@ -12,7 +12,9 @@
 //! stateful: it drops *new* traffic from A but lets through A's answers to
 //! traffic B sent first (conntrack). The sockets apply it on receipt: B's
 //! socket drops a datagram from A unless B has sent to that address before.
-//! That is exactly the case reverse connect exists for.
+//! That is exactly the case reverse connect exists for. Conntrack entries
+//! do not expire: Linux keeps an answered UDP flow for 120 s after its last
+//! packet, and the nodes' heartbeats keep theirs busy.
 
 use std::collections::BTreeSet;
 use std::future::Future;
