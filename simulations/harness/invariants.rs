@@ -81,6 +81,7 @@ impl World<'_> {
         v.extend(self.acknowledged_kept());
         v.extend(self.outcomes());
         v.extend(final_files(self.nodes, self.sources, "after the run"));
+        v.extend(self.no_work_file_left());
         v.extend(self.single_delivery());
         v.extend(self.agreement());
         v.extend(self.no_actor_left());
@@ -177,6 +178,31 @@ impl World<'_> {
         v
     }
 
+    /// `files`: a request that ended Done left no work file behind on either
+    /// node (its work file became the delivered file).
+    fn no_work_file_left(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        for (name, node) in self.nodes {
+            let work = node.recv_dir().join(".ferry-work");
+            let Ok(entries) = std::fs::read_dir(&work) else { continue };
+            for entry in entries.filter_map(|e| e.ok()) {
+                let file = entry.file_name().to_string_lossy().into_owned();
+                let id = file.strip_suffix(".part").unwrap_or(&file);
+                let ended = self
+                    .requests()
+                    .find(|(_, r)| r.id.as_str() == id && matches!(r.status, Status::Done | Status::Cancelled));
+                if let Some((requester, r)) = ended {
+                    v.push(format!(
+                        "files: {name} still holds the work file {file} of a request that is {:?}\n{}",
+                        r.status,
+                        self.job_logs(id, &[requester, &r.partner])
+                    ));
+                }
+            }
+        }
+        v
+    }
+
     fn single_delivery(&self) -> Vec<String> {
         self.deliveries
             .iter()
@@ -196,6 +222,9 @@ impl World<'_> {
             let fine = match (ours, theirs.map(|t| t.status)) {
                 (Status::Done, Some(Status::Done)) => true,
                 (Status::Done, _) => false,
+                // Cancelled is final: the partner must have learnt it too.
+                (Status::Cancelled, Some(Status::Cancelled)) | (Status::Cancelled, None) => true,
+                (Status::Cancelled, _) => false,
                 // Not Done here: the partner must not be Done, nor still think it runs.
                 (_, None) => true,
                 (_, Some(Status::Done | Status::Running | Status::ToSubmit)) => false,
