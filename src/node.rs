@@ -21,7 +21,6 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::actors::availability::{Availability, PartnerHealth, PartnerState};
-use crate::actors::client_runner::tell_cancel;
 use crate::actors::commander::CommanderMsg;
 use crate::actors::connections::{self, ConnectionsMsg, CLOSE_SHUTDOWN};
 use crate::actors::control_plane::request_state;
@@ -655,9 +654,11 @@ impl NodeHandle {
                     }
                 }
                 if started {
+                    // The partner may hold a record and a partial file: it is
+                    // owed a notice, which the Commander sends (and retries).
+                    self.ctx.store.owe_cancel_notice(id)?;
                     if let Some(a) = self.ctx.actors() {
-                        let ctx = self.ctx.clone();
-                        tokio::spawn(tell_cancel(ctx, a.connections, id.clone(), rec.partner.clone()));
+                        let _ = a.commander.cast(CommanderMsg::Wake);
                     }
                 }
                 rec

@@ -415,3 +415,55 @@ async fn a_kept_connection_makes_a_firewalled_node_reachable() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A request cancelled while its partner is down reaches the partner when
+/// it is back: its record becomes Cancelled and its partial file goes (the
+/// simulation operator_commands, seed 3, found the partner keeping both for
+/// good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_reaches_a_partner_that_was_down() {
+    let mut layout = Layout::new(&["a", "b"]);
+    quick(&mut layout);
+    for c in &mut layout.configs {
+        c.restart_interval_bytes = 1 << 20;
+    }
+    let a = layout.start("a").await;
+    let b = layout.start("b").await;
+    write_random(&layout.out_dir("a").join("big"), 256 << 20);
+    let rec = a.handle().submit(submit(Direction::Push, "b", "big")).await.expect("submit");
+    let (ha, hb) = (a.handle(), b.handle());
+    wait_until("a restart point at b", WITHIN, async || hb.store().get(&rec.id).ok()??.restart_point).await;
+    let work = layout.in_dir("b").join(".ferry-work").join(format!("{}.part", rec.id));
+    assert!(work.exists(), "b holds a partial file");
+    // b goes away mid-transfer; a's request is interrupted and waits.
+    drop(hb);
+    b.shutdown().await;
+    wait_until("a's request stopped running", WITHIN, async || {
+        let r = ha.store().get(&rec.id).ok()??;
+        (r.status != Status::Running).then_some(())
+    })
+    .await;
+    let cancelled = ha.cancel(&rec.id).await.expect("cancel");
+    assert_eq!(cancelled.status, Status::Cancelled);
+    assert_eq!(ha.store().cancel_notices_owed().expect("store"), vec![rec.id.clone()], "b is owed a notice");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(work.exists(), "b is down: nothing can have told it yet");
+    let b = layout.start("b").await;
+    let hb = b.handle();
+    let r = wait_until("b learns of the cancel", WITHIN, async || {
+        let r = hb.store().get(&rec.id).ok()??;
+        (r.status == Status::Cancelled).then_some(r)
+    })
+    .await;
+    assert_eq!(r.error.map(|e| e.code), Some(ErrorCode::Cancelled));
+    wait_until("b removes the partial file", WITHIN, async || (!work.exists()).then_some(())).await;
+    wait_until("the notice is no longer owed", WITHIN, async || {
+        ha.store().cancel_notices_owed().ok()?.is_empty().then_some(())
+    })
+    .await;
+    assert!(job_log_text(&ha, &rec.id).contains("partner b told of the cancellation"));
+    assert!(!layout.in_dir("b").join("big").exists());
+    drop(hb);
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -165,7 +165,7 @@ async fn run(args: ClientRunnerArgs, mut control: mpsc::Receiver<Control>) {
     // wins over the dial's outcome; once the channel is open, the session
     // handles commands itself.
     if let Ok(c) = control.try_recv() {
-        return apply_before_channel(&ctx, &args.connections, &rec, c).await;
+        return apply_before_channel(&ctx, &rec, c).await;
     }
     let link = match got {
         Ok(l) => l,
@@ -216,12 +216,7 @@ async fn run(args: ClientRunnerArgs, mut control: mpsc::Receiver<Control>) {
 
 /// Carries out a stop or cancel that arrived before the request's channel
 /// was open (nothing was sent on this attempt).
-async fn apply_before_channel(
-    ctx: &Arc<NodeContext>,
-    connections: &ActorRef<ConnectionsMsg>,
-    rec: &crate::store::RequestRecord,
-    c: Control,
-) {
+async fn apply_before_channel(ctx: &Arc<NodeContext>, rec: &crate::store::RequestRecord, c: Control) {
     let (status, code, message) = match c {
         Control::Stop => (Status::Interrupted, ErrorCode::Stopped, "stopped by an operator".to_string()),
         Control::Cancel(reason) => (Status::Cancelled, ErrorCode::Cancelled, reason),
@@ -229,34 +224,41 @@ async fn apply_before_channel(
             (Status::Interrupted, ErrorCode::Shutdown, format!("node {} is shutting down", ctx.config.node_id))
         }
     };
-    let r = ctx.store.update(&rec.id, &message, |r| {
-        r.status = status;
-        r.retry_at = None;
-        if status == Status::Cancelled {
-            r.finished_at = Some(crate::store::now_ms());
-        }
-        r.error = Some(RequestError { code, message: message.clone() });
-    });
+    // An earlier attempt may have left a record and a partial file with the
+    // partner: it is owed a notice, durable with this flush.
+    let owe_notice = status == Status::Cancelled && rec.attempts > 1;
+    let r = ctx
+        .store
+        .update(&rec.id, &message, |r| {
+            r.status = status;
+            r.retry_at = None;
+            if status == Status::Cancelled {
+                r.finished_at = Some(crate::store::now_ms());
+            }
+            r.error = Some(RequestError { code, message: message.clone() });
+        })
+        .and_then(|_| if owe_notice { ctx.store.owe_cancel_notice(&rec.id) } else { Ok(()) });
     if let Err(e) = r.and(ctx.store.flush().await) {
         tracing::error!(request_id = %rec.id, error = %e, "cannot record an operator command");
     }
-    if status == Status::Cancelled {
-        if rec.direction == Direction::Pull {
-            if let Some(rule) = ctx.config.rule(&rec.rule) {
-                receive::discard(&receive::work_path(&rule.recv_dir, &rec.id));
-            }
-        }
-        if rec.attempts > 1 {
-            // An earlier attempt may have left a partial file with the partner.
-            tokio::spawn(tell_cancel(ctx.clone(), connections.clone(), rec.id.clone(), rec.partner.clone()));
+    if status == Status::Cancelled && rec.direction == Direction::Pull {
+        if let Some(rule) = ctx.config.rule(&rec.rule) {
+            receive::discard(&receive::work_path(&rule.recv_dir, &rec.id));
         }
     }
+    // The Commander sends an owed notice once this runner has ended.
 }
 
 /// Tells the partner that a request which is not running here was cancelled,
 /// so it marks its record and removes its partial file: opens a channel and
-/// sends Startup, Authent and Cancel. The outcome goes to the job log.
-pub async fn tell_cancel(ctx: Arc<NodeContext>, connections: ActorRef<ConnectionsMsg>, id: RequestId, partner: String) {
+/// sends Startup, Authent and Cancel. The outcome goes to the job log; once
+/// the partner answered, the owed notice is cleared. Returns whether it was.
+pub async fn tell_cancel(
+    ctx: Arc<NodeContext>,
+    connections: ActorRef<ConnectionsMsg>,
+    id: RequestId,
+    partner: String,
+) -> bool {
     let told = async {
         let link = connections::connect(&connections, &partner).await.map_err(|e| e.message)?;
         let _channel = link.channel_guard();
@@ -271,19 +273,31 @@ pub async fn tell_cancel(ctx: Arc<NodeContext>, connections: ActorRef<Connection
             w.send(m).await.map_err(|e| e.to_string())?;
         }
         w.finish();
-        // The partner answers Startup and Authent, then ends the channel once it has acted.
+        // The partner answers Startup and Authent, then ends the channel once
+        // it has acted. Only that clean end counts: a link that died (the
+        // partner crashed and it is not noticed yet) ends in an error.
         let drained = tokio::time::timeout(std::time::Duration::from_secs(10), async {
-            while let Ok(Some(_)) = r.next().await {}
+            let mut answered = false;
+            loop {
+                match r.next().await {
+                    Ok(Some(_)) => answered = true,
+                    Ok(None) if answered => return Ok(()),
+                    Ok(None) => return Err("the partner closed the channel without answering".to_string()),
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
         });
-        drained.await.map_err(|_| "no answer within 10 s".to_string())?;
+        drained.await.map_err(|_| "no answer within 10 s".to_string())??;
         Ok::<(), String>(())
     }
     .await;
-    let line = match told {
+    let line = match &told {
         Ok(()) => format!("partner {partner} told of the cancellation"),
-        Err(e) => format!("partner {partner} could not be told of the cancellation: {e}"),
+        Err(e) => format!("partner {partner} could not be told of the cancellation (will try again): {e}"),
     };
-    if let Err(e) = ctx.store.log(&id, &line) {
-        tracing::error!(request_id = %id, error = %e, "cannot log");
+    let cleared = if told.is_ok() { ctx.store.cancel_notice_given(&id) } else { Ok(()) };
+    if let Err(e) = cleared.and_then(|_| ctx.store.log(&id, &line)) {
+        tracing::error!(request_id = %id, error = %e, "cannot record the cancellation notice");
     }
+    told.is_ok()
 }

@@ -8,7 +8,7 @@
 //! requests a partner was running here are marked `Interrupted` (the partner
 //! drives them again).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 
-use super::client_runner::{ClientRunner, ClientRunnerArgs, ClientRunnerMsg};
+use super::client_runner::{tell_cancel, ClientRunner, ClientRunnerArgs, ClientRunnerMsg};
 use super::connections::ConnectionsMsg;
 use super::drive::Control;
 use crate::node::NodeContext;
@@ -32,8 +32,10 @@ pub enum CommanderMsg {
     /// Forward a control command to the runner of a request, if it runs here.
     Control(RequestId, Control),
     /// Probe the partners requests are waiting for, and check how long
-    /// they have waited.
+    /// they have waited; send the cancellation notices still owed.
     Tick,
+    /// A cancellation notice was delivered (`true`) or not.
+    Told(RequestId, bool),
 }
 
 pub struct CommanderArgs {
@@ -52,6 +54,8 @@ pub struct CommanderState {
     /// Queued requests passed over because their partner is unavailable,
     /// with when they started waiting (in memory: a restart waits afresh).
     waiting: BTreeMap<RequestId, (String, Instant)>,
+    /// Cancellation notices being sent now.
+    telling: BTreeSet<RequestId>,
     tick_scheduled: bool,
 }
 
@@ -64,6 +68,7 @@ impl CommanderState {
         if *self.ctx.shutdown.borrow() {
             return Ok(());
         }
+        self.send_notices(myself)?;
         let free = self.ctx.config.concurrency.saturating_sub(self.running.len());
         if free == 0 {
             return Ok(());
@@ -176,10 +181,47 @@ impl CommanderState {
             self.ctx.store.flush().await?;
         }
         self.waiting = still;
-        if !self.waiting.is_empty() && !self.tick_scheduled {
+        if !self.waiting.is_empty() {
+            self.schedule_tick(myself);
+        }
+        Ok(())
+    }
+
+    fn schedule_tick(&mut self, myself: &ActorRef<CommanderMsg>) {
+        if !self.tick_scheduled {
             self.tick_scheduled = true;
             let every = Duration::from_millis(self.ctx.config.cluster.probe_interval_ms);
             myself.send_after(every, || CommanderMsg::Tick);
+        }
+    }
+
+    /// Tells partners of cancellations they may not know of: a requester
+    /// that cancelled while its partner was down, or whose in-band Cancel
+    /// was lost with the link, would otherwise leave the partner's record
+    /// waiting (and its partial file on disk) for good. The notice stays
+    /// owed in the store until the partner answered it; a partner known to
+    /// be unavailable is tried again on a later tick.
+    fn send_notices(&mut self, myself: &ActorRef<CommanderMsg>) -> Result<(), ActorProcessingErr> {
+        for id in self.ctx.store.cancel_notices_owed()? {
+            if self.telling.contains(&id) {
+                continue;
+            }
+            let Some(rec) = self.ctx.store.get(&id)? else {
+                self.ctx.store.cancel_notice_given(&id)?;
+                continue;
+            };
+            if self.ctx.availability.is_unavailable(&rec.partner) {
+                // Probed now, tried again on the next tick.
+                let _ = self.connections.cast(ConnectionsMsg::Probe(rec.partner.clone()));
+                self.schedule_tick(myself);
+                continue;
+            }
+            self.telling.insert(id.clone());
+            let (ctx, conns, me) = (self.ctx.clone(), self.connections.clone(), myself.clone());
+            tokio::spawn(async move {
+                let told = tell_cancel(ctx, conns, id.clone(), rec.partner).await;
+                let _ = me.cast(CommanderMsg::Told(id, told));
+            });
         }
         Ok(())
     }
@@ -237,6 +279,7 @@ impl Actor for Commander {
             connections: args.connections,
             running: BTreeMap::new(),
             waiting: BTreeMap::new(),
+            telling: BTreeSet::new(),
             tick_scheduled: false,
         })
     }
@@ -258,6 +301,12 @@ impl Actor for Commander {
                         })?;
                         state.fill(&myself).await?;
                     }
+                }
+            }
+            CommanderMsg::Told(id, told) => {
+                state.telling.remove(&id);
+                if !told {
+                    state.schedule_tick(&myself);
                 }
             }
             CommanderMsg::Tick => {

@@ -276,7 +276,19 @@ impl Drive {
                             }
                         }
                         if recorded {
-                            self.failed(&f);
+                            let status = self.failed(&f);
+                            if status == Status::Cancelled
+                                && f.origin == crate::protocol::Origin::Local
+                                && self.session.role() == SessionRole::Requester
+                            {
+                                // The Cancel just sent may never arrive (the
+                                // link may be gone): the partner is owed a
+                                // notice until it confirms one, durable with
+                                // the flush below.
+                                if let Err(e) = self.ctx.store.owe_cancel_notice(self.session.request_id()) {
+                                    tracing::error!(error = %e, "cannot record an owed cancellation notice");
+                                }
+                            }
                             self.flush().await;
                         } else {
                             tracing::warn!(code = %f.code, message = %f.message, "request ended before it was recorded");

@@ -10,6 +10,10 @@
 //! - `queue`: sequence (u64 BE) ++ request id → empty; one entry per
 //!   `ToSubmit` request, so the Commander takes them in submission order
 //!   without scanning every request.
+//! - `cancel_notices`: request id → empty; a requester's cancelled requests
+//!   whose partner has not yet confirmed it was told (the Commander retries
+//!   until it has). Added without a schema change: an older store simply
+//!   has none.
 //!
 //! Invariants: a record and its queue entry are written together, by
 //! [`Store::insert`] and [`Store::update_if`] only; the queue index may be
@@ -84,6 +88,8 @@ pub struct Store {
     requests: sled::Tree,
     joblog: sled::Tree,
     queue: sled::Tree,
+    /// Cancelled requests whose partner has not yet confirmed it was told.
+    notices: sled::Tree,
     flusher: tokio::sync::mpsc::UnboundedSender<FlushReply>,
 }
 
@@ -138,6 +144,7 @@ impl Store {
             requests: db.open_tree("requests")?,
             joblog: db.open_tree("joblog")?,
             queue: db.open_tree("queue")?,
+            notices: db.open_tree("cancel_notices")?,
             db,
             flusher,
         })
@@ -334,6 +341,34 @@ impl Store {
         rx.await.map_err(|_| StoreError::Flush("the flusher thread has stopped".into()))?.map_err(StoreError::Flush)
     }
 
+    /// Records that the partner of `id` must still be told that the request
+    /// was cancelled (durable with the next flush; kept until
+    /// [`Store::cancel_notice_given`]).
+    pub fn owe_cancel_notice(&self, id: &RequestId) -> Result<(), StoreError> {
+        self.notices.insert(id.as_str().as_bytes(), &[])?;
+        Ok(())
+    }
+
+    /// The partner confirmed it knows `id` was cancelled.
+    pub fn cancel_notice_given(&self, id: &RequestId) -> Result<(), StoreError> {
+        self.notices.remove(id.as_str().as_bytes())?;
+        Ok(())
+    }
+
+    /// Requests whose partner must still be told of their cancellation.
+    pub fn cancel_notices_owed(&self) -> Result<Vec<RequestId>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.notices.iter() {
+            let (k, _) = kv?;
+            let text = String::from_utf8_lossy(&k).into_owned();
+            match RequestId::parse(&text) {
+                Some(id) => out.push(id),
+                None => return Err(StoreError::Corrupt { key: text, reason: "not a request id".into() }),
+            }
+        }
+        Ok(out)
+    }
+
     /// Blocking variant of [`Store::flush`] for shutdown paths.
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
         self.db.flush()?;
@@ -401,6 +436,23 @@ mod tests {
         assert_eq!(log.len(), 2);
         assert_eq!(log[0].message, "submitted");
         assert_eq!(log[1].status, Status::Running);
+    }
+
+    #[test]
+    fn owed_cancel_notices_survive_reopen_until_given() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rec = sample(Status::Cancelled);
+        {
+            let s = Store::open(dir.path()).expect("open");
+            assert!(s.cancel_notices_owed().expect("read").is_empty());
+            s.owe_cancel_notice(&rec.id).expect("owe");
+            s.owe_cancel_notice(&rec.id).expect("owing twice is one notice");
+            s.flush_blocking().expect("flush");
+        }
+        let s = Store::open(dir.path()).expect("reopen");
+        assert_eq!(s.cancel_notices_owed().expect("read"), vec![rec.id.clone()]);
+        s.cancel_notice_given(&rec.id).expect("given");
+        assert!(s.cancel_notices_owed().expect("read").is_empty());
     }
 
     #[test]
