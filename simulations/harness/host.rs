@@ -17,7 +17,7 @@ use ferry::node::{Node, NodeOptions, ShutdownReport, Submit};
 use ferry::store::RequestRecord;
 use ferry::transport::Network;
 
-use super::udp::{Firewall, SimSocket};
+use super::udp::{Faults, SimSocket};
 
 /// The QUIC port every simulated node listens on.
 pub const PORT: u16 = 7000;
@@ -78,7 +78,7 @@ pub async fn software(
     config: NodeConfig,
     partners: Vec<String>,
     seed: u64,
-    firewall: Firewall,
+    faults: Faults,
     io: Shared,
 ) -> turmoil::Result {
     let generation = {
@@ -94,7 +94,7 @@ pub async fn software(
             p.address = SocketAddr::new(turmoil::lookup(p.id.as_str()), PORT);
         }
     }
-    let socket = SimSocket::bind(config.listen, firewall).await?;
+    let socket = SimSocket::bind(config.listen, faults).await?;
     let mut quic_seed = [0u8; 32];
     quic_seed[..8].copy_from_slice(&seed.to_le_bytes());
     quic_seed[8..12].copy_from_slice(&generation.to_le_bytes());

@@ -34,7 +34,7 @@ use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 
 use host::{Command, HostIo, Shared};
-use udp::Firewall;
+use udp::Faults;
 
 /// One request a scenario submits.
 #[derive(Clone, Debug)]
@@ -64,7 +64,8 @@ pub enum Fault {
         host: String,
         from: String,
     },
-    /// Loss rate and maximum latency of the link between two hosts.
+    /// Per-datagram loss rate and maximum latency of the link between two
+    /// hosts.
     Link {
         a: String,
         b: String,
@@ -233,9 +234,9 @@ pub fn run(spec: &RunSpec, seed: u64) -> Result<RunReport, String> {
         .max_message_latency(Duration::from_millis(spec.max_latency_ms.max(1)))
         .udp_capacity(16 * 1024)
         .build();
-    let firewall = Firewall::default();
+    let net = Faults::new(seed);
     for (name, node) in &nodes {
-        let (name, config, io, fw) = (name.clone(), node.config.clone(), node.io.clone(), firewall.clone());
+        let (name, config, io, fw) = (name.clone(), node.config.clone(), node.io.clone(), net.clone());
         let partners = spec.nodes.clone();
         let host_name = name.clone();
         sim.host(host_name.as_str(), move || {
@@ -273,9 +274,9 @@ pub fn run(spec: &RunSpec, seed: u64) -> Result<RunReport, String> {
                 }
                 Fault::Partition(a, b) => sim.partition(a.as_str(), b.as_str()),
                 Fault::Repair(a, b) => sim.repair(a.as_str(), b.as_str()),
-                Fault::Firewall { host, from } => firewall.block(sim.lookup(host.as_str()), sim.lookup(from.as_str())),
+                Fault::Firewall { host, from } => net.block(sim.lookup(host.as_str()), sim.lookup(from.as_str())),
                 Fault::Link { a, b, loss, max_latency_ms } => {
-                    sim.set_link_fail_rate(a.as_str(), b.as_str(), loss);
+                    net.set_loss(sim.lookup(a.as_str()), sim.lookup(b.as_str()), loss);
                     sim.set_link_max_message_latency(a.as_str(), b.as_str(), Duration::from_millis(max_latency_ms));
                 }
                 Fault::Operate { tag, op } => {
@@ -340,8 +341,11 @@ pub fn run(spec: &RunSpec, seed: u64) -> Result<RunReport, String> {
     }
     drop(sim);
     let deliveries = audit::take();
-    if spec.faults.iter().any(|(_, f)| matches!(f, Fault::Firewall { .. })) && firewall.dropped() == 0 {
+    if spec.faults.iter().any(|(_, f)| matches!(f, Fault::Firewall { .. })) && net.dropped() == 0 {
         violations.push("scenario: the firewall dropped nothing, so no direct dial was blocked".into());
+    }
+    if spec.faults.iter().any(|(_, f)| matches!(f, Fault::Link { loss, .. } if *loss > 0.01)) && net.lost() == 0 {
+        violations.push("scenario: links were set to lose packets, but none was lost".into());
     }
 
     // The durable truth: every store as it is on disk now.
