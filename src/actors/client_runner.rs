@@ -251,14 +251,14 @@ async fn apply_before_channel(ctx: &Arc<NodeContext>, rec: &crate::store::Reques
 
 /// Tells the partner that a request which is not running here was cancelled,
 /// so it marks its record and removes its partial file: opens a channel and
-/// sends Startup, Authent and Cancel. The outcome goes to the job log; once
-/// the partner answered, the owed notice is cleared. Returns whether it was.
+/// sends Startup, Authent and Cancel. Once the partner answered, the owed
+/// notice is cleared and the job log says so; otherwise, why not.
 pub async fn tell_cancel(
     ctx: Arc<NodeContext>,
     connections: ActorRef<ConnectionsMsg>,
     id: RequestId,
     partner: String,
-) -> bool {
+) -> Result<(), String> {
     let told = async {
         let link = connections::connect(&connections, &partner).await.map_err(|e| e.message)?;
         let _channel = link.channel_guard();
@@ -291,13 +291,11 @@ pub async fn tell_cancel(
         Ok::<(), String>(())
     }
     .await;
-    let line = match &told {
-        Ok(()) => format!("partner {partner} told of the cancellation"),
-        Err(e) => format!("partner {partner} could not be told of the cancellation (will try again): {e}"),
-    };
-    let cleared = if told.is_ok() { ctx.store.cancel_notice_given(&id) } else { Ok(()) };
-    if let Err(e) = cleared.and_then(|_| ctx.store.log(&id, &line)) {
-        tracing::error!(request_id = %id, error = %e, "cannot record the cancellation notice");
+    if told.is_ok() {
+        let line = format!("partner {partner} told of the cancellation");
+        if let Err(e) = ctx.store.cancel_notice_given(&id).and_then(|_| ctx.store.log(&id, &line)) {
+            tracing::error!(request_id = %id, error = %e, "cannot record the cancellation notice");
+        }
     }
-    told.is_ok()
+    told
 }

@@ -34,8 +34,8 @@ pub enum CommanderMsg {
     /// Probe the partners requests are waiting for, and check how long
     /// they have waited; send the cancellation notices still owed.
     Tick,
-    /// A cancellation notice was delivered (`true`) or not.
-    Told(RequestId, bool),
+    /// A cancellation notice was delivered, or why not.
+    Told(RequestId, Result<(), String>),
 }
 
 pub struct CommanderArgs {
@@ -56,6 +56,8 @@ pub struct CommanderState {
     waiting: BTreeMap<RequestId, (String, Instant)>,
     /// Cancellation notices being sent now.
     telling: BTreeSet<RequestId>,
+    /// Notices that failed once already: logged once, not on every retry.
+    notice_failed: BTreeSet<RequestId>,
     tick_scheduled: bool,
 }
 
@@ -280,6 +282,7 @@ impl Actor for Commander {
             running: BTreeMap::new(),
             waiting: BTreeMap::new(),
             telling: BTreeSet::new(),
+            notice_failed: BTreeSet::new(),
             tick_scheduled: false,
         })
     }
@@ -305,8 +308,17 @@ impl Actor for Commander {
             }
             CommanderMsg::Told(id, told) => {
                 state.telling.remove(&id);
-                if !told {
-                    state.schedule_tick(&myself);
+                match told {
+                    Ok(()) => {
+                        state.notice_failed.remove(&id);
+                    }
+                    Err(why) => {
+                        if state.notice_failed.insert(id.clone()) {
+                            let line = format!("the partner could not be told of the cancellation yet: {why}");
+                            state.ctx.store.log(&id, &line)?;
+                        }
+                        state.schedule_tick(&myself);
+                    }
                 }
             }
             CommanderMsg::Tick => {
