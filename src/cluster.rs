@@ -19,7 +19,6 @@ use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 
 use crate::config::{NodeConfig, Partner, Rule, TlsPaths};
-use crate::protocol::DEFAULT_BLOCK_SIZE;
 
 pub mod spec;
 
@@ -66,20 +65,9 @@ impl LocalLayout {
         for (i, id) in ids.iter().enumerate() {
             let home = root.join(id);
             let p = crate::certs::paths(&certs, id);
+            let tls = TlsPaths { cert: p.cert, key: p.key, ca: p.ca };
+            let api = free_tcp().map_err(io(root))?;
             let cfg = NodeConfig {
-                node_id: id.to_string(),
-                listen: quic[i],
-                api: free_tcp().map_err(io(root))?,
-                data_dir: home.join("data"),
-                concurrency: 64,
-                block_size: DEFAULT_BLOCK_SIZE,
-                restart_interval_bytes: 32 << 20,
-                restart_interval_secs: 2,
-                retry: Default::default(),
-                connect_timeout_ms: 5_000,
-                tls: TlsPaths { cert: p.cert, key: p.key, ca: p.ca },
-                cluster: Default::default(),
-                groups: vec![],
                 partners: ids
                     .iter()
                     .enumerate()
@@ -99,6 +87,7 @@ impl LocalLayout {
                     retry: None,
                     on_resume_mismatch: Default::default(),
                 }],
+                ..NodeConfig::with_defaults(id.to_string(), quic[i], api, home.join("data"), tls)
             };
             for r in &cfg.rules {
                 std::fs::create_dir_all(&r.send_dir).map_err(io(&r.send_dir))?;

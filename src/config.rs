@@ -224,6 +224,34 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
+    /// A node with every setting at its default (the values a config file
+    /// gets for what it leaves out), no partners, groups or rules.
+    pub fn with_defaults(
+        node_id: String,
+        listen: SocketAddr,
+        api: SocketAddr,
+        data_dir: PathBuf,
+        tls: TlsPaths,
+    ) -> Self {
+        NodeConfig {
+            node_id,
+            listen,
+            api,
+            data_dir,
+            concurrency: default_concurrency(),
+            block_size: default_block_size(),
+            restart_interval_bytes: default_restart_bytes(),
+            restart_interval_secs: default_restart_secs(),
+            retry: RetryPolicy::default(),
+            connect_timeout_ms: default_connect_timeout_ms(),
+            tls,
+            cluster: ClusterSettings::default(),
+            partners: vec![],
+            groups: vec![],
+            rules: vec![],
+        }
+    }
+
     /// Reads, resolves and validates a config file.
     pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
         let p = path.display().to_string();

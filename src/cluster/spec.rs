@@ -40,8 +40,7 @@ use std::path::{Component, Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::certs::{self, CertError};
-use crate::config::{ClusterSettings, ConfigError, Group, NodeConfig, Partner, Rule, TlsPaths};
-use crate::protocol::DEFAULT_BLOCK_SIZE;
+use crate::config::{ConfigError, Group, NodeConfig, Partner, Rule, TlsPaths};
 
 /// A node's config file inside its folder of the state folder.
 pub const NODE_CONFIG_FILE: &str = "node.toml";
@@ -222,19 +221,8 @@ impl ClusterSpec {
             .collect();
         let certs = Path::new("..").join(CERTS_DIR);
         let tls = certs::paths(&certs, id);
+        let tls = TlsPaths { cert: tls.cert, key: tls.key, ca: tls.ca };
         Some(NodeConfig {
-            node_id: id.clone(),
-            listen: self.quic_addr(index),
-            api: self.api_addr(index),
-            data_dir: "data".into(),
-            concurrency: 64,
-            block_size: DEFAULT_BLOCK_SIZE,
-            restart_interval_bytes: 32 << 20,
-            restart_interval_secs: 2,
-            retry: Default::default(),
-            connect_timeout_ms: 5_000,
-            tls: TlsPaths { cert: tls.cert, key: tls.key, ca: tls.ca },
-            cluster: ClusterSettings::default(),
             partners,
             groups,
             rules: vec![Rule {
@@ -245,6 +233,7 @@ impl ClusterSpec {
                 retry: None,
                 on_resume_mismatch: Default::default(),
             }],
+            ..NodeConfig::with_defaults(id.clone(), self.quic_addr(index), self.api_addr(index), "data".into(), tls)
         })
     }
 
@@ -438,7 +427,7 @@ mod tests {
             assert_eq!((rule.send_dir.as_path(), rule.recv_dir.as_path()), (Path::new("out"), Path::new("in")));
             assert_eq!(cfg.data_dir, Path::new("data"));
             assert_eq!(cfg.tls.cert, Path::new("../certs").join(format!("{}.pem", cfg.node_id)));
-            assert_eq!(cfg.cluster, ClusterSettings::default());
+            assert_eq!(cfg.cluster, crate::config::ClusterSettings::default());
             cfg.validate().unwrap_or_else(|e| panic!("node {}: {e}", cfg.node_id));
         }
     }
