@@ -506,35 +506,35 @@ warm_up() {
 
 # --- scenarios ---------------------------------------------------------------------------
 
+# One plain transfer: NODE runs VERB (send|get) with PARTNER on a fresh 3 MiB
+# file that lives in FROM's out folder and must arrive in TO's in folder.
+# Sets SAME to 1 when it arrived identical.
+plain_one() {
+    local node=$1 verb=$2 partner=$3 from=$4 to=$5 what=$6
+    local f="plain-$verb-$node$partner.bin"
+    SAME=0
+    random_file "$WORK/$from/out/$f" 3M
+    transfer "$node" "$verb" "$partner" "$f"
+    if ((T_RC == 0)); then
+        same "$WORK/$from/out/$f" "$WORK/$to/in/$f" "$what"
+        echo "   $what 3 MiB: $(secs "$T_MS") s"
+    else
+        fail "$what ($T_ID): $T_ERR"
+        give_up "$node" "$T_ID"
+    fi
+}
+
 scenario_plain() {
     begin plain
     ensure_running a b c
-    local x y f n=0
+    local x y n=0
     for x in "${NODES[@]}"; do
         for y in "${NODES[@]}"; do
             [[ $x != "$y" ]] || continue
-            f="plain-push-$x$y.bin"
-            random_file "$WORK/$x/out/$f" 3M
-            transfer "$x" send "$y" "$f"
-            if ((T_RC == 0)); then
-                same "$WORK/$x/out/$f" "$WORK/$y/in/$f" "push $x->$y"
-                n=$((n + SAME))
-                echo "   push $x->$y 3 MiB: $(secs "$T_MS") s"
-            else
-                fail "push $x->$y ($T_ID): $T_ERR"
-                give_up "$x" "$T_ID"
-            fi
-            f="plain-pull-$x$y.bin"
-            random_file "$WORK/$y/out/$f" 3M
-            transfer "$x" get "$y" "$f"
-            if ((T_RC == 0)); then
-                same "$WORK/$y/out/$f" "$WORK/$x/in/$f" "pull by $x from $y"
-                n=$((n + SAME))
-                echo "   pull by $x from $y 3 MiB: $(secs "$T_MS") s"
-            else
-                fail "pull by $x from $y ($T_ID): $T_ERR"
-                give_up "$x" "$T_ID"
-            fi
+            plain_one "$x" send "$y" "$x" "$y" "push $x->$y"
+            n=$((n + SAME))
+            plain_one "$x" get "$y" "$y" "$x" "pull by $x from $y"
+            n=$((n + SAME))
         done
     done
     echo "   $n of 12 transfers verified"
