@@ -108,6 +108,80 @@ impl Default for ClusterSettings {
     }
 }
 
+/// What one partner may cost this node (see "What a partner may cost a
+/// node" in docs/ARCHITECTURE.md). Every limit applies to each partner on
+/// its own, so one partner reaching a limit slows or refuses only itself.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct PartnerLimits {
+    /// Largest frame a partner may send on a request channel before the
+    /// request is agreed (`Valid`); after it, the agreed block size plus
+    /// the frame's own fields.
+    pub handshake_frame_bytes: usize,
+    /// How long a partner may take for each step of a request's handshake
+    /// (its `Startup`, `Authent` and `Request`), and to say what a stream it
+    /// opened carries.
+    pub handshake_timeout_ms: u64,
+    /// Once a frame's header has arrived, how long its body may take.
+    pub frame_timeout_ms: u64,
+    /// Connections a partner may hold to this node at once (dialed by it).
+    pub connections: usize,
+    /// Streams (request channels and control exchanges) a partner may have
+    /// open at once, over all its connections.
+    pub channels: usize,
+    /// Control exchanges a partner may have open at once.
+    pub control_asks: usize,
+    /// Bytes of frames being read from a partner at once, over all its
+    /// channels; a frame waits for room before its body is read.
+    pub buffered_bytes: usize,
+    /// Requests a partner may have handed over to this node that have not
+    /// ended yet.
+    pub handovers: usize,
+    /// Reverse-connect asks (`RelayDialBack`, `DialMe`) a partner may make
+    /// per minute.
+    pub dial_back_asks_per_minute: u32,
+}
+
+impl Default for PartnerLimits {
+    fn default() -> Self {
+        PartnerLimits {
+            handshake_frame_bytes: 64 * 1024,
+            handshake_timeout_ms: 10_000,
+            frame_timeout_ms: 60_000,
+            connections: 4,
+            channels: 512,
+            control_asks: 32,
+            buffered_bytes: 256 << 20,
+            handovers: 1_000,
+            dial_back_asks_per_minute: 20,
+        }
+    }
+}
+
+impl PartnerLimits {
+    fn validate(&self) -> Result<(), String> {
+        use crate::protocol::codec::MAX_FRAME_BODY;
+        if self.handshake_frame_bytes < 16 * 1024 {
+            return Err("limits.handshake_frame_bytes must be at least 16384 (a request's own fields)".into());
+        }
+        if self.buffered_bytes < MAX_FRAME_BODY {
+            return Err(format!(
+                "limits.buffered_bytes must be at least {MAX_FRAME_BODY} (one frame of the largest block)"
+            ));
+        }
+        if self.handshake_timeout_ms == 0 || self.frame_timeout_ms == 0 {
+            return Err("limits.handshake_timeout_ms and limits.frame_timeout_ms must be at least 1".into());
+        }
+        if self.connections == 0 || self.channels == 0 || self.control_asks == 0 {
+            return Err("limits.connections, limits.channels and limits.control_asks must be at least 1".into());
+        }
+        if u32::try_from(self.channels).is_err() {
+            return Err("limits.channels is too large".into());
+        }
+        Ok(())
+    }
+}
+
 /// How an interrupted request is retried: `attempts` runs in all, the
 /// delay doubling from `initial_delay_ms` up to `max_delay_ms`.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -148,7 +222,9 @@ pub struct Rule {
     pub name: String,
     /// Files are sent from here.
     pub send_dir: PathBuf,
-    /// Files are received into here.
+    /// Files are received into here. `#PARTNER#` in the path stands for
+    /// the partner's id, giving each partner a folder of its own (partners
+    /// that share a folder can overwrite each other's files).
     pub recv_dir: PathBuf,
     /// Partners allowed to use the rule; `"*"` allows every partner.
     #[serde(default)]
@@ -161,9 +237,24 @@ pub struct Rule {
     pub on_resume_mismatch: OnResumeMismatch,
 }
 
+/// The placeholder for the partner's id in a rule's receive folder.
+pub const PARTNER_PLACEHOLDER: &str = "#PARTNER#";
+
 impl Rule {
     pub fn allows(&self, partner: &str) -> bool {
         self.partners.iter().any(|p| p == "*" || p == partner)
+    }
+
+    /// The folder files from `partner` are received into: the rule's
+    /// receive folder with `#PARTNER#` replaced by the partner's id (a node
+    /// id, which is a plain name: see [`crate::certs::node_id_problem`]).
+    pub fn recv_dir_for(&self, partner: &str) -> PathBuf {
+        let text = self.recv_dir.to_string_lossy();
+        if text.contains(PARTNER_PLACEHOLDER) {
+            PathBuf::from(text.replace(PARTNER_PLACEHOLDER, partner))
+        } else {
+            self.recv_dir.clone()
+        }
     }
 }
 
@@ -215,6 +306,9 @@ pub struct NodeConfig {
     pub tls: TlsPaths,
     #[serde(default)]
     pub cluster: ClusterSettings,
+    /// What one partner may cost this node.
+    #[serde(default)]
+    pub limits: PartnerLimits,
     #[serde(default)]
     pub partners: Vec<Partner>,
     #[serde(default)]
@@ -246,6 +340,7 @@ impl NodeConfig {
             connect_timeout_ms: default_connect_timeout_ms(),
             tls,
             cluster: ClusterSettings::default(),
+            limits: PartnerLimits::default(),
             partners: vec![],
             groups: vec![],
             rules: vec![],
@@ -256,11 +351,17 @@ impl NodeConfig {
     pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
         let p = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
+        Self::parse(&text, &p, path.parent().unwrap_or(Path::new(".")))
+    }
+
+    /// Parses, resolves (against `base`) and validates config text; `name`
+    /// is what errors call it. The file-free half of [`NodeConfig::load`],
+    /// also what the config fuzz target feeds.
+    pub fn parse(text: &str, name: &str, base: &Path) -> Result<NodeConfig, ConfigError> {
         let mut cfg: NodeConfig =
-            toml::from_str(&text).map_err(|e| ConfigError::Parse { path: p.clone(), reason: e.to_string() })?;
-        let base = path.parent().unwrap_or(Path::new("."));
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: name.to_owned(), reason: e.to_string() })?;
         cfg.resolve_relative(base);
-        cfg.validate().map_err(|reason| ConfigError::Invalid { path: p, reason })?;
+        cfg.validate().map_err(|reason| ConfigError::Invalid { path: name.to_owned(), reason })?;
         Ok(cfg)
     }
 
@@ -334,6 +435,7 @@ impl NodeConfig {
         if self.cluster.heartbeat_timeout_ms <= self.cluster.heartbeat_ms {
             return Err("cluster.heartbeat_timeout_ms must be longer than cluster.heartbeat_ms".into());
         }
+        self.limits.validate()?;
         let mut rules = HashSet::new();
         for r in &self.rules {
             if !rules.insert(r.name.as_str()) {
@@ -407,6 +509,38 @@ partners = ["b"]
         assert_eq!(cfg.partner("bravo").map(|p| p.id.as_str()), Some("b"));
         assert!(cfg.rule("default").expect("rule").allows("b"));
         assert!(!cfg.rule("default").expect("rule").allows("c"));
+    }
+
+    #[test]
+    fn a_receive_folder_can_be_per_partner() {
+        let rule = |recv: &str| Rule {
+            name: "r".into(),
+            send_dir: "out".into(),
+            recv_dir: recv.into(),
+            partners: vec!["*".into()],
+            retry: None,
+            on_resume_mismatch: OnResumeMismatch::default(),
+        };
+        assert_eq!(rule("/srv/in/#PARTNER#").recv_dir_for("b"), PathBuf::from("/srv/in/b"));
+        assert_eq!(rule("/srv/#PARTNER#/in").recv_dir_for("c"), PathBuf::from("/srv/c/in"));
+        assert_eq!(rule("/srv/in").recv_dir_for("b"), PathBuf::from("/srv/in"), "shared when not asked for");
+    }
+
+    #[test]
+    fn partner_limits_are_read_and_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("a.toml");
+        let with = |extra: &str| SAMPLE.replace("[tls]", &format!("{extra}\n[tls]"));
+        std::fs::write(&path, with("[limits]\nchannels = 8\nhandshake_timeout_ms = 500")).expect("write");
+        let cfg = NodeConfig::load(&path).expect("loads");
+        assert_eq!(cfg.limits.channels, 8);
+        assert_eq!(cfg.limits.handshake_timeout_ms, 500);
+        assert_eq!(cfg.limits.buffered_bytes, PartnerLimits::default().buffered_bytes);
+        std::fs::write(&path, with("[limits]\nbuffered_bytes = 1024")).expect("write");
+        let err = NodeConfig::load(&path).expect_err("a budget below one frame");
+        assert!(err.to_string().contains("limits.buffered_bytes"), "{err}");
+        std::fs::write(&path, with("[limits]\nhandshake_frame_bytes = 100")).expect("write");
+        assert!(NodeConfig::load(&path).is_err());
     }
 
     #[test]

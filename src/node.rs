@@ -24,7 +24,7 @@ use crate::actors::availability::{Availability, PartnerHealth, PartnerState};
 use crate::actors::commander::CommanderMsg;
 use crate::actors::connections::{self, ConnectionsMsg, CLOSE_SHUTDOWN};
 use crate::actors::control_plane::request_state;
-use crate::actors::drive::{self, Control, AUDIT};
+use crate::actors::drive::{Control, AUDIT};
 use crate::actors::supervisor::{Supervisor, SupervisorMsg};
 use crate::config::NodeConfig;
 use crate::protocol::control::RequestState;
@@ -76,10 +76,13 @@ pub struct NodeContext {
     /// Requests this node's Commander is running.
     pub running_requests: AtomicUsize,
     /// The requested-side runner currently serving each request: a token,
-    /// and the flag that tells an older runner it was superseded.
-    pub serving: std::sync::Mutex<std::collections::BTreeMap<RequestId, (u64, Arc<std::sync::atomic::AtomicBool>)>>,
+    /// the partner it serves, and the flag that tells an older runner of
+    /// the same partner it was superseded.
+    pub serving: std::sync::Mutex<std::collections::BTreeMap<RequestId, crate::actors::drive::ServingRun>>,
     /// What this node knows of each partner's reachability.
     pub availability: Availability,
+    /// What each partner may still cost this node.
+    pub budgets: crate::actors::partner_budget::PartnerBudgets,
     actors: RwLock<Option<ActorRefs>>,
 }
 
@@ -94,6 +97,11 @@ impl NodeContext {
         self.actors.read().ok().and_then(|a| a.clone())
     }
 }
+
+/// Longest `transfer_info` a request may carry, in bytes.
+pub const MAX_TRANSFER_INFO: usize = 8 * 1024;
+/// Longest `external_job_id` a request may carry, in bytes.
+pub const MAX_EXTERNAL_JOB_ID: usize = 256;
 
 /// A transfer to submit.
 ///
@@ -296,6 +304,15 @@ pub(crate) fn pick_member(ctx: &NodeContext, members: &[String], avoid: Option<&
     members.iter().min_by_key(|m| rank(m)).cloned().unwrap_or_default()
 }
 
+/// The partner that handed a request over, from the record's
+/// `submitted_on` ("c", or "c (via b)" when b passed on what c took).
+fn handed_over_by(submitted_on: &str) -> &str {
+    match submitted_on.rsplit_once(" (via ") {
+        Some((_, via)) => via.strip_suffix(')').unwrap_or(via),
+        None => submitted_on,
+    }
+}
+
 /// A cheap, cloneable handle to a running node.
 #[derive(Clone)]
 pub struct NodeHandle {
@@ -343,6 +360,17 @@ impl NodeHandle {
             return Err(SubmitError::RuleNotAllowed { rule: s.rule, partner });
         }
         check_file_name(&s.file).map_err(SubmitError::BadFileName)?;
+        // Both travel in the Request, which must fit the partner's
+        // handshake frame limit (at least 16 KiB).
+        if s.transfer_info.len() > MAX_TRANSFER_INFO {
+            return Err(SubmitError::BadRequest(format!(
+                "transfer_info is {} bytes; at most {MAX_TRANSFER_INFO} are allowed",
+                s.transfer_info.len()
+            )));
+        }
+        if s.external_job_id.as_ref().is_some_and(|j| j.len() > MAX_EXTERNAL_JOB_ID) {
+            return Err(SubmitError::BadRequest(format!("external_job_id is longer than {MAX_EXTERNAL_JOB_ID} bytes")));
+        }
         let block_size = s.block_size.unwrap_or(cfg.block_size);
         if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) {
             return Err(SubmitError::BadBlockSize(format!(
@@ -351,9 +379,9 @@ impl NodeHandle {
         }
         let mut size = 0;
         if s.direction == Direction::Push {
-            let snap = drive::source_snapshot(&rule.send_dir.join(&s.file), &s.rule, &cfg.node_id)
+            let source = crate::transfer::retrieve::open_source(&rule.send_dir, &s.file, &s.rule, &cfg.node_id)
                 .map_err(|(_, msg)| SubmitError::FileNotFound(msg))?;
-            size = snap.size;
+            size = source.snapshot.size;
         }
         let rec = RequestRecord {
             block_size,
@@ -394,7 +422,28 @@ impl NodeHandle {
         from: &str,
     ) -> Result<RequestRecord, SubmitError> {
         if let Some(rec) = self.ctx.store.get(&h.id)? {
-            return Ok(rec);
+            // Idempotent for the partner that handed it over; nobody else
+            // learns anything of another's request this way.
+            if rec.submitted_on.as_deref().is_some_and(|on| handed_over_by(on) == from) {
+                return Ok(rec);
+            }
+            return Err(SubmitError::BadRequest(format!("request id {} belongs to another request", h.id)));
+        }
+        // A partner may make this node act only as the rules let that
+        // partner act itself: the rule must allow the asker too (the named
+        // partner is checked by `submit_as`).
+        let cfg = &self.ctx.config;
+        let rule = cfg.rule(&h.rule).ok_or_else(|| SubmitError::UnknownRule(h.rule.clone()))?;
+        if !cfg.rule_allows(rule, from) {
+            return Err(SubmitError::RuleNotAllowed { rule: h.rule, partner: from.to_owned() });
+        }
+        let limit = cfg.limits.handovers;
+        let open = self.ctx.store.open_handovers(from)?;
+        if open >= limit {
+            return Err(SubmitError::BadRequest(format!(
+                "partner {from} already has {open} handed-over requests queued on node {} (limits.handovers = {limit})",
+                cfg.node_id
+            )));
         }
         let s = Submit {
             partner: h.partner,
@@ -410,7 +459,10 @@ impl NodeHandle {
         };
         let submitted_on =
             if h.submitted_on == from { h.submitted_on } else { format!("{} (via {from})", h.submitted_on) };
-        self.submit_as(s, h.id, Some(submitted_on)).await
+        let id = h.id.clone();
+        let rec = self.submit_as(s, h.id, Some(submitted_on)).await?;
+        self.ctx.store.note_handover(from, &id)?;
+        Ok(rec)
     }
 
     /// Submits a transfer from `source` to `target`, either of which may be
@@ -650,7 +702,7 @@ impl NodeHandle {
                 })?;
                 if rec.direction == Direction::Pull {
                     if let Some(rule) = self.ctx.config.rule(&rec.rule) {
-                        receive::discard(&receive::work_path(&rule.recv_dir, id));
+                        receive::discard(&receive::work_path(&rule.recv_dir_for(&rec.partner), id));
                     }
                 }
                 if started {
@@ -743,8 +795,13 @@ impl Node {
             .map_err(|source| NodeError::DataDir { path: config.data_dir.display().to_string(), source })?;
         let store = Store::open(&config.data_dir.join("store"))?;
         let identity = NodeIdentity::load(&config.node_id, &config.tls.cert, &config.tls.key, &config.tls.ca)?;
-        let endpoint =
-            transport::make_endpoint_on(config.listen, &identity, &TransportTuning::default(), &options.network)?;
+        let tuning = TransportTuning {
+            // Streams a partner may open per connection; the partner's
+            // total over its connections is bounded again by its budget.
+            max_concurrent_bidi_streams: u32::try_from(config.limits.channels).unwrap_or(u32::MAX),
+            ..TransportTuning::default()
+        };
+        let endpoint = transport::make_endpoint_on(config.listen, &identity, &tuning, &options.network)?;
         let quic_addr = endpoint.local_addr().map_err(|e| NodeError::Actors(format!("no local address: {e}")))?;
         let api_listener = match options.without_api {
             true => None,
@@ -759,6 +816,7 @@ impl Node {
             None => config.api,
         };
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let budgets = crate::actors::partner_budget::PartnerBudgets::new(config.limits.clone());
         let ctx = Arc::new(NodeContext {
             config,
             store,
@@ -769,6 +827,7 @@ impl Node {
             running_requests: AtomicUsize::new(0),
             serving: Default::default(),
             availability: Availability::default(),
+            budgets,
             actors: RwLock::new(None),
         });
         let (supervisor, _) =

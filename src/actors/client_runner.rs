@@ -20,7 +20,7 @@ use crate::protocol::{
     TransferOptions, PROTOCOL_VERSION,
 };
 use crate::store::{RequestError, Status};
-use crate::transfer::receive;
+use crate::transfer::{receive, retrieve};
 use crate::transport::{FrameReader, FrameWriter};
 
 pub enum ClientRunnerMsg {
@@ -121,16 +121,15 @@ async fn run(args: ClientRunnerArgs, mut control: mpsc::Receiver<Control>) {
     let mut prefix_hash = None;
     let mut delivered = None;
     if rec.direction == Direction::Push {
-        let path = rule.send_dir.join(&rec.file_name);
-        match drive::source_snapshot(&path, &rec.rule, &ctx.config.node_id) {
-            Ok(snap) => {
-                size = snap.size;
-                files.source = Some((path, snap));
+        match retrieve::open_source(&rule.send_dir, &rec.file_name, &rec.rule, &ctx.config.node_id) {
+            Ok(source) => {
+                size = source.snapshot.size;
+                files.source = Some(source);
             }
             Err((code, msg)) => return fail_early(&ctx, &id, code, msg).await,
         }
     } else {
-        let dir = rule.recv_dir.clone();
+        let dir = rule.recv_dir_for(&rec.partner);
         let work = receive::work_path(&dir, &id);
         restart_offset = 0;
         if rec.delivered {
@@ -207,7 +206,10 @@ async fn run(args: ClientRunnerArgs, mut control: mpsc::Receiver<Control>) {
         ctx.clone(),
         rec.partner.clone(),
         session,
-        (FrameReader::new(recv), FrameWriter::opened(send, StreamKind::Request)),
+        (
+            FrameReader::with_limits(recv, drive::read_limits(&ctx, &rec.partner)),
+            FrameWriter::opened(send, StreamKind::Request),
+        ),
         Some(conn),
         files,
     );
@@ -243,7 +245,7 @@ async fn apply_before_channel(ctx: &Arc<NodeContext>, rec: &crate::store::Reques
     }
     if status == Status::Cancelled && rec.direction == Direction::Pull {
         if let Some(rule) = ctx.config.rule(&rec.rule) {
-            receive::discard(&receive::work_path(&rule.recv_dir, &rec.id));
+            receive::discard(&receive::work_path(&rule.recv_dir_for(&rec.partner), &rec.id));
         }
     }
     // The Commander sends an owed notice once this runner has ended.
@@ -263,7 +265,8 @@ pub async fn tell_cancel(
         let link = connections::connect(&connections, &partner).await.map_err(|e| e.message)?;
         let _channel = link.channel_guard();
         let (send, recv) = link.conn.open_bi().await.map_err(|e| e.to_string())?;
-        let (mut w, mut r) = (FrameWriter::opened(send, StreamKind::Request), FrameReader::new(recv));
+        let mut w = FrameWriter::opened(send, StreamKind::Request);
+        let mut r = FrameReader::with_limits(recv, drive::read_limits(&ctx, &partner));
         let msgs = [
             Message::Startup(Startup { version: PROTOCOL_VERSION, request_id: id.clone() }),
             Message::Authent(Authent { host_id: ctx.config.node_id.clone(), capabilities: ctx.capabilities.clone() }),

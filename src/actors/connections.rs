@@ -56,8 +56,11 @@ pub const CLOSE_UNKNOWN_PARTNER: u32 = 4;
 /// A duplicate connection of a pair, closed once idle.
 pub const CLOSE_DUPLICATE: u32 = 5;
 
-/// How long the peer may take to say what a stream it opened carries.
-const STREAM_KIND_LIMIT: Duration = Duration::from_secs(10);
+/// QUIC stream error code for a stream refused before it was served.
+pub const STREAM_REFUSED: u32 = 1;
+
+/// QUIC application close code for a connection over the partner's limit.
+pub const CLOSE_OVER_LIMIT: u32 = 6;
 
 /// Why a connection to a partner could not be had.
 #[derive(Clone, Debug)]
@@ -128,12 +131,7 @@ pub enum ConnectionsMsg {
     /// A relay asks this node to dial `node` back.
     DialBack { node: String, relay: String, reply: RpcReplyPort<Result<(), String>> },
     /// The dial-back dial ended.
-    DialedBack {
-        node: String,
-        relay: String,
-        result: Result<quinn::Connection, ConnectError>,
-        reply: RpcReplyPort<Result<(), String>>,
-    },
+    DialedBack { node: String, relay: String, result: Result<quinn::Connection, ConnectError> },
     /// Heartbeats, duplicate clean-up, keep-connected dials.
     Tick,
     /// A heartbeat's outcome: round-trip milliseconds or why it failed.
@@ -163,6 +161,8 @@ pub struct ConnectionsState {
     live: BTreeMap<String, Vec<Link>>,
     pending: BTreeMap<String, Pending>,
     pinging: BTreeSet<String>,
+    /// Dial-backs under way, with the asks waiting for each.
+    dialing_back: BTreeMap<String, Vec<RpcReplyPort<Result<(), String>>>>,
     seq: u64,
 }
 
@@ -483,6 +483,7 @@ impl Actor for Connections {
             live: BTreeMap::new(),
             pending: BTreeMap::new(),
             pinging: Default::default(),
+            dialing_back: BTreeMap::new(),
             seq: 0,
         })
     }
@@ -538,6 +539,18 @@ impl Actor for Connections {
                 }
             },
             ConnectionsMsg::Accepted(partner, conn) => {
+                let limit = state.ctx.config.limits.connections;
+                let theirs =
+                    state.live.get(&partner).map_or(0, |l| l.iter().filter(|l| l.is_live() && !l.dialed_by_me).count());
+                if theirs >= limit {
+                    let reason = format!(
+                        "partner {partner} already holds {theirs} connections to node {} (limits.connections = {limit})",
+                        state.ctx.config.node_id
+                    );
+                    crate::partner_warning!(state.ctx.budgets.of(&partner), partner = %partner, %reason, "refused a connection");
+                    conn.close(quinn::VarInt::from_u32(CLOSE_OVER_LIMIT), reason.as_bytes());
+                    return Ok(());
+                }
                 let origin = match state.pending.get(&partner).map(|p| &p.phase) {
                     Some(Phase::Reverse { via, started, .. }) => format!(
                         "dialed back by {partner} through reverse connect via {} ({} ms after asking)",
@@ -602,22 +615,36 @@ impl Actor for Connections {
                     let _ = reply.send(Err(format!("node {} does not know partner {node}", state.ctx.config.node_id)));
                     return Ok(());
                 }
+                if state.preferred(&node).is_some() {
+                    // Already connected: the node can use that connection.
+                    let _ = reply.send(Ok(()));
+                    return Ok(());
+                }
+                if let Some(waiting) = state.dialing_back.get_mut(&node) {
+                    waiting.push(reply); // one dial answers every ask meanwhile
+                    return Ok(());
+                }
+                state.dialing_back.insert(node.clone(), vec![reply]);
                 let (ctx, me) = (state.ctx.clone(), myself.clone());
                 tokio::spawn(async move {
                     let result = dial_direct(&ctx, &node).await;
-                    let _ = me.cast(ConnectionsMsg::DialedBack { node, relay, result, reply });
+                    let _ = me.cast(ConnectionsMsg::DialedBack { node, relay, result });
                 });
             }
-            ConnectionsMsg::DialedBack { node, relay, result, reply } => match result {
-                Ok(conn) => {
-                    let origin = format!("dialed back to {node} at its request (relayed by {relay})");
-                    state.register(&myself, &node, conn, true, origin);
-                    let _ = reply.send(Ok(()));
+            ConnectionsMsg::DialedBack { node, relay, result } => {
+                let waiting = state.dialing_back.remove(&node).unwrap_or_default();
+                let answer = match result {
+                    Ok(conn) => {
+                        let origin = format!("dialed back to {node} at its request (relayed by {relay})");
+                        state.register(&myself, &node, conn, true, origin);
+                        Ok(())
+                    }
+                    Err(e) => Err(e.message),
+                };
+                for reply in waiting {
+                    let _ = reply.send(answer.clone());
                 }
-                Err(e) => {
-                    let _ = reply.send(Err(e.message));
-                }
-            },
+            }
             ConnectionsMsg::Tick => state.tick(&myself),
             ConnectionsMsg::Heartbeat(partner, result) => {
                 state.pinging.remove(&partner);
@@ -678,25 +705,39 @@ async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    let kind = match control::read_kind(&mut recv, STREAM_KIND_LIMIT).await {
+    let budget = ctx.budgets.of(&partner);
+    let refuse = |send: &mut quinn::SendStream, recv: &mut quinn::RecvStream, why: String| {
+        crate::partner_warning!(budget, partner = %partner, reason = %why, "refused a stream");
+        let _ = recv.stop(quinn::VarInt::from_u32(STREAM_REFUSED));
+        let _ = send.reset(quinn::VarInt::from_u32(STREAM_REFUSED));
+    };
+    // Counted from the moment it is accepted until whatever serves it ends.
+    let slot = match budget.stream() {
+        Ok(slot) => slot,
+        Err(over) => return refuse(&mut send, &mut recv, over.to_string()),
+    };
+    let limit = Duration::from_millis(ctx.config.limits.handshake_timeout_ms);
+    let kind = match control::read_kind(&mut recv, limit).await {
         Ok(Some(b)) => StreamKind::from_byte(b).ok_or(format!("unknown stream kind byte 0x{b:02x}")),
         Ok(None) => return,
-        Err(e) => Err(format!("no stream kind: {e}")),
+        Err(e) => Err(format!("no stream kind: {e} (limits.handshake_timeout_ms)")),
     };
     match kind {
         Ok(StreamKind::Request) => {
             let guard = link.channel_guard();
-            let args = ServerRunnerArgs { ctx, partner: partner.clone(), send, recv, guard };
+            let args = ServerRunnerArgs { ctx, partner: partner.clone(), send, recv, guard, slot };
             if let Err(e) = Actor::spawn(None, ServerRunner, args).await {
                 tracing::error!(partner = %partner, error = %e, "cannot start a ServerRunner");
             }
         }
-        Ok(StreamKind::Control) => super::control_plane::serve(ctx, conns, partner, send, recv).await,
-        Err(why) => {
-            tracing::warn!(partner = %partner, reason = %why, "refused a stream");
-            let _ = recv.stop(quinn::VarInt::from_u32(1));
-            let _ = send.reset(quinn::VarInt::from_u32(1));
-        }
+        Ok(StreamKind::Control) => match budget.ask() {
+            Ok(ask) => {
+                super::control_plane::serve(ctx.clone(), conns, partner.clone(), send, recv).await;
+                drop((ask, slot));
+            }
+            Err(over) => refuse(&mut send, &mut recv, over.to_string()),
+        },
+        Err(why) => refuse(&mut send, &mut recv, why),
     }
 }
 

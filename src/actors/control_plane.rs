@@ -61,7 +61,7 @@ pub async fn serve(
     let ask = match control::read_ask(&mut recv, ASK_LIMIT).await {
         Ok(a) => a,
         Err(e) => {
-            tracing::warn!(partner = %partner, error = %e, "bad control ask");
+            crate::partner_warning!(ctx.budgets.of(&partner), partner = %partner, error = %e, "bad control ask");
             let _ = control::answer(&mut send, &refused(ErrorCode::Protocol, format!("bad control ask: {e}"))).await;
             return;
         }
@@ -69,7 +69,7 @@ pub async fn serve(
     let kind = ask.kind();
     let reply = answer(&ctx, &conns, &partner, ask).await;
     if let Answer::Refused { message, .. } = &reply {
-        tracing::info!(partner = %partner, ask = kind, reason = %message, "control ask refused");
+        crate::partner_warning!(ctx.budgets.of(&partner), partner = %partner, ask = kind, reason = %message, "control ask refused");
     }
     if let Err(e) = control::answer(&mut send, &reply).await {
         tracing::debug!(partner = %partner, ask = kind, error = %e, "cannot answer a control ask");
@@ -78,6 +78,12 @@ pub async fn serve(
 
 async fn answer(ctx: &Arc<NodeContext>, conns: &ActorRef<ConnectionsMsg>, partner: &str, ask: Ask) -> Answer {
     let me = ctx.config.node_id.as_str();
+    if matches!(ask, Ask::RelayDialBack { .. } | Ask::DialMe { .. }) {
+        // Each makes this node dial: bounded per partner and minute.
+        if let Err(over) = ctx.budgets.of(partner).dial_back(tokio::time::Instant::now()) {
+            return refused(ErrorCode::Protocol, over.to_string());
+        }
+    }
     match ask {
         Ask::Ping => Answer::Pong,
         Ask::Query(id) => match ctx.store.get(&id) {

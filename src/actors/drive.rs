@@ -30,8 +30,9 @@ use crate::protocol::{
 };
 use crate::store::{now_ms, RequestRecord, RestartPoint, Role, Status, Step};
 use crate::transfer::receive::{self, BlockWriter, RestartPoints};
-use crate::transfer::retrieve::{self, PumpEvent, SourceSnapshot};
-use crate::transfer::{hash_prefix, Prefix};
+use crate::transfer::retrieve::{self, PumpEvent, Source};
+use crate::transfer::{hash_prefix_of, Prefix};
+use crate::transport::channel::ReadLimits;
 use crate::transport::{ChannelError, FrameReader, FrameWriter};
 
 /// How often progress is written to the store during a transfer.
@@ -53,8 +54,8 @@ pub enum Control {
 /// Local files of the request, known once the request is.
 #[derive(Debug, Default)]
 pub struct Files {
-    /// Sender: the source file and its state when the transfer began.
-    pub source: Option<(PathBuf, SourceSnapshot)>,
+    /// Sender: the source file, opened inside the rule's send folder.
+    pub source: Option<Source>,
     /// Receiver: the rule's receive folder.
     pub recv_dir: Option<PathBuf>,
     /// The hashed prefix of the local file where a resume would start
@@ -79,6 +80,32 @@ enum Judgement {
 /// Failures that leave the request resumable: the partial file is kept.
 pub fn is_resumable(code: ErrorCode) -> bool {
     matches!(code, ErrorCode::Connection | ErrorCode::Shutdown | ErrorCode::Stopped)
+}
+
+/// A requested-side run serving a request (see [`Drive::claim`]).
+#[derive(Debug)]
+pub struct ServingRun {
+    token: u64,
+    partner: String,
+    superseded: Arc<AtomicBool>,
+}
+
+/// The refusal of a request id that belongs to another request.
+fn id_taken(id: &RequestId) -> (ErrorCode, String) {
+    (ErrorCode::Protocol, format!("request id {id} belongs to another request"))
+}
+
+/// What the reader of a channel with `partner` holds it to (its step
+/// limits are set by the runner as the session moves on).
+pub fn read_limits(ctx: &NodeContext, partner: &str) -> ReadLimits {
+    let limits = &ctx.config.limits;
+    ReadLimits {
+        max_body: limits.handshake_frame_bytes,
+        max_body_setting: "limits.handshake_frame_bytes",
+        frame_timeout: Duration::from_millis(limits.frame_timeout_ms),
+        next_frame_within: None,
+        budget: Some(ctx.budgets.of(partner).bytes()),
+    }
 }
 
 /// Everything one run of a request needs.
@@ -131,22 +158,32 @@ impl Drive {
         let id = self.run_inner(first, control).await;
         ctx.open_channels.fetch_sub(1, Ordering::Relaxed);
         if let Ok(mut serving) = ctx.serving.lock() {
-            if serving.get(&id).is_some_and(|(t, _)| *t == token) {
+            if serving.get(&id).is_some_and(|run| run.token == token) {
                 serving.remove(&id);
             }
         };
     }
 
-    /// Requested side: this run now serves `id`; an older run still alive
-    /// (on a connection that is dying) is told it was superseded.
-    fn claim(&self, id: &RequestId) {
-        let Ok(mut serving) = self.ctx.serving.lock() else { return };
-        if let Some((token, older)) = serving.insert(id.clone(), (self.token, self.superseded.clone())) {
-            if token != self.token {
-                older.store(true, Ordering::Relaxed);
+    /// Requested side: this run now serves `id`; an older run of the same
+    /// partner still alive (on a connection that is dying) is told it was
+    /// superseded. A run of another partner is never touched: the id is
+    /// refused instead, before anything is recorded.
+    fn claim(&self, id: &RequestId) -> Result<(), (ErrorCode, String)> {
+        let Ok(mut serving) = self.ctx.serving.lock() else {
+            return Err((ErrorCode::Internal, "the table of running requests is poisoned".into()));
+        };
+        if let Some(run) = serving.get(id) {
+            if run.partner != self.partner {
+                return Err(id_taken(id));
+            }
+            if run.token != self.token {
+                run.superseded.store(true, Ordering::Relaxed);
                 tracing::info!(request_id = %id, "a newer attempt supersedes a run still open on an old connection");
             }
         }
+        let run = ServingRun { token: self.token, partner: self.partner.clone(), superseded: self.superseded.clone() };
+        serving.insert(id.clone(), run);
+        Ok(())
     }
 
     async fn run_inner(mut self, first: Vec<Output>, mut control: mpsc::Receiver<Control>) -> RequestId {
@@ -181,7 +218,7 @@ impl Drive {
                                 self.session.already_complete(end)
                             }
                             Judgement::Refuse(code, message) => {
-                                tracing::warn!(code = %code, %message, "refused request");
+                                crate::partner_warning!(self.ctx.budgets.of(&self.partner), code = %code, %message, "refused request");
                                 self.session.refuse(code, message)
                             }
                         };
@@ -194,9 +231,9 @@ impl Drive {
                     Output::StartSending(plan) => {
                         self.started(&plan, "sending");
                         match self.files.source.clone() {
-                            Some((path, snap)) => {
+                            Some(source) => {
                                 let prefix = self.files.prefix.take();
-                                pump = Some(retrieve::start(path, plan, snap, prefix, pump_stop.clone()))
+                                pump = Some(retrieve::start(source, plan, prefix, pump_stop.clone()))
                             }
                             None => pending.extend(self.session.fail(ErrorCode::Internal, "no source file".into())),
                         }
@@ -291,7 +328,7 @@ impl Drive {
                             }
                             self.flush().await;
                         } else {
-                            tracing::warn!(code = %f.code, message = %f.message, "request ended before it was recorded");
+                            crate::partner_warning!(self.ctx.budgets.of(&self.partner), code = %f.code, message = %f.message, "request ended before it was recorded");
                         }
                         if !recorded && self.session.role() == SessionRole::Requested && f.code == ErrorCode::Cancelled
                         {
@@ -304,6 +341,16 @@ impl Drive {
             if self.session.is_finished() {
                 break;
             }
+            let limits = &self.ctx.config.limits;
+            let setting = match self.session.plan() {
+                Some(_) => "the agreed block size",
+                None => "limits.handshake_frame_bytes",
+            };
+            self.reader.set_step(
+                self.session.frame_limit(limits.handshake_frame_bytes),
+                setting,
+                self.session.awaits_handshake().then(|| Duration::from_millis(limits.handshake_timeout_ms)),
+            );
             // Biased: polling order must not depend on a random draw, so a
             // simulation replays the same interleaving from the same seed.
             tokio::select! {
@@ -313,6 +360,10 @@ impl Drive {
                         Ok(Some(m)) => self.session.handle(m),
                         Ok(None) => self.session.channel_lost(self.lost_code(), "partner closed the channel".into()),
                         Err(ChannelError::Lost(why)) => self.session.channel_lost(self.lost_code(), why),
+                        Err(ChannelError::Limit(why)) => {
+                            self.reader.stop();
+                            self.session.fail(ErrorCode::Protocol, why)
+                        }
                         Err(e) => {
                             self.reader.stop();
                             self.session.fail(ErrorCode::BadFrame, e.to_string())
@@ -333,6 +384,11 @@ impl Drive {
                         }
                         Some(PumpEvent::Finished(end)) => {
                             pump = None;
+                            // What was sent, for a later claim that it was delivered.
+                            self.record(&format!("sent {} bytes, BLAKE3 {}", end.bytes, end.hash), |r| {
+                                r.transferred = end.bytes;
+                                r.hash = Some(end.hash);
+                            });
                             pending.extend(self.session.sending_finished(end));
                         }
                         Some(PumpEvent::Failed { code, message }) => {
@@ -395,7 +451,24 @@ impl Drive {
     }
 
     async fn judge_inner(&mut self, req: &Request) -> Result<Judgement, (ErrorCode, String)> {
-        self.claim(&req.request_id);
+        // An id belongs to the partner it was first recorded with: checked
+        // before anything else, and a refusal here touches no other run.
+        let existing = self.ctx.store.get(&req.request_id).map_err(|e| (ErrorCode::Internal, e.to_string()))?;
+        if let Some(rec) = &existing {
+            if rec.partner != self.partner || rec.role != Role::Requested {
+                return Err(id_taken(&rec.id));
+            }
+            if rec.rule != req.rule || rec.direction != req.direction || rec.file_name != req.file_name {
+                return Err((
+                    ErrorCode::Protocol,
+                    format!(
+                        "request {} was recorded as {:?} of {:?} under rule {:?}; the partner now names {:?} of {:?} under rule {:?}",
+                        rec.id, rec.direction, rec.file_name, rec.rule, req.direction, req.file_name, req.rule
+                    ),
+                ));
+            }
+        }
+        self.claim(&req.request_id)?;
         let cfg = &self.ctx.config;
         let rule = cfg
             .rule(&req.rule)
@@ -410,14 +483,7 @@ impl Drive {
             ));
         }
         check_file_name(&req.file_name).map_err(|why| (ErrorCode::BadFileName, why))?;
-        let existing = self.ctx.store.get(&req.request_id).map_err(|e| (ErrorCode::Internal, e.to_string()))?;
         if let Some(rec) = &existing {
-            if rec.partner != self.partner || rec.role != Role::Requested {
-                return Err((
-                    ErrorCode::Protocol,
-                    format!("request id {} is already used for another request", rec.id),
-                ));
-            }
             if rec.status == Status::Cancelled {
                 return Err((ErrorCode::Cancelled, format!("request {} was cancelled", rec.id)));
             }
@@ -426,26 +492,20 @@ impl Drive {
         let mut prefix_hash = None;
         let size = match req.direction {
             Direction::Pull => {
-                let path = rule.send_dir.join(&req.file_name);
-                if let Some(end) = &req.delivered {
-                    // The requester delivered it before and lost track: confirm.
-                    self.record_requested(
-                        req,
-                        end.bytes,
-                        existing.is_some(),
-                        "the requester already delivered it; confirming",
-                    )?;
-                    return Ok(Judgement::Complete(end.clone()));
+                if let Some(claim) = &req.delivered {
+                    let end = self.check_delivery_claim(req, existing.as_ref(), &rule.send_dir, claim).await?;
+                    self.record_requested(req, end.bytes, true, "the requester already delivered it; confirming")?;
+                    return Ok(Judgement::Complete(end));
                 }
-                let snap = source_snapshot(&path, &req.rule, &cfg.node_id)?;
-                let size = snap.size;
+                let source = retrieve::open_source(&rule.send_dir, &req.file_name, &req.rule, &cfg.node_id)?;
+                let size = source.snapshot.size;
                 if let Some(theirs) = req.prefix_hash.filter(|_| req.restart_offset > 0 && req.restart_offset <= size) {
                     let offset = req.restart_offset;
-                    let p = path.clone();
-                    let mine = crate::determinism::blocking(move || hash_prefix(&p, offset))
+                    let file = source.file.clone();
+                    let mine = crate::determinism::blocking(move || hash_prefix_of(&file, offset))
                         .await
                         .map_err(|e| (ErrorCode::Internal, e.to_string()))?
-                        .map_err(|e| (ErrorCode::Io, format!("cannot read {}: {e}", path.display())))?;
+                        .map_err(|e| (ErrorCode::Io, format!("cannot read {}: {e}", source.path.display())))?;
                     let prefix = Prefix { offset, hasher: mine };
                     if prefix.digest() == theirs {
                         restart = offset;
@@ -454,11 +514,11 @@ impl Drive {
                         return Err(mismatch_error(offset, true));
                     }
                 }
-                self.files.source = Some((path, snap));
+                self.files.source = Some(source);
                 size
             }
             Direction::Push => {
-                let dir = rule.recv_dir.clone();
+                let dir = rule.recv_dir_for(&self.partner);
                 if let Some(rec) = existing.as_ref().filter(|r| r.delivered) {
                     let Some(hash) = rec.hash else {
                         return Err((ErrorCode::Internal, "delivered request without a hash".into()));
@@ -493,6 +553,50 @@ impl Drive {
         let msg = format!("accepted {:?} of {:?} from {}", req.direction, req.file_name, self.partner);
         self.record_requested(req, size, existing.is_some(), &msg)?;
         Ok(Judgement::Accept { size, restart, prefix_hash })
+    }
+
+    /// Pull sender: the requester says it delivered this request before
+    /// and lost track. Believed only for a request this node recorded with
+    /// this partner (checked by the caller) and whose whole file this node
+    /// sent with the claimed count and BLAKE3: as its record says, or, if
+    /// the record of what was sent did not reach the disk before a crash,
+    /// as the source still reads. Returns this node's own figures.
+    async fn check_delivery_claim(
+        &self,
+        req: &Request,
+        existing: Option<&RequestRecord>,
+        send_dir: &std::path::Path,
+        claim: &EndTransfer,
+    ) -> Result<EndTransfer, (ErrorCode, String)> {
+        let me = &self.ctx.config.node_id;
+        let Some(rec) = existing else {
+            return Err((
+                ErrorCode::Protocol,
+                format!("request {} says it was delivered, but node {me} holds no record of it", req.request_id),
+            ));
+        };
+        let sent = match rec.hash {
+            Some(hash) if rec.transferred == rec.size => EndTransfer { bytes: rec.size, hash },
+            _ => {
+                let source = retrieve::open_source(send_dir, &req.file_name, &req.rule, me)?;
+                let (file, size) = (source.file.clone(), source.snapshot.size);
+                let hasher = crate::determinism::blocking(move || hash_prefix_of(&file, size))
+                    .await
+                    .map_err(|e| (ErrorCode::Internal, e.to_string()))?
+                    .map_err(|e| (ErrorCode::Io, format!("cannot read {}: {e}", source.path.display())))?;
+                EndTransfer { bytes: size, hash: hasher.finalize().into() }
+            }
+        };
+        if &sent != claim {
+            return Err((
+                ErrorCode::Protocol,
+                format!(
+                    "request {} says {} bytes with BLAKE3 {} were delivered, but node {me} sent {} bytes with BLAKE3 {}",
+                    req.request_id, claim.bytes, claim.hash, sent.bytes, sent.hash
+                ),
+            ));
+        }
+        Ok(sent)
     }
 
     /// Records the request on the requested side (new, or running again).
@@ -546,13 +650,15 @@ impl Drive {
 
     /// Push sender: compares the receiver's offered prefix with the source.
     async fn check_prefix(&mut self, offset: u64, theirs: Digest) -> Vec<Output> {
-        let Some((path, _)) = self.files.source.clone() else {
+        let Some(source) = self.files.source.clone() else {
             return self.session.fail(ErrorCode::Internal, "no source file".into());
         };
-        let p = path.clone();
-        let mine = match crate::determinism::blocking(move || hash_prefix(&p, offset)).await {
+        let file = source.file.clone();
+        let mine = match crate::determinism::blocking(move || hash_prefix_of(&file, offset)).await {
             Ok(Ok(h)) => Prefix { offset, hasher: h },
-            Ok(Err(e)) => return self.session.fail(ErrorCode::Io, format!("cannot read {}: {e}", path.display())),
+            Ok(Err(e)) => {
+                return self.session.fail(ErrorCode::Io, format!("cannot read {}: {e}", source.path.display()))
+            }
             Err(e) => return self.session.fail(ErrorCode::Internal, e.to_string()),
         };
         if mine.digest() == theirs {
@@ -582,7 +688,7 @@ impl Drive {
             return;
         }
         if let Some(rule) = self.ctx.config.rule(&rec.rule) {
-            receive::discard(&receive::work_path(&rule.recv_dir, id));
+            receive::discard(&receive::work_path(&rule.recv_dir_for(&self.partner), id));
         }
         self.record(&format!("cancelled by {}", self.partner), |r| {
             r.status = Status::Cancelled;
@@ -607,8 +713,9 @@ impl Drive {
                     format!("rule {:?} does not exist on node {}", rec.rule, self.ctx.config.node_id),
                 )
             })?;
-            check_space(&rule.recv_dir, plan.size)?;
-            self.files.recv_dir = Some(rule.recv_dir.clone());
+            let dir = rule.recv_dir_for(&self.partner);
+            check_space(&dir, plan.size)?;
+            self.files.recv_dir = Some(dir);
         }
         let dir = self.files.recv_dir.as_ref().expect("set just above");
         std::fs::create_dir_all(dir).map_err(|e| (ErrorCode::Io, format!("cannot create {}: {e}", dir.display())))?;
@@ -764,21 +871,6 @@ impl Drive {
         if let Err(e) = self.ctx.store.update(self.session.request_id(), message, change) {
             tracing::error!(request_id = %self.session.request_id(), error = %e, "cannot record request state");
         }
-    }
-}
-
-/// The source of a transfer: a regular file in the rule's send folder.
-pub fn source_snapshot(path: &std::path::Path, rule: &str, node: &str) -> Result<SourceSnapshot, (ErrorCode, String)> {
-    match std::fs::metadata(path) {
-        Ok(m) if m.is_file() => Ok(SourceSnapshot::of(&m)),
-        Ok(_) => Err((ErrorCode::FileNotFound, format!("{} is not a regular file", path.display()))),
-        Err(e) => Err((
-            ErrorCode::FileNotFound,
-            format!(
-                "file {:?} not found in the send folder of rule {rule:?} on node {node}: {e}",
-                path.file_name().unwrap_or_default()
-            ),
-        )),
     }
 }
 

@@ -8,6 +8,7 @@
 //! - [`control_plane`]: answers partners' control asks (heartbeat,
 //!   handover, query, dial-back).
 //! - [`availability`]: what this node knows of each partner's reachability.
+//! - [`partner_budget`]: what each partner may cost this node, counted.
 //! - [`commander`]: starts a ClientRunner per queued request, within the
 //!   concurrency limit.
 //! - [`client_runner`]: the requester's side of one request.
@@ -24,5 +25,6 @@ pub mod commander;
 pub mod connections;
 pub mod control_plane;
 pub mod drive;
+pub mod partner_budget;
 pub mod server_runner;
 pub mod supervisor;

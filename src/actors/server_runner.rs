@@ -27,6 +27,8 @@ pub struct ServerRunnerArgs {
     pub recv: quinn::RecvStream,
     /// Counts this channel on the link it arrived on while it runs.
     pub guard: super::connections::ChannelGuard,
+    /// Counts this stream against the partner's budget while it runs.
+    pub slot: super::partner_budget::Slot,
 }
 
 pub struct ServerRunner;
@@ -49,13 +51,14 @@ impl Actor for ServerRunner {
         // The request id is learnt from the partner's Request (recorded into the span then).
         let span = tracing::info_span!("request", request_id = tracing::field::Empty, partner = %args.partner);
         let work = async move {
-            let _guard = args.guard;
+            let _counted = (args.guard, args.slot);
             let session = Session::requested(&args.ctx.config.node_id, &args.partner, args.ctx.capabilities.clone());
+            let reader = FrameReader::with_limits(args.recv, drive::read_limits(&args.ctx, &args.partner));
             let drive = Drive::new(
                 args.ctx.clone(),
                 args.partner,
                 session,
-                (FrameReader::new(args.recv), FrameWriter::new(args.send)),
+                (reader, FrameWriter::new(args.send)),
                 None,
                 Files::default(),
             );

@@ -23,6 +23,9 @@
 use super::message::*;
 use super::names::check_file_name;
 
+/// Room in a frame for a Data message's fields besides its payload.
+pub const FRAME_FIELDS: usize = 4096;
+
 /// Which side of the request this session is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -198,6 +201,26 @@ impl Session {
 
     pub fn is_finished(&self) -> bool {
         matches!(self.state, State::Done | State::Failed)
+    }
+
+    /// The largest frame body the peer may send now: `handshake` (the
+    /// configured limit for the handshake's own messages) until a plan is
+    /// agreed, then the agreed block size plus room for a Data frame's
+    /// other fields, and never less than `handshake`.
+    pub fn frame_limit(&self, handshake: usize) -> usize {
+        match &self.plan {
+            Some(plan) => (plan.block_size as usize + FRAME_FIELDS).max(handshake),
+            None => handshake,
+        }
+    }
+
+    /// Whether the peer owes this side a handshake step that it sends
+    /// without waiting for anything (the requested side's Startup, Authent
+    /// and Request, pipelined by the requester): its next frame is due now,
+    /// so a deadline applies.
+    pub fn awaits_handshake(&self) -> bool {
+        matches!(self.state, State::AwaitStartup | State::AwaitRequest)
+            || (self.role == Role::Requested && self.state == State::AwaitPeerAuthent)
     }
 
     /// A short name of the current state, for logs.

@@ -837,3 +837,39 @@ fn compression_is_used_only_when_both_sides_support_it() {
     let out = b.accept(0, 0, None);
     assert!(matches!(&out[0], Output::Send(Message::Valid(v)) if v.compression == Compression::None));
 }
+
+#[test]
+fn frames_stay_small_until_a_plan_is_agreed_and_handshake_steps_are_due_at_once() {
+    const HANDSHAKE: usize = 64 * 1024;
+    let req = request(Direction::Push, 3 * u64::from(BS));
+    let mut a = Session::requester("a", "b", Capabilities::default(), req);
+    let mut b = Session::requested("b", "a", Capabilities::default());
+    assert_eq!(b.frame_limit(HANDSHAKE), HANDSHAKE, "before Startup");
+    assert!(b.awaits_handshake(), "the requested side waits for Startup on a deadline");
+    let opening: Vec<Message> = a
+        .start()
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Send(m) => Some(m),
+            _ => None,
+        })
+        .collect();
+    assert!(!a.awaits_handshake(), "the requester waits for the judged answer without a handshake deadline");
+    let mut judged = None;
+    for m in opening {
+        assert!(b.awaits_handshake());
+        assert_eq!(b.frame_limit(HANDSHAKE), HANDSHAKE);
+        for o in b.handle(m) {
+            if let Output::Judge(r) = o {
+                judged = Some(r);
+            }
+        }
+    }
+    assert!(judged.is_some(), "Startup, Authent and Request lead to a judgement");
+    assert!(!b.awaits_handshake(), "judging is this side's own work");
+    b.accept(0, 0, None);
+    let block_limit = BS as usize + FRAME_FIELDS;
+    assert_eq!(b.frame_limit(HANDSHAKE), HANDSHAKE.max(block_limit), "after Valid: the agreed block");
+    assert_eq!(b.frame_limit(1024), block_limit);
+    assert!(!b.awaits_handshake());
+}

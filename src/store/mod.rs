@@ -14,6 +14,10 @@
 //!   whose partner has not yet confirmed it was told (the Commander retries
 //!   until it has). Added without a schema change: an older store simply
 //!   has none.
+//! - `handovers`: partner id ++ 0 ++ request id → empty; requests a partner
+//!   handed over to this node, so how many one partner has queued here can
+//!   be bounded ([`Store::open_handovers`] drops the entries of requests
+//!   that ended). Added without a schema change, like `cancel_notices`.
 //!
 //! Invariants: a record and its queue entry are written together, by
 //! [`Store::insert`] and [`Store::update_if`] only; the queue index may be
@@ -90,6 +94,7 @@ pub struct Store {
     queue: sled::Tree,
     /// Cancelled requests whose partner has not yet confirmed it was told.
     notices: sled::Tree,
+    handovers: sled::Tree,
     flusher: tokio::sync::mpsc::UnboundedSender<FlushReply>,
 }
 
@@ -145,6 +150,7 @@ impl Store {
             joblog: db.open_tree("joblog")?,
             queue: db.open_tree("queue")?,
             notices: db.open_tree("cancel_notices")?,
+            handovers: db.open_tree("handovers")?,
             db,
             flusher,
         })
@@ -369,6 +375,34 @@ impl Store {
         Ok(out)
     }
 
+    /// Notes that `partner` handed request `id` over to this node.
+    pub fn note_handover(&self, partner: &str, id: &RequestId) -> Result<(), StoreError> {
+        self.handovers.insert(handover_key(partner, id), &[])?;
+        Ok(())
+    }
+
+    /// How many requests `partner` handed over that have not ended; the
+    /// entries of those that ended (or vanished) are dropped on the way.
+    pub fn open_handovers(&self, partner: &str) -> Result<usize, StoreError> {
+        let mut prefix = partner.as_bytes().to_vec();
+        prefix.push(0);
+        let mut open = 0;
+        for kv in self.handovers.scan_prefix(&prefix) {
+            let (k, _) = kv?;
+            let text = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            let Some(id) = RequestId::parse(&text) else {
+                return Err(StoreError::Corrupt { key: text, reason: "not a request id".into() });
+            };
+            match self.get(&id)? {
+                Some(rec) if !rec.status.is_final() => open += 1,
+                _ => {
+                    self.handovers.remove(&k)?;
+                }
+            }
+        }
+        Ok(open)
+    }
+
     /// Blocking variant of [`Store::flush`] for shutdown paths.
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
         self.db.flush()?;
@@ -399,6 +433,14 @@ fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
     }
 }
 
+/// Node ids never hold a NUL byte, so the 0 ends the partner's part.
+fn handover_key(partner: &str, id: &RequestId) -> Vec<u8> {
+    let mut k = partner.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(id.as_str().as_bytes());
+    k
+}
+
 fn queue_key(seq: u64, id: &RequestId) -> Vec<u8> {
     let mut k = seq.to_be_bytes().to_vec();
     k.extend_from_slice(id.as_str().as_bytes());
@@ -417,6 +459,24 @@ mod tests {
             status,
             ..RequestRecord::new(RequestId::generate(), Role::Requester, "b", "r", Direction::Push, "f")
         }
+    }
+
+    #[test]
+    fn open_handovers_count_per_partner_and_forget_ended_requests() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(dir.path()).expect("open");
+        let (a, b, done) = (sample(Status::ToSubmit), sample(Status::ToSubmit), sample(Status::ToSubmit));
+        for rec in [&a, &b, &done] {
+            s.insert(rec.clone(), "handed over").expect("insert");
+        }
+        s.note_handover("c", &a.id).expect("note");
+        s.note_handover("c", &done.id).expect("note");
+        s.note_handover("cc", &b.id).expect("note");
+        assert_eq!(s.open_handovers("c").expect("count"), 2);
+        s.update(&done.id, "finished", |r| r.status = Status::Done).expect("update");
+        assert_eq!(s.open_handovers("c").expect("count"), 1, "an ended request no longer counts");
+        assert_eq!(s.open_handovers("cc").expect("count"), 1, "a partner whose id extends another's is apart");
+        assert_eq!(s.open_handovers("d").expect("count"), 0);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 pub mod receive;
 pub mod retrieve;
 
-use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 /// BLAKE3 state after hashing the first `len` bytes of `path` (blocking).
@@ -17,18 +17,23 @@ use std::path::Path;
 /// The returned state continues into the whole-file hash, so the prefix is
 /// read once.
 pub fn hash_prefix(path: &Path, len: u64) -> std::io::Result<blake3::Hasher> {
-    let mut hasher = blake3::Hasher::new();
     if len == 0 {
-        return Ok(hasher);
+        return Ok(blake3::Hasher::new());
     }
-    let mut file = std::fs::File::open(path)?;
-    let mut left = len;
-    let mut buf = vec![0u8; (1 << 20).min(len as usize)];
-    while left > 0 {
-        let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        file.read_exact(&mut buf[..n])?;
+    hash_prefix_of(&std::fs::File::open(path)?, len)
+}
+
+/// [`hash_prefix`] of a file already open (positioned reads: the file's
+/// own offset is left alone, so the handle can be shared).
+pub fn hash_prefix_of(file: &std::fs::File, len: u64) -> std::io::Result<blake3::Hasher> {
+    let mut hasher = blake3::Hasher::new();
+    let mut at = 0;
+    let mut buf = vec![0u8; (1 << 20).min(usize::try_from(len).unwrap_or(usize::MAX))];
+    while at < len {
+        let n = buf.len().min(usize::try_from(len - at).unwrap_or(usize::MAX));
+        file.read_exact_at(&mut buf[..n], at)?;
         hasher.update(&buf[..n]);
-        left -= n as u64;
+        at += n as u64;
     }
     Ok(hasher)
 }

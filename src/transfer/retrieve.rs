@@ -16,8 +16,8 @@
 //! the pump fails with [`ErrorCode::SourceChanged`] instead of finishing.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
-use std::path::PathBuf;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -60,15 +60,71 @@ impl SourceSnapshot {
     }
 }
 
-/// Starts pumping `path` per `plan`. Dropping the receiver, or setting `stop`,
+/// A file a rule sends, opened once inside the rule's send folder: every
+/// later read (the resume check, the pump) goes through this handle, never
+/// through the path again, so what was checked is what is sent.
+#[derive(Clone, Debug)]
+pub struct Source {
+    /// For messages only.
+    pub path: PathBuf,
+    pub file: Arc<File>,
+    /// Its size and modification time when it was opened.
+    pub snapshot: SourceSnapshot,
+}
+
+/// Opens `name` in the send folder `dir` of `rule`, confined to that folder:
+/// the one check that serves a push (the file this node sends) and a pull
+/// (the file a partner asks for).
+///
+/// `name` is a plain name (checked by
+/// [`check_file_name`](crate::protocol::names::check_file_name): no
+/// separator, no `..`), so only its last component can lead elsewhere; it is
+/// opened with `O_NOFOLLOW`, which refuses a symbolic link there, and
+/// `O_NONBLOCK`, so a FIFO cannot hold the opener. What was opened is then
+/// checked to be a regular file. Check and use are one open file, with no
+/// window for the name to be swapped in between.
+pub fn open_source(dir: &Path, name: &str, rule: &str, node: &str) -> Result<Source, (ErrorCode, String)> {
+    if let Err(why) = crate::protocol::names::check_file_name(name) {
+        return Err((ErrorCode::BadFileName, why));
+    }
+    let path = dir.join(name);
+    let opened = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(&path);
+    let file = match opened {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err((
+                ErrorCode::FileNotFound,
+                format!(
+                    "{name:?} in the send folder of rule {rule:?} on node {node} is a symbolic link; \
+                     a rule sends only regular files inside its folder"
+                ),
+            ))
+        }
+        Err(e) => {
+            return Err((
+                ErrorCode::FileNotFound,
+                format!("file {name:?} not found in the send folder of rule {rule:?} on node {node}: {e}"),
+            ))
+        }
+    };
+    let meta = file.metadata().map_err(|e| io_err(&path, "stat", e))?;
+    if !meta.is_file() {
+        return Err((
+            ErrorCode::FileNotFound,
+            format!("{name:?} in the send folder of rule {rule:?} on node {node} is not a regular file"),
+        ));
+    }
+    Ok(Source { path, file: Arc::new(file), snapshot: SourceSnapshot::of(&meta) })
+}
+
+/// Starts pumping `source` per `plan`. Dropping the receiver, or setting `stop`,
 /// ends the pump at the next block.
 ///
 /// `prefix` is the source's hash state over `plan.restart_offset` bytes when
 /// the caller already computed it to check a resume (read again otherwise).
 pub fn start(
-    path: PathBuf,
+    source: Source,
     plan: Plan,
-    snapshot: SourceSnapshot,
     prefix: Option<super::Prefix>,
     stop: Arc<AtomicBool>,
 ) -> mpsc::Receiver<PumpEvent> {
@@ -81,14 +137,14 @@ pub fn start(
     let (tx, rx) = mpsc::channel(if simulated { frames.saturating_add(1).max(1) } else { PIPELINE_DEPTH });
     if simulated || (remaining <= INLINE_MAX && remaining <= u64::from(plan.block_size)) {
         // Every frame and the final event fit in the channel.
-        let last = finish(pump(&path, &plan, &snapshot, prefix, &stop, &mut |ev| tx.try_send(ev).is_ok()));
+        let last = finish(pump(&source, &plan, prefix, &stop, &mut |ev| tx.try_send(ev).is_ok()));
         if let Some(last) = last {
             let _ = tx.try_send(last);
         }
         return rx;
     }
     tokio::task::spawn_blocking(move || {
-        let last = finish(pump(&path, &plan, &snapshot, prefix, &stop, &mut |ev| tx.blocking_send(ev).is_ok()));
+        let last = finish(pump(&source, &plan, prefix, &stop, &mut |ev| tx.blocking_send(ev).is_ok()));
         if let Some(last) = last {
             let _ = tx.blocking_send(last);
         }
@@ -106,20 +162,19 @@ fn finish(r: PumpResult<Option<EndTransfer>>) -> Option<PumpEvent> {
 
 type PumpResult<T> = Result<T, (ErrorCode, String)>;
 
-fn io_err(path: &std::path::Path, what: &str, e: std::io::Error) -> (ErrorCode, String) {
+fn io_err(path: &Path, what: &str, e: std::io::Error) -> (ErrorCode, String) {
     (ErrorCode::Io, format!("cannot {what} {}: {e}", path.display()))
 }
 
 /// Returns `Ok(None)` when stopped or when nobody listens any more.
 fn pump(
-    path: &std::path::Path,
+    source: &Source,
     plan: &Plan,
-    snapshot: &SourceSnapshot,
     prefix: Option<super::Prefix>,
     stop: &AtomicBool,
     send: &mut dyn FnMut(PumpEvent) -> bool,
 ) -> PumpResult<Option<EndTransfer>> {
-    let mut file = File::open(path).map_err(|e| io_err(path, "open", e))?;
+    let (file, path, snapshot) = (&source.file, source.path.as_path(), &source.snapshot);
     let changed = |now: &SourceSnapshot| {
         (now.size != snapshot.size || now.modified != snapshot.modified).then(|| {
             (
@@ -149,17 +204,16 @@ fn pump(
     // The prefix that is not resent is still hashed, so the final check covers the whole file.
     let mut whole = match prefix {
         Some(p) => p.hasher,
-        None => super::hash_prefix(path, plan.restart_offset).map_err(|e| io_err(path, "read", e))?,
+        None => super::hash_prefix_of(file, plan.restart_offset).map_err(|e| io_err(path, "read", e))?,
     };
     let mut offset = plan.restart_offset;
-    file.seek(SeekFrom::Start(offset)).map_err(|e| io_err(path, "seek in", e))?;
     while offset < plan.size {
         if stop.load(Ordering::Relaxed) {
             return Ok(None);
         }
         let n = block.min((plan.size - offset) as usize);
         let raw = &mut buf[..n];
-        if let Err(e) = file.read_exact(raw) {
+        if let Err(e) = file.read_exact_at(raw, offset) {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
                 return Err((
                     ErrorCode::SourceChanged,

@@ -1,10 +1,22 @@
 //! A request's private channel: one bidirectional QUIC stream carrying frames.
 //!
 //! [`FrameReader`] and [`FrameWriter`] wrap the two halves of the stream with
-//! the codec from [`crate::protocol::codec`]. A frame over the size limit is
-//! refused from its header alone, before any of its body is buffered.
+//! the codec from [`crate::protocol::codec`].
+//!
+//! What a peer can make a reader hold is bounded ([`ReadLimits`]): a frame
+//! over the current step's size limit is refused from its header alone,
+//! before any of its body is read; a frame's body is read into a buffer that
+//! grows as its bytes arrive (never reserved from what the header announces)
+//! only once the partner's byte budget has room for it, and must arrive
+//! within a deadline; while the peer owes a handshake step, its next frame
+//! must start within a deadline too. The budget is given back when the frame
+//! has been decoded, whatever happens to it.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::sync::Semaphore;
 
 use crate::protocol::codec::{self, CodecError, HEADER_LEN};
 use crate::protocol::control::StreamKind;
@@ -23,6 +35,9 @@ pub enum ChannelError {
     /// The peer finished its side in the middle of a frame.
     #[error("peer closed the channel in the middle of a frame")]
     Truncated,
+    /// The peer went past what it may cost this node; names the limit.
+    #[error("{0}")]
+    Limit(String),
 }
 
 impl ChannelError {
@@ -56,15 +71,62 @@ pub fn describe_connection(e: &quinn::ConnectionError) -> String {
     }
 }
 
+/// What a reader accepts from its peer at the current step.
+#[derive(Clone, Debug)]
+pub struct ReadLimits {
+    /// The largest frame body accepted now, and the setting that sets it
+    /// (named in the refusal).
+    pub max_body: usize,
+    pub max_body_setting: &'static str,
+    /// Once a frame's header arrived, how long its body may take.
+    pub frame_timeout: Duration,
+    /// While the peer owes a handshake step: how long until its next frame
+    /// must start.
+    pub next_frame_within: Option<Duration>,
+    /// Bytes of frame bodies being read from this peer, shared by all its
+    /// channels.
+    pub budget: Option<Arc<Semaphore>>,
+}
+
+impl ReadLimits {
+    /// No limit but the codec's own (tests, and peers of a test).
+    pub fn codec_only() -> Self {
+        ReadLimits {
+            max_body: codec::MAX_FRAME_BODY,
+            max_body_setting: "the codec's frame limit",
+            frame_timeout: Duration::from_secs(3600),
+            next_frame_within: None,
+            budget: None,
+        }
+    }
+}
+
+/// A frame body's buffer starts this large and grows as bytes arrive.
+const FIRST_BUFFER: usize = 64 * 1024;
+
 /// The receiving half of a private channel.
 #[derive(Debug)]
 pub struct FrameReader {
     recv: quinn::RecvStream,
+    limits: ReadLimits,
 }
 
 impl FrameReader {
     pub fn new(recv: quinn::RecvStream) -> Self {
-        FrameReader { recv }
+        FrameReader { recv, limits: ReadLimits::codec_only() }
+    }
+
+    /// A reader that holds its peer to `limits`.
+    pub fn with_limits(recv: quinn::RecvStream, limits: ReadLimits) -> Self {
+        FrameReader { recv, limits }
+    }
+
+    /// Changes what the next frames may be: the size limit of the current
+    /// step, and whether the peer owes a handshake step.
+    pub fn set_step(&mut self, max_body: usize, setting: &'static str, next_frame_within: Option<Duration>) {
+        self.limits.max_body = max_body.min(codec::MAX_FRAME_BODY);
+        self.limits.max_body_setting = setting;
+        self.limits.next_frame_within = next_frame_within;
     }
 
     /// The next message; `Ok(None)` when the peer finished the stream cleanly
@@ -73,31 +135,83 @@ impl FrameReader {
         let mut header = [0u8; HEADER_LEN];
         // Read the first byte on its own so a clean finish is told apart from
         // a frame cut short.
-        match self.recv.read(&mut header[..1]).await {
+        let first = self.recv.read(&mut header[..1]);
+        let first = match self.limits.next_frame_within {
+            Some(limit) => tokio::time::timeout(limit, first).await.map_err(|_| {
+                ChannelError::Limit(format!(
+                    "the peer sent no frame within {} ms while a handshake step was due (limits.handshake_timeout_ms)",
+                    limit.as_millis()
+                ))
+            })?,
+            None => first.await,
+        };
+        match first {
             Ok(Some(1)) => {}
             Ok(Some(_)) => return Err(ChannelError::Truncated),
             Ok(None) => return Ok(None),
             Err(e) => return Err(ChannelError::Lost(describe_read(&e))),
         }
-        self.recv.read_exact(&mut header[1..]).await.map_err(ChannelError::from_read)?;
+        let frame_timeout = self.limits.frame_timeout;
+        let late = || {
+            ChannelError::Limit(format!(
+                "a frame did not arrive whole within {} ms of its header (limits.frame_timeout_ms)",
+                frame_timeout.as_millis()
+            ))
+        };
+        tokio::time::timeout(frame_timeout, self.recv.read_exact(&mut header[1..]))
+            .await
+            .map_err(|_| late())?
+            .map_err(ChannelError::from_read)?;
         let len = codec::body_len(header)?;
-        // Gather the body from quinn's chunks into a fresh buffer (one copy,
-        // no zero-fill), so a Data payload can be handed on as a slice of it.
-        let mut body = bytes::BytesMut::with_capacity(len);
-        while body.len() < len {
-            match self.recv.read_chunk(len - body.len(), true).await {
-                Ok(Some(chunk)) => body.extend_from_slice(&chunk.bytes),
-                Ok(None) => return Err(ChannelError::Truncated),
-                Err(e) => return Err(ChannelError::Lost(describe_read(&e))),
-            }
+        if len > self.limits.max_body {
+            return Err(ChannelError::Limit(format!(
+                "frame of {len} bytes exceeds the {}-byte limit of this step ({})",
+                self.limits.max_body, self.limits.max_body_setting
+            )));
         }
-        Ok(Some(codec::decode_body_shared(&body.freeze())?))
+        // Room in the peer's byte budget first (others of its frames may
+        // have to finish), then the body within the deadline.
+        let _room = match &self.limits.budget {
+            Some(budget) => Some(
+                budget
+                    .clone()
+                    .acquire_many_owned(u32::try_from(len).expect("len <= MAX_FRAME_BODY, which fits in u32"))
+                    .await
+                    .map_err(|_| ChannelError::Lost("the node is shutting down".into()))?,
+            ),
+            None => None,
+        };
+        let body = tokio::time::timeout(frame_timeout, read_body(&mut self.recv, len)).await.map_err(|_| late())??;
+        Ok(Some(codec::decode_body_shared(&body)?))
     }
 
     /// Tells the peer we will read no more (after a protocol error).
     pub fn stop(&mut self) {
         let _ = self.recv.stop(quinn::VarInt::from_u32(0));
     }
+}
+
+/// Gathers a body of `len` bytes from quinn's chunks (one copy, no
+/// zero-fill) into a buffer that grows as they arrive, so a Data payload can
+/// be handed on as a slice of it.
+async fn read_body(recv: &mut quinn::RecvStream, len: usize) -> Result<Bytes, ChannelError> {
+    let mut body = bytes::BytesMut::with_capacity(len.min(FIRST_BUFFER));
+    while body.len() < len {
+        match recv.read_chunk(len - body.len(), true).await {
+            Ok(Some(chunk)) => {
+                if body.capacity() - body.len() < chunk.bytes.len() {
+                    // Grow fourfold (not to what the header announced), so a
+                    // large block costs a few reallocations.
+                    let want = (body.capacity() * 4).min(len).max(body.len() + chunk.bytes.len());
+                    body.reserve(want - body.len());
+                }
+                body.extend_from_slice(&chunk.bytes)
+            }
+            Ok(None) => return Err(ChannelError::Truncated),
+            Err(e) => return Err(ChannelError::Lost(describe_read(&e))),
+        }
+    }
+    Ok(body.freeze())
 }
 
 /// The sending half of a private channel.

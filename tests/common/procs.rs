@@ -206,6 +206,16 @@ impl ProcCluster {
         self.in_dir(node).join(".ferry-work").join(format!("{id}.part"))
     }
 
+    /// The pid of running node `id`.
+    pub fn pid(&self, id: &str) -> i32 {
+        self.nodes.get(id).unwrap_or_else(|| panic!("node {id} is not running")).pid()
+    }
+
+    /// The process log of node `id`'s current (last) run.
+    pub fn log_path(&self, id: &str) -> PathBuf {
+        self.layout.root.join(format!("{id}-{}.log", self.runs.get(id).copied().unwrap_or(0)))
+    }
+
     /// Every process log of node `id`, oldest run first.
     pub fn process_logs(&self, id: &str) -> String {
         let runs = self.runs.get(id).copied().unwrap_or(0);

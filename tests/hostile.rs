@@ -1,0 +1,494 @@
+//! A partner with a valid certificate cannot harm a node.
+//!
+//! Node `m` (mallory) holds a certificate of the cluster and is configured
+//! as a partner of `b`, but it is never started: the test plays it by hand,
+//! over real QUIC with its real certificate, speaking the wire format and
+//! misbehaving. Every attack is bounded in count and time. After each, the
+//! node's records are checked: no record it did not earn, no transfer of
+//! another partner disturbed, no file outside a rule's folder read.
+//!
+//! The memory attacks run against a real `ferry node` process, whose
+//! resident memory is read from `/proc/PID/status` before, during and after,
+//! while a normal transfer from another node completes.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::procs::ProcCluster;
+use common::*;
+use ferry::protocol::control::{Answer, Ask, Handover};
+use ferry::protocol::*;
+use ferry::store::Status;
+use ferry::transport::{self, FrameReader, FrameWriter, NodeIdentity, TransportTuning};
+
+const WITHIN: Duration = Duration::from_secs(30);
+
+/// A QUIC endpoint holding `who`'s certificate from the certificates in `certs`.
+fn endpoint_of(certs: &Path, who: &str) -> quinn::Endpoint {
+    let p = ferry::certs::paths(certs, who);
+    let id = NodeIdentity::load(who, &p.cert, &p.key, &p.ca).expect("identity");
+    transport::make_endpoint("127.0.0.1:0".parse().expect("addr"), &id, &TransportTuning::default()).expect("endpoint")
+}
+
+async fn connect(ep: &quinn::Endpoint, addr: std::net::SocketAddr, to: &str) -> quinn::Connection {
+    tokio::time::timeout(WITHIN, transport::dial(ep, addr, to)).await.expect("dial in time").expect("dial")
+}
+
+async fn channel(conn: &quinn::Connection) -> (FrameWriter, FrameReader) {
+    let (s, r) = conn.open_bi().await.expect("open channel");
+    (FrameWriter::opened(s, StreamKind::Request), FrameReader::new(r))
+}
+
+async fn next(r: &mut FrameReader) -> Message {
+    tokio::time::timeout(WITHIN, r.next()).await.expect("answer in time").expect("frame").expect("a message")
+}
+
+/// Startup, Authent and `req` as `who`, the way a requester pipelines them;
+/// returns the requested side's answer to the request.
+async fn ask_request(conn: &quinn::Connection, who: &str, req: Request) -> Message {
+    let (mut w, mut r) = channel(conn).await;
+    let opening = [
+        Message::Startup(Startup { version: PROTOCOL_VERSION, request_id: req.request_id.clone() }),
+        Message::Authent(Authent { host_id: who.into(), capabilities: Capabilities::default() }),
+        Message::Request(req),
+    ];
+    for m in &opening {
+        w.send(m).await.expect("send");
+    }
+    assert!(matches!(next(&mut r).await, Message::Startup(_)));
+    assert!(matches!(next(&mut r).await, Message::Authent(_)));
+    next(&mut r).await
+}
+
+fn request(id: RequestId, direction: Direction, file: &str, size: u64) -> Request {
+    Request {
+        request_id: id,
+        rule: "default".into(),
+        direction,
+        file_name: file.into(),
+        size,
+        block_size: DEFAULT_BLOCK_SIZE,
+        restart_offset: u64::MAX,
+        prefix_hash: None,
+        delivered: None,
+        options: TransferOptions::default(),
+        external_job_id: None,
+        transfer_info: String::new(),
+    }
+}
+
+fn refused(answer: &Message) -> &Refused {
+    match answer {
+        Message::Refused(r) => r,
+        other => panic!("expected Refused, got {other:?}"),
+    }
+}
+
+fn handover(id: RequestId, rule: &str, partner: &str, file: &str) -> Ask {
+    Ask::Handover(Handover {
+        id,
+        partner: partner.into(),
+        direction: Direction::Push,
+        rule: rule.into(),
+        file: file.into(),
+        external_job_id: None,
+        transfer_info: String::new(),
+        block_size: None,
+        compression: Compression::None,
+        submitted_on: "m".into(),
+    })
+}
+
+/// Bug 2: a pull that says the file was already delivered is believed only
+/// for a request this node recorded with that partner and sent itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_delivery_claim_earns_no_record() {
+    let layout = Layout::new(&["a", "b", "m"]);
+    let a = layout.start("a").await;
+    let b = layout.start("b").await;
+    let certs = layout.dir.path().join("certs");
+    let ep = endpoint_of(&certs, "m");
+    let conn = connect(&ep, layout.config("b").listen, "b").await;
+    let claim = EndTransfer { bytes: 4096, hash: Digest([7; 32]) };
+
+    // A file that never existed, under an id b never saw.
+    let id = RequestId::generate();
+    let mut req = request(id.clone(), Direction::Pull, "never-existed.bin", 0);
+    req.delivered = Some(claim.clone());
+    let r = ask_request(&conn, "m", req).await;
+    let r = refused(&r);
+    assert_eq!(r.code, ErrorCode::Protocol, "{}", r.message);
+    assert!(r.message.contains("holds no record"), "{}", r.message);
+    assert!(b.handle().store().get(&id).expect("store").is_none(), "no record earned");
+
+    // A real file, under an id b never saw: still no.
+    write_random(&layout.out_dir("b").join("real.bin"), 4096);
+    let id = RequestId::generate();
+    let mut req = request(id.clone(), Direction::Pull, "real.bin", 0);
+    req.delivered = Some(claim.clone());
+    assert_eq!(refused(&ask_request(&conn, "m", req).await).code, ErrorCode::Protocol);
+    assert!(b.handle().store().get(&id).expect("store").is_none(), "no record earned");
+
+    // The id of a pull that a really made from b: it is a's, not m's.
+    let rec = a.handle().submit(submit(Direction::Pull, "b", "real.bin")).await.expect("submitted");
+    assert_eq!(wait_final(&a.handle(), &rec.id, WITHIN).await.status, Status::Done);
+    let theirs = b.handle().store().get(&rec.id).expect("store").expect("b's record");
+    let mut req = request(rec.id.clone(), Direction::Pull, "real.bin", 0);
+    req.delivered = Some(EndTransfer { bytes: theirs.size, hash: theirs.hash.expect("hash recorded") });
+    let r = ask_request(&conn, "m", req).await;
+    assert!(refused(&r).message.contains("belongs to another request"), "{r:?}");
+    assert_eq!(b.handle().store().get(&rec.id).expect("store"), Some(theirs), "a's record untouched");
+
+    // The real requester, claiming what it really got, is confirmed.
+    let a_conn = connect(&endpoint_of(&certs, "a"), layout.config("b").listen, "b").await;
+    let b_rec = b.handle().store().get(&rec.id).expect("store").expect("record");
+    let mut req = request(rec.id.clone(), Direction::Pull, "real.bin", 0);
+    req.delivered = Some(EndTransfer { bytes: b_rec.size, hash: b_rec.hash.expect("hash") });
+    assert!(matches!(ask_request(&a_conn, "a", req.clone()).await, Message::Complete(_)));
+    // But not with another hash.
+    req.delivered = Some(EndTransfer { bytes: b_rec.size, hash: Digest([9; 32]) });
+    let r = ask_request(&a_conn, "a", req).await;
+    assert!(refused(&r).message.contains("sent"), "{r:?}");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Bug 3: a Request reusing the id of a transfer running with another
+/// partner is refused, and that transfer runs on undisturbed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_request_id_leaves_the_other_partners_transfer_alone() {
+    let layout = Layout::new(&["a", "b", "m"]);
+    let a = layout.start("a").await;
+    let b = layout.start("b").await;
+    let source = write_random(&layout.out_dir("a").join("big.bin"), 256 << 20);
+    let rec = a.handle().submit(submit(Direction::Push, "b", "big.bin")).await.expect("submitted");
+    wait_record(&b.handle(), &rec.id, Status::Running, WITHIN).await;
+
+    let conn = connect(&endpoint_of(&layout.dir.path().join("certs"), "m"), layout.config("b").listen, "b").await;
+    for direction in [Direction::Push, Direction::Pull] {
+        let r = ask_request(&conn, "m", request(rec.id.clone(), direction, "big.bin", 256 << 20)).await;
+        let r = refused(&r);
+        assert_eq!(r.code, ErrorCode::Protocol);
+        assert!(r.message.contains("belongs to another request"), "{}", r.message);
+    }
+
+    let done = wait_final(&a.handle(), &rec.id, Duration::from_secs(120)).await;
+    assert_eq!(done.status, Status::Done, "{:?}", done.error);
+    let theirs = wait_final(&b.handle(), &rec.id, WITHIN).await;
+    assert_eq!(theirs.status, Status::Done, "{:?}", theirs.error);
+    assert_eq!(theirs.partner, "a");
+    assert_eq!(file_digest(&layout.in_dir("b").join("big.bin")), source);
+    assert!(work_files(&layout.in_dir("b")).is_empty(), "no orphan work file");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Bug 4: a handover is accepted only under a rule that allows the asker,
+/// and one partner may queue only so many.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handover_is_bounded_by_what_the_rules_give_the_asker() {
+    let mut layout = Layout::new(&["a", "b", "c", "m"]);
+    let mut restricted = layout.config("b").rules[0].clone();
+    restricted.name = "restricted".into();
+    restricted.partners = vec!["a".into()];
+    layout.config_mut("b").rules.push(restricted);
+    layout.config_mut("b").limits.handovers = 3;
+    let a = layout.start("a").await;
+    let b = layout.start("b").await;
+    write_random(&layout.out_dir("b").join("secret.bin"), 1000);
+    let conn = connect(&endpoint_of(&layout.dir.path().join("certs"), "m"), layout.config("b").listen, "b").await;
+    let ask = |q: Ask| {
+        let conn = conn.clone();
+        async move { transport::control::ask(&conn, &q, WITHIN).await.expect("answered") }
+    };
+
+    // m may not use "restricted", so it cannot make b push under it to a.
+    let id = RequestId::generate();
+    match ask(handover(id.clone(), "restricted", "a", "secret.bin")).await {
+        Answer::Refused { code, message } => {
+            assert_eq!(code, ErrorCode::RuleNotAllowed, "{message}");
+            assert!(message.contains("partner \"m\" may not use rule \"restricted\""), "{message}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(b.handle().store().get(&id).expect("store").is_none());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(delivered(&layout.in_dir("a")).is_empty(), "nothing was sent to a");
+
+    // Under "default" it may, up to the limit (c is down: they stay queued).
+    let mut accepted = Vec::new();
+    let mut refusals = Vec::new();
+    for _ in 0..6 {
+        let id = RequestId::generate();
+        match ask(handover(id.clone(), "default", "c", "secret.bin")).await {
+            Answer::Accepted(_) => accepted.push(id),
+            Answer::Refused { message, .. } => refusals.push((id, message)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(accepted.len(), 3, "refusals: {refusals:?}");
+    for (id, message) in &refusals {
+        assert!(message.contains("limits.handovers = 3"), "{message}");
+        assert!(b.handle().store().get(id).expect("store").is_none());
+    }
+    // Asking again for one it handed over is idempotent; for a's, refused.
+    assert!(matches!(ask(handover(accepted[0].clone(), "default", "c", "secret.bin")).await, Answer::Accepted(_)));
+    write_random(&layout.out_dir("a").join("own.bin"), 10);
+    let own = a.handle().submit(submit(Direction::Push, "b", "own.bin")).await.expect("submitted");
+    wait_final(&a.handle(), &own.id, WITHIN).await;
+    assert!(matches!(ask(handover(own.id.clone(), "default", "c", "secret.bin")).await, Answer::Refused { .. }));
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Bug 5 (and the push side of it): a rule's folder confines what it
+/// sends; a symbolic link in it is not followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_symbolic_link_in_a_send_folder_is_not_followed() {
+    let layout = Layout::new(&["a", "b", "m"]);
+    let a = layout.start("a").await;
+    let b = layout.start("b").await;
+    let outside = layout.dir.path().join("outside-secret.txt");
+    std::fs::write(&outside, b"not for partners").expect("write");
+    std::os::unix::fs::symlink(&outside, layout.out_dir("b").join("link.txt")).expect("symlink");
+    std::os::unix::fs::symlink(&outside, layout.out_dir("a").join("link.txt")).expect("symlink");
+
+    // Pull by a hostile partner.
+    let conn = connect(&endpoint_of(&layout.dir.path().join("certs"), "m"), layout.config("b").listen, "b").await;
+    let id = RequestId::generate();
+    let r = ask_request(&conn, "m", request(id.clone(), Direction::Pull, "link.txt", 0)).await;
+    let r = refused(&r);
+    assert_eq!(r.code, ErrorCode::FileNotFound, "{}", r.message);
+    assert!(r.message.contains("symbolic link"), "{}", r.message);
+    assert!(b.handle().store().get(&id).expect("store").is_none());
+
+    // Pull by a well-behaved partner: ends InError, naming the link.
+    let rec = a.handle().submit(submit(Direction::Pull, "b", "link.txt")).await.expect("submitted");
+    let rec = wait_final(&a.handle(), &rec.id, WITHIN).await;
+    assert_eq!(rec.status, Status::InError);
+    assert!(rec.error.expect("error").message.contains("symbolic link"));
+
+    // Push: the node's own API refuses it before anything is queued.
+    let e = a.handle().submit(submit(Direction::Push, "b", "link.txt")).await.expect_err("refused");
+    assert_eq!(e.code(), "file_not_found");
+    assert!(e.to_string().contains("symbolic link"), "{e}");
+    assert!(delivered(&layout.in_dir("a")).is_empty() && delivered(&layout.in_dir("b")).is_empty());
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Partners that share a rule can be given receive folders of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_partner_receive_folders_keep_partners_apart() {
+    let mut layout = Layout::new(&["a", "b", "c"]);
+    let shared = layout.in_dir("b");
+    layout.config_mut("b").rules[0].recv_dir = shared.join("#PARTNER#");
+    let (a, b, c) = (layout.start("a").await, layout.start("b").await, layout.start("c").await);
+    let from_a = write_random(&layout.out_dir("a").join("same-name.bin"), 3000);
+    let from_c = write_random(&layout.out_dir("c").join("same-name.bin"), 3000);
+    let ra = a.handle().submit(submit(Direction::Push, "b", "same-name.bin")).await.expect("a");
+    let rc = c.handle().submit(submit(Direction::Push, "b", "same-name.bin")).await.expect("c");
+    assert_eq!(wait_final(&a.handle(), &ra.id, WITHIN).await.status, Status::Done);
+    assert_eq!(wait_final(&c.handle(), &rc.id, WITHIN).await.status, Status::Done);
+    assert_eq!(file_digest(&shared.join("a").join("same-name.bin")), from_a);
+    assert_eq!(file_digest(&shared.join("c").join("same-name.bin")), from_c);
+    a.shutdown().await;
+    b.shutdown().await;
+    c.shutdown().await;
+}
+
+/// Reverse-connect asks reuse a live connection and are limited per minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dial_back_asks_cannot_make_a_node_dial_without_bound() {
+    let layout = Layout::new(&["a", "b", "m"]);
+    let a = layout.start("a").await;
+    let b = layout.start("b").await;
+    let conn = connect(&endpoint_of(&layout.dir.path().join("certs"), "m"), layout.config("b").listen, "b").await;
+    let asks: Vec<_> = (0..40)
+        .map(|_| {
+            let conn = conn.clone();
+            tokio::spawn(async move { transport::control::ask(&conn, &Ask::DialMe { node: "a".into() }, WITHIN).await })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for ask in asks {
+        answers.push(ask.await.expect("ask task"));
+    }
+    let dialed = answers.iter().filter(|a| matches!(a, Ok(Answer::Dialed))).count();
+    let limited: Vec<_> = answers
+        .iter()
+        .filter_map(|a| match a {
+            Ok(Answer::Refused { message, .. }) => Some(message.clone()),
+            _ => None,
+        })
+        .collect();
+    let per_minute = ferry::config::PartnerLimits::default().dial_back_asks_per_minute as usize;
+    assert_eq!(dialed, per_minute, "answers: {answers:?}");
+    assert!(limited.iter().all(|m| m.contains("limits.dial_back_asks_per_minute")), "{limited:?}");
+    let stats = b.handle().stats().await;
+    assert!(stats.connections_by_partner.get("a").copied().unwrap_or(0) <= 2, "{stats:?}");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Resident memory of process `pid`, in MiB.
+fn rss_mib(pid: i32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS");
+    kb / 1024.0
+}
+
+/// Bug 1 and the limits: frames announced large, trickled frames, streams
+/// that never start their handshake, surplus connections, a flood of bad
+/// streams. Memory stays bounded and is given back; a transfer from
+/// another node completes meanwhile; the log is not flooded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partner_cannot_make_a_node_hold_memory_or_streams() {
+    let mut cluster = ProcCluster::new(&["a", "b", "m"], |l| {
+        let limits = &mut l.config_mut("b").expect("b").limits;
+        limits.handshake_timeout_ms = 2_000;
+        limits.frame_timeout_ms = 3_000;
+    });
+    cluster.start("a").await;
+    let b_api = cluster.start("b").await;
+    let pid = cluster.pid("b");
+    let b_addr = cluster.layout.config("b").expect("b").listen;
+    let ep = endpoint_of(&cluster.layout.root.join("certs"), "m");
+    let before = rss_mib(pid);
+
+    // A normal transfer a → b runs through the attack.
+    let source = write_random(&cluster.out_dir("a").join("normal.bin"), 64 << 20);
+    let a_api = cluster.api("a");
+    let normal = a_api.submit(&submit(Direction::Push, "b", "normal.bin")).await.expect("submitted");
+
+    // 1. Two connections × 32 streams, each announcing a 16 MiB frame and
+    //    sending all but one byte of it.
+    let mut conns = Vec::new();
+    let mut streams = Vec::new();
+    let mut refused_at_header = 0;
+    for _ in 0..2 {
+        let conn = connect(&ep, b_addr, "b").await;
+        for _ in 0..32 {
+            let (mut s, r) = conn.open_bi().await.expect("open");
+            let len = ferry::protocol::codec::MAX_FRAME_BODY as u32;
+            let mut head = vec![StreamKind::Request.byte()];
+            head.extend_from_slice(&len.to_be_bytes());
+            s.write_all(&head).await.expect("header");
+            let body = vec![0x55u8; len as usize - 1];
+            // The node stops the stream once it read the header: the write fails.
+            let written = tokio::time::timeout(WITHIN, s.write_all(&body)).await.expect("write settles in time");
+            if written.is_err() {
+                refused_at_header += 1;
+            }
+            streams.push((s, r));
+        }
+        conns.push(conn);
+    }
+    let during_large = rss_mib(pid);
+
+    // 2. 200 streams trickling a handshake-sized frame, one byte a second.
+    let trickle = connect(&ep, b_addr, "b").await;
+    let mut trickled = Vec::new();
+    for _ in 0..200 {
+        let (mut s, r) = trickle.open_bi().await.expect("open");
+        let mut head = vec![StreamKind::Request.byte()];
+        head.extend_from_slice(&(60_000u32).to_be_bytes());
+        head.push(0);
+        s.write_all(&head).await.expect("header");
+        trickled.push((s, r));
+    }
+    // 3. 500 streams that send only the kind byte and never a Startup.
+    let silent = connect(&ep, b_addr, "b").await;
+    let mut silents = Vec::new();
+    for _ in 0..500 {
+        let (mut s, r) = silent.open_bi().await.expect("open");
+        s.write_all(&[StreamKind::Request.byte()]).await.expect("kind");
+        silents.push((s, r));
+    }
+    for (s, _) in trickled.iter_mut().take(3) {
+        let _ = s.write_all(&[0]).await;
+    }
+    let during_all = rss_mib(pid);
+
+    // Every silent and trickled stream is ended by the node within its deadlines.
+    let ended_within = Duration::from_secs(15);
+    let mut ended = 0;
+    for (_, r) in silents.iter_mut().chain(trickled.iter_mut()) {
+        let mut buf = [0u8; 64];
+        let outcome = tokio::time::timeout(ended_within, async {
+            loop {
+                match r.read(&mut buf).await {
+                    Ok(Some(_)) => continue,
+                    _ => return,
+                }
+            }
+        })
+        .await;
+        if outcome.is_ok() {
+            ended += 1;
+        }
+    }
+
+    let done =
+        tokio::time::timeout(Duration::from_secs(120), a_api.wait(&normal.id, Duration::from_millis(200), |_| {}))
+            .await
+            .expect("the normal transfer ends in time")
+            .expect("a answers");
+    drop((streams, trickled, silents));
+    for c in conns.iter().chain([&trickle, &silent]) {
+        c.close(0u32.into(), b"attack over");
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = rss_mib(pid);
+    println!(
+        "b's resident memory: {before:.0} MiB before, {during_large:.0} MiB after 64 streams announced 16 MiB frames \
+         ({refused_at_header} refused at the header), {during_all:.0} MiB with 200 trickling and 500 silent streams \
+         added, {after:.0} MiB 5 s after the attacker closed its connections"
+    );
+
+    // 4. Surplus connections are closed, naming the limit.
+    let limit = ferry::config::PartnerLimits::default().connections;
+    let mut extra = Vec::new();
+    for _ in 0..limit + 2 {
+        extra.push(connect(&ep, b_addr, "b").await);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let closed: Vec<String> =
+        extra.iter().filter_map(|c| c.close_reason()).map(|e| transport::channel::describe_connection(&e)).collect();
+
+    // 5. A flood of streams of an unknown kind.
+    let flood = extra.iter().find(|c| c.close_reason().is_none()).expect("a connection within the limit").clone();
+    for _ in 0..300 {
+        if let Ok((mut s, _r)) = flood.open_bi().await {
+            let _ = s.write_all(b"X").await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let log = std::fs::read_to_string(cluster.log_path("b")).expect("b's log");
+    let stream_warnings = log.lines().filter(|l| l.contains("refused a stream")).count();
+    println!("{stream_warnings} 'refused a stream' lines in b's log for 300+ refused streams; closed: {closed:?}");
+
+    assert_eq!(done.status, Status::Done, "{done:?}");
+    assert_eq!(digest_of(&cluster.in_dir("b").join("normal.bin")), source);
+    assert!(during_large - before < 100.0, "64 announced 16 MiB frames cost {:.0} MiB", during_large - before);
+    assert!(during_all - before < 200.0, "the attack cost {:.0} MiB", during_all - before);
+    assert!(after - before < 100.0, "{:.0} MiB still held after the attack", after - before);
+    assert_eq!(ended, 700, "streams the node did not end within {ended_within:?}");
+    assert_eq!(closed.len(), 2, "connections over the limit: {closed:?}");
+    assert!(closed.iter().all(|c| c.contains("limits.connections")), "{closed:?}");
+    assert!(stream_warnings < 20, "{stream_warnings} warnings: the log is flooded");
+    assert!(log.contains("held_back"), "the warnings held back are counted");
+    let recs = b_api.list(None).await.expect("b's records");
+    assert!(recs.iter().all(|r| r.partner != "m"), "no record earned by the attacker: {recs:?}");
+}
+
+fn digest_of(path: &Path) -> Digest {
+    file_digest(path)
+}
