@@ -48,6 +48,7 @@ pub enum ConfigError {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct TlsPaths {
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -55,6 +56,7 @@ pub struct TlsPaths {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct Partner {
     pub id: String,
     pub address: SocketAddr,
@@ -69,6 +71,7 @@ pub struct Partner {
 /// A name that stands for several partners able to serve the same rules; a
 /// request to a group goes to one available member.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct Group {
     pub name: String,
     pub members: Vec<String>,
@@ -76,6 +79,7 @@ pub struct Group {
 
 /// How a node watches its partners and reaches those behind firewalls.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 #[serde(default)]
 pub struct ClusterSettings {
     /// A heartbeat (Ping) goes to every connected partner this often.
@@ -112,17 +116,20 @@ impl Default for ClusterSettings {
 /// node" in docs/ARCHITECTURE.md). Every limit applies to each partner on
 /// its own, so one partner reaching a limit slows or refuses only itself.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 #[serde(default)]
 pub struct PartnerLimits {
     /// Largest frame a partner may send on a request channel before the
     /// request is agreed (`Valid`); after it, the agreed block size plus
     /// the frame's own fields.
     pub handshake_frame_bytes: usize,
-    /// How long a partner may take for each step of a request's handshake
-    /// (its `Startup`, `Authent` and `Request`), and to say what a stream it
-    /// opened carries.
+    /// How long a partner may take to start each step of a request's
+    /// handshake (its `Startup`, `Authent` and `Request`), and to say what
+    /// a stream it opened carries.
     pub handshake_timeout_ms: u64,
-    /// Once a frame's header has arrived, how long its body may take.
+    /// Once a frame's first byte has arrived, how long until it is whole;
+    /// also how long a sender may take to start the next block, and a peer
+    /// to read what this node sends.
     pub frame_timeout_ms: u64,
     /// Connections a partner may hold to this node at once (dialed by it).
     pub connections: usize,
@@ -131,8 +138,13 @@ pub struct PartnerLimits {
     pub channels: usize,
     /// Control exchanges a partner may have open at once.
     pub control_asks: usize,
-    /// Bytes of frames being read from a partner at once, over all its
-    /// channels; a frame waits for room before its body is read.
+    /// Transfers of a partner's requests that this node runs at once in
+    /// their data phase (each holds a thread and blocks in memory); more
+    /// are refused with a resumable error, so the partner retries them.
+    pub transfers: usize,
+    /// Bytes of blocks the partner's running transfers may hold in memory,
+    /// reserved when each is accepted (ten blocks, or the file if smaller);
+    /// a transfer that does not fit is refused with a resumable error.
     pub buffered_bytes: usize,
     /// Requests a partner may have handed over to this node that have not
     /// ended yet.
@@ -151,7 +163,8 @@ impl Default for PartnerLimits {
             connections: 4,
             channels: 512,
             control_asks: 32,
-            buffered_bytes: 256 << 20,
+            transfers: 128,
+            buffered_bytes: 1 << 30,
             handovers: 1_000,
             dial_back_asks_per_minute: 20,
         }
@@ -160,20 +173,23 @@ impl Default for PartnerLimits {
 
 impl PartnerLimits {
     fn validate(&self) -> Result<(), String> {
-        use crate::protocol::codec::MAX_FRAME_BODY;
         if self.handshake_frame_bytes < 16 * 1024 {
             return Err("limits.handshake_frame_bytes must be at least 16384 (a request's own fields)".into());
         }
-        if self.buffered_bytes < MAX_FRAME_BODY {
+        let one = crate::actors::partner_budget::reservation(u64::MAX, crate::protocol::MAX_BLOCK_SIZE);
+        if (self.buffered_bytes as u64) < one {
             return Err(format!(
-                "limits.buffered_bytes must be at least {MAX_FRAME_BODY} (one frame of the largest block)"
+                "limits.buffered_bytes must be at least {one} (one transfer of the largest block: ten 16 MiB blocks and a frame)"
             ));
         }
         if self.handshake_timeout_ms == 0 || self.frame_timeout_ms == 0 {
             return Err("limits.handshake_timeout_ms and limits.frame_timeout_ms must be at least 1".into());
         }
-        if self.connections == 0 || self.channels == 0 || self.control_asks == 0 {
-            return Err("limits.connections, limits.channels and limits.control_asks must be at least 1".into());
+        if self.connections == 0 || self.channels == 0 || self.control_asks == 0 || self.transfers == 0 {
+            return Err(
+                "limits.connections, limits.channels, limits.control_asks and limits.transfers must be at least 1"
+                    .into(),
+            );
         }
         if u32::try_from(self.channels).is_err() {
             return Err("limits.channels is too large".into());
@@ -185,6 +201,7 @@ impl PartnerLimits {
 /// How an interrupted request is retried: `attempts` runs in all, the
 /// delay doubling from `initial_delay_ms` up to `max_delay_ms`.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct RetryPolicy {
     pub attempts: u32,
     pub initial_delay_ms: u64,
@@ -218,6 +235,7 @@ pub enum OnResumeMismatch {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct Rule {
     pub name: String,
     /// Files are sent from here.
@@ -258,6 +276,22 @@ impl Rule {
     }
 }
 
+/// A TOML error as an operator reads it: the line, the table it is in,
+/// and toml's own message (which, for an unknown key, lists the valid ones).
+fn parse_reason(text: &str, e: &toml::de::Error) -> String {
+    let Some(span) = e.span() else { return e.message().to_owned() };
+    let start = span.start.min(text.len());
+    let line = text[..start].matches('\n').count() + 1;
+    // Every line up to and including the one the error points at; the
+    // nearest table header among them is where the key is.
+    let upto = text.get(..text[start..].find('\n').map_or(text.len(), |n| start + n)).unwrap_or(text);
+    let table = upto.lines().rev().map(str::trim).find(|l| l.starts_with('[')).map_or_else(
+        || "at the top level".to_owned(),
+        |h| format!("in table {}", h.split('#').next().unwrap_or(h).trim()),
+    );
+    format!("line {line}, {table}: {}", e.message())
+}
+
 fn default_concurrency() -> usize {
     64
 }
@@ -279,6 +313,7 @@ fn default_connect_timeout_ms() -> u64 {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     pub node_id: String,
     pub listen: SocketAddr,
@@ -358,8 +393,8 @@ impl NodeConfig {
     /// is what errors call it. The file-free half of [`NodeConfig::load`],
     /// also what the config fuzz target feeds.
     pub fn parse(text: &str, name: &str, base: &Path) -> Result<NodeConfig, ConfigError> {
-        let mut cfg: NodeConfig =
-            toml::from_str(text).map_err(|e| ConfigError::Parse { path: name.to_owned(), reason: e.to_string() })?;
+        let mut cfg: NodeConfig = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: name.to_owned(), reason: parse_reason(text, &e) })?;
         cfg.resolve_relative(base);
         cfg.validate().map_err(|reason| ConfigError::Invalid { path: name.to_owned(), reason })?;
         Ok(cfg)
@@ -384,6 +419,31 @@ impl NodeConfig {
             fix(&mut r.send_dir);
             fix(&mut r.recv_dir);
         }
+    }
+
+    /// What a starting node says it loaded: its partners, groups and rules
+    /// with their folders, one line each.
+    pub fn summary(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        for p in &self.partners {
+            let aliases =
+                if p.aliases.is_empty() { String::new() } else { format!(" (aliases {})", p.aliases.join(", ")) };
+            let keep = if p.keep_connected { ", kept connected" } else { "" };
+            lines.push(format!("partner {} at {}{aliases}{keep}", p.id, p.address));
+        }
+        for g in &self.groups {
+            lines.push(format!("group {}: {}", g.name, g.members.join(", ")));
+        }
+        for r in &self.rules {
+            lines.push(format!(
+                "rule {}: sends from {}, receives into {}, for {}",
+                r.name,
+                r.send_dir.display(),
+                r.recv_dir.display(),
+                r.partners.join(", ")
+            ));
+        }
+        lines
     }
 
     /// Checks what a node needs to run; returns the first problem found.
@@ -440,6 +500,14 @@ impl NodeConfig {
         for r in &self.rules {
             if !rules.insert(r.name.as_str()) {
                 return Err(format!("rule {:?} is defined twice", r.name));
+            }
+            for p in &r.partners {
+                if p != "*" && self.partner(p).is_none() && self.group(p).is_none() {
+                    return Err(format!(
+                        "rule {:?}: {p:?} is not a configured partner id, alias or group (\"*\" allows every partner)",
+                        r.name
+                    ));
+                }
             }
         }
         Ok(())
@@ -541,6 +609,54 @@ partners = ["b"]
         assert!(err.to_string().contains("limits.buffered_bytes"), "{err}");
         std::fs::write(&path, with("[limits]\nhandshake_frame_bytes = 100")).expect("write");
         assert!(NodeConfig::load(&path).is_err());
+    }
+
+    #[test]
+    fn a_typo_in_a_config_is_refused_naming_the_key_its_table_and_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("a.toml");
+        let cases = [
+            (
+                SAMPLE.replace("data_dir = \"data\"", "data_dir = \"data\"\nconcurency = 64"),
+                "concurency",
+                "at the top level",
+                "line 6",
+            ),
+            (
+                SAMPLE.replace("aliases = [\"bravo\"]", "aliases = [\"bravo\"]\nkeep_conected = true"),
+                "keep_conected",
+                "in table [[partners]]",
+                "line 14",
+            ),
+            (
+                format!("{SAMPLE}[cluster]\npartner_wait_sec = 60\n"),
+                "partner_wait_sec",
+                "in table [cluster]",
+                "line 20",
+            ),
+            (SAMPLE.replace("[[partners]]", "[[partner]]"), "partner", "in table [[partner]]", "line 10"),
+            (SAMPLE.replace("[[rules]]", "[[rule]]"), "rule", "in table [[rule]]", "line 14"),
+        ];
+        for (text, key, table, line) in cases {
+            std::fs::write(&path, &text).expect("write");
+            let err = NodeConfig::load(&path).expect_err(key).to_string();
+            assert!(err.contains(&format!("unknown field `{key}`")), "{key}: {err}");
+            assert!(err.contains(table) && err.contains(line), "{key}: {err}");
+            assert!(err.contains("expected one of"), "the valid keys are listed: {err}");
+        }
+    }
+
+    #[test]
+    fn a_rule_naming_an_unknown_partner_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("a.toml");
+        std::fs::write(&path, SAMPLE.replace("partners = [\"b\"]", "partners = [\"zz\"]")).expect("write");
+        let err = NodeConfig::load(&path).expect_err("zz is unknown").to_string();
+        assert!(err.contains("rule \"default\": \"zz\" is not a configured partner"), "{err}");
+        for ok in ["\"*\"", "\"bravo\""] {
+            std::fs::write(&path, SAMPLE.replace("partners = [\"b\"]", &format!("partners = [{ok}]"))).expect("write");
+            NodeConfig::load(&path).expect("a wildcard or an alias is fine");
+        }
     }
 
     #[test]

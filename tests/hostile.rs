@@ -299,36 +299,50 @@ async fn per_partner_receive_folders_keep_partners_apart() {
     c.shutdown().await;
 }
 
-/// Reverse-connect asks reuse a live connection and are limited per minute.
+/// Reverse-connect asks reuse a live connection (one dial answers all that
+/// come meanwhile) and the dials they cause are limited per minute.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dial_back_asks_cannot_make_a_node_dial_without_bound() {
-    let layout = Layout::new(&["a", "b", "m"]);
+    let mut layout = Layout::new(&["a", "b", "c", "m"]);
+    layout.config_mut("b").connect_timeout_ms = 200;
     let a = layout.start("a").await;
     let b = layout.start("b").await;
     let conn = connect(&endpoint_of(&layout.dir.path().join("certs"), "m"), layout.config("b").listen, "b").await;
-    let asks: Vec<_> = (0..40)
-        .map(|_| {
-            let conn = conn.clone();
-            tokio::spawn(async move { transport::control::ask(&conn, &Ask::DialMe { node: "a".into() }, WITHIN).await })
-        })
-        .collect();
-    let mut answers = Vec::new();
+    let dial_me = |node: &'static str| {
+        let conn = conn.clone();
+        async move { transport::control::ask(&conn, &Ask::DialMe { node: node.into() }, WITHIN).await }
+    };
+    // 40 at once for a node that is up: one connection is made and serves
+    // them all; those over the partner's open asks are refused, saying so.
+    let asks: Vec<_> = (0..40).map(|_| tokio::spawn(dial_me("a"))).collect();
+    let mut dialed = 0;
     for ask in asks {
-        answers.push(ask.await.expect("ask task"));
+        match ask.await.expect("ask task") {
+            Ok(Answer::Dialed) => dialed += 1,
+            Ok(Answer::Refused { message, .. }) => assert!(message.contains("limits.control_asks"), "{message}"),
+            other => panic!("unexpected {other:?}"),
+        }
     }
-    let dialed = answers.iter().filter(|a| matches!(a, Ok(Answer::Dialed))).count();
-    let limited: Vec<_> = answers
-        .iter()
-        .filter_map(|a| match a {
-            Ok(Answer::Refused { message, .. }) => Some(message.clone()),
-            _ => None,
-        })
-        .collect();
-    let per_minute = ferry::config::PartnerLimits::default().dial_back_asks_per_minute as usize;
-    assert_eq!(dialed, per_minute, "answers: {answers:?}");
-    assert!(limited.iter().all(|m| m.contains("limits.dial_back_asks_per_minute")), "{limited:?}");
+    assert!(dialed >= 8, "{dialed} answered Dialed");
     let stats = b.handle().stats().await;
     assert!(stats.connections_by_partner.get("a").copied().unwrap_or(0) <= 2, "{stats:?}");
+    // One at a time for a node that is down: each is a real dial, and they
+    // are limited per minute.
+    let per_minute = ferry::config::PartnerLimits::default().dial_back_asks_per_minute as usize;
+    let mut failed_dials = 0;
+    let mut limited = Vec::new();
+    for _ in 0..per_minute + 5 {
+        match dial_me("c").await {
+            Ok(Answer::Refused { message, .. }) if message.contains("limits.dial_back_asks_per_minute") => {
+                limited.push(message)
+            }
+            Ok(Answer::Refused { .. }) => failed_dials += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // The one dial to a counted too.
+    assert_eq!(failed_dials, per_minute - 1, "dials made: limited {limited:?}");
+    assert_eq!(limited.len(), 6);
     a.shutdown().await;
     b.shutdown().await;
 }
@@ -499,4 +513,95 @@ async fn a_partner_cannot_make_a_node_hold_memory_or_streams() {
 
 fn digest_of(path: &Path) -> Digest {
     file_digest(path)
+}
+
+/// A file delivered under a name that is a symbolic link in the receive
+/// folder replaces the link; what the link pointed at is not written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_replaces_a_link_instead_of_writing_through_it() {
+    let layout = Layout::new(&["a", "b"]);
+    let a = layout.start("a").await;
+    let b = layout.start("b").await;
+    let outside = layout.dir.path().join("outside-target.txt");
+    std::fs::write(&outside, b"must stay as it is").expect("write");
+    let link = layout.in_dir("b").join("landing.txt");
+    std::os::unix::fs::symlink(&outside, &link).expect("symlink");
+    let source = write_random(&layout.out_dir("a").join("landing.txt"), 5000);
+    let rec = a.handle().submit(submit(Direction::Push, "b", "landing.txt")).await.expect("submitted");
+    assert_eq!(wait_final(&a.handle(), &rec.id, WITHIN).await.status, Status::Done);
+    let meta = std::fs::symlink_metadata(&link).expect("delivered");
+    assert!(meta.file_type().is_file(), "the link was replaced by the delivered file");
+    assert_eq!(file_digest(&link), source);
+    assert_eq!(std::fs::read(&outside).expect("read"), b"must stay as it is");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// A partner whose request was accepted and then sends nothing holds the
+/// node's receiving runner only until `limits.frame_timeout_ms`; the
+/// request stays resumable (it may have been a stalled link).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accepted_transfer_that_stalls_is_ended_by_its_deadline() {
+    let mut layout = Layout::new(&["b", "m"]);
+    layout.config_mut("b").limits.frame_timeout_ms = 1_500;
+    let b = layout.start("b").await;
+    let conn = connect(&endpoint_of(&layout.dir.path().join("certs"), "m"), layout.config("b").listen, "b").await;
+    let id = RequestId::generate();
+    let (mut w, mut r) = channel(&conn).await;
+    let opening = [
+        Message::Startup(Startup { version: PROTOCOL_VERSION, request_id: id.clone() }),
+        Message::Authent(Authent { host_id: "m".into(), capabilities: Capabilities::default() }),
+        Message::Request(request(id.clone(), Direction::Push, "stalled.bin", 1 << 20)),
+    ];
+    for m in &opening {
+        w.send(m).await.expect("send");
+    }
+    for _ in 0..2 {
+        next(&mut r).await; // Startup, Authent
+    }
+    assert!(matches!(next(&mut r).await, Message::Valid(_)));
+    // No block follows, and the channel stays open.
+    let rec = wait_record(&b.handle(), &id, Status::Interrupted, WITHIN).await;
+    let err = rec.error.expect("a cause");
+    assert_eq!(err.code, ErrorCode::Connection, "{}", err.message);
+    assert!(err.message.contains("limits.frame_timeout_ms"), "{}", err.message);
+    assert_eq!(b.handle().stats().await.open_channels, 0, "the runner ended");
+    drop((w, r));
+    b.shutdown().await;
+}
+
+/// A partner's transfers beyond `limits.transfers` are refused as
+/// resumable and run when there is room: every one ends Done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfers_over_the_limit_wait_their_turn() {
+    let mut layout = Layout::new(&["a", "b"]);
+    layout.config_mut("b").limits.transfers = 1;
+    layout.config_mut("a").retry.initial_delay_ms = 100;
+    let a = layout.start("a").await;
+    let b = layout.start("b").await;
+    let files: Vec<_> = (0..3)
+        .map(|i| {
+            let name = format!("f{i}.bin");
+            let digest = write_random(&layout.out_dir("a").join(&name), 32 << 20);
+            (name, digest)
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for (name, digest) in files {
+        let rec = a.handle().submit(submit(Direction::Push, "b", &name)).await.expect("submitted");
+        ids.push((rec.id, name, digest));
+    }
+    let mut refused_once = 0;
+    for (id, name, digest) in &ids {
+        let rec = wait_final(&a.handle(), id, Duration::from_secs(120)).await;
+        assert_eq!(rec.status, Status::Done, "{name}: {:?}", rec.error);
+        assert_eq!(file_digest(&layout.in_dir("b").join(name)), *digest);
+        let log = a.handle().store().job_log(id).expect("job log");
+        if log.iter().any(|l| l.message.contains("limits.transfers = 1")) {
+            refused_once += 1;
+        }
+    }
+    assert!(refused_once >= 1, "at least one waited for room");
+    a.shutdown().await;
+    b.shutdown().await;
 }

@@ -206,10 +206,7 @@ async fn run(args: ClientRunnerArgs, mut control: mpsc::Receiver<Control>) {
         ctx.clone(),
         rec.partner.clone(),
         session,
-        (
-            FrameReader::with_limits(recv, drive::read_limits(&ctx, &rec.partner)),
-            FrameWriter::opened(send, StreamKind::Request),
-        ),
+        (FrameReader::with_limits(recv, drive::read_limits(&ctx)), FrameWriter::opened(send, StreamKind::Request)),
         Some(conn),
         files,
     );
@@ -266,7 +263,7 @@ pub async fn tell_cancel(
         let _channel = link.channel_guard();
         let (send, recv) = link.conn.open_bi().await.map_err(|e| e.to_string())?;
         let mut w = FrameWriter::opened(send, StreamKind::Request);
-        let mut r = FrameReader::with_limits(recv, drive::read_limits(&ctx, &partner));
+        let mut r = FrameReader::with_limits(recv, drive::read_limits(&ctx));
         let msgs = [
             Message::Startup(Startup { version: PROTOCOL_VERSION, request_id: id.clone() }),
             Message::Authent(Authent { host_id: ctx.config.node_id.clone(), capabilities: ctx.capabilities.clone() }),

@@ -130,8 +130,9 @@ pub enum ConnectionsMsg {
     ReverseExpired(String, u64),
     /// A relay asks this node to dial `node` back.
     DialBack { node: String, relay: String, reply: RpcReplyPort<Result<(), String>> },
-    /// The dial-back dial ended.
-    DialedBack { node: String, relay: String, result: Result<quinn::Connection, ConnectError> },
+    /// The dial-back ended: a new connection, `Err(None)` when the live
+    /// one answered a ping, or why it failed.
+    DialedBack { node: String, relay: String, result: Result<quinn::Connection, Option<ConnectError>> },
     /// Heartbeats, duplicate clean-up, keep-connected dials.
     Tick,
     /// A heartbeat's outcome: round-trip milliseconds or why it failed.
@@ -542,7 +543,20 @@ impl Actor for Connections {
                 let limit = state.ctx.config.limits.connections;
                 let theirs =
                     state.live.get(&partner).map_or(0, |l| l.iter().filter(|l| l.is_live() && !l.dialed_by_me).count());
-                if theirs >= limit {
+                let idle_oldest = state.live.get(&partner).and_then(|l| {
+                    l.iter()
+                        .filter(|l| l.is_live() && !l.dialed_by_me && l.channels.load(Ordering::Relaxed) == 0)
+                        .min_by_key(|l| l.seq)
+                        .cloned()
+                });
+                if let (true, Some(old)) = (theirs >= limit, idle_oldest) {
+                    // A partner that dials again (its old path died, which it
+                    // noticed first) replaces its oldest idle connection.
+                    let reason =
+                        format!("replaced by a newer connection from {partner} (limits.connections = {limit})");
+                    tracing::info!(partner = %partner, "{reason}");
+                    old.conn.close(quinn::VarInt::from_u32(CLOSE_OVER_LIMIT), reason.as_bytes());
+                } else if theirs >= limit {
                     let reason = format!(
                         "partner {partner} already holds {theirs} connections to node {} (limits.connections = {limit})",
                         state.ctx.config.node_id
@@ -615,19 +629,30 @@ impl Actor for Connections {
                     let _ = reply.send(Err(format!("node {} does not know partner {node}", state.ctx.config.node_id)));
                     return Ok(());
                 }
-                if state.preferred(&node).is_some() {
-                    // Already connected: the node can use that connection.
-                    let _ = reply.send(Ok(()));
-                    return Ok(());
-                }
                 if let Some(waiting) = state.dialing_back.get_mut(&node) {
                     waiting.push(reply); // one dial answers every ask meanwhile
                     return Ok(());
                 }
                 state.dialing_back.insert(node.clone(), vec![reply]);
                 let (ctx, me) = (state.ctx.clone(), myself.clone());
+                let live = state.preferred(&node);
                 tokio::spawn(async move {
-                    let result = dial_direct(&ctx, &node).await;
+                    // A connection that still answers serves the node too (it
+                    // holds the same connection); a stale one does not.
+                    if let Some(link) = live {
+                        let limit = Duration::from_millis(ctx.config.cluster.heartbeat_timeout_ms);
+                        if matches!(control::ask(&link.conn, &Ask::Ping, limit).await, Ok(Answer::Pong)) {
+                            let _ = me.cast(ConnectionsMsg::DialedBack { node, relay, result: Err(None) });
+                            return;
+                        }
+                    }
+                    // Only a real dial counts against the asker's rate.
+                    if let Err(over) = ctx.budgets.of(&relay).dial_back(Instant::now()) {
+                        let e = ConnectError { code: ErrorCode::Protocol, message: over.to_string() };
+                        let _ = me.cast(ConnectionsMsg::DialedBack { node, relay, result: Err(Some(e)) });
+                        return;
+                    }
+                    let result = dial_direct(&ctx, &node).await.map_err(Some);
                     let _ = me.cast(ConnectionsMsg::DialedBack { node, relay, result });
                 });
             }
@@ -639,7 +664,8 @@ impl Actor for Connections {
                         state.register(&myself, &node, conn, true, origin);
                         Ok(())
                     }
-                    Err(e) => Err(e.message),
+                    Err(None) => Ok(()), // the live connection answered
+                    Err(Some(e)) => Err(e.message),
                 };
                 for reply in waiting {
                     let _ = reply.send(answer.clone());
@@ -735,7 +761,13 @@ async fn serve_stream(
                 super::control_plane::serve(ctx.clone(), conns, partner.clone(), send, recv).await;
                 drop((ask, slot));
             }
-            Err(over) => refuse(&mut send, &mut recv, over.to_string()),
+            Err(over) => {
+                // Said to the asker too (a small, bounded answer), unread.
+                crate::partner_warning!(budget, partner = %partner, reason = %over, "refused a control ask");
+                let answer = Answer::Refused { code: ErrorCode::Protocol, message: over.to_string() };
+                let _ = recv.stop(quinn::VarInt::from_u32(STREAM_REFUSED));
+                let _ = control::answer(&mut send, &answer).await;
+            }
         },
         Err(why) => refuse(&mut send, &mut recv, why),
     }

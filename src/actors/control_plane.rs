@@ -78,8 +78,9 @@ pub async fn serve(
 
 async fn answer(ctx: &Arc<NodeContext>, conns: &ActorRef<ConnectionsMsg>, partner: &str, ask: Ask) -> Answer {
     let me = ctx.config.node_id.as_str();
-    if matches!(ask, Ask::RelayDialBack { .. } | Ask::DialMe { .. }) {
-        // Each makes this node dial: bounded per partner and minute.
+    if matches!(ask, Ask::RelayDialBack { .. }) {
+        // Each makes this node dial and ask: bounded per partner and minute
+        // (a DialMe is counted by Connections, only when it really dials).
         if let Err(over) = ctx.budgets.of(partner).dial_back(tokio::time::Instant::now()) {
             return refused(ErrorCode::Protocol, over.to_string());
         }

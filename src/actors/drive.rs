@@ -21,6 +21,7 @@ use tokio::time::Instant;
 
 use tokio::sync::mpsc;
 
+use super::partner_budget;
 use crate::config::OnResumeMismatch;
 use crate::node::NodeContext;
 use crate::protocol::names::check_file_name;
@@ -32,7 +33,7 @@ use crate::store::{now_ms, RequestRecord, RestartPoint, Role, Status, Step};
 use crate::transfer::receive::{self, BlockWriter, RestartPoints};
 use crate::transfer::retrieve::{self, PumpEvent, Source};
 use crate::transfer::{hash_prefix_of, Prefix};
-use crate::transport::channel::ReadLimits;
+use crate::transport::channel::{Due, ReadLimits};
 use crate::transport::{ChannelError, FrameReader, FrameWriter};
 
 /// How often progress is written to the store during a transfer.
@@ -95,16 +96,15 @@ fn id_taken(id: &RequestId) -> (ErrorCode, String) {
     (ErrorCode::Protocol, format!("request id {id} belongs to another request"))
 }
 
-/// What the reader of a channel with `partner` holds it to (its step
-/// limits are set by the runner as the session moves on).
-pub fn read_limits(ctx: &NodeContext, partner: &str) -> ReadLimits {
+/// What the reader of a channel holds its peer to (its step limits are set
+/// by the runner as the session moves on).
+pub fn read_limits(ctx: &NodeContext) -> ReadLimits {
     let limits = &ctx.config.limits;
     ReadLimits {
         max_body: limits.handshake_frame_bytes,
         max_body_setting: "limits.handshake_frame_bytes",
         frame_timeout: Duration::from_millis(limits.frame_timeout_ms),
-        next_frame_within: None,
-        budget: Some(ctx.budgets.of(partner).bytes()),
+        next_frame_due: None,
     }
 }
 
@@ -123,6 +123,8 @@ pub struct Drive {
     /// retried while this run's connection was dying): from then on this
     /// run records nothing and writes nothing.
     superseded: Arc<AtomicBool>,
+    /// Requested side: what this transfer holds of its partner's budget.
+    reservation: Option<partner_budget::Reservation>,
 }
 
 /// Audit events go to one dedicated target, separate from diagnostics.
@@ -137,6 +139,8 @@ impl Drive {
         conn: Option<quinn::Connection>,
         files: Files,
     ) -> Drive {
+        let mut writer = writer;
+        writer.set_stall_limit(Duration::from_millis(ctx.config.limits.frame_timeout_ms));
         Drive {
             ctx,
             partner,
@@ -147,6 +151,7 @@ impl Drive {
             files,
             token: crate::determinism::random_u128() as u64,
             superseded: Arc::new(AtomicBool::new(false)),
+            reservation: None,
         }
     }
 
@@ -346,11 +351,22 @@ impl Drive {
                 Some(_) => "the agreed block size",
                 None => "limits.handshake_frame_bytes",
             };
-            self.reader.set_step(
-                self.session.frame_limit(limits.handshake_frame_bytes),
-                setting,
-                self.session.awaits_handshake().then(|| Duration::from_millis(limits.handshake_timeout_ms)),
-            );
+            let due = if self.session.awaits_handshake() {
+                Some(Due {
+                    within: Duration::from_millis(limits.handshake_timeout_ms),
+                    what: "a handshake step",
+                    setting: "limits.handshake_timeout_ms",
+                })
+            } else if self.session.awaits_data() {
+                Some(Due {
+                    within: Duration::from_millis(limits.frame_timeout_ms),
+                    what: "the next block",
+                    setting: "limits.frame_timeout_ms",
+                })
+            } else {
+                None
+            };
+            self.reader.set_step(self.session.frame_limit(limits.handshake_frame_bytes), setting, due);
             // Biased: polling order must not depend on a random draw, so a
             // simulation replays the same interleaving from the same seed.
             tokio::select! {
@@ -363,6 +379,11 @@ impl Drive {
                         Err(ChannelError::Limit(why)) => {
                             self.reader.stop();
                             self.session.fail(ErrorCode::Protocol, why)
+                        }
+                        // Resumable: a stalled link looks the same.
+                        Err(ChannelError::Stalled(why)) => {
+                            self.reader.stop();
+                            self.session.fail(ErrorCode::Connection, why)
                         }
                         Err(e) => {
                             self.reader.stop();
@@ -384,11 +405,16 @@ impl Drive {
                         }
                         Some(PumpEvent::Finished(end)) => {
                             pump = None;
-                            // What was sent, for a later claim that it was delivered.
+                            // What was sent, for a later claim that it was
+                            // delivered: on the requested side durable before
+                            // the EndTransfer that lets the requester deliver.
                             self.record(&format!("sent {} bytes, BLAKE3 {}", end.bytes, end.hash), |r| {
                                 r.transferred = end.bytes;
                                 r.hash = Some(end.hash);
                             });
+                            if self.session.role() == SessionRole::Requested {
+                                self.flush().await;
+                            }
                             pending.extend(self.session.sending_finished(end));
                         }
                         Some(PumpEvent::Failed { code, message }) => {
@@ -493,7 +519,7 @@ impl Drive {
         let size = match req.direction {
             Direction::Pull => {
                 if let Some(claim) = &req.delivered {
-                    let end = self.check_delivery_claim(req, existing.as_ref(), &rule.send_dir, claim).await?;
+                    let end = self.check_delivery_claim(req, existing.as_ref(), claim)?;
                     self.record_requested(req, end.bytes, true, "the requester already delivered it; confirming")?;
                     return Ok(Judgement::Complete(end));
                 }
@@ -550,6 +576,16 @@ impl Drive {
                 req.size
             }
         };
+        // Room for its blocks in the partner's budget, held until this run
+        // ends; refused as resumable when there is none, so it is retried.
+        let bytes = partner_budget::reservation(size, req.block_size);
+        let reserved = self.ctx.budgets.of(&self.partner).reserve(bytes).map_err(|over| {
+            (
+                ErrorCode::Connection,
+                format!("node {} cannot take this transfer now: {over}; it is retried", cfg.node_id),
+            )
+        })?;
+        self.reservation = Some(reserved);
         let msg = format!("accepted {:?} of {:?} from {}", req.direction, req.file_name, self.partner);
         self.record_requested(req, size, existing.is_some(), &msg)?;
         Ok(Judgement::Accept { size, restart, prefix_hash })
@@ -558,14 +594,12 @@ impl Drive {
     /// Pull sender: the requester says it delivered this request before
     /// and lost track. Believed only for a request this node recorded with
     /// this partner (checked by the caller) and whose whole file this node
-    /// sent with the claimed count and BLAKE3: as its record says, or, if
-    /// the record of what was sent did not reach the disk before a crash,
-    /// as the source still reads. Returns this node's own figures.
-    async fn check_delivery_claim(
+    /// sent, as its record says (flushed before its `EndTransfer`), with the
+    /// claimed count and BLAKE3. Returns this node's own figures.
+    fn check_delivery_claim(
         &self,
         req: &Request,
         existing: Option<&RequestRecord>,
-        send_dir: &std::path::Path,
         claim: &EndTransfer,
     ) -> Result<EndTransfer, (ErrorCode, String)> {
         let me = &self.ctx.config.node_id;
@@ -578,13 +612,13 @@ impl Drive {
         let sent = match rec.hash {
             Some(hash) if rec.transferred == rec.size => EndTransfer { bytes: rec.size, hash },
             _ => {
-                let source = retrieve::open_source(send_dir, &req.file_name, &req.rule, me)?;
-                let (file, size) = (source.file.clone(), source.snapshot.size);
-                let hasher = crate::determinism::blocking(move || hash_prefix_of(&file, size))
-                    .await
-                    .map_err(|e| (ErrorCode::Internal, e.to_string()))?
-                    .map_err(|e| (ErrorCode::Io, format!("cannot read {}: {e}", source.path.display())))?;
-                EndTransfer { bytes: size, hash: hasher.finalize().into() }
+                return Err((
+                    ErrorCode::Protocol,
+                    format!(
+                        "request {} says it was delivered, but node {me} never finished sending it",
+                        req.request_id
+                    ),
+                ))
             }
         };
         if &sent != claim {
@@ -602,10 +636,16 @@ impl Drive {
     /// Records the request on the requested side (new, or running again).
     fn record_requested(&self, req: &Request, size: u64, exists: bool, msg: &str) -> Result<(), (ErrorCode, String)> {
         if exists {
+            let pull = req.direction == Direction::Pull;
             self.record(&format!("{msg} (again)"), |r| {
                 r.status = Status::Running;
                 r.size = size;
                 r.error = None;
+                if pull {
+                    // What an earlier run sent no longer says what this one will.
+                    r.hash = None;
+                    r.transferred = 0;
+                }
             });
             return Ok(());
         }

@@ -3,9 +3,15 @@
 //! A partner holds a valid certificate, so it is trusted to be who it says,
 //! not to behave. Every resource a partner can make this node hold is
 //! counted per partner here against [`PartnerLimits`]: open streams, open
-//! control exchanges, bytes of frames being read, and reverse-connect asks
-//! per minute. Connections per partner are counted by Connections (it owns
-//! the table of links), handed-over requests by the store.
+//! control exchanges, transfers in their data phase with the bytes their
+//! blocks may hold, and reverse-connect asks per minute. Connections per
+//! partner are counted by Connections (it owns the table of links),
+//! handed-over requests by the store.
+//!
+//! A transfer's bytes are reserved once, when the requested side accepts
+//! it ([`PartnerBudget::reserve`]), never in the middle of a frame: a frame
+//! waiting for room while its partner's other frames wait for the same
+//! connection's flow-control credit could stall them all.
 //!
 //! Slots are RAII guards: a stream's slot is given back when whatever
 //! serves the stream ends, however it ends, so nothing a partner did stays
@@ -19,10 +25,22 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::config::PartnerLimits;
+
+/// Blocks a transfer's reservation covers: what the receiver's write queue
+/// (8) or the sender's pump (4) holds, the block being read or sent, and
+/// one more for the frame around it.
+pub const RESERVED_BLOCKS: u64 = 10;
+
+/// The bytes a transfer of `size` bytes in blocks of `block_size` may hold
+/// in memory at once, on either side.
+pub fn reservation(size: u64, block_size: u32) -> u64 {
+    let frame = u64::from(block_size) + crate::protocol::session::FRAME_FIELDS as u64;
+    size.min(RESERVED_BLOCKS * u64::from(block_size)) + frame
+}
 
 /// At most one warning about a partner is logged per this interval.
 pub const WARNING_INTERVAL: Duration = Duration::from_secs(10);
@@ -57,7 +75,8 @@ pub struct PartnerBudget {
     limits: PartnerLimits,
     streams: Arc<AtomicUsize>,
     asks: Arc<AtomicUsize>,
-    /// Permits are bytes of frame bodies being read from this partner.
+    transfers: Arc<AtomicUsize>,
+    /// Permits are bytes the partner's accepted transfers may hold.
     bytes: Arc<Semaphore>,
     dial_backs: Mutex<RateWindow>,
     warnings: Mutex<WarningGate>,
@@ -71,6 +90,13 @@ impl Drop for Slot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// What an accepted transfer holds of its partner's budget, until dropped.
+#[derive(Debug)]
+pub struct Reservation {
+    _transfer: Slot,
+    _bytes: OwnedSemaphorePermit,
 }
 
 /// Why a partner was refused something: names the limit that was hit.
@@ -103,7 +129,8 @@ impl PartnerBudget {
             limits: limits.clone(),
             streams: Arc::default(),
             asks: Arc::default(),
-            bytes: Arc::new(Semaphore::new(limits.buffered_bytes)),
+            transfers: Arc::default(),
+            bytes: Arc::new(Semaphore::new(limits.buffered_bytes.min(Semaphore::MAX_PERMITS))),
             dial_backs: Mutex::new(RateWindow::default()),
             warnings: Mutex::new(WarningGate::default()),
         }
@@ -131,9 +158,19 @@ impl PartnerBudget {
         self.streams.load(Ordering::Relaxed)
     }
 
-    /// The bytes-being-read budget a frame reader draws from.
-    pub fn bytes(&self) -> Arc<Semaphore> {
-        self.bytes.clone()
+    /// Room for one more transfer in its data phase that may hold `bytes`
+    /// (see [`reservation`]); refused at once, never waited for.
+    pub fn reserve(&self, bytes: u64) -> Result<Reservation, OverLimit> {
+        let limit = self.limits.transfers;
+        let transfer = take(&self.transfers, limit)
+            .ok_or_else(|| self.over(format!("{limit} transfers running at once"), "transfers", limit))?;
+        let over_bytes = || {
+            let limit = self.limits.buffered_bytes;
+            self.over(format!("{bytes} more bytes of blocks in memory, over {limit} in all"), "buffered_bytes", limit)
+        };
+        let n = u32::try_from(bytes).map_err(|_| over_bytes())?;
+        let permit = self.bytes.clone().try_acquire_many_owned(n).map_err(|_| over_bytes())?;
+        Ok(Reservation { _transfer: transfer, _bytes: permit })
     }
 
     /// Whether one more reverse-connect ask is allowed now.
@@ -212,7 +249,31 @@ mod tests {
     use super::*;
 
     fn limits() -> PartnerLimits {
-        PartnerLimits { channels: 2, control_asks: 1, dial_back_asks_per_minute: 2, ..PartnerLimits::default() }
+        PartnerLimits {
+            channels: 2,
+            control_asks: 1,
+            dial_back_asks_per_minute: 2,
+            transfers: 3,
+            buffered_bytes: 100 << 20,
+            ..PartnerLimits::default()
+        }
+    }
+
+    #[test]
+    fn transfers_reserve_their_blocks_once_and_give_them_back() {
+        let b = PartnerBudgets::new(limits()).of("b");
+        let big = reservation(1 << 30, 4 << 20);
+        assert_eq!(big, 10 * (4 << 20) + (4 << 20) + 4096, "ten blocks and a frame");
+        assert_eq!(reservation(4096, 1 << 20), 4096 + (1 << 20) + 4096, "a small file holds little");
+        let first = b.reserve(big).expect("room for one");
+        let second = b.reserve(big).expect("room for two");
+        let err = b.reserve(big).expect_err("no room for a third");
+        assert_eq!(err.setting, "buffered_bytes");
+        let small = b.reserve(reservation(10, 4096)).expect("a small one fits");
+        assert_eq!(b.reserve(10).expect_err("three transfers run").setting, "transfers");
+        drop((first, small));
+        assert!(b.reserve(big).is_ok(), "bytes and the slot were given back");
+        drop(second);
     }
 
     #[test]

@@ -53,7 +53,7 @@ impl Actor for ServerRunner {
         let work = async move {
             let _counted = (args.guard, args.slot);
             let session = Session::requested(&args.ctx.config.node_id, &args.partner, args.ctx.capabilities.clone());
-            let reader = FrameReader::with_limits(args.recv, drive::read_limits(&args.ctx, &args.partner));
+            let reader = FrameReader::with_limits(args.recv, drive::read_limits(&args.ctx));
             let drive = Drive::new(
                 args.ctx.clone(),
                 args.partner,

@@ -223,6 +223,12 @@ impl Session {
             || (self.role == Role::Requested && self.state == State::AwaitPeerAuthent)
     }
 
+    /// Whether this side receives blocks now: the sender owes it the next
+    /// block (or its `EndTransfer`), so a deadline applies.
+    pub fn awaits_data(&self) -> bool {
+        matches!(self.state, State::Receiving { .. })
+    }
+
     /// A short name of the current state, for logs.
     pub fn state_name(&self) -> &'static str {
         match self.state {

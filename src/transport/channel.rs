@@ -7,16 +7,18 @@
 //! over the current step's size limit is refused from its header alone,
 //! before any of its body is read; a frame's body is read into a buffer that
 //! grows as its bytes arrive (never reserved from what the header announces)
-//! only once the partner's byte budget has room for it, and must arrive
-//! within a deadline; while the peer owes a handshake step, its next frame
-//! must start within a deadline too. The budget is given back when the frame
-//! has been decoded, whatever happens to it.
+//! and must arrive whole within a deadline of its first byte; while the peer
+//! owes this side a frame (a handshake step, the next block), that frame
+//! must start within a deadline too.
+//!
+//! [`FrameReader::next`] is cancel-safe: what it has read of a frame is kept
+//! in the reader, so a call dropped by a `select!` loses nothing and the
+//! next call goes on where it stopped.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use tokio::sync::Semaphore;
+use bytes::{Bytes, BytesMut};
+use tokio::time::Instant;
 
 use crate::protocol::codec::{self, CodecError, HEADER_LEN};
 use crate::protocol::control::StreamKind;
@@ -35,18 +37,13 @@ pub enum ChannelError {
     /// The peer finished its side in the middle of a frame.
     #[error("peer closed the channel in the middle of a frame")]
     Truncated,
-    /// The peer went past what it may cost this node; names the limit.
+    /// The peer sent more than this step allows; names the limit.
     #[error("{0}")]
     Limit(String),
-}
-
-impl ChannelError {
-    fn from_read(e: quinn::ReadExactError) -> ChannelError {
-        match e {
-            quinn::ReadExactError::FinishedEarly(_) => ChannelError::Truncated,
-            quinn::ReadExactError::ReadError(e) => ChannelError::Lost(describe_read(&e)),
-        }
-    }
+    /// The peer let a deadline pass (sent or read nothing in time); names
+    /// the setting.
+    #[error("{0}")]
+    Stalled(String),
 }
 
 /// Describes a read error, naming the peer's close reason where there is one.
@@ -78,14 +75,20 @@ pub struct ReadLimits {
     /// (named in the refusal).
     pub max_body: usize,
     pub max_body_setting: &'static str,
-    /// Once a frame's header arrived, how long its body may take.
+    /// Once a frame's first byte arrived, how long until it must be whole.
     pub frame_timeout: Duration,
-    /// While the peer owes a handshake step: how long until its next frame
-    /// must start.
-    pub next_frame_within: Option<Duration>,
-    /// Bytes of frame bodies being read from this peer, shared by all its
-    /// channels.
-    pub budget: Option<Arc<Semaphore>>,
+    /// While the peer owes this side a frame: how long it may take to start.
+    pub next_frame_due: Option<Due>,
+}
+
+/// A frame the peer owes, and by when.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Due {
+    pub within: Duration,
+    /// What is due, for the message ("a handshake step", "the next block").
+    pub what: &'static str,
+    /// The setting that sets `within`.
+    pub setting: &'static str,
 }
 
 impl ReadLimits {
@@ -95,8 +98,7 @@ impl ReadLimits {
             max_body: codec::MAX_FRAME_BODY,
             max_body_setting: "the codec's frame limit",
             frame_timeout: Duration::from_secs(3600),
-            next_frame_within: None,
-            budget: None,
+            next_frame_due: None,
         }
     }
 }
@@ -109,80 +111,121 @@ const FIRST_BUFFER: usize = 64 * 1024;
 pub struct FrameReader {
     recv: quinn::RecvStream,
     limits: ReadLimits,
+    /// The frame being read: its header so far...
+    header: [u8; HEADER_LEN],
+    header_len: usize,
+    /// ...then its announced length and its body so far.
+    body: Option<(usize, BytesMut)>,
+    /// When the frame being read must be whole.
+    frame_deadline: Option<Instant>,
+    /// Since when this reader waits for a frame to start.
+    idle_since: Option<Instant>,
 }
 
 impl FrameReader {
     pub fn new(recv: quinn::RecvStream) -> Self {
-        FrameReader { recv, limits: ReadLimits::codec_only() }
+        Self::with_limits(recv, ReadLimits::codec_only())
     }
 
     /// A reader that holds its peer to `limits`.
     pub fn with_limits(recv: quinn::RecvStream, limits: ReadLimits) -> Self {
-        FrameReader { recv, limits }
+        FrameReader {
+            recv,
+            limits,
+            header: [0; HEADER_LEN],
+            header_len: 0,
+            body: None,
+            frame_deadline: None,
+            idle_since: None,
+        }
     }
 
     /// Changes what the next frames may be: the size limit of the current
-    /// step, and whether the peer owes a handshake step.
-    pub fn set_step(&mut self, max_body: usize, setting: &'static str, next_frame_within: Option<Duration>) {
+    /// step, and whether (and by when) the peer owes this side a frame.
+    pub fn set_step(&mut self, max_body: usize, setting: &'static str, next_frame_due: Option<Due>) {
         self.limits.max_body = max_body.min(codec::MAX_FRAME_BODY);
         self.limits.max_body_setting = setting;
-        self.limits.next_frame_within = next_frame_within;
+        self.limits.next_frame_due = next_frame_due;
     }
 
     /// The next message; `Ok(None)` when the peer finished the stream cleanly
-    /// between frames.
+    /// between frames. Cancel-safe (see the module documentation).
     pub async fn next(&mut self) -> Result<Option<Message>, ChannelError> {
-        let mut header = [0u8; HEADER_LEN];
-        // Read the first byte on its own so a clean finish is told apart from
-        // a frame cut short.
-        let first = self.recv.read(&mut header[..1]);
-        let first = match self.limits.next_frame_within {
-            Some(limit) => tokio::time::timeout(limit, first).await.map_err(|_| {
-                ChannelError::Limit(format!(
-                    "the peer sent no frame within {} ms while a handshake step was due (limits.handshake_timeout_ms)",
-                    limit.as_millis()
-                ))
-            })?,
-            None => first.await,
-        };
-        match first {
-            Ok(Some(1)) => {}
-            Ok(Some(_)) => return Err(ChannelError::Truncated),
-            Ok(None) => return Ok(None),
-            Err(e) => return Err(ChannelError::Lost(describe_read(&e))),
+        if self.body.is_none() && !self.read_header().await? {
+            return Ok(None);
         }
-        let frame_timeout = self.limits.frame_timeout;
-        let late = || {
-            ChannelError::Limit(format!(
-                "a frame did not arrive whole within {} ms of its header (limits.frame_timeout_ms)",
-                frame_timeout.as_millis()
-            ))
-        };
-        tokio::time::timeout(frame_timeout, self.recv.read_exact(&mut header[1..]))
-            .await
-            .map_err(|_| late())?
-            .map_err(ChannelError::from_read)?;
-        let len = codec::body_len(header)?;
+        let deadline = self.frame_deadline;
+        let timeout = self.limits.frame_timeout;
+        let (len, body) = self.body.as_mut().expect("a header was read");
+        while body.len() < *len {
+            let chunk = by(deadline, self.recv.read_chunk(*len - body.len(), true), || late(timeout)).await?;
+            match chunk {
+                Ok(Some(chunk)) => {
+                    if body.capacity() - body.len() < chunk.bytes.len() {
+                        // Grow fourfold (not to what the header announced), so a
+                        // large block costs a few reallocations.
+                        let want = (body.capacity() * 4).min(*len).max(body.len() + chunk.bytes.len());
+                        body.reserve(want - body.len());
+                    }
+                    body.extend_from_slice(&chunk.bytes)
+                }
+                Ok(None) => return Err(ChannelError::Truncated),
+                Err(e) => return Err(ChannelError::Lost(describe_read(&e))),
+            }
+        }
+        let (_, body) = self.body.take().expect("checked above");
+        self.frame_deadline = None;
+        Ok(Some(codec::decode_body_shared(&body.freeze())?))
+    }
+
+    /// Reads the header of the next frame into `self`, checks the announced
+    /// length against this step's limit and makes room for the body;
+    /// `false` if the peer finished the stream cleanly before a frame.
+    async fn read_header(&mut self) -> Result<bool, ChannelError> {
+        while self.header_len < HEADER_LEN {
+            let read = if self.header_len == 0 {
+                let since = *self.idle_since.get_or_insert_with(Instant::now);
+                let due = self.limits.next_frame_due;
+                let deadline = due.map(|d| since + d.within);
+                let read = self.recv.read(&mut self.header[..1]);
+                by(deadline, read, || match due {
+                    Some(d) => ChannelError::Stalled(format!(
+                        "the peer sent no frame within {} ms while {} was due ({})",
+                        d.within.as_millis(),
+                        d.what,
+                        d.setting
+                    )),
+                    None => ChannelError::Lost("no deadline passed".into()),
+                })
+                .await?
+            } else {
+                let timeout = self.limits.frame_timeout;
+                by(self.frame_deadline, self.recv.read(&mut self.header[self.header_len..]), || late(timeout)).await?
+            };
+            match read {
+                Ok(Some(n)) if n > 0 => {
+                    if self.header_len == 0 {
+                        self.idle_since = None;
+                        self.frame_deadline = Some(Instant::now() + self.limits.frame_timeout);
+                    }
+                    self.header_len += n;
+                }
+                Ok(Some(_)) => {}
+                Ok(None) if self.header_len == 0 => return Ok(false),
+                Ok(None) => return Err(ChannelError::Truncated),
+                Err(e) => return Err(ChannelError::Lost(describe_read(&e))),
+            }
+        }
+        let len = codec::body_len(self.header)?;
         if len > self.limits.max_body {
             return Err(ChannelError::Limit(format!(
                 "frame of {len} bytes exceeds the {}-byte limit of this step ({})",
                 self.limits.max_body, self.limits.max_body_setting
             )));
         }
-        // Room in the peer's byte budget first (others of its frames may
-        // have to finish), then the body within the deadline.
-        let _room = match &self.limits.budget {
-            Some(budget) => Some(
-                budget
-                    .clone()
-                    .acquire_many_owned(u32::try_from(len).expect("len <= MAX_FRAME_BODY, which fits in u32"))
-                    .await
-                    .map_err(|_| ChannelError::Lost("the node is shutting down".into()))?,
-            ),
-            None => None,
-        };
-        let body = tokio::time::timeout(frame_timeout, read_body(&mut self.recv, len)).await.map_err(|_| late())??;
-        Ok(Some(codec::decode_body_shared(&body)?))
+        self.header_len = 0;
+        self.body = Some((len, BytesMut::with_capacity(len.min(FIRST_BUFFER))));
+        Ok(true)
     }
 
     /// Tells the peer we will read no more (after a protocol error).
@@ -191,27 +234,32 @@ impl FrameReader {
     }
 }
 
-/// Gathers a body of `len` bytes from quinn's chunks (one copy, no
-/// zero-fill) into a buffer that grows as they arrive, so a Data payload can
-/// be handed on as a slice of it.
-async fn read_body(recv: &mut quinn::RecvStream, len: usize) -> Result<Bytes, ChannelError> {
-    let mut body = bytes::BytesMut::with_capacity(len.min(FIRST_BUFFER));
-    while body.len() < len {
-        match recv.read_chunk(len - body.len(), true).await {
-            Ok(Some(chunk)) => {
-                if body.capacity() - body.len() < chunk.bytes.len() {
-                    // Grow fourfold (not to what the header announced), so a
-                    // large block costs a few reallocations.
-                    let want = (body.capacity() * 4).min(len).max(body.len() + chunk.bytes.len());
-                    body.reserve(want - body.len());
-                }
-                body.extend_from_slice(&chunk.bytes)
-            }
-            Ok(None) => return Err(ChannelError::Truncated),
-            Err(e) => return Err(ChannelError::Lost(describe_read(&e))),
-        }
+/// The message for a frame that did not arrive whole in time.
+fn late(timeout: Duration) -> ChannelError {
+    ChannelError::Stalled(format!(
+        "a frame did not arrive whole within {} ms of its first byte (limits.frame_timeout_ms)",
+        timeout.as_millis()
+    ))
+}
+
+/// The message for a peer that read nothing of a frame in time.
+fn stalled_writer(limit: Option<Duration>) -> ChannelError {
+    ChannelError::Stalled(format!(
+        "the peer read nothing for {} ms (limits.frame_timeout_ms)",
+        limit.unwrap_or_default().as_millis()
+    ))
+}
+
+/// `work`, failing with `expired()` if `deadline` passes first.
+async fn by<F: std::future::Future>(
+    deadline: Option<Instant>,
+    work: F,
+    expired: impl FnOnce() -> ChannelError,
+) -> Result<F::Output, ChannelError> {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d, work).await.map_err(|_| expired()),
+        None => Ok(work.await),
     }
-    Ok(body.freeze())
 }
 
 /// The sending half of a private channel.
@@ -221,24 +269,36 @@ pub struct FrameWriter {
     buf: Vec<u8>,
     /// The stream-kind byte, sent with the first frame of a stream we opened.
     kind: Option<u8>,
+    /// How long one frame may wait for the peer to read (flow control).
+    stall_limit: Option<Duration>,
 }
 
 impl FrameWriter {
     /// A writer on a stream the peer opened (its kind byte was already read).
     pub fn new(send: quinn::SendStream) -> Self {
-        FrameWriter { send, buf: Vec::new(), kind: None }
+        FrameWriter { send, buf: Vec::new(), kind: None, stall_limit: None }
     }
 
     /// A writer on a stream we opened: its first byte says what it carries.
     pub fn opened(send: quinn::SendStream, kind: StreamKind) -> Self {
-        FrameWriter { send, buf: Vec::new(), kind: Some(kind.byte()) }
+        FrameWriter { send, buf: Vec::new(), kind: Some(kind.byte()), stall_limit: None }
+    }
+
+    /// A peer that reads nothing of a frame for `limit` fails the write
+    /// (`ChannelError::Stalled`), so it cannot hold this side's runner.
+    pub fn set_stall_limit(&mut self, limit: Duration) {
+        self.stall_limit = Some(limit);
     }
 
     pub async fn send(&mut self, msg: &Message) -> Result<(), ChannelError> {
         self.buf.clear();
         self.buf.extend(self.kind.take());
         codec::encode_into(msg, &mut self.buf)?;
-        self.send.write_all(&self.buf).await.map_err(|e| ChannelError::Lost(e.to_string()))
+        let deadline = self.stall_limit.map(|d| Instant::now() + d);
+        let limit = self.stall_limit;
+        by(deadline, self.send.write_all(&self.buf), || stalled_writer(limit))
+            .await?
+            .map_err(|e| ChannelError::Lost(e.to_string()))
     }
 
     /// Sends a frame already encoded (the data path encodes off the executor).
@@ -246,7 +306,11 @@ impl FrameWriter {
         if let Some(k) = self.kind.take() {
             self.send.write_all(&[k]).await.map_err(|e| ChannelError::Lost(e.to_string()))?;
         }
-        self.send.write_chunk(frame).await.map_err(|e| ChannelError::Lost(e.to_string()))
+        let deadline = self.stall_limit.map(|d| Instant::now() + d);
+        let limit = self.stall_limit;
+        by(deadline, self.send.write_chunk(frame), || stalled_writer(limit))
+            .await?
+            .map_err(|e| ChannelError::Lost(e.to_string()))
     }
 
     /// Writes raw bytes: only for tests that play a misbehaving peer.
