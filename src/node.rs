@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -42,6 +43,13 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub enum NodeError {
     #[error("cannot create data folder {path}: {source}")]
     DataDir { path: String, source: std::io::Error },
+    #[error(
+        "another ferry node{} is already using the data folder {path}: stop it first, or give this node a data_dir of its own",
+        .pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    DataDirInUse { path: String, pid: Option<u32> },
+    #[error("rule {rule:?}: {problem}")]
+    RuleFolder { rule: String, problem: String },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("node identity: {0}")]
@@ -98,6 +106,9 @@ impl NodeContext {
     }
 }
 
+/// The file in a node's data folder that holds the pid of the node using it.
+pub const PID_FILE: &str = "ferry-node.pid";
+
 /// Longest `transfer_info` a request may carry, in bytes.
 pub const MAX_TRANSFER_INFO: usize = 8 * 1024;
 /// Longest `external_job_id` a request may carry, in bytes.
@@ -110,6 +121,7 @@ pub const MAX_EXTERNAL_JOB_ID: usize = 256;
 /// and `target` name the node that has the file and the node that gets it
 /// (see [`NodeHandle::submit_anywhere`]).
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Submit {
     /// Partner id, alias or group.
     #[serde(default)]
@@ -302,6 +314,49 @@ pub(crate) fn pick_member(ctx: &NodeContext, members: &[String], avoid: Option<&
         base + if Some(m.as_str()) == avoid { 3 } else { 0 }
     };
     members.iter().min_by_key(|m| rank(m)).cloned().unwrap_or_default()
+}
+
+/// Checks, before a node starts, that every rule's folders are folders it
+/// can use: a send folder it can read, receive folders (one per partner
+/// with `#PARTNER#`) it can write in. A missing folder is created; the lines
+/// returned say which. The first problem is an error naming the rule and
+/// the path.
+pub fn check_rule_folders(config: &NodeConfig) -> Result<Vec<String>, NodeError> {
+    let mut created = Vec::new();
+    for rule in &config.rules {
+        let problem = |problem: String| NodeError::RuleFolder { rule: rule.name.clone(), problem };
+        let mut ensure = |dir: &Path, what: &str| -> Result<(), NodeError> {
+            match std::fs::metadata(dir) {
+                Ok(m) if m.is_dir() => Ok(()),
+                Ok(_) => Err(problem(format!("its {what} {} is not a folder", dir.display()))),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| problem(format!("cannot create its {what} {}: {e}", dir.display())))?;
+                    created.push(format!("rule {}: created its {what} {}", rule.name, dir.display()));
+                    Ok(())
+                }
+                Err(e) => Err(problem(format!("cannot use its {what} {}: {e}", dir.display()))),
+            }
+        };
+        ensure(&rule.send_dir, "send folder")?;
+        std::fs::read_dir(&rule.send_dir)
+            .map_err(|e| problem(format!("cannot read its send folder {}: {e}", rule.send_dir.display())))?;
+        let mut recv_dirs = vec![rule.recv_dir_for("")];
+        if rule.recv_dir.to_string_lossy().contains(crate::config::PARTNER_PLACEHOLDER) {
+            recv_dirs = config
+                .partners
+                .iter()
+                .filter(|p| config.rule_allows(rule, &p.id))
+                .map(|p| rule.recv_dir_for(&p.id))
+                .collect();
+        }
+        for dir in recv_dirs {
+            ensure(&dir, "receive folder")?;
+            tempfile::tempfile_in(&dir)
+                .map_err(|e| problem(format!("cannot write in its receive folder {}: {e}", dir.display())))?;
+        }
+    }
+    Ok(created)
 }
 
 /// The partner that handed a request over, from the record's
@@ -793,7 +848,21 @@ impl Node {
     pub async fn start_with(config: NodeConfig, options: NodeOptions) -> Result<Node, NodeError> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| NodeError::DataDir { path: config.data_dir.display().to_string(), source })?;
-        let store = Store::open(&config.data_dir.join("store"))?;
+        let created = check_rule_folders(&config)?;
+        let pid_file = config.data_dir.join(PID_FILE);
+        let store = match Store::open(&config.data_dir.join("store")) {
+            Ok(store) => store,
+            Err(StoreError::InUse { .. }) => {
+                let pid = std::fs::read_to_string(&pid_file).ok().and_then(|t| t.trim().parse().ok());
+                return Err(NodeError::DataDirInUse { path: config.data_dir.display().to_string(), pid });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        // Written once this node holds the store's lock: a second node on the
+        // same folder can then say whose it is.
+        if let Err(e) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
+            tracing::warn!(path = %pid_file.display(), error = %e, "cannot write the pid file");
+        }
         let identity = NodeIdentity::load(&config.node_id, &config.tls.cert, &config.tls.key, &config.tls.ca)?;
         let tuning = TransportTuning {
             // Streams a partner may open per connection; the partner's
@@ -852,6 +921,12 @@ impl Node {
                     tracing::error!(error = %e, "REST API stopped");
                 }
             }));
+        }
+        for line in ctx.config.summary() {
+            tracing::info!(node = %ctx.config.node_id, "{line}");
+        }
+        for line in created {
+            tracing::info!(node = %ctx.config.node_id, "{line}");
         }
         tracing::info!(node = %ctx.config.node_id, quic = %quic_addr, api = %api_addr, "node started");
         Ok(Node { handle, shutdown_tx, supervisor, quic_addr, api_addr, tasks })

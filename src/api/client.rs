@@ -313,7 +313,16 @@ fn normalise_base(base: &str) -> Result<String, ClientError> {
     if trimmed.is_empty() {
         return Err(bad("it is empty"));
     }
-    let full = if trimmed.contains("://") { trimmed.to_owned() } else { format!("http://{trimmed}") };
+    // A bare port means this host: `8001` is `127.0.0.1:8001`, not a host
+    // named "8001".
+    let full = if !trimmed.is_empty() && trimmed.bytes().all(|b| b.is_ascii_digit()) {
+        let port: u16 = trimmed.parse().map_err(|_| bad("a bare port must be 1..=65535"))?;
+        format!("http://127.0.0.1:{port}")
+    } else if trimmed.contains("://") {
+        trimmed.to_owned()
+    } else {
+        format!("http://{trimmed}")
+    };
     let uri: Uri = full.parse().map_err(|e| bad(&format!("{e}")))?;
     if uri.scheme_str() != Some("http") {
         return Err(bad("only http:// is supported"));
@@ -382,7 +391,10 @@ mod tests {
         assert_eq!(normalise_base("127.0.0.1:8001").expect("bare"), "http://127.0.0.1:8001");
         assert_eq!(normalise_base("http://localhost:8001/").expect("slash"), "http://localhost:8001");
         assert_eq!(normalise_base(" http://[::1]:8001 ").expect("v6"), "http://[::1]:8001");
-        for bad in ["", " ", "https://h:1", "http://h:1/api", "http://h:1?x=1", "http://", "http:///", "ftp://h"] {
+        assert_eq!(normalise_base("8001").expect("a bare port"), "http://127.0.0.1:8001");
+        for bad in
+            ["", " ", "99999", "https://h:1", "http://h:1/api", "http://h:1?x=1", "http://", "http:///", "ftp://h"]
+        {
             assert!(matches!(normalise_base(bad), Err(ClientError::BadBase { .. })), "{bad}");
         }
     }

@@ -151,6 +151,11 @@ impl From<JsonRejection> for ApiError {
             JsonRejection::BytesRejection(b) if b.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
             }
+            // A misspelled field would otherwise be dropped silently and the
+            // transfer run without what it asked for.
+            JsonRejection::JsonDataError(e) if e.body_text().contains("unknown field") => {
+                (StatusCode::BAD_REQUEST, "bad_request")
+            }
             _ => (StatusCode::BAD_REQUEST, "bad_json"),
         };
         ApiError::BadInput { status, code, message: r.body_text() }
@@ -505,12 +510,24 @@ mod tests {
                 "bad_json",
             ),
             (req(None, "{}"), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            (
+                req(
+                    Some("application/json"),
+                    r#"{"partner":"b","rule":"r","direction":"push","file":"f","compresion":"lz4"}"#,
+                ),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            ),
         ];
         for (r, status, code) in cases {
             let rejection = Json::<Submit>::from_request(r, &()).await.expect_err("rejected");
             let (got, json) = body_of(ApiError::from(rejection)).await;
             assert_eq!(got, status);
             assert_eq!(json["error"]["code"], code);
+            if code == "bad_request" {
+                let message = json["error"]["message"].as_str().unwrap_or_default();
+                assert!(message.contains("unknown field `compresion`"), "the field is named: {message}");
+            }
         }
         let ok = Json::<Submit>::from_request(
             req(Some("application/json"), r#"{"partner":"b","rule":"r","direction":"pull","file":"f"}"#),

@@ -23,7 +23,7 @@ const RATE_WINDOW: Duration = Duration::from_secs(3);
 /// Which node to talk to.
 #[derive(Args, Debug, Clone)]
 pub struct ApiArg {
-    /// The node's REST API, `http://host:port` or `host:port`
+    /// The node's REST API: `http://host:port`, `host:port`, or a bare port (on 127.0.0.1)
     /// [env: FERRY_API] [default: http://127.0.0.1:8001]
     #[arg(long, value_name = "URL")]
     pub api: Option<String>,
@@ -40,6 +40,17 @@ impl ApiArg {
 
     pub fn client(&self) -> anyhow::Result<ApiClient> {
         Ok(ApiClient::new(&self.resolve())?)
+    }
+}
+
+/// A failed submission: a refusal says so; an API that could not be
+/// reached refused nothing, and the message says how to choose another.
+fn refused(e: ferry::api::ClientError, what: &'static str) -> anyhow::Error {
+    match e {
+        e @ ferry::api::ClientError::Unreachable { .. } => anyhow::anyhow!(
+            "{e}; is a ferry node running there? Choose the node's API with --api URL (or a bare port) or FERRY_API"
+        ),
+        e => anyhow::Error::new(e).context(what),
     }
 }
 
@@ -145,7 +156,8 @@ pub async fn transfer(args: TransferArgs, direction: Direction) -> anyhow::Resul
         compression: if args.lz4 { Compression::Lz4 } else { Compression::None },
     };
     if anywhere {
-        let placed = client.submit_anywhere(&submit).await.context("the cluster refused the transfer")?;
+        let placed =
+            client.submit_anywhere(&submit).await.map_err(|e| refused(e, "the cluster refused the transfer"))?;
         out(&format!("{}\n", placed.id))?;
         eprintln!("held by node {} (its requester)", placed.holder);
         if !args.wait {
@@ -153,7 +165,7 @@ pub async fn transfer(args: TransferArgs, direction: Direction) -> anyhow::Resul
         }
         return super::partners::follow_cluster(&client, placed.id.as_str()).await;
     }
-    let view = client.submit(&submit).await.context("the node refused the transfer")?;
+    let view = client.submit(&submit).await.map_err(|e| refused(e, "the node refused the transfer"))?;
     out(&format!("{}\n", view.id))?;
     if !args.wait {
         return Ok(());

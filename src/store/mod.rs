@@ -60,6 +60,9 @@ pub enum StoreError {
     Exists(RequestId),
     #[error("store: no request {0}")]
     NotFound(RequestId),
+    /// Another process holds the database (sled's file lock).
+    #[error("the store at {path} is in use by another process")]
+    InUse { path: String },
     #[error("store: record does not encode: {0}")]
     Encode(String),
     #[error("store: flush to disk failed: {0}")]
@@ -424,7 +427,7 @@ fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
         match sled::Config::new().path(dir).flush_every_ms(every).open() {
             Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
                 if std::time::Instant::now() >= deadline {
-                    return Err(StoreError::Sled(sled::Error::Io(e)));
+                    return Err(StoreError::InUse { path: dir.display().to_string() });
                 }
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }

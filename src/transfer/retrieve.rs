@@ -58,6 +58,32 @@ impl SourceSnapshot {
     pub fn of(meta: &std::fs::Metadata) -> Self {
         SourceSnapshot { size: meta.len(), modified: meta.modified().ok() }
     }
+
+    /// What differs in `now`, with both values, or `None` if nothing does.
+    pub fn change_to(&self, now: &SourceSnapshot) -> Option<String> {
+        let mut what = Vec::new();
+        if now.size != self.size {
+            what.push(format!("its size went from {} to {} bytes", self.size, now.size));
+        }
+        if now.modified != self.modified {
+            what.push(format!(
+                "its modification time went from {} to {}",
+                unix_time(self.modified),
+                unix_time(now.modified)
+            ));
+        }
+        (!what.is_empty()).then(|| what.join(" and "))
+    }
+}
+
+/// A file time as Unix seconds with nanoseconds (`unknown` if the file
+/// system has none).
+fn unix_time(t: Option<SystemTime>) -> String {
+    match t.map(|t| t.duration_since(SystemTime::UNIX_EPOCH)) {
+        Some(Ok(d)) => format!("{}.{:09} (Unix time)", d.as_secs(), d.subsec_nanos()),
+        Some(Err(_)) => "a time before 1970".into(),
+        None => "unknown".into(),
+    }
 }
 
 /// A file a rule sends, opened once inside the rule's send folder: every
@@ -176,16 +202,8 @@ fn pump(
 ) -> PumpResult<Option<EndTransfer>> {
     let (file, path, snapshot) = (&source.file, source.path.as_path(), &source.snapshot);
     let changed = |now: &SourceSnapshot| {
-        (now.size != snapshot.size || now.modified != snapshot.modified).then(|| {
-            (
-                ErrorCode::SourceChanged,
-                format!(
-                    "source {} changed during the transfer (size {} -> {} bytes or modification time changed)",
-                    path.display(),
-                    snapshot.size,
-                    now.size
-                ),
-            )
+        snapshot.change_to(now).map(|what| {
+            (ErrorCode::SourceChanged, format!("source {} changed during the transfer: {what}", path.display()))
         })
     };
     let meta = file.metadata().map_err(|e| io_err(path, "stat", e))?;
@@ -244,4 +262,30 @@ fn pump(
         return Err(e);
     }
     Ok(Some(EndTransfer { bytes: offset, hash: whole.finalize().into() }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_changed_source_says_what_changed_with_both_values() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::new(1_764_410_000, 5);
+        let before = SourceSnapshot { size: 1 << 30, modified: Some(t0) };
+        assert_eq!(before.change_to(&before.clone()), None);
+        let touched = SourceSnapshot { modified: Some(t0 + Duration::from_secs(2)), ..before.clone() };
+        let msg = before.change_to(&touched).expect("changed");
+        assert_eq!(
+            msg,
+            "its modification time went from 1764410000.000000005 (Unix time) to 1764410002.000000005 (Unix time)"
+        );
+        assert!(!msg.contains("size"), "the size did not change: {msg}");
+        let grown = SourceSnapshot { size: (1 << 30) + 1, ..before.clone() };
+        assert_eq!(before.change_to(&grown).expect("changed"), "its size went from 1073741824 to 1073741825 bytes");
+        let both = SourceSnapshot { size: 7, modified: None };
+        let msg = before.change_to(&both).expect("changed");
+        assert!(msg.contains("size went from 1073741824 to 7 bytes and its modification time"), "{msg}");
+        assert!(msg.ends_with("to unknown"), "{msg}");
+    }
 }
