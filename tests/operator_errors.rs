@@ -1,0 +1,111 @@
+//! What a new operator trips over, run as the `ferry` binary: each mistake
+//! is refused with one message that names the cause (the key, the rule, the
+//! path, the other node) and says what to do, and each cause is said once.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use common::procs::{NodeProc, BIN};
+use ferry::cluster::LocalLayout;
+
+const WITHIN: Duration = Duration::from_secs(60);
+
+fn two_nodes() -> (tempfile::TempDir, LocalLayout, Vec<PathBuf>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layout = LocalLayout::create(&dir.path().join("cluster"), &["a", "b"]).expect("layout");
+    let configs = layout.write_configs().expect("configs written");
+    (dir, layout, configs)
+}
+
+/// Runs `ferry ARGS` (bounded) and returns its output.
+async fn ferry(args: &[&str]) -> Output {
+    let run = tokio::process::Command::new(BIN)
+        .args(args)
+        .env_remove("FERRY_API")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(WITHIN, run).await.unwrap_or_else(|_| panic!("ferry {args:?} did not end")).expect("run")
+}
+
+/// `ferry node --config CONFIG`, which must fail; its stderr.
+async fn node_fails(config: &Path) -> String {
+    let out = ferry(&["node", "--config", &config.to_string_lossy()]).await;
+    assert!(!out.status.success(), "the node started: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The `error:` line of a failed command.
+fn error_line(stderr: &str) -> &str {
+    stderr.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("no error line in {stderr}"))
+}
+
+#[tokio::test]
+async fn a_typo_in_a_node_config_stops_the_node_naming_the_key() {
+    let (_dir, _layout, configs) = two_nodes();
+    let text = std::fs::read_to_string(&configs[0]).expect("config");
+    std::fs::write(&configs[0], text.replacen("concurrency", "concurency", 1)).expect("write");
+    let stderr = node_fails(&configs[0]).await;
+    let line = error_line(&stderr);
+    assert!(line.contains("unknown field `concurency`") && line.contains("at the top level"), "{stderr}");
+    assert!(!stderr.contains("node started"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_receive_folder_that_is_a_file_stops_the_node_naming_the_rule_and_path() {
+    let (_dir, layout, configs) = two_nodes();
+    let recv = layout.config("a").expect("a").rules[0].recv_dir.clone();
+    std::fs::remove_dir_all(&recv).expect("remove the folder");
+    std::fs::write(&recv, b"not a folder").expect("a file instead");
+    let stderr = node_fails(&configs[0]).await;
+    let line = error_line(&stderr);
+    assert!(line.contains("rule \"default\"") && line.contains(&recv.display().to_string()), "{stderr}");
+    assert!(line.contains("is not a folder"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_missing_config_file_is_said_once() {
+    let stderr = node_fails(Path::new("/nonexistent/ferry/a.toml")).await;
+    let line = error_line(&stderr);
+    assert!(line.contains("/nonexistent/ferry/a.toml"), "the path is named: {line}");
+    assert_eq!(line.matches("No such file or directory").count(), 1, "the cause once: {line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_node_on_the_same_data_folder_names_the_first() {
+    let (_dir, layout, configs) = two_nodes();
+    let mut first = NodeProc::start(&layout, "a", &configs[0], 1);
+    first.wait_ready().await;
+    let log = std::fs::read_to_string(&first.log).expect("log");
+    assert!(log.contains("rule default: sends from"), "the start-up log lists the rules: {log}");
+    assert!(log.contains("partner b at"), "and the partners: {log}");
+    // Another config on the same data folder (other ports).
+    let mut cfg = layout.config("a").expect("a").clone();
+    cfg.listen = "127.0.0.1:0".parse().expect("addr");
+    cfg.api = ferry::cluster::free_tcp().expect("port");
+    let second = configs[0].with_file_name("a-again.toml");
+    std::fs::write(&second, cfg.to_toml()).expect("write");
+    let stderr = node_fails(&second).await;
+    let line = error_line(&stderr);
+    assert!(line.contains("another ferry node"), "{stderr}");
+    assert!(line.contains(&format!("pid {}", first.pid())), "{stderr}");
+    assert!(!line.contains("could not acquire lock"), "{stderr}");
+    assert_eq!(stderr.matches("another ferry node").count(), 1, "said once: {stderr}");
+}
+
+#[tokio::test]
+async fn no_node_behind_the_api_is_not_called_a_refusal() {
+    let port = ferry::cluster::free_tcp().expect("a free port").port().to_string();
+    for api in [port.clone(), format!("127.0.0.1:{port}")] {
+        let out = ferry(&["send", "--api", &api, "b", "default", "f.bin"]).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let line = error_line(&stderr);
+        assert!(!line.contains("refused the transfer"), "{line}");
+        assert!(line.contains(&format!("cannot reach node API at http://127.0.0.1:{port}")), "{line}");
+        assert!(line.contains("--api") && line.contains("FERRY_API"), "says how to choose: {line}");
+    }
+}
