@@ -215,8 +215,8 @@ impl SubmitError {
 pub enum CommandError {
     #[error("no request {0}")]
     NotFound(RequestId),
-    #[error("request {id} is driven by node {partner}; send the command there")]
-    NotRequester { id: RequestId, partner: String },
+    #[error("request {id} is driven by node {partner}{}; send the command to that node's API", .at.as_ref().map(|a| format!(" (at {a})")).unwrap_or_default())]
+    NotRequester { id: RequestId, partner: String, at: Option<String> },
     #[error("cannot {action} request {id}: it is {state}")]
     InvalidState { id: RequestId, action: &'static str, state: String },
     #[error(transparent)]
@@ -385,6 +385,35 @@ impl NodeHandle {
 
     pub fn store(&self) -> &Store {
         &self.ctx.store
+    }
+
+    /// The API's view of `rec` on this node, with why it waits, if it does.
+    pub fn view(&self, rec: &RequestRecord) -> crate::api::TransferView {
+        let mut view = crate::api::TransferView::from_record(rec, self.node_id());
+        view.waiting = self.waiting_reason(rec);
+        view
+    }
+
+    /// Why a queued request of this node does not run yet: its partner is
+    /// unavailable (since when, the cause, how often it is probed and how
+    /// long the request waits before it ends `InError`).
+    pub fn waiting_reason(&self, rec: &RequestRecord) -> Option<String> {
+        if rec.role != Role::Requester || rec.status != Status::ToSubmit {
+            return None;
+        }
+        let health = self.ctx.availability.get(&rec.partner);
+        if health.state != PartnerState::Unavailable {
+            return None;
+        }
+        let cluster = &self.ctx.config.cluster;
+        let since =
+            health.since_ms.map(|t| format!(" for {} s", now_ms().saturating_sub(t) / 1000)).unwrap_or_default();
+        let cause = health.last_error.unwrap_or_else(|| "no answer".into());
+        Some(format!(
+            "partner {} is unavailable{since} ({cause}); it is dialed again every {} ms, and the request waits \
+             up to {} s in all (cluster.partner_wait_secs), then ends InError",
+            rec.partner, cluster.probe_interval_ms, cluster.partner_wait_secs
+        ))
     }
 
     /// Records a new request and queues it. The record is on disk before
@@ -692,7 +721,10 @@ impl NodeHandle {
     fn own(&self, id: &RequestId) -> Result<RequestRecord, CommandError> {
         let rec = self.ctx.store.get(id)?.ok_or_else(|| CommandError::NotFound(id.clone()))?;
         if rec.role != Role::Requester {
-            return Err(CommandError::NotRequester { id: id.clone(), partner: rec.partner });
+            // This node knows where the requester listens for QUIC, not its
+            // API; the host is still a hint where to look.
+            let at = self.ctx.config.partner(&rec.partner).map(|p| format!("{} for QUIC", p.address));
+            return Err(CommandError::NotRequester { id: id.clone(), partner: rec.partner, at });
         }
         Ok(rec)
     }

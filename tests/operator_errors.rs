@@ -109,3 +109,25 @@ async fn no_node_behind_the_api_is_not_called_a_refusal() {
         assert!(line.contains("--api") && line.contains("FERRY_API"), "says how to choose: {line}");
     }
 }
+
+/// A request whose partner is down says why it waits, and until when.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_request_says_why() {
+    let mut layout = common::Layout::new(&["a", "b"]);
+    layout.config_mut("a").connect_timeout_ms = 300;
+    let a = layout.start("a").await;
+    common::write_random(&layout.out_dir("a").join("f.bin"), 10);
+    let rec = a.handle().submit(common::submit(ferry::protocol::Direction::Push, "b", "f.bin")).await.expect("queued");
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    let waiting = loop {
+        let now = a.handle().store().get(&rec.id).expect("store").expect("record");
+        if let Some(w) = a.handle().view(&now).waiting {
+            break w;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no waiting reason within {WITHIN:?}: {now:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(waiting.starts_with("partner b is unavailable"), "{waiting}");
+    assert!(waiting.contains("cluster.partner_wait_secs") && waiting.contains("3600 s"), "{waiting}");
+    a.shutdown().await;
+}

@@ -234,7 +234,7 @@ async fn submit(
         return Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(placed)).into_response());
     }
     let rec = node.submit(s).await?;
-    let view = TransferView::from_record(&rec, node.node_id());
+    let view = node.view(&rec);
     let location = format!("/api/v1/transfers/{}", view.id);
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(view)).into_response())
 }
@@ -247,7 +247,7 @@ async fn get_transfer(
     let id = parse_id(&id)?;
     let store = node.store().clone();
     let rec = blocking(move || store.get(&id)?.ok_or_else(|| ApiError::NotFound(id.to_string()))).await?;
-    Ok(Json(TransferView::from_record(&rec, node.node_id())))
+    Ok(Json(node.view(&rec)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -264,8 +264,7 @@ async fn list_transfers(
     let store = node.store().clone();
     let mut recs = blocking(move || Ok(store.list(status)?)).await?;
     recs.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-    let me = node.node_id();
-    Ok(Json(recs.iter().map(|r| TransferView::from_record(r, me)).collect()))
+    Ok(Json(recs.iter().map(|r| node.view(r)).collect()))
 }
 
 async fn transfer_log(
@@ -310,7 +309,7 @@ async fn operate(
         Operation::Restart => node.restart(&id).await?,
     };
     tracing::info!(target: crate::actors::drive::AUDIT, event = "operator", request_id = %id, command = ?op, status = ?rec.status);
-    Ok(Json(TransferView::from_record(&rec, node.node_id())))
+    Ok(Json(node.view(&rec)))
 }
 
 async fn stop_transfer(
@@ -405,7 +404,11 @@ mod tests {
         let id = RequestId::generate();
         let cases = [
             (CommandError::NotFound(id.clone()), StatusCode::NOT_FOUND, "not_found"),
-            (CommandError::NotRequester { id: id.clone(), partner: "b".into() }, StatusCode::CONFLICT, "not_requester"),
+            (
+                CommandError::NotRequester { id: id.clone(), partner: "b".into(), at: None },
+                StatusCode::CONFLICT,
+                "not_requester",
+            ),
             (
                 CommandError::InvalidState { id: id.clone(), action: "restart", state: "Done".into() },
                 StatusCode::CONFLICT,
@@ -425,7 +428,8 @@ mod tests {
     async fn command_refusals_say_why_in_the_body() {
         let id = RequestId::generate();
         let (status, json) =
-            body_of(ApiError::from(CommandError::NotRequester { id: id.clone(), partner: "bravo".into() })).await;
+            body_of(ApiError::from(CommandError::NotRequester { id: id.clone(), partner: "bravo".into(), at: None }))
+                .await;
         assert_eq!(status, StatusCode::CONFLICT);
         assert_eq!(json["error"]["code"], "not_requester");
         let msg = json["error"]["message"].as_str().unwrap_or_default();

@@ -71,6 +71,10 @@ pub struct TransferView {
     /// handed over from another node.
     #[serde(default)]
     pub submitted_on: Option<String>,
+    /// Requester, while the request waits: why it does not run, and until
+    /// when it will wait (see `NodeHandle::waiting_reason`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
 }
 
 impl TransferView {
@@ -105,6 +109,7 @@ impl TransferView {
             node: node.to_owned(),
             group: rec.group.clone(),
             submitted_on: rec.submitted_on.clone(),
+            waiting: None,
         }
     }
 

@@ -166,6 +166,7 @@ mod tests {
             node: "a".into(),
             group: None,
             submitted_on: None,
+            waiting: None,
         }
     }
 

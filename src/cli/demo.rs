@@ -25,7 +25,7 @@ pub struct DemoArgs {
     /// instead of a temporary folder removed at the end.
     #[arg(long, value_name = "DIR")]
     pub keep: Option<PathBuf>,
-    /// How many nodes to start (at least 2).
+    /// How many nodes to start, 2 to 8 (named a to h).
     #[arg(long, value_name = "N", default_value_t = 3)]
     pub nodes: usize,
 }

@@ -3,6 +3,8 @@
 
 use std::io::Write;
 
+use unicode_width::UnicodeWidthStr;
+
 /// Unix milliseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC).
 pub fn iso_time(ms: u64) -> String {
     let secs = ms / 1000;
@@ -56,27 +58,39 @@ pub fn rate(bytes: u64, secs: f64) -> String {
 
 /// Left-aligned columns separated by two spaces, with a header row.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
+    let header: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
+    let cells: Vec<Vec<String>> =
+        std::iter::once(&header).chain(rows).map(|row| row.iter().map(|c| printable(c)).collect()).collect();
+    let mut widths: Vec<usize> = vec![0; header.len()];
+    for row in &cells {
         for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
+            *w = (*w).max(cell.width());
         }
     }
     let mut out = String::new();
-    let header: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
-    for row in std::iter::once(&header).chain(rows) {
+    for row in &cells {
         let mut line = String::new();
         for (i, (cell, w)) in row.iter().zip(&widths).enumerate() {
             if i > 0 {
                 line.push_str("  ");
             }
             line.push_str(cell);
-            line.extend(std::iter::repeat_n(' ', w.saturating_sub(cell.chars().count())));
+            line.extend(std::iter::repeat_n(' ', w.saturating_sub(cell.width())));
         }
         out.push_str(line.trim_end());
         out.push('\n');
     }
     out
+}
+
+/// A cell as a terminal shows it on one line: control characters (a
+/// newline in a file name, an escape sequence) are written escaped, so they
+/// neither break the row nor act on the terminal.
+pub fn printable(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_owned();
+    }
+    text.chars().map(|c| if c.is_control() { c.escape_default().collect::<String>() } else { c.to_string() }).collect()
 }
 
 /// Writes `text` to stdout. A closed pipe (`ferry status | head`) is not an error.
@@ -118,5 +132,23 @@ mod tests {
     fn tables_align_columns() {
         let t = table(&["ID", "STATUS"], &[vec!["a".into(), "Done".into()], vec!["bbbb".into(), "InError".into()]]);
         assert_eq!(t, "ID    STATUS\na     Done\nbbbb  InError\n");
+    }
+
+    #[test]
+    fn control_characters_and_wide_characters_keep_the_table_aligned() {
+        let rows = [
+            vec!["two\nlines.txt".to_owned(), "Done".to_owned()],
+            vec!["\u{1b}[31mred".to_owned(), "Done".to_owned()],
+            vec!["日本語.txt".to_owned(), "Done".to_owned()],
+            vec!["plain.txt".to_owned(), "Done".to_owned()],
+        ];
+        let t = table(&["FILE", "STATUS"], &rows);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 5, "one line a row: {t}");
+        assert!(lines[1].starts_with("two\\nlines.txt"), "{t}");
+        assert!(!t.contains('\u{1b}'), "no escape sequence reaches the terminal: {t:?}");
+        let status_at: Vec<usize> =
+            lines.iter().map(|l| l[..l.find("Done").unwrap_or(l.find("STATUS").unwrap_or(0))].width()).collect();
+        assert!(status_at.windows(2).all(|w| w[0] == w[1]), "the STATUS column starts at one display column: {t}");
     }
 }

@@ -43,9 +43,9 @@ pub enum Command {
     #[command(subcommand)]
     Certs(CertsCommand),
     /// Push a file to a partner.
-    Send(transfer::TransferArgs),
+    Send(transfer::SendArgs),
     /// Pull a file from a partner.
-    Get(transfer::TransferArgs),
+    Get(transfer::GetArgs),
     /// Show one transfer in detail, or list transfers.
     Status(transfer::StatusArgs),
     /// Show a transfer's job log.
@@ -122,8 +122,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             ferry::certs::add(&dir, &node)?;
             out(&written(&dir, &node))
         }
-        Command::Send(args) => transfer::transfer(args, Direction::Push).await,
-        Command::Get(args) => transfer::transfer(args, Direction::Pull).await,
+        Command::Send(args) => transfer::transfer(args.transfer, Direction::Push, args.from).await,
+        Command::Get(args) => transfer::transfer(args.transfer, Direction::Pull, args.to).await,
         Command::Status(args) => transfer::status(args).await,
         Command::Log(args) => transfer::log(args).await,
         Command::Partners(args) => partners::partners(args).await,
@@ -172,6 +172,7 @@ mod tests {
         ])
         .expect("parses");
         let Command::Send(a) = cli.command else { panic!("not send: {:?}", cli.command) };
+        let a = a.transfer;
         assert_eq!((a.partner.as_str(), a.rule.as_str(), a.file.as_str()), ("b", "default", "f.bin"));
         assert_eq!(a.api.api.as_deref(), Some("h:1"));
         assert_eq!(a.job_id.as_deref(), Some("j1"));

@@ -78,14 +78,29 @@ pub struct TransferArgs {
     #[arg(long)]
     pub lz4: bool,
     /// Follow the transfer until it ends; exit 1 unless it ends Done.
+    /// Ctrl-C stops following, not the transfer.
     #[arg(long)]
     pub wait: bool,
-    /// `send` only: the node that sends the file, when it is not the node
-    /// behind --api (submit anywhere; the request is handed over to it).
+}
+
+/// Arguments of `send`.
+#[derive(Args, Debug, Clone)]
+pub struct SendArgs {
+    #[command(flatten)]
+    pub transfer: TransferArgs,
+    /// The node that sends the file, when it is not the node behind --api
+    /// (submit anywhere; the request is handed over to it).
     #[arg(long, value_name = "NODE")]
     pub from: Option<String>,
-    /// `get` only: the node that receives the file, when it is not the node
-    /// behind --api (submit anywhere).
+}
+
+/// Arguments of `get`.
+#[derive(Args, Debug, Clone)]
+pub struct GetArgs {
+    #[command(flatten)]
+    pub transfer: TransferArgs,
+    /// The node that receives the file, when it is not the node behind
+    /// --api (submit anywhere).
     #[arg(long, value_name = "NODE")]
     pub to: Option<String>,
 }
@@ -133,14 +148,12 @@ pub fn parse_block_size(s: &str) -> Result<u32, String> {
 }
 
 /// `send` (push) or `get` (pull).
-pub async fn transfer(args: TransferArgs, direction: Direction) -> anyhow::Result<()> {
+pub async fn transfer(args: TransferArgs, direction: Direction, other_node: Option<String>) -> anyhow::Result<()> {
     let client = args.api.client()?;
-    let (source, target) = match (direction, &args.from, &args.to) {
-        (Direction::Push, None, Some(_)) => anyhow::bail!("--to is for `get`; `send` takes the target as PARTNER"),
-        (Direction::Pull, Some(_), None) => anyhow::bail!("--from is for `send`; `get` takes the source as PARTNER"),
-        (Direction::Push, Some(from), _) => (Some(from.clone()), Some(args.partner.clone())),
-        (Direction::Pull, _, Some(to)) => (Some(args.partner.clone()), Some(to.clone())),
-        _ => (None, None),
+    let (source, target) = match (direction, other_node) {
+        (Direction::Push, Some(from)) => (Some(from), Some(args.partner.clone())),
+        (Direction::Pull, Some(to)) => (Some(args.partner.clone()), Some(to)),
+        (_, None) => (None, None),
     };
     let anywhere = source.is_some();
     let submit = Submit {
@@ -177,10 +190,21 @@ pub async fn transfer(args: TransferArgs, direction: Direction) -> anyhow::Resul
 /// operator stopped it, prints the summary, and fails unless it ended `Done`.
 pub async fn follow(client: &ApiClient, id: &str) -> anyhow::Result<()> {
     let mut progress = Progress::new(std::io::stderr().is_terminal());
-    let end = client.wait_until(id, POLL, |v| progress.show(v), |v| v.is_final() || v.is_stopped()).await;
+    let waited = client.wait_until(id, POLL, |v| progress.show(v), |v| v.is_final() || v.is_stopped());
+    let end = tokio::select! {
+        end = waited => end,
+        _ = tokio::signal::ctrl_c() => {
+            progress.finish();
+            anyhow::bail!(
+                "stopped following transfer {id}; the transfer goes on. See it with `ferry status {id}`, \
+                 pause it with `ferry stop {id}`, cancel it with `ferry cancel {id}`"
+            );
+        }
+    };
     progress.finish();
     let end = end.with_context(|| format!("lost track of transfer {id}"))?;
-    out(&format!("{}\n", summary(&end)))?;
+    let run_at = if end.status == Status::Done { last_run_at(client, id).await } else { None };
+    out(&format!("{}\n", summary(&end, run_at)))?;
     if end.is_stopped() {
         anyhow::bail!("transfer {} was stopped by an operator; `ferry restart {}` resumes it", end.id, end.id)
     }
@@ -196,23 +220,32 @@ pub async fn follow(client: &ApiClient, id: &str) -> anyhow::Result<()> {
     }
 }
 
-/// One line on the final state of a transfer.
-pub fn summary(v: &TransferView) -> String {
+/// One line on the final state of a transfer. `last_run_at` is when its
+/// last run started sending or receiving (from its job log): the duration
+/// and rate are that run's, and the time since the first start is given
+/// apart when the request ran more than once.
+pub fn summary(v: &TransferView, last_run_at: Option<u64>) -> String {
     match v.status {
         Status::Done => {
             let moved = v.size.saturating_sub(v.restart_offset);
-            let secs = match (v.started_at, v.finished_at) {
-                (Some(s), Some(f)) => f.saturating_sub(s) as f64 / 1000.0,
-                _ => 0.0,
+            let secs = |from: u64| v.finished_at.map_or(0.0, |f| f.saturating_sub(from) as f64 / 1000.0);
+            let total = v.started_at.map_or(0.0, secs);
+            let run = last_run_at.filter(|&t| v.started_at.is_none_or(|s| t >= s)).map_or(total, secs);
+            // Under a tenth of a second, or under a block, a rate says nothing.
+            let took = if run < 0.1 || moved < u64::from(v.block_size.max(64 * 1024)) {
+                format!("in {run:.2} s")
+            } else {
+                format!("in {run:.2} s, {}", rate(moved, run))
             };
             let resumed =
                 if v.restart_offset > 0 { format!(", resumed at {}", bytes(v.restart_offset)) } else { String::new() };
+            let overall =
+                if total > run + 0.05 { format!("; {total:.2} s since it first started") } else { String::new() };
             format!(
-                "{} Done: {} ({}) in {secs:.2} s, {}{resumed}, blake3 {}",
+                "{} Done: {} ({}) {took}{resumed}{overall}, blake3 {}",
                 v.id,
                 v.file,
                 bytes(v.size),
-                rate(moved, secs),
                 v.hash.as_deref().unwrap_or("-")
             )
         }
@@ -224,6 +257,13 @@ pub fn summary(v: &TransferView) -> String {
             size_or_unknown(v)
         ),
     }
+}
+
+/// When the last run of a transfer started moving data: its job log's last
+/// `sending ...`/`receiving ...` line.
+async fn last_run_at(client: &ApiClient, id: &str) -> Option<u64> {
+    let log = client.log(id).await.ok()?;
+    log.iter().rev().find(|l| l.message.starts_with("sending ") || l.message.starts_with("receiving ")).map(|l| l.at)
 }
 
 fn size_or_unknown(v: &TransferView) -> String {
@@ -240,12 +280,13 @@ struct Progress {
     tty: bool,
     samples: VecDeque<(Instant, u64)>,
     last_state: Option<String>,
+    last_waiting: Option<String>,
     drawn: bool,
 }
 
 impl Progress {
     fn new(tty: bool) -> Progress {
-        Progress { tty, samples: VecDeque::new(), last_state: None, drawn: false }
+        Progress { tty, samples: VecDeque::new(), last_state: None, last_waiting: None, drawn: false }
     }
 
     fn show(&mut self, v: &TransferView) {
@@ -278,6 +319,16 @@ impl Progress {
             self.drawn = true;
         } else if self.last_state.as_deref() != Some(state.as_str()) {
             let _ = writeln!(err, "{}: {state} {} / {}", v.id, bytes(v.transferred), size_or_unknown(v));
+        }
+        if v.waiting != self.last_waiting {
+            if let Some(w) = &v.waiting {
+                if self.drawn {
+                    let _ = writeln!(err);
+                    self.drawn = false;
+                }
+                let _ = writeln!(err, "waiting: {w}");
+            }
+            self.last_waiting = v.waiting.clone();
         }
         self.last_state = Some(state);
     }
@@ -318,9 +369,14 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|v| {
+            let status = match &v.error {
+                Some(e) if v.status.is_final() || v.is_stopped() => format!("{:?} ({})", v.status, e.code),
+                _ if v.waiting.is_some() => format!("{:?} (waiting)", v.status),
+                _ => format!("{:?}", v.status),
+            };
             vec![
                 v.id.clone(),
-                format!("{:?}", v.status),
+                status,
                 format!("{:?}", v.step),
                 v.partner.clone(),
                 direction_word(v).to_owned(),
@@ -383,6 +439,9 @@ pub fn detail(v: &TransferView) -> String {
     }
     if let Some(t) = v.retry_at {
         f.push(("next retry", iso_time(t)));
+    }
+    if let Some(w) = &v.waiting {
+        f.push(("waiting", w.clone()));
     }
     f.push((
         "block size",
@@ -468,6 +527,7 @@ mod tests {
             delivered: false,
             attempts: 1,
             retry_at: None,
+            waiting: None,
         }
     }
 
@@ -486,14 +546,28 @@ mod tests {
     #[test]
     fn summaries_give_rate_and_hash_or_the_failure() {
         let v = view();
-        let s = summary(&v);
+        let s = summary(&v, None);
         assert!(s.contains("Done") && s.contains("50.0 MB/s") && s.contains(&"ab".repeat(32)), "{s}");
+        assert!(!s.contains("since it first started"), "one run: {s}");
+        // Resumed: the last run's time and rate, the whole time apart.
+        let mut r = view();
+        r.restart_offset = 50_000_000;
+        r.finished_at = Some(1_700_000_007_740);
+        let s = summary(&r, Some(1_700_000_004_640));
+        assert!(s.contains("in 3.10 s, 16.1 MB/s") && s.contains("resumed at"), "{s}");
+        assert!(s.contains("7.74 s since it first started"), "{s}");
+        // Tiny: no rate.
+        let mut t = view();
+        t.size = 2;
+        t.finished_at = Some(1_700_000_000_001);
+        let s = summary(&t, None);
+        assert!(s.contains("in 0.00 s,") && !s.contains("MB/s"), "{s}");
         let mut f = view();
         f.status = Status::InError;
         f.step = Step::Transfer;
         f.transferred = 1 << 20;
         f.error = Some(ErrorView { code: "Connection".into(), message: "lost".into() });
-        let s = summary(&f);
+        let s = summary(&f, None);
         assert!(s.contains("InError at step Transfer") && s.contains("1.0 MiB"), "{s}");
         let d = detail(&f);
         assert!(d.contains("error:") && d.contains("Connection: lost"), "{d}");
