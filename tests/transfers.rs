@@ -96,3 +96,33 @@ async fn fifty_concurrent_requests_share_one_connection() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A sparse source arrives sparse where the receiver's file system allows
+/// it (blocks of zeros are not written), and is still verified whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sparse_file_arrives_sparse_and_verified() {
+    use std::io::{Seek, SeekFrom, Write};
+    use std::os::unix::fs::MetadataExt;
+    let layout = Layout::new(&["a", "b"]);
+    let a = layout.start("a").await;
+    let b = layout.start("b").await;
+    let path = layout.out_dir("a").join("sparse.img");
+    write_random(&path, 1 << 20);
+    let mut f = std::fs::OpenOptions::new().write(true).open(&path).expect("open");
+    f.seek(SeekFrom::Start(31 << 20)).expect("seek");
+    f.write_all(&[0x5a; 1 << 20]).expect("tail");
+    drop(f);
+    let source = file_digest(&path);
+    let rec = a.handle().submit(submit(Direction::Push, "b", "sparse.img")).await.expect("submitted");
+    let done = wait_final(&a.handle(), &rec.id, Duration::from_secs(60)).await;
+    assert_eq!(done.status, Status::Done, "{:?}", done.error);
+    let got = layout.in_dir("b").join("sparse.img");
+    assert_eq!(file_digest(&got), source, "verified whole");
+    let meta = std::fs::metadata(&got).expect("delivered");
+    assert_eq!(meta.len(), 32 << 20);
+    let allocated = meta.blocks() * 512;
+    println!("32 MiB delivered, {} KiB allocated", allocated / 1024);
+    assert!(allocated < 8 << 20, "the 30 MiB of zeros were not written: {allocated} bytes allocated");
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -226,6 +226,17 @@ struct WorkFile {
     point_at: tokio::time::Instant,
     offset: u64,
     buf: AlignedBuf,
+    /// The last blocks were zeros left as a hole past the file's end.
+    short: bool,
+}
+
+/// Gives the file its full length when its last blocks were left as a hole
+/// (a file that ends in a hole is only as long as its last write).
+fn extend_over_hole(file: &File, work: &Path, short: &mut bool, offset: u64) -> Result<(), Failure> {
+    if std::mem::take(short) {
+        file.set_len(offset).map_err(|e| io_failure("extend", work, e))?;
+    }
+    Ok(())
 }
 
 impl WorkFile {
@@ -256,13 +267,14 @@ impl WorkFile {
             point_at: tokio::time::Instant::now(),
             offset: plan.restart_offset,
             buf: AlignedBuf::new((plan.block_size as u64).min(plan.size) as usize),
+            short: false,
             work,
         })
     }
 
     /// Checks one block and appends it, recording a restart point when due.
     fn write(&mut self, block: Data) -> Result<(), Failure> {
-        let WorkFile { work, file, direct, whole, points, since_point, point_at, offset, buf } = self;
+        let WorkFile { work, file, direct, whole, points, since_point, point_at, offset, buf, short } = self;
         let work = work.as_path();
         let len = block.raw_len as usize;
         if block.compressed {
@@ -298,11 +310,22 @@ impl WorkFile {
             clear_direct(file).map_err(|e| io_failure("write", work, e))?;
             *direct = false;
         }
-        file.write_all(raw).map_err(|e| io_failure("write", work, e))?;
+        if raw.iter().all(|&b| b == 0) {
+            // A block of zeros is not written: the file gets a hole there
+            // (sparse where the file system allows it), which reads as the
+            // same zeros. Its length catches up before it counts.
+            file.seek(SeekFrom::Current(len as i64)).map_err(|e| io_failure("seek in", work, e))?;
+            *short = true;
+        } else {
+            file.write_all(raw).map_err(|e| io_failure("write", work, e))?;
+            *short = false;
+        }
         whole.update(raw);
         *offset += len as u64;
         *since_point += len as u64;
         if let Some(points) = points.as_ref().filter(|p| p.due(*since_point, *point_at)) {
+            // A restart point covers whole bytes.
+            extend_over_hole(file, work, short, *offset)?;
             points.record(file, work, *offset, whole)?;
             *since_point = 0;
             *point_at = tokio::time::Instant::now();
@@ -311,7 +334,12 @@ impl WorkFile {
     }
 
     /// fsyncs the work file; its byte count and whole-file hash.
-    fn finish(self) -> Result<EndTransfer, Failure> {
+    fn finish(mut self) -> Result<EndTransfer, Failure> {
+        let abandoned = self.points.as_ref().is_some_and(|p| p.abandoned.load(std::sync::atomic::Ordering::Relaxed));
+        if !abandoned {
+            // (A run superseded by a newer one leaves the file to it.)
+            extend_over_hole(&self.file, &self.work, &mut self.short, self.offset)?;
+        }
         self.file.sync_all().map_err(|e| io_failure("fsync", &self.work, e))?;
         Ok(EndTransfer { bytes: self.offset, hash: self.whole.finalize().into() })
     }
