@@ -201,10 +201,9 @@ fn cluster_up_status_push_down_then_up_again_on_the_same_state() {
     }
     assert!(state.join("certs/ca.pem").is_file() && state.join("b/node.toml").is_file());
 
-    // A second up is refused while the cluster runs, and changes nothing.
-    let again = ferry(&cwd, &["cluster", "up", &f]);
-    assert!(!again.status.success(), "{}", again.describe(&["cluster", "up", &f]));
-    assert!(again.stderr.contains("already running"), "{}", again.stderr);
+    // A second up starts nothing: every node runs already.
+    let again = ferry_ok(&cwd, &["cluster", "up", &f]);
+    assert!(again.stdout.contains("already running"), "{}", again.stdout);
     assert_eq!(pids(&state), first);
 
     // status: every node up.
@@ -245,6 +244,62 @@ fn cluster_up_status_push_down_then_up_again_on_the_same_state() {
     for (id, pid) in &second {
         assert!(!alive(*pid), "node {id} (pid {pid}) still runs after the second down");
     }
+    drop(guard);
+}
+
+#[test]
+fn cluster_commands_act_on_the_nodes_named_and_down_stops_a_node_started_by_hand() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cwd = tmp.path().to_owned();
+    let (file, _) = cluster_file(&cwd);
+    let state = cwd.join("state");
+    let f = file.display().to_string();
+    let mut guard = DownGuard { cwd: cwd.clone(), file: file.clone(), state: state.clone(), seen: vec![] };
+
+    // up a: only a runs; status of a passes, of the whole cluster fails.
+    ferry_ok(&cwd, &["cluster", "up", &f, "a"]);
+    guard.note_pids();
+    assert_eq!(pids(&state).iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(), ["a"]);
+    ferry_ok(&cwd, &["cluster", "status", &f, "a"]);
+    assert!(!ferry(&cwd, &["cluster", "status", &f]).status.success(), "b and c are down");
+    let unknown = ferry(&cwd, &["cluster", "up", &f, "zz"]);
+    assert!(!unknown.status.success() && unknown.stderr.contains("has no node \"zz\""), "{}", unknown.stderr);
+
+    // up: starts b and c, leaves a as it was.
+    let a_pid = pids(&state)[0].1;
+    let up = ferry_ok(&cwd, &["cluster", "up", &f]);
+    guard.note_pids();
+    assert!(up.stdout.contains(&format!("already running: a (pid {a_pid})")), "{}", up.stdout);
+    assert_eq!(pids(&state).len(), 3);
+    assert_eq!(pids(&state)[0], ("a".to_string(), a_pid));
+
+    // down b: only b stops.
+    let b_pid = pids(&state)[1].1;
+    ferry_ok(&cwd, &["cluster", "down", &f, "b"]);
+    assert!(!alive(b_pid) && alive(a_pid), "only b stopped");
+
+    // b started by hand with its node.toml (a relative path): down stops it too.
+    let log = std::fs::File::create(cwd.join("b-by-hand.log")).expect("log");
+    let mut by_hand = Command::new(BIN)
+        .args(["node", "--config", "state/b/node.toml"])
+        .current_dir(&cwd)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("start b by hand");
+    let by_hand_pid = i32::try_from(by_hand.id()).expect("pid");
+    guard.seen.push(by_hand_pid);
+    let deadline = Instant::now() + RUN_WITHIN;
+    while !ferry(&cwd, &["cluster", "status", &f, "b"]).status.success() {
+        assert!(Instant::now() < deadline, "b started by hand did not answer");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let down = ferry_ok(&cwd, &["cluster", "down", &f, "b"]);
+    assert!(down.stdout.contains("started by hand"), "{}", down.stdout);
+    let _ = by_hand.wait();
+    assert!(!alive(by_hand_pid));
+    ferry_ok(&cwd, &["cluster", "down", &f]);
     drop(guard);
 }
 

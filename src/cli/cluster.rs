@@ -64,11 +64,14 @@ const MAX_PARTNERS_BODY: usize = 4 << 20;
 #[derive(Subcommand, Debug)]
 pub enum ClusterCommand {
     /// Generate what is missing (certificates, node configs, folders) under the
-    /// file's state_dir and start every node as a detached `ferry node` process.
+    /// file's state_dir and start the nodes that are not running (all, or
+    /// those named) as detached `ferry node` processes.
     Up(UpArgs),
-    /// Stop every node of the cluster: SIGTERM, then SIGKILL after 10 s.
+    /// Stop the nodes (all, or those named): SIGTERM, then SIGKILL after 10 s.
+    /// A node started by hand with the cluster's node.toml is stopped too.
     Down(FileArg),
-    /// Show each node's process, API, connections and partners; exit 1 if any node is down.
+    /// Show each node's process, API, connections and partners (all, or
+    /// those named); exit 1 if any of them is down.
     Status(FileArg),
 }
 
@@ -78,6 +81,9 @@ pub struct FileArg {
     /// The cluster file, e.g. cluster/local-3.toml (its state_dir is taken from the current directory).
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
+    /// Act on these nodes only (default: every node of the cluster).
+    #[arg(value_name = "NODE")]
+    pub nodes: Vec<String>,
 }
 
 /// Arguments of `cluster up`.
@@ -94,8 +100,8 @@ pub struct UpArgs {
 pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
     match cmd {
         ClusterCommand::Up(args) => up(args).await,
-        ClusterCommand::Down(args) => down(&args.file).await,
-        ClusterCommand::Status(args) => status(&args.file).await,
+        ClusterCommand::Down(args) => down(&args.file, &args.nodes).await,
+        ClusterCommand::Status(args) => status(&args.file, &args.nodes).await,
     }
 }
 
@@ -119,6 +125,15 @@ impl Cluster {
 
     fn ids(&self) -> &[String] {
         &self.state.spec.nodes
+    }
+
+    /// The nodes named on the command line, in the cluster's order; every
+    /// node when none is named. A name that is not a node is an error.
+    fn selected(&self, named: &[String]) -> anyhow::Result<Vec<String>> {
+        if let Some(unknown) = named.iter().find(|n| !self.ids().contains(n)) {
+            bail!("cluster {} has no node {unknown:?}; its nodes are {}", self.name(), self.ids().join(", "));
+        }
+        Ok(self.ids().iter().filter(|id| named.is_empty() || named.contains(id)).cloned().collect())
     }
 
     /// A path for messages: relative to the current directory when under it.
@@ -170,6 +185,16 @@ impl Cluster {
         why
     }
 
+    /// A `ferry node` process running this node's `node.toml` that `up` did
+    /// not start (no pid file names it): started by hand.
+    fn started_by_hand(&self, id: &str) -> Option<i32> {
+        let config = std::fs::canonicalize(self.state.config_path(id)).ok()?;
+        std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            (pid > 1 && runs_config(pid, &config)).then_some(pid)
+        })
+    }
+
     fn remove_pid_file(&self, id: &str) -> anyhow::Result<()> {
         let path = self.state.pid_path(id);
         match std::fs::remove_file(&path) {
@@ -205,6 +230,27 @@ fn is_node_process(pid: i32, config: &Path) -> bool {
     }
 }
 
+/// Whether process `pid` is a `ferry node` whose `--config` is `config`
+/// (canonical), however it was named on its command line (a relative path
+/// is taken from the process's own working folder).
+fn runs_config(pid: i32, config: &Path) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    if !args.iter().any(|a| *a == b"node") {
+        return false;
+    }
+    let Some(given) = args.windows(2).find(|w| w[0] == b"--config").map(|w| w[1]) else { return false };
+    let given = Path::new(std::ffi::OsStr::from_bytes(given));
+    let full = match given.is_relative() {
+        true => match std::fs::read_link(format!("/proc/{pid}/cwd")) {
+            Ok(cwd) => cwd.join(given),
+            Err(_) => return false,
+        },
+        false => given.to_owned(),
+    };
+    std::fs::canonicalize(full).is_ok_and(|p| p == config)
+}
+
 fn signal(pid: i32, sig: libc::c_int) -> std::io::Result<()> {
     // SAFETY: kill(2) with a pid > 1 read from our pid file and checked by
     // `is_node_process` just before; it has no memory effects.
@@ -236,7 +282,9 @@ enum Stopped {
 /// SIGTERMs every process, waits up to [`TERM_WITHIN`] for all of them,
 /// then SIGKILLs the rest and waits up to [`KILL_WITHIN`].
 async fn stop_all(procs: &[Stopping]) -> Vec<Stopped> {
-    let alive = |p: &Stopping| is_node_process(p.pid, &p.config);
+    let alive = |p: &Stopping| {
+        is_node_process(p.pid, &p.config) || std::fs::canonicalize(&p.config).is_ok_and(|c| runs_config(p.pid, &c))
+    };
     let start = Instant::now();
     for p in procs {
         // It may have ended since it was checked: the wait below tells.
@@ -292,21 +340,20 @@ struct Started {
 
 async fn up(args: UpArgs) -> anyhow::Result<()> {
     let c = Cluster::open(&args.cluster.file)?;
-    let running: Vec<String> = c
-        .ids()
-        .iter()
-        .filter_map(|id| match c.process(id) {
-            Proc::Running(pid) => Some(format!("{id} (pid {pid})")),
-            _ => None,
-        })
-        .collect();
-    if !running.is_empty() {
-        bail!(
-            "cluster {} is already running: {}; stop it first with `ferry cluster down {}`",
-            c.name(),
-            running.join(", "),
-            c.file.display()
-        );
+    let selected = c.selected(&args.cluster.nodes)?;
+    let mut running = Vec::new();
+    let mut to_start = Vec::new();
+    for id in &selected {
+        match c.process(id) {
+            Proc::Running(pid) => running.push(format!("{id} (pid {pid})")),
+            _ => match c.started_by_hand(id) {
+                Some(pid) => running.push(format!("{id} (pid {pid}, started by hand with its node.toml)")),
+                None => to_start.push(id.clone()),
+            },
+        }
+    }
+    if to_start.is_empty() {
+        return out(&format!("cluster {}: already running: {}\n", c.name(), running.join(", ")));
     }
     let binary = match &args.binary {
         Some(b) => b.clone(),
@@ -328,10 +375,13 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         text.push_str(&format!("  wrote NODE/node.toml for {}\n", prepared.configs_written.join(", ")));
     }
 
+    if !running.is_empty() {
+        text.push_str(&format!("  already running: {}\n", running.join(", ")));
+    }
     // Said before the checks below, which may still refuse to start.
     out(&text)?;
     let mut cfgs = Vec::new();
-    for (i, id) in c.ids().iter().enumerate() {
+    for (i, id) in c.ids().iter().enumerate().filter(|(_, id)| to_start.contains(id)) {
         let cfg = c.state.load_config(id)?;
         // A kept node.toml wins over the cluster file; say so when they disagree.
         if (cfg.listen, cfg.api) != (c.state.spec.quic_addr(i), c.state.spec.api_addr(i)) {
@@ -554,24 +604,34 @@ fn log_tail(path: &Path, from: u64, lines: usize) -> Vec<String> {
 
 // ---------------------------------------------------------------- down
 
-async fn down(file: &Path) -> anyhow::Result<()> {
+async fn down(file: &Path, named: &[String]) -> anyhow::Result<()> {
     let c = Cluster::open(file)?;
+    let selected = c.selected(named)?;
     if !c.state.dir.exists() {
         return out(&format!("cluster {}: nothing to stop ({})\n", c.name(), c.missing_state()));
     }
     let mut lines: Vec<(String, String)> = Vec::new();
     let mut procs = Vec::new();
-    for id in c.ids() {
-        match c.process(id) {
-            Proc::NoPidFile => lines.push((id.clone(), "not running (no pid file)".into())),
+    for id in &selected {
+        let stale = match c.process(id) {
+            Proc::NoPidFile => "no pid file".to_owned(),
             Proc::Stale(why) => {
                 c.remove_pid_file(id)?;
-                lines.push((id.clone(), format!("not running ({why}; pid file removed)")));
+                format!("{why}; pid file removed")
             }
             Proc::Running(pid) => {
                 procs.push(Stopping { id: id.clone(), pid, config: c.state.config_path(id) });
                 lines.push((id.clone(), String::new()));
+                continue;
             }
+        };
+        // Not started by `up`: perhaps by hand, from the same node.toml.
+        match c.started_by_hand(id) {
+            Some(pid) => {
+                procs.push(Stopping { id: id.clone(), pid, config: c.state.config_path(id) });
+                lines.push((id.clone(), " (started by hand with its node.toml)".into()));
+            }
+            None => lines.push((id.clone(), format!("not running ({stale})"))),
         }
     }
     let mut survivors = Vec::new();
@@ -590,7 +650,7 @@ async fn down(file: &Path) -> anyhow::Result<()> {
             c.remove_pid_file(&p.id)?;
         }
         if let Some(line) = lines.iter_mut().find(|(id, _)| *id == p.id) {
-            line.1 = what;
+            line.1 = format!("{what}{}", line.1);
         }
     }
     let mut text = format!("cluster {}:\n", c.name());
@@ -653,10 +713,11 @@ impl NodeReport {
     }
 }
 
-async fn status(file: &Path) -> anyhow::Result<()> {
+async fn status(file: &Path, named: &[String]) -> anyhow::Result<()> {
     let c = Cluster::open(file)?;
+    let selected = c.selected(named)?;
     let mut tasks = tokio::task::JoinSet::new();
-    for id in c.ids() {
+    for id in &selected {
         let api = c.config(id)?.api;
         let id = id.clone();
         tasks.spawn(async move {
