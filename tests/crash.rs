@@ -423,6 +423,11 @@ async fn stop_holds_restart_resumes_and_cancel_cleans_up() {
     );
     let held = std::fs::metadata(&work).map(|m| m.len()).unwrap_or_else(|e| panic!("b keeps its work file: {e}"));
     assert!(held >= BIG / 5, "the work file holds {held} bytes");
+    // Both nodes show the same bytes: the receiver's durable restart point.
+    let b_view = c.api("b").get(&id).await.expect("b's view");
+    let point = b_view.restart_offset_durable.expect("b's restart point");
+    let a_view = c.wait_view("a", &id, STEP_WITHIN, "a learns b's restart point", |v| v.transferred == point).await;
+    assert_eq!((a_view.transferred, b_view.transferred), (point, point), "{a_view:?}\n{b_view:?}");
     assert!(!c.in_dir("b").join("big.bin").exists());
 
     command(&c, &id, "restart").await;

@@ -39,8 +39,13 @@ use crate::transport::{ChannelError, FrameReader, FrameWriter};
 /// How often progress is written to the store during a transfer.
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 
-/// How long to look for the peer's own error after our write failed.
+/// How long to look for the peer's own error after our write failed (and
+/// for the answer to one question after a run ended).
 const LAST_WORDS: Duration = Duration::from_secs(2);
+
+/// How often a push requester asks for the receiver's restart point, 100
+/// ms apart, while the receiver still records its interruption.
+const RESTART_POINT_ASKS: usize = 20;
 
 /// Operator and node commands to a running request.
 #[derive(Debug)]
@@ -332,6 +337,12 @@ impl Drive {
                                 }
                             }
                             self.flush().await;
+                            if self.session.role() == SessionRole::Requester
+                                && self.session.is_sender() == Some(true)
+                                && matches!(f.code, ErrorCode::Stopped | ErrorCode::Connection)
+                            {
+                                self.learn_restart_point().await;
+                            }
                         } else {
                             crate::partner_warning!(self.ctx.budgets.of(&self.partner), code = %f.code, message = %f.message, "request ended before it was recorded");
                         }
@@ -443,6 +454,34 @@ impl Drive {
         // Let the last message reach the peer before the stream is dropped.
         self.writer.finish();
         self.session.request_id().clone()
+    }
+
+    /// Push requester after a stop or a lost channel: what it sent is not
+    /// what the receiver holds durably, so it asks the receiver (when the
+    /// connection still works) for its record once the receiver has
+    /// recorded the interruption, and records the receiver's figure: both
+    /// nodes then show the same bytes, the receiver's restart point, where
+    /// a restart resumes.
+    async fn learn_restart_point(&self) {
+        use crate::protocol::control::{Answer, Ask};
+        let Some(conn) = self.conn.as_ref().filter(|c| c.close_reason().is_none()) else { return };
+        let id = self.session.request_id();
+        for _ in 0..RESTART_POINT_ASKS {
+            let theirs = match crate::transport::control::ask(conn, &Ask::Query(id.clone()), LAST_WORDS).await {
+                Ok(Answer::State(Some(state))) => state,
+                _ => return,
+            };
+            if theirs.status == format!("{:?}", Status::Running) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            let held = theirs.transferred;
+            self.record(
+                &format!("{} holds {held} bytes durably (its restart point); a restart resumes there", self.partner),
+                |r| r.transferred = held,
+            );
+            return;
+        }
     }
 
     /// Why the channel was lost: a peer that closed the connection because it
