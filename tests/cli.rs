@@ -7,40 +7,22 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::path::Path;
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::procs::{NodeProc, BIN};
+use common::procs::{run_ferry, two_nodes, NodeProc};
 use common::work_files;
 use ferry::api::{ApiClient, ClientError, TransferView};
-use ferry::cluster::LocalLayout;
 use ferry::protocol::{Digest, RequestId};
 use ferry::store::{Role, Status, Step};
 
 /// Bound on a transfer.
 const TRANSFER_WITHIN: Duration = Duration::from_secs(300);
 
-/// A generated two-node layout with its configs on disk.
-fn two_nodes() -> (tempfile::TempDir, LocalLayout, Vec<PathBuf>) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let layout = LocalLayout::create(&dir.path().join("cluster"), &["a", "b"]).expect("layout");
-    let configs = layout.write_configs().expect("configs written");
-    (dir, layout, configs)
-}
-
 /// Runs `ferry ARGS` (bounded) and returns its output.
 async fn ferry(args: &[&str]) -> Output {
-    let run = tokio::process::Command::new(BIN)
-        .args(args)
-        .env_remove("FERRY_API")
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    tokio::time::timeout(TRANSFER_WITHIN, run)
-        .await
-        .unwrap_or_else(|_| panic!("ferry {args:?} did not end within {TRANSFER_WITHIN:?}"))
-        .expect("run ferry")
+    run_ferry(args, TRANSFER_WITHIN).await
 }
 
 fn text(bytes: &[u8]) -> String {

@@ -16,34 +16,15 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
+use common::peer::{channel, connect, endpoint_of, next};
 use common::procs::ProcCluster;
 use common::*;
 use ferry::protocol::control::{Answer, Ask, Handover};
 use ferry::protocol::*;
 use ferry::store::Status;
-use ferry::transport::{self, FrameReader, FrameWriter, NodeIdentity, TransportTuning};
+use ferry::transport;
 
 const WITHIN: Duration = Duration::from_secs(30);
-
-/// A QUIC endpoint holding `who`'s certificate from the certificates in `certs`.
-fn endpoint_of(certs: &Path, who: &str) -> quinn::Endpoint {
-    let p = ferry::certs::paths(certs, who);
-    let id = NodeIdentity::load(who, &p.cert, &p.key, &p.ca).expect("identity");
-    transport::make_endpoint("127.0.0.1:0".parse().expect("addr"), &id, &TransportTuning::default()).expect("endpoint")
-}
-
-async fn connect(ep: &quinn::Endpoint, addr: std::net::SocketAddr, to: &str) -> quinn::Connection {
-    tokio::time::timeout(WITHIN, transport::dial(ep, addr, to)).await.expect("dial in time").expect("dial")
-}
-
-async fn channel(conn: &quinn::Connection) -> (FrameWriter, FrameReader) {
-    let (s, r) = conn.open_bi().await.expect("open channel");
-    (FrameWriter::opened(s, StreamKind::Request), FrameReader::new(r))
-}
-
-async fn next(r: &mut FrameReader) -> Message {
-    tokio::time::timeout(WITHIN, r.next()).await.expect("answer in time").expect("frame").expect("a message")
-}
 
 /// Startup, Authent and `req` as `who`, the way a requester pipelines them;
 /// returns the requested side's answer to the request.

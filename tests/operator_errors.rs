@@ -4,32 +4,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::path::Path;
+use std::process::Output;
 use std::time::Duration;
 
-use common::procs::{NodeProc, BIN};
-use ferry::cluster::LocalLayout;
+use common::procs::{run_ferry, two_nodes, NodeProc};
 
 const WITHIN: Duration = Duration::from_secs(60);
 
-fn two_nodes() -> (tempfile::TempDir, LocalLayout, Vec<PathBuf>) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let layout = LocalLayout::create(&dir.path().join("cluster"), &["a", "b"]).expect("layout");
-    let configs = layout.write_configs().expect("configs written");
-    (dir, layout, configs)
-}
-
-/// Runs `ferry ARGS` (bounded) and returns its output.
 async fn ferry(args: &[&str]) -> Output {
-    let run = tokio::process::Command::new(BIN)
-        .args(args)
-        .env_remove("FERRY_API")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    tokio::time::timeout(WITHIN, run).await.unwrap_or_else(|_| panic!("ferry {args:?} did not end")).expect("run")
+    run_ferry(args, WITHIN).await
 }
 
 /// `ferry node --config CONFIG`, which must fail; its stderr.

@@ -9,32 +9,20 @@ mod common;
 
 use std::time::Duration;
 
+use common::peer::{channel, connect, endpoint_of, next};
 use common::*;
 use ferry::protocol::codec::MAX_FRAME_BODY;
 use ferry::protocol::*;
 use ferry::store::Status;
-use ferry::transport::{self, FrameReader, FrameWriter, NodeIdentity, TransportTuning};
+use ferry::transport::{FrameReader, FrameWriter};
 
 const WITHIN: Duration = Duration::from_secs(30);
 
 /// A hand-driven peer: node `who`'s certificate, a real connection to `to`.
 async fn raw_peer(layout: &Layout, who: &str, to: &str) -> (quinn::Endpoint, quinn::Connection) {
-    let certs = layout.dir.path().join("certs");
-    let p = ferry::certs::paths(&certs, who);
-    let id = NodeIdentity::load(who, &p.cert, &p.key, &p.ca).expect("identity");
-    let ep = transport::make_endpoint("127.0.0.1:0".parse().expect("addr"), &id, &TransportTuning::default())
-        .expect("endpoint");
-    let conn = transport::dial(&ep, layout.config(to).listen, to).await.expect("dial");
+    let ep = endpoint_of(&layout.dir.path().join("certs"), who);
+    let conn = connect(&ep, layout.config(to).listen, to).await;
     (ep, conn)
-}
-
-async fn channel(conn: &quinn::Connection) -> (FrameWriter, FrameReader) {
-    let (s, r) = conn.open_bi().await.expect("open channel");
-    (FrameWriter::opened(s, StreamKind::Request), FrameReader::new(r))
-}
-
-async fn next(r: &mut FrameReader) -> Message {
-    tokio::time::timeout(WITHIN, r.next()).await.expect("answer in time").expect("frame").expect("a message")
 }
 
 /// Startup and Authent (as `claim`), returning the request id used.

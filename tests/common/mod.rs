@@ -2,6 +2,7 @@
 //! process, each with its own certificates, sled store and folders.
 #![allow(dead_code)]
 
+pub mod peer;
 pub mod procs;
 
 use std::path::{Path, PathBuf};

@@ -25,6 +25,29 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// A generated two-node layout (`a`, `b`) with its configs on disk.
+pub fn two_nodes() -> (tempfile::TempDir, LocalLayout, Vec<PathBuf>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layout = LocalLayout::create(&dir.path().join("cluster"), &["a", "b"]).expect("layout");
+    let configs = layout.write_configs().expect("configs written");
+    (dir, layout, configs)
+}
+
+/// Runs `ferry ARGS` (without `FERRY_API`, failing the test after
+/// `within`) and returns its output.
+pub async fn run_ferry(args: &[&str], within: Duration) -> std::process::Output {
+    let run = tokio::process::Command::new(BIN)
+        .args(args)
+        .env_remove("FERRY_API")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(within, run)
+        .await
+        .unwrap_or_else(|_| panic!("ferry {args:?} did not end within {within:?}"))
+        .expect("run ferry")
+}
+
 /// A `ferry node` process; killed and reaped on drop unless it already ended.
 pub struct NodeProc {
     pub id: String,
