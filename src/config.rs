@@ -280,11 +280,13 @@ impl Rule {
 /// and toml's own message (which, for an unknown key, lists the valid ones).
 fn parse_reason(text: &str, e: &toml::de::Error) -> String {
     let Some(span) = e.span() else { return e.message().to_owned() };
-    let start = span.start.min(text.len());
-    let line = text[..start].matches('\n').count() + 1;
+    let (Some(before), Some(after)) = (text.get(..span.start), text.get(span.start..)) else {
+        return e.message().to_owned();
+    };
+    let line = before.matches('\n').count() + 1;
     // Every line up to and including the one the error points at; the
     // nearest table header among them is where the key is.
-    let upto = text.get(..text[start..].find('\n').map_or(text.len(), |n| start + n)).unwrap_or(text);
+    let upto = &text[..after.find('\n').map_or(text.len(), |n| span.start + n)];
     let table = upto.lines().rev().map(str::trim).find(|l| l.starts_with('[')).map_or_else(
         || "at the top level".to_owned(),
         |h| format!("in table {}", h.split('#').next().unwrap_or(h).trim()),

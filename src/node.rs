@@ -330,7 +330,16 @@ pub fn check_rule_folders(config: &NodeConfig) -> Result<Vec<String>, NodeError>
                 Ok(m) if m.is_dir() => Ok(()),
                 Ok(_) => Err(problem(format!("its {what} {} is not a folder", dir.display()))),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    std::fs::create_dir_all(dir)
+                    // Only inside a folder that exists: a missing parent may
+                    // be a mount that is not there, and the files would land
+                    // on another disk.
+                    if !dir.parent().is_some_and(Path::is_dir) {
+                        return Err(problem(format!(
+                            "its {what} {} does not exist, nor does the folder it would be created in",
+                            dir.display()
+                        )));
+                    }
+                    std::fs::create_dir(dir)
                         .map_err(|e| problem(format!("cannot create its {what} {}: {e}", dir.display())))?;
                     created.push(format!("rule {}: created its {what} {}", rule.name, dir.display()));
                     Ok(())
@@ -357,6 +366,14 @@ pub fn check_rule_folders(config: &NodeConfig) -> Result<Vec<String>, NodeError>
         }
     }
     Ok(created)
+}
+
+/// Whether process `pid` is alive and runs `ferry node` (Linux: its
+/// command line).
+fn is_ferry_node(pid: u32) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    args.first().is_some_and(|a| a.ends_with(b"ferry")) && args.get(1).is_some_and(|a| *a == b"node")
 }
 
 /// The partner that handed a request over, from the record's
@@ -880,16 +897,23 @@ impl Node {
     pub async fn start_with(config: NodeConfig, options: NodeOptions) -> Result<Node, NodeError> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| NodeError::DataDir { path: config.data_dir.display().to_string(), source })?;
-        let created = check_rule_folders(&config)?;
         let pid_file = config.data_dir.join(PID_FILE);
         let store = match Store::open(&config.data_dir.join("store")) {
             Ok(store) => store,
             Err(StoreError::InUse { .. }) => {
-                let pid = std::fs::read_to_string(&pid_file).ok().and_then(|t| t.trim().parse().ok());
+                // Named only if it is a running ferry node (a pid file left
+                // by a crash may name anything by now).
+                let pid = std::fs::read_to_string(&pid_file)
+                    .ok()
+                    .and_then(|t| t.trim().parse::<u32>().ok())
+                    .filter(|pid| is_ferry_node(*pid));
                 return Err(NodeError::DataDirInUse { path: config.data_dir.display().to_string(), pid });
             }
             Err(e) => return Err(e.into()),
         };
+        // Checked once this node holds its data folder: a second node on
+        // the same folder changes nothing before it is refused.
+        let created = check_rule_folders(&config)?;
         // Written once this node holds the store's lock: a second node on the
         // same folder can then say whose it is.
         if let Err(e) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {

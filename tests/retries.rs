@@ -29,10 +29,13 @@ async fn interrupted_runs_spend_attempts_then_fail_with_the_last_cause() {
     let b = layout.start("b").await;
     write_random(&layout.out_dir("a").join("f"), 128 << 20);
     let rec = a.handle().submit(submit(Direction::Push, "b", "f")).await.expect("submitted");
+    // b's work file, not its record (progress is recorded every 500 ms, by
+    // when a fast machine may be done): stopped once the first bytes land.
+    let work = layout.in_dir("b").join(".ferry-work").join(format!("{}.part", rec.id));
     let deadline = Instant::now() + WITHIN;
-    while b.handle().store().get(&rec.id).expect("store").is_none_or(|r| r.transferred == 0) {
+    while std::fs::metadata(&work).map_or(0, |m| m.len()) == 0 {
         assert!(Instant::now() < deadline, "transfer never got going");
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
     b.shutdown().await;
     let r = wait_final(&a.handle(), &rec.id, WITHIN).await;

@@ -44,7 +44,8 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 const LAST_WORDS: Duration = Duration::from_secs(2);
 
 /// How often a push requester asks for the receiver's restart point, 100
-/// ms apart, while the receiver still records its interruption.
+/// ms apart and within `LAST_WORDS` in all, while the receiver still
+/// records its interruption.
 const RESTART_POINT_ASKS: usize = 20;
 
 /// Operator and node commands to a running request.
@@ -382,6 +383,21 @@ impl Drive {
             // simulation replays the same interleaving from the same seed.
             tokio::select! {
                 biased;
+                // Operator commands and shutdown first: they are rarely
+                // ready, and a busy channel (the reader always has the next
+                // block) must not keep them waiting until the file is done.
+                // The reader is cancel-safe, so losing this race costs nothing.
+                c = control.recv() => {
+                    let more = match c {
+                        Some(Control::Cancel(reason)) => self.session.cancel(reason),
+                        Some(Control::Stop) => self.session.fail(ErrorCode::Stopped, format!("stopped by an operator on {}", self.ctx.config.node_id)),
+                        Some(Control::Shutdown) | None => self.session.fail(ErrorCode::Shutdown, format!("node {} is shutting down", self.ctx.config.node_id)),
+                    };
+                    pending.extend(more);
+                }
+                _ = async { let _ = shutdown.wait_for(|s| *s).await; } => {
+                    pending.extend(self.session.fail(ErrorCode::Shutdown, format!("node {} is shutting down", self.ctx.config.node_id)));
+                }
                 msg = self.reader.next() => {
                     let more = match msg {
                         Ok(Some(m)) => self.session.handle(m),
@@ -438,17 +454,6 @@ impl Drive {
                         }
                     }
                 }
-                c = control.recv() => {
-                    let more = match c {
-                        Some(Control::Cancel(reason)) => self.session.cancel(reason),
-                        Some(Control::Stop) => self.session.fail(ErrorCode::Stopped, format!("stopped by an operator on {}", self.ctx.config.node_id)),
-                        Some(Control::Shutdown) | None => self.session.fail(ErrorCode::Shutdown, format!("node {} is shutting down", self.ctx.config.node_id)),
-                    };
-                    pending.extend(more);
-                }
-                _ = async { let _ = shutdown.wait_for(|s| *s).await; } => {
-                    pending.extend(self.session.fail(ErrorCode::Shutdown, format!("node {} is shutting down", self.ctx.config.node_id)));
-                }
             }
         }
         // Let the last message reach the peer before the stream is dropped.
@@ -466,8 +471,13 @@ impl Drive {
         use crate::protocol::control::{Answer, Ask};
         let Some(conn) = self.conn.as_ref().filter(|c| c.close_reason().is_none()) else { return };
         let id = self.session.request_id();
+        let deadline = Instant::now() + LAST_WORDS;
         for _ in 0..RESTART_POINT_ASKS {
-            let theirs = match crate::transport::control::ask(conn, &Ask::Query(id.clone()), LAST_WORDS).await {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            let theirs = match crate::transport::control::ask(conn, &Ask::Query(id.clone()), left).await {
                 Ok(Answer::State(Some(state))) => state,
                 _ => return,
             };
@@ -477,7 +487,7 @@ impl Drive {
             }
             let held = theirs.transferred;
             self.record(
-                &format!("{} holds {held} bytes durably (its restart point); a restart resumes there", self.partner),
+                &format!("{} reports {held} bytes received, kept for a restart to resume from", self.partner),
                 |r| r.transferred = held,
             );
             return;
@@ -564,6 +574,7 @@ impl Drive {
                 }
                 let source = retrieve::open_source(&rule.send_dir, &req.file_name, &req.rule, &cfg.node_id)?;
                 let size = source.snapshot.size;
+                self.reserve_room(size, req.block_size).await?;
                 if let Some(theirs) = req.prefix_hash.filter(|_| req.restart_offset > 0 && req.restart_offset <= size) {
                     let offset = req.restart_offset;
                     let file = source.file.clone();
@@ -598,6 +609,7 @@ impl Drive {
                     )?;
                     return Ok(Judgement::Complete(EndTransfer { bytes: rec.size, hash }));
                 }
+                self.reserve_room(req.size, req.block_size).await?;
                 let work = receive::work_path(&dir, &req.request_id);
                 let point = existing.as_ref().and_then(|r| r.restart_point).filter(|p| p.offset <= req.size);
                 let offer = crate::determinism::blocking(move || receive::resume_offer(&work, point))
@@ -615,19 +627,24 @@ impl Drive {
                 req.size
             }
         };
-        // Room for its blocks in the partner's budget, held until this run
-        // ends; refused as resumable when there is none, so it is retried.
-        let bytes = partner_budget::reservation(size, req.block_size);
-        let reserved = self.ctx.budgets.of(&self.partner).reserve(bytes).map_err(|over| {
-            (
-                ErrorCode::Connection,
-                format!("node {} cannot take this transfer now: {over}; it is retried", cfg.node_id),
-            )
-        })?;
-        self.reservation = Some(reserved);
         let msg = format!("accepted {:?} of {:?} from {}", req.direction, req.file_name, self.partner);
         self.record_requested(req, size, existing.is_some(), &msg)?;
         Ok(Judgement::Accept { size, restart, prefix_hash })
+    }
+
+    /// Room for the blocks of a transfer of `size` bytes in the partner's
+    /// budget, held until this run ends; waited for (before the costly
+    /// checks of a resume) up to `limits.frame_timeout_ms`, then refused as
+    /// resumable, so the partner retries it.
+    async fn reserve_room(&mut self, size: u64, block_size: u32) -> Result<(), (ErrorCode, String)> {
+        let bytes = partner_budget::reservation(size, block_size);
+        let wait = Duration::from_millis(self.ctx.config.limits.frame_timeout_ms);
+        let reserved = self.ctx.budgets.of(&self.partner).reserve(bytes, wait).await.map_err(|over| {
+            let me = &self.ctx.config.node_id;
+            (ErrorCode::Connection, format!("node {me} cannot take this transfer now: {over}; it is retried"))
+        })?;
+        self.reservation = Some(reserved);
+        Ok(())
     }
 
     /// Pull sender: the requester says it delivered this request before
@@ -675,7 +692,8 @@ impl Drive {
     /// Records the request on the requested side (new, or running again).
     fn record_requested(&self, req: &Request, size: u64, exists: bool, msg: &str) -> Result<(), (ErrorCode, String)> {
         if exists {
-            let pull = req.direction == Direction::Pull;
+            // Sent again from here on (not a confirmation of what was sent).
+            let pull = req.direction == Direction::Pull && req.delivered.is_none();
             self.record(&format!("{msg} (again)"), |r| {
                 r.status = Status::Running;
                 r.size = size;
@@ -839,6 +857,10 @@ impl Drive {
                     mine.bytes, mine.hash, theirs.bytes, theirs.hash
                 ),
             ));
+        }
+        if self.superseded.load(Ordering::Relaxed) {
+            // A newer run owns the work file now and delivers it itself.
+            return Err((ErrorCode::Connection, "superseded by a newer attempt of the request".into()));
         }
         let id = self.session.request_id().clone();
         tracing::info!(target: AUDIT, event = "verified", request_id = %id, partner = %self.partner, bytes = mine.bytes, blake3 = %mine.hash);

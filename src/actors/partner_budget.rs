@@ -8,10 +8,12 @@
 //! partner are counted by Connections (it owns the table of links),
 //! handed-over requests by the store.
 //!
-//! A transfer's bytes are reserved once, when the requested side accepts
+//! A transfer's bytes are reserved once, when the requested side judges
 //! it ([`PartnerBudget::reserve`]), never in the middle of a frame: a frame
 //! waiting for room while its partner's other frames wait for the same
-//! connection's flow-control credit could stall them all.
+//! connection's flow-control credit could stall them all. A request that
+//! finds no room waits for it (in line, before its `Valid`) up to a bound,
+//! so a busy partner's requests are slowed, not failed.
 //!
 //! Slots are RAII guards: a stream's slot is given back when whatever
 //! serves the stream ends, however it ends, so nothing a partner did stays
@@ -75,7 +77,8 @@ pub struct PartnerBudget {
     limits: PartnerLimits,
     streams: Arc<AtomicUsize>,
     asks: Arc<AtomicUsize>,
-    transfers: Arc<AtomicUsize>,
+    /// Permits are transfers in their data phase.
+    transfers: Arc<Semaphore>,
     /// Permits are bytes the partner's accepted transfers may hold.
     bytes: Arc<Semaphore>,
     dial_backs: Mutex<RateWindow>,
@@ -95,7 +98,7 @@ impl Drop for Slot {
 /// What an accepted transfer holds of its partner's budget, until dropped.
 #[derive(Debug)]
 pub struct Reservation {
-    _transfer: Slot,
+    _transfer: OwnedSemaphorePermit,
     _bytes: OwnedSemaphorePermit,
 }
 
@@ -129,7 +132,7 @@ impl PartnerBudget {
             limits: limits.clone(),
             streams: Arc::default(),
             asks: Arc::default(),
-            transfers: Arc::default(),
+            transfers: Arc::new(Semaphore::new(limits.transfers.min(Semaphore::MAX_PERMITS))),
             bytes: Arc::new(Semaphore::new(limits.buffered_bytes.min(Semaphore::MAX_PERMITS))),
             dial_backs: Mutex::new(RateWindow::default()),
             warnings: Mutex::new(WarningGate::default()),
@@ -159,18 +162,28 @@ impl PartnerBudget {
     }
 
     /// Room for one more transfer in its data phase that may hold `bytes`
-    /// (see [`reservation`]); refused at once, never waited for.
-    pub fn reserve(&self, bytes: u64) -> Result<Reservation, OverLimit> {
-        let limit = self.limits.transfers;
-        let transfer = take(&self.transfers, limit)
-            .ok_or_else(|| self.over(format!("{limit} transfers running at once"), "transfers", limit))?;
+    /// (see [`reservation`]), waiting for it up to `wait` (transfers ahead
+    /// of it end and give theirs back); the limit still full then is named.
+    pub async fn reserve(&self, bytes: u64, wait: Duration) -> Result<Reservation, OverLimit> {
         let over_bytes = || {
             let limit = self.limits.buffered_bytes;
             self.over(format!("{bytes} more bytes of blocks in memory, over {limit} in all"), "buffered_bytes", limit)
         };
+        let over_transfers = || {
+            let limit = self.limits.transfers;
+            self.over(format!("{limit} transfers running at once"), "transfers", limit)
+        };
         let n = u32::try_from(bytes).map_err(|_| over_bytes())?;
-        let permit = self.bytes.clone().try_acquire_many_owned(n).map_err(|_| over_bytes())?;
-        Ok(Reservation { _transfer: transfer, _bytes: permit })
+        let room = async {
+            let transfer = self.transfers.clone().acquire_owned().await.map_err(|_| over_transfers())?;
+            let bytes = self.bytes.clone().acquire_many_owned(n).await.map_err(|_| over_bytes())?;
+            Ok(Reservation { _transfer: transfer, _bytes: bytes })
+        };
+        match tokio::time::timeout(wait, room).await {
+            Ok(r) => r,
+            Err(_) if self.transfers.available_permits() == 0 => Err(over_transfers()),
+            Err(_) => Err(over_bytes()),
+        }
     }
 
     /// Whether one more reverse-connect ask is allowed now.
@@ -259,20 +272,27 @@ mod tests {
         }
     }
 
-    #[test]
-    fn transfers_reserve_their_blocks_once_and_give_them_back() {
-        let b = PartnerBudgets::new(limits()).of("b");
+    #[tokio::test]
+    async fn transfers_reserve_their_blocks_once_wait_for_room_and_give_it_back() {
+        let b = Arc::new(PartnerBudgets::new(limits()).of("b"));
         let big = reservation(1 << 30, 4 << 20);
         assert_eq!(big, 10 * (4 << 20) + (4 << 20) + 4096, "ten blocks and a frame");
         assert_eq!(reservation(4096, 1 << 20), 4096 + (1 << 20) + 4096, "a small file holds little");
-        let first = b.reserve(big).expect("room for one");
-        let second = b.reserve(big).expect("room for two");
-        let err = b.reserve(big).expect_err("no room for a third");
+        let short = Duration::from_millis(50);
+        let first = b.reserve(big, short).await.expect("room for one");
+        let second = b.reserve(big, short).await.expect("room for two");
+        let err = b.reserve(big, short).await.expect_err("no room for a third");
         assert_eq!(err.setting, "buffered_bytes");
-        let small = b.reserve(reservation(10, 4096)).expect("a small one fits");
-        assert_eq!(b.reserve(10).expect_err("three transfers run").setting, "transfers");
+        let small = b.reserve(reservation(10, 4096), short).await.expect("a small one fits");
+        assert_eq!(b.reserve(10, short).await.expect_err("three transfers run").setting, "transfers");
+        // One that waits gets the room given back meanwhile.
+        let waiter = {
+            let b = b.clone();
+            tokio::spawn(async move { b.reserve(big, Duration::from_secs(10)).await.map(|_| ()) })
+        };
+        tokio::time::sleep(short).await;
         drop((first, small));
-        assert!(b.reserve(big).is_ok(), "bytes and the slot were given back");
+        waiter.await.expect("task").expect("room came free while it waited");
         drop(second);
     }
 

@@ -236,10 +236,13 @@ fn is_node_process(pid: i32, config: &Path) -> bool {
 fn runs_config(pid: i32, config: &Path) -> bool {
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    if !args.iter().any(|a| *a == b"node") {
+    // The program itself, not a wrapper (sudo, timeout, strace) around it.
+    if !args.first().is_some_and(|a| a.ends_with(b"ferry")) || args.get(1) != Some(&&b"node"[..]) {
         return false;
     }
-    let Some(given) = args.windows(2).find(|w| w[0] == b"--config").map(|w| w[1]) else { return false };
+    let flag = args.windows(2).find(|w| w[0] == b"--config").map(|w| w[1]);
+    let inline = args.iter().find_map(|a| a.strip_prefix(b"--config="));
+    let Some(given) = flag.or(inline) else { return false };
     let given = Path::new(std::ffi::OsStr::from_bytes(given));
     let full = match given.is_relative() {
         true => match std::fs::read_link(format!("/proc/{pid}/cwd")) {
