@@ -14,7 +14,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::procs::{digest_streamed, format_log, now_ms, parse_resume, write_random_streamed, ProcCluster};
+use common::procs::{digest_streamed, format_log, now_ms, parse_resume, run_ferry, write_random_streamed, ProcCluster};
 use common::{delivered, work_files};
 use ferry::api::{ApiClient, LogLineView, TransferView};
 use ferry::cluster::LocalLayout;
@@ -428,6 +428,11 @@ async fn stop_holds_restart_resumes_and_cancel_cleans_up() {
     let point = b_view.restart_offset_durable.expect("b's restart point");
     let a_view = c.wait_view("a", &id, STEP_WITHIN, "a learns b's restart point", |v| v.transferred == point).await;
     assert_eq!((a_view.transferred, b_view.transferred), (point, point), "{a_view:?}\n{b_view:?}");
+    // `ferry status ID` on the requester shows the receiver's restart point.
+    let shown = run_ferry(&["status", "--api", c.api("a").base(), &id], STEP_WITHIN).await;
+    let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
+    let line = shown.lines().find(|l| l.starts_with("restart point:")).unwrap_or_else(|| panic!("{shown}"));
+    assert!(line.contains("held by b"), "{shown}");
     assert!(!c.in_dir("b").join("big.bin").exists());
 
     command(&c, &id, "restart").await;

@@ -359,7 +359,8 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
             }
             Err(e) => return Err(e.into()),
         };
-        return out(&detail(&v));
+        let extra: Vec<(&str, String)> = receivers_restart_point(&client, &v).await.into_iter().collect();
+        return out(&detail(&v, extra));
     }
     let list = client.list(args.status.as_deref()).await?;
     if list.is_empty() {
@@ -388,6 +389,18 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     out(&table(&["ID", "STATUS", "STEP", "PARTNER", "DIRECTION", "FILE", "TRANSFERRED / SIZE"], &rows))
 }
 
+/// A push requester keeps no restart point of its own (the receiver
+/// does): for an interrupted one, the receiver's figure, asked through the
+/// cluster-wide view, as one more detail line; nothing if it cannot be had.
+async fn receivers_restart_point(client: &ApiClient, v: &TransferView) -> Option<(&'static str, String)> {
+    if (v.role, v.direction, v.status) != (Role::Requester, Direction::Push, Status::Interrupted) {
+        return None;
+    }
+    let view = client.cluster_view(&v.id).await.ok()?;
+    let theirs = view.nodes.iter().find(|n| n.node == v.partner)?;
+    Some(("restart point", format!("{} (held by {}; a restart resumes there)", bytes(theirs.transferred), v.partner)))
+}
+
 /// `push`/`pull` as the requester asked, with the way the file goes from this node's side.
 fn direction_word(v: &TransferView) -> &'static str {
     match (v.role, v.direction) {
@@ -406,7 +419,8 @@ fn compression_word(c: Compression) -> &'static str {
 }
 
 /// One transfer, one field a line.
-pub fn detail(v: &TransferView) -> String {
+/// `extra` lines go before the times.
+pub fn detail<'a>(v: &'a TransferView, extra: Vec<(&'a str, String)>) -> String {
     let mut f: Vec<(&str, String)> = vec![
         ("id", v.id.clone()),
         ("node", format!("{} ({:?})", v.node, v.role)),
@@ -443,6 +457,7 @@ pub fn detail(v: &TransferView) -> String {
     if let Some(w) = &v.waiting {
         f.push(("waiting", w.clone()));
     }
+    f.extend(extra);
     f.push((
         "block size",
         format!("{}, compression {}", bytes(u64::from(v.block_size)), compression_word(v.compression)),
@@ -569,7 +584,7 @@ mod tests {
         f.error = Some(ErrorView { code: "Connection".into(), message: "lost".into() });
         let s = summary(&f, None);
         assert!(s.contains("InError at step Transfer") && s.contains("1.0 MiB"), "{s}");
-        let d = detail(&f);
+        let d = detail(&f, Vec::new());
         assert!(d.contains("error:") && d.contains("Connection: lost"), "{d}");
         assert!(d.contains("created:") && d.contains("2023-11-14T22:13:20.000Z"), "{d}");
     }
@@ -583,7 +598,7 @@ mod tests {
         v.restart_offset_durable = Some(32 << 20);
         v.retry_at = Some(1_700_000_005_000);
         v.error = Some(ErrorView { code: "Connection".into(), message: "lost".into() });
-        let d = detail(&v);
+        let d = detail(&v, Vec::new());
         assert!(d.contains("attempts:") && d.contains(" 3\n"), "{d}");
         assert!(d.contains("restart point:") && d.contains("32.0 MiB (durable)"), "{d}");
         assert!(d.contains("next retry:") && d.contains("2023-11-14T22:13:25.000Z"), "{d}");
@@ -591,13 +606,13 @@ mod tests {
 
         let mut v = view();
         v.attempts = 0;
-        let d = detail(&v);
+        let d = detail(&v, Vec::new());
         for absent in ["attempts:", "restart point:", "next retry:", "delivered:"] {
             assert!(!d.contains(absent), "{absent} shown though unset: {d}");
         }
         v.status = Status::Interrupted;
         v.delivered = true;
-        assert!(detail(&v).contains("delivered:"), "{}", detail(&v));
+        assert!(detail(&v, Vec::new()).contains("delivered:"), "{}", detail(&v, Vec::new()));
     }
 
     #[test]
