@@ -1024,6 +1024,8 @@ impl Node {
         if let Err(e) = ctx.store.flush().await {
             tracing::error!(error = %e, "cannot flush the store at shutdown");
         }
+        // The data folder is no longer this process's.
+        let _ = std::fs::remove_file(ctx.config.data_dir.join(PID_FILE));
         // The store closes (and releases its lock) with the last holder of
         // the context: wait, bounded, for runner tasks still finishing.
         drop(self.handle);

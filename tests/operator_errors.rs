@@ -115,3 +115,16 @@ async fn a_waiting_request_says_why() {
     assert!(waiting.contains("cluster.partner_wait_secs") && waiting.contains("3600 s"), "{waiting}");
     a.shutdown().await;
 }
+
+/// A node writes its pid into its data folder while it holds it, and takes
+/// it away at a clean shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pid_file_lives_as_long_as_the_node() {
+    let layout = common::Layout::new(&["a", "b"]);
+    let pid_file = layout.config("a").data_dir.join(ferry::node::PID_FILE);
+    let a = layout.start("a").await;
+    let text = std::fs::read_to_string(&pid_file).expect("pid file while running");
+    assert_eq!(text.trim(), std::process::id().to_string());
+    a.shutdown().await;
+    assert!(!pid_file.exists(), "removed at a clean shutdown");
+}

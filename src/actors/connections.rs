@@ -742,6 +742,9 @@ async fn serve_stream(
         Ok(slot) => slot,
         Err(over) => return refuse(&mut send, &mut recv, over.to_string()),
     };
+    // The link counts it too (a link carrying one is not idle), whatever
+    // the stream turns out to carry.
+    let guard = link.channel_guard();
     let limit = Duration::from_millis(ctx.config.limits.handshake_timeout_ms);
     let kind = match control::read_kind(&mut recv, limit).await {
         Ok(Some(b)) => StreamKind::from_byte(b).ok_or(format!("unknown stream kind byte 0x{b:02x}")),
@@ -750,7 +753,6 @@ async fn serve_stream(
     };
     match kind {
         Ok(StreamKind::Request) => {
-            let guard = link.channel_guard();
             let args = ServerRunnerArgs { ctx, partner: partner.clone(), send, recv, guard, slot };
             if let Err(e) = Actor::spawn(None, ServerRunner, args).await {
                 tracing::error!(partner = %partner, error = %e, "cannot start a ServerRunner");
@@ -759,7 +761,7 @@ async fn serve_stream(
         Ok(StreamKind::Control) => match budget.ask() {
             Ok(ask) => {
                 super::control_plane::serve(ctx.clone(), conns, partner.clone(), send, recv).await;
-                drop((ask, slot));
+                drop((ask, slot, guard));
             }
             Err(over) => {
                 // Said to the asker too (a small, bounded answer), unread.
