@@ -432,14 +432,16 @@ impl Drive {
                         }
                         Some(PumpEvent::Finished(end)) => {
                             pump = None;
-                            // What was sent, for a later claim that it was
-                            // delivered: on the requested side durable before
-                            // the EndTransfer that lets the requester deliver.
-                            self.record(&format!("sent {} bytes, BLAKE3 {}", end.bytes, end.hash), |r| {
-                                r.transferred = end.bytes;
-                                r.hash = Some(end.hash);
-                            });
+                            // A pull's sender: what it sent, for a later
+                            // claim that it was delivered, durable before the
+                            // EndTransfer that lets the requester deliver. (A
+                            // push's sender needs no such record: it is the
+                            // requester, and nobody claims to it.)
                             if self.session.role() == SessionRole::Requested {
+                                self.record(&format!("sent {} bytes, BLAKE3 {}", end.bytes, end.hash), |r| {
+                                    r.transferred = end.bytes;
+                                    r.hash = Some(end.hash);
+                                });
                                 self.flush().await;
                             }
                             pending.extend(self.session.sending_finished(end));
