@@ -59,10 +59,6 @@ impl PartnerBudgets {
         PartnerBudgets { limits, by_partner: Mutex::new(BTreeMap::new()) }
     }
 
-    pub fn limits(&self) -> &PartnerLimits {
-        &self.limits
-    }
-
     /// The budget of `partner` (an authenticated node id).
     pub fn of(&self, partner: &str) -> Arc<PartnerBudget> {
         let mut map = self.by_partner.lock().unwrap_or_else(|p| p.into_inner());

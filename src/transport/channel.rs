@@ -185,19 +185,21 @@ impl FrameReader {
         while self.header_len < HEADER_LEN {
             let read = if self.header_len == 0 {
                 let since = *self.idle_since.get_or_insert_with(Instant::now);
-                let due = self.limits.next_frame_due;
-                let deadline = due.map(|d| since + d.within);
                 let read = self.recv.read(&mut self.header[..1]);
-                by(deadline, read, || match due {
-                    Some(d) => ChannelError::Stalled(format!(
-                        "the peer sent no frame within {} ms while {} was due ({})",
-                        d.within.as_millis(),
-                        d.what,
-                        d.setting
-                    )),
-                    None => ChannelError::Lost("no deadline passed".into()),
-                })
-                .await?
+                match self.limits.next_frame_due {
+                    Some(d) => {
+                        let stalled = || {
+                            ChannelError::Stalled(format!(
+                                "the peer sent no frame within {} ms while {} was due ({})",
+                                d.within.as_millis(),
+                                d.what,
+                                d.setting
+                            ))
+                        };
+                        by(Some(since + d.within), read, stalled).await?
+                    }
+                    None => read.await,
+                }
             } else {
                 let timeout = self.limits.frame_timeout;
                 by(self.frame_deadline, self.recv.read(&mut self.header[self.header_len..]), || late(timeout)).await?
