@@ -202,6 +202,7 @@ mod tests {
             retry_at: None,
             group: Some("backends".into()),
             submitted_on: None,
+            ..RequestRecord::new(RequestId::generate(), Role::Requester, "b", "default", Direction::Push, "x")
         }
     }
 

@@ -10,7 +10,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks. A peer with another version is refused.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Largest block size a node accepts (the frame limit is derived from it).
 pub const MAX_BLOCK_SIZE: u32 = 16 * 1024 * 1024;
@@ -173,6 +173,44 @@ pub enum ErrorCode {
     /// The partner stayed unavailable longer than the request may wait
     /// (`cluster.partner_wait_secs`); the message carries the last cause.
     PartnerUnavailable,
+    /// A pre-, post- or error task of the rule failed (or ran past its
+    /// timeout); the message names the task and why.
+    TaskFailed,
+    /// The target file exists and the rule's target mode is `create`.
+    TargetExists,
+}
+
+impl ErrorCode {
+    /// Every code, in wire order.
+    pub const ALL: [ErrorCode; 27] = [
+        ErrorCode::VersionMismatch,
+        ErrorCode::CapabilityMismatch,
+        ErrorCode::UnknownPartner,
+        ErrorCode::AuthentMismatch,
+        ErrorCode::UnknownRule,
+        ErrorCode::RuleNotAllowed,
+        ErrorCode::BadFileName,
+        ErrorCode::FileNotFound,
+        ErrorCode::NoSpace,
+        ErrorCode::Io,
+        ErrorCode::BlockHashMismatch,
+        ErrorCode::FileHashMismatch,
+        ErrorCode::SizeMismatch,
+        ErrorCode::SourceChanged,
+        ErrorCode::ResumeMismatch,
+        ErrorCode::Stopped,
+        ErrorCode::RetriesExhausted,
+        ErrorCode::Protocol,
+        ErrorCode::BadFrame,
+        ErrorCode::Connection,
+        ErrorCode::Handshake,
+        ErrorCode::Cancelled,
+        ErrorCode::Shutdown,
+        ErrorCode::Internal,
+        ErrorCode::PartnerUnavailable,
+        ErrorCode::TaskFailed,
+        ErrorCode::TargetExists,
+    ];
 }
 
 impl fmt::Display for ErrorCode {

@@ -1,8 +1,9 @@
 //! The node's persistent store: one sled database, owned by this module alone.
 //!
 //! Trees:
-//! - `meta`: the schema version (`schema` → u32 big-endian). A database with
-//!   another version is refused at open, never silently reinterpreted.
+//! - `meta`: the schema version (`schema` → u32 big-endian). An older
+//!   version this build knows is migrated at open (see `migrate.rs`); any
+//!   other is refused, never silently reinterpreted.
 //! - `requests`: request id → bincode([`RequestRecord`]).
 //! - `joblog`: request id ++ sequence (u64 BE) → bincode([`LogEntry`]); the
 //!   sequence comes from sled's monotonic id generator, so a request's entries
@@ -36,6 +37,7 @@
 //! hard kill; a record that does not decode is reported as
 //! [`StoreError::Corrupt`] naming the key, never skipped silently.
 
+mod migrate;
 mod record;
 
 pub use record::*;
@@ -45,7 +47,7 @@ use std::path::Path;
 use crate::protocol::RequestId;
 
 /// The on-disk layout version this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -132,7 +134,16 @@ impl Store {
             Some(v) => {
                 let found = v.as_ref().try_into().map(u32::from_be_bytes).unwrap_or(0);
                 if found != SCHEMA_VERSION {
-                    return Err(StoreError::Schema { path: dir.display().to_string(), found });
+                    match migrate::migrate(&db, found)? {
+                        Some(count) => tracing::info!(
+                            path = %dir.display(),
+                            from = found,
+                            to = SCHEMA_VERSION,
+                            records = count,
+                            "store migrated to the current schema"
+                        ),
+                        None => return Err(StoreError::Schema { path: dir.display().to_string(), found }),
+                    }
                 }
             }
             None => {

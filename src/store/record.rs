@@ -116,6 +116,57 @@ pub struct RequestRecord {
     /// Requester: the node whose API took the submission, when another
     /// node handed the request over (submit anywhere).
     pub submitted_on: Option<String>,
+    // ---- schema 4: tasks and target modes ----
+    /// The next task to run in the current step's task list on this side
+    /// (pre-tasks in `PreTask`, post-tasks in `PostTask`); 0 when the step
+    /// is entered, advanced (and stored) after each task succeeds.
+    pub task_index: u32,
+    /// While or after error tasks ran (`step` = `ErrorTask`): the step that
+    /// failed, where a restart resumes.
+    pub failed_step: Option<Step>,
+    /// The next error task to run.
+    pub error_task_index: u32,
+    /// The name the request was submitted with, when a sender's pre-task
+    /// renamed the file (`file_name` is then the new name).
+    pub original_file_name: Option<String>,
+    /// Where this node's file is now, when a task moved it (tasks that
+    /// follow act on it there).
+    pub local_path: Option<String>,
+    /// How the receiver treats an existing target, if the request overrides
+    /// the rule.
+    pub target_mode: Option<TargetMode>,
+    /// Receiver, `append` mode: the length of the target before the append,
+    /// recorded (flushed) before the target is touched.
+    pub append_base: Option<u64>,
+    /// The request whose `transfer` task submitted this one.
+    pub chained_from: Option<RequestId>,
+    /// Requests this one's `transfer` tasks submitted.
+    pub chained_to: Vec<RequestId>,
+    /// Times a `reschedule` error task put the request back.
+    pub reschedules: u32,
+}
+
+/// What a receiver does when the target file already exists.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetMode {
+    /// Refuse the transfer (before any data is sent).
+    Create,
+    /// Replace it atomically (the default).
+    #[default]
+    Replace,
+    /// Add the received data at its end.
+    Append,
+    /// Rename it aside (`backup_name`), then deliver.
+    Backup,
+}
+
+impl TargetMode {
+    pub fn parse(s: &str) -> Option<TargetMode> {
+        [TargetMode::Create, TargetMode::Replace, TargetMode::Append, TargetMode::Backup]
+            .into_iter()
+            .find(|m| format!("{m:?}").eq_ignore_ascii_case(s))
+    }
 }
 
 impl RequestRecord {
@@ -152,7 +203,22 @@ impl RequestRecord {
             retry_at: None,
             group: None,
             submitted_on: None,
+            task_index: 0,
+            failed_step: None,
+            error_task_index: 0,
+            original_file_name: None,
+            local_path: None,
+            target_mode: None,
+            append_base: None,
+            chained_from: None,
+            chained_to: Vec::new(),
+            reschedules: 0,
         }
+    }
+
+    /// The name the request was submitted with.
+    pub fn requested_name(&self) -> &str {
+        self.original_file_name.as_deref().unwrap_or(&self.file_name)
     }
 
     /// Whether this node sends the file.
