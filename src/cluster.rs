@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{NodeConfig, Partner, Rule, TlsPaths};
 
+pub mod rules;
 pub mod spec;
 
 pub use spec::{ClusterError, ClusterSpec, ClusterState, Prepared};
@@ -79,14 +80,7 @@ impl LocalLayout {
                         keep_connected: false,
                     })
                     .collect(),
-                rules: vec![Rule {
-                    name: "default".into(),
-                    send_dir: home.join("out"),
-                    recv_dir: home.join("in"),
-                    partners: vec!["*".into()],
-                    retry: None,
-                    on_resume_mismatch: Default::default(),
-                }],
+                rules: vec![Rule::new("default", home.join("out"), home.join("in"), vec!["*".into()])],
                 ..NodeConfig::with_defaults(id.to_string(), quic[i], api, home.join("data"), tls)
             };
             for r in &cfg.rules {

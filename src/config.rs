@@ -34,7 +34,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::{DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
+use crate::protocol::{TargetMode, DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
+use crate::tasks::{SideTasks, TaskList};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -253,14 +254,83 @@ pub struct Rule {
     /// What the sender does when a resume finds a mismatched partial file.
     #[serde(default)]
     pub on_resume_mismatch: OnResumeMismatch,
+    /// What the receiver does when the target file exists: `create`
+    /// (refuse), `replace` (the default), `append`, `backup`. A request may
+    /// override it.
+    #[serde(default)]
+    pub target: TargetMode,
+    /// `backup` mode: the name the existing file is renamed to, in the same
+    /// folder (variables allowed; a counter is added if it is taken).
+    #[serde(default = "default_backup_name")]
+    pub backup_name: String,
+    /// More folders this rule's tasks may touch (archives, hand-off
+    /// folders), besides its send and receive folders.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub folders: Vec<PathBuf>,
+    /// Tasks this node runs when it sends a file under this rule.
+    #[serde(default, skip_serializing_if = "SideTasks::is_empty")]
+    pub sender: SideTasks,
+    /// Tasks this node runs when it receives a file under this rule.
+    #[serde(default, skip_serializing_if = "SideTasks::is_empty")]
+    pub receiver: SideTasks,
+}
+
+fn default_backup_name() -> String {
+    "#FILENAME#.#DATE#-#HOUR#".into()
 }
 
 /// The placeholder for the partner's id in a rule's receive folder.
 pub const PARTNER_PLACEHOLDER: &str = "#PARTNER#";
 
 impl Rule {
+    /// A rule with only folders and partners; everything else at its default.
+    pub fn new(name: &str, send_dir: PathBuf, recv_dir: PathBuf, partners: Vec<String>) -> Rule {
+        Rule {
+            name: name.to_owned(),
+            send_dir,
+            recv_dir,
+            partners,
+            retry: None,
+            on_resume_mismatch: OnResumeMismatch::default(),
+            target: TargetMode::default(),
+            backup_name: default_backup_name(),
+            folders: Vec::new(),
+            sender: SideTasks::default(),
+            receiver: SideTasks::default(),
+        }
+    }
+
     pub fn allows(&self, partner: &str) -> bool {
         self.partners.iter().any(|p| p == "*" || p == partner)
+    }
+
+    /// The folders its tasks may touch, as written (a receive folder may
+    /// still hold `#PARTNER#`).
+    pub fn task_folders(&self) -> Vec<PathBuf> {
+        let mut v = vec![self.send_dir.clone(), self.recv_dir.clone()];
+        v.extend(self.folders.iter().cloned());
+        v
+    }
+
+    /// Checks every task of the rule; the first problem names the side,
+    /// the list and the task.
+    pub fn check_tasks(&self) -> Result<(), String> {
+        let folders = self.task_folders();
+        for (side, tasks) in [("sender", &self.sender), ("receiver", &self.receiver)] {
+            for list in TaskList::ALL {
+                for (i, t) in tasks.list(list).iter().enumerate() {
+                    t.parse(list, &folders).map_err(|why| {
+                        format!("rule {:?}: {side}.{} task {} ({}): {why}", self.name, list.key(), i + 1, t.kind)
+                    })?;
+                }
+            }
+        }
+        crate::tasks::Vars::check(&self.backup_name, false)
+            .map_err(|why| format!("rule {:?}: backup_name: {why}", self.name))?;
+        if self.backup_name.contains('/') || self.backup_name.is_empty() {
+            return Err(format!("rule {:?}: backup_name {:?} must be a file name", self.name, self.backup_name));
+        }
+        Ok(())
     }
 
     /// The folder files from `partner` are received into: the rule's
@@ -420,6 +490,7 @@ impl NodeConfig {
         for r in &mut self.rules {
             fix(&mut r.send_dir);
             fix(&mut r.recv_dir);
+            r.folders.iter_mut().for_each(fix);
         }
     }
 
@@ -503,6 +574,34 @@ impl NodeConfig {
             if !rules.insert(r.name.as_str()) {
                 return Err(format!("rule {:?} is defined twice", r.name));
             }
+            r.check_tasks()?;
+            for t in r
+                .sender
+                .post_tasks
+                .iter()
+                .chain(&r.receiver.post_tasks)
+                .chain(&r.sender.error_tasks)
+                .chain(&r.receiver.error_tasks)
+                .chain(&r.sender.pre_tasks)
+                .chain(&r.receiver.pre_tasks)
+            {
+                if let Some(p) = t.partner.as_deref() {
+                    if self.partner(p).is_none() {
+                        return Err(format!(
+                            "rule {:?}: a transfer task names {p:?}, which is not a configured partner",
+                            r.name
+                        ));
+                    }
+                }
+                if let Some(other) = t.rule.as_deref() {
+                    if self.rules.iter().all(|x| x.name != other) {
+                        return Err(format!(
+                            "rule {:?}: a transfer task names rule {other:?}, which does not exist",
+                            r.name
+                        ));
+                    }
+                }
+            }
             for p in &r.partners {
                 if p != "*" && self.partner(p).is_none() && self.group(p).is_none() {
                     return Err(format!(
@@ -583,14 +682,7 @@ partners = ["b"]
 
     #[test]
     fn a_receive_folder_can_be_per_partner() {
-        let rule = |recv: &str| Rule {
-            name: "r".into(),
-            send_dir: "out".into(),
-            recv_dir: recv.into(),
-            partners: vec!["*".into()],
-            retry: None,
-            on_resume_mismatch: OnResumeMismatch::default(),
-        };
+        let rule = |recv: &str| Rule::new("r", "out".into(), recv.into(), vec!["*".into()]);
         assert_eq!(rule("/srv/in/#PARTNER#").recv_dir_for("b"), PathBuf::from("/srv/in/b"));
         assert_eq!(rule("/srv/#PARTNER#/in").recv_dir_for("c"), PathBuf::from("/srv/c/in"));
         assert_eq!(rule("/srv/in").recv_dir_for("b"), PathBuf::from("/srv/in"), "shared when not asked for");

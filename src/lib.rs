@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod config;
 pub mod determinism;
 pub mod lifecycle;
+pub mod model;
 pub mod node;
 pub mod protocol;
 pub mod store;

@@ -268,9 +268,15 @@ pub fn after_run(r: &RequestRecord, policy: &RetryPolicy, now: u64) -> AfterRun 
     AfterRun::RetryIn { delay: policy.delay_after(r.attempts), retry: r.attempts + 1, of: policy.attempts }
 }
 
+/// Whether a retry that came due applies: the request is still
+/// interrupted, and not stopped by an operator.
+pub fn is_retry_due(r: &RequestRecord) -> bool {
+    r.status == Status::Interrupted && !is_stopped(r)
+}
+
 /// A retry that is due: the request goes back to the queue.
 pub fn retry_due(r: &mut RequestRecord) -> bool {
-    if r.status != Status::Interrupted || is_stopped(r) {
+    if !is_retry_due(r) {
         return false;
     }
     r.status = Status::ToSubmit;

@@ -13,25 +13,29 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorRef};
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::actors::availability::{Availability, PartnerHealth, PartnerState};
+use crate::actors::availability::PartnerHealth;
+use crate::actors::channel_run::Command;
 use crate::actors::commander::CommanderMsg;
 use crate::actors::connections::{self, ConnectionsMsg, CLOSE_SHUTDOWN};
+use crate::actors::context::NodeContext;
 use crate::actors::control_plane::request_state;
-use crate::actors::drive::{Control, AUDIT};
 use crate::actors::supervisor::{Supervisor, SupervisorMsg};
+use crate::actors::{intake, AUDIT};
 use crate::config::NodeConfig;
-use crate::protocol::control::RequestState;
-use crate::protocol::names::check_file_name;
-use crate::protocol::{Capabilities, Compression, Direction, ErrorCode, RequestId, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
-use crate::store::{now_ms, RequestError, RequestRecord, Role, Status, Store, StoreError};
+use crate::lifecycle::{self, CommandPath};
+use crate::model::{
+    ClusterSubmitted, ClusterView, CommandError, NodeStats, PartnerState, PartnerView, PartnersView, Submit,
+    SubmitError,
+};
+use crate::protocol::{Direction, ErrorCode, RequestId};
+use crate::store::{now_ms, RequestRecord, Role, Status, Store, StoreError};
 use crate::transfer::receive;
 use crate::transport::{self, NodeIdentity, TransportTuning};
 
@@ -64,257 +68,11 @@ pub enum NodeError {
     Signal(std::io::Error),
 }
 
-/// The long-lived actors, as last (re)started by the supervisor.
-#[derive(Clone)]
-pub struct ActorRefs {
-    pub commander: ActorRef<CommanderMsg>,
-    pub connections: ActorRef<ConnectionsMsg>,
-}
-
-/// What every part of a running node shares.
-pub struct NodeContext {
-    pub config: NodeConfig,
-    pub store: Store,
-    pub endpoint: quinn::Endpoint,
-    pub capabilities: Capabilities,
-    /// Becomes `true` when the node shuts down.
-    pub shutdown: watch::Receiver<bool>,
-    /// Private channels (requests) currently running on this node, either side.
-    pub open_channels: AtomicUsize,
-    /// Requests this node's Commander is running.
-    pub running_requests: AtomicUsize,
-    /// The requested-side runner currently serving each request: a token,
-    /// the partner it serves, and the flag that tells an older runner of
-    /// the same partner it was superseded.
-    pub serving: std::sync::Mutex<std::collections::BTreeMap<RequestId, crate::actors::drive::ServingRun>>,
-    /// What this node knows of each partner's reachability.
-    pub availability: Availability,
-    /// What each partner may still cost this node.
-    pub budgets: crate::actors::partner_budget::PartnerBudgets,
-    actors: RwLock<Option<ActorRefs>>,
-}
-
-impl NodeContext {
-    pub fn set_actors(&self, refs: ActorRefs) {
-        if let Ok(mut a) = self.actors.write() {
-            *a = Some(refs);
-        }
-    }
-
-    pub fn actors(&self) -> Option<ActorRefs> {
-        self.actors.read().ok().and_then(|a| a.clone())
-    }
-}
-
 /// The file in a node's data folder that holds the pid of the node using it.
 pub const PID_FILE: &str = "ferry-node.pid";
 
-/// Longest `transfer_info` a request may carry, in bytes.
-pub const MAX_TRANSFER_INFO: usize = 8 * 1024;
-/// Longest `external_job_id` a request may carry, in bytes.
-pub const MAX_EXTERNAL_JOB_ID: usize = 256;
-
-/// A transfer to submit.
-///
-/// Submitted to the node that takes part in it, `partner` names the other
-/// node (id, alias or group). Submitted anywhere in the cluster, `source`
-/// and `target` name the node that has the file and the node that gets it
-/// (see [`NodeHandle::submit_anywhere`]).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Submit {
-    /// Partner id, alias or group.
-    #[serde(default)]
-    pub partner: String,
-    pub rule: String,
-    pub direction: Direction,
-    /// A plain file name in the rule's send folder (of this node for a push,
-    /// of the partner for a pull).
-    pub file: String,
-    #[serde(default)]
-    pub external_job_id: Option<String>,
-    #[serde(default)]
-    pub transfer_info: String,
-    #[serde(default)]
-    pub block_size: Option<u32>,
-    #[serde(default)]
-    pub compression: Compression,
-    /// Submit anywhere: the node that sends the file.
-    #[serde(default)]
-    pub source: Option<String>,
-    /// Submit anywhere: the node that receives the file.
-    #[serde(default)]
-    pub target: Option<String>,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum SubmitError {
-    #[error("unknown partner {0:?}")]
-    UnknownPartner(String),
-    #[error("unknown rule {0:?}")]
-    UnknownRule(String),
-    #[error("partner {partner:?} may not use rule {rule:?}")]
-    RuleNotAllowed { rule: String, partner: String },
-    #[error("bad file name: {0}")]
-    BadFileName(String),
-    #[error("{0}")]
-    FileNotFound(String),
-    #[error("bad block size: {0}")]
-    BadBlockSize(String),
-    #[error("the node is shutting down")]
-    ShuttingDown,
-    #[error("{0}")]
-    BadRequest(String),
-    #[error("{0}")]
-    Unreachable(String),
-    #[error("node {node} refused the transfer: {message}")]
-    Refused { node: String, code: ErrorCode, message: String },
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-impl SubmitError {
-    pub fn code(&self) -> &'static str {
-        match self {
-            SubmitError::UnknownPartner(_) => "unknown_partner",
-            SubmitError::UnknownRule(_) => "unknown_rule",
-            SubmitError::RuleNotAllowed { .. } => "rule_not_allowed",
-            SubmitError::BadFileName(_) => "bad_file_name",
-            SubmitError::FileNotFound(_) => "file_not_found",
-            SubmitError::BadBlockSize(_) => "bad_block_size",
-            SubmitError::ShuttingDown => "shutting_down",
-            SubmitError::BadRequest(_) => "bad_request",
-            SubmitError::Unreachable(_) => "unreachable",
-            SubmitError::Refused { .. } => "refused",
-            SubmitError::Store(_) => "store",
-        }
-    }
-
-    /// The protocol error code a refused handover carries back.
-    pub fn error_code(&self) -> ErrorCode {
-        match self {
-            SubmitError::UnknownPartner(_) => ErrorCode::UnknownPartner,
-            SubmitError::UnknownRule(_) => ErrorCode::UnknownRule,
-            SubmitError::RuleNotAllowed { .. } => ErrorCode::RuleNotAllowed,
-            SubmitError::BadFileName(_) => ErrorCode::BadFileName,
-            SubmitError::FileNotFound(_) => ErrorCode::FileNotFound,
-            SubmitError::BadBlockSize(_) => ErrorCode::CapabilityMismatch,
-            SubmitError::ShuttingDown => ErrorCode::Shutdown,
-            SubmitError::BadRequest(_) => ErrorCode::Protocol,
-            SubmitError::Unreachable(_) => ErrorCode::Connection,
-            SubmitError::Refused { code, .. } => *code,
-            SubmitError::Store(_) => ErrorCode::Internal,
-        }
-    }
-}
-
-/// Why an operator command was refused.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum CommandError {
-    #[error("no request {0}")]
-    NotFound(RequestId),
-    #[error("request {id} is driven by node {partner}{}; send the command to that node's API", .at.as_ref().map(|a| format!(" (at {a})")).unwrap_or_default())]
-    NotRequester { id: RequestId, partner: String, at: Option<String> },
-    #[error("cannot {action} request {id}: it is {state}")]
-    InvalidState { id: RequestId, action: &'static str, state: String },
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-impl CommandError {
-    pub fn code(&self) -> &'static str {
-        match self {
-            CommandError::NotFound(_) => "not_found",
-            CommandError::NotRequester { .. } => "not_requester",
-            CommandError::InvalidState { .. } => "invalid_state",
-            CommandError::Store(_) => "store",
-        }
-    }
-}
-
-/// Counts an operator (or a test) can watch.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct NodeStats {
-    pub node_id: String,
-    /// Live QUIC connections to partners.
-    pub connections: usize,
-    pub connections_by_partner: BTreeMap<String, usize>,
-    /// Private channels (requests) running on this node, either side.
-    pub open_channels: usize,
-    /// Requests this node's Commander is running.
-    pub running_requests: usize,
-}
-
 /// How long one control exchange started by the API may take.
 const CONTROL_ASK_LIMIT: Duration = Duration::from_secs(10);
-
-/// Where a request submitted anywhere went.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ClusterSubmitted {
-    pub id: RequestId,
-    /// The node that runs the request (its requester).
-    pub holder: String,
-    pub state: RequestState,
-}
-
-/// A request as its two nodes know it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ClusterView {
-    pub id: String,
-    /// The node that runs the request (its requester), if found.
-    pub holder: Option<String>,
-    /// The status both nodes agree on, else the holder's.
-    pub status: Option<String>,
-    /// Both nodes answered and agree on the status.
-    pub agreed: bool,
-    /// Each node's record, by node id.
-    pub nodes: Vec<RequestState>,
-    /// Nodes that could not be asked, and why.
-    pub unreachable: Vec<String>,
-}
-
-/// One partner as the API lists it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct PartnerView {
-    pub id: String,
-    pub aliases: Vec<String>,
-    pub address: String,
-    pub state: PartnerState,
-    /// Unix milliseconds of the last state change.
-    pub since_ms: Option<u64>,
-    /// Round-trip time of the last heartbeat, milliseconds.
-    pub rtt_ms: Option<f64>,
-    /// Live QUIC connections to it.
-    pub connections: usize,
-    pub last_error: Option<String>,
-    pub keep_connected: bool,
-}
-
-/// `GET /api/v1/partners`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct PartnersView {
-    pub node_id: String,
-    pub partners: Vec<PartnerView>,
-    pub groups: Vec<crate::config::Group>,
-}
-
-/// Chooses a group member for a request: an available one first, then one
-/// not known to be unavailable, in the group's order; `avoid` (the member
-/// that just failed) is taken only if nothing else is left.
-pub(crate) fn pick_member(ctx: &NodeContext, members: &[String], avoid: Option<&str>) -> String {
-    let rank = |m: &String| {
-        let state = ctx.availability.get(m).state;
-        let base = match state {
-            PartnerState::Available => 0,
-            PartnerState::Unknown => 1,
-            PartnerState::Unavailable => 2,
-        };
-        base + if Some(m.as_str()) == avoid { 3 } else { 0 }
-    };
-    members.iter().min_by_key(|m| rank(m)).cloned().unwrap_or_default()
-}
 
 /// Checks, before a node starts, that every rule's folders are folders it
 /// can use: a send folder it can read, receive folders (one per partner
@@ -376,15 +134,6 @@ fn is_ferry_node(pid: u32) -> bool {
     args.first().is_some_and(|a| a.ends_with(b"ferry")) && args.get(1).is_some_and(|a| *a == b"node")
 }
 
-/// The partner that handed a request over, from the record's
-/// `submitted_on` ("c", or "c (via b)" when b passed on what c took).
-fn handed_over_by(submitted_on: &str) -> &str {
-    match submitted_on.rsplit_once(" (via ") {
-        Some((_, via)) => via.strip_suffix(')').unwrap_or(via),
-        None => submitted_on,
-    }
-}
-
 /// A cheap, cloneable handle to a running node.
 #[derive(Clone)]
 pub struct NodeHandle {
@@ -436,134 +185,16 @@ impl NodeHandle {
     /// Records a new request and queues it. The record is on disk before
     /// this returns, so an acknowledged request survives a crash.
     pub async fn submit(&self, s: Submit) -> Result<RequestRecord, SubmitError> {
-        self.submit_as(s, RequestId::generate(), None).await
+        intake::submit(&self.ctx, s, RequestId::generate(), None, None).await
     }
 
-    /// Records a request under `id` (chosen here, or by the node that
-    /// handed it over) and queues it.
-    async fn submit_as(
-        &self,
-        s: Submit,
-        id: RequestId,
-        submitted_on: Option<String>,
-    ) -> Result<RequestRecord, SubmitError> {
-        let cfg = &self.ctx.config;
-        if *self.ctx.shutdown.borrow() {
-            return Err(SubmitError::ShuttingDown);
-        }
-        let (partner, group) = match (cfg.partner(&s.partner), cfg.group(&s.partner)) {
-            (Some(p), _) => (p.id.clone(), None),
-            (None, Some(g)) => (pick_member(&self.ctx, &g.members, None), Some(g.name.clone())),
-            (None, None) => return Err(SubmitError::UnknownPartner(s.partner.clone())),
-        };
-        let rule = cfg.rule(&s.rule).ok_or_else(|| SubmitError::UnknownRule(s.rule.clone()))?;
-        if !cfg.rule_allows(rule, &partner) {
-            return Err(SubmitError::RuleNotAllowed { rule: s.rule, partner });
-        }
-        check_file_name(&s.file).map_err(SubmitError::BadFileName)?;
-        // Both travel in the Request, which must fit the partner's
-        // handshake frame limit (at least 16 KiB).
-        if s.transfer_info.len() > MAX_TRANSFER_INFO {
-            return Err(SubmitError::BadRequest(format!(
-                "transfer_info is {} bytes; at most {MAX_TRANSFER_INFO} are allowed",
-                s.transfer_info.len()
-            )));
-        }
-        if s.external_job_id.as_ref().is_some_and(|j| j.len() > MAX_EXTERNAL_JOB_ID) {
-            return Err(SubmitError::BadRequest(format!("external_job_id is longer than {MAX_EXTERNAL_JOB_ID} bytes")));
-        }
-        let block_size = s.block_size.unwrap_or(cfg.block_size);
-        if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) {
-            return Err(SubmitError::BadBlockSize(format!(
-                "{block_size} is outside {MIN_BLOCK_SIZE}..={MAX_BLOCK_SIZE}"
-            )));
-        }
-        let mut size = 0;
-        if s.direction == Direction::Push {
-            let source = crate::transfer::retrieve::open_source(&rule.send_dir, &s.file, &s.rule, &cfg.node_id)
-                .map_err(|(_, msg)| SubmitError::FileNotFound(msg))?;
-            size = source.snapshot.size;
-        }
-        let rec = RequestRecord {
-            block_size,
-            compression: s.compression,
-            size,
-            external_job_id: s.external_job_id,
-            transfer_info: s.transfer_info,
-            group: group.clone(),
-            submitted_on: submitted_on.clone(),
-            ..RequestRecord::new(id, Role::Requester, &partner, &s.rule, s.direction, &s.file)
-        };
-        let mut msg = format!("submitted: {:?} {:?} with {partner} under rule {:?}", s.direction, s.file, s.rule);
-        if let Some(g) = &group {
-            msg.push_str(&format!(" (member {partner} of group {g} chosen)"));
-        }
-        if let Some(n) = &submitted_on {
-            msg.push_str(&format!("; handed over by node {n}, whose API took it"));
-        }
-        let rec = self.ctx.store.insert(rec, &msg)?;
-        self.ctx.store.flush().await?;
-        tracing::info!(target: AUDIT, event = "submitted", request_id = %rec.id, partner = %rec.partner, direction = ?rec.direction, file = %rec.file_name);
-        if let Some(a) = self.ctx.actors() {
-            let _ = a.commander.cast(CommanderMsg::Wake);
-        }
-        Ok(rec)
-    }
-
-    pub(crate) fn from_context(ctx: Arc<NodeContext>) -> NodeHandle {
-        NodeHandle { ctx }
-    }
-
-    /// Takes over a request another node's API accepted (submit anywhere):
-    /// recorded here, as requester, under the id that node chose. Asking
-    /// again with the same id answers with the existing record.
+    /// Takes over a request another node's API accepted (submit anywhere).
     pub async fn accept_handover(
         &self,
         h: crate::protocol::control::Handover,
         from: &str,
     ) -> Result<RequestRecord, SubmitError> {
-        if let Some(rec) = self.ctx.store.get(&h.id)? {
-            // Idempotent for the partner that handed it over; nobody else
-            // learns anything of another's request this way.
-            if rec.submitted_on.as_deref().is_some_and(|on| handed_over_by(on) == from) {
-                return Ok(rec);
-            }
-            return Err(SubmitError::BadRequest(format!("request id {} belongs to another request", h.id)));
-        }
-        // A partner may make this node act only as the rules let that
-        // partner act itself: the rule must allow the asker too (the named
-        // partner is checked by `submit_as`).
-        let cfg = &self.ctx.config;
-        let rule = cfg.rule(&h.rule).ok_or_else(|| SubmitError::UnknownRule(h.rule.clone()))?;
-        if !cfg.rule_allows(rule, from) {
-            return Err(SubmitError::RuleNotAllowed { rule: h.rule, partner: from.to_owned() });
-        }
-        let limit = cfg.limits.handovers;
-        let open = self.ctx.store.open_handovers(from)?;
-        if open >= limit {
-            return Err(SubmitError::BadRequest(format!(
-                "partner {from} already has {open} handed-over requests queued on node {} (limits.handovers = {limit})",
-                cfg.node_id
-            )));
-        }
-        let s = Submit {
-            partner: h.partner,
-            rule: h.rule,
-            direction: h.direction,
-            file: h.file,
-            external_job_id: h.external_job_id,
-            transfer_info: h.transfer_info,
-            block_size: h.block_size,
-            compression: h.compression,
-            source: None,
-            target: None,
-        };
-        let submitted_on =
-            if h.submitted_on == from { h.submitted_on } else { format!("{} (via {from})", h.submitted_on) };
-        let id = h.id.clone();
-        let rec = self.submit_as(s, h.id, Some(submitted_on)).await?;
-        self.ctx.store.note_handover(from, &id)?;
-        Ok(rec)
+        intake::accept_handover(&self.ctx, h, from).await
     }
 
     /// Submits a transfer from `source` to `target`, either of which may be
@@ -609,6 +240,7 @@ impl NodeHandle {
             block_size: s.block_size,
             compression: s.compression,
             submitted_on: me.clone(),
+            target_mode: s.target_mode,
         };
         let mut unreachable = Vec::new();
         let tries = [
@@ -754,9 +386,9 @@ impl NodeHandle {
         CommandError::InvalidState { id: rec.id.clone(), action, state }
     }
 
-    fn control(&self, id: &RequestId, c: Control) {
+    fn command(&self, id: &RequestId, c: Command) {
         if let Some(a) = self.ctx.actors() {
-            let _ = a.commander.cast(CommanderMsg::Control(id.clone(), c));
+            let _ = a.commander.cast(CommanderMsg::Command(id.clone(), c));
         }
     }
 
@@ -764,23 +396,16 @@ impl NodeHandle {
     /// kept, not retried until [`NodeHandle::restart`].
     pub async fn stop(&self, id: &RequestId) -> Result<RequestRecord, CommandError> {
         let rec = self.own(id)?;
-        let stopped = || RequestError { code: ErrorCode::Stopped, message: "stopped by an operator".into() };
-        let rec = match rec.status {
-            Status::Running => {
-                self.control(id, Control::Stop);
+        let rec = match lifecycle::stop_path(&rec) {
+            CommandPath::ToRunner => {
+                self.command(id, Command::Stop);
                 self.ctx.store.log(id, "stop requested by an operator")?;
                 rec
             }
-            Status::ToSubmit | Status::Interrupted
-                if rec.error.as_ref().is_none_or(|e| e.code != ErrorCode::Stopped) =>
-            {
-                self.ctx.store.update(id, "stopped by an operator", |r| {
-                    r.status = Status::Interrupted;
-                    r.retry_at = None;
-                    r.error = Some(stopped());
-                })?
+            CommandPath::Record => {
+                self.ctx.store.update(id, "stopped by an operator", |r| lifecycle::stop(r, "stopped by an operator"))?
             }
-            _ => return Err(Self::invalid(&rec, "stop")),
+            CommandPath::Refused => return Err(Self::invalid(&rec, "stop")),
         };
         self.ctx.store.flush().await?;
         Ok(rec)
@@ -790,20 +415,15 @@ impl NodeHandle {
     pub async fn cancel(&self, id: &RequestId) -> Result<RequestRecord, CommandError> {
         let rec = self.own(id)?;
         let reason = format!("cancelled by an operator on {}", self.ctx.config.node_id);
-        let rec = match rec.status {
-            Status::Running => {
-                self.control(id, Control::Cancel(reason));
+        let rec = match lifecycle::cancel_path(&rec) {
+            CommandPath::ToRunner => {
+                self.command(id, Command::Cancel(reason));
                 self.ctx.store.log(id, "cancel requested by an operator")?;
                 rec
             }
-            Status::ToSubmit | Status::Interrupted | Status::InError => {
+            CommandPath::Record => {
                 let started = rec.attempts > 0;
-                let rec = self.ctx.store.update(id, &reason, |r| {
-                    r.status = Status::Cancelled;
-                    r.retry_at = None;
-                    r.finished_at = Some(now_ms());
-                    r.error = Some(RequestError { code: ErrorCode::Cancelled, message: reason.clone() });
-                })?;
+                let rec = self.ctx.store.update(id, &reason, |r| lifecycle::cancel(r, &reason, now_ms()))?;
                 if rec.direction == Direction::Pull {
                     if let Some(rule) = self.ctx.config.rule(&rec.rule) {
                         receive::discard(&receive::work_path(&rule.recv_dir_for(&rec.partner), id));
@@ -819,26 +439,21 @@ impl NodeHandle {
                 }
                 rec
             }
-            _ => return Err(Self::invalid(&rec, "cancel")),
+            CommandPath::Refused => return Err(Self::invalid(&rec, "cancel")),
         };
         self.ctx.store.flush().await?;
         Ok(rec)
     }
 
     /// Puts an `InError` or `Interrupted` request back in the queue; it
-    /// resumes from its restart point.
+    /// resumes at the step and task that failed (from its restart point in
+    /// the transfer; tasks that succeeded are not run again).
     pub async fn restart(&self, id: &RequestId) -> Result<RequestRecord, CommandError> {
         let rec = self.own(id)?;
-        if !matches!(rec.status, Status::InError | Status::Interrupted) {
+        if !lifecycle::can_restart(&rec) {
             return Err(Self::invalid(&rec, "restart"));
         }
-        let rec = self.ctx.store.update(id, "restarted by an operator", |r| {
-            r.status = Status::ToSubmit;
-            r.attempts = 0;
-            r.retry_at = None;
-            r.error = None;
-            r.finished_at = None;
-        })?;
+        let rec = self.ctx.store.update(id, "restarted by an operator", lifecycle::restart)?;
         self.ctx.store.flush().await?;
         if let Some(a) = self.ctx.actors() {
             let _ = a.commander.cast(CommanderMsg::Wake);
@@ -941,20 +556,7 @@ impl Node {
             None => config.api,
         };
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let budgets = crate::actors::partner_budget::PartnerBudgets::new(config.limits.clone());
-        let ctx = Arc::new(NodeContext {
-            config,
-            store,
-            endpoint: endpoint.clone(),
-            capabilities: Capabilities::default(),
-            shutdown: shutdown_rx.clone(),
-            open_channels: AtomicUsize::new(0),
-            running_requests: AtomicUsize::new(0),
-            serving: Default::default(),
-            availability: Availability::default(),
-            budgets,
-            actors: RwLock::new(None),
-        });
+        let ctx = Arc::new(NodeContext::new(config, store, endpoint.clone(), shutdown_rx.clone()));
         let (supervisor, _) =
             Actor::spawn(None, Supervisor, ctx.clone()).await.map_err(|e| NodeError::Actors(e.to_string()))?;
         let handle = NodeHandle { ctx: ctx.clone() };

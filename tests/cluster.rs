@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use ferry::actors::availability::PartnerState;
 use ferry::config::Group;
-use ferry::node::{Node, NodeHandle, Submit};
+use ferry::model::Submit;
+use ferry::node::{Node, NodeHandle};
 use ferry::protocol::{Direction, ErrorCode, RequestId};
 use ferry::store::{Role, Status};
 

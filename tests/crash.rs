@@ -19,7 +19,7 @@ use common::{delivered, work_files};
 use ferry::api::{ApiClient, LogLineView, TransferView};
 use ferry::cluster::LocalLayout;
 use ferry::config::{OnResumeMismatch, RetryPolicy, Rule};
-use ferry::node::Submit;
+use ferry::model::Submit;
 use ferry::protocol::{Digest, Direction};
 use ferry::store::Status;
 

@@ -79,6 +79,7 @@ fn handover(id: RequestId, rule: &str, partner: &str, file: &str) -> Ask {
         block_size: None,
         compression: Compression::None,
         submitted_on: "m".into(),
+        target_mode: None,
     })
 }
 

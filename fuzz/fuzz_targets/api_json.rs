@@ -1,7 +1,7 @@
 //! The REST API's inputs, and the answers the command-line client decodes.
 //!
 //! Server side (`src/api/server.rs`), what a caller controls:
-//! - the JSON body of `POST /api/v1/transfers`: `ferry::node::Submit`, whose
+//! - the JSON body of `POST /api/v1/transfers`: `ferry::model::Submit`, whose
 //!   file name then goes to `check_file_name`;
 //! - the `{id}` path segment: `RequestId::parse` (via `parse_id`), and a
 //!   request id in JSON (`RequestId`'s `try_from = "String"`);
@@ -17,7 +17,7 @@
 #![no_main]
 
 use ferry::api::view::{ErrorBody, LogLineView, TransferView};
-use ferry::node::{ClusterSubmitted, ClusterView, NodeStats, PartnersView, Submit};
+use ferry::model::{ClusterSubmitted, ClusterView, NodeStats, PartnersView, Submit};
 use ferry::protocol::RequestId;
 use ferry::store::Status;
 use libfuzzer_sys::fuzz_target;

@@ -44,7 +44,7 @@ impl Visit for Fields {
 
 impl<S: tracing::Subscriber> Layer<S> for AuditCount {
     fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
-        if event.metadata().target() != ferry::actors::drive::AUDIT {
+        if event.metadata().target() != ferry::actors::AUDIT {
             return;
         }
         let mut fields = Fields::default();
@@ -67,8 +67,7 @@ fn install() {
         });
         // Only the audit target reaches the counter: every other callsite
         // stays disabled (quinn's trace events would cost more than the run).
-        let audit =
-            tracing_subscriber::filter::Targets::new().with_target(ferry::actors::drive::AUDIT, tracing::Level::INFO);
+        let audit = tracing_subscriber::filter::Targets::new().with_target(ferry::actors::AUDIT, tracing::Level::INFO);
         let _ = tracing_subscriber::registry().with(AuditCount.with_filter(audit)).with(print).try_init();
     });
 }

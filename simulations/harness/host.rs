@@ -13,7 +13,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use ferry::config::NodeConfig;
-use ferry::node::{Node, NodeOptions, ShutdownReport, Submit};
+use ferry::model::Submit;
+use ferry::node::{Node, NodeOptions, ShutdownReport};
 use ferry::store::RequestRecord;
 use ferry::transport::Network;
 

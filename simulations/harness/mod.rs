@@ -27,7 +27,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use ferry::cluster::LocalLayout;
 use ferry::config::{Group, NodeConfig, RetryPolicy};
-use ferry::node::Submit;
+use ferry::model::Submit;
 use ferry::protocol::{Compression, Digest, Direction};
 use ferry::store::{RequestRecord, Store};
 use rand::rngs::StdRng;
@@ -430,6 +430,7 @@ fn submission(r: &RequestSpec) -> Submit {
         compression: Compression::None,
         source: None,
         target: None,
+        target_mode: None,
     }
 }
 

@@ -17,14 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::now_ms;
 
-/// A partner's reachability as this node sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PartnerState {
-    Unknown,
-    Available,
-    Unavailable,
-}
+pub use crate::model::PartnerState;
 
 /// One partner's entry.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -12,19 +12,22 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
+use super::channel_run::{self, ChannelRun, Command, Files};
 use super::connections::{self, ConnectionsMsg};
-use super::drive::{self, Control, Drive, Files};
-use crate::node::NodeContext;
+use super::context::NodeContext;
+use super::task_runner;
+use crate::lifecycle;
 use crate::protocol::{
     Authent, Cancel, Direction, EndTransfer, ErrorCode, Message, Request, RequestId, Session, Startup, StreamKind,
     TransferOptions, PROTOCOL_VERSION,
 };
-use crate::store::{RequestError, Status};
+use crate::store::Step;
+use crate::tasks::TaskList;
 use crate::transfer::{receive, retrieve};
 use crate::transport::{FrameReader, FrameWriter};
 
 pub enum ClientRunnerMsg {
-    Control(Control),
+    Command(Command),
 }
 
 pub struct ClientRunnerArgs {
@@ -36,7 +39,7 @@ pub struct ClientRunnerArgs {
 pub struct ClientRunner;
 
 pub struct ClientRunnerState {
-    control: mpsc::Sender<Control>,
+    control: mpsc::Sender<Command>,
 }
 
 impl Actor for ClientRunner {
@@ -52,7 +55,7 @@ impl Actor for ClientRunner {
         let (tx, rx) = mpsc::channel(4);
         let span = tracing::info_span!("request", request_id = %args.id, partner = tracing::field::Empty);
         let (ctx, id) = (args.ctx.clone(), args.id.clone());
-        drive::spawn_runner_task(myself, run(args, rx).instrument(span), async move {
+        channel_run::spawn_runner_task(myself, run(args, rx).instrument(span), async move {
             fail_early(&ctx, &id, ErrorCode::Internal, "runner task ended abnormally".into()).await
         });
         Ok(ClientRunnerState { control: tx })
@@ -65,7 +68,7 @@ impl Actor for ClientRunner {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            ClientRunnerMsg::Control(c) => {
+            ClientRunnerMsg::Command(c) => {
                 let _ = state.control.send(c).await;
             }
         }
@@ -74,32 +77,28 @@ impl Actor for ClientRunner {
 }
 
 /// Fails the request before any channel exists (or after its task died),
-/// and makes that durable.
+/// and makes that durable; the status is the lifecycle's decision.
 async fn fail_early(ctx: &NodeContext, id: &RequestId, code: ErrorCode, message: String) {
-    let status = match code {
-        ErrorCode::Connection | ErrorCode::Internal => Status::Interrupted,
-        _ => Status::InError,
-    };
-    tracing::warn!(target: drive::AUDIT, event = "failed", request_id = %id, code = %code, message = %message, status = ?status);
+    let error_tasks = super::task_runner::error_task_count(ctx, id);
+    let status = std::cell::Cell::new(None);
     let r = ctx.store.update(id, &format!("{code}: {message}"), |r| {
-        r.status = status;
-        r.error = Some(RequestError { code, message: message.clone() });
-        if status == Status::InError {
-            r.finished_at = Some(crate::store::now_ms());
-        }
+        status.set(lifecycle::fail(r, code, &message, error_tasks, crate::store::now_ms()));
     });
+    let status = status.get();
+    tracing::warn!(target: super::AUDIT, event = "failed", request_id = %id, code = %code, message = %message, status = ?status);
     if let Err(e) = r {
         tracing::error!(request_id = %id, error = %e, "cannot record request state");
     }
     if let Err(e) = ctx.store.flush().await {
         tracing::error!(request_id = %id, error = %e, "cannot flush request state");
     }
+    super::task_runner::run_error_tasks(ctx, id).await;
 }
 
-async fn run(args: ClientRunnerArgs, mut control: mpsc::Receiver<Control>) {
+async fn run(args: ClientRunnerArgs, mut control: mpsc::Receiver<Command>) {
     let ctx = args.ctx;
     let id = args.id;
-    let rec = match ctx.store.get(&id) {
+    let mut rec = match ctx.store.get(&id) {
         Ok(Some(r)) => r,
         Ok(None) => return tracing::error!(request_id = %id, "request vanished before it ran"),
         Err(e) => return tracing::error!(request_id = %id, error = %e, "cannot read request"),
@@ -112,6 +111,18 @@ async fn run(args: ClientRunnerArgs, mut control: mpsc::Receiver<Control>) {
     if !ctx.config.rule_allows(rule, &rec.partner) {
         let msg = format!("partner {} may not use rule {:?} on node {}", rec.partner, rec.rule, ctx.config.node_id);
         return fail_early(&ctx, &id, ErrorCode::RuleNotAllowed, msg).await;
+    }
+    // This side's pre-tasks run once, before the first Request is sent, so
+    // the Request carries what they made of the file (its new name and
+    // size); see docs/PROTOCOL.md, "Tasks".
+    if rec.step == Step::PreTask && !task_runner::side(rule, &rec).pre_tasks.is_empty() {
+        if let Err((code, msg)) = task_runner::run_tasks(&ctx, &id, TaskList::Pre).await {
+            return fail_early(&ctx, &id, code, msg).await;
+        }
+        rec = match ctx.store.get(&id) {
+            Ok(Some(r)) => r,
+            _ => return tracing::error!(request_id = %id, "request vanished during its pre-tasks"),
+        };
     }
     let mut files = Files::default();
     let mut size = 0;
@@ -135,12 +146,26 @@ async fn run(args: ClientRunnerArgs, mut control: mpsc::Receiver<Control>) {
         if rec.delivered {
             if work.exists() {
                 // Verified and recorded as delivered, but the rename did not happen.
-                if let Err((code, msg)) = receive::deliver(&work, &dir.join(&rec.file_name)) {
+                let final_path = dir.join(&rec.file_name);
+                match receive::deliver_as(&work, &final_path, &channel_run::delivery_for(&ctx, &rec, &final_path)) {
+                    Ok(line) => {
+                        let _ = ctx.store.log(&id, &format!("{line} (finishing an interrupted delivery)"));
+                    }
+                    Err((code, msg)) => return fail_early(&ctx, &id, code, msg).await,
+                }
+            }
+            // This side's post-tasks run before it confirms the file: the
+            // ones a crash or a failure left undone run now.
+            if rec.step == Step::PostTask {
+                if let Err((code, msg)) = task_runner::run_tasks(&ctx, &id, TaskList::Post).await {
                     return fail_early(&ctx, &id, code, msg).await;
                 }
             }
             delivered = rec.hash.map(|hash| EndTransfer { bytes: rec.size, hash });
         } else {
+            if let Err((code, msg)) = channel_run::check_target(&ctx, &rec, &dir.join(&rec.file_name)) {
+                return fail_early(&ctx, &id, code, msg).await;
+            }
             let point = rec.restart_point;
             match crate::determinism::blocking(move || receive::resume_offer(&work, point)).await {
                 Ok(Ok(offer)) => {
@@ -196,51 +221,49 @@ async fn run(args: ClientRunnerArgs, mut control: mpsc::Receiver<Control>) {
         restart_offset,
         prefix_hash,
         delivered,
-        options: TransferOptions { compression: rec.compression },
+        options: TransferOptions { compression: rec.compression, target_mode: rec.target_mode },
         external_job_id: rec.external_job_id.clone(),
         transfer_info: rec.transfer_info.clone(),
     };
     let mut session = Session::requester(&ctx.config.node_id, &rec.partner, ctx.capabilities.clone(), request);
     let first = session.start();
-    let drive = Drive::new(
+    let run = ChannelRun::new(
         ctx.clone(),
         rec.partner.clone(),
         session,
-        (FrameReader::with_limits(recv, drive::read_limits(&ctx)), FrameWriter::opened(send, StreamKind::Request)),
+        (
+            FrameReader::with_limits(recv, channel_run::read_limits(&ctx)),
+            FrameWriter::opened(send, StreamKind::Request),
+        ),
         Some(conn),
         files,
     );
-    drive.run(first, control).await;
+    run.run(first, control).await;
 }
 
 /// Carries out a stop or cancel that arrived before the request's channel
 /// was open (nothing was sent on this attempt).
-async fn apply_before_channel(ctx: &Arc<NodeContext>, rec: &crate::store::RequestRecord, c: Control) {
-    let (status, code, message) = match c {
-        Control::Stop => (Status::Interrupted, ErrorCode::Stopped, "stopped by an operator".to_string()),
-        Control::Cancel(reason) => (Status::Cancelled, ErrorCode::Cancelled, reason),
-        Control::Shutdown => {
-            (Status::Interrupted, ErrorCode::Shutdown, format!("node {} is shutting down", ctx.config.node_id))
-        }
+async fn apply_before_channel(ctx: &Arc<NodeContext>, rec: &crate::store::RequestRecord, c: Command) {
+    let (code, message) = match c {
+        Command::Stop => (ErrorCode::Stopped, "stopped by an operator".to_string()),
+        Command::Cancel(reason) => (ErrorCode::Cancelled, reason),
+        Command::Shutdown => (ErrorCode::Shutdown, format!("node {} is shutting down", ctx.config.node_id)),
     };
+    let cancelled = code == ErrorCode::Cancelled;
     // An earlier attempt may have left a record and a partial file with the
     // partner: it is owed a notice, durable with this flush.
-    let owe_notice = status == Status::Cancelled && rec.attempts > 1;
+    let owe_notice = cancelled && rec.attempts > 1;
     let r = ctx
         .store
         .update(&rec.id, &message, |r| {
-            r.status = status;
+            lifecycle::fail(r, code, &message, 0, crate::store::now_ms());
             r.retry_at = None;
-            if status == Status::Cancelled {
-                r.finished_at = Some(crate::store::now_ms());
-            }
-            r.error = Some(RequestError { code, message: message.clone() });
         })
         .and_then(|_| if owe_notice { ctx.store.owe_cancel_notice(&rec.id) } else { Ok(()) });
     if let Err(e) = r.and(ctx.store.flush().await) {
         tracing::error!(request_id = %rec.id, error = %e, "cannot record an operator command");
     }
-    if status == Status::Cancelled && rec.direction == Direction::Pull {
+    if cancelled && rec.direction == Direction::Pull {
         if let Some(rule) = ctx.config.rule(&rec.rule) {
             receive::discard(&receive::work_path(&rule.recv_dir_for(&rec.partner), &rec.id));
         }
@@ -263,7 +286,7 @@ pub async fn tell_cancel(
         let _channel = link.channel_guard();
         let (send, recv) = link.conn.open_bi().await.map_err(|e| e.to_string())?;
         let mut w = FrameWriter::opened(send, StreamKind::Request);
-        let mut r = FrameReader::with_limits(recv, drive::read_limits(&ctx));
+        let mut r = FrameReader::with_limits(recv, channel_run::read_limits(&ctx));
         let msgs = [
             Message::Startup(Startup { version: PROTOCOL_VERSION, request_id: id.clone() }),
             Message::Authent(Authent { host_id: ctx.config.node_id.clone(), capabilities: ctx.capabilities.clone() }),

@@ -17,12 +17,13 @@ use tokio::time::Instant;
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 
+use super::channel_run::Command;
 use super::client_runner::{tell_cancel, ClientRunner, ClientRunnerArgs, ClientRunnerMsg};
 use super::connections::ConnectionsMsg;
-use super::drive::Control;
-use crate::node::NodeContext;
+use super::context::NodeContext;
+use crate::lifecycle::{self, AfterRun, Recovery};
 use crate::protocol::{ErrorCode, RequestId};
-use crate::store::{RequestError, RequestRecord, Role, Status};
+use crate::store::{now_ms, RequestRecord, Status};
 
 pub enum CommanderMsg {
     /// New requests may be queued.
@@ -30,7 +31,7 @@ pub enum CommanderMsg {
     /// An interrupted request's backoff is over.
     Retry(RequestId),
     /// Forward a control command to the runner of a request, if it runs here.
-    Control(RequestId, Control),
+    Command(RequestId, Command),
     /// Probe the partners requests are waiting for, and check how long
     /// they have waited; send the cancellation notices still owed.
     Tick,
@@ -102,12 +103,7 @@ impl CommanderState {
                 &line,
                 |r| r.status == Status::ToSubmit,
                 |r| {
-                    r.status = Status::Running;
-                    r.attempts = attempt;
-                    r.retry_at = None;
-                    if let Some(m) = &member {
-                        r.partner = m.clone();
-                    }
+                    lifecycle::take(r, attempt, member.as_deref());
                 },
             )?;
             let Some(rec) = taken else { continue };
@@ -119,12 +115,9 @@ impl CommanderState {
                 }
                 Err(e) => {
                     tracing::error!(request_id = %rec.id, error = %e, "cannot start a ClientRunner");
+                    let message = format!("cannot start runner: {e}");
                     self.ctx.store.update(&rec.id, "", |r| {
-                        r.status = Status::Interrupted;
-                        r.error = Some(RequestError {
-                            code: ErrorCode::Internal,
-                            message: format!("cannot start runner: {e}"),
-                        });
+                        lifecycle::fail(r, ErrorCode::Internal, &message, 0, now_ms());
                     })?;
                 }
             }
@@ -145,6 +138,7 @@ impl CommanderState {
         let limit = Duration::from_secs(self.ctx.config.cluster.partner_wait_secs);
         let mut still = BTreeMap::new();
         let mut wrote = false;
+        let mut failed_now = Vec::new();
         for (id, partner) in passed_over {
             let health = self.ctx.availability.get(&partner);
             let cause = health.last_error.unwrap_or_else(|| "no answer".into());
@@ -164,23 +158,26 @@ impl CommanderState {
                 "partner {partner} stayed unavailable for {} s, longer than this request may wait; last cause: {cause}",
                 since.elapsed().as_secs()
             );
+            let error_tasks = super::task_runner::error_task_count(&self.ctx, &id);
             let failed = self.ctx.store.update_if(
                 &id,
                 &message,
                 |r| r.status == Status::ToSubmit,
                 |r| {
-                    r.status = Status::InError;
-                    r.finished_at = Some(crate::store::now_ms());
-                    r.error = Some(RequestError { code: ErrorCode::PartnerUnavailable, message: message.clone() });
+                    lifecycle::fail(r, ErrorCode::PartnerUnavailable, &message, error_tasks, now_ms());
                 },
             )?;
             if failed.is_some() {
                 wrote = true;
-                tracing::warn!(target: crate::actors::drive::AUDIT, event = "failed", request_id = %id, code = %ErrorCode::PartnerUnavailable, message = %message);
+                tracing::warn!(target: super::AUDIT, event = "failed", request_id = %id, code = %ErrorCode::PartnerUnavailable, message = %message);
+                failed_now.push(id.clone());
             }
         }
         if wrote {
             self.ctx.store.flush().await?;
+        }
+        for id in failed_now {
+            spawn_error_tasks(myself, &self.ctx, id);
         }
         self.waiting = still;
         if !self.waiting.is_empty() {
@@ -240,7 +237,7 @@ fn movable_member(ctx: &NodeContext, rec: &RequestRecord) -> Option<String> {
     if !ctx.availability.is_unavailable(&rec.partner) || rec.started_at.is_some() {
         return None;
     }
-    let m = crate::node::pick_member(ctx, &group.members, Some(&rec.partner));
+    let m = crate::cluster::rules::pick_member(&group.members, |m| ctx.availability.get(m).state, Some(&rec.partner));
     (m != rec.partner && !ctx.availability.is_unavailable(&m)).then_some(m)
 }
 
@@ -258,17 +255,23 @@ impl Actor for Commander {
         if args.recover {
             for status in [Status::Running, Status::Interrupted] {
                 for rec in store.list(Some(status))? {
-                    match rec.role {
-                        Role::Requester if is_stopped(&rec) => {}
-                        Role::Requester => {
+                    match lifecycle::recovery(&rec) {
+                        Recovery::Keep => {
+                            if let (Status::Interrupted, Some(at)) = (rec.status, rec.retry_at) {
+                                // Its retry (or reschedule) time still holds.
+                                let delay = Duration::from_millis(at.saturating_sub(now_ms()));
+                                let id = rec.id.clone();
+                                myself.send_after(delay, move || CommanderMsg::Retry(id));
+                            }
+                        }
+                        Recovery::Requeue => {
                             store.update(&rec.id, "resumed at node start-up", |r| r.status = Status::ToSubmit)?;
                         }
-                        Role::Requested if status == Status::Running => {
+                        Recovery::Interrupt => {
                             store.update(&rec.id, "node restarted; the partner drives the request again", |r| {
                                 r.status = Status::Interrupted
                             })?;
                         }
-                        Role::Requested => {}
                     }
                 }
             }
@@ -297,11 +300,11 @@ impl Actor for Commander {
             CommanderMsg::Wake => state.fill(&myself).await?,
             CommanderMsg::Retry(id) => {
                 if let Some(rec) = state.ctx.store.get(&id)? {
-                    if rec.status == Status::Interrupted && !is_stopped(&rec) {
-                        state.ctx.store.update(&id, &format!("retrying after attempt {}", rec.attempts), |r| {
-                            r.status = Status::ToSubmit;
-                            r.retry_at = None;
-                        })?;
+                    let line = format!("retrying after attempt {}", rec.attempts);
+                    let due = state.ctx.store.update_if(&id, &line, lifecycle::is_retry_due, |r| {
+                        lifecycle::retry_due(r);
+                    })?;
+                    if due.is_some() {
                         state.fill(&myself).await?;
                     }
                 }
@@ -330,9 +333,9 @@ impl Actor for Commander {
                 }
                 state.fill(&myself).await?;
             }
-            CommanderMsg::Control(id, control) => {
+            CommanderMsg::Command(id, control) => {
                 if let Some((_, runner)) = state.running.values().find(|(rid, _)| *rid == id) {
-                    let _ = runner.cast(ClientRunnerMsg::Control(control));
+                    let _ = runner.cast(ClientRunnerMsg::Command(control));
                 }
             }
         }
@@ -354,10 +357,9 @@ impl Actor for Commander {
             SupervisionEvent::ActorFailed(cell, err) => {
                 if let Some((id, _)) = state.running.remove(&cell.get_id()) {
                     tracing::error!(request_id = %id, error = %err, "ClientRunner failed");
+                    let message = format!("runner failed: {err}");
                     state.ctx.store.update(&id, "runner failed", |r| {
-                        r.status = Status::Interrupted;
-                        r.error =
-                            Some(RequestError { code: ErrorCode::Internal, message: format!("runner failed: {err}") });
+                        lifecycle::fail(r, ErrorCode::Internal, &message, 0, now_ms());
                     })?;
                     state.ctx.store.flush().await?;
                     schedule_retry(&myself, &state.ctx, &id).await?;
@@ -370,46 +372,60 @@ impl Actor for Commander {
     }
 }
 
-/// Whether an operator stopped the request (it waits for a restart).
-fn is_stopped(rec: &crate::store::RequestRecord) -> bool {
-    rec.error.as_ref().is_some_and(|e| e.code == ErrorCode::Stopped)
+/// Runs the error tasks of a request the Commander failed, off its
+/// mailbox; a request a `reschedule` task put back gets its retry.
+fn spawn_error_tasks(myself: &ActorRef<CommanderMsg>, ctx: &Arc<NodeContext>, id: RequestId) {
+    let (ctx, me) = (ctx.clone(), myself.clone());
+    tokio::spawn(async move {
+        super::task_runner::run_error_tasks(&ctx, &id).await;
+        if let Ok(Some(rec)) = ctx.store.get(&id) {
+            if let lifecycle::AfterRun::RetryAt(at) =
+                lifecycle::after_run(&rec, &ctx.config.retry_for(&rec.rule), now_ms())
+            {
+                me.send_after(Duration::from_millis(at.saturating_sub(now_ms())), move || CommanderMsg::Retry(id));
+            }
+        }
+    });
 }
 
-/// After a runner ended: an interrupted request is retried after a backoff,
-/// or goes to `InError` once its attempts are spent.
+/// After a runner ended: the lifecycle decides whether an interrupted
+/// request is retried after a backoff (or at its rescheduled time), or goes
+/// to `InError` once its attempts are spent.
 async fn schedule_retry(
     myself: &ActorRef<CommanderMsg>,
-    ctx: &NodeContext,
+    ctx: &Arc<NodeContext>,
     id: &RequestId,
 ) -> Result<(), ActorProcessingErr> {
     if *ctx.shutdown.borrow() {
         return Ok(()); // resumed by the next start-up instead
     }
     let Some(rec) = ctx.store.get(id)? else { return Ok(()) };
-    if rec.status != Status::Interrupted || is_stopped(&rec) {
-        return Ok(());
-    }
     let policy = ctx.config.retry_for(&rec.rule);
-    let cause = rec.error.as_ref().map(|e| format!("{}: {}", e.code, e.message)).unwrap_or_default();
-    if rec.attempts >= policy.attempts {
-        let message = format!("gave up after {} attempts; last cause: {cause}", rec.attempts);
-        ctx.store.update(id, &message, |r| {
-            r.status = Status::InError;
-            r.finished_at = Some(crate::store::now_ms());
-            r.error = Some(RequestError { code: ErrorCode::RetriesExhausted, message: message.clone() });
-        })?;
-        ctx.store.flush().await?;
-        tracing::warn!(target: crate::actors::drive::AUDIT, event = "failed", request_id = %id, code = %ErrorCode::RetriesExhausted, message = %message);
-        return Ok(());
+    let now = now_ms();
+    match lifecycle::after_run(&rec, &policy, now) {
+        AfterRun::Nothing => {}
+        AfterRun::GiveUp(message) => {
+            let error_tasks = super::task_runner::error_task_count(ctx, id);
+            ctx.store.update(id, &message, |r| {
+                lifecycle::fail(r, ErrorCode::RetriesExhausted, &message, error_tasks, now);
+            })?;
+            ctx.store.flush().await?;
+            tracing::warn!(target: super::AUDIT, event = "failed", request_id = %id, code = %ErrorCode::RetriesExhausted, message = %message);
+            spawn_error_tasks(myself, ctx, id.clone());
+        }
+        AfterRun::RetryAt(at) => {
+            let delay = Duration::from_millis(at.saturating_sub(now));
+            ctx.store.log(id, &format!("runs again in {} ms, as rescheduled", delay.as_millis()))?;
+            let id = id.clone();
+            myself.send_after(delay, move || CommanderMsg::Retry(id));
+        }
+        AfterRun::RetryIn { delay, retry, of } => {
+            let at = now + u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+            ctx.store
+                .update(id, &format!("retry {retry} of {of} in {} ms", delay.as_millis()), |r| r.retry_at = Some(at))?;
+            let id = id.clone();
+            myself.send_after(delay, move || CommanderMsg::Retry(id));
+        }
     }
-    let delay = policy.delay_after(rec.attempts);
-    let at = crate::store::now_ms() + u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
-    ctx.store.update(
-        id,
-        &format!("retry {} of {} in {} ms", rec.attempts + 1, policy.attempts, delay.as_millis()),
-        |r| r.retry_at = Some(at),
-    )?;
-    let id = id.clone();
-    myself.send_after(delay, move || CommanderMsg::Retry(id));
     Ok(())
 }

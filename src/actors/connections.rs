@@ -42,8 +42,8 @@ use tokio::time::Instant;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
+use super::context::NodeContext;
 use super::server_runner::{ServerRunner, ServerRunnerArgs};
-use crate::node::NodeContext;
 use crate::protocol::control::{Answer, Ask, StreamKind};
 use crate::protocol::ErrorCode;
 use crate::transport::endpoint::CLOSE_WRONG_PEER;

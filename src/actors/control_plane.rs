@@ -19,7 +19,7 @@ use std::time::Duration;
 use ractor::ActorRef;
 
 use super::connections::{self, ConnectionsMsg};
-use crate::node::{NodeContext, NodeHandle};
+use super::context::NodeContext;
 use crate::protocol::control::{Answer, Ask, RequestState};
 use crate::protocol::ErrorCode;
 use crate::store::RequestRecord;
@@ -91,13 +91,10 @@ async fn answer(ctx: &Arc<NodeContext>, conns: &ActorRef<ConnectionsMsg>, partne
             Ok(rec) => Answer::State(rec.map(|r| request_state(me, &r))),
             Err(e) => refused(ErrorCode::Internal, format!("node {me} cannot read its store: {e}")),
         },
-        Ask::Handover(h) => {
-            let node = NodeHandle::from_context(ctx.clone());
-            match node.accept_handover(h, partner).await {
-                Ok(rec) => Answer::Accepted(request_state(me, &rec)),
-                Err(e) => refused(e.error_code(), format!("node {me} refused the transfer: {e}")),
-            }
-        }
+        Ask::Handover(h) => match super::intake::accept_handover(ctx, h, partner).await {
+            Ok(rec) => Answer::Accepted(request_state(me, &rec)),
+            Err(e) => refused(e.error_code(), format!("node {me} refused the transfer: {e}")),
+        },
         Ask::RelayDialBack { target } => {
             if target == partner || target == me {
                 return refused(ErrorCode::Protocol, format!("cannot relay a dial-back from {partner} to {target}"));

@@ -13,18 +13,30 @@
 //!   concurrency limit.
 //! - [`client_runner`]: the requester's side of one request.
 //! - [`server_runner`]: the requested side of one request.
-//! - [`drive`]: the session loop both runners share; the sending side's
-//!   block pump (RetrieveRunner) lives in [`crate::transfer::retrieve`].
+//! - [`channel_run`]: the loop that runs one request's session on its
+//!   private channel, shared by both runners; the sending side's block pump
+//!   (RetrieveRunner) lives in [`crate::transfer::retrieve`].
+//! - [`task_runner`]: walks a rule's task list for a request, persisting
+//!   the cursor after each task.
+//! - [`intake`]: checks and records a submission and queues it.
+//! - [`context`]: what they all share ([`context::NodeContext`]); the node
+//!   builds it, so nothing here imports the node.
 //!
 //! Mailboxes carry control only (wake, cancel, supervision); file blocks
 //! never pass through them.
 
 pub mod availability;
+pub mod channel_run;
 pub mod client_runner;
 pub mod commander;
 pub mod connections;
+pub mod context;
 pub mod control_plane;
-pub mod drive;
+pub mod intake;
 pub mod partner_budget;
 pub mod server_runner;
 pub mod supervisor;
+pub mod task_runner;
+
+/// Audit events go to one dedicated target, separate from diagnostics.
+pub const AUDIT: &str = "ferry::audit";

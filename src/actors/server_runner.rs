@@ -11,13 +11,13 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use super::drive::{self, Control, Drive, Files};
-use crate::node::NodeContext;
+use super::channel_run::{self, ChannelRun, Command, Files};
+use super::context::NodeContext;
 use crate::protocol::Session;
 use crate::transport::{FrameReader, FrameWriter};
 
 pub enum ServerRunnerMsg {
-    Control(Control),
+    Command(Command),
 }
 
 pub struct ServerRunnerArgs {
@@ -34,7 +34,7 @@ pub struct ServerRunnerArgs {
 pub struct ServerRunner;
 
 pub struct ServerRunnerState {
-    control: mpsc::Sender<Control>,
+    control: mpsc::Sender<Command>,
 }
 
 impl Actor for ServerRunner {
@@ -53,8 +53,8 @@ impl Actor for ServerRunner {
         let work = async move {
             let _counted = (args.guard, args.slot);
             let session = Session::requested(&args.ctx.config.node_id, &args.partner, args.ctx.capabilities.clone());
-            let reader = FrameReader::with_limits(args.recv, drive::read_limits(&args.ctx));
-            let drive = Drive::new(
+            let reader = FrameReader::with_limits(args.recv, channel_run::read_limits(&args.ctx));
+            let run = ChannelRun::new(
                 args.ctx.clone(),
                 args.partner,
                 session,
@@ -62,11 +62,11 @@ impl Actor for ServerRunner {
                 None,
                 Files::default(),
             );
-            drive.run(Vec::new(), rx).await;
+            run.run(Vec::new(), rx).await;
         };
         // On a panic the partner sees the channel drop and records the
         // request Interrupted; this node's record is recovered at start-up.
-        drive::spawn_runner_task(myself, work.instrument(span), async {});
+        channel_run::spawn_runner_task(myself, work.instrument(span), async {});
         Ok(ServerRunnerState { control: tx })
     }
 
@@ -77,7 +77,7 @@ impl Actor for ServerRunner {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            ServerRunnerMsg::Control(c) => {
+            ServerRunnerMsg::Command(c) => {
                 let _ = state.control.send(c).await;
             }
         }

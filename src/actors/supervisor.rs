@@ -9,7 +9,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use super::commander::{Commander, CommanderArgs, CommanderMsg};
 use super::connections::{Connections, ConnectionsMsg};
-use crate::node::{ActorRefs, NodeContext};
+use super::context::{ActorRefs, NodeContext};
 
 pub struct Supervisor;
 

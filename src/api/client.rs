@@ -16,8 +16,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::de::DeserializeOwned;
 
-use super::view::{ErrorBody, LogLineView, TransferView};
-use crate::node::{ClusterSubmitted, ClusterView, NodeStats, PartnersView, Submit};
+use crate::model::view::{ErrorBody, LogLineView, TransferView};
+use crate::model::{ClusterSubmitted, ClusterView, NodeStats, PartnersView, Submit};
 use crate::protocol::RequestId;
 use crate::store::Status;
 

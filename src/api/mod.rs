@@ -7,8 +7,8 @@
 //!
 //! - [`server`]: the axum router ([`router`]) and [`serve`], and the mapping of
 //!   every failure to `{"error": {"code", "message"}}` with a fitting status;
-//! - [`view`]: the JSON shapes ([`TransferView`], [`LogLineView`]), shared by
-//!   both sides;
+//! - the JSON shapes ([`TransferView`], [`LogLineView`] and the rest) live in
+//!   [`crate::model`], shared by both sides and the node;
 //! - [`client`]: [`ApiClient`], used by the command line and tests.
 //!
 //! Routes (all JSON):
@@ -36,8 +36,7 @@
 
 pub mod client;
 pub mod server;
-pub mod view;
 
+pub use crate::model::view::{ErrorBody, ErrorView, LogLineView, TransferView};
 pub use client::{ApiClient, ClientError};
 pub use server::{router, serve, ApiError};
-pub use view::{ErrorBody, ErrorView, LogLineView, TransferView};

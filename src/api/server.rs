@@ -16,8 +16,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use super::view::{ErrorBody, ErrorView, LogLineView, TransferView};
-use crate::node::{ClusterView, CommandError, NodeHandle, NodeStats, PartnersView, Submit, SubmitError};
+use crate::model::view::{ErrorBody, ErrorView, LogLineView, TransferView};
+use crate::model::{ClusterView, CommandError, NodeStats, PartnersView, Submit, SubmitError};
+use crate::node::NodeHandle;
 use crate::protocol::RequestId;
 use crate::store::{Status, StoreError};
 
@@ -308,7 +309,7 @@ async fn operate(
         Operation::Cancel => node.cancel(&id).await?,
         Operation::Restart => node.restart(&id).await?,
     };
-    tracing::info!(target: crate::actors::drive::AUDIT, event = "operator", request_id = %id, command = ?op, status = ?rec.status);
+    tracing::info!(target: crate::actors::AUDIT, event = "operator", request_id = %id, command = ?op, status = ?rec.status);
     Ok(Json(node.view(&rec)))
 }
 

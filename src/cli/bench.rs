@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use ferry::api::ApiClient;
 use ferry::cluster::LocalLayout;
-use ferry::node::{Node, Submit};
+use ferry::model::Submit;
+use ferry::node::Node;
 use ferry::protocol::{Compression, Direction};
 use ferry::store::Status;
 use rand::RngCore;
@@ -66,6 +67,7 @@ fn submit(file: String) -> Submit {
         block_size: None,
         source: None,
         target: None,
+        target_mode: None,
         compression: Compression::None,
     }
 }

@@ -27,7 +27,7 @@ use clap::{Args, Subcommand};
 use ferry::api::ApiClient;
 use ferry::cluster::{ClusterSpec, ClusterState};
 use ferry::config::NodeConfig;
-use ferry::node::NodeStats;
+use ferry::model::NodeStats;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::ACCEPT;
 use hyper::{Request, StatusCode, Uri};

@@ -11,7 +11,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use ferry::api::ApiClient;
 use ferry::cluster::LocalLayout;
-use ferry::node::{Node, Submit};
+use ferry::model::Submit;
+use ferry::node::Node;
 use ferry::protocol::{Compression, Digest, Direction};
 use ferry::store::Status;
 use rand::RngCore;
@@ -133,6 +134,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             block_size: None,
             source: None,
             target: None,
+            target_mode: None,
             compression: Compression::None,
         };
         let view = api(p.requester)?.submit(&s).await.with_context(|| format!("submitting {}", p.file))?;

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use ferry::actors::availability::PartnerState;
 use ferry::api::ApiClient;
-use ferry::node::{ClusterView, PartnersView};
+use ferry::model::{ClusterView, PartnersView};
 
 use super::display::{bytes, iso_time, out, table};
 use super::transfer::ApiArg;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 use ferry::api::{ApiClient, TransferView};
-use ferry::node::Submit;
+use ferry::model::Submit;
 use ferry::protocol::{Compression, Direction};
 use ferry::store::{Role, Status};
 
@@ -77,6 +77,10 @@ pub struct TransferArgs {
     /// Compress blocks with lz4.
     #[arg(long)]
     pub lz4: bool,
+    /// What the receiver does if the target file exists: create (refuse),
+    /// replace, append or backup. Default: the receiver's rule says.
+    #[arg(long, value_name = "MODE", value_parser = parse_target_mode)]
+    pub target_mode: Option<ferry::store::TargetMode>,
     /// Follow the transfer until it ends; exit 1 unless it ends Done.
     /// Ctrl-C stops following, not the transfer.
     #[arg(long)]
@@ -167,6 +171,7 @@ pub async fn transfer(args: TransferArgs, direction: Direction, other_node: Opti
         source,
         target,
         compression: if args.lz4 { Compression::Lz4 } else { Compression::None },
+        target_mode: args.target_mode,
     };
     if anywhere {
         let placed =
@@ -409,6 +414,10 @@ fn direction_word(v: &TransferView) -> &'static str {
         (Role::Requested, Direction::Push) => "push (in)",
         (Role::Requested, Direction::Pull) => "pull (out)",
     }
+}
+
+fn parse_target_mode(s: &str) -> Result<ferry::store::TargetMode, String> {
+    ferry::store::TargetMode::parse(s).ok_or_else(|| format!("{s:?} is not one of create, replace, append, backup"))
 }
 
 fn compression_word(c: Compression) -> &'static str {

@@ -225,14 +225,7 @@ impl ClusterSpec {
         Some(NodeConfig {
             partners,
             groups,
-            rules: vec![Rule {
-                name: RULE.into(),
-                send_dir: "out".into(),
-                recv_dir: "in".into(),
-                partners: vec!["*".into()],
-                retry: None,
-                on_resume_mismatch: Default::default(),
-            }],
+            rules: vec![Rule::new(RULE, "out".into(), "in".into(), vec!["*".into()])],
             ..NodeConfig::with_defaults(id.clone(), self.quic_addr(index), self.api_addr(index), "data".into(), tls)
         })
     }

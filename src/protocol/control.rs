@@ -60,6 +60,8 @@ pub struct Handover {
     pub compression: Compression,
     /// The node whose API took the submission.
     pub submitted_on: String,
+    /// The request's target mode, if it overrides the rule's.
+    pub target_mode: Option<super::TargetMode>,
 }
 
 /// One node's knowledge of a request, for the cluster-wide view. Enum

@@ -250,6 +250,32 @@ pub struct Authent {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct TransferOptions {
     pub compression: Compression,
+    /// How the receiver treats an existing target, when the request
+    /// overrides the receiver's rule (version 4).
+    pub target_mode: Option<TargetMode>,
+}
+
+/// What a receiver does when the target file already exists.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetMode {
+    /// Refuse the transfer (before any data is sent).
+    Create,
+    /// Replace it atomically (the default).
+    #[default]
+    Replace,
+    /// Add the received data at its end.
+    Append,
+    /// Rename it aside (`backup_name`), then deliver.
+    Backup,
+}
+
+impl TargetMode {
+    pub fn parse(s: &str) -> Option<TargetMode> {
+        [TargetMode::Create, TargetMode::Replace, TargetMode::Append, TargetMode::Backup]
+            .into_iter()
+            .find(|m| format!("{m:?}").eq_ignore_ascii_case(s))
+    }
 }
 
 /// The transfer request itself.

@@ -77,6 +77,9 @@ pub enum Output {
     StartSending(Plan),
     /// This side receives: prepare the work file for `plan`.
     StartReceiving(Plan),
+    /// Sender: the receiver confirmed the file (its echo matched); run this
+    /// side's post-tasks, then call [`Session::sender_tasks_done`].
+    SenderTasks,
     /// Receiver: check this block's hash and write it.
     Write(Data),
     /// Receiver: every block arrived; check the count and whole-file hash
@@ -106,6 +109,8 @@ enum State {
     AwaitEndTransferEcho {
         sent: EndTransfer,
     },
+    /// Sender, after a matching echo: its post-tasks run.
+    SenderTasks,
     AwaitEndRequestEcho,
     Receiving {
         next: u64,
@@ -243,6 +248,7 @@ impl Session {
             State::AwaitResume => "AwaitResume",
             State::Sending => "Sending",
             State::AwaitEndTransferEcho { .. } => "AwaitEndTransferEcho",
+            State::SenderTasks => "SenderTasks",
             State::AwaitEndRequestEcho => "AwaitEndRequestEcho",
             State::Receiving { .. } => "Receiving",
             State::Verifying => "Verifying",
@@ -385,19 +391,10 @@ impl Session {
                         ),
                     );
                 }
-                if self.role == Role::Requested {
-                    // The requested side records Done before the requester
-                    // can: a requester that is Done never runs the request
-                    // again, so a requested side still waiting for an echo
-                    // (lost with its connection or its process) would stay
-                    // unfinished for good. Recorded first, then announced:
-                    // whatever is lost after, the requester runs it again and
-                    // is answered `Complete`.
-                    self.state = State::Done;
-                    return vec![Output::Done, Output::Send(Message::EndRequest(EndRequest {}))];
-                }
-                self.state = State::AwaitEndRequestEcho;
-                vec![Output::Send(Message::EndRequest(EndRequest {}))]
+                // The sender's post-tasks run once the receiver confirmed
+                // the file, before the exchange ends (R66's order).
+                self.state = State::SenderTasks;
+                vec![Output::SenderTasks]
             }
             (State::AwaitEndRequestEcho, Message::EndRequest(_)) => {
                 self.state = State::Done;
@@ -505,10 +502,36 @@ impl Session {
         vec![Output::Send(Message::EndTransfer(end))]
     }
 
+    /// Sender: its post-tasks ended. On success the exchange ends: the
+    /// requested side records `Done` before its `EndRequest` (a requester
+    /// that is `Done` never runs the request again, so a requested side
+    /// still waiting for an echo, lost with its connection or its process,
+    /// would stay unfinished for good; recorded first, then announced:
+    /// whatever is lost after, the requester runs it again and is answered
+    /// `Complete`); the requester sends `EndRequest` and awaits its echo. A
+    /// failed task fails the request and tells the receiver.
+    pub fn sender_tasks_done(&mut self, result: Result<(), (ErrorCode, String)>) -> Vec<Output> {
+        if self.state != State::SenderTasks {
+            return Vec::new();
+        }
+        match result {
+            Err((code, message)) => self.fail_local(code, message),
+            Ok(()) if self.role == Role::Requested => {
+                self.state = State::Done;
+                vec![Output::Done, Output::Send(Message::EndRequest(EndRequest {}))]
+            }
+            Ok(()) => {
+                self.state = State::AwaitEndRequestEcho;
+                vec![Output::Send(Message::EndRequest(EndRequest {}))]
+            }
+        }
+    }
+
     /// Receiver: the verification asked for by [`Output::Verify`] ended.
     ///
     /// `Ok(end)` carries this side's own count and whole-file hash, echoed to
-    /// the sender once the file is delivered.
+    /// the sender once the file is delivered and this side's post-tasks ran
+    /// (the runner runs them before it calls this).
     pub fn verified(&mut self, result: Result<EndTransfer, (ErrorCode, String)>) -> Vec<Output> {
         if self.state != State::Verifying {
             return Vec::new();

@@ -87,6 +87,8 @@ struct Driver {
     inbox_b: std::collections::VecDeque<Message>,
     /// Which side reached `Done`, in order (`true`: the requester).
     done_order: Vec<bool>,
+    /// What the sender's post-tasks end with.
+    sender_tasks: Result<(), (ErrorCode, String)>,
 }
 
 impl Driver {
@@ -151,6 +153,10 @@ impl Driver {
                         me.verified(Err((ErrorCode::FileHashMismatch, "whole-file hash differs".into())))
                     };
                 }
+                Output::SenderTasks => {
+                    let me = if at_a { &mut self.a } else { &mut self.b };
+                    follow_me = me.sender_tasks_done(self.sender_tasks.clone());
+                }
                 Output::Done | Output::Failed(_) => {}
             }
             self.record(at_a, out);
@@ -172,12 +178,12 @@ impl Driver {
 
 /// Runs a request to its end. `tamper(from_requester, msg)` may alter or drop messages in flight.
 fn run(req: Request, requested_claims: &str, source: &[u8], judge: Judge, tamper: Tamper) -> Outcome {
-    run_full(req, requested_claims, source, &[], judge, tamper)
+    run_full(req, requested_claims, source, &[], judge, tamper, Ok(()))
 }
 
 /// Like [`run`], with the receiver holding `partial` from an earlier attempt.
 fn run_with_partial(req: Request, source: &[u8], partial: &[u8], judge: Judge) -> Outcome {
-    run_full(req, "b", source, partial, judge, no_tamper())
+    run_full(req, "b", source, partial, judge, no_tamper(), Ok(()))
 }
 
 fn run_full(
@@ -187,6 +193,7 @@ fn run_full(
     partial: &[u8],
     judge: Judge,
     tamper: Tamper,
+    sender_tasks: Result<(), (ErrorCode, String)>,
 ) -> Outcome {
     let mut d = Driver {
         a: Session::requester("a", "b", Capabilities::default(), req),
@@ -202,6 +209,7 @@ fn run_full(
         inbox_a: Default::default(),
         inbox_b: Default::default(),
         done_order: Vec::new(),
+        sender_tasks,
     };
     let first = d.a.start();
     d.process(true, first);
@@ -872,4 +880,42 @@ fn frames_stay_small_until_a_plan_is_agreed_and_handshake_steps_are_due_at_once(
     assert_eq!(b.frame_limit(HANDSHAKE), HANDSHAKE.max(block_limit), "after Valid: the agreed block");
     assert_eq!(b.frame_limit(1024), block_limit);
     assert!(!b.awaits_handshake());
+}
+
+#[test]
+fn the_sender_runs_its_post_tasks_after_the_echo_and_before_the_exchange_ends() {
+    for direction in [Direction::Push, Direction::Pull] {
+        let src = file(3 * BS as usize + 1);
+        let pull_size = if direction == Direction::Pull { src.len() as u64 } else { 0 };
+        let o = run(request(direction, src.len() as u64), "b", &src, accept_all(pull_size), no_tamper());
+        let sender = if direction == Direction::Push { &o.requester } else { &o.requested };
+        let tasks_at = sender.iter().position(|x| *x == Output::SenderTasks).expect("sender tasks asked for");
+        let echo_seen = sender.iter().position(|x| matches!(x, Output::Send(Message::EndTransfer(_)))).expect("sent");
+        let end_at =
+            sender.iter().position(|x| matches!(x, Output::Send(Message::EndRequest(_)))).expect("EndRequest sent");
+        assert!(echo_seen < tasks_at && tasks_at < end_at, "{direction:?}: {sender:?}");
+        assert!(Outcome::done(&o.requester) && Outcome::done(&o.requested), "{direction:?}");
+        let receiver = if direction == Direction::Push { &o.requested } else { &o.requester };
+        assert!(!receiver.contains(&Output::SenderTasks), "only the sender runs them");
+    }
+}
+
+#[test]
+fn a_failed_sender_post_task_fails_both_sides_and_names_the_task() {
+    for direction in [Direction::Push, Direction::Pull] {
+        let src = file(BS as usize);
+        let pull_size = if direction == Direction::Pull { src.len() as u64 } else { 0 };
+        let failed = Err((ErrorCode::TaskFailed, "post-task 1/1 (exec) failed: exited 1".to_string()));
+        let o =
+            run_full(request(direction, src.len() as u64), "b", &src, &[], accept_all(pull_size), no_tamper(), failed);
+        let (sender, receiver) =
+            if direction == Direction::Push { (&o.requester, &o.requested) } else { (&o.requested, &o.requester) };
+        let f = Outcome::failure(sender).expect("sender failed");
+        assert_eq!((f.code, f.origin), (ErrorCode::TaskFailed, Origin::Local), "{direction:?}");
+        let f = Outcome::failure(receiver).expect("receiver told");
+        assert_eq!((f.code, f.origin), (ErrorCode::TaskFailed, Origin::Remote), "{direction:?}");
+        assert!(f.message.contains("post-task 1/1"), "{}", f.message);
+        assert!(!Outcome::done(sender) && !Outcome::done(receiver), "{direction:?}");
+        assert!(o.wrote, "the file itself was delivered before the tasks");
+    }
 }

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::protocol::TargetMode;
 use crate::protocol::{Compression, Digest, Direction, ErrorCode, RequestId};
 
 /// Where a request stands.
@@ -144,29 +145,6 @@ pub struct RequestRecord {
     pub chained_to: Vec<RequestId>,
     /// Times a `reschedule` error task put the request back.
     pub reschedules: u32,
-}
-
-/// What a receiver does when the target file already exists.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TargetMode {
-    /// Refuse the transfer (before any data is sent).
-    Create,
-    /// Replace it atomically (the default).
-    #[default]
-    Replace,
-    /// Add the received data at its end.
-    Append,
-    /// Rename it aside (`backup_name`), then deliver.
-    Backup,
-}
-
-impl TargetMode {
-    pub fn parse(s: &str) -> Option<TargetMode> {
-        [TargetMode::Create, TargetMode::Replace, TargetMode::Append, TargetMode::Backup]
-            .into_iter()
-            .find(|m| format!("{m:?}").eq_ignore_ascii_case(s))
-    }
 }
 
 impl RequestRecord {

@@ -383,6 +383,125 @@ pub fn deliver(work: &Path, final_path: &Path) -> Result<(), Failure> {
     Ok(())
 }
 
+/// How a verified work file becomes the target, per the target mode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// Refuse an existing target (`TargetExists`).
+    Create,
+    /// Replace an existing target atomically.
+    Replace,
+    /// Append to the target, whose length was `base` (recorded, flushed,
+    /// before the target was touched).
+    Append { base: u64 },
+    /// Rename an existing target to `backup` (a name in the same folder; a
+    /// counter is added if it is taken), then deliver.
+    Backup { backup: String },
+}
+
+/// Delivers a verified, fsynced work file as `how` says, so that it
+/// survives a crash, and so that a crash at any moment followed by this
+/// call again (the request's `delivered` flag says to) ends the same way:
+///
+/// - `Replace`: one atomic rename (the work file is gone once it is done).
+/// - `Create`: a hard link to the final name, which fails if it exists,
+///   then the work file is removed; a final name already linked to the
+///   work file is a delivery that crashed before the removal.
+/// - `Backup`: the existing target is renamed aside first; a crash after
+///   that finds no target and delivers.
+/// - `Append`: old content plus the new data are written to a temporary
+///   file, fsynced, and renamed over the target: a reader, and a crash,
+///   see either the old file or old plus all new data. A target of length
+///   `base + new` is an append that crashed before the work file was
+///   removed; any other length than `base` means someone else changed
+///   the target, and nothing is written.
+///
+/// Returns a line for the job log.
+pub fn deliver_as(work: &Path, final_path: &Path, how: &Delivery) -> Result<String, Failure> {
+    let dir = final_path.parent().unwrap_or(Path::new("."));
+    let sync_dir = |d: &Path| File::open(d).and_then(|f| f.sync_all()).map_err(|e| io_failure("fsync folder", d, e));
+    let shown = final_path.display();
+    match how {
+        Delivery::Replace => {
+            deliver(work, final_path)?;
+            Ok(format!("delivered to {shown}"))
+        }
+        Delivery::Create => {
+            use std::os::unix::fs::MetadataExt;
+            match (std::fs::metadata(work), std::fs::metadata(final_path)) {
+                (Ok(w), Ok(f)) if w.ino() == f.ino() && w.dev() == f.dev() => {}
+                (_, Ok(_)) => {
+                    return Err((
+                        ErrorCode::TargetExists,
+                        format!("{shown} exists and the target mode is create; nothing was replaced"),
+                    ))
+                }
+                _ => std::fs::hard_link(work, final_path).map_err(|e| match e.kind() {
+                    std::io::ErrorKind::AlreadyExists => (
+                        ErrorCode::TargetExists,
+                        format!("{shown} appeared during the transfer and the target mode is create"),
+                    ),
+                    _ => io_failure("link into", final_path, e),
+                })?,
+            }
+            sync_dir(dir)?;
+            std::fs::remove_file(work).map_err(|e| io_failure("remove", work, e))?;
+            Ok(format!("delivered to {shown} (created)"))
+        }
+        Delivery::Backup { backup } => {
+            let mut line = String::new();
+            if final_path.exists() {
+                let mut aside = dir.join(backup);
+                let mut n = 1;
+                while aside.exists() {
+                    aside = dir.join(format!("{backup}.{n}"));
+                    n += 1;
+                }
+                std::fs::rename(final_path, &aside).map_err(|e| io_failure("rename aside", final_path, e))?;
+                sync_dir(dir)?;
+                line = format!("; the file it replaced is now {}", aside.display());
+            }
+            deliver(work, final_path)?;
+            Ok(format!("delivered to {shown}{line}"))
+        }
+        Delivery::Append { base } => {
+            let added = std::fs::metadata(work).map_err(|e| io_failure("read", work, e))?.len();
+            let now = match std::fs::metadata(final_path) {
+                Ok(m) => m.len(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+                Err(e) => return Err(io_failure("read", final_path, e)),
+            };
+            if added > 0 && now == base + added {
+                // Appended before a crash; only the work file was left.
+                std::fs::remove_file(work).map_err(|e| io_failure("remove", work, e))?;
+                return Ok(format!("appended {added} bytes to {shown} (finishing an interrupted delivery)"));
+            }
+            if now != *base {
+                return Err((
+                    ErrorCode::Io,
+                    format!(
+                        "{shown} is {now} bytes, not the {base} it had when the append began; nothing was appended"
+                    ),
+                ));
+            }
+            let tmp = work.with_extension("append");
+            {
+                let mut out = File::create(&tmp).map_err(|e| io_failure("create", &tmp, e))?;
+                if now > 0 {
+                    let mut old = File::open(final_path).map_err(|e| io_failure("read", final_path, e))?;
+                    std::io::copy(&mut old, &mut out).map_err(|e| io_failure("copy into", &tmp, e))?;
+                }
+                let mut new = File::open(work).map_err(|e| io_failure("read", work, e))?;
+                std::io::copy(&mut new, &mut out).map_err(|e| io_failure("copy into", &tmp, e))?;
+                out.sync_all().map_err(|e| io_failure("fsync", &tmp, e))?;
+            }
+            std::fs::rename(&tmp, final_path).map_err(|e| io_failure("rename into", final_path, e))?;
+            sync_dir(dir)?;
+            std::fs::remove_file(work).map_err(|e| io_failure("remove", work, e))?;
+            Ok(format!("appended {added} bytes to {shown}, now {} bytes", base + added))
+        }
+    }
+}
+
 /// Removes a work file that must not be resumed (failed check, cancel).
 pub fn discard(work: &Path) {
     if let Err(e) = std::fs::remove_file(work) {

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use ferry::cluster::LocalLayout;
 use ferry::config::NodeConfig;
-use ferry::node::{Node, NodeHandle, Submit};
+use ferry::model::Submit;
+use ferry::node::{Node, NodeHandle};
 use ferry::protocol::{Compression, Digest, Direction, RequestId};
 use ferry::store::{RequestRecord, Status};
 
@@ -75,6 +76,7 @@ pub fn submit(direction: Direction, partner: &str, file: &str) -> Submit {
         block_size: None,
         source: None,
         target: None,
+        target_mode: None,
         compression: Compression::None,
     }
 }

@@ -21,15 +21,19 @@ use tokio::time::Instant;
 
 use tokio::sync::mpsc;
 
+use super::context::NodeContext;
 use super::partner_budget;
+use super::task_runner;
+use super::AUDIT;
 use crate::config::OnResumeMismatch;
-use crate::node::NodeContext;
+use crate::lifecycle;
 use crate::protocol::names::check_file_name;
 use crate::protocol::{
     Digest, Direction, EndTransfer, ErrorCode, Failure, Message, Output, Plan, Request, RequestId, Role as SessionRole,
     Session,
 };
-use crate::store::{now_ms, RequestRecord, RestartPoint, Role, Status, Step};
+use crate::store::{now_ms, RequestRecord, RestartPoint, Role, Status, Step, TargetMode};
+use crate::tasks::TaskList;
 use crate::transfer::receive::{self, BlockWriter, RestartPoints};
 use crate::transfer::retrieve::{self, PumpEvent, Source};
 use crate::transfer::{hash_prefix_of, Prefix};
@@ -50,7 +54,7 @@ const RESTART_POINT_ASKS: usize = 20;
 
 /// Operator and node commands to a running request.
 #[derive(Debug)]
-pub enum Control {
+pub enum Command {
     Cancel(String),
     /// Operator pause: `Interrupted`, partial file and restart point kept,
     /// not retried until an operator restarts it.
@@ -84,12 +88,7 @@ enum Judgement {
     Refuse(ErrorCode, String),
 }
 
-/// Failures that leave the request resumable: the partial file is kept.
-pub fn is_resumable(code: ErrorCode) -> bool {
-    matches!(code, ErrorCode::Connection | ErrorCode::Shutdown | ErrorCode::Stopped)
-}
-
-/// A requested-side run serving a request (see [`Drive::claim`]).
+/// A requested-side run serving a request (see [`ChannelRun::claim`]).
 #[derive(Debug)]
 pub struct ServingRun {
     token: u64,
@@ -115,7 +114,7 @@ pub fn read_limits(ctx: &NodeContext) -> ReadLimits {
 }
 
 /// Everything one run of a request needs.
-pub struct Drive {
+pub struct ChannelRun {
     pub ctx: Arc<NodeContext>,
     pub partner: String,
     pub session: Session,
@@ -131,12 +130,12 @@ pub struct Drive {
     superseded: Arc<AtomicBool>,
     /// Requested side: what this transfer holds of its partner's budget.
     reservation: Option<partner_budget::Reservation>,
+    /// Whether this node holds a record of the request (the requester
+    /// always; the requested side once it recorded the request).
+    recorded: bool,
 }
 
-/// Audit events go to one dedicated target, separate from diagnostics.
-pub const AUDIT: &str = "ferry::audit";
-
-impl Drive {
+impl ChannelRun {
     pub fn new(
         ctx: Arc<NodeContext>,
         partner: String,
@@ -144,10 +143,10 @@ impl Drive {
         (reader, writer): (FrameReader, FrameWriter),
         conn: Option<quinn::Connection>,
         files: Files,
-    ) -> Drive {
+    ) -> ChannelRun {
         let mut writer = writer;
         writer.set_stall_limit(Duration::from_millis(ctx.config.limits.frame_timeout_ms));
-        Drive {
+        ChannelRun {
             ctx,
             partner,
             session,
@@ -158,11 +157,12 @@ impl Drive {
             token: crate::determinism::random_u128() as u64,
             superseded: Arc::new(AtomicBool::new(false)),
             reservation: None,
+            recorded: false,
         }
     }
 
     /// Runs the session to its end (the outcome is in the store).
-    pub async fn run(self, first: Vec<Output>, control: mpsc::Receiver<Control>) {
+    pub async fn run(self, first: Vec<Output>, control: mpsc::Receiver<Command>) {
         let ctx = self.ctx.clone();
         let token = self.token;
         ctx.open_channels.fetch_add(1, Ordering::Relaxed);
@@ -197,16 +197,15 @@ impl Drive {
         Ok(())
     }
 
-    async fn run_inner(mut self, first: Vec<Output>, mut control: mpsc::Receiver<Control>) -> RequestId {
+    async fn run_inner(mut self, first: Vec<Output>, mut control: mpsc::Receiver<Command>) -> RequestId {
         let mut pending: std::collections::VecDeque<Output> = first.into();
         let mut pump: Option<mpsc::Receiver<PumpEvent>> = None;
         let pump_stop = Arc::new(AtomicBool::new(false));
         let mut writer: Option<BlockWriter> = None;
         let mut last_progress = Instant::now();
-        let mut recorded = false; // whether this node holds a record of the request
         let mut shutdown = self.ctx.shutdown.clone();
         if self.session.role() == SessionRole::Requester {
-            recorded = true;
+            self.recorded = true;
         }
         loop {
             while let Some(out) = pending.pop_front() {
@@ -221,11 +220,11 @@ impl Drive {
                         tracing::Span::current().record("request_id", tracing::field::display(&req.request_id));
                         let more = match self.judge(&req).await {
                             Judgement::Accept { size, restart, prefix_hash } => {
-                                recorded = true;
+                                self.recorded = true;
                                 self.session.accept(size, restart, prefix_hash)
                             }
                             Judgement::Complete(end) => {
-                                recorded = true;
+                                self.recorded = true;
                                 self.session.already_complete(end)
                             }
                             Judgement::Refuse(code, message) => {
@@ -288,19 +287,26 @@ impl Drive {
                         let result = self.verify_and_deliver(writer.take(), theirs).await;
                         pending.extend(self.session.verified(result));
                     }
+                    Output::SenderTasks => {
+                        let result = self.post_tasks().await;
+                        pending.extend(self.session.sender_tasks_done(result));
+                    }
                     Output::Done => {
-                        let end = self.session.end_transfer().cloned();
-                        self.record("request complete on both sides", |r| {
-                            r.status = Status::Done;
-                            r.step = Step::AllDone;
-                            if let Some(end) = &end {
-                                r.transferred = end.bytes;
-                                r.hash = Some(end.hash);
-                            }
-                            r.finished_at = Some(now_ms());
-                            r.error = None;
-                        });
+                        // Post-tasks not run yet (the partner answered
+                        // `Complete` to a request this side had not
+                        // finished): they run before this side is Done.
+                        if let Err((code, message)) = self.post_tasks().await {
+                            let f = Failure { code, message, origin: crate::protocol::Origin::Local };
+                            self.failed(&f);
+                            self.flush().await;
+                            self.after_failure().await;
+                            pending.clear();
+                            continue;
+                        }
+                        let end = self.session.end_transfer().map(|e| (e.bytes, e.hash));
+                        self.record("request complete on both sides", |r| lifecycle::complete(r, end, now_ms()));
                         self.flush().await;
+                        let end = self.session.end_transfer().cloned();
                         tracing::info!(target: AUDIT, event = "done", request_id = %self.session.request_id(), partner = %self.partner, bytes = end.as_ref().map_or(0, |e| e.bytes));
                     }
                     Output::Failed(f) => {
@@ -309,7 +315,7 @@ impl Drive {
                             // On a resumable failure the written prefix is fsynced and
                             // becomes the restart point: nothing received is sent again.
                             // Recorded before the final state, so one flush covers both.
-                            if let (true, Ok(end)) = (is_resumable(f.code), w.finish().await) {
+                            if let (true, Ok(end)) = (lifecycle::keeps_partial_file(f.code), w.finish().await) {
                                 let point = RestartPoint { offset: end.bytes, prefix_hash: end.hash };
                                 self.record(
                                     &format!(
@@ -323,7 +329,7 @@ impl Drive {
                                 );
                             }
                         }
-                        if recorded {
+                        if self.recorded {
                             let status = self.failed(&f);
                             if status == Status::Cancelled
                                 && f.origin == crate::protocol::Origin::Local
@@ -338,6 +344,7 @@ impl Drive {
                                 }
                             }
                             self.flush().await;
+                            self.after_failure().await;
                             if self.session.role() == SessionRole::Requester
                                 && self.session.is_sender() == Some(true)
                                 && matches!(f.code, ErrorCode::Stopped | ErrorCode::Connection)
@@ -347,7 +354,9 @@ impl Drive {
                         } else {
                             crate::partner_warning!(self.ctx.budgets.of(&self.partner), code = %f.code, message = %f.message, "request ended before it was recorded");
                         }
-                        if !recorded && self.session.role() == SessionRole::Requested && f.code == ErrorCode::Cancelled
+                        if !self.recorded
+                            && self.session.role() == SessionRole::Requested
+                            && f.code == ErrorCode::Cancelled
                         {
                             self.cancelled_before_request();
                         }
@@ -389,9 +398,9 @@ impl Drive {
                 // The reader is cancel-safe, so losing this race costs nothing.
                 c = control.recv() => {
                     let more = match c {
-                        Some(Control::Cancel(reason)) => self.session.cancel(reason),
-                        Some(Control::Stop) => self.session.fail(ErrorCode::Stopped, format!("stopped by an operator on {}", self.ctx.config.node_id)),
-                        Some(Control::Shutdown) | None => self.session.fail(ErrorCode::Shutdown, format!("node {} is shutting down", self.ctx.config.node_id)),
+                        Some(Command::Cancel(reason)) => self.session.cancel(reason),
+                        Some(Command::Stop) => self.session.fail(ErrorCode::Stopped, format!("stopped by an operator on {}", self.ctx.config.node_id)),
+                        Some(Command::Shutdown) | None => self.session.fail(ErrorCode::Shutdown, format!("node {} is shutting down", self.ctx.config.node_id)),
                     };
                     pending.extend(more);
                 }
@@ -535,7 +544,7 @@ impl Drive {
             if rec.partner != self.partner || rec.role != Role::Requested {
                 return Err(id_taken(&rec.id));
             }
-            if rec.rule != req.rule || rec.direction != req.direction || rec.file_name != req.file_name {
+            if rec.rule != req.rule || rec.direction != req.direction || rec.requested_name() != req.file_name {
                 return Err((
                     ErrorCode::Protocol,
                     format!(
@@ -565,6 +574,26 @@ impl Drive {
                 return Err((ErrorCode::Cancelled, format!("request {} was cancelled", rec.id)));
             }
         }
+        // This side's pre-tasks run before it accepts (R66's order). The
+        // request is recorded first, so the task cursor is durable and a
+        // failed task leaves a record to restart from.
+        let mut existing = existing;
+        let side = if req.direction == Direction::Pull { &rule.sender } else { &rule.receiver };
+        let pre_pending = !side.pre_tasks.is_empty()
+            && req.delivered.is_none()
+            && existing.as_ref().is_none_or(|r| r.step == Step::PreTask && !r.delivered);
+        if pre_pending {
+            let line = format!(
+                "recorded {:?} of {:?} from {}; its pre-tasks run first",
+                req.direction, req.file_name, self.partner
+            );
+            self.record_requested(req, req.size, existing.is_some(), &line)?;
+            self.recorded = true;
+            task_runner::run_tasks(&self.ctx, &req.request_id, TaskList::Pre).await?;
+            existing = self.ctx.store.get(&req.request_id).map_err(|e| (ErrorCode::Internal, e.to_string()))?;
+        }
+        // A sender's pre-task may have renamed the file.
+        let file_name = existing.as_ref().map_or_else(|| req.file_name.clone(), |r| r.file_name.clone());
         let mut restart = 0;
         let mut prefix_hash = None;
         let size = match req.direction {
@@ -572,9 +601,13 @@ impl Drive {
                 if let Some(claim) = &req.delivered {
                     let end = self.check_delivery_claim(req, existing.as_ref(), claim)?;
                     self.record_requested(req, end.bytes, true, "the requester already delivered it; confirming")?;
+                    self.recorded = true;
+                    // The receiver confirmed the file: this side's
+                    // post-tasks, if not all ran before, run now.
+                    self.post_tasks().await?;
                     return Ok(Judgement::Complete(end));
                 }
-                let source = retrieve::open_source(&rule.send_dir, &req.file_name, &req.rule, &cfg.node_id)?;
+                let source = retrieve::open_source(&rule.send_dir, &file_name, &req.rule, &cfg.node_id)?;
                 let size = source.snapshot.size;
                 self.reserve_room(size, req.block_size).await?;
                 if let Some(theirs) = req.prefix_hash.filter(|_| req.restart_offset > 0 && req.restart_offset <= size) {
@@ -602,15 +635,31 @@ impl Drive {
                         return Err((ErrorCode::Internal, "delivered request without a hash".into()));
                     };
                     self.files.recv_dir = Some(dir.clone());
-                    self.finish_interrupted_delivery(&dir, &req.file_name)?;
+                    self.finish_interrupted_delivery(&dir, rec)?;
                     self.record_requested(
                         req,
                         rec.size,
                         true,
                         "already delivered; confirming without receiving it again",
                     )?;
+                    self.recorded = true;
+                    // Post-tasks a crash or a failure left undone run
+                    // before the confirmation, as they would before the echo.
+                    self.post_tasks().await?;
                     return Ok(Judgement::Complete(EndTransfer { bytes: rec.size, hash }));
                 }
+                let probe = RequestRecord {
+                    target_mode: req.options.target_mode,
+                    ..RequestRecord::new(
+                        req.request_id.clone(),
+                        Role::Requested,
+                        &self.partner,
+                        &req.rule,
+                        req.direction,
+                        &file_name,
+                    )
+                };
+                check_target(&self.ctx, &probe, &dir.join(&file_name))?;
                 self.reserve_room(req.size, req.block_size).await?;
                 let work = receive::work_path(&dir, &req.request_id);
                 let point = existing.as_ref().and_then(|r| r.restart_point).filter(|p| p.offset <= req.size);
@@ -713,7 +762,8 @@ impl Drive {
             compression: req.options.compression,
             size,
             status: Status::Running,
-            step: Step::Transfer,
+            step: Step::PreTask,
+            target_mode: req.options.target_mode,
             external_job_id: req.external_job_id.clone(),
             transfer_info: req.transfer_info.clone(),
             started_at: Some(now_ms()),
@@ -735,14 +785,16 @@ impl Drive {
 
     /// A receiver that recorded a verified file as delivered but crashed
     /// before (or during) the rename finishes the rename now.
-    fn finish_interrupted_delivery(&self, dir: &std::path::Path, name: &str) -> Result<(), (ErrorCode, String)> {
+    fn finish_interrupted_delivery(
+        &self,
+        dir: &std::path::Path,
+        rec: &RequestRecord,
+    ) -> Result<(), (ErrorCode, String)> {
         let work = receive::work_path(dir, self.session.request_id());
         if work.exists() {
-            receive::deliver(&work, &dir.join(name))?;
-            self.record(
-                &format!("delivered to {} (finishing an interrupted delivery)", dir.join(name).display()),
-                |_| {},
-            );
+            let final_path = dir.join(&rec.file_name);
+            let line = receive::deliver_as(&work, &final_path, &delivery_for(&self.ctx, rec, &final_path))?;
+            self.record(&format!("{line} (finishing an interrupted delivery)"), |_| {});
         }
         Ok(())
     }
@@ -866,24 +918,33 @@ impl Drive {
         }
         let id = self.session.request_id().clone();
         tracing::info!(target: AUDIT, event = "verified", request_id = %id, partner = %self.partner, bytes = mine.bytes, blake3 = %mine.hash);
+        let dir = self.files.recv_dir.clone().ok_or((ErrorCode::Internal, "no receive folder".to_string()))?;
+        let final_path = self.final_path().ok_or((ErrorCode::Internal, "no file name".to_string()))?;
+        // An append starts from the target's length now, recorded with the
+        // rest before the target is touched.
+        let rec = self.record_snapshot()?;
+        let append_base = match target_mode(&self.ctx, &rec) {
+            TargetMode::Append => Some(std::fs::metadata(&final_path).map_or(0, |m| m.len())),
+            _ => None,
+        };
         // Recorded (and flushed) before the rename: a crash in between is
         // finished on the next attempt, never received twice.
         self.record(&format!("verified {} bytes, BLAKE3 {}", mine.bytes, mine.hash), |r| {
-            r.hash = Some(mine.hash);
-            r.transferred = mine.bytes;
-            r.delivered = true;
-            r.step = Step::PostTask;
+            lifecycle::verified(r, mine.bytes, mine.hash);
+            r.append_base = append_base;
         });
         self.ctx.store.flush().await.map_err(|e| (ErrorCode::Internal, e.to_string()))?;
-        let dir = self.files.recv_dir.clone().ok_or((ErrorCode::Internal, "no receive folder".to_string()))?;
-        let final_path = self.final_path().ok_or((ErrorCode::Internal, "no file name".to_string()))?;
+        let rec = self.record_snapshot()?;
+        let how = delivery_for(&self.ctx, &rec, &final_path);
         let work = receive::work_path(&dir, &id);
         let target = final_path.clone();
-        crate::determinism::blocking(move || receive::deliver(&work, &target))
+        let line = crate::determinism::blocking(move || receive::deliver_as(&work, &target, &how))
             .await
             .map_err(|e| (ErrorCode::Internal, e.to_string()))??;
-        self.record(&format!("delivered to {}", final_path.display()), |_| {});
+        self.record(&line, |_| {});
         tracing::info!(target: AUDIT, event = "delivered", request_id = %id, partner = %self.partner, path = %final_path.display());
+        // The receiver's post-tasks run before its echo confirms the file.
+        self.post_tasks().await?;
         Ok(mine)
     }
 
@@ -895,7 +956,7 @@ impl Drive {
         }
         // A lost connection or a shutdown leaves the work file for a resume;
         // anything else (bad data, cancel, refusal) removes it.
-        if is_resumable(f.code) {
+        if lifecycle::keeps_partial_file(f.code) {
             return;
         }
         if let Some(dir) = &self.files.recv_dir {
@@ -914,12 +975,7 @@ impl Drive {
     fn started(&self, plan: &Plan, what: &str) {
         tracing::info!(target: AUDIT, event = "started", request_id = %self.session.request_id(), partner = %self.partner, size = plan.size, from = plan.restart_offset, what);
         self.record(&format!("{what} {} bytes from offset {}", plan.size, plan.restart_offset), |r| {
-            r.status = Status::Running;
-            r.step = Step::Transfer;
-            r.size = plan.size;
-            r.restart_offset = plan.restart_offset;
-            r.transferred = plan.restart_offset;
-            r.started_at.get_or_insert(now_ms());
+            lifecycle::start_transfer(r, plan.size, plan.restart_offset, now_ms())
         });
     }
 
@@ -930,18 +986,15 @@ impl Drive {
         }
     }
 
+    /// Records a failure as the lifecycle decides; returns the status.
     fn failed(&self, f: &Failure) -> Status {
-        let status = match f.code {
-            ErrorCode::Cancelled => Status::Cancelled,
-            code if is_resumable(code) => Status::Interrupted,
-            _ => Status::InError,
-        };
         let origin = match f.origin {
             crate::protocol::Origin::Local => "",
             crate::protocol::Origin::Remote => " (reported by partner)",
         };
         let message = format!("{}: {}{origin}", f.code, f.message);
-        if let Ok(Some(rec)) = self.ctx.store.get(self.session.request_id()) {
+        let id = self.session.request_id();
+        if let Ok(Some(rec)) = self.ctx.store.get(id) {
             if matches!(rec.status, Status::Done | Status::Cancelled) {
                 // A late failure of a run that was already overtaken never
                 // rewrites a final state.
@@ -949,15 +1002,43 @@ impl Drive {
                 return rec.status;
             }
         }
-        tracing::warn!(target: AUDIT, event = "failed", request_id = %self.session.request_id(), partner = %self.partner, code = %f.code, message = %f.message, status = ?status);
+        let status = lifecycle::status_after(f.code);
+        tracing::warn!(target: AUDIT, event = "failed", request_id = %id, partner = %self.partner, code = %f.code, message = %f.message, status = ?status);
+        let error_tasks = task_runner::error_task_count(&self.ctx, id);
         self.record(&message, |r| {
-            r.status = status;
-            r.error = Some(crate::store::RequestError { code: f.code, message: f.message.clone() });
-            if status != Status::Interrupted {
-                r.finished_at = Some(now_ms());
-            }
+            lifecycle::fail(r, f.code, &f.message, error_tasks, now_ms());
         });
         status
+    }
+
+    /// After a recorded failure: this side's error tasks, if the request
+    /// ended `InError` with some to run.
+    async fn after_failure(&self) {
+        if self.superseded.load(Ordering::Relaxed) {
+            return;
+        }
+        task_runner::run_error_tasks(&self.ctx, self.session.request_id()).await;
+    }
+
+    /// This side's post-tasks still to run: the request enters (or stays
+    /// in) `PostTask` and the list runs from its cursor. Nothing when the
+    /// rule has none or they all ran.
+    async fn post_tasks(&self) -> Result<(), (ErrorCode, String)> {
+        if self.superseded.load(Ordering::Relaxed) {
+            return Err((ErrorCode::Connection, "superseded by a newer attempt of the request".into()));
+        }
+        let id = self.session.request_id();
+        let rec = self.record_snapshot()?;
+        let Some(rule) = self.ctx.config.rule(&rec.rule) else { return Ok(()) };
+        let tasks = task_runner::side(rule, &rec).post_tasks.len();
+        if rec.step == Step::AllDone || lifecycle::next_task(&rec, tasks).is_none() && rec.step == Step::PostTask {
+            return Ok(());
+        }
+        if tasks == 0 {
+            return Ok(());
+        }
+        self.record("", lifecycle::confirmed);
+        task_runner::run_tasks(&self.ctx, id, TaskList::Post).await
     }
 
     /// Makes the final state durable before the runner ends.
@@ -975,6 +1056,45 @@ impl Drive {
             tracing::error!(request_id = %self.session.request_id(), error = %e, "cannot record request state");
         }
     }
+}
+
+/// The target mode of a request on this node: the request's, else its rule's.
+pub fn target_mode(ctx: &NodeContext, rec: &RequestRecord) -> TargetMode {
+    rec.target_mode.or_else(|| ctx.config.rule(&rec.rule).map(|r| r.target)).unwrap_or_default()
+}
+
+/// How a receiver delivers `rec`'s file to `final_path`.
+pub fn delivery_for(ctx: &NodeContext, rec: &RequestRecord, final_path: &std::path::Path) -> receive::Delivery {
+    use receive::Delivery;
+    match target_mode(ctx, rec) {
+        TargetMode::Create => Delivery::Create,
+        TargetMode::Replace => Delivery::Replace,
+        TargetMode::Append => Delivery::Append { base: rec.append_base.unwrap_or(0) },
+        TargetMode::Backup => {
+            let backup = match ctx.config.rule(&rec.rule) {
+                Some(rule) => task_runner::vars(rule, rec, &ctx.config.node_id, final_path)
+                    .substitute(&rule.backup_name)
+                    .unwrap_or_else(|_| format!("{}.bak", rec.file_name)),
+                None => format!("{}.bak", rec.file_name),
+            };
+            Delivery::Backup { backup }
+        }
+    }
+}
+
+/// `create` mode: refuses, before any data moves, a target that exists.
+pub fn check_target(
+    ctx: &NodeContext,
+    rec: &RequestRecord,
+    final_path: &std::path::Path,
+) -> Result<(), (ErrorCode, String)> {
+    if target_mode(ctx, rec) == TargetMode::Create && final_path.exists() && !rec.delivered {
+        return Err((
+            ErrorCode::TargetExists,
+            format!("{} exists on node {} and the target mode is create", final_path.display(), ctx.config.node_id),
+        ));
+    }
+    Ok(())
 }
 
 /// Refuses a transfer the receive folder has no room for.

@@ -1,0 +1,218 @@
+//! The shapes the REST API speaks, shared by the server ([`crate::api::server`]),
+//! the client ([`crate::api::client`]) and the node that answers them.
+//!
+//! Plain data and the errors a submission or an operator command can meet;
+//! no I/O. The node and the actors produce these; the API only moves them.
+
+pub mod view;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use view::{ErrorBody, ErrorView, LogLineView, TransferView};
+
+use crate::protocol::control::RequestState;
+use crate::protocol::{Compression, Direction, ErrorCode, RequestId, TargetMode};
+use crate::store::StoreError;
+
+/// A partner's reachability as this node sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PartnerState {
+    Unknown,
+    Available,
+    Unavailable,
+}
+
+/// Longest `transfer_info` a request may carry, in bytes.
+pub const MAX_TRANSFER_INFO: usize = 8 * 1024;
+/// Longest `external_job_id` a request may carry, in bytes.
+pub const MAX_EXTERNAL_JOB_ID: usize = 256;
+
+/// A transfer to submit.
+///
+/// Submitted to the node that takes part in it, `partner` names the other
+/// node (id, alias or group). Submitted anywhere in the cluster, `source`
+/// and `target` name the node that has the file and the node that gets it
+/// (see [`NodeHandle::submit_anywhere`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Submit {
+    /// Partner id, alias or group.
+    #[serde(default)]
+    pub partner: String,
+    pub rule: String,
+    pub direction: Direction,
+    /// A plain file name in the rule's send folder (of this node for a push,
+    /// of the partner for a pull).
+    pub file: String,
+    #[serde(default)]
+    pub external_job_id: Option<String>,
+    #[serde(default)]
+    pub transfer_info: String,
+    #[serde(default)]
+    pub block_size: Option<u32>,
+    #[serde(default)]
+    pub compression: Compression,
+    /// Submit anywhere: the node that sends the file.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// Submit anywhere: the node that receives the file.
+    #[serde(default)]
+    pub target: Option<String>,
+    /// How the receiver treats an existing target file (`create`,
+    /// `replace`, `append`, `backup`), overriding the rule's `target`.
+    #[serde(default)]
+    pub target_mode: Option<TargetMode>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubmitError {
+    #[error("unknown partner {0:?}")]
+    UnknownPartner(String),
+    #[error("unknown rule {0:?}")]
+    UnknownRule(String),
+    #[error("partner {partner:?} may not use rule {rule:?}")]
+    RuleNotAllowed { rule: String, partner: String },
+    #[error("bad file name: {0}")]
+    BadFileName(String),
+    #[error("{0}")]
+    FileNotFound(String),
+    #[error("bad block size: {0}")]
+    BadBlockSize(String),
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unreachable(String),
+    #[error("node {node} refused the transfer: {message}")]
+    Refused { node: String, code: ErrorCode, message: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl SubmitError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            SubmitError::UnknownPartner(_) => "unknown_partner",
+            SubmitError::UnknownRule(_) => "unknown_rule",
+            SubmitError::RuleNotAllowed { .. } => "rule_not_allowed",
+            SubmitError::BadFileName(_) => "bad_file_name",
+            SubmitError::FileNotFound(_) => "file_not_found",
+            SubmitError::BadBlockSize(_) => "bad_block_size",
+            SubmitError::ShuttingDown => "shutting_down",
+            SubmitError::BadRequest(_) => "bad_request",
+            SubmitError::Unreachable(_) => "unreachable",
+            SubmitError::Refused { .. } => "refused",
+            SubmitError::Store(_) => "store",
+        }
+    }
+
+    /// The protocol error code a refused handover carries back.
+    pub fn error_code(&self) -> ErrorCode {
+        match self {
+            SubmitError::UnknownPartner(_) => ErrorCode::UnknownPartner,
+            SubmitError::UnknownRule(_) => ErrorCode::UnknownRule,
+            SubmitError::RuleNotAllowed { .. } => ErrorCode::RuleNotAllowed,
+            SubmitError::BadFileName(_) => ErrorCode::BadFileName,
+            SubmitError::FileNotFound(_) => ErrorCode::FileNotFound,
+            SubmitError::BadBlockSize(_) => ErrorCode::CapabilityMismatch,
+            SubmitError::ShuttingDown => ErrorCode::Shutdown,
+            SubmitError::BadRequest(_) => ErrorCode::Protocol,
+            SubmitError::Unreachable(_) => ErrorCode::Connection,
+            SubmitError::Refused { code, .. } => *code,
+            SubmitError::Store(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+/// Why an operator command was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommandError {
+    #[error("no request {0}")]
+    NotFound(RequestId),
+    #[error("request {id} is driven by node {partner}{}; send the command to that node's API", .at.as_ref().map(|a| format!(" (at {a})")).unwrap_or_default())]
+    NotRequester { id: RequestId, partner: String, at: Option<String> },
+    #[error("cannot {action} request {id}: it is {state}")]
+    InvalidState { id: RequestId, action: &'static str, state: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl CommandError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            CommandError::NotFound(_) => "not_found",
+            CommandError::NotRequester { .. } => "not_requester",
+            CommandError::InvalidState { .. } => "invalid_state",
+            CommandError::Store(_) => "store",
+        }
+    }
+}
+
+/// Counts an operator (or a test) can watch.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeStats {
+    pub node_id: String,
+    /// Live QUIC connections to partners.
+    pub connections: usize,
+    pub connections_by_partner: BTreeMap<String, usize>,
+    /// Private channels (requests) running on this node, either side.
+    pub open_channels: usize,
+    /// Requests this node's Commander is running.
+    pub running_requests: usize,
+}
+
+/// Where a request submitted anywhere went.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClusterSubmitted {
+    pub id: RequestId,
+    /// The node that runs the request (its requester).
+    pub holder: String,
+    pub state: RequestState,
+}
+
+/// A request as its two nodes know it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClusterView {
+    pub id: String,
+    /// The node that runs the request (its requester), if found.
+    pub holder: Option<String>,
+    /// The status both nodes agree on, else the holder's.
+    pub status: Option<String>,
+    /// Both nodes answered and agree on the status.
+    pub agreed: bool,
+    /// Each node's record, by node id.
+    pub nodes: Vec<RequestState>,
+    /// Nodes that could not be asked, and why.
+    pub unreachable: Vec<String>,
+}
+
+/// One partner as the API lists it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PartnerView {
+    pub id: String,
+    pub aliases: Vec<String>,
+    pub address: String,
+    pub state: PartnerState,
+    /// Unix milliseconds of the last state change.
+    pub since_ms: Option<u64>,
+    /// Round-trip time of the last heartbeat, milliseconds.
+    pub rtt_ms: Option<f64>,
+    /// Live QUIC connections to it.
+    pub connections: usize,
+    pub last_error: Option<String>,
+    pub keep_connected: bool,
+}
+
+/// `GET /api/v1/partners`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PartnersView {
+    pub node_id: String,
+    pub partners: Vec<PartnerView>,
+    pub groups: Vec<crate::config::Group>,
+}
