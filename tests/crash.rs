@@ -582,3 +582,104 @@ async fn a_source_appended_to_during_the_push_fails_and_is_not_delivered() {
         started.elapsed().as_secs_f64()
     );
 }
+
+/// An `exec` of `/bin/sh -c SCRIPT sh ARGS…`.
+fn sh_task(script: &str, args: &[&str]) -> ferry::tasks::TaskConfig {
+    let mut all = vec!["-c".to_string(), script.to_string(), "sh".to_string()];
+    all.extend(args.iter().map(|a| a.to_string()));
+    ferry::tasks::TaskConfig {
+        kind: "exec".into(),
+        program: Some("/bin/sh".into()),
+        args: Some(all),
+        ..Default::default()
+    }
+}
+
+fn runs_of(file: &Path) -> usize {
+    std::fs::read_to_string(file).map(|t| t.lines().count()).unwrap_or(0)
+}
+
+/// The receiver is SIGKILLed while its second post-task (a slow program)
+/// runs. After its restart the request ends Done: the first task ran once,
+/// the killed one ran again, the third once; the file was not sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_killed_during_a_post_task_runs_that_task_again_and_no_other() {
+    let _heavy = HEAVY.lock().await;
+    let counts = tempfile::tempdir().expect("tempdir");
+    let (first, slow, last) = (counts.path().join("first"), counts.path().join("slow"), counts.path().join("last"));
+    let (f, s, l) = (first.display().to_string(), slow.display().to_string(), last.display().to_string());
+    let mut c = ProcCluster::new(&["a", "b"], |layout| {
+        tweak(layout);
+        let rule = &mut layout.configs.iter_mut().find(|c| c.node_id == "b").expect("b").rules[0];
+        rule.receiver.post_tasks = vec![
+            sh_task("echo run >> \"$1\"", &[&f]),
+            // The first run is slow (the test kills b during it); the
+            // second one is quick.
+            sh_task("echo run >> \"$1\"; if [ \"$(wc -l < \"$1\")\" -eq 1 ]; then sleep 30; fi", &[&s]),
+            sh_task("echo run >> \"$1\"", &[&l]),
+        ];
+    });
+    let api_a = c.start("a").await;
+    c.start("b").await;
+    let digest = write_random_streamed(&c.out_dir("a").join("tasked.bin"), 4 * MIB);
+    let id = api_a.submit(&request(Direction::Push, "default", "tasked.bin")).await.expect("submitted").id;
+    let deadline = Instant::now() + STEP_WITHIN;
+    while runs_of(&slow) < 1 {
+        assert!(Instant::now() < deadline, "the slow task never started\n{}", c.report(&id).await);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    c.kill9("b");
+    assert_eq!((runs_of(&first), runs_of(&slow), runs_of(&last)), (1, 1, 0));
+    c.start("b").await;
+    let done = c.wait_view("a", &id, TRANSFER_WITHIN, "the push ends", |v| v.is_final()).await;
+    assert_eq!(done.status, Status::Done, "{:?}\n{}", done.error, c.report(&id).await);
+    c.wait_view("b", &id, STEP_WITHIN, "b records Done", |v| v.status == Status::Done).await;
+    assert_eq!((runs_of(&first), runs_of(&slow), runs_of(&last)), (1, 2, 1), "{}", c.report(&id).await);
+    let rlog = log_of(&c.api("b"), &id).await;
+    assert_eq!(count_lines(&rlog, "receiving"), 1, "received once:\n{}", format_log(&rlog));
+    assert_eq!(digest_streamed(&c.in_dir("b").join("tasked.bin")), digest);
+}
+
+/// Append mode: the receiver is SIGKILLed while it writes old + new data
+/// to its temporary file. Right after the kill the target still holds its
+/// old content; after the restart it holds old + new, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_killed_during_an_append_leaves_old_or_old_plus_new_never_a_part() {
+    let _heavy = HEAVY.lock().await;
+    let mut c = ProcCluster::new(&["a", "b"], |layout| {
+        tweak(layout);
+        let rule = &mut layout.configs.iter_mut().find(|c| c.node_id == "b").expect("b").rules[0];
+        rule.target = ferry::store::TargetMode::Append;
+    });
+    let api_a = c.start("a").await;
+    c.start("b").await;
+    let target = c.in_dir("b").join("ledger.dat");
+    let old = write_random_streamed(&target, BIG);
+    let new = write_random_streamed(&c.out_dir("a").join("ledger.dat"), 16 * MIB);
+    let id = api_a.submit(&request(Direction::Push, "default", "ledger.dat")).await.expect("submitted").id;
+    let tmp = c.in_dir("b").join(".ferry-work").join(format!("{id}.append"));
+    let deadline = Instant::now() + TRANSFER_WITHIN;
+    while !tmp.exists() {
+        assert!(Instant::now() < deadline, "the append never started\n{}", c.report(&id).await);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    c.kill9("b");
+    let held = std::fs::metadata(&tmp).map(|m| m.len()).unwrap_or(0);
+    eprintln!("[append] SIGKILL b with {held} bytes of {} in the temporary file", BIG + 16 * MIB);
+    assert_eq!(std::fs::metadata(&target).expect("target").len(), BIG, "the target is untouched by a killed append");
+    assert_eq!(digest_streamed(&target), old);
+    c.start("b").await;
+    let done = c.wait_view("a", &id, TRANSFER_WITHIN, "the push ends", |v| v.is_final()).await;
+    assert_eq!(done.status, Status::Done, "{:?}\n{}", done.error, c.report(&id).await);
+    assert_eq!(std::fs::metadata(&target).expect("target").len(), BIG + 16 * MIB, "appended once");
+    let mut head = std::fs::File::open(&target).expect("target");
+    let mut hasher = blake3::Hasher::new();
+    std::io::copy(&mut std::io::Read::take(&mut head, BIG), &mut hasher).expect("read");
+    assert_eq!(Digest(*hasher.finalize().as_bytes()), old, "the old content comes first, unchanged");
+    let mut tail = std::fs::File::open(&target).expect("target");
+    std::io::Seek::seek(&mut tail, std::io::SeekFrom::Start(BIG)).expect("seek");
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut tail, &mut rest).expect("read");
+    assert_eq!(Digest::of(&rest), new, "then the whole new data");
+    assert!(work_files(&c.in_dir("b")).is_empty(), "nothing left in the work folder");
+}

@@ -1,0 +1,394 @@
+//! Rules that act: pre-, post- and error tasks on both sides of real nodes
+//! on loopback, resumed at the failed task, chained to a third node, and
+//! the target modes.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use ferry::model::Submit;
+use ferry::protocol::{Direction, ErrorCode};
+use ferry::store::{LogEntry, Status, Step, TargetMode};
+use ferry::tasks::TaskConfig;
+
+const WITHIN: Duration = Duration::from_secs(60);
+
+fn task(kind: &str) -> TaskConfig {
+    TaskConfig { kind: kind.into(), ..TaskConfig::default() }
+}
+
+/// An `exec` of `/bin/sh -c SCRIPT sh ARGS…`.
+fn sh(script: &str, args: &[&str]) -> TaskConfig {
+    let mut all = vec!["-c".to_string(), script.to_string(), "sh".to_string()];
+    all.extend(args.iter().map(|a| a.to_string()));
+    TaskConfig { program: Some("/bin/sh".into()), args: Some(all), ..task("exec") }
+}
+
+/// A task that appends a line to `file` each time it runs.
+fn count_into(file: &Path) -> TaskConfig {
+    sh("echo run >> \"$1\"", &[&file.display().to_string()])
+}
+
+fn runs(file: &Path) -> usize {
+    std::fs::read_to_string(file).map(|t| t.lines().count()).unwrap_or(0)
+}
+
+fn lines_starting(log: &[LogEntry], prefix: &str) -> usize {
+    log.iter().filter(|l| l.message.starts_with(prefix)).count()
+}
+
+fn lines_with(log: &[LogEntry], needle: &str) -> Vec<String> {
+    log.iter().filter(|l| l.message.contains(needle)).map(|l| l.message.clone()).collect()
+}
+
+fn log_of(node: &ferry::node::Node, id: &ferry::protocol::RequestId) -> Vec<LogEntry> {
+    node.handle().store().job_log(id).expect("job log")
+}
+
+fn show(log: &[LogEntry]) -> String {
+    log.iter().map(|l| format!("  {:?}/{:?} {}", l.status, l.step, l.message)).collect::<Vec<_>>().join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receiver_post_tasks_act_on_the_delivered_file_and_log_one_line_each() {
+    let mut layout = Layout::new(&["a", "b"]);
+    let archive = layout.dir.path().join("archive");
+    std::fs::create_dir_all(&archive).expect("archive");
+    {
+        let rule = &mut layout.config_mut("b").rules[0];
+        rule.folders = vec![archive.clone()];
+        rule.receiver.post_tasks = vec![
+            TaskConfig { message: Some("got #FILENAME# (#FILESIZE# bytes) from #PARTNER#".into()), ..task("log") },
+            TaskConfig { action: Some("write".into()), ..task("checksum") },
+            TaskConfig { to: Some(format!("{}/#DATE#/", archive.display())), ..task("copy") },
+            TaskConfig { mode: Some("640".into()), ..task("chmod") },
+            TaskConfig { to: Some(format!("{}/latest", archive.display())), symbolic: Some(true), ..task("link") },
+            TaskConfig { to: Some("#REQUESTID#-#FILENAME#".into()), ..task("rename") },
+        ];
+    }
+    let a = layout.start("a").await;
+    let b = layout.start("b").await;
+    let digest = write_random(&layout.out_dir("a").join("report.csv"), 300_000);
+    let rec = a.handle().submit(submit(Direction::Push, "b", "report.csv")).await.expect("submitted");
+    let done = wait_final(&a.handle(), &rec.id, WITHIN).await;
+    assert_eq!(done.status, Status::Done, "{:?}", done.error);
+    let theirs = wait_record(&b.handle(), &rec.id, Status::Done, WITHIN).await;
+    let log = log_of(&b, &rec.id);
+    assert_eq!(lines_with(&log, ": ok in ").len(), 6, "one line per task:\n{}", show(&log));
+    assert!(
+        log.iter().any(|l| l.message.contains("post-task 1/6 (log message=\"got report.csv (300000 bytes) from a\")")),
+        "the log task's line shows its arguments after substitution:\n{}",
+        show(&log)
+    );
+    let renamed = layout.in_dir("b").join(format!("{}-report.csv", rec.id));
+    assert_eq!(file_digest(&renamed), digest, "the file was renamed, intact");
+    assert_eq!(theirs.local_path.as_deref(), Some(renamed.to_str().expect("utf-8")), "the record knows where it is");
+    let sidecar = std::fs::read_to_string(layout.in_dir("b").join("report.csv.b3")).expect("sidecar");
+    assert_eq!(sidecar, format!("{digest}  report.csv\n"), "b3sum's format");
+    let today = std::fs::read_dir(&archive)
+        .expect("archive")
+        .filter_map(|e| e.ok())
+        .find(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .expect("a dated folder");
+    assert_eq!(file_digest(&today.path().join("report.csv")), digest);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&renamed).expect("meta").permissions().mode() & 0o777, 0o640);
+    assert!(std::fs::symlink_metadata(archive.join("latest")).expect("link").file_type().is_symlink());
+    assert_eq!(theirs.step, Step::AllDone);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sender_tasks_run_before_the_request_and_after_the_confirmation_in_both_directions() {
+    let mut layout = Layout::new(&["a", "b"]);
+    let sent = layout.dir.path().join("sent");
+    std::fs::create_dir_all(&sent).expect("sent");
+    let b_pre = layout.dir.path().join("b-pre-runs");
+    {
+        let rule = &mut layout.config_mut("a").rules[0];
+        rule.folders = vec![sent.clone()];
+        // A sender's pre-task renames the file: the request carries the new name.
+        rule.sender.pre_tasks = vec![TaskConfig { to: Some("#FILENAME#.#DATE#".into()), ..task("rename") }];
+        rule.sender.post_tasks = vec![TaskConfig { to: Some(format!("{}/", sent.display())), ..task("move") }];
+    }
+    {
+        let rule = &mut layout.config_mut("b").rules[0];
+        rule.sender.pre_tasks = vec![count_into(&b_pre)];
+        rule.sender.post_tasks = vec![task("delete")];
+    }
+    let a = layout.start("a").await;
+    let b = layout.start("b").await;
+    let push_digest = write_random(&layout.out_dir("a").join("out.bin"), 70_000);
+    let pull_digest = write_random(&layout.out_dir("b").join("in.bin"), 50_000);
+    let push = a.handle().submit(submit(Direction::Push, "b", "out.bin")).await.expect("push");
+    let done = wait_final(&a.handle(), &push.id, WITHIN).await;
+    assert_eq!(done.status, Status::Done, "{:?}\n{}", done.error, show(&log_of(&a, &push.id)));
+    assert_eq!(done.original_file_name.as_deref(), Some("out.bin"));
+    let new_name = done.file_name.clone();
+    assert!(new_name.starts_with("out.bin.2"), "{new_name}");
+    assert_eq!(file_digest(&layout.in_dir("b").join(&new_name)), push_digest, "delivered under the new name");
+    assert_eq!(file_digest(&sent.join(&new_name)), push_digest, "moved aside after the confirmation");
+    assert!(!layout.out_dir("a").join(&new_name).exists() && !layout.out_dir("a").join("out.bin").exists());
+    let pull = a.handle().submit(submit(Direction::Pull, "b", "in.bin")).await.expect("pull");
+    let done = wait_final(&a.handle(), &pull.id, WITHIN).await;
+    assert_eq!(done.status, Status::Done, "{:?}", done.error);
+    assert_eq!(file_digest(&layout.in_dir("a").join("in.bin")), pull_digest);
+    wait_record(&b.handle(), &pull.id, Status::Done, WITHIN).await;
+    assert!(
+        !layout.out_dir("b").join("in.bin").exists(),
+        "the pull's sender deleted its source after the confirmation"
+    );
+    assert_eq!(runs(&b_pre), 1, "the requested sender's pre-task ran once, before it accepted");
+    let b_log = log_of(&b, &pull.id);
+    let pre = b_log.iter().position(|l| l.message.contains("pre-task 1/1")).expect("pre-task logged");
+    let sending = b_log.iter().position(|l| l.message.starts_with("sending")).expect("sending logged");
+    let post = b_log.iter().position(|l| l.message.contains("post-task 1/1 (delete)")).expect("post-task logged");
+    assert!(pre < sending && sending < post, "order on the sender:\n{}", show(&b_log));
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Receiver post-tasks [count A, fail once, count C]: the first run ends
+/// InError at PostTask; a restart runs the failed task and C, not A, and
+/// receives nothing again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_post_task_is_resumed_at_that_task_and_nothing_is_resent() {
+    let mut layout = Layout::new(&["a", "b"]);
+    let dir = layout.dir.path().to_path_buf();
+    let (count_a, count_b, count_c, marker) = (dir.join("A"), dir.join("B"), dir.join("C"), dir.join("fixed"));
+    layout.config_mut("b").rules[0].receiver.post_tasks = vec![
+        count_into(&count_a),
+        sh(
+            "echo run >> \"$1\"; if [ -e \"$2\" ]; then exit 0; fi; echo 'loader not ready' >&2; exit 4",
+            &[&count_b.display().to_string(), &marker.display().to_string()],
+        ),
+        count_into(&count_c),
+    ];
+    let a = layout.start("a").await;
+    let b = layout.start("b").await;
+    let digest = write_random(&layout.out_dir("a").join("batch.dat"), 2 << 20);
+    let rec = a.handle().submit(submit(Direction::Push, "b", "batch.dat")).await.expect("submitted");
+    let failed = wait_final(&a.handle(), &rec.id, WITHIN).await;
+    assert_eq!(failed.status, Status::InError);
+    let err = failed.error.clone().expect("cause");
+    assert_eq!(err.code, ErrorCode::TaskFailed, "{err:?}");
+    assert!(err.message.contains("post-task 2/3") && err.message.contains("exited with status 4"), "{err:?}");
+    let theirs = wait_record(&b.handle(), &rec.id, Status::InError, WITHIN).await;
+    assert_eq!((theirs.step, theirs.task_index), (Step::PostTask, 1), "failed at the second post-task");
+    let b_log = log_of(&b, &rec.id);
+    assert!(
+        b_log.iter().any(|l| l.message.contains("post-task 2/3 (exec")
+            && l.message.contains("failed after")
+            && l.message.contains("stderr: loader not ready")),
+        "the task's line holds the program's output:\n{}",
+        show(&b_log)
+    );
+    assert_eq!((runs(&count_a), runs(&count_b), runs(&count_c)), (1, 1, 0));
+    assert_eq!(file_digest(&layout.in_dir("b").join("batch.dat")), digest, "the file itself was delivered");
+
+    std::fs::write(&marker, b"").expect("fix the cause");
+    a.handle().restart(&rec.id).await.expect("restart");
+    let done = wait_final(&a.handle(), &rec.id, WITHIN).await;
+    assert_eq!(done.status, Status::Done, "{:?}", done.error);
+    wait_record(&b.handle(), &rec.id, Status::Done, WITHIN).await;
+    assert_eq!((runs(&count_a), runs(&count_b), runs(&count_c)), (1, 2, 1), "A not again, B again, C once");
+    let b_log = log_of(&b, &rec.id);
+    assert_eq!(lines_starting(&b_log, "receiving"), 1, "received once:\n{}", show(&b_log));
+    let a_log = log_of(&a, &rec.id);
+    assert_eq!(lines_starting(&a_log, "sending"), 1, "sent once:\n{}", show(&a_log));
+    assert_eq!(done.transferred, 2 << 20);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_tasks_see_the_cause_and_a_failing_one_keeps_the_first_cause() {
+    let mut layout = Layout::new(&["a", "b"]);
+    let seen = layout.dir.path().join("seen");
+    let a_seen = layout.dir.path().join("a-seen");
+    {
+        let rule = &mut layout.config_mut("b").rules[0];
+        rule.receiver.post_tasks = vec![sh("exit 9", &[])];
+        rule.receiver.error_tasks = vec![
+            sh("printf '%s|%s' \"$1\" \"$2\" > \"$3\"", &["#ERRORCODE#", "#ERRORMSG#", &seen.display().to_string()]),
+            sh("echo 'alert failed' >&2; exit 1", &[]),
+            TaskConfig { message: Some("alerted: #ERRORCODE#".into()), ..task("log") },
+        ];
+    }
+    layout.config_mut("a").rules[0].sender.error_tasks =
+        vec![sh("printf '%s' \"$1\" > \"$2\"", &["#ERRORCODE#", &a_seen.display().to_string()])];
+    let a = layout.start("a").await;
+    let b = layout.start("b").await;
+    write_random(&layout.out_dir("a").join("x.bin"), 1000);
+    let rec = a.handle().submit(submit(Direction::Push, "b", "x.bin")).await.expect("submitted");
+    assert_eq!(wait_final(&a.handle(), &rec.id, WITHIN).await.status, Status::InError);
+    wait_record(&b.handle(), &rec.id, Status::InError, WITHIN).await;
+    // Error tasks run after the failure is recorded: wait for the last one.
+    let deadline = std::time::Instant::now() + WITHIN;
+    let theirs = loop {
+        let r = b.handle().store().get(&rec.id).expect("read").expect("record");
+        if r.error_task_index == 3 || std::time::Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!((theirs.step, theirs.failed_step, theirs.error_task_index), (Step::ErrorTask, Some(Step::PostTask), 3));
+    let err = theirs.error.expect("cause");
+    assert_eq!(err.code, ErrorCode::TaskFailed, "the first cause stays: {err:?}");
+    let text = std::fs::read_to_string(&seen).expect("the error task ran");
+    assert!(text.starts_with("TaskFailed|post-task 1/1") && text.contains("exited with status 9"), "{text}");
+    let log = log_of(&b, &rec.id);
+    assert_eq!(lines_with(&log, "error task 2/3").len(), 1, "the failing error task is logged:\n{}", show(&log));
+    assert!(lines_with(&log, "alert failed").len() == 1);
+    assert!(lines_with(&log, "alerted: TaskFailed").len() == 1, "later error tasks still ran:\n{}", show(&log));
+    // The partner was told, and ran its own error tasks.
+    let deadline = std::time::Instant::now() + WITHIN;
+    while !a_seen.exists() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(std::fs::read_to_string(&a_seen).expect("a's error task ran"), "TaskFailed");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_file_names_reach_a_program_as_one_argument() {
+    let mut layout = Layout::new(&["a", "b"]);
+    let got = layout.dir.path().join("got");
+    std::fs::create_dir_all(&got).expect("got");
+    layout.config_mut("b").rules[0].receiver.post_tasks =
+        vec![sh("printf '%s' \"$1\" > \"$2/$3\"", &["#FILENAME#", &got.display().to_string(), "#REQUESTID#"])];
+    let a = layout.start("a").await;
+    let b = layout.start("b").await;
+    let names =
+        ["a b.csv", "it's \"quoted\"", "$(touch pwned)", "x; touch pwned2", "`touch pwned3`", "line\nbreak", "#RULE#"];
+    for name in names {
+        write_random(&layout.out_dir("a").join(name), 10);
+        let rec = a.handle().submit(submit(Direction::Push, "b", name)).await.expect("submitted");
+        let done = wait_final(&a.handle(), &rec.id, WITHIN).await;
+        assert_eq!(done.status, Status::Done, "{name:?}: {:?}", done.error);
+        let text = std::fs::read_to_string(got.join(rec.id.as_str())).expect("the program ran");
+        assert_eq!(text, name, "one argument, unchanged, and the others where they belong");
+    }
+    for dir in [layout.in_dir("b"), got.clone(), PathBuf::from("/")] {
+        for f in ["pwned", "pwned2", "pwned3"] {
+            assert!(!dir.join(f).exists(), "{f} was created in {}", dir.display());
+        }
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_task_chains_a_to_b_to_c_and_links_both_records() {
+    let mut layout = Layout::new(&["a", "b", "c"]);
+    let b_out = layout.out_dir("b");
+    layout.config_mut("b").rules[0].receiver.post_tasks = vec![
+        TaskConfig { to: Some(format!("{}/", b_out.display())), ..task("move") },
+        TaskConfig { partner: Some("c".into()), ..task("transfer") },
+    ];
+    let a = layout.start("a").await;
+    let b = layout.start("b").await;
+    let c = layout.start("c").await;
+    let digest = write_random(&layout.out_dir("a").join("relay.bin"), 500_000);
+    let first = a.handle().submit(submit(Direction::Push, "b", "relay.bin")).await.expect("submitted");
+    assert_eq!(wait_final(&a.handle(), &first.id, WITHIN).await.status, Status::Done);
+    let at_b = wait_record(&b.handle(), &first.id, Status::Done, WITHIN).await;
+    assert_eq!(at_b.chained_to.len(), 1, "{at_b:?}");
+    let second = at_b.chained_to[0].clone();
+    let chained = wait_final(&b.handle(), &second, WITHIN).await;
+    assert_eq!(chained.status, Status::Done, "{:?}", chained.error);
+    assert_eq!(chained.chained_from.as_ref(), Some(&first.id), "the second request names the first");
+    assert_eq!(chained.partner, "c");
+    wait_record(&c.handle(), &second, Status::Done, WITHIN).await;
+    assert_eq!(file_digest(&layout.in_dir("c").join("relay.bin")), digest, "A → B → C, intact");
+    a.shutdown().await;
+    b.shutdown().await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reschedule_error_task_runs_the_request_again_later() {
+    let mut layout = Layout::new(&["a", "b"]);
+    let marker = layout.dir.path().join("second-time");
+    layout.config_mut("b").rules[0].receiver.post_tasks =
+        vec![sh("if [ -e \"$1\" ]; then exit 0; fi; touch \"$1\"; exit 2", &[&marker.display().to_string()])];
+    layout.config_mut("a").rules[0].sender.error_tasks =
+        vec![TaskConfig { delay_ms: Some(300), limit: Some(2), ..task("reschedule") }];
+    let a = layout.start("a").await;
+    let b = layout.start("b").await;
+    write_random(&layout.out_dir("a").join("later.bin"), 4000);
+    let rec = a.handle().submit(submit(Direction::Push, "b", "later.bin")).await.expect("submitted");
+    let deadline = std::time::Instant::now() + WITHIN;
+    let done = loop {
+        let r = a.handle().store().get(&rec.id).expect("read").expect("record");
+        if r.status == Status::Done || std::time::Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(done.status, Status::Done, "{:?}\n{}", done.error, show(&log_of(&a, &rec.id)));
+    assert_eq!(done.reschedules, 1);
+    assert!(lines_with(&log_of(&a, &rec.id), "as rescheduled").len() == 1, "{}", show(&log_of(&a, &rec.id)));
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+fn with_mode(file: &str, mode: Option<TargetMode>) -> Submit {
+    Submit { target_mode: mode, ..submit(Direction::Push, "b", file) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_modes_create_replace_append_and_backup() {
+    let mut layout = Layout::new(&["a", "b"]);
+    layout.config_mut("b").rules[0].backup_name = "#FILENAME#.old".into();
+    let a = layout.start("a").await;
+    let b = layout.start("b").await;
+    let (src, dst) = (layout.out_dir("a"), layout.in_dir("b"));
+    std::fs::write(dst.join("t.txt"), b"old\n").expect("existing target");
+
+    // create: refused before any data moves; the target is untouched.
+    std::fs::write(src.join("t.txt"), b"new\n").expect("source");
+    let rec = a.handle().submit(with_mode("t.txt", Some(TargetMode::Create))).await.expect("submitted");
+    let refused = wait_final(&a.handle(), &rec.id, WITHIN).await;
+    assert_eq!(refused.error.as_ref().map(|e| e.code), Some(ErrorCode::TargetExists), "{:?}", refused.error);
+    assert_eq!(std::fs::read(dst.join("t.txt")).expect("target"), b"old\n");
+    assert_eq!(lines_starting(&log_of(&a, &rec.id), "sending"), 0, "no data was sent");
+
+    // append: old content then the whole new data.
+    let rec = a.handle().submit(with_mode("t.txt", Some(TargetMode::Append))).await.expect("submitted");
+    assert_eq!(wait_final(&a.handle(), &rec.id, WITHIN).await.status, Status::Done);
+    assert_eq!(std::fs::read(dst.join("t.txt")).expect("target"), b"old\nnew\n");
+
+    // backup: the existing file renamed aside, then delivered.
+    std::fs::write(src.join("t.txt"), b"newer\n").expect("source");
+    let rec = a.handle().submit(with_mode("t.txt", Some(TargetMode::Backup))).await.expect("submitted");
+    assert_eq!(wait_final(&a.handle(), &rec.id, WITHIN).await.status, Status::Done);
+    assert_eq!(std::fs::read(dst.join("t.txt")).expect("target"), b"newer\n");
+    assert_eq!(std::fs::read(dst.join("t.txt.old")).expect("backup"), b"old\nnew\n");
+    // A second backup does not overwrite the first one.
+    std::fs::write(src.join("t.txt"), b"newest\n").expect("source");
+    let rec = a.handle().submit(with_mode("t.txt", Some(TargetMode::Backup))).await.expect("submitted");
+    assert_eq!(wait_final(&a.handle(), &rec.id, WITHIN).await.status, Status::Done);
+    assert_eq!(std::fs::read(dst.join("t.txt.old.1")).expect("second backup"), b"newer\n");
+
+    // replace, the rule's default.
+    std::fs::write(src.join("t.txt"), b"last\n").expect("source");
+    let rec = a.handle().submit(with_mode("t.txt", None)).await.expect("submitted");
+    assert_eq!(wait_final(&a.handle(), &rec.id, WITHIN).await.status, Status::Done);
+    assert_eq!(std::fs::read(dst.join("t.txt")).expect("target"), b"last\n");
+
+    // create on a pull: refused by the requester itself before its Request.
+    write_random(&layout.out_dir("b").join("p.bin"), 100);
+    std::fs::write(layout.in_dir("a").join("p.bin"), b"mine").expect("existing");
+    let s = Submit { target_mode: Some(TargetMode::Create), ..submit(Direction::Pull, "b", "p.bin") };
+    let rec = a.handle().submit(s).await.expect("submitted");
+    let refused = wait_final(&a.handle(), &rec.id, WITHIN).await;
+    assert_eq!(refused.error.as_ref().map(|e| e.code), Some(ErrorCode::TargetExists));
+    assert!(b.handle().store().get(&rec.id).expect("read").is_none(), "b was never asked");
+    a.shutdown().await;
+    b.shutdown().await;
+}
