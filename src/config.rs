@@ -753,6 +753,73 @@ partners = ["b"]
         }
     }
 
+    const TASKS: &str = r##"
+target = "backup"
+folders = ["/srv/archive"]
+[[rules.receiver.post_tasks]]
+type = "move"
+to = "/srv/archive/#DATE#/"
+[[rules.receiver.post_tasks]]
+type = "exec"
+program = "/usr/local/bin/load"
+args = ["#FILEPATH#", "#RULE#"]
+timeout_ms = 60000
+[[rules.receiver.error_tasks]]
+type = "log"
+message = "failed: #ERRORCODE# #ERRORMSG#"
+[[rules.sender.pre_tasks]]
+type = "checksum"
+action = "check"
+expect = "#TRANSFERINFO#"
+"##;
+
+    #[test]
+    fn a_rule_with_tasks_loads_and_says_what_it_does() {
+        let cfg = NodeConfig::parse(&format!("{SAMPLE}{TASKS}"), "a.toml", Path::new("/etc/ferry")).expect("loads");
+        let rule = cfg.rule("default").expect("rule");
+        assert_eq!(rule.target, TargetMode::Backup);
+        assert_eq!(rule.receiver.post_tasks.len(), 2);
+        assert_eq!(rule.receiver.post_tasks[1].timeout_ms, Some(60_000));
+        assert_eq!(rule.sender.pre_tasks[0].kind, "checksum");
+        let again = NodeConfig::parse(&cfg.to_toml(), "again", Path::new("/")).expect("its own TOML loads");
+        assert_eq!(again.rules, cfg.rules, "tasks survive a round trip");
+    }
+
+    #[test]
+    fn a_bad_task_is_refused_naming_the_rule_the_list_the_task_and_why() {
+        let cases = [
+            ("[[rules.receiver.post_tasks]]\ntype = \"zip\"\n", "receiver.post_tasks task 1 (zip): unknown task type"),
+            (
+                "[[rules.sender.post_tasks]]\ntype = \"move\"\n",
+                "sender.post_tasks task 1 (move): a move task needs \"to\"",
+            ),
+            (
+                "[[rules.receiver.post_tasks]]\ntype = \"log\"\nmessage = \"#SIZE#\"\n",
+                "receiver.post_tasks task 1 (log): message: unknown variable #SIZE#",
+            ),
+            (
+                "[[rules.receiver.post_tasks]]\ntype = \"copy\"\nto = \"/etc/ferry-copy\"\n",
+                "receiver.post_tasks task 1 (copy): \"/etc/ferry-copy\" is outside the rule's folders",
+            ),
+            (
+                "[[rules.receiver.pre_tasks]]\ntype = \"log\"\nmessage = \"#ERRORMSG#\"\n",
+                "has a value only in error_tasks",
+            ),
+            (
+                "[[rules.receiver.post_tasks]]\ntype = \"transfer\"\npartner = \"zz\"\n",
+                "\"zz\", which is not a configured partner",
+            ),
+            ("[[rules.receiver.post_tasks]]\ntype = \"log\"\nmesage = \"x\"\n", "unknown field `mesage`"),
+        ];
+        for (toml, want) in cases {
+            let err = NodeConfig::parse(&format!("{SAMPLE}{toml}"), "a.toml", Path::new("/etc/ferry"))
+                .expect_err(want)
+                .to_string();
+            assert!(err.contains(want), "{want}\n{err}");
+            assert!(err.contains("default") || err.contains("rules"), "names the rule: {err}");
+        }
+    }
+
     #[test]
     fn retry_delays_double_up_to_the_cap() {
         let p = RetryPolicy { attempts: 5, initial_delay_ms: 100, max_delay_ms: 700 };

@@ -27,11 +27,11 @@ use crate::actors::connections::{self, ConnectionsMsg, CLOSE_SHUTDOWN};
 use crate::actors::context::NodeContext;
 use crate::actors::control_plane::request_state;
 use crate::actors::supervisor::{Supervisor, SupervisorMsg};
-use crate::actors::{intake, AUDIT};
+use crate::actors::{intake, task_runner, AUDIT};
 use crate::config::NodeConfig;
 use crate::lifecycle::{self, CommandPath};
 use crate::model::{
-    ClusterSubmitted, ClusterView, CommandError, NodeStats, PartnerState, PartnerView, PartnersView, Submit,
+    ClusterSubmitted, ClusterView, CommandError, NodeStats, PartnerState, PartnerView, PartnersView, RuleView, Submit,
     SubmitError,
 };
 use crate::protocol::{Direction, ErrorCode, RequestId};
@@ -157,7 +157,13 @@ impl NodeHandle {
     pub fn view(&self, rec: &RequestRecord) -> crate::api::TransferView {
         let mut view = crate::api::TransferView::from_record(rec, self.node_id());
         view.waiting = self.waiting_reason(rec);
+        view.task = self.ctx.config.rule(&rec.rule).and_then(|rule| task_runner::current_task(rule, rec));
         view
+    }
+
+    /// Every rule of this node, with its partners, folders, target mode and tasks.
+    pub fn rules(&self) -> Vec<RuleView> {
+        self.ctx.config.rules.iter().map(RuleView::from_rule).collect()
     }
 
     /// Why a queued request of this node does not run yet: its partner is

@@ -178,6 +178,7 @@ async fn a_failed_post_task_is_resumed_at_that_task_and_nothing_is_resent() {
     assert!(err.message.contains("post-task 2/3") && err.message.contains("exited with status 4"), "{err:?}");
     let theirs = wait_record(&b.handle(), &rec.id, Status::InError, WITHIN).await;
     assert_eq!((theirs.step, theirs.task_index), (Step::PostTask, 1), "failed at the second post-task");
+    assert_eq!(b.handle().view(&theirs).task.as_deref(), Some("post-task 2/3 (exec)"), "the view names the task");
     let b_log = log_of(&b, &rec.id);
     assert!(
         b_log.iter().any(|l| l.message.contains("post-task 2/3 (exec")
@@ -391,4 +392,25 @@ async fn target_modes_create_replace_append_and_backup() {
     assert!(b.handle().store().get(&rec.id).expect("read").is_none(), "b was never asked");
     a.shutdown().await;
     b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_lists_rules_with_their_target_mode_and_tasks() {
+    let mut layout = Layout::new(&["a", "b"]);
+    {
+        let rule = &mut layout.config_mut("a").rules[0];
+        rule.target = TargetMode::Backup;
+        rule.receiver.post_tasks = vec![TaskConfig { message: Some("got #FILENAME#".into()), ..task("log") }];
+        rule.sender.error_tasks = vec![TaskConfig { delay_ms: Some(60_000), ..task("reschedule") }];
+    }
+    let a = layout.start("a").await;
+    let api = ferry::api::ApiClient::new(&format!("http://{}", a.api_addr())).expect("client");
+    let rules = api.rules().await.expect("rules");
+    assert_eq!(rules.len(), 1);
+    let r = &rules[0];
+    assert_eq!((r.name.as_str(), r.target), ("default", TargetMode::Backup));
+    assert_eq!(r.receiver.post_tasks[0].message.as_deref(), Some("got #FILENAME#"), "as written");
+    assert_eq!(r.sender.error_tasks[0].kind, "reschedule");
+    assert!(r.sender.pre_tasks.is_empty());
+    a.shutdown().await;
 }

@@ -39,6 +39,20 @@ pub fn side<'a>(rule: &'a Rule, rec: &RequestRecord) -> &'a SideTasks {
     }
 }
 
+/// The task `rec` is running, or failed in: "post-task 2/3 (exec)", when
+/// its step has tasks and the cursor is on one of them.
+pub fn current_task(rule: &Rule, rec: &RequestRecord) -> Option<String> {
+    let list = match rec.step {
+        Step::PreTask => TaskList::Pre,
+        Step::PostTask => TaskList::Post,
+        Step::ErrorTask => TaskList::Error,
+        Step::Transfer | Step::AllDone => return None,
+    };
+    let tasks = side(rule, rec).list(list);
+    let i = lifecycle::next_task(rec, tasks.len())?;
+    Some(format!("{} {}/{} ({})", list_name(list), i + 1, tasks.len(), tasks[i].kind))
+}
+
 /// How many error tasks this node's side of request `id` has.
 pub fn error_task_count(ctx: &NodeContext, id: &RequestId) -> usize {
     let Ok(Some(rec)) = ctx.store.get(id) else { return 0 };

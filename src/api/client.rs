@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::de::DeserializeOwned;
 
 use crate::model::view::{ErrorBody, LogLineView, TransferView};
-use crate::model::{ClusterSubmitted, ClusterView, NodeStats, PartnersView, Submit};
+use crate::model::{ClusterSubmitted, ClusterView, NodeStats, PartnersView, RuleView, Submit};
 use crate::protocol::RequestId;
 use crate::store::Status;
 
@@ -193,6 +193,11 @@ impl ApiClient {
     /// The node's partners with their availability, and its groups.
     pub async fn partners(&self) -> Result<PartnersView, ClientError> {
         self.call(Method::GET, "/api/v1/partners", None).await
+    }
+
+    /// The node's rules, with their folders, target mode and tasks.
+    pub async fn rules(&self) -> Result<Vec<RuleView>, ClientError> {
+        self.call(Method::GET, "/api/v1/rules", None).await
     }
 
     /// Submits a transfer anywhere in the cluster (`source` and/or `target`

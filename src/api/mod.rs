@@ -23,6 +23,8 @@
 //! | POST   | `/api/v1/transfers/{id}/cancel` | [`TransferView`] after the command     |
 //! | POST   | `/api/v1/transfers/{id}/restart` | [`TransferView`] after the command    |
 //! | GET    | `/api/v1/node`                | `NodeStats`                              |
+//! | GET    | `/api/v1/partners`            | `PartnersView`                           |
+//! | GET    | `/api/v1/rules`               | `[RuleView]`: folders, target mode, tasks |
 //!
 //! Error statuses: 400 for malformed input (bad JSON, bad id, bad status
 //! filter, bad file name or block size), 404 for an unknown transfer or route,

@@ -17,7 +17,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 
 use crate::model::view::{ErrorBody, ErrorView, LogLineView, TransferView};
-use crate::model::{ClusterView, CommandError, NodeStats, PartnersView, Submit, SubmitError};
+use crate::model::{ClusterView, CommandError, NodeStats, PartnersView, RuleView, Submit, SubmitError};
 use crate::node::NodeHandle;
 use crate::protocol::RequestId;
 use crate::store::{Status, StoreError};
@@ -204,6 +204,7 @@ pub fn router(node: NodeHandle) -> Router {
         .route("/api/v1/transfers/{id}/restart", post(restart_transfer))
         .route("/api/v1/node", get(node_stats))
         .route("/api/v1/partners", get(partners))
+        .route("/api/v1/rules", get(rules))
         .route("/api/v1/cluster/transfers/{id}", get(cluster_transfer))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
@@ -340,6 +341,10 @@ async fn node_stats(State(node): State<NodeHandle>) -> Json<NodeStats> {
 
 async fn partners(State(node): State<NodeHandle>) -> Json<PartnersView> {
     Json(node.partners().await)
+}
+
+async fn rules(State(node): State<NodeHandle>) -> Json<Vec<RuleView>> {
+    Json(node.rules())
 }
 
 /// The request as its two nodes know it, asked from whichever node serves

@@ -167,6 +167,12 @@ mod tests {
             group: None,
             submitted_on: None,
             waiting: None,
+            task: None,
+            original_file: None,
+            target_mode: None,
+            chained_from: None,
+            chained_to: Vec::new(),
+            reschedules: 0,
         }
     }
 

@@ -11,6 +11,7 @@ mod control;
 mod demo;
 mod display;
 mod partners;
+mod rules;
 mod transfer;
 
 use std::path::PathBuf;
@@ -52,6 +53,8 @@ pub enum Command {
     Log(transfer::LogArgs),
     /// List this node's partners: available or not, since when, round-trip time.
     Partners(partners::PartnersArgs),
+    /// List this node's rules: partners, folders, target mode and the tasks each side runs.
+    Rules(rules::RulesArgs),
     /// Stop (pause) a transfer this node requested; `restart` resumes it.
     Stop(control::CommandArgs),
     /// Cancel a transfer this node requested, on both nodes (its partial file is removed).
@@ -127,6 +130,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => transfer::status(args).await,
         Command::Log(args) => transfer::log(args).await,
         Command::Partners(args) => partners::partners(args).await,
+        Command::Rules(args) => rules::rules(args).await,
         Command::Stop(args) => control::stop(args).await,
         Command::Cancel(args) => control::cancel(args).await,
         Command::Restart(args) => control::restart(args).await,

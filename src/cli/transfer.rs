@@ -436,8 +436,21 @@ pub fn detail<'a>(v: &'a TransferView, extra: Vec<(&'a str, String)>) -> String 
         ("partner", v.partner.clone()),
         ("rule", v.rule.clone()),
         ("direction", direction_word(v).to_owned()),
-        ("file", v.file.clone()),
-        ("status", format!("{:?} (step {:?})", v.status, v.step)),
+        (
+            "file",
+            match &v.original_file {
+                Some(o) => format!("{} (submitted as {o}; a pre-task renamed it)", v.file),
+                None => v.file.clone(),
+            },
+        ),
+        (
+            "status",
+            match &v.task {
+                Some(t) if v.status == Status::InError => format!("{:?} (step {:?}, at {t})", v.status, v.step),
+                Some(t) => format!("{:?} (step {:?}, running {t})", v.status, v.step),
+                None => format!("{:?} (step {:?})", v.status, v.step),
+            },
+        ),
         (
             "progress",
             format!(
@@ -465,6 +478,18 @@ pub fn detail<'a>(v: &'a TransferView, extra: Vec<(&'a str, String)>) -> String 
     }
     if let Some(w) = &v.waiting {
         f.push(("waiting", w.clone()));
+    }
+    if let Some(m) = v.target_mode {
+        f.push(("target mode", format!("{m:?}").to_lowercase()));
+    }
+    if let Some(from) = &v.chained_from {
+        f.push(("sent on from", from.clone()));
+    }
+    if !v.chained_to.is_empty() {
+        f.push(("sent on as", v.chained_to.join(", ")));
+    }
+    if v.reschedules > 0 {
+        f.push(("rescheduled", format!("{} times", v.reschedules)));
     }
     f.extend(extra);
     f.push((
@@ -552,6 +577,12 @@ mod tests {
             attempts: 1,
             retry_at: None,
             waiting: None,
+            task: None,
+            original_file: None,
+            target_mode: None,
+            chained_from: None,
+            chained_to: Vec::new(),
+            reschedules: 0,
         }
     }
 

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use view::{ErrorBody, ErrorView, LogLineView, TransferView};
+pub use view::{ErrorBody, ErrorView, LogLineView, RuleView, TransferView};
 
 use crate::protocol::control::RequestState;
 use crate::protocol::{Compression, Direction, ErrorCode, RequestId, TargetMode};

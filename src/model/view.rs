@@ -8,7 +8,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::{Compression, Direction};
-use crate::store::{LogEntry, RequestRecord, Role, Status, Step};
+use crate::store::{LogEntry, RequestRecord, Role, Status, Step, TargetMode};
+use crate::tasks::SideTasks;
 
 /// A transfer request as one node sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +76,62 @@ pub struct TransferView {
     /// when it will wait (see `NodeHandle::waiting_reason`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting: Option<String>,
+    /// The task being run, or the one that failed: "post-task 2/3 (exec)".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    /// The name the request was submitted with, when a sender's pre-task
+    /// renamed the file (`file` is the new name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_file: Option<String>,
+    /// The target mode the request asked for (else the receiver's rule's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_mode: Option<TargetMode>,
+    /// The request whose `transfer` task submitted this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chained_from: Option<String>,
+    /// Requests this one's `transfer` tasks submitted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chained_to: Vec<String>,
+    /// Times a `reschedule` error task put the request back.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub reschedules: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// A rule as `GET /api/v1/rules` lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleView {
+    pub name: String,
+    /// Partners (ids, aliases, groups, or `"*"`) that may use it.
+    pub partners: Vec<String>,
+    pub send_dir: String,
+    pub recv_dir: String,
+    /// The receiver's target mode.
+    pub target: TargetMode,
+    pub backup_name: String,
+    /// More folders its tasks may touch.
+    pub folders: Vec<String>,
+    pub sender: SideTasks,
+    pub receiver: SideTasks,
+}
+
+impl RuleView {
+    pub fn from_rule(r: &crate::config::Rule) -> RuleView {
+        RuleView {
+            name: r.name.clone(),
+            partners: r.partners.clone(),
+            send_dir: r.send_dir.display().to_string(),
+            recv_dir: r.recv_dir.display().to_string(),
+            target: r.target,
+            backup_name: r.backup_name.clone(),
+            folders: r.folders.iter().map(|f| f.display().to_string()).collect(),
+            sender: r.sender.clone(),
+            receiver: r.receiver.clone(),
+        }
+    }
 }
 
 impl TransferView {
@@ -110,6 +167,12 @@ impl TransferView {
             group: rec.group.clone(),
             submitted_on: rec.submitted_on.clone(),
             waiting: None,
+            task: None,
+            original_file: rec.original_file_name.clone(),
+            target_mode: rec.target_mode,
+            chained_from: rec.chained_from.as_ref().map(|i| i.as_str().to_owned()),
+            chained_to: rec.chained_to.iter().map(|i| i.as_str().to_owned()).collect(),
+            reschedules: rec.reschedules,
         }
     }
 
