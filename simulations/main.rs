@@ -33,6 +33,7 @@ scenarios!(
     many_requests,
     node_lost,
     operator_commands,
+    post_task_failures,
 );
 
 /// The same seed gives the same run, in every scenario: same steps, same

@@ -211,3 +211,27 @@ pub fn operator_commands(seed: u64) -> RunSpec {
     }
     spec
 }
+
+/// Rules with tasks on both sides, both nodes crashing, and the receiver's
+/// `link` post-task failing for two requests until its cause is removed;
+/// an operator then restarts them and they resume at that task.
+pub fn post_task_failures(seed: u64) -> RunSpec {
+    let mut r = rng(seed, 10);
+    let mut spec = RunSpec::new(&["a", "b"]);
+    spec.tasks = true;
+    a_sends_to_b(&mut r, &mut spec, 6);
+    crash_and_restart(&mut r, &mut spec, "a");
+    crash_and_restart(&mut r, &mut spec, "b");
+    let mut tags: Vec<usize> = (0..spec.requests.len()).collect();
+    for _ in 0..2 {
+        let tag = tags.remove(r.random_range(0..tags.len()));
+        let file = format!("{}.lnk", spec.requests[tag].file);
+        spec.blocked.push(("b".into(), file.clone()));
+        spec.faults.push((20_000, Fault::Unblock { node: "b".into(), file }));
+        for at in [25_000, 50_000, 80_000] {
+            spec.faults.push((at + tag as u64, Fault::Operate { tag, op: Operation::Restart }));
+        }
+    }
+    spec.expect_log = Some("failed after");
+    spec
+}

@@ -12,7 +12,12 @@
 //! - `single delivery`: no request is delivered twice;
 //! - `agreement`: both nodes of a request agree on its final state;
 //! - `no actor left`: nothing runs once every request ended, and every node
-//!   stops with no task still holding it.
+//!   stops with no task still holding it;
+//! - `tasks` (runs with tasks): for a request that ended `Done`, every
+//!   post-task of each side ran and is logged done exactly once (a task that
+//!   finished is never run again, not after a crash, not after a restart),
+//!   and each built-in task's result exists exactly once: one archived copy,
+//!   one link, one rename, one copy of what was sent.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -39,12 +44,22 @@ fn final_names(dir: &Path) -> Vec<(String, Option<Digest>)> {
 }
 
 /// `files`: every file under a final name is a whole, correct copy of a
-/// source of the run.
-pub fn final_files(nodes: &BTreeMap<String, Node>, sources: &BTreeMap<String, Digest>, when: &str) -> Vec<String> {
+/// source of the run (with tasks, also under the name the receiver's
+/// rename gives it).
+pub fn final_files(
+    nodes: &BTreeMap<String, Node>,
+    sources: &BTreeMap<String, Digest>,
+    tasks: bool,
+    when: &str,
+) -> Vec<String> {
     let mut v = Vec::new();
     for (name, node) in nodes {
         for (file, digest) in final_names(&node.recv_dir()) {
-            match (sources.get(&file), digest) {
+            let source = match file.strip_suffix(super::DONE_SUFFIX) {
+                Some(stem) if tasks => stem,
+                _ => file.as_str(),
+            };
+            match (sources.get(source), digest) {
                 (None, _) => v.push(format!("files: {name} holds {file} {when}, which no request sent")),
                 (Some(want), Some(got)) if *want == got => {}
                 (Some(_), got) => v.push(format!(
@@ -80,12 +95,73 @@ impl World<'_> {
         let mut v = Vec::new();
         v.extend(self.acknowledged_kept());
         v.extend(self.outcomes());
-        v.extend(final_files(self.nodes, self.sources, "after the run"));
+        v.extend(final_files(self.nodes, self.sources, self.spec.tasks, "after the run"));
         v.extend(self.no_work_file_left());
         v.extend(self.single_delivery());
         v.extend(self.agreement());
         v.extend(self.no_actor_left());
         v.extend(self.expected_log());
+        if self.spec.tasks {
+            v.extend(self.tasks());
+        }
+        v
+    }
+
+    /// `tasks`: see the module docs.
+    fn tasks(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        let mut archived: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+        for (requester, r) in self.requests() {
+            let receiver = Self::receiver(requester, r);
+            let sender = if receiver == requester.as_str() { r.partner.as_str() } else { requester.as_str() };
+            let both_done = [receiver, sender].iter().all(|n| {
+                self.records.get(*n).and_then(|rs| rs.get(r.id.as_str())).is_some_and(|x| x.status == Status::Done)
+            });
+            if !both_done {
+                continue;
+            }
+            let id = r.id.to_string();
+            let f = r.requested_name();
+            for (node, count) in [(receiver, 4), (sender, 1)] {
+                let log = self.logs.get(&(node.to_owned(), id.clone())).cloned().unwrap_or_default();
+                for i in 1..=count {
+                    let prefix = format!("post-task {i}/{count} (");
+                    let done = log.iter().filter(|l| l.starts_with(&prefix) && l.contains(": ok in ")).count();
+                    if done != 1 {
+                        v.push(format!(
+                            "tasks: {node}'s post-task {i}/{count} of {id} ({f}) is logged done {done} times"
+                        ));
+                    }
+                }
+            }
+            let want = self.sources.get(f).copied();
+            let digest = |p: &Path| std::fs::read(p).ok().map(|b| Digest::of(&b));
+            let rnode = &self.nodes[receiver];
+            let checks = [
+                (rnode.recv_dir().join(format!("{f}{}", super::DONE_SUFFIX)), "renamed once"),
+                (rnode.archive_dir().join(f), "archived"),
+                (rnode.archive_dir().join(format!("{f}.lnk")), "linked"),
+                (self.nodes[sender].sent_dir().join(f), "copied after sending"),
+            ];
+            for (path, what) in checks {
+                if digest(&path) != want {
+                    v.push(format!("tasks: {f} of {id} is not {what}: {} is missing or wrong", path.display()));
+                }
+            }
+            for stray in [rnode.recv_dir().join(f), rnode.recv_dir().join(format!("{f}.done.done"))] {
+                if stray.exists() {
+                    v.push(format!("tasks: {} exists: the rename did not happen once", stray.display()));
+                }
+            }
+            archived.entry(receiver).or_default().extend([f.to_owned(), format!("{f}.lnk")]);
+        }
+        for (node, expected) in archived {
+            for (file, _) in final_names(&self.nodes[node].archive_dir()) {
+                if !expected.contains(&file) && !self.spec.blocked.iter().any(|(n, b)| n == node && *b == file) {
+                    v.push(format!("tasks: {node}'s archive holds {file}, a second result of some task"));
+                }
+            }
+        }
         v
     }
 
@@ -130,7 +206,9 @@ impl World<'_> {
             match r.status {
                 Status::Done => {
                     let receiver = Self::receiver(node, r);
-                    let path = self.nodes[receiver].recv_dir().join(&r.file_name);
+                    // With tasks, the receiver's last post-task renamed it.
+                    let suffix = if self.spec.tasks { super::DONE_SUFFIX } else { "" };
+                    let path = self.nodes[receiver].recv_dir().join(format!("{}{suffix}", r.file_name));
                     let got = std::fs::read(&path).ok().map(|b| Digest::of(&b));
                     let want = self.sources.get(&r.file_name);
                     if got.is_none() || got.as_ref() != want {

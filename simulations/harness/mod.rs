@@ -30,6 +30,7 @@ use ferry::config::{Group, NodeConfig, RetryPolicy};
 use ferry::model::Submit;
 use ferry::protocol::{Compression, Digest, Direction};
 use ferry::store::{RequestRecord, Store};
+use ferry::tasks::TaskConfig;
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 
@@ -78,6 +79,12 @@ pub enum Fault {
         tag: usize,
         op: host::Operation,
     },
+    /// The cause of a failing task goes away: the file blocking a `link`
+    /// post-task in `node`'s archive folder is removed.
+    Unblock {
+        node: String,
+        file: String,
+    },
 }
 
 /// Everything a run does.
@@ -99,7 +106,14 @@ pub struct RunSpec {
     pub max_latency_ms: u64,
     /// Simulated seconds within which every request must have ended.
     pub limit_secs: u64,
+    /// Rules run tasks (see `add_tasks`), and the files that make a
+    /// receiver's `link` post-task fail until they are removed.
+    pub tasks: bool,
+    pub blocked: Vec<(String, String)>,
 }
+
+/// The suffix the receiver's last post-task gives a delivered file.
+pub const DONE_SUFFIX: &str = ".done";
 
 impl RunSpec {
     pub fn new(nodes: &[&str]) -> RunSpec {
@@ -114,6 +128,8 @@ impl RunSpec {
             expect_log: None,
             max_latency_ms: 5,
             limit_secs: 300,
+            tasks: false,
+            blocked: vec![],
         }
     }
 }
@@ -163,6 +179,38 @@ impl Node {
     pub fn send_dir(&self) -> PathBuf {
         self.config.rules[0].send_dir.clone()
     }
+
+    /// Where a run with tasks archives what this node received.
+    pub fn archive_dir(&self) -> PathBuf {
+        self.config.data_dir.with_file_name("archive")
+    }
+
+    /// Where a run with tasks keeps copies of what this node sent.
+    pub fn sent_dir(&self) -> PathBuf {
+        self.config.data_dir.with_file_name("sent")
+    }
+}
+
+fn task(kind: &str) -> TaskConfig {
+    TaskConfig { kind: kind.into(), ..TaskConfig::default() }
+}
+
+/// The rule's tasks in a run with tasks: the receiver copies the delivered
+/// file to its archive folder, hard-links it there as `NAME.lnk`, logs, and
+/// renames it to `NAME.done`; the sender copies what it sent to its `sent`
+/// folder. Each leaves one result per request, so a task that ran twice, or
+/// a rename done twice, shows.
+fn add_tasks(cfg: &mut NodeConfig) {
+    let (archive, sent) = (cfg.data_dir.with_file_name("archive"), cfg.data_dir.with_file_name("sent"));
+    let rule = &mut cfg.rules[0];
+    rule.folders = vec![archive.clone(), sent.clone()];
+    rule.receiver.post_tasks = vec![
+        TaskConfig { to: Some(format!("{}/", archive.display())), ..task("copy") },
+        TaskConfig { to: Some(format!("{}/#FILENAME#.lnk", archive.display())), ..task("link") },
+        TaskConfig { message: Some("archived #FILENAME# from #PARTNER#".into()), ..task("log") },
+        TaskConfig { to: Some(format!("#FILENAME#{DONE_SUFFIX}")), ..task("rename") },
+    ];
+    rule.sender.post_tasks = vec![TaskConfig { to: Some(format!("{}/", sent.display())), ..task("copy") }];
 }
 
 fn configure(cfg: &mut NodeConfig, spec: &RunSpec) {
@@ -181,6 +229,9 @@ fn configure(cfg: &mut NodeConfig, spec: &RunSpec) {
     cfg.groups = spec.groups.clone();
     for rule in &mut cfg.rules {
         rule.partners = vec!["*".into()];
+    }
+    if spec.tasks {
+        add_tasks(cfg);
     }
 }
 
@@ -204,6 +255,17 @@ pub fn run(spec: &RunSpec, seed: u64) -> Result<RunReport, String> {
             std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
         nodes.insert(cfg.node_id.clone(), Node { config: cfg, io: Rc::new(RefCell::new(HostIo::default())) });
+    }
+    if spec.tasks {
+        for node in nodes.values() {
+            for dir in [node.archive_dir(), node.sent_dir()] {
+                std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            }
+        }
+        for (node, file) in &spec.blocked {
+            let path = nodes[node].archive_dir().join(file);
+            std::fs::write(&path, b"not a link").map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        }
     }
 
     // Source files, from the seed.
@@ -260,7 +322,8 @@ pub fn run(spec: &RunSpec, seed: u64) -> Result<RunReport, String> {
         while let Some((_, fault)) = faults.next_if(|(at, _)| *at <= now) {
             match fault {
                 Fault::Crash(n) => {
-                    violations.extend(invariants::final_files(&nodes, &sources, &format!("when {n} crashed")));
+                    let when = format!("when {n} crashed");
+                    violations.extend(invariants::final_files(&nodes, &sources, spec.tasks, &when));
                     sim.crash(n.as_str());
                     let mut io = nodes[&n].io.borrow_mut();
                     io.snapshot = None;
@@ -278,6 +341,10 @@ pub fn run(spec: &RunSpec, seed: u64) -> Result<RunReport, String> {
                 Fault::Link { a, b, loss, max_latency_ms } => {
                     net.set_loss(sim.lookup(a.as_str()), sim.lookup(b.as_str()), loss);
                     sim.set_link_max_message_latency(a.as_str(), b.as_str(), Duration::from_millis(max_latency_ms));
+                }
+                Fault::Unblock { node, file } => {
+                    let path = nodes[&node].archive_dir().join(&file);
+                    std::fs::remove_file(&path).map_err(|e| format!("cannot unblock {}: {e}", path.display()))?;
                 }
                 Fault::Operate { tag, op } => {
                     let requester = &spec.requests[tag].requester;
