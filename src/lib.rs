@@ -7,6 +7,7 @@
 
 pub mod actors;
 pub mod api;
+pub mod calendar;
 pub mod certs;
 pub mod cluster;
 pub mod config;

@@ -212,6 +212,16 @@ pub fn restart(r: &mut RequestRecord) {
     leave_error_step(r);
 }
 
+/// The requested side: the requester runs the request again (after its
+/// own restart, retry or reschedule). Like [`restart`] on this side: back
+/// from `ErrorTask` to the failed step, its task cursor kept.
+pub fn run_again(r: &mut RequestRecord) {
+    r.status = Status::Running;
+    r.error = None;
+    r.finished_at = None;
+    leave_error_step(r);
+}
+
 fn leave_error_step(r: &mut RequestRecord) {
     if r.step == Step::ErrorTask {
         r.step = r.failed_step.take().unwrap_or(Step::PreTask);

@@ -215,3 +215,14 @@ fn a_chained_request_id_is_the_same_every_time_and_differs_per_task() {
     assert_ne!(a, chained_id(&id, Step::PreTask, 0));
     assert_ne!(a, id);
 }
+
+#[test]
+fn the_requested_side_runs_again_from_its_failed_task() {
+    let mut r = rec(Role::Requested, Status::Running, Step::PostTask);
+    r.task_index = 1;
+    fail(&mut r, ErrorCode::TaskFailed, "copy failed", 2, 5);
+    assert_eq!(r.step, Step::ErrorTask);
+    run_again(&mut r);
+    assert_eq!((r.status, r.step, r.task_index, r.error.is_none()), (Status::Running, Step::PostTask, 1, true));
+    assert_eq!(r.finished_at, None);
+}

@@ -151,9 +151,9 @@ async fn sender_tasks_run_before_the_request_and_after_the_confirmation_in_both_
     b.shutdown().await;
 }
 
-/// Receiver post-tasks [count A, fail once, count C]: the first run ends
-/// InError at PostTask; a restart runs the failed task and C, not A, and
-/// receives nothing again.
+/// Receiver post-tasks [count A, fail once, count C], and an error task:
+/// the first run ends InError at PostTask; a restart runs the failed task
+/// and C, not A, and receives nothing again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_post_task_is_resumed_at_that_task_and_nothing_is_resent() {
     let mut layout = Layout::new(&["a", "b"]);
@@ -167,6 +167,8 @@ async fn a_failed_post_task_is_resumed_at_that_task_and_nothing_is_resent() {
         ),
         count_into(&count_c),
     ];
+    let alerts = dir.join("alerts");
+    layout.config_mut("b").rules[0].receiver.error_tasks = vec![count_into(&alerts)];
     let a = layout.start("a").await;
     let b = layout.start("b").await;
     let digest = write_random(&layout.out_dir("a").join("batch.dat"), 2 << 20);
@@ -177,7 +179,11 @@ async fn a_failed_post_task_is_resumed_at_that_task_and_nothing_is_resent() {
     assert_eq!(err.code, ErrorCode::TaskFailed, "{err:?}");
     assert!(err.message.contains("post-task 2/3") && err.message.contains("exited with status 4"), "{err:?}");
     let theirs = wait_record(&b.handle(), &rec.id, Status::InError, WITHIN).await;
-    assert_eq!((theirs.step, theirs.task_index), (Step::PostTask, 1), "failed at the second post-task");
+    assert_eq!(
+        (theirs.step, theirs.failed_step, theirs.task_index),
+        (Step::ErrorTask, Some(Step::PostTask), 1),
+        "failed at the second post-task, then ran its error task"
+    );
     assert_eq!(b.handle().view(&theirs).task.as_deref(), Some("post-task 2/3 (exec)"), "the view names the task");
     let b_log = log_of(&b, &rec.id);
     assert!(
@@ -196,6 +202,7 @@ async fn a_failed_post_task_is_resumed_at_that_task_and_nothing_is_resent() {
     assert_eq!(done.status, Status::Done, "{:?}", done.error);
     wait_record(&b.handle(), &rec.id, Status::Done, WITHIN).await;
     assert_eq!((runs(&count_a), runs(&count_b), runs(&count_c)), (1, 2, 1), "A not again, B again, C once");
+    assert_eq!(runs(&alerts), 1, "the error task ran for the one failure");
     let b_log = log_of(&b, &rec.id);
     assert_eq!(lines_starting(&b_log, "receiving"), 1, "received once:\n{}", show(&b_log));
     let a_log = log_of(&a, &rec.id);

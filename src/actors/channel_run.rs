@@ -648,18 +648,8 @@ impl ChannelRun {
                     self.post_tasks().await?;
                     return Ok(Judgement::Complete(EndTransfer { bytes: rec.size, hash }));
                 }
-                let probe = RequestRecord {
-                    target_mode: req.options.target_mode,
-                    ..RequestRecord::new(
-                        req.request_id.clone(),
-                        Role::Requested,
-                        &self.partner,
-                        &req.rule,
-                        req.direction,
-                        &file_name,
-                    )
-                };
-                check_target(&self.ctx, &probe, &dir.join(&file_name))?;
+                let mode = target_mode_of(&self.ctx, &req.rule, req.options.target_mode);
+                refuse_existing_target(&self.ctx, mode, &dir.join(&file_name))?;
                 self.reserve_room(req.size, req.block_size).await?;
                 let work = receive::work_path(&dir, &req.request_id);
                 let point = existing.as_ref().and_then(|r| r.restart_point).filter(|p| p.offset <= req.size);
@@ -746,9 +736,8 @@ impl ChannelRun {
             // Sent again from here on (not a confirmation of what was sent).
             let pull = req.direction == Direction::Pull && req.delivered.is_none();
             self.record(&format!("{msg} (again)"), |r| {
-                r.status = Status::Running;
+                lifecycle::run_again(r);
                 r.size = size;
-                r.error = None;
                 if pull {
                     // What an earlier run sent no longer says what this one will.
                     r.hash = None;
@@ -1060,7 +1049,12 @@ impl ChannelRun {
 
 /// The target mode of a request on this node: the request's, else its rule's.
 pub fn target_mode(ctx: &NodeContext, rec: &RequestRecord) -> TargetMode {
-    rec.target_mode.or_else(|| ctx.config.rule(&rec.rule).map(|r| r.target)).unwrap_or_default()
+    target_mode_of(ctx, &rec.rule, rec.target_mode)
+}
+
+/// The target mode under `rule` when a request asks for `requested`.
+pub fn target_mode_of(ctx: &NodeContext, rule: &str, requested: Option<TargetMode>) -> TargetMode {
+    requested.or_else(|| ctx.config.rule(rule).map(|r| r.target)).unwrap_or_default()
 }
 
 /// How a receiver delivers `rec`'s file to `final_path`.
@@ -1083,12 +1077,12 @@ pub fn delivery_for(ctx: &NodeContext, rec: &RequestRecord, final_path: &std::pa
 }
 
 /// `create` mode: refuses, before any data moves, a target that exists.
-pub fn check_target(
+pub fn refuse_existing_target(
     ctx: &NodeContext,
-    rec: &RequestRecord,
+    mode: TargetMode,
     final_path: &std::path::Path,
 ) -> Result<(), (ErrorCode, String)> {
-    if target_mode(ctx, rec) == TargetMode::Create && final_path.exists() && !rec.delivered {
+    if mode == TargetMode::Create && final_path.exists() {
         return Err((
             ErrorCode::TargetExists,
             format!("{} exists on node {} and the target mode is create", final_path.display(), ctx.config.node_id),

@@ -163,7 +163,8 @@ async fn run(args: ClientRunnerArgs, mut control: mpsc::Receiver<Command>) {
             }
             delivered = rec.hash.map(|hash| EndTransfer { bytes: rec.size, hash });
         } else {
-            if let Err((code, msg)) = channel_run::check_target(&ctx, &rec, &dir.join(&rec.file_name)) {
+            let mode = channel_run::target_mode(&ctx, &rec);
+            if let Err((code, msg)) = channel_run::refuse_existing_target(&ctx, mode, &dir.join(&rec.file_name)) {
                 return fail_early(&ctx, &id, code, msg).await;
             }
             let point = rec.restart_point;

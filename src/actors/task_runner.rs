@@ -42,15 +42,23 @@ pub fn side<'a>(rule: &'a Rule, rec: &RequestRecord) -> &'a SideTasks {
 /// The task `rec` is running, or failed in: "post-task 2/3 (exec)", when
 /// its step has tasks and the cursor is on one of them.
 pub fn current_task(rule: &Rule, rec: &RequestRecord) -> Option<String> {
-    let list = match rec.step {
-        Step::PreTask => TaskList::Pre,
-        Step::PostTask => TaskList::Post,
-        Step::ErrorTask => TaskList::Error,
-        Step::Transfer | Step::AllDone => return None,
+    let describe = |list: TaskList, i: usize| {
+        let tasks = side(rule, rec).list(list);
+        tasks.get(i).map(|t| format!("{} {}/{} ({})", list_name(list), i + 1, tasks.len(), t.kind))
     };
-    let tasks = side(rule, rec).list(list);
-    let i = lifecycle::next_task(rec, tasks.len())?;
-    Some(format!("{} {}/{} ({})", list_name(list), i + 1, tasks.len(), tasks[i].kind))
+    let list_of = |step: Step| match step {
+        Step::PreTask => Some(TaskList::Pre),
+        Step::PostTask => Some(TaskList::Post),
+        Step::ErrorTask => Some(TaskList::Error),
+        Step::Transfer | Step::AllDone => None,
+    };
+    if rec.step == Step::ErrorTask {
+        // Error tasks still running, else the task that failed.
+        let running = describe(TaskList::Error, rec.error_task_index as usize);
+        let failed = rec.failed_step.and_then(list_of).and_then(|l| describe(l, rec.task_index as usize));
+        return running.or(failed);
+    }
+    describe(list_of(rec.step)?, rec.task_index as usize)
 }
 
 /// How many error tasks this node's side of request `id` has.
@@ -114,19 +122,8 @@ pub fn vars(rule: &Rule, rec: &RequestRecord, me: &str, file: &Path) -> Vars {
 
 /// `YYYYMMDD` and `HHMMSS` (UTC) of a unix time in seconds.
 pub fn date_and_hour(secs: u64) -> (String, String) {
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (format!("{y:04}{m:02}{d:02}"), format!("{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60))
+    let ((y, m, d), (h, min, sec)) = crate::calendar::utc(secs);
+    (format!("{y:04}{m:02}{d:02}"), format!("{h:02}{min:02}{sec:02}"))
 }
 
 fn list_name(list: TaskList) -> &'static str {
@@ -377,10 +374,7 @@ mod tests {
     use super::date_and_hour;
 
     #[test]
-    fn dates_and_hours_are_utc_civil_time() {
-        assert_eq!(date_and_hour(0), ("19700101".into(), "000000".into()));
-        assert_eq!(date_and_hour(951_782_400), ("20000229".into(), "000000".into()));
-        // 2026-11-29 12:34:56 UTC
+    fn date_and_hour_are_the_variables_format() {
         assert_eq!(date_and_hour(1_795_955_696), ("20261129".into(), "123456".into()));
     }
 }
