@@ -421,3 +421,45 @@ async fn the_api_lists_rules_with_their_target_mode_and_tasks() {
     assert!(r.sender.pre_tasks.is_empty());
     a.shutdown().await;
 }
+
+/// A sender's post-task fails after the receiver confirmed the file: both
+/// sides end InError (the receiver is told instead of EndRequest), and a
+/// restart is answered `Complete` without sending the file again; the
+/// sender then runs its post-tasks from the failed one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_sender_post_task_resumes_after_a_complete_answer() {
+    let mut layout = Layout::new(&["a", "b"]);
+    let dir = layout.dir.path().to_path_buf();
+    let (first, marker, last) = (dir.join("first"), dir.join("ready"), dir.join("last"));
+    layout.config_mut("a").rules[0].sender.post_tasks = vec![
+        count_into(&first),
+        sh("[ -e \"$1\" ] || { echo 'archive offline' >&2; exit 5; }", &[&marker.display().to_string()]),
+        count_into(&last),
+    ];
+    let a = layout.start("a").await;
+    let b = layout.start("b").await;
+    let digest = write_random(&layout.out_dir("a").join("s.bin"), 200_000);
+    let rec = a.handle().submit(submit(Direction::Push, "b", "s.bin")).await.expect("submitted");
+    let failed = wait_final(&a.handle(), &rec.id, WITHIN).await;
+    assert_eq!(failed.error.as_ref().map(|e| e.code), Some(ErrorCode::TaskFailed), "{:?}", failed.error);
+    assert_eq!((failed.step, failed.task_index), (Step::PostTask, 1));
+    let theirs = wait_record(&b.handle(), &rec.id, Status::InError, WITHIN).await;
+    assert!(theirs.error.as_ref().is_some_and(|e| e.message.contains("archive offline")), "b was told why");
+    assert_eq!(file_digest(&layout.in_dir("b").join("s.bin")), digest, "delivered before the sender's tasks");
+    std::fs::write(&marker, b"").expect("fix");
+    a.handle().restart(&rec.id).await.expect("restart");
+    let done = wait_final(&a.handle(), &rec.id, WITHIN).await;
+    assert_eq!(done.status, Status::Done, "{:?}\n{}", done.error, show(&log_of(&a, &rec.id)));
+    wait_record(&b.handle(), &rec.id, Status::Done, WITHIN).await;
+    assert_eq!((runs(&first), runs(&last)), (1, 1));
+    let a_log = log_of(&a, &rec.id);
+    assert_eq!(lines_starting(&a_log, "sending"), 1, "sent once:\n{}", show(&a_log));
+    assert_eq!(
+        lines_with(&a_log, "post-task 2/3").len(),
+        3,
+        "failed, then ok (and the failure record):\n{}",
+        show(&a_log)
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
