@@ -683,3 +683,46 @@ async fn a_receiver_killed_during_an_append_leaves_old_or_old_plus_new_never_a_p
     assert_eq!(Digest::of(&rest), new, "then the whole new data");
     assert!(work_files(&c.in_dir("b")).is_empty(), "nothing left in the work folder");
 }
+
+/// The receiver is SIGKILLed during its first error task (after a failed
+/// post-task). At its restart the interrupted error task runs again and
+/// the next one runs once; the request keeps its first cause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_tasks_a_crash_interrupted_run_at_the_next_start() {
+    let _heavy = HEAVY.lock().await;
+    let counts = tempfile::tempdir().expect("tempdir");
+    let (slow, next) = (counts.path().join("slow"), counts.path().join("next"));
+    let (s, n) = (slow.display().to_string(), next.display().to_string());
+    let mut c = ProcCluster::new(&["a", "b"], |layout| {
+        tweak(layout);
+        let rule = &mut layout.configs.iter_mut().find(|c| c.node_id == "b").expect("b").rules[0];
+        rule.receiver.post_tasks = vec![sh_task("exit 3", &[])];
+        rule.receiver.error_tasks = vec![
+            sh_task("echo run >> \"$1\"; if [ \"$(wc -l < \"$1\")\" -eq 1 ]; then sleep 30; fi", &[&s]),
+            sh_task("echo run >> \"$1\"", &[&n]),
+        ];
+    });
+    let api_a = c.start("a").await;
+    c.start("b").await;
+    write_random_streamed(&c.out_dir("a").join("alert.bin"), MIB);
+    let id = api_a.submit(&request(Direction::Push, "default", "alert.bin")).await.expect("submitted").id;
+    let deadline = Instant::now() + STEP_WITHIN;
+    while runs_of(&slow) < 1 {
+        assert!(Instant::now() < deadline, "the error task never started\n{}", c.report(&id).await);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    c.kill9("b");
+    assert_eq!((runs_of(&slow), runs_of(&next)), (1, 0));
+    c.start("b").await;
+    let deadline = Instant::now() + STEP_WITHIN;
+    while runs_of(&next) < 1 {
+        assert!(Instant::now() < deadline, "the error tasks did not resume\n{}", c.report(&id).await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!((runs_of(&slow), runs_of(&next)), (2, 1), "the interrupted one again, the next once");
+    let view = c.wait_view("b", &id, STEP_WITHIN, "b's record", |v| v.status == Status::InError).await;
+    let err = view.error.expect("cause");
+    assert_eq!(err.code, "TaskFailed", "the first cause stays: {err:?}");
+    let rlog = log_of(&c.api("b"), &id).await;
+    assert_eq!(count_lines(&rlog, "node restarted during the error tasks"), 1, "{}", format_log(&rlog));
+}

@@ -23,7 +23,7 @@ use super::connections::ConnectionsMsg;
 use super::context::NodeContext;
 use crate::lifecycle::{self, AfterRun, Recovery};
 use crate::protocol::{ErrorCode, RequestId};
-use crate::store::{now_ms, RequestRecord, Status};
+use crate::store::{now_ms, RequestRecord, Status, Step};
 
 pub enum CommanderMsg {
     /// New requests may be queued.
@@ -275,8 +275,20 @@ impl Actor for Commander {
                     }
                 }
             }
+            // Error tasks a crash interrupted: the rest run now, the
+            // interrupted one again (at least once).
+            let mut error_tasks_left = Vec::new();
+            for rec in store.list(Some(Status::InError))? {
+                if rec.step == Step::ErrorTask && super::task_runner::error_tasks_left(&args.ctx, &rec) {
+                    store.log(&rec.id, "node restarted during the error tasks; the rest run now")?;
+                    error_tasks_left.push(rec.id);
+                }
+            }
             store.rebuild_queue()?;
             store.flush_blocking()?;
+            for id in error_tasks_left {
+                spawn_error_tasks(&myself, &args.ctx, id);
+            }
         }
         myself.cast(CommanderMsg::Wake)?;
         Ok(CommanderState {

@@ -61,6 +61,13 @@ pub fn current_task(rule: &Rule, rec: &RequestRecord) -> Option<String> {
     describe(list_of(rec.step)?, rec.task_index as usize)
 }
 
+/// Whether `rec`, in `ErrorTask`, has error tasks left to run.
+pub fn error_tasks_left(ctx: &NodeContext, rec: &RequestRecord) -> bool {
+    ctx.config
+        .rule(&rec.rule)
+        .is_some_and(|rule| lifecycle::next_task(rec, side(rule, rec).error_tasks.len()).is_some())
+}
+
 /// How many error tasks this node's side of request `id` has.
 pub fn error_task_count(ctx: &NodeContext, id: &RequestId) -> usize {
     let Ok(Some(rec)) = ctx.store.get(id) else { return 0 };
