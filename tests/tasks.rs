@@ -463,3 +463,47 @@ async fn a_failed_sender_post_task_resumes_after_a_complete_answer() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// An operator stops a request while its sender's post-task (a slow
+/// program) runs: the program's process group is killed, the request is
+/// `Interrupted` (`Stopped`), and a restart runs that task again and ends
+/// `Done` without sending the file again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_during_a_task_abandons_it_and_a_restart_runs_it_again() {
+    let mut layout = Layout::new(&["a", "b"]);
+    let dir = layout.dir.path().to_path_buf();
+    let (started, finished, quick) = (dir.join("started"), dir.join("finished"), dir.join("quick"));
+    layout.config_mut("a").rules[0].sender.post_tasks = vec![sh(
+        "echo run >> \"$1\"; [ -e \"$3\" ] || sleep 30; echo run >> \"$2\"",
+        &[&started.display().to_string(), &finished.display().to_string(), &quick.display().to_string()],
+    )];
+    let a = layout.start("a").await;
+    let b = layout.start("b").await;
+    write_random(&layout.out_dir("a").join("slow.bin"), 50_000);
+    let rec = a.handle().submit(submit(Direction::Push, "b", "slow.bin")).await.expect("submitted");
+    let deadline = std::time::Instant::now() + WITHIN;
+    while runs(&started) < 1 {
+        assert!(std::time::Instant::now() < deadline, "the task never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    a.handle().stop(&rec.id).await.expect("stop accepted");
+    let deadline = std::time::Instant::now() + WITHIN;
+    let stopped = loop {
+        let r = a.handle().store().get(&rec.id).expect("read").expect("record");
+        if r.status == Status::Interrupted || std::time::Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(stopped.error.as_ref().map(|e| e.code), Some(ErrorCode::Stopped), "{:?}", stopped.error);
+    assert_eq!((stopped.step, stopped.task_index), (Step::PostTask, 0), "stopped at the task");
+    assert_eq!(runs(&finished), 0, "the program was killed, not waited for");
+    std::fs::write(&quick, b"").expect("make it quick");
+    a.handle().restart(&rec.id).await.expect("restart");
+    let done = wait_final(&a.handle(), &rec.id, WITHIN).await;
+    assert_eq!(done.status, Status::Done, "{:?}\n{}", done.error, show(&log_of(&a, &rec.id)));
+    assert_eq!((runs(&started), runs(&finished)), (2, 1), "ran again, to its end");
+    assert_eq!(lines_starting(&log_of(&a, &rec.id), "sending"), 1, "not sent again");
+    a.shutdown().await;
+    b.shutdown().await;
+}

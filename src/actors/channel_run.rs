@@ -218,7 +218,7 @@ impl ChannelRun {
                     }
                     Output::Judge(req) => {
                         tracing::Span::current().record("request_id", tracing::field::display(&req.request_id));
-                        let more = match self.judge(&req).await {
+                        let more = match self.judge(&req, &mut control).await {
                             Judgement::Accept { size, restart, prefix_hash } => {
                                 self.recorded = true;
                                 self.session.accept(size, restart, prefix_hash)
@@ -284,18 +284,18 @@ impl ChannelRun {
                         }
                     }
                     Output::Verify(theirs) => {
-                        let result = self.verify_and_deliver(writer.take(), theirs).await;
+                        let result = self.verify_and_deliver(writer.take(), theirs, &mut control).await;
                         pending.extend(self.session.verified(result));
                     }
                     Output::SenderTasks => {
-                        let result = self.post_tasks().await;
+                        let result = self.post_tasks(&mut control).await;
                         pending.extend(self.session.sender_tasks_done(result));
                     }
                     Output::Done => {
                         // Post-tasks not run yet (the partner answered
                         // `Complete` to a request this side had not
                         // finished): they run before this side is Done.
-                        if let Err((code, message)) = self.post_tasks().await {
+                        if let Err((code, message)) = self.post_tasks(&mut control).await {
                             let f = Failure { code, message, origin: crate::protocol::Origin::Local };
                             self.failed(&f);
                             self.flush().await;
@@ -529,14 +529,18 @@ impl ChannelRun {
     }
 
     /// Requested side: decides on an incoming request and records it.
-    async fn judge(&mut self, req: &Request) -> Judgement {
-        match self.judge_inner(req).await {
+    async fn judge(&mut self, req: &Request, control: &mut mpsc::Receiver<Command>) -> Judgement {
+        match self.judge_inner(req, control).await {
             Ok(j) => j,
             Err((code, message)) => Judgement::Refuse(code, message),
         }
     }
 
-    async fn judge_inner(&mut self, req: &Request) -> Result<Judgement, (ErrorCode, String)> {
+    async fn judge_inner(
+        &mut self,
+        req: &Request,
+        control: &mut mpsc::Receiver<Command>,
+    ) -> Result<Judgement, (ErrorCode, String)> {
         // An id belongs to the partner it was first recorded with: checked
         // before anything else, and a refusal here touches no other run.
         let existing = self.ctx.store.get(&req.request_id).map_err(|e| (ErrorCode::Internal, e.to_string()))?;
@@ -589,7 +593,7 @@ impl ChannelRun {
             );
             self.record_requested(req, req.size, existing.is_some(), &line)?;
             self.recorded = true;
-            task_runner::run_tasks(&self.ctx, &req.request_id, TaskList::Pre).await?;
+            self.tasks_or_command(TaskList::Pre, control).await?;
             existing = self.ctx.store.get(&req.request_id).map_err(|e| (ErrorCode::Internal, e.to_string()))?;
         }
         // A sender's pre-task may have renamed the file.
@@ -604,7 +608,7 @@ impl ChannelRun {
                     self.recorded = true;
                     // The receiver confirmed the file: this side's
                     // post-tasks, if not all ran before, run now.
-                    self.post_tasks().await?;
+                    self.post_tasks(control).await?;
                     return Ok(Judgement::Complete(end));
                 }
                 let source = retrieve::open_source(&rule.send_dir, &file_name, &req.rule, &cfg.node_id)?;
@@ -645,7 +649,7 @@ impl ChannelRun {
                     self.recorded = true;
                     // Post-tasks a crash or a failure left undone run
                     // before the confirmation, as they would before the echo.
-                    self.post_tasks().await?;
+                    self.post_tasks(control).await?;
                     return Ok(Judgement::Complete(EndTransfer { bytes: rec.size, hash }));
                 }
                 let mode = target_mode_of(&self.ctx, &req.rule, req.options.target_mode);
@@ -887,6 +891,7 @@ impl ChannelRun {
         &self,
         writer: Option<BlockWriter>,
         theirs: EndTransfer,
+        control: &mut mpsc::Receiver<Command>,
     ) -> Result<EndTransfer, (ErrorCode, String)> {
         let mine = match writer {
             Some(w) => w.finish().await?,
@@ -933,7 +938,7 @@ impl ChannelRun {
         self.record(&line, |_| {});
         tracing::info!(target: AUDIT, event = "delivered", request_id = %id, partner = %self.partner, path = %final_path.display());
         // The receiver's post-tasks run before its echo confirms the file.
-        self.post_tasks().await?;
+        self.post_tasks(control).await?;
         Ok(mine)
     }
 
@@ -1012,22 +1017,43 @@ impl ChannelRun {
     /// This side's post-tasks still to run: the request enters (or stays
     /// in) `PostTask` and the list runs from its cursor. Nothing when the
     /// rule has none or they all ran.
-    async fn post_tasks(&self) -> Result<(), (ErrorCode, String)> {
+    async fn post_tasks(&self, control: &mut mpsc::Receiver<Command>) -> Result<(), (ErrorCode, String)> {
         if self.superseded.load(Ordering::Relaxed) {
             return Err((ErrorCode::Connection, "superseded by a newer attempt of the request".into()));
         }
-        let id = self.session.request_id();
         let rec = self.record_snapshot()?;
         let Some(rule) = self.ctx.config.rule(&rec.rule) else { return Ok(()) };
         let tasks = task_runner::side(rule, &rec).post_tasks.len();
-        if rec.step == Step::AllDone || lifecycle::next_task(&rec, tasks).is_none() && rec.step == Step::PostTask {
-            return Ok(());
-        }
-        if tasks == 0 {
+        let all_ran =
+            rec.step == Step::AllDone || (rec.step == Step::PostTask && lifecycle::next_task(&rec, tasks).is_none());
+        if tasks == 0 || all_ran {
             return Ok(());
         }
         self.record("", lifecycle::confirmed);
-        task_runner::run_tasks(&self.ctx, id, TaskList::Post).await
+        self.tasks_or_command(TaskList::Post, control).await
+    }
+
+    /// Runs this side's tasks of `list`, unless an operator command comes
+    /// first: the task is then abandoned (an `exec`'s process group is
+    /// killed) and runs again when the request is restarted.
+    async fn tasks_or_command(
+        &self,
+        list: TaskList,
+        control: &mut mpsc::Receiver<Command>,
+    ) -> Result<(), (ErrorCode, String)> {
+        let me = &self.ctx.config.node_id;
+        tokio::select! {
+            biased;
+            Some(c) = control.recv() => Err(match c {
+                Command::Stop => (
+                    ErrorCode::Stopped,
+                    format!("stopped by an operator on {me} during a task, which runs again when the request is restarted"),
+                ),
+                Command::Cancel(reason) => (ErrorCode::Cancelled, reason),
+                Command::Shutdown => (ErrorCode::Shutdown, format!("node {me} is shutting down")),
+            }),
+            r = task_runner::run_tasks(&self.ctx, self.session.request_id(), list) => r,
+        }
     }
 
     /// Makes the final state durable before the runner ends.

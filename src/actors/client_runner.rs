@@ -116,7 +116,13 @@ async fn run(args: ClientRunnerArgs, mut control: mpsc::Receiver<Command>) {
     // the Request carries what they made of the file (its new name and
     // size); see docs/PROTOCOL.md, "Tasks".
     if rec.step == Step::PreTask && !task_runner::side(rule, &rec).pre_tasks.is_empty() {
-        if let Err((code, msg)) = task_runner::run_tasks(&ctx, &id, TaskList::Pre).await {
+        // An operator command abandons the task (it runs again on restart).
+        let ran = tokio::select! {
+            biased;
+            Some(c) = control.recv() => return apply_before_channel(&ctx, &rec, c).await,
+            r = task_runner::run_tasks(&ctx, &id, TaskList::Pre) => r,
+        };
+        if let Err((code, msg)) = ran {
             return fail_early(&ctx, &id, code, msg).await;
         }
         rec = match ctx.store.get(&id) {
@@ -157,7 +163,12 @@ async fn run(args: ClientRunnerArgs, mut control: mpsc::Receiver<Command>) {
             // This side's post-tasks run before it confirms the file: the
             // ones a crash or a failure left undone run now.
             if rec.step == Step::PostTask {
-                if let Err((code, msg)) = task_runner::run_tasks(&ctx, &id, TaskList::Post).await {
+                let ran = tokio::select! {
+                    biased;
+                    Some(c) = control.recv() => return apply_before_channel(&ctx, &rec, c).await,
+                    r = task_runner::run_tasks(&ctx, &id, TaskList::Post) => r,
+                };
+                if let Err((code, msg)) = ran {
                     return fail_early(&ctx, &id, code, msg).await;
                 }
             }

@@ -290,6 +290,26 @@ fn hash_file(path: &Path) -> Result<Digest, String> {
     Ok(Digest(*h.finalize().as_bytes()))
 }
 
+/// Kills a process group when dropped, unless disarmed (`0 = None`).
+struct GroupGuard(Option<i32>);
+
+impl GroupGuard {
+    fn kill(&mut self) {
+        if let Some(pgid) = self.0.take() {
+            // SAFETY: kill(2) with a negative pid signals the process group
+            // the child leads (made by `process_group(0)`); no memory is
+            // involved.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        }
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// Runs a program without a shell: each argument substituted on its own,
 /// the variables also in its environment (`FERRY_…`), its output kept up
 /// to [`OUTPUT_KEPT`] bytes per stream, its process group killed at the
@@ -308,7 +328,10 @@ async fn exec(program: &str, args: &[String], env: &TaskEnv) -> Result<Outcome, 
         .kill_on_drop(true)
         .process_group(0);
     let mut child = cmd.spawn().map_err(|e| format!("cannot start {program}: {e}"))?;
-    let pid = child.id();
+    // Until the program ended, its whole group dies with this future: at
+    // the timeout, and when the task is abandoned (an operator's stop, the
+    // node shutting down), so no grandchild outlives it.
+    let mut group = GroupGuard(child.id().and_then(|p| i32::try_from(p).ok()));
     let read_bounded = |stream: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>| async move {
         let mut kept = Vec::new();
         let mut total = 0usize;
@@ -331,15 +354,11 @@ async fn exec(program: &str, args: &[String], env: &TaskEnv) -> Result<Outcome, 
     let (status, (out, out_total), (err, err_total)) = match tokio::time::timeout(env.timeout, run).await {
         Ok(r) => r,
         Err(_) => {
-            if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
-                // The whole group: a shell script's children too.
-                // SAFETY: kill(2) with a negative pid signals the process
-                // group the child leads (made by `process_group(0)`).
-                unsafe { libc::kill(-pid, libc::SIGKILL) };
-            }
+            group.kill();
             return Err(format!("{program} ran past its timeout of {} ms and was killed", env.timeout.as_millis()));
         }
     };
+    group.0 = None;
     let status = status.map_err(|e| format!("cannot wait for {program}: {e}"))?;
     let show = |name: &str, kept: &[u8], total: usize| -> String {
         if total == 0 {

@@ -235,3 +235,35 @@ async fn reschedule_picks_the_next_time_of_day() {
     assert_eq!(at(When::DailyAt(9 * 60)).await, 86_400_000 * 4 + 9 * 3_600_000);
     assert_eq!(at(When::After(Duration::from_secs(5))).await, 86_400_000 * 3 + 10 * 3_600_000 + 5_000);
 }
+
+#[tokio::test]
+async fn an_abandoned_exec_takes_its_whole_process_group_with_it() {
+    let (dir, e) = setup("f.csv", b"x");
+    let pidfile = dir.path().join("pid");
+    let t = task(TaskConfig {
+        program: Some("/bin/sh".into()),
+        args: Some(vec![
+            "-c".into(),
+            "sleep 30 & echo $! > \"$1\"; wait".into(),
+            "sh".into(),
+            pidfile.display().to_string(),
+        ]),
+        ..cfg("exec")
+    });
+    // The caller gives up on the task (an operator's stop, a shutdown).
+    let abandoned = tokio::time::timeout(Duration::from_millis(500), run(&t, &e)).await;
+    assert!(abandoned.is_err(), "the task was still running");
+    let pid: i32 = std::fs::read_to_string(&pidfile).expect("the grandchild started").trim().parse().expect("pid");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    // SAFETY: signal 0 only checks that the process exists.
+    while unsafe { libc::kill(pid, 0) } == 0 {
+        // A killed child is a zombie until its parent (gone too) is reaped by
+        // init; /proc says so.
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if state.split_whitespace().nth(2) == Some("Z") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the grandchild {pid} outlived the abandoned task");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
