@@ -10,14 +10,15 @@
 //! Client side (`src/api/client.rs`, `decode_answer`): the answer bodies the
 //! CLI decodes from a node: `TransferView`, `Vec<TransferView>`,
 //! `Vec<LogLineView>`, `ErrorBody`, `NodeStats`, `PartnersView`,
-//! `ClusterView`, `ClusterSubmitted`.
+//! `ClusterView`, `ClusterSubmitted`, `Vec<RuleView>`.
 //!
 //! Nothing may panic. A `Submit` that decodes must serialize and decode again
 //! to the same JSON value.
 #![no_main]
 
-use ferry::api::view::{ErrorBody, LogLineView, TransferView};
-use ferry::model::{ClusterSubmitted, ClusterView, NodeStats, PartnersView, Submit};
+use ferry::model::{
+    ClusterSubmitted, ClusterView, ErrorBody, LogLineView, NodeStats, PartnersView, RuleView, Submit, TransferView,
+};
 use ferry::protocol::RequestId;
 use ferry::store::Status;
 use libfuzzer_sys::fuzz_target;
@@ -49,4 +50,5 @@ fuzz_target!(|data: &[u8]| {
     let _ = serde_json::from_slice::<PartnersView>(data);
     let _ = serde_json::from_slice::<ClusterView>(data);
     let _ = serde_json::from_slice::<ClusterSubmitted>(data);
+    let _ = serde_json::from_slice::<Vec<RuleView>>(data);
 });

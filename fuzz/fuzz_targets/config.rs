@@ -9,13 +9,17 @@
 //!   generated or rewritten);
 //! - every node config a valid cluster file generates (`node_configs`) is
 //!   written by `to_toml` as text that `NodeConfig::parse` accepts, i.e. the
-//!   `node.toml` files `ferry cluster up` writes load.
+//!   `node.toml` files `ferry cluster up` writes load;
+//! - a task argument (the input as a template) is checked and substituted
+//!   without panicking, and a template that passes the check substitutes
+//!   with every variable set.
 #![no_main]
 
 use std::path::Path;
 
 use ferry::cluster::spec::ClusterSpec;
 use ferry::config::NodeConfig;
+use ferry::tasks::Vars;
 use libfuzzer_sys::fuzz_target;
 
 const BASE: &str = "/fuzz/base";
@@ -23,6 +27,15 @@ const BASE: &str = "/fuzz/base";
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let base = Path::new(BASE);
+
+    let _ = Vars::default().substitute(text);
+    if Vars::check(text, true).is_ok() {
+        let mut all = Vars::default();
+        for (name, _) in ferry::tasks::vars::NAMES {
+            all.set(name, "v");
+        }
+        all.substitute(text).expect("a checked template substitutes when every variable is set");
+    }
 
     if let Ok(cfg) = NodeConfig::parse(text, "fuzz.toml", base) {
         let written = cfg.to_toml();
