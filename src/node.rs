@@ -142,28 +142,28 @@ pub struct NodeHandle {
 
 impl NodeHandle {
     pub fn node_id(&self) -> &str {
-        &self.ctx.config.node_id
+        &self.ctx.core.config.node_id
     }
 
     pub fn config(&self) -> &NodeConfig {
-        &self.ctx.config
+        &self.ctx.core.config
     }
 
     pub fn store(&self) -> &Store {
-        &self.ctx.store
+        &self.ctx.core.store
     }
 
     /// The API's view of `rec` on this node, with why it waits, if it does.
     pub fn view(&self, rec: &RequestRecord) -> crate::api::TransferView {
         let mut view = crate::api::TransferView::from_record(rec, self.node_id());
         view.waiting = self.waiting_reason(rec);
-        view.task = self.ctx.config.rule(&rec.rule).and_then(|rule| task_runner::current_task(rule, rec));
+        view.task = self.ctx.core.config.rule(&rec.rule).and_then(|rule| task_runner::current_task(rule, rec));
         view
     }
 
     /// Every rule of this node, with its partners, folders, target mode and tasks.
     pub fn rules(&self) -> Vec<RuleView> {
-        self.ctx.config.rules.iter().map(RuleView::from_rule).collect()
+        self.ctx.core.config.rules.iter().map(RuleView::from_rule).collect()
     }
 
     /// Why a queued request of this node does not run yet: its partner is
@@ -177,7 +177,7 @@ impl NodeHandle {
         if health.state != PartnerState::Unavailable {
             return None;
         }
-        let cluster = &self.ctx.config.cluster;
+        let cluster = &self.ctx.core.config.cluster;
         let since =
             health.since_ms.map(|t| format!(" for {} s", now_ms().saturating_sub(t) / 1000)).unwrap_or_default();
         let cause = health.last_error.unwrap_or_else(|| "no answer".into());
@@ -191,7 +191,7 @@ impl NodeHandle {
     /// Records a new request and queues it. The record is on disk before
     /// this returns, so an acknowledged request survives a crash.
     pub async fn submit(&self, s: Submit) -> Result<RequestRecord, SubmitError> {
-        intake::submit(&self.ctx, s, RequestId::generate(), None, None).await
+        intake::submit(&self.ctx.intake, s, RequestId::generate(), None, None).await
     }
 
     /// Takes over a request another node's API accepted (submit anywhere).
@@ -200,7 +200,7 @@ impl NodeHandle {
         h: crate::protocol::control::Handover,
         from: &str,
     ) -> Result<RequestRecord, SubmitError> {
-        intake::accept_handover(&self.ctx, h, from).await
+        intake::accept_handover(&self.ctx.intake, h, from).await
     }
 
     /// Submits a transfer from `source` to `target`, either of which may be
@@ -208,12 +208,17 @@ impl NodeHandle {
     /// to the source (a push) or, if the source cannot be reached, to the
     /// target (a pull). Tracked under one id everywhere.
     pub async fn submit_anywhere(&self, s: Submit) -> Result<ClusterSubmitted, SubmitError> {
-        let me = self.ctx.config.node_id.clone();
+        let me = self.ctx.core.config.node_id.clone();
         let resolve = |name: &str| -> Result<String, SubmitError> {
             if name == me {
                 return Ok(me.clone());
             }
-            self.ctx.config.partner(name).map(|p| p.id.clone()).ok_or_else(|| SubmitError::UnknownPartner(name.into()))
+            self.ctx
+                .core
+                .config
+                .partner(name)
+                .map(|p| p.id.clone())
+                .ok_or_else(|| SubmitError::UnknownPartner(name.into()))
         };
         let source = resolve(s.source.as_deref().unwrap_or(&me))?;
         let target_name = s.target.clone().unwrap_or_else(|| s.partner.clone());
@@ -221,7 +226,8 @@ impl NodeHandle {
             return Err(SubmitError::BadRequest("a transfer needs a target (or partner)".into()));
         }
         // A group target is resolved by the node that runs the request.
-        let target = if self.ctx.config.group(&target_name).is_some() { target_name } else { resolve(&target_name)? };
+        let target =
+            if self.ctx.core.config.group(&target_name).is_some() { target_name } else { resolve(&target_name)? };
         if source == target {
             return Err(SubmitError::BadRequest(format!("source and target are the same node ({source})")));
         }
@@ -254,7 +260,7 @@ impl NodeHandle {
             (target.clone(), handover(&source, Direction::Pull)),
         ];
         for (node, h) in tries {
-            if self.ctx.config.partner(&node).is_none() {
+            if self.ctx.core.config.partner(&node).is_none() {
                 continue; // a group target: only its source can run it
             }
             match self.ask(&node, crate::protocol::control::Ask::Handover(h)).await {
@@ -281,7 +287,7 @@ impl NodeHandle {
         partner: &str,
         question: crate::protocol::control::Ask,
     ) -> Result<crate::protocol::control::Answer, String> {
-        let Some(a) = self.ctx.actors() else { return Err("the node is not running".into()) };
+        let Some(a) = self.ctx.actors.get() else { return Err("the node is not running".into()) };
         let link = connections::connect(&a.connections, partner).await.map_err(|e| e.message)?;
         transport::control::ask(&link.conn, &question, CONTROL_ASK_LIMIT)
             .await
@@ -291,16 +297,16 @@ impl NodeHandle {
     /// The cluster-wide view of a request: what each of its two nodes knows,
     /// from this node's store and by asking its partners.
     pub async fn cluster_view(&self, id: &RequestId) -> ClusterView {
-        let me = self.ctx.config.node_id.clone();
+        let me = self.ctx.core.config.node_id.clone();
         let mut nodes = Vec::new();
         let mut unreachable = Vec::new();
         let mut ask_next: Vec<String> = Vec::new();
-        match self.ctx.store.get(id) {
+        match self.ctx.core.store.get(id) {
             Ok(Some(rec)) => {
                 ask_next.push(rec.partner.clone());
                 nodes.push(request_state(&me, &rec));
             }
-            _ => ask_next.extend(self.ctx.config.partners.iter().map(|p| p.id.clone())),
+            _ => ask_next.extend(self.ctx.core.config.partners.iter().map(|p| p.id.clone())),
         }
         let mut asked = std::collections::BTreeSet::new();
         while !ask_next.is_empty() {
@@ -346,12 +352,13 @@ impl NodeHandle {
 
     /// Every configured partner with its availability, and the groups.
     pub async fn partners(&self) -> PartnersView {
-        let counts = match self.ctx.actors() {
+        let counts = match self.ctx.actors.get() {
             Some(a) => ractor::call!(a.connections, ConnectionsMsg::Counts).unwrap_or_default(),
             None => BTreeMap::new(),
         };
         let partners = self
             .ctx
+            .core
             .config
             .partners
             .iter()
@@ -370,15 +377,19 @@ impl NodeHandle {
                 }
             })
             .collect();
-        PartnersView { node_id: self.ctx.config.node_id.clone(), partners, groups: self.ctx.config.groups.clone() }
+        PartnersView {
+            node_id: self.ctx.core.config.node_id.clone(),
+            partners,
+            groups: self.ctx.core.config.groups.clone(),
+        }
     }
 
     fn own(&self, id: &RequestId) -> Result<RequestRecord, CommandError> {
-        let rec = self.ctx.store.get(id)?.ok_or_else(|| CommandError::NotFound(id.clone()))?;
+        let rec = self.ctx.core.store.get(id)?.ok_or_else(|| CommandError::NotFound(id.clone()))?;
         if rec.role != Role::Requester {
             // This node knows where the requester listens for QUIC, not its
             // API; the host is still a hint where to look.
-            let at = self.ctx.config.partner(&rec.partner).map(|p| format!("{} for QUIC", p.address));
+            let at = self.ctx.core.config.partner(&rec.partner).map(|p| format!("{} for QUIC", p.address));
             return Err(CommandError::NotRequester { id: id.clone(), partner: rec.partner, at });
         }
         Ok(rec)
@@ -393,7 +404,7 @@ impl NodeHandle {
     }
 
     fn command(&self, id: &RequestId, c: Command) {
-        if let Some(a) = self.ctx.actors() {
+        if let Some(a) = self.ctx.actors.get() {
             let _ = a.commander.cast(CommanderMsg::Command(id.clone(), c));
         }
     }
@@ -405,41 +416,43 @@ impl NodeHandle {
         let rec = match lifecycle::stop_path(&rec) {
             CommandPath::ToRunner => {
                 self.command(id, Command::Stop);
-                self.ctx.store.log(id, "stop requested by an operator")?;
+                self.ctx.core.store.log(id, "stop requested by an operator")?;
                 rec
             }
-            CommandPath::Record => {
-                self.ctx.store.update(id, "stopped by an operator", |r| lifecycle::stop(r, "stopped by an operator"))?
-            }
+            CommandPath::Record => self
+                .ctx
+                .core
+                .store
+                .update(id, "stopped by an operator", |r| lifecycle::stop(r, "stopped by an operator"))?,
             CommandPath::Refused => return Err(Self::invalid(&rec, "stop")),
         };
-        self.ctx.store.flush().await?;
+        self.ctx.core.store.flush().await?;
         Ok(rec)
     }
 
     /// Cancels a request: `Cancelled` on both nodes, the partial file removed.
     pub async fn cancel(&self, id: &RequestId) -> Result<RequestRecord, CommandError> {
         let rec = self.own(id)?;
-        let reason = format!("cancelled by an operator on {}", self.ctx.config.node_id);
+        let reason = format!("cancelled by an operator on {}", self.ctx.core.config.node_id);
         let rec = match lifecycle::cancel_path(&rec) {
             CommandPath::ToRunner => {
                 self.command(id, Command::Cancel(reason));
-                self.ctx.store.log(id, "cancel requested by an operator")?;
+                self.ctx.core.store.log(id, "cancel requested by an operator")?;
                 rec
             }
             CommandPath::Record => {
                 let started = rec.attempts > 0;
-                let rec = self.ctx.store.update(id, &reason, |r| lifecycle::cancel(r, &reason, now_ms()))?;
+                let rec = self.ctx.core.store.update(id, &reason, |r| lifecycle::cancel(r, &reason, now_ms()))?;
                 if rec.direction == Direction::Pull {
-                    if let Some(rule) = self.ctx.config.rule(&rec.rule) {
+                    if let Some(rule) = self.ctx.core.config.rule(&rec.rule) {
                         receive::discard(&receive::work_path(&rule.recv_dir_for(&rec.partner), id));
                     }
                 }
                 if started {
                     // The partner may hold a record and a partial file: it is
                     // owed a notice, which the Commander sends (and retries).
-                    self.ctx.store.owe_cancel_notice(id)?;
-                    if let Some(a) = self.ctx.actors() {
+                    self.ctx.core.store.owe_cancel_notice(id)?;
+                    if let Some(a) = self.ctx.actors.get() {
                         let _ = a.commander.cast(CommanderMsg::Wake);
                     }
                 }
@@ -447,7 +460,7 @@ impl NodeHandle {
             }
             CommandPath::Refused => return Err(Self::invalid(&rec, "cancel")),
         };
-        self.ctx.store.flush().await?;
+        self.ctx.core.store.flush().await?;
         Ok(rec)
     }
 
@@ -459,24 +472,24 @@ impl NodeHandle {
         if !lifecycle::can_restart(&rec) {
             return Err(Self::invalid(&rec, "restart"));
         }
-        let rec = self.ctx.store.update(id, "restarted by an operator", lifecycle::restart)?;
-        self.ctx.store.flush().await?;
-        if let Some(a) = self.ctx.actors() {
+        let rec = self.ctx.core.store.update(id, "restarted by an operator", lifecycle::restart)?;
+        self.ctx.core.store.flush().await?;
+        if let Some(a) = self.ctx.actors.get() {
             let _ = a.commander.cast(CommanderMsg::Wake);
         }
         Ok(rec)
     }
 
     pub async fn stats(&self) -> NodeStats {
-        let by_partner = match self.ctx.actors() {
+        let by_partner = match self.ctx.actors.get() {
             Some(a) => ractor::call!(a.connections, ConnectionsMsg::Counts).unwrap_or_default(),
             None => BTreeMap::new(),
         };
         NodeStats {
-            node_id: self.ctx.config.node_id.clone(),
+            node_id: self.ctx.core.config.node_id.clone(),
             connections: by_partner.values().sum(),
             connections_by_partner: by_partner,
-            open_channels: self.ctx.open_channels.load(Ordering::Relaxed),
+            open_channels: self.ctx.run.open_channels.load(Ordering::Relaxed),
             running_requests: self.ctx.running_requests.load(Ordering::Relaxed),
         }
     }
@@ -567,10 +580,10 @@ impl Node {
             Actor::spawn(None, Supervisor, ctx.clone()).await.map_err(|e| NodeError::Actors(e.to_string()))?;
         let handle = NodeHandle { ctx: ctx.clone() };
         let mut tasks = Vec::new();
-        let accept_ctx = ctx.clone();
+        let accept_ctx = ctx.connections_context();
         tasks.push(tokio::spawn(async move {
             while let Some(incoming) = endpoint.accept().await {
-                let Some(a) = accept_ctx.actors() else { continue };
+                let Some(a) = accept_ctx.actors.get() else { continue };
                 tokio::spawn(connections::admit(accept_ctx.clone(), a.connections, incoming));
             }
         }));
@@ -586,13 +599,13 @@ impl Node {
                 }
             }));
         }
-        for line in ctx.config.summary() {
-            tracing::info!(node = %ctx.config.node_id, "{line}");
+        for line in ctx.core.config.summary() {
+            tracing::info!(node = %ctx.core.config.node_id, "{line}");
         }
         for line in created {
-            tracing::info!(node = %ctx.config.node_id, "{line}");
+            tracing::info!(node = %ctx.core.config.node_id, "{line}");
         }
-        tracing::info!(node = %ctx.config.node_id, quic = %quic_addr, api = %api_addr, "node started");
+        tracing::info!(node = %ctx.core.config.node_id, quic = %quic_addr, api = %api_addr, "node started");
         Ok(Node { handle, shutdown_tx, supervisor, quic_addr, api_addr, tasks })
     }
 
@@ -617,7 +630,7 @@ impl Node {
         let ctx = self.handle.ctx.clone();
         let _ = self.shutdown_tx.send(true);
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-        while ctx.open_channels.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+        while ctx.run.open_channels.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         // Give the last frames (Error to partners) a moment on the wire.
@@ -629,23 +642,27 @@ impl Node {
             t.abort();
             let _ = t.await;
         }
-        if let Err(e) = ctx.store.flush().await {
+        if let Err(e) = ctx.core.store.flush().await {
             tracing::error!(error = %e, "cannot flush the store at shutdown");
         }
         // The data folder is no longer this process's.
-        let _ = std::fs::remove_file(ctx.config.data_dir.join(PID_FILE));
+        let _ = std::fs::remove_file(ctx.core.config.data_dir.join(PID_FILE));
         // The store closes (and releases its lock) with the last holder of
         // the context: wait, bounded, for runner tasks still finishing.
         drop(self.handle);
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-        while Arc::strong_count(&ctx) > 1 && tokio::time::Instant::now() < deadline {
+        // Every part holds the node's `Core` (config, store) through its
+        // handles, not the context itself: count the holders of the core
+        // beyond the context's own.
+        let holders = || (Arc::strong_count(&ctx) - 1) + ctx.core_holders();
+        while holders() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let lingering = Arc::strong_count(&ctx) - 1;
+        let lingering = holders();
         if lingering > 0 {
-            tracing::warn!(node = %ctx.config.node_id, lingering, "node stopped with tasks still holding it");
+            tracing::warn!(node = %ctx.core.config.node_id, lingering, "node stopped with tasks still holding it");
         } else {
-            tracing::info!(node = %ctx.config.node_id, "node stopped");
+            tracing::info!(node = %ctx.core.config.node_id, "node stopped");
         }
         ShutdownReport { lingering }
     }

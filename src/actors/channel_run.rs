@@ -21,7 +21,7 @@ use tokio::time::Instant;
 
 use tokio::sync::mpsc;
 
-use super::context::NodeContext;
+use super::context::{Core, RunHandle};
 use super::partner_budget;
 use super::task_runner;
 use super::AUDIT;
@@ -103,7 +103,7 @@ fn id_taken(id: &RequestId) -> (ErrorCode, String) {
 
 /// What the reader of a channel holds its peer to (its step limits are set
 /// by the runner as the session moves on).
-pub fn read_limits(ctx: &NodeContext) -> ReadLimits {
+pub fn read_limits(ctx: &Core) -> ReadLimits {
     let limits = &ctx.config.limits;
     ReadLimits {
         max_body: limits.handshake_frame_bytes,
@@ -115,7 +115,7 @@ pub fn read_limits(ctx: &NodeContext) -> ReadLimits {
 
 /// Everything one run of a request needs.
 pub struct ChannelRun {
-    pub ctx: Arc<NodeContext>,
+    pub ctx: RunHandle,
     pub partner: String,
     pub session: Session,
     pub reader: FrameReader,
@@ -137,7 +137,7 @@ pub struct ChannelRun {
 
 impl ChannelRun {
     pub fn new(
-        ctx: Arc<NodeContext>,
+        ctx: RunHandle,
         partner: String,
         session: Session,
         (reader, writer): (FrameReader, FrameWriter),
@@ -145,7 +145,7 @@ impl ChannelRun {
         files: Files,
     ) -> ChannelRun {
         let mut writer = writer;
-        writer.set_stall_limit(Duration::from_millis(ctx.config.limits.frame_timeout_ms));
+        writer.set_stall_limit(Duration::from_millis(ctx.core.config.limits.frame_timeout_ms));
         ChannelRun {
             ctx,
             partner,
@@ -203,7 +203,7 @@ impl ChannelRun {
         let pump_stop = Arc::new(AtomicBool::new(false));
         let mut writer: Option<BlockWriter> = None;
         let mut last_progress = Instant::now();
-        let mut shutdown = self.ctx.shutdown.clone();
+        let mut shutdown = self.ctx.core.shutdown.clone();
         if self.session.role() == SessionRole::Requester {
             self.recorded = true;
         }
@@ -253,11 +253,11 @@ impl ChannelRun {
                         match self.prepare_receive(&plan) {
                             Ok(work) => {
                                 let points = RestartPoints {
-                                    store: self.ctx.store.clone(),
+                                    store: self.ctx.core.store.clone(),
                                     abandoned: self.superseded.clone(),
                                     id: self.session.request_id().clone(),
-                                    every_bytes: self.ctx.config.restart_interval_bytes,
-                                    every: Duration::from_secs(self.ctx.config.restart_interval_secs),
+                                    every_bytes: self.ctx.core.config.restart_interval_bytes,
+                                    every: Duration::from_secs(self.ctx.core.config.restart_interval_secs),
                                 };
                                 let prefix = self.files.prefix.take();
                                 writer = Some(BlockWriter::start(work, plan, prefix, Some(points)))
@@ -339,7 +339,7 @@ impl ChannelRun {
                                 // link may be gone): the partner is owed a
                                 // notice until it confirms one, durable with
                                 // the flush below.
-                                if let Err(e) = self.ctx.store.owe_cancel_notice(self.session.request_id()) {
+                                if let Err(e) = self.ctx.core.store.owe_cancel_notice(self.session.request_id()) {
                                     tracing::error!(error = %e, "cannot record an owed cancellation notice");
                                 }
                             }
@@ -367,7 +367,7 @@ impl ChannelRun {
             if self.session.is_finished() {
                 break;
             }
-            let limits = &self.ctx.config.limits;
+            let limits = &self.ctx.core.config.limits;
             let setting = match self.session.plan() {
                 Some(_) => "the agreed block size",
                 None => "limits.handshake_frame_bytes",
@@ -399,13 +399,13 @@ impl ChannelRun {
                 c = control.recv() => {
                     let more = match c {
                         Some(Command::Cancel(reason)) => self.session.cancel(reason),
-                        Some(Command::Stop) => self.session.fail(ErrorCode::Stopped, format!("stopped by an operator on {}", self.ctx.config.node_id)),
-                        Some(Command::Shutdown) | None => self.session.fail(ErrorCode::Shutdown, format!("node {} is shutting down", self.ctx.config.node_id)),
+                        Some(Command::Stop) => self.session.fail(ErrorCode::Stopped, format!("stopped by an operator on {}", self.ctx.core.config.node_id)),
+                        Some(Command::Shutdown) | None => self.session.fail(ErrorCode::Shutdown, format!("node {} is shutting down", self.ctx.core.config.node_id)),
                     };
                     pending.extend(more);
                 }
                 _ = async { let _ = shutdown.wait_for(|s| *s).await; } => {
-                    pending.extend(self.session.fail(ErrorCode::Shutdown, format!("node {} is shutting down", self.ctx.config.node_id)));
+                    pending.extend(self.session.fail(ErrorCode::Shutdown, format!("node {} is shutting down", self.ctx.core.config.node_id)));
                 }
                 msg = self.reader.next() => {
                     let more = match msg {
@@ -543,7 +543,7 @@ impl ChannelRun {
     ) -> Result<Judgement, (ErrorCode, String)> {
         // An id belongs to the partner it was first recorded with: checked
         // before anything else, and a refusal here touches no other run.
-        let existing = self.ctx.store.get(&req.request_id).map_err(|e| (ErrorCode::Internal, e.to_string()))?;
+        let existing = self.ctx.core.store.get(&req.request_id).map_err(|e| (ErrorCode::Internal, e.to_string()))?;
         if let Some(rec) = &existing {
             if rec.partner != self.partner || rec.role != Role::Requested {
                 return Err(id_taken(&rec.id));
@@ -559,7 +559,7 @@ impl ChannelRun {
             }
         }
         self.claim(&req.request_id)?;
-        let cfg = &self.ctx.config;
+        let cfg = &self.ctx.core.config;
         let rule = cfg
             .rule(&req.rule)
             .ok_or_else(|| {
@@ -594,7 +594,7 @@ impl ChannelRun {
             self.record_requested(req, req.size, existing.is_some(), &line)?;
             self.recorded = true;
             self.tasks_or_command(TaskList::Pre, control).await?;
-            existing = self.ctx.store.get(&req.request_id).map_err(|e| (ErrorCode::Internal, e.to_string()))?;
+            existing = self.ctx.core.store.get(&req.request_id).map_err(|e| (ErrorCode::Internal, e.to_string()))?;
         }
         // A sender's pre-task may have renamed the file.
         let file_name = existing.as_ref().map_or_else(|| req.file_name.clone(), |r| r.file_name.clone());
@@ -652,8 +652,8 @@ impl ChannelRun {
                     self.post_tasks(control).await?;
                     return Ok(Judgement::Complete(EndTransfer { bytes: rec.size, hash }));
                 }
-                let mode = target_mode_of(&self.ctx, &req.rule, req.options.target_mode);
-                refuse_existing_target(&self.ctx, mode, &dir.join(&file_name))?;
+                let mode = target_mode_of(&self.ctx.core, &req.rule, req.options.target_mode);
+                refuse_existing_target(&self.ctx.core, mode, &dir.join(&file_name))?;
                 self.reserve_room(req.size, req.block_size).await?;
                 let work = receive::work_path(&dir, &req.request_id);
                 let point = existing.as_ref().and_then(|r| r.restart_point).filter(|p| p.offset <= req.size);
@@ -683,9 +683,9 @@ impl ChannelRun {
     /// resumable, so the partner retries it.
     async fn reserve_room(&mut self, size: u64, block_size: u32) -> Result<(), (ErrorCode, String)> {
         let bytes = partner_budget::reservation(size, block_size);
-        let wait = Duration::from_millis(self.ctx.config.limits.frame_timeout_ms);
+        let wait = Duration::from_millis(self.ctx.core.config.limits.frame_timeout_ms);
         let reserved = self.ctx.budgets.of(&self.partner).reserve(bytes, wait).await.map_err(|over| {
-            let me = &self.ctx.config.node_id;
+            let me = &self.ctx.core.config.node_id;
             (ErrorCode::Connection, format!("node {me} cannot take this transfer now: {over}; it is retried"))
         })?;
         self.reservation = Some(reserved);
@@ -703,7 +703,7 @@ impl ChannelRun {
         existing: Option<&RequestRecord>,
         claim: &EndTransfer,
     ) -> Result<EndTransfer, (ErrorCode, String)> {
-        let me = &self.ctx.config.node_id;
+        let me = &self.ctx.core.config.node_id;
         let Some(rec) = existing else {
             return Err((
                 ErrorCode::Protocol,
@@ -770,6 +770,7 @@ impl ChannelRun {
             )
         };
         self.ctx
+            .core
             .store
             .insert(rec, msg)
             .map_err(|e| (ErrorCode::Internal, format!("cannot record the request: {e}")))?;
@@ -786,7 +787,7 @@ impl ChannelRun {
         let work = receive::work_path(dir, self.session.request_id());
         if work.exists() {
             let final_path = dir.join(&rec.file_name);
-            let line = receive::deliver_as(&work, &final_path, &delivery_for(&self.ctx, rec, &final_path))?;
+            let line = receive::deliver_as(&work, &final_path, &delivery_for(&self.ctx.core, rec, &final_path))?;
             self.record(&format!("{line} (finishing an interrupted delivery)"), |_| {});
         }
         Ok(())
@@ -809,7 +810,7 @@ impl ChannelRun {
             self.files.prefix = Some(mine);
             return self.session.resume_checked(true);
         }
-        let rule = self.record_snapshot().ok().and_then(|r| self.ctx.config.rule(&r.rule).cloned());
+        let rule = self.record_snapshot().ok().and_then(|r| self.ctx.core.config.rule(&r.rule).cloned());
         if rule.is_some_and(|r| r.on_resume_mismatch == OnResumeMismatch::Fail) {
             let (code, msg) = mismatch_error(offset, false);
             return self.session.fail(code, msg);
@@ -827,11 +828,11 @@ impl ChannelRun {
     /// not running): mark this node's record and remove its partial file.
     fn cancelled_before_request(&self) {
         let id = self.session.request_id();
-        let Ok(Some(rec)) = self.ctx.store.get(id) else { return };
+        let Ok(Some(rec)) = self.ctx.core.store.get(id) else { return };
         if rec.partner != self.partner || rec.status.is_final() {
             return;
         }
-        if let Some(rule) = self.ctx.config.rule(&rec.rule) {
+        if let Some(rule) = self.ctx.core.config.rule(&rec.rule) {
             receive::discard(&receive::work_path(&rule.recv_dir_for(&self.partner), id));
         }
         self.record(&format!("cancelled by {}", self.partner), |r| {
@@ -842,7 +843,7 @@ impl ChannelRun {
                 message: format!("cancelled by {}", self.partner),
             });
         });
-        if let Err(e) = self.ctx.store.flush_blocking() {
+        if let Err(e) = self.ctx.core.store.flush_blocking() {
             tracing::error!(error = %e, "cannot flush a cancellation");
         }
     }
@@ -851,10 +852,10 @@ impl ChannelRun {
         if self.files.recv_dir.is_none() {
             // Pull: this node is the requester and receives into its own rule's folder.
             let rec = self.record_snapshot()?;
-            let rule = self.ctx.config.rule(&rec.rule).ok_or_else(|| {
+            let rule = self.ctx.core.config.rule(&rec.rule).ok_or_else(|| {
                 (
                     ErrorCode::UnknownRule,
-                    format!("rule {:?} does not exist on node {}", rec.rule, self.ctx.config.node_id),
+                    format!("rule {:?} does not exist on node {}", rec.rule, self.ctx.core.config.node_id),
                 )
             })?;
             let dir = rule.recv_dir_for(&self.partner);
@@ -917,7 +918,7 @@ impl ChannelRun {
         // An append starts from the target's length now, recorded with the
         // rest before the target is touched.
         let rec = self.record_snapshot()?;
-        let append_base = match target_mode(&self.ctx, &rec) {
+        let append_base = match target_mode(&self.ctx.core, &rec) {
             TargetMode::Append => Some(std::fs::metadata(&final_path).map_or(0, |m| m.len())),
             _ => None,
         };
@@ -927,9 +928,9 @@ impl ChannelRun {
             lifecycle::verified(r, mine.bytes, mine.hash);
             r.append_base = append_base;
         });
-        self.ctx.store.flush().await.map_err(|e| (ErrorCode::Internal, e.to_string()))?;
+        self.ctx.core.store.flush().await.map_err(|e| (ErrorCode::Internal, e.to_string()))?;
         let rec = self.record_snapshot()?;
-        let how = delivery_for(&self.ctx, &rec, &final_path);
+        let how = delivery_for(&self.ctx.core, &rec, &final_path);
         let work = receive::work_path(&dir, &id);
         let target = final_path.clone();
         let line = crate::determinism::blocking(move || receive::deliver_as(&work, &target, &how))
@@ -960,6 +961,7 @@ impl ChannelRun {
 
     fn record_snapshot(&self) -> Result<RequestRecord, (ErrorCode, String)> {
         self.ctx
+            .core
             .store
             .get(self.session.request_id())
             .map_err(|e| (ErrorCode::Internal, e.to_string()))?
@@ -988,7 +990,7 @@ impl ChannelRun {
         };
         let message = format!("{}: {}{origin}", f.code, f.message);
         let id = self.session.request_id();
-        if let Ok(Some(rec)) = self.ctx.store.get(id) {
+        if let Ok(Some(rec)) = self.ctx.core.store.get(id) {
             if matches!(rec.status, Status::Done | Status::Cancelled) {
                 // A late failure of a run that was already overtaken never
                 // rewrites a final state.
@@ -998,7 +1000,7 @@ impl ChannelRun {
         }
         let status = lifecycle::status_after(f.code);
         tracing::warn!(target: AUDIT, event = "failed", request_id = %id, partner = %self.partner, code = %f.code, message = %f.message, status = ?status);
-        let error_tasks = task_runner::error_task_count(&self.ctx, id);
+        let error_tasks = task_runner::error_task_count(&self.ctx.core, id);
         self.record(&message, |r| {
             lifecycle::fail(r, f.code, &f.message, error_tasks, now_ms());
         });
@@ -1011,7 +1013,7 @@ impl ChannelRun {
         if self.superseded.load(Ordering::Relaxed) {
             return;
         }
-        task_runner::run_error_tasks(&self.ctx, self.session.request_id()).await;
+        task_runner::run_error_tasks(&self.ctx.intake, self.session.request_id()).await;
     }
 
     /// This side's post-tasks still to run: the request enters (or stays
@@ -1022,7 +1024,7 @@ impl ChannelRun {
             return Err((ErrorCode::Connection, "superseded by a newer attempt of the request".into()));
         }
         let rec = self.record_snapshot()?;
-        let Some(rule) = self.ctx.config.rule(&rec.rule) else { return Ok(()) };
+        let Some(rule) = self.ctx.core.config.rule(&rec.rule) else { return Ok(()) };
         let tasks = task_runner::side(rule, &rec).post_tasks.len();
         let all_ran =
             rec.step == Step::AllDone || (rec.step == Step::PostTask && lifecycle::next_task(&rec, tasks).is_none());
@@ -1041,7 +1043,7 @@ impl ChannelRun {
         list: TaskList,
         control: &mut mpsc::Receiver<Command>,
     ) -> Result<(), (ErrorCode, String)> {
-        let me = &self.ctx.config.node_id;
+        let me = &self.ctx.core.config.node_id;
         tokio::select! {
             biased;
             Some(c) = control.recv() => Err(match c {
@@ -1052,13 +1054,13 @@ impl ChannelRun {
                 Command::Cancel(reason) => (ErrorCode::Cancelled, reason),
                 Command::Shutdown => (ErrorCode::Shutdown, format!("node {me} is shutting down")),
             }),
-            r = task_runner::run_tasks(&self.ctx, self.session.request_id(), list) => r,
+            r = task_runner::run_tasks(&self.ctx.intake, self.session.request_id(), list) => r,
         }
     }
 
     /// Makes the final state durable before the runner ends.
     async fn flush(&self) {
-        if let Err(e) = self.ctx.store.flush().await {
+        if let Err(e) = self.ctx.core.store.flush().await {
             tracing::error!(request_id = %self.session.request_id(), error = %e, "cannot flush the final state");
         }
     }
@@ -1067,24 +1069,24 @@ impl ChannelRun {
         if self.superseded.load(Ordering::Relaxed) {
             return; // a newer run owns the record now
         }
-        if let Err(e) = self.ctx.store.update(self.session.request_id(), message, change) {
+        if let Err(e) = self.ctx.core.store.update(self.session.request_id(), message, change) {
             tracing::error!(request_id = %self.session.request_id(), error = %e, "cannot record request state");
         }
     }
 }
 
 /// The target mode of a request on this node: the request's, else its rule's.
-pub fn target_mode(ctx: &NodeContext, rec: &RequestRecord) -> TargetMode {
+pub fn target_mode(ctx: &Core, rec: &RequestRecord) -> TargetMode {
     target_mode_of(ctx, &rec.rule, rec.target_mode)
 }
 
 /// The target mode under `rule` when a request asks for `requested`.
-pub fn target_mode_of(ctx: &NodeContext, rule: &str, requested: Option<TargetMode>) -> TargetMode {
+pub fn target_mode_of(ctx: &Core, rule: &str, requested: Option<TargetMode>) -> TargetMode {
     requested.or_else(|| ctx.config.rule(rule).map(|r| r.target)).unwrap_or_default()
 }
 
 /// How a receiver delivers `rec`'s file to `final_path`.
-pub fn delivery_for(ctx: &NodeContext, rec: &RequestRecord, final_path: &std::path::Path) -> receive::Delivery {
+pub fn delivery_for(ctx: &Core, rec: &RequestRecord, final_path: &std::path::Path) -> receive::Delivery {
     use receive::Delivery;
     match target_mode(ctx, rec) {
         TargetMode::Create => Delivery::Create,
@@ -1104,7 +1106,7 @@ pub fn delivery_for(ctx: &NodeContext, rec: &RequestRecord, final_path: &std::pa
 
 /// `create` mode: refuses, before any data moves, a target that exists.
 pub fn refuse_existing_target(
-    ctx: &NodeContext,
+    ctx: &Core,
     mode: TargetMode,
     final_path: &std::path::Path,
 ) -> Result<(), (ErrorCode, String)> {

@@ -6,15 +6,13 @@
 //! bidirectional stream) and drives the session on it. The actor's mailbox
 //! only carries control (cancel); the data path runs in the runner's own task.
 
-use std::sync::Arc;
-
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::channel_run::{self, ChannelRun, Command, Files};
 use super::connections::{self, ConnectionsMsg};
-use super::context::NodeContext;
+use super::context::RunHandle;
 use super::task_runner;
 use crate::lifecycle;
 use crate::protocol::{
@@ -31,7 +29,7 @@ pub enum ClientRunnerMsg {
 }
 
 pub struct ClientRunnerArgs {
-    pub ctx: Arc<NodeContext>,
+    pub ctx: RunHandle,
     pub connections: ActorRef<ConnectionsMsg>,
     pub id: RequestId,
 }
@@ -78,10 +76,10 @@ impl Actor for ClientRunner {
 
 /// Fails the request before any channel exists (or after its task died),
 /// and makes that durable; the status is the lifecycle's decision.
-async fn fail_early(ctx: &NodeContext, id: &RequestId, code: ErrorCode, message: String) {
-    let error_tasks = super::task_runner::error_task_count(ctx, id);
+async fn fail_early(ctx: &RunHandle, id: &RequestId, code: ErrorCode, message: String) {
+    let error_tasks = super::task_runner::error_task_count(&ctx.core, id);
     let status = std::cell::Cell::new(None);
-    let r = ctx.store.update(id, &format!("{code}: {message}"), |r| {
+    let r = ctx.core.store.update(id, &format!("{code}: {message}"), |r| {
         status.set(lifecycle::fail(r, code, &message, error_tasks, crate::store::now_ms()));
     });
     let status = status.get();
@@ -89,27 +87,28 @@ async fn fail_early(ctx: &NodeContext, id: &RequestId, code: ErrorCode, message:
     if let Err(e) = r {
         tracing::error!(request_id = %id, error = %e, "cannot record request state");
     }
-    if let Err(e) = ctx.store.flush().await {
+    if let Err(e) = ctx.core.store.flush().await {
         tracing::error!(request_id = %id, error = %e, "cannot flush request state");
     }
-    super::task_runner::run_error_tasks(ctx, id).await;
+    super::task_runner::run_error_tasks(&ctx.intake, id).await;
 }
 
 async fn run(args: ClientRunnerArgs, mut control: mpsc::Receiver<Command>) {
     let ctx = args.ctx;
     let id = args.id;
-    let mut rec = match ctx.store.get(&id) {
+    let mut rec = match ctx.core.store.get(&id) {
         Ok(Some(r)) => r,
         Ok(None) => return tracing::error!(request_id = %id, "request vanished before it ran"),
         Err(e) => return tracing::error!(request_id = %id, error = %e, "cannot read request"),
     };
     tracing::Span::current().record("partner", rec.partner.as_str());
-    let Some(rule) = ctx.config.rule(&rec.rule) else {
-        let msg = format!("rule {:?} does not exist on node {}", rec.rule, ctx.config.node_id);
+    let Some(rule) = ctx.core.config.rule(&rec.rule) else {
+        let msg = format!("rule {:?} does not exist on node {}", rec.rule, ctx.core.config.node_id);
         return fail_early(&ctx, &id, ErrorCode::UnknownRule, msg).await;
     };
-    if !ctx.config.rule_allows(rule, &rec.partner) {
-        let msg = format!("partner {} may not use rule {:?} on node {}", rec.partner, rec.rule, ctx.config.node_id);
+    if !ctx.core.config.rule_allows(rule, &rec.partner) {
+        let msg =
+            format!("partner {} may not use rule {:?} on node {}", rec.partner, rec.rule, ctx.core.config.node_id);
         return fail_early(&ctx, &id, ErrorCode::RuleNotAllowed, msg).await;
     }
     // This side's pre-tasks run once, before the first Request is sent, so
@@ -120,12 +119,12 @@ async fn run(args: ClientRunnerArgs, mut control: mpsc::Receiver<Command>) {
         let ran = tokio::select! {
             biased;
             Some(c) = control.recv() => return apply_before_channel(&ctx, &rec, c).await,
-            r = task_runner::run_tasks(&ctx, &id, TaskList::Pre) => r,
+            r = task_runner::run_tasks(&ctx.intake, &id, TaskList::Pre) => r,
         };
         if let Err((code, msg)) = ran {
             return fail_early(&ctx, &id, code, msg).await;
         }
-        rec = match ctx.store.get(&id) {
+        rec = match ctx.core.store.get(&id) {
             Ok(Some(r)) => r,
             _ => return tracing::error!(request_id = %id, "request vanished during its pre-tasks"),
         };
@@ -138,7 +137,7 @@ async fn run(args: ClientRunnerArgs, mut control: mpsc::Receiver<Command>) {
     let mut prefix_hash = None;
     let mut delivered = None;
     if rec.direction == Direction::Push {
-        match retrieve::open_source(&rule.send_dir, &rec.file_name, &rec.rule, &ctx.config.node_id) {
+        match retrieve::open_source(&rule.send_dir, &rec.file_name, &rec.rule, &ctx.core.config.node_id) {
             Ok(source) => {
                 size = source.snapshot.size;
                 files.source = Some(source);
@@ -153,9 +152,10 @@ async fn run(args: ClientRunnerArgs, mut control: mpsc::Receiver<Command>) {
             if work.exists() {
                 // Verified and recorded as delivered, but the rename did not happen.
                 let final_path = dir.join(&rec.file_name);
-                match receive::deliver_as(&work, &final_path, &channel_run::delivery_for(&ctx, &rec, &final_path)) {
+                match receive::deliver_as(&work, &final_path, &channel_run::delivery_for(&ctx.core, &rec, &final_path))
+                {
                     Ok(line) => {
-                        let _ = ctx.store.log(&id, &format!("{line} (finishing an interrupted delivery)"));
+                        let _ = ctx.core.store.log(&id, &format!("{line} (finishing an interrupted delivery)"));
                     }
                     Err((code, msg)) => return fail_early(&ctx, &id, code, msg).await,
                 }
@@ -166,7 +166,7 @@ async fn run(args: ClientRunnerArgs, mut control: mpsc::Receiver<Command>) {
                 let ran = tokio::select! {
                     biased;
                     Some(c) = control.recv() => return apply_before_channel(&ctx, &rec, c).await,
-                    r = task_runner::run_tasks(&ctx, &id, TaskList::Post) => r,
+                    r = task_runner::run_tasks(&ctx.intake, &id, TaskList::Post) => r,
                 };
                 if let Err((code, msg)) = ran {
                     return fail_early(&ctx, &id, code, msg).await;
@@ -174,8 +174,8 @@ async fn run(args: ClientRunnerArgs, mut control: mpsc::Receiver<Command>) {
             }
             delivered = rec.hash.map(|hash| EndTransfer { bytes: rec.size, hash });
         } else {
-            let mode = channel_run::target_mode(&ctx, &rec);
-            if let Err((code, msg)) = channel_run::refuse_existing_target(&ctx, mode, &dir.join(&rec.file_name)) {
+            let mode = channel_run::target_mode(&ctx.core, &rec);
+            if let Err((code, msg)) = channel_run::refuse_existing_target(&ctx.core, mode, &dir.join(&rec.file_name)) {
                 return fail_early(&ctx, &id, code, msg).await;
             }
             let point = rec.restart_point;
@@ -209,7 +209,7 @@ async fn run(args: ClientRunnerArgs, mut control: mpsc::Receiver<Command>) {
     };
     let _channel = link.channel_guard();
     let conn = link.conn.clone();
-    if let Err(e) = ctx.store.log(&id, &format!("channel opened on the connection {}", link.origin)) {
+    if let Err(e) = ctx.core.store.log(&id, &format!("channel opened on the connection {}", link.origin)) {
         tracing::error!(request_id = %id, error = %e, "cannot log");
     }
     let (send, recv) = match conn.open_bi().await {
@@ -237,14 +237,14 @@ async fn run(args: ClientRunnerArgs, mut control: mpsc::Receiver<Command>) {
         external_job_id: rec.external_job_id.clone(),
         transfer_info: rec.transfer_info.clone(),
     };
-    let mut session = Session::requester(&ctx.config.node_id, &rec.partner, ctx.capabilities.clone(), request);
+    let mut session = Session::requester(&ctx.core.config.node_id, &rec.partner, ctx.capabilities.clone(), request);
     let first = session.start();
     let run = ChannelRun::new(
         ctx.clone(),
         rec.partner.clone(),
         session,
         (
-            FrameReader::with_limits(recv, channel_run::read_limits(&ctx)),
+            FrameReader::with_limits(recv, channel_run::read_limits(&ctx.core)),
             FrameWriter::opened(send, StreamKind::Request),
         ),
         Some(conn),
@@ -255,28 +255,29 @@ async fn run(args: ClientRunnerArgs, mut control: mpsc::Receiver<Command>) {
 
 /// Carries out a stop or cancel that arrived before the request's channel
 /// was open (nothing was sent on this attempt).
-async fn apply_before_channel(ctx: &Arc<NodeContext>, rec: &crate::store::RequestRecord, c: Command) {
+async fn apply_before_channel(ctx: &RunHandle, rec: &crate::store::RequestRecord, c: Command) {
     let (code, message) = match c {
         Command::Stop => (ErrorCode::Stopped, "stopped by an operator".to_string()),
         Command::Cancel(reason) => (ErrorCode::Cancelled, reason),
-        Command::Shutdown => (ErrorCode::Shutdown, format!("node {} is shutting down", ctx.config.node_id)),
+        Command::Shutdown => (ErrorCode::Shutdown, format!("node {} is shutting down", ctx.core.config.node_id)),
     };
     let cancelled = code == ErrorCode::Cancelled;
     // An earlier attempt may have left a record and a partial file with the
     // partner: it is owed a notice, durable with this flush.
     let owe_notice = cancelled && rec.attempts > 1;
     let r = ctx
+        .core
         .store
         .update(&rec.id, &message, |r| {
             lifecycle::fail(r, code, &message, 0, crate::store::now_ms());
             r.retry_at = None;
         })
-        .and_then(|_| if owe_notice { ctx.store.owe_cancel_notice(&rec.id) } else { Ok(()) });
-    if let Err(e) = r.and(ctx.store.flush().await) {
+        .and_then(|_| if owe_notice { ctx.core.store.owe_cancel_notice(&rec.id) } else { Ok(()) });
+    if let Err(e) = r.and(ctx.core.store.flush().await) {
         tracing::error!(request_id = %rec.id, error = %e, "cannot record an operator command");
     }
     if cancelled && rec.direction == Direction::Pull {
-        if let Some(rule) = ctx.config.rule(&rec.rule) {
+        if let Some(rule) = ctx.core.config.rule(&rec.rule) {
             receive::discard(&receive::work_path(&rule.recv_dir_for(&rec.partner), &rec.id));
         }
     }
@@ -288,7 +289,7 @@ async fn apply_before_channel(ctx: &Arc<NodeContext>, rec: &crate::store::Reques
 /// sends Startup, Authent and Cancel. Once the partner answered, the owed
 /// notice is cleared and the job log says so; otherwise, why not.
 pub async fn tell_cancel(
-    ctx: Arc<NodeContext>,
+    ctx: RunHandle,
     connections: ActorRef<ConnectionsMsg>,
     id: RequestId,
     partner: String,
@@ -298,11 +299,14 @@ pub async fn tell_cancel(
         let _channel = link.channel_guard();
         let (send, recv) = link.conn.open_bi().await.map_err(|e| e.to_string())?;
         let mut w = FrameWriter::opened(send, StreamKind::Request);
-        let mut r = FrameReader::with_limits(recv, channel_run::read_limits(&ctx));
+        let mut r = FrameReader::with_limits(recv, channel_run::read_limits(&ctx.core));
         let msgs = [
             Message::Startup(Startup { version: PROTOCOL_VERSION, request_id: id.clone() }),
-            Message::Authent(Authent { host_id: ctx.config.node_id.clone(), capabilities: ctx.capabilities.clone() }),
-            Message::Cancel(Cancel { reason: format!("cancelled by an operator on {}", ctx.config.node_id) }),
+            Message::Authent(Authent {
+                host_id: ctx.core.config.node_id.clone(),
+                capabilities: ctx.capabilities.clone(),
+            }),
+            Message::Cancel(Cancel { reason: format!("cancelled by an operator on {}", ctx.core.config.node_id) }),
         ];
         for m in &msgs {
             w.send(m).await.map_err(|e| e.to_string())?;
@@ -328,7 +332,7 @@ pub async fn tell_cancel(
     .await;
     if told.is_ok() {
         let line = format!("partner {partner} told of the cancellation");
-        if let Err(e) = ctx.store.cancel_notice_given(&id).and_then(|_| ctx.store.log(&id, &line)) {
+        if let Err(e) = ctx.core.store.cancel_notice_given(&id).and_then(|_| ctx.core.store.log(&id, &line)) {
             tracing::error!(request_id = %id, error = %e, "cannot record the cancellation notice");
         }
     }

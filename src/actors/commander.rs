@@ -17,10 +17,11 @@ use tokio::time::Instant;
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 
+use super::availability::Availability;
 use super::channel_run::Command;
 use super::client_runner::{tell_cancel, ClientRunner, ClientRunnerArgs, ClientRunnerMsg};
 use super::connections::ConnectionsMsg;
-use super::context::NodeContext;
+use super::context::{Core, RunHandle};
 use crate::lifecycle::{self, AfterRun, Recovery};
 use crate::protocol::{ErrorCode, RequestId};
 use crate::store::{now_ms, RequestRecord, Status, Step};
@@ -39,8 +40,18 @@ pub enum CommanderMsg {
     Told(RequestId, Result<(), String>),
 }
 
+/// What the Commander needs: the node's core, the availability table it
+/// waits on, the gauge of requests it runs, and what its runners need.
+#[derive(Clone)]
+pub struct CommanderContext {
+    pub core: Core,
+    pub availability: Arc<Availability>,
+    pub running_requests: Arc<std::sync::atomic::AtomicUsize>,
+    pub run: RunHandle,
+}
+
 pub struct CommanderArgs {
-    pub ctx: Arc<NodeContext>,
+    pub ctx: CommanderContext,
     pub connections: ActorRef<ConnectionsMsg>,
     /// Whether to recover requests left running by a previous process.
     pub recover: bool,
@@ -49,7 +60,7 @@ pub struct CommanderArgs {
 pub struct Commander;
 
 pub struct CommanderState {
-    ctx: Arc<NodeContext>,
+    ctx: CommanderContext,
     connections: ActorRef<ConnectionsMsg>,
     running: BTreeMap<ActorId, (RequestId, ActorRef<ClientRunnerMsg>)>,
     /// Queued requests passed over because their partner is unavailable,
@@ -68,17 +79,17 @@ impl CommanderState {
     }
 
     async fn fill(&mut self, myself: &ActorRef<CommanderMsg>) -> Result<(), ActorProcessingErr> {
-        if *self.ctx.shutdown.borrow() {
+        if *self.ctx.core.shutdown.borrow() {
             return Ok(());
         }
         self.send_notices(myself)?;
-        let free = self.ctx.config.concurrency.saturating_sub(self.running.len());
+        let free = self.ctx.core.config.concurrency.saturating_sub(self.running.len());
         if free == 0 {
             return Ok(());
         }
         let ctx = self.ctx.clone();
         let mut passed_over = Vec::new();
-        let picked = ctx.store.queued_where(free, |rec| {
+        let picked = ctx.core.store.queued_where(free, |rec| {
             if !ctx.availability.is_unavailable(&rec.partner) || movable_member(&ctx, rec).is_some() {
                 return true;
             }
@@ -98,7 +109,7 @@ impl CommanderState {
             if let (Some(m), Some(g)) = (&member, &rec.group) {
                 line = format!("{line}; moved to member {m} of group {g} ({} is unavailable)", rec.partner);
             }
-            let taken = self.ctx.store.update_if(
+            let taken = self.ctx.core.store.update_if(
                 &rec.id,
                 &line,
                 |r| r.status == Status::ToSubmit,
@@ -107,8 +118,11 @@ impl CommanderState {
                 },
             )?;
             let Some(rec) = taken else { continue };
-            let args =
-                ClientRunnerArgs { ctx: self.ctx.clone(), connections: self.connections.clone(), id: rec.id.clone() };
+            let args = ClientRunnerArgs {
+                ctx: self.ctx.run.clone(),
+                connections: self.connections.clone(),
+                id: rec.id.clone(),
+            };
             match Actor::spawn_linked(None, ClientRunner, args, myself.get_cell()).await {
                 Ok((runner, _)) => {
                     self.running.insert(runner.get_id(), (rec.id, runner));
@@ -116,7 +130,7 @@ impl CommanderState {
                 Err(e) => {
                     tracing::error!(request_id = %rec.id, error = %e, "cannot start a ClientRunner");
                     let message = format!("cannot start runner: {e}");
-                    self.ctx.store.update(&rec.id, "", |r| {
+                    self.ctx.core.store.update(&rec.id, "", |r| {
                         lifecycle::fail(r, ErrorCode::Internal, &message, 0, now_ms());
                     })?;
                 }
@@ -135,7 +149,7 @@ impl CommanderState {
         myself: &ActorRef<CommanderMsg>,
         passed_over: Vec<(RequestId, String)>,
     ) -> Result<(), ActorProcessingErr> {
-        let limit = Duration::from_secs(self.ctx.config.cluster.partner_wait_secs);
+        let limit = Duration::from_secs(self.ctx.core.config.cluster.partner_wait_secs);
         let mut still = BTreeMap::new();
         let mut wrote = false;
         let mut failed_now = Vec::new();
@@ -145,7 +159,7 @@ impl CommanderState {
             let since = match self.waiting.get(&id) {
                 Some((_, since)) => *since,
                 None => {
-                    self.ctx.store.log(&id, &format!("waiting: partner {partner} is unavailable ({cause})"))?;
+                    self.ctx.core.store.log(&id, &format!("waiting: partner {partner} is unavailable ({cause})"))?;
                     wrote = true;
                     Instant::now()
                 }
@@ -158,8 +172,8 @@ impl CommanderState {
                 "partner {partner} stayed unavailable for {} s, longer than this request may wait; last cause: {cause}",
                 since.elapsed().as_secs()
             );
-            let error_tasks = super::task_runner::error_task_count(&self.ctx, &id);
-            let failed = self.ctx.store.update_if(
+            let error_tasks = super::task_runner::error_task_count(&self.ctx.core, &id);
+            let failed = self.ctx.core.store.update_if(
                 &id,
                 &message,
                 |r| r.status == Status::ToSubmit,
@@ -174,7 +188,7 @@ impl CommanderState {
             }
         }
         if wrote {
-            self.ctx.store.flush().await?;
+            self.ctx.core.store.flush().await?;
         }
         for id in failed_now {
             spawn_error_tasks(myself, &self.ctx, id);
@@ -189,7 +203,7 @@ impl CommanderState {
     fn schedule_tick(&mut self, myself: &ActorRef<CommanderMsg>) {
         if !self.tick_scheduled {
             self.tick_scheduled = true;
-            let every = Duration::from_millis(self.ctx.config.cluster.probe_interval_ms);
+            let every = Duration::from_millis(self.ctx.core.config.cluster.probe_interval_ms);
             myself.send_after(every, || CommanderMsg::Tick);
         }
     }
@@ -201,12 +215,12 @@ impl CommanderState {
     /// owed in the store until the partner answered it; a partner known to
     /// be unavailable is tried again on a later tick.
     fn send_notices(&mut self, myself: &ActorRef<CommanderMsg>) -> Result<(), ActorProcessingErr> {
-        for id in self.ctx.store.cancel_notices_owed()? {
+        for id in self.ctx.core.store.cancel_notices_owed()? {
             if self.telling.contains(&id) {
                 continue;
             }
-            let Some(rec) = self.ctx.store.get(&id)? else {
-                self.ctx.store.cancel_notice_given(&id)?;
+            let Some(rec) = self.ctx.core.store.get(&id)? else {
+                self.ctx.core.store.cancel_notice_given(&id)?;
                 continue;
             };
             if self.ctx.availability.is_unavailable(&rec.partner) {
@@ -216,7 +230,7 @@ impl CommanderState {
                 continue;
             }
             self.telling.insert(id.clone());
-            let (ctx, conns, me) = (self.ctx.clone(), self.connections.clone(), myself.clone());
+            let (ctx, conns, me) = (self.ctx.run.clone(), self.connections.clone(), myself.clone());
             tokio::spawn(async move {
                 let told = tell_cancel(ctx, conns, id.clone(), rec.partner).await;
                 let _ = me.cast(CommanderMsg::Told(id, told));
@@ -232,8 +246,8 @@ impl CommanderState {
 /// acceptance, before any data) it may hold a partial file, so the request
 /// stays with it; `transferred` cannot tell, as it is recorded only now
 /// and then.
-fn movable_member(ctx: &NodeContext, rec: &RequestRecord) -> Option<String> {
-    let group = ctx.config.group(rec.group.as_deref()?)?;
+fn movable_member(ctx: &CommanderContext, rec: &RequestRecord) -> Option<String> {
+    let group = ctx.core.config.group(rec.group.as_deref()?)?;
     if !ctx.availability.is_unavailable(&rec.partner) || rec.started_at.is_some() {
         return None;
     }
@@ -251,7 +265,7 @@ impl Actor for Commander {
         myself: ActorRef<Self::Msg>,
         args: CommanderArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let store = &args.ctx.store;
+        let store = &args.ctx.core.store;
         if args.recover {
             for status in [Status::Running, Status::Interrupted] {
                 for rec in store.list(Some(status))? {
@@ -279,7 +293,7 @@ impl Actor for Commander {
             // interrupted one again (at least once).
             let mut error_tasks_left = Vec::new();
             for rec in store.list(Some(Status::InError))? {
-                if rec.step == Step::ErrorTask && super::task_runner::error_tasks_left(&args.ctx, &rec) {
+                if rec.step == Step::ErrorTask && super::task_runner::error_tasks_left(&args.ctx.core, &rec) {
                     store.log(&rec.id, "node restarted during the error tasks; the rest run now")?;
                     error_tasks_left.push(rec.id);
                 }
@@ -311,9 +325,9 @@ impl Actor for Commander {
         match msg {
             CommanderMsg::Wake => state.fill(&myself).await?,
             CommanderMsg::Retry(id) => {
-                if let Some(rec) = state.ctx.store.get(&id)? {
+                if let Some(rec) = state.ctx.core.store.get(&id)? {
                     let line = format!("retrying after attempt {}", rec.attempts);
-                    let due = state.ctx.store.update_if(&id, &line, lifecycle::is_retry_due, |r| {
+                    let due = state.ctx.core.store.update_if(&id, &line, lifecycle::is_retry_due, |r| {
                         lifecycle::retry_due(r);
                     })?;
                     if due.is_some() {
@@ -330,7 +344,7 @@ impl Actor for Commander {
                     Err(why) => {
                         if state.notice_failed.insert(id.clone()) {
                             let line = format!("the partner could not be told of the cancellation yet: {why}");
-                            state.ctx.store.log(&id, &line)?;
+                            state.ctx.core.store.log(&id, &line)?;
                         }
                         state.schedule_tick(&myself);
                     }
@@ -370,10 +384,10 @@ impl Actor for Commander {
                 if let Some((id, _)) = state.running.remove(&cell.get_id()) {
                     tracing::error!(request_id = %id, error = %err, "ClientRunner failed");
                     let message = format!("runner failed: {err}");
-                    state.ctx.store.update(&id, "runner failed", |r| {
+                    state.ctx.core.store.update(&id, "runner failed", |r| {
                         lifecycle::fail(r, ErrorCode::Internal, &message, 0, now_ms());
                     })?;
-                    state.ctx.store.flush().await?;
+                    state.ctx.core.store.flush().await?;
                     schedule_retry(&myself, &state.ctx, &id).await?;
                 }
             }
@@ -386,13 +400,13 @@ impl Actor for Commander {
 
 /// Runs the error tasks of a request the Commander failed, off its
 /// mailbox; a request a `reschedule` task put back gets its retry.
-fn spawn_error_tasks(myself: &ActorRef<CommanderMsg>, ctx: &Arc<NodeContext>, id: RequestId) {
+fn spawn_error_tasks(myself: &ActorRef<CommanderMsg>, ctx: &CommanderContext, id: RequestId) {
     let (ctx, me) = (ctx.clone(), myself.clone());
     tokio::spawn(async move {
-        super::task_runner::run_error_tasks(&ctx, &id).await;
-        if let Ok(Some(rec)) = ctx.store.get(&id) {
+        super::task_runner::run_error_tasks(&ctx.run.intake, &id).await;
+        if let Ok(Some(rec)) = ctx.core.store.get(&id) {
             if let lifecycle::AfterRun::RetryAt(at) =
-                lifecycle::after_run(&rec, &ctx.config.retry_for(&rec.rule), now_ms())
+                lifecycle::after_run(&rec, &ctx.core.config.retry_for(&rec.rule), now_ms())
             {
                 me.send_after(Duration::from_millis(at.saturating_sub(now_ms())), move || CommanderMsg::Retry(id));
             }
@@ -405,35 +419,36 @@ fn spawn_error_tasks(myself: &ActorRef<CommanderMsg>, ctx: &Arc<NodeContext>, id
 /// to `InError` once its attempts are spent.
 async fn schedule_retry(
     myself: &ActorRef<CommanderMsg>,
-    ctx: &Arc<NodeContext>,
+    ctx: &CommanderContext,
     id: &RequestId,
 ) -> Result<(), ActorProcessingErr> {
-    if *ctx.shutdown.borrow() {
+    if *ctx.core.shutdown.borrow() {
         return Ok(()); // resumed by the next start-up instead
     }
-    let Some(rec) = ctx.store.get(id)? else { return Ok(()) };
-    let policy = ctx.config.retry_for(&rec.rule);
+    let Some(rec) = ctx.core.store.get(id)? else { return Ok(()) };
+    let policy = ctx.core.config.retry_for(&rec.rule);
     let now = now_ms();
     match lifecycle::after_run(&rec, &policy, now) {
         AfterRun::Nothing => {}
         AfterRun::GiveUp(message) => {
-            let error_tasks = super::task_runner::error_task_count(ctx, id);
-            ctx.store.update(id, &message, |r| {
+            let error_tasks = super::task_runner::error_task_count(&ctx.core, id);
+            ctx.core.store.update(id, &message, |r| {
                 lifecycle::fail(r, ErrorCode::RetriesExhausted, &message, error_tasks, now);
             })?;
-            ctx.store.flush().await?;
+            ctx.core.store.flush().await?;
             tracing::warn!(target: super::AUDIT, event = "failed", request_id = %id, code = %ErrorCode::RetriesExhausted, message = %message);
             spawn_error_tasks(myself, ctx, id.clone());
         }
         AfterRun::RetryAt(at) => {
             let delay = Duration::from_millis(at.saturating_sub(now));
-            ctx.store.log(id, &format!("runs again in {} ms, as rescheduled", delay.as_millis()))?;
+            ctx.core.store.log(id, &format!("runs again in {} ms, as rescheduled", delay.as_millis()))?;
             let id = id.clone();
             myself.send_after(delay, move || CommanderMsg::Retry(id));
         }
         AfterRun::RetryIn { delay, retry, of } => {
             let at = now + u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
-            ctx.store
+            ctx.core
+                .store
                 .update(id, &format!("retry {retry} of {of} in {} ms", delay.as_millis()), |r| r.retry_at = Some(at))?;
             let id = id.clone();
             myself.send_after(delay, move || CommanderMsg::Retry(id));

@@ -42,12 +42,25 @@ use tokio::time::Instant;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-use super::context::NodeContext;
+use super::availability::Availability;
+use super::context::{Actors, Core, RunHandle};
 use super::server_runner::{ServerRunner, ServerRunnerArgs};
 use crate::protocol::control::{Answer, Ask, StreamKind};
 use crate::protocol::ErrorCode;
 use crate::transport::endpoint::CLOSE_WRONG_PEER;
 use crate::transport::{self, control, TransportError};
+
+/// What Connections needs: the node's core, its endpoint, the availability
+/// table it keeps, the actors it wakes, and what the ServerRunners and the
+/// control plane it starts need.
+#[derive(Clone)]
+pub struct ConnectionsContext {
+    pub core: Core,
+    pub endpoint: quinn::Endpoint,
+    pub availability: Arc<Availability>,
+    pub actors: Actors,
+    pub run: RunHandle,
+}
 
 /// QUIC application close codes; 1 ([`CLOSE_WRONG_PEER`]) is the
 /// transport's, for a peer whose certificate is not who was expected.
@@ -158,7 +171,7 @@ enum Phase {
 pub struct Connections;
 
 pub struct ConnectionsState {
-    ctx: Arc<NodeContext>,
+    ctx: ConnectionsContext,
     live: BTreeMap<String, Vec<Link>>,
     pending: BTreeMap<String, Pending>,
     pinging: BTreeSet<String>,
@@ -210,11 +223,11 @@ fn dial_error(partner: &str, e: &TransportError) -> ConnectError {
 }
 
 /// Dials `partner` at its configured address, bounded by `connect_timeout_ms`.
-async fn dial_direct(ctx: &NodeContext, partner: &str) -> Result<quinn::Connection, ConnectError> {
-    let Some(address) = ctx.config.partner(partner).map(|p| p.address) else {
+async fn dial_direct(ctx: &ConnectionsContext, partner: &str) -> Result<quinn::Connection, ConnectError> {
+    let Some(address) = ctx.core.config.partner(partner).map(|p| p.address) else {
         return Err(unknown_partner(ctx, partner));
     };
-    let limit = Duration::from_millis(ctx.config.connect_timeout_ms);
+    let limit = Duration::from_millis(ctx.core.config.connect_timeout_ms);
     match tokio::time::timeout(limit, transport::dial(&ctx.endpoint, address, partner)).await {
         Ok(r) => r.map_err(|e| dial_error(partner, &e)),
         Err(_) => Err(ConnectError {
@@ -224,10 +237,10 @@ async fn dial_direct(ctx: &NodeContext, partner: &str) -> Result<quinn::Connecti
     }
 }
 
-fn unknown_partner(ctx: &NodeContext, partner: &str) -> ConnectError {
+fn unknown_partner(ctx: &ConnectionsContext, partner: &str) -> ConnectError {
     ConnectError {
         code: ErrorCode::UnknownPartner,
-        message: format!("partner {partner} is not configured on node {}", ctx.config.node_id),
+        message: format!("partner {partner} is not configured on node {}", ctx.core.config.node_id),
     }
 }
 
@@ -256,7 +269,7 @@ impl ConnectionsState {
     /// The link new channels to `partner` go on: the one dialed by the node
     /// with the smaller id if it is live, else the newest live one.
     fn preferred(&self, partner: &str) -> Option<Link> {
-        let by_smaller = |l: &Link| l.dialed_by_me == (self.ctx.config.node_id.as_str() < partner);
+        let by_smaller = |l: &Link| l.dialed_by_me == (self.ctx.core.config.node_id.as_str() < partner);
         let live = self.live.get(partner)?.iter().filter(|l| l.is_live());
         live.max_by_key(|l| (by_smaller(l), l.seq)).cloned()
     }
@@ -348,12 +361,13 @@ impl ConnectionsState {
     /// Partners that may relay a dial-back to `target`: the configured
     /// relays, else every other partner, those we are connected to first.
     fn relays(&self, target: &str) -> Vec<String> {
-        let configured = &self.ctx.config.cluster.relays;
+        let configured = &self.ctx.core.config.cluster.relays;
         if !configured.is_empty() {
             return configured.iter().filter(|r| r.as_str() != target).cloned().collect();
         }
         let mut all: Vec<(bool, String)> = self
             .ctx
+            .core
             .config
             .partners
             .iter()
@@ -365,10 +379,10 @@ impl ConnectionsState {
     }
 
     fn tick(&mut self, myself: &ActorRef<ConnectionsMsg>) {
-        if *self.ctx.shutdown.borrow() {
+        if *self.ctx.core.shutdown.borrow() {
             return;
         }
-        let limit = Duration::from_millis(self.ctx.config.cluster.heartbeat_timeout_ms);
+        let limit = Duration::from_millis(self.ctx.core.config.cluster.heartbeat_timeout_ms);
         let partners: Vec<String> = self.live.keys().cloned().collect();
         for partner in partners {
             self.retire_duplicates(&partner);
@@ -388,7 +402,7 @@ impl ConnectionsState {
             });
         }
         let keep: Vec<String> =
-            self.ctx.config.partners.iter().filter(|p| p.keep_connected).map(|p| p.id.clone()).collect();
+            self.ctx.core.config.partners.iter().filter(|p| p.keep_connected).map(|p| p.id.clone()).collect();
         for partner in keep {
             if self.preferred(&partner).is_none() && !self.pending.contains_key(&partner) {
                 self.start_dial(myself, &partner, false, None);
@@ -402,7 +416,7 @@ impl ConnectionsState {
         let Some(keep) = self.preferred(partner) else { return };
         // The peer must have seen the preferred link too before it stops
         // opening channels on this one.
-        let settled = Duration::from_millis(2 * self.ctx.config.cluster.heartbeat_ms);
+        let settled = Duration::from_millis(2 * self.ctx.core.config.cluster.heartbeat_ms);
         let Some(list) = self.live.get_mut(partner) else { return };
         list.retain(|l| {
             let idle_duplicate = l.seq != keep.seq
@@ -419,8 +433,8 @@ impl ConnectionsState {
     }
 }
 
-fn wake_commander(ctx: &NodeContext) {
-    if let Some(a) = ctx.actors() {
+fn wake_commander(ctx: &ConnectionsContext) {
+    if let Some(a) = ctx.actors.get() {
         let _ = a.commander.cast(super::commander::CommanderMsg::Wake);
     }
 }
@@ -428,12 +442,12 @@ fn wake_commander(ctx: &NodeContext) {
 /// Asks each relay in turn to get `target` to dial us; the relay's name on
 /// success. The relay answers once the target's dial succeeded or failed.
 async fn reverse_connect(
-    ctx: &NodeContext,
+    ctx: &ConnectionsContext,
     me: &ActorRef<ConnectionsMsg>,
     target: &str,
     relays: Vec<String>,
 ) -> Result<String, String> {
-    let limit = Duration::from_millis(ctx.config.cluster.reverse_connect_timeout_ms);
+    let limit = Duration::from_millis(ctx.core.config.cluster.reverse_connect_timeout_ms);
     let deadline = tokio::time::Instant::now() + limit;
     let mut failures = Vec::new();
     for relay in relays {
@@ -468,14 +482,14 @@ async fn reverse_connect(
 impl Actor for Connections {
     type Msg = ConnectionsMsg;
     type State = ConnectionsState;
-    type Arguments = Arc<NodeContext>;
+    type Arguments = ConnectionsContext;
 
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        ctx: Arc<NodeContext>,
+        ctx: ConnectionsContext,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let every = Duration::from_millis(ctx.config.cluster.heartbeat_ms);
+        let every = Duration::from_millis(ctx.core.config.cluster.heartbeat_ms);
         myself.send_interval(every, || ConnectionsMsg::Tick);
         // Keep-connected partners are dialed at once, not a tick later.
         myself.cast(ConnectionsMsg::Tick)?;
@@ -499,7 +513,7 @@ impl Actor for Connections {
             ConnectionsMsg::Get { partner, reverse, reply } => {
                 if let Some(l) = state.preferred(&partner) {
                     let _ = reply.send(Ok(l));
-                } else if state.ctx.config.partner(&partner).is_none() {
+                } else if state.ctx.core.config.partner(&partner).is_none() {
                     let _ = reply.send(Err(unknown_partner(&state.ctx, &partner)));
                 } else {
                     state.start_dial(&myself, &partner, reverse, Some(reply));
@@ -507,7 +521,7 @@ impl Actor for Connections {
             }
             ConnectionsMsg::Probe(partner) => {
                 if state.preferred(&partner).is_none()
-                    && state.ctx.config.partner(&partner).is_some()
+                    && state.ctx.core.config.partner(&partner).is_some()
                     && !state.pending.contains_key(&partner)
                 {
                     state.start_dial(&myself, &partner, true, None);
@@ -515,7 +529,7 @@ impl Actor for Connections {
             }
             ConnectionsMsg::Dialed { partner, result, started } => match result {
                 Ok(conn) => {
-                    let origin = format!("dialed by {}", state.ctx.config.node_id);
+                    let origin = format!("dialed by {}", state.ctx.core.config.node_id);
                     state.register(&myself, &partner, conn, true, origin);
                     let link = state.preferred(&partner).ok_or_else(|| ConnectError {
                         code: ErrorCode::Connection,
@@ -529,7 +543,7 @@ impl Actor for Connections {
                     tracing::warn!(partner = %partner, error = %e.message, elapsed_ms = started.elapsed().as_millis() as u64, "dial failed");
                     let reverse = state.pending.get(&partner).is_some_and(|p| p.reverse)
                         && e.code == ErrorCode::Connection
-                        && !*state.ctx.shutdown.borrow();
+                        && !*state.ctx.core.shutdown.borrow();
                     if !state.pending.get(&partner).is_some_and(|p| matches!(p.phase, Phase::Direct)) {
                         // Already settled by a connection the partner dialed.
                     } else if reverse {
@@ -540,7 +554,7 @@ impl Actor for Connections {
                 }
             },
             ConnectionsMsg::Accepted(partner, conn) => {
-                let limit = state.ctx.config.limits.connections;
+                let limit = state.ctx.core.config.limits.connections;
                 let theirs =
                     state.live.get(&partner).map_or(0, |l| l.iter().filter(|l| l.is_live() && !l.dialed_by_me).count());
                 let idle_oldest = state.live.get(&partner).and_then(|l| {
@@ -559,9 +573,9 @@ impl Actor for Connections {
                 } else if theirs >= limit {
                     let reason = format!(
                         "partner {partner} already holds {theirs} connections to node {} (limits.connections = {limit})",
-                        state.ctx.config.node_id
+                        state.ctx.core.config.node_id
                     );
-                    crate::partner_warning!(state.ctx.budgets.of(&partner), partner = %partner, %reason, "refused a connection");
+                    crate::partner_warning!(state.ctx.run.budgets.of(&partner), partner = %partner, %reason, "refused a connection");
                     conn.close(quinn::VarInt::from_u32(CLOSE_OVER_LIMIT), reason.as_bytes());
                     return Ok(());
                 }
@@ -585,7 +599,7 @@ impl Actor for Connections {
                     list.retain(|l| l.conn.stable_id() != stable_id && l.is_live());
                     if list.is_empty() {
                         state.live.remove(&partner);
-                        if !*state.ctx.shutdown.borrow() && state.ctx.availability.down(&partner, &reason) {
+                        if !*state.ctx.core.shutdown.borrow() && state.ctx.availability.down(&partner, &reason) {
                             tracing::warn!(partner = %partner, reason = %reason, "partner unavailable");
                         }
                     }
@@ -625,8 +639,9 @@ impl Actor for Connections {
                 }
             }
             ConnectionsMsg::DialBack { node, relay, reply } => {
-                if state.ctx.config.partner(&node).is_none_or(|p| p.id != node) {
-                    let _ = reply.send(Err(format!("node {} does not know partner {node}", state.ctx.config.node_id)));
+                if state.ctx.core.config.partner(&node).is_none_or(|p| p.id != node) {
+                    let _ =
+                        reply.send(Err(format!("node {} does not know partner {node}", state.ctx.core.config.node_id)));
                     return Ok(());
                 }
                 if let Some(waiting) = state.dialing_back.get_mut(&node) {
@@ -640,14 +655,14 @@ impl Actor for Connections {
                     // A connection that still answers serves the node too (it
                     // holds the same connection); a stale one does not.
                     if let Some(link) = live {
-                        let limit = Duration::from_millis(ctx.config.cluster.heartbeat_timeout_ms);
+                        let limit = Duration::from_millis(ctx.core.config.cluster.heartbeat_timeout_ms);
                         if matches!(control::ask(&link.conn, &Ask::Ping, limit).await, Ok(Answer::Pong)) {
                             let _ = me.cast(ConnectionsMsg::DialedBack { node, relay, result: Err(None) });
                             return;
                         }
                     }
                     // Only a real dial counts against the asker's rate.
-                    if let Err(over) = ctx.budgets.of(&relay).dial_back(Instant::now()) {
+                    if let Err(over) = ctx.run.budgets.of(&relay).dial_back(Instant::now()) {
                         let e = ConnectError { code: ErrorCode::Protocol, message: over.to_string() };
                         let _ = me.cast(ConnectionsMsg::DialedBack { node, relay, result: Err(Some(e)) });
                         return;
@@ -681,7 +696,7 @@ impl Actor for Connections {
                             wake_commander(&state.ctx);
                         }
                     }
-                    Err(why) if !*state.ctx.shutdown.borrow() => {
+                    Err(why) if !*state.ctx.core.shutdown.borrow() => {
                         if state.ctx.availability.down(&partner, &why) {
                             tracing::warn!(partner = %partner, reason = %why, "partner unavailable");
                         }
@@ -704,7 +719,7 @@ impl Actor for Connections {
 }
 
 /// Accepts the partner's streams on one connection until it closes.
-async fn serve_streams(ctx: Arc<NodeContext>, conns: ActorRef<ConnectionsMsg>, partner: String, link: Link) {
+async fn serve_streams(ctx: ConnectionsContext, conns: ActorRef<ConnectionsMsg>, partner: String, link: Link) {
     let conn = link.conn.clone();
     loop {
         match conn.accept_bi().await {
@@ -724,14 +739,14 @@ async fn serve_streams(ctx: Arc<NodeContext>, conns: ActorRef<ConnectionsMsg>, p
 
 /// Reads what a stream carries and hands it on.
 async fn serve_stream(
-    ctx: Arc<NodeContext>,
+    ctx: ConnectionsContext,
     conns: ActorRef<ConnectionsMsg>,
     partner: String,
     link: Link,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    let budget = ctx.budgets.of(&partner);
+    let budget = ctx.run.budgets.of(&partner);
     let refuse = |send: &mut quinn::SendStream, recv: &mut quinn::RecvStream, why: String| {
         crate::partner_warning!(budget, partner = %partner, reason = %why, "refused a stream");
         let _ = recv.stop(quinn::VarInt::from_u32(STREAM_REFUSED));
@@ -745,7 +760,7 @@ async fn serve_stream(
     // The link counts it too (a link carrying one is not idle), whatever
     // the stream turns out to carry.
     let guard = link.channel_guard();
-    let limit = Duration::from_millis(ctx.config.limits.handshake_timeout_ms);
+    let limit = Duration::from_millis(ctx.core.config.limits.handshake_timeout_ms);
     let kind = match control::read_kind(&mut recv, limit).await {
         Ok(Some(b)) => StreamKind::from_byte(b).ok_or(format!("unknown stream kind byte 0x{b:02x}")),
         Ok(None) => return,
@@ -753,14 +768,14 @@ async fn serve_stream(
     };
     match kind {
         Ok(StreamKind::Request) => {
-            let args = ServerRunnerArgs { ctx, partner: partner.clone(), send, recv, guard, slot };
+            let args = ServerRunnerArgs { ctx: ctx.run.clone(), partner: partner.clone(), send, recv, guard, slot };
             if let Err(e) = Actor::spawn(None, ServerRunner, args).await {
                 tracing::error!(partner = %partner, error = %e, "cannot start a ServerRunner");
             }
         }
         Ok(StreamKind::Control) => match budget.ask() {
             Ok(ask) => {
-                super::control_plane::serve(ctx.clone(), conns, partner.clone(), send, recv).await;
+                super::control_plane::serve(ctx.run.clone(), conns, partner.clone(), send, recv).await;
                 drop((ask, slot, guard));
             }
             Err(over) => {
@@ -777,12 +792,12 @@ async fn serve_stream(
 
 /// Completes an incoming connection: verifies the peer is a configured
 /// partner, or closes it with a reason the peer can read.
-pub async fn admit(ctx: Arc<NodeContext>, conns: ActorRef<ConnectionsMsg>, incoming: quinn::Incoming) {
+pub async fn admit(ctx: ConnectionsContext, conns: ActorRef<ConnectionsMsg>, incoming: quinn::Incoming) {
     let remote = incoming.remote_address();
     match transport::accept(incoming).await {
         Ok((conn, peer)) => {
-            if ctx.config.partner(&peer).is_none_or(|p| p.id != peer) {
-                let reason = format!("node {} does not know partner {peer}", ctx.config.node_id);
+            if ctx.core.config.partner(&peer).is_none_or(|p| p.id != peer) {
+                let reason = format!("node {} does not know partner {peer}", ctx.core.config.node_id);
                 tracing::warn!(partner = %peer, remote = %remote, "refused connection: unknown partner");
                 conn.close(quinn::VarInt::from_u32(CLOSE_UNKNOWN_PARTNER), reason.as_bytes());
                 return;

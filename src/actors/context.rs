@@ -1,22 +1,49 @@
-//! What the node's actors and runners share: the node's config, store,
-//! endpoint, partner tables and the handles of the long-lived actors.
+//! The handles the node's parts are given: each actor and runner takes the
+//! narrow ones it needs, not the whole node.
 //!
-//! Defined here, below the node, so the actors never import the node: the
-//! node builds one [`NodeContext`] at start-up and hands it down.
+//! - [`Core`]: what every part reads — the config, the store, and whether
+//!   the node is shutting down.
+//! - [`Actors`]: the long-lived actors as last (re)started by the
+//!   supervisor, to wake the Commander or reach Connections.
+//! - [`Intake`]: what submitting a request needs (the API, a partner's
+//!   handover, a `transfer` task).
+//! - [`RunHandle`]: what one request's run needs: the runners, the channel
+//!   loop and its tasks.
+//! - [`NodeContext`]: the node's parts in one place, held only by the node
+//!   and the supervisor, which hand each actor its handles.
+//!
+//! Defined here, below the node, so the actors never import the node.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicUsize;
-use std::sync::RwLock;
+use std::sync::{Arc, Mutex, RwLock};
 
 use ractor::ActorRef;
 use tokio::sync::watch;
 
 use super::availability::Availability;
-use super::commander::CommanderMsg;
-use super::connections::ConnectionsMsg;
+use super::channel_run::ServingRun;
+use super::commander::{CommanderContext, CommanderMsg};
+use super::connections::{ConnectionsContext, ConnectionsMsg};
 use super::partner_budget::PartnerBudgets;
 use crate::config::NodeConfig;
 use crate::protocol::{Capabilities, RequestId};
 use crate::store::Store;
+
+/// What every part of a node reads.
+#[derive(Clone)]
+pub struct Core {
+    pub config: Arc<NodeConfig>,
+    pub store: Store,
+    /// Becomes `true` when the node shuts down.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl Core {
+    pub fn shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+}
 
 /// The long-lived actors, as last (re)started by the supervisor.
 #[derive(Clone)]
@@ -25,60 +52,130 @@ pub struct ActorRefs {
     pub connections: ActorRef<ConnectionsMsg>,
 }
 
-/// What every part of a running node shares.
-pub struct NodeContext {
-    pub config: NodeConfig,
-    pub store: Store,
-    pub endpoint: quinn::Endpoint,
+/// Where the current long-lived actors are (none before the supervisor
+/// started them).
+#[derive(Clone, Default)]
+pub struct Actors(Arc<RwLock<Option<ActorRefs>>>);
+
+impl Actors {
+    pub fn set(&self, refs: ActorRefs) {
+        if let Ok(mut a) = self.0.write() {
+            *a = Some(refs);
+        }
+    }
+
+    pub fn get(&self) -> Option<ActorRefs> {
+        self.0.read().ok().and_then(|a| a.clone())
+    }
+
+    /// Tells the Commander new work may be queued.
+    pub fn wake_commander(&self) {
+        if let Some(a) = self.get() {
+            let _ = a.commander.cast(CommanderMsg::Wake);
+        }
+    }
+}
+
+/// What submitting a request needs.
+#[derive(Clone)]
+pub struct Intake {
+    pub core: Core,
+    /// Which group member is available.
+    pub availability: Arc<Availability>,
+    pub actors: Actors,
+}
+
+/// What one request's run needs: its runner, its channel loop, its tasks.
+#[derive(Clone)]
+pub struct RunHandle {
+    pub core: Core,
     pub capabilities: Capabilities,
-    /// Becomes `true` when the node shuts down.
-    pub shutdown: watch::Receiver<bool>,
-    /// Private channels (requests) currently running on this node, either side.
-    pub open_channels: AtomicUsize,
-    /// Requests this node's Commander is running.
-    pub running_requests: AtomicUsize,
+    /// What each partner may still cost this node.
+    pub budgets: Arc<PartnerBudgets>,
     /// The requested-side runner currently serving each request: a token,
     /// the partner it serves, and the flag that tells an older runner of
     /// the same partner it was superseded.
-    pub serving: std::sync::Mutex<std::collections::BTreeMap<RequestId, super::channel_run::ServingRun>>,
+    pub serving: Arc<Mutex<BTreeMap<RequestId, ServingRun>>>,
+    /// Private channels (requests) running on this node, either side.
+    pub open_channels: Arc<AtomicUsize>,
+    /// For `transfer` tasks.
+    pub intake: Intake,
+}
+
+/// The node's parts, built at start-up.
+pub struct NodeContext {
+    pub core: Core,
+    pub endpoint: quinn::Endpoint,
     /// What this node knows of each partner's reachability.
-    pub availability: Availability,
-    /// What each partner may still cost this node.
-    pub budgets: PartnerBudgets,
-    actors: RwLock<Option<ActorRefs>>,
+    pub availability: Arc<Availability>,
+    /// Requests this node's Commander is running.
+    pub running_requests: Arc<AtomicUsize>,
+    pub actors: Actors,
+    pub intake: Intake,
+    pub run: RunHandle,
+    /// How many handles of the core the context holds itself.
+    own_core_refs: usize,
 }
 
 impl NodeContext {
-    /// A context for a node starting with these parts (no actors yet).
+    /// Handles of the node's core held outside this context: the actors,
+    /// runners and tasks still alive (0 once every one of them ended).
+    pub fn core_holders(&self) -> usize {
+        Arc::strong_count(&self.core.config).saturating_sub(self.own_core_refs)
+    }
+
+    /// The parts of a node starting with this config, store and endpoint
+    /// (no actors yet).
     pub fn new(
         config: NodeConfig,
         store: Store,
         endpoint: quinn::Endpoint,
         shutdown: watch::Receiver<bool>,
     ) -> NodeContext {
-        let budgets = PartnerBudgets::new(config.limits.clone());
-        NodeContext {
-            config,
-            store,
-            endpoint,
+        let budgets = Arc::new(PartnerBudgets::new(config.limits.clone()));
+        let core = Core { config: Arc::new(config), store, shutdown };
+        let availability = Arc::new(Availability::default());
+        let actors = Actors::default();
+        let intake = Intake { core: core.clone(), availability: availability.clone(), actors: actors.clone() };
+        let run = RunHandle {
+            core: core.clone(),
             capabilities: Capabilities::default(),
-            shutdown,
-            open_channels: AtomicUsize::new(0),
-            running_requests: AtomicUsize::new(0),
-            serving: Default::default(),
-            availability: Availability::default(),
             budgets,
-            actors: RwLock::new(None),
+            serving: Default::default(),
+            open_channels: Arc::new(AtomicUsize::new(0)),
+            intake: intake.clone(),
+        };
+        let own_core_refs = Arc::strong_count(&core.config);
+        NodeContext {
+            core,
+            endpoint,
+            availability,
+            running_requests: Arc::new(AtomicUsize::new(0)),
+            actors,
+            intake,
+            run,
+            own_core_refs,
         }
     }
 
-    pub fn set_actors(&self, refs: ActorRefs) {
-        if let Ok(mut a) = self.actors.write() {
-            *a = Some(refs);
+    /// The Commander's handles.
+    pub fn commander_context(&self) -> CommanderContext {
+        CommanderContext {
+            core: self.core.clone(),
+            availability: self.availability.clone(),
+            running_requests: self.running_requests.clone(),
+            run: self.run.clone(),
         }
     }
 
-    pub fn actors(&self) -> Option<ActorRefs> {
-        self.actors.read().ok().and_then(|a| a.clone())
+    /// Connections' handles (also what the accept loop admits with).
+    pub fn connections_context(&self) -> ConnectionsContext {
+        ConnectionsContext {
+            core: self.core.clone(),
+            endpoint: self.endpoint.clone(),
+            availability: self.availability.clone(),
+            actors: self.actors.clone(),
+            run: self.run.clone(),
+        }
     }
 }

@@ -13,13 +13,12 @@
 //! The asker's identity is the connection's verified peer; nothing it says
 //! about itself is trusted. Every exchange is bounded in time.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::ActorRef;
 
 use super::connections::{self, ConnectionsMsg};
-use super::context::NodeContext;
+use super::context::RunHandle;
 use crate::protocol::control::{Answer, Ask, RequestState};
 use crate::protocol::ErrorCode;
 use crate::store::RequestRecord;
@@ -52,7 +51,7 @@ fn refused(code: ErrorCode, message: impl Into<String>) -> Answer {
 
 /// Serves one control stream the partner opened (its kind byte read).
 pub async fn serve(
-    ctx: Arc<NodeContext>,
+    ctx: RunHandle,
     conns: ActorRef<ConnectionsMsg>,
     partner: String,
     mut send: quinn::SendStream,
@@ -76,8 +75,8 @@ pub async fn serve(
     }
 }
 
-async fn answer(ctx: &Arc<NodeContext>, conns: &ActorRef<ConnectionsMsg>, partner: &str, ask: Ask) -> Answer {
-    let me = ctx.config.node_id.as_str();
+async fn answer(ctx: &RunHandle, conns: &ActorRef<ConnectionsMsg>, partner: &str, ask: Ask) -> Answer {
+    let me = ctx.core.config.node_id.as_str();
     if matches!(ask, Ask::RelayDialBack { .. }) {
         // Each makes this node dial and ask: bounded per partner and minute
         // (a DialMe is counted by Connections, only when it really dials).
@@ -87,11 +86,11 @@ async fn answer(ctx: &Arc<NodeContext>, conns: &ActorRef<ConnectionsMsg>, partne
     }
     match ask {
         Ask::Ping => Answer::Pong,
-        Ask::Query(id) => match ctx.store.get(&id) {
+        Ask::Query(id) => match ctx.core.store.get(&id) {
             Ok(rec) => Answer::State(rec.map(|r| request_state(me, &r))),
             Err(e) => refused(ErrorCode::Internal, format!("node {me} cannot read its store: {e}")),
         },
-        Ask::Handover(h) => match super::intake::accept_handover(ctx, h, partner).await {
+        Ask::Handover(h) => match super::intake::accept_handover(&ctx.intake, h, partner).await {
             Ok(rec) => Answer::Accepted(request_state(me, &rec)),
             Err(e) => refused(e.error_code(), format!("node {me} refused the transfer: {e}")),
         },
@@ -99,7 +98,7 @@ async fn answer(ctx: &Arc<NodeContext>, conns: &ActorRef<ConnectionsMsg>, partne
             if target == partner || target == me {
                 return refused(ErrorCode::Protocol, format!("cannot relay a dial-back from {partner} to {target}"));
             }
-            let limit = Duration::from_millis(ctx.config.cluster.reverse_connect_timeout_ms);
+            let limit = Duration::from_millis(ctx.core.config.cluster.reverse_connect_timeout_ms);
             let relayed = async {
                 let link = connections::connect_with(conns, &target, false)
                     .await

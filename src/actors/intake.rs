@@ -7,8 +7,7 @@
 //! is checked here, before anything is recorded. The record is flushed
 //! before [`submit`] returns, so an acknowledged request survives a crash.
 
-use super::commander::CommanderMsg;
-use super::context::NodeContext;
+use super::context::Intake;
 use super::AUDIT;
 use crate::cluster::rules::{self, pick_member};
 use crate::model::{Submit, SubmitError, MAX_EXTERNAL_JOB_ID, MAX_TRANSFER_INFO};
@@ -19,14 +18,14 @@ use crate::store::{RequestRecord, Role};
 /// Records a request under `id` (chosen here, or by the node that
 /// handed it over) and queues it.
 pub async fn submit(
-    ctx: &NodeContext,
+    ctx: &Intake,
     s: Submit,
     id: RequestId,
     submitted_on: Option<String>,
     chained_from: Option<RequestId>,
 ) -> Result<RequestRecord, SubmitError> {
-    let cfg = &ctx.config;
-    if *ctx.shutdown.borrow() {
+    let cfg = &ctx.core.config;
+    if *ctx.core.shutdown.borrow() {
         return Err(SubmitError::ShuttingDown);
     }
     let (partner, group) = match (cfg.partner(&s.partner), cfg.group(&s.partner)) {
@@ -82,12 +81,10 @@ pub async fn submit(
     if let Some(from) = &chained_from {
         msg.push_str(&format!("; sent on by a transfer task of request {from}"));
     }
-    let rec = ctx.store.insert(rec, &msg)?;
-    ctx.store.flush().await?;
+    let rec = ctx.core.store.insert(rec, &msg)?;
+    ctx.core.store.flush().await?;
     tracing::info!(target: AUDIT, event = "submitted", request_id = %rec.id, partner = %rec.partner, direction = ?rec.direction, file = %rec.file_name);
-    if let Some(a) = ctx.actors() {
-        let _ = a.commander.cast(CommanderMsg::Wake);
-    }
+    ctx.actors.wake_commander();
     Ok(rec)
 }
 
@@ -95,11 +92,11 @@ pub async fn submit(
 /// recorded here, as requester, under the id that node chose. Asking
 /// again with the same id answers with the existing record.
 pub async fn accept_handover(
-    ctx: &NodeContext,
+    ctx: &Intake,
     h: crate::protocol::control::Handover,
     from: &str,
 ) -> Result<RequestRecord, SubmitError> {
-    if let Some(rec) = ctx.store.get(&h.id)? {
+    if let Some(rec) = ctx.core.store.get(&h.id)? {
         // Idempotent for the partner that handed it over; nobody else
         // learns anything of another's request this way.
         if rec.submitted_on.as_deref().is_some_and(|on| rules::handed_over_by(on) == from) {
@@ -110,13 +107,13 @@ pub async fn accept_handover(
     // A partner may make this node act only as the rules let that
     // partner act itself: the rule must allow the asker too (the named
     // partner is checked by `submit_as`).
-    let cfg = &ctx.config;
+    let cfg = &ctx.core.config;
     let rule = cfg.rule(&h.rule).ok_or_else(|| SubmitError::UnknownRule(h.rule.clone()))?;
     if !cfg.rule_allows(rule, from) {
         return Err(SubmitError::RuleNotAllowed { rule: h.rule, partner: from.to_owned() });
     }
     let limit = cfg.limits.handovers;
-    let open = ctx.store.open_handovers(from)?;
+    let open = ctx.core.store.open_handovers(from)?;
     if open >= limit {
         return Err(SubmitError::BadRequest(format!(
             "partner {from} already has {open} handed-over requests queued on node {} (limits.handovers = {limit})",
@@ -139,6 +136,6 @@ pub async fn accept_handover(
     let submitted_on = rules::handed_over_via(&h.submitted_on, from);
     let id = h.id.clone();
     let rec = submit(ctx, s, h.id, Some(submitted_on), None).await?;
-    ctx.store.note_handover(from, &id)?;
+    ctx.core.store.note_handover(from, &id)?;
     Ok(rec)
 }

@@ -5,14 +5,12 @@
 //! certificate; the session checks that its Authent agrees. The data path
 //! runs in the runner's own task.
 
-use std::sync::Arc;
-
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::channel_run::{self, ChannelRun, Command, Files};
-use super::context::NodeContext;
+use super::context::RunHandle;
 use crate::protocol::Session;
 use crate::transport::{FrameReader, FrameWriter};
 
@@ -21,7 +19,7 @@ pub enum ServerRunnerMsg {
 }
 
 pub struct ServerRunnerArgs {
-    pub ctx: Arc<NodeContext>,
+    pub ctx: RunHandle,
     pub partner: String,
     pub send: quinn::SendStream,
     pub recv: quinn::RecvStream,
@@ -52,8 +50,9 @@ impl Actor for ServerRunner {
         let span = tracing::info_span!("request", request_id = tracing::field::Empty, partner = %args.partner);
         let work = async move {
             let _counted = (args.guard, args.slot);
-            let session = Session::requested(&args.ctx.config.node_id, &args.partner, args.ctx.capabilities.clone());
-            let reader = FrameReader::with_limits(args.recv, channel_run::read_limits(&args.ctx));
+            let session =
+                Session::requested(&args.ctx.core.config.node_id, &args.partner, args.ctx.capabilities.clone());
+            let reader = FrameReader::with_limits(args.recv, channel_run::read_limits(&args.ctx.core));
             let run = ChannelRun::new(
                 args.ctx.clone(),
                 args.partner,

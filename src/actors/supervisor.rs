@@ -26,7 +26,7 @@ async fn start_commander(
     recover: bool,
     sup: &ActorRef<SupervisorMsg>,
 ) -> Result<ActorRef<CommanderMsg>, ActorProcessingErr> {
-    let args = CommanderArgs { ctx: ctx.clone(), connections, recover };
+    let args = CommanderArgs { ctx: ctx.commander_context(), connections, recover };
     Ok(Actor::spawn_linked(None, Commander, args, sup.get_cell()).await?.0)
 }
 
@@ -40,10 +40,11 @@ impl Actor for Supervisor {
         myself: ActorRef<Self::Msg>,
         ctx: Arc<NodeContext>,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let (connections, _) = Actor::spawn_linked(None, Connections, ctx.clone(), myself.get_cell()).await?;
+        let (connections, _) =
+            Actor::spawn_linked(None, Connections, ctx.connections_context(), myself.get_cell()).await?;
         let commander = start_commander(&ctx, connections.clone(), true, &myself).await?;
         let refs = ActorRefs { commander, connections };
-        ctx.set_actors(refs.clone());
+        ctx.actors.set(refs.clone());
         Ok(SupervisorState { ctx, refs })
     }
 
@@ -58,18 +59,18 @@ impl Actor for Supervisor {
             SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason.unwrap_or_else(|| "stopped".into())),
             _ => return Ok(()),
         };
-        if *state.ctx.shutdown.borrow() {
+        if state.ctx.core.shutting_down() {
             return Ok(());
         }
         if cell.get_id() == state.refs.connections.get_id() {
             tracing::error!(reason = %why, "Connections ended; starting it again");
             state.refs.connections =
-                Actor::spawn_linked(None, Connections, state.ctx.clone(), myself.get_cell()).await?.0;
+                Actor::spawn_linked(None, Connections, state.ctx.connections_context(), myself.get_cell()).await?.0;
         } else if cell.get_id() == state.refs.commander.get_id() {
             tracing::error!(reason = %why, "Commander ended; starting it again");
             state.refs.commander = start_commander(&state.ctx, state.refs.connections.clone(), false, &myself).await?;
         }
-        state.ctx.set_actors(state.refs.clone());
+        state.ctx.actors.set(state.refs.clone());
         Ok(())
     }
 }

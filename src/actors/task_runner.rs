@@ -20,7 +20,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::context::NodeContext;
+use super::context::{Core, Intake};
 use super::AUDIT;
 use crate::config::Rule;
 use crate::lifecycle;
@@ -62,14 +62,14 @@ pub fn current_task(rule: &Rule, rec: &RequestRecord) -> Option<String> {
 }
 
 /// Whether `rec`, in `ErrorTask`, has error tasks left to run.
-pub fn error_tasks_left(ctx: &NodeContext, rec: &RequestRecord) -> bool {
+pub fn error_tasks_left(ctx: &Core, rec: &RequestRecord) -> bool {
     ctx.config
         .rule(&rec.rule)
         .is_some_and(|rule| lifecycle::next_task(rec, side(rule, rec).error_tasks.len()).is_some())
 }
 
 /// How many error tasks this node's side of request `id` has.
-pub fn error_task_count(ctx: &NodeContext, id: &RequestId) -> usize {
+pub fn error_task_count(ctx: &Core, id: &RequestId) -> usize {
     let Ok(Some(rec)) = ctx.store.get(id) else { return 0 };
     ctx.config.rule(&rec.rule).map_or(0, |rule| side(rule, &rec).error_tasks.len())
 }
@@ -144,12 +144,12 @@ fn list_name(list: TaskList) -> &'static str {
 /// Runs the tasks of `list` still to run for request `id`, from the
 /// persisted cursor. The request must be in the list's step (the caller
 /// moved it there). `Err` is the failure to fail the request with.
-pub async fn run_tasks(ctx: &NodeContext, id: &RequestId, list: TaskList) -> Result<(), (ErrorCode, String)> {
+pub async fn run_tasks(ctx: &Intake, id: &RequestId, list: TaskList) -> Result<(), (ErrorCode, String)> {
     let internal = |e: crate::store::StoreError| (ErrorCode::Internal, format!("cannot record a task: {e}"));
     loop {
-        let rec = ctx.store.get(id).map_err(internal)?.ok_or((ErrorCode::Internal, "request vanished".into()))?;
-        let rule = ctx.config.rule(&rec.rule).ok_or_else(|| {
-            (ErrorCode::UnknownRule, format!("rule {:?} does not exist on node {}", rec.rule, ctx.config.node_id))
+        let rec = ctx.core.store.get(id).map_err(internal)?.ok_or((ErrorCode::Internal, "request vanished".into()))?;
+        let rule = ctx.core.config.rule(&rec.rule).ok_or_else(|| {
+            (ErrorCode::UnknownRule, format!("rule {:?} does not exist on node {}", rec.rule, ctx.core.config.node_id))
         })?;
         let step = match list {
             TaskList::Pre => Step::PreTask,
@@ -170,8 +170,8 @@ pub async fn run_tasks(ctx: &NodeContext, id: &RequestId, list: TaskList) -> Res
                 // Logged beside the first cause, which stays; the next
                 // error task still runs.
                 tracing::warn!(request_id = %id, error = %why, "an error task failed");
-                ctx.store.update(id, "", lifecycle::task_done).map_err(internal)?;
-                ctx.store.flush().await.map_err(internal)?;
+                ctx.core.store.update(id, "", lifecycle::task_done).map_err(internal)?;
+                ctx.core.store.flush().await.map_err(internal)?;
             }
             Err(why) => return Err(why),
         }
@@ -180,7 +180,7 @@ pub async fn run_tasks(ctx: &NodeContext, id: &RequestId, list: TaskList) -> Res
 
 /// Runs one task, logs it, and records the cursor past it on success.
 async fn run_one(
-    ctx: &NodeContext,
+    ctx: &Intake,
     rule: &Rule,
     rec: &RequestRecord,
     list: TaskList,
@@ -189,7 +189,7 @@ async fn run_one(
     task: &TaskConfig,
 ) -> Result<(), (ErrorCode, String)> {
     let internal = |e: crate::store::StoreError| (ErrorCode::Internal, format!("cannot record a task: {e}"));
-    let me = ctx.config.node_id.as_str();
+    let me = ctx.core.config.node_id.as_str();
     let file = file_path(rule, rec);
     let vars = vars(rule, rec, me, &file);
     let what = format!("{} {}/{count} ({})", list_name(list), index + 1, task.describe(&vars));
@@ -199,12 +199,12 @@ async fn run_one(
         Err(e) => Err(e),
         Ok(parsed) => {
             let env = TaskEnv { file: file.clone(), folders, vars, timeout: task.timeout(), now_ms: now_ms() };
-            let mut shutdown = ctx.shutdown.clone();
+            let mut shutdown = ctx.core.shutdown.clone();
             tokio::select! {
                 r = run::run(&parsed, &env) => r,
                 _ = shutdown.wait_for(|s| *s) => {
                     let msg = format!("node {me} is shutting down during {what}; it runs again when the request resumes");
-                    ctx.store.log(&rec.id, &msg).map_err(internal)?;
+                    ctx.core.store.log(&rec.id, &msg).map_err(internal)?;
                     return Err((ErrorCode::Shutdown, msg));
                 }
             }
@@ -215,7 +215,7 @@ async fn run_one(
         Ok(o) => o,
         Err(why) => {
             let line = format!("{what}: failed after {took} ms: {why}");
-            ctx.store.log(&rec.id, &line).map_err(internal)?;
+            ctx.core.store.log(&rec.id, &line).map_err(internal)?;
             return Err((ErrorCode::TaskFailed, format!("{what} failed: {why}")));
         }
     };
@@ -229,14 +229,15 @@ async fn run_one(
             match chained {
                 Ok(line) => detail = line,
                 Err(why) => {
-                    ctx.store.log(&rec.id, &format!("{what}: failed after {took} ms: {why}")).map_err(internal)?;
+                    ctx.core.store.log(&rec.id, &format!("{what}: failed after {took} ms: {why}")).map_err(internal)?;
                     return Err((ErrorCode::TaskFailed, format!("{what} failed: {why}")));
                 }
             }
         }
         Effect::Reschedule { at, limit } => {
             let refused = std::cell::RefCell::new(None);
-            ctx.store
+            ctx.core
+                .store
                 .update(&rec.id, "", |r| {
                     let mut next = r.clone();
                     match lifecycle::reschedule(&mut next, *at, *limit) {
@@ -246,7 +247,7 @@ async fn run_one(
                 })
                 .map_err(internal)?;
             if let Some(why) = refused.into_inner() {
-                ctx.store.log(&rec.id, &format!("{what}: not rescheduled: {why}")).map_err(internal)?;
+                ctx.core.store.log(&rec.id, &format!("{what}: not rescheduled: {why}")).map_err(internal)?;
                 return Err((ErrorCode::TaskFailed, format!("{what}: {why}")));
             }
             detail = format!("{detail}; the request runs again then, from the step that failed");
@@ -259,14 +260,15 @@ async fn run_one(
     if let (true, Some(to)) = (rec.is_sender() && list == TaskList::Pre, &moved_to) {
         if to.parent() != Some(rule.send_dir.as_path()) {
             let why = format!("a sender's pre-task must leave the file in the send folder {}", rule.send_dir.display());
-            ctx.store.log(&rec.id, &format!("{what}: failed after {took} ms: {why}")).map_err(internal)?;
+            ctx.core.store.log(&rec.id, &format!("{what}: failed after {took} ms: {why}")).map_err(internal)?;
             return Err((ErrorCode::TaskFailed, format!("{what} failed: {why}")));
         }
     }
     let line =
         format!("{what}: ok in {took} ms{}", if detail.is_empty() { String::new() } else { format!(": {detail}") });
     let sender_pre = rec.is_sender() && list == TaskList::Pre;
-    ctx.store
+    ctx.core
+        .store
         .update(&rec.id, &line, |r| {
             if r.step == Step::ErrorTask || r.step == rec.step {
                 lifecycle::task_done(r);
@@ -285,7 +287,7 @@ async fn run_one(
             }
         })
         .map_err(internal)?;
-    ctx.store.flush().await.map_err(internal)?;
+    ctx.core.store.flush().await.map_err(internal)?;
     Ok(())
 }
 
@@ -307,7 +309,7 @@ fn kind(t: &TaskConfig) -> Task {
 /// derived from this request and task (found again, not submitted twice,
 /// when the task runs again), and links both records.
 async fn submit_chained(
-    ctx: &NodeContext,
+    ctx: &Intake,
     rec: &RequestRecord,
     file: &Path,
     partner: &str,
@@ -323,11 +325,11 @@ async fn submit_chained(
     let id = lifecycle::chained_id(&rec.id, step, index);
     let rule = rule.unwrap_or(&rec.rule).to_owned();
     let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let existing = ctx.store.get(&id).map_err(|e| e.to_string())?;
+    let existing = ctx.core.store.get(&id).map_err(|e| e.to_string())?;
     let chained = match existing {
         Some(r) => r,
         None => {
-            let send_dir = ctx.config.rule(&rule).map(|r| r.send_dir.clone());
+            let send_dir = ctx.core.config.rule(&rule).map(|r| r.send_dir.clone());
             if send_dir.as_deref() != file.parent() {
                 return Err(format!(
                     "the file is in {}, not in the send folder of rule {rule:?}; move it there first",
@@ -353,7 +355,8 @@ async fn submit_chained(
     if !rec.chained_to.contains(&chained.id) {
         let line = format!("request {} sends {name} on to {partner}", chained.id);
         let cid = chained.id.clone();
-        ctx.store
+        ctx.core
+            .store
             .update(&rec.id, &line, |r| {
                 if !r.chained_to.contains(&cid) {
                     r.chained_to.push(cid.clone());
@@ -366,8 +369,8 @@ async fn submit_chained(
 
 /// Runs the error tasks of a request that ended `InError` with some left
 /// to run; a failing one is logged, the request keeps its first cause.
-pub async fn run_error_tasks(ctx: &NodeContext, id: &RequestId) {
-    let Ok(Some(rec)) = ctx.store.get(id) else { return };
+pub async fn run_error_tasks(ctx: &Intake, id: &RequestId) {
+    let Ok(Some(rec)) = ctx.core.store.get(id) else { return };
     if rec.step != Step::ErrorTask {
         return;
     }
