@@ -19,8 +19,10 @@
 //! - [`task_runner`]: walks a rule's task list for a request, persisting
 //!   the cursor after each task.
 //! - [`intake`]: checks and records a submission and queues it.
-//! - [`context`]: what they all share ([`context::NodeContext`]); the node
-//!   builds it, so nothing here imports the node.
+//! - [`context`]: the narrow handles each actor is given ([`context::Core`],
+//!   [`context::Intake`], [`context::RunHandle`]) and the node's parts they
+//!   are made from ([`context::NodeContext`]); the node builds them, so
+//!   nothing here imports the node.
 //!
 //! Mailboxes carry control only (wake, cancel, supervision); file blocks
 //! never pass through them.
