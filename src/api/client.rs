@@ -1,7 +1,7 @@
 //! A small client for a node's REST API, used by the command line and tests.
 //!
 //! It speaks plain HTTP/1.1 (hyper's pooled legacy client) to one node and
-//! decodes the views of [`super::view`]. A server-side failure comes back as
+//! decodes the views of [`crate::model::view`]. A server-side failure comes back as
 //! [`ClientError::Api`] with the server's code and message; a node that does
 //! not answer at all as [`ClientError::Unreachable`].
 

@@ -35,7 +35,7 @@ pub const MAX_EXTERNAL_JOB_ID: usize = 256;
 /// Submitted to the node that takes part in it, `partner` names the other
 /// node (id, alias or group). Submitted anywhere in the cluster, `source`
 /// and `target` name the node that has the file and the node that gets it
-/// (see [`NodeHandle::submit_anywhere`]).
+/// (see [`NodeHandle::submit_anywhere`](crate::node::NodeHandle::submit_anywhere)).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Submit {

@@ -1,4 +1,4 @@
-//! The JSON shapes the REST API speaks, shared by the server and [`super::client`].
+//! The JSON shapes the REST API speaks, shared by the server and [`crate::api::client`].
 //!
 //! Views are plain data derived from the store's records: the server builds
 //! them, the client decodes them. Enums keep their Rust names on the wire
