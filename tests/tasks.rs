@@ -35,6 +35,32 @@ fn runs(file: &Path) -> usize {
     std::fs::read_to_string(file).map(|t| t.lines().count()).unwrap_or(0)
 }
 
+/// Polls (bounded) `node`'s record of `id` until `done` holds; returns the
+/// last record read either way (the caller's assertions say what was due).
+async fn record_when(
+    node: &ferry::node::Node,
+    id: &ferry::protocol::RequestId,
+    done: impl Fn(&ferry::store::RequestRecord) -> bool,
+) -> ferry::store::RequestRecord {
+    let deadline = std::time::Instant::now() + WITHIN;
+    loop {
+        let r = node.handle().store().get(id).expect("read").expect("record");
+        if done(&r) || std::time::Instant::now() > deadline {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits (bounded) until `file` holds at least `n` runs.
+async fn runs_reach(file: &Path, n: usize) {
+    let deadline = std::time::Instant::now() + WITHIN;
+    while runs(file) < n {
+        assert!(std::time::Instant::now() < deadline, "{} never reached {n} runs", file.display());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 fn lines_starting(log: &[LogEntry], prefix: &str) -> usize {
     log.iter().filter(|l| l.message.starts_with(prefix)).count()
 }
@@ -235,14 +261,7 @@ async fn error_tasks_see_the_cause_and_a_failing_one_keeps_the_first_cause() {
     assert_eq!(wait_final(&a.handle(), &rec.id, WITHIN).await.status, Status::InError);
     wait_record(&b.handle(), &rec.id, Status::InError, WITHIN).await;
     // Error tasks run after the failure is recorded: wait for the last one.
-    let deadline = std::time::Instant::now() + WITHIN;
-    let theirs = loop {
-        let r = b.handle().store().get(&rec.id).expect("read").expect("record");
-        if r.error_task_index == 3 || std::time::Instant::now() > deadline {
-            break r;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let theirs = record_when(&b, &rec.id, |r| r.error_task_index == 3).await;
     assert_eq!((theirs.step, theirs.failed_step, theirs.error_task_index), (Step::ErrorTask, Some(Step::PostTask), 3));
     let err = theirs.error.expect("cause");
     assert_eq!(err.code, ErrorCode::TaskFailed, "the first cause stays: {err:?}");
@@ -330,14 +349,7 @@ async fn a_reschedule_error_task_runs_the_request_again_later() {
     let b = layout.start("b").await;
     write_random(&layout.out_dir("a").join("later.bin"), 4000);
     let rec = a.handle().submit(submit(Direction::Push, "b", "later.bin")).await.expect("submitted");
-    let deadline = std::time::Instant::now() + WITHIN;
-    let done = loop {
-        let r = a.handle().store().get(&rec.id).expect("read").expect("record");
-        if r.status == Status::Done || std::time::Instant::now() > deadline {
-            break r;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let done = record_when(&a, &rec.id, |r| r.status == Status::Done).await;
     assert_eq!(done.status, Status::Done, "{:?}\n{}", done.error, show(&log_of(&a, &rec.id)));
     assert_eq!(done.reschedules, 1);
     assert!(lines_with(&log_of(&a, &rec.id), "as rescheduled").len() == 1, "{}", show(&log_of(&a, &rec.id)));
@@ -481,20 +493,9 @@ async fn a_stop_during_a_task_abandons_it_and_a_restart_runs_it_again() {
     let b = layout.start("b").await;
     write_random(&layout.out_dir("a").join("slow.bin"), 50_000);
     let rec = a.handle().submit(submit(Direction::Push, "b", "slow.bin")).await.expect("submitted");
-    let deadline = std::time::Instant::now() + WITHIN;
-    while runs(&started) < 1 {
-        assert!(std::time::Instant::now() < deadline, "the task never started");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    runs_reach(&started, 1).await;
     a.handle().stop(&rec.id).await.expect("stop accepted");
-    let deadline = std::time::Instant::now() + WITHIN;
-    let stopped = loop {
-        let r = a.handle().store().get(&rec.id).expect("read").expect("record");
-        if r.status == Status::Interrupted || std::time::Instant::now() > deadline {
-            break r;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let stopped = record_when(&a, &rec.id, |r| r.status == Status::Interrupted).await;
     assert_eq!(stopped.error.as_ref().map(|e| e.code), Some(ErrorCode::Stopped), "{:?}", stopped.error);
     assert_eq!((stopped.step, stopped.task_index), (Step::PostTask, 0), "stopped at the task");
     assert_eq!(runs(&finished), 0, "the program was killed, not waited for");

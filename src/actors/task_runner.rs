@@ -253,7 +253,8 @@ async fn run_one(
             detail = format!("{detail}; the request runs again then, from the step that failed");
         }
     }
-    if let (Task::Log, Some(message)) = (kind(task), Some(&outcome.detail)) {
+    if task.kind == "log" {
+        let message = &outcome.detail;
         tracing::info!(target: AUDIT, event = "task_log", request_id = %rec.id, partner = %rec.partner, message = %message);
     }
     // A sender's file must stay where it is sent from: in the send folder.
@@ -289,20 +290,6 @@ async fn run_one(
         .map_err(internal)?;
     ctx.core.store.flush().await.map_err(internal)?;
     Ok(())
-}
-
-#[derive(PartialEq)]
-enum Task {
-    Log,
-    Other,
-}
-
-fn kind(t: &TaskConfig) -> Task {
-    if t.kind == "log" {
-        Task::Log
-    } else {
-        Task::Other
-    }
 }
 
 /// A `transfer` task: submits a push of the file to `partner` under the id
