@@ -651,10 +651,10 @@ impl Node {
         // the context: wait, bounded, for runner tasks still finishing.
         drop(self.handle);
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-        // Every part holds the node's `Core` (config, store) through its
-        // handles, not the context itself: count the holders of the core
-        // beyond the context's own.
-        let holders = || (Arc::strong_count(&ctx) - 1) + ctx.core_holders();
+        // Every part holds the node through its handles (the core, the run
+        // handle), not the context itself: count those beyond the
+        // context's own.
+        let holders = || (Arc::strong_count(&ctx) - 1) + ctx.holders();
         while holders() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

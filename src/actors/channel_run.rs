@@ -917,8 +917,11 @@ impl ChannelRun {
         let final_path = self.final_path().ok_or((ErrorCode::Internal, "no file name".to_string()))?;
         // An append starts from the target's length now, recorded with the
         // rest before the target is touched.
-        let rec = self.record_snapshot()?;
-        let append_base = match target_mode(&self.ctx.core, &rec) {
+        let mode = match self.session.request() {
+            Some(req) => target_mode_of(&self.ctx.core, &req.rule, req.options.target_mode),
+            None => TargetMode::default(),
+        };
+        let append_base = match mode {
             TargetMode::Append => Some(std::fs::metadata(&final_path).map_or(0, |m| m.len())),
             _ => None,
         };
@@ -929,8 +932,14 @@ impl ChannelRun {
             r.append_base = append_base;
         });
         self.ctx.core.store.flush().await.map_err(|e| (ErrorCode::Internal, e.to_string()))?;
-        let rec = self.record_snapshot()?;
-        let how = delivery_for(&self.ctx.core, &rec, &final_path);
+        let how = match mode {
+            TargetMode::Replace => receive::Delivery::Replace,
+            TargetMode::Create => receive::Delivery::Create,
+            // These need the record: its variables, its recorded base.
+            TargetMode::Append | TargetMode::Backup => {
+                delivery_for(&self.ctx.core, &self.record_snapshot()?, &final_path)
+            }
+        };
         let work = receive::work_path(&dir, &id);
         let target = final_path.clone();
         let line = crate::determinism::blocking(move || receive::deliver_as(&work, &target, &how))
@@ -1023,8 +1032,15 @@ impl ChannelRun {
         if self.superseded.load(Ordering::Relaxed) {
             return Err((ErrorCode::Connection, "superseded by a newer attempt of the request".into()));
         }
+        // Most rules have no post-tasks: decided without reading the record.
+        let Some(rule) = self.session.request().and_then(|req| self.ctx.core.config.rule(&req.rule)) else {
+            return Ok(());
+        };
+        let side = if self.session.is_sender() == Some(true) { &rule.sender } else { &rule.receiver };
+        if side.post_tasks.is_empty() {
+            return Ok(());
+        }
         let rec = self.record_snapshot()?;
-        let Some(rule) = self.ctx.core.config.rule(&rec.rule) else { return Ok(()) };
         let tasks = task_runner::side(rule, &rec).post_tasks.len();
         let all_ran =
             rec.step == Step::AllDone || (rec.step == Step::PostTask && lifecycle::next_task(&rec, tasks).is_none());

@@ -52,9 +52,26 @@ use crate::transport::{self, control, TransportError};
 
 /// What Connections needs: the node's core, its endpoint, the availability
 /// table it keeps, the actors it wakes, and what the ServerRunners and the
-/// control plane it starts need.
+/// control plane it starts need. Cloned for every stream, so one `Arc`.
 #[derive(Clone)]
-pub struct ConnectionsContext {
+pub struct ConnectionsContext(Arc<ConnectionsParts>);
+
+impl std::ops::Deref for ConnectionsContext {
+    type Target = ConnectionsParts;
+
+    fn deref(&self) -> &ConnectionsParts {
+        &self.0
+    }
+}
+
+impl ConnectionsContext {
+    pub fn new(parts: ConnectionsParts) -> ConnectionsContext {
+        ConnectionsContext(Arc::new(parts))
+    }
+}
+
+/// The parts of a [`ConnectionsContext`].
+pub struct ConnectionsParts {
     pub core: Core,
     pub endpoint: quinn::Endpoint,
     pub availability: Arc<Availability>,

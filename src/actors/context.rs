@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use super::availability::Availability;
 use super::channel_run::ServingRun;
 use super::commander::{CommanderContext, CommanderMsg};
-use super::connections::{ConnectionsContext, ConnectionsMsg};
+use super::connections::{ConnectionsContext, ConnectionsMsg, ConnectionsParts};
 use super::partner_budget::PartnerBudgets;
 use crate::config::NodeConfig;
 use crate::protocol::{Capabilities, RequestId};
@@ -86,8 +86,20 @@ pub struct Intake {
 }
 
 /// What one request's run needs: its runner, its channel loop, its tasks.
+/// Cloned for every request, so one `Arc` (read through `Deref`).
 #[derive(Clone)]
-pub struct RunHandle {
+pub struct RunHandle(Arc<RunParts>);
+
+impl std::ops::Deref for RunHandle {
+    type Target = RunParts;
+
+    fn deref(&self) -> &RunParts {
+        &self.0
+    }
+}
+
+/// The parts of a [`RunHandle`].
+pub struct RunParts {
     pub core: Core,
     pub capabilities: Capabilities,
     /// What each partner may still cost this node.
@@ -118,10 +130,13 @@ pub struct NodeContext {
 }
 
 impl NodeContext {
-    /// Handles of the node's core held outside this context: the actors,
-    /// runners and tasks still alive (0 once every one of them ended).
-    pub fn core_holders(&self) -> usize {
-        Arc::strong_count(&self.core.config).saturating_sub(self.own_core_refs)
+    /// Handles of the node held outside this context — of its core, or of
+    /// the run handle every runner shares: the actors, runners and tasks
+    /// still alive (0 once every one of them ended).
+    pub fn holders(&self) -> usize {
+        let core = Arc::strong_count(&self.core.config).saturating_sub(self.own_core_refs);
+        let runs = Arc::strong_count(&self.run.0).saturating_sub(1);
+        core + runs
     }
 
     /// The parts of a node starting with this config, store and endpoint
@@ -137,14 +152,14 @@ impl NodeContext {
         let availability = Arc::new(Availability::default());
         let actors = Actors::default();
         let intake = Intake { core: core.clone(), availability: availability.clone(), actors: actors.clone() };
-        let run = RunHandle {
+        let run = RunHandle(Arc::new(RunParts {
             core: core.clone(),
             capabilities: Capabilities::default(),
             budgets,
             serving: Default::default(),
             open_channels: Arc::new(AtomicUsize::new(0)),
             intake: intake.clone(),
-        };
+        }));
         let own_core_refs = Arc::strong_count(&core.config);
         NodeContext {
             core,
@@ -170,12 +185,12 @@ impl NodeContext {
 
     /// Connections' handles (also what the accept loop admits with).
     pub fn connections_context(&self) -> ConnectionsContext {
-        ConnectionsContext {
+        ConnectionsContext::new(ConnectionsParts {
             core: self.core.clone(),
             endpoint: self.endpoint.clone(),
             availability: self.availability.clone(),
             actors: self.actors.clone(),
             run: self.run.clone(),
-        }
+        })
     }
 }
