@@ -198,7 +198,8 @@ async fn run_one(
     let result = match task.parse(list, &folders) {
         Err(e) => Err(e),
         Ok(parsed) => {
-            let env = TaskEnv { file: file.clone(), folders, vars, timeout: task.timeout(), now_ms: now_ms() };
+            let scratch = format!(".ferry-task-{}-{}-{index}", rec.id, list.key());
+            let env = TaskEnv { file: file.clone(), folders, vars, timeout: task.timeout(), now_ms: now_ms(), scratch };
             let mut shutdown = ctx.core.shutdown.clone();
             tokio::select! {
                 r = run::run(&parsed, &env) => r,

@@ -33,6 +33,10 @@ pub struct TaskEnv {
     pub timeout: Duration,
     /// Unix milliseconds now (for `reschedule`).
     pub now_ms: u64,
+    /// The name of this task's temporary file (`copy`, `checksum`), the
+    /// same each time the task runs, so a run killed mid-write leaves
+    /// nothing the next run does not overwrite and rename away.
+    pub scratch: String,
 }
 
 /// What the runner must do after a task succeeded, besides moving on.
@@ -126,12 +130,12 @@ fn file_task(task: &Task, env: &TaskEnv) -> Result<Outcome, String> {
                 return Err(format!("rename: {to:?} is not a file name"));
             }
             let dest = confine(&file.with_file_name(&to), &env.folders)?;
-            move_file(file, &dest)
+            move_file(file, &dest, &env.scratch)
         }
-        Task::Move { to } => move_file(file, &target(to, true)?),
+        Task::Move { to } => move_file(file, &target(to, true)?, &env.scratch),
         Task::Copy { to } => {
             let dest = target(to, true)?;
-            copy_file(file, &dest)?;
+            copy_file(file, &dest, &env.scratch)?;
             Ok(Outcome::done(format!("copied to {}", dest.display())))
         }
         Task::Delete => match std::fs::remove_file(file) {
@@ -157,7 +161,7 @@ fn file_task(task: &Task, env: &TaskEnv) -> Result<Outcome, String> {
             let name = file.file_name().unwrap_or_default().to_string_lossy().into_owned();
             let sidecar = confine(&file.with_file_name(format!("{name}.b3")), &env.folders)?;
             // The format `b3sum` writes and `b3sum --check` reads.
-            write_atomically(&sidecar, format!("{digest}  {name}\n").as_bytes())?;
+            write_atomically(&sidecar, format!("{digest}  {name}\n").as_bytes(), &env.scratch)?;
             Ok(Outcome::done(format!("BLAKE3 {digest} written to {}", sidecar.display())))
         }
         Task::ChecksumCheck { expect } => {
@@ -209,7 +213,7 @@ fn sync_dir(dir: &Path) -> Result<(), String> {
 
 /// Moves (renames) `from` to `to`, across file systems by copy and remove.
 /// Done already if `from` is gone and `to` exists.
-fn move_file(from: &Path, to: &Path) -> Result<Outcome, String> {
+fn move_file(from: &Path, to: &Path, scratch: &str) -> Result<Outcome, String> {
     let moved = Outcome { effect: Effect::FileMoved(to.to_path_buf()), detail: format!("now {}", to.display()) };
     if from == to {
         return Ok(moved);
@@ -220,7 +224,7 @@ fn move_file(from: &Path, to: &Path) -> Result<Outcome, String> {
     match std::fs::rename(from, to) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-            copy_file(from, to)?;
+            copy_file(from, to, scratch)?;
             std::fs::remove_file(from).map_err(|e| format!("cannot remove {}: {e}", from.display()))?;
         }
         Err(e) => return Err(format!("cannot move {} to {}: {e}", from.display(), to.display())),
@@ -231,30 +235,31 @@ fn move_file(from: &Path, to: &Path) -> Result<Outcome, String> {
     Ok(moved)
 }
 
-/// Copies through a temporary file renamed into place: a reader sees the
-/// old target or the whole copy, and running it twice gives the same copy.
-fn copy_file(from: &Path, to: &Path) -> Result<(), String> {
-    let dir = to.parent().unwrap_or(Path::new("/"));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".ferry-copy-")
-        .tempfile_in(dir)
-        .map_err(|e| format!("cannot create a file in {}: {e}", dir.display()))?;
+/// Copies through a temporary file (`scratch`, in the target's folder)
+/// renamed into place: a reader sees the old target or the whole copy, and
+/// running it twice, or again after a kill, gives the same copy.
+fn copy_file(from: &Path, to: &Path, scratch: &str) -> Result<(), String> {
     let mut src = std::fs::File::open(from).map_err(|e| format!("cannot read {}: {e}", from.display()))?;
-    std::io::copy(&mut src, tmp.as_file_mut()).map_err(|e| format!("cannot copy {}: {e}", from.display()))?;
-    tmp.as_file().sync_all().map_err(|e| format!("cannot fsync the copy: {e}"))?;
-    tmp.persist(to).map_err(|e| format!("cannot rename the copy to {}: {e}", to.display()))?;
-    sync_dir(dir)
+    write_through(to, scratch, |out| std::io::copy(&mut src, out).map(|_| ()))
 }
 
-fn write_atomically(to: &Path, bytes: &[u8]) -> Result<(), String> {
+fn write_atomically(to: &Path, bytes: &[u8], scratch: &str) -> Result<(), String> {
     use std::io::Write;
+    write_through(to, scratch, |out| out.write_all(bytes))
+}
+
+/// Writes `to` through `scratch` in its folder: write, fsync, rename,
+/// fsync the folder.
+fn write_through(
+    to: &Path,
+    scratch: &str,
+    write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> Result<(), String> {
     let dir = to.parent().unwrap_or(Path::new("/"));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".ferry-copy-")
-        .tempfile_in(dir)
-        .map_err(|e| format!("cannot create a file in {}: {e}", dir.display()))?;
-    tmp.write_all(bytes).and_then(|_| tmp.as_file().sync_all()).map_err(|e| format!("cannot write: {e}"))?;
-    tmp.persist(to).map_err(|e| format!("cannot write {}: {e}", to.display()))?;
+    let tmp = dir.join(scratch);
+    let mut out = std::fs::File::create(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+    write(&mut out).and_then(|_| out.sync_all()).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, to).map_err(|e| format!("cannot rename {} to {}: {e}", tmp.display(), to.display()))?;
     sync_dir(dir)
 }
 

@@ -81,6 +81,7 @@ fn env(dir: &std::path::Path, file: &str) -> TaskEnv {
         vars,
         timeout: Duration::from_secs(10),
         now_ms: 1_000,
+        scratch: ".ferry-task-test".into(),
     }
 }
 
@@ -266,4 +267,20 @@ async fn an_abandoned_exec_takes_its_whole_process_group_with_it() {
         assert!(std::time::Instant::now() < deadline, "the grandchild {pid} outlived the abandoned task");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test]
+async fn a_copy_killed_mid_write_leaves_nothing_the_next_run_does_not_clear() {
+    let (dir, e) = setup("f.csv", b"all of it");
+    // What a run killed mid-write left: its scratch file, half written.
+    let archive = dir.path().join("archive");
+    std::fs::write(archive.join(&e.scratch), b"all").expect("leftover");
+    let t = task(TaskConfig { to: Some(format!("{}/", archive.display())), ..cfg("copy") });
+    run(&t, &e).await.expect("copied");
+    assert_eq!(std::fs::read(archive.join("f.csv")).expect("copy"), b"all of it");
+    let names: Vec<String> = std::fs::read_dir(&archive)
+        .expect("archive")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into())
+        .collect();
+    assert_eq!(names, vec!["f.csv".to_string()], "no scratch file left");
 }
