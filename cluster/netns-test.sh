@@ -178,7 +178,9 @@ in_ns() {
     shift
     ip netns exec "$(ns "$n")" "$@"
 }
-api_url() { echo "http://${IP[$1]}:$API_PORT"; }
+api_url() { echo "https://${IP[$1]}:$API_PORT"; }
+# The node's first admin token (it writes it to its data folder at start).
+token_file() { echo "$WORK/$1/data/admin.token"; }
 
 # cli NODE SUBCOMMAND ARGS...: the ferry CLI against NODE's API, inside NODE's
 # namespace, for at most $CLI_TIMEOUT seconds (60). --foreground keeps it in
@@ -186,14 +188,16 @@ api_url() { echo "http://${IP[$1]}:$API_PORT"; }
 cli() {
     local n=$1 sub=$2
     shift 2
-    in_ns "$n" timeout --foreground "${CLI_TIMEOUT:-60}" "$BIN" "$sub" --api "$(api_url "$n")" "$@"
+    in_ns "$n" timeout --foreground "${CLI_TIMEOUT:-60}" "$BIN" "$sub" --api "$(api_url "$n")" \
+        --ca "$WORK/certs/ca.pem" --token-file "$(token_file "$n")" "$@"
 }
 
 # api NODE METHOD PATH [JSON]: one REST call; prints the body (also of an
 # error answer) and fails on an HTTP error.
 api() {
     local n=$1 method=$2 path=$3
-    local args=(-sS --max-time 5 --fail-with-body -X "$method")
+    local args=(-sS --max-time 5 --fail-with-body -X "$method" --cacert "$WORK/certs/ca.pem")
+    args+=(-H "authorization: Bearer $(cat "$(token_file "$n")" 2>/dev/null)")
     [[ $# -ge 4 ]] && args+=(-H 'content-type: application/json' -d "$4")
     in_ns "$n" curl "${args[@]}" "$(api_url "$n")$path"
 }
@@ -310,7 +314,10 @@ conntrack_flush() { in_ns "$1" conntrack -F >/dev/null 2>&1 || true; }
 
 setup_nodes() {
     echo "== certificates and configs in $WORK"
-    "$BIN" certs init --dir "$WORK/certs" --nodes a,b,c >/dev/null
+    # Each certificate carries its node's address: the API is HTTPS there.
+    "$BIN" certs init --dir "$WORK/certs" --nodes a --ip "${IP[a]}" >/dev/null
+    "$BIN" certs add --dir "$WORK/certs" b --ip "${IP[b]}" >/dev/null
+    "$BIN" certs add --dir "$WORK/certs" c --ip "${IP[c]}" >/dev/null
     local n
     for n in "${NODES[@]}"; do
         mkdir -p "$WORK/$n/data" "$WORK/$n/out" "$WORK/$n/in"

@@ -51,8 +51,38 @@ pub const MAX_NODE_ID_LEN: usize = 63;
 /// no longer matches existing CAs; the post-issue chain check would catch it.
 const CA_COMMON_NAME_PREFIX: &str = "ferry cluster CA";
 
-/// Ten years, counting two leap days.
-const VALIDITY: Duration = Duration::from_secs((10 * 365 + 2) * 24 * 60 * 60);
+/// The CA's validity: ten years, counting two leap days.
+const CA_VALIDITY: Duration = Duration::from_secs((10 * 365 + 2) * 24 * 60 * 60);
+
+/// A node certificate's validity unless told otherwise: one year.
+pub const DEFAULT_NODE_VALIDITY_DAYS: u32 = 365;
+
+/// How node certificates are issued.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IssueOptions {
+    /// Days from now until the certificate expires.
+    pub validity_days: u32,
+    /// IP addresses the node's REST API is reached at, written as IP
+    /// subjectAltNames so an HTTPS client can verify `https://IP:port`.
+    /// (The node id stays the certificate's only DNS name.)
+    pub ips: Vec<std::net::IpAddr>,
+}
+
+impl Default for IssueOptions {
+    fn default() -> Self {
+        IssueOptions { validity_days: DEFAULT_NODE_VALIDITY_DAYS, ips: vec![] }
+    }
+}
+
+impl IssueOptions {
+    /// The options for a cluster on this machine: the API on loopback.
+    pub fn loopback() -> IssueOptions {
+        IssueOptions {
+            ips: vec![std::net::Ipv4Addr::LOCALHOST.into(), std::net::Ipv6Addr::LOCALHOST.into()],
+            ..Default::default()
+        }
+    }
+}
 
 /// Nodes' clocks are not perfectly in sync; a certificate that is "not yet
 /// valid" on a peer a few seconds behind would fail the handshake right after
@@ -187,6 +217,11 @@ pub fn validate_node_id(id: &str) -> Result<(), CertError> {
 /// Refuses, before writing anything, if a CA already exists in `dir`, if any
 /// node id is invalid or repeated, or if any node's files already exist.
 pub fn init(dir: &Path, nodes: &[String]) -> Result<(), CertError> {
+    init_with(dir, nodes, &IssueOptions::default())
+}
+
+/// [`init`] with the node certificates issued per `options`.
+pub fn init_with(dir: &Path, nodes: &[String], options: &IssueOptions) -> Result<(), CertError> {
     let mut seen = HashSet::new();
     for node in nodes {
         validate_node_id(node)?;
@@ -213,7 +248,7 @@ pub fn init(dir: &Path, nodes: &[String]) -> Result<(), CertError> {
     write_new(&dir.join(CA_CERT_FILE), ca.pem(), CERT_MODE)?;
 
     for node in nodes {
-        issue_node(dir, node, &ca)?;
+        issue_node(dir, node, &ca, options)?;
     }
     Ok(())
 }
@@ -223,6 +258,11 @@ pub fn init(dir: &Path, nodes: &[String]) -> Result<(), CertError> {
 /// Refuses if the node id is invalid, if the node's files already exist, or if
 /// the CA in `dir` is missing or was not made by [`init`].
 pub fn add(dir: &Path, node: &str) -> Result<(), CertError> {
+    add_with(dir, node, &IssueOptions::default())
+}
+
+/// [`add`] with the certificate issued per `options`.
+pub fn add_with(dir: &Path, node: &str, options: &IssueOptions) -> Result<(), CertError> {
     validate_node_id(node)?;
     let ca_cert_path = dir.join(CA_CERT_FILE);
     let ca_key_path = dir.join(CA_KEY_FILE);
@@ -245,7 +285,7 @@ pub fn add(dir: &Path, node: &str) -> Result<(), CertError> {
     // The issuer was rebuilt rather than parsed from ca.pem, so prove the
     // result chains to the real ca.pem before writing anything: this catches a
     // ca.key that does not belong to ca.pem, or a CA not made by `init`.
-    let (cert_pem, key_pem, cert_der) = make_node_cert(node, &issuer)?;
+    let (cert_pem, key_pem, cert_der) = make_node_cert(node, &issuer, options)?;
     tls::verify_node_certificate(&ca_cert, &[cert_der], node)
         .map_err(|e| unusable(format!("a certificate issued with ca.key does not verify against ca.pem ({e})")))?;
 
@@ -270,14 +310,14 @@ fn ca_params(key: &KeyPair) -> CertificateParams {
     // Path length 0: the CA signs node certs directly, never sub-CAs.
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-    set_validity(&mut params);
+    set_validity(&mut params, CA_VALIDITY);
     params
 }
 
-fn set_validity(params: &mut CertificateParams) {
+fn set_validity(params: &mut CertificateParams, validity: Duration) {
     let now = SystemTime::now();
     params.not_before = now.checked_sub(BACKDATE).unwrap_or(now).into();
-    params.not_after = (now + VALIDITY).into();
+    params.not_after = (now + validity).into();
 }
 
 /// Generate a node key and a certificate for it signed by `issuer`.
@@ -285,6 +325,7 @@ fn set_validity(params: &mut CertificateParams) {
 fn make_node_cert(
     node: &str,
     issuer: &Issuer<'_, KeyPair>,
+    options: &IssueOptions,
 ) -> Result<(String, String, CertificateDer<'static>), CertError> {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
@@ -293,19 +334,20 @@ fn make_node_cert(
     // Built explicitly rather than via `CertificateParams::new`, which would
     // turn anything that parses as an IP address into an IP SAN.
     params.subject_alt_names = vec![SanType::DnsName(node.try_into()?)];
+    params.subject_alt_names.extend(options.ips.iter().map(|ip| SanType::IpAddress(*ip)));
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     params.use_authority_key_identifier_extension = true;
-    set_validity(&mut params);
+    set_validity(&mut params, Duration::from_secs(u64::from(options.validity_days.max(1)) * 24 * 60 * 60));
 
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, issuer)?;
     Ok((cert.pem(), key.serialize_pem(), cert.der().clone()))
 }
 
-fn issue_node(dir: &Path, node: &str, issuer: &Issuer<'_, KeyPair>) -> Result<(), CertError> {
-    let (cert_pem, key_pem, _) = make_node_cert(node, issuer)?;
+fn issue_node(dir: &Path, node: &str, issuer: &Issuer<'_, KeyPair>, options: &IssueOptions) -> Result<(), CertError> {
+    let (cert_pem, key_pem, _) = make_node_cert(node, issuer, options)?;
     write_node(dir, node, &cert_pem, &key_pem)
 }
 

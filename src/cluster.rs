@@ -60,7 +60,11 @@ impl LocalLayout {
     pub fn create(root: &Path, ids: &[&str]) -> Result<LocalLayout, LayoutError> {
         std::fs::create_dir_all(root).map_err(io(root))?;
         let certs = root.join("certs");
-        crate::certs::init(&certs, &ids.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+        crate::certs::init_with(
+            &certs,
+            &ids.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            &crate::certs::IssueOptions::loopback(),
+        )?;
         let quic: Vec<SocketAddr> = ids.iter().map(|_| free_udp()).collect::<Result<_, _>>().map_err(io(root))?;
         let mut configs = Vec::new();
         for (i, id) in ids.iter().enumerate() {

@@ -3,7 +3,8 @@
 //! ```toml
 //! node_id = "a"
 //! listen = "127.0.0.1:7001"      # QUIC (UDP)
-//! api = "127.0.0.1:8001"         # REST (TCP)
+//! api = "127.0.0.1:8001"         # REST (TCP), HTTPS with the node's certificate
+//! # api_plain_http = true        # plain HTTP instead: only on a loopback address
 //! data_dir = "/var/lib/ferry/a"  # sled store
 //! concurrency = 64               # ClientRunners at once
 //! block_size = 1048576
@@ -116,6 +117,25 @@ impl Default for ClusterSettings {
 /// What one partner may cost this node (see "What a partner may cost a
 /// node" in docs/ARCHITECTURE.md). Every limit applies to each partner on
 /// its own, so one partner reaching a limit slows or refuses only itself.
+/// Where the audit trail goes (see [`crate::audit`]).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+#[serde(default)]
+pub struct AuditSettings {
+    /// The audit file; default `DATA_DIR/audit/audit.jsonl`.
+    pub path: Option<PathBuf>,
+    /// The file is rotated when the next line would pass this size.
+    pub max_bytes: u64,
+    /// Rotated files kept (`audit.jsonl.1` is the newest).
+    pub keep: u32,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        AuditSettings { path: None, max_bytes: 64 * 1024 * 1024, keep: 5 }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 #[serde(default)]
@@ -390,6 +410,10 @@ pub struct NodeConfig {
     pub node_id: String,
     pub listen: SocketAddr,
     pub api: SocketAddr,
+    /// Serve the API as plain HTTP instead of HTTPS; refused unless `api`
+    /// is a loopback address.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub api_plain_http: bool,
     pub data_dir: PathBuf,
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
@@ -416,6 +440,9 @@ pub struct NodeConfig {
     /// What one partner may cost this node.
     #[serde(default)]
     pub limits: PartnerLimits,
+    /// The audit trail: file, rotation size, files kept.
+    #[serde(default)]
+    pub audit: AuditSettings,
     #[serde(default)]
     pub partners: Vec<Partner>,
     #[serde(default)]
@@ -438,6 +465,7 @@ impl NodeConfig {
             node_id,
             listen,
             api,
+            api_plain_http: false,
             data_dir,
             concurrency: default_concurrency(),
             block_size: default_block_size(),
@@ -448,6 +476,7 @@ impl NodeConfig {
             tls,
             cluster: ClusterSettings::default(),
             limits: PartnerLimits::default(),
+            audit: AuditSettings::default(),
             partners: vec![],
             groups: vec![],
             rules: vec![],
@@ -487,6 +516,9 @@ impl NodeConfig {
         fix(&mut self.tls.cert);
         fix(&mut self.tls.key);
         fix(&mut self.tls.ca);
+        if let Some(p) = &mut self.audit.path {
+            fix(p);
+        }
         for r in &mut self.rules {
             fix(&mut r.send_dir);
             fix(&mut r.recv_dir);
@@ -519,10 +551,29 @@ impl NodeConfig {
         lines
     }
 
+    /// The audit file: `[audit] path`, else `DATA_DIR/audit/audit.jsonl`.
+    pub fn audit_path(&self) -> PathBuf {
+        self.audit.path.clone().unwrap_or_else(|| self.data_dir.join("audit").join("audit.jsonl"))
+    }
+
+    /// Why the API may not be served as configured: plain HTTP anywhere
+    /// but on a loopback address would send tokens in the clear.
+    pub fn api_problem(&self) -> Option<String> {
+        (self.api_plain_http && !self.api.ip().is_loopback()).then(|| {
+            format!(
+                "api_plain_http is set but api {} is not a loopback address: plain HTTP would send API tokens in the clear; remove api_plain_http to serve HTTPS",
+                self.api
+            )
+        })
+    }
+
     /// Checks what a node needs to run; returns the first problem found.
     pub fn validate(&self) -> Result<(), String> {
         if self.node_id.is_empty() {
             return Err("node_id is empty".into());
+        }
+        if let Some(problem) = self.api_problem() {
+            return Err(problem);
         }
         if self.restart_interval_bytes == 0 && self.restart_interval_secs == 0 {
             return Err("restart_interval_bytes and restart_interval_secs cannot both be 0".into());

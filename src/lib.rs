@@ -7,6 +7,8 @@
 
 pub mod actors;
 pub mod api;
+pub mod audit;
+pub mod auth;
 pub mod calendar;
 pub mod certs;
 pub mod cluster;

@@ -28,6 +28,7 @@ use crate::actors::context::NodeContext;
 use crate::actors::control_plane::request_state;
 use crate::actors::supervisor::{Supervisor, SupervisorMsg};
 use crate::actors::{intake, task_runner, AUDIT};
+use crate::auth::TokenBook;
 use crate::config::NodeConfig;
 use crate::lifecycle::{self, CommandPath};
 use crate::model::{
@@ -64,6 +65,12 @@ pub enum NodeError {
     Api { addr: SocketAddr, source: std::io::Error },
     #[error("cannot start the node's actors: {0}")]
     Actors(String),
+    #[error("API tokens: {0}")]
+    Tokens(String),
+    #[error("REST API: {0}")]
+    ApiConfig(String),
+    #[error("cannot open the audit log {0}")]
+    Audit(String),
     #[error("cannot wait for a signal: {0}")]
     Signal(std::io::Error),
 }
@@ -151,6 +158,11 @@ impl NodeHandle {
 
     pub fn store(&self) -> &Store {
         &self.ctx.core.store
+    }
+
+    /// Whether the node has begun to shut down.
+    pub fn is_shutting_down(&self) -> bool {
+        self.ctx.core.shutting_down()
     }
 
     /// The API's view of `rec` on this node, with why it waits, if it does.
@@ -529,6 +541,9 @@ impl Node {
     }
 
     pub async fn start_with(config: NodeConfig, options: NodeOptions) -> Result<Node, NodeError> {
+        if let Some(problem) = config.api_problem() {
+            return Err(NodeError::ApiConfig(problem));
+        }
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| NodeError::DataDir { path: config.data_dir.display().to_string(), source })?;
         let pid_file = config.data_dir.join(PID_FILE);
@@ -570,10 +585,29 @@ impl Node {
                     .map_err(|source| NodeError::Api { addr: config.api, source })?,
             ),
         };
+        let api_tls = match config.api_plain_http {
+            true => None,
+            false => Some(
+                crate::api::tls::server_config(&identity).map_err(|e| NodeError::ApiConfig(format!("HTTPS: {e}")))?,
+            ),
+        };
         let api_addr = match &api_listener {
             Some(l) => l.local_addr().map_err(|source| NodeError::Api { addr: config.api, source })?,
             None => config.api,
         };
+        let audit = crate::audit::AuditLog::open(
+            &config.node_id,
+            &config.audit_path(),
+            config.audit.max_bytes,
+            config.audit.keep,
+        )
+        .map_err(|e| NodeError::Audit(format!("{}: {e}", config.audit_path().display())))?;
+        let transfer_audit = audit.clone();
+        store.observe(Arc::new(move |change| transfer_audit.record_change(change)));
+        let tokens = TokenBook::open(store.clone()).map_err(|e| NodeError::Tokens(e.to_string()))?;
+        if let Some(path) = tokens.bootstrap(&config.data_dir).await.map_err(|e| NodeError::Tokens(e.to_string()))? {
+            tracing::info!(node = %config.node_id, path = %path.display(), "made the first admin API token (the store held none)");
+        }
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let ctx = Arc::new(NodeContext::new(config, store, endpoint.clone(), shutdown_rx.clone()));
         let (supervisor, _) =
@@ -589,12 +623,12 @@ impl Node {
         }));
         if let Some(api_listener) = api_listener {
             let mut api_shutdown = shutdown_rx;
-            let api_handle = handle.clone();
+            let api_state = crate::api::ApiState { node: handle.clone(), tokens, audit };
             tasks.push(tokio::spawn(async move {
                 let stop = async move {
                     let _ = api_shutdown.wait_for(|s| *s).await;
                 };
-                if let Err(e) = crate::api::serve(api_listener, api_handle, stop).await {
+                if let Err(e) = crate::api::serve(api_listener, api_tls, api_state, stop).await {
                     tracing::error!(error = %e, "REST API stopped");
                 }
             }));

@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -21,7 +20,7 @@ const WITHIN: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(20);
 
 fn client(node: &ferry::node::Node) -> ApiClient {
-    ApiClient::new(&format!("http://{}", node.api_addr())).expect("client")
+    api_client(node)
 }
 
 /// Polls `api` (bounded) until transfer `id` has `status`.
@@ -42,30 +41,15 @@ async fn wait_status(api: &ApiClient, id: &str, status: Status) -> TransferView 
 }
 
 /// An HTTP/1.1 exchange sent by hand: returns the status and the JSON body.
-async fn raw(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect to the API");
-    let mut req =
-        format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\naccept: application/json\r\nconnection: close\r\n");
-    if let Some(b) = body {
-        req.push_str(&format!("content-type: application/json\r\ncontent-length: {}\r\n", b.len()));
-    }
-    req.push_str("\r\n");
-    req.push_str(body.unwrap_or(""));
-    s.write_all(req.as_bytes()).await.expect("send request");
-    let mut answer = Vec::new();
-    tokio::time::timeout(WITHIN, s.read_to_end(&mut answer)).await.expect("answer in time").expect("read answer");
-    let text = String::from_utf8(answer).expect("UTF-8 answer");
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no header end in {text:?}"));
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {head:?}"));
-    let head_lower = head.to_ascii_lowercase();
-    assert!(head_lower.contains("content-type: application/json"), "{method} {path}: not JSON: {head}");
-    assert!(!head_lower.contains("transfer-encoding: chunked"), "{method} {path}: chunked body not expected: {head}");
-    let json = serde_json::from_str(body).unwrap_or_else(|e| panic!("{method} {path}: body {body:?} is not JSON: {e}"));
+async fn raw(node: &ferry::node::Node, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+    let config = node.handle().config().clone();
+    let bearer = format!("Bearer {}", admin_token(&config));
+    let (status, head, body) =
+        raw_exchange(&config, node.api_addr(), method, path, &[("authorization", &bearer)], body).await;
+    assert!(head.contains("content-type: application/json"), "{method} {path}: not JSON: {head}");
+    assert!(!head.contains("transfer-encoding: chunked"), "{method} {path}: chunked body not expected: {head}");
+    let json =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{method} {path}: body {body:?} is not JSON: {e}"));
     (status, json)
 }
 
@@ -162,7 +146,6 @@ async fn bad_input_gets_a_json_error_with_code_and_status() {
     let layout = Layout::new(&["a", "b"]);
     let a = layout.start("a").await;
     let api = client(&a);
-    let addr = a.api_addr();
     write_random(&layout.out_dir("a").join("present"), 10);
 
     let mut s = submit(Direction::Push, "zed", "present");
@@ -204,31 +187,31 @@ async fn bad_input_gets_a_json_error_with_code_and_status() {
     assert!(matches!(api.get("xyz").await, Err(ClientError::BadId(_))));
     assert!(matches!(api.list(Some("finished")).await, Err(ClientError::BadStatus(_))));
     for path in ["/api/v1/transfers/xyz", "/api/v1/transfers/0123456789ABCDEF0123456789ABCDEF/log"] {
-        let (status, json) = raw(addr, "GET", path, None).await;
+        let (status, json) = raw(&a, "GET", path, None).await;
         assert_eq!(status, 400, "GET {path}: {json}");
         assert_error_body(&json, "bad_id", path);
     }
-    let (status, json) = raw(addr, "GET", "/api/v1/transfers?status=finished", None).await;
+    let (status, json) = raw(&a, "GET", "/api/v1/transfers?status=finished", None).await;
     assert_eq!(status, 400, "{json}");
     assert_error_body(&json, "bad_status", "status=finished");
     assert!(json["error"]["message"].as_str().is_some_and(|m| m.contains("finished")), "{json}");
 
-    let (status, json) = raw(addr, "POST", "/api/v1/transfers", Some("{not json")).await;
+    let (status, json) = raw(&a, "POST", "/api/v1/transfers", Some("{not json")).await;
     assert_eq!(status, 400, "malformed JSON: {json}");
     assert_error_body(&json, "bad_json", "malformed JSON");
-    let (status, json) = raw(addr, "POST", "/api/v1/transfers", Some(r#"{"partner":"b"}"#)).await;
+    let (status, json) = raw(&a, "POST", "/api/v1/transfers", Some(r#"{"partner":"b"}"#)).await;
     assert_eq!(status, 400, "missing fields: {json}");
     assert_error_body(&json, "bad_json", "missing fields");
 
-    let (status, json) = raw(addr, "GET", "/api/v1/nothing-here", None).await;
+    let (status, json) = raw(&a, "GET", "/api/v1/nothing-here", None).await;
     assert_eq!(status, 404, "{json}");
     assert_error_body(&json, "no_route", "unknown route");
-    let (status, json) = raw(addr, "DELETE", "/api/v1/node", None).await;
+    let (status, json) = raw(&a, "DELETE", "/api/v1/node", None).await;
     assert_eq!(status, 405, "{json}");
     assert_error_body(&json, "method_not_allowed", "DELETE /api/v1/node");
 
     // The same raw path answers properly when the input is good.
-    let (status, json) = raw(addr, "GET", "/api/v1/transfers?status=done", None).await;
+    let (status, json) = raw(&a, "GET", "/api/v1/transfers?status=done", None).await;
     assert_eq!((status, json), (200, serde_json::json!([])), "no refused submission was recorded");
     assert!(a.handle().store().list(None).expect("store").is_empty(), "no refused submission was recorded");
 
@@ -339,10 +322,10 @@ async fn operator_commands_refuse_what_they_cannot_do() {
 
     // What the client refuses itself, the server refuses too; and the routes take POST only.
     for what in ["stop", "cancel", "restart"] {
-        let (status, json) = raw(a.api_addr(), "POST", &format!("/api/v1/transfers/xyz/{what}"), None).await;
+        let (status, json) = raw(&a, "POST", &format!("/api/v1/transfers/xyz/{what}"), None).await;
         assert_eq!(status, 400, "{what}: {json}");
         assert_error_body(&json, "bad_id", what);
-        let (status, json) = raw(a.api_addr(), "GET", &format!("/api/v1/transfers/{}/{what}", created.id), None).await;
+        let (status, json) = raw(&a, "GET", &format!("/api/v1/transfers/{}/{what}", created.id), None).await;
         assert_eq!(status, 405, "GET {what}: {json}");
         assert_error_body(&json, "method_not_allowed", what);
     }

@@ -197,7 +197,7 @@ fn cluster_up_status_push_down_then_up_again_on_the_same_state() {
     assert_eq!(first.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(), NODES, "a pid file per node");
     for (id, pid) in &first {
         assert!(alive(*pid), "node {id} (pid {pid}) is not running after up:\n{}", up.stdout);
-        assert!(up.stdout.contains(&format!("http://127.0.0.1:{}", api_base + index(id))), "{}", up.stdout);
+        assert!(up.stdout.contains(&format!("https://127.0.0.1:{}", api_base + index(id))), "{}", up.stdout);
     }
     assert!(state.join("certs/ca.pem").is_file() && state.join("b/node.toml").is_file());
 
@@ -213,7 +213,7 @@ fn cluster_up_status_push_down_then_up_again_on_the_same_state() {
     // A push from a to b through a's API arrives identical.
     let data: Vec<u8> = (0..700_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     std::fs::write(state.join("a/out/f.bin"), &data).expect("write source");
-    let api_a = format!("http://127.0.0.1:{api_base}");
+    let api_a = format!("https://127.0.0.1:{api_base}");
     ferry_ok(&cwd, &["send", "--api", &api_a, "b", "default", "f.bin", "--wait"]);
     assert!(std::fs::read(state.join("b/in/f.bin")).expect("delivered file") == data, "b/in/f.bin differs");
 

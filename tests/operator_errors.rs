@@ -84,12 +84,16 @@ async fn a_second_node_on_the_same_data_folder_names_the_first() {
 #[tokio::test]
 async fn no_node_behind_the_api_is_not_called_a_refusal() {
     let port = ferry::cluster::free_tcp().expect("a free port").port().to_string();
+    let certs = tempfile::tempdir().expect("tempdir");
+    ferry::certs::init(certs.path(), &["a".to_string()]).expect("a CA");
+    let ca = certs.path().join(ferry::certs::CA_CERT_FILE);
+    let ca = ca.to_str().expect("UTF-8 path");
     for api in [port.clone(), format!("127.0.0.1:{port}")] {
-        let out = ferry(&["send", "--api", &api, "b", "default", "f.bin"]).await;
+        let out = ferry(&["send", "--api", &api, "--ca", ca, "b", "default", "f.bin"]).await;
         let stderr = String::from_utf8_lossy(&out.stderr);
         let line = error_line(&stderr);
         assert!(!line.contains("refused the transfer"), "{line}");
-        assert!(line.contains(&format!("cannot reach node API at http://127.0.0.1:{port}")), "{line}");
+        assert!(line.contains(&format!("cannot reach node API at https://127.0.0.1:{port}")), "{line}");
         assert!(line.contains("--api") && line.contains("FERRY_API"), "says how to choose: {line}");
     }
 }

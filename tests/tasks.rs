@@ -423,7 +423,7 @@ async fn the_api_lists_rules_with_their_target_mode_and_tasks() {
         rule.sender.error_tasks = vec![TaskConfig { delay_ms: Some(60_000), ..task("reschedule") }];
     }
     let a = layout.start("a").await;
-    let api = ferry::api::ApiClient::new(&format!("http://{}", a.api_addr())).expect("client");
+    let api = api_client(&a);
     let rules = api.rules().await.expect("rules");
     assert_eq!(rules.len(), 1);
     let r = &rules[0];

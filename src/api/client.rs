@@ -1,28 +1,28 @@
-//! A small client for a node's REST API, used by the command line and tests.
+//! The client for a node's REST API, used by the command line, the cluster
+//! commands and tests.
 //!
-//! It speaks plain HTTP/1.1 (hyper's pooled legacy client) to one node and
-//! decodes the views of [`crate::model::view`]. A server-side failure comes back as
-//! [`ClientError::Api`] with the server's code and message; a node that does
-//! not answer at all as [`ClientError::Unreachable`].
+//! Built on reqwest (rustls with ring, HTTP/1.1): HTTPS verified against the
+//! cluster CA only (never the system's roots), a bearer token on every call,
+//! per-call timeouts. It decodes the views of [`crate::model`]. A server-side
+//! failure comes back as [`ClientError::Api`] with the server's code and
+//! message; a node that does not answer at all as [`ClientError::Unreachable`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::header::{ACCEPT, CONTENT_TYPE};
-use hyper::{Method, Request, StatusCode, Uri};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use reqwest::header::{ACCEPT, CONTENT_TYPE};
+use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 
 use crate::model::view::{ErrorBody, LogLineView, TransferView};
-use crate::model::{ClusterSubmitted, ClusterView, NodeStats, PartnersView, RuleView, Submit};
+use crate::model::{
+    ClusterSubmitted, ClusterView, CreatedToken, NewToken, NodeStats, PartnersView, RuleView, Submit, TokenView,
+};
 use crate::protocol::RequestId;
 use crate::store::Status;
 
 /// The address used when none is given.
-pub const DEFAULT_API: &str = "http://127.0.0.1:8001";
+pub const DEFAULT_API: &str = "https://127.0.0.1:8001";
 
 /// How long one call may take, connection included, unless changed with
 /// [`ApiClient::with_timeout`].
@@ -30,23 +30,27 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Largest response body read (a list of many transfers can be large).
-const MAX_BODY: usize = 512 * 1024 * 1024;
-
 /// Why an API call failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
-    /// The base address is not a usable `http://host:port`.
+    /// The base address is not a usable `https://host:port` or `http://host:port`.
     #[error("invalid node API address {base:?}: {reason}")]
     BadBase { base: String, reason: String },
+    /// HTTPS was asked for without the cluster CA to verify the node by.
+    #[error("{base} is HTTPS but no cluster CA was given to verify it: pass --ca FILE (or set FERRY_CA)")]
+    NoCa { base: String },
+    /// The cluster CA given does not hold a usable certificate.
+    #[error("cannot use the cluster CA: {0}")]
+    BadCa(String),
     /// The id is not a well-formed request id (checked before any call).
     #[error("malformed request id {0:?}: expected 32 lowercase hex characters")]
     BadId(String),
     /// The status filter names no status (checked before any call).
     #[error("unknown status {0:?}: expected one of ToSubmit, Running, Done, Interrupted, InError, Cancelled")]
     BadStatus(String),
-    /// No connection could be made to the node.
+    /// No connection could be made to the node (refused, unreachable, or
+    /// its certificate did not verify against the cluster CA).
     #[error("cannot reach node API at {base}: {reason}")]
     Unreachable { base: String, reason: String },
     /// The node did not answer in time.
@@ -94,26 +98,97 @@ impl ClientError {
     }
 }
 
+/// What a client presents and trusts: its bearer token and the cluster CA.
+#[derive(Clone, Default)]
+pub struct Access {
+    /// The bearer token sent with every call.
+    pub token: Option<String>,
+    /// The cluster CA (PEM) that an HTTPS node's certificate must chain to.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token itself.
+        f.debug_struct("Access")
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("ca_pem", &self.ca_pem.as_ref().map(|c| c.len()))
+            .finish()
+    }
+}
+
+impl Access {
+    /// The token and CA of a node started from `config`, as a local test or
+    /// tool on the node's machine finds them: the first admin token in its
+    /// data folder (none until the node has made it) and the CA named by its
+    /// config.
+    pub fn of_local_node(config: &crate::config::NodeConfig) -> std::io::Result<Access> {
+        let token = match crate::auth::read_token_file(&config.data_dir.join(crate::auth::ADMIN_TOKEN_FILE)) {
+            Ok(token) => Some(token),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        let ca_pem = std::fs::read(&config.tls.ca)?;
+        Ok(Access { token, ca_pem: Some(ca_pem) })
+    }
+}
+
+/// The base address of a node's API served from `config` on `addr`:
+/// `https://addr`, or `http://addr` for a node serving plain HTTP.
+pub fn base_of(config: &crate::config::NodeConfig, addr: std::net::SocketAddr) -> String {
+    match config.api_plain_http {
+        true => format!("http://{addr}"),
+        false => format!("https://{addr}"),
+    }
+}
+
 /// A client for one node's REST API. Cheap to clone; clones share the connection pool.
 #[derive(Clone, Debug)]
 pub struct ApiClient {
     base: String,
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: reqwest::Client,
+    token: Option<Arc<str>>,
     timeout: Duration,
 }
 
 impl ApiClient {
-    /// A client for the node at `base`: `http://host:port`, or just `host:port`.
-    pub fn new(base: &str) -> Result<ApiClient, ClientError> {
+    /// A client for the node at `base` (`https://host:port`,
+    /// `http://host:port`, `host:port` meaning HTTPS, or a bare port on
+    /// 127.0.0.1) presenting and trusting `access`.
+    pub fn new(base: &str, access: &Access) -> Result<ApiClient, ClientError> {
         let base = normalise_base(base)?;
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        connector.set_nodelay(true);
-        let http = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
+        let roots = match (&access.ca_pem, base.starts_with("https://")) {
+            (Some(pem), _) => ca_roots(pem)?,
+            (None, true) => return Err(ClientError::NoCa { base }),
+            (None, false) => rustls::RootCertStore::empty(),
+        };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ClientError::Request(format!("TLS setup: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .connect_timeout(CONNECT_TIMEOUT)
             .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
-        Ok(ApiClient { base, http, timeout: DEFAULT_TIMEOUT })
+            .tcp_nodelay(true)
+            .no_proxy()
+            .build()
+            .map_err(|e| ClientError::Request(error_chain(&e)))?;
+        Ok(ApiClient { base, http, token: access.token.as_deref().map(Arc::from), timeout: DEFAULT_TIMEOUT })
+    }
+
+    /// A client for a node on this machine started from `config`, its API
+    /// bound at `addr`, with the node's first admin token (see
+    /// [`Access::of_local_node`]).
+    pub fn for_local_node(
+        config: &crate::config::NodeConfig,
+        addr: std::net::SocketAddr,
+    ) -> Result<ApiClient, ClientError> {
+        let access = Access::of_local_node(config)
+            .map_err(|e| ClientError::BadCa(format!("{}: {e}", config.tls.ca.display())))?;
+        ApiClient::new(&base_of(config, addr), &access)
     }
 
     /// The same client with another per-call time limit.
@@ -122,7 +197,7 @@ impl ApiClient {
         self
     }
 
-    /// The normalised base address, e.g. `http://127.0.0.1:8001`.
+    /// The normalised base address, e.g. `https://127.0.0.1:8001`.
     pub fn base(&self) -> &str {
         &self.base
     }
@@ -213,6 +288,47 @@ impl ApiClient {
         self.call(Method::GET, &format!("/api/v1/cluster/transfers/{id}"), None).await
     }
 
+    /// Makes a token (admin only); the answer carries the token, shown once.
+    pub async fn create_token(&self, t: &NewToken) -> Result<CreatedToken, ClientError> {
+        let body = serde_json::to_vec(t).map_err(|e| ClientError::Request(e.to_string()))?;
+        self.call(Method::POST, "/api/v1/tokens", Some(body)).await
+    }
+
+    /// Every token of the node, revoked ones included (admin only).
+    pub async fn tokens(&self) -> Result<Vec<TokenView>, ClientError> {
+        self.call(Method::GET, "/api/v1/tokens", None).await
+    }
+
+    /// Revokes a token by name (admin only).
+    pub async fn revoke_token(&self, name: &str) -> Result<TokenView, ClientError> {
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
+            return Err(ClientError::Request(format!("invalid token name {name:?}")));
+        }
+        self.call(Method::DELETE, &format!("/api/v1/tokens/{name}"), None).await
+    }
+
+    /// GET `path` (under the base) decoded as `T`; `Ok(None)` when the
+    /// node has no such route (404), as an older node answers.
+    pub async fn get_optional<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>, ClientError> {
+        match self.call(Method::GET, path, None).await {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.http_status() == Some(404) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether the node answers `/readyz` with 200 (no token needed).
+    pub async fn ready(&self) -> Result<bool, ClientError> {
+        let resp = self
+            .http
+            .get(format!("{}/readyz", self.base))
+            .timeout(self.timeout)
+            .send()
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(resp.status() == StatusCode::OK)
+    }
+
     /// Polls a transfer every `poll` until its status is final (`Done`,
     /// `InError` or `Cancelled`) and returns that last view. `on_progress`
     /// sees every view fetched, the last one included. A failed poll ends the
@@ -252,37 +368,46 @@ impl ApiClient {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<T, ClientError> {
-        let uri: Uri = format!("{}{path}", self.base).parse().map_err(|e| ClientError::Request(format!("{e}")))?;
-        let mut req = Request::builder().method(method).uri(uri).header(ACCEPT, "application/json");
-        if body.is_some() {
-            req = req.header(CONTENT_TYPE, "application/json");
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .header(ACCEPT, "application/json")
+            .timeout(self.timeout);
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
         }
-        let req = req
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| ClientError::Request(e.to_string()))?;
-        let exchange = async {
-            let resp = self.http.request(req).await.map_err(|e| self.transport_error(&e))?;
-            let status = resp.status();
-            let bytes = Limited::new(resp.into_body(), MAX_BODY)
-                .collect()
-                .await
-                .map_err(|e| ClientError::Transport { base: self.base.clone(), reason: error_chain(&*e) })?
-                .to_bytes();
-            Ok::<_, ClientError>((status, bytes))
-        };
-        let (status, bytes) = tokio::time::timeout(self.timeout, exchange)
-            .await
-            .map_err(|_| ClientError::Timeout { base: self.base.clone(), timeout: self.timeout })??;
+        if let Some(body) = body {
+            req = req.header(CONTENT_TYPE, "application/json").body(body);
+        }
+        let resp = req.send().await.map_err(|e| self.error(e))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| self.error(e))?;
         decode_answer(status, &bytes)
     }
 
-    fn transport_error(&self, e: &hyper_util::client::legacy::Error) -> ClientError {
-        if e.is_connect() {
-            ClientError::Unreachable { base: self.base.clone(), reason: connect_reason(e) }
+    fn error(&self, e: reqwest::Error) -> ClientError {
+        if e.is_timeout() {
+            ClientError::Timeout { base: self.base.clone(), timeout: self.timeout }
+        } else if e.is_connect() {
+            ClientError::Unreachable { base: self.base.clone(), reason: connect_reason(&e) }
         } else {
-            ClientError::Transport { base: self.base.clone(), reason: error_chain(e) }
+            ClientError::Transport { base: self.base.clone(), reason: error_chain(&e) }
         }
     }
+}
+
+/// The cluster CA's certificates as the only roots to trust.
+fn ca_roots(pem: &[u8]) -> Result<rustls::RootCertStore, ClientError> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|e| ClientError::BadCa(e.to_string()))?;
+        roots.add(cert).map_err(|e| ClientError::BadCa(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(ClientError::BadCa("the file holds no PEM certificate".into()));
+    }
+    Ok(roots)
 }
 
 /// Turns an answer into the expected value or the error it carries.
@@ -311,8 +436,9 @@ fn check_id(id: &str) -> Result<RequestId, ClientError> {
     RequestId::parse(id).ok_or_else(|| ClientError::BadId(id.to_owned()))
 }
 
-/// `host:port` or `http://host:port[/]` → `http://host:port`.
-fn normalise_base(base: &str) -> Result<String, ClientError> {
+/// `host:port` (HTTPS), a bare port (HTTPS on 127.0.0.1), or
+/// `http[s]://host:port[/]` → `scheme://host:port`.
+pub fn normalise_base(base: &str) -> Result<String, ClientError> {
     let bad = |reason: &str| ClientError::BadBase { base: base.to_owned(), reason: reason.to_owned() };
     let trimmed = base.trim();
     if trimmed.is_empty() {
@@ -322,23 +448,24 @@ fn normalise_base(base: &str) -> Result<String, ClientError> {
     // named "8001".
     let full = if !trimmed.is_empty() && trimmed.bytes().all(|b| b.is_ascii_digit()) {
         let port: u16 = trimmed.parse().map_err(|_| bad("a bare port must be 1..=65535"))?;
-        format!("http://127.0.0.1:{port}")
+        format!("https://127.0.0.1:{port}")
     } else if trimmed.contains("://") {
         trimmed.to_owned()
     } else {
-        format!("http://{trimmed}")
+        format!("https://{trimmed}")
     };
-    let uri: Uri = full.parse().map_err(|e| bad(&format!("{e}")))?;
-    if uri.scheme_str() != Some("http") {
-        return Err(bad("only http:// is supported"));
-    }
+    let uri: axum::http::Uri = full.parse().map_err(|e| bad(&format!("{e}")))?;
+    let scheme = match uri.scheme_str() {
+        Some(s @ ("http" | "https")) => s,
+        _ => return Err(bad("only https:// and http:// are supported")),
+    };
     let Some(authority) = uri.authority().filter(|a| !a.host().is_empty()) else {
         return Err(bad("it names no host"));
     };
     if uri.path_and_query().is_some_and(|p| p.as_str() != "/" && !p.as_str().is_empty()) {
         return Err(bad("it must not contain a path or query (the API lives under /api/v1)"));
     }
-    Ok(format!("http://{authority}"))
+    Ok(format!("{scheme}://{authority}"))
 }
 
 /// The innermost cause of a failed connection, in plain words
@@ -393,15 +520,26 @@ mod tests {
 
     #[test]
     fn bases_are_normalised_and_checked() {
-        assert_eq!(normalise_base("127.0.0.1:8001").expect("bare"), "http://127.0.0.1:8001");
+        assert_eq!(normalise_base("127.0.0.1:8001").expect("bare"), "https://127.0.0.1:8001");
         assert_eq!(normalise_base("http://localhost:8001/").expect("slash"), "http://localhost:8001");
+        assert_eq!(normalise_base("https://localhost:8001/").expect("slash"), "https://localhost:8001");
         assert_eq!(normalise_base(" http://[::1]:8001 ").expect("v6"), "http://[::1]:8001");
-        assert_eq!(normalise_base("8001").expect("a bare port"), "http://127.0.0.1:8001");
+        assert_eq!(normalise_base("8001").expect("a bare port"), "https://127.0.0.1:8001");
         for bad in
-            ["", " ", "99999", "https://h:1", "http://h:1/api", "http://h:1?x=1", "http://", "http:///", "ftp://h"]
+            ["", " ", "99999", "https://h:1/x", "http://h:1/api", "http://h:1?x=1", "http://", "http:///", "ftp://h"]
         {
             assert!(matches!(normalise_base(bad), Err(ClientError::BadBase { .. })), "{bad}");
         }
+    }
+
+    #[test]
+    fn https_needs_the_cluster_ca() {
+        let err = ApiClient::new("127.0.0.1:8001", &Access::default()).expect_err("no CA");
+        assert!(err.to_string().contains("--ca"), "{err}");
+        let bad = Access { token: None, ca_pem: Some(b"not a certificate".to_vec()) };
+        assert!(matches!(ApiClient::new("127.0.0.1:8001", &bad), Err(ClientError::BadCa(_))));
+        let secret = Access { token: Some("ferry_secret".into()), ca_pem: None };
+        assert!(!format!("{secret:?}").contains("ferry_secret"), "the token never reaches a log");
     }
 
     #[test]
@@ -424,7 +562,7 @@ mod tests {
     fn inputs_are_checked_before_calling() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         rt.block_on(async {
-            let c = ApiClient::new("127.0.0.1:1").expect("client");
+            let c = ApiClient::new("http://127.0.0.1:1", &Access::default()).expect("client");
             assert!(matches!(c.get("../node").await, Err(ClientError::BadId(_))));
             assert!(matches!(c.log("nope").await, Err(ClientError::BadId(_))));
             assert!(matches!(c.list(Some("finished")).await, Err(ClientError::BadStatus(_))));
@@ -441,7 +579,7 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
             l.local_addr().expect("addr").port()
         };
-        let c = ApiClient::new(&format!("127.0.0.1:{port}")).expect("client");
+        let c = ApiClient::new(&format!("http://127.0.0.1:{port}"), &Access::default()).expect("client");
         let err = c.node().await.expect_err("nobody listens");
         assert_eq!(err.to_string(), format!("cannot reach node API at http://127.0.0.1:{port}: connection refused"));
     }
@@ -460,7 +598,7 @@ mod tests {
                     .await;
             }
         });
-        let c = ApiClient::new(&addr.to_string()).expect("client");
+        let c = ApiClient::new(&format!("http://{addr}"), &Access::default()).expect("client");
         let err = c.node().await.expect_err("404");
         assert!(matches!(&err, ClientError::Http { status: 404, body } if body == "not here"), "{err}");
     }

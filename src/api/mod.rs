@@ -1,4 +1,4 @@
-//! The node's REST API: JSON over HTTP/1.1 on the `api` address of the config.
+//! The node's REST API: JSON over HTTPS (HTTP/1.1) on the `api` address of the config, every route but the health routes behind a bearer token ([`crate::auth`]).
 //!
 //! This module owns the HTTP surface of a node and nothing else: it reads
 //! requests from the store and hands submissions and operator commands to
@@ -25,8 +25,13 @@
 //! | GET    | `/api/v1/node`                | `NodeStats`                              |
 //! | GET    | `/api/v1/partners`            | `PartnersView`                           |
 //! | GET    | `/api/v1/rules`               | `[RuleView]`: folders, target mode, tasks |
+//! | GET    | `/api/v1/tokens`              | `[TokenView]` (admin)                    |
+//! | POST   | `/api/v1/tokens`              | 201 + `CreatedToken` (admin; body: `NewToken`) |
+//! | DELETE | `/api/v1/tokens/{name}`       | `TokenView` after the revocation (admin) |
+//! | GET    | `/healthz`, `/readyz`         | plain text; no token needed              |
 //!
-//! Error statuses: 400 for malformed input (bad JSON, bad id, bad status
+//! Error statuses: 401 without a valid token, 403 for a token whose role or
+//! scope does not allow the call, 400 for malformed input (bad JSON, bad id, bad status
 //! filter, bad file name or block size), 404 for an unknown transfer or route,
 //! 409 for an operator command this node cannot carry out (`not_requester`:
 //! the partner drives the request; `invalid_state`: not in a state the
@@ -38,7 +43,8 @@
 
 pub mod client;
 pub mod server;
+pub mod tls;
 
 pub use crate::model::view::{ErrorBody, ErrorView, LogLineView, TransferView};
-pub use client::{ApiClient, ClientError};
-pub use server::{router, serve, ApiError};
+pub use client::{Access, ApiClient, ClientError};
+pub use server::{router, serve, ApiError, ApiState};

@@ -9,18 +9,24 @@
 use std::future::Future;
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode, Uri};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
+use axum::Extension;
 use axum::{Json, Router};
 use serde::Deserialize;
 
+use crate::auth::{Caller, Denied, Right, TokenBook, TokenError};
 use crate::model::view::{ErrorBody, ErrorView, LogLineView, TransferView};
-use crate::model::{ClusterView, CommandError, NodeStats, PartnersView, RuleView, Submit, SubmitError};
+use crate::model::{
+    ClusterView, CommandError, CreatedToken, NewToken, NodeStats, PartnersView, RuleView, Submit, SubmitError,
+    TokenView,
+};
 use crate::node::NodeHandle;
 use crate::protocol::RequestId;
-use crate::store::{Status, StoreError};
+use crate::store::{RequestRecord, Status, StoreError};
 
 /// Why an API call failed. Each variant maps to an HTTP status and a
 /// snake_case code (see [`ApiError::status`] and [`ApiError::code`]).
@@ -61,9 +67,27 @@ pub enum ApiError {
     /// Reading the store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The request carries no valid token (missing, malformed, unknown, revoked).
+    #[error("{0}")]
+    Unauthenticated(TokenError),
+    /// The token is valid but may not do this.
+    #[error(transparent)]
+    Forbidden(#[from] Denied),
+    /// A token could not be made or revoked.
+    #[error(transparent)]
+    Token(TokenError),
     /// Anything else (a panicked blocking task, a bug).
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<TokenError> for ApiError {
+    fn from(e: TokenError) -> Self {
+        match e.is_unauthenticated() {
+            true => ApiError::Unauthenticated(e),
+            false => ApiError::Token(e),
+        }
+    }
 }
 
 fn status_names() -> String {
@@ -107,6 +131,14 @@ impl ApiError {
             ApiError::NotFound(_) | ApiError::NoRoute(_) => StatusCode::NOT_FOUND,
             ApiError::BadInput { status, .. } => *status,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Token(e) => match e {
+                TokenError::BadName(_) => StatusCode::BAD_REQUEST,
+                TokenError::Exists(_) => StatusCode::CONFLICT,
+                TokenError::NotFound(_) => StatusCode::NOT_FOUND,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            },
             ApiError::Store(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -123,6 +155,12 @@ impl ApiError {
             ApiError::NoRoute(_) => "no_route",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Store(_) => "store",
+            ApiError::Unauthenticated(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::Token(TokenError::BadName(_)) => "bad_token_name",
+            ApiError::Token(TokenError::Exists(_)) => "token_exists",
+            ApiError::Token(TokenError::NotFound(_)) => "no_token",
+            ApiError::Token(_) => "token",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -141,7 +179,12 @@ impl IntoResponse for ApiError {
         } else {
             tracing::debug!(code = self.code(), %status, "API request refused: {self}");
         }
-        (status, Json(self.body())).into_response()
+        let mut response = (status, Json(self.body())).into_response();
+        response.extensions_mut().insert(ErrorCodeTag(self.code()));
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        }
+        response
     }
 }
 
@@ -193,9 +236,18 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + S
     tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::Internal(format!("store task failed: {e}")))?
 }
 
-/// The API's routes, all under `/api/v1`.
-pub fn router(node: NodeHandle) -> Router {
-    Router::new()
+/// What every handler reaches: the node and its tokens.
+#[derive(Clone)]
+pub struct ApiState {
+    pub node: NodeHandle,
+    pub tokens: TokenBook,
+    pub audit: crate::audit::AuditLog,
+}
+
+/// The API's routes: `/healthz` and `/readyz` open to all, everything else
+/// under `/api/v1` behind a bearer token (see [`crate::auth`]).
+pub fn router(state: ApiState) -> Router {
+    let guarded = Router::new()
         .route("/api/v1/transfers", get(list_transfers).post(submit))
         .route("/api/v1/transfers/{id}", get(get_transfer))
         .route("/api/v1/transfers/{id}/log", get(transfer_log))
@@ -206,29 +258,149 @@ pub fn router(node: NodeHandle) -> Router {
         .route("/api/v1/partners", get(partners))
         .route("/api/v1/rules", get(rules))
         .route("/api/v1/cluster/transfers/{id}", get(cluster_transfer))
+        .route("/api/v1/tokens", get(list_tokens).post(create_token))
+        .route("/api/v1/tokens/{name}", delete(revoke_token))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(node)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), authenticate));
+    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).merge(guarded).with_state(state)
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then lets
-/// in-flight requests finish.
+/// in-flight requests finish: HTTPS with `tls`, plain HTTP without (which
+/// the config allows on a loopback address only).
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    node: NodeHandle,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    state: ApiState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    if let Ok(addr) = listener.local_addr() {
-        tracing::debug!(%addr, "REST API listening");
+    let addr = listener.local_addr()?;
+    let app = router(state);
+    match tls {
+        Some(config) => {
+            tracing::debug!(%addr, "REST API listening (HTTPS)");
+            let listener = super::tls::TlsListener::new(listener, config)?;
+            axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+        }
+        None => {
+            tracing::debug!(%addr, "REST API listening (plain HTTP, loopback)");
+            axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+        }
     }
-    axum::serve(listener, router(node)).with_graceful_shutdown(shutdown).await
+}
+
+/// Lets a request through only with a valid token, which handlers then
+/// find as an `Extension<Caller>`; writes the audit line of every call that
+/// can change something (POST, DELETE), refused or not, before the answer
+/// leaves.
+async fn authenticate(State(state): State<ApiState>, mut request: Request, next: Next) -> Response {
+    let header = request.headers().get(header::AUTHORIZATION).map(|v| v.to_str().unwrap_or(""));
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let changes = method == axum::http::Method::POST || method == axum::http::Method::DELETE;
+    let (caller, response) = match state.tokens.authenticate(header) {
+        Ok(caller) => {
+            request.extensions_mut().insert(caller.clone());
+            (Some(caller), next.run(request).await)
+        }
+        Err(e) => (None, ApiError::from(e).into_response()),
+    };
+    if changes {
+        let request_id =
+            path.strip_prefix("/api/v1/transfers/").and_then(|rest| rest.split('/').next()).map(str::to_owned).or_else(
+                || {
+                    // A submission: the new request's id is in the Location.
+                    let location = response.headers().get(header::LOCATION)?.to_str().ok()?;
+                    let id = location
+                        .strip_prefix("/api/v1/transfers/")
+                        .or(location.strip_prefix("/api/v1/cluster/transfers/"))?;
+                    Some(id.to_owned())
+                },
+            );
+        state.audit.record(crate::audit::AuditEvent {
+            kind: "api",
+            event: "call",
+            token: caller.as_ref().map(|c| c.name().to_owned()),
+            role: caller.as_ref().map(|c| c.role().name().to_owned()),
+            method: Some(method.to_string()),
+            path: Some(path),
+            http_status: Some(response.status().as_u16()),
+            code: response.extensions().get::<ErrorCodeTag>().map(|t| t.0.to_owned()),
+            request_id,
+            ..Default::default()
+        });
+    }
+    response
+}
+
+/// The API error code of an error response, for the audit line.
+#[derive(Clone, Copy, Debug)]
+struct ErrorCodeTag(&'static str);
+
+/// Alive: the process answers.
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Ready: the store answers and the node is not shutting down.
+async fn readyz(State(state): State<ApiState>) -> Response {
+    let store = state.node.store().clone();
+    let store_ok = tokio::task::spawn_blocking(move || store.tokens().is_ok()).await.unwrap_or(false);
+    match (store_ok, state.node.is_shutting_down()) {
+        (true, false) => (StatusCode::OK, "ready\n").into_response(),
+        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "store not readable\n").into_response(),
+        (true, true) => (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response(),
+    }
+}
+
+/// The names a record's partner goes by for a scope: its id, its aliases,
+/// and the groups it belongs to.
+fn partner_names(node: &NodeHandle, partner: &str) -> Vec<String> {
+    let config = node.config();
+    let mut names = vec![partner.to_owned()];
+    if let Some(p) = config.partner(partner) {
+        names.push(p.id.clone());
+        names.extend(p.aliases.iter().cloned());
+    }
+    names.extend(config.groups.iter().filter(|g| g.members.iter().any(|m| m == partner)).map(|g| g.name.clone()));
+    names
+}
+
+/// Refuses unless `caller` may use `right` on `rec`.
+fn check_record(node: &NodeHandle, caller: &Caller, right: Right, rec: &RequestRecord) -> Result<(), ApiError> {
+    let names = partner_names(node, &rec.partner);
+    Ok(caller.require_on(right, &rec.rule, names.iter().map(String::as_str))?)
+}
+
+/// Refuses a submission the caller's role or scope does not allow.
+fn check_submit(node: &NodeHandle, caller: &Caller, s: &Submit) -> Result<(), ApiError> {
+    caller.require(Right::Operate)?;
+    let mut others: Vec<&str> =
+        [s.source.as_deref(), s.target.as_deref()].into_iter().flatten().filter(|n| *n != node.node_id()).collect();
+    if s.source.is_none() && s.target.is_none() {
+        others.push(&s.partner);
+    }
+    for name in others {
+        let names = partner_names(node, name);
+        caller.require_on(Right::Operate, &s.rule, names.iter().map(String::as_str))?;
+    }
+    if !caller.covers_rule(&s.rule) {
+        caller.require_on(Right::Operate, &s.rule, [])?;
+    }
+    Ok(())
 }
 
 async fn submit(
-    State(node): State<NodeHandle>,
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     body: Result<Json<Submit>, JsonRejection>,
 ) -> Result<Response, ApiError> {
+    let node = state.node;
+    // The role first: a caller who may not submit learns nothing from the body check.
+    caller.require(Right::Operate)?;
     let Json(s) = body?;
+    check_submit(&node, &caller, &s)?;
     if s.source.is_some() || s.target.is_some() {
         // Submit anywhere: the answer says which node holds the request.
         let placed = node.submit_anywhere(s).await?;
@@ -241,15 +413,30 @@ async fn submit(
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(view)).into_response())
 }
 
+/// The record named by `id`, once `caller` may use `right` on it.
+async fn record_for(
+    node: &NodeHandle,
+    caller: &Caller,
+    right: Right,
+    id: &RequestId,
+) -> Result<RequestRecord, ApiError> {
+    caller.require(right)?;
+    let store = node.store().clone();
+    let key = id.clone();
+    let rec = blocking(move || store.get(&key)?.ok_or_else(|| ApiError::NotFound(key.to_string()))).await?;
+    check_record(node, caller, right, &rec)?;
+    Ok(rec)
+}
+
 async fn get_transfer(
-    State(node): State<NodeHandle>,
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<TransferView>, ApiError> {
     let Path(id) = id?;
     let id = parse_id(&id)?;
-    let store = node.store().clone();
-    let rec = blocking(move || store.get(&id)?.ok_or_else(|| ApiError::NotFound(id.to_string()))).await?;
-    Ok(Json(node.view(&rec)))
+    let rec = record_for(&state.node, &caller, Right::Read, &id).await?;
+    Ok(Json(state.node.view(&rec)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -258,31 +445,31 @@ struct ListQuery {
 }
 
 async fn list_transfers(
-    State(node): State<NodeHandle>,
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Vec<TransferView>>, ApiError> {
+    caller.require(Right::Read)?;
+    let node = state.node;
     let Query(q) = query?;
     let status = parse_status(q.status.as_deref())?;
     let store = node.store().clone();
     let mut recs = blocking(move || Ok(store.list(status)?)).await?;
+    recs.retain(|r| check_record(&node, &caller, Right::Read, r).is_ok());
     recs.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
     Ok(Json(recs.iter().map(|r| node.view(r)).collect()))
 }
 
 async fn transfer_log(
-    State(node): State<NodeHandle>,
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Vec<LogLineView>>, ApiError> {
     let Path(id) = id?;
     let id = parse_id(&id)?;
-    let store = node.store().clone();
-    let lines = blocking(move || {
-        if store.get(&id)?.is_none() {
-            return Err(ApiError::NotFound(id.to_string()));
-        }
-        Ok(store.job_log(&id)?)
-    })
-    .await?;
+    record_for(&state.node, &caller, Right::Read, &id).await?;
+    let store = state.node.store().clone();
+    let lines = blocking(move || Ok(store.job_log(&id)?)).await?;
     Ok(Json(lines.iter().map(LogLineView::from).collect()))
 }
 
@@ -299,63 +486,93 @@ enum Operation {
 /// runner, so the answer still says `Running`; the runner records
 /// `Interrupted` or `Cancelled` shortly after.
 async fn operate(
-    node: NodeHandle,
+    state: ApiState,
+    caller: Caller,
     id: Result<Path<String>, PathRejection>,
     op: Operation,
 ) -> Result<Json<TransferView>, ApiError> {
+    let node = state.node;
     let Path(id) = id?;
     let id = parse_id(&id)?;
+    record_for(&node, &caller, Right::Operate, &id).await?;
     let rec = match op {
         Operation::Stop => node.stop(&id).await?,
         Operation::Cancel => node.cancel(&id).await?,
         Operation::Restart => node.restart(&id).await?,
     };
-    tracing::info!(target: crate::actors::AUDIT, event = "operator", request_id = %id, command = ?op, status = ?rec.status);
+    tracing::info!(target: crate::actors::AUDIT, event = "operator", token = caller.name(), request_id = %id, command = ?op, status = ?rec.status);
     Ok(Json(node.view(&rec)))
 }
 
 async fn stop_transfer(
-    State(node): State<NodeHandle>,
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<TransferView>, ApiError> {
-    operate(node, id, Operation::Stop).await
+    operate(state, caller, id, Operation::Stop).await
 }
 
 async fn cancel_transfer(
-    State(node): State<NodeHandle>,
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<TransferView>, ApiError> {
-    operate(node, id, Operation::Cancel).await
+    operate(state, caller, id, Operation::Cancel).await
 }
 
 async fn restart_transfer(
-    State(node): State<NodeHandle>,
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<TransferView>, ApiError> {
-    operate(node, id, Operation::Restart).await
+    operate(state, caller, id, Operation::Restart).await
 }
 
-async fn node_stats(State(node): State<NodeHandle>) -> Json<NodeStats> {
-    Json(node.stats().await)
+async fn node_stats(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<NodeStats>, ApiError> {
+    caller.require(Right::Read)?;
+    Ok(Json(state.node.stats().await))
 }
 
-async fn partners(State(node): State<NodeHandle>) -> Json<PartnersView> {
-    Json(node.partners().await)
+async fn partners(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<PartnersView>, ApiError> {
+    caller.require(Right::Read)?;
+    let node = state.node;
+    let mut view = node.partners().await;
+    view.partners.retain(|p| {
+        let names = partner_names(&node, &p.id);
+        caller.covers_partner(names.iter().map(String::as_str))
+    });
+    view.groups.retain(|g| caller.covers_partner([g.name.as_str()]));
+    Ok(Json(view))
 }
 
-async fn rules(State(node): State<NodeHandle>) -> Json<Vec<RuleView>> {
-    Json(node.rules())
+async fn rules(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Vec<RuleView>>, ApiError> {
+    caller.require(Right::Read)?;
+    let mut rules = state.node.rules();
+    rules.retain(|r| caller.covers_rule(&r.name));
+    Ok(Json(rules))
 }
 
 /// The request as its two nodes know it, asked from whichever node serves
 /// the API; 404 when no node answers for it.
 async fn cluster_transfer(
-    State(node): State<NodeHandle>,
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<ClusterView>, ApiError> {
+    caller.require(Right::Read)?;
+    caller.require_unscoped("the cluster view")?;
     let Path(id) = id?;
     let id = parse_id(&id)?;
-    let view = node.cluster_view(&id).await;
+    let view = state.node.cluster_view(&id).await;
     if view.nodes.is_empty() {
         let mut why = format!("{id} (no node of the cluster that answered knows it)");
         if !view.unreachable.is_empty() {
@@ -364,6 +581,42 @@ async fn cluster_transfer(
         return Err(ApiError::NotFound(why));
     }
     Ok(Json(view))
+}
+
+async fn list_tokens(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Vec<TokenView>>, ApiError> {
+    caller.require(Right::ManageTokens)?;
+    let tokens = state.tokens.clone();
+    let list = blocking(move || Ok(tokens.list()?)).await?;
+    Ok(Json(list.iter().map(TokenView::from).collect()))
+}
+
+async fn create_token(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Json<NewToken>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    caller.require(Right::ManageTokens)?;
+    let Json(t) = body?;
+    let (record, token) = state.tokens.create(&t.name, t.role, t.rules, t.partners).await?;
+    tracing::info!(target: crate::actors::AUDIT, event = "token_created", token = caller.name(), name = %record.name, role = record.role.name());
+    let location = format!("/api/v1/tokens/{}", record.name);
+    let body = CreatedToken { view: TokenView::from(&record), token };
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(body)).into_response())
+}
+
+async fn revoke_token(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Json<TokenView>, ApiError> {
+    caller.require(Right::ManageTokens)?;
+    let Path(name) = name?;
+    let record = state.tokens.revoke(&name).await?;
+    tracing::info!(target: crate::actors::AUDIT, event = "token_revoked", token = caller.name(), name = %record.name);
+    Ok(Json(TokenView::from(&record)))
 }
 
 async fn no_route(uri: Uri) -> ApiError {

@@ -85,7 +85,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let layout = LocalLayout::create(&root, &["a", "b"]).context("generating certificates and configs")?;
     let a = Node::start(layout.configs[0].clone()).await?;
     let b = Node::start(layout.configs[1].clone()).await?;
-    let api = ApiClient::new(&a.api_addr().to_string())?.with_timeout(Duration::from_secs(60));
+    let api = ApiClient::for_local_node(&layout.configs[0], a.api_addr())?.with_timeout(Duration::from_secs(60));
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     println!("ferry bench: 2 nodes on loopback, {cores} cores, work folder {}", root.display());
 

@@ -14,7 +14,7 @@
 
 use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{TcpListener, UdpSocket};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -22,18 +22,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
-use bytes::Bytes;
 use clap::{Args, Subcommand};
+use ferry::api::client::base_of;
 use ferry::api::ApiClient;
 use ferry::cluster::{ClusterSpec, ClusterState};
 use ferry::config::NodeConfig;
 use ferry::model::NodeStats;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::header::ACCEPT;
-use hyper::{Request, StatusCode, Uri};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 
 use super::display::{iso_time, out, table};
@@ -56,9 +50,6 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Lines of a node's log shown when it fails to start.
 const LOG_TAIL_LINES: usize = 30;
-
-/// Largest `/api/v1/partners` answer read.
-const MAX_PARTNERS_BODY: usize = 4 << 20;
 
 /// `ferry cluster ...`.
 #[derive(Subcommand, Debug)]
@@ -435,15 +426,31 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
                 s.id.clone(),
                 s.child.id().to_string(),
                 s.cfg.listen.to_string(),
-                format!("http://{}", s.cfg.api),
+                base_of(&s.cfg, s.cfg.api),
                 rule.map_or_else(|| "-".into(), |r| c.show(&r.send_dir)),
                 rule.map_or_else(|| "-".into(), |r| c.show(&r.recv_dir)),
             ]
         })
         .collect();
     let mut text = format!("cluster {} is up:\n", c.name());
+    let mut access_dir = None;
+    for s in &started {
+        let file = super::access::AccessFile {
+            api: base_of(&s.cfg, s.cfg.api),
+            ca: absolute(&s.cfg.tls.ca),
+            token_file: absolute(&s.cfg.data_dir.join(ferry::auth::ADMIN_TOKEN_FILE)),
+        };
+        let path = super::access::write(&file)?;
+        access_dir = path.parent().map(Path::to_path_buf);
+    }
     text.push_str(&table(&["NODE", "PID", "QUIC (UDP)", "API", "SENDS FROM", "RECEIVES INTO"], &rows));
     text.push_str(&format!("logs: {}/NODE/node.log\n", state));
+    if let Some(dir) = access_dir {
+        text.push_str(&format!(
+            "API access (HTTPS verified against the cluster CA, each node's admin token): {}/\n",
+            dir.display()
+        ));
+    }
     // The folders as the nodes' configs have them (a kept node.toml may differ).
     let dir = |s: &Started, send: bool| {
         s.cfg.rule(ferry::cluster::spec::RULE).map(|r| c.show(if send { &r.send_dir } else { &r.recv_dir }))
@@ -453,11 +460,11 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     {
         text.push_str(&format!(
             "\nnext: push a file from {a} to {b}:\n  echo hello > {out_dir}/hello.txt\n  \
-             ferry send --api http://{api} {b} default hello.txt --wait   # lands in {in_dir}/hello.txt\n\
+             ferry send --api {api} {b} default hello.txt --wait   # lands in {in_dir}/hello.txt\n\
              then: ferry cluster status {file}   and   ferry cluster down {file}\n",
             a = first.id,
             b = second.id,
-            api = first.cfg.api,
+            api = base_of(&first.cfg, first.cfg.api),
             file = c.file.display(),
         ));
     }
@@ -521,10 +528,6 @@ fn spawn_node(c: &Cluster, binary: &Path, id: &str) -> anyhow::Result<(Child, u6
 /// returns the first node that failed and why.
 async fn wait_ready(started: &mut [Started]) -> Result<(), (String, String)> {
     let deadline = Instant::now() + START_WITHIN;
-    let clients: Vec<Option<ApiClient>> = started
-        .iter()
-        .map(|s| ApiClient::new(&s.cfg.api.to_string()).ok().map(|c| c.with_timeout(PROBE_TIMEOUT)))
-        .collect();
     let mut ready = vec![false; started.len()];
     loop {
         for (i, s) in started.iter_mut().enumerate() {
@@ -536,8 +539,11 @@ async fn wait_ready(started: &mut [Started]) -> Result<(), (String, String)> {
                 Ok(None) => {}
                 Err(e) => return Err((s.id.clone(), format!("cannot be watched: {e}"))),
             }
-            let Some(client) = &clients[i] else {
-                return Err((s.id.clone(), format!("has an unusable API address {}", s.cfg.api)));
+            // Built on each probe: the node writes its first admin token
+            // when it starts.
+            let client = match ApiClient::for_local_node(&s.cfg, s.cfg.api) {
+                Ok(c) => c.with_timeout(PROBE_TIMEOUT),
+                Err(e) => return Err((s.id.clone(), format!("has no usable API client: {e}"))),
             };
             match client.node().await {
                 Ok(stats) if stats.node_id == s.id => ready[i] = true,
@@ -554,7 +560,11 @@ async fn wait_ready(started: &mut [Started]) -> Result<(), (String, String)> {
             let i = ready.iter().position(|r| !r).unwrap_or(0);
             return Err((
                 started[i].id.clone(),
-                format!("did not answer on http://{} within {} s", started[i].cfg.api, START_WITHIN.as_secs()),
+                format!(
+                    "did not answer on {} within {} s",
+                    base_of(&started[i].cfg, started[i].cfg.api),
+                    START_WITHIN.as_secs()
+                ),
             ));
         }
         tokio::time::sleep(POLL).await;
@@ -721,14 +731,22 @@ async fn status(file: &Path, named: &[String]) -> anyhow::Result<()> {
     let selected = c.selected(named)?;
     let mut tasks = tokio::task::JoinSet::new();
     for id in &selected {
-        let api = c.config(id)?.api;
+        let cfg = c.config(id)?;
         let id = id.clone();
         tasks.spawn(async move {
-            let stats = match ApiClient::new(&api.to_string()) {
-                Ok(client) => client.with_timeout(PROBE_TIMEOUT).node().await.map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
+            let api = base_of(&cfg, cfg.api);
+            let client = ApiClient::for_local_node(&cfg, cfg.api).map(|c| c.with_timeout(PROBE_TIMEOUT));
+            let (stats, partners) = match client {
+                Ok(client) => {
+                    let stats = client.node().await.map_err(|e| e.to_string());
+                    let partners = match stats.is_ok() {
+                        true => client.get_optional("/api/v1/partners").await.map_err(|e| e.to_string()),
+                        false => Ok(None),
+                    };
+                    (stats, partners)
+                }
+                Err(e) => (Err(e.to_string()), Ok(None)),
             };
-            let partners = if stats.is_ok() { get_partners(api).await } else { Ok(None) };
             (id, api, stats, partners)
         });
     }
@@ -736,7 +754,7 @@ async fn status(file: &Path, named: &[String]) -> anyhow::Result<()> {
     while let Some(done) = tasks.join_next().await {
         let (id, api, stats, partners) = done.context("a status probe failed")?;
         let proc = c.process(&id);
-        reports.push(NodeReport { id, proc, api: format!("http://{api}"), stats, partners });
+        reports.push(NodeReport { id, proc, api, stats, partners });
     }
     reports.sort_by_key(|r| c.state.spec.index(&r.id));
 
@@ -835,32 +853,10 @@ fn partner_cell(p: &PartnerEntry) -> String {
     }
 }
 
-/// `GET /api/v1/partners`; `Ok(None)` when the node has no such route.
-/// [`ApiClient`] has no call for it, so this one goes through hyper the
-/// same way.
-async fn get_partners(api: SocketAddr) -> Result<Option<PartnersAnswer>, String> {
-    let uri: Uri = format!("http://{api}/api/v1/partners").parse().map_err(|e| format!("{e}"))?;
-    let req = Request::get(uri)
-        .header(ACCEPT, "application/json")
-        .body(Full::new(Bytes::new()))
-        .map_err(|e| e.to_string())?;
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(PROBE_TIMEOUT));
-    let http: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
-    let exchange = async {
-        let resp = http.request(req).await.map_err(|e| e.to_string())?;
-        let status = resp.status();
-        let body = Limited::new(resp.into_body(), MAX_PARTNERS_BODY).collect().await.map_err(|e| e.to_string())?;
-        Ok::<_, String>((status, body.to_bytes()))
-    };
-    let (status, body) = tokio::time::timeout(PROBE_TIMEOUT, exchange)
-        .await
-        .map_err(|_| format!("no answer within {} s", PROBE_TIMEOUT.as_secs()))??;
-    match status {
-        StatusCode::NOT_FOUND => Ok(None),
-        s if s.is_success() => serde_json::from_slice(&body).map(Some).map_err(|e| format!("cannot decode: {e}")),
-        s => Err(format!("HTTP {s}")),
-    }
+/// `path` made absolute against the current folder (access files are read
+/// from anywhere).
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 #[cfg(test)]

@@ -110,12 +110,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut nodes = Vec::new();
     for cfg in &layout.configs {
         let node = Node::start(cfg.clone()).await.with_context(|| format!("starting node {}", cfg.node_id))?;
-        println!("  node {}: QUIC {}  API http://{}", cfg.node_id, node.quic_addr(), node.api_addr());
+        println!(
+            "  node {}: QUIC {}  API {}",
+            cfg.node_id,
+            node.quic_addr(),
+            ferry::api::client::base_of(cfg, node.api_addr())
+        );
         nodes.push(node);
     }
     let api = |id: &str| -> anyhow::Result<ApiClient> {
         let cfg = layout.config(id).context("node in layout")?;
-        Ok(ApiClient::new(&cfg.api.to_string())?)
+        Ok(ApiClient::for_local_node(cfg, cfg.api)?)
     };
 
     let planned = plan(&ids);

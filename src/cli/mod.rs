@@ -5,6 +5,7 @@
 //! ([`ferry::api::ApiClient`]); `cluster`, `demo` and `bench` live in their
 //! own modules.
 
+mod access;
 mod bench;
 mod cluster;
 mod control;
@@ -12,6 +13,7 @@ mod demo;
 mod display;
 mod partners;
 mod rules;
+mod token;
 mod transfer;
 
 use std::path::PathBuf;
@@ -61,6 +63,9 @@ pub enum Command {
     Cancel(control::CommandArgs),
     /// Queue an InError or Interrupted transfer again; it resumes from its restart point.
     Restart(control::RestartArgs),
+    /// Make, list and revoke API tokens (needs an admin token).
+    #[command(subcommand)]
+    Token(token::TokenCommand),
     /// Start a local cluster and run a few transfers through it.
     Demo(demo::DemoArgs),
     /// Measure transfer throughput on a local cluster.
@@ -80,6 +85,8 @@ pub enum CertsCommand {
         /// Node ids, comma-separated (e.g. a,b,c).
         #[arg(long, value_name = "IDS", value_delimiter = ',', required = true)]
         nodes: Vec<String>,
+        #[command(flatten)]
+        issue: IssueArgs,
     },
     /// Issue a certificate for one more node with the CA in DIR.
     Add {
@@ -88,7 +95,27 @@ pub enum CertsCommand {
         dir: PathBuf,
         /// The new node's id.
         node: String,
+        #[command(flatten)]
+        issue: IssueArgs,
     },
+}
+
+/// How node certificates are issued.
+#[derive(clap::Args, Debug, Clone)]
+pub struct IssueArgs {
+    /// Days each node certificate is valid.
+    #[arg(long, value_name = "DAYS", default_value_t = ferry::certs::DEFAULT_NODE_VALIDITY_DAYS)]
+    days: u32,
+    /// An IP address the node's HTTPS API is reached at (repeat for more);
+    /// it goes in the certificate so `ferry` can verify `https://IP:port`.
+    #[arg(long = "ip", value_name = "IP")]
+    ips: Vec<std::net::IpAddr>,
+}
+
+impl IssueArgs {
+    fn options(&self) -> ferry::certs::IssueOptions {
+        ferry::certs::IssueOptions { validity_days: self.days, ips: self.ips.clone() }
+    }
 }
 
 /// Sets up logging to stderr: the filter comes from `RUST_LOG`, else `default`.
@@ -109,8 +136,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             ferry::node::run_node(cfg).await.with_context(|| format!("node {}", config.display()))?;
             Ok(())
         }
-        Command::Certs(CertsCommand::Init { dir, nodes }) => {
-            ferry::certs::init(&dir, &nodes)?;
+        Command::Certs(CertsCommand::Init { dir, nodes, issue }) => {
+            ferry::certs::init_with(&dir, &nodes, &issue.options())?;
             let mut text = format!(
                 "wrote cluster CA {} and {}\n",
                 dir.join(ferry::certs::CA_CERT_FILE).display(),
@@ -121,8 +148,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             out(&text)
         }
-        Command::Certs(CertsCommand::Add { dir, node }) => {
-            ferry::certs::add(&dir, &node)?;
+        Command::Certs(CertsCommand::Add { dir, node, issue }) => {
+            ferry::certs::add_with(&dir, &node, &issue.options())?;
             out(&written(&dir, &node))
         }
         Command::Send(args) => transfer::transfer(args.transfer, Direction::Push, args.from).await,
@@ -134,6 +161,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stop(args) => control::stop(args).await,
         Command::Cancel(args) => control::cancel(args).await,
         Command::Restart(args) => control::restart(args).await,
+        Command::Token(cmd) => token::run(cmd).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Cluster(cmd) => cluster::run(cmd).await,

@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -20,13 +21,22 @@ const POLL: Duration = Duration::from_millis(250);
 /// The rate shown while waiting is measured over this window.
 const RATE_WINDOW: Duration = Duration::from_secs(3);
 
-/// Which node to talk to.
+/// Which node to talk to, and with what token and CA.
 #[derive(Args, Debug, Clone)]
 pub struct ApiArg {
-    /// The node's REST API: `http://host:port`, `host:port`, or a bare port (on 127.0.0.1)
-    /// [env: FERRY_API] [default: http://127.0.0.1:8001]
+    /// The node's REST API: `https://host:port`, `host:port` (HTTPS), a bare port
+    /// (HTTPS on 127.0.0.1), or `http://127.0.0.1:port` for a node serving plain
+    /// HTTP on loopback [env: FERRY_API] [default: https://127.0.0.1:8001]
     #[arg(long, value_name = "URL")]
     pub api: Option<String>,
+    /// A file holding the API token [else: $FERRY_TOKEN, else the access file
+    /// `ferry cluster up` wrote for this address under .ferry/access/]
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// The cluster CA certificate the node's HTTPS certificate must chain to
+    /// [else: $FERRY_CA, else the access file]
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
 }
 
 impl ApiArg {
@@ -39,7 +49,9 @@ impl ApiArg {
     }
 
     pub fn client(&self) -> anyhow::Result<ApiClient> {
-        Ok(ApiClient::new(&self.resolve())?)
+        let base = ferry::api::client::normalise_base(&self.resolve())?;
+        let access = super::access::resolve(&base, self.token_file.as_deref(), self.ca.as_deref())?;
+        Ok(ApiClient::new(&base, &access)?)
     }
 }
 
@@ -657,7 +669,7 @@ mod tests {
 
     #[test]
     fn the_api_address_falls_back_to_the_default() {
-        let a = ApiArg { api: Some("http://10.0.0.1:9000".into()) };
+        let a = ApiArg { api: Some("http://10.0.0.1:9000".into()), token_file: None, ca: None };
         assert_eq!(a.resolve(), "http://10.0.0.1:9000");
     }
 }

@@ -317,18 +317,23 @@ impl ClusterState {
         let mut done = Prepared::default();
         let certs_dir = self.certs_dir();
         let cert_err = |source| ClusterError::Certs { path: certs_dir.display().to_string(), source };
+        // The API is reached at `host`: its address goes in each certificate.
+        let mut issue = certs::IssueOptions { ips: vec![self.spec.host], ..Default::default() };
+        if self.spec.host.is_loopback() {
+            issue.ips = certs::IssueOptions::loopback().ips;
+        }
         if certs_dir.join(certs::CA_CERT_FILE).exists() {
             for id in &self.spec.nodes {
                 let p = certs::paths(&certs_dir, id);
                 // A node missing either file goes to `add`, which refuses
                 // (never overwrites) when the other one is still there.
                 if !p.cert.exists() || !p.key.exists() {
-                    certs::add(&certs_dir, id).map_err(cert_err)?;
+                    certs::add_with(&certs_dir, id, &issue).map_err(cert_err)?;
                     done.certs_created.push(id.clone());
                 }
             }
         } else {
-            certs::init(&certs_dir, &self.spec.nodes).map_err(cert_err)?;
+            certs::init_with(&certs_dir, &self.spec.nodes, &issue).map_err(cert_err)?;
             done.ca_created = true;
             done.certs_created = self.spec.nodes.clone();
         }

@@ -4,12 +4,14 @@
 //! Plain data and the errors a submission or an operator command can meet;
 //! no I/O. The node and the actors produce these; the API only moves them.
 
+pub mod token;
 pub mod view;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use token::{CreatedToken, NewToken, TokenView};
 pub use view::{ErrorBody, ErrorView, LogLineView, RuleView, TransferView};
 
 use crate::protocol::control::RequestState;

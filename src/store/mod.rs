@@ -19,6 +19,10 @@
 //!   handed over to this node, so how many one partner has queued here can
 //!   be bounded ([`Store::open_handovers`] drops the entries of requests
 //!   that ended). Added without a schema change, like `cancel_notices`.
+//! - `tokens`: token name → bincode([`TokenRecord`]): the API's tokens,
+//!   each with the hash of its secret, never the secret. Added without a
+//!   schema change: an older store has none, and the node makes its first
+//!   admin token at start (see [`crate::auth`]).
 //!
 //! Invariants: a record and its queue entry are written together, by
 //! [`Store::insert`] and [`Store::update_if`] only; the queue index may be
@@ -39,8 +43,10 @@
 
 mod migrate;
 mod record;
+mod token;
 
 pub use record::*;
+pub use token::*;
 
 use std::path::Path;
 
@@ -90,6 +96,18 @@ fn decode<T: serde::de::DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T,
 /// [`Store`] closes it (and releases its lock) at once.
 type FlushReply = (sled::Db, tokio::sync::oneshot::Sender<Result<(), String>>);
 
+/// A record as it was written: `old` is `None` for a new record.
+#[derive(Debug)]
+pub struct RecordChange<'a> {
+    pub old: Option<&'a RequestRecord>,
+    pub new: &'a RequestRecord,
+}
+
+/// Told of every record [`Store::insert`] and [`Store::update_if`] write,
+/// right after the write, on the writer's thread: it must be quick and must
+/// not call back into the store.
+pub type Observer = std::sync::Arc<dyn Fn(&RecordChange<'_>) + Send + Sync>;
+
 /// A handle to the node's database; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -100,6 +118,9 @@ pub struct Store {
     /// Cancelled requests whose partner has not yet confirmed it was told.
     notices: sled::Tree,
     handovers: sled::Tree,
+    tokens: sled::Tree,
+    /// Who is told of every record written (see [`Store::observe`]).
+    observers: std::sync::Arc<std::sync::RwLock<Vec<Observer>>>,
     flusher: tokio::sync::mpsc::UnboundedSender<FlushReply>,
 }
 
@@ -165,6 +186,8 @@ impl Store {
             queue: db.open_tree("queue")?,
             notices: db.open_tree("cancel_notices")?,
             handovers: db.open_tree("handovers")?,
+            tokens: db.open_tree("tokens")?,
+            observers: Default::default(),
             db,
             flusher,
         })
@@ -184,7 +207,20 @@ impl Store {
             self.queue.insert(queue_key(seq, &rec.id), &[])?;
         }
         self.append_log(&rec, message)?;
+        self.notify(&RecordChange { old: None, new: &rec });
         Ok(rec)
+    }
+
+    /// Adds an observer of every record written from now on (the audit
+    /// log, the metrics, the live events).
+    pub fn observe(&self, observer: Observer) {
+        self.observers.write().expect("observer list lock is never poisoned").push(observer);
+    }
+
+    fn notify(&self, change: &RecordChange<'_>) {
+        for o in self.observers.read().expect("observer list lock is never poisoned").iter() {
+            o(change);
+        }
     }
 
     pub fn get(&self, id: &RequestId) -> Result<Option<RequestRecord>, StoreError> {
@@ -245,6 +281,7 @@ impl Store {
                     if message.is_empty() { format!("{:?} / {:?}", new.status, new.step) } else { message.into() };
                 self.append_log(&new, &msg)?;
             }
+            self.notify(&RecordChange { old: Some(&old), new: &new });
             return Ok(Some(new));
         }
     }
@@ -418,6 +455,23 @@ impl Store {
     }
 
     /// Blocking variant of [`Store::flush`] for shutdown paths.
+    /// Every API token, revoked ones included, by name.
+    pub fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.tokens
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    /// Writes `token` under its name, replacing any record of that name.
+    pub fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
+        self.tokens.insert(token.name.as_bytes(), encode(token)?)?;
+        Ok(())
+    }
+
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         Ok(())

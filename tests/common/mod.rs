@@ -124,3 +124,62 @@ pub fn delivered(dir: &Path) -> Vec<String> {
 pub fn work_files(dir: &Path) -> Vec<String> {
     delivered(&dir.join(".ferry-work"))
 }
+
+/// A client for an in-process node's API: HTTPS verified against its
+/// cluster CA, with the node's first admin token.
+pub fn api_client(node: &Node) -> ferry::api::ApiClient {
+    ferry::api::ApiClient::for_local_node(node.handle().config(), node.api_addr()).expect("API client")
+}
+
+/// The node's first admin token (written to its data folder at start).
+pub fn admin_token(config: &NodeConfig) -> String {
+    ferry::auth::read_token_file(&config.data_dir.join(ferry::auth::ADMIN_TOKEN_FILE)).expect("admin token file")
+}
+
+/// One HTTP/1.1 exchange written by hand over HTTPS (verified against the
+/// node's CA), so a test controls every byte of the request: answers the
+/// status, the head (lowercased) and the body.
+pub async fn raw_exchange(
+    config: &NodeConfig,
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> (u16, String, String) {
+    use rustls_pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls_pki_types::CertificateDer::from_pem_file(&config.tls.ca).expect("CA")).expect("root");
+    let tls =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect to the API");
+    let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
+    let mut s = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls)).connect(name, tcp).await.expect("TLS");
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\naccept: application/json\r\nconnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if let Some(b) = body {
+        req.push_str(&format!("content-type: application/json\r\ncontent-length: {}\r\n", b.len()));
+    }
+    req.push_str("\r\n");
+    req.push_str(body.unwrap_or(""));
+    s.write_all(req.as_bytes()).await.expect("send request");
+    let mut answer = Vec::new();
+    // A TLS peer may close without close_notify after answering.
+    let _ = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut answer)).await.expect("answer in time");
+    let text = String::from_utf8(answer).expect("UTF-8 answer");
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no header end in {text:?}"));
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {head:?}"));
+    (status, head.to_ascii_lowercase(), body.to_owned())
+}

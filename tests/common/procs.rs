@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ferry::api::{ApiClient, ClientError, LogLineView, TransferView};
 use ferry::cluster::LocalLayout;
+use ferry::config::NodeConfig;
 use ferry::protocol::Digest;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ferry");
@@ -39,6 +40,9 @@ pub async fn run_ferry(args: &[&str], within: Duration) -> std::process::Output 
     let run = tokio::process::Command::new(BIN)
         .args(args)
         .env_remove("FERRY_API")
+        .env_remove("FERRY_TOKEN")
+        .env_remove("FERRY_CA")
+        .env("FERRY_ACCESS_DIR", access_dir())
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output();
@@ -53,7 +57,30 @@ pub struct NodeProc {
     pub id: String,
     child: Option<Child>,
     pub log: PathBuf,
+    pub config: NodeConfig,
+    /// The node's API base, e.g. `https://127.0.0.1:8301`.
     pub api: String,
+}
+
+/// The access files of every node this test process starts (see
+/// `ferry --help`: the CLI finds a node's token and CA there); `run_ferry`
+/// points `FERRY_ACCESS_DIR` at it.
+pub fn access_dir() -> &'static Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| tempfile::Builder::new().prefix("ferry-test-access-").tempdir().expect("access dir")).path()
+}
+
+/// Writes the access file `ferry cluster up` would write for `config`.
+pub fn write_access_file(config: &NodeConfig) {
+    let api = ferry::api::client::base_of(config, config.api);
+    let name: String =
+        config.api.to_string().chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '_' }).collect();
+    let text = format!(
+        "api = {api:?}\nca = {:?}\ntoken_file = {:?}\n",
+        config.tls.ca.display().to_string(),
+        config.data_dir.join(ferry::auth::ADMIN_TOKEN_FILE).display().to_string()
+    );
+    std::fs::write(access_dir().join(format!("{name}.toml")), text).expect("access file");
 }
 
 impl NodeProc {
@@ -73,8 +100,10 @@ impl NodeProc {
             .stderr(err)
             .spawn()
             .expect("spawn ferry node");
-        let api = format!("http://{}", layout.config(id).expect("node in layout").api);
-        NodeProc { id: id.to_owned(), child: Some(child), log, api }
+        let config = layout.config(id).expect("node in layout").clone();
+        write_access_file(&config);
+        let api = ferry::api::client::base_of(&config, config.api);
+        NodeProc { id: id.to_owned(), child: Some(child), log, config, api }
     }
 
     pub fn pid(&self) -> i32 {
@@ -89,24 +118,28 @@ impl NodeProc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// A client with the node's first admin token (read on each call: the
+    /// node writes it when it first starts).
     pub fn client(&self) -> ApiClient {
-        ApiClient::new(&self.api).expect("client").with_timeout(Duration::from_secs(10))
+        ApiClient::for_local_node(&self.config, self.config.api).expect("client").with_timeout(Duration::from_secs(10))
     }
 
     /// Polls (bounded) until the node's API answers; fails early if the process ended.
     pub async fn wait_ready(&mut self) -> ApiClient {
-        let api = self.client().with_timeout(Duration::from_secs(2));
         let deadline = Instant::now() + START_WITHIN;
         loop {
+            let api = self.client().with_timeout(Duration::from_secs(2));
             if let Some(status) = self.child.as_mut().expect("running").try_wait().expect("try_wait") {
                 panic!("node {} exited ({status}) before its API answered:\n{}", self.id, self.log_text());
             }
             match api.node().await {
                 Ok(stats) => {
-                    assert_eq!(stats.node_id, self.id, "the API at {} is another node's", self.api);
+                    assert_eq!(stats.node_id, self.id, "the API at {} is another node's", self.config.api);
                     return self.client();
                 }
                 Err(ClientError::Unreachable { .. } | ClientError::Timeout { .. } | ClientError::Transport { .. }) => {}
+                // Not yet the token file: the node writes it as it starts.
+                Err(ClientError::Api { status: 401, .. }) => {}
                 Err(e) => panic!("node {} API: {e}", self.id),
             }
             assert!(
@@ -212,8 +245,8 @@ impl ProcCluster {
 
     /// A client for node `id`'s API (whether it runs or not).
     pub fn api(&self, id: &str) -> ApiClient {
-        let addr = self.layout.config(id).expect("node in layout").api;
-        ApiClient::new(&format!("http://{addr}")).expect("client").with_timeout(Duration::from_secs(10))
+        let config = self.layout.config(id).expect("node in layout");
+        ApiClient::for_local_node(config, config.api).expect("client").with_timeout(Duration::from_secs(10))
     }
 
     pub fn out_dir(&self, id: &str) -> PathBuf {
