@@ -292,6 +292,90 @@ pub fn add_with(dir: &Path, node: &str, options: &IssueOptions) -> Result<(), Ce
     write_node(dir, node, &cert_pem, &key_pem)
 }
 
+/// File name of the certificate revocation list (PEM, signed by the CA).
+pub const CRL_FILE: &str = "crl.pem";
+/// The revoked certificates, one per line: `SERIAL_HEX UNIX_SECS NODE`;
+/// `crl.pem` is rebuilt from it at each revocation.
+pub const REVOKED_FILE: &str = "revoked.txt";
+
+/// Revokes `node`'s current certificate: adds it to `revoked.txt` and
+/// writes a new `crl.pem` signed by the CA (written to a temporary name,
+/// then renamed, so a node never reads half a list). Nodes whose config
+/// names the list (`[tls] crl`) refuse that certificate at every handshake
+/// from their next start. Returns the list's path.
+pub fn revoke(dir: &Path, node: &str) -> Result<PathBuf, CertError> {
+    validate_node_id(node)?;
+    let issuer = load_issuer(dir)?;
+    let cert_path = paths(dir, node).cert;
+    let unusable = |reason: String| CertError::CaUnusable { dir: dir.to_owned(), reason };
+    let cert = CertificateDer::from_pem_file(&cert_path)
+        .map_err(|e| unusable(format!("cannot read {}: {e}", cert_path.display())))?;
+    let (serial, _) = tls::certificate_serial_and_expiry(&cert).map_err(|e| unusable(e.to_string()))?;
+    let serial_hex: String = serial.iter().map(|b| format!("{b:02x}")).collect();
+    let revoked_path = dir.join(REVOKED_FILE);
+    let mut listed = match fs::read_to_string(&revoked_path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(source) => return Err(CertError::Io { path: revoked_path, source }),
+    };
+    if !listed.lines().any(|l| l.split_whitespace().next() == Some(serial_hex.as_str())) {
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        listed.push_str(&format!("{serial_hex} {now} {node}\n"));
+    }
+    let mut revoked = Vec::new();
+    for line in listed.lines() {
+        let mut parts = line.split_whitespace();
+        let (Some(hex), Some(at)) = (parts.next(), parts.next()) else { continue };
+        let bytes: Option<Vec<u8>> =
+            (0..hex.len()).step_by(2).map(|i| hex.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok())).collect();
+        let at: u64 = at.parse().map_err(|_| unusable(format!("{}: bad line {line:?}", revoked_path.display())))?;
+        let bytes = bytes.ok_or_else(|| unusable(format!("{}: bad line {line:?}", revoked_path.display())))?;
+        revoked.push(rcgen::RevokedCertParams {
+            serial_number: rcgen::SerialNumber::from_slice(&bytes),
+            revocation_time: (SystemTime::UNIX_EPOCH + Duration::from_secs(at)).into(),
+            reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+            invalidity_date: None,
+        });
+    }
+    let now = SystemTime::now();
+    let crl = rcgen::CertificateRevocationListParams {
+        this_update: now.checked_sub(BACKDATE).unwrap_or(now).into(),
+        next_update: (now + CA_VALIDITY).into(),
+        crl_number: rcgen::SerialNumber::from(now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())),
+        issuing_distribution_point: None,
+        revoked_certs: revoked,
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(&issuer)?;
+    let crl_path = dir.join(CRL_FILE);
+    replace_file(&crl_path, crl.pem()?.as_bytes(), CERT_MODE)?;
+    replace_file(&revoked_path, listed.as_bytes(), CERT_MODE)?;
+    Ok(crl_path)
+}
+
+/// The CA as an issuer, rebuilt from `ca.key` (see [`ca_params`]).
+fn load_issuer(dir: &Path) -> Result<Issuer<'static, KeyPair>, CertError> {
+    let ca_key_path = dir.join(CA_KEY_FILE);
+    if !exists(&ca_key_path)? {
+        return Err(CertError::CaMissing { path: ca_key_path });
+    }
+    let ca_key_pem =
+        fs::read_to_string(&ca_key_path).map_err(|source| CertError::Io { path: ca_key_path.clone(), source })?;
+    let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(|e| CertError::CaUnusable {
+        dir: dir.to_owned(),
+        reason: format!("cannot parse {}: {e}", ca_key_path.display()),
+    })?;
+    Ok(Issuer::new(ca_params(&ca_key), ca_key))
+}
+
+/// Writes `contents` to `path` through a temporary file and a rename.
+fn replace_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), CertError> {
+    let tmp = path.with_extension("tmp");
+    let _ = fs::remove_file(&tmp);
+    write_new(&tmp, contents, mode)?;
+    fs::rename(&tmp, path).map_err(|source| CertError::Io { path: path.to_owned(), source })
+}
+
 /// CA parameters for `key`. `add` depends on these being reproducible from
 /// the key alone; only the validity window may vary between calls because it
 /// is not part of the issuer identity.

@@ -70,7 +70,7 @@ impl LocalLayout {
         for (i, id) in ids.iter().enumerate() {
             let home = root.join(id);
             let p = crate::certs::paths(&certs, id);
-            let tls = TlsPaths { cert: p.cert, key: p.key, ca: p.ca };
+            let tls = TlsPaths { cert: p.cert, key: p.key, ca: p.ca, crl: None };
             let api = free_tcp().map_err(io(root))?;
             let cfg = NodeConfig {
                 partners: ids

@@ -55,6 +55,11 @@ pub struct TlsPaths {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub ca: PathBuf,
+    /// The cluster's certificate revocation list (`ferry certs revoke`
+    /// writes it): a partner whose certificate it lists is refused at
+    /// every handshake.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crl: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -516,6 +521,9 @@ impl NodeConfig {
         fix(&mut self.tls.cert);
         fix(&mut self.tls.key);
         fix(&mut self.tls.ca);
+        if let Some(p) = &mut self.tls.crl {
+            fix(p);
+        }
         if let Some(p) = &mut self.audit.path {
             fix(p);
         }

@@ -568,7 +568,10 @@ impl Node {
         if let Err(e) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
             tracing::warn!(path = %pid_file.display(), error = %e, "cannot write the pid file");
         }
-        let identity = NodeIdentity::load(&config.node_id, &config.tls.cert, &config.tls.key, &config.tls.ca)?;
+        let mut identity = NodeIdentity::load(&config.node_id, &config.tls.cert, &config.tls.key, &config.tls.ca)?;
+        if let Some(crl) = &config.tls.crl {
+            identity = identity.with_crl(crl)?;
+        }
         let tuning = TransportTuning {
             // Streams a partner may open per connection; the partner's
             // total over its connections is bounded again by its budget.

@@ -98,6 +98,15 @@ pub enum CertsCommand {
         #[command(flatten)]
         issue: IssueArgs,
     },
+    /// Revoke a node's certificate: writes DIR/crl.pem, signed by the CA. Give it to every
+    /// node as `[tls] crl` (they read it at start) and the revoked node is refused at every handshake.
+    Revoke {
+        /// The certificate folder holding ca.key and the node's certificate.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// The node to revoke.
+        node: String,
+    },
 }
 
 /// How node certificates are issued.
@@ -151,6 +160,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Certs(CertsCommand::Add { dir, node, issue }) => {
             ferry::certs::add_with(&dir, &node, &issue.options())?;
             out(&written(&dir, &node))
+        }
+        Command::Certs(CertsCommand::Revoke { dir, node }) => {
+            let crl = ferry::certs::revoke(&dir, &node)?;
+            out(&format!(
+                "revoked node {node}: {} now lists its certificate (all revoked: {}); nodes refuse it once they run with [tls] crl = \"{}\"\n",
+                crl.display(),
+                dir.join(ferry::certs::REVOKED_FILE).display(),
+                crl.display()
+            ))
         }
         Command::Send(args) => transfer::transfer(args.transfer, Direction::Push, args.from).await,
         Command::Get(args) => transfer::transfer(args.transfer, Direction::Pull, args.to).await,

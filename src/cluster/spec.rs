@@ -221,7 +221,7 @@ impl ClusterSpec {
             .collect();
         let certs = Path::new("..").join(CERTS_DIR);
         let tls = certs::paths(&certs, id);
-        let tls = TlsPaths { cert: tls.cert, key: tls.key, ca: tls.ca };
+        let tls = TlsPaths { cert: tls.cert, key: tls.key, ca: tls.ca, crl: None };
         Some(NodeConfig {
             partners,
             groups,

@@ -18,9 +18,10 @@
 //!   The client dials with the partner's node id as the server name, so webpki
 //!   checks the server's identity during the handshake; the server learns the
 //!   client's identity from [`peer_node_id`] after the handshake.
-//! * The DER reader here is only used for extracting names; it never decides
-//!   trust on its own (webpki has already verified the chain), and it is
-//!   bounds-checked so malformed input yields an error, never a panic.
+//! * Names are read with `x509-parser`, only after webpki verified the chain;
+//!   malformed input yields an error, never a panic.
+//! * With a revocation list (`[tls] crl`, signed by the CA), webpki refuses a
+//!   listed certificate at every handshake, in both directions.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -32,7 +33,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime};
 
 use crate::certs;
 
@@ -118,7 +119,7 @@ pub enum TlsError {
 
     /// A certificate could not be parsed far enough to find its names.
     #[error("malformed certificate: {0}")]
-    MalformedCertificate(&'static str),
+    MalformedCertificate(String),
 
     /// The certificate has no DNS subjectAltName to take a node id from.
     #[error("certificate has no DNS subjectAltName")]
@@ -140,6 +141,9 @@ pub struct NodeIdentity {
     pub key: PrivateKeyDer<'static>,
     /// The cluster CA certificate; the only trust anchor.
     pub ca: CertificateDer<'static>,
+    /// Revocation lists signed by the CA: a certificate they list is
+    /// refused at every handshake, both ways.
+    pub crls: Vec<CertificateRevocationListDer<'static>>,
 }
 
 impl Clone for NodeIdentity {
@@ -149,6 +153,7 @@ impl Clone for NodeIdentity {
             cert_chain: self.cert_chain.clone(),
             key: self.key.clone_key(),
             ca: self.ca.clone(),
+            crls: self.crls.clone(),
         }
     }
 }
@@ -188,7 +193,20 @@ impl NodeIdentity {
         rustls::sign::CertifiedKey::from_der(cert_chain.clone(), key_der.clone_key(), &provider())
             .map_err(|source| TlsError::KeyMismatch { path: key.to_owned(), source })?;
 
-        Ok(Self { node_id: node_id.to_owned(), cert_chain, key: key_der, ca: ca_der })
+        Ok(Self { node_id: node_id.to_owned(), cert_chain, key: key_der, ca: ca_der, crls: Vec::new() })
+    }
+
+    /// The same identity checking partners against the revocation list at
+    /// `crl`; refused if the list is unreadable or revokes this node itself.
+    pub fn with_crl(mut self, crl: &Path) -> Result<Self, TlsError> {
+        let list = CertificateRevocationListDer::from_pem_file(crl)
+            .map_err(|source| pem_error("revocation list", crl, source))?;
+        self.crls = vec![list];
+        let rejected = |source| TlsError::CertificateRejected { node_id: self.node_id.clone(), source };
+        client_verifier(&self)?
+            .verify_client_cert(&self.cert_chain[0], &self.cert_chain[1..], UnixTime::now())
+            .map_err(rejected)?;
+        Ok(self)
     }
 }
 
@@ -244,9 +262,8 @@ pub fn verify_node_certificate(
 /// rustls server config: presents this node's certificate, requires a client
 /// certificate issued by the cluster CA, TLS 1.3 only, ALPN [`ALPN`].
 pub fn server_config(id: &NodeIdentity) -> Result<rustls::ServerConfig, TlsError> {
-    let provider = provider();
-    let verifier = WebPkiClientVerifier::builder_with_provider(ca_roots(&id.ca)?, provider.clone()).build()?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let verifier = client_verifier(id)?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(id.cert_chain.clone(), id.key.clone_key())?;
@@ -254,13 +271,27 @@ pub fn server_config(id: &NodeIdentity) -> Result<rustls::ServerConfig, TlsError
     Ok(config)
 }
 
+/// The verifier of partners' client certificates: the cluster CA, and the
+/// revocation lists when there are some.
+fn client_verifier(id: &NodeIdentity) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    let mut builder = WebPkiClientVerifier::builder_with_provider(ca_roots(&id.ca)?, provider());
+    if !id.crls.is_empty() {
+        builder = builder.with_crls(id.crls.clone()).only_check_end_entity_revocation();
+    }
+    Ok(builder.build()?)
+}
+
 /// rustls client config: trusts only the cluster CA, authenticates with this
 /// node's certificate, TLS 1.3 only, ALPN [`ALPN`]. The server name given when
 /// connecting must be the partner's node id.
 pub fn client_config(id: &NodeIdentity) -> Result<rustls::ClientConfig, TlsError> {
+    let mut verifier = WebPkiServerVerifier::builder_with_provider(ca_roots(&id.ca)?, provider());
+    if !id.crls.is_empty() {
+        verifier = verifier.with_crls(id.crls.clone()).only_check_end_entity_revocation();
+    }
     let mut config = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(ca_roots(&id.ca)?)
+        .with_webpki_verifier(verifier.build()?)
         .with_client_auth_cert(id.cert_chain.clone(), id.key.clone_key())?;
     config.alpn_protocols = vec![ALPN.to_vec()];
     Ok(config)
@@ -290,166 +321,38 @@ pub fn node_id_from_cert(cert: &CertificateDer<'_>) -> Result<String, TlsError> 
 }
 
 /// All dNSName entries of the certificate's subjectAltName extension, in
-/// order (empty if it has no such extension).
+/// order (empty if it has no such extension). Read with `x509-parser`; a
+/// certificate that does not parse, or repeats the extension, is refused.
 pub fn certificate_dns_names(cert: &CertificateDer<'_>) -> Result<Vec<String>, TlsError> {
-    der::dns_names(cert.as_ref()).map_err(TlsError::MalformedCertificate)
+    use x509_parser::extensions::GeneralName;
+    let malformed = |e: String| TlsError::MalformedCertificate(e);
+    let (rest, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|e| malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(malformed("trailing bytes after the certificate".into()));
+    }
+    // RFC 5280 forbids repeating an extension; two SANs could disagree about
+    // who the certificate names (x509-parser reports a duplicate as an error).
+    let san = parsed.subject_alternative_name().map_err(|e| malformed(format!("subjectAltName: {e}")))?;
+    Ok(san
+        .map(|ext| {
+            ext.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::DNSName(name) => Some((*name).to_owned()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default())
 }
 
-/// A minimal DER reader covering exactly the path
-/// Certificate → TBSCertificate → extensions → subjectAltName → dNSName.
-///
-/// rcgen cannot parse certificates without `x509-parser`, and rustls/webpki do
-/// not expose the parsed names, so this walks the structure itself. Every
-/// length is checked against the remaining input before slicing.
-mod der {
-    const SEQUENCE: u8 = 0x30;
-    const OID: u8 = 0x06;
-    const BOOLEAN: u8 = 0x01;
-    const OCTET_STRING: u8 = 0x04;
-    /// `[3] EXPLICIT Extensions` in TBSCertificate.
-    const EXTENSIONS: u8 = 0xa3;
-    /// `dNSName [2] IMPLICIT IA5String` in GeneralName.
-    const DNS_NAME: u8 = 0x82;
-    /// Content octets of OID 2.5.29.17 (id-ce-subjectAltName).
-    const SUBJECT_ALT_NAME: &[u8] = &[0x55, 0x1d, 0x11];
-
-    pub(super) type Result<T> = std::result::Result<T, &'static str>;
-
-    struct Tlv<'a> {
-        tag: u8,
-        value: &'a [u8],
-    }
-
-    struct Reader<'a> {
-        rest: &'a [u8],
-    }
-
-    impl<'a> Reader<'a> {
-        fn new(input: &'a [u8]) -> Self {
-            Self { rest: input }
-        }
-
-        fn is_empty(&self) -> bool {
-            self.rest.is_empty()
-        }
-
-        fn read(&mut self) -> Result<Tlv<'a>> {
-            let (&tag, rest) = self.rest.split_first().ok_or("truncated (tag)")?;
-            // Multi-byte tags never occur on the path we walk.
-            if tag & 0x1f == 0x1f {
-                return Err("unsupported high-tag-number form");
-            }
-            let (&first, mut rest) = rest.split_first().ok_or("truncated (length)")?;
-            let len = if first < 0x80 {
-                usize::from(first)
-            } else {
-                let count = usize::from(first & 0x7f);
-                if count == 0 {
-                    return Err("indefinite length is not DER");
-                }
-                // Four length octets already allow 4 GiB, far beyond any cert.
-                if count > 4 {
-                    return Err("length field too long");
-                }
-                if rest.len() < count {
-                    return Err("truncated (length octets)");
-                }
-                let (octets, after) = rest.split_at(count);
-                if octets[0] == 0 {
-                    return Err("non-minimal length encoding");
-                }
-                let len = octets.iter().fold(0u32, |acc, &b| (acc << 8) | u32::from(b));
-                if len < 0x80 {
-                    return Err("non-minimal length encoding");
-                }
-                rest = after;
-                usize::try_from(len).map_err(|_| "length does not fit in memory")?
-            };
-            if rest.len() < len {
-                return Err("truncated (value)");
-            }
-            let (value, after) = rest.split_at(len);
-            self.rest = after;
-            Ok(Tlv { tag, value })
-        }
-
-        fn expect(&mut self, tag: u8, what: &'static str) -> Result<&'a [u8]> {
-            let tlv = self.read()?;
-            if tlv.tag != tag {
-                return Err(what);
-            }
-            Ok(tlv.value)
-        }
-
-        /// Read one element of type `tag` that must be all that is left.
-        fn only(mut self, tag: u8, what: &'static str) -> Result<&'a [u8]> {
-            let value = self.expect(tag, what)?;
-            if !self.is_empty() {
-                return Err("trailing data");
-            }
-            Ok(value)
-        }
-    }
-
-    pub(super) fn dns_names(cert: &[u8]) -> Result<Vec<String>> {
-        let certificate = Reader::new(cert).only(SEQUENCE, "Certificate is not a SEQUENCE")?;
-        let tbs = Reader::new(certificate).expect(SEQUENCE, "TBSCertificate is not a SEQUENCE")?;
-
-        let mut fields = Reader::new(tbs);
-        let mut extensions = None;
-        while !fields.is_empty() {
-            let field = fields.read()?;
-            if field.tag == EXTENSIONS {
-                if extensions.is_some() {
-                    return Err("duplicate extensions field");
-                }
-                extensions = Some(field.value);
-            }
-        }
-        let Some(extensions) = extensions else {
-            return Ok(Vec::new());
-        };
-
-        let mut list = Reader::new(Reader::new(extensions).only(SEQUENCE, "Extensions is not a SEQUENCE")?);
-        let mut names = None;
-        while !list.is_empty() {
-            let mut ext = Reader::new(list.expect(SEQUENCE, "Extension is not a SEQUENCE")?);
-            let oid = ext.expect(OID, "Extension id is not an OID")?;
-            let mut field = ext.read()?;
-            if field.tag == BOOLEAN {
-                field = ext.read()?;
-            }
-            if field.tag != OCTET_STRING || !ext.is_empty() {
-                return Err("Extension value is not an OCTET STRING");
-            }
-            if oid == SUBJECT_ALT_NAME {
-                // RFC 5280 forbids repeating an extension; two SANs could
-                // disagree about who the certificate names.
-                if names.is_some() {
-                    return Err("duplicate subjectAltName extension");
-                }
-                names = Some(general_names_dns(field.value)?);
-            }
-        }
-        Ok(names.unwrap_or_default())
-    }
-
-    fn general_names_dns(ext_value: &[u8]) -> Result<Vec<String>> {
-        let mut general_names = Reader::new(Reader::new(ext_value).only(SEQUENCE, "GeneralNames is not a SEQUENCE")?);
-        let mut out = Vec::new();
-        while !general_names.is_empty() {
-            let name = general_names.read()?;
-            if name.tag == DNS_NAME {
-                // IA5String is 7-bit ASCII, so valid ASCII is also valid UTF-8.
-                if !name.value.is_ascii() {
-                    return Err("dNSName is not ASCII");
-                }
-                let s = std::str::from_utf8(name.value).map_err(|_| "dNSName is not ASCII")?;
-                out.push(s.to_owned());
-            }
-        }
-        Ok(out)
-    }
+/// The certificate's serial number (big-endian bytes) and its end of
+/// validity (Unix seconds).
+pub fn certificate_serial_and_expiry(cert: &CertificateDer<'_>) -> Result<(Vec<u8>, i64), TlsError> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|e| TlsError::MalformedCertificate(e.to_string()))?;
+    Ok((parsed.raw_serial().to_vec(), parsed.validity().not_after.timestamp()))
 }
 
 #[cfg(test)]
@@ -542,9 +445,6 @@ mod tests {
         for &input in inputs {
             assert!(certificate_dns_names(&CertificateDer::from(input)).is_err(), "{input:02x?} parsed");
         }
-        // A TBSCertificate with no extensions is fine and has no names.
-        let ok: &[u8] = &[0x30, 0x04, 0x30, 0x02, 0x02, 0x00];
-        assert!(certificate_dns_names(&CertificateDer::from(ok)).expect("parse").is_empty());
     }
 
     #[test]
