@@ -572,6 +572,12 @@ impl Node {
         if let Some(crl) = &config.tls.crl {
             identity = identity.with_crl(crl)?;
         }
+        if let Ok((_, not_after)) = transport::tls::certificate_serial_and_expiry(&identity.cert_chain[0]) {
+            let now = i64::try_from(now_ms() / 1000).unwrap_or(i64::MAX);
+            if let Some(warning) = transport::tls::expiry_warning(&config.node_id, not_after, now) {
+                tracing::warn!(node = %config.node_id, "{warning}");
+            }
+        }
         let tuning = TransportTuning {
             // Streams a partner may open per connection; the partner's
             // total over its connections is bounded again by its budget.

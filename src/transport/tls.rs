@@ -347,6 +347,23 @@ pub fn certificate_dns_names(cert: &CertificateDer<'_>) -> Result<Vec<String>, T
         .unwrap_or_default())
 }
 
+/// Days from `now` (Unix seconds) before a certificate ending at
+/// `not_after` expires, rounded down (negative once expired).
+pub fn days_left(not_after: i64, now: i64) -> i64 {
+    (not_after - now).div_euclid(24 * 60 * 60)
+}
+
+/// From this many days before expiry, a node warns in its log at start.
+pub const EXPIRY_WARNING_DAYS: i64 = 30;
+
+/// The warning a node logs about its own certificate, if it is due.
+pub fn expiry_warning(node_id: &str, not_after: i64, now: i64) -> Option<String> {
+    let days = days_left(not_after, now);
+    (days < EXPIRY_WARNING_DAYS).then(|| {
+        format!("the certificate of node {node_id} expires in {days} day(s): renew it (ferry certs add with a new key after removing the old files) before partners refuse it")
+    })
+}
+
 /// The certificate's serial number (big-endian bytes) and its end of
 /// validity (Unix seconds).
 pub fn certificate_serial_and_expiry(cert: &CertificateDer<'_>) -> Result<(Vec<u8>, i64), TlsError> {
@@ -425,6 +442,17 @@ mod tests {
                 let _ = certificate_dns_names(&CertificateDer::from(garbled));
             }
         }
+    }
+
+    #[test]
+    fn expiry_is_warned_from_thirty_days() {
+        let day = 24 * 60 * 60;
+        assert_eq!(days_left(100 * day, 0), 100);
+        assert_eq!(days_left(day - 1, 0), 0);
+        assert_eq!(days_left(0, 1), -1);
+        assert!(expiry_warning("a", 31 * day, 0).is_none());
+        let w = expiry_warning("a", 29 * day + 5, 0).expect("due");
+        assert!(w.contains("node a expires in 29 day(s)"), "{w}");
     }
 
     #[test]
