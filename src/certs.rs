@@ -577,6 +577,43 @@ mod tests {
     }
 
     #[test]
+    fn an_expired_node_certificate_is_rejected_and_says_so() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        init(tmp.path(), &nodes(&["alpha"])).expect("init");
+        let issuer = load_issuer(tmp.path()).expect("issuer");
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![SanType::DnsName("alpha".try_into().expect("name"))];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        let now = SystemTime::now();
+        params.not_before = (now - Duration::from_secs(10 * 86_400)).into();
+        params.not_after = (now - Duration::from_secs(86_400)).into();
+        let key = KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &issuer).expect("signed");
+        let ca = CertificateDer::from_pem_file(tmp.path().join(CA_CERT_FILE)).expect("ca");
+        let err = tls::verify_node_certificate(&ca, &[cert.der().clone()], "alpha").expect_err("expired");
+        assert!(err.to_string().contains("certificate expired"), "{err}");
+        // x509-parser reads the same end of validity: negative days left.
+        let (_, not_after) = tls::certificate_serial_and_expiry(cert.der()).expect("parsed");
+        assert!(
+            tls::days_left(not_after, now.duration_since(SystemTime::UNIX_EPOCH).expect("now").as_secs() as i64) < 0
+        );
+    }
+
+    #[test]
+    fn revoking_lists_each_certificate_once() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        init(tmp.path(), &nodes(&["alpha", "beta"])).expect("init");
+        revoke(tmp.path(), "alpha").expect("revoke");
+        revoke(tmp.path(), "alpha").expect("again");
+        revoke(tmp.path(), "beta").expect("beta");
+        let listed = fs::read_to_string(tmp.path().join(REVOKED_FILE)).expect("list");
+        assert_eq!(listed.lines().count(), 2, "{listed}");
+        assert!(fs::read_to_string(tmp.path().join(CRL_FILE)).expect("crl").contains("BEGIN X509 CRL"));
+        assert!(matches!(revoke(tmp.path(), "gamma"), Err(CertError::CaUnusable { .. })), "no such node");
+    }
+
+    #[test]
     fn init_twice_refused() {
         let tmp = tempfile::tempdir().expect("tempdir");
         init(tmp.path(), &nodes(&["alpha"])).expect("init");
