@@ -5,7 +5,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use ferry::model::Submit;
@@ -204,7 +204,14 @@ async fn a_failed_post_task_is_resumed_at_that_task_and_nothing_is_resent() {
     let err = failed.error.clone().expect("cause");
     assert_eq!(err.code, ErrorCode::TaskFailed, "{err:?}");
     assert!(err.message.contains("post-task 2/3") && err.message.contains("exited with status 4"), "{err:?}");
-    let theirs = wait_record(&b.handle(), &rec.id, Status::InError, WITHIN).await;
+    let mut theirs = wait_record(&b.handle(), &rec.id, Status::InError, WITHIN).await;
+    // InError is recorded before the error task runs: wait (bounded) until it ran.
+    let deadline = Instant::now() + WITHIN;
+    while theirs.error_task_index < 1 {
+        assert!(Instant::now() < deadline, "b's error task did not finish: {theirs:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        theirs = b.handle().store().get(&rec.id).expect("store").expect("record");
+    }
     assert_eq!(
         (theirs.step, theirs.failed_step, theirs.task_index),
         (Step::ErrorTask, Some(Step::PostTask), 1),
