@@ -186,8 +186,14 @@ impl ApiClient {
         config: &crate::config::NodeConfig,
         addr: std::net::SocketAddr,
     ) -> Result<ApiClient, ClientError> {
-        let access = Access::of_local_node(config)
-            .map_err(|e| ClientError::BadCa(format!("{}: {e}", config.tls.ca.display())))?;
+        let access = Access::of_local_node(config).map_err(|e| {
+            ClientError::Request(format!(
+                "cannot read node {}'s CA {} or its token in {}: {e}",
+                config.node_id,
+                config.tls.ca.display(),
+                config.data_dir.display()
+            ))
+        })?;
         ApiClient::new(&base_of(config, addr), &access)
     }
 
