@@ -142,6 +142,15 @@ pub enum CertError {
         path: PathBuf,
     },
 
+    /// `renew` was asked for a node that has no certificate in the folder.
+    #[error("node {node:?} has no certificate at {} to renew (issue one with `ferry certs add`)", path.display())]
+    NodeMissing {
+        /// The node id.
+        node: String,
+        /// Where its certificate was looked for.
+        path: PathBuf,
+    },
+
     /// Filesystem error.
     #[error("{}: {source}", path.display())]
     Io {
@@ -292,6 +301,66 @@ pub fn add_with(dir: &Path, node: &str, options: &IssueOptions) -> Result<(), Ce
     write_node(dir, node, &cert_pem, &key_pem)
 }
 
+/// What [`renew`] replaced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Renewed {
+    /// The serial number of the certificate replaced (lowercase hex).
+    pub old_serial: String,
+    /// The new certificate.
+    pub new: tls::CertificateInfo,
+    /// The IP subjectAltNames of the new certificate.
+    pub ips: Vec<std::net::IpAddr>,
+}
+
+/// Issues `node` a new key and certificate with the CA in `dir`, valid for
+/// `options.validity_days` from now, and puts them in place of the old ones.
+/// Without `options.ips` the old certificate's IP addresses are kept.
+///
+/// The old certificate is not revoked: it stays valid until it expires
+/// (revoke it with [`revoke`] if its key may be compromised). A running
+/// node whose config names these files switches to them without a restart
+/// (see `transport::reload`).
+///
+/// Order: both new files are written and fsynced under temporary names,
+/// then the key and the certificate are renamed over the old ones and the
+/// folder is fsynced. A crash between the two renames leaves the new key
+/// beside the old certificate, which a node refuses to load ("does not
+/// match"); running `renew` again repairs it.
+pub fn renew(dir: &Path, node: &str, options: &IssueOptions) -> Result<Renewed, CertError> {
+    validate_node_id(node)?;
+    let p = paths(dir, node);
+    if !exists(&p.cert)? {
+        return Err(CertError::NodeMissing { node: node.to_owned(), path: p.cert });
+    }
+    let unusable = |reason: String| CertError::CaUnusable { dir: dir.to_owned(), reason };
+    let old = CertificateDer::from_pem_file(&p.cert)
+        .map_err(|e| unusable(format!("cannot read {}: {e}", p.cert.display())))?;
+    let old_serial = tls::CertificateInfo::of(&old).map_err(|e| unusable(e.to_string()))?.serial;
+    let mut options = options.clone();
+    if options.ips.is_empty() {
+        options.ips = tls::certificate_ip_addresses(&old).map_err(|e| unusable(e.to_string()))?;
+    }
+    let issuer = load_issuer(dir)?;
+    let ca_cert =
+        CertificateDer::from_pem_file(&p.ca).map_err(|e| unusable(format!("cannot parse {}: {e}", p.ca.display())))?;
+    let (cert_pem, key_pem, cert_der) = make_node_cert(node, &issuer, &options)?;
+    tls::verify_node_certificate(&ca_cert, std::slice::from_ref(&cert_der), node)
+        .map_err(|e| unusable(format!("a certificate issued with ca.key does not verify against ca.pem ({e})")))?;
+    let new = tls::CertificateInfo::of(&cert_der).map_err(|e| unusable(e.to_string()))?;
+
+    let key_tmp = temporary(&p.key);
+    let cert_tmp = temporary(&p.cert);
+    for tmp in [&key_tmp, &cert_tmp] {
+        let _ = fs::remove_file(tmp);
+    }
+    write_new(&key_tmp, key_pem, KEY_MODE)?;
+    write_new(&cert_tmp, cert_pem, CERT_MODE)?;
+    fs::rename(&key_tmp, &p.key).map_err(|source| CertError::Io { path: p.key.clone(), source })?;
+    fs::rename(&cert_tmp, &p.cert).map_err(|source| CertError::Io { path: p.cert.clone(), source })?;
+    sync_dir(dir)?;
+    Ok(Renewed { old_serial, new, ips: options.ips })
+}
+
 /// File name of the certificate revocation list (PEM, signed by the CA).
 pub const CRL_FILE: &str = "crl.pem";
 /// The revoked certificates, one per line: `SERIAL_HEX UNIX_SECS NODE`;
@@ -302,7 +371,8 @@ pub const REVOKED_FILE: &str = "revoked.txt";
 /// writes a new `crl.pem` signed by the CA (written to a temporary name,
 /// then renamed, so a node never reads half a list). Nodes whose config
 /// names the list (`[tls] crl`) refuse that certificate at every handshake
-/// from their next start. Returns the list's path.
+/// once they read the list again: at start, on SIGHUP, or about a second
+/// after the file changes (see `transport::reload`). Returns the list's path.
 pub fn revoke(dir: &Path, node: &str) -> Result<PathBuf, CertError> {
     validate_node_id(node)?;
     let issuer = load_issuer(dir)?;
@@ -368,12 +438,26 @@ fn load_issuer(dir: &Path) -> Result<Issuer<'static, KeyPair>, CertError> {
     Ok(Issuer::new(ca_params(&ca_key), ca_key))
 }
 
-/// Writes `contents` to `path` through a temporary file and a rename.
+/// Writes `contents` to `path` through a temporary file, a rename and an
+/// fsync of the folder.
 fn replace_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), CertError> {
-    let tmp = path.with_extension("tmp");
+    let tmp = temporary(path);
     let _ = fs::remove_file(&tmp);
     write_new(&tmp, contents, mode)?;
-    fs::rename(&tmp, path).map_err(|source| CertError::Io { path: path.to_owned(), source })
+    fs::rename(&tmp, path).map_err(|source| CertError::Io { path: path.to_owned(), source })?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// The temporary name `path` is written under before it is renamed.
+fn temporary(path: &Path) -> PathBuf {
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), CertError> {
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|source| CertError::Io { path: dir.to_owned(), source })
 }
 
 /// CA parameters for `key`. `add` depends on these being reproducible from
@@ -621,5 +705,40 @@ mod tests {
         assert!(matches!(init(tmp.path(), &nodes(&["beta"])), Err(CertError::CaExists { .. })));
         assert_eq!(fs::read(tmp.path().join("ca.key")).expect("read"), before);
         assert!(!paths(tmp.path(), "beta").cert.exists());
+    }
+
+    #[test]
+    fn renew_replaces_key_and_certificate_and_keeps_the_addresses() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let ip: std::net::IpAddr = "10.1.2.3".parse().expect("ip");
+        init_with(tmp.path(), &nodes(&["a"]), &IssueOptions { validity_days: 365, ips: vec![ip] }).expect("init");
+        let p = paths(tmp.path(), "a");
+        let (old_cert, old_key) = (fs::read(&p.cert).expect("cert"), fs::read(&p.key).expect("key"));
+
+        let renewed = renew(tmp.path(), "a", &IssueOptions { validity_days: 30, ips: vec![] }).expect("renewed");
+        assert_ne!(fs::read(&p.cert).expect("cert"), old_cert);
+        assert_ne!(fs::read(&p.key).expect("key"), old_key, "a renewal rotates the key");
+        assert_ne!(renewed.old_serial, renewed.new.serial);
+        assert_eq!(renewed.ips, vec![ip], "the addresses are kept");
+        let now = crate::transport::reload::unix_now();
+        assert!((29..=30).contains(&tls::days_left(renewed.new.not_after, now)), "{renewed:?}");
+        // The pair loads as a node identity: it chains to the CA and the key matches.
+        let id = tls::NodeIdentity::load("a", &p.cert, &p.key, &p.ca).expect("renewed identity loads");
+        assert_eq!(tls::certificate_ip_addresses(&id.cert_chain[0]).expect("ips"), vec![ip]);
+        assert_eq!(mode(&p.key), 0o600);
+        let leftovers: Vec<_> = fs::read_dir(tmp.path())
+            .expect("list")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+
+        let other: std::net::IpAddr = "10.9.9.9".parse().expect("ip");
+        let renewed = renew(tmp.path(), "a", &IssueOptions { validity_days: 30, ips: vec![other] }).expect("renewed");
+        assert_eq!(renewed.ips, vec![other], "--ip replaces the addresses");
+
+        let err = renew(tmp.path(), "b", &IssueOptions::default()).expect_err("no such node");
+        assert!(matches!(err, CertError::NodeMissing { .. }), "{err}");
+        assert!(err.to_string().contains("ferry certs add"), "{err}");
     }
 }

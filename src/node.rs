@@ -32,13 +32,14 @@ use crate::auth::TokenBook;
 use crate::config::NodeConfig;
 use crate::lifecycle::{self, CommandPath};
 use crate::model::{
-    ClusterSubmitted, ClusterView, CommandError, NodeStats, PartnerState, PartnerView, PartnersView, RuleView, Submit,
-    SubmitError,
+    CertificateView, ClusterSubmitted, ClusterView, CommandError, NodeStats, PartnerState, PartnerView, PartnersView,
+    RuleView, Submit, SubmitError,
 };
 use crate::protocol::{Direction, ErrorCode, RequestId};
 use crate::store::{now_ms, RequestRecord, Role, Status, Store, StoreError};
 use crate::transfer::receive;
-use crate::transport::{self, NodeIdentity, TransportTuning};
+use crate::transport::reload::{self, IdentityFiles, IdentityWatch, ReloadError};
+use crate::transport::{self, TransportTuning};
 
 /// How long shutdown waits for runners to record their interruption.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -145,6 +146,7 @@ fn is_ferry_node(pid: u32) -> bool {
 #[derive(Clone)]
 pub struct NodeHandle {
     ctx: Arc<NodeContext>,
+    identity: Arc<IdentityWatch>,
 }
 
 impl NodeHandle {
@@ -158,6 +160,28 @@ impl NodeHandle {
 
     pub fn store(&self) -> &Store {
         &self.ctx.core.store
+    }
+
+    /// The certificate the node presents and the outcome of the last reload.
+    pub fn identity(&self) -> reload::IdentityStatus {
+        self.identity.status()
+    }
+
+    /// The certificate the node presents now.
+    pub fn certificate(&self) -> CertificateView {
+        let info = self.identity.status().certificate;
+        CertificateView {
+            days_left: transport::tls::days_left(info.not_after, reload::unix_now()),
+            serial: info.serial,
+            not_after: info.not_after,
+        }
+    }
+
+    /// Reads the node's certificate, key, CA and revocation list again and
+    /// uses them from the next handshake on, as SIGHUP does; connections up
+    /// carry on. On error the node keeps what it had.
+    pub fn reload_identity(&self) -> Result<transport::tls::CertificateInfo, ReloadError> {
+        self.identity.reload()
     }
 
     /// Whether the node has begun to shut down.
@@ -384,6 +408,10 @@ impl NodeHandle {
                     since_ms: h.since_ms,
                     rtt_ms: h.rtt_ms,
                     connections: counts.get(&p.id).copied().unwrap_or(0),
+                    certificate_not_after: h.certificate_not_after,
+                    certificate_days_left: h
+                        .certificate_not_after
+                        .map(|t| transport::tls::days_left(t, reload::unix_now())),
                     last_error: h.last_error,
                     keep_connected: p.keep_connected,
                 }
@@ -391,6 +419,7 @@ impl NodeHandle {
             .collect();
         PartnersView {
             node_id: self.ctx.core.config.node_id.clone(),
+            certificate: Some(self.certificate()),
             partners,
             groups: self.ctx.core.config.groups.clone(),
         }
@@ -499,6 +528,8 @@ impl NodeHandle {
         };
         NodeStats {
             node_id: self.ctx.core.config.node_id.clone(),
+            certificate: self.certificate(),
+            certificate_reload_error: self.identity.status().last_error,
             connections: by_partner.values().sum(),
             connections_by_partner: by_partner,
             open_channels: self.ctx.run.open_channels.load(Ordering::Relaxed),
@@ -568,13 +599,16 @@ impl Node {
         if let Err(e) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
             tracing::warn!(path = %pid_file.display(), error = %e, "cannot write the pid file");
         }
-        let mut identity = NodeIdentity::load(&config.node_id, &config.tls.cert, &config.tls.key, &config.tls.ca)?;
-        if let Some(crl) = &config.tls.crl {
-            identity = identity.with_crl(crl)?;
-        }
+        let identity_files = IdentityFiles {
+            node_id: config.node_id.clone(),
+            cert: config.tls.cert.clone(),
+            key: config.tls.key.clone(),
+            ca: config.tls.ca.clone(),
+            crl: config.tls.crl.clone(),
+        };
+        let identity = identity_files.load()?;
         if let Ok((_, not_after)) = transport::tls::certificate_serial_and_expiry(&identity.cert_chain[0]) {
-            let now = i64::try_from(now_ms() / 1000).unwrap_or(i64::MAX);
-            if let Some(warning) = transport::tls::expiry_warning(&config.node_id, not_after, now) {
+            if let Some(warning) = transport::tls::expiry_warning(&config.node_id, not_after, reload::unix_now()) {
                 tracing::warn!(node = %config.node_id, "{warning}");
             }
         }
@@ -596,10 +630,16 @@ impl Node {
         };
         let api_tls = match config.api_plain_http {
             true => None,
-            false => Some(
-                crate::api::tls::server_config(&identity).map_err(|e| NodeError::ApiConfig(format!("HTTPS: {e}")))?,
-            ),
+            false => Some(watch::channel(
+                transport::tls::https_server_config(&identity)
+                    .map_err(|e| NodeError::ApiConfig(format!("HTTPS: {e}")))?,
+            )),
         };
+        let (api_tls_tx, api_tls) = match api_tls {
+            Some((tx, rx)) => (Some(tx), Some(rx)),
+            None => (None, None),
+        };
+        let dial = transport::DialConfig::new(&identity, &tuning)?;
         let api_addr = match &api_listener {
             Some(l) => l.local_addr().map_err(|source| NodeError::Api { addr: config.api, source })?,
             None => config.api,
@@ -618,11 +658,21 @@ impl Node {
             tracing::info!(node = %config.node_id, path = %path.display(), "made the first admin API token (the store held none)");
         }
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let ctx = Arc::new(NodeContext::new(config, store, endpoint.clone(), shutdown_rx.clone()));
+        let ctx = Arc::new(NodeContext::new(config, store, endpoint.clone(), dial, shutdown_rx.clone()));
+        let actors = ctx.actors.clone();
+        let identity_watch = Arc::new(
+            IdentityWatch::new(identity_files, &identity, endpoint.clone(), ctx.dial.clone(), tuning, api_tls_tx)?
+                .on_reload(move |identity| {
+                    if let Some(a) = actors.get() {
+                        let _ = a.connections.cast(ConnectionsMsg::Recheck(identity));
+                    }
+                }),
+        );
         let (supervisor, _) =
             Actor::spawn(None, Supervisor, ctx.clone()).await.map_err(|e| NodeError::Actors(e.to_string()))?;
-        let handle = NodeHandle { ctx: ctx.clone() };
+        let handle = NodeHandle { ctx: ctx.clone(), identity: identity_watch.clone() };
         let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(identity_watch.run(shutdown_rx.clone())));
         let accept_ctx = ctx.connections_context();
         tasks.push(tokio::spawn(async move {
             while let Some(incoming) = endpoint.accept().await {

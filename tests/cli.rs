@@ -314,3 +314,56 @@ async fn sigterm_mid_transfer_exits_cleanly_and_the_restart_resumes_it() {
         assert!(status.success(), "node {} exits 0 on SIGTERM when idle, got {status}", p.id);
     }
 }
+
+/// Polls (bounded) until `check` holds for the node's log.
+async fn wait_log(node: &NodeProc, what: &str, check: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = node.log_text();
+        if check(&log) {
+            return log;
+        }
+        assert!(Instant::now() < deadline, "node {} never logged {what}:\n{log}", node.id);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certs_renew_and_sighup_reload_a_running_node_and_read_commands_print_json() {
+    let (_dir, layout, configs) = two_nodes();
+    let mut a = NodeProc::start(&layout, "a", &configs[0], 1);
+    a.wait_ready().await;
+
+    // SIGHUP reloads (here: the same files) and the node keeps running.
+    // SAFETY: signalling our own child, whose pid we hold.
+    assert_eq!(unsafe { libc::kill(a.pid(), libc::SIGHUP) }, 0);
+    wait_log(&a, "a SIGHUP reload", |log| log.contains("TLS identity reloaded") && log.contains("SIGHUP")).await;
+    assert!(a.is_running(), "SIGHUP must not stop the node");
+
+    // `certs renew` replaces the files; the node picks them up on its own.
+    let certs = a.config.tls.ca.parent().expect("certs folder").to_str().expect("utf-8").to_owned();
+    let out = ferry_ok(&["certs", "renew", "--dir", &certs, "a", "--days", "40"]).await;
+    assert!(out.contains("renewed node a") && out.contains("serial"), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let view = loop {
+        let json = ferry_ok(&["partners", "--api", &a.api, "--json"]).await;
+        let view: ferry::model::PartnersView = serde_json::from_str(&json).expect("partners --json parses");
+        let days = view.certificate.as_ref().expect("own certificate").days_left;
+        if (39..=40).contains(&days) {
+            break view;
+        }
+        assert!(Instant::now() < deadline, "a never used its renewed certificate: {view:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(view.node_id, "a");
+    let table = ferry_ok(&["partners", "--api", &a.api]).await;
+    assert!(table.contains("CERT") && table.contains("d)"), "{table}");
+    // The CLI still verifies the API against the cluster CA after the renewal.
+    let rules: serde_json::Value =
+        serde_json::from_str(&ferry_ok(&["rules", "--api", &a.api, "--json"]).await).expect("rules --json parses");
+    assert!(rules.as_array().is_some_and(|r| !r.is_empty()), "{rules}");
+    let list: serde_json::Value =
+        serde_json::from_str(&ferry_ok(&["status", "--api", &a.api, "--json"]).await).expect("status --json parses");
+    assert_eq!(list, serde_json::json!([]));
+    assert!(a.is_running());
+}

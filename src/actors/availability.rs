@@ -29,11 +29,20 @@ pub struct PartnerHealth {
     pub rtt_ms: Option<f64>,
     /// Why the partner is unavailable (or was, last time).
     pub last_error: Option<String>,
+    /// End of validity (Unix seconds) of the certificate it presented on
+    /// its latest connection.
+    pub certificate_not_after: Option<i64>,
 }
 
 impl Default for PartnerHealth {
     fn default() -> Self {
-        PartnerHealth { state: PartnerState::Unknown, since_ms: None, rtt_ms: None, last_error: None }
+        PartnerHealth {
+            state: PartnerState::Unknown,
+            since_ms: None,
+            rtt_ms: None,
+            last_error: None,
+            certificate_not_after: None,
+        }
     }
 }
 
@@ -58,6 +67,14 @@ impl Availability {
             h.rtt_ms = rtt_ms;
         }
         changed
+    }
+
+    /// The partner presented a certificate valid until `not_after` (Unix
+    /// seconds) on a new connection.
+    pub fn presented(&self, partner: &str, not_after: i64) {
+        if let Ok(mut t) = self.partners.lock() {
+            t.entry(partner.to_owned()).or_default().certificate_not_after = Some(not_after);
+        }
     }
 
     /// The partner could not be reached or stopped answering. Returns

@@ -74,6 +74,7 @@ impl ConnectionsContext {
 pub struct ConnectionsParts {
     pub core: Core,
     pub endpoint: quinn::Endpoint,
+    pub dial: crate::transport::DialConfig,
     pub availability: Arc<Availability>,
     pub actors: Actors,
     pub run: RunHandle,
@@ -91,6 +92,9 @@ pub const STREAM_REFUSED: u32 = 1;
 
 /// QUIC application close code for a connection over the partner's limit.
 pub const CLOSE_OVER_LIMIT: u32 = 6;
+/// QUIC application close code for a connection whose partner's
+/// certificate the node's reloaded trust refuses (revoked, expired).
+pub const CLOSE_CERTIFICATE_REFUSED: u32 = 7;
 
 /// Why a connection to a partner could not be had.
 #[derive(Clone, Debug)]
@@ -169,6 +173,9 @@ pub enum ConnectionsMsg {
     Heartbeat(String, Result<f64, String>),
     /// Live connection count per partner.
     Counts(RpcReplyPort<BTreeMap<String, usize>>),
+    /// The node's TLS files were reloaded: close every connection whose
+    /// partner's certificate the new trust refuses.
+    Recheck(Arc<crate::transport::NodeIdentity>),
 }
 
 /// A dial in progress to one partner.
@@ -245,7 +252,9 @@ async fn dial_direct(ctx: &ConnectionsContext, partner: &str) -> Result<quinn::C
         return Err(unknown_partner(ctx, partner));
     };
     let limit = Duration::from_millis(ctx.core.config.connect_timeout_ms);
-    match tokio::time::timeout(limit, transport::dial(&ctx.endpoint, address, partner)).await {
+    match tokio::time::timeout(limit, transport::dial_with(&ctx.endpoint, Some(ctx.dial.current()), address, partner))
+        .await
+    {
         Ok(r) => r.map_err(|e| dial_error(partner, &e)),
         Err(_) => Err(ConnectError {
             code: ErrorCode::Connection,
@@ -312,6 +321,9 @@ impl ConnectionsState {
         let list = self.live.entry(partner.to_owned()).or_default();
         list.retain(|l| l.is_live());
         list.push(link.clone());
+        if let Some(not_after) = crate::transport::tls::peer_certificate_expiry(&conn) {
+            self.ctx.availability.presented(partner, not_after);
+        }
         let rtt = conn.rtt().as_secs_f64() * 1000.0;
         if self.ctx.availability.up(partner, Some(rtt)) {
             tracing::info!(partner = %partner, "partner available");
@@ -719,6 +731,27 @@ impl Actor for Connections {
                         }
                     }
                     Err(_) => {}
+                }
+            }
+            ConnectionsMsg::Recheck(identity) => {
+                let mut refused = Vec::new();
+                for (partner, links) in &mut state.live {
+                    links.retain(|link| match crate::transport::tls::recheck_peer(&identity, &link.conn) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            let reason = format!("certificate refused after the TLS files were reloaded: {e}");
+                            tracing::warn!(partner = %partner, %reason, "closing connection");
+                            link.conn.close(quinn::VarInt::from_u32(CLOSE_CERTIFICATE_REFUSED), reason.as_bytes());
+                            refused.push((partner.clone(), reason));
+                            false
+                        }
+                    });
+                }
+                // Forgotten at once, so the close that follows does not
+                // replace the cause with a bare "closed".
+                state.live.retain(|_, links| !links.is_empty());
+                for (partner, reason) in refused {
+                    state.ctx.availability.down(&partner, &reason);
                 }
             }
             ConnectionsMsg::Counts(reply) => {

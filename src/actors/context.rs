@@ -29,6 +29,7 @@ use super::partner_budget::PartnerBudgets;
 use crate::config::NodeConfig;
 use crate::protocol::{Capabilities, RequestId};
 use crate::store::Store;
+use crate::transport::DialConfig;
 
 /// What every part of a node reads.
 #[derive(Clone)]
@@ -118,6 +119,8 @@ pub struct RunParts {
 pub struct NodeContext {
     pub core: Core,
     pub endpoint: quinn::Endpoint,
+    /// The client settings of every dial (replaced when the TLS files are reloaded).
+    pub dial: DialConfig,
     /// What this node knows of each partner's reachability.
     pub availability: Arc<Availability>,
     /// Requests this node's Commander is running.
@@ -145,6 +148,7 @@ impl NodeContext {
         config: NodeConfig,
         store: Store,
         endpoint: quinn::Endpoint,
+        dial: DialConfig,
         shutdown: watch::Receiver<bool>,
     ) -> NodeContext {
         let budgets = Arc::new(PartnerBudgets::new(config.limits.clone()));
@@ -164,6 +168,7 @@ impl NodeContext {
         NodeContext {
             core,
             endpoint,
+            dial,
             availability,
             running_requests: Arc::new(AtomicUsize::new(0)),
             actors,
@@ -188,6 +193,7 @@ impl NodeContext {
         ConnectionsContext::new(ConnectionsParts {
             core: self.core.clone(),
             endpoint: self.endpoint.clone(),
+            dial: self.dial.clone(),
             availability: self.availability.clone(),
             actors: self.actors.clone(),
             run: self.run.clone(),

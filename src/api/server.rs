@@ -267,11 +267,12 @@ pub fn router(state: ApiState) -> Router {
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then lets
-/// in-flight requests finish: HTTPS with `tls`, plain HTTP without (which
-/// the config allows on a loopback address only).
+/// in-flight requests finish: HTTPS with the settings `tls` holds at each
+/// connection, plain HTTP without (which the config allows on a loopback
+/// address only).
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    tls: Option<tokio::sync::watch::Receiver<std::sync::Arc<rustls::ServerConfig>>>,
     state: ApiState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {

@@ -1,35 +1,22 @@
 //! HTTPS for the API: a listener that completes each TLS handshake on its
 //! own task (bounded in number and time), so a slow or silent client holds
-//! one permit, never the accept loop.
+//! one permit, never the accept loop. Each connection is accepted with the
+//! TLS settings current at that moment, so a renewed certificate serves
+//! the next connection without a restart.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
-
-use crate::transport::NodeIdentity;
 
 /// How long a client may take to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes in progress at once; more connections wait for the kernel's backlog.
 const MAX_HANDSHAKES: usize = 256;
-
-/// The API's TLS settings: the node's own certificate (issued by the
-/// cluster CA), TLS 1.2 or 1.3, HTTP/1.1, no client certificate (callers
-/// authenticate with a bearer token).
-pub fn server_config(id: &NodeIdentity) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(id.cert_chain.clone(), id.key.clone_key())?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
-}
 
 /// A TCP listener that yields only connections whose TLS handshake completed.
 pub struct TlsListener {
@@ -39,10 +26,9 @@ pub struct TlsListener {
 }
 
 impl TlsListener {
-    pub fn new(tcp: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<TlsListener> {
+    pub fn new(tcp: TcpListener, config: watch::Receiver<Arc<rustls::ServerConfig>>) -> std::io::Result<TlsListener> {
         let addr = tcp.local_addr()?;
         let (tx, rx) = mpsc::channel(64);
-        let acceptor = TlsAcceptor::from(config);
         let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES));
         let accept_task = tokio::spawn(async move {
             loop {
@@ -57,7 +43,7 @@ impl TlsListener {
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let acceptor = acceptor.clone();
+                let acceptor = TlsAcceptor::from(config.borrow().clone());
                 let tx = tx.clone();
                 tokio::spawn(async move {
                     let _permit = permit;

@@ -63,7 +63,17 @@ pub enum ClusterCommand {
     Down(FileArg),
     /// Show each node's process, API, connections and partners (all, or
     /// those named); exit 1 if any of them is down.
-    Status(FileArg),
+    Status(StatusArgs),
+}
+
+/// Arguments of `cluster status`.
+#[derive(Args, Debug, Clone)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub cluster: FileArg,
+    /// Print one JSON object per node (process, API, node stats, partners) instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The cluster file argument.
@@ -92,7 +102,7 @@ pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
     match cmd {
         ClusterCommand::Up(args) => up(args).await,
         ClusterCommand::Down(args) => down(&args.file, &args.nodes).await,
-        ClusterCommand::Status(args) => status(&args.file, &args.nodes).await,
+        ClusterCommand::Status(args) => status(&args.cluster.file, &args.cluster.nodes, args.json).await,
     }
 }
 
@@ -684,7 +694,7 @@ async fn down(file: &Path, named: &[String]) -> anyhow::Result<()> {
 
 /// `GET /api/v1/partners`, as far as `status` reads it. Every field is
 /// optional so that a node adding fields, or leaving some out, still shows.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, serde::Serialize)]
 struct PartnersAnswer {
     #[serde(default)]
     partners: Vec<PartnerEntry>,
@@ -692,7 +702,7 @@ struct PartnersAnswer {
     groups: Vec<GroupEntry>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, serde::Serialize)]
 struct PartnerEntry {
     id: String,
     #[serde(default)]
@@ -703,7 +713,7 @@ struct PartnerEntry {
     last_error: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, serde::Serialize)]
 struct GroupEntry {
     name: String,
     #[serde(default)]
@@ -721,12 +731,31 @@ struct NodeReport {
 }
 
 impl NodeReport {
+    /// `cluster status --json`: one node.
+    fn json(&self) -> serde_json::Value {
+        let (pid, process) = match &self.proc {
+            Proc::Running(pid) => (Some(*pid), "running".to_owned()),
+            Proc::NoPidFile => (None, "not running".to_owned()),
+            Proc::Stale(why) => (None, format!("not running ({why})")),
+        };
+        serde_json::json!({
+            "node": self.id,
+            "up": self.is_up(),
+            "process": process,
+            "pid": pid,
+            "api": self.api,
+            "stats": self.stats.as_ref().ok(),
+            "error": self.stats.as_ref().err(),
+            "partners": match &self.partners { Ok(p) => serde_json::to_value(p).unwrap_or_default(), Err(_) => serde_json::Value::Null },
+        })
+    }
+
     fn is_up(&self) -> bool {
         matches!(&self.stats, Ok(s) if s.node_id == self.id)
     }
 }
 
-async fn status(file: &Path, named: &[String]) -> anyhow::Result<()> {
+async fn status(file: &Path, named: &[String], json: bool) -> anyhow::Result<()> {
     let c = Cluster::open(file)?;
     let selected = c.selected(named)?;
     let mut tasks = tokio::task::JoinSet::new();
@@ -758,11 +787,16 @@ async fn status(file: &Path, named: &[String]) -> anyhow::Result<()> {
     }
     reports.sort_by_key(|r| c.state.spec.index(&r.id));
 
-    let mut text = render_status(c.name(), &c.show(&c.state.dir), &reports);
-    if !c.state.dir.exists() {
-        text.push_str(&format!("  the state folder {}\n", c.missing_state()));
+    if json {
+        let nodes: Vec<serde_json::Value> = reports.iter().map(NodeReport::json).collect();
+        super::display::out_json(&serde_json::json!({ "cluster": c.name(), "nodes": nodes }))?;
+    } else {
+        let mut text = render_status(c.name(), &c.show(&c.state.dir), &reports);
+        if !c.state.dir.exists() {
+            text.push_str(&format!("  the state folder {}\n", c.missing_state()));
+        }
+        out(&text)?;
     }
-    out(&text)?;
     let down: Vec<&str> = reports.iter().filter(|r| !r.is_up()).map(|r| r.id.as_str()).collect();
     if !down.is_empty() {
         bail!("{} of {} nodes of cluster {} are down: {}", down.len(), reports.len(), c.name(), down.join(", "));
@@ -873,7 +907,7 @@ mod tests {
         let cli = Cli::try_parse_from(["ferry", "cluster", "down", "c.toml"]).expect("parses");
         assert!(matches!(cli.command, Cmd::Cluster(ClusterCommand::Down(FileArg { .. }))));
         let cli = Cli::try_parse_from(["ferry", "cluster", "status", "c.toml"]).expect("parses");
-        assert!(matches!(cli.command, Cmd::Cluster(ClusterCommand::Status(FileArg { .. }))));
+        assert!(matches!(cli.command, Cmd::Cluster(ClusterCommand::Status(StatusArgs { json: false, .. }))));
         for cmd in ["up", "down", "status"] {
             assert!(Cli::try_parse_from(["ferry", "cluster", cmd]).is_err(), "{cmd} needs a file");
         }
@@ -937,6 +971,8 @@ mod tests {
                     connections_by_partner: Default::default(),
                     open_channels: 1,
                     running_requests: 0,
+                    certificate: ferry::model::CertificateView { serial: "01".into(), not_after: 0, days_left: 300 },
+                    certificate_reload_error: None,
                 })
             } else {
                 Err("cannot reach node API at http://127.0.0.1:8302: connection refused".into())

@@ -86,6 +86,11 @@ pub fn out(text: &str) -> anyhow::Result<()> {
     }
 }
 
+/// Writes `value` to stdout as pretty JSON, as the API answers it (`--json`).
+pub fn out_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    out(&format!("{}\n", serde_json::to_string_pretty(value)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -98,8 +98,22 @@ pub enum CertsCommand {
         #[command(flatten)]
         issue: IssueArgs,
     },
+    /// Issue a node a new key and certificate in place of its current ones (same folder, same
+    /// file names). A running node picks them up without a restart, on SIGHUP or about a second
+    /// after the files change; its connections carry on. Without --ip the old addresses are kept.
+    /// The old certificate stays valid until it expires: revoke it too if its key leaked.
+    Renew {
+        /// The certificate folder holding ca.key and the node's files.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// The node to renew.
+        node: String,
+        #[command(flatten)]
+        issue: IssueArgs,
+    },
     /// Revoke a node's certificate: writes DIR/crl.pem, signed by the CA. Give it to every
-    /// node as `[tls] crl` (they read it at start) and the revoked node is refused at every handshake.
+    /// node as `[tls] crl` (read at start, on SIGHUP and when it changes) and the revoked node
+    /// is refused at every handshake.
     Revoke {
         /// The certificate folder holding ca.key and the node's certificate.
         #[arg(long, value_name = "DIR")]
@@ -161,10 +175,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             ferry::certs::add_with(&dir, &node, &issue.options())?;
             out(&written(&dir, &node))
         }
+        Command::Certs(CertsCommand::Renew { dir, node, issue }) => {
+            let renewed = ferry::certs::renew(&dir, &node, &issue.options())?;
+            let p = ferry::certs::paths(&dir, &node);
+            let ips: Vec<String> = renewed.ips.iter().map(ToString::to_string).collect();
+            let days = ferry::transport::tls::days_left(renewed.new.not_after, ferry::transport::reload::unix_now());
+            out(&format!(
+                "renewed node {node}: new key {} and certificate {} (serial {}, valid {days} days{}); \
+                 it replaces serial {}, which stays valid until it expires.\n\
+                 A running node with these files picks them up within seconds (or at once on SIGHUP).\n",
+                p.key.display(),
+                p.cert.display(),
+                renewed.new.serial,
+                if ips.is_empty() { String::new() } else { format!(", addresses {}", ips.join(", ")) },
+                renewed.old_serial,
+            ))
+        }
         Command::Certs(CertsCommand::Revoke { dir, node }) => {
             let crl = ferry::certs::revoke(&dir, &node)?;
             out(&format!(
-                "revoked node {node}: {} now lists its certificate (all revoked: {}); nodes refuse it once they run with [tls] crl = \"{}\"\n",
+                "revoked node {node}: {} now lists its certificate (all revoked: {}); nodes refuse it once they run with [tls] crl = \"{}\" (a running node rereads the list within seconds)\n",
                 crl.display(),
                 dir.join(ferry::certs::REVOKED_FILE).display(),
                 crl.display()

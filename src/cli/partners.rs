@@ -10,7 +10,7 @@ use ferry::actors::availability::PartnerState;
 use ferry::api::ApiClient;
 use ferry::model::{ClusterView, PartnersView};
 
-use super::display::{bytes, iso_time, out, table};
+use super::display::{bytes, iso_time, out, out_json, table};
 use super::transfer::ApiArg;
 
 /// How often a cluster-wide wait polls.
@@ -21,11 +21,17 @@ const POLL: Duration = Duration::from_millis(500);
 pub struct PartnersArgs {
     #[command(flatten)]
     pub api: ApiArg,
+    /// Print the API's JSON answer instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `partners`: every configured partner with its availability.
 pub async fn partners(args: PartnersArgs) -> anyhow::Result<()> {
     let view = args.api.client()?.partners().await?;
+    if args.json {
+        return out_json(&view);
+    }
     out(&partners_table(&view))
 }
 
@@ -37,6 +43,17 @@ fn state_word(s: PartnerState) -> &'static str {
     }
 }
 
+/// Days left of a certificate, flagged from
+/// [`EXPIRY_WARNING_DAYS`](ferry::transport::tls::EXPIRY_WARNING_DAYS) on.
+fn days(left: i64) -> String {
+    match left {
+        ..0 => "expired".into(),
+        n if n < ferry::transport::tls::EXPIRY_WARNING_DAYS => format!("{n} d (renew)"),
+        n => format!("{n} d"),
+    }
+}
+
+/// `--json` prints [`PartnersView`] as the API answers it.
 pub fn partners_table(v: &PartnersView) -> String {
     let rows: Vec<Vec<String>> = v
         .partners
@@ -50,6 +67,7 @@ pub fn partners_table(v: &PartnersView) -> String {
                 p.since_ms.map(iso_time).unwrap_or_else(|| "-".into()),
                 p.rtt_ms.map(|r| format!("{r:.2} ms")).unwrap_or_else(|| "-".into()),
                 p.connections.to_string(),
+                p.certificate_days_left.map(days).unwrap_or_else(|| "-".into()),
                 match (p.state, &p.last_error) {
                     (PartnerState::Available, _) | (_, None) => "-".into(),
                     (_, Some(e)) => e.clone(),
@@ -57,8 +75,14 @@ pub fn partners_table(v: &PartnersView) -> String {
             ]
         })
         .collect();
-    let mut text = format!("node {}\n", v.node_id);
-    text.push_str(&table(&["PARTNER", "ALIASES", "ADDRESS", "STATE", "SINCE", "RTT", "CONNS", "LAST ERROR"], &rows));
+    let mut text = match &v.certificate {
+        Some(c) => format!("node {} (its certificate {}: {})\n", v.node_id, c.serial, days(c.days_left)),
+        None => format!("node {}\n", v.node_id),
+    };
+    text.push_str(&table(
+        &["PARTNER", "ALIASES", "ADDRESS", "STATE", "SINCE", "RTT", "CONNS", "CERT", "LAST ERROR"],
+        &rows,
+    ));
     for g in &v.groups {
         text.push_str(&format!("group {}: {}\n", g.name, g.members.join(", ")));
     }

@@ -5,7 +5,7 @@ use clap::Args;
 use ferry::model::RuleView;
 use ferry::tasks::{SideTasks, TaskList, Vars};
 
-use super::display::out;
+use super::display::{out, out_json};
 use super::transfer::ApiArg;
 
 /// Arguments of `rules`.
@@ -13,11 +13,17 @@ use super::transfer::ApiArg;
 pub struct RulesArgs {
     #[command(flatten)]
     pub api: ApiArg,
+    /// Print the API's JSON answer instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `rules`: every rule of the node.
 pub async fn rules(args: RulesArgs) -> anyhow::Result<()> {
     let rules = args.api.client()?.rules().await?;
+    if args.json {
+        return out_json(&rules);
+    }
     out(&rules_text(&rules))
 }
 

@@ -4,7 +4,7 @@ use clap::{Args, Subcommand};
 use ferry::model::{NewToken, TokenView};
 use ferry::store::TokenRole;
 
-use super::display::{iso_time, out, table};
+use super::display::{iso_time, out, out_json, table};
 use super::transfer::ApiArg;
 
 #[derive(Subcommand, Debug)]
@@ -69,7 +69,7 @@ pub async fn run(cmd: TokenCommand) -> anyhow::Result<()> {
                 .create_token(&NewToken { name: a.name, role: a.role, rules: a.rules, partners: a.partners })
                 .await?;
             if a.json {
-                return out(&format!("{}\n", serde_json::to_string_pretty(&made)?));
+                return out_json(&made);
             }
             out(&format!(
                 "{}\ntoken {:?} ({}, {}): shown once; keep it in a file readable only by its user and pass it with --token-file or FERRY_TOKEN\n",
@@ -82,7 +82,7 @@ pub async fn run(cmd: TokenCommand) -> anyhow::Result<()> {
         TokenCommand::List(a) => {
             let tokens = a.api.client()?.tokens().await?;
             if a.json {
-                return out(&format!("{}\n", serde_json::to_string_pretty(&tokens)?));
+                return out_json(&tokens);
             }
             out(&list_text(&tokens))
         }

@@ -13,7 +13,7 @@ use ferry::model::Submit;
 use ferry::protocol::{Compression, Direction};
 use ferry::store::{Role, Status};
 
-use super::display::{bytes, iso_time, out, rate, table};
+use super::display::{bytes, iso_time, out, out_json, rate, table};
 
 /// How often `--wait` polls the node.
 const POLL: Duration = Duration::from_millis(250);
@@ -136,6 +136,9 @@ pub struct StatusArgs {
     /// know it, asked through this node, which need not be one of them).
     #[arg(long, requires = "id")]
     pub cluster: bool,
+    /// Print the API's JSON answer instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Arguments of `log`.
@@ -145,6 +148,9 @@ pub struct LogArgs {
     pub api: ApiArg,
     /// The transfer's id.
     pub id: String,
+    /// Print the API's JSON answer instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `N`, `NK`/`NKiB`, `NM`/`NMiB` (binary units, any case) → bytes.
@@ -365,21 +371,28 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     let client = args.api.client()?;
     if let Some(id) = &args.id {
         if args.cluster {
-            return out(&super::partners::cluster_detail(&client.cluster_view(id).await?));
+            let c = client.cluster_view(id).await?;
+            return if args.json { out_json(&c) } else { out(&super::partners::cluster_detail(&c)) };
         }
         let v = match client.get(id).await {
             Ok(v) => v,
             Err(e) if e.http_status() == Some(404) => {
                 // Not on this node: perhaps elsewhere in the cluster.
                 let c = client.cluster_view(id).await.map_err(|_| e)?;
-                return out(&super::partners::cluster_detail(&c));
+                return if args.json { out_json(&c) } else { out(&super::partners::cluster_detail(&c)) };
             }
             Err(e) => return Err(e.into()),
         };
+        if args.json {
+            return out_json(&v);
+        }
         let extra: Vec<(&str, String)> = receivers_restart_point(&client, &v).await.into_iter().collect();
         return out(&detail(&v, extra));
     }
     let list = client.list(args.status.as_deref()).await?;
+    if args.json {
+        return out_json(&list);
+    }
     if list.is_empty() {
         eprintln!("no transfers{}", args.status.map(|s| format!(" with status {s}")).unwrap_or_default());
         return Ok(());
@@ -537,6 +550,9 @@ pub fn detail<'a>(v: &'a TransferView, extra: Vec<(&'a str, String)>) -> String 
 pub async fn log(args: LogArgs) -> anyhow::Result<()> {
     let client = args.api.client()?;
     let lines = client.log(&args.id).await?;
+    if args.json {
+        return out_json(&lines);
+    }
     let text: String = lines
         .iter()
         .map(|l| {

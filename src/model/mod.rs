@@ -167,6 +167,23 @@ pub struct NodeStats {
     pub open_channels: usize,
     /// Requests this node's Commander is running.
     pub running_requests: usize,
+    /// The certificate this node presents now.
+    pub certificate: CertificateView,
+    /// Why the last reload of the TLS files was refused (the node kept
+    /// the certificate above); `None` when it succeeded or none was tried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_reload_error: Option<String>,
+}
+
+/// A certificate in use: the node's own, or a partner's.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CertificateView {
+    /// Serial number, lowercase hex (as `revoked.txt` lists it).
+    pub serial: String,
+    /// End of validity, Unix seconds.
+    pub not_after: i64,
+    /// Whole days left before it expires (negative once expired).
+    pub days_left: i64,
 }
 
 /// Where a request submitted anywhere went.
@@ -207,6 +224,13 @@ pub struct PartnerView {
     pub rtt_ms: Option<f64>,
     /// Live QUIC connections to it.
     pub connections: usize,
+    /// End of validity (Unix seconds) of the certificate it presented on
+    /// its latest connection; `None` before the first one.
+    #[serde(default)]
+    pub certificate_not_after: Option<i64>,
+    /// Whole days before that certificate expires.
+    #[serde(default)]
+    pub certificate_days_left: Option<i64>,
     pub last_error: Option<String>,
     pub keep_connected: bool,
 }
@@ -215,6 +239,9 @@ pub struct PartnerView {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct PartnersView {
     pub node_id: String,
+    /// The certificate this node presents.
+    #[serde(default)]
+    pub certificate: Option<CertificateView>,
     pub partners: Vec<PartnerView>,
     pub groups: Vec<crate::config::Group>,
 }

@@ -16,7 +16,7 @@
 //!   change of quinn default cannot silently change throughput behaviour.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use quinn::crypto::rustls::{NoInitialCipherSuite, QuicClientConfig, QuicServerConfig};
@@ -203,16 +203,7 @@ pub fn make_endpoint_on(
     tuning: &TransportTuning,
     network: &Network,
 ) -> Result<quinn::Endpoint, TransportError> {
-    let transport = Arc::new(tuning.transport_config()?);
-
-    let server_crypto = QuicServerConfig::try_from(tls::server_config(id)?)?;
-    let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
-    server.transport_config(transport.clone());
-
-    let client_crypto = QuicClientConfig::try_from(tls::client_config(id)?)?;
-    let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
-    client.transport_config(transport);
-
+    let (server, client) = quic_configs(id, tuning)?;
     let runtime = quinn::default_runtime().ok_or(TransportError::NoRuntime)?;
     let socket = match &network.socket {
         Some(socket) => socket.clone(),
@@ -228,6 +219,70 @@ pub fn make_endpoint_on(
         .map_err(|source| TransportError::Bind { addr: bind, source })?;
     endpoint.set_default_client_config(client);
     Ok(endpoint)
+}
+
+/// The QUIC server and client configs for `id`.
+fn quic_configs(
+    id: &NodeIdentity,
+    tuning: &TransportTuning,
+) -> Result<(quinn::ServerConfig, quinn::ClientConfig), TransportError> {
+    let transport = Arc::new(tuning.transport_config()?);
+
+    let server_crypto = QuicServerConfig::try_from(tls::server_config(id)?)?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+    server.transport_config(transport.clone());
+
+    let client_crypto = QuicClientConfig::try_from(tls::client_config(id)?)?;
+    let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
+    client.transport_config(transport);
+    Ok((server, client))
+}
+
+/// The client settings every dial of a node uses, shared by all its parts
+/// so that a reload reaches them at once (a `quinn::Endpoint`'s default
+/// client config belongs to one handle, not to its clones).
+#[derive(Clone)]
+pub struct DialConfig(Arc<RwLock<quinn::ClientConfig>>);
+
+impl DialConfig {
+    pub fn new(id: &NodeIdentity, tuning: &TransportTuning) -> Result<DialConfig, TransportError> {
+        let (_, client) = quic_configs(id, tuning)?;
+        Ok(DialConfig(Arc::new(RwLock::new(client))))
+    }
+
+    /// The settings for the next dial.
+    pub fn current(&self) -> quinn::ClientConfig {
+        match self.0.read() {
+            Ok(config) => config.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn set(&self, client: quinn::ClientConfig) {
+        match self.0.write() {
+            Ok(mut config) => *config = client,
+            Err(poisoned) => *poisoned.into_inner() = client,
+        }
+    }
+}
+
+/// Makes `endpoint` and `dial` present `id` (a renewed certificate, a new
+/// revocation list) in every handshake from now on, accepted or dialed.
+/// Connections already up keep the session they agreed and carry on.
+///
+/// The stateless-reset and connection-ID keys stay derived from the key
+/// the endpoint was built with until the node restarts: they only need
+/// to be stable across a restart, not to follow the certificate.
+pub fn set_identity(
+    endpoint: &quinn::Endpoint,
+    dial: &DialConfig,
+    id: &NodeIdentity,
+    tuning: &TransportTuning,
+) -> Result<(), TransportError> {
+    let (server, client) = quic_configs(id, tuning)?;
+    endpoint.set_server_config(Some(server));
+    dial.set(client);
+    Ok(())
 }
 
 /// The endpoint config, with the stateless-reset key and the connection-ID
@@ -279,14 +334,25 @@ pub async fn dial(
     addr: SocketAddr,
     partner_id: &str,
 ) -> Result<quinn::Connection, TransportError> {
+    dial_with(endpoint, None, addr, partner_id).await
+}
+
+/// [`dial`] with `config` instead of the endpoint's default client settings.
+pub async fn dial_with(
+    endpoint: &quinn::Endpoint,
+    config: Option<quinn::ClientConfig>,
+    addr: SocketAddr,
+    partner_id: &str,
+) -> Result<quinn::Connection, TransportError> {
     if let Some(reason) = crate::certs::node_id_problem(partner_id) {
         return Err(TlsError::InvalidNodeId { id: partner_id.to_owned(), reason }.into());
     }
-    let connecting = endpoint.connect(addr, partner_id).map_err(|source| TransportError::Connect {
-        addr,
-        partner_id: partner_id.to_owned(),
-        source,
-    })?;
+    let connecting = match config {
+        Some(config) => endpoint.connect_with(config, addr, partner_id),
+        None => endpoint.connect(addr, partner_id),
+    };
+    let connecting =
+        connecting.map_err(|source| TransportError::Connect { addr, partner_id: partner_id.to_owned(), source })?;
     let conn = connecting
         .await
         .map_err(|source| TransportError::Handshake { peer: format!("{partner_id:?} at {addr}"), source })?;

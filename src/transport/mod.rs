@@ -8,8 +8,11 @@
 pub mod channel;
 pub mod control;
 pub mod endpoint;
+pub mod reload;
 pub mod tls;
 
 pub use channel::{ChannelError, FrameReader, FrameWriter};
-pub use endpoint::{accept, dial, make_endpoint, make_endpoint_on, Network, TransportError, TransportTuning};
+pub use endpoint::{
+    accept, dial, dial_with, make_endpoint, make_endpoint_on, DialConfig, Network, TransportError, TransportTuning,
+};
 pub use tls::{peer_node_id, NodeIdentity, TlsError, ALPN};

@@ -281,6 +281,18 @@ fn client_verifier(id: &NodeIdentity) -> Result<Arc<dyn rustls::server::danger::
     Ok(builder.build()?)
 }
 
+/// The REST API's TLS settings: the node's own certificate (issued by the
+/// cluster CA), TLS 1.2 or 1.3, HTTP/1.1, no client certificate (callers
+/// authenticate with a bearer token).
+pub fn https_server_config(id: &NodeIdentity) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(id.cert_chain.clone(), id.key.clone_key())?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// rustls client config: trusts only the cluster CA, authenticates with this
 /// node's certificate, TLS 1.3 only, ALPN [`ALPN`]. The server name given when
 /// connecting must be the partner's node id.
@@ -295,6 +307,20 @@ pub fn client_config(id: &NodeIdentity) -> Result<rustls::ClientConfig, TlsError
         .with_client_auth_cert(id.cert_chain.clone(), id.key.clone_key())?;
     config.alpn_protocols = vec![ALPN.to_vec()];
     Ok(config)
+}
+
+/// Checks the certificate the peer of `conn` presented against `id`'s trust
+/// as it is now (its CA and revocation lists, the time): after a reload, a
+/// connection whose partner the new list revokes fails this.
+pub fn recheck_peer(id: &NodeIdentity, conn: &quinn::Connection) -> Result<(), TlsError> {
+    let identity = conn.peer_identity().ok_or(TlsError::NoPeerCertificate)?;
+    let chain = identity.downcast::<Vec<CertificateDer<'static>>>().map_err(|_| TlsError::NoPeerCertificate)?;
+    let (end_entity, intermediates) = chain.split_first().ok_or(TlsError::NoPeerCertificate)?;
+    let node_id = node_id_from_cert(end_entity)?;
+    client_verifier(id)?
+        .verify_client_cert(end_entity, intermediates, UnixTime::now())
+        .map_err(|source| TlsError::CertificateRejected { node_id, source })?;
+    Ok(())
 }
 
 /// The authenticated node id of the peer of `conn`: the single DNS SAN of the
@@ -360,8 +386,52 @@ pub const EXPIRY_WARNING_DAYS: i64 = 30;
 pub fn expiry_warning(node_id: &str, not_after: i64, now: i64) -> Option<String> {
     let days = days_left(not_after, now);
     (days < EXPIRY_WARNING_DAYS).then(|| {
-        format!("the certificate of node {node_id} expires in {days} day(s): renew it (ferry certs add with a new key after removing the old files) before partners refuse it")
+        format!("the certificate of node {node_id} expires in {days} day(s): renew it with `ferry certs renew` before partners refuse it (the node picks the new files up without a restart)")
     })
+}
+
+/// What an operator needs to know of a certificate in use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertificateInfo {
+    /// The serial number, lowercase hex (as `revoked.txt` lists it).
+    pub serial: String,
+    /// End of validity, Unix seconds.
+    pub not_after: i64,
+}
+
+impl CertificateInfo {
+    pub fn of(cert: &CertificateDer<'_>) -> Result<CertificateInfo, TlsError> {
+        let (serial, not_after) = certificate_serial_and_expiry(cert)?;
+        Ok(CertificateInfo { serial: serial.iter().map(|b| format!("{b:02x}")).collect(), not_after })
+    }
+}
+
+/// The IP addresses among the certificate's subjectAltNames (a renewed
+/// certificate keeps them unless told otherwise).
+pub fn certificate_ip_addresses(cert: &CertificateDer<'_>) -> Result<Vec<std::net::IpAddr>, TlsError> {
+    use x509_parser::extensions::GeneralName;
+    let malformed = |e: String| TlsError::MalformedCertificate(e);
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|e| malformed(e.to_string()))?;
+    let san = parsed.subject_alternative_name().map_err(|e| malformed(format!("subjectAltName: {e}")))?;
+    let mut ips = Vec::new();
+    for name in san.iter().flat_map(|ext| ext.value.general_names.iter()) {
+        if let GeneralName::IPAddress(bytes) = name {
+            match bytes.len() {
+                4 => ips.push(std::net::IpAddr::from(<[u8; 4]>::try_from(*bytes).expect("length checked"))),
+                16 => ips.push(std::net::IpAddr::from(<[u8; 16]>::try_from(*bytes).expect("length checked"))),
+                n => return Err(malformed(format!("an IP subjectAltName of {n} bytes"))),
+            }
+        }
+    }
+    Ok(ips)
+}
+
+/// The end of validity (Unix seconds) of the certificate the peer of
+/// `conn` presented, if it can be read.
+pub fn peer_certificate_expiry(conn: &quinn::Connection) -> Option<i64> {
+    let identity = conn.peer_identity()?;
+    let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    certificate_serial_and_expiry(chain.first()?).ok().map(|(_, not_after)| not_after)
 }
 
 /// The certificate's serial number (big-endian bytes) and its end of
