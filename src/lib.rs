@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod config;
 pub mod determinism;
 pub mod lifecycle;
+pub mod metrics;
 pub mod model;
 pub mod node;
 pub mod protocol;

@@ -653,6 +653,8 @@ impl Node {
         .map_err(|e| NodeError::Audit(format!("{}: {e}", config.audit_path().display())))?;
         let transfer_audit = audit.clone();
         store.observe(Arc::new(move |change| transfer_audit.record_change(change)));
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        metrics.attach(&store)?;
         let tokens = TokenBook::open(store.clone()).map_err(|e| NodeError::Tokens(e.to_string()))?;
         if let Some(path) = tokens.bootstrap(&config.data_dir).await.map_err(|e| NodeError::Tokens(e.to_string()))? {
             tracing::info!(node = %config.node_id, path = %path.display(), "made the first admin API token (the store held none)");
@@ -682,7 +684,7 @@ impl Node {
         }));
         if let Some(api_listener) = api_listener {
             let mut api_shutdown = shutdown_rx;
-            let api_state = crate::api::ApiState { node: handle.clone(), tokens, audit };
+            let api_state = crate::api::ApiState { node: handle.clone(), tokens, audit, metrics };
             tasks.push(tokio::spawn(async move {
                 let stop = async move {
                     let _ = api_shutdown.wait_for(|s| *s).await;

@@ -72,6 +72,7 @@ enum Need {
     Read,
     Operate,
     Tokens,
+    Scrape,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,6 +114,7 @@ async fn every_route_refuses_a_caller_without_the_right_and_changes_nothing() {
         ("GET", "/api/v1/tokens".into(), None, Need::Tokens),
         ("POST", "/api/v1/tokens".into(), Some(token_body), Need::Tokens),
         ("DELETE", "/api/v1/tokens/ops".into(), None, Need::Tokens),
+        ("GET", "/metrics".into(), None, Need::Scrape),
         ("GET", "/api/v1/nothing-here".into(), None, Need::Any),
     ];
 
@@ -142,6 +144,8 @@ async fn every_route_refuses_a_caller_without_the_right_and_changes_nothing() {
             let allowed = match (role, need) {
                 (_, Need::Any) => true,
                 (_, Need::Tokens) => false,
+                ("metrics", Need::Scrape) => true,
+                (_, Need::Scrape) => false,
                 ("operator", _) => true,
                 ("viewer", Need::Read) => true,
                 _ => false,
@@ -213,6 +217,7 @@ async fn every_route_refuses_a_caller_without_the_right_and_changes_nothing() {
             Need::Read | Need::Any => &viewer,
             Need::Operate => &operator,
             Need::Tokens => &admin_token,
+            Need::Scrape => &metrics,
         };
         let (status, json) = call(&a, method, path, Some(token), *body).await;
         assert!(status != 401 && status != 403, "{method} {path} with the right: {status} {json}");

@@ -28,6 +28,7 @@
 //! | GET    | `/api/v1/tokens`              | `[TokenView]` (admin)                    |
 //! | POST   | `/api/v1/tokens`              | 201 + `CreatedToken` (admin; body: `NewToken`) |
 //! | DELETE | `/api/v1/tokens/{name}`       | `TokenView` after the revocation (admin) |
+//! | GET    | `/metrics`                    | OpenMetrics text (metrics or admin, unscoped) |
 //! | GET    | `/healthz`, `/readyz`         | plain text; no token needed              |
 //!
 //! Error statuses: 401 without a valid token, 403 for a token whose role or

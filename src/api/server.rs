@@ -242,6 +242,7 @@ pub struct ApiState {
     pub node: NodeHandle,
     pub tokens: TokenBook,
     pub audit: crate::audit::AuditLog,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 /// The API's routes: `/healthz` and `/readyz` open to all, everything else
@@ -260,10 +261,39 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/cluster/transfers/{id}", get(cluster_transfer))
         .route("/api/v1/tokens", get(list_tokens).post(create_token))
         .route("/api/v1/tokens/{name}", delete(revoke_token))
+        .route("/metrics", get(metrics))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), authenticate));
-    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).merge(guarded).with_state(state)
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .merge(guarded)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), count_request))
+        .with_state(state)
+}
+
+/// Counts every request in the metrics by method, route template (never
+/// the path itself, which holds ids) and status, refusals included.
+async fn count_request(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let method = request.method().as_str().to_owned();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    state.metrics.api_request(&method, &route, response.status().as_u16());
+    response
+}
+
+/// `GET /metrics`: the node's metrics (see [`crate::metrics`]), for a
+/// token with the `metrics` role (or `admin`) and no scope.
+async fn metrics(State(state): State<ApiState>, Extension(caller): Extension<Caller>) -> Result<Response, ApiError> {
+    caller.require(Right::Scrape)?;
+    caller.require_unscoped("the node's metrics")?;
+    let (stats, partners) = (state.node.stats().await, state.node.partners().await);
+    state.metrics.set_node(&stats, &partners);
+    Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], state.metrics.encode()).into_response())
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then lets
@@ -347,7 +377,7 @@ async fn healthz() -> &'static str {
 /// Ready: the store answers and the node is not shutting down.
 async fn readyz(State(state): State<ApiState>) -> Response {
     let store = state.node.store().clone();
-    let store_ok = tokio::task::spawn_blocking(move || store.tokens().is_ok()).await.unwrap_or(false);
+    let store_ok = tokio::task::spawn_blocking(move || store.is_readable()).await.unwrap_or(false);
     match (store_ok, state.node.is_shutting_down()) {
         (true, false) => (StatusCode::OK, "ready\n").into_response(),
         (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "store not readable\n").into_response(),

@@ -108,6 +108,10 @@ pub struct RecordChange<'a> {
 /// not call back into the store.
 pub type Observer = std::sync::Arc<dyn Fn(&RecordChange<'_>) + Send + Sync>;
 
+/// Told how long each [`Store::flush`] caller waited for its data to be on
+/// disk (queueing behind other flushes included).
+pub type FlushObserver = std::sync::Arc<dyn Fn(std::time::Duration) + Send + Sync>;
+
 /// A handle to the node's database; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -121,6 +125,7 @@ pub struct Store {
     tokens: sled::Tree,
     /// Who is told of every record written (see [`Store::observe`]).
     observers: std::sync::Arc<std::sync::RwLock<Vec<Observer>>>,
+    flush_observers: std::sync::Arc<std::sync::RwLock<Vec<FlushObserver>>>,
     flusher: tokio::sync::mpsc::UnboundedSender<FlushReply>,
 }
 
@@ -188,6 +193,7 @@ impl Store {
             handovers: db.open_tree("handovers")?,
             tokens: db.open_tree("tokens")?,
             observers: Default::default(),
+            flush_observers: Default::default(),
             db,
             flusher,
         })
@@ -215,6 +221,11 @@ impl Store {
     /// log, the metrics, the live events).
     pub fn observe(&self, observer: Observer) {
         self.observers.write().expect("observer list lock is never poisoned").push(observer);
+    }
+
+    /// Adds an observer of every flush's latency from now on (the metrics).
+    pub fn observe_flush(&self, observer: FlushObserver) {
+        self.flush_observers.write().expect("observer list lock is never poisoned").push(observer);
     }
 
     fn notify(&self, change: &RecordChange<'_>) {
@@ -391,11 +402,20 @@ impl Store {
         if crate::determinism::inline_io() {
             return self.flush_blocking();
         }
+        let started = std::time::Instant::now();
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.flusher
             .send((self.db.clone(), tx))
             .map_err(|_| StoreError::Flush("the flusher thread has stopped".into()))?;
-        rx.await.map_err(|_| StoreError::Flush("the flusher thread has stopped".into()))?.map_err(StoreError::Flush)
+        let result = rx
+            .await
+            .map_err(|_| StoreError::Flush("the flusher thread has stopped".into()))?
+            .map_err(StoreError::Flush);
+        let waited = started.elapsed();
+        for o in self.flush_observers.read().expect("observer list lock is never poisoned").iter() {
+            o(waited);
+        }
+        result
     }
 
     /// Records that the partner of `id` must still be told that the request
@@ -470,6 +490,11 @@ impl Store {
     pub fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
         self.tokens.insert(token.name.as_bytes(), encode(token)?)?;
         Ok(())
+    }
+
+    /// Whether the database answers a read (one entry, never a scan).
+    pub fn is_readable(&self) -> bool {
+        self.tokens.first().is_ok()
     }
 
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
