@@ -14,6 +14,7 @@ pub mod certs;
 pub mod cluster;
 pub mod config;
 pub mod determinism;
+pub mod events;
 pub mod lifecycle;
 pub mod metrics;
 pub mod model;

@@ -184,6 +184,12 @@ impl NodeHandle {
         self.identity.reload()
     }
 
+    /// Turns true when the node begins to shut down (long answers, such as
+    /// event streams, end then).
+    pub fn shutdown_watch(&self) -> watch::Receiver<bool> {
+        self.ctx.core.shutdown.clone()
+    }
+
     /// Whether the node has begun to shut down.
     pub fn is_shutting_down(&self) -> bool {
         self.ctx.core.shutting_down()
@@ -655,6 +661,8 @@ impl Node {
         store.observe(Arc::new(move |change| transfer_audit.record_change(change)));
         let metrics = Arc::new(crate::metrics::Metrics::new());
         metrics.attach(&store)?;
+        let events = Arc::new(crate::events::EventBus::new(&config.node_id));
+        events.attach(&store);
         let tokens = TokenBook::open(store.clone()).map_err(|e| NodeError::Tokens(e.to_string()))?;
         if let Some(path) = tokens.bootstrap(&config.data_dir).await.map_err(|e| NodeError::Tokens(e.to_string()))? {
             tracing::info!(node = %config.node_id, path = %path.display(), "made the first admin API token (the store held none)");
@@ -684,7 +692,7 @@ impl Node {
         }));
         if let Some(api_listener) = api_listener {
             let mut api_shutdown = shutdown_rx;
-            let api_state = crate::api::ApiState { node: handle.clone(), tokens, audit, metrics };
+            let api_state = crate::api::ApiState { node: handle.clone(), tokens, audit, metrics, events };
             tasks.push(tokio::spawn(async move {
                 let stop = async move {
                     let _ = api_shutdown.wait_for(|s| *s).await;

@@ -368,6 +368,48 @@ impl ApiClient {
         }
     }
 
+    /// Opens the node's event stream (`GET /api/v1/events`) with `query`'s
+    /// filters, resuming after `query.after` if given. The stream has no
+    /// overall time limit; it fails if the node sends nothing, not even a
+    /// keep-alive, for [`EVENTS_IDLE_LIMIT`].
+    pub async fn events(&self, query: &EventQuery) -> Result<EventStream, ClientError> {
+        use eventsource_stream::Eventsource;
+        use futures_util::StreamExt;
+        let mut url = reqwest::Url::parse(&format!("{}/api/v1/events", self.base))
+            .map_err(|e| ClientError::BadBase { base: self.base.clone(), reason: e.to_string() })?;
+        for (name, value) in
+            [("transfer", &query.transfer), ("rule", &query.rule), ("partner", &query.partner), ("after", &query.after)]
+        {
+            if let Some(v) = value {
+                url.query_pairs_mut().append_pair(name, v);
+            }
+        }
+        let mut req = self.http.get(url).header(ACCEPT, "text/event-stream");
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        let resp = tokio::time::timeout(self.timeout, req.send())
+            .await
+            .map_err(|_| ClientError::Timeout { base: self.base.clone(), timeout: self.timeout })?
+            .map_err(|e| self.error(e))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let bytes = resp.bytes().await.map_err(|e| self.error(e))?;
+            return Err(decode_answer::<serde_json::Value>(status, &bytes).err().unwrap_or(ClientError::Http {
+                status: status.as_u16(),
+                body: String::from_utf8_lossy(&bytes).into_owned(),
+            }));
+        }
+        let seen = Arc::new(std::sync::Mutex::new(std::time::Instant::now()));
+        let mark = seen.clone();
+        let bytes = resp.bytes_stream().inspect(move |_| {
+            if let Ok(mut t) = mark.lock() {
+                *t = std::time::Instant::now();
+            }
+        });
+        Ok(EventStream { base: self.base.clone(), inner: Box::pin(bytes.eventsource()), seen })
+    }
+
     async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
@@ -398,6 +440,80 @@ impl ApiClient {
             ClientError::Unreachable { base: self.base.clone(), reason: connect_reason(&e) }
         } else {
             ClientError::Transport { base: self.base.clone(), reason: error_chain(&e) }
+        }
+    }
+}
+
+/// How long an event stream may stay silent (the node sends a keep-alive
+/// every 15 s) before [`EventStream::next`] calls it lost.
+pub const EVENTS_IDLE_LIMIT: Duration = Duration::from_secs(45);
+
+/// The filters and resume position of an event stream.
+#[derive(Clone, Debug, Default)]
+pub struct EventQuery {
+    pub transfer: Option<String>,
+    pub rule: Option<String>,
+    pub partner: Option<String>,
+    /// The position of the last event seen.
+    pub after: Option<String>,
+}
+
+/// One item of an event stream.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum StreamItem {
+    /// A transfer changed.
+    Transfer(Box<crate::model::TransferEvent>),
+    /// Events after the asked position are no longer kept.
+    Gap(crate::events::Gap),
+}
+
+type SseStream = std::pin::Pin<
+    Box<
+        dyn futures_util::Stream<
+                Item = Result<eventsource_stream::Event, eventsource_stream::EventStreamError<reqwest::Error>>,
+            > + Send,
+    >,
+>;
+
+/// A node's event stream (see [`ApiClient::events`]).
+pub struct EventStream {
+    base: String,
+    inner: SseStream,
+    /// When the node last sent anything (keep-alives included).
+    seen: Arc<std::sync::Mutex<std::time::Instant>>,
+}
+
+impl EventStream {
+    /// The next item; `None` when the node ended the stream (it shuts down).
+    pub async fn next(&mut self) -> Option<Result<StreamItem, ClientError>> {
+        use futures_util::StreamExt;
+        loop {
+            let item = tokio::select! {
+                item = self.inner.next() => item,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                    let idle = self.seen.lock().map(|t| t.elapsed()).unwrap_or_default();
+                    if idle > EVENTS_IDLE_LIMIT {
+                        return Some(Err(ClientError::Timeout { base: self.base.clone(), timeout: EVENTS_IDLE_LIMIT }));
+                    }
+                    continue;
+                }
+            };
+            let event = match item? {
+                Ok(event) => event,
+                Err(e) => {
+                    return Some(Err(ClientError::Transport {
+                        base: self.base.clone(),
+                        reason: format!("event stream: {e}"),
+                    }))
+                }
+            };
+            let decoded = match event.event.as_str() {
+                "transfer" => serde_json::from_str(&event.data).map(|e| StreamItem::Transfer(Box::new(e))),
+                "gap" => serde_json::from_str(&event.data).map(StreamItem::Gap),
+                _ => continue, // a kind this client does not know
+            };
+            return Some(decoded.map_err(|e| ClientError::Decode(format!("event {:?}: {e}", event.event))));
         }
     }
 }

@@ -28,6 +28,7 @@
 //! | GET    | `/api/v1/tokens`              | `[TokenView]` (admin)                    |
 //! | POST   | `/api/v1/tokens`              | 201 + `CreatedToken` (admin; body: `NewToken`) |
 //! | DELETE | `/api/v1/tokens/{name}`       | `TokenView` after the revocation (admin) |
+//! | GET    | `/api/v1/events`              | Server-Sent Events: `TransferEvent`s (`?transfer=&rule=&partner=&after=`) |
 //! | GET    | `/metrics`                    | OpenMetrics text (metrics or admin, unscoped) |
 //! | GET    | `/healthz`, `/readyz`         | plain text; no token needed              |
 //!
@@ -43,9 +44,10 @@
 //! [`NodeHandle`]: crate::node::NodeHandle
 
 pub mod client;
+mod events;
 pub mod server;
 pub mod tls;
 
 pub use crate::model::view::{ErrorBody, ErrorView, LogLineView, TransferView};
-pub use client::{Access, ApiClient, ClientError};
+pub use client::{Access, ApiClient, ClientError, EventQuery, EventStream, StreamItem};
 pub use server::{router, serve, ApiError, ApiState};

@@ -243,6 +243,7 @@ pub struct ApiState {
     pub tokens: TokenBook,
     pub audit: crate::audit::AuditLog,
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    pub events: std::sync::Arc<crate::events::EventBus>,
 }
 
 /// The API's routes: `/healthz` and `/readyz` open to all, everything else
@@ -261,6 +262,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/cluster/transfers/{id}", get(cluster_transfer))
         .route("/api/v1/tokens", get(list_tokens).post(create_token))
         .route("/api/v1/tokens/{name}", delete(revoke_token))
+        .route("/api/v1/events", get(super::events::events))
         .route("/metrics", get(metrics))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
@@ -387,7 +389,7 @@ async fn readyz(State(state): State<ApiState>) -> Response {
 
 /// The names a record's partner goes by for a scope: its id, its aliases,
 /// and the groups it belongs to.
-fn partner_names(node: &NodeHandle, partner: &str) -> Vec<String> {
+pub(super) fn partner_names(node: &NodeHandle, partner: &str) -> Vec<String> {
     let config = node.config();
     let mut names = vec![partner.to_owned()];
     if let Some(p) = config.partner(partner) {

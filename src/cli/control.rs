@@ -13,7 +13,7 @@ use ferry::api::{ApiClient, ClientError, TransferView};
 use ferry::store::Status;
 
 use super::display::{bytes, iso_time, out};
-use super::transfer::{follow, ApiArg};
+use super::transfer::ApiArg;
 
 /// How long `stop` and `cancel` of a running request wait for its runner to
 /// record the outcome before printing what the node says.
@@ -65,7 +65,7 @@ pub async fn restart(args: RestartArgs) -> anyhow::Result<()> {
     let v = client.restart(&args.id).await.map_err(|e| refused(e, "restart", &args.id))?;
     out(&format!("{}\n", outcome(&v)))?;
     if args.wait {
-        return follow(&client, &v.id).await;
+        return super::follow::follow(&client, &v.id).await;
     }
     Ok(())
 }

@@ -11,6 +11,7 @@ mod cluster;
 mod control;
 mod demo;
 mod display;
+mod follow;
 mod partners;
 mod rules;
 mod token;

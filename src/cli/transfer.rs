@@ -1,12 +1,8 @@
 //! The client commands: `send`, `get`, `status` and `log`, all through a
 //! node's REST API (the operator commands are in [`super::control`]).
 
-use std::collections::VecDeque;
-use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use clap::Args;
 use ferry::api::{ApiClient, TransferView};
 use ferry::model::Submit;
@@ -14,12 +10,6 @@ use ferry::protocol::{Compression, Direction};
 use ferry::store::{Role, Status};
 
 use super::display::{bytes, iso_time, out, out_json, rate, table};
-
-/// How often `--wait` polls the node.
-const POLL: Duration = Duration::from_millis(250);
-
-/// The rate shown while waiting is measured over this window.
-const RATE_WINDOW: Duration = Duration::from_secs(3);
 
 /// Which node to talk to, and with what token and CA.
 #[derive(Args, Debug, Clone)]
@@ -206,41 +196,7 @@ pub async fn transfer(args: TransferArgs, direction: Direction, other_node: Opti
     if !args.wait {
         return Ok(());
     }
-    follow(&client, &view.id).await
-}
-
-/// `--wait`: shows progress on stderr until the transfer is final or an
-/// operator stopped it, prints the summary, and fails unless it ended `Done`.
-pub async fn follow(client: &ApiClient, id: &str) -> anyhow::Result<()> {
-    let mut progress = Progress::new(std::io::stderr().is_terminal());
-    let waited = client.wait_until(id, POLL, |v| progress.show(v), |v| v.is_final() || v.is_stopped());
-    let end = tokio::select! {
-        end = waited => end,
-        _ = tokio::signal::ctrl_c() => {
-            progress.finish();
-            anyhow::bail!(
-                "stopped following transfer {id}; the transfer goes on. See it with `ferry status {id}`, \
-                 pause it with `ferry stop {id}`, cancel it with `ferry cancel {id}`"
-            );
-        }
-    };
-    progress.finish();
-    let end = end.with_context(|| format!("lost track of transfer {id}"))?;
-    let run_at = if end.status == Status::Done { last_run_at(client, id).await } else { None };
-    out(&format!("{}\n", summary(&end, run_at)))?;
-    if end.is_stopped() {
-        anyhow::bail!("transfer {} was stopped by an operator; `ferry restart {}` resumes it", end.id, end.id)
-    }
-    match end.status {
-        Status::Done => Ok(()),
-        status => {
-            let (code, message) = match &end.error {
-                Some(e) => (e.code.as_str(), e.message.as_str()),
-                None => ("-", "no reason recorded"),
-            };
-            anyhow::bail!("transfer {} ended {status:?} at step {:?}: {code}: {message}", end.id, end.step)
-        }
-    }
+    super::follow::follow(&client, &view.id).await
 }
 
 /// One line on the final state of a transfer. `last_run_at` is when its
@@ -284,85 +240,16 @@ pub fn summary(v: &TransferView, last_run_at: Option<u64>) -> String {
 
 /// When the last run of a transfer started moving data: its job log's last
 /// `sending ...`/`receiving ...` line.
-async fn last_run_at(client: &ApiClient, id: &str) -> Option<u64> {
+pub(super) async fn last_run_at(client: &ApiClient, id: &str) -> Option<u64> {
     let log = client.log(id).await.ok()?;
     log.iter().rev().find(|l| l.message.starts_with("sending ") || l.message.starts_with("receiving ")).map(|l| l.at)
 }
 
-fn size_or_unknown(v: &TransferView) -> String {
+pub(super) fn size_or_unknown(v: &TransferView) -> String {
     if v.size == 0 && v.status != Status::Done {
         "?".to_owned()
     } else {
         bytes(v.size)
-    }
-}
-
-/// The `--wait` display on stderr: one redrawn line on a terminal, a line
-/// per status or step change otherwise.
-struct Progress {
-    tty: bool,
-    samples: VecDeque<(Instant, u64)>,
-    last_state: Option<String>,
-    last_waiting: Option<String>,
-    drawn: bool,
-}
-
-impl Progress {
-    fn new(tty: bool) -> Progress {
-        Progress { tty, samples: VecDeque::new(), last_state: None, last_waiting: None, drawn: false }
-    }
-
-    fn show(&mut self, v: &TransferView) {
-        let now = Instant::now();
-        if self.samples.back().is_some_and(|&(_, b)| v.transferred < b) {
-            self.samples.clear(); // restarted from an earlier offset
-        }
-        self.samples.push_back((now, v.transferred));
-        while self.samples.len() > 2 && self.samples.front().is_some_and(|&(t, _)| now - t > RATE_WINDOW) {
-            self.samples.pop_front();
-        }
-        let state = format!("{:?}/{:?}", v.status, v.step);
-        let mut err = std::io::stderr().lock();
-        if self.tty {
-            let pct = v.progress().map_or_else(|| "?".to_owned(), |p| format!("{:.1}%", p * 100.0));
-            let speed = match (v.status, v.started_at, v.finished_at, self.samples.front(), self.samples.back()) {
-                // Finished: the average over the whole transfer, from the node's own clock.
-                (Status::Done, Some(s), Some(f), _, _) => {
-                    rate(v.size.saturating_sub(v.restart_offset), f.saturating_sub(s) as f64 / 1000.0)
-                }
-                // Running: the rate over the last few seconds.
-                (Status::Running, _, _, Some(&(t0, b0)), Some(&(t1, b1))) if t1 > t0 => {
-                    rate(b1.saturating_sub(b0), (t1 - t0).as_secs_f64())
-                }
-                _ => "- MB/s".to_owned(),
-            };
-            let line = format!("{state:<20} {} / {}  {pct:>6}  {speed}", bytes(v.transferred), size_or_unknown(v));
-            let _ = write!(err, "\r{line}\x1b[K");
-            let _ = err.flush();
-            self.drawn = true;
-        } else if self.last_state.as_deref() != Some(state.as_str()) {
-            let _ = writeln!(err, "{}: {state} {} / {}", v.id, bytes(v.transferred), size_or_unknown(v));
-        }
-        if v.waiting != self.last_waiting {
-            if let Some(w) = &v.waiting {
-                if self.drawn {
-                    let _ = writeln!(err);
-                    self.drawn = false;
-                }
-                let _ = writeln!(err, "waiting: {w}");
-            }
-            self.last_waiting = v.waiting.clone();
-        }
-        self.last_state = Some(state);
-    }
-
-    /// Ends the redrawn line so what follows starts on a fresh one.
-    fn finish(&mut self) {
-        if self.drawn {
-            let mut err = std::io::stderr().lock();
-            let _ = writeln!(err);
-            self.drawn = false;
-        }
     }
 }
 

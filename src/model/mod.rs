@@ -175,6 +175,21 @@ pub struct NodeStats {
     pub certificate_reload_error: Option<String>,
 }
 
+/// One change of a transfer, as `GET /api/v1/events` streams it (the SSE
+/// event `transfer`; its SSE id is `position`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TransferEvent {
+    /// Where this event is in the node's series: give it back (as
+    /// `Last-Event-ID` or `?after=`) to resume after it.
+    pub position: String,
+    /// Unix milliseconds when the node recorded the change.
+    pub at: u64,
+    /// Bytes per second since the transfer's previous progress event.
+    pub rate: Option<f64>,
+    /// The transfer after the change.
+    pub transfer: view::TransferView,
+}
+
 /// A certificate in use: the node's own, or a partner's.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CertificateView {
