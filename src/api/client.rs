@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 use crate::model::view::{ErrorBody, LogLineView, TransferView};
 use crate::model::{
     ClusterSubmitted, ClusterView, CreatedToken, NewToken, NodeStats, PartnersView, RuleView, Submit, TokenView,
+    TransferFilter,
 };
 use crate::protocol::RequestId;
 use crate::store::Status;
@@ -221,16 +222,39 @@ impl ApiClient {
     }
 
     /// Every transfer on the node, oldest first, optionally only those with
-    /// `status` (any case, e.g. `"done"`).
+    /// `status` (any case, e.g. `"done"`), page after page.
     pub async fn list(&self, status: Option<&str>) -> Result<Vec<TransferView>, ClientError> {
-        let path = match status {
-            None => "/api/v1/transfers".to_owned(),
-            Some(s) => {
-                let st = Status::parse(s).ok_or_else(|| ClientError::BadStatus(s.to_owned()))?;
-                format!("/api/v1/transfers?status={st:?}")
+        let mut filter = TransferFilter { status: status.map(str::to_owned), ..TransferFilter::default() };
+        let mut all = Vec::new();
+        loop {
+            let (page, next) = self.list_page(&filter).await?;
+            all.extend(page);
+            match next {
+                Some(cursor) => filter.cursor = Some(cursor),
+                None => return Ok(all),
             }
-        };
-        self.call(Method::GET, &path, None).await
+        }
+    }
+
+    /// One page of transfers, oldest first, and the cursor of the next
+    /// page if there is one.
+    pub async fn list_page(&self, filter: &TransferFilter) -> Result<(Vec<TransferView>, Option<String>), ClientError> {
+        if let Some(s) = &filter.status {
+            Status::parse(s).ok_or_else(|| ClientError::BadStatus(s.clone()))?;
+        }
+        let mut req = self
+            .http
+            .get(format!("{}/api/v1/transfers?{}", self.base, filter.to_query()))
+            .header(ACCEPT, "application/json")
+            .timeout(self.timeout);
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        let resp = req.send().await.map_err(|e| self.error(e))?;
+        let status = resp.status();
+        let next = resp.headers().get("x-next-cursor").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let bytes = resp.bytes().await.map_err(|e| self.error(e))?;
+        Ok((decode_answer(status, &bytes)?, next))
     }
 
     /// A transfer's job log, oldest first.

@@ -16,13 +16,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Extension;
 use axum::{Json, Router};
-use serde::Deserialize;
 
 use crate::auth::{Caller, Denied, Right, TokenBook, TokenError};
 use crate::model::view::{ErrorBody, ErrorView, LogLineView, TransferView};
 use crate::model::{
     ClusterView, CommandError, CreatedToken, NewToken, NodeStats, PartnersView, RuleView, Submit, SubmitError,
-    TokenView,
+    TokenView, TransferFilter,
 };
 use crate::node::NodeHandle;
 use crate::protocol::RequestId;
@@ -472,25 +471,65 @@ async fn get_transfer(
     Ok(Json(state.node.view(&rec)))
 }
 
-#[derive(Debug, Deserialize)]
-struct ListQuery {
-    status: Option<String>,
+/// The store query `f` asks for, or why it cannot be run.
+fn list_query(f: &TransferFilter) -> Result<crate::store::ListQuery, ApiError> {
+    let bad =
+        |code: &'static str, message: String| ApiError::BadInput { status: StatusCode::BAD_REQUEST, code, message };
+    let limit = f.limit.unwrap_or(crate::model::DEFAULT_PAGE);
+    if !(1..=crate::store::listing::MAX_PAGE).contains(&limit) {
+        return Err(bad(
+            "bad_limit",
+            format!("limit {limit}: a page holds 1 to {} transfers", crate::store::listing::MAX_PAGE),
+        ));
+    }
+    let after = match f.cursor.as_deref() {
+        None | Some("") => None,
+        Some(c) => Some(crate::store::Cursor::parse(c).ok_or_else(|| {
+            bad("bad_cursor", format!("cursor {c:?} is not one this API gave (CREATED-ID, from the previous page)"))
+        })?),
+    };
+    Ok(crate::store::ListQuery {
+        status: parse_status(f.status.as_deref())?,
+        partner: f.partner.clone(),
+        rule: f.rule.clone(),
+        external_job_id: f.job.clone(),
+        created_from: f.from,
+        created_to: f.to,
+        after,
+        limit,
+    })
 }
 
+/// `GET /api/v1/transfers`: one page, oldest first. When more follow, the
+/// answer's `Link` header (`rel="next"`) and `X-Next-Cursor` say where.
 async fn list_transfers(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
-    query: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<Vec<TransferView>>, ApiError> {
+    uri: Uri,
+    query: Result<Query<TransferFilter>, QueryRejection>,
+) -> Result<Response, ApiError> {
     caller.require(Right::Read)?;
     let node = state.node;
-    let Query(q) = query?;
-    let status = parse_status(q.status.as_deref())?;
+    let Query(filter) = query?;
+    let q = list_query(&filter)?;
     let store = node.store().clone();
-    let mut recs = blocking(move || Ok(store.list(status)?)).await?;
-    recs.retain(|r| check_record(&node, &caller, Right::Read, r).is_ok());
-    recs.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-    Ok(Json(recs.iter().map(|r| node.view(r)).collect()))
+    let mut page = blocking(move || Ok(store.page(&q)?)).await?;
+    // A scoped token's page may hold fewer than `limit`; the cursor still
+    // moves past every record walked.
+    page.records.retain(|r| check_record(&node, &caller, Right::Read, r).is_ok());
+    let views: Vec<TransferView> = page.records.iter().map(|r| node.view(r)).collect();
+    let mut response = Json(views).into_response();
+    if let Some(next) = page.next {
+        let next = next.to_string();
+        let query = TransferFilter { cursor: Some(next.clone()), ..filter }.to_query();
+        let link = format!("<{}?{query}>; rel=\"next\"", uri.path());
+        for (name, value) in [("link", link), ("x-next-cursor", next)] {
+            if let Ok(v) = header::HeaderValue::from_str(&value) {
+                response.headers_mut().insert(name, v);
+            }
+        }
+    }
+    Ok(response)
 }
 
 async fn transfer_log(

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use ferry::api::{ApiClient, TransferView};
-use ferry::model::Submit;
+use ferry::model::{Submit, TransferFilter};
 use ferry::protocol::{Compression, Direction};
 use ferry::store::{Role, Status};
 
@@ -122,6 +122,21 @@ pub struct StatusArgs {
     /// List only transfers with this status (ToSubmit, Running, Done, Interrupted, InError, Cancelled; any case).
     #[arg(long, value_name = "S")]
     pub status: Option<String>,
+    /// List only transfers with this partner (node id).
+    #[arg(long, value_name = "NODE", conflicts_with = "id")]
+    pub partner: Option<String>,
+    /// List only transfers of this rule.
+    #[arg(long, value_name = "RULE", conflicts_with = "id")]
+    pub rule: Option<String>,
+    /// List only transfers submitted with this external job id.
+    #[arg(long = "job-id", value_name = "ID", conflicts_with = "id")]
+    pub job_id: Option<String>,
+    /// Transfers per page (oldest first; the next page's command is printed on stderr).
+    #[arg(long, value_name = "N", default_value_t = 100, conflicts_with = "id")]
+    pub limit: usize,
+    /// Start after this cursor (printed with the previous page).
+    #[arg(long, value_name = "CURSOR", conflicts_with = "id")]
+    pub cursor: Option<String>,
     /// With an id: the cluster-wide view (the request as both its nodes
     /// know it, asked through this node, which need not be one of them).
     #[arg(long, requires = "id")]
@@ -276,12 +291,26 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
         let extra: Vec<(&str, String)> = receivers_restart_point(&client, &v).await.into_iter().collect();
         return out(&detail(&v, extra));
     }
-    let list = client.list(args.status.as_deref()).await?;
+    let filter = TransferFilter {
+        status: args.status.clone(),
+        partner: args.partner.clone(),
+        rule: args.rule.clone(),
+        job: args.job_id.clone(),
+        cursor: args.cursor.clone(),
+        limit: Some(args.limit),
+        ..TransferFilter::default()
+    };
+    let (list, next) = client.list_page(&filter).await?;
+    let more = next.map(|c| format!("more: ferry status --cursor {c} (with the same filters)"));
     if args.json {
+        if let Some(more) = &more {
+            eprintln!("{more}");
+        }
         return out_json(&list);
     }
-    if list.is_empty() {
-        eprintln!("no transfers{}", args.status.map(|s| format!(" with status {s}")).unwrap_or_default());
+    if list.is_empty() && more.is_none() {
+        let unfiltered = TransferFilter { limit: Some(args.limit), ..TransferFilter::default() };
+        eprintln!("no transfers{}", if filter == unfiltered { "" } else { " that match" });
         return Ok(());
     }
     let rows: Vec<Vec<String>> = list
@@ -303,7 +332,11 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    out(&table(&["ID", "STATUS", "STEP", "PARTNER", "DIRECTION", "FILE", "TRANSFERRED / SIZE"], &rows))
+    out(&table(&["ID", "STATUS", "STEP", "PARTNER", "DIRECTION", "FILE", "TRANSFERRED / SIZE"], &rows))?;
+    if let Some(more) = more {
+        eprintln!("{more}");
+    }
+    Ok(())
 }
 
 /// A push requester keeps no restart point of its own (the receiver

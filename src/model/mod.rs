@@ -175,6 +175,63 @@ pub struct NodeStats {
     pub certificate_reload_error: Option<String>,
 }
 
+/// The query of `GET /api/v1/transfers`: filters, a page size and where
+/// the page starts. Every field is optional.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TransferFilter {
+    /// `ToSubmit`, `Running`, `Done`, `Interrupted`, `InError` or `Cancelled`, any case.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// The partner's node id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partner: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// The external job id given at submission.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// Created at or after, Unix milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<u64>,
+    /// Created before, Unix milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<u64>,
+    /// Where the page starts: the previous page's next cursor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+    /// Transfers on the page, 1 to 10,000 (default 1,000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+impl TransferFilter {
+    /// The URL query string of this filter (without `?`).
+    pub fn to_query(&self) -> String {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        let texts = [("status", &self.status), ("partner", &self.partner), ("rule", &self.rule), ("job", &self.job)];
+        for (name, value) in texts {
+            if let Some(v) = value {
+                q.append_pair(name, v);
+            }
+        }
+        for (name, value) in [("from", self.from), ("to", self.to)] {
+            if let Some(v) = value {
+                q.append_pair(name, &v.to_string());
+            }
+        }
+        if let Some(c) = &self.cursor {
+            q.append_pair("cursor", c);
+        }
+        if let Some(l) = self.limit {
+            q.append_pair("limit", &l.to_string());
+        }
+        q.finish()
+    }
+}
+
+/// A page's size when the query gives none.
+pub const DEFAULT_PAGE: usize = 1_000;
+
 /// One change of a transfer, as `GET /api/v1/events` streams it (the SSE
 /// event `transfer`; its SSE id is `position`).
 #[derive(Clone, Debug, Serialize, Deserialize)]

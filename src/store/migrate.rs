@@ -1,4 +1,5 @@
-//! Migrations of older stores to [`SCHEMA_VERSION`](super::SCHEMA_VERSION).
+//! Migrations of older stores to [`SCHEMA_VERSION`](super::SCHEMA_VERSION):
+//! schema 3 (up to 10f75f2) and schema 4 (up to 0ed9da1).
 //!
 //! Each older record layout is kept here, frozen, with the conversion to
 //! the next one. [`migrate`] runs when [`Store::open`](super::Store::open)
@@ -96,23 +97,47 @@ impl From<RequestRecordV3> for RequestRecord {
     }
 }
 
-/// Converts the records of a store at schema `found` to the current
-/// schema; returns how many it converted. Writes nothing for a version it
-/// does not know.
+/// Brings a store at schema `found` to the current schema; returns how
+/// many records it went through. Writes nothing for a version it does not
+/// know.
+///
+/// - 3 → 4: every record is converted from [`RequestRecordV3`], in one
+///   atomic batch.
+/// - 4 → 5: the listing indexes are built from every record, in one atomic
+///   batch (the records themselves are unchanged).
+///
+/// The version is written, and flushed, only after the last step, so a
+/// crash anywhere runs the migration again from the old version: both steps
+/// give the same result when repeated (a schema-4 record decodes as a
+/// schema-3 one with trailing fields, which are reset to the defaults they
+/// had anyway in a store that never ran schema 4; index entries are keys
+/// inserted again).
 pub(super) fn migrate(db: &sled::Db, found: u32) -> Result<Option<usize>, StoreError> {
-    if found != 3 {
+    if !(3..super::SCHEMA_VERSION).contains(&found) {
         return Ok(None);
     }
     let requests = db.open_tree("requests")?;
+    if found == 3 {
+        let mut batch = sled::Batch::default();
+        for kv in requests.iter() {
+            let (k, v) = kv?;
+            let old: RequestRecordV3 = decode(&k, &v)?;
+            batch.insert(k, encode(&RequestRecord::from(old))?);
+        }
+        requests.apply_batch(batch)?;
+    }
+    let listing = db.open_tree("listing")?;
     let mut batch = sled::Batch::default();
     let mut count = 0;
     for kv in requests.iter() {
         let (k, v) = kv?;
-        let old: RequestRecordV3 = decode(&k, &v)?;
-        batch.insert(k, encode(&RequestRecord::from(old))?);
+        let rec: RequestRecord = decode(&k, &v)?;
+        for key in super::listing::keys(&rec) {
+            batch.insert(key, &[]);
+        }
         count += 1;
     }
-    requests.apply_batch(batch)?;
+    listing.apply_batch(batch)?;
     db.flush()?;
     db.open_tree("meta")?.insert("schema", &super::SCHEMA_VERSION.to_be_bytes())?;
     db.flush()?;

@@ -19,6 +19,10 @@
 //!   handed over to this node, so how many one partner has queued here can
 //!   be bounded ([`Store::open_handovers`] drops the entries of requests
 //!   that ended). Added without a schema change, like `cancel_notices`.
+//! - `listing` (schema 5): index key → empty; each record under its
+//!   creation time in the indexes of every request, of its status, partner,
+//!   rule and external job id, so that a page of a filtered listing is one
+//!   range scan (see `listing.rs`, which also states the crash order).
 //! - `tokens`: token name → bincode([`TokenRecord`]): the API's tokens,
 //!   each with the hash of its secret, never the secret. Added without a
 //!   schema change: an older store has none, and the node makes its first
@@ -41,10 +45,12 @@
 //! hard kill; a record that does not decode is reported as
 //! [`StoreError::Corrupt`] naming the key, never skipped silently.
 
+pub mod listing;
 mod migrate;
 mod record;
 mod token;
 
+pub use listing::{Cursor, ListQuery, Page};
 pub use record::*;
 pub use token::*;
 
@@ -53,7 +59,7 @@ use std::path::Path;
 use crate::protocol::RequestId;
 
 /// The on-disk layout version this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -123,6 +129,7 @@ pub struct Store {
     notices: sled::Tree,
     handovers: sled::Tree,
     tokens: sled::Tree,
+    listing: sled::Tree,
     /// Who is told of every record written (see [`Store::observe`]).
     observers: std::sync::Arc<std::sync::RwLock<Vec<Observer>>>,
     flush_observers: std::sync::Arc<std::sync::RwLock<Vec<FlushObserver>>>,
@@ -192,6 +199,7 @@ impl Store {
             notices: db.open_tree("cancel_notices")?,
             handovers: db.open_tree("handovers")?,
             tokens: db.open_tree("tokens")?,
+            listing: db.open_tree("listing")?,
             observers: Default::default(),
             flush_observers: Default::default(),
             db,
@@ -206,7 +214,17 @@ impl Store {
         }
         let bytes = encode(&rec)?;
         let key = rec.id.as_str().as_bytes();
+        // Index entries first (see listing.rs for the crash order).
+        let entries = listing::keys(&rec);
+        for k in &entries {
+            self.listing.insert(k.as_slice(), &[])?;
+        }
         if self.requests.compare_and_swap(key, None as Option<&[u8]>, Some(bytes))?.is_err() {
+            // The id is taken: the entries just written name a record that
+            // is not there under them; readers would skip them anyway.
+            for k in &entries {
+                self.listing.remove(k.as_slice())?;
+            }
             return Err(StoreError::Exists(rec.id));
         }
         if let Some(seq) = rec.queue_seq {
@@ -278,8 +296,19 @@ impl Store {
                 new.queue_seq = Some(self.db.generate_id()?);
             }
             let new_bytes = encode(&new)?;
+            let (old_keys, new_keys) = (listing::keys(&old), listing::keys(&new));
+            let added: Vec<&Vec<u8>> = new_keys.difference(&old_keys).collect();
+            for k in &added {
+                self.listing.insert(k.as_slice(), &[])?;
+            }
             if self.requests.compare_and_swap(key, Some(old_bytes), Some(new_bytes))?.is_err() {
+                for k in &added {
+                    self.listing.remove(k.as_slice())?;
+                }
                 continue; // someone else changed it meanwhile: re-read and re-apply
+            }
+            for k in old_keys.difference(&new_keys) {
+                self.listing.remove(k.as_slice())?;
             }
             if let (true, Some(seq)) = (leaving_queue, old.queue_seq) {
                 self.queue.remove(queue_key(seq, id))?;
@@ -334,6 +363,34 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// One page of records in creation order (oldest first) that pass
+    /// `q`'s filters, read through the listing indexes: the cost is the
+    /// entries walked, not the records stored.
+    pub fn page(&self, q: &ListQuery) -> Result<Page, StoreError> {
+        let limit = q.limit.clamp(1, listing::MAX_PAGE);
+        let index = listing::index_for(q);
+        let start = listing::start_key(&index, q);
+        let mut records = Vec::with_capacity(limit.min(1024));
+        for kv in self.listing.range(start..) {
+            let (k, _) = kv?;
+            let Some((created_at, id)) = listing::parse_entry(&index, &k) else { break };
+            if q.created_to.is_some_and(|to| created_at >= to) {
+                break;
+            }
+            let Some(rec) = self.get(&id)? else { continue };
+            // A left-over entry (see listing.rs) is not one of the record's keys.
+            if !listing::keys(&rec).contains(k.as_ref()) || !listing::matches(q, &rec) {
+                continue;
+            }
+            if records.len() == limit {
+                let next = records.last().map(listing::Cursor::of);
+                return Ok(Page { records, next });
+            }
+            records.push(rec);
+        }
+        Ok(Page { records, next: None })
     }
 
     /// Up to `max` queued (`ToSubmit`) requests in submission order.
@@ -676,5 +733,34 @@ mod tests {
         assert_eq!(s.list(None).expect("all").len(), 2);
         assert_eq!(s.list(Some(Status::Done)).expect("done").len(), 1);
         assert_eq!(Status::parse("inerror"), Some(Status::InError));
+    }
+
+    #[test]
+    fn a_page_follows_status_changes_and_ignores_left_over_entries() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(dir.path()).expect("open");
+        let rec = s.insert(sample(Status::ToSubmit), "x").expect("insert");
+        let page = |status: Option<Status>| {
+            let q = ListQuery { status, limit: 10, ..Default::default() };
+            s.page(&q).expect("page").records.into_iter().map(|r| r.id).collect::<Vec<_>>()
+        };
+        assert_eq!(page(Some(Status::ToSubmit)), [rec.id.clone()]);
+        let done = s.update(&rec.id, "done", |r| r.status = Status::Done).expect("update");
+        assert_eq!(page(Some(Status::Done)), [rec.id.clone()]);
+        assert!(page(Some(Status::ToSubmit)).is_empty(), "the old entry was removed");
+        // A crash between the record and the clean-up leaves the old entry;
+        // one from a lost race names a time the record does not have.
+        for k in listing::keys(&rec) {
+            s.listing.insert(k, &[]).expect("left over");
+        }
+        s.listing
+            .insert(listing::keys(&RequestRecord { created_at: 1, ..done.clone() }).pop_first().expect("key"), &[])
+            .expect("left over");
+        assert!(
+            page(Some(Status::ToSubmit)).is_empty(),
+            "a left-over entry does not list a record under its old status"
+        );
+        assert_eq!(page(None), [rec.id.clone()], "nor twice");
+        assert_eq!(page(Some(Status::Done)), [rec.id]);
     }
 }
