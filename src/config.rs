@@ -77,7 +77,7 @@ pub struct Partner {
 
 /// A name that stands for several partners able to serve the same rules; a
 /// request to a group goes to one available member.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Group {
     pub name: String,

@@ -44,7 +44,7 @@ pub struct Kept {
 }
 
 /// Events a subscriber missed and cannot get any more.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Gap {
     /// The position the subscriber asked to resume after.
     pub after: String,

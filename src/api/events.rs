@@ -30,11 +30,16 @@ use crate::events::{EventBus, Gap, Kept};
 /// How often an idle stream sends a comment.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct EventsQuery {
+    /// Only this transfer's events.
     transfer: Option<String>,
+    /// Only transfers of this rule.
     rule: Option<String>,
+    /// Only transfers with this partner (an id, alias or group).
     partner: Option<String>,
+    /// Resume after this position (as `Last-Event-ID`).
     after: Option<String>,
 }
 
@@ -71,6 +76,15 @@ struct Stream {
     shutdown: watch::Receiver<bool>,
 }
 
+#[utoipa::path(get, path = "/api/v1/events", tag = "transfers",
+    params(EventsQuery, ("last-event-id" = Option<String>, Header, description = "Resume after this position (SSE clients send it when they reconnect)")),
+    responses(
+        (status = 200, description = "Server-Sent Events: `transfer` events (data: TransferEvent), a `gap` event (data: Gap) first when a resume position is no longer kept, comments as keep-alives",
+            content_type = "text/event-stream", body = String),
+        (status = 400, description = "A malformed query", body = crate::api::doc::Error),
+        (status = 401, description = "No valid token", body = crate::api::doc::Error),
+        (status = 403, description = "The token may not read", body = crate::api::doc::Error),
+    ))]
 pub(super) async fn events(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,

@@ -29,6 +29,7 @@
 //! | POST   | `/api/v1/tokens`              | 201 + `CreatedToken` (admin; body: `NewToken`) |
 //! | DELETE | `/api/v1/tokens/{name}`       | `TokenView` after the revocation (admin) |
 //! | GET    | `/api/v1/events`              | Server-Sent Events: `TransferEvent`s (`?transfer=&rule=&partner=&after=`) |
+//! | GET    | `/api/v1/openapi.json`        | this API's OpenAPI 3.1 document (any valid token) |
 //! | GET    | `/metrics`                    | OpenMetrics text (metrics or admin, unscoped) |
 //! | GET    | `/healthz`, `/readyz`         | plain text; no token needed              |
 //!
@@ -44,6 +45,7 @@
 //! [`NodeHandle`]: crate::node::NodeHandle
 
 pub mod client;
+pub mod doc;
 mod events;
 pub mod server;
 pub mod tls;

@@ -262,6 +262,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/tokens", get(list_tokens).post(create_token))
         .route("/api/v1/tokens/{name}", delete(revoke_token))
         .route("/api/v1/events", get(super::events::events))
+        .route("/api/v1/openapi.json", get(openapi_json))
         .route("/metrics", get(metrics))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
@@ -287,8 +288,23 @@ async fn count_request(State(state): State<ApiState>, request: Request, next: Ne
     response
 }
 
+/// `GET /api/v1/openapi.json`: this API's OpenAPI document, for any valid token.
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "node",
+    responses((status = 200, description = "The OpenAPI 3.1 document (docs/openapi.json)", content_type = "application/json", body = Object),
+        (status = 401, description = "No valid token", body = crate::api::doc::Error)))]
+async fn openapi_json() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], super::doc::openapi_json()).into_response()
+}
+
 /// `GET /metrics`: the node's metrics (see [`crate::metrics`]), for a
 /// token with the `metrics` role (or `admin`) and no scope.
+#[utoipa::path(get, path = "/metrics", tag = "node",
+    responses(
+        (status = 200, description = "The metrics, OpenMetrics text (a metrics or admin token without a scope)",
+            content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String),
+        (status = 401, description = "No valid token (missing, malformed, unknown or revoked)", body = crate::api::doc::Error),
+        (status = 403, description = "The token's role or scope does not allow this", body = crate::api::doc::Error),
+    ))]
 async fn metrics(State(state): State<ApiState>, Extension(caller): Extension<Caller>) -> Result<Response, ApiError> {
     caller.require(Right::Scrape)?;
     caller.require_unscoped("the node's metrics")?;
@@ -371,11 +387,18 @@ async fn authenticate(State(state): State<ApiState>, mut request: Request, next:
 struct ErrorCodeTag(&'static str);
 
 /// Alive: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "health", security(()),
+    responses((status = 200, description = "The process answers", content_type = "text/plain", body = String)))]
 async fn healthz() -> &'static str {
     "ok\n"
 }
 
 /// Ready: the store answers and the node is not shutting down.
+#[utoipa::path(get, path = "/readyz", tag = "health", security(()),
+    responses(
+        (status = 200, description = "The store answers and the node is not shutting down", content_type = "text/plain", body = String),
+        (status = 503, description = "The store does not answer, or the node is shutting down", content_type = "text/plain", body = String),
+    ))]
 async fn readyz(State(state): State<ApiState>) -> Response {
     let store = state.node.store().clone();
     let store_ok = tokio::task::spawn_blocking(move || store.is_readable()).await.unwrap_or(false);
@@ -423,6 +446,19 @@ fn check_submit(node: &NodeHandle, caller: &Caller, s: &Submit) -> Result<(), Ap
     Ok(())
 }
 
+#[utoipa::path(post, path = "/api/v1/transfers", tag = "transfers",
+    request_body = crate::model::Submit,
+    responses(
+        (status = 201, description = "Stored (flushed to disk) before this answer; `Location` names it", body = crate::api::doc::Submitted),
+        (status = 400, description = "Malformed JSON, a missing or unknown field, or a bad value", body = crate::api::doc::Error),
+        (status = 413, description = "The body is too large", body = crate::api::doc::Error),
+        (status = 415, description = "The body is not application/json", body = crate::api::doc::Error),
+        (status = 401, description = "No valid token (missing, malformed, unknown or revoked)", body = crate::api::doc::Error),
+        (status = 403, description = "The token's role or scope does not allow this", body = crate::api::doc::Error),
+        (status = 422, description = "Unknown partner, rule or file, or a rule the partner may not use", body = crate::api::doc::Error),
+        (status = 502, description = "Submit anywhere: neither node could be asked", body = crate::api::doc::Error),
+        (status = 503, description = "The node is shutting down", body = crate::api::doc::Error),
+    ))]
 async fn submit(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -460,6 +496,10 @@ async fn record_for(
     Ok(rec)
 }
 
+#[utoipa::path(get, path = "/api/v1/transfers/{id}", tag = "transfers", params(("id" = String, Path, description = "The transfer id: 32 lowercase hex characters", pattern = "^[0-9a-f]{32}$")),
+    responses((status = 200, description = "The transfer as this node records it", body = TransferView), (status = 400, description = "Malformed transfer id", body = crate::api::doc::Error),
+        (status = 404, description = "No such transfer on this node", body = crate::api::doc::Error), (status = 401, description = "No valid token (missing, malformed, unknown or revoked)", body = crate::api::doc::Error),
+        (status = 403, description = "The token's role or scope does not allow this", body = crate::api::doc::Error),))]
 async fn get_transfer(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -502,6 +542,16 @@ fn list_query(f: &TransferFilter) -> Result<crate::store::ListQuery, ApiError> {
 
 /// `GET /api/v1/transfers`: one page, oldest first. When more follow, the
 /// answer's `Link` header (`rel="next"`) and `X-Next-Cursor` say where.
+#[utoipa::path(get, path = "/api/v1/transfers", tag = "transfers",
+    params(crate::model::TransferFilter),
+    responses(
+        (status = 200, description = "One page, oldest first", body = Vec<TransferView>,
+            headers(("link" = String, description = "`<...>; rel=\"next\"` while more pages follow"),
+                    ("x-next-cursor" = String, description = "The next page's cursor, while more follow"))),
+        (status = 400, description = "A bad status, cursor, limit or number", body = crate::api::doc::Error),
+        (status = 401, description = "No valid token (missing, malformed, unknown or revoked)", body = crate::api::doc::Error),
+        (status = 403, description = "The token's role or scope does not allow this", body = crate::api::doc::Error),
+    ))]
 async fn list_transfers(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -532,6 +582,10 @@ async fn list_transfers(
     Ok(response)
 }
 
+#[utoipa::path(get, path = "/api/v1/transfers/{id}/log", tag = "transfers", params(("id" = String, Path, description = "The transfer id: 32 lowercase hex characters", pattern = "^[0-9a-f]{32}$")),
+    responses((status = 200, description = "Its job log, oldest first", body = Vec<LogLineView>), (status = 400, description = "Malformed transfer id", body = crate::api::doc::Error),
+        (status = 404, description = "No such transfer on this node", body = crate::api::doc::Error), (status = 401, description = "No valid token (missing, malformed, unknown or revoked)", body = crate::api::doc::Error),
+        (status = 403, description = "The token's role or scope does not allow this", body = crate::api::doc::Error),))]
 async fn transfer_log(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -576,6 +630,15 @@ async fn operate(
     Ok(Json(node.view(&rec)))
 }
 
+#[utoipa::path(post, path = "/api/v1/transfers/{id}/stop", tag = "transfers", params(("id" = String, Path, description = "The transfer id: 32 lowercase hex characters", pattern = "^[0-9a-f]{32}$")),
+    responses(
+        (status = 200, description = "Stopped (paused); `restart` resumes it", body = TransferView),
+        (status = 400, description = "Malformed transfer id", body = crate::api::doc::Error),
+        (status = 404, description = "No such transfer on this node", body = crate::api::doc::Error),
+        (status = 401, description = "No valid token (missing, malformed, unknown or revoked)", body = crate::api::doc::Error),
+        (status = 403, description = "The token's role or scope does not allow this", body = crate::api::doc::Error),
+        (status = 409, description = "The partner drives this request, or it is not in a state the command accepts", body = crate::api::doc::Error),
+    ))]
 async fn stop_transfer(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -584,6 +647,15 @@ async fn stop_transfer(
     operate(state, caller, id, Operation::Stop).await
 }
 
+#[utoipa::path(post, path = "/api/v1/transfers/{id}/cancel", tag = "transfers", params(("id" = String, Path, description = "The transfer id: 32 lowercase hex characters", pattern = "^[0-9a-f]{32}$")),
+    responses(
+        (status = 200, description = "Cancelled on both nodes", body = TransferView),
+        (status = 400, description = "Malformed transfer id", body = crate::api::doc::Error),
+        (status = 404, description = "No such transfer on this node", body = crate::api::doc::Error),
+        (status = 401, description = "No valid token (missing, malformed, unknown or revoked)", body = crate::api::doc::Error),
+        (status = 403, description = "The token's role or scope does not allow this", body = crate::api::doc::Error),
+        (status = 409, description = "The partner drives this request, or it is not in a state the command accepts", body = crate::api::doc::Error),
+    ))]
 async fn cancel_transfer(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -592,6 +664,15 @@ async fn cancel_transfer(
     operate(state, caller, id, Operation::Cancel).await
 }
 
+#[utoipa::path(post, path = "/api/v1/transfers/{id}/restart", tag = "transfers", params(("id" = String, Path, description = "The transfer id: 32 lowercase hex characters", pattern = "^[0-9a-f]{32}$")),
+    responses(
+        (status = 200, description = "Queued again; it resumes at its restart point", body = TransferView),
+        (status = 400, description = "Malformed transfer id", body = crate::api::doc::Error),
+        (status = 404, description = "No such transfer on this node", body = crate::api::doc::Error),
+        (status = 401, description = "No valid token (missing, malformed, unknown or revoked)", body = crate::api::doc::Error),
+        (status = 403, description = "The token's role or scope does not allow this", body = crate::api::doc::Error),
+        (status = 409, description = "The partner drives this request, or it is not in a state the command accepts", body = crate::api::doc::Error),
+    ))]
 async fn restart_transfer(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -600,6 +681,9 @@ async fn restart_transfer(
     operate(state, caller, id, Operation::Restart).await
 }
 
+#[utoipa::path(get, path = "/api/v1/node", tag = "node",
+    responses((status = 200, description = "Counts and the certificate in use", body = NodeStats), (status = 401, description = "No valid token (missing, malformed, unknown or revoked)", body = crate::api::doc::Error),
+        (status = 403, description = "The token's role or scope does not allow this", body = crate::api::doc::Error),))]
 async fn node_stats(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -608,6 +692,9 @@ async fn node_stats(
     Ok(Json(state.node.stats().await))
 }
 
+#[utoipa::path(get, path = "/api/v1/partners", tag = "node",
+    responses((status = 200, description = "Every partner with its availability, and the groups", body = PartnersView), (status = 401, description = "No valid token (missing, malformed, unknown or revoked)", body = crate::api::doc::Error),
+        (status = 403, description = "The token's role or scope does not allow this", body = crate::api::doc::Error),))]
 async fn partners(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -623,6 +710,9 @@ async fn partners(
     Ok(Json(view))
 }
 
+#[utoipa::path(get, path = "/api/v1/rules", tag = "node",
+    responses((status = 200, description = "Every rule with its folders, target mode and tasks", body = Vec<RuleView>), (status = 401, description = "No valid token (missing, malformed, unknown or revoked)", body = crate::api::doc::Error),
+        (status = 403, description = "The token's role or scope does not allow this", body = crate::api::doc::Error),))]
 async fn rules(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -635,6 +725,10 @@ async fn rules(
 
 /// The request as its two nodes know it, asked from whichever node serves
 /// the API; 404 when no node answers for it.
+#[utoipa::path(get, path = "/api/v1/cluster/transfers/{id}", tag = "transfers", params(("id" = String, Path, description = "The transfer id: 32 lowercase hex characters", pattern = "^[0-9a-f]{32}$")),
+    responses((status = 200, description = "The request as its two nodes record it", body = ClusterView), (status = 400, description = "Malformed transfer id", body = crate::api::doc::Error),
+        (status = 404, description = "No such transfer on this node", body = crate::api::doc::Error), (status = 401, description = "No valid token (missing, malformed, unknown or revoked)", body = crate::api::doc::Error),
+        (status = 403, description = "The token's role or scope does not allow this", body = crate::api::doc::Error),))]
 async fn cluster_transfer(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -655,6 +749,9 @@ async fn cluster_transfer(
     Ok(Json(view))
 }
 
+#[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens",
+    responses((status = 200, description = "Every token (admin only); never a secret", body = Vec<TokenView>), (status = 401, description = "No valid token (missing, malformed, unknown or revoked)", body = crate::api::doc::Error),
+        (status = 403, description = "The token's role or scope does not allow this", body = crate::api::doc::Error),))]
 async fn list_tokens(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -665,6 +762,16 @@ async fn list_tokens(
     Ok(Json(list.iter().map(TokenView::from).collect()))
 }
 
+#[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", request_body = NewToken,
+    responses(
+        (status = 201, description = "Made (admin only); `token` is shown this once", body = CreatedToken),
+        (status = 400, description = "Malformed JSON, a missing or unknown field, or a bad value", body = crate::api::doc::Error),
+        (status = 413, description = "The body is too large", body = crate::api::doc::Error),
+        (status = 415, description = "The body is not application/json", body = crate::api::doc::Error),
+        (status = 401, description = "No valid token (missing, malformed, unknown or revoked)", body = crate::api::doc::Error),
+        (status = 403, description = "The token's role or scope does not allow this", body = crate::api::doc::Error),
+        (status = 409, description = "A token of that name exists", body = crate::api::doc::Error),
+    ))]
 async fn create_token(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -679,6 +786,15 @@ async fn create_token(
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(body)).into_response())
 }
 
+#[utoipa::path(delete, path = "/api/v1/tokens/{name}", tag = "tokens",
+    params(("name" = String, Path, description = "The token's name", pattern = "^[A-Za-z0-9._-]{1,64}$")),
+    responses(
+        (status = 200, description = "Revoked (admin only): refused from now on", body = TokenView),
+        (status = 400, description = "Not a token name", body = crate::api::doc::Error),
+        (status = 401, description = "No valid token (missing, malformed, unknown or revoked)", body = crate::api::doc::Error),
+        (status = 403, description = "The token's role or scope does not allow this", body = crate::api::doc::Error),
+        (status = 404, description = "No valid token of that name", body = crate::api::doc::Error),
+    ))]
 async fn revoke_token(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,

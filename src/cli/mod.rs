@@ -67,6 +67,8 @@ pub enum Command {
     /// Make, list and revoke API tokens (needs an admin token).
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// Print the REST API's OpenAPI 3.1 document (as `GET /api/v1/openapi.json` serves it).
+    Openapi,
     /// Start a local cluster and run a few transfers through it.
     Demo(demo::DemoArgs),
     /// Measure transfer throughput on a local cluster.
@@ -201,6 +203,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 crl.display()
             ))
         }
+        Command::Openapi => out(&ferry::api::doc::openapi_json()),
         Command::Send(args) => transfer::transfer(args.transfer, Direction::Push, args.from).await,
         Command::Get(args) => transfer::transfer(args.transfer, Direction::Pull, args.to).await,
         Command::Status(args) => transfer::status(args).await,

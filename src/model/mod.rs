@@ -19,7 +19,7 @@ use crate::protocol::{Compression, Direction, ErrorCode, RequestId, TargetMode};
 use crate::store::StoreError;
 
 /// A partner's reachability as this node sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PartnerState {
     Unknown,
@@ -38,7 +38,7 @@ pub const MAX_EXTERNAL_JOB_ID: usize = 256;
 /// node (id, alias or group). Submitted anywhere in the cluster, `source`
 /// and `target` name the node that has the file and the node that gets it
 /// (see [`NodeHandle::submit_anywhere`](crate::node::NodeHandle::submit_anywhere)).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Submit {
     /// Partner id, alias or group.
@@ -157,7 +157,7 @@ impl CommandError {
 }
 
 /// Counts an operator (or a test) can watch.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct NodeStats {
     pub node_id: String,
     /// Live QUIC connections to partners.
@@ -177,7 +177,8 @@ pub struct NodeStats {
 
 /// The query of `GET /api/v1/transfers`: filters, a page size and where
 /// the page starts. Every field is optional.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct TransferFilter {
     /// `ToSubmit`, `Running`, `Done`, `Interrupted`, `InError` or `Cancelled`, any case.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -234,7 +235,7 @@ pub const DEFAULT_PAGE: usize = 1_000;
 
 /// One change of a transfer, as `GET /api/v1/events` streams it (the SSE
 /// event `transfer`; its SSE id is `position`).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TransferEvent {
     /// Where this event is in the node's series: give it back (as
     /// `Last-Event-ID` or `?after=`) to resume after it.
@@ -248,7 +249,7 @@ pub struct TransferEvent {
 }
 
 /// A certificate in use: the node's own, or a partner's.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct CertificateView {
     /// Serial number, lowercase hex (as `revoked.txt` lists it).
     pub serial: String,
@@ -259,7 +260,7 @@ pub struct CertificateView {
 }
 
 /// Where a request submitted anywhere went.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClusterSubmitted {
     pub id: RequestId,
     /// The node that runs the request (its requester).
@@ -268,7 +269,7 @@ pub struct ClusterSubmitted {
 }
 
 /// A request as its two nodes know it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ClusterView {
     pub id: String,
     /// The node that runs the request (its requester), if found.
@@ -284,7 +285,7 @@ pub struct ClusterView {
 }
 
 /// One partner as the API lists it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct PartnerView {
     pub id: String,
     pub aliases: Vec<String>,
@@ -308,7 +309,7 @@ pub struct PartnerView {
 }
 
 /// `GET /api/v1/partners`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct PartnersView {
     pub node_id: String,
     /// The certificate this node presents.

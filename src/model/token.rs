@@ -5,9 +5,11 @@ use serde::{Deserialize, Serialize};
 use crate::store::{TokenRecord, TokenRole};
 
 /// A token to make (`POST /api/v1/tokens`).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewToken {
+    /// 1 to 64 of `A-Z a-z 0-9 . _ -`.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub name: String,
     pub role: TokenRole,
     /// Limit the token to these rules (empty: every rule).
@@ -19,7 +21,7 @@ pub struct NewToken {
 }
 
 /// A token as the API shows it: never its secret.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenView {
     pub name: String,
     pub role: TokenRole,
@@ -45,7 +47,7 @@ impl From<&TokenRecord> for TokenView {
 }
 
 /// The answer to `POST /api/v1/tokens`: the only time the token is shown.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreatedToken {
     #[serde(flatten)]
     pub view: TokenView,

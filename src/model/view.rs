@@ -12,7 +12,7 @@ use crate::store::{LogEntry, RequestRecord, Role, Status, Step, TargetMode};
 use crate::tasks::SideTasks;
 
 /// A transfer request as one node sees it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TransferView {
     /// The request id (32 lowercase hex characters), the same on both nodes.
     pub id: String,
@@ -102,7 +102,7 @@ fn is_zero(n: &u32) -> bool {
 }
 
 /// A rule as `GET /api/v1/rules` lists it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RuleView {
     pub name: String,
     /// Partners (ids, aliases, groups, or `"*"`) that may use it.
@@ -201,20 +201,20 @@ impl TransferView {
 /// Used for a failed transfer's cause (the code is the protocol's error name,
 /// e.g. `"FileNotFound"`) and for API errors (a snake_case code, e.g.
 /// `"unknown_partner"`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorView {
     pub code: String,
     pub message: String,
 }
 
 /// The body of every API error response: `{"error": {"code": ..., "message": ...}}`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorView,
 }
 
 /// One line of a request's job log.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogLineView {
     /// Unix milliseconds.
     pub at: u64,

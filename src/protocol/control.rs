@@ -66,7 +66,7 @@ pub struct Handover {
 
 /// One node's knowledge of a request, for the cluster-wide view. Enum
 /// values travel as their names so this stays independent of the store.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RequestState {
     /// The node that holds this record.
     pub node: String,

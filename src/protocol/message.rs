@@ -25,7 +25,7 @@ pub const DEFAULT_BLOCK_SIZE: u32 = 1024 * 1024;
 /// A request's globally unique id: 32 lowercase hex characters (128 random bits).
 ///
 /// The same id names the request on both nodes it involves.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(try_from = "String", into = "String")]
 pub struct RequestId(String);
 
@@ -98,7 +98,7 @@ impl fmt::Display for Digest {
 }
 
 /// Which way the file moves, seen from the requester.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// The requester sends the file to the requested node.
@@ -108,7 +108,7 @@ pub enum Direction {
 }
 
 /// Per-block compression, negotiated in the handshake.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
     #[default]
@@ -256,7 +256,7 @@ pub struct TransferOptions {
 }
 
 /// What a receiver does when the target file already exists.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TargetMode {
     /// Refuse the transfer (before any data is sent).

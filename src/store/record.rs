@@ -6,7 +6,7 @@ pub use crate::protocol::TargetMode;
 use crate::protocol::{Compression, Digest, Direction, ErrorCode, RequestId};
 
 /// Where a request stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum Status {
     /// Queued for the Commander.
     ToSubmit,
@@ -37,7 +37,7 @@ impl Status {
 }
 
 /// Which step of the request was reached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum Step {
     PreTask,
     Transfer,
@@ -47,7 +47,7 @@ pub enum Step {
 }
 
 /// This node's part in the request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum Role {
     Requester,
     Requested,

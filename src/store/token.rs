@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// What a token may do (see [`crate::auth`] for the table of rights).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TokenRole {
     /// Everything, tokens included.

@@ -31,7 +31,7 @@ pub use vars::Vars;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A task as written in a rule.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskConfig {
     /// `log`, `rename`, `move`, `copy`, `delete`, `link`, `chmod`,
@@ -85,7 +85,7 @@ pub struct TaskConfig {
 }
 
 /// The three task lists of one side of a rule.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SideTasks {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
