@@ -151,19 +151,26 @@ impl Caller {
     }
 }
 
-/// "rules a, b and partners c" — a token's scope in words.
-pub fn scope_text(t: &TokenRecord) -> String {
+/// "rules a, b and partners c" — a scope in words ("every rule and
+/// partner" without one); the API's refusals and `ferry token list` say it
+/// the same way.
+pub fn scope_words(rules: &[String], partners: &[String]) -> String {
     let mut parts = Vec::new();
-    if !t.rules.is_empty() {
-        parts.push(format!("rules {}", t.rules.join(", ")));
+    if !rules.is_empty() {
+        parts.push(format!("rules {}", rules.join(", ")));
     }
-    if !t.partners.is_empty() {
-        parts.push(format!("partners {}", t.partners.join(", ")));
+    if !partners.is_empty() {
+        parts.push(format!("partners {}", partners.join(", ")));
     }
     match parts.is_empty() {
-        true => "everything".to_owned(),
+        true => "every rule and partner".to_owned(),
         false => parts.join(" and "),
     }
+}
+
+/// A token's scope in words (see [`scope_words`]).
+pub fn scope_text(t: &TokenRecord) -> String {
+    scope_words(&t.rules, &t.partners)
 }
 
 #[cfg(test)]

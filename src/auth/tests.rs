@@ -54,6 +54,6 @@ fn only_unscoped_tokens_reach_beyond_one_transfer() {
 
 #[test]
 fn scope_text_reads_as_words() {
-    assert_eq!(scope_text(&caller(TokenRole::Viewer, &[], &[]).0), "everything");
+    assert_eq!(scope_text(&caller(TokenRole::Viewer, &[], &[]).0), "every rule and partner");
     assert_eq!(scope_text(&caller(TokenRole::Viewer, &["a", "b"], &["c"]).0), "rules a, b and partners c");
 }

@@ -76,7 +76,7 @@ pub async fn run(cmd: TokenCommand) -> anyhow::Result<()> {
                 made.token,
                 made.view.name,
                 made.view.role.name(),
-                scope(&made.view)
+                ferry::auth::scope_words(&made.view.rules, &made.view.partners)
             ))
         }
         TokenCommand::List(a) => {
@@ -93,21 +93,6 @@ pub async fn run(cmd: TokenCommand) -> anyhow::Result<()> {
     }
 }
 
-fn scope(t: &TokenView) -> String {
-    let mut parts = Vec::new();
-    if !t.rules.is_empty() {
-        parts.push(format!("rules {}", t.rules.join(",")));
-    }
-    if !t.partners.is_empty() {
-        parts.push(format!("partners {}", t.partners.join(",")));
-    }
-    if parts.is_empty() {
-        "every rule and partner".to_owned()
-    } else {
-        parts.join("; ")
-    }
-}
-
 fn list_text(tokens: &[TokenView]) -> String {
     let rows: Vec<Vec<String>> = tokens
         .iter()
@@ -115,7 +100,7 @@ fn list_text(tokens: &[TokenView]) -> String {
             vec![
                 t.name.clone(),
                 t.role.name().to_owned(),
-                scope(t),
+                ferry::auth::scope_words(&t.rules, &t.partners),
                 iso_time(t.created_at),
                 t.revoked_at.map(iso_time).unwrap_or_else(|| "-".into()),
             ]
