@@ -16,20 +16,20 @@ use ferry::store::{ListQuery, RequestRecord, Role, Status, Step, Store};
 const RECORDS: u64 = 100_000;
 const BASE_MS: u64 = 1_700_000_000_000;
 
-/// Record `i`: created at BASE_MS + i; Done when i % 3 == 0, else InError;
+/// Record `i`: created at BASE_MS + i; Done when i is a multiple of 3, else InError;
 /// partner b or c alternately; rule "default", or "payroll" every 10th;
 /// job id "job-N" every 1,000th.
 fn record(i: u64) -> RequestRecord {
     RequestRecord {
         created_at: BASE_MS + i,
-        status: if i % 3 == 0 { Status::Done } else { Status::InError },
+        status: if i.is_multiple_of(3) { Status::Done } else { Status::InError },
         step: Step::AllDone,
-        external_job_id: (i % 1_000 == 0).then(|| format!("job-{i}")),
+        external_job_id: (i.is_multiple_of(1_000)).then(|| format!("job-{i}")),
         ..RequestRecord::new(
             RequestId::generate(),
             Role::Requester,
-            if i % 2 == 0 { "b" } else { "c" },
-            if i % 10 == 0 { "payroll" } else { "default" },
+            if i.is_multiple_of(2) { "b" } else { "c" },
+            if i.is_multiple_of(10) { "payroll" } else { "default" },
             Direction::Push,
             &format!("f{i}"),
         )
@@ -88,11 +88,11 @@ async fn paging_over_100000_records_returns_each_exactly_once() {
     // Filters, alone and together, each from its index.
     let count = |f: &dyn Fn(u64) -> bool| (0..RECORDS).filter(|i| f(*i)).count();
     let cases: Vec<(TransferFilter, usize)> = vec![
-        (TransferFilter { status: Some("done".into()), ..Default::default() }, count(&|i| i % 3 == 0)),
+        (TransferFilter { status: Some("done".into()), ..Default::default() }, count(&|i| i.is_multiple_of(3))),
         (TransferFilter { partner: Some("c".into()), ..Default::default() }, count(&|i| i % 2 == 1)),
         (
             TransferFilter { rule: Some("payroll".into()), status: Some("InError".into()), ..Default::default() },
-            count(&|i| i % 10 == 0 && i % 3 != 0),
+            count(&|i| i.is_multiple_of(10) && !i.is_multiple_of(3)),
         ),
         (TransferFilter { job: Some("job-42000".into()), ..Default::default() }, 1),
         (
@@ -102,7 +102,7 @@ async fn paging_over_100000_records_returns_each_exactly_once() {
                 partner: Some("b".into()),
                 ..Default::default()
             },
-            count(&|i| (500..2_500).contains(&i) && i % 2 == 0),
+            count(&|i| (500..2_500).contains(&i) && i.is_multiple_of(2)),
         ),
     ];
     for (filter, want) in cases {

@@ -373,7 +373,7 @@ pub fn run(spec: &RunSpec, seed: u64) -> Result<RunReport, String> {
                 return Err(format!("{name} could not start: {e}"));
             }
         }
-        if steps % 100 != 0 {
+        if !steps.is_multiple_of(100) {
             continue;
         }
         if faults.peek().is_none() && pending.is_empty() && settled(&nodes, &down, spec, unanswered) {

@@ -1,5 +1,6 @@
-//! The API's OpenAPI 3.1 document, generated from the handlers'
-//! `#[utoipa::path]` annotations and the model's `ToSchema` types; served
+//! The API's OpenAPI 3.1 document, generated from the routes the server
+//! serves (each registered with its handler's `#[utoipa::path]`, see
+//! `server::routes`) and the model's `ToSchema` types; served
 //! at `GET /api/v1/openapi.json` and committed as `docs/openapi.json`
 //! (a test fails when the two differ; `ferry openapi > docs/openapi.json`
 //! rewrites it).
@@ -47,36 +48,22 @@ impl Modify for BearerAuth {
         title = "ferry node API",
         description = "A ferry node's REST API: submit and follow transfers, operate them, read the node, its partners and rules, manage tokens, stream events, scrape metrics. Every route but /healthz and /readyz needs a bearer token; errors are {\"error\": {\"code\", \"message\"}}."
     ),
-    paths(
-        super::server::submit,
-        super::server::list_transfers,
-        super::server::get_transfer,
-        super::server::transfer_log,
-        super::server::stop_transfer,
-        super::server::cancel_transfer,
-        super::server::restart_transfer,
-        super::server::node_stats,
-        super::server::partners,
-        super::server::rules,
-        super::server::cluster_transfer,
-        super::server::list_tokens,
-        super::server::create_token,
-        super::server::revoke_token,
-        super::events::events,
-        super::server::metrics,
-        super::server::openapi_json,
-        super::server::healthz,
-        super::server::readyz,
-    ),
     components(schemas(Submitted, crate::model::TransferEvent, crate::events::Gap)),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
 )]
 pub struct ApiDoc;
 
+/// The document: the description above with every route's path
+/// (see `server::routes`).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (open, guarded) = super::server::routes();
+    utoipa_axum::router::OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(open).merge(guarded).into_openapi()
+}
+
 /// The document, as JSON text (what `docs/openapi.json` holds).
 pub fn openapi_json() -> String {
-    let mut text = ApiDoc::openapi().to_pretty_json().unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    let mut text = openapi().to_pretty_json().unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
     text.push('\n');
     text
 }

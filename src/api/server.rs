@@ -13,9 +13,11 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
 use axum::Extension;
 use axum::{Json, Router};
+
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::{Caller, Denied, Right, TokenBook, TokenError};
 use crate::model::view::{ErrorBody, ErrorView, LogLineView, TransferView};
@@ -246,33 +248,41 @@ pub struct ApiState {
 }
 
 /// The API's routes: `/healthz` and `/readyz` open to all, everything else
-/// under `/api/v1` behind a bearer token (see [`crate::auth`]).
+/// behind a bearer token (see [`crate::auth`]).
 pub fn router(state: ApiState) -> Router {
-    let guarded = Router::new()
-        .route("/api/v1/transfers", get(list_transfers).post(submit))
-        .route("/api/v1/transfers/{id}", get(get_transfer))
-        .route("/api/v1/transfers/{id}/log", get(transfer_log))
-        .route("/api/v1/transfers/{id}/stop", post(stop_transfer))
-        .route("/api/v1/transfers/{id}/cancel", post(cancel_transfer))
-        .route("/api/v1/transfers/{id}/restart", post(restart_transfer))
-        .route("/api/v1/node", get(node_stats))
-        .route("/api/v1/partners", get(partners))
-        .route("/api/v1/rules", get(rules))
-        .route("/api/v1/cluster/transfers/{id}", get(cluster_transfer))
-        .route("/api/v1/tokens", get(list_tokens).post(create_token))
-        .route("/api/v1/tokens/{name}", delete(revoke_token))
-        .route("/api/v1/events", get(super::events::events))
-        .route("/api/v1/openapi.json", get(openapi_json))
-        .route("/metrics", get(metrics))
+    let (open, guarded) = routes();
+    let (guarded, _) = guarded.split_for_parts();
+    let guarded = guarded
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), authenticate));
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .merge(guarded)
-        .layer(axum::middleware::from_fn_with_state(state.clone(), count_request))
-        .with_state(state)
+    let (open, _) = open.split_for_parts();
+    open.merge(guarded).layer(axum::middleware::from_fn_with_state(state.clone(), count_request)).with_state(state)
+}
+
+/// Every route with its OpenAPI description, from one list: a route cannot
+/// be served without being described (`utoipa_axum::routes!` takes the
+/// handler and its `#[utoipa::path]` together). Open routes first, then the
+/// guarded ones.
+pub(super) fn routes() -> (OpenApiRouter<ApiState>, OpenApiRouter<ApiState>) {
+    let open = OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz));
+    let guarded = OpenApiRouter::new()
+        .routes(routes!(list_transfers, submit))
+        .routes(routes!(get_transfer))
+        .routes(routes!(transfer_log))
+        .routes(routes!(stop_transfer))
+        .routes(routes!(cancel_transfer))
+        .routes(routes!(restart_transfer))
+        .routes(routes!(node_stats))
+        .routes(routes!(partners))
+        .routes(routes!(rules))
+        .routes(routes!(cluster_transfer))
+        .routes(routes!(list_tokens, create_token))
+        .routes(routes!(revoke_token))
+        .routes(routes!(super::events::events))
+        .routes(routes!(openapi_json))
+        .routes(routes!(metrics));
+    (open, guarded)
 }
 
 /// Counts every request in the metrics by method, route template (never

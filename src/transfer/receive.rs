@@ -306,7 +306,7 @@ impl WorkFile {
                 format!("block at offset {} failed its BLAKE3 check", block.offset),
             ));
         }
-        if *direct && (len % DIRECT_ALIGN != 0 || *offset % DIRECT_ALIGN as u64 != 0) {
+        if *direct && (!len.is_multiple_of(DIRECT_ALIGN) || !offset.is_multiple_of(DIRECT_ALIGN as u64)) {
             clear_direct(file).map_err(|e| io_failure("write", work, e))?;
             *direct = false;
         }

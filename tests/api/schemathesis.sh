@@ -15,7 +15,7 @@ cd "$(dirname "$0")/../.."
 
 VERSION=4.32.5
 TARGET=${CARGO_TARGET_DIR:-target}
-VENV="$TARGET/schemathesis-venv"
+VENV="$(mkdir -p "$TARGET" && cd "$TARGET" && pwd)/schemathesis-venv"
 if ! "$VENV/bin/schemathesis" --version 2>/dev/null | grep -q "$VERSION"; then
   echo "installing schemathesis $VERSION into $VENV"
   python3 -m venv "$VENV"
@@ -42,6 +42,8 @@ TOML
 TOKEN=$(cat "$WORK"/state/a/data/admin.token)
 echo "hello" > "$WORK"/state/a/out/hello.txt
 
+# Run from the temporary folder: schemathesis keeps a cache in its working folder.
+cd "$WORK"
 "$VENV/bin/schemathesis" run "https://127.0.0.1:18401/api/v1/openapi.json" \
   --header "Authorization: Bearer $TOKEN" \
   --tls-verify "$WORK/state/certs/ca.pem" \
@@ -54,4 +56,5 @@ echo "hello" > "$WORK"/state/a/out/hello.txt
   --request-timeout 30 \
   --no-color \
   --report-dir "$WORK/report" \
+  --generation-database none \
   "$@"
