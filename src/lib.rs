@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod config;
 pub mod determinism;
 pub mod events;
+pub mod fileset;
 pub mod lifecycle;
 pub mod metrics;
 pub mod model;

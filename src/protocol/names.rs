@@ -5,6 +5,11 @@
 //! path, a NUL) is refused, so nothing lands outside the rule's folder and
 //! nothing outside the send folder can be read. Names starting with `.ferry`
 //! are reserved for the node's own work files.
+//!
+//! A file set (see `crate::fileset`) names files below a rule's folder by
+//! relative path: `a/b/c.csv`, checked component by component with the same
+//! rule ([`check_relative_path`]), so a path can only go down, never up,
+//! never start at the root, and never into the node's work folders.
 
 /// Longest accepted name, in bytes (the usual file-system limit).
 pub const MAX_NAME_LEN: usize = 255;
@@ -38,6 +43,31 @@ pub fn check_file_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Longest accepted relative path, in bytes (the usual `PATH_MAX`).
+pub const MAX_PATH_LEN: usize = 4096;
+
+/// Checks that `path` is a relative path of plain names joined by `/`
+/// (no empty component, no `.` or `..`, no backslash, no NUL, no
+/// reserved name); returns why not otherwise.
+pub fn check_relative_path(path: &str) -> Result<(), String> {
+    if path.is_empty() {
+        return Err("path is empty".into());
+    }
+    if path.len() > MAX_PATH_LEN {
+        return Err(format!("path is {} bytes long, over the {MAX_PATH_LEN}-byte limit", path.len()));
+    }
+    if path.starts_with('/') {
+        return Err(format!("path {path:?} is absolute"));
+    }
+    for component in path.split('/') {
+        if component.is_empty() {
+            return Err(format!("path {path:?} has an empty component (`//` or a trailing `/`)"));
+        }
+        check_file_name(component).map_err(|why| format!("path {path:?}: {why}"))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,5 +85,35 @@ mod tests {
             assert!(check_file_name(n).is_err(), "{n:?} should be refused");
         }
         assert!(check_file_name(&"x".repeat(256)).is_err());
+    }
+
+    #[test]
+    fn relative_paths_of_plain_names_pass() {
+        for p in ["a", "daily/2026-11-29/report.csv", "x y/été.txt", "..hidden/a..b"] {
+            assert!(check_relative_path(p).is_ok(), "{p}");
+        }
+    }
+
+    #[test]
+    fn paths_that_climb_or_start_at_the_root_are_refused() {
+        for p in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../../b",
+            "a/..",
+            "./a",
+            "a/./b",
+            "a//b",
+            "a/",
+            "a\\b",
+            "a/b\0c",
+            ".ferry-work/x",
+            "a/.ferry-work",
+        ] {
+            let why = check_relative_path(p).expect_err(p);
+            assert!(!why.is_empty());
+        }
+        assert!(check_relative_path(&"a/".repeat(2100)).is_err());
     }
 }

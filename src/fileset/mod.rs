@@ -1,0 +1,256 @@
+//! File sets: what a pattern names below a rule's send folder.
+//!
+//! A request may name a pattern instead of one file. The sender resolves it
+//! ([`resolve`]) into a sorted list of [`Entry`]s (relative path, kind,
+//! size, modification time) that is persisted before the first byte is
+//! sent, so a restarted set sends exactly what it resolved. This module
+//! only reads the file system; it never writes.
+//!
+//! Patterns:
+//! - a glob relative to the folder (`*.csv`, `2026-11-??/*.xml`,
+//!   `daily/**`): `*` and `?` stay within one path component, `**` spans
+//!   any number, `[abc]` and `{a,b}` as usual (globset);
+//! - a name without glob characters: that file, or that folder's whole tree.
+//!
+//! Paths keep their place below the folder (`daily/x/y.csv` arrives as
+//! `daily/x/y.csv`), and every folder of a tree is listed, so empty
+//! folders arrive too.
+//!
+//! The path rule ([`check_pattern`], and
+//! [`check_relative_path`](crate::protocol::names::check_relative_path) for
+//! every path a partner sends): relative, components joined by `/`, none
+//! empty, `.`, `..`, starting with `.ferry` (the node's work folders), or
+//! holding a backslash or NUL. The node's own `.ferry*` folders are never
+//! listed.
+//!
+//! Symbolic links are never followed, as for one file (a send folder's link
+//! is refused for a push and a pull alike): a link among the entries, to a
+//! file or a folder, inside the folder or out of it, makes the whole set
+//! fail with [`ResolveError::Link`] naming the link and where it leads, and
+//! nothing is sent. Following links inside the folder would make what is
+//! sent depend on links that can change between resolution and sending, and
+//! a link to a folder would list a tree twice or loop.
+
+pub mod progress;
+
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use globset::GlobBuilder;
+
+use crate::protocol::names::{check_file_name, RESERVED_PREFIX};
+
+/// Most entries one set may hold unless told otherwise.
+pub const MAX_ENTRIES: usize = 1_000_000;
+
+/// What an entry is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum EntryKind {
+    File,
+    Folder,
+}
+
+/// One file or folder of a set, as resolved.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Entry {
+    /// Below the rule's folder, components joined by `/`.
+    pub path: String,
+    pub kind: EntryKind,
+    /// Bytes (0 for a folder).
+    pub size: u64,
+    /// Modification time, nanoseconds since the Unix epoch (0 if unknown).
+    pub modified_ns: u128,
+}
+
+/// Why a pattern could not be resolved. Nothing is sent when it fails.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResolveError {
+    /// The pattern breaks the path rule or is not a valid glob.
+    #[error("pattern {pattern:?}: {why}")]
+    BadPattern { pattern: String, why: String },
+    /// A symbolic link among the entries (links are never followed).
+    #[error("symbolic link {path:?} {why}; the set is refused")]
+    Link { path: String, why: String },
+    /// A name below the folder is not UTF-8 or breaks the path rule.
+    #[error("{path:?} cannot be sent: {why}")]
+    BadName { path: String, why: String },
+    /// More entries than the limit.
+    #[error("the pattern matches more than {limit} files and folders")]
+    TooMany { limit: usize },
+    /// The folder or a file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+/// Whether `c` makes a component a glob rather than a plain name.
+fn is_glob_char(c: char) -> bool {
+    matches!(c, '*' | '?' | '[' | ']' | '{' | '}')
+}
+
+/// Checks a pattern against the path rule (glob characters allowed).
+pub fn check_pattern(pattern: &str) -> Result<(), String> {
+    if pattern.is_empty() {
+        return Err("empty".into());
+    }
+    if pattern.starts_with('/') {
+        return Err("an absolute path; patterns are relative to the rule's folder".into());
+    }
+    if pattern.contains('\\') {
+        return Err("contains a backslash".into());
+    }
+    for component in pattern.split('/') {
+        if component.is_empty() {
+            return Err("has an empty component (`//` or a trailing `/`)".into());
+        }
+        if component.chars().any(is_glob_char) {
+            // Still never `..`-like: globs cannot climb (`..` has no glob character).
+            if component.contains('\0') {
+                return Err("contains a NUL byte".into());
+            }
+            continue;
+        }
+        check_file_name(component)?;
+    }
+    Ok(())
+}
+
+/// The leading components of `pattern` without glob characters: the folder
+/// the walk can start in.
+fn literal_prefix(pattern: &str) -> (String, bool) {
+    let components: Vec<&str> = pattern.split('/').collect();
+    let literal = components.iter().take_while(|c| !c.chars().any(is_glob_char)).count();
+    (components[..literal].join("/"), literal == components.len())
+}
+
+/// Resolves `pattern` below `root` into its entries, sorted by path, with
+/// at most `limit` of them.
+pub fn resolve(root: &Path, pattern: &str, limit: usize) -> Result<Vec<Entry>, ResolveError> {
+    check_pattern(pattern).map_err(|why| ResolveError::BadPattern { pattern: pattern.to_owned(), why })?;
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| ResolveError::Io { path, source }
+    };
+    let root = root.canonicalize().map_err(io(root))?;
+    let (prefix, all_literal) = literal_prefix(pattern);
+    let start = root.join(&prefix);
+    let mut found = Walk { root: &root, limit, entries: Vec::new() };
+    if all_literal {
+        // A file, or a folder's whole tree; nothing when it does not exist.
+        match std::fs::symlink_metadata(&start) {
+            Ok(_) => found.add_tree(&start)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&start)(e)),
+        }
+    } else {
+        let glob = GlobBuilder::new(pattern)
+            .literal_separator(true)
+            .backslash_escape(false)
+            .build()
+            .map_err(|e| ResolveError::BadPattern { pattern: pattern.to_owned(), why: e.kind().to_string() })?
+            .compile_matcher();
+        match std::fs::metadata(&start) {
+            Ok(m) if m.is_dir() => found.add_matching(&start, |rel| glob.is_match(rel))?,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&start)(e)),
+        }
+    }
+    let mut entries = found.entries;
+    entries.sort_by(|a, b| a.path.cmp(&b.path));
+    entries.dedup_by(|a, b| a.path == b.path);
+    Ok(entries)
+}
+
+struct Walk<'a> {
+    root: &'a Path,
+    limit: usize,
+    entries: Vec<Entry>,
+}
+
+impl Walk<'_> {
+    /// `start` (a file, a link or a folder) and, for a folder, everything below it.
+    fn add_tree(&mut self, start: &Path) -> Result<(), ResolveError> {
+        self.walk(start, true, &mut |_| true)
+    }
+
+    /// Everything below `start` whose path relative to the root `matches`.
+    fn add_matching(&mut self, start: &Path, matches: impl Fn(&str) -> bool) -> Result<(), ResolveError> {
+        self.walk(start, false, &mut |rel| matches(rel))
+    }
+
+    fn walk(
+        &mut self,
+        start: &Path,
+        include_start: bool,
+        take: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<(), ResolveError> {
+        let walker = walkdir::WalkDir::new(start)
+            .follow_links(false)
+            .min_depth(if include_start { 0 } else { 1 })
+            .sort_by_file_name()
+            .into_iter()
+            .filter_entry(|e| !e.file_name().to_string_lossy().starts_with(RESERVED_PREFIX));
+        for item in walker {
+            let item = match item {
+                Ok(item) => item,
+                // Gone since it was listed: it is not part of the set.
+                Err(e) if e.io_error().is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound) => continue,
+                Err(e) => {
+                    let path = e.path().map(Path::to_owned).unwrap_or_else(|| start.to_owned());
+                    let source = e.into_io_error().unwrap_or_else(|| std::io::Error::other("file system loop"));
+                    return Err(ResolveError::Io { path, source });
+                }
+            };
+            let rel = self.relative(item.path())?;
+            if !take(&rel) {
+                continue;
+            }
+            let file_type = item.file_type();
+            if file_type.is_symlink() {
+                let target =
+                    std::fs::read_link(item.path()).map_or_else(|e| e.to_string(), |t| t.display().to_string());
+                return Err(ResolveError::Link {
+                    path: rel,
+                    why: format!("(to {target}) is not followed: file sets never follow links"),
+                });
+            }
+            let meta = match item.metadata() {
+                Ok(m) => m,
+                Err(e) if e.io_error().is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound) => continue,
+                Err(e) => {
+                    let source = e.into_io_error().unwrap_or_else(|| std::io::Error::other("metadata"));
+                    return Err(ResolveError::Io { path: item.path().to_owned(), source });
+                }
+            };
+            let kind = if meta.is_dir() { EntryKind::Folder } else { EntryKind::File };
+            if kind == EntryKind::File && !meta.is_file() {
+                // A socket, a FIFO, a device: not a file to send.
+                return Err(ResolveError::BadName { path: rel, why: "not a regular file".into() });
+            }
+            if self.entries.len() == self.limit {
+                return Err(ResolveError::TooMany { limit: self.limit });
+            }
+            let modified_ns =
+                meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
+            let size = if kind == EntryKind::File { meta.len() } else { 0 };
+            self.entries.push(Entry { path: rel, kind, size, modified_ns });
+        }
+        Ok(())
+    }
+
+    /// `path` relative to the root, `/`-joined, checked against the path rule.
+    fn relative(&self, path: &Path) -> Result<String, ResolveError> {
+        let rel = path.strip_prefix(self.root).unwrap_or(path);
+        let text = rel.to_str().ok_or_else(|| ResolveError::BadName {
+            path: rel.to_string_lossy().into_owned(),
+            why: "the name is not UTF-8".into(),
+        })?;
+        crate::protocol::names::check_relative_path(text)
+            .map_err(|why| ResolveError::BadName { path: text.to_owned(), why })?;
+        Ok(text.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests;
