@@ -17,9 +17,13 @@
 //! [`Store::update_if`](super::Store::update_if) write a record's new
 //! entries before the record and remove the entries it no longer has after
 //! it (sled's log keeps writes in order), so after any crash every record
-//! is reachable through each index it belongs to. An entry may be left over
-//! (a crash between the record and the clean-up, a write that lost a
-//! race): a reader keeps an entry only if it is one of its record's current
+//! is reachable through each index it belongs to. Concurrent writers: a
+//! write that loses its compare-and-swap removes nothing, and a write that
+//! removed entries re-reads the record and writes its current entries
+//! again, so a key another writer needs (a status that went back) is put
+//! back by whichever re-reads last. An entry may be left over (a crash
+//! between the record and the clean-up, a write that lost a race): a
+//! reader keeps an entry only if it is one of its record's current
 //! [`keys`], so a leftover never shows a record twice or under a filter it
 //! no longer matches.
 

@@ -110,8 +110,8 @@ pub struct RecordChange<'a> {
 }
 
 /// Told of every record [`Store::insert`] and [`Store::update_if`] write,
-/// right after the write, on the writer's thread: it must be quick and must
-/// not call back into the store.
+/// right after the write, on the writer's thread, in the order the writes
+/// happened: it must be quick and must not call back into the store.
 pub type Observer = std::sync::Arc<dyn Fn(&RecordChange<'_>) + Send + Sync>;
 
 /// Told how long each [`Store::flush`] caller waited for its data to be on
@@ -132,6 +132,11 @@ pub struct Store {
     listing: sled::Tree,
     /// Who is told of every record written (see [`Store::observe`]).
     observers: std::sync::Arc<std::sync::RwLock<Vec<Observer>>>,
+    /// Held from a record write to the end of its observers' calls, so
+    /// observers see writes in the order they happened (the live events
+    /// number them; two writers of one record would otherwise be told in
+    /// either order).
+    write_order: std::sync::Arc<std::sync::Mutex<()>>,
     flush_observers: std::sync::Arc<std::sync::RwLock<Vec<FlushObserver>>>,
     flusher: tokio::sync::mpsc::UnboundedSender<FlushReply>,
 }
@@ -201,6 +206,7 @@ impl Store {
             tokens: db.open_tree("tokens")?,
             listing: db.open_tree("listing")?,
             observers: Default::default(),
+            write_order: Default::default(),
             flush_observers: Default::default(),
             db,
             flusher,
@@ -214,17 +220,16 @@ impl Store {
         }
         let bytes = encode(&rec)?;
         let key = rec.id.as_str().as_bytes();
+        let _order = self.write_order.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         // Index entries first (see listing.rs for the crash order).
         let entries = listing::keys(&rec);
         for k in &entries {
             self.listing.insert(k.as_slice(), &[])?;
         }
         if self.requests.compare_and_swap(key, None as Option<&[u8]>, Some(bytes))?.is_err() {
-            // The id is taken: the entries just written name a record that
-            // is not there under them; readers would skip them anyway.
-            for k in &entries {
-                self.listing.remove(k.as_slice())?;
-            }
+            // The id is taken. The entries just written are left: they may
+            // be the existing record's own keys, and readers skip any that
+            // are not.
             return Err(StoreError::Exists(rec.id));
         }
         if let Some(seq) = rec.queue_seq {
@@ -279,6 +284,7 @@ impl Store {
     ) -> Result<Option<RequestRecord>, StoreError> {
         let key = id.as_str().as_bytes();
         loop {
+            let _order = self.write_order.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             let old_bytes = self.requests.get(key)?.ok_or_else(|| StoreError::NotFound(id.clone()))?;
             let old: RequestRecord = decode(key, &old_bytes)?;
             if !cond(&old) {
@@ -297,19 +303,16 @@ impl Store {
             }
             let new_bytes = encode(&new)?;
             let (old_keys, new_keys) = (listing::keys(&old), listing::keys(&new));
-            let added: Vec<&Vec<u8>> = new_keys.difference(&old_keys).collect();
-            for k in &added {
+            for k in new_keys.difference(&old_keys) {
                 self.listing.insert(k.as_slice(), &[])?;
             }
             if self.requests.compare_and_swap(key, Some(old_bytes), Some(new_bytes))?.is_err() {
-                for k in &added {
-                    self.listing.remove(k.as_slice())?;
-                }
-                continue; // someone else changed it meanwhile: re-read and re-apply
+                // Someone else changed it meanwhile: re-read and re-apply.
+                // The entries just written stay (another writer may need
+                // the same keys); readers skip those that are not current.
+                continue;
             }
-            for k in old_keys.difference(&new_keys) {
-                self.listing.remove(k.as_slice())?;
-            }
+            self.drop_old_entries(key, &old_keys, &new_keys)?;
             if let (true, Some(seq)) = (leaving_queue, old.queue_seq) {
                 self.queue.remove(queue_key(seq, id))?;
             }
@@ -363,6 +366,32 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Removes the listing entries a record no longer has, then writes its
+    /// current entries again: a concurrent writer may have needed a key
+    /// just removed (a status that went back), and whichever of the two
+    /// writers re-reads last puts it back.
+    fn drop_old_entries(
+        &self,
+        key: &[u8],
+        old_keys: &std::collections::BTreeSet<Vec<u8>>,
+        new_keys: &std::collections::BTreeSet<Vec<u8>>,
+    ) -> Result<(), StoreError> {
+        let mut removed = false;
+        for k in old_keys.difference(new_keys) {
+            self.listing.remove(k.as_slice())?;
+            removed = true;
+        }
+        if removed {
+            if let Some(bytes) = self.requests.get(key)? {
+                let current: RequestRecord = decode(key, &bytes)?;
+                for k in listing::keys(&current) {
+                    self.listing.insert(k, &[])?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// One page of records in creation order (oldest first) that pass
@@ -763,5 +792,29 @@ mod tests {
         );
         assert_eq!(page(None), [id.as_str()], "nor twice");
         assert_eq!(page(Some(Status::Done)), [id.as_str()]);
+    }
+
+    #[test]
+    fn racing_status_changes_leave_every_current_key_in_the_index() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(dir.path()).expect("open");
+        let rec = s.insert(sample(Status::Running), "x").expect("insert");
+        std::thread::scope(|scope| {
+            for t in 0..4 {
+                let (s, id) = (&s, &rec.id);
+                scope.spawn(move || {
+                    for i in 0..300 {
+                        let status = if (t + i) % 2 == 0 { Status::Running } else { Status::Interrupted };
+                        s.update(id, "", |r| r.status = status).expect("update");
+                    }
+                });
+            }
+        });
+        let current = s.get(&rec.id).expect("read").expect("record");
+        for k in listing::keys(&current) {
+            assert!(s.listing.contains_key(&k).expect("read"), "a current key is missing after the race");
+        }
+        let q = ListQuery { status: Some(current.status), limit: 10, ..Default::default() };
+        assert_eq!(s.page(&q).expect("page").records.len(), 1);
     }
 }
