@@ -176,8 +176,10 @@ impl Metrics {
     pub fn record_change(&self, change: &RecordChange<'_>) {
         let d = deltas(change.old, change.new);
         let rec = change.new;
-        if let Some(old) = d.left {
-            self.transfers.get_or_create(&status_labels(old, rec)).dec();
+        // The old record's labels: one write may move a request to another
+        // group member as it starts.
+        if let (Some(status), Some(old)) = (d.left, change.old) {
+            self.transfers.get_or_create(&status_labels(status, old)).dec();
         }
         if let Some(new) = d.entered {
             self.transfers.get_or_create(&status_labels(new, rec)).inc();
@@ -209,8 +211,13 @@ impl Metrics {
         }
     }
 
-    /// Counts one API request.
+    /// Counts one API request. Methods outside the usual few count as
+    /// `other`, so no caller can add series at will.
     pub fn api_request(&self, method: &str, route: &str, status: u16) {
+        let method = match method {
+            "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS" => method,
+            _ => "other",
+        };
         let labels = [("method", method.to_owned()), ("route", route.to_owned()), ("status", status.to_string())];
         self.api_requests.get_or_create(&labels).inc();
     }
@@ -278,7 +285,9 @@ pub fn deltas(old: Option<&RequestRecord>, new: &RequestRecord) -> Deltas {
             d.finished = Some((new.status, took));
         }
     }
-    let before = old.map_or(0, |o| o.transferred);
+    // A resumed run starts its count at its restart point: those bytes
+    // were moved by an earlier run.
+    let before = old.map_or(0, |o| o.transferred).max(new.restart_offset);
     let moved = new.transferred.saturating_sub(before);
     let sending =
         matches!((new.role, new.direction), (Role::Requester, Direction::Push) | (Role::Requested, Direction::Pull));

@@ -33,6 +33,13 @@ fn progress_counts_on_this_nodes_side() {
         let d = deltas(Some(&old), &new);
         assert_eq!((d.bytes_sent, d.bytes_received), (0, 7), "{role:?} {direction:?}");
     }
+    // A resumed pull: the server resets its count, then starts at the
+    // restart point; the bytes before it were sent by the earlier run.
+    let reset = RequestRecord { transferred: 0, ..rec(Role::Requested, Direction::Pull) };
+    let resumed = RequestRecord { transferred: 9_000, restart_offset: 9_000, ..reset.clone() };
+    assert_eq!(deltas(Some(&reset), &resumed).bytes_sent, 0);
+    let on = RequestRecord { transferred: 9_500, ..resumed.clone() };
+    assert_eq!(deltas(Some(&resumed), &on).bytes_sent, 500);
     // Back to a restart point: nothing is taken away.
     let old = RequestRecord { transferred: 500, ..rec(Role::Requester, Direction::Push) };
     let new = RequestRecord { transferred: 200, ..old.clone() };
@@ -125,4 +132,29 @@ fn the_scrape_adds_up_and_parses() {
         Some(1.0),
         "{text}"
     );
+}
+
+#[test]
+fn a_request_moved_to_another_member_leaves_its_old_gauge() {
+    let m = Metrics::new();
+    let queued = rec(Role::Requester, Direction::Push);
+    m.record_change(&RecordChange { old: None, new: &queued });
+    let started = RequestRecord { status: Status::Running, partner: "c".into(), ..queued.clone() };
+    m.record_change(&RecordChange { old: Some(&queued), new: &started });
+    let s = samples(&m.encode());
+    let value = |name: &str| s.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
+    assert_eq!(value(r#"ferry_transfers{status="ToSubmit",rule="payroll",partner="b"}"#), Some(0.0));
+    assert_eq!(value(r#"ferry_transfers{status="Running",rule="payroll",partner="c"}"#), Some(1.0));
+    assert_eq!(value(r#"ferry_transfers{status="ToSubmit",rule="payroll",partner="c"}"#), None, "no negative gauge");
+}
+
+#[test]
+fn unusual_methods_share_one_series() {
+    let m = Metrics::new();
+    m.api_request("XQ1", "unmatched", 401);
+    m.api_request("XQ2", "unmatched", 401);
+    let s = samples(&m.encode());
+    let api: Vec<_> = s.iter().filter(|(n, _)| n.starts_with("ferry_api_requests_total")).collect();
+    assert_eq!(api.len(), 1, "{api:?}");
+    assert_eq!(api[0].1, 2.0);
 }
