@@ -134,6 +134,26 @@ pub fn resolve(root: &Path, pattern: &str, limit: usize) -> Result<Vec<Entry>, R
     let root = root.canonicalize().map_err(io(root))?;
     let (prefix, all_literal) = literal_prefix(pattern);
     let start = root.join(&prefix);
+    // The folders the walk starts below are checked one by one: a link
+    // among them would lead the walk elsewhere.
+    let mut folder = root.clone();
+    let depth = if all_literal { prefix.split('/').count().saturating_sub(1) } else { usize::MAX };
+    for (i, component) in prefix.split('/').filter(|c| !c.is_empty()).enumerate().take(depth) {
+        folder.push(component);
+        match std::fs::symlink_metadata(&folder) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let rel = prefix.split('/').take(i + 1).collect::<Vec<_>>().join("/");
+                let target = std::fs::read_link(&folder).map_or_else(|e| e.to_string(), |t| t.display().to_string());
+                return Err(ResolveError::Link {
+                    path: rel,
+                    why: format!("(to {target}) is not followed: file sets never follow links"),
+                });
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io(&folder)(e)),
+        }
+    }
     let mut found = Walk { root: &root, limit, entries: Vec::new() };
     if all_literal {
         // A file, or a folder's whole tree; nothing when it does not exist.
@@ -149,8 +169,13 @@ pub fn resolve(root: &Path, pattern: &str, limit: usize) -> Result<Vec<Entry>, R
             .build()
             .map_err(|e| ResolveError::BadPattern { pattern: pattern.to_owned(), why: e.kind().to_string() })?
             .compile_matcher();
-        match std::fs::metadata(&start) {
-            Ok(m) if m.is_dir() => found.add_matching(&start, |rel| glob.is_match(rel))?,
+        // Below the literal folders, how deep the pattern reaches (`**`: any depth).
+        let reach = match pattern.contains("**") {
+            true => usize::MAX,
+            false => pattern.split('/').count() - prefix.split('/').filter(|c| !c.is_empty()).count(),
+        };
+        match std::fs::symlink_metadata(&start) {
+            Ok(m) if m.is_dir() => found.add_matching(&start, reach, |rel| glob.is_match(rel))?,
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io(&start)(e)),
@@ -171,22 +196,31 @@ struct Walk<'a> {
 impl Walk<'_> {
     /// `start` (a file, a link or a folder) and, for a folder, everything below it.
     fn add_tree(&mut self, start: &Path) -> Result<(), ResolveError> {
-        self.walk(start, true, &mut |_| true)
+        self.walk(start, true, usize::MAX, &mut |_| true)
     }
 
-    /// Everything below `start` whose path relative to the root `matches`.
-    fn add_matching(&mut self, start: &Path, matches: impl Fn(&str) -> bool) -> Result<(), ResolveError> {
-        self.walk(start, false, &mut |rel| matches(rel))
+    /// Everything below `start`, at most `reach` levels down, whose path
+    /// relative to the root `matches`.
+    fn add_matching(
+        &mut self,
+        start: &Path,
+        reach: usize,
+        matches: impl Fn(&Path) -> bool,
+    ) -> Result<(), ResolveError> {
+        self.walk(start, false, reach, &mut |rel| matches(rel))
     }
 
     fn walk(
         &mut self,
         start: &Path,
         include_start: bool,
-        take: &mut dyn FnMut(&str) -> bool,
+        reach: usize,
+        take: &mut dyn FnMut(&Path) -> bool,
     ) -> Result<(), ResolveError> {
         let walker = walkdir::WalkDir::new(start)
             .follow_links(false)
+            .follow_root_links(false)
+            .max_depth(reach)
             .min_depth(if include_start { 0 } else { 1 })
             .sort_by_file_name()
             .into_iter()
@@ -202,10 +236,12 @@ impl Walk<'_> {
                     return Err(ResolveError::Io { path, source });
                 }
             };
-            let rel = self.relative(item.path())?;
-            if !take(&rel) {
+            // Matched first, checked after: a name the pattern does not
+            // take cannot fail the set.
+            if !take(item.path().strip_prefix(self.root).unwrap_or(item.path())) {
                 continue;
             }
+            let rel = self.relative(item.path())?;
             let file_type = item.file_type();
             if file_type.is_symlink() {
                 let target =

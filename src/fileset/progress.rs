@@ -157,14 +157,7 @@ impl SetProgress {
 
     /// The actions the set begins with: an empty set ends here.
     pub fn start(&mut self) -> Vec<Action> {
-        if self.states.is_empty() {
-            self.outcome_decided = true;
-            return vec![Action::Finish(match self.policy.on_empty {
-                OnEmpty::Fail => Outcome::NoFiles,
-                OnEmpty::Succeed => Outcome::Done,
-            })];
-        }
-        Vec::new()
+        self.settle()
     }
 
     /// The next file to send, if the set goes on.
@@ -219,6 +212,12 @@ impl SetProgress {
         for s in self.states.iter_mut().filter(|s| **s == FileState::Sending) {
             *s = FileState::Pending;
         }
+        if self.stopped() {
+            // A failure stopped the set: what was being sent is not sent again.
+            for s in self.states.iter_mut().filter(|s| **s == FileState::Pending) {
+                *s = FileState::Skipped;
+            }
+        }
         let mut actions = Vec::new();
         let verified: Vec<usize> = self.indexes(FileState::Verified);
         // Verified but not yet renamed when the node stopped: `each`
@@ -238,6 +237,13 @@ impl SetProgress {
     fn settle(&mut self) -> Vec<Action> {
         if self.outcome_decided {
             return Vec::new();
+        }
+        if self.states.is_empty() {
+            self.outcome_decided = true;
+            return vec![Action::Finish(match self.policy.on_empty {
+                OnEmpty::Fail => Outcome::NoFiles,
+                OnEmpty::Succeed => Outcome::Done,
+            })];
         }
         let mut actions = Vec::new();
         let failed: Vec<(usize, ErrorCode)> = self

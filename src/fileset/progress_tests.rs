@@ -92,6 +92,20 @@ fn stop_skips_what_was_not_sent_and_names_the_failed_file() {
 }
 
 #[test]
+fn a_stopped_set_resumed_after_a_crash_ends_instead_of_waiting() {
+    let mut s = set(policy(OnFailure::Stop, Delivery::Each), 3);
+    s.on(FileEvent::Started(0)).expect("started");
+    s.on(FileEvent::Started(1)).expect("started");
+    s.on(FileEvent::Failed(0, E)).expect("failed");
+    // The node stops while file 1 is still being sent.
+    assert_eq!(s.resume(), [Action::Finish(Outcome::InError { failed: vec![(0, E)] })]);
+    assert_eq!(s.totals().skipped, 2);
+    // An empty set that had not ended yet ends by its policy.
+    let mut empty = SetProgress::new(Policy::default(), vec![]);
+    assert_eq!(empty.resume(), [Action::Finish(Outcome::NoFiles)]);
+}
+
+#[test]
 fn continue_sends_the_rest_and_ends_in_error_naming_the_failures() {
     let mut s = set(policy(OnFailure::Continue, Delivery::Each), 3);
     s.on(FileEvent::Started(0)).expect("started");

@@ -109,11 +109,17 @@ fn any_symbolic_link_refuses_the_set_and_names_where_it_leads() {
         ("tree/work", root.join(".ferry-work/secret.part")),
     ] {
         symlink(&target, root.join(link)).expect("link");
-        for pattern in ["tree", "tree/*", "**", link] {
+        let below = format!("{link}/*");
+        let inside = format!("{link}/secret");
+        for pattern in ["tree", "tree/*", "**", link, below.as_str(), inside.as_str()] {
             match resolve(root, pattern, MAX_ENTRIES) {
                 Err(ResolveError::Link { path, why }) => {
                     assert_eq!(path, link, "{pattern}: {why}");
                     assert!(why.contains(&target.display().to_string()), "{why}");
+                }
+                // A link to a file is no folder to look into: nothing below it.
+                Ok(found) if pattern.starts_with(link) && pattern != link && target.is_file() => {
+                    assert!(found.is_empty(), "{pattern}: {found:?}")
                 }
                 other => panic!("{link} -> {} with {pattern}: expected a refusal, got {other:?}", target.display()),
             }
@@ -129,4 +135,16 @@ fn a_set_over_the_limit_is_refused() {
     let dir = folder();
     assert!(matches!(resolve(dir.path(), "**", 3), Err(ResolveError::TooMany { limit: 3 })));
     assert_eq!(resolve(dir.path(), "*.csv", 3).expect("exactly at the limit").len(), 3);
+}
+
+#[test]
+fn names_the_pattern_does_not_reach_cannot_fail_it() {
+    let dir = folder();
+    std::fs::create_dir_all(dir.path().join("deep/er")).expect("mkdir");
+    std::fs::write(dir.path().join("deep/er/bad\\name"), b"x").expect("write");
+    assert_eq!(paths(&resolve(dir.path(), "*.csv", MAX_ENTRIES).expect("resolved")), ["a.csv", "b.csv", "x y é.csv"]);
+    match resolve(dir.path(), "deep/**", MAX_ENTRIES) {
+        Err(ResolveError::BadName { path, .. }) => assert_eq!(path, "deep/er/bad\\name"),
+        other => panic!("a name with a backslash in the set: {other:?}"),
+    }
 }
