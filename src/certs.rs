@@ -203,16 +203,20 @@ pub(crate) fn node_id_problem(id: &str) -> Option<&'static str> {
     if id.starts_with('-') || id.ends_with('-') {
         return Some("must not start or end with '-'");
     }
-    // `ca.pem`/`ca.key` are the CA's files; a node named "ca" would collide.
+    // `ca.pem`/`ca.key` are the CA's files, `crl.pem` the revocation list;
+    // a node of either name would collide with them.
     if id == "ca" {
         return Some("\"ca\" is reserved for the cluster CA files");
+    }
+    if id == "crl" {
+        return Some("\"crl\" is reserved for the revocation list (crl.pem)");
     }
     None
 }
 
 /// Check that `id` is a valid node id: a non-empty lowercase DNS label of at
 /// most 63 characters (`a-z`, `0-9`, `-`, not starting or ending with `-`),
-/// other than the reserved `ca`.
+/// other than the reserved `ca` and `crl`.
 pub fn validate_node_id(id: &str) -> Result<(), CertError> {
     match node_id_problem(id) {
         None => Ok(()),
@@ -644,7 +648,7 @@ mod tests {
     #[test]
     fn bad_ids_refused() {
         let too_long = "a".repeat(64);
-        for bad in ["", "-a", "a-", "Alpha", "a.b", "a_b", "a/b", "..", "é", "ca", too_long.as_str()] {
+        for bad in ["", "-a", "a-", "Alpha", "a.b", "a_b", "a/b", "..", "é", "ca", "crl", too_long.as_str()] {
             assert!(matches!(validate_node_id(bad), Err(CertError::InvalidNodeId { .. })), "{bad:?} accepted");
         }
         for good in ["a", "0", "node-1", "a-b-c", &"a".repeat(63)] {

@@ -89,6 +89,9 @@ pub struct Subscription {
     pub backlog: Vec<Arc<Kept>>,
     /// Every later event.
     pub live: broadcast::Receiver<Arc<Kept>>,
+    /// The sequence number of the last event before what this
+    /// subscription hands out (what a lagging subscriber catches up from).
+    pub after_seq: u64,
 }
 
 impl EventBus {
@@ -161,10 +164,13 @@ impl EventBus {
     pub fn subscribe(&self, position: Option<&str>) -> Subscription {
         let ring = self.ring.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let live = self.live.subscribe();
+        let last = ring.next_seq - 1;
         let Some(position) = position else {
-            return Subscription { gap: None, backlog: Vec::new(), live };
+            return Subscription { gap: None, backlog: Vec::new(), live, after_seq: last };
         };
-        let (gap, backlog) = backlog_after(&ring.events, self.seq_of(position), ring.next_seq);
+        let seq = self.seq_of(position);
+        let after_seq = seq.map_or(0, |s| s.min(last));
+        let (gap, backlog) = backlog_after(&ring.events, seq, ring.next_seq);
         let gap = gap.then(|| Gap {
             after: position.to_owned(),
             oldest: ring.events.front().map(|e| self.position(e.seq)),
@@ -173,7 +179,7 @@ impl EventBus {
                  start a new series): read the transfers' state again"
             ),
         });
-        Subscription { gap, backlog, live }
+        Subscription { gap, backlog, live, after_seq }
     }
 
     /// Kept events after `seq` of this run, for a subscriber that fell

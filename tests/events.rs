@@ -1,8 +1,9 @@
 //! `GET /api/v1/events`: a client sees every status change of a transfer,
 //! in order, with positions that only grow; one that reconnects after the
 //! position it saw last gets exactly what it missed; a position the node
-//! no longer keeps is a gap; a scoped token sees only its scope; the
-//! stream ends when the node shuts down, without holding the node.
+//! no longer keeps is a gap; a scoped token sees only its scope; a revoked
+//! token's stream ends; the stream ends when the node shuts down, without
+//! holding the node.
 
 mod common;
 
@@ -120,6 +121,19 @@ async fn a_client_sees_every_change_in_order_and_a_reconnect_misses_none() {
     assert_eq!(first.transfer.id, mine.as_str(), "the default transfer {other} is out of scope");
     assert_eq!(first.transfer.rule, "payroll");
 
+    // A revoked token's stream ends (checked every 2 s).
+    client.revoke_token("sched").await.expect("revoked");
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match narrow.next().await {
+                None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream of a revoked token went on");
+
     // Shutdown ends the stream and nothing holds the node.
     let report = a.shutdown().await;
     assert_eq!(report.lingering, 0, "an open event stream held the node");
@@ -135,4 +149,53 @@ async fn a_client_sees_every_change_in_order_and_a_reconnect_misses_none() {
     }
     assert!(ended, "the stream ended with the node");
     b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_does_not_hold_the_node_after_shutdown() {
+    use tokio::io::AsyncWriteExt;
+    let layout = Layout::new(&["a", "b"]);
+    let a = layout.start("a").await;
+    let config = a.handle().config().clone();
+    // A client that asks for the event stream and then never reads.
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls_pki_types::pem::PemObject;
+    roots.add(rustls_pki_types::CertificateDer::from_pem_file(&config.tls.ca).expect("CA")).expect("root");
+    let tls =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("small receive buffer");
+    let tcp = socket.connect(a.api_addr()).await.expect("connect");
+    let name = rustls_pki_types::ServerName::IpAddress(a.api_addr().ip().into());
+    let mut stalled = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls)).connect(name, tcp).await.expect("TLS");
+    let token = admin_token(&config);
+    let ask = format!("GET /api/v1/events HTTP/1.1\r\nhost: a\r\nauthorization: Bearer {token}\r\n\r\n");
+    stalled.write_all(ask.as_bytes()).await.expect("ask");
+    // Enough events to fill every buffer between the node and the client.
+    let store = a.handle().store().clone();
+    tokio::task::spawn_blocking(move || {
+        for i in 0..20_000u64 {
+            let rec = ferry::store::RequestRecord {
+                status: Status::Done,
+                ..ferry::store::RequestRecord::new(
+                    ferry::protocol::RequestId::generate(),
+                    ferry::store::Role::Requester,
+                    "b",
+                    "default",
+                    Direction::Push,
+                    &format!("f{i}"),
+                )
+            };
+            store.insert(rec, "made by the test").expect("insert");
+        }
+    })
+    .await
+    .expect("inserted");
+    let report = tokio::time::timeout(Duration::from_secs(60), a.shutdown()).await.expect("shutdown ends");
+    assert_eq!(report.lingering, 0, "a stalled client held the node after shutdown");
+    drop(stalled);
 }

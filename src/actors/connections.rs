@@ -202,6 +202,10 @@ pub struct ConnectionsState {
     /// Dial-backs under way, with the asks waiting for each.
     dialing_back: BTreeMap<String, Vec<RpcReplyPort<Result<(), String>>>>,
     seq: u64,
+    /// The trust (CA, revocation lists) of the node's latest TLS reload:
+    /// a connection whose handshake began before it is checked again
+    /// before it is used. `None` until the first reload.
+    trust: Option<Arc<crate::transport::NodeIdentity>>,
 }
 
 /// Whether a connection ended in a failed TLS handshake (a TLS alert travels
@@ -308,6 +312,17 @@ impl ConnectionsState {
         dialed_by_me: bool,
         origin: String,
     ) {
+        // A handshake that began before a reload was checked against the
+        // trust of then: check it against the trust of now.
+        if let Some(trust) = &self.trust {
+            if let Err(e) = crate::transport::tls::recheck_peer(trust, &conn) {
+                let reason = format!("certificate refused after the TLS files were reloaded: {e}");
+                tracing::warn!(partner = %partner, %reason, "closing a new connection");
+                conn.close(quinn::VarInt::from_u32(CLOSE_CERTIFICATE_REFUSED), reason.as_bytes());
+                self.ctx.availability.down(partner, &reason);
+                return;
+            }
+        }
         tracing::info!(partner = %partner, remote = %conn.remote_address(), origin = %origin, "connection up");
         self.seq += 1;
         let link = Link {
@@ -529,6 +544,7 @@ impl Actor for Connections {
             pinging: Default::default(),
             dialing_back: BTreeMap::new(),
             seq: 0,
+            trust: None,
         })
     }
 
@@ -734,6 +750,7 @@ impl Actor for Connections {
                 }
             }
             ConnectionsMsg::Recheck(identity) => {
+                state.trust = Some(identity.clone());
                 let mut refused = Vec::new();
                 for (partner, links) in &mut state.live {
                     links.retain(|link| match crate::transport::tls::recheck_peer(&identity, &link.conn) {

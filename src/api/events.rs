@@ -8,7 +8,8 @@
 //! resume whose events are no longer kept starts with `event: gap`. A
 //! comment line every [`KEEP_ALIVE`] keeps proxies from closing an idle
 //! stream. A scoped token sees only the transfers in its scope. The stream
-//! ends when the node shuts down.
+//! ends when the node shuts down, and within [`RECHECK`] of its token
+//! being revoked.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
@@ -74,7 +75,13 @@ struct Stream {
     /// The last event taken (sent or filtered out).
     last_seq: u64,
     shutdown: watch::Receiver<bool>,
+    /// Asked every [`RECHECK`] whether the caller's token was revoked.
+    tokens: crate::auth::TokenBook,
+    recheck: tokio::time::Interval,
 }
+
+/// How often an open stream checks that its token was not revoked.
+const RECHECK: Duration = Duration::from_secs(2);
 
 #[utoipa::path(get, path = "/api/v1/events", tag = "transfers",
     params(EventsQuery, ("last-event-id" = Option<String>, Header, description = "Resume after this position (SSE clients send it when they reconnect)")),
@@ -104,8 +111,10 @@ pub(super) async fn events(
         gap: sub.gap,
         pending: sub.backlog.into(),
         live: sub.live,
-        last_seq: 0,
+        last_seq: sub.after_seq,
         shutdown: state.node.shutdown_watch(),
+        tokens: state.tokens.clone(),
+        recheck: tokio::time::interval(RECHECK),
     };
     let events = futures_util::stream::unfold(stream, |mut s| async move {
         let event = s.next().await?;
@@ -126,6 +135,12 @@ impl Stream {
                 None => {
                     let received = tokio::select! {
                         _ = self.shutdown.wait_for(|s| *s) => return None,
+                        _ = self.recheck.tick() => {
+                            if !self.tokens.still_valid(&self.filter.caller) {
+                                return None; // revoked: the stream ends
+                            }
+                            continue;
+                        }
                         received = self.live.recv() => received,
                     };
                     match received {
@@ -160,6 +175,7 @@ impl Stream {
                 self.gap = sub.gap;
                 self.pending.extend(sub.backlog);
                 self.live = sub.live;
+                self.last_seq = sub.after_seq;
             }
         }
     }

@@ -45,6 +45,7 @@
 //! [`NodeHandle`]: crate::node::NodeHandle
 
 pub mod client;
+mod closing;
 pub mod doc;
 mod events;
 pub mod server;

@@ -324,7 +324,8 @@ async fn metrics(State(state): State<ApiState>, Extension(caller): Extension<Cal
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then lets
-/// in-flight requests finish: HTTPS with the settings `tls` holds at each
+/// in-flight requests finish (for up to `closing::GRACE` after the node
+/// began to shut down; then every connection ends): HTTPS with the settings `tls` holds at each
 /// connection, plain HTTP without (which the config allows on a loopback
 /// address only).
 pub async fn serve(
@@ -334,15 +335,18 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
+    let ending = state.node.shutdown_watch();
     let app = router(state);
     match tls {
         Some(config) => {
             tracing::debug!(%addr, "REST API listening (HTTPS)");
             let listener = super::tls::TlsListener::new(listener, config)?;
+            let listener = super::closing::ClosingListener::new(listener, ending);
             axum::serve(listener, app).with_graceful_shutdown(shutdown).await
         }
         None => {
             tracing::debug!(%addr, "REST API listening (plain HTTP, loopback)");
+            let listener = super::closing::ClosingListener::new(listener, ending);
             axum::serve(listener, app).with_graceful_shutdown(shutdown).await
         }
     }

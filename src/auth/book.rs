@@ -118,6 +118,13 @@ impl TokenBook {
         }
     }
 
+    /// Whether `caller`'s token is still valid (not revoked since the
+    /// caller was let in): long answers, such as event streams, ask again.
+    pub fn still_valid(&self, caller: &Caller) -> bool {
+        let map = self.by_key.read().expect("token map lock is never poisoned");
+        map.get(&caller.0.key_id).is_some_and(|t| t.revoked_at.is_none() && t.hash == caller.0.hash)
+    }
+
     /// Makes a token; returns its record and the token itself, which is
     /// not kept anywhere and cannot be shown again.
     pub async fn create(

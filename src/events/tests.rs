@@ -51,9 +51,11 @@ fn a_subscriber_resuming_gets_exactly_what_followed_its_position() {
     write(&bus, Some(&r), &RequestRecord { status: Status::Done, ..r.clone() });
     assert_eq!(resumed.live.try_recv().expect("live event").seq, 7);
     assert!(resumed.live.try_recv().is_err());
-    // Without a position: live only.
+    // Without a position: live only, from after the last event.
     let now = bus.subscribe(None);
     assert!(now.backlog.is_empty() && now.gap.is_none());
+    assert_eq!(now.after_seq, 7, "a lagging subscriber catches up from here, not from the start");
+    assert_eq!(resumed.after_seq, 4);
     // The event is the transfer's view with its position.
     let json: crate::model::TransferEvent = serde_json::from_str(&all.backlog[5].json).expect("event JSON");
     assert_eq!(json.position, bus.position(6));
