@@ -158,20 +158,7 @@ async fn a_client_that_stops_reading_does_not_hold_the_node_after_shutdown() {
     let a = layout.start("a").await;
     let config = a.handle().config().clone();
     // A client that asks for the event stream and then never reads.
-    let mut roots = rustls::RootCertStore::empty();
-    use rustls_pki_types::pem::PemObject;
-    roots.add(rustls_pki_types::CertificateDer::from_pem_file(&config.tls.ca).expect("CA")).expect("root");
-    let tls =
-        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("small receive buffer");
-    let tcp = socket.connect(a.api_addr()).await.expect("connect");
-    let name = rustls_pki_types::ServerName::IpAddress(a.api_addr().ip().into());
-    let mut stalled = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls)).connect(name, tcp).await.expect("TLS");
+    let mut stalled = tls_connect(&config, a.api_addr(), Some(4096)).await;
     let token = admin_token(&config);
     let ask = format!("GET /api/v1/events HTTP/1.1\r\nhost: a\r\nauthorization: Bearer {token}\r\n\r\n");
     stalled.write_all(ask.as_bytes()).await.expect("ask");

@@ -136,6 +136,35 @@ pub fn admin_token(config: &NodeConfig) -> String {
     ferry::auth::read_token_file(&config.data_dir.join(ferry::auth::ADMIN_TOKEN_FILE)).expect("admin token file")
 }
 
+/// A TLS connection to a node's API, verified against its cluster CA,
+/// with a receive buffer of `recv_buffer` bytes if given.
+pub async fn tls_connect(
+    config: &NodeConfig,
+    addr: std::net::SocketAddr,
+    recv_buffer: Option<u32>,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls_pki_types::CertificateDer::from_pem_file(&config.tls.ca).expect("CA")).expect("root");
+    let tls =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let socket = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .expect("socket");
+    if let Some(size) = recv_buffer {
+        socket.set_recv_buffer_size(size).expect("receive buffer");
+    }
+    let tcp = socket.connect(addr).await.expect("connect to the API");
+    let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls)).connect(name, tcp).await.expect("TLS")
+}
+
 /// One HTTP/1.1 exchange written by hand over HTTPS (verified against the
 /// node's CA), so a test controls every byte of the request: answers the
 /// status, the head (lowercased) and the body.
@@ -147,19 +176,8 @@ pub async fn raw_exchange(
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> (u16, String, String) {
-    use rustls_pki_types::pem::PemObject;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(rustls_pki_types::CertificateDer::from_pem_file(&config.tls.ca).expect("CA")).expect("root");
-    let tls =
-        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect to the API");
-    let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
-    let mut s = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls)).connect(name, tcp).await.expect("TLS");
+    let mut s = tls_connect(config, addr, None).await;
     let mut req =
         format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\naccept: application/json\r\nconnection: close\r\n");
     for (k, v) in headers {
