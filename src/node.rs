@@ -499,9 +499,7 @@ impl NodeHandle {
                     // The partner may hold a record and a partial file: it is
                     // owed a notice, which the Commander sends (and retries).
                     self.ctx.core.store.owe_cancel_notice(id)?;
-                    if let Some(a) = self.ctx.actors.get() {
-                        let _ = a.commander.cast(CommanderMsg::Wake);
-                    }
+                    self.ctx.actors.wake_commander();
                 }
                 rec
             }
@@ -521,9 +519,7 @@ impl NodeHandle {
         }
         let rec = self.ctx.core.store.update(id, "restarted by an operator", lifecycle::restart)?;
         self.ctx.core.store.flush().await?;
-        if let Some(a) = self.ctx.actors.get() {
-            let _ = a.commander.cast(CommanderMsg::Wake);
-        }
+        self.ctx.actors.wake_commander();
         Ok(rec)
     }
 

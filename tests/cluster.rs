@@ -468,3 +468,43 @@ async fn a_cancel_reaches_a_partner_that_was_down() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// Requests queued in thousands for a partner that is down start soon
+/// after it comes back: every submission wakes the Commander, and those
+/// wakes must not pile up ahead of the one that says the partner is back
+/// (with 10,000 queued, nothing moved for about 145 s). Prints how long
+/// the first start and the last end took; the bound only catches a stall.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_queued_for_a_returning_partner_start_without_a_stall() {
+    const QUEUED: usize = 10_000;
+    let mut layout = Layout::new(&["a", "b"]);
+    quick(&mut layout);
+    let a = layout.start("a").await;
+    std::fs::write(layout.out_dir("a").join("small"), b"small").expect("source");
+    let mut ids = Vec::new();
+    for _ in 0..QUEUED {
+        ids.push(a.handle().submit(submit(Direction::Push, "b", "small")).await.expect("submit").id);
+    }
+    let ha = a.handle();
+    wait_until("b unavailable", WITHIN, async || ha.availability_of("b").eq(&PartnerState::Unavailable).then_some(()))
+        .await;
+    let back = Instant::now();
+    let b = layout.start("b").await;
+    let first = wait_until("a first request starts", WITHIN, async || {
+        let q = ferry::store::ListQuery { status: Some(Status::Done), limit: 1, ..Default::default() };
+        let page = ha.store().page(&q).expect("page");
+        (!page.records.is_empty()).then(|| back.elapsed())
+    })
+    .await;
+    for id in &ids {
+        let r = wait_final(&a.handle(), id, Duration::from_secs(300)).await;
+        assert_eq!(r.status, Status::Done, "{:?}", r.error);
+    }
+    println!(
+        "{QUEUED} queued: the first was done {:.1} s after b came back, all {:.1} s after",
+        first.as_secs_f64(),
+        back.elapsed().as_secs_f64()
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -323,7 +323,10 @@ impl Actor for Commander {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            CommanderMsg::Wake => state.fill(&myself).await?,
+            CommanderMsg::Wake => {
+                state.ctx.run.intake.actors.commander_woken();
+                state.fill(&myself).await?
+            }
             CommanderMsg::Retry(id) => {
                 if let Some(rec) = state.ctx.core.store.get(&id)? {
                     let line = format!("retrying after attempt {}", rec.attempts);

@@ -478,9 +478,7 @@ impl ConnectionsState {
 }
 
 fn wake_commander(ctx: &ConnectionsContext) {
-    if let Some(a) = ctx.actors.get() {
-        let _ = a.commander.cast(super::commander::CommanderMsg::Wake);
-    }
+    ctx.actors.wake_commander();
 }
 
 /// Asks each relay in turn to get `target` to dial us; the relay's name on

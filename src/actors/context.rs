@@ -15,7 +15,7 @@
 //! Defined here, below the node, so the actors never import the node.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use ractor::ActorRef;
@@ -56,24 +56,43 @@ pub struct ActorRefs {
 /// Where the current long-lived actors are (none before the supervisor
 /// started them).
 #[derive(Clone, Default)]
-pub struct Actors(Arc<RwLock<Option<ActorRefs>>>);
+pub struct Actors {
+    refs: Arc<RwLock<Option<ActorRefs>>>,
+    /// A `Wake` is in the Commander's mailbox and not yet taken: another
+    /// would only repeat the same scan of the queue. Without this, every
+    /// submission queued one, and with thousands queued for a partner that
+    /// was down the one that said it was back waited minutes behind them.
+    wake_queued: Arc<AtomicBool>,
+}
 
 impl Actors {
     pub fn set(&self, refs: ActorRefs) {
-        if let Ok(mut a) = self.0.write() {
+        if let Ok(mut a) = self.refs.write() {
             *a = Some(refs);
         }
     }
 
     pub fn get(&self) -> Option<ActorRefs> {
-        self.0.read().ok().and_then(|a| a.clone())
+        self.refs.read().ok().and_then(|a| a.clone())
     }
 
-    /// Tells the Commander new work may be queued.
+    /// Tells the Commander new work may be queued (at most one such
+    /// message waits in its mailbox at a time).
     pub fn wake_commander(&self) {
-        if let Some(a) = self.get() {
-            let _ = a.commander.cast(CommanderMsg::Wake);
+        if self.wake_queued.swap(true, Ordering::AcqRel) {
+            return;
         }
+        let sent = self.get().is_some_and(|a| a.commander.cast(CommanderMsg::Wake).is_ok());
+        if !sent {
+            self.wake_queued.store(false, Ordering::Release);
+        }
+    }
+
+    /// The Commander took a `Wake`: the next change needs a new one.
+    /// Called before it scans the queue, so nothing queued during the scan
+    /// is missed.
+    pub fn commander_woken(&self) {
+        self.wake_queued.store(false, Ordering::Release);
     }
 }
 
