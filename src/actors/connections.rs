@@ -732,6 +732,12 @@ impl Actor for Connections {
             ConnectionsMsg::Tick => state.tick(&myself),
             ConnectionsMsg::Heartbeat(partner, result) => {
                 state.pinging.remove(&partner);
+                // A ping of a link this node has since dropped (closed,
+                // or refused after a TLS reload) says nothing new, and
+                // must not replace why it was dropped.
+                if !state.live.contains_key(&partner) {
+                    return Ok(());
+                }
                 match result {
                     Ok(rtt) => {
                         if state.ctx.availability.up(&partner, Some(rtt)) {
