@@ -143,11 +143,7 @@ pub fn resolve(root: &Path, pattern: &str, limit: usize) -> Result<Vec<Entry>, R
         match std::fs::symlink_metadata(&folder) {
             Ok(m) if m.file_type().is_symlink() => {
                 let rel = prefix.split('/').take(i + 1).collect::<Vec<_>>().join("/");
-                let target = std::fs::read_link(&folder).map_or_else(|e| e.to_string(), |t| t.display().to_string());
-                return Err(ResolveError::Link {
-                    path: rel,
-                    why: format!("(to {target}) is not followed: file sets never follow links"),
-                });
+                return Err(link_refused(rel, &folder));
             }
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -185,6 +181,13 @@ pub fn resolve(root: &Path, pattern: &str, limit: usize) -> Result<Vec<Entry>, R
     entries.sort_by(|a, b| a.path.cmp(&b.path));
     entries.dedup_by(|a, b| a.path == b.path);
     Ok(entries)
+}
+
+/// The refusal of the link at `link` (`rel` below the folder), naming
+/// where it leads.
+fn link_refused(rel: String, link: &Path) -> ResolveError {
+    let target = std::fs::read_link(link).map_or_else(|e| e.to_string(), |t| t.display().to_string());
+    ResolveError::Link { path: rel, why: format!("(to {target}) is not followed: file sets never follow links") }
 }
 
 struct Walk<'a> {
@@ -244,12 +247,7 @@ impl Walk<'_> {
             let rel = self.relative(item.path())?;
             let file_type = item.file_type();
             if file_type.is_symlink() {
-                let target =
-                    std::fs::read_link(item.path()).map_or_else(|e| e.to_string(), |t| t.display().to_string());
-                return Err(ResolveError::Link {
-                    path: rel,
-                    why: format!("(to {target}) is not followed: file sets never follow links"),
-                });
+                return Err(link_refused(rel, item.path()));
             }
             let meta = match item.metadata() {
                 Ok(m) => m,

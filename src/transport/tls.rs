@@ -313,8 +313,7 @@ pub fn client_config(id: &NodeIdentity) -> Result<rustls::ClientConfig, TlsError
 /// as it is now (its CA and revocation lists, the time): after a reload, a
 /// connection whose partner the new list revokes fails this.
 pub fn recheck_peer(id: &NodeIdentity, conn: &quinn::Connection) -> Result<(), TlsError> {
-    let identity = conn.peer_identity().ok_or(TlsError::NoPeerCertificate)?;
-    let chain = identity.downcast::<Vec<CertificateDer<'static>>>().map_err(|_| TlsError::NoPeerCertificate)?;
+    let chain = peer_chain(conn)?;
     let (end_entity, intermediates) = chain.split_first().ok_or(TlsError::NoPeerCertificate)?;
     let node_id = node_id_from_cert(end_entity)?;
     client_verifier(id)?
@@ -326,11 +325,16 @@ pub fn recheck_peer(id: &NodeIdentity, conn: &quinn::Connection) -> Result<(), T
 /// The authenticated node id of the peer of `conn`: the single DNS SAN of the
 /// end-entity certificate it presented during the (verified) handshake.
 pub fn peer_node_id(conn: &quinn::Connection) -> Result<String, TlsError> {
-    let identity = conn.peer_identity().ok_or(TlsError::NoPeerCertificate)?;
-    // quinn's rustls session stores the peer chain as exactly this type.
-    let chain = identity.downcast::<Vec<CertificateDer<'static>>>().map_err(|_| TlsError::NoPeerCertificate)?;
+    let chain = peer_chain(conn)?;
     let end_entity = chain.first().ok_or(TlsError::NoPeerCertificate)?;
     node_id_from_cert(end_entity)
+}
+
+/// The certificate chain the peer of `conn` presented (end-entity first).
+fn peer_chain(conn: &quinn::Connection) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let identity = conn.peer_identity().ok_or(TlsError::NoPeerCertificate)?;
+    // quinn's rustls session stores the peer chain as exactly this type.
+    identity.downcast::<Vec<CertificateDer<'static>>>().map(|chain| *chain).map_err(|_| TlsError::NoPeerCertificate)
 }
 
 /// The node id carried by a node certificate: its only DNS SAN, which must be
@@ -429,8 +433,7 @@ pub fn certificate_ip_addresses(cert: &CertificateDer<'_>) -> Result<Vec<std::ne
 /// The end of validity (Unix seconds) of the certificate the peer of
 /// `conn` presented, if it can be read.
 pub fn peer_certificate_expiry(conn: &quinn::Connection) -> Option<i64> {
-    let identity = conn.peer_identity()?;
-    let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    let chain = peer_chain(conn).ok()?;
     certificate_serial_and_expiry(chain.first()?).ok().map(|(_, not_after)| not_after)
 }
 
