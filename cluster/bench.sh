@@ -104,7 +104,7 @@ echo "== ferry bench --dir $WORK $*"
 
 BENCH_LINE=$(sed -n 's/^BENCH //p' "$WORK/ferry.out" | tail -n 1)
 [[ -n $BENCH_LINE ]] || die "no BENCH line in ferry bench's output"
-FERRY_BIG_BYTES='' FERRY_BIG_MBS='' FERRY_SMALL_COUNT='' FERRY_SMALL_RPS='' FERRY_CORES=''
+FERRY_BIG_BYTES='' FERRY_BIG_MBS='' FERRY_SMALL_COUNT='' FERRY_SMALL_RPS='' FERRY_SET_FPS='' FERRY_CORES=''
 read -ra kvs <<<"$BENCH_LINE"
 for kv in "${kvs[@]}"; do
     case "$kv" in
@@ -112,6 +112,7 @@ for kv in "${kvs[@]}"; do
         big_mbs=*) FERRY_BIG_MBS=${kv#*=} ;;
         small_count=*) FERRY_SMALL_COUNT=${kv#*=} ;;
         small_rps=*) FERRY_SMALL_RPS=${kv#*=} ;;
+        set_fps=*) FERRY_SET_FPS=${kv#*=} ;;
         cores=*) FERRY_CORES=${kv#*=} ;;
     esac
 done
@@ -135,6 +136,9 @@ BIG_MIB=$((BIG_BYTES >> 20))
 # Rows of the summary: tool|big MB/s|small files/s|note|short name
 ROWS=()
 ROWS+=("ferry (2 nodes, QUIC, loopback)|$(fmt1 "$FERRY_BIG_MBS")|$(fmt0 "$FERRY_SMALL_RPS")|one request per small file|ferry")
+if [[ -n $FERRY_SET_FPS ]]; then
+    ROWS+=("ferry file set (one request)|-|$(fmt0 "$FERRY_SET_FPS")|the same small files as one file set|ferry-set")
+fi
 SKIPPED=''
 SMALL_COUNT=${FERRY_SMALL_COUNT:-0}
 SMALL_KIB=''
@@ -387,6 +391,14 @@ for row in "${ROWS[@]:1}"; do
         echo "ferry / $short = $(ratio "$FERRY_SMALL_RPS" "${fps#< }") (small files)"
     fi
 done
+if [[ -n $FERRY_SET_FPS ]]; then
+    for row in "${ROWS[@]:1}"; do
+        IFS='|' read -r _ mbs fps _ short <<<"$row"
+        if [[ $mbs == '—' && $short != ferry-set ]]; then
+            echo "ferry file set / $short = $(ratio "$FERRY_SET_FPS" "${fps#< }") (small files; target 2.0 for rsync-ssh)"
+        fi
+    done
+fi
 echo "cores: $CORES   date: $DATE"
 [[ -z $SKIPPED ]] || echo "scp/rsync comparison skipped: $SKIPPED"
 

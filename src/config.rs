@@ -298,6 +298,15 @@ pub struct Rule {
     /// Tasks this node runs when it receives a file under this rule.
     #[serde(default, skip_serializing_if = "SideTasks::is_empty")]
     pub receiver: SideTasks,
+    /// File sets sent under this rule: what an empty match means
+    /// (`fail`, the default, or `succeed`). A request may override it.
+    #[serde(default)]
+    pub on_empty: crate::fileset::progress::OnEmpty,
+    /// File sets: what one failed file means (`stop`, the default: the
+    /// files not yet sent are skipped; or `continue`). A request may
+    /// override it.
+    #[serde(default)]
+    pub on_failure: crate::fileset::progress::OnFailure,
 }
 
 fn default_backup_name() -> String {
@@ -322,6 +331,8 @@ impl Rule {
             folders: Vec::new(),
             sender: SideTasks::default(),
             receiver: SideTasks::default(),
+            on_empty: Default::default(),
+            on_failure: Default::default(),
         }
     }
 

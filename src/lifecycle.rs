@@ -309,6 +309,9 @@ pub enum Recovery {
 pub fn recovery(r: &RequestRecord) -> Recovery {
     use crate::store::Role;
     match (r.role, r.status) {
+        // A file set's own record never runs: its members do, and the set
+        // keeper counts it again at start-up.
+        _ if r.set.is_some() => Recovery::Keep,
         (Role::Requester, Status::Running | Status::Interrupted) if is_stopped(r) => Recovery::Keep,
         (Role::Requester, Status::Running) => Recovery::Requeue,
         // A rescheduled request waits for its time, then is queued by

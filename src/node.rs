@@ -282,6 +282,12 @@ impl NodeHandle {
             let rec = self.submit(local(source, Direction::Pull)).await?;
             return Ok(ClusterSubmitted { id: rec.id.clone(), holder: me.clone(), state: request_state(&me, &rec) });
         }
+        if s.pattern.is_some() || s.files.is_some() {
+            return Err(SubmitError::BadRequest(format!(
+                "a file set is submitted to the node that sends it ({source}), not handed over; \
+                 send the request to that node's API"
+            )));
+        }
         let id = RequestId::generate();
         let handover = |partner: &str, direction| crate::protocol::control::Handover {
             id: id.clone(),
@@ -457,70 +463,181 @@ impl NodeHandle {
     }
 
     /// Pauses a request: `Interrupted`, its partial file and restart point
-    /// kept, not retried until [`NodeHandle::restart`].
+    /// kept, not retried until [`NodeHandle::restart`]. A file set's files
+    /// are all paused (those running stop at their next block).
     pub async fn stop(&self, id: &RequestId) -> Result<RequestRecord, CommandError> {
         let rec = self.own(id)?;
-        let rec = match lifecycle::stop_path(&rec) {
-            CommandPath::ToRunner => {
-                self.command(id, Command::Stop);
-                self.ctx.core.store.log(id, "stop requested by an operator")?;
-                rec
+        let rec = match &rec.set {
+            Some(_) => {
+                if rec.status.is_final() || lifecycle::is_stopped(&rec) {
+                    return Err(Self::invalid(&rec, "stop"));
+                }
+                let set = self
+                    .ctx
+                    .core
+                    .store
+                    .update(id, "stopped by an operator", |r| lifecycle::stop(r, "stopped by an operator"))?;
+                for member in self.set_members(&set)? {
+                    if lifecycle::stop_path(&member) != CommandPath::Refused {
+                        self.stop_one(member)?;
+                    }
+                }
+                set
             }
-            CommandPath::Record => self
-                .ctx
-                .core
-                .store
-                .update(id, "stopped by an operator", |r| lifecycle::stop(r, "stopped by an operator"))?,
-            CommandPath::Refused => return Err(Self::invalid(&rec, "stop")),
+            None => self.stop_one(rec)?,
         };
         self.ctx.core.store.flush().await?;
         Ok(rec)
     }
 
-    /// Cancels a request: `Cancelled` on both nodes, the partial file removed.
+    /// Stops one request. The record is changed only if the path still
+    /// holds when it is written: the Commander may take a queued request
+    /// meanwhile, and an unconditional write would mark a request its
+    /// runner is running as stopped. Decided again then (bounded).
+    fn stop_one(&self, mut rec: RequestRecord) -> Result<RequestRecord, CommandError> {
+        for _ in 0..8 {
+            let id = rec.id.clone();
+            match lifecycle::stop_path(&rec) {
+                CommandPath::ToRunner => {
+                    self.command(&id, Command::Stop);
+                    self.ctx.core.store.log(&id, "stop requested by an operator")?;
+                    return Ok(rec);
+                }
+                CommandPath::Record => {
+                    let stopped = self.ctx.core.store.update_if(
+                        &id,
+                        "stopped by an operator",
+                        |r| lifecycle::stop_path(r) == CommandPath::Record,
+                        |r| lifecycle::stop(r, "stopped by an operator"),
+                    )?;
+                    match stopped {
+                        Some(r) => return Ok(r),
+                        None => rec = self.ctx.core.store.get(&id)?.ok_or_else(|| CommandError::NotFound(id))?,
+                    }
+                }
+                CommandPath::Refused => return Err(Self::invalid(&rec, "stop")),
+            }
+        }
+        Err(Self::invalid(&rec, "stop"))
+    }
+
+    /// Cancels a request: `Cancelled` on both nodes, the partial file
+    /// removed. A file set is cancelled with every file not yet ended
+    /// (files delivered stay delivered).
     pub async fn cancel(&self, id: &RequestId) -> Result<RequestRecord, CommandError> {
         let rec = self.own(id)?;
         let reason = format!("cancelled by an operator on {}", self.ctx.core.config.node_id);
-        let rec = match lifecycle::cancel_path(&rec) {
+        let rec = match &rec.set {
+            Some(_) => {
+                if rec.status.is_final() && rec.status != Status::InError {
+                    return Err(Self::invalid(&rec, "cancel"));
+                }
+                let set = self.ctx.core.store.update(id, &reason, |r| lifecycle::cancel(r, &reason, now_ms()))?;
+                for member in self.set_members(&set)? {
+                    if !member.status.is_final() {
+                        self.cancel_one(member, &reason)?;
+                    }
+                }
+                set
+            }
+            None => self.cancel_one(rec, &reason)?,
+        };
+        self.ctx.core.store.flush().await?;
+        Ok(rec)
+    }
+
+    /// Cancels one request; like [`Self::stop_one`], the record is written
+    /// only if the path still holds, else decided again (bounded).
+    fn cancel_one(&self, mut rec: RequestRecord, reason: &str) -> Result<RequestRecord, CommandError> {
+        for _ in 0..8 {
+            if lifecycle::cancel_path(&rec) != CommandPath::Record {
+                break;
+            }
+            let cancelled = self.ctx.core.store.update_if(
+                &rec.id,
+                reason,
+                |r| lifecycle::cancel_path(r) == CommandPath::Record,
+                |r| lifecycle::cancel(r, reason, now_ms()),
+            )?;
+            match cancelled {
+                Some(r) => return self.cancelled_aside(r),
+                None => {
+                    let id = rec.id.clone();
+                    rec = self.ctx.core.store.get(&id)?.ok_or_else(|| CommandError::NotFound(id))?;
+                }
+            }
+        }
+        let id = &rec.id;
+        Ok(match lifecycle::cancel_path(&rec) {
             CommandPath::ToRunner => {
-                self.command(id, Command::Cancel(reason));
+                self.command(id, Command::Cancel(reason.to_owned()));
                 self.ctx.core.store.log(id, "cancel requested by an operator")?;
                 rec
             }
-            CommandPath::Record => {
-                let started = rec.attempts > 0;
-                let rec = self.ctx.core.store.update(id, &reason, |r| lifecycle::cancel(r, &reason, now_ms()))?;
-                if rec.direction == Direction::Pull {
-                    if let Some(rule) = self.ctx.core.config.rule(&rec.rule) {
-                        receive::discard(&receive::work_path(&rule.recv_dir_for(&rec.partner), id));
-                    }
-                }
-                if started {
-                    // The partner may hold a record and a partial file: it is
-                    // owed a notice, which the Commander sends (and retries).
-                    self.ctx.core.store.owe_cancel_notice(id)?;
-                    self.ctx.actors.wake_commander();
-                }
-                rec
+            CommandPath::Record | CommandPath::Refused => return Err(Self::invalid(&rec, "cancel")),
+        })
+    }
+
+    /// After a cancel written to the record: the partial file of a pull
+    /// removed, and the partner owed a notice if it may hold a record.
+    fn cancelled_aside(&self, rec: RequestRecord) -> Result<RequestRecord, CommandError> {
+        let id = &rec.id;
+        if rec.direction == Direction::Pull {
+            if let Some(rule) = self.ctx.core.config.rule(&rec.rule) {
+                receive::discard(&receive::work_path(&rule.recv_dir_for(&rec.partner), id));
             }
-            CommandPath::Refused => return Err(Self::invalid(&rec, "cancel")),
-        };
-        self.ctx.core.store.flush().await?;
+        }
+        if rec.attempts > 0 {
+            // The partner may hold a record and a partial file: it is
+            // owed a notice, which the Commander sends (and retries).
+            self.ctx.core.store.owe_cancel_notice(id)?;
+            self.ctx.actors.wake_commander();
+        }
         Ok(rec)
     }
 
     /// Puts an `InError` or `Interrupted` request back in the queue; it
     /// resumes at the step and task that failed (from its restart point in
-    /// the transfer; tasks that succeeded are not run again).
+    /// the transfer; tasks that succeeded are not run again). A file set
+    /// restarts its failed, skipped and stopped files; delivered files are
+    /// not sent again.
     pub async fn restart(&self, id: &RequestId) -> Result<RequestRecord, CommandError> {
         let rec = self.own(id)?;
         if !lifecycle::can_restart(&rec) {
             return Err(Self::invalid(&rec, "restart"));
         }
-        let rec = self.ctx.core.store.update(id, "restarted by an operator", lifecycle::restart)?;
+        let rec = match &rec.set {
+            Some(_) => {
+                let set = self.ctx.core.store.update(id, "restarted by an operator", |r| {
+                    r.status = Status::Running;
+                    r.step = crate::store::Step::Transfer;
+                    r.error = None;
+                    r.finished_at = None;
+                })?;
+                for member in self.set_members(&set)? {
+                    if lifecycle::can_restart(&member) {
+                        self.ctx.core.store.update(&member.id, "restarted with its set", lifecycle::restart)?;
+                    }
+                }
+                set
+            }
+            None => self.ctx.core.store.update(id, "restarted by an operator", lifecycle::restart)?,
+        };
         self.ctx.core.store.flush().await?;
         self.ctx.actors.wake_commander();
         Ok(rec)
+    }
+
+    /// A file set's member records, in index order (a member missing from
+    /// the store is damage, reported, not skipped).
+    fn set_members(&self, set: &RequestRecord) -> Result<Vec<RequestRecord>, CommandError> {
+        let files = set.set.as_ref().map_or(0, |i| i.files);
+        (0..files)
+            .map(|i| {
+                let id = crate::fileset::tally::member_id(&set.id, i);
+                self.ctx.core.store.get(&id)?.ok_or(CommandError::Store(crate::store::StoreError::NotFound(id)))
+            })
+            .collect()
     }
 
     pub async fn stats(&self) -> NodeStats {
@@ -674,10 +791,12 @@ impl Node {
                     }
                 }),
         );
+        // Before the Commander starts any runner: open sets counted again.
+        let set_keeper = crate::actors::set_keeper::SetKeeper::start(&ctx.core.store)?;
         let (supervisor, _) =
             Actor::spawn(None, Supervisor, ctx.clone()).await.map_err(|e| NodeError::Actors(e.to_string()))?;
         let handle = NodeHandle { ctx: ctx.clone(), identity: identity_watch.clone() };
-        let mut tasks = Vec::new();
+        let mut tasks = vec![set_keeper];
         tasks.push(tokio::spawn(identity_watch.run(shutdown_rx.clone())));
         let accept_ctx = ctx.connections_context();
         tasks.push(tokio::spawn(async move {

@@ -1,7 +1,8 @@
-//! Stores written by earlier releases (schema 3 and schema 4, committed
-//! under `tests/fixtures/store-schema3` and `store-schema4`) open in this
-//! one: migrated, every record and job log readable, every record found
-//! through the listing indexes schema 5 added, and their requests
+//! Stores written by earlier releases (schemas 3, 4 and 5, committed
+//! under `tests/fixtures/store-schema3`, `store-schema4` and
+//! `store-schema5`) open in this one: migrated, every record and job log
+//! readable, every record found through the listing indexes schema 5
+//! added, the file-set fields schema 6 added empty, and their requests
 //! restartable.
 
 mod common;
@@ -172,6 +173,60 @@ async fn a_schema_4_node_restarts_its_stopped_request_and_lists_it() {
     // with the folder it was made in: read the listing from the store.)
     let done = listed(a.handle().store(), ListQuery { status: Some(Status::Done), ..Default::default() });
     assert_eq!(done.len(), 4, "{done:?}");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[test]
+fn a_schema_5_store_is_migrated_to_file_sets_and_every_record_reads_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fixture_of(5, "a", dir.path());
+    assert_eq!(schema_of(dir.path()), 5);
+    let store = Store::open(dir.path()).expect("a schema-5 store opens");
+    let all = store.list(None).expect("every record decodes");
+    assert_eq!(all.len(), 5, "{all:?}");
+    assert!(all.iter().all(|r| r.set.is_none() && r.member_of.is_none()), "no file sets before schema 6");
+    let push = store.get(&id("6595f606df2126881fd78e0c6a8a6519")).expect("read").expect("the push");
+    assert_eq!((push.file_name.as_str(), push.size, push.status), ("push.bin", 100_000, Status::Done));
+    assert_eq!(push.external_job_id.as_deref(), Some("job-7"));
+    assert!(push.hash.is_some());
+    let missing = store.get(&id("b6769c14efb4540ae6bc7b9326fddfe8")).expect("read").expect("the failed pull");
+    assert_eq!(missing.error.as_ref().map(|e| e.code), Some(ErrorCode::FileNotFound));
+    assert!(!store.job_log(&push.id).expect("log").is_empty(), "job logs read back");
+    let queued = listed(&store, ListQuery { status: Some(Status::ToSubmit), ..Default::default() });
+    assert_eq!(queued, ["d2567132940b9b98180400e25a238c6e"]);
+    drop(store);
+    assert_eq!(schema_of(dir.path()), ferry::store::SCHEMA_VERSION, "the version was written");
+    let again = Store::open(dir.path()).expect("reopens at the new schema");
+    assert_eq!(again.list(None).expect("decodes").len(), 5, "nothing converted twice");
+    let b = tempfile::tempdir().expect("tempdir");
+    fixture_of(5, "b", b.path());
+    let b = Store::open(b.path()).expect("b's store opens");
+    assert_eq!(listed(&b, ListQuery { status: Some(Status::Done), ..Default::default() }).len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_5_node_runs_its_queued_request_and_then_a_file_set() {
+    let layout = Layout::new(&["a", "b"]);
+    fixture_of(5, "a", &layout.config("a").data_dir.join("store"));
+    write_random(&layout.out_dir("a").join("later.bin"), 5_000);
+    let a = layout.start("a").await;
+    let b = layout.start("b").await;
+    let queued = id("d2567132940b9b98180400e25a238c6e");
+    assert_eq!(wait_final(&a.handle(), &queued, Duration::from_secs(60)).await.status, Status::Done);
+    let stopped = id("0723f3b517e335faa9505055f48169fe");
+    a.handle().restart(&stopped).await.expect("restartable");
+    assert_eq!(wait_final(&a.handle(), &stopped, Duration::from_secs(60)).await.status, Status::Done);
+    std::fs::create_dir_all(layout.out_dir("a").join("set")).expect("mkdir");
+    write_random(&layout.out_dir("a").join("set/one.bin"), 1_000);
+    let s = ferry::model::Submit {
+        file: String::new(),
+        pattern: Some("set/*.bin".into()),
+        ..submit(ferry::protocol::Direction::Push, "b", "")
+    };
+    let set = a.handle().submit(s).await.expect("a file set in a migrated store");
+    assert_eq!(wait_final(&a.handle(), &set.id, Duration::from_secs(60)).await.status, Status::Done);
+    assert!(layout.in_dir("b").join("set/one.bin").is_file());
     a.shutdown().await;
     b.shutdown().await;
 }

@@ -29,7 +29,7 @@ const SNAPSHOT_EVERY: Duration = Duration::from_millis(50);
 pub enum Command {
     Submit {
         tag: usize,
-        submit: Submit,
+        submit: Box<Submit>,
     },
     /// An operator command on the request of submission `tag`.
     Operate {
@@ -118,7 +118,7 @@ pub async fn software(
             match command {
                 Command::Submit { tag, submit } => {
                     io.borrow_mut().in_flight = Some(tag);
-                    let result = handle.submit(submit).await.map(|r| r.id.to_string()).map_err(|e| e.to_string());
+                    let result = handle.submit(*submit).await.map(|r| r.id.to_string()).map_err(|e| e.to_string());
                     let mut io = io.borrow_mut();
                     io.in_flight = None;
                     io.acks.push((tag, result));

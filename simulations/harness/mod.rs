@@ -363,7 +363,11 @@ pub fn run(spec: &RunSpec, seed: u64) -> Result<RunReport, String> {
             if r.at_ms > now {
                 return true;
             }
-            nodes[&r.requester].io.borrow_mut().inbox.push_back(Command::Submit { tag: *tag, submit: submission(r) });
+            nodes[&r.requester]
+                .io
+                .borrow_mut()
+                .inbox
+                .push_back(Command::Submit { tag: *tag, submit: Box::new(submission(r)) });
             false
         });
         sim.step().map_err(|e| format!("the simulation failed at {now} ms: {e}"))?;
@@ -498,6 +502,10 @@ fn submission(r: &RequestSpec) -> Submit {
         source: None,
         target: None,
         target_mode: None,
+        pattern: None,
+        files: None,
+        on_empty: None,
+        on_failure: None,
     }
 }
 

@@ -27,7 +27,7 @@ use super::task_runner;
 use super::AUDIT;
 use crate::config::OnResumeMismatch;
 use crate::lifecycle;
-use crate::protocol::names::check_file_name;
+use crate::protocol::names::check_relative_path;
 use crate::protocol::{
     Digest, Direction, EndTransfer, ErrorCode, Failure, Message, Output, Plan, Request, RequestId, Role as SessionRole,
     Session,
@@ -572,7 +572,8 @@ impl ChannelRun {
                 format!("partner {} may not use rule {:?} on node {}", self.partner, req.rule, cfg.node_id),
             ));
         }
-        check_file_name(&req.file_name).map_err(|why| (ErrorCode::BadFileName, why))?;
+        // A plain name, or a file set's relative path, checked component by component.
+        check_relative_path(&req.file_name).map_err(|why| (ErrorCode::BadFileName, why))?;
         if let Some(rec) = &existing {
             if rec.status == Status::Cancelled {
                 return Err((ErrorCode::Cancelled, format!("request {} was cancelled", rec.id)));
@@ -653,7 +654,7 @@ impl ChannelRun {
                     return Ok(Judgement::Complete(EndTransfer { bytes: rec.size, hash }));
                 }
                 let mode = target_mode_of(&self.ctx.core, &req.rule, req.options.target_mode);
-                refuse_existing_target(&self.ctx.core, mode, &dir.join(&file_name))?;
+                refuse_existing_target(&self.ctx.core, mode, &receive::target_path(&dir, &file_name, false)?)?;
                 self.reserve_room(req.size, req.block_size).await?;
                 let work = receive::work_path(&dir, &req.request_id);
                 let point = existing.as_ref().and_then(|r| r.restart_point).filter(|p| p.offset <= req.size);
@@ -786,7 +787,7 @@ impl ChannelRun {
     ) -> Result<(), (ErrorCode, String)> {
         let work = receive::work_path(dir, self.session.request_id());
         if work.exists() {
-            let final_path = dir.join(&rec.file_name);
+            let final_path = receive::target_path(dir, &rec.file_name, true)?;
             let line = receive::deliver_as(&work, &final_path, &delivery_for(&self.ctx.core, rec, &final_path))?;
             self.record(&format!("{line} (finishing an interrupted delivery)"), |_| {});
         }
@@ -880,9 +881,12 @@ impl ChannelRun {
         Ok(receive::work_path(dir, self.session.request_id()))
     }
 
-    fn final_path(&self) -> Option<PathBuf> {
-        let name = &self.session.request()?.file_name;
-        Some(self.files.recv_dir.as_ref()?.join(name))
+    /// Where the file is delivered; its folders are made (a file set's
+    /// relative path), never through a link.
+    fn final_path(&self) -> Result<PathBuf, (ErrorCode, String)> {
+        let name = &self.session.request().ok_or((ErrorCode::Internal, "no request".to_string()))?.file_name;
+        let dir = self.files.recv_dir.as_ref().ok_or((ErrorCode::Internal, "no receive folder".to_string()))?;
+        receive::target_path(dir, name, true)
     }
 
     /// Receiver: checks the fsynced work file against the sender's count and
@@ -914,7 +918,7 @@ impl ChannelRun {
         let id = self.session.request_id().clone();
         tracing::info!(target: AUDIT, event = "verified", request_id = %id, partner = %self.partner, bytes = mine.bytes, blake3 = %mine.hash);
         let dir = self.files.recv_dir.clone().ok_or((ErrorCode::Internal, "no receive folder".to_string()))?;
-        let final_path = self.final_path().ok_or((ErrorCode::Internal, "no file name".to_string()))?;
+        let final_path = self.final_path()?;
         // An append starts from the target's length now, recorded with the
         // rest before the target is touched.
         let mode = match self.session.request() {

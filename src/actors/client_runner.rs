@@ -139,6 +139,9 @@ async fn run(args: ClientRunnerArgs, mut control: mpsc::Receiver<Command>) {
     if rec.direction == Direction::Push {
         match retrieve::open_source(&rule.send_dir, &rec.file_name, &rec.rule, &ctx.core.config.node_id) {
             Ok(source) => {
+                if let Some(why) = changed_since_resolved(&rec, &source) {
+                    return fail_early(&ctx, &id, ErrorCode::SourceChanged, why).await;
+                }
                 size = source.snapshot.size;
                 files.source = Some(source);
             }
@@ -337,4 +340,18 @@ pub async fn tell_cancel(
         }
     }
     told
+}
+
+/// A file set's member: how its file differs from what the set resolved
+/// (size and modification time), if it does. A set sends exactly what it
+/// resolved; a file changed since fails with `SourceChanged`.
+fn changed_since_resolved(rec: &crate::store::RequestRecord, source: &retrieve::Source) -> Option<String> {
+    let member = rec.member_of.as_ref()?;
+    let modified = (member.modified_ns > 0).then(|| {
+        let ns = u64::try_from(member.modified_ns).unwrap_or(u64::MAX);
+        std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns)
+    });
+    let resolved = retrieve::SourceSnapshot { size: rec.size, modified };
+    let change = resolved.change_to(&source.snapshot)?;
+    Some(format!("{} changed after file set {} resolved it: {change}", rec.file_name, member.set))
 }

@@ -10,10 +10,12 @@
 use super::context::Intake;
 use super::AUDIT;
 use crate::cluster::rules::{self, pick_member};
+use crate::fileset::progress::{OnEmpty, Policy};
+use crate::fileset::{self, tally, EntryKind};
 use crate::model::{Submit, SubmitError, MAX_EXTERNAL_JOB_ID, MAX_TRANSFER_INFO};
-use crate::protocol::names::check_file_name;
+use crate::protocol::names::{check_file_name, check_relative_path};
 use crate::protocol::{Direction, RequestId, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
-use crate::store::{RequestRecord, Role};
+use crate::store::{RequestRecord, Role, SetInfo, SetMember, Status, Step};
 
 /// Records a request under `id` (chosen here, or by the node that
 /// handed it over) and queues it.
@@ -37,7 +39,10 @@ pub async fn submit(
     if !cfg.rule_allows(rule, &partner) {
         return Err(SubmitError::RuleNotAllowed { rule: s.rule, partner });
     }
-    check_file_name(&s.file).map_err(SubmitError::BadFileName)?;
+    let set = set_patterns(&s, &rule.send_dir)?;
+    if set.is_none() {
+        check_file_name(&s.file).map_err(SubmitError::BadFileName)?;
+    }
     // Both travel in the Request, which must fit the partner's
     // handshake frame limit (at least 16 KiB).
     if s.transfer_info.len() > MAX_TRANSFER_INFO {
@@ -52,6 +57,15 @@ pub async fn submit(
     let block_size = s.block_size.unwrap_or(cfg.block_size);
     if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) {
         return Err(SubmitError::BadBlockSize(format!("{block_size} is outside {MIN_BLOCK_SIZE}..={MAX_BLOCK_SIZE}")));
+    }
+    if let Some(patterns) = set {
+        let policy = Policy {
+            on_empty: s.on_empty.unwrap_or(rule.on_empty),
+            on_failure: s.on_failure.unwrap_or(rule.on_failure),
+            ..Policy::default()
+        };
+        let spec = SetSpec { patterns, policy, partner, group, block_size, submitted_on, chained_from };
+        return submit_set(ctx, s, spec, id).await;
     }
     let mut size = 0;
     if s.direction == Direction::Push {
@@ -84,6 +98,151 @@ pub async fn submit(
     let rec = ctx.core.store.insert(rec, &msg)?;
     ctx.core.store.flush().await?;
     tracing::info!(target: AUDIT, event = "submitted", request_id = %rec.id, partner = %rec.partner, direction = ?rec.direction, file = %rec.file_name);
+    ctx.actors.wake_commander();
+    Ok(rec)
+}
+
+/// The patterns of a file set, if `s` asks for one: `pattern`, `files`,
+/// or a push whose `file` names a folder (its tree). Exactly one of
+/// `file`, `pattern` and `files` must be given.
+fn set_patterns(s: &Submit, send_dir: &std::path::Path) -> Result<Option<Vec<String>>, SubmitError> {
+    let given = [!s.file.is_empty(), s.pattern.is_some(), s.files.is_some()].iter().filter(|g| **g).count();
+    if given != 1 {
+        return Err(SubmitError::BadRequest("give exactly one of file, pattern and files".into()));
+    }
+    let patterns = match (&s.pattern, &s.files) {
+        (Some(p), _) => vec![p.clone()],
+        (_, Some(list)) => {
+            if list.is_empty() {
+                return Err(SubmitError::BadRequest("files is an empty list".into()));
+            }
+            for path in list {
+                check_relative_path(path).map_err(SubmitError::BadFileName)?;
+            }
+            list.clone()
+        }
+        // A folder named as the file: its tree (a link is refused by resolve).
+        _ if s.direction == Direction::Push
+            && check_file_name(&s.file).is_ok()
+            && std::fs::symlink_metadata(send_dir.join(&s.file)).is_ok_and(|m| m.is_dir()) =>
+        {
+            vec![s.file.clone()]
+        }
+        _ => return Ok(None),
+    };
+    if s.direction == Direction::Pull {
+        return Err(SubmitError::BadRequest(
+            "a file set can only be pushed for now: a pull would need the partner to resolve the pattern, \
+             which is not built yet (see docs/FILESETS.md); pull one file by name"
+                .into(),
+        ));
+    }
+    Ok(Some(patterns))
+}
+
+/// What a file set's submission decided before it resolves its patterns.
+struct SetSpec {
+    patterns: Vec<String>,
+    policy: Policy,
+    partner: String,
+    group: Option<String>,
+    block_size: u32,
+    submitted_on: Option<String>,
+    chained_from: Option<RequestId>,
+}
+
+/// Resolves a file set's patterns in the rule's send folder and records
+/// the set and one member per file, in one atomic write, flushed before
+/// it returns: the resolved list (path, size, modification time) is
+/// durable before the first byte is sent. A link, a bad name or an
+/// unreadable folder refuses the whole set; an empty match is refused
+/// (`no_files`) or recorded `Done`, as the policy says.
+async fn submit_set(ctx: &Intake, s: Submit, spec: SetSpec, id: RequestId) -> Result<RequestRecord, SubmitError> {
+    let cfg = &ctx.core.config;
+    let rule = cfg.rule(&s.rule).ok_or_else(|| SubmitError::UnknownRule(s.rule.clone()))?;
+    let root = rule.send_dir.clone();
+    let patterns = spec.patterns.clone();
+    let resolved = crate::determinism::blocking(move || {
+        let mut all = std::collections::BTreeMap::new();
+        for p in &patterns {
+            for e in fileset::resolve(&root, p, fileset::MAX_ENTRIES)? {
+                if e.kind == EntryKind::File {
+                    all.insert(e.path.clone(), e);
+                }
+            }
+        }
+        Ok::<_, fileset::ResolveError>(all.into_values().collect::<Vec<_>>())
+    })
+    .await
+    .map_err(|e| SubmitError::BadRequest(format!("cannot resolve the file set: {e}")))?;
+    let entries = resolved.map_err(|e| match e {
+        fileset::ResolveError::BadPattern { .. } | fileset::ResolveError::BadName { .. } => {
+            SubmitError::BadFileName(e.to_string())
+        }
+        fileset::ResolveError::Io { .. } => SubmitError::FileNotFound(e.to_string()),
+        other => SubmitError::BadRequest(other.to_string()),
+    })?;
+    if entries.len() > fileset::MAX_ENTRIES {
+        return Err(SubmitError::BadRequest(format!("the set holds more than {} files", fileset::MAX_ENTRIES)));
+    }
+    let shown = spec.patterns.join("\n");
+    if entries.is_empty() && spec.policy.on_empty == OnEmpty::Fail {
+        return Err(SubmitError::NoFiles(format!(
+            "{shown:?} matches no file in the send folder of rule {:?} on node {} (on_empty = fail)",
+            s.rule, cfg.node_id
+        )));
+    }
+    let files = u32::try_from(entries.len()).unwrap_or(u32::MAX);
+    let total: u64 = entries.iter().map(|e| e.size).sum();
+    let now = crate::store::now_ms();
+    let set = RequestRecord {
+        block_size: spec.block_size,
+        compression: s.compression,
+        size: total,
+        status: if files == 0 { Status::Done } else { Status::Running },
+        step: if files == 0 { Step::AllDone } else { Step::Transfer },
+        started_at: Some(now),
+        finished_at: (files == 0).then_some(now),
+        external_job_id: s.external_job_id.clone(),
+        transfer_info: s.transfer_info.clone(),
+        group: spec.group.clone(),
+        submitted_on: spec.submitted_on.clone(),
+        target_mode: s.target_mode,
+        chained_from: spec.chained_from.clone(),
+        set: Some(SetInfo { pattern: shown.clone(), policy: spec.policy, files, done: 0, failed: 0, skipped: 0 }),
+        ..RequestRecord::new(id.clone(), Role::Requester, &spec.partner, &s.rule, s.direction, &shown)
+    };
+    let members = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let index = u32::try_from(i).unwrap_or(u32::MAX);
+            RequestRecord {
+                block_size: spec.block_size,
+                compression: s.compression,
+                size: e.size,
+                external_job_id: s.external_job_id.clone(),
+                transfer_info: s.transfer_info.clone(),
+                target_mode: s.target_mode,
+                member_of: Some(SetMember { set: id.clone(), index, modified_ns: e.modified_ns }),
+                ..RequestRecord::new(
+                    tally::member_id(&id, index),
+                    Role::Requester,
+                    &spec.partner,
+                    &s.rule,
+                    s.direction,
+                    &e.path,
+                )
+            }
+        })
+        .collect();
+    let msg = format!(
+        "submitted: file set {shown:?} with {} under rule {:?}: {files} files, {total} bytes, resolved and recorded",
+        spec.partner, s.rule
+    );
+    let rec = ctx.core.store.insert_set(set, members, &msg)?;
+    ctx.core.store.flush().await?;
+    tracing::info!(target: AUDIT, event = "submitted", request_id = %rec.id, partner = %rec.partner, direction = ?rec.direction, pattern = %shown, files);
     ctx.actors.wake_commander();
     Ok(rec)
 }
@@ -132,6 +291,10 @@ pub async fn accept_handover(
         source: None,
         target: None,
         target_mode: h.target_mode,
+        pattern: None,
+        files: None,
+        on_empty: None,
+        on_failure: None,
     };
     let submitted_on = rules::handed_over_via(&h.submitted_on, from);
     let id = h.id.clone();

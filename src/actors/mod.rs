@@ -18,7 +18,10 @@
 //!   (RetrieveRunner) lives in [`crate::transfer::retrieve`].
 //! - [`task_runner`]: walks a rule's task list for a request, persisting
 //!   the cursor after each task.
-//! - [`intake`]: checks and records a submission and queues it.
+//! - [`intake`]: checks and records a submission and queues it (a file
+//!   set: resolves it and records the set with one member per file).
+//! - [`set_keeper`]: keeps each file set's totals and status in step with
+//!   its members.
 //! - [`context`]: the narrow handles each actor is given ([`context::Core`],
 //!   [`context::Intake`], [`context::RunHandle`]) and the node's parts they
 //!   are made from ([`context::NodeContext`]); the node builds them, so
@@ -37,6 +40,7 @@ pub mod control_plane;
 pub mod intake;
 pub mod partner_budget;
 pub mod server_runner;
+pub mod set_keeper;
 pub mod supervisor;
 pub mod task_runner;
 

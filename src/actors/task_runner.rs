@@ -336,6 +336,10 @@ async fn submit_chained(
                 source: None,
                 target: None,
                 target_mode: None,
+                pattern: None,
+                files: None,
+                on_empty: None,
+                on_failure: None,
             };
             super::intake::submit(ctx, s, id.clone(), None, Some(rec.id.clone())).await.map_err(|e| e.to_string())?
         }

@@ -263,6 +263,17 @@ impl ApiClient {
         self.call(Method::GET, &format!("/api/v1/transfers/{id}/log"), None).await
     }
 
+    /// One page of a file set's files, in path order, from index `cursor`.
+    pub async fn set_files(
+        &self,
+        id: &str,
+        cursor: u32,
+        limit: usize,
+    ) -> Result<crate::model::SetFilesPage, ClientError> {
+        let id = check_id(id)?;
+        self.call(Method::GET, &format!("/api/v1/transfers/{id}/files?cursor={cursor}&limit={limit}"), None).await
+    }
+
     /// Stops (pauses) a request this node drives: it becomes `Interrupted`
     /// with the code `Stopped`, keeps its partial file and restart point, and
     /// is not retried until [`Self::restart`]. A `Running` request is only

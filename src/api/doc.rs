@@ -92,6 +92,7 @@ mod tests {
             "/api/v1/transfers/{id}",
             "/api/v1/transfers/{id}/log",
             "/api/v1/transfers/{id}/stop",
+            "/api/v1/transfers/{id}/files",
             "/api/v1/transfers/{id}/cancel",
             "/api/v1/transfers/{id}/restart",
             "/api/v1/node",
@@ -108,6 +109,6 @@ mod tests {
         ] {
             assert!(paths.contains_key(p), "{p} is not described");
         }
-        assert_eq!(paths.len(), 17, "a route is described twice or one is missing from the list above");
+        assert_eq!(paths.len(), 18, "a route is described twice or one is missing from the list above");
     }
 }

@@ -20,7 +20,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::{Caller, Denied, Right, TokenBook, TokenError};
-use crate::model::view::{ErrorBody, ErrorView, LogLineView, TransferView};
+use crate::model::view::{ErrorBody, ErrorView, LogLineView, SetFilesPage, TransferView};
 use crate::model::{
     ClusterView, CommandError, CreatedToken, NewToken, NodeStats, PartnersView, RuleView, Submit, SubmitError,
     TokenView, TransferFilter,
@@ -107,7 +107,8 @@ impl ApiError {
                 SubmitError::UnknownPartner(_)
                 | SubmitError::UnknownRule(_)
                 | SubmitError::RuleNotAllowed { .. }
-                | SubmitError::FileNotFound(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                | SubmitError::FileNotFound(_)
+                | SubmitError::NoFiles(_) => StatusCode::UNPROCESSABLE_ENTITY,
                 SubmitError::BadFileName(_) | SubmitError::BadBlockSize(_) | SubmitError::BadRequest(_) => {
                     StatusCode::BAD_REQUEST
                 }
@@ -270,6 +271,7 @@ pub(super) fn routes() -> (OpenApiRouter<ApiState>, OpenApiRouter<ApiState>) {
         .routes(routes!(list_transfers, submit))
         .routes(routes!(get_transfer))
         .routes(routes!(transfer_log))
+        .routes(routes!(set_files))
         .routes(routes!(stop_transfer))
         .routes(routes!(cancel_transfer))
         .routes(routes!(restart_transfer))
@@ -613,6 +615,51 @@ async fn transfer_log(
     let store = state.node.store().clone();
     let lines = blocking(move || Ok(store.job_log(&id)?)).await?;
     Ok(Json(lines.iter().map(LogLineView::from).collect()))
+}
+
+#[utoipa::path(get, path = "/api/v1/transfers/{id}/files", tag = "transfers",
+    params(("id" = String, Path, description = "The file set's id: 32 lowercase hex characters", pattern = "^[0-9a-f]{32}$"), crate::model::SetFilesQuery),
+    responses((status = 200, description = "One page of the set's files, in path order, each with its state", body = SetFilesPage),
+        (status = 400, description = "Malformed id or limit, or the transfer is not a file set", body = crate::api::doc::Error),
+        (status = 404, description = "No such transfer on this node", body = crate::api::doc::Error), (status = 401, description = "No valid token (missing, malformed, unknown or revoked)", body = crate::api::doc::Error),
+        (status = 403, description = "The token's role or scope does not allow this", body = crate::api::doc::Error),))]
+async fn set_files(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    id: Result<Path<String>, PathRejection>,
+    query: Result<Query<crate::model::SetFilesQuery>, QueryRejection>,
+) -> Result<Json<SetFilesPage>, ApiError> {
+    let Path(id) = id?;
+    let id = parse_id(&id)?;
+    let Query(q) = query?;
+    let rec = record_for(&state.node, &caller, Right::Read, &id).await?;
+    let bad =
+        |code: &'static str, message: String| ApiError::BadInput { status: StatusCode::BAD_REQUEST, code, message };
+    let Some(info) = rec.set.clone() else {
+        return Err(bad("not_a_set", format!("transfer {id} is one file, not a file set")));
+    };
+    let limit = q.limit.unwrap_or(crate::model::DEFAULT_PAGE);
+    if !(1..=crate::store::listing::MAX_PAGE).contains(&limit) {
+        return Err(bad(
+            "bad_limit",
+            format!("limit {limit}: a page holds 1 to {} files", crate::store::listing::MAX_PAGE),
+        ));
+    }
+    let from = q.cursor.unwrap_or(0).min(info.files);
+    let to = from.saturating_add(u32::try_from(limit).unwrap_or(u32::MAX)).min(info.files);
+    let store = state.node.store().clone();
+    let set = id.clone();
+    let records = blocking(move || {
+        (from..to)
+            .map(|i| {
+                let m = crate::fileset::tally::member_id(&set, i);
+                store.get(&m)?.ok_or(ApiError::Store(crate::store::StoreError::NotFound(m)))
+            })
+            .collect::<Result<Vec<_>, ApiError>>()
+    })
+    .await?;
+    let files = records.iter().map(|r| state.node.view(r)).collect();
+    Ok(Json(SetFilesPage { files, next: (to < info.files).then_some(to) }))
 }
 
 /// An operator command on one request.

@@ -1,5 +1,5 @@
-//! `ferry bench`: throughput of one big push and of many small requests
-//! between two nodes on this machine. Prints figures; asserts nothing.
+//! `ferry bench`: throughput of one big push, of many small requests and
+//! of the same small files as one file set, between two nodes on this machine. Prints figures; asserts nothing.
 //!
 //! The nodes run in this process and requests are submitted through the
 //! REST API, as an operator's scheduler would. `cluster/bench.sh` runs this
@@ -68,6 +68,10 @@ fn submit(file: String) -> Submit {
         source: None,
         target: None,
         target_mode: None,
+        pattern: None,
+        files: None,
+        on_empty: None,
+        on_failure: None,
         compression: Compression::None,
     }
 }
@@ -161,6 +165,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let secs = t.elapsed().as_secs_f64();
     let failed = store.store().list(None)?.iter().filter(|r| r.status != Status::Done).count();
+
     if failed > 0 {
         bail!("{failed} requests did not end Done");
     }
@@ -171,8 +176,26 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         names.len(),
         display::bytes(args.small_kib << 10)
     );
+
+    // The same small files as one file set: one request, resolved by a.
+    let t = Instant::now();
+    let cpu = cpu_seconds();
+    let set = Submit { file: String::new(), pattern: Some("small-*.dat".into()), ..submit(String::new()) };
+    let view = api.submit(&set).await?;
+    let done = api.wait(&view.id, Duration::from_millis(20), |_| {}).await?;
+    let secs = t.elapsed().as_secs_f64();
+    let files = done.set.as_ref().map_or(0, |s| s.done);
+    if done.status != Status::Done || files as usize != names.len() {
+        bail!("the file set ended {:?} with {files} of {} files: {:?}", done.status, names.len(), done.error);
+    }
+    let set_fps = f64::from(files) / secs;
+    let set_cpu_ms = (cpu_seconds() - cpu) * 1e3 / f64::from(files);
     println!(
-        "BENCH big_bytes={big_bytes} big_mbs={big_mbs:.1} big_cpu_s_per_gib={big_cpu:.2} small_count={} small_rps={rps:.1} small_cpu_ms={small_cpu_ms:.2} cores={cores}",
+        "file set: {files} files of {} as one request in {secs:.2} s = {set_fps:.0} files/s; {set_cpu_ms:.2} CPU ms per file, both nodes",
+        display::bytes(args.small_kib << 10)
+    );
+    println!(
+        "BENCH big_bytes={big_bytes} big_mbs={big_mbs:.1} big_cpu_s_per_gib={big_cpu:.2} small_count={} small_rps={rps:.1} small_cpu_ms={small_cpu_ms:.2} set_fps={set_fps:.1} set_cpu_ms={set_cpu_ms:.2} cores={cores}",
         names.len()
     );
     a.shutdown().await;

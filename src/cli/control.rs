@@ -173,6 +173,8 @@ mod tests {
             chained_from: None,
             chained_to: Vec::new(),
             reschedules: 0,
+            set: None,
+            member_of: None,
         }
     }
 

@@ -140,6 +140,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             source: None,
             target: None,
             target_mode: None,
+            pattern: None,
+            files: None,
+            on_empty: None,
+            on_failure: None,
             compression: Compression::None,
         };
         let view = api(p.requester)?.submit(&s).await.with_context(|| format!("submitting {}", p.file))?;

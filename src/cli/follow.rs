@@ -147,6 +147,12 @@ impl Progress {
     /// progress event (the bar measures its own).
     fn show(&mut self, v: &TransferView, rate: Option<f64>) {
         let state = format!("{:?}/{:?}", v.status, v.step);
+        // A file set: its files too (plain lines still print on a change
+        // of status only, not once per file).
+        let shown = match &v.set {
+            Some(set) => format!("{state}, {}", set_counts(set)),
+            None => state.clone(),
+        };
         match &self.bar {
             Some(bar) => {
                 if v.size > 0 {
@@ -156,12 +162,12 @@ impl Progress {
                     bar.reset_eta(); // resumed from an earlier restart point
                 }
                 bar.set_position(v.transferred);
-                bar.set_message(state.clone());
+                bar.set_message(shown);
             }
             None if self.last_state.as_deref() != Some(state.as_str()) => {
                 let speed = rate.map(|r| format!(" ({})", super::display::rate(r as u64, 1.0))).unwrap_or_default();
                 let mut err = std::io::stderr().lock();
-                let _ = writeln!(err, "{}: {state} {} / {}{speed}", v.id, bytes(v.transferred), size_or_unknown(v));
+                let _ = writeln!(err, "{}: {shown} {} / {}{speed}", v.id, bytes(v.transferred), size_or_unknown(v));
             }
             None => {}
         }
@@ -184,4 +190,16 @@ impl Progress {
             bar.finish_and_clear();
         }
     }
+}
+
+/// A file set's counts: `120/1000 files, 2 failed`.
+pub(super) fn set_counts(set: &ferry::model::SetView) -> String {
+    let mut line = format!("{}/{} files", set.done, set.files);
+    if set.failed > 0 {
+        line.push_str(&format!(", {} failed", set.failed));
+    }
+    if set.skipped > 0 {
+        line.push_str(&format!(", {} skipped", set.skipped));
+    }
+    line
 }

@@ -65,8 +65,20 @@ pub struct TransferArgs {
     pub partner: String,
     /// The rule (decides the folders on both nodes).
     pub rule: String,
-    /// A plain file name in the rule's send folder (of this node for `send`, of the partner for `get`).
+    /// A plain file name in the rule's send folder (of this node for `send`,
+    /// of the partner for `get`). `send` also takes a folder (its tree) or a
+    /// pattern, quoted so the shell leaves it alone (`'*.csv'`,
+    /// `'2026-11-??/*.xml'`, `'daily/**'`): one request, a file set.
     pub file: String,
+    /// File sets: when a file fails, send the others anyway (the set ends
+    /// InError naming the failed files). Default: the rule's `on_failure`
+    /// (`stop`: the files not yet sent are skipped).
+    #[arg(long)]
+    pub continue_on_error: bool,
+    /// File sets: a pattern that matches nothing is a success, not an
+    /// error. Default: the rule's `on_empty` (`fail`).
+    #[arg(long)]
+    pub allow_empty: bool,
     /// An id of your own to attach to the request (e.g. a scheduler's job id).
     #[arg(long, value_name = "X")]
     pub job_id: Option<String>,
@@ -141,6 +153,10 @@ pub struct StatusArgs {
     /// know it, asked through this node, which need not be one of them).
     #[arg(long, requires = "id")]
     pub cluster: bool,
+    /// With the id of a file set: list its files, each with its state
+    /// (`--limit` per page, `--cursor` an index).
+    #[arg(long, requires = "id")]
+    pub files: bool,
     /// Print the API's JSON answer instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -183,11 +199,15 @@ pub async fn transfer(args: TransferArgs, direction: Direction, other_node: Opti
         (_, None) => (None, None),
     };
     let anywhere = source.is_some();
+    // A glob or a path is a file set's pattern; a plain name is one file
+    // (or, for a push, a folder's tree: the node decides).
+    let is_pattern = direction == Direction::Push && args.file.contains(['*', '?', '[', '{', '/']);
+    let (file, pattern) = if is_pattern { (String::new(), Some(args.file)) } else { (args.file, None) };
     let submit = Submit {
         partner: args.partner,
         rule: args.rule,
         direction,
-        file: args.file,
+        file,
         external_job_id: args.job_id,
         transfer_info: args.info.unwrap_or_default(),
         block_size: args.block_size,
@@ -195,6 +215,10 @@ pub async fn transfer(args: TransferArgs, direction: Direction, other_node: Opti
         target,
         compression: if args.lz4 { Compression::Lz4 } else { Compression::None },
         target_mode: args.target_mode,
+        pattern,
+        files: None,
+        on_empty: args.allow_empty.then_some(ferry::fileset::progress::OnEmpty::Succeed),
+        on_failure: args.continue_on_error.then_some(ferry::fileset::progress::OnFailure::Continue),
     };
     if anywhere {
         let placed =
@@ -219,6 +243,9 @@ pub async fn transfer(args: TransferArgs, direction: Direction, other_node: Opti
 /// and rate are that run's, and the time since the first start is given
 /// apart when the request ran more than once.
 pub fn summary(v: &TransferView, last_run_at: Option<u64>) -> String {
+    if let Some(set) = &v.set {
+        return set_summary(v, set);
+    }
     match v.status {
         Status::Done => {
             let moved = v.size.saturating_sub(v.restart_offset);
@@ -253,6 +280,28 @@ pub fn summary(v: &TransferView, last_run_at: Option<u64>) -> String {
     }
 }
 
+/// A file set's end: its files and bytes, the rate in files and bytes,
+/// and the failed files its error names.
+fn set_summary(v: &TransferView, set: &ferry::model::SetView) -> String {
+    let secs = match (v.started_at, v.finished_at) {
+        (Some(s), Some(f)) => f.saturating_sub(s) as f64 / 1000.0,
+        _ => 0.0,
+    };
+    let took = if secs < 0.1 {
+        format!("in {secs:.2} s")
+    } else {
+        format!("in {secs:.2} s, {:.0} files/s, {}", f64::from(set.done) / secs, rate(v.transferred, secs))
+    };
+    let counts = super::follow::set_counts(set);
+    match (&v.error, v.status) {
+        (_, Status::Done) => {
+            format!("{} Done: file set {:?}: {counts} ({}) {took}", v.id, set.pattern, bytes(v.transferred))
+        }
+        (Some(e), status) => format!("{} {status:?}: file set {:?}: {counts}: {}", v.id, set.pattern, e.message),
+        (None, status) => format!("{} {status:?}: file set {:?}: {counts}", v.id, set.pattern),
+    }
+}
+
 /// When the last run of a transfer started moving data: its job log's last
 /// `sending ...`/`receiving ...` line.
 pub(super) async fn last_run_at(client: &ApiClient, id: &str) -> Option<u64> {
@@ -268,6 +317,33 @@ pub(super) fn size_or_unknown(v: &TransferView) -> String {
     }
 }
 
+/// `status ID --files`: one page of a file set's files.
+async fn set_files(client: &ApiClient, id: &str, args: &StatusArgs) -> anyhow::Result<()> {
+    let cursor = match args.cursor.as_deref() {
+        None => 0,
+        Some(c) => c.parse().map_err(|_| anyhow::anyhow!("--cursor {c:?}: a file set's cursor is a file index"))?,
+    };
+    let page = client.set_files(id, cursor, args.limit).await?;
+    if let Some(next) = page.next {
+        eprintln!("more: ferry status {id} --files --cursor {next}");
+    }
+    if args.json {
+        return out_json(&page);
+    }
+    let rows: Vec<Vec<String>> = page
+        .files
+        .iter()
+        .map(|v| {
+            let status = match &v.error {
+                Some(e) => format!("{:?} ({})", v.status, e.code),
+                None => format!("{:?}", v.status),
+            };
+            vec![v.file.clone(), status, bytes(v.size), v.id.clone()]
+        })
+        .collect();
+    out(&table(&["FILE", "STATUS", "SIZE", "ID"], &rows))
+}
+
 /// `status`: one transfer in detail, or a table.
 pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     let client = args.api.client()?;
@@ -275,6 +351,9 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
         if args.cluster {
             let c = client.cluster_view(id).await?;
             return if args.json { out_json(&c) } else { out(&super::partners::cluster_detail(&c)) };
+        }
+        if args.files {
+            return set_files(&client, id, &args).await;
         }
         let v = match client.get(id).await {
             Ok(v) => v,
@@ -406,6 +485,20 @@ pub fn detail<'a>(v: &'a TransferView, extra: Vec<(&'a str, String)>) -> String 
             ),
         ),
     ];
+    if let Some(set) = &v.set {
+        f[5] = ("pattern", set.pattern.clone());
+        f.push((
+            "files",
+            format!(
+                "{} in all: {} done, {} failed, {} skipped, {} left (each: ferry status ID --files)",
+                set.files, set.done, set.failed, set.skipped, set.left
+            ),
+        ));
+        f.push(("policies", format!("on_empty = {:?}, on_failure = {:?}", set.on_empty, set.on_failure)));
+    }
+    if let Some(m) = &v.member_of {
+        f.push(("file set", format!("{} (file {} of the set)", m.set, m.index + 1)));
+    }
     if v.restart_offset > 0 {
         f.push(("restarted at", bytes(v.restart_offset)));
     }
@@ -531,6 +624,8 @@ mod tests {
             chained_from: None,
             chained_to: Vec::new(),
             reschedules: 0,
+            set: None,
+            member_of: None,
         }
     }
 

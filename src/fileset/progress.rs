@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::protocol::ErrorCode;
 
 /// What an empty match means.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OnEmpty {
     /// The request fails with `NoFiles`.
@@ -28,7 +28,7 @@ pub enum OnEmpty {
 }
 
 /// What one failed file means for the set.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OnFailure {
     /// The set stops; files not yet sent are skipped.

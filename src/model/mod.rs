@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use token::{CreatedToken, NewToken, TokenView};
-pub use view::{ErrorBody, ErrorView, LogLineView, RuleView, TransferView};
+pub use view::{ErrorBody, ErrorView, LogLineView, MemberView, RuleView, SetFilesPage, SetView, TransferView};
 
 use crate::protocol::control::RequestState;
 use crate::protocol::{Compression, Direction, ErrorCode, RequestId, TargetMode};
@@ -47,8 +47,27 @@ pub struct Submit {
     pub rule: String,
     pub direction: Direction,
     /// A plain file name in the rule's send folder (of this node for a push,
-    /// of the partner for a pull).
+    /// of the partner for a pull). A push naming a folder sends its tree as
+    /// a file set. Exactly one of `file`, `pattern` and `files` is given.
+    #[serde(default)]
     pub file: String,
+    /// Push a file set: a glob relative to the rule's send folder
+    /// (`*.csv`, `2026-11-??/*.xml`, `daily/**`), resolved by this node
+    /// when the request is submitted. See docs/FILESETS.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+    /// Push a file set: relative paths below the rule's send folder (a
+    /// folder sends its tree).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<Vec<String>>,
+    /// File sets: what an empty match means, overriding the rule's
+    /// `on_empty` (`fail`: refused with `no_files`; `succeed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_empty: Option<crate::fileset::progress::OnEmpty>,
+    /// File sets: what one failed file means, overriding the rule's
+    /// `on_failure` (`stop` or `continue`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<crate::fileset::progress::OnFailure>,
     #[serde(default)]
     pub external_job_id: Option<String>,
     #[serde(default)]
@@ -82,6 +101,10 @@ pub enum SubmitError {
     BadFileName(String),
     #[error("{0}")]
     FileNotFound(String),
+    /// A file set's pattern matched no file and the policy says that is
+    /// an error.
+    #[error("{0}")]
+    NoFiles(String),
     #[error("bad block size: {0}")]
     BadBlockSize(String),
     #[error("the node is shutting down")]
@@ -104,6 +127,7 @@ impl SubmitError {
             SubmitError::RuleNotAllowed { .. } => "rule_not_allowed",
             SubmitError::BadFileName(_) => "bad_file_name",
             SubmitError::FileNotFound(_) => "file_not_found",
+            SubmitError::NoFiles(_) => "no_files",
             SubmitError::BadBlockSize(_) => "bad_block_size",
             SubmitError::ShuttingDown => "shutting_down",
             SubmitError::BadRequest(_) => "bad_request",
@@ -121,6 +145,7 @@ impl SubmitError {
             SubmitError::RuleNotAllowed { .. } => ErrorCode::RuleNotAllowed,
             SubmitError::BadFileName(_) => ErrorCode::BadFileName,
             SubmitError::FileNotFound(_) => ErrorCode::FileNotFound,
+            SubmitError::NoFiles(_) => ErrorCode::NoFiles,
             SubmitError::BadBlockSize(_) => ErrorCode::CapabilityMismatch,
             SubmitError::ShuttingDown => ErrorCode::Shutdown,
             SubmitError::BadRequest(_) => ErrorCode::Protocol,
@@ -317,4 +342,16 @@ pub struct PartnersView {
     pub certificate: Option<CertificateView>,
     pub partners: Vec<PartnerView>,
     pub groups: Vec<crate::config::Group>,
+}
+
+/// The query of `GET /api/v1/transfers/{id}/files`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SetFilesQuery {
+    /// The index the page starts at (the previous page's `next`); 0 by default.
+    #[serde(default)]
+    pub cursor: Option<u32>,
+    /// Files on the page: 1 to 10,000, 1,000 by default.
+    #[serde(default)]
+    pub limit: Option<usize>,
 }

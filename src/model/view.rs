@@ -95,6 +95,48 @@ pub struct TransferView {
     /// Times a `reschedule` error task put the request back.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub reschedules: u32,
+    /// A file set: its pattern, policies and totals (`size` is then the
+    /// sum of its files' sizes, `transferred` the bytes delivered). Its
+    /// files: `GET /api/v1/transfers/{id}/files`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set: Option<SetView>,
+    /// A file of a set: the set's id and the file's place in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member_of: Option<MemberView>,
+}
+
+/// A file set's totals.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SetView {
+    /// The pattern, or the listed paths joined by a newline.
+    pub pattern: String,
+    pub on_empty: crate::fileset::progress::OnEmpty,
+    pub on_failure: crate::fileset::progress::OnFailure,
+    pub files: u32,
+    pub done: u32,
+    pub failed: u32,
+    /// Never sent: another file failed first and the set stopped.
+    pub skipped: u32,
+    /// Neither done, failed nor skipped yet.
+    pub left: u32,
+}
+
+/// A file's place in its set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct MemberView {
+    pub set: String,
+    /// From 0, in path order.
+    pub index: u32,
+}
+
+/// One page of a file set's files (`GET /api/v1/transfers/{id}/files`),
+/// in path order, each a transfer of its own.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SetFilesPage {
+    pub files: Vec<TransferView>,
+    /// The index the next page starts at (`?cursor=`), if there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<u32>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -173,6 +215,17 @@ impl TransferView {
             chained_from: rec.chained_from.as_ref().map(|i| i.as_str().to_owned()),
             chained_to: rec.chained_to.iter().map(|i| i.as_str().to_owned()).collect(),
             reschedules: rec.reschedules,
+            set: rec.set.as_ref().map(|i| SetView {
+                pattern: i.pattern.clone(),
+                on_empty: i.policy.on_empty,
+                on_failure: i.policy.on_failure,
+                files: i.files,
+                done: i.done,
+                failed: i.failed,
+                skipped: i.skipped,
+                left: i.files.saturating_sub(i.done + i.failed + i.skipped),
+            }),
+            member_of: rec.member_of.as_ref().map(|m| MemberView { set: m.set.as_str().to_owned(), index: m.index }),
         }
     }
 

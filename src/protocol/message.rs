@@ -178,11 +178,20 @@ pub enum ErrorCode {
     TaskFailed,
     /// The target file exists and the rule's target mode is `create`.
     TargetExists,
+    /// A file set's pattern matched nothing and its policy says that is an
+    /// error (`on_empty = fail`).
+    NoFiles,
+    /// A file of a set was never sent: another file failed first and the
+    /// set's policy stops at the first failure (`on_failure = stop`).
+    Skipped,
+    /// A file set ended with some of its files failed or skipped; the
+    /// message names them (its files' own records say why each failed).
+    FilesFailed,
 }
 
 impl ErrorCode {
     /// Every code, in wire order.
-    pub const ALL: [ErrorCode; 27] = [
+    pub const ALL: [ErrorCode; 30] = [
         ErrorCode::VersionMismatch,
         ErrorCode::CapabilityMismatch,
         ErrorCode::UnknownPartner,
@@ -210,6 +219,9 @@ impl ErrorCode {
         ErrorCode::PartnerUnavailable,
         ErrorCode::TaskFailed,
         ErrorCode::TargetExists,
+        ErrorCode::NoFiles,
+        ErrorCode::Skipped,
+        ErrorCode::FilesFailed,
     ];
 }
 

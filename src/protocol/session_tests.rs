@@ -434,7 +434,9 @@ fn refusal_by_the_requested_side_reaches_the_requester_and_writes_nothing() {
 
 #[test]
 fn escaping_file_names_are_refused_without_asking_the_runner() {
-    for name in ["../etc/passwd", "/abs", "a/b", "..", "x\0y"] {
+    // A relative path (a file set's member) is fine; nothing that climbs,
+    // starts at the root, or enters a work folder is.
+    for name in ["../etc/passwd", "/abs", "a/../b", "a//b", "a/", "..", "x\0y", "a\\b", "d/.ferry-work/x"] {
         let mut req = request(Direction::Push, 1);
         req.file_name = name.into();
         let judge: Judge = Box::new(|_| panic!("the runner must not be asked"));
@@ -442,6 +444,22 @@ fn escaping_file_names_are_refused_without_asking_the_runner() {
         assert_eq!(Outcome::failure(&o.requester).expect("failed").code, ErrorCode::BadFileName, "{name:?}");
         assert!(!o.wrote);
     }
+}
+
+#[test]
+fn a_relative_path_goes_to_the_judge() {
+    let mut req = request(Direction::Push, 1);
+    req.file_name = "daily/2026-11-29/orders.csv".into();
+    let judged = std::rc::Rc::new(std::cell::Cell::new(false));
+    let seen = judged.clone();
+    let judge: Judge = Box::new(move |r| {
+        assert_eq!(r.file_name, "daily/2026-11-29/orders.csv");
+        seen.set(true);
+        Ok((0, 0, None))
+    });
+    let o = run(req, "b", &file(1), judge, no_tamper());
+    assert!(judged.get(), "the session asked the runner to judge the path");
+    assert!(Outcome::failure(&o.requester).is_none(), "{:?}", o.requester);
 }
 
 #[test]

@@ -5,7 +5,8 @@
 //! Each record has one entry per index it belongs to:
 //! `KIND ++ len(VALUE) (u16 BE) ++ VALUE ++ created_at (u64 BE) ++ id`, with
 //! KIND `a` (every record, empty value), `s` (status), `p` (partner), `r`
-//! (rule) and `j` (external job id, when it has one). Within one index the
+//! (rule) and `j` (external job id, when it has one); a file set's members
+//! have none (see [`keys`]). Within one index the
 //! keys sort by creation time, then id, so a page is one range scan from
 //! its cursor, and a time range is a key range.
 //!
@@ -113,8 +114,13 @@ fn key(kind: u8, value: &[u8], created_at: u64, id: &RequestId) -> Vec<u8> {
     k
 }
 
-/// Every index entry `rec` has.
+/// Every index entry `rec` has. A file set's member has none: it is
+/// listed through its set (`GET /api/v1/transfers/{id}/files`, by index),
+/// so a set of 100,000 files is one line of a listing, not 100,001.
 pub fn keys(rec: &RequestRecord) -> BTreeSet<Vec<u8>> {
+    if rec.member_of.is_some() {
+        return BTreeSet::new();
+    }
     let (t, id) = (rec.created_at, &rec.id);
     let mut keys = BTreeSet::from([
         key(b'a', b"", t, id),

@@ -1,5 +1,6 @@
 //! Migrations of older stores to [`SCHEMA_VERSION`](super::SCHEMA_VERSION):
-//! schema 3 (up to 10f75f2) and schema 4 (up to 0ed9da1).
+//! schema 3 (up to 10f75f2), schema 4 (up to 0ed9da1) and schema 5 (up to
+//! e06d4cc).
 //!
 //! Each older record layout is kept here, frozen, with the conversion to
 //! the next one. [`migrate`] runs when [`Store::open`](super::Store::open)
@@ -12,7 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::record::{RequestError, RequestRecord, RestartPoint, Role, Status, Step};
+use super::record::{RequestError, RequestRecord, RestartPoint, Role, Status, Step, TargetMode};
 use super::{decode, encode, StoreError};
 use crate::protocol::{Compression, Digest, Direction, RequestId};
 
@@ -93,6 +94,100 @@ impl From<RequestRecordV3> for RequestRecord {
             chained_from: None,
             chained_to: Vec::new(),
             reschedules: 0,
+            set: None,
+            member_of: None,
+        }
+    }
+}
+
+/// Schema 4 and 5's record (ferry up to e06d4cc; schema 5 added indexes,
+/// not fields): schema 6 added the file-set fields `set` and `member_of`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct RequestRecordV5 {
+    id: RequestId,
+    role: Role,
+    partner: String,
+    rule: String,
+    direction: Direction,
+    file_name: String,
+    block_size: u32,
+    compression: Compression,
+    size: u64,
+    transferred: u64,
+    restart_offset: u64,
+    status: Status,
+    step: Step,
+    hash: Option<Digest>,
+    external_job_id: Option<String>,
+    transfer_info: String,
+    created_at: u64,
+    updated_at: u64,
+    started_at: Option<u64>,
+    finished_at: Option<u64>,
+    error: Option<RequestError>,
+    queue_seq: Option<u64>,
+    restart_point: Option<RestartPoint>,
+    delivered: bool,
+    attempts: u32,
+    retry_at: Option<u64>,
+    group: Option<String>,
+    submitted_on: Option<String>,
+    task_index: u32,
+    failed_step: Option<Step>,
+    error_task_index: u32,
+    original_file_name: Option<String>,
+    local_path: Option<String>,
+    target_mode: Option<TargetMode>,
+    append_base: Option<u64>,
+    chained_from: Option<RequestId>,
+    chained_to: Vec<RequestId>,
+    reschedules: u32,
+}
+
+impl From<RequestRecordV5> for RequestRecord {
+    fn from(v: RequestRecordV5) -> RequestRecord {
+        RequestRecord {
+            id: v.id,
+            role: v.role,
+            partner: v.partner,
+            rule: v.rule,
+            direction: v.direction,
+            file_name: v.file_name,
+            block_size: v.block_size,
+            compression: v.compression,
+            size: v.size,
+            transferred: v.transferred,
+            restart_offset: v.restart_offset,
+            status: v.status,
+            step: v.step,
+            hash: v.hash,
+            external_job_id: v.external_job_id,
+            transfer_info: v.transfer_info,
+            created_at: v.created_at,
+            updated_at: v.updated_at,
+            started_at: v.started_at,
+            finished_at: v.finished_at,
+            error: v.error,
+            queue_seq: v.queue_seq,
+            restart_point: v.restart_point,
+            delivered: v.delivered,
+            attempts: v.attempts,
+            retry_at: v.retry_at,
+            group: v.group,
+            submitted_on: v.submitted_on,
+            task_index: v.task_index,
+            failed_step: v.failed_step,
+            error_task_index: v.error_task_index,
+            original_file_name: v.original_file_name,
+            local_path: v.local_path,
+            target_mode: v.target_mode,
+            append_base: v.append_base,
+            chained_from: v.chained_from,
+            chained_to: v.chained_to,
+            reschedules: v.reschedules,
+            // No file sets before schema 6.
+            set: None,
+            member_of: None,
         }
     }
 }
@@ -101,31 +196,34 @@ impl From<RequestRecordV3> for RequestRecord {
 /// many records it went through. Writes nothing for a version it does not
 /// know.
 ///
-/// - 3 → 4: every record is converted from [`RequestRecordV3`], in one
-///   atomic batch.
-/// - 4 → 5: the listing indexes are built from every record, in one atomic
-///   batch (the records themselves are unchanged).
+/// - 3 → 6: every record is converted from [`RequestRecordV3`];
+/// - 4 or 5 → 6: every record is converted from [`RequestRecordV5`]
+///   (schema 5 changed no field);
+/// - each conversion is one atomic batch; then the listing indexes
+///   (schema 5) are built from every record, in one atomic batch.
 ///
 /// The version is written, and flushed, only after the last step, so a
-/// crash anywhere runs the migration again from the old version: both steps
-/// give the same result when repeated (a schema-4 record decodes as a
-/// schema-3 one with trailing fields, which are reset to the defaults they
-/// had anyway in a store that never ran schema 4; index entries are keys
-/// inserted again).
+/// crash anywhere runs the migration again from the old version: every
+/// step gives the same result when repeated (a record already converted
+/// decodes as the old layout with trailing fields, which are reset to the
+/// defaults they had anyway in a store that never ran the new schema;
+/// index entries are keys inserted again).
 pub(super) fn migrate(db: &sled::Db, found: u32) -> Result<Option<usize>, StoreError> {
     if !(3..super::SCHEMA_VERSION).contains(&found) {
         return Ok(None);
     }
     let requests = db.open_tree("requests")?;
-    if found == 3 {
-        let mut batch = sled::Batch::default();
-        for kv in requests.iter() {
-            let (k, v) = kv?;
-            let old: RequestRecordV3 = decode(&k, &v)?;
-            batch.insert(k, encode(&RequestRecord::from(old))?);
-        }
-        requests.apply_batch(batch)?;
+    let mut batch = sled::Batch::default();
+    for kv in requests.iter() {
+        let (k, v) = kv?;
+        let new = if found == 3 {
+            RequestRecord::from(decode::<RequestRecordV3>(&k, &v)?)
+        } else {
+            RequestRecord::from(decode::<RequestRecordV5>(&k, &v)?)
+        };
+        batch.insert(k, encode(&new)?);
     }
+    requests.apply_batch(batch)?;
     let listing = db.open_tree("listing")?;
     let mut batch = sled::Batch::default();
     let mut count = 0;

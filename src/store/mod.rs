@@ -4,7 +4,9 @@
 //! - `meta`: the schema version (`schema` → u32 big-endian). An older
 //!   version this build knows is migrated at open (see `migrate.rs`); any
 //!   other is refused, never silently reinterpreted.
-//! - `requests`: request id → bincode([`RequestRecord`]).
+//! - `requests`: request id → bincode([`RequestRecord`]). Schema 6 added
+//!   the file-set fields (`set`, `member_of`); a set and its members are
+//!   written in one atomic batch ([`Store::insert_set`]).
 //! - `joblog`: request id ++ sequence (u64 BE) → bincode([`LogEntry`]); the
 //!   sequence comes from sled's monotonic id generator, so a request's entries
 //!   scan in the order they were written.
@@ -59,7 +61,7 @@ use std::path::Path;
 use crate::protocol::RequestId;
 
 /// The on-disk layout version this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 5;
+pub const SCHEMA_VERSION: u32 = 6;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -238,6 +240,50 @@ impl Store {
         self.append_log(&rec, message)?;
         self.notify(&RecordChange { old: None, new: &rec });
         Ok(rec)
+    }
+
+    /// Stores a file set: its own record and its members, all new, in one
+    /// atomic batch of the `requests` tree, so a crash leaves either the
+    /// whole resolved list or nothing. Listing entries are written before
+    /// the batch and queue entries after it (as [`Store::insert`] does;
+    /// start-up rebuilds the queue). Members are queued in index order.
+    pub fn insert_set(
+        &self,
+        set: RequestRecord,
+        members: Vec<RequestRecord>,
+        message: &str,
+    ) -> Result<RequestRecord, StoreError> {
+        let _order = self.write_order.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if self.requests.contains_key(set.id.as_str().as_bytes())? {
+            return Err(StoreError::Exists(set.id));
+        }
+        let mut all = Vec::with_capacity(members.len() + 1);
+        all.push(set);
+        all.extend(members);
+        let mut batch = sled::Batch::default();
+        for rec in &mut all {
+            if rec.status == Status::ToSubmit {
+                rec.queue_seq = Some(self.db.generate_id()?);
+            }
+            for k in listing::keys(rec) {
+                self.listing.insert(k.as_slice(), &[])?;
+            }
+            batch.insert(rec.id.as_str().as_bytes(), encode(&*rec)?);
+        }
+        self.requests.apply_batch(batch)?;
+        for rec in &all {
+            if let Some(seq) = rec.queue_seq {
+                self.queue.insert(queue_key(seq, &rec.id), &[])?;
+            }
+            let line = match &rec.member_of {
+                Some(m) => format!("file {} of set {}", m.index + 1, m.set),
+                None => message.to_owned(),
+            };
+            self.append_log(rec, &line)?;
+            self.notify(&RecordChange { old: None, new: rec });
+        }
+        let mut all = all.into_iter();
+        Ok(all.next().expect("the set's own record is first"))
     }
 
     /// Adds an observer of every record written from now on (the audit

@@ -145,6 +145,40 @@ pub struct RequestRecord {
     pub chained_to: Vec<RequestId>,
     /// Times a `reschedule` error task put the request back.
     pub reschedules: u32,
+    // ---- schema 6: file sets ----
+    /// A file set's own record (requester): the pattern, its policies and
+    /// its totals. Its files are member records (see [`SetMember`]).
+    pub set: Option<SetInfo>,
+    /// A member of a file set (requester): which set, which entry.
+    pub member_of: Option<SetMember>,
+}
+
+/// What a file set's record holds besides the common fields: the pattern
+/// it was resolved from, its policies, and its totals, kept up to date as
+/// its members end (`fileset::tally`). Its `size` is the sum of its files'
+/// sizes and its `transferred` the bytes of its delivered files.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetInfo {
+    /// The pattern (or, for a list, the paths joined by a newline).
+    pub pattern: String,
+    pub policy: crate::fileset::progress::Policy,
+    /// Entries resolved (files); members are numbered `0..files`.
+    pub files: u32,
+    pub done: u32,
+    pub failed: u32,
+    /// Never sent: the set stopped first (`on_failure = stop`).
+    pub skipped: u32,
+}
+
+/// A member's place in its set, with what the sender saw at resolution:
+/// a file whose size or modification time differs when it is sent fails
+/// with `SourceChanged`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetMember {
+    pub set: RequestId,
+    pub index: u32,
+    /// Nanoseconds since the Unix epoch, as resolved.
+    pub modified_ns: u128,
 }
 
 impl RequestRecord {
@@ -191,6 +225,8 @@ impl RequestRecord {
             chained_from: None,
             chained_to: Vec::new(),
             reschedules: 0,
+            set: None,
+            member_of: None,
         }
     }
 

@@ -373,6 +373,55 @@ pub fn resume_offer(work: &Path, point: Option<RestartPoint>) -> std::io::Result
     Ok(Offer { work_len, prefix })
 }
 
+/// Where `name` (a plain name, or a file set's relative path) is delivered
+/// below the receive folder `recv_dir`: every folder on the way that exists
+/// must be a real folder, never a symbolic link (a link would lead the file
+/// out of the rule's folder), and with `create` the missing ones are made,
+/// each new folder's parent fsynced so the folder outlives a crash before
+/// the file's rename makes it reachable.
+pub fn target_path(recv_dir: &Path, name: &str, create: bool) -> Result<PathBuf, Failure> {
+    crate::protocol::names::check_relative_path(name).map_err(|why| (ErrorCode::BadFileName, why))?;
+    let mut folder = recv_dir.to_path_buf();
+    let mut components = name.split('/').peekable();
+    while let Some(component) = components.next() {
+        if components.peek().is_none() {
+            return Ok(folder.join(component));
+        }
+        let next = folder.join(component);
+        match std::fs::symlink_metadata(&next) {
+            Ok(m) if m.is_dir() => {}
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err((
+                    ErrorCode::BadFileName,
+                    format!("{} is a symbolic link; a received file never goes through a link", next.display()),
+                ))
+            }
+            Ok(_) => {
+                return Err((
+                    ErrorCode::BadFileName,
+                    format!("{} is a file where {name:?} needs a folder", next.display()),
+                ))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
+                match std::fs::create_dir(&next) {
+                    Ok(()) => {}
+                    // Made meanwhile by another file of the same set: checked below.
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(io_failure("create folder", &next, e)),
+                }
+                if !std::fs::symlink_metadata(&next).is_ok_and(|m| m.is_dir()) {
+                    return Err((ErrorCode::BadFileName, format!("{} is not a folder", next.display())));
+                }
+                File::open(&folder).and_then(|d| d.sync_all()).map_err(|e| io_failure("fsync folder", &folder, e))?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_failure("read", &next, e)),
+        }
+        folder = next;
+    }
+    Ok(folder)
+}
+
 /// Renames a verified, fsynced work file to its final name and fsyncs the
 /// folder, so the delivery survives a crash. Replaces an existing file
 /// atomically.

@@ -109,9 +109,38 @@ pub struct Source {
 /// `O_NONBLOCK`, so a FIFO cannot hold the opener. What was opened is then
 /// checked to be a regular file. Check and use are one open file, with no
 /// window for the name to be swapped in between.
+///
+/// A file set's member names a relative path (`a/b/c.csv`, checked by
+/// [`check_relative_path`](crate::protocol::names::check_relative_path)):
+/// each folder on the way must be a real folder, not a symbolic link.
 pub fn open_source(dir: &Path, name: &str, rule: &str, node: &str) -> Result<Source, (ErrorCode, String)> {
-    if let Err(why) = crate::protocol::names::check_file_name(name) {
+    if let Err(why) = crate::protocol::names::check_relative_path(name) {
         return Err((ErrorCode::BadFileName, why));
+    }
+    let mut folder = dir.to_path_buf();
+    if let Some((folders, _)) = name.rsplit_once('/') {
+        for component in folders.split('/') {
+            folder.push(component);
+            match std::fs::symlink_metadata(&folder) {
+                Ok(m) if m.is_dir() => {}
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err((
+                        ErrorCode::FileNotFound,
+                        format!(
+                            "{} in the send folder of rule {rule:?} on node {node} is a symbolic link; \
+                             a rule sends only files inside its folder, never through a link",
+                            folder.display()
+                        ),
+                    ))
+                }
+                _ => {
+                    return Err((
+                        ErrorCode::FileNotFound,
+                        format!("file {name:?} not found in the send folder of rule {rule:?} on node {node}"),
+                    ))
+                }
+            }
+        }
     }
     let path = dir.join(name);
     let opened = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(&path);

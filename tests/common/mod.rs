@@ -77,6 +77,10 @@ pub fn submit(direction: Direction, partner: &str, file: &str) -> Submit {
         source: None,
         target: None,
         target_mode: None,
+        pattern: None,
+        files: None,
+        on_empty: None,
+        on_failure: None,
         compression: Compression::None,
     }
 }

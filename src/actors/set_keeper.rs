@@ -1,0 +1,173 @@
+//! The set keeper: keeps each file set's record (its totals and status) in
+//! step with its members, as `fileset::tally` decides.
+//!
+//! The store tells it of every member record whose count changes (an
+//! observer, so no writer has to remember the set); it applies the change
+//! to the set's record in its own task, in the order the writes happened.
+//! Under `on_failure = stop`, a failed file makes it skip the members still
+//! queued. When a set ends it flushes the store, so a set shown `Done` is
+//! durably so.
+//!
+//! Crash order: a member's end is written (and flushed by its runner)
+//! before the keeper adds it to the set, so a crash in between leaves the
+//! set's totals behind, never ahead. At start-up ([`SetKeeper::start`])
+//! every set that has not ended is counted again from its members before
+//! any runner starts.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::fileset::tally::{self, Counted, MemberChange};
+use crate::lifecycle;
+use crate::protocol::ErrorCode;
+use crate::store::{now_ms, RequestRecord, Status, Store, StoreError};
+
+/// Most failed files a set's error message names (the files listing has all).
+const NAMED_FAILURES: usize = 5;
+
+/// Started once per node, before the Commander.
+pub struct SetKeeper;
+
+impl SetKeeper {
+    /// Counts every open set again from its members, then follows member
+    /// changes until the store's last handle is dropped.
+    pub fn start(store: &Store) -> Result<tokio::task::JoinHandle<()>, StoreError> {
+        for set in store.list(None)?.into_iter().filter(|r| r.set.is_some() && !ended(r)) {
+            recount(store, &set)?;
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel::<MemberChange>();
+        store.observe(Arc::new(move |change| {
+            if let Some(c) = MemberChange::of(change.old, change.new) {
+                let _ = tx.send(c);
+            }
+        }));
+        let store = store.clone();
+        Ok(tokio::spawn(async move {
+            while let Some(change) = rx.recv().await {
+                if let Err(e) = apply(&store, &change).await {
+                    tracing::error!(request_id = %change.set, error = %e, "cannot update the file set's totals");
+                }
+            }
+        }))
+    }
+}
+
+fn ended(r: &RequestRecord) -> bool {
+    matches!(r.status, Status::Done | Status::Cancelled)
+}
+
+/// Adds one member's change to its set, ends or reopens the set as the
+/// tally decides, and skips the rest when the policy says so.
+async fn apply(store: &Store, change: &MemberChange) -> Result<(), StoreError> {
+    let now = now_ms();
+    let Some(set) = store.update_if(
+        &change.set,
+        "",
+        |r| r.set.is_some(),
+        |r| {
+            tally::apply(r, change);
+            tally::settle(r, now, &[]);
+        },
+    )?
+    else {
+        return Ok(());
+    };
+    if tally::must_skip(&set) {
+        skip_queued(store, &set)?;
+    }
+    if set.status == Status::InError && change.after.is_some() {
+        name_failures(store, &set)?;
+    }
+    if set.status.is_final() {
+        store.flush().await?;
+        tracing::info!(target: super::AUDIT, event = "finished", request_id = %set.id, status = ?set.status, files = set.set.as_ref().map_or(0, |i| i.files));
+    }
+    Ok(())
+}
+
+fn members<'a>(store: &'a Store, set: &RequestRecord) -> impl Iterator<Item = Result<RequestRecord, StoreError>> + 'a {
+    let (id, files) = (set.id.clone(), set.set.as_ref().map_or(0, |i| i.files));
+    (0..files).map(move |i| {
+        let m = tally::member_id(&id, i);
+        store.get(&m)?.ok_or(StoreError::NotFound(m))
+    })
+}
+
+/// `on_failure = stop`: the members not started yet are skipped (those
+/// already running finish).
+fn skip_queued(store: &Store, set: &RequestRecord) -> Result<(), StoreError> {
+    let message = format!("skipped: another file of set {} failed and its policy stops at the first failure", set.id);
+    for member in members(store, set) {
+        let member = member?;
+        if member.status == Status::ToSubmit {
+            store.update_if(
+                &member.id,
+                &message,
+                |r| r.status == Status::ToSubmit,
+                |r| {
+                    lifecycle::fail(r, ErrorCode::Skipped, &message, 0, now_ms());
+                },
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Names the first failed files in the set's error message.
+fn name_failures(store: &Store, set: &RequestRecord) -> Result<(), StoreError> {
+    let mut names = Vec::new();
+    for member in members(store, set) {
+        let member = member?;
+        if tally::counted(&member) == Some(Counted::Failed) {
+            let code = member.error.as_ref().map_or(ErrorCode::Internal, |e| e.code);
+            names.push(format!("{} ({code})", member.file_name));
+            if names.len() == NAMED_FAILURES {
+                break;
+            }
+        }
+    }
+    let now = now_ms();
+    store.update_if(
+        &set.id,
+        "",
+        |r| r.status == Status::InError,
+        |r| {
+            r.status = Status::Running; // settle decides again, with the names
+            tally::settle(r, now, &names);
+        },
+    )?;
+    Ok(())
+}
+
+/// Counts a set again from its members (start-up: the last changes before
+/// a crash may not have reached the set's record).
+fn recount(store: &Store, set: &RequestRecord) -> Result<(), StoreError> {
+    let (mut done, mut failed, mut skipped, mut bytes) = (0, 0, 0, 0u64);
+    for member in members(store, set) {
+        let member = member?;
+        match tally::counted(&member) {
+            Some(Counted::Done) => {
+                done += 1;
+                bytes += member.size;
+            }
+            Some(Counted::Failed) => failed += 1,
+            Some(Counted::Skipped) => skipped += 1,
+            None => {}
+        }
+    }
+    let now = now_ms();
+    store.update_if(
+        &set.id,
+        "",
+        |r| r.set.is_some(),
+        |r| {
+            if let Some(info) = r.set.as_mut() {
+                (info.done, info.failed, info.skipped) = (done, failed, skipped);
+            }
+            r.transferred = bytes;
+            tally::settle(r, now, &[]);
+        },
+    )?;
+    Ok(())
+}

@@ -1,0 +1,249 @@
+//! A file set's totals and status, decided without I/O from its members'
+//! records: the one place that says what a member's change means for its
+//! set (the shape of `lifecycle`; the set keeper only carries it out).
+//!
+//! - A member counts as `done` once `Done`, `skipped` once `InError` with
+//!   [`ErrorCode::Skipped`], `failed` once `InError` or `Cancelled` for any
+//!   other cause; a member still queued, running or interrupted counts as
+//!   neither, so a restarted member simply stops counting.
+//! - [`apply`] adds one member's change (its record before and after) to
+//!   the set's record; [`settle`] then decides the set's status: it ends
+//!   only when every member ended, `Done` if every file is delivered and
+//!   `InError` (`FilesFailed`) otherwise.
+//! - [`must_skip`]: under `on_failure = stop`, a failed file means the
+//!   members not yet started are skipped.
+
+use crate::protocol::{ErrorCode, RequestId};
+use crate::store::{RequestError, RequestRecord, Status, Step};
+
+use super::progress::OnFailure;
+
+/// How a member counts in its set's totals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counted {
+    Done,
+    Failed,
+    Skipped,
+}
+
+/// How `rec` counts, if it ended.
+pub fn counted(rec: &RequestRecord) -> Option<Counted> {
+    match rec.status {
+        Status::Done => Some(Counted::Done),
+        Status::InError if rec.error.as_ref().is_some_and(|e| e.code == ErrorCode::Skipped) => Some(Counted::Skipped),
+        Status::InError | Status::Cancelled => Some(Counted::Failed),
+        Status::ToSubmit | Status::Running | Status::Interrupted => None,
+    }
+}
+
+/// The id of member `index` of set `set`: derived, so a set's files are
+/// found (and paged) by index without an index tree, and a set written
+/// again after a crash gets the same ids.
+pub fn member_id(set: &RequestId, index: u32) -> RequestId {
+    let mut h = blake3::Hasher::new();
+    h.update(b"ferry file set member\0");
+    h.update(set.as_str().as_bytes());
+    h.update(&index.to_be_bytes());
+    let hex = h.finalize().to_hex();
+    RequestId::parse(&hex[..32]).expect("32 lowercase hex digits are a request id")
+}
+
+/// A member's change, as the set keeper is told of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberChange {
+    pub set: RequestId,
+    pub before: Option<Counted>,
+    pub after: Option<Counted>,
+    /// The member's size (added to the set's `transferred` when done).
+    pub size: u64,
+}
+
+impl MemberChange {
+    /// The change `old → new` of a member record, if it changes a count.
+    pub fn of(old: Option<&RequestRecord>, new: &RequestRecord) -> Option<MemberChange> {
+        let m = new.member_of.as_ref()?;
+        let (before, after) = (old.and_then(counted), counted(new));
+        (before != after).then(|| MemberChange { set: m.set.clone(), before, after, size: new.size })
+    }
+}
+
+/// Adds `change` to the set's totals. Returns false if `set` is not a set.
+pub fn apply(set: &mut RequestRecord, change: &MemberChange) -> bool {
+    let Some(info) = set.set.as_mut() else { return false };
+    let mut step = |c: Option<Counted>, sign: i64| match c {
+        Some(Counted::Done) => {
+            info.done = add(info.done, sign);
+            set.transferred = if sign > 0 {
+                set.transferred.saturating_add(change.size)
+            } else {
+                set.transferred.saturating_sub(change.size)
+            };
+        }
+        Some(Counted::Failed) => info.failed = add(info.failed, sign),
+        Some(Counted::Skipped) => info.skipped = add(info.skipped, sign),
+        None => {}
+    };
+    step(change.before, -1);
+    step(change.after, 1);
+    true
+}
+
+fn add(n: u32, sign: i64) -> u32 {
+    if sign > 0 {
+        n.saturating_add(1)
+    } else {
+        n.saturating_sub(1)
+    }
+}
+
+/// Decides the set's status from its totals: ends it when every member
+/// ended, reopens it (`Running`) when a member was restarted after it
+/// ended. `failed_names` names some failed files for the message. Returns
+/// the new status if it changed.
+pub fn settle(set: &mut RequestRecord, now: u64, failed_names: &[String]) -> Option<Status> {
+    let info = set.set.as_ref()?;
+    let ended = info.done + info.failed + info.skipped;
+    let before = set.status;
+    if ended < info.files {
+        // A restarted file reopens a set that ended in error (an operator
+        // restart of the set does the same); a cancelled set stays so.
+        if set.status == Status::InError {
+            set.status = Status::Running;
+            set.step = Step::Transfer;
+            set.error = None;
+            set.finished_at = None;
+        }
+    } else if info.failed + info.skipped == 0 {
+        set.status = Status::Done;
+        set.step = Step::AllDone;
+        set.error = None;
+        set.finished_at = Some(now);
+    } else if !matches!(set.status, Status::Cancelled | Status::InError) {
+        let mut message = format!(
+            "{} of {} files failed{}",
+            info.failed,
+            info.files,
+            if info.skipped > 0 { format!(" and {} were skipped", info.skipped) } else { String::new() }
+        );
+        if !failed_names.is_empty() {
+            message.push_str(": ");
+            message.push_str(&failed_names.join(", "));
+            if failed_names.len() < info.failed as usize {
+                message.push_str(", …");
+            }
+        }
+        set.status = Status::InError;
+        set.error = Some(RequestError { code: ErrorCode::FilesFailed, message });
+        set.finished_at = Some(now);
+    }
+    (set.status != before).then_some(set.status)
+}
+
+/// Whether the set must skip its members not yet started: it stops at the
+/// first failed file.
+pub fn must_skip(set: &RequestRecord) -> bool {
+    set.set.as_ref().is_some_and(|i| i.policy.on_failure == OnFailure::Stop && i.failed > 0) && !set.status.is_final()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fileset::progress::Policy;
+    use crate::protocol::Direction;
+    use crate::store::{Role, SetInfo, SetMember};
+
+    fn set(files: u32, policy: Policy) -> RequestRecord {
+        let id = RequestId::parse(&"a".repeat(32)).expect("id");
+        let mut r = RequestRecord::new(id, Role::Requester, "b", "r", Direction::Push, "*.csv");
+        r.status = Status::Running;
+        r.set = Some(SetInfo { pattern: "*.csv".into(), policy, files, done: 0, failed: 0, skipped: 0 });
+        r
+    }
+
+    fn member(set: &RequestRecord, index: u32, status: Status, code: Option<ErrorCode>) -> RequestRecord {
+        let mut r = RequestRecord::new(member_id(&set.id, index), Role::Requester, "b", "r", Direction::Push, "x");
+        r.size = 10;
+        r.status = status;
+        r.error = code.map(|code| RequestError { code, message: String::new() });
+        r.member_of = Some(SetMember { set: set.id.clone(), index, modified_ns: 0 });
+        r
+    }
+
+    fn change(s: &mut RequestRecord, old: &RequestRecord, new: &RequestRecord) -> Option<Status> {
+        if let Some(c) = MemberChange::of(Some(old), new) {
+            assert!(apply(s, &c));
+        }
+        settle(s, 1, &[])
+    }
+
+    #[test]
+    fn member_ids_are_stable_and_distinct() {
+        let s = set(3, Policy::default());
+        assert_eq!(member_id(&s.id, 1), member_id(&s.id, 1));
+        assert_ne!(member_id(&s.id, 1), member_id(&s.id, 2));
+        assert_ne!(member_id(&s.id, 0), s.id);
+    }
+
+    #[test]
+    fn a_set_is_done_when_its_last_file_is_done_and_counts_bytes() {
+        let mut s = set(2, Policy::default());
+        let (q0, d0) = (member(&s, 0, Status::Running, None), member(&s, 0, Status::Done, None));
+        assert_eq!(change(&mut s, &q0, &d0), None, "one of two files done: still running");
+        assert_eq!(s.transferred, 10);
+        let (q1, d1) = (member(&s, 1, Status::Running, None), member(&s, 1, Status::Done, None));
+        assert_eq!(change(&mut s, &q1, &d1), Some(Status::Done));
+        assert_eq!((s.set.as_ref().map(|i| i.done), s.transferred, s.step), (Some(2), 20, Step::AllDone));
+    }
+
+    #[test]
+    fn a_failed_file_ends_the_set_in_error_naming_it_once_all_ended() {
+        let mut s = set(2, Policy::default());
+        let failed = member(&s, 0, Status::InError, Some(ErrorCode::FileNotFound));
+        let running = member(&s, 0, Status::Running, None);
+        assert_eq!(change(&mut s, &running, &failed), None);
+        assert!(must_skip(&s), "stop policy: the rest is skipped");
+        let skipped = member(&s, 1, Status::InError, Some(ErrorCode::Skipped));
+        let queued = member(&s, 1, Status::ToSubmit, None);
+        if let Some(c) = MemberChange::of(Some(&queued), &skipped) {
+            apply(&mut s, &c);
+        }
+        assert_eq!(settle(&mut s, 1, &["a.csv (FileNotFound)".into()]), Some(Status::InError));
+        let err = s.error.clone().expect("error");
+        assert_eq!(err.code, ErrorCode::FilesFailed);
+        assert!(err.message.contains("1 of 2 files failed and 1 were skipped: a.csv (FileNotFound)"), "{err:?}");
+        assert!(!must_skip(&s), "an ended set skips nothing more");
+    }
+
+    #[test]
+    fn continue_policy_never_skips() {
+        let mut s = set(2, Policy { on_failure: OnFailure::Continue, ..Policy::default() });
+        let failed = member(&s, 0, Status::InError, Some(ErrorCode::SourceChanged));
+        let running = member(&s, 0, Status::Running, None);
+        change(&mut s, &running, &failed);
+        assert!(!must_skip(&s));
+        assert_eq!(s.status, Status::Running);
+    }
+
+    #[test]
+    fn a_restarted_file_reopens_an_ended_set_and_uncounts_itself() {
+        let mut s = set(1, Policy::default());
+        let failed = member(&s, 0, Status::InError, Some(ErrorCode::FileNotFound));
+        let running = member(&s, 0, Status::Running, None);
+        assert_eq!(change(&mut s, &running, &failed), Some(Status::InError));
+        let queued = member(&s, 0, Status::ToSubmit, None);
+        assert_eq!(change(&mut s, &failed, &queued), Some(Status::Running));
+        assert_eq!(s.set.as_ref().map(|i| i.failed), Some(0));
+        assert!(s.error.is_none() && s.finished_at.is_none());
+        let done = member(&s, 0, Status::Done, None);
+        assert_eq!(change(&mut s, &queued, &done), Some(Status::Done));
+    }
+
+    #[test]
+    fn a_change_that_moves_no_count_is_not_a_change() {
+        let s = set(1, Policy::default());
+        let (a, b) = (member(&s, 0, Status::ToSubmit, None), member(&s, 0, Status::Running, None));
+        assert_eq!(MemberChange::of(Some(&a), &b), None);
+        let plain = RequestRecord::new(s.id.clone(), Role::Requester, "b", "r", Direction::Push, "x");
+        assert_eq!(MemberChange::of(None, &plain), None, "not a member");
+    }
+}

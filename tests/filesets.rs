@@ -1,0 +1,319 @@
+//! File sets between two real nodes on loopback: a pattern or a folder is
+//! one request, resolved and recorded by the sender before any byte moves;
+//! each file is delivered once, in its place below the receive folder;
+//! escapes are refused with nothing sent; the policies for empty matches
+//! and failed files; files that change or vanish after resolution.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use ferry::fileset::progress::{OnEmpty, OnFailure};
+use ferry::fileset::tally::member_id;
+use ferry::model::{Submit, SubmitError};
+use ferry::node::{Node, NodeHandle};
+use ferry::protocol::{Direction, ErrorCode};
+use ferry::store::{RequestRecord, Status};
+
+const WITHIN: Duration = Duration::from_secs(120);
+
+fn pattern(p: &str) -> Submit {
+    Submit { file: String::new(), pattern: Some(p.into()), ..submit(Direction::Push, "b", "") }
+}
+
+fn write(path: &Path, bytes: &[u8]) {
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    std::fs::write(path, bytes).expect("write");
+}
+
+/// Every file below `dir` (work folders left out), relative, sorted.
+fn tree(dir: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).expect("read_dir") {
+            let e = e.expect("entry");
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(".ferry") {
+                continue;
+            }
+            let path = e.path();
+            if e.file_type().expect("type").is_dir() {
+                walk(root, &path, out);
+            } else {
+                out.push(path.strip_prefix(root).expect("below").to_string_lossy().into_owned());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    if dir.exists() {
+        walk(dir, dir, &mut out);
+    }
+    out.sort();
+    out
+}
+
+fn members(node: &NodeHandle, set: &RequestRecord) -> Vec<RequestRecord> {
+    let files = set.set.as_ref().expect("a set").files;
+    (0..files)
+        .map(|i| node.store().get(&member_id(&set.id, i)).expect("get").expect("every member is recorded"))
+        .collect()
+}
+
+async fn two_nodes() -> (Layout, Node, Node) {
+    let layout = Layout::new(&["a", "b"]);
+    let a = layout.start("a").await;
+    let b = layout.start("b").await;
+    (layout, a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_glob_a_tree_and_odd_names_arrive_in_place_as_one_request() {
+    let (layout, a, b) = two_nodes().await;
+    let out = layout.out_dir("a");
+    let files = [
+        "daily/2026-11-28/orders.csv",
+        "daily/2026-11-28/sub dir/ünïcödé name.csv",
+        "daily/2026-11-29/orders.csv",
+        "daily/readme.txt",
+        "top.csv",
+        "other.txt",
+    ];
+    for (i, f) in files.iter().enumerate() {
+        write(&out.join(f), format!("file {i}: {f}\n").repeat(i * 100 + 1).as_bytes());
+    }
+    // A tree: everything below daily/, kept in place.
+    let set = a.handle().submit(pattern("daily/**")).await.expect("submitted");
+    let info = set.set.clone().expect("the request is a file set");
+    assert_eq!(info.files, 4, "the set resolved the four files below daily/");
+    let done = wait_final(&a.handle(), &set.id, WITHIN).await;
+    assert_eq!(done.status, Status::Done, "{:?}", done.error);
+    let info = done.set.clone().expect("set");
+    assert_eq!((info.done, info.failed, info.skipped), (4, 0, 0));
+    let expected: Vec<String> = files.iter().filter(|f| f.starts_with("daily/")).map(|f| f.to_string()).collect();
+    let mut expected = expected;
+    expected.sort();
+    assert_eq!(tree(&layout.in_dir("b")), expected, "the tree arrived as a tree");
+    for f in &expected {
+        assert_eq!(file_digest(&layout.in_dir("b").join(f)), file_digest(&out.join(f)), "{f} differs");
+    }
+    assert_eq!(done.transferred, done.size, "the set's bytes are the sum of its files'");
+    // Each file is a request of its own on both nodes, Done on both.
+    for m in members(&a.handle(), &done) {
+        assert_eq!(m.status, Status::Done, "{}", m.file_name);
+        let theirs = wait_record(&b.handle(), &m.id, Status::Done, WITHIN).await;
+        assert_eq!(theirs.file_name, m.file_name, "the receiver records the relative path");
+    }
+    // The set is one line of the listing; its files are not listed apart.
+    let page = a.handle().store().page(&ferry::store::ListQuery { limit: 100, ..Default::default() }).expect("page");
+    assert_eq!(page.records.len(), 1, "{:?}", page.records.iter().map(|r| &r.file_name).collect::<Vec<_>>());
+
+    // A glob at the top: `*.csv` takes top.csv only (`*` stays in its folder).
+    let glob = a.handle().submit(pattern("*.csv")).await.expect("submitted");
+    assert_eq!(glob.set.as_ref().map(|i| i.files), Some(1));
+    assert_eq!(wait_final(&a.handle(), &glob.id, WITHIN).await.status, Status::Done);
+    assert!(layout.in_dir("b").join("top.csv").is_file());
+    assert!(!layout.in_dir("b").join("other.txt").exists());
+
+    // A folder named as the file sends its tree too.
+    let folder = a.handle().submit(submit(Direction::Push, "b", "daily")).await.expect("submitted");
+    assert_eq!(folder.set.as_ref().map(|i| i.files), Some(4), "a folder name is its tree");
+    assert_eq!(wait_final(&a.handle(), &folder.id, WITHIN).await.status, Status::Done);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_escape_is_refused_with_a_clear_error_and_nothing_sent() {
+    let (layout, a, b) = two_nodes().await;
+    let out = layout.out_dir("a");
+    write(&out.join("tree/ok.csv"), b"ok");
+    let outside = layout.dir.path().join("outside");
+    write(&outside.join("secret.csv"), b"secret");
+    std::os::unix::fs::symlink("/etc/passwd", out.join("tree/passwd")).expect("link");
+    std::os::unix::fs::symlink(&outside, out.join("linked")).expect("link");
+    let cases: [(&str, &str); 5] = [
+        ("../outside/*.csv", ".."),
+        ("/etc/*", "absolute"),
+        ("tree/**", "symbolic link"),
+        ("linked/*.csv", "symbolic link"),
+        (".ferry-work/*", "reserved"),
+    ];
+    for (p, why) in cases {
+        let err = a.handle().submit(pattern(p)).await.expect_err(p);
+        let text = err.to_string();
+        assert!(text.contains(why), "{p}: {text}");
+        assert!(matches!(err, SubmitError::BadFileName(_) | SubmitError::BadRequest(_)), "{p}: {err:?}");
+    }
+    // A list with an escaping path is refused the same way.
+    let list = Submit { file: String::new(), files: Some(vec!["tree/ok.csv".into(), "../x".into()]), ..pattern("x") };
+    let list = Submit { pattern: None, ..list };
+    assert!(matches!(a.handle().submit(list).await, Err(SubmitError::BadFileName(_))));
+    assert!(a.handle().store().list(None).expect("list").is_empty(), "nothing was recorded");
+    assert!(tree(&layout.in_dir("b")).is_empty(), "nothing was sent");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_match_fails_or_succeeds_as_the_policy_says() {
+    let (_layout, a, b) = two_nodes().await;
+    let err = a.handle().submit(pattern("*.none")).await.expect_err("no file matches");
+    assert!(matches!(err, SubmitError::NoFiles(_)), "{err:?}");
+    assert!(err.to_string().contains("matches no file"), "{err}");
+    let allowed = Submit { on_empty: Some(OnEmpty::Succeed), ..pattern("*.none") };
+    let set = a.handle().submit(allowed).await.expect("an empty success");
+    assert_eq!(set.status, Status::Done);
+    assert_eq!(set.set.as_ref().map(|i| i.files), Some(0));
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Submits a set of six files and stops it at once, so the test can
+/// change its files after resolution; waits (bounded) until every file is
+/// paused.
+async fn held_set(layout: &Layout, a: &Node, on_failure: OnFailure) -> RequestRecord {
+    let out = layout.out_dir("a");
+    for i in 0..6 {
+        write(&out.join(format!("batch/f{i}.dat")), format!("content {i}").as_bytes());
+    }
+    let s = Submit { on_failure: Some(on_failure), ..pattern("batch/*.dat") };
+    let set = a.handle().submit(s).await.expect("submitted");
+    assert_eq!(set.set.as_ref().map(|i| i.files), Some(6));
+    let stopped = a.handle().stop(&set.id).await.expect("stop the set");
+    assert_eq!(stopped.status, Status::Interrupted);
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while !members(&a.handle(), &set).iter().all(|m| ferry::lifecycle::is_stopped(m) || m.status.is_final()) {
+        assert!(tokio::time::Instant::now() < deadline, "the set's files did not all stop");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    set
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_changed_or_deleted_after_resolution_fail_and_the_others_arrive() {
+    let (layout, a, b) = two_nodes().await;
+    let set = held_set(&layout, &a, OnFailure::Continue).await;
+    let out = layout.out_dir("a");
+    // Changed after the set resolved it (another size), and deleted; a
+    // file that appears later does not join.
+    std::fs::write(out.join("batch/f1.dat"), b"changed after resolution").expect("change");
+    std::fs::remove_file(out.join("batch/f4.dat")).expect("delete");
+    write(&out.join("batch/late.dat"), b"late");
+    let before = tree(&layout.in_dir("b")).len();
+    a.handle().restart(&set.id).await.expect("restart the set");
+    let done = wait_final(&a.handle(), &set.id, WITHIN).await;
+    assert_eq!(done.status, Status::InError);
+    let err = done.error.clone().expect("error");
+    assert_eq!(err.code, ErrorCode::FilesFailed);
+    assert!(err.message.contains("2 of 6 files failed"), "{}", err.message);
+    assert!(err.message.contains("batch/f1.dat (SourceChanged)"), "{}", err.message);
+    assert!(err.message.contains("batch/f4.dat (FileNotFound)"), "{}", err.message);
+    let arrived = tree(&layout.in_dir("b"));
+    assert!(before <= 4, "a held set sent at most the files already running when it stopped");
+    assert_eq!(
+        arrived,
+        ["batch/f0.dat", "batch/f2.dat", "batch/f3.dat", "batch/f5.dat"],
+        "the others arrived; late.dat did not join"
+    );
+    let info = done.set.clone().expect("set");
+    assert_eq!((info.done, info.failed, info.skipped), (4, 2, 0));
+
+    // f4 put back as it was resolved (content and modification time) and
+    // the set restarted: f4 is sent; f1 still differs from what the set
+    // resolved and fails again; the files done are not sent again.
+    let all = members(&a.handle(), &done);
+    let f1 = all.iter().find(|m| m.file_name == "batch/f1.dat").expect("f1");
+    let f4 = all.iter().find(|m| m.file_name == "batch/f4.dat").expect("f4");
+    assert_eq!(f1.error.as_ref().map(|e| e.code), Some(ErrorCode::SourceChanged));
+    assert_eq!(f4.error.as_ref().map(|e| e.code), Some(ErrorCode::FileNotFound));
+    let resolved_at = f4.member_of.as_ref().expect("member").modified_ns;
+    let restored = std::fs::File::create(out.join("batch/f4.dat")).expect("restore");
+    std::io::Write::write_all(&mut &restored, b"content 4").expect("write");
+    let at = std::time::UNIX_EPOCH + Duration::from_nanos(u64::try_from(resolved_at).expect("fits"));
+    restored.set_modified(at).expect("set the resolved modification time");
+    drop(restored);
+    let f0_attempts = all.iter().find(|m| m.file_name == "batch/f0.dat").expect("f0").attempts;
+    a.handle().restart(&set.id).await.expect("restart the set");
+    let again = wait_final(&a.handle(), &set.id, WITHIN).await;
+    let info = again.set.clone().expect("set");
+    assert_eq!((info.done, info.failed), (5, 1), "{:?}", again.error);
+    assert!(again.error.as_ref().is_some_and(|e| e.message.contains("batch/f1.dat (SourceChanged)")));
+    assert!(layout.in_dir("b").join("batch/f4.dat").is_file());
+    let f0 = members(&a.handle(), &again).into_iter().find(|m| m.file_name == "batch/f0.dat").expect("f0");
+    assert_eq!(f0.attempts, f0_attempts, "a file done is not sent again");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_stop_a_failed_file_skips_the_rest() {
+    // One file at a time, in path order: f0 fails first, the rest wait.
+    let mut layout = Layout::new(&["a", "b"]);
+    layout.config_mut("a").concurrency = 1;
+    let a = layout.start("a").await;
+    let b = layout.start("b").await;
+    let set = held_set(&layout, &a, OnFailure::Stop).await;
+    // The first file not sent before the stop is deleted: it fails first
+    // when the set restarts, and the files after it wait their turn.
+    let first_held = members(&a.handle(), &set).into_iter().find(|m| m.attempts == 0).expect("a file still queued");
+    std::fs::remove_file(layout.out_dir("a").join(&first_held.file_name)).expect("delete it");
+    a.handle().restart(&set.id).await.expect("restart the set");
+    let done = wait_final(&a.handle(), &set.id, WITHIN).await;
+    assert_eq!(done.status, Status::InError);
+    let info = done.set.clone().expect("set");
+    assert_eq!(info.failed, 1, "{:?}", done.error);
+    assert_eq!(info.done + info.skipped, 5);
+    assert!(info.skipped >= 1, "files not started when {} failed are skipped: {info:?}", first_held.file_name);
+    let skipped: Vec<RequestRecord> = members(&a.handle(), &done)
+        .into_iter()
+        .filter(|m| m.error.as_ref().is_some_and(|e| e.code == ErrorCode::Skipped))
+        .collect();
+    assert_eq!(skipped.len() as u32, info.skipped);
+    for m in &skipped {
+        assert!(!layout.in_dir("b").join(&m.file_name).exists(), "{} was skipped, not sent", m.file_name);
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_files_page_and_operator_commands_cover_the_whole_set() {
+    let (layout, a, b) = two_nodes().await;
+    // Stopped as a whole: every file is paused (held_set waits for it).
+    let set = held_set(&layout, &a, OnFailure::Stop).await;
+    // Files stopped before they were ever taken are not sent while stopped.
+    let queued: Vec<String> =
+        members(&a.handle(), &set).into_iter().filter(|m| m.attempts == 0).map(|m| m.file_name).collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for f in &queued {
+        assert!(!layout.in_dir("b").join(f).exists(), "{f} was sent while its set was stopped");
+    }
+    a.handle().restart(&set.id).await.expect("restart");
+    let done = wait_final(&a.handle(), &set.id, WITHIN).await;
+    assert_eq!(done.status, Status::Done, "{:?}", done.error);
+    assert_eq!(tree(&layout.in_dir("b")).len(), 6);
+
+    // The API pages through the files in path order.
+    let client = api_client(&a);
+    let first = client.set_files(set.id.as_str(), 0, 4).await.expect("page 1");
+    assert_eq!(first.files.len(), 4);
+    assert_eq!(first.next, Some(4));
+    let second = client.set_files(set.id.as_str(), 4, 4).await.expect("page 2");
+    assert_eq!(second.files.len(), 2);
+    assert_eq!(second.next, None);
+    let names: Vec<String> = first.files.iter().chain(&second.files).map(|v| v.file.clone()).collect();
+    let want: Vec<String> = (0..6).map(|i| format!("batch/f{i}.dat")).collect();
+    assert_eq!(names, want);
+    assert!(first.files.iter().all(|v| v.status == Status::Done && v.member_of.is_some()));
+    let view = client.get(set.id.as_str()).await.expect("the set");
+    let sv = view.set.expect("a set view");
+    assert_eq!((sv.files, sv.done, sv.left), (6, 6, 0));
+    // A single transfer has no files page.
+    write(&layout.out_dir("a").join("single.bin"), b"x");
+    let one = a.handle().submit(submit(Direction::Push, "b", "single.bin")).await.expect("one");
+    let err = client.set_files(one.id.as_str(), 0, 10).await.expect_err("not a set");
+    assert_eq!(err.http_status(), Some(400));
+    a.shutdown().await;
+    b.shutdown().await;
+}
