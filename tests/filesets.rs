@@ -82,18 +82,26 @@ async fn a_glob_a_tree_and_odd_names_arrive_in_place_as_one_request() {
     for (i, f) in files.iter().enumerate() {
         write(&out.join(f), format!("file {i}: {f}\n").repeat(i * 100 + 1).as_bytes());
     }
+    // Empty folders, one nested: they arrive as folders.
+    std::fs::create_dir_all(out.join("daily/empty")).expect("mkdir");
+    std::fs::create_dir_all(out.join("daily/2026-11-30/a/b")).expect("mkdir");
     // A tree: everything below daily/, kept in place.
     let set = a.handle().submit(pattern("daily/**")).await.expect("submitted");
     let info = set.set.clone().expect("the request is a file set");
-    assert_eq!(info.files, 4, "the set resolved the four files below daily/");
+    assert_eq!(info.files, 6, "the set resolved the four files and the two empty folders below daily/");
     let done = wait_final(&a.handle(), &set.id, WITHIN).await;
     assert_eq!(done.status, Status::Done, "{:?}", done.error);
     let info = done.set.clone().expect("set");
-    assert_eq!((info.done, info.failed, info.skipped), (4, 0, 0));
+    assert_eq!((info.done, info.failed, info.skipped), (6, 0, 0));
     let expected: Vec<String> = files.iter().filter(|f| f.starts_with("daily/")).map(|f| f.to_string()).collect();
     let mut expected = expected;
     expected.sort();
     assert_eq!(tree(&layout.in_dir("b")), expected, "the tree arrived as a tree");
+    for empty in ["daily/empty", "daily/2026-11-30/a/b"] {
+        let p = layout.in_dir("b").join(empty);
+        assert!(p.is_dir(), "the empty folder {empty} arrived");
+        assert_eq!(std::fs::read_dir(&p).expect("read").count(), 0, "{empty} is empty");
+    }
     for f in &expected {
         assert_eq!(file_digest(&layout.in_dir("b").join(f)), file_digest(&out.join(f)), "{f} differs");
     }
@@ -103,6 +111,9 @@ async fn a_glob_a_tree_and_odd_names_arrive_in_place_as_one_request() {
         assert_eq!(m.status, Status::Done, "{}", m.file_name);
         let theirs = wait_record(&b.handle(), &m.id, Status::Done, WITHIN).await;
         assert_eq!(theirs.file_name, m.file_name, "the receiver records the relative path");
+        if m.file_name.ends_with('/') {
+            assert_eq!(m.size, 0, "a folder travels as 0 bytes");
+        }
     }
     // The set is one line of the listing; its files are not listed apart.
     let page = a.handle().store().page(&ferry::store::ListQuery { limit: 100, ..Default::default() }).expect("page");
@@ -117,7 +128,7 @@ async fn a_glob_a_tree_and_odd_names_arrive_in_place_as_one_request() {
 
     // A folder named as the file sends its tree too.
     let folder = a.handle().submit(submit(Direction::Push, "b", "daily")).await.expect("submitted");
-    assert_eq!(folder.set.as_ref().map(|i| i.files), Some(4), "a folder name is its tree");
+    assert_eq!(folder.set.as_ref().map(|i| i.files), Some(6), "a folder name is its tree");
     assert_eq!(wait_final(&a.handle(), &folder.id, WITHIN).await.status, Status::Done);
     a.shutdown().await;
     b.shutdown().await;

@@ -27,7 +27,7 @@ use super::task_runner;
 use super::AUDIT;
 use crate::config::OnResumeMismatch;
 use crate::lifecycle;
-use crate::protocol::names::check_relative_path;
+use crate::protocol::names::{check_entry_path, is_folder_entry};
 use crate::protocol::{
     Digest, Direction, EndTransfer, ErrorCode, Failure, Message, Output, Plan, Request, RequestId, Role as SessionRole,
     Session,
@@ -572,8 +572,9 @@ impl ChannelRun {
                 format!("partner {} may not use rule {:?} on node {}", self.partner, req.rule, cfg.node_id),
             ));
         }
-        // A plain name, or a file set's relative path, checked component by component.
-        check_relative_path(&req.file_name).map_err(|why| (ErrorCode::BadFileName, why))?;
+        // A plain name, or a file set's relative path (a folder's ends in
+        // `/`), checked component by component.
+        check_entry_path(&req.file_name).map_err(|why| (ErrorCode::BadFileName, why))?;
         if let Some(rec) = &existing {
             if rec.status == Status::Cancelled {
                 return Err((ErrorCode::Cancelled, format!("request {} was cancelled", rec.id)));
@@ -654,7 +655,10 @@ impl ChannelRun {
                     return Ok(Judgement::Complete(EndTransfer { bytes: rec.size, hash }));
                 }
                 let mode = target_mode_of(&self.ctx.core, &req.rule, req.options.target_mode);
-                refuse_existing_target(&self.ctx.core, mode, &receive::target_path(&dir, &file_name, false)?)?;
+                let target = receive::target_path(&dir, &file_name, false)?;
+                if !is_folder_entry(&file_name) {
+                    refuse_existing_target(&self.ctx.core, mode, &target)?;
+                }
                 self.reserve_room(req.size, req.block_size).await?;
                 let work = receive::work_path(&dir, &req.request_id);
                 let point = existing.as_ref().and_then(|r| r.restart_point).filter(|p| p.offset <= req.size);
@@ -788,7 +792,12 @@ impl ChannelRun {
         let work = receive::work_path(dir, self.session.request_id());
         if work.exists() {
             let final_path = receive::target_path(dir, &rec.file_name, true)?;
-            let line = receive::deliver_as(&work, &final_path, &delivery_for(&self.ctx.core, rec, &final_path))?;
+            let line = if is_folder_entry(&rec.file_name) {
+                receive::discard(&work);
+                format!("folder {} made", final_path.display())
+            } else {
+                receive::deliver_as(&work, &final_path, &delivery_for(&self.ctx.core, rec, &final_path))?
+            };
             self.record(&format!("{line} (finishing an interrupted delivery)"), |_| {});
         }
         Ok(())
@@ -946,9 +955,19 @@ impl ChannelRun {
         };
         let work = receive::work_path(&dir, &id);
         let target = final_path.clone();
-        let line = crate::determinism::blocking(move || receive::deliver_as(&work, &target, &how))
-            .await
-            .map_err(|e| (ErrorCode::Internal, e.to_string()))??;
+        let folder = self.session.request().is_some_and(|r| is_folder_entry(&r.file_name));
+        let line = crate::determinism::blocking(move || {
+            if folder {
+                // A file set's empty folder: `final_path` made it (and
+                // fsynced its parent); the empty work file goes.
+                receive::discard(&work);
+                Ok(format!("folder {} made", target.display()))
+            } else {
+                receive::deliver_as(&work, &target, &how)
+            }
+        })
+        .await
+        .map_err(|e| (ErrorCode::Internal, e.to_string()))??;
         self.record(&line, |_| {});
         tracing::info!(target: AUDIT, event = "delivered", request_id = %id, partner = %self.partner, path = %final_path.display());
         // The receiver's post-tasks run before its echo confirms the file.

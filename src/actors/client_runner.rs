@@ -347,6 +347,9 @@ pub async fn tell_cancel(
 /// resolved; a file changed since fails with `SourceChanged`.
 fn changed_since_resolved(rec: &crate::store::RequestRecord, source: &retrieve::Source) -> Option<String> {
     let member = rec.member_of.as_ref()?;
+    if crate::protocol::names::is_folder_entry(&rec.file_name) {
+        return None; // a folder's time moves with what is put in it; it exists (open_source checked)
+    }
     let modified = (member.modified_ns > 0).then(|| {
         let ns = u64::try_from(member.modified_ns).unwrap_or(u64::MAX);
         std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns)

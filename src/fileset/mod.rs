@@ -84,6 +84,33 @@ pub enum ResolveError {
     Io { path: PathBuf, source: std::io::Error },
 }
 
+/// What a set sends of its resolved entries, in path order: every file,
+/// and every folder with nothing below it (an empty folder), named with a
+/// trailing `/` so the receiver makes a folder of it. A folder with
+/// anything below it arrives with what is below.
+pub fn entries_to_send(entries: Vec<Entry>) -> Vec<Entry> {
+    let mut holding = std::collections::BTreeSet::new();
+    for e in &entries {
+        let mut path = e.path.as_str();
+        while let Some((parent, _)) = path.rsplit_once('/') {
+            if !holding.insert(parent.to_owned()) {
+                break; // its ancestors are in already
+            }
+            path = parent;
+        }
+    }
+    let mut out: Vec<Entry> = entries
+        .into_iter()
+        .filter(|e| e.kind == EntryKind::File || !holding.contains(&e.path))
+        .map(|e| match e.kind {
+            EntryKind::File => e,
+            EntryKind::Folder => Entry { path: format!("{}/", e.path), size: 0, modified_ns: 0, ..e },
+        })
+        .collect();
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out
+}
+
 /// Whether `c` makes a component a glob rather than a plain name.
 fn is_glob_char(c: char) -> bool {
     matches!(c, '*' | '?' | '[' | ']' | '{' | '}')

@@ -148,3 +148,24 @@ fn names_the_pattern_does_not_reach_cannot_fail_it() {
         other => panic!("a name with a backslash in the set: {other:?}"),
     }
 }
+
+#[test]
+fn a_set_sends_its_files_and_only_its_empty_folders() {
+    let dir = folder();
+    let entries = resolve(dir.path(), "**", MAX_ENTRIES).expect("resolves");
+    let sent = entries_to_send(entries);
+    let folders: Vec<&str> = sent.iter().filter(|e| e.kind == EntryKind::Folder).map(|e| e.path.as_str()).collect();
+    assert_eq!(folders, ["daily/empty/", "tree/hollow/"], "only folders with nothing below them, as `path/`");
+    assert!(sent.iter().filter(|e| e.kind == EntryKind::Folder).all(|e| e.size == 0));
+    assert!(sent.iter().any(|e| e.path == "tree/sub/f2"), "files are all there");
+    assert!(!sent.iter().any(|e| e.path == "tree/" || e.path == "tree"), "a folder holding files arrives with them");
+    let mut sorted = sent.clone();
+    sorted.sort_by(|a, b| a.path.cmp(&b.path));
+    assert_eq!(sent, sorted, "in path order");
+    // Only nested empty folders: the deepest is sent, its parents arrive with it.
+    let nested = vec![
+        Entry { path: "x".into(), kind: EntryKind::Folder, size: 0, modified_ns: 1 },
+        Entry { path: "x/y".into(), kind: EntryKind::Folder, size: 0, modified_ns: 1 },
+    ];
+    assert_eq!(paths(&entries_to_send(nested)), ["x/y/"]);
+}

@@ -68,6 +68,18 @@ pub fn check_relative_path(path: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks a file set's entry: a relative path ([`check_relative_path`])
+/// naming a file, or the same ending in one `/`, naming a folder (an empty
+/// folder of the set, which the receiver makes).
+pub fn check_entry_path(path: &str) -> Result<(), String> {
+    check_relative_path(path.strip_suffix('/').unwrap_or(path))
+}
+
+/// Whether an entry path names a folder (it ends in `/`).
+pub fn is_folder_entry(path: &str) -> bool {
+    path.ends_with('/')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,5 +127,16 @@ mod tests {
             assert!(!why.is_empty());
         }
         assert!(check_relative_path(&"a/".repeat(2100)).is_err());
+    }
+
+    #[test]
+    fn an_entry_is_a_relative_path_or_one_ending_in_one_slash() {
+        for p in ["a", "a/", "daily/empty/", "x y/"] {
+            assert!(check_entry_path(p).is_ok(), "{p}");
+        }
+        assert!(is_folder_entry("a/b/") && !is_folder_entry("a/b"));
+        for p in ["/", "a//", "../", "/etc/", ".ferry-work/", "a/../", ""] {
+            assert!(check_entry_path(p).is_err(), "{p:?}");
+        }
     }
 }

@@ -21,7 +21,7 @@
 //! - After `Done` or `Failed` every input is ignored (returns nothing).
 
 use super::message::*;
-use super::names::check_relative_path;
+use super::names::check_entry_path;
 
 /// Room in a frame for a Data message's fields besides its payload.
 pub const FRAME_FIELDS: usize = 4096;
@@ -624,7 +624,7 @@ impl Session {
                 format!("block size {} is outside the supported {MIN_BLOCK_SIZE}..={limit}", r.block_size),
             );
         }
-        if let Err(why) = check_relative_path(&r.file_name) {
+        if let Err(why) = check_entry_path(&r.file_name) {
             self.request = Some(r);
             self.state = State::Judging;
             return self.refuse(ErrorCode::BadFileName, why);

@@ -434,9 +434,10 @@ fn refusal_by_the_requested_side_reaches_the_requester_and_writes_nothing() {
 
 #[test]
 fn escaping_file_names_are_refused_without_asking_the_runner() {
-    // A relative path (a file set's member) is fine; nothing that climbs,
-    // starts at the root, or enters a work folder is.
-    for name in ["../etc/passwd", "/abs", "a/../b", "a//b", "a/", "..", "x\0y", "a\\b", "d/.ferry-work/x"] {
+    // A relative path (a file set's member; `a/` is its empty folder) is
+    // fine; nothing that climbs, starts at the root, or enters a work
+    // folder is.
+    for name in ["../etc/passwd", "/abs", "a/../b", "a//b", "a//", "/", "..", "x\0y", "a\\b", "d/.ferry-work/x"] {
         let mut req = request(Direction::Push, 1);
         req.file_name = name.into();
         let judge: Judge = Box::new(|_| panic!("the runner must not be asked"));

@@ -378,15 +378,21 @@ pub fn resume_offer(work: &Path, point: Option<RestartPoint>) -> std::io::Result
 /// must be a real folder, never a symbolic link (a link would lead the file
 /// out of the rule's folder), and with `create` the missing ones are made,
 /// each new folder's parent fsynced so the folder outlives a crash before
-/// the file's rename makes it reachable.
+/// the file's rename makes it reachable. A name ending in `/` is a file
+/// set's (empty) folder: every component is a folder, and the path of the
+/// last is returned.
 pub fn target_path(recv_dir: &Path, name: &str, create: bool) -> Result<PathBuf, Failure> {
-    crate::protocol::names::check_relative_path(name).map_err(|why| (ErrorCode::BadFileName, why))?;
+    use crate::protocol::names;
+    names::check_entry_path(name).map_err(|why| (ErrorCode::BadFileName, why))?;
+    let (folders, file) = match name.strip_suffix('/') {
+        Some(folder) => (folder, None),
+        None => match name.rsplit_once('/') {
+            Some((folders, file)) => (folders, Some(file)),
+            None => ("", Some(name)),
+        },
+    };
     let mut folder = recv_dir.to_path_buf();
-    let mut components = name.split('/').peekable();
-    while let Some(component) = components.next() {
-        if components.peek().is_none() {
-            return Ok(folder.join(component));
-        }
+    for component in folders.split('/').filter(|c| !c.is_empty()) {
         let next = folder.join(component);
         match std::fs::symlink_metadata(&next) {
             Ok(m) if m.is_dir() => {}
@@ -419,7 +425,10 @@ pub fn target_path(recv_dir: &Path, name: &str, create: bool) -> Result<PathBuf,
         }
         folder = next;
     }
-    Ok(folder)
+    Ok(match file {
+        Some(file) => folder.join(file),
+        None => folder,
+    })
 }
 
 /// Renames a verified, fsynced work file to its final name and fsyncs the

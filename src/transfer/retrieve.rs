@@ -113,9 +113,17 @@ pub struct Source {
 /// A file set's member names a relative path (`a/b/c.csv`, checked by
 /// [`check_relative_path`](crate::protocol::names::check_relative_path)):
 /// each folder on the way must be a real folder, not a symbolic link.
+///
+/// A name ending in `/` is a file set's empty folder: it must be a real
+/// folder (no link on the way or at the end), and what is sent is an empty
+/// anonymous file, so the folder travels as a transfer of 0 bytes that the
+/// receiver turns into a folder.
 pub fn open_source(dir: &Path, name: &str, rule: &str, node: &str) -> Result<Source, (ErrorCode, String)> {
-    if let Err(why) = crate::protocol::names::check_relative_path(name) {
+    if let Err(why) = crate::protocol::names::check_entry_path(name) {
         return Err((ErrorCode::BadFileName, why));
+    }
+    if let Some(folder) = name.strip_suffix('/') {
+        return open_folder_entry(dir, folder, rule, node);
     }
     let mut folder = dir.to_path_buf();
     if let Some((folders, _)) = name.rsplit_once('/') {
@@ -169,6 +177,39 @@ pub fn open_source(dir: &Path, name: &str, rule: &str, node: &str) -> Result<Sou
             format!("{name:?} in the send folder of rule {rule:?} on node {node} is not a regular file"),
         ));
     }
+    Ok(Source { path, file: Arc::new(file), snapshot: SourceSnapshot::of(&meta) })
+}
+
+/// A file set's empty folder as a source: checked to be a real folder
+/// below `dir` (no link anywhere on its path), sent as an empty anonymous
+/// file (an unnamed temporary file), whose size and time never change.
+fn open_folder_entry(dir: &Path, folder: &str, rule: &str, node: &str) -> Result<Source, (ErrorCode, String)> {
+    let mut path = dir.to_path_buf();
+    for component in folder.split('/') {
+        path.push(component);
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => {}
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err((
+                    ErrorCode::FileNotFound,
+                    format!(
+                        "{} in the send folder of rule {rule:?} on node {node} is a symbolic link; \
+                         a rule sends only folders inside its folder, never through a link",
+                        path.display()
+                    ),
+                ))
+            }
+            _ => {
+                return Err((
+                    ErrorCode::FileNotFound,
+                    format!("folder {folder:?} not found in the send folder of rule {rule:?} on node {node}"),
+                ))
+            }
+        }
+    }
+    // An unnamed temporary file: empty, seen by no one, gone when closed.
+    let file = tempfile::tempfile().map_err(|e| io_err(&path, "make an empty file for", e))?;
+    let meta = file.metadata().map_err(|e| io_err(&path, "stat", e))?;
     Ok(Source { path, file: Arc::new(file), snapshot: SourceSnapshot::of(&meta) })
 }
 
