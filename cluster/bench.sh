@@ -137,7 +137,7 @@ BIG_MIB=$((BIG_BYTES >> 20))
 ROWS=()
 ROWS+=("ferry (2 nodes, QUIC, loopback)|$(fmt1 "$FERRY_BIG_MBS")|$(fmt0 "$FERRY_SMALL_RPS")|one request per small file|ferry")
 if [[ -n $FERRY_SET_FPS ]]; then
-    ROWS+=("ferry file set (one request)|-|$(fmt0 "$FERRY_SET_FPS")|the same small files as one file set|ferry-set")
+    ROWS+=("ferry file set (one request)|—|$(fmt0 "$FERRY_SET_FPS")|the same small files as one file set|ferry-set")
 fi
 SKIPPED=''
 SMALL_COUNT=${FERRY_SMALL_COUNT:-0}
@@ -385,7 +385,9 @@ done
 echo
 for row in "${ROWS[@]:1}"; do
     IFS='|' read -r _ mbs fps _ short <<<"$row"
-    if [[ $mbs != '—' ]]; then
+    if [[ $short == ferry-set ]]; then
+        continue
+    elif [[ $mbs != '—' ]]; then
         echo "ferry / $short = $(ratio "$FERRY_BIG_MBS" "$mbs") (big file)"
     else
         echo "ferry / $short = $(ratio "$FERRY_SMALL_RPS" "${fps#< }") (small files)"

@@ -11,7 +11,7 @@ use super::context::Intake;
 use super::AUDIT;
 use crate::cluster::rules::{self, pick_member};
 use crate::fileset::progress::{OnEmpty, Policy};
-use crate::fileset::{self, tally, EntryKind};
+use crate::fileset::{self, tally};
 use crate::model::{Submit, SubmitError, MAX_EXTERNAL_JOB_ID, MAX_TRANSFER_INFO};
 use crate::protocol::names::{check_file_name, check_relative_path};
 use crate::protocol::{Direction, RequestId, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
@@ -152,7 +152,8 @@ struct SetSpec {
 }
 
 /// Resolves a file set's patterns in the rule's send folder and records
-/// the set and one member per file, in one atomic write, flushed before
+/// the set and one member per file (members first, the set's record as
+/// the commit point; see `Store::insert_set`), flushed before
 /// it returns: the resolved list (path, size, modification time) is
 /// durable before the first byte is sent. A link, a bad name or an
 /// unreadable folder refuses the whole set; an empty match is refused
@@ -166,12 +167,10 @@ async fn submit_set(ctx: &Intake, s: Submit, spec: SetSpec, id: RequestId) -> Re
         let mut all = std::collections::BTreeMap::new();
         for p in &patterns {
             for e in fileset::resolve(&root, p, fileset::MAX_ENTRIES)? {
-                if e.kind == EntryKind::File {
-                    all.insert(e.path.clone(), e);
-                }
+                all.insert(e.path.clone(), e);
             }
         }
-        Ok::<_, fileset::ResolveError>(all.into_values().collect::<Vec<_>>())
+        Ok::<_, fileset::ResolveError>(fileset::entries_to_send(all.into_values().collect()))
     })
     .await
     .map_err(|e| SubmitError::BadRequest(format!("cannot resolve the file set: {e}")))?;
@@ -212,35 +211,34 @@ async fn submit_set(ctx: &Intake, s: Submit, spec: SetSpec, id: RequestId) -> Re
         set: Some(SetInfo { pattern: shown.clone(), policy: spec.policy, files, done: 0, failed: 0, skipped: 0 }),
         ..RequestRecord::new(id.clone(), Role::Requester, &spec.partner, &s.rule, s.direction, &shown)
     };
-    let members = entries
-        .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            let index = u32::try_from(i).unwrap_or(u32::MAX);
-            RequestRecord {
-                block_size: spec.block_size,
-                compression: s.compression,
-                size: e.size,
-                external_job_id: s.external_job_id.clone(),
-                transfer_info: s.transfer_info.clone(),
-                target_mode: s.target_mode,
-                member_of: Some(SetMember { set: id.clone(), index, modified_ns: e.modified_ns }),
-                ..RequestRecord::new(
-                    tally::member_id(&id, index),
-                    Role::Requester,
-                    &spec.partner,
-                    &s.rule,
-                    s.direction,
-                    &e.path,
-                )
-            }
-        })
-        .collect();
     let msg = format!(
         "submitted: file set {shown:?} with {} under rule {:?}: {files} files, {total} bytes, resolved and recorded",
         spec.partner, s.rule
     );
-    let rec = ctx.core.store.insert_set(set, members, &msg)?;
+    // Members are made one at a time as they are written, off the async
+    // threads (a set of 100,000 takes a while).
+    let store = ctx.core.store.clone();
+    let (partner, rule, direction) = (spec.partner.clone(), s.rule.clone(), s.direction);
+    let (block_size, compression, target_mode) = (spec.block_size, s.compression, s.target_mode);
+    let (job, info) = (s.external_job_id.clone(), s.transfer_info.clone());
+    let rec = crate::determinism::blocking(move || {
+        let members = entries.into_iter().enumerate().map(|(i, e)| {
+            let index = u32::try_from(i).unwrap_or(u32::MAX);
+            RequestRecord {
+                block_size,
+                compression,
+                size: e.size,
+                external_job_id: job.clone(),
+                transfer_info: info.clone(),
+                target_mode,
+                member_of: Some(SetMember { set: id.clone(), index, modified_ns: e.modified_ns }),
+                ..RequestRecord::new(tally::member_id(&id, index), Role::Requester, &partner, &rule, direction, &e.path)
+            }
+        });
+        store.insert_set(set, members, &msg)
+    })
+    .await
+    .map_err(|e| SubmitError::BadRequest(format!("cannot record the file set: {e}")))??;
     ctx.core.store.flush().await?;
     tracing::info!(target: AUDIT, event = "submitted", request_id = %rec.id, partner = %rec.partner, direction = ?rec.direction, pattern = %shown, files);
     ctx.actors.wake_commander();

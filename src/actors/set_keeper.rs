@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use crate::fileset::tally::{self, Counted, MemberChange};
 use crate::lifecycle;
 use crate::protocol::ErrorCode;
-use crate::store::{now_ms, RequestRecord, Status, Store, StoreError};
+use crate::store::{now_ms, ListQuery, RequestRecord, Status, Store, StoreError};
 
 /// Most failed files a set's error message names (the files listing has all).
 const NAMED_FAILURES: usize = 5;
@@ -33,7 +33,7 @@ impl SetKeeper {
     /// Counts every open set again from its members, then follows member
     /// changes until the store's last handle is dropped.
     pub fn start(store: &Store) -> Result<tokio::task::JoinHandle<()>, StoreError> {
-        for set in store.list(None)?.into_iter().filter(|r| r.set.is_some() && !ended(r)) {
+        for set in open_sets(store)? {
             recount(store, &set)?;
         }
         let (tx, mut rx) = mpsc::unbounded_channel::<MemberChange>();
@@ -53,8 +53,22 @@ impl SetKeeper {
     }
 }
 
-fn ended(r: &RequestRecord) -> bool {
-    matches!(r.status, Status::Done | Status::Cancelled)
+/// Every set that has not ended (`Done` or `Cancelled`), read through the
+/// listing's status indexes, so start-up does not read every record.
+fn open_sets(store: &Store) -> Result<Vec<RequestRecord>, StoreError> {
+    let mut out = Vec::new();
+    for status in [Status::Running, Status::Interrupted, Status::InError] {
+        let mut q = ListQuery { status: Some(status), limit: crate::store::listing::MAX_PAGE, ..ListQuery::default() };
+        loop {
+            let page = store.page(&q)?;
+            out.extend(page.records.into_iter().filter(|r| r.set.is_some()));
+            match page.next {
+                Some(next) => q.after = Some(next),
+                None => break,
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Adds one member's change to its set, ends or reopens the set as the
@@ -170,4 +184,95 @@ fn recount(store: &Store, set: &RequestRecord) -> Result<(), StoreError> {
         },
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fileset::progress::Policy;
+    use crate::protocol::{Direction, RequestId};
+    use crate::store::{Role, SetInfo, SetMember, Step};
+
+    fn set_with(store: &Store, files: u32) -> RequestRecord {
+        let id = RequestId::generate();
+        let set = RequestRecord {
+            status: Status::Running,
+            step: Step::Transfer,
+            set: Some(SetInfo {
+                pattern: "*".into(),
+                policy: Policy::default(),
+                files,
+                done: 0,
+                failed: 0,
+                skipped: 0,
+            }),
+            ..RequestRecord::new(id.clone(), Role::Requester, "b", "r", Direction::Push, "*")
+        };
+        let members: Vec<RequestRecord> = (0..files)
+            .map(|i| RequestRecord {
+                size: 10,
+                member_of: Some(SetMember { set: id.clone(), index: i, modified_ns: 0 }),
+                ..RequestRecord::new(tally::member_id(&id, i), Role::Requester, "b", "r", Direction::Push, "f")
+            })
+            .collect();
+        store.insert_set(set, members, "test").expect("inserted")
+    }
+
+    async fn settled(store: &Store, id: &crate::protocol::RequestId, want: Status) -> RequestRecord {
+        for _ in 0..500 {
+            let rec = store.get(id).expect("get").expect("set");
+            if rec.status == want {
+                return rec;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("the set did not reach {want:?}: {:?}", store.get(id));
+    }
+
+    #[tokio::test]
+    async fn start_up_counts_what_a_crash_left_unapplied_and_then_follows_changes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("store");
+        let set = set_with(&store, 3);
+        // Two members ended while no keeper ran (a crash before it applied them).
+        store.update(&tally::member_id(&set.id, 0), "", |r| r.status = Status::Done).expect("done");
+        store
+            .update(&tally::member_id(&set.id, 1), "", |r| {
+                lifecycle::fail(r, ErrorCode::FileNotFound, "gone", 0, 1);
+            })
+            .expect("failed");
+        let keeper = SetKeeper::start(&store).expect("starts");
+        let rec = store.get(&set.id).expect("get").expect("set");
+        let info = rec.set.clone().expect("info");
+        assert_eq!((info.done, info.failed, rec.transferred), (1, 1, 10), "counted again at start-up");
+        assert_eq!(rec.status, Status::Running, "one file is left");
+        // The last member ends: the keeper applies it and ends the set,
+        // naming the failed file; under `stop` nothing was left to skip.
+        store.update(&tally::member_id(&set.id, 2), "", |r| r.status = Status::Done).expect("done");
+        let ended = settled(&store, &set.id, Status::InError).await;
+        let err = ended.error.expect("error");
+        assert_eq!(err.code, ErrorCode::FilesFailed);
+        assert!(err.message.contains("f (FileNotFound)"), "{}", err.message);
+        keeper.abort();
+    }
+
+    #[tokio::test]
+    async fn under_stop_a_failure_skips_the_queued_members() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("store");
+        let keeper = SetKeeper::start(&store).expect("starts");
+        let set = set_with(&store, 4);
+        store
+            .update(&tally::member_id(&set.id, 0), "", |r| {
+                lifecycle::fail(r, ErrorCode::SourceChanged, "changed", 0, 1);
+            })
+            .expect("failed");
+        let ended = settled(&store, &set.id, Status::InError).await;
+        assert_eq!(ended.set.as_ref().map(|i| (i.failed, i.skipped)), Some((1, 3)));
+        for i in 1..4 {
+            let m = store.get(&tally::member_id(&set.id, i)).expect("get").expect("member");
+            assert_eq!(m.error.map(|e| e.code), Some(ErrorCode::Skipped), "member {i}");
+        }
+        keeper.abort();
+    }
 }
