@@ -34,6 +34,7 @@ scenarios!(
     node_lost,
     operator_commands,
     post_task_failures,
+    file_set_faults,
 );
 
 /// The same seed gives the same run, in every scenario: same steps, same

@@ -11,6 +11,9 @@
 //!   at every crash);
 //! - `single delivery`: no request is delivered twice;
 //! - `agreement`: both nodes of a request agree on its final state;
+//! - `sets`: a file set's record agrees with its files (totals, status,
+//!   ended only once every file ended); each file is a request of its own
+//!   under every other invariant;
 //! - `no actor left`: nothing runs once every request ended, and every node
 //!   stops with no task still holding it;
 //! - `tasks` (runs with tasks): for a request that ended `Done`, every
@@ -101,6 +104,7 @@ impl World<'_> {
         v.extend(self.agreement());
         v.extend(self.no_actor_left());
         v.extend(self.expected_log());
+        v.extend(self.sets());
         if self.spec.tasks {
             v.extend(self.tasks());
         }
@@ -170,12 +174,60 @@ impl World<'_> {
     }
 
     /// Requests as their requesters (not lost) hold them.
+    /// Every request a live requester holds, one per file: a file set's
+    /// own record is left out (its files are requests of their own; the
+    /// `sets` invariant checks the set).
     fn requests(&self) -> impl Iterator<Item = (&String, &RequestRecord)> {
         self.records
             .iter()
             .filter(|(n, _)| !self.lost(n))
             .flat_map(|(n, rs)| rs.values().map(move |r| (n, r)))
-            .filter(|(_, r)| r.role == Role::Requester)
+            .filter(|(_, r)| r.role == Role::Requester && r.set.is_none())
+    }
+
+    /// `sets`: a file set's record agrees with its files: its totals are
+    /// its files' (done, failed, skipped), it is `Done` exactly when every
+    /// file is, it ended only once every file ended, and a file is Done
+    /// only if its set lists it (no file joined later).
+    fn sets(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        for (node, rs) in self.records.iter().filter(|(n, _)| !self.lost(n)) {
+            for set in rs.values().filter(|r| r.set.is_some()) {
+                let info = set.set.as_ref().expect("filtered");
+                let files: Vec<Option<&RequestRecord>> =
+                    (0..info.files).map(|i| rs.get(ferry::fileset::tally::member_id(&set.id, i).as_str())).collect();
+                if files.iter().any(Option::is_none) {
+                    v.push(format!("sets: {node}'s set {} lacks some of its {} files", set.id, info.files));
+                    continue;
+                }
+                let files: Vec<&RequestRecord> = files.into_iter().flatten().collect();
+                let count = |c| files.iter().filter(|f| ferry::fileset::tally::counted(f) == Some(c)).count() as u32;
+                use ferry::fileset::tally::Counted;
+                let (done, failed, skipped) = (count(Counted::Done), count(Counted::Failed), count(Counted::Skipped));
+                let all_ended = files.iter().all(|f| f.status.is_final());
+                let wrong = (info.done, info.failed, info.skipped) != (done, failed, skipped)
+                    || (set.status == Status::Done) != (done == info.files)
+                    || (set.status.is_final() && !all_ended)
+                    || (all_ended && !set.status.is_final());
+                if wrong {
+                    v.push(format!(
+                        "sets: {node}'s set {} is {:?} with totals {}/{}/{} but its files are {done} done, \
+                         {failed} failed, {skipped} skipped of {}{}",
+                        set.id,
+                        set.status,
+                        info.done,
+                        info.failed,
+                        info.skipped,
+                        info.files,
+                        if all_ended { "" } else { ", not all ended" }
+                    ));
+                }
+                if self.spec.all_done && set.status != Status::Done {
+                    v.push(format!("sets: {node}'s set {} ended {:?} though every fault healed", set.id, set.status));
+                }
+            }
+        }
+        v
     }
 
     fn receiver<'r>(requester: &'r str, r: &'r RequestRecord) -> &'r str {

@@ -48,6 +48,19 @@ pub struct RequestSpec {
     pub direction: Direction,
     pub file: String,
     pub size: usize,
+    /// A file set (push only): this many files named `FILE-NNN`, each of
+    /// `size` bytes, submitted as the one pattern `FILE-*` (0: one file).
+    pub set_files: usize,
+}
+
+impl RequestSpec {
+    /// The files this submission sends (one, or each of its set).
+    pub fn files(&self) -> Vec<String> {
+        match self.set_files {
+            0 => vec![self.file.clone()],
+            n => (0..n).map(|i| format!("{}-{i:03}", self.file)).collect(),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -272,17 +285,19 @@ pub fn run(spec: &RunSpec, seed: u64) -> Result<RunReport, String> {
     let mut data_rng = StdRng::seed_from_u64(seed ^ 0x5eed_f11e);
     let mut sources: BTreeMap<String, Digest> = BTreeMap::new();
     for r in &spec.requests {
-        let mut data = vec![0u8; r.size];
-        data_rng.fill_bytes(&mut data);
-        let senders: Vec<&str> = match spec.groups.iter().find(|g| g.name == r.partner) {
-            Some(g) if r.direction == Direction::Pull => g.members.iter().map(String::as_str).collect(),
-            _ => vec![sender_of(r)],
-        };
-        for s in senders {
-            let path = nodes[s].send_dir().join(&r.file);
-            std::fs::write(&path, &data).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        for file in r.files() {
+            let mut data = vec![0u8; r.size];
+            data_rng.fill_bytes(&mut data);
+            let senders: Vec<&str> = match spec.groups.iter().find(|g| g.name == r.partner) {
+                Some(g) if r.direction == Direction::Pull => g.members.iter().map(String::as_str).collect(),
+                _ => vec![sender_of(r)],
+            };
+            for s in senders {
+                let path = nodes[s].send_dir().join(&file);
+                std::fs::write(&path, &data).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            }
+            sources.insert(file, Digest::of(&data));
         }
-        sources.insert(r.file.clone(), Digest::of(&data));
     }
 
     audit::start();
@@ -494,7 +509,7 @@ fn submission(r: &RequestSpec) -> Submit {
         partner: r.partner.clone(),
         rule: "default".into(),
         direction: r.direction,
-        file: r.file.clone(),
+        file: if r.set_files > 0 { String::new() } else { r.file.clone() },
         external_job_id: None,
         transfer_info: String::new(),
         block_size: None,
@@ -502,7 +517,7 @@ fn submission(r: &RequestSpec) -> Submit {
         source: None,
         target: None,
         target_mode: None,
-        pattern: None,
+        pattern: (r.set_files > 0).then(|| format!("{}-*", r.file)),
         files: None,
         on_empty: None,
         on_failure: None,
