@@ -245,9 +245,10 @@ pub fn post_task_failures(seed: u64) -> RunSpec {
 pub fn file_set_faults(seed: u64) -> RunSpec {
     let mut r = rng(seed, 11);
     let mut spec = RunSpec::new(&["a", "b"]);
-    let size = r.random_range(8 * 1024..=256 * 1024);
+    // Large enough that the set is still moving when the faults come.
+    let size = r.random_range(512 * 1024..=2 * 1024 * 1024);
     spec.requests
-        .push(RequestSpec { set_files: 12, ..request(0, r.random_range(0..200), "a", "b", Direction::Push, size) });
+        .push(RequestSpec { set_files: 12, ..request(0, r.random_range(0..100), "a", "b", Direction::Push, size) });
     for n in 1..3 {
         let size = r.random_range(64 * 1024..=512 * 1024);
         spec.requests.push(request(n, r.random_range(0..400), "a", "b", Direction::Push, size));
