@@ -125,30 +125,8 @@ pub fn open_source(dir: &Path, name: &str, rule: &str, node: &str) -> Result<Sou
     if let Some(folder) = name.strip_suffix('/') {
         return open_folder_entry(dir, folder, rule, node);
     }
-    let mut folder = dir.to_path_buf();
     if let Some((folders, _)) = name.rsplit_once('/') {
-        for component in folders.split('/') {
-            folder.push(component);
-            match std::fs::symlink_metadata(&folder) {
-                Ok(m) if m.is_dir() => {}
-                Ok(m) if m.file_type().is_symlink() => {
-                    return Err((
-                        ErrorCode::FileNotFound,
-                        format!(
-                            "{} in the send folder of rule {rule:?} on node {node} is a symbolic link; \
-                             a rule sends only files inside its folder, never through a link",
-                            folder.display()
-                        ),
-                    ))
-                }
-                _ => {
-                    return Err((
-                        ErrorCode::FileNotFound,
-                        format!("file {name:?} not found in the send folder of rule {rule:?} on node {node}"),
-                    ))
-                }
-            }
-        }
+        folder_below(dir, folders, name, rule, node)?;
     }
     let path = dir.join(name);
     let opened = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(&path);
@@ -180,12 +158,12 @@ pub fn open_source(dir: &Path, name: &str, rule: &str, node: &str) -> Result<Sou
     Ok(Source { path, file: Arc::new(file), snapshot: SourceSnapshot::of(&meta) })
 }
 
-/// A file set's empty folder as a source: checked to be a real folder
-/// below `dir` (no link anywhere on its path), sent as an empty anonymous
-/// file (an unnamed temporary file), whose size and time never change.
-fn open_folder_entry(dir: &Path, folder: &str, rule: &str, node: &str) -> Result<Source, (ErrorCode, String)> {
+/// `dir/folders`, checked folder by folder: each must be a real folder,
+/// never a symbolic link (a link would lead out of the rule's folder).
+/// `name` is what the messages call the file or folder asked for.
+fn folder_below(dir: &Path, folders: &str, name: &str, rule: &str, node: &str) -> Result<PathBuf, (ErrorCode, String)> {
     let mut path = dir.to_path_buf();
-    for component in folder.split('/') {
+    for component in folders.split('/') {
         path.push(component);
         match std::fs::symlink_metadata(&path) {
             Ok(m) if m.is_dir() => {}
@@ -194,7 +172,7 @@ fn open_folder_entry(dir: &Path, folder: &str, rule: &str, node: &str) -> Result
                     ErrorCode::FileNotFound,
                     format!(
                         "{} in the send folder of rule {rule:?} on node {node} is a symbolic link; \
-                         a rule sends only folders inside its folder, never through a link",
+                         a rule sends only what is inside its folder, never through a link",
                         path.display()
                     ),
                 ))
@@ -202,11 +180,19 @@ fn open_folder_entry(dir: &Path, folder: &str, rule: &str, node: &str) -> Result
             _ => {
                 return Err((
                     ErrorCode::FileNotFound,
-                    format!("folder {folder:?} not found in the send folder of rule {rule:?} on node {node}"),
+                    format!("{name:?} not found in the send folder of rule {rule:?} on node {node}"),
                 ))
             }
         }
     }
+    Ok(path)
+}
+
+/// A file set's empty folder as a source: checked to be a real folder
+/// below `dir` (no link anywhere on its path), sent as an empty anonymous
+/// file (an unnamed temporary file), whose size and time never change.
+fn open_folder_entry(dir: &Path, folder: &str, rule: &str, node: &str) -> Result<Source, (ErrorCode, String)> {
+    let path = folder_below(dir, folder, folder, rule, node)?;
     // An unnamed temporary file: empty, seen by no one, gone when closed.
     let file = tempfile::tempfile().map_err(|e| io_err(&path, "make an empty file for", e))?;
     let meta = file.metadata().map_err(|e| io_err(&path, "stat", e))?;
@@ -338,6 +324,28 @@ fn pump(
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn a_relative_path_or_folder_through_a_link_is_refused_and_a_real_one_opens() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("send");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(root.join("real/empty")).expect("mkdir");
+        std::fs::create_dir_all(&outside).expect("mkdir");
+        std::fs::write(root.join("real/f.csv"), b"data").expect("write");
+        std::fs::write(outside.join("secret.csv"), b"secret").expect("write");
+        std::os::unix::fs::symlink(&outside, root.join("linked")).expect("link");
+        let opened = open_source(&root, "real/f.csv", "r", "a").expect("a real path opens");
+        assert_eq!(opened.snapshot.size, 4);
+        let folder = open_source(&root, "real/empty/", "r", "a").expect("a real folder opens");
+        assert_eq!(folder.snapshot.size, 0, "a folder is sent as 0 bytes");
+        for name in ["linked/secret.csv", "linked/", "real/../linked/secret.csv", "missing/f.csv", "real/f.csv/"] {
+            let (code, _) = open_source(&root, name, "r", "a").expect_err(name);
+            assert!(matches!(code, ErrorCode::FileNotFound | ErrorCode::BadFileName), "{name}: {code:?}");
+        }
+        let (_, why) = open_source(&root, "linked/secret.csv", "r", "a").expect_err("through a link");
+        assert!(why.contains("symbolic link"), "{why}");
+    }
 
     #[test]
     fn a_changed_source_says_what_changed_with_both_values() {
