@@ -52,6 +52,12 @@ pub fn rules_text(rules: &[RuleView]) -> String {
         let backup =
             if target == "backup" { format!(" (existing file renamed to {})", r.backup_name) } else { String::new() };
         text.push_str(&format!("  target mode    {target}{backup}\n"));
+        let policy = |v: &dyn std::fmt::Debug| format!("{v:?}").to_lowercase();
+        text.push_str(&format!(
+            "  file sets      on_empty = {}, on_failure = {}\n",
+            policy(&r.on_empty),
+            policy(&r.on_failure)
+        ));
         if !r.folders.is_empty() {
             text.push_str(&format!("  task folders   {}\n", r.folders.join(", ")));
         }
@@ -94,5 +100,6 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("target mode    replace"), "{text}");
+        assert!(text.contains("file sets      on_empty = fail, on_failure = stop\n"), "{text}");
     }
 }

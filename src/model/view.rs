@@ -158,6 +158,10 @@ pub struct RuleView {
     pub folders: Vec<String>,
     pub sender: SideTasks,
     pub receiver: SideTasks,
+    /// File sets sent under the rule: what an empty match means.
+    pub on_empty: crate::fileset::progress::OnEmpty,
+    /// File sets sent under the rule: what one failed file means.
+    pub on_failure: crate::fileset::progress::OnFailure,
 }
 
 impl RuleView {
@@ -172,6 +176,8 @@ impl RuleView {
             folders: r.folders.iter().map(|f| f.display().to_string()).collect(),
             sender: r.sender.clone(),
             receiver: r.receiver.clone(),
+            on_empty: r.on_empty,
+            on_failure: r.on_failure,
         }
     }
 }
