@@ -469,19 +469,18 @@ impl NodeHandle {
         let rec = self.own(id)?;
         let rec = match &rec.set {
             Some(_) => {
-                if rec.status.is_final() || lifecycle::is_stopped(&rec) {
+                let line = "stopped by an operator";
+                let stoppable = |r: &RequestRecord| !r.status.is_final() && !lifecycle::is_stopped(r);
+                let Some(set) = self.ctx.core.store.update_if(id, line, stoppable, |r| lifecycle::stop(r, line))?
+                else {
                     return Err(Self::invalid(&rec, "stop"));
-                }
-                let set = self
-                    .ctx
-                    .core
-                    .store
-                    .update(id, "stopped by an operator", |r| lifecycle::stop(r, "stopped by an operator"))?;
-                for member in self.set_members(&set)? {
-                    if lifecycle::stop_path(&member) != CommandPath::Refused {
-                        self.stop_one(member)?;
-                    }
-                }
+                };
+                // A file that ends meanwhile (the Commander runs the set
+                // on) needs no stop: skipped, not an error.
+                self.each_member(&set, |member| match self.stop_one(member) {
+                    Ok(_) | Err(CommandError::InvalidState { .. }) => Ok(()),
+                    Err(e) => Err(e),
+                })?;
                 set
             }
             None => self.stop_one(rec)?,
@@ -529,15 +528,20 @@ impl NodeHandle {
         let reason = format!("cancelled by an operator on {}", self.ctx.core.config.node_id);
         let rec = match &rec.set {
             Some(_) => {
-                if rec.status.is_final() && rec.status != Status::InError {
+                let cancellable = |r: &RequestRecord| !r.status.is_final() || r.status == Status::InError;
+                let cancel = |r: &mut RequestRecord| lifecycle::cancel(r, &reason, now_ms());
+                let Some(set) = self.ctx.core.store.update_if(id, &reason, cancellable, cancel)? else {
                     return Err(Self::invalid(&rec, "cancel"));
-                }
-                let set = self.ctx.core.store.update(id, &reason, |r| lifecycle::cancel(r, &reason, now_ms()))?;
-                for member in self.set_members(&set)? {
-                    if !member.status.is_final() {
-                        self.cancel_one(member, &reason)?;
+                };
+                self.each_member(&set, |member| {
+                    if member.status.is_final() && member.status != Status::InError {
+                        return Ok(());
                     }
-                }
+                    match self.cancel_one(member, &reason) {
+                        Ok(_) | Err(CommandError::InvalidState { .. }) => Ok(()),
+                        Err(e) => Err(e),
+                    }
+                })?;
                 set
             }
             None => self.cancel_one(rec, &reason)?,
@@ -608,17 +612,38 @@ impl NodeHandle {
         }
         let rec = match &rec.set {
             Some(_) => {
-                let set = self.ctx.core.store.update(id, "restarted by an operator", |r| {
+                // Refused while a file still runs (a stop not yet taken
+                // effect): it would end stopped after the restart and hold
+                // the set open. And refused when no file can run again.
+                let (mut restartable, mut running) = (0, 0);
+                self.each_member(&rec, |m| {
+                    restartable += usize::from(lifecycle::can_restart(&m));
+                    running += usize::from(m.status == Status::Running);
+                    Ok(())
+                })?;
+                if running > 0 || restartable == 0 {
+                    let state = if running > 0 {
+                        format!("a file set with {running} files still running (restart it once they stopped)")
+                    } else {
+                        "a file set none of whose files can run again (cancelled files stay cancelled)".into()
+                    };
+                    return Err(CommandError::InvalidState { id: id.clone(), action: "restart", state });
+                }
+                let reopen = |r: &mut RequestRecord| {
                     r.status = Status::Running;
                     r.step = crate::store::Step::Transfer;
                     r.error = None;
                     r.finished_at = None;
+                };
+                let line = "restarted by an operator";
+                let Some(set) = self.ctx.core.store.update_if(id, line, lifecycle::can_restart, reopen)? else {
+                    return Err(Self::invalid(&rec, "restart"));
+                };
+                self.each_member(&set, |m| {
+                    let line = "restarted with its set";
+                    self.ctx.core.store.update_if(&m.id, line, lifecycle::can_restart, lifecycle::restart)?;
+                    Ok(())
                 })?;
-                for member in self.set_members(&set)? {
-                    if lifecycle::can_restart(&member) {
-                        self.ctx.core.store.update(&member.id, "restarted with its set", lifecycle::restart)?;
-                    }
-                }
                 set
             }
             None => self.ctx.core.store.update(id, "restarted by an operator", lifecycle::restart)?,
@@ -628,16 +653,21 @@ impl NodeHandle {
         Ok(rec)
     }
 
-    /// A file set's member records, in index order (a member missing from
-    /// the store is damage, reported, not skipped).
-    fn set_members(&self, set: &RequestRecord) -> Result<Vec<RequestRecord>, CommandError> {
-        let files = set.set.as_ref().map_or(0, |i| i.files);
-        (0..files)
-            .map(|i| {
-                let id = crate::fileset::tally::member_id(&set.id, i);
-                self.ctx.core.store.get(&id)?.ok_or(CommandError::Store(crate::store::StoreError::NotFound(id)))
-            })
-            .collect()
+    /// Runs `f` on each of a file set's members in index order, read one at
+    /// a time (a member missing from the store is damage, reported, not
+    /// skipped).
+    fn each_member(
+        &self,
+        set: &RequestRecord,
+        mut f: impl FnMut(RequestRecord) -> Result<(), CommandError>,
+    ) -> Result<(), CommandError> {
+        for i in 0..set.set.as_ref().map_or(0, |i| i.files) {
+            let id = crate::fileset::tally::member_id(&set.id, i);
+            let member =
+                self.ctx.core.store.get(&id)?.ok_or(CommandError::Store(crate::store::StoreError::NotFound(id)))?;
+            f(member)?;
+        }
+        Ok(())
     }
 
     pub async fn stats(&self) -> NodeStats {

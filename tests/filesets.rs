@@ -126,6 +126,11 @@ async fn a_glob_a_tree_and_odd_names_arrive_in_place_as_one_request() {
     assert!(layout.in_dir("b").join("top.csv").is_file());
     assert!(!layout.in_dir("b").join("other.txt").exists());
 
+    // A glob that matches folders sends their trees (not empty folders).
+    let days = a.handle().submit(pattern("daily/2026-11-2?")).await.expect("submitted");
+    assert_eq!(days.set.as_ref().map(|i| i.files), Some(3), "the three files below the two day folders it matched");
+    assert_eq!(wait_final(&a.handle(), &days.id, WITHIN).await.status, Status::Done);
+
     // A folder named as the file sends its tree too.
     let folder = a.handle().submit(submit(Direction::Push, "b", "daily")).await.expect("submitted");
     assert_eq!(folder.set.as_ref().map(|i| i.files), Some(6), "a folder name is its tree");
@@ -184,11 +189,19 @@ async fn an_empty_match_fails_or_succeeds_as_the_policy_says() {
 /// change its files after resolution; waits (bounded) until every file is
 /// paused.
 async fn held_set(layout: &Layout, a: &Node, on_failure: OnFailure) -> RequestRecord {
+    held_set_in(layout, a, "batch", on_failure).await
+}
+
+async fn held_set_named(layout: &Layout, a: &Node, folder: &str) -> RequestRecord {
+    held_set_in(layout, a, folder, OnFailure::Stop).await
+}
+
+async fn held_set_in(layout: &Layout, a: &Node, folder: &str, on_failure: OnFailure) -> RequestRecord {
     let out = layout.out_dir("a");
     for i in 0..6 {
-        write(&out.join(format!("batch/f{i}.dat")), format!("content {i}").as_bytes());
+        write(&out.join(format!("{folder}/f{i}.dat")), format!("content {i}").as_bytes());
     }
-    let s = Submit { on_failure: Some(on_failure), ..pattern("batch/*.dat") };
+    let s = Submit { on_failure: Some(on_failure), ..pattern(&format!("{folder}/*.dat")) };
     let set = a.handle().submit(s).await.expect("submitted");
     assert_eq!(set.set.as_ref().map(|i| i.files), Some(6));
     let stopped = a.handle().stop(&set.id).await.expect("stop the set");
@@ -284,6 +297,20 @@ async fn under_stop_a_failed_file_skips_the_rest() {
     for m in &skipped {
         assert!(!layout.in_dir("b").join(&m.file_name).exists(), "{} was skipped, not sent", m.file_name);
     }
+    // The file put back as resolved and the set restarted: the failed and
+    // the skipped files all run (a restart does not skip again what it
+    // queued), and the set ends Done.
+    let resolved_at = first_held.member_of.as_ref().expect("member").modified_ns;
+    let back = std::fs::File::create(layout.out_dir("a").join(&first_held.file_name)).expect("restore");
+    let index = first_held.member_of.as_ref().expect("member").index;
+    std::io::Write::write_all(&mut &back, format!("content {index}").as_bytes()).expect("write");
+    back.set_modified(std::time::UNIX_EPOCH + Duration::from_nanos(u64::try_from(resolved_at).expect("fits")))
+        .expect("time");
+    drop(back);
+    a.handle().restart(&set.id).await.expect("restart the set");
+    let again = wait_final(&a.handle(), &set.id, WITHIN).await;
+    assert_eq!(again.status, Status::Done, "{:?}", again.error);
+    assert_eq!(tree(&layout.in_dir("b")).len(), 6);
     a.shutdown().await;
     b.shutdown().await;
 }
@@ -304,6 +331,22 @@ async fn the_files_page_and_operator_commands_cover_the_whole_set() {
     let done = wait_final(&a.handle(), &set.id, WITHIN).await;
     assert_eq!(done.status, Status::Done, "{:?}", done.error);
     assert_eq!(tree(&layout.in_dir("b")).len(), 6);
+
+    // Cancelled as a whole: a file that ended meanwhile stays as it is,
+    // the others are cancelled, and the set stays Cancelled.
+    let second = held_set_named(&layout, &a, "batch2").await;
+    let first = members(&a.handle(), &second).remove(0);
+    if !first.status.is_final() {
+        a.handle().store().update(&first.id, "ended meanwhile (test)", |r| r.status = Status::Done).expect("done");
+    }
+    let cancelled = a.handle().cancel(&second.id).await.expect("cancel the set");
+    assert_eq!(cancelled.status, Status::Cancelled);
+    for m in members(&a.handle(), &second).into_iter().skip(1) {
+        assert!(matches!(m.status, Status::Cancelled | Status::Done), "{}: {:?}", m.file_name, m.status);
+    }
+    assert_eq!(a.handle().store().get(&first.id).expect("get").expect("first").status, Status::Done);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(a.handle().store().get(&second.id).expect("get").expect("set").status, Status::Cancelled);
 
     // The API pages through the files in path order.
     let client = api_client(&a);

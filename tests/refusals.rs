@@ -124,8 +124,9 @@ async fn a_file_name_that_escapes_the_rule_folder_is_refused() {
     let b = layout.start("b").await;
     let (_ep, conn) = raw_peer(&layout, "a", "b").await;
     // A relative path below the folder is a file set's member; these climb,
-    // start at the root, enter a work folder or are not names at all.
-    for name in ["../escape", "/tmp/escape", "sub/../../escape", "sub//escape", ".ferry-work/x", "..", "a\0b"] {
+    // start at the root, enter a work folder or are not names at all, and
+    // a folder entry (`dir/`) that announces data is refused too.
+    for name in ["../escape", "/tmp/escape", "sub/../../escape", "sub//escape", ".ferry-work/x", "..", "a\0b", "dir/"] {
         let (mut w, mut r) = channel(&conn).await;
         let id = handshake(&mut w, &mut r, "a").await;
         assert!(matches!(next(&mut r).await, Message::Authent(_)));
@@ -138,6 +139,21 @@ async fn a_file_name_that_escapes_the_rule_folder_is_refused() {
     }
     assert!(delivered(&layout.in_dir("b")).is_empty());
     assert!(!layout.dir.path().join("b").join("escape").exists());
+    // A pull names one file at the top of the send folder: a path below it
+    // is refused (pulls of file sets are not built), even to a real file.
+    std::fs::create_dir_all(layout.out_dir("b").join("sub")).expect("mkdir");
+    std::fs::write(layout.out_dir("b").join("sub/real.csv"), b"real").expect("write");
+    for name in ["sub/real.csv", "sub/"] {
+        let (mut w, mut r) = channel(&conn).await;
+        let id = handshake(&mut w, &mut r, "a").await;
+        assert!(matches!(next(&mut r).await, Message::Authent(_)));
+        let pull = Request { direction: Direction::Pull, size: 0, restart_offset: 0, ..push_request(id.clone(), name) };
+        w.send(&Message::Request(pull)).await.expect("send");
+        match next(&mut r).await {
+            Message::Refused(f) => assert_eq!(f.code, ErrorCode::BadFileName, "{name:?}: {}", f.message),
+            other => panic!("pull of {name:?}: expected Refused, got {other:?}"),
+        }
+    }
     // The node's own API refuses such names too, before anything is queued.
     let a = layout.start("a").await;
     let e = a.handle().submit(submit(Direction::Push, "b", "../x")).await.expect_err("refused");

@@ -575,6 +575,24 @@ impl ChannelRun {
         // A plain name, or a file set's relative path (a folder's ends in
         // `/`), checked component by component.
         check_entry_path(&req.file_name).map_err(|why| (ErrorCode::BadFileName, why))?;
+        // Paths and folders are what a pushed file set sends; a pull names
+        // one file at the top of the send folder (pulls of sets are not
+        // built), and a folder carries no data.
+        if req.direction == Direction::Pull && req.file_name.contains('/') {
+            return Err((
+                ErrorCode::BadFileName,
+                format!("a pull names one file in the rule's send folder, not the path {:?}", req.file_name),
+            ));
+        }
+        if is_folder_entry(&req.file_name) && req.size != 0 {
+            return Err((
+                ErrorCode::BadFileName,
+                format!(
+                    "{:?} names a folder, which carries no data, but {} bytes were announced",
+                    req.file_name, req.size
+                ),
+            ));
+        }
         if let Some(rec) = &existing {
             if rec.status == Status::Cancelled {
                 return Err((ErrorCode::Cancelled, format!("request {} was cancelled", rec.id)));
@@ -1135,12 +1153,18 @@ pub fn delivery_for(ctx: &Core, rec: &RequestRecord, final_path: &std::path::Pat
             let backup = match ctx.config.rule(&rec.rule) {
                 Some(rule) => task_runner::vars(rule, rec, &ctx.config.node_id, final_path)
                     .substitute(&rule.backup_name)
-                    .unwrap_or_else(|_| format!("{}.bak", rec.file_name)),
-                None => format!("{}.bak", rec.file_name),
+                    .unwrap_or_else(|_| fallback_backup(final_path)),
+                None => fallback_backup(final_path),
             };
             Delivery::Backup { backup }
         }
     }
+}
+
+/// `NAME.bak` beside the target (its own name, not a set's whole path).
+fn fallback_backup(final_path: &std::path::Path) -> String {
+    let name = final_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    format!("{name}.bak")
 }
 
 /// `create` mode: refuses, before any data moves, a target that exists.

@@ -58,6 +58,11 @@ pub async fn submit(
     if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) {
         return Err(SubmitError::BadBlockSize(format!("{block_size} is outside {MIN_BLOCK_SIZE}..={MAX_BLOCK_SIZE}")));
     }
+    if set.is_some() && submitted_on.is_some() {
+        return Err(SubmitError::BadRequest(
+            "a file set is submitted to the node that sends it, not handed over".into(),
+        ));
+    }
     if let Some(patterns) = set {
         let policy = Policy {
             on_empty: s.on_empty.unwrap_or(rule.on_empty),
@@ -168,6 +173,23 @@ async fn submit_set(ctx: &Intake, s: Submit, spec: SetSpec, id: RequestId) -> Re
         for p in &patterns {
             for e in fileset::resolve(&root, p, fileset::MAX_ENTRIES)? {
                 all.insert(e.path.clone(), e);
+            }
+        }
+        // A glob that matched a folder (`2026-11-*`) means its tree, as a
+        // folder's name does: what is below it is added, so it is not taken
+        // for an empty folder.
+        let folders: Vec<String> =
+            all.values().filter(|e| e.kind == fileset::EntryKind::Folder).map(|e| e.path.clone()).collect();
+        for folder in folders {
+            let below = format!("{folder}/");
+            if all.range(below.clone()..).next().is_some_and(|(k, _)| k.starts_with(&below)) {
+                continue;
+            }
+            for e in fileset::resolve(&root, &folder, fileset::MAX_ENTRIES)? {
+                all.insert(e.path.clone(), e);
+            }
+            if all.len() > fileset::MAX_ENTRIES {
+                return Err(fileset::ResolveError::TooMany { limit: fileset::MAX_ENTRIES });
             }
         }
         Ok::<_, fileset::ResolveError>(fileset::entries_to_send(all.into_values().collect()))

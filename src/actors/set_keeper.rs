@@ -72,30 +72,46 @@ fn open_sets(store: &Store) -> Result<Vec<RequestRecord>, StoreError> {
 }
 
 /// Adds one member's change to its set, ends or reopens the set as the
-/// tally decides, and skips the rest when the policy says so.
+/// tally decides, and skips the rest when the policy says so. The store
+/// work that reads every member (skipping, naming the failed files) runs
+/// off the async threads; an ended set is flushed and audited once, when
+/// it ends.
 async fn apply(store: &Store, change: &MemberChange) -> Result<(), StoreError> {
     let now = now_ms();
+    // What settle decided in the run of the closure that was written (a
+    // lost compare-and-swap runs it again).
+    let decided = std::cell::Cell::new(None);
     let Some(set) = store.update_if(
         &change.set,
         "",
         |r| r.set.is_some(),
         |r| {
             tally::apply(r, change);
-            tally::settle(r, now, &[]);
+            decided.set(tally::settle(r, now, &[]));
         },
     )?
     else {
         return Ok(());
     };
-    if tally::must_skip(&set) {
-        skip_queued(store, &set)?;
+    let ended = decided.get().filter(|s| s.is_final());
+    let skip = tally::must_skip(&set, change);
+    if skip || ended == Some(Status::InError) {
+        let (store, set) = (store.clone(), set.clone());
+        crate::determinism::blocking(move || {
+            if skip {
+                skip_queued(&store, &set)?;
+            }
+            if ended == Some(Status::InError) {
+                name_failures(&store, &set)?;
+            }
+            Ok::<_, StoreError>(())
+        })
+        .await
+        .map_err(|e| StoreError::Flush(format!("the set keeper's work stopped: {e}")))??;
     }
-    if set.status == Status::InError && change.after.is_some() {
-        name_failures(store, &set)?;
-    }
-    if set.status.is_final() {
+    if let Some(status) = ended {
         store.flush().await?;
-        tracing::info!(target: super::AUDIT, event = "finished", request_id = %set.id, status = ?set.status, files = set.set.as_ref().map_or(0, |i| i.files));
+        tracing::info!(target: super::AUDIT, event = "finished", request_id = %set.id, status = ?status, files = set.set.as_ref().map_or(0, |i| i.files));
     }
     Ok(())
 }
@@ -171,7 +187,7 @@ fn recount(store: &Store, set: &RequestRecord) -> Result<(), StoreError> {
         }
     }
     let now = now_ms();
-    store.update_if(
+    let set = store.update_if(
         &set.id,
         "",
         |r| r.set.is_some(),
@@ -183,6 +199,15 @@ fn recount(store: &Store, set: &RequestRecord) -> Result<(), StoreError> {
             tally::settle(r, now, &[]);
         },
     )?;
+    // Skips a crash cut short (not flushed) are done again before any
+    // runner starts.
+    let stops = set.as_ref().is_some_and(|s| {
+        s.set.as_ref().is_some_and(|i| i.policy.on_failure == crate::fileset::progress::OnFailure::Stop && i.failed > 0)
+            && !s.status.is_final()
+    });
+    if let (true, Some(set)) = (stops, set) {
+        skip_queued(store, &set)?;
+    }
     Ok(())
 }
 

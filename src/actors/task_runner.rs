@@ -30,9 +30,14 @@ use crate::store::{now_ms, RequestRecord, Role, Step};
 use crate::tasks::run::{self, Effect, TaskEnv};
 use crate::tasks::{SideTasks, TaskConfig, TaskList, Vars};
 
-/// The task lists of this node's side of `rec` (sender or receiver).
+/// The task lists of this node's side of `rec` (sender or receiver). A
+/// file set's empty folder (a name ending in `/`) runs none: the rule's
+/// tasks act on files.
 pub fn side<'a>(rule: &'a Rule, rec: &RequestRecord) -> &'a SideTasks {
-    if rec.is_sender() {
+    static NONE: std::sync::LazyLock<SideTasks> = std::sync::LazyLock::new(SideTasks::default);
+    if crate::protocol::names::is_folder_entry(&rec.file_name) {
+        &NONE
+    } else if rec.is_sender() {
         &rule.sender
     } else {
         &rule.receiver

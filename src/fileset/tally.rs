@@ -10,8 +10,8 @@
 //!   the set's record; [`settle`] then decides the set's status: it ends
 //!   only when every member ended, `Done` if every file is delivered and
 //!   `InError` (`FilesFailed`) otherwise.
-//! - [`must_skip`]: under `on_failure = stop`, a failed file means the
-//!   members not yet started are skipped.
+//! - [`must_skip`]: under `on_failure = stop`, a file that just failed
+//!   means the members not yet started are skipped.
 
 use crate::protocol::{ErrorCode, RequestId};
 use crate::store::{RequestError, RequestRecord, Status, Step};
@@ -102,6 +102,9 @@ fn add(n: u32, sign: i64) -> u32 {
 /// the new status if it changed.
 pub fn settle(set: &mut RequestRecord, now: u64, failed_names: &[String]) -> Option<Status> {
     let info = set.set.as_ref()?;
+    if set.status == Status::Cancelled {
+        return None; // an operator ended it: its files' later ends change nothing
+    }
     let ended = info.done + info.failed + info.skipped;
     let before = set.status;
     if ended < info.files {
@@ -118,7 +121,7 @@ pub fn settle(set: &mut RequestRecord, now: u64, failed_names: &[String]) -> Opt
         set.step = Step::AllDone;
         set.error = None;
         set.finished_at = Some(now);
-    } else if !matches!(set.status, Status::Cancelled | Status::InError) {
+    } else if set.status != Status::InError {
         let mut message = format!(
             "{} of {} files failed{}",
             info.failed,
@@ -139,10 +142,14 @@ pub fn settle(set: &mut RequestRecord, now: u64, failed_names: &[String]) -> Opt
     (set.status != before).then_some(set.status)
 }
 
-/// Whether the set must skip its members not yet started: it stops at the
-/// first failed file.
-pub fn must_skip(set: &RequestRecord) -> bool {
-    set.set.as_ref().is_some_and(|i| i.policy.on_failure == OnFailure::Stop && i.failed > 0) && !set.status.is_final()
+/// Whether the set must skip its members not yet started after `change`:
+/// under `on_failure = stop`, a file that just failed (only then: a
+/// restart of the set, which uncounts its failures one by one, must not
+/// skip again what it queued).
+pub fn must_skip(set: &RequestRecord, change: &MemberChange) -> bool {
+    change.after == Some(Counted::Failed)
+        && set.set.as_ref().is_some_and(|i| i.policy.on_failure == OnFailure::Stop)
+        && !set.status.is_final()
 }
 
 #[cfg(test)]
@@ -201,7 +208,8 @@ mod tests {
         let failed = member(&s, 0, Status::InError, Some(ErrorCode::FileNotFound));
         let running = member(&s, 0, Status::Running, None);
         assert_eq!(change(&mut s, &running, &failed), None);
-        assert!(must_skip(&s), "stop policy: the rest is skipped");
+        let failing = MemberChange::of(Some(&running), &failed).expect("a change");
+        assert!(must_skip(&s, &failing), "stop policy: the rest is skipped");
         let skipped = member(&s, 1, Status::InError, Some(ErrorCode::Skipped));
         let queued = member(&s, 1, Status::ToSubmit, None);
         if let Some(c) = MemberChange::of(Some(&queued), &skipped) {
@@ -211,7 +219,9 @@ mod tests {
         let err = s.error.clone().expect("error");
         assert_eq!(err.code, ErrorCode::FilesFailed);
         assert!(err.message.contains("1 of 2 files failed and 1 were skipped: a.csv (FileNotFound)"), "{err:?}");
-        assert!(!must_skip(&s), "an ended set skips nothing more");
+        assert!(!must_skip(&s, &failing), "an ended set skips nothing more");
+        let skipping = MemberChange::of(Some(&queued), &skipped).expect("a change");
+        assert!(!must_skip(&s, &skipping), "a skip is not a new failure");
     }
 
     #[test]
@@ -220,7 +230,7 @@ mod tests {
         let failed = member(&s, 0, Status::InError, Some(ErrorCode::SourceChanged));
         let running = member(&s, 0, Status::Running, None);
         change(&mut s, &running, &failed);
-        assert!(!must_skip(&s));
+        assert!(!must_skip(&s, &MemberChange::of(Some(&running), &failed).expect("a change")));
         assert_eq!(s.status, Status::Running);
     }
 
@@ -236,6 +246,15 @@ mod tests {
         assert!(s.error.is_none() && s.finished_at.is_none());
         let done = member(&s, 0, Status::Done, None);
         assert_eq!(change(&mut s, &queued, &done), Some(Status::Done));
+    }
+
+    #[test]
+    fn a_cancelled_set_stays_cancelled_whatever_its_files_do() {
+        let mut s = set(1, Policy::default());
+        s.status = Status::Cancelled;
+        let (running, done) = (member(&s, 0, Status::Running, None), member(&s, 0, Status::Done, None));
+        assert_eq!(change(&mut s, &running, &done), None);
+        assert_eq!(s.status, Status::Cancelled);
     }
 
     #[test]

@@ -257,14 +257,17 @@ impl Store {
         members: impl IntoIterator<Item = RequestRecord>,
         message: &str,
     ) -> Result<RequestRecord, StoreError> {
-        let _order = self.write_order.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if self.requests.contains_key(set.id.as_str().as_bytes())? {
             return Err(StoreError::Exists(set.id));
         }
         // Members one at a time (a set of 100,000 is never all in memory);
-        // only their queue keys are kept for after the commit point.
+        // only their queue keys are kept for after the commit point. The
+        // write-order lock is taken per member, so other writers are not
+        // held for the whole set.
+        let lock = || self.write_order.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut queue_keys = Vec::new();
         for mut rec in members {
+            let _order = lock();
             if rec.status == Status::ToSubmit {
                 let seq = self.db.generate_id()?;
                 rec.queue_seq = Some(seq);
@@ -277,6 +280,7 @@ impl Store {
             }
             self.notify(&RecordChange { old: None, new: &rec });
         }
+        let _order = lock();
         for k in listing::keys(&set) {
             self.listing.insert(k.as_slice(), &[])?;
         }
