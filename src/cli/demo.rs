@@ -1,5 +1,6 @@
 //! `ferry demo`: starts a local cluster of three nodes on loopback, moves a
-//! few generated files between them (pushes and pulls, one of 64 MiB), and
+//! few generated files between them (pushes and pulls, one of 64 MiB) and
+//! one file set (a small tree with an empty folder, one request), and
 //! checks every delivered file against its source with BLAKE3.
 //!
 //! The nodes run in this process but are driven through their REST APIs,
@@ -208,6 +209,56 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         display::table(&["request", "route", "how", "size", "throughput", "BLAKE3 (b3sum)", "result"], &rows)
     );
 
+    // One file set: a small tree (a nested folder, an empty folder) from
+    // the first node to the second, as one request.
+    let (from, to) = (ids[0], ids[1]);
+    let tree = layout.out_dir(from).join("reports");
+    let mut set_files = Vec::new();
+    for i in 0..24 {
+        let rel = if i % 3 == 0 { format!("reports/2026-11/r{i:02}.csv") } else { format!("reports/r{i:02}.csv") };
+        let path = layout.out_dir(from).join(&rel);
+        std::fs::create_dir_all(path.parent().context("a parent folder")?)?;
+        set_files.push((rel, write_random(&path, 1024 + i * 512)?));
+    }
+    std::fs::create_dir_all(tree.join("empty"))?;
+    let set = Submit {
+        partner: to.into(),
+        rule: "default".into(),
+        direction: Direction::Push,
+        file: String::new(),
+        external_job_id: Some("demo-set".into()),
+        transfer_info: "ferry demo: a file set".into(),
+        block_size: None,
+        source: None,
+        target: None,
+        target_mode: None,
+        pattern: Some("reports/**".into()),
+        files: None,
+        on_empty: None,
+        on_failure: None,
+        compression: Compression::None,
+    };
+    println!("file set: {from} pushes 'reports/**' (24 files in a tree and an empty folder) to {to} as one request");
+    let client = api(from)?;
+    let view = client.submit(&set).await.context("submitting the file set")?;
+    let view = client.wait(&view.id, Duration::from_millis(100), |_| {}).await?;
+    let mut set_ok = view.status == Status::Done && layout.in_dir(to).join("reports/empty").is_dir();
+    for (rel, digest) in &set_files {
+        set_ok &= file_digest(&layout.in_dir(to).join(rel)).is_ok_and(|d| d == *digest);
+    }
+    let counts = view.set.as_ref().map(|s| format!("{} of {} entries done", s.done, s.files)).unwrap_or_default();
+    println!(
+        "  {} {:?}: {counts}, {}; {}",
+        view.id,
+        view.status,
+        display::bytes(view.transferred),
+        if set_ok { "every file identical, the tree and the empty folder in place" } else { "FAILED" }
+    );
+    if !set_ok {
+        failures += 1;
+    }
+    println!();
+
     for node in &nodes {
         let stats = node.handle().stats().await;
         let peers: Vec<String> = stats.connections_by_partner.iter().map(|(p, n)| format!("{p}:{n}")).collect();
@@ -220,8 +271,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         println!("\ncluster folders kept in {} (configs: NODE.toml; received files: NODE/in)", root.display());
     }
     if failures > 0 {
-        bail!("{failures} of {} transfers did not arrive identical", submitted.len());
+        bail!("{failures} of {} transfers (the file set included) did not arrive identical", submitted.len() + 1);
     }
-    println!("\nall {} transfers verified: every delivered file is identical to its source", submitted.len());
+    println!(
+        "\nall {} transfers and the file set verified: every delivered file is identical to its source",
+        submitted.len()
+    );
     Ok(())
 }
