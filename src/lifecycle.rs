@@ -335,6 +335,8 @@ pub fn chained_id(id: &RequestId, step: Step, index: usize) -> RequestId {
     RequestId::parse(&hex[..32]).expect("32 lowercase hex digits are a request id")
 }
 
+pub mod set;
+
 #[cfg(test)]
 #[path = "lifecycle_tests.rs"]
 mod tests;

@@ -662,10 +662,7 @@ impl NodeHandle {
         mut f: impl FnMut(RequestRecord) -> Result<(), CommandError>,
     ) -> Result<(), CommandError> {
         for i in 0..set.set.as_ref().map_or(0, |i| i.files) {
-            let id = crate::fileset::tally::member_id(&set.id, i);
-            let member =
-                self.ctx.core.store.get(&id)?.ok_or(CommandError::Store(crate::store::StoreError::NotFound(id)))?;
-            f(member)?;
+            f(self.ctx.core.store.member(&set.id, i)?)?;
         }
         Ok(())
     }

@@ -15,9 +15,9 @@ use common::{delivered, work_files};
 use ferry::api::{ApiClient, LogLineView};
 use ferry::cluster::LocalLayout;
 use ferry::config::RetryPolicy;
-use ferry::fileset::tally::member_id;
 use ferry::model::Submit;
 use ferry::protocol::{Direction, RequestId};
+use ferry::store::member_id;
 use ferry::store::Status;
 
 const MIB: u64 = 1 << 20;
@@ -83,12 +83,16 @@ async fn a_thousand_file_set_survives_the_receiver_and_then_the_sender_killed() 
     for (victim, index) in [("b", 500usize), ("a", 750)] {
         let survivor = if victim == "a" { "b" } else { "a" };
         let member = ids[index].as_str().to_owned();
-        let len = c.wait_work_len("b", &member, LARGE_SIZE * 3 / 10, survivor, STEP_WITHIN).await;
-        // Files Done on a now (one page from a's API, quick) are Done on b
-        // too (b records Done before its echo): they must never be sent again.
+        // Files Done on a before the kill (read once the large file has
+        // begun, not at the threshold: a page of 1,000 views takes a
+        // moment, and the kill must follow the threshold at once) are Done
+        // on b too (b records Done before its echo): they must never be
+        // sent again.
+        c.wait_work_len("b", &member, MIB, survivor, STEP_WITHIN).await;
         let page = c.api("a").set_files(&set.id, 0, FILES as usize).await.expect("files page");
         let done_now: Vec<usize> =
             page.files.iter().enumerate().filter(|(_, v)| v.status == Status::Done).map(|(i, _)| i).collect();
+        let len = c.wait_work_len("b", &member, LARGE_SIZE * 3 / 10, survivor, STEP_WITHIN).await;
         c.kill9(victim);
         eprintln!(
             "[set] SIGKILL {victim} with {len} bytes of file {index} received; {} files Done on b before it",
@@ -114,6 +118,10 @@ async fn a_thousand_file_set_survives_the_receiver_and_then_the_sender_killed() 
     }
     assert!(work_files(&c.in_dir("b")).is_empty(), "no work file left");
 
+    assert!(
+        done_before_kill.iter().all(|(_, done)| done.len() >= 100),
+        "each kill came after at least the first hundred files were Done (else the check below proves little)"
+    );
     // Files Done before a kill were not sent again; the cut large files
     // resumed from a restart point, re-sending at most one interval.
     let mut resent_after_kill = 0usize;

@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use common::*;
 use ferry::fileset::progress::{OnEmpty, OnFailure};
-use ferry::fileset::tally::member_id;
 use ferry::model::{Submit, SubmitError};
 use ferry::node::{Node, NodeHandle};
 use ferry::protocol::{Direction, ErrorCode};
+use ferry::store::member_id;
 use ferry::store::{RequestRecord, Status};
 
 const WITHIN: Duration = Duration::from_secs(120);

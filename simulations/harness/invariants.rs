@@ -195,14 +195,14 @@ impl World<'_> {
             for set in rs.values().filter(|r| r.set.is_some()) {
                 let info = set.set.as_ref().expect("filtered");
                 let files: Vec<Option<&RequestRecord>> =
-                    (0..info.files).map(|i| rs.get(ferry::fileset::tally::member_id(&set.id, i).as_str())).collect();
+                    (0..info.files).map(|i| rs.get(ferry::store::member_id(&set.id, i).as_str())).collect();
                 if files.iter().any(Option::is_none) {
                     v.push(format!("sets: {node}'s set {} lacks some of its {} files", set.id, info.files));
                     continue;
                 }
                 let files: Vec<&RequestRecord> = files.into_iter().flatten().collect();
-                let count = |c| files.iter().filter(|f| ferry::fileset::tally::counted(f) == Some(c)).count() as u32;
-                use ferry::fileset::tally::Counted;
+                let count = |c| files.iter().filter(|f| ferry::lifecycle::set::counted(f) == Some(c)).count() as u32;
+                use ferry::lifecycle::set::Counted;
                 let (done, failed, skipped) = (count(Counted::Done), count(Counted::Failed), count(Counted::Skipped));
                 let all_ended = files.iter().all(|f| f.status.is_final());
                 let wrong = (info.done, info.failed, info.skipped) != (done, failed, skipped)

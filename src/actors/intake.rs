@@ -10,8 +10,8 @@
 use super::context::Intake;
 use super::AUDIT;
 use crate::cluster::rules::{self, pick_member};
+use crate::fileset;
 use crate::fileset::progress::{OnEmpty, Policy};
-use crate::fileset::{self, tally};
 use crate::model::{Submit, SubmitError, MAX_EXTERNAL_JOB_ID, MAX_TRANSFER_INFO};
 use crate::protocol::names::{check_file_name, check_relative_path};
 use crate::protocol::{Direction, RequestId, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
@@ -254,7 +254,14 @@ async fn submit_set(ctx: &Intake, s: Submit, spec: SetSpec, id: RequestId) -> Re
                 transfer_info: info.clone(),
                 target_mode,
                 member_of: Some(SetMember { set: id.clone(), index, modified_ns: e.modified_ns }),
-                ..RequestRecord::new(tally::member_id(&id, index), Role::Requester, &partner, &rule, direction, &e.path)
+                ..RequestRecord::new(
+                    crate::store::member_id(&id, index),
+                    Role::Requester,
+                    &partner,
+                    &rule,
+                    direction,
+                    &e.path,
+                )
             }
         });
         store.insert_set(set, members, &msg)

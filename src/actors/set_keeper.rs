@@ -1,5 +1,5 @@
 //! The set keeper: keeps each file set's record (its totals and status) in
-//! step with its members, as `fileset::tally` decides.
+//! step with its members, as `lifecycle::set` decides.
 //!
 //! The store tells it of every member record whose count changes (an
 //! observer, so no writer has to remember the set); it applies the change
@@ -18,8 +18,8 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use crate::fileset::tally::{self, Counted, MemberChange};
 use crate::lifecycle;
+use crate::lifecycle::set::{Counted, MemberChange};
 use crate::protocol::ErrorCode;
 use crate::store::{now_ms, ListQuery, RequestRecord, Status, Store, StoreError};
 
@@ -72,7 +72,7 @@ fn open_sets(store: &Store) -> Result<Vec<RequestRecord>, StoreError> {
 }
 
 /// Adds one member's change to its set, ends or reopens the set as the
-/// tally decides, and skips the rest when the policy says so. The store
+/// `lifecycle::set` decides, and skips the rest when the policy says so. The store
 /// work that reads every member (skipping, naming the failed files) runs
 /// off the async threads; an ended set is flushed and audited once, when
 /// it ends.
@@ -86,15 +86,15 @@ async fn apply(store: &Store, change: &MemberChange) -> Result<(), StoreError> {
         "",
         |r| r.set.is_some(),
         |r| {
-            tally::apply(r, change);
-            decided.set(tally::settle(r, now, &[]));
+            lifecycle::set::apply(r, change);
+            decided.set(lifecycle::set::settle(r, now, &[]));
         },
     )?
     else {
         return Ok(());
     };
     let ended = decided.get().filter(|s| s.is_final());
-    let skip = tally::must_skip(&set, change);
+    let skip = lifecycle::set::must_skip(&set, change);
     if skip || ended == Some(Status::InError) {
         let (store, set) = (store.clone(), set.clone());
         crate::determinism::blocking(move || {
@@ -118,10 +118,7 @@ async fn apply(store: &Store, change: &MemberChange) -> Result<(), StoreError> {
 
 fn members<'a>(store: &'a Store, set: &RequestRecord) -> impl Iterator<Item = Result<RequestRecord, StoreError>> + 'a {
     let (id, files) = (set.id.clone(), set.set.as_ref().map_or(0, |i| i.files));
-    (0..files).map(move |i| {
-        let m = tally::member_id(&id, i);
-        store.get(&m)?.ok_or(StoreError::NotFound(m))
-    })
+    (0..files).map(move |i| store.member(&id, i))
 }
 
 /// `on_failure = stop`: the members not started yet are skipped (those
@@ -149,7 +146,7 @@ fn name_failures(store: &Store, set: &RequestRecord) -> Result<(), StoreError> {
     let mut names = Vec::new();
     for member in members(store, set) {
         let member = member?;
-        if tally::counted(&member) == Some(Counted::Failed) {
+        if lifecycle::set::counted(&member) == Some(Counted::Failed) {
             let code = member.error.as_ref().map_or(ErrorCode::Internal, |e| e.code);
             names.push(format!("{} ({code})", member.file_name));
             if names.len() == NAMED_FAILURES {
@@ -164,7 +161,7 @@ fn name_failures(store: &Store, set: &RequestRecord) -> Result<(), StoreError> {
         |r| r.status == Status::InError,
         |r| {
             r.status = Status::Running; // settle decides again, with the names
-            tally::settle(r, now, &names);
+            lifecycle::set::settle(r, now, &names);
         },
     )?;
     Ok(())
@@ -176,7 +173,7 @@ fn recount(store: &Store, set: &RequestRecord) -> Result<(), StoreError> {
     let (mut done, mut failed, mut skipped, mut bytes) = (0, 0, 0, 0u64);
     for member in members(store, set) {
         let member = member?;
-        match tally::counted(&member) {
+        match lifecycle::set::counted(&member) {
             Some(Counted::Done) => {
                 done += 1;
                 bytes += member.size;
@@ -196,7 +193,7 @@ fn recount(store: &Store, set: &RequestRecord) -> Result<(), StoreError> {
                 (info.done, info.failed, info.skipped) = (done, failed, skipped);
             }
             r.transferred = bytes;
-            tally::settle(r, now, &[]);
+            lifecycle::set::settle(r, now, &[]);
         },
     )?;
     // Skips a crash cut short (not flushed) are done again before any
@@ -237,7 +234,7 @@ mod tests {
             .map(|i| RequestRecord {
                 size: 10,
                 member_of: Some(SetMember { set: id.clone(), index: i, modified_ns: 0 }),
-                ..RequestRecord::new(tally::member_id(&id, i), Role::Requester, "b", "r", Direction::Push, "f")
+                ..RequestRecord::new(crate::store::member_id(&id, i), Role::Requester, "b", "r", Direction::Push, "f")
             })
             .collect();
         store.insert_set(set, members, "test").expect("inserted")
@@ -260,9 +257,9 @@ mod tests {
         let store = Store::open(dir.path()).expect("store");
         let set = set_with(&store, 3);
         // Two members ended while no keeper ran (a crash before it applied them).
-        store.update(&tally::member_id(&set.id, 0), "", |r| r.status = Status::Done).expect("done");
+        store.update(&crate::store::member_id(&set.id, 0), "", |r| r.status = Status::Done).expect("done");
         store
-            .update(&tally::member_id(&set.id, 1), "", |r| {
+            .update(&crate::store::member_id(&set.id, 1), "", |r| {
                 lifecycle::fail(r, ErrorCode::FileNotFound, "gone", 0, 1);
             })
             .expect("failed");
@@ -273,7 +270,7 @@ mod tests {
         assert_eq!(rec.status, Status::Running, "one file is left");
         // The last member ends: the keeper applies it and ends the set,
         // naming the failed file; under `stop` nothing was left to skip.
-        store.update(&tally::member_id(&set.id, 2), "", |r| r.status = Status::Done).expect("done");
+        store.update(&crate::store::member_id(&set.id, 2), "", |r| r.status = Status::Done).expect("done");
         let ended = settled(&store, &set.id, Status::InError).await;
         let err = ended.error.expect("error");
         assert_eq!(err.code, ErrorCode::FilesFailed);
@@ -288,14 +285,14 @@ mod tests {
         let keeper = SetKeeper::start(&store).expect("starts");
         let set = set_with(&store, 4);
         store
-            .update(&tally::member_id(&set.id, 0), "", |r| {
+            .update(&crate::store::member_id(&set.id, 0), "", |r| {
                 lifecycle::fail(r, ErrorCode::SourceChanged, "changed", 0, 1);
             })
             .expect("failed");
         let ended = settled(&store, &set.id, Status::InError).await;
         assert_eq!(ended.set.as_ref().map(|i| (i.failed, i.skipped)), Some((1, 3)));
         for i in 1..4 {
-            let m = store.get(&tally::member_id(&set.id, i)).expect("get").expect("member");
+            let m = store.get(&crate::store::member_id(&set.id, i)).expect("get").expect("member");
             assert_eq!(m.error.map(|e| e.code), Some(ErrorCode::Skipped), "member {i}");
         }
         keeper.abort();

@@ -650,12 +650,7 @@ async fn set_files(
     let store = state.node.store().clone();
     let set = id.clone();
     let records = blocking(move || {
-        (from..to)
-            .map(|i| {
-                let m = crate::fileset::tally::member_id(&set, i);
-                store.get(&m)?.ok_or(ApiError::Store(crate::store::StoreError::NotFound(m)))
-            })
-            .collect::<Result<Vec<_>, ApiError>>()
+        (from..to).map(|i| store.member(&set, i).map_err(ApiError::Store)).collect::<Result<Vec<_>, ApiError>>()
     })
     .await?;
     let files = records.iter().map(|r| state.node.view(r)).collect();

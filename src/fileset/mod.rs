@@ -32,7 +32,6 @@
 //! a link to a folder would list a tree twice or loop.
 
 pub mod progress;
-pub mod tally;
 
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;

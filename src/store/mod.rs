@@ -99,6 +99,18 @@ fn decode<T: serde::de::DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T,
         .map_err(|e| StoreError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), reason: e.to_string() })
 }
 
+/// The id of member `index` of file set `set`: derived, so a set's files
+/// are found (and paged) by index without an index tree, and a set written
+/// again after a crash gets the same ids.
+pub fn member_id(set: &RequestId, index: u32) -> RequestId {
+    let mut h = blake3::Hasher::new();
+    h.update(b"ferry file set member\0");
+    h.update(set.as_str().as_bytes());
+    h.update(&index.to_be_bytes());
+    let hex = h.finalize().to_hex();
+    RequestId::parse(&hex[..32]).expect("32 lowercase hex digits are a request id")
+}
+
 /// A flush request carries its own handle to the database, so the flusher
 /// thread keeps the database open only while it flushes: dropping the last
 /// [`Store`] closes it (and releases its lock) at once.
@@ -294,6 +306,13 @@ impl Store {
             self.queue.insert(k, &[])?;
         }
         Ok(set)
+    }
+
+    /// Member `index` of file set `set`; a member missing from the store
+    /// is damage ([`StoreError::NotFound`]), never skipped.
+    pub fn member(&self, set: &RequestId, index: u32) -> Result<RequestRecord, StoreError> {
+        let id = member_id(set, index);
+        self.get(&id)?.ok_or(StoreError::NotFound(id))
     }
 
     /// Adds an observer of every record written from now on (the audit
@@ -712,7 +731,6 @@ mod tests {
     use crate::protocol::Direction;
 
     fn set_of(files: u32) -> (RequestRecord, Vec<RequestRecord>) {
-        use crate::fileset::tally::member_id;
         let set = RequestRecord {
             status: Status::Running,
             set: Some(SetInfo {

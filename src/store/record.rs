@@ -155,7 +155,7 @@ pub struct RequestRecord {
 
 /// What a file set's record holds besides the common fields: the pattern
 /// it was resolved from, its policies, and its totals, kept up to date as
-/// its members end (`fileset::tally`). Its `size` is the sum of its files'
+/// its members end (`lifecycle::set`). Its `size` is the sum of its files'
 /// sizes and its `transferred` the bytes of its delivered files.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SetInfo {

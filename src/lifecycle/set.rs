@@ -16,7 +16,7 @@
 use crate::protocol::{ErrorCode, RequestId};
 use crate::store::{RequestError, RequestRecord, Status, Step};
 
-use super::progress::OnFailure;
+use crate::fileset::progress::OnFailure;
 
 /// How a member counts in its set's totals.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,18 +34,6 @@ pub fn counted(rec: &RequestRecord) -> Option<Counted> {
         Status::InError | Status::Cancelled => Some(Counted::Failed),
         Status::ToSubmit | Status::Running | Status::Interrupted => None,
     }
-}
-
-/// The id of member `index` of set `set`: derived, so a set's files are
-/// found (and paged) by index without an index tree, and a set written
-/// again after a crash gets the same ids.
-pub fn member_id(set: &RequestId, index: u32) -> RequestId {
-    let mut h = blake3::Hasher::new();
-    h.update(b"ferry file set member\0");
-    h.update(set.as_str().as_bytes());
-    h.update(&index.to_be_bytes());
-    let hex = h.finalize().to_hex();
-    RequestId::parse(&hex[..32]).expect("32 lowercase hex digits are a request id")
 }
 
 /// A member's change, as the set keeper is told of it.
@@ -157,6 +145,7 @@ mod tests {
     use super::*;
     use crate::fileset::progress::Policy;
     use crate::protocol::Direction;
+    use crate::store::member_id;
     use crate::store::{Role, SetInfo, SetMember};
 
     fn set(files: u32, policy: Policy) -> RequestRecord {
