@@ -25,6 +25,7 @@ fn request(n: usize, at_ms: u64, requester: &str, partner: &str, direction: Dire
         file: format!("f{n:03}.bin"),
         size,
         set_files: 0,
+        delivery_all: false,
     }
 }
 
@@ -247,8 +248,10 @@ pub fn file_set_faults(seed: u64) -> RunSpec {
     let mut spec = RunSpec::new(&["a", "b"]);
     // Large enough that the set is still moving when the faults come.
     let size = r.random_range(512 * 1024..=2 * 1024 * 1024);
-    spec.requests
-        .push(RequestSpec { set_files: 12, ..request(0, r.random_range(0..100), "a", "b", Direction::Push, size) });
+    let at = r.random_range(0..100);
+    // Every other seed, `delivery = all`: no file in place before all are verified.
+    let delivery_all = seed % 2 == 1;
+    spec.requests.push(RequestSpec { set_files: 12, delivery_all, ..request(0, at, "a", "b", Direction::Push, size) });
     for n in 1..3 {
         let size = r.random_range(64 * 1024..=512 * 1024);
         spec.requests.push(request(n, r.random_range(0..400), "a", "b", Direction::Push, size));

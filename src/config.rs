@@ -307,6 +307,11 @@ pub struct Rule {
     /// override it.
     #[serde(default)]
     pub on_failure: crate::fileset::progress::OnFailure,
+    /// File sets: when received files go under their final names (`each`,
+    /// the default: each as soon as it is verified; or `all`: none until
+    /// every file is verified). A request may override it.
+    #[serde(default)]
+    pub delivery: crate::fileset::progress::Delivery,
 }
 
 fn default_backup_name() -> String {
@@ -333,6 +338,7 @@ impl Rule {
             receiver: SideTasks::default(),
             on_empty: Default::default(),
             on_failure: Default::default(),
+            delivery: Default::default(),
         }
     }
 

@@ -108,6 +108,27 @@ pub fn verified(r: &mut RequestRecord, bytes: u64, hash: Digest) {
     enter_step(r, Step::PostTask);
 }
 
+/// Receiver of a file set's file sent with `delivery = all`: the file is
+/// verified and fsynced under its work name, and stays there (status
+/// `Running`, step `Held`) until the sender releases the set. Flushed
+/// before the echo, so a held file is never received twice.
+pub fn held(r: &mut RequestRecord, bytes: u64, hash: Digest) {
+    r.hash = Some(hash);
+    r.transferred = bytes;
+    r.delivered = false;
+    r.status = Status::Running;
+    enter_step(r, Step::Held);
+}
+
+/// Whether this node holds `r`'s verified file for its set's release
+/// (`Interrupted` when the channel was lost after the file was held: the
+/// file is durable all the same).
+pub fn is_held(r: &RequestRecord) -> bool {
+    r.role == crate::store::Role::Requested
+        && matches!(r.status, Status::Running | Status::Interrupted)
+        && r.step == Step::Held
+}
+
 /// Sender: the receiver confirmed the file; the sender's post-tasks follow.
 pub fn confirmed(r: &mut RequestRecord) {
     enter_step(r, Step::PostTask);
@@ -165,6 +186,8 @@ pub enum CommandPath {
 /// How an operator `stop` applies.
 pub fn stop_path(r: &RequestRecord) -> CommandPath {
     match r.status {
+        // Nothing runs: the file waits for its set's release.
+        _ if r.step == Step::Held => CommandPath::Refused,
         Status::Running => CommandPath::ToRunner,
         Status::ToSubmit | Status::Interrupted if !is_stopped(r) => CommandPath::Record,
         _ => CommandPath::Refused,
@@ -174,6 +197,7 @@ pub fn stop_path(r: &RequestRecord) -> CommandPath {
 /// How an operator `cancel` applies.
 pub fn cancel_path(r: &RequestRecord) -> CommandPath {
     match r.status {
+        _ if r.step == Step::Held => CommandPath::Refused,
         Status::Running => CommandPath::ToRunner,
         Status::ToSubmit | Status::Interrupted | Status::InError => CommandPath::Record,
         _ => CommandPath::Refused,
@@ -318,6 +342,9 @@ pub fn recovery(r: &RequestRecord) -> Recovery {
         // the retry the Commander schedules.
         (Role::Requester, Status::Interrupted) if r.retry_at.is_some() => Recovery::Keep,
         (Role::Requester, Status::Interrupted) => Recovery::Requeue,
+        // A held file waits for its set's release (one already ordered is
+        // finished at start-up by `set_release::finish_ordered`).
+        (Role::Requested, Status::Running) if r.step == Step::Held => Recovery::Keep,
         (Role::Requested, Status::Running) => Recovery::Interrupt,
         _ => Recovery::Keep,
     }

@@ -226,3 +226,24 @@ fn the_requested_side_runs_again_from_its_failed_task() {
     assert_eq!((r.status, r.step, r.task_index, r.error.is_none()), (Status::Running, Step::PostTask, 1, true));
     assert_eq!(r.finished_at, None);
 }
+
+#[test]
+fn a_held_file_waits_for_its_set_whatever_happens_to_the_node() {
+    // delivery = all: verified, held under its work name.
+    let mut r = rec(Role::Requested, Status::Running, Step::Transfer);
+    held(&mut r, 42, Digest([7; 32]));
+    assert!(is_held(&r));
+    assert_eq!((r.transferred, r.hash, r.delivered), (42, Some(Digest([7; 32])), false));
+    // A restart of the node keeps it (not Interrupted: nothing runs).
+    assert_eq!(recovery(&r), Recovery::Keep);
+    // Operators cannot stop or cancel it here: its set decides, on its sender.
+    assert_eq!(stop_path(&r), CommandPath::Refused);
+    assert_eq!(cancel_path(&r), CommandPath::Refused);
+    // A channel lost after it was held leaves it held.
+    let mut lost = r.clone();
+    fail(&mut lost, ErrorCode::Connection, "gone", 0, 1);
+    assert!(is_held(&lost), "an interrupted held file is still held");
+    // Only the requested side holds files; Done is not held.
+    assert!(!is_held(&rec(Role::Requester, Status::Running, Step::Held)));
+    assert!(!is_held(&rec(Role::Requested, Status::Done, Step::Held)));
+}

@@ -30,6 +30,7 @@ use crate::actors::supervisor::{Supervisor, SupervisorMsg};
 use crate::actors::{intake, task_runner, AUDIT};
 use crate::auth::TokenBook;
 use crate::config::NodeConfig;
+use crate::fileset::progress::Delivery;
 use crate::lifecycle::{self, CommandPath};
 use crate::model::{
     CertificateView, ClusterSubmitted, ClusterView, CommandError, NodeStats, PartnerState, PartnerView, PartnersView,
@@ -470,7 +471,10 @@ impl NodeHandle {
         let rec = match &rec.set {
             Some(_) => {
                 let line = "stopped by an operator";
-                let stoppable = |r: &RequestRecord| !r.status.is_final() && !lifecycle::is_stopped(r);
+                // A set waiting for its release has nothing left to stop.
+                let stoppable = |r: &RequestRecord| {
+                    !r.status.is_final() && !lifecycle::is_stopped(r) && !lifecycle::set::awaits_release(r)
+                };
                 let Some(set) = self.ctx.core.store.update_if(id, line, stoppable, |r| lifecycle::stop(r, line))?
                 else {
                     return Err(Self::invalid(&rec, "stop"));
@@ -533,7 +537,17 @@ impl NodeHandle {
                 let Some(set) = self.ctx.core.store.update_if(id, &reason, cancellable, cancel)? else {
                     return Err(Self::invalid(&rec, "cancel"));
                 };
+                // `delivery = all`: the receiver holds the verified files
+                // under their work names; a cancel notice per file has it
+                // discard them (the files stay `Done` here: they were sent).
+                let held = set.set.as_ref().is_some_and(|i| i.policy.delivery == Delivery::All);
+                let mut owed = false;
                 self.each_member(&set, |member| {
+                    if held && member.status == Status::Done && member.direction == Direction::Push {
+                        self.ctx.core.store.owe_cancel_notice(&member.id)?;
+                        owed = true;
+                        return Ok(());
+                    }
                     if member.status.is_final() && member.status != Status::InError {
                         return Ok(());
                     }
@@ -542,6 +556,9 @@ impl NodeHandle {
                         Err(e) => Err(e),
                     }
                 })?;
+                if owed {
+                    self.ctx.actors.wake_commander();
+                }
                 set
             }
             None => self.cancel_one(rec, &reason)?,
@@ -621,6 +638,18 @@ impl NodeHandle {
                     running += usize::from(m.status == Status::Running);
                     Ok(())
                 })?;
+                if running == 0 && restartable == 0 {
+                    // Every file verified and held (`delivery = all`): the
+                    // release is asked for again.
+                    let line = "restarted by an operator: its release is asked for again";
+                    let again = self.ctx.core.store.update_if(id, line, lifecycle::set::can_release_again, |r| {
+                        lifecycle::set::release_again(r);
+                    })?;
+                    if let Some(set) = again {
+                        self.ctx.core.store.flush().await?;
+                        return Ok(set);
+                    }
+                }
                 if running > 0 || restartable == 0 {
                     let state = if running > 0 {
                         format!("a file set with {running} files still running (restart it once they stopped)")
@@ -818,12 +847,29 @@ impl Node {
                     }
                 }),
         );
+        // Before the node serves: releases a crash cut short are finished.
+        let finished = crate::actors::set_release::finish_ordered(&ctx.core)?;
+        if finished > 0 {
+            tracing::info!(node = %ctx.core.config.node_id, files = finished, "finished the delivery of released file-set files");
+        }
         // Before the Commander starts any runner: open sets counted again.
         let set_keeper = crate::actors::set_keeper::SetKeeper::start(&ctx.core.store)?;
+        let actors = ctx.actors.clone();
+        let asker: crate::actors::set_release::Asker = Arc::new(move |partner, ask, limit| {
+            let actors = actors.clone();
+            Box::pin(async move {
+                let Some(a) = actors.get() else { return Err("the node is not running".to_string()) };
+                let link = connections::connect(&a.connections, &partner).await.map_err(|e| e.message)?;
+                transport::control::ask(&link.conn, &ask, limit)
+                    .await
+                    .map_err(|e| format!("{partner} did not answer: {e}"))
+            })
+        });
+        let releaser = crate::actors::set_release::Releaser::start(&ctx.core.store, asker)?;
         let (supervisor, _) =
             Actor::spawn(None, Supervisor, ctx.clone()).await.map_err(|e| NodeError::Actors(e.to_string()))?;
         let handle = NodeHandle { ctx: ctx.clone(), identity: identity_watch.clone() };
-        let mut tasks = vec![set_keeper];
+        let mut tasks = vec![set_keeper, releaser];
         tasks.push(tokio::spawn(identity_watch.run(shutdown_rx.clone())));
         let accept_ctx = ctx.connections_context();
         tasks.push(tokio::spawn(async move {

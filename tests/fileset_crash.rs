@@ -4,6 +4,11 @@
 //! each restart the set goes on; at the end every file is present once and
 //! identical, no file finished before a kill is sent again, and a file cut
 //! by a kill resumes from its restart point.
+//!
+//! And a set sent with `delivery = all`: the receiver is SIGKILLed in the
+//! middle of the final renames (the sender too, so nobody asks it again);
+//! restarted alone, it finishes every rename before it serves, and the
+//! sender, restarted, ends the set `Done`.
 
 mod common;
 
@@ -28,6 +33,8 @@ const FILES: u32 = 1_000;
 const LARGE: [u32; 4] = [250, 500, 750, 900];
 const LARGE_SIZE: u64 = 64 * MIB;
 const SET_WITHIN: Duration = Duration::from_secs(300);
+/// The two tests each run two nodes flat out: one at a time.
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const STEP_WITHIN: Duration = Duration::from_secs(90);
 
 /// Few files at a time, so the set moves through its files in order and
@@ -50,6 +57,7 @@ async fn log_of(api: &ApiClient, id: &RequestId) -> Vec<LogLineView> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_file_set_survives_the_receiver_and_then_the_sender_killed() {
+    let _heavy = HEAVY.lock().await;
     let started = Instant::now();
     let mut c = ProcCluster::new(&["a", "b"], tweak);
     let api_a = c.start("a").await;
@@ -156,4 +164,72 @@ async fn a_thousand_file_set_survives_the_receiver_and_then_the_sender_killed() 
         LARGE_SIZE / MIB,
         started.elapsed().as_secs_f64()
     );
+}
+
+/// Files in the `delivery = all` set: enough that the renames of the
+/// release (each fsyncs its folder) take a while to kill into.
+const HELD_FILES: usize = 3_000;
+
+fn in_place(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir).map(|it| it.count()).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_killed_during_the_final_renames_of_an_all_set_finishes_them_at_start_up() {
+    let _heavy = HEAVY.lock().await;
+    let started = Instant::now();
+    let mut c = ProcCluster::new(&["a", "b"], tweak);
+    let api_a = c.start("a").await;
+    c.start("b").await;
+    let dir = c.out_dir("a").join("held");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let mut digests = BTreeMap::new();
+    for i in 0..HELD_FILES {
+        let data = format!("file {i} of a set delivered all together\n").repeat(1 + i % 7);
+        std::fs::write(dir.join(format!("h{i:05}.txt")), &data).expect("write");
+        digests.insert(format!("h{i:05}.txt"), blake3::hash(data.as_bytes()));
+    }
+    let s = Submit {
+        file: String::new(),
+        pattern: Some("held/*.txt".into()),
+        delivery: Some(ferry::fileset::progress::Delivery::All),
+        ..common::submit(Direction::Push, "b", "")
+    };
+    let set = api_a.submit(&s).await.expect("the set is acknowledged");
+    let in_b = c.in_dir("b").join("held");
+    // Until the release begins nothing is in place; the first file in
+    // place means the renames run: both nodes are killed at once.
+    let deadline = Instant::now() + SET_WITHIN;
+    while in_place(&in_b) == 0 {
+        assert!(Instant::now() < deadline, "the release never began\n{}", c.report(&set.id).await);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    c.kill9("b");
+    c.kill9("a");
+    let at_kill = in_place(&in_b);
+    eprintln!("[all] SIGKILL b and a with {at_kill} of {HELD_FILES} files renamed");
+    assert!(at_kill < HELD_FILES, "the kill came after the last rename; it proves nothing");
+
+    // b alone: before it serves, the renames the release ordered are done.
+    c.start("b").await;
+    let got = delivered(&in_b);
+    let want: Vec<String> = digests.keys().cloned().collect();
+    assert_eq!(got.len(), HELD_FILES, "b finished the renames at start-up, with a still down");
+    assert_eq!(got, want, "each file present on b exactly once, nothing else");
+    for (name, digest) in &digests {
+        assert_eq!(blake3::hash(&std::fs::read(in_b.join(name)).expect("read")), *digest, "{name} differs");
+    }
+    assert!(work_files(&c.in_dir("b")).is_empty(), "no work file left");
+    assert!(c.process_logs("b").contains("finished the delivery of released file-set files"));
+
+    // a asks again and is answered: the set is Done.
+    c.start("a").await;
+    let done = c.wait_view("a", &set.id, SET_WITHIN, "the set ends", |v| v.is_final()).await;
+    assert_eq!(done.status, Status::Done, "{:?}\n{}", done.error, c.report(&set.id).await);
+    let id = RequestId::parse(&set.id).expect("id");
+    for i in [0, HELD_FILES as u32 / 2, HELD_FILES as u32 - 1] {
+        let theirs = c.api("b").get(member_id(&id, i).as_str()).await.expect("b's record");
+        assert_eq!(theirs.status, Status::Done, "file {i} on b");
+    }
+    eprintln!("[all] {HELD_FILES} files, killed during the renames, Done in {:.1} s", started.elapsed().as_secs_f64());
 }

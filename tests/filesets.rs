@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use ferry::fileset::progress::{OnEmpty, OnFailure};
+use ferry::fileset::progress::{Delivery, OnEmpty, OnFailure};
 use ferry::model::{Submit, SubmitError};
 use ferry::node::{Node, NodeHandle};
 use ferry::protocol::{Direction, ErrorCode};
@@ -371,6 +371,131 @@ async fn the_files_page_and_operator_commands_cover_the_whole_set() {
     let one = a.handle().submit(submit(Direction::Push, "b", "single.bin")).await.expect("one");
     let err = client.set_files(one.id.as_str(), 0, 10).await.expect_err("not a set");
     assert_eq!(err.http_status(), Some(400));
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Submits the eight entries below `all/` (six files, one in a subfolder,
+/// an empty folder) with `delivery = all` and `on_failure = continue`,
+/// stops the set at once and waits (bounded) until every file is paused.
+async fn all_or_nothing_set(layout: &Layout, a: &Node) -> RequestRecord {
+    let out = layout.out_dir("a");
+    for i in 0..6 {
+        write(&out.join(format!("all/f{i}.dat")), format!("content {i}\n").repeat(100 * i + 1).as_bytes());
+    }
+    write(&out.join("all/sub/g.dat"), b"in a subfolder");
+    std::fs::create_dir_all(out.join("all/empty")).expect("mkdir");
+    let s = Submit { on_failure: Some(OnFailure::Continue), delivery: Some(Delivery::All), ..pattern("all/**") };
+    let set = a.handle().submit(s).await.expect("submitted");
+    assert_eq!(set.set.as_ref().map(|i| (i.files, i.policy.delivery)), Some((8, Delivery::All)));
+    a.handle().stop(&set.id).await.expect("stop the set");
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while !members(&a.handle(), &set).iter().all(|m| ferry::lifecycle::is_stopped(m) || m.status.is_final()) {
+        assert!(tokio::time::Instant::now() < deadline, "the set's files did not all stop");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    set
+}
+
+/// Puts `m`'s file back as the set resolved it: its content and time.
+fn restore(layout: &Layout, m: &RequestRecord, content: &[u8]) {
+    let resolved_at = m.member_of.as_ref().expect("member").modified_ns;
+    let back = std::fs::File::create(layout.out_dir("a").join(&m.file_name)).expect("restore");
+    std::io::Write::write_all(&mut &back, content).expect("write");
+    back.set_modified(std::time::UNIX_EPOCH + Duration::from_nanos(u64::try_from(resolved_at).expect("fits")))
+        .expect("time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_delivery_all_no_file_is_in_place_until_every_file_is_verified() {
+    // b is down until f4 is deleted, so every file runs after that.
+    let layout = Layout::new(&["a", "b"]);
+    let a = layout.start("a").await;
+    let set = all_or_nothing_set(&layout, &a).await;
+    let f4 = members(&a.handle(), &set).into_iter().find(|m| m.file_name == "all/f4.dat").expect("f4");
+    std::fs::remove_file(layout.out_dir("a").join("all/f4.dat")).expect("delete");
+    let b = layout.start("b").await;
+    a.handle().restart(&set.id).await.expect("restart the set");
+    let failed = wait_final(&a.handle(), &set.id, WITHIN).await;
+    assert_eq!(failed.status, Status::InError, "{:?}", failed.error);
+    let info = failed.set.clone().expect("set");
+    assert_eq!((info.done, info.failed), (7, 1), "seven verified, f4 missing");
+    // Seven files verified, none under its final name: b holds them under
+    // their work names, and not even their folders are made.
+    assert!(tree(&layout.in_dir("b")).is_empty(), "{:?}", tree(&layout.in_dir("b")));
+    assert!(!layout.in_dir("b").join("all").exists(), "no folder of the set is made before the release");
+    for m in members(&a.handle(), &failed).into_iter().filter(|m| m.status == Status::Done) {
+        let theirs = b.handle().store().get(&m.id).expect("get").expect("b holds a record of each verified file");
+        assert!(ferry::lifecycle::is_held(&theirs), "{}: {:?}/{:?}", m.file_name, theirs.status, theirs.step);
+        assert_eq!(theirs.hash, m.hash, "{}: b verified the same digest", m.file_name);
+    }
+    assert_eq!(work_files(&layout.in_dir("b")).len(), 7, "the held files wait in the work folder");
+
+    // f4 back as resolved, the set restarted: f4 is sent, then every file
+    // goes in place together and the set is Done.
+    restore(&layout, &f4, "content 4\n".repeat(401).as_bytes());
+    a.handle().restart(&set.id).await.expect("restart the set");
+    let done = wait_final(&a.handle(), &set.id, WITHIN).await;
+    assert_eq!(done.status, Status::Done, "{:?}", done.error);
+    let mut want: Vec<String> = (0..6).map(|i| format!("all/f{i}.dat")).collect();
+    want.push("all/sub/g.dat".into());
+    assert_eq!(tree(&layout.in_dir("b")), want);
+    assert!(layout.in_dir("b").join("all/empty").is_dir(), "the empty folder is made at the release");
+    for f in &want {
+        assert_eq!(file_digest(&layout.in_dir("b").join(f)), file_digest(&layout.out_dir("a").join(f)), "{f}");
+    }
+    for m in members(&a.handle(), &done) {
+        let theirs = wait_record(&b.handle(), &m.id, Status::Done, WITHIN).await;
+        assert!(theirs.delivered, "{}", m.file_name);
+    }
+    assert!(work_files(&layout.in_dir("b")).is_empty(), "no work file left");
+    let log = a.handle().store().job_log(&set.id).expect("log");
+    assert!(log.iter().any(|l| l.message.contains("put every file under its final name")), "{log:?}");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_delivery_all_set_discards_the_files_the_receiver_holds() {
+    let layout = Layout::new(&["a", "b"]);
+    let a = layout.start("a").await;
+    let set = all_or_nothing_set(&layout, &a).await;
+    std::fs::remove_file(layout.out_dir("a").join("all/f2.dat")).expect("delete");
+    let b = layout.start("b").await;
+    a.handle().restart(&set.id).await.expect("restart the set");
+    let failed = wait_final(&a.handle(), &set.id, WITHIN).await;
+    assert_eq!(failed.status, Status::InError, "{:?}", failed.error);
+    assert_eq!(work_files(&layout.in_dir("b")).len(), 7);
+    // An operator on b cannot stop or cancel a held file: its set decides.
+    let held = members(&a.handle(), &failed).into_iter().find(|m| m.status == Status::Done).expect("a held file");
+    assert!(b.handle().cancel(&held.id).await.is_err(), "a held file is cancelled with its set, on its sender");
+
+    let cancelled = a.handle().cancel(&set.id).await.expect("cancel the set");
+    assert_eq!(cancelled.status, Status::Cancelled);
+    for m in members(&a.handle(), &failed).into_iter().filter(|m| m.status == Status::Done) {
+        wait_record(&b.handle(), &m.id, Status::Cancelled, WITHIN).await;
+    }
+    assert!(work_files(&layout.in_dir("b")).is_empty(), "the held files are discarded");
+    assert!(tree(&layout.in_dir("b")).is_empty(), "and none went in place");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_whose_rule_runs_post_tasks_refuses_to_hold_files() {
+    let mut layout = Layout::new(&["a", "b"]);
+    layout.config_mut("b").rules[0].receiver.post_tasks =
+        vec![ferry::tasks::TaskConfig { kind: "exec".into(), program: Some("/bin/true".into()), ..Default::default() }];
+    let (a, b) = (layout.start("a").await, layout.start("b").await);
+    write(&layout.out_dir("a").join("p/x.dat"), b"x");
+    let s = Submit { delivery: Some(Delivery::All), ..pattern("p/*.dat") };
+    let set = a.handle().submit(s).await.expect("submitted");
+    let done = wait_final(&a.handle(), &set.id, WITHIN).await;
+    assert_eq!(done.status, Status::InError);
+    let m = members(&a.handle(), &done).remove(0);
+    let err = m.error.expect("why");
+    assert_eq!(err.code, ErrorCode::CapabilityMismatch, "{}", err.message);
+    assert!(err.message.contains("post-tasks") && err.message.contains("delivery = all"), "{}", err.message);
     a.shutdown().await;
     b.shutdown().await;
 }

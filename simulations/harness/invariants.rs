@@ -14,6 +14,9 @@
 //! - `sets`: a file set's record agrees with its files (totals, status,
 //!   ended only once every file ended); each file is a request of its own
 //!   under every other invariant;
+//! - `all or nothing`: a file set sent with `delivery = all` has no file
+//!   under its final name while another of its files is not yet received
+//!   whole (checked through the run, every 100 steps, and at every crash);
 //! - `no actor left`: nothing runs once every request ended, and every node
 //!   stops with no task still holding it;
 //! - `tasks` (runs with tasks): for a request that ended `Done`, every
@@ -69,6 +72,36 @@ pub fn final_files(
                     "files: {name}'s {file} {when} is partial or wrong (BLAKE3 {})",
                     got.map_or("unreadable".into(), |d| d.to_string())
                 )),
+            }
+        }
+    }
+    v
+}
+
+/// `all or nothing`: see the module docs. A file counts as received whole
+/// when it is under its final name or its work file has its full size
+/// (the `files` invariant checks the content of what is in place).
+pub fn all_or_nothing(nodes: &BTreeMap<String, Node>, spec: &RunSpec, when: &str) -> Vec<String> {
+    let mut v = Vec::new();
+    for (tag, r) in spec.requests.iter().enumerate().filter(|(_, r)| r.delivery_all && r.set_files > 0) {
+        let Some(node) = nodes.get(&r.requester) else { continue };
+        let acked = node.io.borrow().acks.iter().find(|(t, _)| *t == tag).and_then(|(_, id)| id.clone().ok());
+        let Some(set) = acked.as_deref().and_then(ferry::protocol::RequestId::parse) else { continue };
+        let Some(receiver) = nodes.get(&r.partner) else { continue };
+        let dir = receiver.recv_dir();
+        let files = r.files();
+        let in_place: Vec<&String> = files.iter().filter(|f| dir.join(f).exists()).collect();
+        let Some(first) = in_place.first() else { continue };
+        for (i, f) in files.iter().enumerate() {
+            let id = ferry::store::member_id(&set, u32::try_from(i).expect("a few files"));
+            let work = ferry::transfer::receive::work_path(&dir, &id);
+            let whole = dir.join(f).exists() || std::fs::metadata(&work).is_ok_and(|m| m.len() == r.size as u64);
+            if !whole {
+                v.push(format!(
+                    "all or nothing: {}'s {first} of set {set} (delivery = all) is in place {when} while {f} of the same set is not received whole",
+                    r.partner
+                ));
+                break;
             }
         }
     }

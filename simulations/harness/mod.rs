@@ -51,6 +51,9 @@ pub struct RequestSpec {
     /// A file set (push only): this many files named `FILE-NNN`, each of
     /// `size` bytes, submitted as the one pattern `FILE-*` (0: one file).
     pub set_files: usize,
+    /// A file set sent with `delivery = all` (its receiver holds every
+    /// file until all are verified).
+    pub delivery_all: bool,
 }
 
 impl RequestSpec {
@@ -395,6 +398,7 @@ pub fn run(spec: &RunSpec, seed: u64) -> Result<RunReport, String> {
         if !steps.is_multiple_of(100) {
             continue;
         }
+        violations.extend(invariants::all_or_nothing(&nodes, spec, &format!("at {now} ms")));
         if faults.peek().is_none() && pending.is_empty() && settled(&nodes, &down, spec, unanswered) {
             settled_at_ms = now;
             break;
@@ -521,6 +525,7 @@ fn submission(r: &RequestSpec) -> Submit {
         files: None,
         on_empty: None,
         on_failure: None,
+        delivery: r.delivery_all.then_some(ferry::fileset::progress::Delivery::All),
     }
 }
 

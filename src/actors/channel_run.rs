@@ -292,6 +292,12 @@ impl ChannelRun {
                         pending.extend(self.session.sender_tasks_done(result));
                     }
                     Output::Done => {
+                        if self.holds_file() {
+                            // Stays `Held` until its set is released.
+                            self.record("confirmed; held under its work name until its set is released", |_| {});
+                            self.flush().await;
+                            continue;
+                        }
                         // Post-tasks not run yet (the partner answered
                         // `Complete` to a request this side had not
                         // finished): they run before this side is Done.
@@ -598,6 +604,35 @@ impl ChannelRun {
                 return Err((ErrorCode::Cancelled, format!("request {} was cancelled", rec.id)));
             }
         }
+        if req.options.hold {
+            // A file of a `delivery = all` set: held verified under its
+            // work name until the sender releases the set.
+            if req.direction != Direction::Push {
+                return Err((ErrorCode::Protocol, "only a pushed file can be held for its set".into()));
+            }
+            if !rule.receiver.post_tasks.is_empty() {
+                return Err((
+                    ErrorCode::CapabilityMismatch,
+                    format!(
+                        "rule {:?} on node {} runs post-tasks on each received file, which a set sent with delivery = all cannot use (its files are delivered together later)",
+                        req.rule, cfg.node_id
+                    ),
+                ));
+            }
+            if let Some(rec) = existing.as_ref().filter(|r| lifecycle::is_held(r) && !r.delivered) {
+                // Verified and held by an earlier attempt: confirmed again.
+                let Some(hash) = rec.hash else {
+                    return Err((ErrorCode::Internal, "held file without a hash".into()));
+                };
+                let end = EndTransfer { bytes: rec.transferred, hash };
+                self.record("verified and held before; confirming without receiving it again", |r| {
+                    lifecycle::held(r, end.bytes, end.hash)
+                });
+                self.recorded = true;
+                self.files.recv_dir = Some(rule.recv_dir_for(&self.partner));
+                return Ok(Judgement::Complete(end));
+            }
+        }
         // This side's pre-tasks run before it accepts (R66's order). The
         // request is recorded first, so the task cursor is durable and a
         // failed task leaves a record to restart from.
@@ -860,6 +895,10 @@ impl ChannelRun {
         if rec.partner != self.partner || rec.status.is_final() {
             return;
         }
+        if lifecycle::is_held(&rec) && rec.delivered {
+            // Its set's release was ordered: it finishes, whatever came after.
+            return;
+        }
         if let Some(rule) = self.ctx.core.config.rule(&rec.rule) {
             receive::discard(&receive::work_path(&rule.recv_dir_for(&self.partner), id));
         }
@@ -944,6 +983,17 @@ impl ChannelRun {
         }
         let id = self.session.request_id().clone();
         tracing::info!(target: AUDIT, event = "verified", request_id = %id, partner = %self.partner, bytes = mine.bytes, blake3 = %mine.hash);
+        if self.holds_file() {
+            // `delivery = all`: durable under its work name (the writer
+            // fsynced it), recorded and flushed before the echo; the
+            // release puts it in place (`set_release`).
+            self.record(
+                &format!("verified {} bytes, BLAKE3 {}; held until its set is released", mine.bytes, mine.hash),
+                |r| lifecycle::held(r, mine.bytes, mine.hash),
+            );
+            self.ctx.core.store.flush().await.map_err(|e| (ErrorCode::Internal, e.to_string()))?;
+            return Ok(mine);
+        }
         let dir = self.files.recv_dir.clone().ok_or((ErrorCode::Internal, "no receive folder".to_string()))?;
         let final_path = self.final_path()?;
         // An append starts from the target's length now, recorded with the
@@ -991,6 +1041,13 @@ impl ChannelRun {
         // The receiver's post-tasks run before its echo confirms the file.
         self.post_tasks(control).await?;
         Ok(mine)
+    }
+
+    /// Whether this side receives a file it holds for its set's release
+    /// (`delivery = all`) instead of delivering it.
+    fn holds_file(&self) -> bool {
+        self.session.role() == SessionRole::Requested
+            && self.session.request().is_some_and(|r| r.options.hold && r.direction == Direction::Push)
     }
 
     fn cleanup_after_failure(&self, f: &Failure) {

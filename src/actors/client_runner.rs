@@ -14,6 +14,7 @@ use super::channel_run::{self, ChannelRun, Command, Files};
 use super::connections::{self, ConnectionsMsg};
 use super::context::RunHandle;
 use super::task_runner;
+use crate::fileset::progress::Delivery;
 use crate::lifecycle;
 use crate::protocol::{
     Authent, Cancel, Direction, EndTransfer, ErrorCode, Message, Request, RequestId, Session, Startup, StreamKind,
@@ -226,6 +227,17 @@ async fn run(args: ClientRunnerArgs, mut control: mpsc::Receiver<Command>) {
             return fail_early(&ctx, &id, connections::close_code(&e), msg).await;
         }
     };
+    // A file of a `delivery = all` set is held by the receiver until the
+    // set is released (`set_release`).
+    let hold = match &rec.member_of {
+        Some(m) if rec.direction == Direction::Push => match ctx.core.store.get(&m.set) {
+            Ok(set) => set.and_then(|s| s.set).is_some_and(|i| i.policy.delivery == Delivery::All),
+            Err(e) => {
+                return fail_early(&ctx, &id, ErrorCode::Internal, format!("cannot read its file set: {e}")).await
+            }
+        },
+        _ => false,
+    };
     let request = Request {
         request_id: id.clone(),
         rule: rec.rule.clone(),
@@ -236,7 +248,7 @@ async fn run(args: ClientRunnerArgs, mut control: mpsc::Receiver<Command>) {
         restart_offset,
         prefix_hash,
         delivered,
-        options: TransferOptions { compression: rec.compression, target_mode: rec.target_mode },
+        options: TransferOptions { compression: rec.compression, target_mode: rec.target_mode, hold },
         external_job_id: rec.external_job_id.clone(),
         transfer_info: rec.transfer_info.clone(),
     };

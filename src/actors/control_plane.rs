@@ -9,6 +9,8 @@
 //!   (`DialMe`) and passes its answer on.
 //! - `DialMe` (we are the target) → dials the named node, answers once the
 //!   connection is up or the dial failed.
+//! - `Release` → the held files of a `delivery = all` set go under their
+//!   final names ([`super::set_release::release_held`]).
 //!
 //! The asker's identity is the connection's verified peer; nothing it says
 //! about itself is trusted. Every exchange is bounded in time.
@@ -115,6 +117,17 @@ async fn answer(ctx: &RunHandle, conns: &ActorRef<ConnectionsMsg>, partner: &str
                     ErrorCode::Connection,
                     format!("relay {me}: {target} did not dial back within {} ms", limit.as_millis()),
                 ),
+            }
+        }
+        Ask::Release { set, files } => {
+            let (core, partner) = (ctx.core.clone(), partner.to_owned());
+            let released =
+                crate::determinism::blocking(move || super::set_release::release_held(&core, &partner, &set, files))
+                    .await;
+            match released {
+                Ok(Ok(delivered)) => Answer::Released { delivered },
+                Ok(Err((code, message))) => refused(code, format!("node {me}: {message}")),
+                Err(e) => refused(ErrorCode::Internal, format!("node {me}: {e}")),
             }
         }
         Ask::DialMe { node } => {

@@ -67,7 +67,7 @@ pub async fn submit(
         let policy = Policy {
             on_empty: s.on_empty.unwrap_or(rule.on_empty),
             on_failure: s.on_failure.unwrap_or(rule.on_failure),
-            ..Policy::default()
+            delivery: s.delivery.unwrap_or(rule.delivery),
         };
         let spec = SetSpec { patterns, policy, partner, group, block_size, submitted_on, chained_from };
         return submit_set(ctx, s, spec, id).await;
@@ -322,6 +322,7 @@ pub async fn accept_handover(
         files: None,
         on_empty: None,
         on_failure: None,
+        delivery: None,
     };
     let submitted_on = rules::handed_over_via(&h.submitted_on, from);
     let id = h.id.clone();

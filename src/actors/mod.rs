@@ -22,6 +22,9 @@
 //!   set: resolves it and records the set with one member per file).
 //! - [`set_keeper`]: keeps each file set's totals and status in step with
 //!   its members.
+//! - [`set_release`]: `delivery = all`: the sender asks the receiver to
+//!   put a verified set's held files under their final names, and the
+//!   receiver does.
 //! - [`context`]: the narrow handles each actor is given ([`context::Core`],
 //!   [`context::Intake`], [`context::RunHandle`]) and the node's parts they
 //!   are made from ([`context::NodeContext`]); the node builds them, so
@@ -41,6 +44,7 @@ pub mod intake;
 pub mod partner_budget;
 pub mod server_runner;
 pub mod set_keeper;
+pub mod set_release;
 pub mod supervisor;
 pub mod task_runner;
 

@@ -55,7 +55,7 @@ pub fn current_task(rule: &Rule, rec: &RequestRecord) -> Option<String> {
         Step::PreTask => Some(TaskList::Pre),
         Step::PostTask => Some(TaskList::Post),
         Step::ErrorTask => Some(TaskList::Error),
-        Step::Transfer | Step::AllDone => None,
+        Step::Transfer | Step::AllDone | Step::Held => None,
     };
     if rec.step == Step::ErrorTask {
         // Error tasks still running, else the task that failed.
@@ -345,6 +345,7 @@ async fn submit_chained(
                 files: None,
                 on_empty: None,
                 on_failure: None,
+                delivery: None,
             };
             super::intake::submit(ctx, s, id.clone(), None, Some(rec.id.clone())).await.map_err(|e| e.to_string())?
         }

@@ -72,6 +72,7 @@ fn submit(file: String) -> Submit {
         files: None,
         on_empty: None,
         on_failure: None,
+        delivery: None,
         compression: Compression::None,
     }
 }

@@ -145,6 +145,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             files: None,
             on_empty: None,
             on_failure: None,
+            delivery: None,
             compression: Compression::None,
         };
         let view = api(p.requester)?.submit(&s).await.with_context(|| format!("submitting {}", p.file))?;
@@ -236,6 +237,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         files: None,
         on_empty: None,
         on_failure: None,
+        delivery: None,
         compression: Compression::None,
     };
     println!("file set: {from} pushes 'reports/**' (24 files in a tree and an empty folder) to {to} as one request");

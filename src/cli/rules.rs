@@ -54,9 +54,10 @@ pub fn rules_text(rules: &[RuleView]) -> String {
         text.push_str(&format!("  target mode    {target}{backup}\n"));
         let policy = |v: &dyn std::fmt::Debug| format!("{v:?}").to_lowercase();
         text.push_str(&format!(
-            "  file sets      on_empty = {}, on_failure = {}\n",
+            "  file sets      on_empty = {}, on_failure = {}, delivery = {}\n",
             policy(&r.on_empty),
-            policy(&r.on_failure)
+            policy(&r.on_failure),
+            policy(&r.delivery)
         ));
         if !r.folders.is_empty() {
             text.push_str(&format!("  task folders   {}\n", r.folders.join(", ")));
@@ -100,6 +101,6 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("target mode    replace"), "{text}");
-        assert!(text.contains("file sets      on_empty = fail, on_failure = stop\n"), "{text}");
+        assert!(text.contains("file sets      on_empty = fail, on_failure = stop, delivery = each\n"), "{text}");
     }
 }

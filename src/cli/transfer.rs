@@ -7,7 +7,7 @@ use clap::Args;
 use ferry::api::{ApiClient, TransferView};
 use ferry::model::{Submit, TransferFilter};
 use ferry::protocol::{Compression, Direction};
-use ferry::store::{Role, Status};
+use ferry::store::{Role, Status, Step};
 
 use super::display::{bytes, iso_time, out, out_json, rate, table};
 
@@ -79,6 +79,12 @@ pub struct TransferArgs {
     /// error. Default: the rule's `on_empty` (`fail`).
     #[arg(long)]
     pub allow_empty: bool,
+    /// File sets: the receiver puts no file under its final name until
+    /// every file is verified, then all together (`delivery = all`).
+    /// Default: the rule's `delivery` (`each`: each file as soon as it is
+    /// verified).
+    #[arg(long)]
+    pub all_or_nothing: bool,
     /// An id of your own to attach to the request (e.g. a scheduler's job id).
     #[arg(long, value_name = "X")]
     pub job_id: Option<String>,
@@ -219,6 +225,7 @@ pub async fn transfer(args: TransferArgs, direction: Direction, other_node: Opti
         files: None,
         on_empty: args.allow_empty.then_some(ferry::fileset::progress::OnEmpty::Succeed),
         on_failure: args.continue_on_error.then_some(ferry::fileset::progress::OnFailure::Continue),
+        delivery: args.all_or_nothing.then_some(ferry::fileset::progress::Delivery::All),
     };
     if anywhere {
         let placed =
@@ -494,7 +501,18 @@ pub fn detail<'a>(v: &'a TransferView, extra: Vec<(&'a str, String)>) -> String 
                 set.files, set.done, set.failed, set.skipped, set.left
             ),
         ));
-        f.push(("policies", format!("on_empty = {:?}, on_failure = {:?}", set.on_empty, set.on_failure)));
+        f.push((
+            "policies",
+            format!(
+                "on_empty = {}, on_failure = {}, delivery = {}",
+                format!("{:?}", set.on_empty).to_lowercase(),
+                format!("{:?}", set.on_failure).to_lowercase(),
+                format!("{:?}", set.delivery).to_lowercase()
+            ),
+        ));
+        if v.status == Status::Running && v.step == Step::Held {
+            f.push(("release", "every file verified; the receiver is asked to put them in place".into()));
+        }
     }
     if let Some(m) = &v.member_of {
         f.push(("file set", format!("{} (file {} of the set)", m.set, m.index + 1)));

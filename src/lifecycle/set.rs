@@ -10,13 +10,16 @@
 //!   the set's record; [`settle`] then decides the set's status: it ends
 //!   only when every member ended, `Done` if every file is delivered and
 //!   `InError` (`FilesFailed`) otherwise.
+//! - `delivery = all`: a set whose every file is verified does not end
+//!   `Done` at once: it waits in step `Held` ([`awaits_release`]) until
+//!   the receiver put every file under its final name ([`released`]).
 //! - [`must_skip`]: under `on_failure = stop`, a file that just failed
 //!   means the members not yet started are skipped.
 
 use crate::protocol::{ErrorCode, RequestId};
 use crate::store::{RequestError, RequestRecord, Status, Step};
 
-use crate::fileset::progress::OnFailure;
+use crate::fileset::progress::{Delivery, OnFailure};
 
 /// How a member counts in its set's totals.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,6 +107,14 @@ pub fn settle(set: &mut RequestRecord, now: u64, failed_names: &[String]) -> Opt
             set.error = None;
             set.finished_at = None;
         }
+    } else if info.failed + info.skipped == 0 && info.policy.delivery == Delivery::All {
+        // Every file verified and held by the receiver: the release follows.
+        if set.status != Status::Running || set.step != Step::Held {
+            set.status = Status::Running;
+            set.step = Step::Held;
+            set.error = None;
+            set.finished_at = None;
+        }
     } else if info.failed + info.skipped == 0 {
         set.status = Status::Done;
         set.step = Step::AllDone;
@@ -128,6 +139,56 @@ pub fn settle(set: &mut RequestRecord, now: u64, failed_names: &[String]) -> Opt
         set.finished_at = Some(now);
     }
     (set.status != before).then_some(set.status)
+}
+
+/// Whether the set waits for the receiver to release its held files
+/// (`delivery = all`, every file verified).
+pub fn awaits_release(set: &RequestRecord) -> bool {
+    set.set.is_some() && set.status == Status::Running && set.step == Step::Held
+}
+
+/// The receiver answered that every held file is under its final name:
+/// the set is `Done`. `false` (nothing changed) if it no longer waited.
+pub fn released(set: &mut RequestRecord, now: u64) -> bool {
+    if !awaits_release(set) {
+        return false;
+    }
+    set.status = Status::Done;
+    set.step = Step::AllDone;
+    set.finished_at = Some(now);
+    true
+}
+
+/// The receiver refused to release the set (the message names why): the
+/// set ends `InError`; a restart asks again.
+pub fn release_refused(set: &mut RequestRecord, code: ErrorCode, message: &str, now: u64) -> bool {
+    if !awaits_release(set) {
+        return false;
+    }
+    set.status = Status::InError;
+    set.error = Some(RequestError { code, message: message.to_owned() });
+    set.finished_at = Some(now);
+    true
+}
+
+/// Whether [`release_again`] applies.
+pub fn can_release_again(set: &RequestRecord) -> bool {
+    set.set.as_ref().is_some_and(|i| i.files > 0 && i.done == i.files && i.policy.delivery == Delivery::All)
+        && matches!(set.status, Status::InError | Status::Interrupted)
+}
+
+/// An operator restarts a set whose every file is verified but whose
+/// release was refused (or that was stopped while it waited): it waits for
+/// its release again. `false` if that is not its state.
+pub fn release_again(set: &mut RequestRecord) -> bool {
+    if !can_release_again(set) {
+        return false;
+    }
+    set.status = Status::Running;
+    set.step = Step::Held;
+    set.error = None;
+    set.finished_at = None;
+    true
 }
 
 /// Whether the set must skip its members not yet started after `change`:
@@ -170,6 +231,59 @@ mod tests {
             assert!(apply(s, &c));
         }
         settle(s, 1, &[])
+    }
+
+    #[test]
+    fn under_delivery_all_a_verified_set_waits_for_its_release_then_is_done() {
+        let all = Policy { delivery: Delivery::All, ..Policy::default() };
+        let mut s = set(2, all);
+        for i in 0..2 {
+            let (run, done) = (member(&s, i, Status::Running, None), member(&s, i, Status::Done, None));
+            assert_eq!(change(&mut s, &run, &done), None, "never Done while files are held");
+        }
+        assert!(awaits_release(&s), "every file verified: it waits in Held");
+        assert_eq!((s.status, s.step, s.finished_at), (Status::Running, Step::Held, None));
+        // Settled again (a recount at start-up): still waiting, unchanged.
+        assert_eq!(settle(&mut s, 2, &[]), None);
+        assert!(awaits_release(&s));
+        // Stopped while it waited, then restarted: it waits again.
+        let mut stopped = s.clone();
+        crate::lifecycle::stop(&mut stopped, "op");
+        assert!(!awaits_release(&stopped) && can_release_again(&stopped));
+        assert!(release_again(&mut stopped) && awaits_release(&stopped));
+        // The receiver answered: Done, once.
+        assert!(released(&mut s, 3));
+        assert_eq!((s.status, s.step, s.finished_at), (Status::Done, Step::AllDone, Some(3)));
+        assert!(!released(&mut s, 4), "a late answer changes nothing");
+        assert!(!can_release_again(&s), "a Done set is not released again");
+    }
+
+    #[test]
+    fn a_refused_release_ends_the_set_in_error_and_a_restart_asks_again() {
+        let mut s = set(1, Policy { delivery: Delivery::All, ..Policy::default() });
+        let (run, done) = (member(&s, 0, Status::Running, None), member(&s, 0, Status::Done, None));
+        change(&mut s, &run, &done);
+        assert!(release_refused(&mut s, ErrorCode::Protocol, "not held", 5));
+        assert_eq!(s.status, Status::InError);
+        assert_eq!(s.error.as_ref().map(|e| e.code), Some(ErrorCode::Protocol));
+        assert!(!released(&mut s.clone(), 6), "only a set that waits can be released");
+        assert!(release_again(&mut s));
+        assert!(awaits_release(&s) && s.error.is_none());
+    }
+
+    #[test]
+    fn under_delivery_all_a_failed_file_ends_the_set_in_error_without_a_release() {
+        let mut s = set(2, Policy { delivery: Delivery::All, ..Policy::default() });
+        let (r0, d0) = (member(&s, 0, Status::Running, None), member(&s, 0, Status::Done, None));
+        let (r1, f1) = (member(&s, 1, Status::Running, None), member(&s, 1, Status::InError, Some(ErrorCode::Io)));
+        change(&mut s, &r0, &d0);
+        assert_eq!(change(&mut s, &r1, &f1), Some(Status::InError));
+        assert!(!awaits_release(&s) && !can_release_again(&s), "a file is missing: nothing to release");
+        // Each: the same totals end Done at once.
+        let mut each = set(1, Policy::default());
+        let (r, d) = (member(&each, 0, Status::Running, None), member(&each, 0, Status::Done, None));
+        assert_eq!(change(&mut each, &r, &d), Some(Status::Done));
+        assert!(!awaits_release(&each));
     }
 
     #[test]

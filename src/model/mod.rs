@@ -68,6 +68,10 @@ pub struct Submit {
     /// `on_failure` (`stop` or `continue`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_failure: Option<crate::fileset::progress::OnFailure>,
+    /// File sets: when the receiver puts files under their final names,
+    /// overriding the rule's `delivery` (`each` or `all`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<crate::fileset::progress::Delivery>,
     #[serde(default)]
     pub external_job_id: Option<String>,
     #[serde(default)]

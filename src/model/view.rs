@@ -112,6 +112,7 @@ pub struct SetView {
     pub pattern: String,
     pub on_empty: crate::fileset::progress::OnEmpty,
     pub on_failure: crate::fileset::progress::OnFailure,
+    pub delivery: crate::fileset::progress::Delivery,
     pub files: u32,
     pub done: u32,
     pub failed: u32,
@@ -162,6 +163,8 @@ pub struct RuleView {
     pub on_empty: crate::fileset::progress::OnEmpty,
     /// File sets sent under the rule: what one failed file means.
     pub on_failure: crate::fileset::progress::OnFailure,
+    /// File sets sent under the rule: when files go under their final names.
+    pub delivery: crate::fileset::progress::Delivery,
 }
 
 impl RuleView {
@@ -178,6 +181,7 @@ impl RuleView {
             receiver: r.receiver.clone(),
             on_empty: r.on_empty,
             on_failure: r.on_failure,
+            delivery: r.delivery,
         }
     }
 }
@@ -225,6 +229,7 @@ impl TransferView {
                 pattern: i.pattern.clone(),
                 on_empty: i.policy.on_empty,
                 on_failure: i.policy.on_failure,
+                delivery: i.policy.delivery,
                 files: i.files,
                 done: i.done,
                 failed: i.failed,

@@ -102,6 +102,10 @@ pub enum Ask {
     /// From a relay: "`node` cannot reach you; dial it". Answered once the
     /// dial succeeded or failed.
     DialMe { node: String },
+    /// A file set sent with `delivery = all` is verified whole: put its
+    /// held files `0..files` (member ids derived from `set`) under their
+    /// final names. Answered once every file is delivered.
+    Release { set: RequestId, files: u32 },
 }
 
 impl Ask {
@@ -112,6 +116,7 @@ impl Ask {
             Ask::Query(_) => "Query",
             Ask::RelayDialBack { .. } => "RelayDialBack",
             Ask::DialMe { .. } => "DialMe",
+            Ask::Release { .. } => "Release",
         }
     }
 }
@@ -130,6 +135,11 @@ pub enum Answer {
     Refused {
         code: ErrorCode,
         message: String,
+    },
+    /// The set's held files are under their final names (`delivered` of
+    /// them by this exchange; the rest were already).
+    Released {
+        delivered: u32,
     },
 }
 

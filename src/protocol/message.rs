@@ -10,7 +10,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks. A peer with another version is refused.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// Largest block size a node accepts (the frame limit is derived from it).
 pub const MAX_BLOCK_SIZE: u32 = 16 * 1024 * 1024;
@@ -265,6 +265,10 @@ pub struct TransferOptions {
     /// How the receiver treats an existing target, when the request
     /// overrides the receiver's rule (version 4).
     pub target_mode: Option<TargetMode>,
+    /// A file of a set sent with `delivery = all` (version 5): the
+    /// receiver keeps it verified under its work name until the sender's
+    /// `Release` of the set.
+    pub hold: bool,
 }
 
 /// What a receiver does when the target file already exists.

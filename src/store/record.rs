@@ -44,6 +44,10 @@ pub enum Step {
     PostTask,
     AllDone,
     ErrorTask,
+    /// A file set's file sent with `delivery = all`: the receiver holds it
+    /// verified under its work name until the set is released; a set
+    /// whose files are all verified waits here for that release.
+    Held,
 }
 
 /// This node's part in the request.

@@ -81,6 +81,7 @@ pub fn submit(direction: Direction, partner: &str, file: &str) -> Submit {
         files: None,
         on_empty: None,
         on_failure: None,
+        delivery: None,
         compression: Compression::None,
     }
 }

@@ -1,0 +1,304 @@
+//! `delivery = all`: a file set's files go under their final names only
+//! once every file is verified, all together.
+//!
+//! Each file of such a set is sent as usual with `hold` set in its
+//! request: the receiver verifies it, fsyncs it under its work name,
+//! records it `Running`/`Held` (flushed) and confirms it, without renaming
+//! it. When every file is verified the sender's set waits in step `Held`
+//! (`lifecycle::set::settle`), and the [`Releaser`] asks the receiver to
+//! `Release` the set; the receiver ([`release_held`]) renames every held
+//! file and answers `Released`, and only then is the set `Done`.
+//!
+//! Durable order on the receiver, for one `Release`:
+//! 1. every file of the set is checked (present, from this partner, held
+//!    or already delivered; a `create` target that appeared refuses the
+//!    release) before anything changes;
+//! 2. each held file is recorded as released (`delivered`, with the base
+//!    of an append), then one flush: the release is now ordered;
+//! 3. each file is renamed into place (its folders made, each rename's
+//!    folder fsynced) and recorded `Done`; one flush at the end.
+//!
+//! A crash during 3 leaves ordered files not yet renamed: start-up
+//! finishes them ([`finish_ordered`]) before the node serves, and a
+//! `Release` asked again finishes them too (a delivery is idempotent: a
+//! missing work file with the target in place is a rename that happened).
+//! The sender asks again until it gets an answer, so a set is `Done` on
+//! the sender only after every file is under its final name.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use tokio::sync::mpsc;
+
+use super::channel_run::{delivery_for, refuse_existing_target, target_mode};
+use super::context::Core;
+use super::AUDIT;
+use crate::lifecycle;
+use crate::protocol::control::{Answer, Ask};
+use crate::protocol::names::is_folder_entry;
+use crate::protocol::{ErrorCode, RequestId};
+use crate::store::{member_id, now_ms, ListQuery, RequestRecord, Role, Status, Store, StoreError, TargetMode};
+use crate::transfer::receive;
+
+/// How long the sender waits for a `Release` answer: the receiver renames
+/// every file of the set (and fsyncs their folders) before it answers.
+pub const RELEASE_LIMIT: Duration = Duration::from_secs(600);
+
+/// Waits between asks while the receiver cannot be reached, doubling.
+const FIRST_WAIT: Duration = Duration::from_secs(1);
+const LONGEST_WAIT: Duration = Duration::from_secs(30);
+
+/// One control exchange with a partner (connecting if needed), as the
+/// node provides it: the releaser's only way out.
+pub type Asker = Arc<dyn Fn(String, Ask, Duration) -> BoxFuture<'static, Result<Answer, String>> + Send + Sync>;
+
+type Refusal = (ErrorCode, String);
+
+fn internal(e: impl std::fmt::Display) -> Refusal {
+    (ErrorCode::Internal, e.to_string())
+}
+
+/// The receiver's side of `Release { set, files }` from `partner`: puts
+/// every held file of the set under its final name (see the module doc for
+/// the order). Returns how many files this call delivered. Blocking.
+pub fn release_held(core: &Core, partner: &str, set: &RequestId, files: u32) -> Result<u32, Refusal> {
+    let me = &core.config.node_id;
+    if files as usize > crate::fileset::MAX_ENTRIES {
+        return Err((ErrorCode::Protocol, format!("a set of {files} files is larger than any set may be")));
+    }
+    let store = &core.store;
+    // 1. Checked whole before anything changes.
+    let mut ordered = Vec::new();
+    for i in 0..files {
+        let id = member_id(set, i);
+        let rec = store.get(&id).map_err(internal)?.ok_or_else(|| {
+            (
+                ErrorCode::Protocol,
+                format!("file {i} of set {set} was never received by node {me}; nothing was released"),
+            )
+        })?;
+        if rec.partner != partner || rec.role != Role::Requested {
+            return Err((ErrorCode::Protocol, format!("request {id} belongs to another request")));
+        }
+        if rec.status == Status::Done {
+            continue; // released before
+        }
+        if !lifecycle::is_held(&rec) {
+            return Err((
+                ErrorCode::Protocol,
+                format!(
+                    "{:?} (file {i} of set {set}) is not held by node {me}: it is {:?} in step {:?}; nothing was released",
+                    rec.file_name, rec.status, rec.step
+                ),
+            ));
+        }
+        if !rec.delivered && !is_folder_entry(&rec.file_name) {
+            let dir = recv_dir(core, &rec)?;
+            let target = receive::target_path(&dir, &rec.file_name, false)?;
+            refuse_existing_target(core, target_mode(core, &rec), &target)?;
+        }
+        ordered.push(rec);
+    }
+    // 2. The release is ordered, durably, before the first rename.
+    for rec in &mut ordered {
+        if rec.delivered {
+            continue; // ordered by an earlier ask that a crash cut short
+        }
+        let append_base = match target_mode(core, rec) {
+            TargetMode::Append => {
+                let target = receive::target_path(&recv_dir(core, rec)?, &rec.file_name, false)?;
+                Some(std::fs::metadata(&target).map_or(0, |m| m.len()))
+            }
+            _ => None,
+        };
+        let line = "released with its set: delivering";
+        let written = store
+            .update_if(&rec.id, line, lifecycle::is_held, |r| {
+                r.delivered = true;
+                r.append_base = append_base;
+            })
+            .map_err(internal)?;
+        *rec = written.ok_or_else(|| {
+            (
+                ErrorCode::Protocol,
+                format!("{:?} changed while its set was released; nothing was renamed", rec.file_name),
+            )
+        })?;
+    }
+    store.flush_blocking().map_err(internal)?;
+    // 3. Renamed into place, each recorded Done.
+    let count = u32::try_from(ordered.len()).unwrap_or(u32::MAX);
+    for rec in &ordered {
+        deliver_released(core, rec)?;
+    }
+    store.flush_blocking().map_err(internal)?;
+    tracing::info!(target: AUDIT, event = "released", request_id = %set, partner = %partner, files, delivered = count);
+    Ok(count)
+}
+
+fn recv_dir(core: &Core, rec: &RequestRecord) -> Result<std::path::PathBuf, Refusal> {
+    let rule = core.config.rule(&rec.rule).ok_or_else(|| {
+        (ErrorCode::UnknownRule, format!("rule {:?} does not exist on node {}", rec.rule, core.config.node_id))
+    })?;
+    Ok(rule.recv_dir_for(&rec.partner))
+}
+
+/// Puts one released (ordered) file under its final name and records it
+/// `Done`. Idempotent: a file renamed before a crash is only recorded.
+fn deliver_released(core: &Core, rec: &RequestRecord) -> Result<(), Refusal> {
+    let dir = recv_dir(core, rec)?;
+    let work = receive::work_path(&dir, &rec.id);
+    let target = receive::target_path(&dir, &rec.file_name, true)?;
+    let line = if is_folder_entry(&rec.file_name) {
+        receive::discard(&work);
+        format!("folder {} made", target.display())
+    } else if work.exists() {
+        receive::deliver_as(&work, &target, &delivery_for(core, rec, &target))?
+    } else {
+        format!("{} was delivered before", target.display())
+    };
+    let end = rec.hash.map(|h| (rec.transferred, h));
+    core.store
+        .update_if(&rec.id, &line, |r| lifecycle::is_held(r) && r.delivered, |r| lifecycle::complete(r, end, now_ms()))
+        .map_err(internal)?;
+    tracing::info!(target: AUDIT, event = "delivered", request_id = %rec.id, partner = %rec.partner, path = %target.display());
+    Ok(())
+}
+
+/// Start-up, before the node serves: the files whose release was ordered
+/// (recorded) but not finished before a crash go under their final names.
+pub fn finish_ordered(core: &Core) -> Result<usize, StoreError> {
+    let mut finished = 0;
+    let mut q =
+        ListQuery { status: Some(Status::Running), limit: crate::store::listing::MAX_PAGE, ..Default::default() };
+    loop {
+        let page = core.store.page(&q)?;
+        for rec in page.records.iter().filter(|r| lifecycle::is_held(r) && r.delivered) {
+            match deliver_released(core, rec) {
+                Ok(()) => finished += 1,
+                Err((code, message)) => {
+                    tracing::error!(request_id = %rec.id, %code, %message, "cannot finish a released file")
+                }
+            }
+        }
+        match page.next {
+            Some(next) => q.after = Some(next),
+            None => break,
+        }
+    }
+    if finished > 0 {
+        core.store.flush_blocking()?;
+    }
+    Ok(finished)
+}
+
+/// The sender's side: asks the receiver to release each set that waits
+/// for it, until it is answered. Sets come from a store observer (a set
+/// entering step `Held`, whoever wrote it) and from start-up.
+pub struct Releaser;
+
+impl Releaser {
+    /// Follows the store, and asks for the sets found waiting at start-up
+    /// (read after the observer is in place, so none is missed; one seen
+    /// twice is asked for once).
+    pub fn start(store: &Store, asker: Asker) -> Result<tokio::task::JoinHandle<()>, StoreError> {
+        let (tx, mut rx) = mpsc::unbounded_channel::<RequestId>();
+        let observed = tx.clone();
+        store.observe(Arc::new(move |change| {
+            let was = change.old.is_some_and(lifecycle::set::awaits_release);
+            if lifecycle::set::awaits_release(change.new) && !was {
+                let _ = observed.send(change.new.id.clone());
+            }
+        }));
+        for id in waiting_sets(store)? {
+            let _ = tx.send(id);
+        }
+        let store = store.clone();
+        let asking: Arc<Mutex<HashSet<RequestId>>> = Arc::default();
+        Ok(tokio::spawn(async move {
+            while let Some(id) = rx.recv().await {
+                if !asking.lock().expect("the set is only held to insert or remove").insert(id.clone()) {
+                    continue; // already being asked for
+                }
+                let (store, asker, asking) = (store.clone(), asker.clone(), asking.clone());
+                tokio::spawn(async move {
+                    release(&store, &asker, &id).await;
+                    asking.lock().expect("the set is only held to insert or remove").remove(&id);
+                });
+            }
+        }))
+    }
+}
+
+/// Every set waiting for its release (start-up), through the status index.
+fn waiting_sets(store: &Store) -> Result<Vec<RequestId>, StoreError> {
+    let mut out = Vec::new();
+    let mut q =
+        ListQuery { status: Some(Status::Running), limit: crate::store::listing::MAX_PAGE, ..Default::default() };
+    loop {
+        let page = store.page(&q)?;
+        out.extend(page.records.iter().filter(|r| lifecycle::set::awaits_release(r)).map(|r| r.id.clone()));
+        match page.next {
+            Some(next) => q.after = Some(next),
+            None => break,
+        }
+    }
+    Ok(out)
+}
+
+/// Asks for one set's release until it is answered (or the set no longer
+/// waits: cancelled meanwhile).
+async fn release(store: &Store, asker: &Asker, id: &RequestId) {
+    let mut wait = FIRST_WAIT;
+    loop {
+        let set = match store.get(id) {
+            Ok(Some(s)) if lifecycle::set::awaits_release(&s) => s,
+            Ok(_) => return,
+            Err(e) => return tracing::error!(request_id = %id, error = %e, "cannot read the file set to release"),
+        };
+        let files = set.set.as_ref().map_or(0, |i| i.files);
+        let ask = Ask::Release { set: id.clone(), files };
+        let outcome = asker(set.partner.clone(), ask, RELEASE_LIMIT).await;
+        let now = now_ms();
+        let written = match outcome {
+            Ok(Answer::Released { delivered }) => {
+                let line = format!("{} put every file under its final name ({delivered} by this release)", set.partner);
+                store.update_if(id, &line, lifecycle::set::awaits_release, |r| {
+                    lifecycle::set::released(r, now);
+                })
+            }
+            Ok(Answer::Refused { code, message })
+                if !matches!(code, ErrorCode::Connection | ErrorCode::Shutdown | ErrorCode::Internal) =>
+            {
+                let message = format!("{} refused to release the set: {message}", set.partner);
+                store.update_if(id, &message, lifecycle::set::awaits_release, |r| {
+                    lifecycle::set::release_refused(r, code, &message, now);
+                })
+            }
+            other => {
+                let why = match other {
+                    Ok(Answer::Refused { code, message }) => format!("{code}: {message}"),
+                    Ok(a) => format!("unexpected answer {a:?}"),
+                    Err(e) => e,
+                };
+                tracing::warn!(request_id = %id, partner = %set.partner, error = %why, wait_ms = wait.as_millis() as u64, "cannot release the file set yet; asking again");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(LONGEST_WAIT);
+                continue;
+            }
+        };
+        match written {
+            Ok(Some(r)) => {
+                if let Err(e) = store.flush().await {
+                    tracing::error!(request_id = %id, error = %e, "cannot flush the released set");
+                }
+                tracing::info!(target: AUDIT, event = "finished", request_id = %id, status = ?r.status, files);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(request_id = %id, error = %e, "cannot record the set's release"),
+        }
+        return;
+    }
+}
