@@ -246,10 +246,11 @@ mod tests {
                 any::<u32>(),
                 any::<u64>(),
                 proptest::option::of(".{0,10}"),
+                any::<bool>(),
                 any::<bool>()
             )
                 .prop_map(
-                    |(request_id, rule, file_name, size, block_size, restart_offset, external_job_id, push)| {
+                    |(request_id, rule, file_name, size, block_size, restart_offset, external_job_id, push, hold)| {
                         Message::Request(Request {
                             request_id,
                             rule,
@@ -260,7 +261,7 @@ mod tests {
                             restart_offset,
                             prefix_hash: None,
                             delivered: None,
-                            options: TransferOptions::default(),
+                            options: TransferOptions { hold, ..TransferOptions::default() },
                             external_job_id,
                             transfer_info: String::new(),
                         })
@@ -339,9 +340,18 @@ mod tests {
         fn control_frames_round_trip_and_refuse_trailing_bytes(
             target in "[a-z]{1,20}",
             extra in proptest::collection::vec(any::<u8>(), 1..8),
+            set in any::<u128>(),
+            files in any::<u32>(),
         ) {
             use crate::protocol::control::{Answer, Ask};
-            for ask in [Ask::Ping, Ask::RelayDialBack { target: target.clone() }, Ask::DialMe { node: target.clone() }] {
+            let set = RequestId::parse(&format!("{set:032x}")).expect("hex id");
+            let asks = [
+                Ask::Ping,
+                Ask::RelayDialBack { target: target.clone() },
+                Ask::DialMe { node: target.clone() },
+                Ask::Release { set, files },
+            ];
+            for ask in asks {
                 let frame = encode_control(&ask).expect("encodes");
                 let len = control_body_len(frame[..HEADER_LEN].try_into().expect("header")).expect("within limit");
                 prop_assert_eq!(len, frame.len() - HEADER_LEN);
@@ -350,9 +360,14 @@ mod tests {
                 longer.extend_from_slice(&extra);
                 prop_assert!(matches!(decode_control::<Ask>(&longer), Err(CodecError::Trailing(_))));
             }
-            let answer = Answer::Refused { code: crate::protocol::ErrorCode::UnknownPartner, message: target };
-            let frame = encode_control(&answer).expect("encodes");
-            prop_assert_eq!(decode_control::<Answer>(&frame[HEADER_LEN..]).expect("decodes"), answer);
+            let answers = [
+                Answer::Refused { code: crate::protocol::ErrorCode::UnknownPartner, message: target },
+                Answer::Released { delivered: files },
+            ];
+            for answer in answers {
+                let frame = encode_control(&answer).expect("encodes");
+                prop_assert_eq!(decode_control::<Answer>(&frame[HEADER_LEN..]).expect("decodes"), answer);
+            }
         }
 
         #[test]
