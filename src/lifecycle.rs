@@ -224,6 +224,15 @@ pub fn cancel(r: &mut RequestRecord, reason: &str, now: u64) {
     r.error = Some(RequestError { code: ErrorCode::Cancelled, message: reason.to_owned() });
 }
 
+/// A file that rode on a set stream that broke before the receiver
+/// answered for it goes back to the queue, to be sent on its own.
+pub fn give_back(r: &mut RequestRecord) {
+    r.status = Status::ToSubmit;
+    r.retry_at = None;
+    r.error = None;
+    r.finished_at = None;
+}
+
 /// Puts a request back in the queue, at the step (and task) that failed:
 /// tasks that succeeded before are not run again, and a delivered file is
 /// not sent again.

@@ -586,3 +586,123 @@ async fn transfers_over_the_limit_wait_their_turn() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// Reads the next set-stream frame, within the peer limit.
+async fn next_set_frame(r: &mut quinn::RecvStream) -> ferry::protocol::set_stream::SetFrame {
+    let read = async {
+        let mut header = [0u8; 4];
+        r.read_exact(&mut header).await.expect("a frame header");
+        let len = codec::set_body_len(header).expect("within the limit");
+        let mut body = vec![0; len];
+        r.read_exact(&mut body).await.expect("a frame body");
+        codec::decode_set_body(&body).expect("a set-stream frame")
+    };
+    tokio::time::timeout(WITHIN, read).await.expect("answer in time")
+}
+
+/// A set stream opened by hand: the frames `frames` after `Open`, then the
+/// answers until `Closed` (or the first answer to `Open` when refused).
+async fn set_stream(
+    conn: &quinn::Connection,
+    open: ferry::protocol::set_stream::SetFrame,
+    frames: Vec<ferry::protocol::set_stream::SetFrame>,
+) -> Vec<ferry::protocol::set_stream::SetFrame> {
+    use ferry::protocol::set_stream::SetFrame;
+    let (mut s, mut r) = conn.open_bi().await.expect("open a stream");
+    let mut bytes = vec![StreamKind::SetStream.byte()];
+    bytes.extend(codec::encode_set_frame(&open).expect("encode"));
+    s.write_all(&bytes).await.expect("send Open");
+    let first = next_set_frame(&mut r).await;
+    if first != SetFrame::Opened {
+        return vec![first];
+    }
+    for f in frames.iter().chain([&SetFrame::Close]) {
+        s.write_all(&codec::encode_set_frame(f).expect("encode")).await.expect("send");
+    }
+    let mut answers = Vec::new();
+    for _ in 0..64 {
+        let a = next_set_frame(&mut r).await;
+        let closed = a == SetFrame::Closed;
+        answers.push(a);
+        if closed {
+            break;
+        }
+    }
+    answers
+}
+
+/// A partner's set stream delivers only files named as the set's own
+/// members, below the rule's folder, with the bytes they announce; every
+/// other file is answered with why, and nothing of it is recorded or written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_stream_delivers_only_well_formed_files_of_the_set() {
+    use ferry::protocol::set_stream::{FileOutcome, SetFrame, StreamedFile};
+    use ferry::store::member_id;
+    let layout = Layout::new(&["b", "m"]);
+    let b = layout.start("b").await;
+    let conn = connect(&endpoint_of(&layout.dir.path().join("certs"), "m"), layout.config("b").listen, "b").await;
+    let set = RequestId::generate();
+    let file = |index: u32, id: RequestId, name: &str, data: &[u8], hash: Digest| {
+        SetFrame::File(StreamedFile { index, id, name: name.into(), data: data.to_vec(), hash })
+    };
+    let good = b"a file of the set\n";
+    let frames = vec![
+        file(0, member_id(&set, 0), "ok/x.txt", good, Digest::of(good)),
+        // An id that is not the set's member id for its index.
+        file(1, RequestId::generate(), "y.txt", good, Digest::of(good)),
+        // Out of the folder, absolute, into the work folder.
+        file(2, member_id(&set, 2), "../evil.txt", good, Digest::of(good)),
+        file(3, member_id(&set, 3), "/etc/evil.txt", good, Digest::of(good)),
+        file(4, member_id(&set, 4), ".ferry-work/z.part", good, Digest::of(good)),
+        // Bytes that are not what the hash says.
+        file(5, member_id(&set, 5), "liar.txt", good, Digest::of(b"something else")),
+        // A folder entry that carries data.
+        file(6, member_id(&set, 6), "dir/", good, Digest::of(good)),
+    ];
+    let answers =
+        set_stream(&conn, SetFrame::Open { set: set.clone(), rule: "default".into(), hold: false }, frames).await;
+    assert_eq!(answers.last(), Some(&SetFrame::Closed), "{answers:?}");
+    let outcomes: std::collections::BTreeMap<String, FileOutcome> = answers
+        .iter()
+        .filter_map(|a| match a {
+            SetFrame::Filed(v) => Some(v.clone()),
+            _ => None,
+        })
+        .flatten()
+        .map(|f| (f.id.to_string(), f.outcome))
+        .collect();
+    assert_eq!(outcomes.len(), 7, "every file is answered: {outcomes:?}");
+    let code_of = |i: u32| match &outcomes[&member_id(&set, i).to_string()] {
+        FileOutcome::Failed { code, message } => (*code, message.clone()),
+        other => panic!("file {i}: {other:?}"),
+    };
+    assert!(matches!(outcomes[&member_id(&set, 0).to_string()], FileOutcome::Delivered { bytes: 18, .. }));
+    for (i, code) in [
+        (2, ErrorCode::BadFileName),
+        (3, ErrorCode::BadFileName),
+        (4, ErrorCode::BadFileName),
+        (5, ErrorCode::FileHashMismatch),
+        (6, ErrorCode::BadFileName),
+    ] {
+        let (got, message) = code_of(i);
+        assert_eq!(got, code, "file {i}: {message}");
+    }
+    let wrong_id = outcomes.iter().find(|(id, _)| !(0..7).any(|i| member_id(&set, i).to_string() == **id));
+    assert!(
+        matches!(wrong_id, Some((_, FileOutcome::Failed { code: ErrorCode::Protocol, .. }))),
+        "an id that is not the set's: {wrong_id:?}"
+    );
+    // Only the good file is recorded and written; nothing escaped.
+    assert_eq!(std::fs::read(layout.in_dir("b").join("ok/x.txt")).expect("delivered"), good);
+    let recorded = b.handle().store().list(None).expect("list");
+    assert_eq!(recorded.len(), 1, "{:?}", recorded.iter().map(|r| &r.file_name).collect::<Vec<_>>());
+    assert_eq!((recorded[0].status, recorded[0].partner.as_str()), (Status::Done, "m"));
+    assert!(!layout.in_dir("b").join("../evil.txt").exists() && !Path::new("/etc/evil.txt").exists());
+    assert!(!layout.in_dir("b").join("liar.txt").exists() && !layout.in_dir("b").join("dir").exists());
+    assert!(work_files(&layout.in_dir("b")).is_empty(), "no work file left");
+
+    // A rule that does not exist, or whose receiving side runs tasks, refuses the stream.
+    let refused = set_stream(&conn, SetFrame::Open { set, rule: "nope".into(), hold: false }, vec![]).await;
+    assert!(matches!(&refused[..], [SetFrame::Refused { code: ErrorCode::UnknownRule, .. }]), "{refused:?}");
+    b.shutdown().await;
+}

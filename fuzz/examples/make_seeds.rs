@@ -147,11 +147,13 @@ fn control() {
                 block_size: Some(65536),
                 compression: Compression::Lz4,
                 submitted_on: "b".into(),
+                target_mode: Some(ferry::protocol::TargetMode::Append),
             }),
         ),
         ("ask-query", Ask::Query(id(0x0d))),
         ("ask-relay-dial-back", Ask::RelayDialBack { target: "c".into() }),
         ("ask-dial-me", Ask::DialMe { node: "a".into() }),
+        ("ask-release", Ask::Release { set: id(0x0e), files: 12 }),
     ];
     for (name, ask) in &asks {
         let frame = encode_control(ask).expect("encodes");
@@ -165,6 +167,7 @@ fn control() {
         ("answer-state-none", Answer::State(None)),
         ("answer-dialed", Answer::Dialed),
         ("answer-refused", Answer::Refused { code: ErrorCode::UnknownPartner, message: "who is z?".into() }),
+        ("answer-released", Answer::Released { delivered: 12 }),
     ];
     for (name, answer) in &answers {
         let frame = encode_control(answer).expect("encodes");
@@ -285,9 +288,45 @@ fn api() {
 
 use ferry::protocol::codec;
 
+fn set_stream() {
+    use ferry::protocol::set_stream::{FileOutcome, Filed, SetFrame, StreamedFile};
+    let data = b"one small file of a set\n".to_vec();
+    let frames = [
+        ("open", SetFrame::Open { set: id(0x10), rule: "default".into(), hold: true }),
+        ("opened", SetFrame::Opened),
+        ("refused", SetFrame::Refused { code: ErrorCode::CapabilityMismatch, message: "tasks".into() }),
+        (
+            "file",
+            SetFrame::File(StreamedFile {
+                index: 3,
+                id: id(0x11),
+                name: "daily/x/y.csv".into(),
+                hash: ferry::protocol::Digest::of(&data),
+                data,
+            }),
+        ),
+        (
+            "filed",
+            SetFrame::Filed(vec![
+                Filed { id: id(0x11), outcome: FileOutcome::Delivered { bytes: 24, hash: ferry::protocol::Digest([1; 32]) } },
+                Filed { id: id(0x12), outcome: FileOutcome::Held { bytes: 0, hash: ferry::protocol::Digest([2; 32]) } },
+                Filed { id: id(0x13), outcome: FileOutcome::Failed { code: ErrorCode::BadFileName, message: "..".into() } },
+            ]),
+        ),
+        ("close", SetFrame::Close),
+        ("closed", SetFrame::Closed),
+    ];
+    for (name, frame) in &frames {
+        let bytes = codec::encode_set_frame(frame).expect("encodes");
+        write("set_stream", name, &bytes);
+        write("set_stream", &format!("{name}-body"), &bytes[codec::HEADER_LEN..]);
+    }
+}
+
 fn main() {
     frames();
     control();
+    set_stream();
     configs();
     api();
     println!("seeds written under {}/corpus", env!("CARGO_MANIFEST_DIR"));

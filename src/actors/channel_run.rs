@@ -12,9 +12,10 @@
 //! runner ends; the receiver delivers (fsynced rename) before it echoes
 //! `EndTransfer`, so a sender that saw the echo knows the file is durable.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -96,6 +97,42 @@ pub struct ServingRun {
     superseded: Arc<AtomicBool>,
 }
 
+/// Requested side: the run `token` of `partner` now serves `id` (see
+/// [`ChannelRun::claim`]; a set stream claims each file it receives the
+/// same way).
+pub fn claim_serving(
+    serving: &Mutex<BTreeMap<RequestId, ServingRun>>,
+    id: &RequestId,
+    partner: &str,
+    token: u64,
+    superseded: &Arc<AtomicBool>,
+) -> Result<(), (ErrorCode, String)> {
+    let Ok(mut serving) = serving.lock() else {
+        return Err((ErrorCode::Internal, "the table of running requests is poisoned".into()));
+    };
+    if let Some(run) = serving.get(id) {
+        if run.partner != partner {
+            return Err(id_taken(id));
+        }
+        if run.token != token {
+            run.superseded.store(true, Ordering::Relaxed);
+            tracing::info!(request_id = %id, "a newer attempt supersedes a run still open on an old connection");
+        }
+    }
+    let run = ServingRun { token, partner: partner.to_owned(), superseded: superseded.clone() };
+    serving.insert(id.clone(), run);
+    Ok(())
+}
+
+/// The run `token` no longer serves `id` (a newer run's claim stays).
+pub fn release_serving(serving: &Mutex<BTreeMap<RequestId, ServingRun>>, id: &RequestId, token: u64) {
+    if let Ok(mut serving) = serving.lock() {
+        if serving.get(id).is_some_and(|run| run.token == token) {
+            serving.remove(id);
+        }
+    }
+}
+
 /// The refusal of a request id that belongs to another request.
 fn id_taken(id: &RequestId) -> (ErrorCode, String) {
     (ErrorCode::Protocol, format!("request id {id} belongs to another request"))
@@ -168,11 +205,7 @@ impl ChannelRun {
         ctx.open_channels.fetch_add(1, Ordering::Relaxed);
         let id = self.run_inner(first, control).await;
         ctx.open_channels.fetch_sub(1, Ordering::Relaxed);
-        if let Ok(mut serving) = ctx.serving.lock() {
-            if serving.get(&id).is_some_and(|run| run.token == token) {
-                serving.remove(&id);
-            }
-        };
+        release_serving(&ctx.serving, &id, token);
     }
 
     /// Requested side: this run now serves `id`; an older run of the same
@@ -180,21 +213,7 @@ impl ChannelRun {
     /// superseded. A run of another partner is never touched: the id is
     /// refused instead, before anything is recorded.
     fn claim(&self, id: &RequestId) -> Result<(), (ErrorCode, String)> {
-        let Ok(mut serving) = self.ctx.serving.lock() else {
-            return Err((ErrorCode::Internal, "the table of running requests is poisoned".into()));
-        };
-        if let Some(run) = serving.get(id) {
-            if run.partner != self.partner {
-                return Err(id_taken(id));
-            }
-            if run.token != self.token {
-                run.superseded.store(true, Ordering::Relaxed);
-                tracing::info!(request_id = %id, "a newer attempt supersedes a run still open on an old connection");
-            }
-        }
-        let run = ServingRun { token: self.token, partner: self.partner.clone(), superseded: self.superseded.clone() };
-        serving.insert(id.clone(), run);
-        Ok(())
+        claim_serving(&self.ctx.serving, id, &self.partner, self.token, &self.superseded)
     }
 
     async fn run_inner(mut self, first: Vec<Output>, mut control: mpsc::Receiver<Command>) -> RequestId {

@@ -112,6 +112,16 @@ async fn run(args: ClientRunnerArgs, mut control: mpsc::Receiver<Command>) {
             format!("partner {} may not use rule {:?} on node {}", rec.partner, rec.rule, ctx.core.config.node_id);
         return fail_early(&ctx, &id, ErrorCode::RuleNotAllowed, msg).await;
     }
+    // A small file of a pushed set goes on its set's stream, with the
+    // set's other small files (one request each if the partner refuses).
+    if super::set_stream::is_streamable(&rec, rule) {
+        match super::set_stream::lead(&ctx, &args.connections, &rec, rule, &mut control).await {
+            super::set_stream::Led::Handled | super::set_stream::Led::Joined => return,
+            super::set_stream::Led::Declined(why) => {
+                tracing::debug!(request_id = %id, reason = %why, "no set stream; the file goes alone");
+            }
+        }
+    }
     // This side's pre-tasks run once, before the first Request is sent, so
     // the Request carries what they made of the file (its new name and
     // size); see docs/PROTOCOL.md, "Tasks".
@@ -357,7 +367,7 @@ pub async fn tell_cancel(
 /// A file set's member: how its file differs from what the set resolved
 /// (size and modification time), if it does. A set sends exactly what it
 /// resolved; a file changed since fails with `SourceChanged`.
-fn changed_since_resolved(rec: &crate::store::RequestRecord, source: &retrieve::Source) -> Option<String> {
+pub fn changed_since_resolved(rec: &crate::store::RequestRecord, source: &retrieve::Source) -> Option<String> {
     let member = rec.member_of.as_ref()?;
     if crate::protocol::names::is_folder_entry(&rec.file_name) {
         return None; // a folder's time moves with what is put in it; it exists (open_source checked)

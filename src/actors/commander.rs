@@ -89,7 +89,13 @@ impl CommanderState {
         }
         let ctx = self.ctx.clone();
         let mut passed_over = Vec::new();
+        let streaming: std::collections::BTreeSet<RequestId> =
+            ctx.run.set_streams.lock().map(|s| s.keys().cloned().collect()).unwrap_or_default();
         let picked = ctx.core.store.queued_where(free, |rec| {
+            // A file of a set this node streams is the stream's to claim.
+            if rec.member_of.as_ref().is_some_and(|m| streaming.contains(&m.set)) {
+                return false;
+            }
             if !ctx.availability.is_unavailable(&rec.partner) || movable_member(&ctx, rec).is_some() {
                 return true;
             }

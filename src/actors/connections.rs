@@ -844,6 +844,10 @@ async fn serve_stream(
                 tracing::error!(partner = %partner, error = %e, "cannot start a ServerRunner");
             }
         }
+        Ok(StreamKind::SetStream) => {
+            super::set_stream::serve(ctx.run.clone(), partner.clone(), send, recv).await;
+            drop((slot, guard));
+        }
         Ok(StreamKind::Control) => match budget.ask() {
             Ok(ask) => {
                 super::control_plane::serve(ctx.run.clone(), conns, partner.clone(), send, recv).await;

@@ -28,7 +28,7 @@ use super::connections::{ConnectionsContext, ConnectionsMsg, ConnectionsParts};
 use super::partner_budget::PartnerBudgets;
 use crate::config::NodeConfig;
 use crate::protocol::{Capabilities, RequestId};
-use crate::store::Store;
+use crate::store::{RequestRecord, Store};
 use crate::transport::DialConfig;
 
 /// What every part of a node reads.
@@ -130,6 +130,9 @@ pub struct RunParts {
     pub serving: Arc<Mutex<BTreeMap<RequestId, ServingRun>>>,
     /// Private channels (requests) running on this node, either side.
     pub open_channels: Arc<AtomicUsize>,
+    /// The set streams this node leads, by set: where another file of the
+    /// set joins the stream instead of opening one of its own.
+    pub set_streams: Arc<Mutex<BTreeMap<RequestId, tokio::sync::mpsc::UnboundedSender<RequestRecord>>>>,
     /// For `transfer` tasks.
     pub intake: Intake,
 }
@@ -181,6 +184,7 @@ impl NodeContext {
             budgets,
             serving: Default::default(),
             open_channels: Arc::new(AtomicUsize::new(0)),
+            set_streams: Default::default(),
             intake: intake.clone(),
         }));
         let own_core_refs = Arc::strong_count(&core.config);

@@ -25,6 +25,8 @@
 //! - [`set_release`]: `delivery = all`: the sender asks the receiver to
 //!   put a verified set's held files under their final names, and the
 //!   receiver does.
+//! - [`set_stream`]: a pushed set's small files back to back on one
+//!   stream (the leader on the sender, the batch commits on the receiver).
 //! - [`context`]: the narrow handles each actor is given ([`context::Core`],
 //!   [`context::Intake`], [`context::RunHandle`]) and the node's parts they
 //!   are made from ([`context::NodeContext`]); the node builds them, so
@@ -45,6 +47,7 @@ pub mod partner_budget;
 pub mod server_runner;
 pub mod set_keeper;
 pub mod set_release;
+pub mod set_stream;
 pub mod supervisor;
 pub mod task_runner;
 

@@ -26,6 +26,9 @@ use crate::store::{now_ms, ListQuery, RequestRecord, Status, Store, StoreError};
 /// Most failed files a set's error message names (the files listing has all).
 const NAMED_FAILURES: usize = 5;
 
+/// Most member changes applied in one write of their set.
+const COALESCED: usize = 1024;
+
 /// Started once per node, before the Commander.
 pub struct SetKeeper;
 
@@ -44,9 +47,20 @@ impl SetKeeper {
         }));
         let store = store.clone();
         Ok(tokio::spawn(async move {
-            while let Some(change) = rx.recv().await {
-                if let Err(e) = apply(&store, &change).await {
-                    tracing::error!(request_id = %change.set, error = %e, "cannot update the file set's totals");
+            // The changes waiting are applied together, one write per set
+            // and run of changes (a set stream ends hundreds of files at once).
+            while let Some(first) = rx.recv().await {
+                let mut waiting = vec![first];
+                while waiting.len() < COALESCED {
+                    match rx.try_recv() {
+                        Ok(c) => waiting.push(c),
+                        Err(_) => break,
+                    }
+                }
+                for run in waiting.chunk_by(|x, y| x.set == y.set) {
+                    if let Err(e) = apply(&store, run).await {
+                        tracing::error!(request_id = %run[0].set, error = %e, "cannot update the file set's totals");
+                    }
                 }
             }
         }))
@@ -76,17 +90,20 @@ fn open_sets(store: &Store) -> Result<Vec<RequestRecord>, StoreError> {
 /// work that reads every member (skipping, naming the failed files) runs
 /// off the async threads; an ended set is flushed and audited once, when
 /// it ends.
-async fn apply(store: &Store, change: &MemberChange) -> Result<(), StoreError> {
+async fn apply(store: &Store, changes: &[MemberChange]) -> Result<(), StoreError> {
+    let Some(first) = changes.first() else { return Ok(()) };
     let now = now_ms();
     // What settle decided in the run of the closure that was written (a
     // lost compare-and-swap runs it again).
     let decided = std::cell::Cell::new(None);
     let Some(set) = store.update_if(
-        &change.set,
+        &first.set,
         "",
         |r| r.set.is_some(),
         |r| {
-            lifecycle::set::apply(r, change);
+            for change in changes {
+                lifecycle::set::apply(r, change);
+            }
             decided.set(lifecycle::set::settle(r, now, &[]));
         },
     )?
@@ -94,7 +111,7 @@ async fn apply(store: &Store, change: &MemberChange) -> Result<(), StoreError> {
         return Ok(());
     };
     let ended = decided.get().filter(|s| s.is_final());
-    let skip = lifecycle::set::must_skip(&set, change);
+    let skip = changes.iter().any(|change| lifecycle::set::must_skip(&set, change));
     if skip || ended == Some(Status::InError) {
         let (store, set) = (store.clone(), set.clone());
         crate::determinism::blocking(move || {

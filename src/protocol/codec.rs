@@ -197,6 +197,46 @@ pub fn decode_control<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, 
     Ok(v)
 }
 
+/// One set-stream frame: header and body, at most
+/// [`MAX_SET_FRAME_BODY`](super::set_stream::MAX_SET_FRAME_BODY).
+pub fn encode_set_frame(frame: &super::set_stream::SetFrame) -> Result<Vec<u8>, CodecError> {
+    use super::set_stream::MAX_SET_FRAME_BODY;
+    let mut out = vec![0; HEADER_LEN];
+    bincode::serde::encode_into_std_write(frame, &mut out, bincode::config::standard())
+        .map_err(|e| CodecError::Encode(e.to_string()))?;
+    let len = out.len() - HEADER_LEN;
+    if len > MAX_SET_FRAME_BODY {
+        return Err(CodecError::TooLarge { len, max: MAX_SET_FRAME_BODY });
+    }
+    let len = u32::try_from(len).expect("len <= MAX_SET_FRAME_BODY, which fits in u32");
+    out[..HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+    Ok(out)
+}
+
+/// The body length a set-stream frame header announces, refused above the limit.
+pub fn set_body_len(header: [u8; HEADER_LEN]) -> Result<usize, CodecError> {
+    let max = super::set_stream::MAX_SET_FRAME_BODY;
+    let len = u32::from_be_bytes(header) as usize;
+    if len > max {
+        return Err(CodecError::TooLarge { len, max });
+    }
+    Ok(len)
+}
+
+/// Decodes a set-stream frame body (without its header), with no bytes left over.
+pub fn decode_set_body(body: &[u8]) -> Result<super::set_stream::SetFrame, CodecError> {
+    let max = super::set_stream::MAX_SET_FRAME_BODY;
+    if body.len() > max {
+        return Err(CodecError::TooLarge { len: body.len(), max });
+    }
+    let config = bincode::config::standard().with_limit::<{ super::set_stream::MAX_SET_FRAME_BODY }>();
+    let (v, used) = bincode::serde::decode_from_slice(body, config).map_err(|e| CodecError::Decode(e.to_string()))?;
+    if used != body.len() {
+        return Err(CodecError::Trailing(body.len() - used));
+    }
+    Ok(v)
+}
+
 /// Decodes the first complete frame in `buf`, if there is one.
 ///
 /// Returns the message and the number of bytes it used, `Ok(None)` when more

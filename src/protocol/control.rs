@@ -24,6 +24,9 @@ pub enum StreamKind {
     Request,
     /// One control exchange: an [`Ask`], then an [`Answer`].
     Control,
+    /// The small files of a pushed file set, back to back
+    /// ([`super::set_stream`]).
+    SetStream,
 }
 
 impl StreamKind {
@@ -31,6 +34,7 @@ impl StreamKind {
         match self {
             StreamKind::Request => b'R',
             StreamKind::Control => b'C',
+            StreamKind::SetStream => b'S',
         }
     }
 
@@ -38,6 +42,7 @@ impl StreamKind {
         match b {
             b'R' => Some(StreamKind::Request),
             b'C' => Some(StreamKind::Control),
+            b'S' => Some(StreamKind::SetStream),
             _ => None,
         }
     }
@@ -149,7 +154,7 @@ mod tests {
 
     #[test]
     fn stream_kinds_round_trip_and_unknown_bytes_are_refused() {
-        for k in [StreamKind::Request, StreamKind::Control] {
+        for k in [StreamKind::Request, StreamKind::Control, StreamKind::SetStream] {
             assert_eq!(StreamKind::from_byte(k.byte()), Some(k));
         }
         assert_eq!(StreamKind::from_byte(0), None);

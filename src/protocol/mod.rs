@@ -10,6 +10,7 @@ pub mod control;
 pub mod message;
 pub mod names;
 pub mod session;
+pub mod set_stream;
 
 pub use control::StreamKind;
 pub use message::*;

@@ -1,0 +1,1133 @@
+//! The set stream (see [`crate::protocol::set_stream`]): a pushed file
+//! set's small files sent back to back on one stream, their durable work
+//! grouped on the receiver.
+//!
+//! **Sender** ([`lead`]): a ClientRunner that runs a small file of a pushed
+//! set becomes the stream's leader. It opens a stream of kind `S`, sends
+//! its own file and claims more queued small files of the same set
+//! (`ToSubmit → Running`, one store write each), keeping at most a
+//! [`Window`] unanswered, until no file of the set is left to claim. Each
+//! `Filed` answer records its files `Done` (or failed), then one flush.
+//! A refused stream falls back to the one-request-per-file path for the
+//! leader's own file (the rest stay queued for their own runners). If the
+//! stream breaks, the files claimed and not answered go back to the queue
+//! (the leader's own file fails as any request would and is retried): the
+//! one-request path then finds the receiver's record and confirms a file
+//! the receiver had already delivered, so nothing is delivered twice. A
+//! stop or cancel of the set (seen in the set's record between batches)
+//! stops or cancels the files not answered.
+//!
+//! **Receiver** ([`serve`]): checks the `Open` (the rule exists, allows the
+//! partner, has no per-file tasks on the receiving side, and its target
+//! mode is `replace` or `create`; otherwise `Refused`), then writes each
+//! file under its work name as it arrives (claimed in the table of
+//! running requests, so no other run of the same file can interleave) and
+//! commits a [`Batch`] when it is full or nothing more is waiting. The
+//! commit's durable order:
+//! 1. every file of the batch is fsynced under its work name;
+//! 2. each is recorded verified and `delivered` (or held, for `delivery =
+//!    all`), then one flush: from here a crash finishes the delivery (the
+//!    one-request path's rule);
+//! 3. each is renamed into place (its folders made, each new folder's
+//!    parent fsynced), then each folder that received a file is fsynced
+//!    once;
+//! 4. each is recorded `Done`, then one flush;
+//! 5. only then does `Filed` tell the sender.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::ActorRef;
+use tokio::sync::mpsc;
+
+use super::channel_run::{claim_serving, release_serving, Command};
+use super::connections::{self, ConnectionsMsg};
+use super::context::{Core, RunHandle};
+use super::AUDIT;
+use crate::fileset::progress::{Delivery, OnFailure};
+use crate::lifecycle;
+use crate::protocol::codec::{self, HEADER_LEN};
+use crate::protocol::names::{check_entry_path, is_folder_entry};
+use crate::protocol::set_stream::{Batch, FileOutcome, Filed, SetFrame, StreamedFile, Window, MAX_STREAMED_FILE};
+use crate::protocol::{Digest, Direction, ErrorCode, RequestId, StreamKind};
+use crate::store::{member_id, now_ms, RequestRecord, Role, Status, Step, TargetMode};
+use crate::transfer::{receive, retrieve};
+
+type Refusal = (ErrorCode, String);
+
+/// What the leader did with its own file.
+pub enum Led {
+    /// Sent on the stream (its outcome is recorded).
+    Handled,
+    /// The stream could not be used: send the file one request alone.
+    Declined(String),
+    /// Handed to the stream another runner leads for the same set.
+    Joined,
+}
+
+/// Whether `rec` may lead (or ride on) a set stream: a small file of a
+/// pushed set, sent fresh (no step past the transfer, nothing delivered),
+/// under a rule whose sending side runs no per-file tasks.
+pub fn is_streamable(rec: &RequestRecord, rule: &crate::config::Rule) -> bool {
+    rec.member_of.is_some()
+        && rec.direction == Direction::Push
+        && rec.role == Role::Requester
+        && rec.size <= MAX_STREAMED_FILE
+        && matches!(rec.step, Step::PreTask | Step::Transfer)
+        && !rec.delivered
+        && rec.restart_point.is_none()
+        && rule.sender.pre_tasks.is_empty()
+        && rule.sender.post_tasks.is_empty()
+}
+
+// ---------------------------------------------------------------- frames
+
+/// Reads frames from `recv` into `tx` until the stream ends, an error, or
+/// the receiver of `tx` is gone. (A task of its own: a half-read frame is
+/// never dropped by a `select!`.)
+async fn read_frames(mut recv: quinn::RecvStream, tx: mpsc::Sender<Result<SetFrame, String>>) {
+    loop {
+        let mut header = [0u8; HEADER_LEN];
+        let frame = async {
+            match recv.read_exact(&mut header).await {
+                Ok(()) => {}
+                Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+                Err(e) => return Err(format!("stream lost: {e}")),
+            }
+            let len = codec::set_body_len(header).map_err(|e| e.to_string())?;
+            let mut body = vec![0; len];
+            recv.read_exact(&mut body).await.map_err(|e| format!("stream lost: {e}"))?;
+            codec::decode_set_body(&body).map(Some).map_err(|e| format!("bad set-stream frame: {e}"))
+        }
+        .await;
+        let (next, end) = match frame {
+            Ok(Some(f)) => (Ok(f), false),
+            Ok(None) => (Err("the partner finished the stream".to_string()), true),
+            Err(e) => (Err(e), true),
+        };
+        if tx.send(next).await.is_err() || end {
+            return;
+        }
+    }
+}
+
+async fn write_frame(send: &mut quinn::SendStream, frame: &SetFrame) -> Result<(), String> {
+    let bytes = codec::encode_set_frame(frame).map_err(|e| e.to_string())?;
+    send.write_all(&bytes).await.map_err(|e| format!("stream lost: {e}"))
+}
+
+// ---------------------------------------------------------------- sender
+
+/// One file the leader sent and waits to hear of.
+struct InFlight {
+    size: u64,
+    hash: Digest,
+    own: bool,
+}
+
+/// How a stream the leader ran ended early.
+enum Abort {
+    /// The link or the partner: files not answered go back to the queue.
+    Lost(ErrorCode, String),
+    /// An operator stopped the set.
+    Stopped,
+    /// An operator cancelled the set.
+    Cancelled(String),
+}
+
+/// Sends `rec` (a small file of a pushed set, already `Running`) and as
+/// many more small files of its set as are queued, on one stream.
+pub async fn lead(
+    ctx: &RunHandle,
+    conns: &ActorRef<ConnectionsMsg>,
+    rec: &RequestRecord,
+    rule: &crate::config::Rule,
+    control: &mut mpsc::Receiver<Command>,
+) -> Led {
+    let Some(member) = rec.member_of.clone() else { return Led::Declined("not a file of a set".into()) };
+    let set = match ctx.core.store.get(&member.set) {
+        Ok(Some(s)) => s,
+        _ => return Led::Declined("its set cannot be read".into()),
+    };
+    // Another file of the set leads a stream here already: join it.
+    if let Ok(streams) = ctx.set_streams.lock() {
+        if streams.get(&member.set).is_some_and(|tx| tx.send(rec.clone()).is_ok()) {
+            return Led::Joined;
+        }
+    }
+    let hold = set.set.as_ref().is_some_and(|i| i.policy.delivery == Delivery::All);
+    let files = set.set.as_ref().map_or(0, |i| i.files);
+    let link = match connections::connect(conns, &rec.partner).await {
+        Ok(l) => l,
+        Err(e) => return Led::Declined(e.message),
+    };
+    let _channel = link.channel_guard();
+    let (mut send, recv) = match link.conn.open_bi().await {
+        Ok(s) => s,
+        Err(e) => return Led::Declined(crate::transport::channel::describe_connection(&e)),
+    };
+    let (tx, mut rx) = mpsc::channel(64);
+    let reader = tokio::spawn(read_frames(recv, tx));
+    let _stop_reader = AbortOnDrop(reader);
+    let open = SetFrame::Open { set: member.set.clone(), rule: rec.rule.clone(), hold };
+    let mut first = vec![StreamKind::SetStream.byte()];
+    match codec::encode_set_frame(&open) {
+        Ok(b) => first.extend_from_slice(&b),
+        Err(e) => return Led::Declined(e.to_string()),
+    }
+    if let Err(e) = send.write_all(&first).await {
+        return Led::Declined(format!("stream lost: {e}"));
+    }
+    let limit = Duration::from_millis(ctx.core.config.limits.handshake_timeout_ms);
+    match tokio::time::timeout(limit, rx.recv()).await {
+        Ok(Some(Ok(SetFrame::Opened))) => {}
+        Ok(Some(Ok(SetFrame::Refused { code, message }))) => {
+            return Led::Declined(format!("{} refused the set stream ({code}: {message})", rec.partner))
+        }
+        Ok(Some(Ok(other))) => return Led::Declined(format!("unexpected answer to Open: {other:?}")),
+        Ok(Some(Err(e))) => return Led::Declined(e),
+        Ok(None) | Err(_) => return Led::Declined("no answer to Open".into()),
+    }
+    tracing::info!(request_id = %rec.id, set = %member.set, partner = %rec.partner, "set stream opened");
+    let (join_tx, joined) = mpsc::unbounded_channel();
+    if let Ok(mut streams) = ctx.set_streams.lock() {
+        streams.entry(member.set.clone()).or_insert_with(|| join_tx.clone());
+    }
+
+    let mut stream = Leader {
+        ctx,
+        rec,
+        rule,
+        set: member.set.clone(),
+        files,
+        next_index: 0,
+        own_sent: false,
+        window: Window::default(),
+        in_flight: HashMap::new(),
+        claimed: VecDeque::new(),
+        exhausted: false,
+        stop_on_failure: set.set.as_ref().is_some_and(|i| i.policy.on_failure == OnFailure::Stop),
+        joined,
+        any_failed: false,
+    };
+    ctx.open_channels.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let outcome = stream.run(&mut send, &mut rx, control).await;
+    ctx.open_channels.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    // No file joins from here; those that joined too late go back to the queue.
+    if let Ok(mut streams) = ctx.set_streams.lock() {
+        if streams.get(&member.set).is_some_and(|tx| tx.same_channel(&join_tx)) {
+            streams.remove(&member.set);
+        }
+    }
+    drop(join_tx);
+    stream.joined.close();
+    while let Ok(late) = stream.joined.try_recv() {
+        stream.give_back(&late.id, "its set's stream had ended; sent again on its own");
+    }
+    // Files of the set the stream left queued are the Commander's again.
+    ctx.intake.actors.wake_commander();
+    match outcome {
+        Ok(()) => {
+            let _ = send.finish();
+        }
+        Err(abort) => {
+            let _ = send.reset(quinn::VarInt::from_u32(0));
+            stream.abort(abort).await;
+        }
+    }
+    Led::Handled
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+struct Leader<'a> {
+    ctx: &'a RunHandle,
+    rec: &'a RequestRecord,
+    rule: &'a crate::config::Rule,
+    set: RequestId,
+    files: u32,
+    /// The next member index to look at for a file to claim.
+    next_index: u32,
+    own_sent: bool,
+    window: Window,
+    in_flight: HashMap<RequestId, InFlight>,
+    /// Claimed (`Running`), not sent yet.
+    claimed: VecDeque<RequestRecord>,
+    /// No file of the set is left to claim.
+    exhausted: bool,
+    /// `on_failure = stop`: a failed file skips the files not sent yet.
+    stop_on_failure: bool,
+    /// Files whose own runners handed them to this stream.
+    joined: mpsc::UnboundedReceiver<RequestRecord>,
+    /// A file failed (under `on_failure = stop`).
+    any_failed: bool,
+}
+
+/// Files claimed per store pass.
+const CLAIM_BATCH: usize = 64;
+
+/// Files read (and written to the stream) per pass.
+const READ_AHEAD: usize = 64;
+
+/// Files the receiver accepts per pass, and their bytes at most (one file
+/// more may pass the bound).
+const ACCEPT_AHEAD: usize = 64;
+const ACCEPT_BYTES: usize = 4 << 20;
+
+/// Frames the receiver reads ahead of the one it handles.
+const READ_AHEAD_FRAMES: usize = 4;
+
+/// The receiver's memory for one stream, reserved in the partner's budget:
+/// the frames read ahead, the files being accepted, the one being read.
+const STREAM_MEMORY: u64 = (READ_AHEAD_FRAMES as u64 + 1) * MAX_STREAMED_FILE + ACCEPT_BYTES as u64 + MAX_STREAMED_FILE;
+
+impl Leader<'_> {
+    async fn run(
+        &mut self,
+        send: &mut quinn::SendStream,
+        rx: &mut mpsc::Receiver<Result<SetFrame, String>>,
+        control: &mut mpsc::Receiver<Command>,
+    ) -> Result<(), Abort> {
+        let frame_limit = Duration::from_millis(self.ctx.core.config.limits.frame_timeout_ms);
+        let mut shutdown = self.ctx.core.shutdown.clone();
+        let mut closing = false;
+        loop {
+            // Send while the window admits the next file.
+            if !closing {
+                loop {
+                    // The files the window admits (up to READ_AHEAD), read in one
+                    // pass off the async threads, written in one go.
+                    let mut batch = Vec::new();
+                    let mut window = self.window;
+                    while batch.len() < READ_AHEAD {
+                        let Some(next) = self.next_file().await? else { break };
+                        if !window.admits(next.size) {
+                            self.claimed.push_front(next);
+                            break;
+                        }
+                        window.sent(next.size);
+                        batch.push(next);
+                    }
+                    if batch.is_empty() {
+                        break;
+                    }
+                    let mut frames = Vec::new();
+                    for (next, read) in read_sources(self.ctx, self.rule, batch).await {
+                        if self.any_failed {
+                            // `on_failure = stop`: a file before it in this pass failed.
+                            self.skip(&next);
+                            continue;
+                        }
+                        match read {
+                            Ok((data, hash)) => {
+                                let size = data.len() as u64;
+                                let file = StreamedFile {
+                                    index: next.member_of.as_ref().map_or(0, |m| m.index),
+                                    id: next.id.clone(),
+                                    name: next.file_name.clone(),
+                                    data,
+                                    hash,
+                                };
+                                frames.extend(
+                                    codec::encode_set_frame(&SetFrame::File(file))
+                                        .map_err(|e| Abort::Lost(ErrorCode::Internal, e.to_string()))?,
+                                );
+                                self.window.sent(size);
+                                self.in_flight
+                                    .insert(next.id.clone(), InFlight { size, hash, own: next.id == self.rec.id });
+                            }
+                            Err((code, message)) => {
+                                self.record_failure(&next.id, code, &message);
+                                self.after_failure();
+                            }
+                        }
+                    }
+                    send.write_all(&frames)
+                        .await
+                        .map_err(|e| Abort::Lost(ErrorCode::Connection, format!("stream lost: {e}")))?;
+                }
+            }
+            if !closing && self.exhausted && self.claimed.is_empty() && self.in_flight.is_empty() {
+                write_frame(send, &SetFrame::Close).await.map_err(|e| Abort::Lost(ErrorCode::Connection, e))?;
+                closing = true;
+            }
+            tokio::select! {
+                biased;
+                Some(r) = self.joined.recv(), if !closing => {
+                    if self.stop_on_failure && self.exhausted && self.claimed.is_empty() && self.any_failed {
+                        self.skip(&r);
+                    } else {
+                        self.claimed.push_back(r);
+                    }
+                }
+                _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return Err(Abort::Lost(
+                    ErrorCode::Shutdown,
+                    format!("node {} is shutting down", self.ctx.core.config.node_id),
+                )),
+                c = control.recv() => return Err(match c {
+                    Some(Command::Stop) => Abort::Stopped,
+                    Some(Command::Cancel(reason)) => Abort::Cancelled(reason),
+                    Some(Command::Shutdown) | None => Abort::Lost(
+                        ErrorCode::Shutdown,
+                        format!("node {} is shutting down", self.ctx.core.config.node_id),
+                    ),
+                }),
+                frame = tokio::time::timeout(frame_limit, rx.recv()) => match frame {
+                    Ok(Some(Ok(SetFrame::Filed(results)))) => {
+                        self.answered(results).await;
+                        self.check_set()?;
+                    }
+                    Ok(Some(Ok(SetFrame::Closed))) if closing => return Ok(()),
+                    Ok(Some(Ok(other))) => {
+                        return Err(Abort::Lost(ErrorCode::Protocol, format!("unexpected set-stream frame {other:?}")))
+                    }
+                    Ok(Some(Err(e))) => return Err(Abort::Lost(ErrorCode::Connection, e)),
+                    Ok(None) => return Err(Abort::Lost(ErrorCode::Connection, "stream ended".into())),
+                    Err(_) => return Err(Abort::Lost(
+                        ErrorCode::Connection,
+                        format!("no answer within {} ms (limits.frame_timeout_ms)", frame_limit.as_millis()),
+                    )),
+                },
+            }
+        }
+    }
+
+    /// The next file to send: the leader's own first, then claimed ones.
+    async fn next_file(&mut self) -> Result<Option<RequestRecord>, Abort> {
+        if !self.own_sent {
+            self.own_sent = true;
+            return Ok(Some(self.rec.clone()));
+        }
+        if self.claimed.is_empty() && !self.exhausted {
+            self.claim_more().await?;
+        }
+        Ok(self.claimed.pop_front())
+    }
+
+    /// Claims the next queued small files of the set (index order).
+    async fn claim_more(&mut self) -> Result<(), Abort> {
+        let store = self.ctx.core.store.clone();
+        let (set, from, files, rule) = (self.set.clone(), self.next_index, self.files, self.rule.clone());
+        let (leader, partner) = (self.rec.id.clone(), self.rec.partner.clone());
+        let claimed = crate::determinism::blocking(move || {
+            let mut out = Vec::new();
+            let mut i = from;
+            while i < files && out.len() < CLAIM_BATCH {
+                let m = store.member(&set, i)?;
+                i += 1;
+                if m.id == leader || m.status != Status::ToSubmit || m.partner != partner || !is_streamable(&m, &rule) {
+                    continue;
+                }
+                let line = format!("sent on the set stream of {leader}");
+                let taken = store.update_if(
+                    &m.id,
+                    &line,
+                    |r| r.status == Status::ToSubmit,
+                    |r| {
+                        lifecycle::take(r, r.attempts + 1, None);
+                        lifecycle::start_transfer(r, r.size, 0, now_ms());
+                    },
+                )?;
+                out.extend(taken);
+            }
+            Ok::<_, crate::store::StoreError>((out, i))
+        })
+        .await;
+        match claimed {
+            Ok(Ok((out, next))) => {
+                self.next_index = next;
+                self.exhausted = next >= self.files;
+                self.claimed.extend(out);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(Abort::Lost(ErrorCode::Internal, format!("cannot claim the set's files: {e}"))),
+            Err(e) => Err(Abort::Lost(ErrorCode::Internal, e.to_string())),
+        }
+    }
+
+    /// Records what the receiver answered, then one flush.
+    async fn answered(&mut self, results: Vec<Filed>) {
+        let now = now_ms();
+        for r in results {
+            let Some(sent) = self.in_flight.remove(&r.id) else { continue };
+            self.window.answered(sent.size);
+            let (code, message) = match r.outcome {
+                FileOutcome::Delivered { bytes, hash } | FileOutcome::Held { bytes, hash }
+                    if bytes == sent.size && hash == sent.hash =>
+                {
+                    let line = format!("{} received {bytes} bytes, BLAKE3 {hash} (set stream)", self.rec.partner);
+                    let written = self.ctx.core.store.update_if(
+                        &r.id,
+                        &line,
+                        |x| x.status == Status::Running,
+                        |x| {
+                            lifecycle::confirmed(x);
+                            lifecycle::complete(x, Some((bytes, hash)), now);
+                        },
+                    );
+                    if let Err(e) = written {
+                        tracing::error!(request_id = %r.id, error = %e, "cannot record a streamed file");
+                    }
+                    tracing::info!(target: AUDIT, event = "done", request_id = %r.id, partner = %self.rec.partner, bytes);
+                    continue;
+                }
+                FileOutcome::Delivered { bytes, hash } | FileOutcome::Held { bytes, hash } => (
+                    ErrorCode::FileHashMismatch,
+                    format!(
+                        "sent {} bytes with BLAKE3 {}; {} received {bytes} with {hash}",
+                        sent.size, sent.hash, self.rec.partner
+                    ),
+                ),
+                FileOutcome::Failed { code, message } => (code, format!("{message} (reported by partner)")),
+            };
+            if sent.own || !lifecycle::keeps_partial_file(code) {
+                self.record_failure(&r.id, code, &message);
+                if !lifecycle::keeps_partial_file(code) {
+                    self.after_failure();
+                }
+            } else {
+                // Resumable: back to the queue, to be sent alone.
+                self.give_back(&r.id, &format!("{code}: {message}; sent again on its own"));
+            }
+        }
+        if let Err(e) = self.ctx.core.store.flush().await {
+            tracing::error!(error = %e, "cannot flush the set stream's files");
+        }
+    }
+
+    /// Between batches: a stop or cancel of the set reaches its stream.
+    fn check_set(&self) -> Result<(), Abort> {
+        match self.ctx.core.store.get(&self.set) {
+            Ok(Some(s)) if s.status == Status::Cancelled => {
+                Err(Abort::Cancelled(s.error.map_or_else(|| "the set was cancelled".into(), |e| e.message)))
+            }
+            Ok(Some(s)) if lifecycle::is_stopped(&s) => Err(Abort::Stopped),
+            _ => Ok(()),
+        }
+    }
+
+    /// A file of the set failed: under `on_failure = stop` the files not
+    /// sent yet are skipped and no more are claimed (those sent finish).
+    fn after_failure(&mut self) {
+        if !self.stop_on_failure {
+            return;
+        }
+        self.exhausted = true;
+        self.any_failed = true;
+        for r in std::mem::take(&mut self.claimed) {
+            self.skip(&r);
+        }
+    }
+
+    fn skip(&self, r: &RequestRecord) {
+        let message =
+            format!("skipped: another file of set {} failed and its policy stops at the first failure", self.set);
+        let written = self.ctx.core.store.update_if(
+            &r.id,
+            &message,
+            |x| x.status == Status::Running,
+            |x| {
+                lifecycle::fail(x, ErrorCode::Skipped, &message, 0, now_ms());
+            },
+        );
+        if let Err(e) = written {
+            tracing::error!(request_id = %r.id, error = %e, "cannot record request state");
+        }
+    }
+
+    fn record_failure(&self, id: &RequestId, code: ErrorCode, message: &str) {
+        let status = std::cell::Cell::new(None);
+        let r = self.ctx.core.store.update_if(
+            id,
+            &format!("{code}: {message}"),
+            |r| r.status == Status::Running,
+            |r| status.set(lifecycle::fail(r, code, message, 0, now_ms())),
+        );
+        if let Err(e) = r {
+            tracing::error!(request_id = %id, error = %e, "cannot record request state");
+        }
+        tracing::warn!(target: AUDIT, event = "failed", request_id = %id, code = %code, message = %message, status = ?status.get());
+    }
+
+    fn give_back(&self, id: &RequestId, why: &str) {
+        let r = self.ctx.core.store.update_if(id, why, |r| r.status == Status::Running, lifecycle::give_back);
+        if let Err(e) = r {
+            tracing::error!(request_id = %id, error = %e, "cannot put a file back in the queue");
+        }
+    }
+
+    /// The stream ended early: the files not answered are stopped,
+    /// cancelled, or put back in the queue (the leader's own fails as any
+    /// request would, so the Commander retries it).
+    async fn abort(&mut self, abort: Abort) {
+        let mut left: Vec<(RequestId, bool)> = self.in_flight.drain().map(|(id, f)| (id, f.own)).collect();
+        left.extend(self.claimed.drain(..).map(|r| (r.id.clone(), r.id == self.rec.id)));
+        if !self.own_sent {
+            left.push((self.rec.id.clone(), true));
+        }
+        let now = now_ms();
+        for (id, own) in left {
+            match &abort {
+                Abort::Stopped => self.record_failure(&id, ErrorCode::Stopped, "stopped by an operator with its set"),
+                Abort::Cancelled(reason) => {
+                    let r = self.ctx.core.store.update_if(
+                        &id,
+                        reason,
+                        |r| r.status == Status::Running,
+                        |r| lifecycle::cancel(r, reason, now),
+                    );
+                    if let Err(e) = r {
+                        tracing::error!(request_id = %id, error = %e, "cannot record request state");
+                    }
+                }
+                Abort::Lost(code, message) if own => self.record_failure(&id, *code, message),
+                Abort::Lost(code, message) => self.give_back(&id, &format!("{code}: {message}; sent again on its own")),
+            }
+        }
+        if let Err(e) = self.ctx.core.store.flush().await {
+            tracing::error!(error = %e, "cannot flush the set stream's files");
+        }
+    }
+}
+
+/// Opens and reads files of the set whole (they are small), each checked
+/// to be still what the set resolved: their bytes and BLAKE3.
+async fn read_sources(
+    ctx: &RunHandle,
+    rule: &crate::config::Rule,
+    recs: Vec<RequestRecord>,
+) -> Vec<(RequestRecord, Result<(Vec<u8>, Digest), Refusal>)> {
+    let (dir, node) = (rule.send_dir.clone(), ctx.core.config.node_id.clone());
+    let ids: Vec<RequestRecord> = recs.clone();
+    let read = crate::determinism::blocking(move || {
+        recs.into_iter()
+            .map(|rec| {
+                let read = read_source(&dir, &node, &rec);
+                (rec, read)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await;
+    read.unwrap_or_else(|e| ids.into_iter().map(|r| (r, Err((ErrorCode::Internal, e.to_string())))).collect())
+}
+
+fn read_source(dir: &std::path::Path, node: &str, rec: &RequestRecord) -> Result<(Vec<u8>, Digest), Refusal> {
+    let source = retrieve::open_source(dir, &rec.file_name, &rec.rule, node)?;
+    if let Some(why) = super::client_runner::changed_since_resolved(rec, &source) {
+        return Err((ErrorCode::SourceChanged, why));
+    }
+    let size = source.snapshot.size;
+    if size > MAX_STREAMED_FILE {
+        return Err((ErrorCode::SourceChanged, format!("{} grew to {size} bytes", rec.file_name)));
+    }
+    let mut data = vec![0; size as usize];
+    std::os::unix::fs::FileExt::read_exact_at(&*source.file, &mut data, 0)
+        .map_err(|e| (ErrorCode::Io, format!("cannot read {}: {e}", source.path.display())))?;
+    let hash = Digest::of(&data);
+    Ok((data, hash))
+}
+
+// ---------------------------------------------------------------- receiver
+
+/// A file written under its work name, waiting for its batch's commit.
+struct Pending {
+    rec: RequestRecord,
+    /// `None` for a folder entry, or for a file whose rename happened
+    /// before (`finishing`).
+    work: Option<(PathBuf, std::fs::File)>,
+    /// Recorded as delivered by an earlier attempt: only its rename (if
+    /// its work file is still there) and its `Done` are left.
+    finishing: bool,
+}
+
+/// What the receiving side of one stream needs.
+struct Served {
+    core: Core,
+    partner: String,
+    set: RequestId,
+    rule: crate::config::Rule,
+    hold: bool,
+    mode: TargetMode,
+    dir: PathBuf,
+    token: u64,
+    superseded: Arc<AtomicBool>,
+    serving: Arc<std::sync::Mutex<std::collections::BTreeMap<RequestId, super::channel_run::ServingRun>>>,
+}
+
+/// Serves a set stream `partner` opened (its kind byte read).
+pub async fn serve(ctx: RunHandle, partner: String, mut send: quinn::SendStream, recv: quinn::RecvStream) {
+    let (tx, mut rx) = mpsc::channel(READ_AHEAD_FRAMES);
+    let _reader = AbortOnDrop(tokio::spawn(read_frames(recv, tx)));
+    let limit = Duration::from_millis(ctx.core.config.limits.handshake_timeout_ms);
+    let (set, rule, hold) = match tokio::time::timeout(limit, rx.recv()).await {
+        Ok(Some(Ok(SetFrame::Open { set, rule, hold }))) => (set, rule, hold),
+        other => {
+            tracing::warn!(partner = %partner, frame = ?other.map(|f| f.map(|f| f.map(|f| format!("{f:?}")))), "a set stream without Open");
+            let refused =
+                SetFrame::Refused { code: ErrorCode::Protocol, message: "a set stream starts with Open".into() };
+            let _ = write_frame(&mut send, &refused).await;
+            let _ = send.finish();
+            return;
+        }
+    };
+    let served = match opened(&ctx, &partner, set, &rule, hold) {
+        Ok(s) => s,
+        Err((code, message)) => {
+            tracing::info!(partner = %partner, rule = %rule, %code, %message, "refused a set stream");
+            let _ = write_frame(&mut send, &SetFrame::Refused { code, message }).await;
+            let _ = send.finish();
+            return;
+        }
+    };
+    // What the stream may hold in memory (frames read ahead, files being
+    // written), counted in the partner's budget like a transfer's blocks.
+    let wait = Duration::from_millis(ctx.core.config.limits.frame_timeout_ms);
+    let _room = match ctx.budgets.of(&partner).reserve(STREAM_MEMORY, wait).await {
+        Ok(r) => r,
+        Err(over) => {
+            let message = format!("node {} cannot take a set stream now: {over}", ctx.core.config.node_id);
+            let _ = write_frame(&mut send, &SetFrame::Refused { code: ErrorCode::Connection, message }).await;
+            let _ = send.finish();
+            return;
+        }
+    };
+    let served = Arc::new(served);
+    if write_frame(&mut send, &SetFrame::Opened).await.is_err() {
+        return;
+    }
+    ctx.open_channels.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let ended = receive_files(&served, &mut send, &mut rx).await;
+    ctx.open_channels.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    match ended {
+        Ok(()) => {
+            let _ = send.finish();
+        }
+        Err(why) => {
+            tracing::info!(partner = %partner, set = %served.set, reason = %why, "set stream ended early");
+            let _ = send.reset(quinn::VarInt::from_u32(0));
+        }
+    }
+}
+
+/// The checks of an `Open`: the rule, the partner, the receiving side.
+fn opened(ctx: &RunHandle, partner: &str, set: RequestId, rule: &str, hold: bool) -> Result<Served, Refusal> {
+    let cfg = &ctx.core.config;
+    let rule = cfg
+        .rule(rule)
+        .ok_or_else(|| (ErrorCode::UnknownRule, format!("rule {rule:?} does not exist on node {}", cfg.node_id)))?
+        .clone();
+    if !cfg.rule_allows(&rule, partner) {
+        return Err((
+            ErrorCode::RuleNotAllowed,
+            format!("partner {partner} may not use rule {:?} on node {}", rule.name, cfg.node_id),
+        ));
+    }
+    if !rule.receiver.pre_tasks.is_empty() || !rule.receiver.post_tasks.is_empty() {
+        return Err((
+            ErrorCode::CapabilityMismatch,
+            format!("rule {:?} runs tasks on each received file; its files come one request each", rule.name),
+        ));
+    }
+    let mode = super::channel_run::target_mode_of(&ctx.core, &rule.name, None);
+    if !matches!(mode, TargetMode::Replace | TargetMode::Create) {
+        return Err((
+            ErrorCode::CapabilityMismatch,
+            format!("rule {:?} has target mode {mode:?}; its files come one request each", rule.name),
+        ));
+    }
+    let dir = rule.recv_dir_for(partner);
+    Ok(Served {
+        core: ctx.core.clone(),
+        partner: partner.to_owned(),
+        set,
+        rule,
+        hold,
+        mode,
+        dir,
+        token: crate::determinism::random_u128() as u64,
+        superseded: Arc::new(AtomicBool::new(false)),
+        serving: ctx.serving.clone(),
+    })
+}
+
+async fn receive_files(
+    served: &Arc<Served>,
+    send: &mut quinn::SendStream,
+    rx: &mut mpsc::Receiver<Result<SetFrame, String>>,
+) -> Result<(), String> {
+    let frame_limit = Duration::from_millis(served.core.config.limits.frame_timeout_ms);
+    let mut batch = Batch::default();
+    let mut pending: Vec<Pending> = Vec::new();
+    let mut answers: Vec<Filed> = Vec::new();
+    // A frame read ahead while gathering files, handled next.
+    let mut carried: Option<Result<SetFrame, String>> = None;
+    let result = loop {
+        let waiting = carried.take().or_else(|| match rx.try_recv() {
+            Ok(f) => Some(f),
+            Err(mpsc::error::TryRecvError::Empty) => None,
+            Err(mpsc::error::TryRecvError::Disconnected) => Some(Err("the stream ended".into())),
+        });
+        let closing = matches!(waiting, Some(Ok(SetFrame::Close)));
+        if batch.is_due(waiting.is_some(), closing) || (waiting.is_none() && !answers.is_empty()) {
+            let committed = commit(served, std::mem::take(&mut pending)).await;
+            answers.extend(committed);
+            batch = Batch::default();
+            write_frame(send, &SetFrame::Filed(std::mem::take(&mut answers))).await?;
+        }
+        let frame = match waiting {
+            Some(f) => f,
+            None => match tokio::time::timeout(frame_limit, rx.recv()).await {
+                Ok(Some(f)) => f,
+                Ok(None) => Err("the stream ended".into()),
+                Err(_) => Err(format!("no frame within {} ms (limits.frame_timeout_ms)", frame_limit.as_millis())),
+            },
+        };
+        match frame {
+            Ok(SetFrame::File(file)) => {
+                // With the files already waiting, accepted in one pass off
+                // the async threads.
+                let mut bytes = file.data.len();
+                let mut files = vec![file];
+                while files.len() < ACCEPT_AHEAD && bytes < ACCEPT_BYTES && carried.is_none() {
+                    match rx.try_recv() {
+                        Ok(Ok(SetFrame::File(f))) => {
+                            bytes += f.data.len();
+                            files.push(f);
+                        }
+                        Ok(other) => carried = Some(other),
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => carried = Some(Err("the stream ended".into())),
+                    }
+                }
+                let s = served.clone();
+                let accepted = crate::determinism::blocking(move || {
+                    files
+                        .into_iter()
+                        .map(|f| {
+                            let (id, size) = (f.id.clone(), f.data.len() as u64);
+                            (id, size, accept_file(&s, f))
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .await;
+                let accepted = match accepted {
+                    Ok(a) => a,
+                    Err(e) => break Err(e.to_string()),
+                };
+                for (id, size, a) in accepted {
+                    match a {
+                        Ok(Accepted::Pending(p)) => {
+                            batch.add(size);
+                            pending.push(*p);
+                        }
+                        Ok(Accepted::Answered(outcome)) => answers.push(Filed { id, outcome }),
+                        Err((code, message)) => {
+                            answers.push(Filed { id, outcome: FileOutcome::Failed { code, message } })
+                        }
+                    }
+                }
+            }
+            Ok(SetFrame::Close) => {
+                // Everything before it was committed above.
+                if !answers.is_empty() || !pending.is_empty() {
+                    answers.extend(commit(served, std::mem::take(&mut pending)).await);
+                    write_frame(send, &SetFrame::Filed(std::mem::take(&mut answers))).await?;
+                }
+                write_frame(send, &SetFrame::Closed).await?;
+                break Ok(());
+            }
+            Ok(other) => break Err(format!("unexpected set-stream frame {other:?}")),
+            Err(e) => break Err(e),
+        }
+    };
+    // Files written but not committed: their claims end; the work files
+    // are started over by whichever run sends them again.
+    for p in &pending {
+        release_serving(&served.serving, &p.rec.id, served.token);
+    }
+    result
+}
+
+enum Accepted {
+    Pending(Box<Pending>),
+    /// Answered at once (held or delivered before, by an earlier attempt).
+    Answered(FileOutcome),
+}
+
+/// Checks one file and writes it under its work name (not fsynced yet).
+fn accept_file(s: &Served, f: StreamedFile) -> Result<Accepted, Refusal> {
+    let me = &s.core.config.node_id;
+    if f.id != member_id(&s.set, f.index) {
+        return Err((ErrorCode::Protocol, format!("{} is not file {} of set {}", f.id, f.index, s.set)));
+    }
+    check_entry_path(&f.name).map_err(|why| (ErrorCode::BadFileName, why))?;
+    let folder = is_folder_entry(&f.name);
+    if folder && !f.data.is_empty() {
+        return Err((ErrorCode::BadFileName, format!("{:?} names a folder, which carries no data", f.name)));
+    }
+    if Digest::of(&f.data) != f.hash {
+        return Err((ErrorCode::FileHashMismatch, format!("{} arrived with another BLAKE3 than announced", f.name)));
+    }
+    let existing = s.core.store.get(&f.id).map_err(|e| (ErrorCode::Internal, e.to_string()))?;
+    if let Some(rec) = &existing {
+        if rec.partner != s.partner || rec.role != Role::Requested {
+            return Err((ErrorCode::Protocol, format!("request id {} belongs to another request", rec.id)));
+        }
+        if rec.file_name != f.name || rec.rule != s.rule.name || rec.direction != Direction::Push {
+            return Err((ErrorCode::Protocol, format!("request {} was recorded for another file", rec.id)));
+        }
+        let same = rec.hash == Some(f.hash) && rec.transferred == f.data.len() as u64;
+        if rec.status == Status::Done && same {
+            return Ok(Accepted::Answered(FileOutcome::Delivered { bytes: rec.transferred, hash: f.hash }));
+        }
+        if lifecycle::is_held(rec) && same {
+            // Held (its release may be under way, which finishes it).
+            return Ok(Accepted::Answered(FileOutcome::Held { bytes: rec.transferred, hash: f.hash }));
+        }
+        if rec.status == Status::Cancelled {
+            return Err((ErrorCode::Cancelled, format!("request {} was cancelled on node {me}", rec.id)));
+        }
+        if rec.delivered && !same {
+            return Err((
+                ErrorCode::Protocol,
+                format!("{} was delivered by node {me} with other content; it is not replaced", f.name),
+            ));
+        }
+        if rec.delivered && !lifecycle::is_held(rec) {
+            // Recorded as delivered before a crash or a lost answer: the
+            // rename is finished (if it did not happen) and it is Done,
+            // with no second delivery.
+            claim_serving(&s.serving, &f.id, &s.partner, s.token, &s.superseded)?;
+            let path = receive::work_path(&s.dir, &f.id);
+            let work = match std::fs::OpenOptions::new().write(true).open(&path) {
+                Ok(file) => Some((path, file)),
+                Err(_) => None,
+            };
+            return Ok(Accepted::Pending(Box::new(Pending { rec: rec.clone(), work, finishing: true })));
+        }
+    }
+    claim_serving(&s.serving, &f.id, &s.partner, s.token, &s.superseded)?;
+    // The path's folders are checked now (no link on the way), made at
+    // the commit.
+    let target = receive::target_path(&s.dir, &f.name, false)?;
+    if !folder {
+        super::channel_run::refuse_existing_target(&s.core, s.mode, &target)?;
+    }
+    super::channel_run::check_space(&s.dir, f.data.len() as u64)?;
+    let work = if folder {
+        None
+    } else {
+        let path = receive::work_path(&s.dir, &f.id);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| (ErrorCode::Io, format!("cannot make {}: {e}", parent.display())))?;
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| (ErrorCode::Io, format!("cannot create {}: {e}", path.display())))?;
+        file.write_all(&f.data).map_err(|e| (ErrorCode::Io, format!("cannot write {}: {e}", path.display())))?;
+        Some((path, file))
+    };
+    let size = f.data.len() as u64;
+    let rec = match existing {
+        Some(r) => r,
+        None => RequestRecord {
+            size,
+            status: Status::Running,
+            step: Step::Transfer,
+            started_at: Some(now_ms()),
+            ..RequestRecord::new(f.id.clone(), Role::Requested, &s.partner, &s.rule.name, Direction::Push, &f.name)
+        },
+    };
+    let rec = RequestRecord { size, hash: Some(f.hash), transferred: size, ..rec };
+    Ok(Accepted::Pending(Box::new(Pending { rec, work, finishing: false })))
+}
+
+/// Commits a batch (see the module doc for the order); how each file ended.
+async fn commit(served: &Arc<Served>, batch: Vec<Pending>) -> Vec<Filed> {
+    if batch.is_empty() {
+        return Vec::new();
+    }
+    let s = served.clone();
+    tracing::debug!(set = %served.set, partner = %served.partner, files = batch.len(), "committing a batch");
+    let ids: Vec<RequestId> = batch.iter().map(|p| p.rec.id.clone()).collect();
+    let done = crate::determinism::blocking(move || commit_blocking(&s, batch)).await;
+    let out = match done {
+        Ok(out) => out,
+        Err(e) => ids
+            .iter()
+            .map(|id| Filed {
+                id: id.clone(),
+                outcome: FileOutcome::Failed { code: ErrorCode::Internal, message: e.to_string() },
+            })
+            .collect(),
+    };
+    for id in &ids {
+        release_serving(&served.serving, id, served.token);
+    }
+    out
+}
+
+fn commit_blocking(s: &Served, batch: Vec<Pending>) -> Vec<Filed> {
+    let mut out = Vec::with_capacity(batch.len());
+    let mut ok = Vec::with_capacity(batch.len());
+    let fail = |rec: &RequestRecord, code: ErrorCode, message: String, out: &mut Vec<Filed>| {
+        let _ = s.core.store.update_if(
+            &rec.id,
+            &format!("{code}: {message}"),
+            |_| true,
+            |r| {
+                lifecycle::fail(r, code, &message, 0, now_ms());
+            },
+        );
+        out.push(Filed { id: rec.id.clone(), outcome: FileOutcome::Failed { code, message } });
+    };
+    // 1. Each file's bytes durable under its work name.
+    for p in batch {
+        if let Some((path, file)) = &p.work {
+            if let Err(e) = file.sync_all() {
+                receive::discard(path);
+                fail(&p.rec, ErrorCode::Io, format!("cannot fsync {}: {e}", path.display()), &mut out);
+                continue;
+            }
+        }
+        ok.push(p);
+    }
+    // 2. Recorded verified and delivered (or held); one flush.
+    let mut recorded = Vec::with_capacity(ok.len());
+    for p in ok {
+        if p.finishing {
+            recorded.push(p);
+            continue;
+        }
+        let (bytes, hash) = (p.rec.transferred, p.rec.hash.unwrap_or(Digest([0; 32])));
+        let mut rec = p.rec.clone();
+        lifecycle::run_again(&mut rec);
+        if s.hold {
+            lifecycle::held(&mut rec, bytes, hash);
+        } else {
+            lifecycle::verified(&mut rec, bytes, hash);
+        }
+        let line = if s.hold {
+            format!("received {bytes} bytes on a set stream, BLAKE3 {hash}; held until its set is released")
+        } else {
+            format!("received {bytes} bytes on a set stream, verified, BLAKE3 {hash}")
+        };
+        let written = match s.core.store.get(&rec.id) {
+            Ok(Some(_)) => s
+                .core
+                .store
+                .update(&rec.id, &line, |r| *r = RequestRecord { updated_at: r.updated_at, ..rec.clone() })
+                .map(|_| ()),
+            Ok(None) => s.core.store.insert(rec, &line).map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match written {
+            Ok(()) => {
+                tracing::info!(target: AUDIT, event = "verified", request_id = %p.rec.id, partner = %s.partner, bytes, blake3 = %hash);
+                recorded.push(p);
+            }
+            Err(e) => {
+                if let Some((path, _)) = &p.work {
+                    receive::discard(path);
+                }
+                out.push(Filed {
+                    id: p.rec.id.clone(),
+                    outcome: FileOutcome::Failed {
+                        code: ErrorCode::Internal,
+                        message: format!("cannot record it: {e}"),
+                    },
+                });
+            }
+        }
+    }
+    if let Err(e) = s.core.store.flush_blocking() {
+        // Nothing is renamed on an unflushed record; the sender sends
+        // these again on their own.
+        for p in recorded {
+            out.push(Filed {
+                id: p.rec.id.clone(),
+                outcome: FileOutcome::Failed { code: ErrorCode::Connection, message: format!("cannot flush: {e}") },
+            });
+        }
+        return out;
+    }
+    if s.hold {
+        for p in recorded {
+            let (bytes, hash) = (p.rec.transferred, p.rec.hash.unwrap_or(Digest([0; 32])));
+            out.push(Filed { id: p.rec.id.clone(), outcome: FileOutcome::Held { bytes, hash } });
+        }
+        return out;
+    }
+    // 3. Renamed into place; each folder fsynced once.
+    let mut folders = BTreeSet::new();
+    let mut placed = Vec::with_capacity(recorded.len());
+    for p in recorded {
+        let moved = receive::target_path(&s.dir, &p.rec.file_name, true).and_then(|target| match &p.work {
+            None => Ok(target),
+            Some((work, _)) if s.mode == TargetMode::Create => {
+                receive::deliver_as(work, &target, &receive::Delivery::Create).map(|_| target)
+            }
+            Some((work, _)) => std::fs::rename(work, &target)
+                .map(|()| target.clone())
+                .map_err(|e| (ErrorCode::Io, format!("cannot rename into {}: {e}", target.display()))),
+        });
+        match moved {
+            Ok(target) => {
+                if p.work.is_some() {
+                    folders.insert(target.parent().map(PathBuf::from).unwrap_or_default());
+                }
+                placed.push((p, target));
+            }
+            Err((code, message)) => fail(&p.rec, code, message, &mut out),
+        }
+    }
+    for folder in &folders {
+        if let Err(e) = std::fs::File::open(folder).and_then(|d| d.sync_all()) {
+            tracing::error!(folder = %folder.display(), error = %e, "cannot fsync a folder of delivered files");
+        }
+    }
+    // 4. Recorded Done; one flush; 5. answered.
+    let now = now_ms();
+    for (p, target) in &placed {
+        let (bytes, hash) = (p.rec.transferred, p.rec.hash.unwrap_or(Digest([0; 32])));
+        let line = match (&p.work, p.finishing) {
+            (Some(_), false) => format!("delivered to {}", target.display()),
+            (Some(_), true) => format!("delivered to {} (finishing an interrupted delivery)", target.display()),
+            (None, true) => format!("{} was delivered before; confirmed on a set stream", target.display()),
+            (None, false) => format!("folder {} made", target.display()),
+        };
+        let _ = s.core.store.update(&p.rec.id, &line, |r| {
+            lifecycle::run_again(r);
+            lifecycle::complete(r, Some((bytes, hash)), now);
+        });
+        if p.work.is_some() || !p.finishing {
+            tracing::info!(target: AUDIT, event = "delivered", request_id = %p.rec.id, partner = %s.partner, path = %target.display());
+        }
+    }
+    let flushed = s.core.store.flush_blocking();
+    for (p, _) in placed {
+        let (bytes, hash) = (p.rec.transferred, p.rec.hash.unwrap_or(Digest([0; 32])));
+        let outcome = match &flushed {
+            Ok(()) => FileOutcome::Delivered { bytes, hash },
+            // Delivered, but `Done` is not durable here: sent again alone,
+            // the one-request path confirms it once this side is Done.
+            Err(e) => FileOutcome::Failed { code: ErrorCode::Connection, message: format!("cannot flush: {e}") },
+        };
+        out.push(Filed { id: p.rec.id.clone(), outcome });
+    }
+    out
+}
