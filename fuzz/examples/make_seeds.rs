@@ -58,7 +58,7 @@ fn frames() {
                 restart_offset: u64::MAX,
                 prefix_hash: None,
                 delivered: None,
-                options: TransferOptions { compression: Compression::Lz4 },
+                options: TransferOptions { compression: Compression::Lz4, target_mode: None, hold: true },
                 external_job_id: Some("job-7".into()),
                 transfer_info: "nightly".into(),
             }),
