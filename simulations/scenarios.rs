@@ -256,6 +256,10 @@ pub fn file_set_faults(seed: u64) -> RunSpec {
         let size = r.random_range(64 * 1024..=512 * 1024);
         spec.requests.push(request(n, r.random_range(0..400), "a", "b", Direction::Push, size));
     }
+    // And a set of small files: they travel on a set stream.
+    let small = r.random_range(1024..=64 * 1024);
+    spec.requests
+        .push(RequestSpec { set_files: 24, ..request(3, r.random_range(0..400), "a", "b", Direction::Push, small) });
     crash_and_restart(&mut r, &mut spec, "b");
     crash_and_restart(&mut r, &mut spec, "a");
     let at = r.random_range(0..2_000);
