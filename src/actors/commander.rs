@@ -92,8 +92,11 @@ impl CommanderState {
         let streaming: std::collections::BTreeSet<RequestId> =
             ctx.run.set_streams.lock().map(|s| s.keys().cloned().collect()).unwrap_or_default();
         let picked = ctx.core.store.queued_where(free, |rec| {
-            // A file of a set this node streams is the stream's to claim.
-            if rec.member_of.as_ref().is_some_and(|m| streaming.contains(&m.set)) {
+            // A small file of a set this node streams is the stream's to
+            // claim (larger ones run beside the stream, one request each).
+            if rec.member_of.as_ref().is_some_and(|m| streaming.contains(&m.set))
+                && ctx.core.config.rule(&rec.rule).is_some_and(|rule| super::set_stream::is_streamable(rec, rule))
+            {
                 return false;
             }
             if !ctx.availability.is_unavailable(&rec.partner) || movable_member(&ctx, rec).is_some() {

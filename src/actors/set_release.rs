@@ -128,12 +128,21 @@ pub fn release_held(core: &Core, partner: &str, set: &RequestId, files: u32) -> 
         })?;
     }
     store.flush_blocking().map_err(internal)?;
-    // 3. Renamed into place, each recorded Done.
+    // 3. Renamed into place, each recorded Done. The release is ordered:
+    // a file that cannot go in place does not stop the others; the first
+    // such failure is answered after all were tried (asked again, the
+    // release finishes what is left).
     let count = u32::try_from(ordered.len()).unwrap_or(u32::MAX);
+    let mut first_failure = None;
     for rec in &ordered {
-        deliver_released(core, rec)?;
+        if let Err(f) = deliver_released(core, rec) {
+            first_failure.get_or_insert(f);
+        }
     }
     store.flush_blocking().map_err(internal)?;
+    if let Some(f) = first_failure {
+        return Err(f);
+    }
     tracing::info!(target: AUDIT, event = "released", request_id = %set, partner = %partner, files, delivered = count);
     Ok(count)
 }
@@ -171,21 +180,22 @@ fn deliver_released(core: &Core, rec: &RequestRecord) -> Result<(), Refusal> {
 /// (recorded) but not finished before a crash go under their final names.
 pub fn finish_ordered(core: &Core) -> Result<usize, StoreError> {
     let mut finished = 0;
-    let mut q =
-        ListQuery { status: Some(Status::Running), limit: crate::store::listing::MAX_PAGE, ..Default::default() };
-    loop {
-        let page = core.store.page(&q)?;
-        for rec in page.records.iter().filter(|r| lifecycle::is_held(r) && r.delivered) {
-            match deliver_released(core, rec) {
-                Ok(()) => finished += 1,
-                Err((code, message)) => {
-                    tracing::error!(request_id = %rec.id, %code, %message, "cannot finish a released file")
+    for status in [Status::Running, Status::Interrupted] {
+        let mut q = ListQuery { status: Some(status), limit: crate::store::listing::MAX_PAGE, ..Default::default() };
+        loop {
+            let page = core.store.page(&q)?;
+            for rec in page.records.iter().filter(|r| lifecycle::is_held(r) && r.delivered) {
+                match deliver_released(core, rec) {
+                    Ok(()) => finished += 1,
+                    Err((code, message)) => {
+                        tracing::error!(request_id = %rec.id, %code, %message, "cannot finish a released file")
+                    }
                 }
             }
-        }
-        match page.next {
-            Some(next) => q.after = Some(next),
-            None => break,
+            match page.next {
+                Some(next) => q.after = Some(next),
+                None => break,
+            }
         }
     }
     if finished > 0 {

@@ -37,7 +37,7 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -91,19 +91,7 @@ pub fn is_streamable(rec: &RequestRecord, rule: &crate::config::Rule) -> bool {
 /// never dropped by a `select!`.)
 async fn read_frames(mut recv: quinn::RecvStream, tx: mpsc::Sender<Result<SetFrame, String>>) {
     loop {
-        let mut header = [0u8; HEADER_LEN];
-        let frame = async {
-            match recv.read_exact(&mut header).await {
-                Ok(()) => {}
-                Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-                Err(e) => return Err(format!("stream lost: {e}")),
-            }
-            let len = codec::set_body_len(header).map_err(|e| e.to_string())?;
-            let mut body = vec![0; len];
-            recv.read_exact(&mut body).await.map_err(|e| format!("stream lost: {e}"))?;
-            codec::decode_set_body(&body).map(Some).map_err(|e| format!("bad set-stream frame: {e}"))
-        }
-        .await;
+        let frame = read_frame(&mut recv, usize::MAX).await;
         let (next, end) = match frame {
             Ok(Some(f)) => (Ok(f), false),
             Ok(None) => (Err("the partner finished the stream".to_string()), true),
@@ -115,9 +103,40 @@ async fn read_frames(mut recv: quinn::RecvStream, tx: mpsc::Sender<Result<SetFra
     }
 }
 
+/// One frame (`None` at the end of the stream), its body at most `max`
+/// bytes as well as the set-stream limit.
+async fn read_frame(recv: &mut quinn::RecvStream, max: usize) -> Result<Option<SetFrame>, String> {
+    let mut header = [0u8; HEADER_LEN];
+    match recv.read_exact(&mut header).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(e) => return Err(format!("stream lost: {e}")),
+    }
+    let len = codec::set_body_len(header).map_err(|e| e.to_string())?;
+    if len > max {
+        return Err(format!("a frame of {len} bytes where at most {max} are expected"));
+    }
+    let mut body = vec![0; len];
+    recv.read_exact(&mut body).await.map_err(|e| format!("stream lost: {e}"))?;
+    codec::decode_set_body(&body).map(Some).map_err(|e| format!("bad set-stream frame: {e}"))
+}
+
+/// Largest `Open` frame: a set id, a rule name, a flag.
+const MAX_OPEN_BODY: usize = 4096;
+
+/// How long a write may wait for the peer to read (its flow control).
+const WRITE_LIMIT: Duration = Duration::from_secs(60);
+
+async fn write_bytes(send: &mut quinn::SendStream, bytes: &[u8]) -> Result<(), String> {
+    match tokio::time::timeout(WRITE_LIMIT, send.write_all(bytes)).await {
+        Ok(r) => r.map_err(|e| format!("stream lost: {e}")),
+        Err(_) => Err(format!("the partner read nothing for {} s", WRITE_LIMIT.as_secs())),
+    }
+}
+
 async fn write_frame(send: &mut quinn::SendStream, frame: &SetFrame) -> Result<(), String> {
     let bytes = codec::encode_set_frame(frame).map_err(|e| e.to_string())?;
-    send.write_all(&bytes).await.map_err(|e| format!("stream lost: {e}"))
+    write_bytes(send, &bytes).await
 }
 
 // ---------------------------------------------------------------- sender
@@ -213,6 +232,7 @@ pub async fn lead(
         stop_on_failure: set.set.as_ref().is_some_and(|i| i.policy.on_failure == OnFailure::Stop),
         joined,
         any_failed: false,
+        hold,
     };
     ctx.open_channels.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let outcome = stream.run(&mut send, &mut rx, control).await;
@@ -225,8 +245,15 @@ pub async fn lead(
     }
     drop(join_tx);
     stream.joined.close();
+    let verdict = stream.check_set();
     while let Ok(late) = stream.joined.try_recv() {
-        stream.give_back(&late.id, "its set's stream had ended; sent again on its own");
+        match &verdict {
+            Err(Abort::Stopped) => {
+                stream.record_failure(&late.id, ErrorCode::Stopped, "stopped by an operator with its set")
+            }
+            Err(Abort::Cancelled(reason)) => stream.cancel_one(&late.id, reason),
+            _ => stream.give_back(&late.id, "its set's stream had ended; sent again on its own"),
+        }
     }
     // Files of the set the stream left queued are the Commander's again.
     ctx.intake.actors.wake_commander();
@@ -271,6 +298,8 @@ struct Leader<'a> {
     joined: mpsc::UnboundedReceiver<RequestRecord>,
     /// A file failed (under `on_failure = stop`).
     any_failed: bool,
+    /// The set is sent with `delivery = all`.
+    hold: bool,
 }
 
 /// Files claimed per store pass.
@@ -310,7 +339,15 @@ impl Leader<'_> {
                     let mut batch = Vec::new();
                     let mut window = self.window;
                     while batch.len() < READ_AHEAD {
-                        let Some(next) = self.next_file().await? else { break };
+                        let next = match self.next_file().await {
+                            Ok(Some(n)) => n,
+                            Ok(None) => break,
+                            Err(e) => {
+                                // Claimed and not sent: the abort accounts for them.
+                                self.claimed.extend(batch);
+                                return Err(e);
+                            }
+                        };
                         if !window.admits(next.size) {
                             self.claimed.push_front(next);
                             break;
@@ -352,9 +389,7 @@ impl Leader<'_> {
                             }
                         }
                     }
-                    send.write_all(&frames)
-                        .await
-                        .map_err(|e| Abort::Lost(ErrorCode::Connection, format!("stream lost: {e}")))?;
+                    write_bytes(send, &frames).await.map_err(|e| Abort::Lost(ErrorCode::Connection, e))?;
                 }
             }
             if !closing && self.exhausted && self.claimed.is_empty() && self.in_flight.is_empty() {
@@ -384,8 +419,18 @@ impl Leader<'_> {
                 }),
                 frame = tokio::time::timeout(frame_limit, rx.recv()) => match frame {
                     Ok(Some(Ok(SetFrame::Filed(results)))) => {
-                        self.answered(results).await;
-                        self.check_set()?;
+                        let done = self.answered(results).await;
+                        if let Err(abort) = self.check_set() {
+                            if matches!(abort, Abort::Cancelled(_)) && self.hold {
+                                // Held by the receiver: a cancelled set's files go.
+                                for id in &done {
+                                    if let Err(e) = self.ctx.core.store.owe_cancel_notice(id) {
+                                        tracing::error!(request_id = %id, error = %e, "cannot owe a cancel notice");
+                                    }
+                                }
+                            }
+                            return Err(abort);
+                        }
                     }
                     Ok(Some(Ok(SetFrame::Closed))) if closing => return Ok(()),
                     Ok(Some(Ok(other))) => {
@@ -456,8 +501,10 @@ impl Leader<'_> {
     }
 
     /// Records what the receiver answered, then one flush.
-    async fn answered(&mut self, results: Vec<Filed>) {
+    /// Returns the files recorded `Done`.
+    async fn answered(&mut self, results: Vec<Filed>) -> Vec<RequestId> {
         let now = now_ms();
+        let mut done = Vec::new();
         for r in results {
             let Some(sent) = self.in_flight.remove(&r.id) else { continue };
             self.window.answered(sent.size);
@@ -478,6 +525,7 @@ impl Leader<'_> {
                     if let Err(e) = written {
                         tracing::error!(request_id = %r.id, error = %e, "cannot record a streamed file");
                     }
+                    done.push(r.id.clone());
                     tracing::info!(target: AUDIT, event = "done", request_id = %r.id, partner = %self.rec.partner, bytes);
                     continue;
                 }
@@ -503,9 +551,25 @@ impl Leader<'_> {
         if let Err(e) = self.ctx.core.store.flush().await {
             tracing::error!(error = %e, "cannot flush the set stream's files");
         }
+        done
     }
 
     /// Between batches: a stop or cancel of the set reaches its stream.
+    /// Cancels a file of the set. The receiver may hold it or have it
+    /// written: it is owed a cancel notice (which discards a held file and
+    /// leaves a delivered one).
+    fn cancel_one(&self, id: &RequestId, reason: &str) {
+        let r = self.ctx.core.store.update_if(
+            id,
+            reason,
+            |r| r.status == Status::Running,
+            |r| lifecycle::cancel(r, reason, now_ms()),
+        );
+        if let Err(e) = r.and_then(|_| self.ctx.core.store.owe_cancel_notice(id)) {
+            tracing::error!(request_id = %id, error = %e, "cannot record request state");
+        }
+    }
+
     fn check_set(&self) -> Result<(), Abort> {
         match self.ctx.core.store.get(&self.set) {
             Ok(Some(s)) if s.status == Status::Cancelled => {
@@ -575,21 +639,10 @@ impl Leader<'_> {
         if !self.own_sent {
             left.push((self.rec.id.clone(), true));
         }
-        let now = now_ms();
         for (id, own) in left {
             match &abort {
                 Abort::Stopped => self.record_failure(&id, ErrorCode::Stopped, "stopped by an operator with its set"),
-                Abort::Cancelled(reason) => {
-                    let r = self.ctx.core.store.update_if(
-                        &id,
-                        reason,
-                        |r| r.status == Status::Running,
-                        |r| lifecycle::cancel(r, reason, now),
-                    );
-                    if let Err(e) = r {
-                        tracing::error!(request_id = %id, error = %e, "cannot record request state");
-                    }
-                }
+                Abort::Cancelled(reason) => self.cancel_one(&id, reason),
                 Abort::Lost(code, message) if own => self.record_failure(&id, *code, message),
                 Abort::Lost(code, message) => self.give_back(&id, &format!("{code}: {message}; sent again on its own")),
             }
@@ -643,8 +696,9 @@ fn read_source(dir: &std::path::Path, node: &str, rec: &RequestRecord) -> Result
 struct Pending {
     rec: RequestRecord,
     /// `None` for a folder entry, or for a file whose rename happened
-    /// before (`finishing`).
-    work: Option<(PathBuf, std::fs::File)>,
+    /// before (`finishing`). Not held open: a stream of many files must not
+    /// hold as many descriptors.
+    work: Option<PathBuf>,
     /// Recorded as delivered by an earlier attempt: only its rename (if
     /// its work file is still there) and its `Done` are left.
     finishing: bool,
@@ -665,12 +719,12 @@ struct Served {
 }
 
 /// Serves a set stream `partner` opened (its kind byte read).
-pub async fn serve(ctx: RunHandle, partner: String, mut send: quinn::SendStream, recv: quinn::RecvStream) {
-    let (tx, mut rx) = mpsc::channel(READ_AHEAD_FRAMES);
-    let _reader = AbortOnDrop(tokio::spawn(read_frames(recv, tx)));
+pub async fn serve(ctx: RunHandle, partner: String, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    // `Open` is read here, small; the files are read ahead only once the
+    // stream's memory is reserved.
     let limit = Duration::from_millis(ctx.core.config.limits.handshake_timeout_ms);
-    let (set, rule, hold) = match tokio::time::timeout(limit, rx.recv()).await {
-        Ok(Some(Ok(SetFrame::Open { set, rule, hold }))) => (set, rule, hold),
+    let (set, rule, hold) = match tokio::time::timeout(limit, read_frame(&mut recv, MAX_OPEN_BODY)).await {
+        Ok(Ok(Some(SetFrame::Open { set, rule, hold }))) => (set, rule, hold),
         other => {
             tracing::warn!(partner = %partner, frame = ?other.map(|f| f.map(|f| f.map(|f| format!("{f:?}")))), "a set stream without Open");
             let refused =
@@ -705,6 +759,8 @@ pub async fn serve(ctx: RunHandle, partner: String, mut send: quinn::SendStream,
     if write_frame(&mut send, &SetFrame::Opened).await.is_err() {
         return;
     }
+    let (tx, mut rx) = mpsc::channel(READ_AHEAD_FRAMES);
+    let _reader = AbortOnDrop(tokio::spawn(read_frames(recv, tx)));
     ctx.open_channels.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let ended = receive_files(&served, &mut send, &mut rx).await;
     ctx.open_channels.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -850,9 +906,13 @@ async fn receive_files(
             Err(e) => break Err(e),
         }
     };
-    // Files written but not committed: their claims end; the work files
-    // are started over by whichever run sends them again.
+    // Files written but not committed: their work files go (unless a newer
+    // run took them over), and their claims end.
+    let superseded = served.superseded.load(Ordering::Relaxed);
     for p in &pending {
+        if let (Some(path), false, false) = (&p.work, superseded, p.finishing) {
+            receive::discard(path);
+        }
         release_serving(&served.serving, &p.rec.id, served.token);
     }
     result
@@ -909,37 +969,35 @@ fn accept_file(s: &Served, f: StreamedFile) -> Result<Accepted, Refusal> {
             // with no second delivery.
             claim_serving(&s.serving, &f.id, &s.partner, s.token, &s.superseded)?;
             let path = receive::work_path(&s.dir, &f.id);
-            let work = match std::fs::OpenOptions::new().write(true).open(&path) {
-                Ok(file) => Some((path, file)),
-                Err(_) => None,
-            };
+            let work = path.exists().then_some(path);
             return Ok(Accepted::Pending(Box::new(Pending { rec: rec.clone(), work, finishing: true })));
         }
     }
-    claim_serving(&s.serving, &f.id, &s.partner, s.token, &s.superseded)?;
     // The path's folders are checked now (no link on the way), made at
-    // the commit.
+    // the commit; the file is claimed only once every check passed.
     let target = receive::target_path(&s.dir, &f.name, false)?;
     if !folder {
         super::channel_run::refuse_existing_target(&s.core, s.mode, &target)?;
     }
     super::channel_run::check_space(&s.dir, f.data.len() as u64)?;
+    claim_serving(&s.serving, &f.id, &s.partner, s.token, &s.superseded)?;
     let work = if folder {
         None
     } else {
         let path = receive::work_path(&s.dir, &f.id);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| (ErrorCode::Io, format!("cannot make {}: {e}", parent.display())))?;
+        let written = (|| {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            let mut file = std::fs::OpenOptions::new().create(true).write(true).truncate(true).open(&path)?;
+            file.write_all(&f.data)
+        })();
+        if let Err(e) = written {
+            release_serving(&s.serving, &f.id, s.token);
+            receive::discard(&path);
+            return Err((ErrorCode::Io, format!("cannot write {}: {e}", path.display())));
         }
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(|e| (ErrorCode::Io, format!("cannot create {}: {e}", path.display())))?;
-        file.write_all(&f.data).map_err(|e| (ErrorCode::Io, format!("cannot write {}: {e}", path.display())))?;
-        Some((path, file))
+        Some(path)
     };
     let size = f.data.len() as u64;
     let rec = match existing {
@@ -981,6 +1039,21 @@ async fn commit(served: &Arc<Served>, batch: Vec<Pending>) -> Vec<Filed> {
     out
 }
 
+/// A newer run of the same partner took these files over: this stream
+/// leaves them (and their work files) to it.
+fn superseded(batch: Vec<Pending>) -> Vec<Filed> {
+    batch
+        .into_iter()
+        .map(|p| Filed {
+            id: p.rec.id,
+            outcome: FileOutcome::Failed {
+                code: ErrorCode::Connection,
+                message: "superseded by a newer attempt of the same partner".into(),
+            },
+        })
+        .collect()
+}
+
 fn commit_blocking(s: &Served, batch: Vec<Pending>) -> Vec<Filed> {
     let mut out = Vec::with_capacity(batch.len());
     let mut ok = Vec::with_capacity(batch.len());
@@ -996,9 +1069,12 @@ fn commit_blocking(s: &Served, batch: Vec<Pending>) -> Vec<Filed> {
         out.push(Filed { id: rec.id.clone(), outcome: FileOutcome::Failed { code, message } });
     };
     // 1. Each file's bytes durable under its work name.
+    if s.superseded.load(Ordering::Relaxed) {
+        return superseded(batch);
+    }
     for p in batch {
-        if let Some((path, file)) = &p.work {
-            if let Err(e) = file.sync_all() {
+        if let Some(path) = &p.work {
+            if let Err(e) = std::fs::File::open(path).and_then(|f| f.sync_all()) {
                 receive::discard(path);
                 fail(&p.rec, ErrorCode::Io, format!("cannot fsync {}: {e}", path.display()), &mut out);
                 continue;
@@ -1026,22 +1102,37 @@ fn commit_blocking(s: &Served, batch: Vec<Pending>) -> Vec<Filed> {
         } else {
             format!("received {bytes} bytes on a set stream, verified, BLAKE3 {hash}")
         };
+        // Written only over the record this stream accepted the file on (a
+        // run that took it over meanwhile, or an end it met, stays).
+        let accepted_at = p.rec.updated_at;
         let written = match s.core.store.get(&rec.id) {
             Ok(Some(_)) => s
                 .core
                 .store
-                .update(&rec.id, &line, |r| *r = RequestRecord { updated_at: r.updated_at, ..rec.clone() })
-                .map(|_| ()),
-            Ok(None) => s.core.store.insert(rec, &line).map(|_| ()),
+                .update_if(
+                    &rec.id,
+                    &line,
+                    |r| !r.delivered && !r.status.is_final() && r.updated_at == accepted_at,
+                    |r| *r = RequestRecord { updated_at: r.updated_at, ..rec.clone() },
+                )
+                .map(|w| w.is_some()),
+            Ok(None) => s.core.store.insert(rec, &line).map(|_| true),
             Err(e) => Err(e),
         };
         match written {
-            Ok(()) => {
+            Ok(false) => out.push(Filed {
+                id: p.rec.id.clone(),
+                outcome: FileOutcome::Failed {
+                    code: ErrorCode::Connection,
+                    message: "another attempt took the file over; it is sent again".into(),
+                },
+            }),
+            Ok(true) => {
                 tracing::info!(target: AUDIT, event = "verified", request_id = %p.rec.id, partner = %s.partner, bytes, blake3 = %hash);
                 recorded.push(p);
             }
             Err(e) => {
-                if let Some((path, _)) = &p.work {
+                if let Some(path) = &p.work {
                     receive::discard(path);
                 }
                 out.push(Filed {
@@ -1073,15 +1164,19 @@ fn commit_blocking(s: &Served, batch: Vec<Pending>) -> Vec<Filed> {
         return out;
     }
     // 3. Renamed into place; each folder fsynced once.
+    if s.superseded.load(Ordering::Relaxed) {
+        // Recorded delivered: the run that took over finishes them.
+        return superseded(recorded);
+    }
     let mut folders = BTreeSet::new();
     let mut placed = Vec::with_capacity(recorded.len());
     for p in recorded {
         let moved = receive::target_path(&s.dir, &p.rec.file_name, true).and_then(|target| match &p.work {
             None => Ok(target),
-            Some((work, _)) if s.mode == TargetMode::Create => {
+            Some(work) if s.mode == TargetMode::Create => {
                 receive::deliver_as(work, &target, &receive::Delivery::Create).map(|_| target)
             }
-            Some((work, _)) => std::fs::rename(work, &target)
+            Some(work) => std::fs::rename(work, &target)
                 .map(|()| target.clone())
                 .map_err(|e| (ErrorCode::Io, format!("cannot rename into {}: {e}", target.display()))),
         });
@@ -1095,10 +1190,26 @@ fn commit_blocking(s: &Served, batch: Vec<Pending>) -> Vec<Filed> {
             Err((code, message)) => fail(&p.rec, code, message, &mut out),
         }
     }
+    let mut unsynced = BTreeSet::new();
     for folder in &folders {
         if let Err(e) = std::fs::File::open(folder).and_then(|d| d.sync_all()) {
             tracing::error!(folder = %folder.display(), error = %e, "cannot fsync a folder of delivered files");
+            unsynced.insert(folder.clone());
         }
+    }
+    // A file whose folder did not fsync stays `delivered`, not Done: sent
+    // again alone, the one-request path finishes and confirms it.
+    type Placed = Vec<(Pending, PathBuf)>;
+    let (placed, unsure): (Placed, Placed) =
+        placed.into_iter().partition(|(p, t)| p.work.is_none() || !t.parent().is_some_and(|f| unsynced.contains(f)));
+    for (p, t) in unsure {
+        out.push(Filed {
+            id: p.rec.id.clone(),
+            outcome: FileOutcome::Failed {
+                code: ErrorCode::Connection,
+                message: format!("cannot fsync the folder of {}", t.display()),
+            },
+        });
     }
     // 4. Recorded Done; one flush; 5. answered.
     let now = now_ms();

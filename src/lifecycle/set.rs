@@ -108,8 +108,9 @@ pub fn settle(set: &mut RequestRecord, now: u64, failed_names: &[String]) -> Opt
             set.finished_at = None;
         }
     } else if info.failed + info.skipped == 0 && info.policy.delivery == Delivery::All {
-        // Every file verified and held by the receiver: the release follows.
-        if set.status != Status::Running || set.step != Step::Held {
+        // Every file verified and held by the receiver: the release follows
+        // (a refused release stays `InError` until an operator restart).
+        if set.status != Status::InError && (set.status != Status::Running || set.step != Step::Held) {
             set.status = Status::Running;
             set.step = Step::Held;
             set.error = None;
