@@ -252,7 +252,7 @@ pub async fn lead(
                 stream.record_failure(&late.id, ErrorCode::Stopped, "stopped by an operator with its set")
             }
             Err(Abort::Cancelled(reason)) => stream.cancel_one(&late.id, reason),
-            _ => stream.give_back(&late.id, "its set's stream had ended; sent again on its own"),
+            _ => stream.give_back(&late.id, "its set's stream had ended; back in the queue"),
         }
     }
     // Files of the set the stream left queued are the Commander's again.
@@ -544,8 +544,8 @@ impl Leader<'_> {
                     self.after_failure();
                 }
             } else {
-                // Resumable: back to the queue, to be sent alone.
-                self.give_back(&r.id, &format!("{code}: {message}; sent again on its own"));
+                // Resumable: back to the queue, to be sent again.
+                self.give_back(&r.id, &format!("{code}: {message}; back in the queue"));
             }
         }
         if let Err(e) = self.ctx.core.store.flush().await {
@@ -644,7 +644,7 @@ impl Leader<'_> {
                 Abort::Stopped => self.record_failure(&id, ErrorCode::Stopped, "stopped by an operator with its set"),
                 Abort::Cancelled(reason) => self.cancel_one(&id, reason),
                 Abort::Lost(code, message) if own => self.record_failure(&id, *code, message),
-                Abort::Lost(code, message) => self.give_back(&id, &format!("{code}: {message}; sent again on its own")),
+                Abort::Lost(code, message) => self.give_back(&id, &format!("{code}: {message}; back in the queue")),
             }
         }
         if let Err(e) = self.ctx.core.store.flush().await {
