@@ -163,14 +163,20 @@ fn control_config() -> impl bincode::config::Config {
 /// One control frame (an [`Ask`](super::control::Ask) or an
 /// [`Answer`](super::control::Answer)): same framing, a smaller limit.
 pub fn encode_control<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
+    encode_limited(value, MAX_CONTROL_BODY)
+}
+
+/// One frame (header and body) holding `value`, its body at most `max`
+/// bytes (a `max` that fits in the header's u32).
+fn encode_limited<T: Serialize>(value: &T, max: usize) -> Result<Vec<u8>, CodecError> {
     let mut out = vec![0; HEADER_LEN];
-    bincode::serde::encode_into_std_write(value, &mut out, control_config())
+    bincode::serde::encode_into_std_write(value, &mut out, bincode::config::standard())
         .map_err(|e| CodecError::Encode(e.to_string()))?;
     let len = out.len() - HEADER_LEN;
-    if len > MAX_CONTROL_BODY {
-        return Err(CodecError::TooLarge { len, max: MAX_CONTROL_BODY });
+    if len > max {
+        return Err(CodecError::TooLarge { len, max });
     }
-    let len = u32::try_from(len).expect("len <= MAX_CONTROL_BODY, which fits in u32");
+    let len = u32::try_from(len).map_err(|_| CodecError::TooLarge { len, max })?;
     out[..HEADER_LEN].copy_from_slice(&len.to_be_bytes());
     Ok(out)
 }
@@ -200,17 +206,7 @@ pub fn decode_control<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, 
 /// One set-stream frame: header and body, at most
 /// [`MAX_SET_FRAME_BODY`](super::set_stream::MAX_SET_FRAME_BODY).
 pub fn encode_set_frame(frame: &super::set_stream::SetFrame) -> Result<Vec<u8>, CodecError> {
-    use super::set_stream::MAX_SET_FRAME_BODY;
-    let mut out = vec![0; HEADER_LEN];
-    bincode::serde::encode_into_std_write(frame, &mut out, bincode::config::standard())
-        .map_err(|e| CodecError::Encode(e.to_string()))?;
-    let len = out.len() - HEADER_LEN;
-    if len > MAX_SET_FRAME_BODY {
-        return Err(CodecError::TooLarge { len, max: MAX_SET_FRAME_BODY });
-    }
-    let len = u32::try_from(len).expect("len <= MAX_SET_FRAME_BODY, which fits in u32");
-    out[..HEADER_LEN].copy_from_slice(&len.to_be_bytes());
-    Ok(out)
+    encode_limited(frame, super::set_stream::MAX_SET_FRAME_BODY)
 }
 
 /// The body length a set-stream frame header announces, refused above the limit.
