@@ -4,6 +4,11 @@
 //! The nodes run in this process and requests are submitted through the
 //! REST API, as an operator's scheduler would. `cluster/bench.sh` runs this
 //! and then scp and rsync over a local sshd on the same files.
+//!
+//! Beside the big push it measures two bounds in the same run: one raw
+//! QUIC stream between two fresh endpoints with the nodes' own identities
+//! and transport settings, no disk and no hashing (the transport's bound),
+//! and reading plus hashing the big file alone (the local bound).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -54,6 +59,68 @@ fn cpu_seconds() -> f64 {
     let ru = unsafe { ru.assume_init() };
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Sends `bytes` of zeros on one QUIC stream from a fresh endpoint with a's
+/// identity to one with b's, both with the nodes' transport settings;
+/// seconds from the dial until the receiver read the last byte.
+async fn raw_quic_secs(layout: &LocalLayout, bytes: u64) -> anyhow::Result<f64> {
+    use ferry::transport::{self, NodeIdentity, TransportTuning};
+    let identity = |i: usize| {
+        let c = &layout.configs[i];
+        NodeIdentity::load(&c.node_id, &c.tls.cert, &c.tls.key, &c.tls.ca)
+    };
+    let (ia, ib) = (identity(0)?, identity(1)?);
+    let tuning = TransportTuning::default();
+    let server = transport::make_endpoint("127.0.0.1:0".parse()?, &ib, &tuning)?;
+    let client = transport::make_endpoint("127.0.0.1:0".parse()?, &ia, &tuning)?;
+    let addr = server.local_addr()?;
+    let receiving = tokio::spawn(async move {
+        let incoming = server.accept().await.context("no connection")?;
+        let (conn, _) = transport::accept(incoming).await?;
+        let (_send, mut recv) = conn.accept_bi().await?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut got = 0u64;
+        while let Some(n) = recv.read(&mut buf).await? {
+            got += n as u64;
+        }
+        anyhow::Ok(got)
+    });
+    let t = Instant::now();
+    let conn = transport::dial(&client, addr, &layout.configs[1].node_id).await?;
+    let (mut send, _recv) = conn.open_bi().await?;
+    let chunk = vec![0u8; 1 << 20];
+    let mut sent = 0u64;
+    while sent < bytes {
+        let n = chunk.len().min(usize::try_from(bytes - sent).unwrap_or(usize::MAX));
+        send.write_all(&chunk[..n]).await?;
+        sent += n as u64;
+    }
+    send.finish()?;
+    let got = receiving.await??;
+    let secs = t.elapsed().as_secs_f64();
+    if got != sent {
+        bail!("the raw QUIC stream delivered {got} of {sent} bytes");
+    }
+    Ok(secs)
+}
+
+/// Reads `path` and hashes it with BLAKE3, 1 MiB at a time; seconds.
+fn read_and_hash_secs(path: &std::path::Path) -> anyhow::Result<f64> {
+    use std::io::Read;
+    let t = Instant::now();
+    let mut f = std::fs::File::open(path)?;
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    std::hint::black_box(h.finalize());
+    Ok(t.elapsed().as_secs_f64())
 }
 
 fn submit(file: String) -> Submit {
@@ -121,6 +188,22 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "big push: {} in {secs:.2} s = {} (verified, fsynced, delivered); {big_cpu:.2} CPU s per GiB, both nodes",
         display::bytes(big_bytes),
         display::rate(big_bytes, secs)
+    );
+    let quic_secs = raw_quic_secs(&layout, big_bytes).await.context("the raw QUIC bound")?;
+    let quic_mbs = big_bytes as f64 / 1e6 / quic_secs;
+    println!(
+        "transport bound: one raw QUIC stream, {} of zeros, no disk or hashing: {}; the big push is {:.2}x it",
+        display::bytes(big_bytes),
+        display::rate(big_bytes, quic_secs),
+        big_mbs / quic_mbs
+    );
+    let path = layout.out_dir("a").join(big);
+    let local_secs = tokio::task::spawn_blocking(move || read_and_hash_secs(&path)).await??;
+    let local_mbs = big_bytes as f64 / 1e6 / local_secs;
+    println!(
+        "local bound: reading and hashing (BLAKE3) the big file alone, page cache warm: {}; the big push is {:.2}x it",
+        display::rate(big_bytes, local_secs),
+        big_mbs / local_mbs
     );
 
     // Many small files, each its own request.
@@ -204,7 +287,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         display::bytes(args.small_kib << 10)
     );
     println!(
-        "BENCH big_bytes={big_bytes} big_mbs={big_mbs:.1} big_cpu_s_per_gib={big_cpu:.2} small_count={} small_rps={rps:.1} small_cpu_ms={small_cpu_ms:.2} set_fps={set_fps:.1} set_cpu_ms={set_cpu_ms:.2} cores={cores}",
+        "BENCH big_bytes={big_bytes} big_mbs={big_mbs:.1} big_cpu_s_per_gib={big_cpu:.2} quic_mbs={quic_mbs:.1} local_mbs={local_mbs:.1} small_count={} small_rps={rps:.1} small_cpu_ms={small_cpu_ms:.2} set_fps={set_fps:.1} set_cpu_ms={set_cpu_ms:.2} cores={cores}",
         names.len()
     );
     a.shutdown().await;
