@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use crate::lifecycle;
 use crate::lifecycle::set::{Counted, MemberChange};
 use crate::protocol::ErrorCode;
-use crate::store::{now_ms, ListQuery, RequestRecord, Status, Store, StoreError};
+use crate::store::{now_ms, RequestRecord, Status, Store, StoreError};
 
 /// Most failed files a set's error message names (the files listing has all).
 const NAMED_FAILURES: usize = 5;
@@ -71,17 +71,12 @@ impl SetKeeper {
 /// listing's status indexes, so start-up does not read every record.
 fn open_sets(store: &Store) -> Result<Vec<RequestRecord>, StoreError> {
     let mut out = Vec::new();
-    for status in [Status::Running, Status::Interrupted, Status::InError] {
-        let mut q = ListQuery { status: Some(status), limit: crate::store::listing::MAX_PAGE, ..ListQuery::default() };
-        loop {
-            let page = store.page(&q)?;
-            out.extend(page.records.into_iter().filter(|r| r.set.is_some()));
-            match page.next {
-                Some(next) => q.after = Some(next),
-                None => break,
-            }
+    store.for_each_with_status(&[Status::Running, Status::Interrupted, Status::InError], |r| {
+        if r.set.is_some() {
+            out.push(r);
         }
-    }
+        Ok(())
+    })?;
     Ok(out)
 }
 

@@ -39,7 +39,7 @@ use crate::lifecycle;
 use crate::protocol::control::{Answer, Ask};
 use crate::protocol::names::is_folder_entry;
 use crate::protocol::{ErrorCode, RequestId};
-use crate::store::{member_id, now_ms, ListQuery, RequestRecord, Role, Status, Store, StoreError, TargetMode};
+use crate::store::{member_id, now_ms, RequestRecord, Role, Status, Store, StoreError, TargetMode};
 use crate::transfer::receive;
 
 /// How long the sender waits for a `Release` answer: the receiver renames
@@ -180,24 +180,17 @@ fn deliver_released(core: &Core, rec: &RequestRecord) -> Result<(), Refusal> {
 /// (recorded) but not finished before a crash go under their final names.
 pub fn finish_ordered(core: &Core) -> Result<usize, StoreError> {
     let mut finished = 0;
-    for status in [Status::Running, Status::Interrupted] {
-        let mut q = ListQuery { status: Some(status), limit: crate::store::listing::MAX_PAGE, ..Default::default() };
-        loop {
-            let page = core.store.page(&q)?;
-            for rec in page.records.iter().filter(|r| lifecycle::is_held(r) && r.delivered) {
-                match deliver_released(core, rec) {
-                    Ok(()) => finished += 1,
-                    Err((code, message)) => {
-                        tracing::error!(request_id = %rec.id, %code, %message, "cannot finish a released file")
-                    }
+    core.store.for_each_with_status(&[Status::Running, Status::Interrupted], |rec| {
+        if lifecycle::is_held(&rec) && rec.delivered {
+            match deliver_released(core, &rec) {
+                Ok(()) => finished += 1,
+                Err((code, message)) => {
+                    tracing::error!(request_id = %rec.id, %code, %message, "cannot finish a released file")
                 }
             }
-            match page.next {
-                Some(next) => q.after = Some(next),
-                None => break,
-            }
         }
-    }
+        Ok(())
+    })?;
     if finished > 0 {
         core.store.flush_blocking()?;
     }
@@ -245,16 +238,12 @@ impl Releaser {
 /// Every set waiting for its release (start-up), through the status index.
 fn waiting_sets(store: &Store) -> Result<Vec<RequestId>, StoreError> {
     let mut out = Vec::new();
-    let mut q =
-        ListQuery { status: Some(Status::Running), limit: crate::store::listing::MAX_PAGE, ..Default::default() };
-    loop {
-        let page = store.page(&q)?;
-        out.extend(page.records.iter().filter(|r| lifecycle::set::awaits_release(r)).map(|r| r.id.clone()));
-        match page.next {
-            Some(next) => q.after = Some(next),
-            None => break,
+    store.for_each_with_status(&[Status::Running], |r| {
+        if lifecycle::set::awaits_release(&r) {
+            out.push(r.id);
         }
-    }
+        Ok(())
+    })?;
     Ok(out)
 }
 

@@ -198,8 +198,8 @@ pub async fn lead(
         Ok(b) => first.extend_from_slice(&b),
         Err(e) => return Led::Declined(e.to_string()),
     }
-    if let Err(e) = send.write_all(&first).await {
-        return Led::Declined(format!("stream lost: {e}"));
+    if let Err(e) = write_bytes(&mut send, &first).await {
+        return Led::Declined(e);
     }
     let limit = Duration::from_millis(ctx.core.config.limits.handshake_timeout_ms);
     match tokio::time::timeout(limit, rx.recv()).await {
@@ -554,7 +554,6 @@ impl Leader<'_> {
         done
     }
 
-    /// Between batches: a stop or cancel of the set reaches its stream.
     /// Cancels a file of the set. The receiver may hold it or have it
     /// written: it is owed a cancel notice (which discards a held file and
     /// leaves a delivered one).
@@ -570,6 +569,7 @@ impl Leader<'_> {
         }
     }
 
+    /// Between batches: a stop or cancel of the set reaches its stream.
     fn check_set(&self) -> Result<(), Abort> {
         match self.ctx.core.store.get(&self.set) {
             Ok(Some(s)) if s.status == Status::Cancelled => {

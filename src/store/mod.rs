@@ -443,6 +443,30 @@ impl Store {
         Ok(out)
     }
 
+    /// Calls `f` with every record whose status is one of `statuses`, read
+    /// a page at a time through the listing's status index: the cost is
+    /// the records with those statuses, not every record stored.
+    pub fn for_each_with_status(
+        &self,
+        statuses: &[Status],
+        mut f: impl FnMut(RequestRecord) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        for &status in statuses {
+            let mut q = ListQuery { status: Some(status), limit: listing::MAX_PAGE, ..ListQuery::default() };
+            loop {
+                let page = self.page(&q)?;
+                for rec in page.records {
+                    f(rec)?;
+                }
+                match page.next {
+                    Some(next) => q.after = Some(next),
+                    None => break,
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Removes the listing entries a record no longer has, then writes its
     /// current entries again: a concurrent writer may have needed a key
     /// just removed (a status that went back), and whichever of the two
