@@ -88,6 +88,24 @@ fn open_sets(store: &Store) -> Result<Vec<RequestRecord>, StoreError> {
 async fn apply(store: &Store, changes: &[MemberChange]) -> Result<(), StoreError> {
     let Some(first) = changes.first() else { return Ok(()) };
     let now = now_ms();
+    // A set these changes end in error names its first failed files in the
+    // same write, so it is never seen `InError` without them.
+    let names = match store.get(&first.set)? {
+        Some(mut preview) if preview.set.is_some() => {
+            for change in changes {
+                lifecycle::set::apply(&mut preview, change);
+            }
+            if lifecycle::set::settle(&mut preview, now, &[]) == Some(Status::InError) {
+                let store = store.clone();
+                crate::determinism::blocking(move || failed_names(&store, &preview))
+                    .await
+                    .map_err(|e| StoreError::Flush(format!("the set keeper's work stopped: {e}")))??
+            } else {
+                Vec::new()
+            }
+        }
+        _ => Vec::new(),
+    };
     // What settle decided in the run of the closure that was written (a
     // lost compare-and-swap runs it again).
     let decided = std::cell::Cell::new(None);
@@ -99,7 +117,7 @@ async fn apply(store: &Store, changes: &[MemberChange]) -> Result<(), StoreError
             for change in changes {
                 lifecycle::set::apply(r, change);
             }
-            decided.set(lifecycle::set::settle(r, now, &[]));
+            decided.set(lifecycle::set::settle(r, now, &names));
         },
     )?
     else {
@@ -107,19 +125,11 @@ async fn apply(store: &Store, changes: &[MemberChange]) -> Result<(), StoreError
     };
     let ended = decided.get().filter(|s| s.is_final());
     let skip = changes.iter().any(|change| lifecycle::set::must_skip(&set, change));
-    if skip || ended == Some(Status::InError) {
+    if skip {
         let (store, set) = (store.clone(), set.clone());
-        crate::determinism::blocking(move || {
-            if skip {
-                skip_queued(&store, &set)?;
-            }
-            if ended == Some(Status::InError) {
-                name_failures(&store, &set)?;
-            }
-            Ok::<_, StoreError>(())
-        })
-        .await
-        .map_err(|e| StoreError::Flush(format!("the set keeper's work stopped: {e}")))??;
+        crate::determinism::blocking(move || skip_queued(&store, &set))
+            .await
+            .map_err(|e| StoreError::Flush(format!("the set keeper's work stopped: {e}")))??;
     }
     if let Some(status) = ended {
         store.flush().await?;
@@ -153,38 +163,38 @@ fn skip_queued(store: &Store, set: &RequestRecord) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Names the first failed files in the set's error message.
-fn name_failures(store: &Store, set: &RequestRecord) -> Result<(), StoreError> {
+/// The first failed files of a set, as its error message names them.
+fn failed_names(store: &Store, set: &RequestRecord) -> Result<Vec<String>, StoreError> {
     let mut names = Vec::new();
     for member in members(store, set) {
         let member = member?;
-        if lifecycle::set::counted(&member) == Some(Counted::Failed) {
-            let code = member.error.as_ref().map_or(ErrorCode::Internal, |e| e.code);
-            names.push(format!("{} ({code})", member.file_name));
+        if let Some(name) = failed_name(&member) {
+            names.push(name);
             if names.len() == NAMED_FAILURES {
                 break;
             }
         }
     }
-    let now = now_ms();
-    store.update_if(
-        &set.id,
-        "",
-        |r| r.status == Status::InError,
-        |r| {
-            r.status = Status::Running; // settle decides again, with the names
-            lifecycle::set::settle(r, now, &names);
-        },
-    )?;
-    Ok(())
+    Ok(names)
+}
+
+fn failed_name(member: &RequestRecord) -> Option<String> {
+    (lifecycle::set::counted(member) == Some(Counted::Failed)).then(|| {
+        let code = member.error.as_ref().map_or(ErrorCode::Internal, |e| e.code);
+        format!("{} ({code})", member.file_name)
+    })
 }
 
 /// Counts a set again from its members (start-up: the last changes before
 /// a crash may not have reached the set's record).
 fn recount(store: &Store, set: &RequestRecord) -> Result<(), StoreError> {
     let (mut done, mut failed, mut skipped, mut bytes) = (0, 0, 0, 0u64);
+    let mut names = Vec::new();
     for member in members(store, set) {
         let member = member?;
+        if names.len() < NAMED_FAILURES {
+            names.extend(failed_name(&member));
+        }
         match lifecycle::set::counted(&member) {
             Some(Counted::Done) => {
                 done += 1;
@@ -205,7 +215,7 @@ fn recount(store: &Store, set: &RequestRecord) -> Result<(), StoreError> {
                 (info.done, info.failed, info.skipped) = (done, failed, skipped);
             }
             r.transferred = bytes;
-            lifecycle::set::settle(r, now, &[]);
+            lifecycle::set::settle(r, now, &names);
         },
     )?;
     // Skips a crash cut short (not flushed) are done again before any
