@@ -689,14 +689,16 @@ impl ChannelRun {
                 let size = source.snapshot.size;
                 self.reserve_room(size, req.block_size).await?;
                 if let Some(theirs) = req.prefix_hash.filter(|_| req.restart_offset > 0 && req.restart_offset <= size) {
-                    let offset = req.restart_offset;
+                    let (offset, block_size) = (req.restart_offset, req.block_size);
                     let file = source.file.clone();
-                    let mine = crate::determinism::blocking(move || hash_prefix_of(&file, offset))
-                        .await
-                        .map_err(|e| (ErrorCode::Internal, e.to_string()))?
-                        .map_err(|e| (ErrorCode::Io, format!("cannot read {}: {e}", source.path.display())))?;
-                    let prefix = Prefix { offset, hasher: mine };
-                    if prefix.digest() == theirs {
+                    let mine =
+                        crate::determinism::blocking(move || hash_prefix_of(&file, offset, block_size, Some(size)))
+                            .await
+                            .map_err(|e| (ErrorCode::Internal, e.to_string()))?
+                            .map_err(|e| (ErrorCode::Io, format!("cannot read {}: {e}", source.path.display())))?;
+                    // A prefix off a block boundary cannot be resumed: as a mismatch.
+                    let prefix = mine.map(|hasher| Prefix { offset, hasher });
+                    if let Some(prefix) = prefix.filter(|p| p.digest() == theirs) {
                         restart = offset;
                         self.files.prefix = Some(prefix);
                     } else if rule.on_resume_mismatch == OnResumeMismatch::Fail {
@@ -734,7 +736,8 @@ impl ChannelRun {
                 self.reserve_room(req.size, req.block_size).await?;
                 let work = receive::work_path(&dir, &req.request_id);
                 let point = existing.as_ref().and_then(|r| r.restart_point).filter(|p| p.offset <= req.size);
-                let offer = crate::determinism::blocking(move || receive::resume_offer(&work, point))
+                let (block_size, size) = (req.block_size, Some(req.size));
+                let offer = crate::determinism::blocking(move || receive::resume_offer(&work, point, block_size, size))
                     .await
                     .map_err(|e| (ErrorCode::Internal, e.to_string()))?
                     .map_err(|e| (ErrorCode::Io, format!("cannot read the partial file: {e}")))?;
@@ -881,14 +884,20 @@ impl ChannelRun {
             return self.session.fail(ErrorCode::Internal, "no source file".into());
         };
         let file = source.file.clone();
-        let mine = match crate::determinism::blocking(move || hash_prefix_of(&file, offset)).await {
-            Ok(Ok(h)) => Prefix { offset, hasher: h },
-            Ok(Err(e)) => {
-                return self.session.fail(ErrorCode::Io, format!("cannot read {}: {e}", source.path.display()))
-            }
-            Err(e) => return self.session.fail(ErrorCode::Internal, e.to_string()),
+        let Some(block_size) = self.session.plan().map(|p| p.block_size) else {
+            return self.session.fail(ErrorCode::Internal, "a resume to check without a plan".into());
         };
-        if mine.digest() == theirs {
+        let size = source.snapshot.size;
+        let mine =
+            match crate::determinism::blocking(move || hash_prefix_of(&file, offset, block_size, Some(size))).await {
+                Ok(Ok(h)) => h.map(|hasher| Prefix { offset, hasher }),
+                Ok(Err(e)) => {
+                    return self.session.fail(ErrorCode::Io, format!("cannot read {}: {e}", source.path.display()))
+                }
+                Err(e) => return self.session.fail(ErrorCode::Internal, e.to_string()),
+            };
+        // A prefix off a block boundary cannot be resumed: as a mismatch.
+        if let Some(mine) = mine.filter(|p| p.digest() == theirs) {
             self.files.prefix = Some(mine);
             return self.session.resume_checked(true);
         }

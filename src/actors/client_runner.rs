@@ -192,8 +192,9 @@ async fn run(args: ClientRunnerArgs, mut control: mpsc::Receiver<Command>) {
             if let Err((code, msg)) = channel_run::refuse_existing_target(&ctx.core, mode, &dir.join(&rec.file_name)) {
                 return fail_early(&ctx, &id, code, msg).await;
             }
-            let point = rec.restart_point;
-            match crate::determinism::blocking(move || receive::resume_offer(&work, point)).await {
+            let (point, block_size) = (rec.restart_point, rec.block_size);
+            // The size is the partner's to tell; the prefix does not depend on it.
+            match crate::determinism::blocking(move || receive::resume_offer(&work, point, block_size, None)).await {
                 Ok(Ok(offer)) => {
                     files.work_len = offer.work_len;
                     if let Some(p) = offer.prefix {

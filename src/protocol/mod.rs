@@ -5,6 +5,7 @@
 //! [`crate::actors`] feed it what arrives and carry out what it returns; the
 //! tests and the simulations drive it directly.
 
+pub mod block_hash;
 pub mod codec;
 pub mod control;
 pub mod message;

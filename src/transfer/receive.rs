@@ -28,7 +28,8 @@ use std::path::{Path, PathBuf};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::protocol::{Data, Digest, EndTransfer, ErrorCode, Plan, RequestId};
+use crate::protocol::block_hash::FileHasher;
+use crate::protocol::{Data, EndTransfer, ErrorCode, Plan, RequestId};
 use crate::store::{RestartPoint, Store};
 
 /// Where and how often the writer records restart points.
@@ -52,12 +53,12 @@ impl RestartPoints {
 
     /// fsyncs the work file, then records the point and flushes the store,
     /// in that order: a recorded point never runs ahead of durable data.
-    fn record(&self, file: &File, work: &Path, offset: u64, whole: &blake3::Hasher) -> Result<(), Failure> {
+    fn record(&self, file: &File, work: &Path, offset: u64, whole: &FileHasher) -> Result<(), Failure> {
         if self.abandoned.load(std::sync::atomic::Ordering::Relaxed) {
             return Ok(()); // a newer run owns the record
         }
         file.sync_data().map_err(|e| io_failure("fsync", work, e))?;
-        let point = RestartPoint { offset, prefix_hash: whole.finalize().into() };
+        let point = RestartPoint { offset, prefix_hash: whole.digest() };
         self.store
             .update(&self.id, "", |r| r.restart_point = Some(point))
             .and_then(|_| self.store.flush_blocking())
@@ -157,7 +158,8 @@ impl BlockWriter {
         points: Option<RestartPoints>,
     ) -> BlockWriter {
         let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
-        let prefix = prefix.filter(|p| p.offset == plan.restart_offset);
+        let prefix =
+            prefix.filter(|p| p.offset == plan.restart_offset && p.hasher.block_size() == u64::from(plan.block_size));
         let handle = if crate::determinism::inline_io() {
             // A simulation writes on a task of its own, each block inline.
             tokio::spawn(async move {
@@ -220,7 +222,9 @@ struct WorkFile {
     work: PathBuf,
     file: File,
     direct: bool,
-    whole: blake3::Hasher,
+    /// The file's announced size (the last block is the one that ends there).
+    size: u64,
+    whole: FileHasher,
     points: Option<RestartPoints>,
     since_point: u64,
     point_at: tokio::time::Instant,
@@ -255,12 +259,18 @@ impl WorkFile {
         file.set_len(plan.restart_offset).map_err(|e| io_failure("truncate", &work, e))?;
         let whole = match prefix {
             Some(p) => p.hasher,
-            None => super::hash_prefix(&work, plan.restart_offset).map_err(|e| io_failure("read", &work, e))?,
+            None => super::hash_prefix(&work, plan.restart_offset, plan.block_size, Some(plan.size))
+                .map_err(|e| io_failure("read", &work, e))?
+                .ok_or_else(|| {
+                    let at = plan.restart_offset;
+                    (ErrorCode::Internal, format!("restart offset {at} is not on a block boundary"))
+                })?,
         };
         file.seek(SeekFrom::Start(plan.restart_offset)).map_err(|e| io_failure("seek in", &work, e))?;
         Ok(WorkFile {
             file,
             direct,
+            size: plan.size,
             whole,
             points,
             since_point: 0,
@@ -274,7 +284,7 @@ impl WorkFile {
 
     /// Checks one block and appends it, recording a restart point when due.
     fn write(&mut self, block: Data) -> Result<(), Failure> {
-        let WorkFile { work, file, direct, whole, points, since_point, point_at, offset, buf, short } = self;
+        let WorkFile { work, file, direct, size, whole, points, since_point, point_at, offset, buf, short } = self;
         let work = work.as_path();
         let len = block.raw_len as usize;
         if block.compressed {
@@ -300,7 +310,8 @@ impl WorkFile {
             return Err((ErrorCode::Internal, "superseded by a newer attempt of the request".into()));
         }
         let raw = buf.filled();
-        if Digest::of(raw) != block.hash {
+        // The block's check and its part of the whole-file digest: one pass.
+        if !whole.check(*size, block.offset, raw, &block.hash) {
             return Err((
                 ErrorCode::BlockHashMismatch,
                 format!("block at offset {} failed its BLAKE3 check", block.offset),
@@ -320,7 +331,6 @@ impl WorkFile {
             file.write_all(raw).map_err(|e| io_failure("write", work, e))?;
             *short = false;
         }
-        whole.update(raw);
         *offset += len as u64;
         *since_point += len as u64;
         if let Some(points) = points.as_ref().filter(|p| p.due(*since_point, *point_at)) {
@@ -341,7 +351,7 @@ impl WorkFile {
             extend_over_hole(&self.file, &self.work, &mut self.short, self.offset)?;
         }
         self.file.sync_all().map_err(|e| io_failure("fsync", &self.work, e))?;
-        Ok(EndTransfer { bytes: self.offset, hash: self.whole.finalize().into() })
+        Ok(EndTransfer { bytes: self.offset, hash: self.whole.digest() })
     }
 }
 
@@ -357,17 +367,24 @@ pub struct Offer {
 /// Reads the work file's state for a resume (blocking): its length, and the
 /// hash of its first `point.offset` bytes as they are on disk now (not as
 /// recorded: the sender compares this with its source, so a partial file
-/// changed since the crash is caught).
-pub fn resume_offer(work: &Path, point: Option<RestartPoint>) -> std::io::Result<Offer> {
+/// changed since the crash is caught), in blocks of `block_size` of a file
+/// of `size` bytes (`None` when not known yet). A point that cannot be
+/// resumed from (past the work file's end, or off a block boundary) offers
+/// nothing.
+pub fn resume_offer(
+    work: &Path,
+    point: Option<RestartPoint>,
+    block_size: u32,
+    size: Option<u64>,
+) -> std::io::Result<Offer> {
     let work_len = match std::fs::metadata(work) {
         Ok(m) => m.len(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Offer { work_len: 0, prefix: None }),
         Err(e) => return Err(e),
     };
     let prefix = match point {
-        Some(p) if p.offset > 0 && p.offset <= work_len => {
-            Some(super::Prefix { offset: p.offset, hasher: super::hash_prefix(work, p.offset)? })
-        }
+        Some(p) if p.offset > 0 && p.offset <= work_len => super::hash_prefix(work, p.offset, block_size, size)?
+            .map(|hasher| super::Prefix { offset: p.offset, hasher }),
         _ => None,
     };
     Ok(Offer { work_len, prefix })
@@ -595,20 +612,26 @@ pub fn space_margin(size: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::Compression;
+    use crate::protocol::{Compression, Digest};
 
     fn plan(size: u64) -> Plan {
         Plan { size, block_size: 4096, restart_offset: 0, compression: Compression::None }
     }
 
-    fn block(offset: u64, bytes: &[u8]) -> Data {
-        Data {
-            offset,
-            raw_len: bytes.len() as u32,
-            payload: bytes.to_vec().into(),
-            compressed: false,
-            hash: Digest::of(bytes),
-        }
+    /// The file's blocks as a sender makes them (blocks of 4 KiB).
+    fn blocks(bytes: &[u8]) -> Vec<Data> {
+        let mut h = crate::protocol::block_hash::FileHasher::new(4096);
+        let size = bytes.len() as u64;
+        (0..)
+            .zip(bytes.chunks(4096))
+            .map(|(i, c): (u64, &[u8])| Data {
+                offset: i * 4096,
+                raw_len: c.len() as u32,
+                payload: c.to_vec().into(),
+                compressed: false,
+                hash: h.add(size, c).expect("whole blocks in order"),
+            })
+            .collect()
     }
 
     #[tokio::test]
@@ -618,8 +641,8 @@ mod tests {
         let work = work_path(dir.path(), &id);
         let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
         let mut w = BlockWriter::start(work.clone(), plan(data.len() as u64), None, None);
-        for (i, c) in data.chunks(4096).enumerate() {
-            assert!(w.write(block(i as u64 * 4096, c)).await);
+        for b in blocks(&data) {
+            assert!(w.write(b).await);
         }
         let end = w.finish().await.expect("finishes");
         assert_eq!(end, EndTransfer { bytes: data.len() as u64, hash: Digest::of(&data) });
@@ -634,7 +657,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let work = work_path(dir.path(), &RequestId::generate());
         let mut w = BlockWriter::start(work, plan(8192), None, None);
-        let mut b = block(0, &[1; 4096]);
+        let mut b = blocks(&[1; 8192]).remove(0);
         let mut p = b.payload.to_vec();
         p[0] = 2;
         b.payload = p.into();

@@ -11,7 +11,9 @@
 //! Invariants: blocks are produced in order, contiguous from the plan's
 //! restart offset to the announced size. The whole-file BLAKE3 covers the file
 //! from offset 0 (the prefix before a restart offset is read and hashed, not
-//! resent), so a resumed transfer still ends with an end-to-end check. If the
+//! resent), so a resumed transfer still ends with an end-to-end check. Each
+//! block is hashed once: its digest and its part of the whole-file digest
+//! come from the same pass ([`crate::protocol::block_hash`]). If the
 //! source's size or modification time differs from when the transfer began,
 //! the pump fails with [`ErrorCode::SourceChanged`] instead of finishing.
 
@@ -26,7 +28,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::protocol::codec;
-use crate::protocol::{Compression, Digest, EndTransfer, ErrorCode, Plan};
+use crate::protocol::{Compression, EndTransfer, ErrorCode, Plan};
 
 /// Frames buffered between the pump and the network: enough to keep the
 /// stream busy while the next block is read, little enough to bound memory.
@@ -210,7 +212,8 @@ pub fn start(
     prefix: Option<super::Prefix>,
     stop: Arc<AtomicBool>,
 ) -> mpsc::Receiver<PumpEvent> {
-    let prefix = prefix.filter(|p| p.offset == plan.restart_offset);
+    let prefix =
+        prefix.filter(|p| p.offset == plan.restart_offset && p.hasher.block_size() == u64::from(plan.block_size));
     let remaining = plan.size - plan.restart_offset.min(plan.size);
     // A simulation has no threads to overlap with: it reads the (small)
     // file at once, and the channel holds every frame.
@@ -278,7 +281,11 @@ fn pump(
     // The prefix that is not resent is still hashed, so the final check covers the whole file.
     let mut whole = match prefix {
         Some(p) => p.hasher,
-        None => super::hash_prefix_of(file, plan.restart_offset).map_err(|e| io_err(path, "read", e))?,
+        None => super::hash_prefix_of(file, plan.restart_offset, plan.block_size, Some(plan.size))
+            .map_err(|e| io_err(path, "read", e))?
+            .ok_or_else(|| {
+                (ErrorCode::Internal, format!("restart offset {} is not on a block boundary", plan.restart_offset))
+            })?,
     };
     let mut offset = plan.restart_offset;
     while offset < plan.size {
@@ -296,8 +303,10 @@ fn pump(
             }
             return Err(io_err(path, "read", e));
         }
-        whole.update(raw);
-        let hash = Digest::of(raw);
+        // The block's digest and its part of the whole file's, in one pass.
+        let hash = whole.add(plan.size, raw).ok_or_else(|| {
+            (ErrorCode::Internal, format!("the block at {offset} does not fit blocks of {}", plan.block_size))
+        })?;
         let compressed = match plan.compression {
             Compression::Lz4 => Some(lz4_flex::block::compress(raw)).filter(|c| c.len() < n),
             Compression::None => None,
@@ -317,7 +326,7 @@ fn pump(
     if let Some(e) = changed(&SourceSnapshot::of(&meta)) {
         return Err(e);
     }
-    Ok(Some(EndTransfer { bytes: offset, hash: whole.finalize().into() }))
+    Ok(Some(EndTransfer { bytes: offset, hash: whole.digest() }))
 }
 
 #[cfg(test)]
