@@ -30,6 +30,7 @@ scenarios!(
     partition_healed,
     one_way_partition,
     lossy_links,
+    lossy_slow,
     many_requests,
     node_lost,
     operator_commands,

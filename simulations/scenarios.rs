@@ -120,6 +120,24 @@ pub fn lossy_links(seed: u64) -> RunSpec {
     spec
 }
 
+/// The floor `lossy_slow` holds every push to, in bytes per simulated
+/// second (docs/SIMULATION.md gives the rates measured over seeds).
+pub const LOSSY_SLOW_FLOOR: u64 = 100 * 1024;
+
+/// A long, lossy link: a and b lose 2% of their datagrams and delay each by
+/// up to 50 ms (this machine's kernel has no netem, so latency is covered
+/// here, not in the namespaces); a pushes one 4 MiB file to b, which must
+/// arrive above [`LOSSY_SLOW_FLOOR`].
+pub fn lossy_slow(seed: u64) -> RunSpec {
+    let mut r = rng(seed, 12);
+    let mut spec = RunSpec::new(&["a", "b"]);
+    spec.max_latency_ms = 50;
+    spec.faults.push((0, Fault::Link { a: "a".into(), b: "b".into(), loss: 0.02, max_latency_ms: 50 }));
+    spec.requests.push(request(0, r.random_range(0..100), "a", "b", Direction::Push, 4 << 20));
+    spec.throughput_floor = Some(LOSSY_SLOW_FLOOR);
+    spec
+}
+
 /// `count` requests between random pairs of the spec's nodes, in random
 /// directions, submitted within `within_ms`.
 fn random_requests(

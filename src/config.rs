@@ -426,6 +426,21 @@ fn default_connect_timeout_ms() -> u64 {
     5_000
 }
 
+/// `[transport]`: how the node's QUIC connections behave.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TransportSettings {
+    /// The congestion controller: `"cubic"` (the default), `"newreno"` or
+    /// `"bbr"` (docs/BENCHMARKS.md "Lossy links" has the measurements).
+    #[serde(default)]
+    pub congestion: crate::transport::Congestion,
+    /// Random loss, in percent (0 to 20), that does not shrink the
+    /// congestion window: for links whose loss is known not to be
+    /// congestion. 0 (the default): every loss counts as congestion.
+    #[serde(default)]
+    pub loss_tolerance_percent: u8,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
@@ -465,6 +480,9 @@ pub struct NodeConfig {
     /// The audit trail: file, rotation size, files kept.
     #[serde(default)]
     pub audit: AuditSettings,
+    /// How the node's QUIC connections behave.
+    #[serde(default)]
+    pub transport: TransportSettings,
     #[serde(default)]
     pub partners: Vec<Partner>,
     #[serde(default)]
@@ -499,6 +517,7 @@ impl NodeConfig {
             cluster: ClusterSettings::default(),
             limits: PartnerLimits::default(),
             audit: AuditSettings::default(),
+            transport: TransportSettings::default(),
             partners: vec![],
             groups: vec![],
             rules: vec![],
@@ -645,6 +664,12 @@ impl NodeConfig {
             return Err("cluster.heartbeat_timeout_ms must be longer than cluster.heartbeat_ms".into());
         }
         self.limits.validate()?;
+        if self.transport.loss_tolerance_percent > 20 {
+            return Err(format!(
+                "transport.loss_tolerance_percent {} is above 20: a link losing more is broken, not noisy",
+                self.transport.loss_tolerance_percent
+            ));
+        }
         let mut rules = HashSet::new();
         for r in &self.rules {
             if !rules.insert(r.name.as_str()) {
@@ -762,6 +787,27 @@ partners = ["b"]
         assert_eq!(rule("/srv/in/#PARTNER#").recv_dir_for("b"), PathBuf::from("/srv/in/b"));
         assert_eq!(rule("/srv/#PARTNER#/in").recv_dir_for("c"), PathBuf::from("/srv/c/in"));
         assert_eq!(rule("/srv/in").recv_dir_for("b"), PathBuf::from("/srv/in"), "shared when not asked for");
+    }
+
+    #[test]
+    fn the_transport_section_picks_the_controller_and_bounds_the_loss_tolerance() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("a.toml");
+        let with = |extra: &str| SAMPLE.replace("[tls]", &format!("{extra}\n[tls]"));
+        std::fs::write(&path, with("")).expect("write");
+        let cfg = NodeConfig::load(&path).expect("loads");
+        assert_eq!(cfg.transport.congestion, crate::transport::Congestion::Cubic, "the default");
+        assert_eq!(cfg.transport.loss_tolerance_percent, 0, "off by default");
+        std::fs::write(&path, with("[transport]\ncongestion = \"bbr\"\nloss_tolerance_percent = 5")).expect("write");
+        let cfg = NodeConfig::load(&path).expect("loads");
+        assert_eq!(cfg.transport.congestion, crate::transport::Congestion::Bbr);
+        assert_eq!(cfg.transport.loss_tolerance_percent, 5);
+        std::fs::write(&path, with("[transport]\nloss_tolerance_percent = 21")).expect("write");
+        let err = NodeConfig::load(&path).expect_err("too much");
+        assert!(err.to_string().contains("transport.loss_tolerance_percent 21"), "{err}");
+        std::fs::write(&path, with("[transport]\ncongestion = \"vegas\"")).expect("write");
+        let err = NodeConfig::load(&path).expect_err("unknown");
+        assert!(err.to_string().contains("vegas"), "{err}");
     }
 
     #[test]

@@ -791,6 +791,8 @@ impl Node {
             // Streams a partner may open per connection; the partner's
             // total over its connections is bounded again by its budget.
             max_concurrent_bidi_streams: u32::try_from(config.limits.channels).unwrap_or(u32::MAX),
+            congestion: config.transport.congestion,
+            loss_tolerance_percent: config.transport.loss_tolerance_percent,
             ..TransportTuning::default()
         };
         let endpoint = transport::make_endpoint_on(config.listen, &identity, &tuning, &options.network)?;

@@ -19,6 +19,9 @@
 //!   whole (checked through the run, every 100 steps, and at every crash);
 //! - `no actor left`: nothing runs once every request ended, and every node
 //!   stops with no task still holding it;
+//! - `throughput` (runs that state a floor): every request that ended `Done`
+//!   moved its bytes at no less than the floor, from its start to its end on
+//!   the simulated clock;
 //! - `tasks` (runs with tasks): for a request that ended `Done`, every
 //!   post-task of each side ran and is logged done exactly once (a task that
 //!   finished is never run again, not after a crash, not after a restart),
@@ -138,6 +141,7 @@ impl World<'_> {
         v.extend(self.no_actor_left());
         v.extend(self.expected_log());
         v.extend(self.sets());
+        v.extend(self.throughput());
         if self.spec.tasks {
             v.extend(self.tasks());
         }
@@ -197,6 +201,29 @@ impl World<'_> {
                 if !expected.contains(&file) && !self.spec.blocked.iter().any(|(n, b)| n == node && *b == file) {
                     v.push(format!("tasks: {node}'s archive holds {file}, a second result of some task"));
                 }
+            }
+        }
+        v
+    }
+
+    /// `throughput`: see the module docs. Measured on the requester's
+    /// record, from its start (the partner's acceptance) to its end.
+    fn throughput(&self) -> Vec<String> {
+        let Some(floor) = self.spec.throughput_floor else { return Vec::new() };
+        let mut v = Vec::new();
+        for (node, r) in self.requests().filter(|(_, r)| r.status == Status::Done) {
+            let (Some(start), Some(end)) = (r.started_at, r.finished_at) else {
+                v.push(format!("throughput: {} on {node} is Done without its start and end times", r.id));
+                continue;
+            };
+            let ms = end.saturating_sub(start).max(1);
+            let rate = r.size.saturating_mul(1000) / ms;
+            eprintln!("   throughput: {} ({} bytes) in {ms} simulated ms: {rate} bytes/s", r.id, r.size);
+            if rate < floor {
+                v.push(format!(
+                    "throughput: {} ({} bytes) took {ms} simulated ms on {node}: {rate} bytes/s, below the floor of {floor}",
+                    r.id, r.size
+                ));
             }
         }
         v

@@ -126,6 +126,9 @@ pub struct RunSpec {
     /// receiver's `link` post-task fail until they are removed.
     pub tasks: bool,
     pub blocked: Vec<(String, String)>,
+    /// Bytes per simulated second every request that ends `Done` must
+    /// reach, from its start to its end (the `throughput` invariant).
+    pub throughput_floor: Option<u64>,
 }
 
 /// The suffix the receiver's last post-task gives a delivered file.
@@ -146,6 +149,7 @@ impl RunSpec {
             limit_secs: 300,
             tasks: false,
             blocked: vec![],
+            throughput_floor: None,
         }
     }
 }

@@ -150,6 +150,28 @@ pub fn read_limits(ctx: &Core) -> ReadLimits {
     }
 }
 
+/// Files at least this large get a job-log line on how the link carried
+/// them ([`link_summary`]); smaller ones would only add a store write each.
+const LINK_SUMMARY_BYTES: u64 = 16 << 20;
+
+/// The connection's path as quinn sees it: its round trip, congestion
+/// window and MTU now, and its losses since the connection opened.
+fn link_summary(conn: &quinn::Connection) -> String {
+    let p = conn.stats().path;
+    format!(
+        "link: round trip {:.2} ms (least {:.2} ms), congestion window {} KiB, MTU {}; since the connection \
+         opened {} packets sent, {} lost ({:.2}%), {} congestion events",
+        p.rtt.as_secs_f64() * 1000.0,
+        p.min_rtt.as_secs_f64() * 1000.0,
+        p.cwnd / 1024,
+        p.current_mtu,
+        p.sent_packets,
+        p.lost_packets,
+        100.0 * p.lost_packets as f64 / p.sent_packets.max(1) as f64,
+        p.congestion_events
+    )
+}
+
 /// Everything one run of a request needs.
 pub struct ChannelRun {
     pub ctx: RunHandle,
@@ -466,6 +488,14 @@ impl ChannelRun {
                         }
                         Some(PumpEvent::Finished(end)) => {
                             pump = None;
+                            // How the link carried a large file: what an
+                            // operator needs to tell a lossy or long link
+                            // from a slow disk (docs/BENCHMARKS.md "Lossy links").
+                            if end.bytes >= LINK_SUMMARY_BYTES {
+                                if let Some(line) = self.conn.as_ref().map(link_summary) {
+                                    self.record(&line, |_| {});
+                                }
+                            }
                             // A pull's sender: what it sent, for a later
                             // claim that it was delivered, durable before the
                             // EndTransfer that lets the requester deliver. (A

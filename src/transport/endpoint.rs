@@ -12,8 +12,9 @@
 //! * A connection returned by [`dial`] or [`accept`] has completed mutual TLS
 //!   against the cluster CA, and its peer's node id has been read from the
 //!   verified certificate (and, for `dial`, checked against the expected one).
-//! * Congestion control is Cubic, set explicitly (quinn's default) so that a
-//!   change of quinn default cannot silently change throughput behaviour.
+//! * Congestion control is set explicitly (Cubic unless the config says
+//!   otherwise, [`Congestion`]), so that a change of quinn's default cannot
+//!   silently change throughput behaviour.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::{Arc, RwLock};
@@ -22,6 +23,7 @@ use std::time::Duration;
 use quinn::crypto::rustls::{NoInitialCipherSuite, QuicClientConfig, QuicServerConfig};
 use quinn::{EndpointConfig, IdleTimeout, TransportConfig, VarInt};
 
+use super::congestion::Congestion;
 use super::tls::{self, NodeIdentity, TlsError};
 
 /// Size requested for the kernel UDP send and receive buffers. Large bursts
@@ -124,6 +126,11 @@ impl std::fmt::Debug for Network {
 /// QUIC transport parameters for cluster links.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TransportTuning {
+    /// The congestion controller.
+    pub congestion: Congestion,
+    /// Random loss, in percent of the bytes sent, that does not shrink the
+    /// window (0: every loss does; see [`super::congestion`]).
+    pub loss_tolerance_percent: u8,
     /// Bytes a peer may send on one stream before we grant more credit.
     /// quinn's default (~1.25 MB) caps a single stream at ~1.25 MB in flight,
     /// i.e. ~1.25 MB per RTT, far below what a LAN can carry per file.
@@ -149,6 +156,8 @@ impl Default for TransportTuning {
     fn default() -> Self {
         const MIB: u64 = 1024 * 1024;
         Self {
+            congestion: Congestion::default(),
+            loss_tolerance_percent: 0,
             stream_receive_window: 16 * MIB,
             receive_window: 64 * MIB,
             send_window: 64 * MIB,
@@ -169,8 +178,8 @@ impl TransportTuning {
             .receive_window(varint(self.receive_window, "receive_window")?)
             .send_window(self.send_window)
             .max_concurrent_bidi_streams(VarInt::from_u32(self.max_concurrent_bidi_streams))
-            .keep_alive_interval((!self.keep_alive.is_zero()).then_some(self.keep_alive))
-            .congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default()));
+            .keep_alive_interval((!self.keep_alive.is_zero()).then_some(self.keep_alive));
+        config.congestion_controller_factory(self.congestion.factory(f64::from(self.loss_tolerance_percent) / 100.0));
         let idle = if self.idle_timeout.is_zero() {
             None
         } else {

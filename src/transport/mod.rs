@@ -6,12 +6,14 @@
 //! from the verified certificate, never from anything the peer merely says.
 
 pub mod channel;
+pub mod congestion;
 pub mod control;
 pub mod endpoint;
 pub mod reload;
 pub mod tls;
 
 pub use channel::{ChannelError, FrameReader, FrameWriter};
+pub use congestion::Congestion;
 pub use endpoint::{
     accept, dial, dial_with, make_endpoint, make_endpoint_on, DialConfig, Network, TransportError, TransportTuning,
 };
