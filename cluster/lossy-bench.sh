@@ -4,9 +4,10 @@
 # Usage: cluster/lossy-bench.sh            (as root)
 #
 # Two network namespaces a and b (10.231.78.1 and .2) joined by one veth
-# pair; nftables in both drops each inbound packet at random with the loss
-# rate under test, so both directions lose. For each loss rate it times, RUNS
-# times each, interleaved:
+# pair; nftables in both drops each packet arriving on the veth at random with
+# the loss rate under test, so both directions lose. For each controller (the
+# nodes restart with it) and each loss rate it times, RUNS times, one after
+# the other:
 #
 #   ferry-CC   a push of one SIZE_MIB file from a's node to b's, `ferry send
 #              --wait` (verified, fsynced, delivered), once per congestion
@@ -14,7 +15,7 @@
 #              `[transport] congestion = CC` for each; `CC:N` also sets
 #              `loss_tolerance_percent = N`)
 #   scp        scp -c aes128-gcm@openssh.com of the same file to a private
-#              sshd in b
+#              sshd in b (in the first controller's pass, after each ferry run)
 #   rsync      rsync -a -e ssh (its default cipher) of the same file
 #
 # Under each ferry run it prints the sender's job-log line on the link (round
@@ -30,7 +31,8 @@
 #
 # Environment:
 #   FERRY_BIN=PATH     the ferry binary (default target/release/ferry, built if missing)
-#   LOSSES="0 1 2 5"   loss rates in percent (decimals allowed)
+#   LOSSES="0 1 2 5"   loss rates in percent (decimals allowed); the first is the
+#                      base of the "of its rate" column
 #   CONTROLLERS="cubic newreno bbr cubic:5"
 #   SIZE_MIB=256       the file's size
 #   RUNS=3             runs per cell (the table shows medians)
@@ -107,7 +109,8 @@ for n in a b; do
 done
 in_ns a ping -c 1 -W 2 -q "${IP[b]}" >/dev/null || { echo "no ping from a to b" >&2; exit 1; }
 
-# set_loss PERCENT: both namespaces drop that share of inbound packets.
+# set_loss PERCENT: both namespaces drop that share of the packets arriving
+# on the veth (not on loopback: each CLI talks to its own node's API there).
 set_loss() {
     local per_million n
     per_million=$(awk -v p="$1" 'BEGIN { printf "%d", p * 10000 }')
@@ -118,7 +121,7 @@ set_loss() {
 table inet lossy {
     chain input {
         type filter hook input priority 0; policy accept;
-        numgen random mod 1000000 < $per_million counter drop
+        iifname "eth0" numgen random mod 1000000 < $per_million counter drop
     }
 }
 EOF
@@ -271,12 +274,18 @@ stop_nodes() {
 time_ferry() {
     local t0 t1
     rm -f "$WORK/b/in/big.bin"
+    : >"$WORK/link"
     t0=$(now_ms)
-    cli a send b default big.bin --wait >"$WORK/send.out" 2>>"$WORK/ferry-errors.log" || return 1
+    local id ok=1
+    cli a send b default big.bin --wait >"$WORK/send.out" 2>>"$WORK/ferry-errors.log" || ok=0
     t1=$(now_ms)
-    # The sender's job-log line on how the link carried the file.
-    local id
     id=$(grep -o '[0-9a-f]\{32\}' "$WORK/send.out" | head -n 1 || true)
+    if ((!ok)); then
+        # Not left running into the next runs.
+        [[ -z $id ]] || cli a cancel "$id" >/dev/null 2>&1 || true
+        return 1
+    fi
+    # The sender's job-log line on how the link carried the file.
     { [[ -n $id ]] && cli a log "$id" 2>/dev/null | grep -o 'link: .*' | tail -n 1; } >"$WORK/link" || : >"$WORK/link"
     check "$WORK/b/in/big.bin" && echo $((t1 - t0))
 }
@@ -334,7 +343,7 @@ for loss in "${LOSSES[@]}"; do
     done
     printf '\n'
 done
-printf '\n%-8s%-14s%18s%14s\n' "loss %" controller "of its 0% rate" "x scp"
+printf '\n%-8s%-14s%18s%14s\n' "loss %" controller "of its ${LOSSES[0]}% rate" "x scp"
 for loss in "${LOSSES[@]}"; do
     for cc in "${CONTROLLERS[@]}"; do
         f=${MED[ferry-$cc,$loss]} base=${MED[ferry-$cc,${LOSSES[0]}]} s=${MED[scp,$loss]}

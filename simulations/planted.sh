@@ -15,7 +15,7 @@
 # to save the build when nothing else is building or running tests.
 #
 #   simulations/planted.sh            # every patch
-#   simulations/planted.sh 3          # the patches whose name starts with 3
+#   simulations/planted.sh 3          # the patch numbered 3 (3-*.patch)
 set -euo pipefail
 
 repo=$(git rev-parse --show-toplevel)
@@ -30,7 +30,7 @@ trap cleanup EXIT INT TERM
 
 git worktree add --detach "$work/tree" HEAD >/dev/null
 failed=0
-for patch in simulations/planted/${1:-}*.patch; do
+for patch in simulations/planted/${1:+$1-}*.patch; do
     invariant=$(sed -n 's/^# invariant: //p' "$patch")
     read -r scenario seeds < <(sed -n 's/^# run: //p' "$patch")
     name=$(basename "$patch" .patch)

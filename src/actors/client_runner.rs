@@ -193,8 +193,13 @@ async fn run(args: ClientRunnerArgs, mut control: mpsc::Receiver<Command>) {
                 return fail_early(&ctx, &id, code, msg).await;
             }
             let (point, block_size) = (rec.restart_point, rec.block_size);
-            // The size is the partner's to tell; the prefix does not depend on it.
-            match crate::determinism::blocking(move || receive::resume_offer(&work, point, block_size, None)).await {
+            // The size is the partner's to tell. A point on a block boundary
+            // is hashed as the start of a longer file (its digest is the
+            // same either way); one off a boundary can only be the file's
+            // end (a short last block), so it is hashed as the whole file,
+            // and a sender whose file is longer finds it does not match.
+            let size = point.map(|p| p.offset).filter(|at| !at.is_multiple_of(u64::from(block_size.max(1))));
+            match crate::determinism::blocking(move || receive::resume_offer(&work, point, block_size, size)).await {
                 Ok(Ok(offer)) => {
                     files.work_len = offer.work_len;
                     if let Some(p) = offer.prefix {

@@ -18,8 +18,8 @@
 //!
 //! A file of one block (or none) is the tree's root: its block's digest is the
 //! block's BLAKE3, which is the file's. A block size that is not a power of
-//! two (only a request stored by an older release can have one) keeps version
-//! 5's way: each block's own BLAKE3, and the file hashed in a second pass.
+//! two (a config or a request may set any size in range) keeps version 5's
+//! way: each block's own BLAKE3, and the file hashed in a second pass.
 //!
 //! The first block of a longer file is also hashed as a root, once, so that
 //! the digest of a prefix of exactly one block (a restart point after the

@@ -643,6 +643,14 @@ impl Session {
                 format!("peer chose block size {} outside {MIN_BLOCK_SIZE}..={limit}", v.block_size),
             );
         }
+        if v.block_size != req.block_size {
+            // Blocks and their digests are cut at the request's block size
+            // (a resume offer was hashed with it).
+            return self.fail_local(
+                ErrorCode::Protocol,
+                format!("peer chose block size {}; the request asked for {}", v.block_size, req.block_size),
+            );
+        }
         if v.restart_offset > v.size || v.restart_offset > req.restart_offset {
             return self.fail_local(
                 ErrorCode::Protocol,

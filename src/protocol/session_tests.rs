@@ -474,6 +474,26 @@ fn block_size_outside_the_capabilities_is_refused() {
 }
 
 #[test]
+fn a_valid_with_another_block_size_than_asked_is_refused() {
+    // Blocks and their digests are cut at the request's block size; a
+    // peer that answers with another (a larger one within the limits) is
+    // refused before any data moves.
+    for direction in [Direction::Push, Direction::Pull] {
+        let tamper: Tamper = Box::new(|from_a, m| match m {
+            Message::Valid(mut v) if !from_a => {
+                v.block_size *= 2;
+                Some(Message::Valid(v))
+            }
+            m => Some(m),
+        });
+        let o = run(request(direction, 1), "b", &file(1), accept_all(0), tamper);
+        let f = Outcome::failure(&o.requester).expect("the requester refuses");
+        assert_eq!((f.code, f.origin), (ErrorCode::Protocol, Origin::Local), "{direction:?}");
+        assert!(f.message.contains("the request asked for"), "{}", f.message);
+    }
+}
+
+#[test]
 fn authent_differing_from_the_certificate_is_refused() {
     // The requested node claims "mallory" while its certificate says "b".
     let o = run(request(Direction::Push, 1), "mallory", &file(1), accept_all(0), no_tamper());

@@ -178,5 +178,12 @@ mod tests {
             receive::resume_offer(&path, Some(RestartPoint { offset: 5000, prefix_hash: Digest([0; 32]) }), 4096, None)
                 .expect("reads");
         assert!(offer.prefix.is_none(), "nothing to offer off a boundary");
+        // Unless the point is the file's end: a pull's receiver, which does
+        // not know the size, hashes an unaligned point as the whole file.
+        std::fs::write(&path, vec![7u8; 5000]).expect("write");
+        let point = Some(RestartPoint { offset: 5000, prefix_hash: Digest([0; 32]) });
+        let offer = receive::resume_offer(&path, point, 4096, Some(5000)).expect("reads");
+        let prefix = offer.prefix.expect("the whole file is a prefix");
+        assert_eq!(prefix.digest(), Digest::of(&[7u8; 5000]));
     }
 }
