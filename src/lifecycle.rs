@@ -224,8 +224,10 @@ pub fn cancel(r: &mut RequestRecord, reason: &str, now: u64) {
     r.error = Some(RequestError { code: ErrorCode::Cancelled, message: reason.to_owned() });
 }
 
-/// A file that rode on a set stream that broke before the receiver
-/// answered for it goes back to the queue, to be sent on its own.
+/// A file a set stream did not finish (the stream broke before the
+/// receiver answered for it, the receiver's answer was a resumable
+/// failure, or the file joined a stream that had ended) goes back to the
+/// queue, to be sent again.
 pub fn give_back(r: &mut RequestRecord) {
     r.status = Status::ToSubmit;
     r.retry_at = None;

@@ -30,7 +30,8 @@
 //!    one-request path's rule);
 //! 3. each is renamed into place (its folders made, each new folder's
 //!    parent fsynced), then each folder that received a file is fsynced
-//!    once;
+//!    once (in `create` mode each file's no-clobber placement also fsyncs
+//!    its folder);
 //! 4. each is recorded `Done`, then one flush;
 //! 5. only then does `Filed` tell the sender.
 
@@ -71,7 +72,8 @@ pub enum Led {
 
 /// Whether `rec` may lead (or ride on) a set stream: a small file of a
 /// pushed set, sent fresh (no step past the transfer, nothing delivered),
-/// under a rule whose sending side runs no per-file tasks.
+/// under a rule whose sending side runs no per-file tasks (error tasks
+/// included: a file that fails on the stream runs none).
 pub fn is_streamable(rec: &RequestRecord, rule: &crate::config::Rule) -> bool {
     rec.member_of.is_some()
         && rec.direction == Direction::Push
@@ -82,6 +84,7 @@ pub fn is_streamable(rec: &RequestRecord, rule: &crate::config::Rule) -> bool {
         && rec.restart_point.is_none()
         && rule.sender.pre_tasks.is_empty()
         && rule.sender.post_tasks.is_empty()
+        && rule.sender.error_tasks.is_empty()
 }
 
 // ---------------------------------------------------------------- frames
@@ -788,7 +791,8 @@ fn opened(ctx: &RunHandle, partner: &str, set: RequestId, rule: &str, hold: bool
             format!("partner {partner} may not use rule {:?} on node {}", rule.name, cfg.node_id),
         ));
     }
-    if !rule.receiver.pre_tasks.is_empty() || !rule.receiver.post_tasks.is_empty() {
+    let receiver = &rule.receiver;
+    if !receiver.pre_tasks.is_empty() || !receiver.post_tasks.is_empty() || !receiver.error_tasks.is_empty() {
         return Err((
             ErrorCode::CapabilityMismatch,
             format!("rule {:?} runs tasks on each received file; its files come one request each", rule.name),
@@ -894,7 +898,6 @@ async fn receive_files(
                 }
             }
             Ok(SetFrame::Close) => {
-                // Everything before it was committed above.
                 if !answers.is_empty() || !pending.is_empty() {
                     answers.extend(commit(served, std::mem::take(&mut pending)).await);
                     write_frame(send, &SetFrame::Filed(std::mem::take(&mut answers))).await?;
@@ -1241,4 +1244,39 @@ fn commit_blocking(s: &Served, batch: Vec<Pending>) -> Vec<Filed> {
         out.push(Filed { id: p.rec.id.clone(), outcome });
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Rule;
+    use crate::store::SetMember;
+    use crate::tasks::TaskConfig;
+
+    #[test]
+    fn a_small_pushed_file_streams_unless_its_rule_runs_any_per_file_task_on_the_sender() {
+        let member = SetMember { set: RequestId::generate(), index: 0, modified_ns: 0 };
+        let rec = RequestRecord {
+            size: 4096,
+            member_of: Some(member),
+            ..RequestRecord::new(RequestId::generate(), Role::Requester, "b", "r", Direction::Push, "a/x.csv")
+        };
+        let plain = Rule::new("r", "out".into(), "in".into(), vec!["*".into()]);
+        assert!(is_streamable(&rec, &plain));
+        let log = TaskConfig { kind: "log".into(), message: Some("x".into()), ..TaskConfig::default() };
+        for list in ["pre", "post", "error"] {
+            let mut rule = plain.clone();
+            let tasks = match list {
+                "pre" => &mut rule.sender.pre_tasks,
+                "post" => &mut rule.sender.post_tasks,
+                _ => &mut rule.sender.error_tasks,
+            };
+            tasks.push(log.clone());
+            assert!(!is_streamable(&rec, &rule), "a sender's {list}-task runs per file, so the file goes alone");
+        }
+        let big = RequestRecord { size: MAX_STREAMED_FILE + 1, ..rec.clone() };
+        assert!(!is_streamable(&big, &plain), "a larger file goes alone");
+        let pulled = RequestRecord { direction: Direction::Pull, ..rec };
+        assert!(!is_streamable(&pulled, &plain), "only pushes stream");
+    }
 }

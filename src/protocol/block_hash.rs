@@ -90,11 +90,6 @@ impl FileHasher {
         self.len == 0
     }
 
-    /// Whether each byte is hashed once (the block size is a power of two).
-    pub fn single_pass(&self) -> bool {
-        matches!(self.shape, Shape::Tree { .. })
-    }
-
     /// Hashes the next block of a file of `file_size` bytes (the sender's own
     /// blocks, in order), adds it, and returns its digest for the wire;
     /// `None` (and nothing added) when it cannot be the next block (see the
@@ -320,8 +315,8 @@ mod tests {
         for (b, d) in bytes.chunks(block as usize).zip(&wire) {
             assert_eq!(*d, Digest::of(b), "each block's own BLAKE3");
         }
-        assert!(!FileHasher::new(block).single_pass());
-        assert!(FileHasher::new(1 << 20).single_pass());
+        assert!(matches!(FileHasher::new(block).shape, Shape::Flat(_)), "two passes");
+        assert!(matches!(FileHasher::new(1 << 20).shape, Shape::Tree { .. }), "one pass");
     }
 
     #[test]

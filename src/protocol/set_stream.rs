@@ -17,7 +17,8 @@
 //!   bytes and BLAKE3); at most [`MAX_STREAMED_FILE`] bytes.
 //! - The receiver writes each file under its work name as it arrives and
 //!   commits them in batches ([`Batch`] decides when): every file fsynced,
-//!   recorded as delivered and flushed, renamed, each folder fsynced once,
+//!   recorded as delivered and flushed, renamed, each folder fsynced (once
+//!   per batch; in `create` mode once per file),
 //!   recorded `Done` and flushed; only then does `Filed` tell the sender
 //!   how each file of the batch ended.
 //! - The sender keeps at most a [`Window`] of files unanswered.
