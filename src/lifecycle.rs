@@ -156,6 +156,17 @@ pub fn enter_step(r: &mut RequestRecord, step: Step) {
     }
 }
 
+/// The step in which a task list runs: a file set's set tasks run in its
+/// own record's `PostTask` (a set has no per-file tasks of its own).
+pub fn step_of(list: crate::tasks::TaskList) -> Step {
+    use crate::tasks::TaskList;
+    match list {
+        TaskList::Pre => Step::PreTask,
+        TaskList::Post | TaskList::Set => Step::PostTask,
+        TaskList::Error => Step::ErrorTask,
+    }
+}
+
 /// The index of the next task to run in the current step, if any of the
 /// step's `len` tasks is left.
 pub fn next_task(r: &RequestRecord, len: usize) -> Option<usize> {

@@ -471,9 +471,13 @@ impl NodeHandle {
         let rec = match &rec.set {
             Some(_) => {
                 let line = "stopped by an operator";
-                // A set waiting for its release has nothing left to stop.
+                // A set waiting for its release, or running its set
+                // tasks, has no file left to stop.
                 let stoppable = |r: &RequestRecord| {
-                    !r.status.is_final() && !lifecycle::is_stopped(r) && !lifecycle::set::awaits_release(r)
+                    !r.status.is_final()
+                        && !lifecycle::is_stopped(r)
+                        && !lifecycle::set::awaits_release(r)
+                        && !lifecycle::set::runs_set_tasks(r)
                 };
                 let Some(set) = self.ctx.core.store.update_if(id, line, stoppable, |r| lifecycle::stop(r, line))?
                 else {
@@ -639,9 +643,13 @@ impl NodeHandle {
                     Ok(())
                 })?;
                 if running == 0 && restartable == 0 {
-                    // Every file verified and held (`delivery = all`): the
-                    // release is asked for again.
-                    let line = "restarted by an operator: its release is asked for again";
+                    // Every file delivered (or verified and held): the
+                    // release is asked for again, or the set tasks run on.
+                    let line = if rec.step == crate::store::Step::PostTask {
+                        "restarted by an operator: its set tasks run on from the one that failed"
+                    } else {
+                        "restarted by an operator: its release is asked for again"
+                    };
                     let again = self.ctx.core.store.update_if(id, line, lifecycle::set::can_release_again, |r| {
                         lifecycle::set::release_again(r);
                     })?;
@@ -867,7 +875,15 @@ impl Node {
                     .map_err(|e| format!("{partner} did not answer: {e}"))
             })
         });
-        let releaser = crate::actors::set_release::Releaser::start(&ctx.core.store, asker)?;
+        let intake = ctx.intake.clone();
+        let set_tasks: crate::actors::set_release::SetTaskRunner = Arc::new(move |id| {
+            let intake = intake.clone();
+            Box::pin(
+                async move { crate::actors::task_runner::run_tasks(&intake, &id, crate::tasks::TaskList::Set).await },
+            )
+        });
+        let releaser =
+            crate::actors::set_release::Releaser::start(&ctx.core.store, ctx.core.config.clone(), asker, set_tasks)?;
         let (supervisor, _) =
             Actor::spawn(None, Supervisor, ctx.clone()).await.map_err(|e| NodeError::Actors(e.to_string()))?;
         let handle = NodeHandle { ctx: ctx.clone(), identity: identity_watch.clone() };

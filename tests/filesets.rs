@@ -509,3 +509,72 @@ async fn a_receiver_whose_rule_runs_post_tasks_refuses_to_hold_files() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// An `exec` of `/bin/sh -c SCRIPT sh ARGS…`.
+fn sh(script: &str, args: &[&str]) -> ferry::tasks::TaskConfig {
+    let mut all = vec!["-c".to_string(), script.to_string(), "sh".to_string()];
+    all.extend(args.iter().map(|a| a.to_string()));
+    ferry::tasks::TaskConfig {
+        kind: "exec".into(),
+        program: Some("/bin/sh".into()),
+        args: Some(all),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_tasks_run_once_per_set_on_both_sides_and_resume_at_the_one_that_failed() {
+    let mut layout = Layout::new(&["a", "b"]);
+    let marks = layout.in_dir("b").parent().expect("the layout's folder").join("marks");
+    std::fs::create_dir_all(&marks).expect("mkdir");
+    let m = |name: &str| marks.join(name).display().to_string();
+    // Receiver: list the set's folder (a loader would load it), count the
+    // runs, then a task that fails until `go` exists.
+    layout.config_mut("b").rules[0].receiver.set_tasks = vec![
+        sh(
+            "cd \"$1\" && find . -type f ! -path './.ferry*' | LC_ALL=C sort > \"$2\"; echo \"$4\" >> \"$3\"",
+            &["#FILEPATH#", &m("b-list"), &m("b-runs"), "#ORIGINALFILENAME# #FILESIZE#"],
+        ),
+        sh("test -e \"$1\"", &[&m("go")]),
+    ];
+    // Sender: once, after the receiver's set tasks ran.
+    layout.config_mut("a").rules[0].sender.set_tasks =
+        vec![sh("echo \"$2 $3\" >> \"$1\"", &[&m("a-runs"), "#REQUESTID#", "#FILESIZE#"])];
+    let (a, b) = (layout.start("a").await, layout.start("b").await);
+    for (name, body) in [("d/one.csv", &b"1111"[..]), ("d/sub/two.csv", b"22"), ("d/three.csv", b"333")] {
+        write(&layout.out_dir("a").join(name), body);
+    }
+    let set = a.handle().submit(pattern("d/**")).await.expect("submitted");
+
+    // The receiver's second set task fails: the set ends InError naming it,
+    // every file in place, the first set task run once, the sender's none.
+    let failed = wait_final(&a.handle(), &set.id, WITHIN).await;
+    assert_eq!(failed.status, Status::InError, "{:?}", failed.error);
+    let err = failed.error.clone().expect("why");
+    assert_eq!(err.code, ErrorCode::TaskFailed, "{}", err.message);
+    assert!(err.message.contains("set task 2/2 (exec"), "names the task: {}", err.message);
+    assert!(members(&a.handle(), &failed).iter().all(|m| m.status == Status::Done), "every file delivered");
+    assert_eq!(tree(&layout.in_dir("b")), ["d/one.csv", "d/sub/two.csv", "d/three.csv"]);
+    let listed = std::fs::read_to_string(m("b-list")).expect("the first set task ran");
+    assert_eq!(listed.lines().collect::<Vec<_>>(), ["./d/one.csv", "./d/sub/two.csv", "./d/three.csv"]);
+    assert_eq!(std::fs::read_to_string(m("b-runs")).expect("runs"), "d/** 9\n", "once, with the pattern and bytes");
+    assert!(!marks.join("a-runs").exists(), "the sender's set tasks wait for the receiver's");
+    let theirs = b.handle().store().get(&set.id).expect("get").expect("the receiver records the set");
+    assert_eq!((theirs.status, theirs.task_index), (Status::InError, 1), "stopped at its second set task");
+    assert_eq!(b.handle().view(&theirs).task.as_deref(), Some("set task 2/2 (exec)"));
+
+    // Fixed and restarted on the sender: the receiver runs on from the
+    // failed task (the first is not run again), then the sender's runs once.
+    std::fs::write(m("go"), b"").expect("go");
+    a.handle().restart(&set.id).await.expect("restarted");
+    let done = wait_final(&a.handle(), &set.id, WITHIN).await;
+    assert_eq!(done.status, Status::Done, "{:?}", done.error);
+    assert_eq!(std::fs::read_to_string(m("b-runs")).expect("runs"), "d/** 9\n", "the first set task ran once");
+    assert_eq!(std::fs::read_to_string(m("a-runs")).expect("ran"), format!("{} 9\n", set.id));
+    let theirs = b.handle().store().get(&set.id).expect("get").expect("set");
+    assert_eq!(theirs.status, Status::Done);
+    let log = a.handle().store().job_log(&set.id).expect("log");
+    assert!(log.iter().any(|l| l.message.contains("set task 1/1 (exec") && l.message.contains(": ok in")), "{log:?}");
+    a.shutdown().await;
+    b.shutdown().await;
+}

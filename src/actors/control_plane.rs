@@ -9,8 +9,10 @@
 //!   (`DialMe`) and passes its answer on.
 //! - `DialMe` (we are the target) → dials the named node, answers once the
 //!   connection is up or the dial failed.
-//! - `Release` → the held files of a `delivery = all` set go under their
-//!   final names ([`super::set_release::release_held`]).
+//! - `Release` → a file set's held files (`delivery = all`) go under their
+//!   final names ([`super::set_release::release_held`]), then the
+//!   receiving rule's set tasks run once
+//!   ([`super::set_release::run_received_set_tasks`]).
 //!
 //! The asker's identity is the connection's verified peer; nothing it says
 //! about itself is trusted. Every exchange is bounded in time.
@@ -119,15 +121,22 @@ async fn answer(ctx: &RunHandle, conns: &ActorRef<ConnectionsMsg>, partner: &str
                 ),
             }
         }
-        Ask::Release { set, files } => {
-            let (core, partner) = (ctx.core.clone(), partner.to_owned());
+        Ask::Release { set, files, pattern } => {
+            let (core, owner, id) = (ctx.core.clone(), partner.to_owned(), set.clone());
             let released =
-                crate::determinism::blocking(move || super::set_release::release_held(&core, &partner, &set, files))
-                    .await;
-            match released {
-                Ok(Ok(delivered)) => Answer::Released { delivered },
-                Ok(Err((code, message))) => refused(code, format!("node {me}: {message}")),
-                Err(e) => refused(ErrorCode::Internal, format!("node {me}: {e}")),
+                crate::determinism::blocking(move || super::set_release::release_held(&core, &owner, &id, files)).await;
+            let ran = match released {
+                Ok(Ok(released)) => {
+                    super::set_release::run_received_set_tasks(&ctx.intake, partner, &set, &pattern, files, &released)
+                        .await
+                        .map(|()| released.delivered)
+                }
+                Ok(Err(refusal)) => Err(refusal),
+                Err(e) => Err((ErrorCode::Internal, e.to_string())),
+            };
+            match ran {
+                Ok(delivered) => Answer::Released { delivered },
+                Err((code, message)) => refused(code, format!("node {me}: {message}")),
             }
         }
         Ask::DialMe { node } => {

@@ -168,34 +168,9 @@ async fn submit_set(ctx: &Intake, s: Submit, spec: SetSpec, id: RequestId) -> Re
     let rule = cfg.rule(&s.rule).ok_or_else(|| SubmitError::UnknownRule(s.rule.clone()))?;
     let root = rule.send_dir.clone();
     let patterns = spec.patterns.clone();
-    let resolved = crate::determinism::blocking(move || {
-        let mut all = std::collections::BTreeMap::new();
-        for p in &patterns {
-            for e in fileset::resolve(&root, p, fileset::MAX_ENTRIES)? {
-                all.insert(e.path.clone(), e);
-            }
-        }
-        // A glob that matched a folder (`2026-11-*`) means its tree, as a
-        // folder's name does: what is below it is added, so it is not taken
-        // for an empty folder.
-        let folders: Vec<String> =
-            all.values().filter(|e| e.kind == fileset::EntryKind::Folder).map(|e| e.path.clone()).collect();
-        for folder in folders {
-            let below = format!("{folder}/");
-            if all.range(below.clone()..).next().is_some_and(|(k, _)| k.starts_with(&below)) {
-                continue;
-            }
-            for e in fileset::resolve(&root, &folder, fileset::MAX_ENTRIES)? {
-                all.insert(e.path.clone(), e);
-            }
-            if all.len() > fileset::MAX_ENTRIES {
-                return Err(fileset::ResolveError::TooMany { limit: fileset::MAX_ENTRIES });
-            }
-        }
-        Ok::<_, fileset::ResolveError>(fileset::entries_to_send(all.into_values().collect()))
-    })
-    .await
-    .map_err(|e| SubmitError::BadRequest(format!("cannot resolve the file set: {e}")))?;
+    let resolved = crate::determinism::blocking(move || fileset::resolve_set(&root, &patterns))
+        .await
+        .map_err(|e| SubmitError::BadRequest(format!("cannot resolve the file set: {e}")))?;
     let entries = resolved.map_err(|e| match e {
         fileset::ResolveError::BadPattern { .. } | fileset::ResolveError::BadName { .. } => {
             SubmitError::BadFileName(e.to_string())

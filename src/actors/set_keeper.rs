@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use crate::lifecycle;
 use crate::lifecycle::set::{Counted, MemberChange};
 use crate::protocol::ErrorCode;
-use crate::store::{now_ms, RequestRecord, Status, Store, StoreError};
+use crate::store::{now_ms, RequestRecord, Role, Status, Store, StoreError};
 
 /// Most failed files a set's error message names (the files listing has all).
 const NAMED_FAILURES: usize = 5;
@@ -67,12 +67,19 @@ impl SetKeeper {
     }
 }
 
+/// A set whose totals this keeper keeps: the sender's. A receiver's
+/// record of a set (made when the set is released, to run its set tasks)
+/// holds no counts of its own.
+fn is_counted_set(r: &RequestRecord) -> bool {
+    r.set.is_some() && r.role == Role::Requester
+}
+
 /// Every set that has not ended (`Done` or `Cancelled`), read through the
 /// listing's status indexes, so start-up does not read every record.
 fn open_sets(store: &Store) -> Result<Vec<RequestRecord>, StoreError> {
     let mut out = Vec::new();
     store.for_each_with_status(&[Status::Running, Status::Interrupted, Status::InError], |r| {
-        if r.set.is_some() {
+        if is_counted_set(&r) {
             out.push(r);
         }
         Ok(())
@@ -91,7 +98,7 @@ async fn apply(store: &Store, changes: &[MemberChange]) -> Result<(), StoreError
     // A set these changes end in error names its first failed files in the
     // same write, so it is never seen `InError` without them.
     let names = match store.get(&first.set)? {
-        Some(mut preview) if preview.set.is_some() => {
+        Some(mut preview) if is_counted_set(&preview) => {
             for change in changes {
                 lifecycle::set::apply(&mut preview, change);
             }
@@ -109,17 +116,12 @@ async fn apply(store: &Store, changes: &[MemberChange]) -> Result<(), StoreError
     // What settle decided in the run of the closure that was written (a
     // lost compare-and-swap runs it again).
     let decided = std::cell::Cell::new(None);
-    let Some(set) = store.update_if(
-        &first.set,
-        "",
-        |r| r.set.is_some(),
-        |r| {
-            for change in changes {
-                lifecycle::set::apply(r, change);
-            }
-            decided.set(lifecycle::set::settle(r, now, &names));
-        },
-    )?
+    let Some(set) = store.update_if(&first.set, "", is_counted_set, |r| {
+        for change in changes {
+            lifecycle::set::apply(r, change);
+        }
+        decided.set(lifecycle::set::settle(r, now, &names));
+    })?
     else {
         return Ok(());
     };
@@ -206,18 +208,13 @@ fn recount(store: &Store, set: &RequestRecord) -> Result<(), StoreError> {
         }
     }
     let now = now_ms();
-    let set = store.update_if(
-        &set.id,
-        "",
-        |r| r.set.is_some(),
-        |r| {
-            if let Some(info) = r.set.as_mut() {
-                (info.done, info.failed, info.skipped) = (done, failed, skipped);
-            }
-            r.transferred = bytes;
-            lifecycle::set::settle(r, now, &names);
-        },
-    )?;
+    let set = store.update_if(&set.id, "", is_counted_set, |r| {
+        if let Some(info) = r.set.as_mut() {
+            (info.done, info.failed, info.skipped) = (done, failed, skipped);
+        }
+        r.transferred = bytes;
+        lifecycle::set::settle(r, now, &names);
+    })?;
     // Skips a crash cut short (not flushed) are done again before any
     // runner starts.
     let stops = set.as_ref().is_some_and(|s| {

@@ -33,13 +33,16 @@ use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 
 use super::channel_run::{delivery_for, refuse_existing_target, target_mode};
-use super::context::Core;
-use super::AUDIT;
+use super::context::{Core, Intake};
+use super::{task_runner, AUDIT};
+use crate::config::NodeConfig;
+use crate::fileset::progress::Policy;
 use crate::lifecycle;
 use crate::protocol::control::{Answer, Ask};
 use crate::protocol::names::is_folder_entry;
-use crate::protocol::{ErrorCode, RequestId};
-use crate::store::{member_id, now_ms, RequestRecord, Role, Status, Store, StoreError, TargetMode};
+use crate::protocol::{Direction, ErrorCode, RequestId};
+use crate::store::{member_id, now_ms, RequestRecord, Role, SetInfo, Status, Step, Store, StoreError, TargetMode};
+use crate::tasks::TaskList;
 use crate::transfer::receive;
 
 /// How long the sender waits for a `Release` answer: the receiver renames
@@ -63,7 +66,7 @@ fn internal(e: impl std::fmt::Display) -> Refusal {
 /// The receiver's side of `Release { set, files }` from `partner`: puts
 /// every held file of the set under its final name (see the module doc for
 /// the order). Returns how many files this call delivered. Blocking.
-pub fn release_held(core: &Core, partner: &str, set: &RequestId, files: u32) -> Result<u32, Refusal> {
+pub fn release_held(core: &Core, partner: &str, set: &RequestId, files: u32) -> Result<ReleasedFiles, Refusal> {
     let me = &core.config.node_id;
     if files as usize > crate::fileset::MAX_ENTRIES {
         return Err((ErrorCode::Protocol, format!("a set of {files} files is larger than any set may be")));
@@ -71,6 +74,7 @@ pub fn release_held(core: &Core, partner: &str, set: &RequestId, files: u32) -> 
     let store = &core.store;
     // 1. Checked whole before anything changes.
     let mut ordered = Vec::new();
+    let (mut rule, mut bytes) = (None, 0u64);
     for i in 0..files {
         let id = member_id(set, i);
         let rec = store.get(&id).map_err(internal)?.ok_or_else(|| {
@@ -82,6 +86,14 @@ pub fn release_held(core: &Core, partner: &str, set: &RequestId, files: u32) -> 
         if rec.partner != partner || rec.role != Role::Requested {
             return Err((ErrorCode::Protocol, format!("request {id} belongs to another request")));
         }
+        match &rule {
+            None => rule = Some(rec.rule.clone()),
+            Some(r) if *r != rec.rule => {
+                return Err((ErrorCode::Protocol, format!("the files of set {set} came under more than one rule")))
+            }
+            Some(_) => {}
+        }
+        bytes = bytes.saturating_add(rec.size);
         if rec.status == Status::Done {
             continue; // released before
         }
@@ -144,7 +156,18 @@ pub fn release_held(core: &Core, partner: &str, set: &RequestId, files: u32) -> 
         return Err(f);
     }
     tracing::info!(target: AUDIT, event = "released", request_id = %set, partner = %partner, files, delivered = count);
-    Ok(count)
+    Ok(ReleasedFiles { delivered: count, rule, bytes })
+}
+
+/// What [`release_held`] found and did.
+#[derive(Debug)]
+pub struct ReleasedFiles {
+    /// Files this call put under their final names.
+    pub delivered: u32,
+    /// The rule the set's files came under (`None`: a set of no files).
+    pub rule: Option<String>,
+    /// The bytes of the set's files.
+    pub bytes: u64,
 }
 
 fn recv_dir(core: &Core, rec: &RequestRecord) -> Result<std::path::PathBuf, Refusal> {
@@ -197,21 +220,150 @@ pub fn finish_ordered(core: &Core) -> Result<usize, StoreError> {
     Ok(finished)
 }
 
+/// Sets whose set tasks run now on some node of this process, by node id:
+/// a second ask for the same set (the sender's wait ran out while a long
+/// task ran) is answered "ask again" instead of running them twice at once.
+static RUNNING_SET_TASKS: std::sync::LazyLock<Mutex<HashSet<(String, RequestId)>>> =
+    std::sync::LazyLock::new(Mutex::default);
+
+/// One set's place in [`RUNNING_SET_TASKS`], given back when dropped (also
+/// when the ask's future is dropped mid-task).
+struct RunningSetTasks((String, RequestId));
+
+impl RunningSetTasks {
+    fn take(node: &str, set: &RequestId) -> Option<RunningSetTasks> {
+        let key = (node.to_owned(), set.clone());
+        let mut running = RUNNING_SET_TASKS.lock().expect("the set is only held to insert or remove");
+        running.insert(key.clone()).then_some(RunningSetTasks(key))
+    }
+}
+
+impl Drop for RunningSetTasks {
+    fn drop(&mut self) {
+        RUNNING_SET_TASKS.lock().expect("the set is only held to insert or remove").remove(&self.0);
+    }
+}
+
+/// The receiver's side of a release, once [`release_held`] put every file
+/// in place: its own record of the set (made at the first ask) runs the
+/// receiving rule's set tasks once, from their cursor.
+///
+/// Durable order: the record is written `Running`/`PostTask` and flushed
+/// before the first set task; each task's cursor is flushed after it
+/// (`task_runner`); `Done` is flushed before the answer. After a crash the
+/// sender asks again and the tasks run on from the cursor (the task the
+/// crash cut short runs again: at least once, like every task). A failed
+/// set task ends the record `InError` there and is answered as the refusal;
+/// the sender's operator restart asks again and the tasks run on from it.
+pub async fn run_received_set_tasks(
+    intake: &Intake,
+    partner: &str,
+    set: &RequestId,
+    pattern: &str,
+    files: u32,
+    released: &ReleasedFiles,
+) -> Result<(), Refusal> {
+    let Some(rule) = &released.rule else { return Ok(()) }; // a set of no files
+    let me = intake.core.config.node_id.as_str();
+    let Some(_running) = RunningSetTasks::take(me, set) else {
+        return Err((ErrorCode::Internal, format!("the set tasks of set {set} are running already; ask again")));
+    };
+    let store = &intake.core.store;
+    match store.get(set).map_err(internal)? {
+        None => {
+            let bytes = released.bytes;
+            let rec = RequestRecord {
+                status: Status::Running,
+                step: Step::PostTask,
+                size: bytes,
+                transferred: bytes,
+                started_at: Some(now_ms()),
+                set: Some(SetInfo {
+                    pattern: pattern.to_owned(),
+                    policy: Policy::default(),
+                    files,
+                    done: files,
+                    failed: 0,
+                    skipped: 0,
+                }),
+                ..RequestRecord::new(set.clone(), Role::Requested, partner, rule, Direction::Push, pattern)
+            };
+            let line = format!("set of {files} files from {partner}: every file is in place; its set tasks run");
+            store.insert(rec, &line).map_err(internal)?;
+            store.flush().await.map_err(internal)?;
+        }
+        Some(r) if r.role != Role::Requested || r.partner != partner || r.set.is_none() => {
+            return Err((ErrorCode::Protocol, format!("request {set} on node {me} is not a file set from {partner}")));
+        }
+        Some(r) if r.status == Status::Done => return Ok(()),
+        Some(r) if r.status == Status::InError => {
+            let line = "asked again: its set tasks run on from the one that failed";
+            store
+                .update_if(set, line, lifecycle::set::can_release_again, |r| {
+                    lifecycle::set::release_again(r);
+                })
+                .map_err(internal)?;
+        }
+        Some(_) => {} // running them was cut short (a crash, a lost answer)
+    }
+    let ran = task_runner::run_tasks(intake, set, TaskList::Set).await;
+    end_set_tasks(store, set, ran).await
+}
+
+/// Records how a set's set tasks ended (`Done`, or `InError` at the task
+/// that failed; a shutdown leaves them to run on) and flushes it.
+async fn end_set_tasks(store: &Store, set: &RequestId, ran: Result<(), Refusal>) -> Result<(), Refusal> {
+    let now = now_ms();
+    let written = match &ran {
+        Err((ErrorCode::Shutdown, _)) => return ran,
+        Ok(()) => store.update_if(set, "every set task ran", lifecycle::set::runs_set_tasks, |r| {
+            lifecycle::set::set_tasks_ran(r, now);
+        }),
+        Err((code, message)) => store.update_if(set, "", lifecycle::set::runs_set_tasks, |r| {
+            lifecycle::set::set_task_failed(r, *code, message, now);
+        }),
+    };
+    if let Some(r) = written.map_err(internal)? {
+        store.flush().await.map_err(internal)?;
+        let files = r.set.as_ref().map_or(0, |i| i.files);
+        tracing::info!(target: AUDIT, event = "finished", request_id = %set, partner = %r.partner, status = ?r.status, files);
+    }
+    ran
+}
+
+/// Runs this node's set tasks of a released set, from its cursor (the node
+/// gives `task_runner::run_tasks` with `TaskList::Set`): the releaser's
+/// only way to tasks.
+pub type SetTaskRunner = Arc<dyn Fn(RequestId) -> BoxFuture<'static, Result<(), Refusal>> + Send + Sync>;
+
+/// Whether the sender's releaser acts on `r`: a set of its own waiting for
+/// its release or running its set tasks.
+fn releaser_acts_on(r: &RequestRecord) -> bool {
+    r.role == Role::Requester && (lifecycle::set::awaits_release(r) || lifecycle::set::runs_set_tasks(r))
+}
+
 /// The sender's side: asks the receiver to release each set that waits
-/// for it, until it is answered. Sets come from a store observer (a set
-/// entering step `Held`, whoever wrote it) and from start-up.
+/// for it, until it is answered, then runs the sending rule's set tasks.
+/// Sets come from a store observer (a set entering step `Held`, or its set
+/// tasks again after an operator restart, whoever wrote it) and from
+/// start-up.
 pub struct Releaser;
 
 impl Releaser {
     /// Follows the store, and asks for the sets found waiting at start-up
     /// (read after the observer is in place, so none is missed; one seen
     /// twice is asked for once).
-    pub fn start(store: &Store, asker: Asker) -> Result<tokio::task::JoinHandle<()>, StoreError> {
+    pub fn start(
+        store: &Store,
+        config: Arc<NodeConfig>,
+        asker: Asker,
+        runner: SetTaskRunner,
+    ) -> Result<tokio::task::JoinHandle<()>, StoreError> {
         let (tx, mut rx) = mpsc::unbounded_channel::<RequestId>();
         let observed = tx.clone();
         store.observe(Arc::new(move |change| {
-            let was = change.old.is_some_and(lifecycle::set::awaits_release);
-            if lifecycle::set::awaits_release(change.new) && !was {
+            let was = change.old.is_some_and(releaser_acts_on);
+            if releaser_acts_on(change.new) && !was {
                 let _ = observed.send(change.new.id.clone());
             }
         }));
@@ -225,9 +377,10 @@ impl Releaser {
                 if !asking.lock().expect("the set is only held to insert or remove").insert(id.clone()) {
                     continue; // already being asked for
                 }
-                let (store, asker, asking) = (store.clone(), asker.clone(), asking.clone());
+                let (store, config, asker, runner, asking) =
+                    (store.clone(), config.clone(), asker.clone(), runner.clone(), asking.clone());
                 tokio::spawn(async move {
-                    release(&store, &asker, &id).await;
+                    release(&store, &config, &asker, &runner, &id).await;
                     asking.lock().expect("the set is only held to insert or remove").remove(&id);
                 });
             }
@@ -235,11 +388,12 @@ impl Releaser {
     }
 }
 
-/// Every set waiting for its release (start-up), through the status index.
+/// Every set waiting for its release or running its set tasks (start-up),
+/// through the status index.
 fn waiting_sets(store: &Store) -> Result<Vec<RequestId>, StoreError> {
     let mut out = Vec::new();
     store.for_each_with_status(&[Status::Running], |r| {
-        if lifecycle::set::awaits_release(&r) {
+        if releaser_acts_on(&r) {
             out.push(r.id);
         }
         Ok(())
@@ -248,24 +402,33 @@ fn waiting_sets(store: &Store) -> Result<Vec<RequestId>, StoreError> {
 }
 
 /// Asks for one set's release until it is answered (or the set no longer
-/// waits: cancelled meanwhile).
-async fn release(store: &Store, asker: &Asker, id: &RequestId) {
+/// waits: cancelled meanwhile), then runs its set tasks.
+async fn release(store: &Store, config: &NodeConfig, asker: &Asker, runner: &SetTaskRunner, id: &RequestId) {
     let mut wait = FIRST_WAIT;
     loop {
         let set = match store.get(id) {
             Ok(Some(s)) if lifecycle::set::awaits_release(&s) => s,
+            Ok(Some(s)) if lifecycle::set::runs_set_tasks(&s) => {
+                // A shutdown leaves them to run on at the next start.
+                let _ = end_set_tasks(store, id, runner(id.clone()).await).await;
+                return;
+            }
             Ok(_) => return,
             Err(e) => return tracing::error!(request_id = %id, error = %e, "cannot read the file set to release"),
         };
-        let files = set.set.as_ref().map_or(0, |i| i.files);
-        let ask = Ask::Release { set: id.clone(), files };
+        let (files, pattern) = set.set.as_ref().map_or((0, String::new()), |i| (i.files, i.pattern.clone()));
+        let ask = Ask::Release { set: id.clone(), files, pattern };
         let outcome = asker(set.partner.clone(), ask, RELEASE_LIMIT).await;
         let now = now_ms();
+        let set_tasks = config.rule(&set.rule).is_some_and(|r| !r.sender.set_tasks.is_empty());
         let written = match outcome {
             Ok(Answer::Released { delivered }) => {
-                let line = format!("{} put every file under its final name ({delivered} by this release)", set.partner);
+                let line = format!(
+                    "{} put every file under its final name ({delivered} by this release) and ran its set tasks",
+                    set.partner
+                );
                 store.update_if(id, &line, lifecycle::set::awaits_release, |r| {
-                    lifecycle::set::released(r, now);
+                    lifecycle::set::released(r, now, set_tasks);
                 })
             }
             Ok(Answer::Refused { code, message })
@@ -292,6 +455,9 @@ async fn release(store: &Store, asker: &Asker, id: &RequestId) {
             Ok(Some(r)) => {
                 if let Err(e) = store.flush().await {
                     tracing::error!(request_id = %id, error = %e, "cannot flush the released set");
+                }
+                if lifecycle::set::runs_set_tasks(&r) {
+                    continue; // released: this node's set tasks run next
                 }
                 tracing::info!(target: AUDIT, event = "finished", request_id = %id, status = ?r.status, files);
             }

@@ -82,9 +82,7 @@ pub fn is_streamable(rec: &RequestRecord, rule: &crate::config::Rule) -> bool {
         && matches!(rec.step, Step::PreTask | Step::Transfer)
         && !rec.delivered
         && rec.restart_point.is_none()
-        && rule.sender.pre_tasks.is_empty()
-        && rule.sender.post_tasks.is_empty()
-        && rule.sender.error_tasks.is_empty()
+        && rule.sender.has_no_file_tasks()
 }
 
 // ---------------------------------------------------------------- frames
@@ -792,7 +790,7 @@ fn opened(ctx: &RunHandle, partner: &str, set: RequestId, rule: &str, hold: bool
         ));
     }
     let receiver = &rule.receiver;
-    if !receiver.pre_tasks.is_empty() || !receiver.post_tasks.is_empty() || !receiver.error_tasks.is_empty() {
+    if !receiver.has_no_file_tasks() {
         return Err((
             ErrorCode::CapabilityMismatch,
             format!("rule {:?} runs tasks on each received file; its files come one request each", rule.name),

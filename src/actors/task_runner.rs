@@ -53,6 +53,8 @@ pub fn current_task(rule: &Rule, rec: &RequestRecord) -> Option<String> {
     };
     let list_of = |step: Step| match step {
         Step::PreTask => Some(TaskList::Pre),
+        // A file set's own record runs its set tasks in this step.
+        Step::PostTask if rec.set.is_some() => Some(TaskList::Set),
         Step::PostTask => Some(TaskList::Post),
         Step::ErrorTask => Some(TaskList::Error),
         Step::Transfer | Step::AllDone | Step::Held => None,
@@ -79,12 +81,17 @@ pub fn error_task_count(ctx: &Core, id: &RequestId) -> usize {
     ctx.config.rule(&rec.rule).map_or(0, |rule| side(rule, &rec).error_tasks.len())
 }
 
-/// Where this node's file of `rec` is now.
+/// Where this node's file of `rec` is now; for a file set's own record,
+/// the set's folder (the rule's send folder, or its receive folder for the
+/// partner), which its set tasks act on.
 pub fn file_path(rule: &Rule, rec: &RequestRecord) -> PathBuf {
     if let Some(p) = &rec.local_path {
         return PathBuf::from(p);
     }
     let dir = if rec.is_sender() { rule.send_dir.clone() } else { rule.recv_dir_for(&rec.partner) };
+    if rec.set.is_some() {
+        return dir;
+    }
     dir.join(&rec.file_name)
 }
 
@@ -99,7 +106,10 @@ pub fn folders(rule: &Rule, partner: &str) -> Vec<PathBuf> {
 pub fn vars(rule: &Rule, rec: &RequestRecord, me: &str, file: &Path) -> Vars {
     let mut v = Vars::default();
     let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(rec.size);
+    let size = match rec.set {
+        Some(_) => rec.size, // a set's folder: the bytes of its files
+        None => std::fs::metadata(file).map(|m| m.len()).unwrap_or(rec.size),
+    };
     let (requester, requested) = match rec.role {
         Role::Requester => (me, rec.partner.as_str()),
         Role::Requested => (rec.partner.as_str(), me),
@@ -143,6 +153,7 @@ fn list_name(list: TaskList) -> &'static str {
         TaskList::Pre => "pre-task",
         TaskList::Post => "post-task",
         TaskList::Error => "error task",
+        TaskList::Set => "set task",
     }
 }
 
@@ -156,11 +167,7 @@ pub async fn run_tasks(ctx: &Intake, id: &RequestId, list: TaskList) -> Result<(
         let rule = ctx.core.config.rule(&rec.rule).ok_or_else(|| {
             (ErrorCode::UnknownRule, format!("rule {:?} does not exist on node {}", rec.rule, ctx.core.config.node_id))
         })?;
-        let step = match list {
-            TaskList::Pre => Step::PreTask,
-            TaskList::Post => Step::PostTask,
-            TaskList::Error => Step::ErrorTask,
-        };
+        let step = lifecycle::step_of(list);
         if rec.step != step {
             // A task moved the request on (a reschedule left the error step).
             return Ok(());
@@ -310,12 +317,7 @@ async fn submit_chained(
     list: TaskList,
     index: usize,
 ) -> Result<String, String> {
-    let step = match list {
-        TaskList::Pre => Step::PreTask,
-        TaskList::Post => Step::PostTask,
-        TaskList::Error => Step::ErrorTask,
-    };
-    let id = lifecycle::chained_id(&rec.id, step, index);
+    let id = lifecycle::chained_id(&rec.id, lifecycle::step_of(list), index);
     let rule = rule.unwrap_or(&rec.rule).to_owned();
     let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let existing = ctx.core.store.get(&id).map_err(|e| e.to_string())?;

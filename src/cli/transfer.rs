@@ -511,7 +511,10 @@ pub fn detail<'a>(v: &'a TransferView, extra: Vec<(&'a str, String)>) -> String 
             ),
         ));
         if v.status == Status::Running && v.step == Step::Held {
-            f.push(("release", "every file verified; the receiver is asked to put them in place".into()));
+            f.push((
+                "release",
+                "every file verified; the receiver is asked to put them in place and run its set tasks".into(),
+            ));
         }
     }
     if let Some(m) = &v.member_of {

@@ -110,6 +110,56 @@ pub fn entries_to_send(entries: Vec<Entry>) -> Vec<Entry> {
     out
 }
 
+/// Resolves a set's patterns below `root`: the union of what each names,
+/// a folder a glob matched taken as its whole tree (as a folder's name is),
+/// then [`entries_to_send`]. At most [`MAX_ENTRIES`]; more is refused, not
+/// cut short. What the sender of a set records (a push) or answers its
+/// partner (a pull).
+pub fn resolve_set(root: &Path, patterns: &[String]) -> Result<Vec<Entry>, ResolveError> {
+    let mut all = std::collections::BTreeMap::new();
+    for p in patterns {
+        for e in resolve(root, p, MAX_ENTRIES)? {
+            all.insert(e.path.clone(), e);
+        }
+    }
+    // A glob that matched a folder (`2026-11-*`) means its tree, as a
+    // folder's name does: what is below it is added, so it is not taken
+    // for an empty folder.
+    let folders: Vec<String> = all.values().filter(|e| e.kind == EntryKind::Folder).map(|e| e.path.clone()).collect();
+    for folder in folders {
+        let below = format!("{folder}/");
+        if all.range(below.clone()..).next().is_some_and(|(k, _)| k.starts_with(&below)) {
+            continue;
+        }
+        for e in resolve(root, &folder, MAX_ENTRIES)? {
+            all.insert(e.path.clone(), e);
+        }
+        if all.len() > MAX_ENTRIES {
+            return Err(ResolveError::TooMany { limit: MAX_ENTRIES });
+        }
+    }
+    let out = entries_to_send(all.into_values().collect());
+    if out.len() > MAX_ENTRIES {
+        return Err(ResolveError::TooMany { limit: MAX_ENTRIES });
+    }
+    Ok(out)
+}
+
+/// A digest of a resolved list (each entry's path, size and modification
+/// time, in order): a partner that lists a set page by page checks that
+/// every page came from the same resolution.
+pub fn listing_digest(entries: &[Entry]) -> crate::protocol::Digest {
+    let mut h = blake3::Hasher::new();
+    h.update(b"ferry file set listing\0");
+    for e in entries {
+        h.update(e.path.as_bytes());
+        h.update(&[0]);
+        h.update(&e.size.to_be_bytes());
+        h.update(&e.modified_ns.to_be_bytes());
+    }
+    crate::protocol::Digest(*h.finalize().as_bytes())
+}
+
 /// Whether `c` makes a component a glob rather than a plain name.
 fn is_glob_char(c: char) -> bool {
     matches!(c, '*' | '?' | '[' | ']' | '{' | '}')

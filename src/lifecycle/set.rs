@@ -10,16 +10,21 @@
 //!   the set's record; [`settle`] then decides the set's status: it ends
 //!   only when every member ended, `Done` if every file is delivered and
 //!   `InError` (`FilesFailed`) otherwise.
-//! - `delivery = all`: a set whose every file is verified does not end
-//!   `Done` at once: it waits in step `Held` ([`awaits_release`]) until
-//!   the receiver put every file under its final name ([`released`]).
+//! - A set whose every file is delivered (or, under `delivery = all`,
+//!   verified and held) does not end `Done` at once: it waits in step
+//!   `Held` ([`awaits_release`]) for its release, the receiver's answer
+//!   that every file is under its final name and its set tasks ran
+//!   ([`released`]). Then the sender's own set tasks run (step `PostTask`,
+//!   [`runs_set_tasks`]) and the set is `Done` ([`set_tasks_ran`]).
+//! - A set of no files (`on_empty = succeed`) ends `Done` with no release
+//!   and no set tasks.
 //! - [`must_skip`]: under `on_failure = stop`, a file that just failed
 //!   means the members not yet started are skipped.
 
 use crate::protocol::{ErrorCode, RequestId};
 use crate::store::{RequestError, RequestRecord, Status, Step};
 
-use crate::fileset::progress::{Delivery, OnFailure};
+use crate::fileset::progress::OnFailure;
 
 /// How a member counts in its set's totals.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,6 +103,9 @@ pub fn settle(set: &mut RequestRecord, now: u64, failed_names: &[String]) -> Opt
     }
     let ended = info.done + info.failed + info.skipped;
     let before = set.status;
+    if runs_set_tasks(set) {
+        return None; // released: its set tasks run, from their cursor
+    }
     if ended < info.files {
         // A restarted file reopens a set that ended in error (an operator
         // restart of the set does the same); a cancelled set stays so.
@@ -107,20 +115,21 @@ pub fn settle(set: &mut RequestRecord, now: u64, failed_names: &[String]) -> Opt
             set.error = None;
             set.finished_at = None;
         }
-    } else if info.failed + info.skipped == 0 && info.policy.delivery == Delivery::All {
-        // Every file verified and held by the receiver: the release follows
-        // (a refused release stays `InError` until an operator restart).
+    } else if info.files == 0 {
+        set.status = Status::Done;
+        set.step = Step::AllDone;
+        set.error = None;
+        set.finished_at = Some(now);
+    } else if info.failed + info.skipped == 0 {
+        // Every file delivered (or verified and held by the receiver): the
+        // release follows (a refused release stays `InError` until an
+        // operator restart).
         if set.status != Status::InError && (set.status != Status::Running || set.step != Step::Held) {
             set.status = Status::Running;
             set.step = Step::Held;
             set.error = None;
             set.finished_at = None;
         }
-    } else if info.failed + info.skipped == 0 {
-        set.status = Status::Done;
-        set.step = Step::AllDone;
-        set.error = None;
-        set.finished_at = Some(now);
     } else if set.status != Status::InError {
         let mut message = format!(
             "{} of {} files failed{}",
@@ -142,20 +151,56 @@ pub fn settle(set: &mut RequestRecord, now: u64, failed_names: &[String]) -> Opt
     (set.status != before).then_some(set.status)
 }
 
-/// Whether the set waits for the receiver to release its held files
-/// (`delivery = all`, every file verified).
+/// Whether the set waits for its release (every file delivered, or
+/// verified and held under `delivery = all`).
 pub fn awaits_release(set: &RequestRecord) -> bool {
     set.set.is_some() && set.status == Status::Running && set.step == Step::Held
 }
 
-/// The receiver answered that every held file is under its final name:
-/// the set is `Done`. `false` (nothing changed) if it no longer waited.
-pub fn released(set: &mut RequestRecord, now: u64) -> bool {
+/// The receiver answered that every file is under its final name and its
+/// set tasks ran: the set is `Done`, or runs this node's set tasks first
+/// when `set_tasks` (their cursor from the start). `false` (nothing
+/// changed) if it no longer waited.
+pub fn released(set: &mut RequestRecord, now: u64, set_tasks: bool) -> bool {
     if !awaits_release(set) {
+        return false;
+    }
+    set.status = Status::Running;
+    set.task_index = 0;
+    if set_tasks {
+        set.step = Step::PostTask;
+    } else {
+        set.step = Step::AllDone;
+        set.status = Status::Done;
+        set.finished_at = Some(now);
+    }
+    true
+}
+
+/// Whether the set runs its set tasks now (released, not yet `Done`).
+pub fn runs_set_tasks(set: &RequestRecord) -> bool {
+    set.set.is_some() && set.status == Status::Running && set.step == Step::PostTask
+}
+
+/// Every set task ran: the set is `Done`.
+pub fn set_tasks_ran(set: &mut RequestRecord, now: u64) -> bool {
+    if !runs_set_tasks(set) {
         return false;
     }
     set.status = Status::Done;
     set.step = Step::AllDone;
+    set.finished_at = Some(now);
+    true
+}
+
+/// A set task failed: the set ends `InError` at that task (its cursor
+/// stays on it); an operator restart runs the set tasks on from there.
+pub fn set_task_failed(set: &mut RequestRecord, code: ErrorCode, message: &str, now: u64) -> bool {
+    if !runs_set_tasks(set) {
+        return false;
+    }
+    set.status = Status::InError;
+    set.error = Some(RequestError { code, message: message.to_owned() });
     set.finished_at = Some(now);
     true
 }
@@ -174,19 +219,22 @@ pub fn release_refused(set: &mut RequestRecord, code: ErrorCode, message: &str, 
 
 /// Whether [`release_again`] applies.
 pub fn can_release_again(set: &RequestRecord) -> bool {
-    set.set.as_ref().is_some_and(|i| i.files > 0 && i.done == i.files && i.policy.delivery == Delivery::All)
+    set.set.as_ref().is_some_and(|i| i.files > 0 && i.done == i.files)
         && matches!(set.status, Status::InError | Status::Interrupted)
 }
 
-/// An operator restarts a set whose every file is verified but whose
-/// release was refused (or that was stopped while it waited): it waits for
-/// its release again. `false` if that is not its state.
+/// An operator restarts a set whose every file is delivered (or verified
+/// and held) but whose release was refused (or that was stopped while it
+/// waited): it waits for its release again; one whose own set task failed
+/// runs its set tasks on from that task. `false` if that is not its state.
 pub fn release_again(set: &mut RequestRecord) -> bool {
     if !can_release_again(set) {
         return false;
     }
     set.status = Status::Running;
-    set.step = Step::Held;
+    if set.step != Step::PostTask {
+        set.step = Step::Held;
+    }
     set.error = None;
     set.finished_at = None;
     true
@@ -205,7 +253,7 @@ pub fn must_skip(set: &RequestRecord, change: &MemberChange) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fileset::progress::Policy;
+    use crate::fileset::progress::{Delivery, Policy};
     use crate::protocol::Direction;
     use crate::store::member_id;
     use crate::store::{Role, SetInfo, SetMember};
@@ -253,9 +301,9 @@ mod tests {
         assert!(!awaits_release(&stopped) && can_release_again(&stopped));
         assert!(release_again(&mut stopped) && awaits_release(&stopped));
         // The receiver answered: Done, once.
-        assert!(released(&mut s, 3));
+        assert!(released(&mut s, 3, false));
         assert_eq!((s.status, s.step, s.finished_at), (Status::Done, Step::AllDone, Some(3)));
-        assert!(!released(&mut s, 4), "a late answer changes nothing");
+        assert!(!released(&mut s, 4, false), "a late answer changes nothing");
         assert!(!can_release_again(&s), "a Done set is not released again");
     }
 
@@ -267,7 +315,7 @@ mod tests {
         assert!(release_refused(&mut s, ErrorCode::Protocol, "not held", 5));
         assert_eq!(s.status, Status::InError);
         assert_eq!(s.error.as_ref().map(|e| e.code), Some(ErrorCode::Protocol));
-        assert!(!released(&mut s.clone(), 6), "only a set that waits can be released");
+        assert!(!released(&mut s.clone(), 6, false), "only a set that waits can be released");
         assert!(release_again(&mut s));
         assert!(awaits_release(&s) && s.error.is_none());
     }
@@ -280,11 +328,46 @@ mod tests {
         change(&mut s, &r0, &d0);
         assert_eq!(change(&mut s, &r1, &f1), Some(Status::InError));
         assert!(!awaits_release(&s) && !can_release_again(&s), "a file is missing: nothing to release");
-        // Each: the same totals end Done at once.
+        // Each: the same totals wait for the release too (the receiver
+        // confirms and runs its set tasks), with nothing held.
         let mut each = set(1, Policy::default());
         let (r, d) = (member(&each, 0, Status::Running, None), member(&each, 0, Status::Done, None));
-        assert_eq!(change(&mut each, &r, &d), Some(Status::Done));
-        assert!(!awaits_release(&each));
+        assert_eq!(change(&mut each, &r, &d), None);
+        assert!(awaits_release(&each));
+    }
+
+    #[test]
+    fn a_released_set_with_set_tasks_runs_them_from_their_cursor_then_is_done() {
+        let mut s = set(1, Policy::default());
+        let (r, d) = (member(&s, 0, Status::Running, None), member(&s, 0, Status::Done, None));
+        change(&mut s, &r, &d);
+        s.task_index = 7; // left from nothing: the set tasks start at 0
+        assert!(released(&mut s, 3, true));
+        assert!(runs_set_tasks(&s) && !awaits_release(&s));
+        assert_eq!((s.status, s.step, s.task_index, s.finished_at), (Status::Running, Step::PostTask, 0, None));
+        // A recount at start-up leaves a set that runs its set tasks alone
+        // (settled back to Held, it would run them again from the start).
+        s.task_index = 1;
+        assert_eq!(settle(&mut s, 4, &[]), None);
+        assert_eq!((s.step, s.task_index), (Step::PostTask, 1));
+        // The second task fails: InError at that task.
+        assert!(set_task_failed(&mut s, ErrorCode::TaskFailed, "set task 2/2 (exec) failed", 5));
+        assert_eq!((s.status, s.step, s.task_index), (Status::InError, Step::PostTask, 1));
+        assert!(!set_tasks_ran(&mut s.clone(), 6), "a failed set is not Done");
+        assert_eq!(settle(&mut s, 6, &[]), None, "its files' totals do not reopen it");
+        // Restarted: its set tasks run on from the failed one, no new release.
+        assert!(release_again(&mut s));
+        assert!(runs_set_tasks(&s) && s.task_index == 1 && s.error.is_none());
+        assert!(set_tasks_ran(&mut s, 7));
+        assert_eq!((s.status, s.step, s.finished_at), (Status::Done, Step::AllDone, Some(7)));
+        assert!(!set_tasks_ran(&mut s, 8) && !release_again(&mut s), "Done stays Done");
+    }
+
+    #[test]
+    fn an_empty_set_is_done_without_a_release() {
+        let mut s = set(0, Policy::default());
+        assert_eq!(settle(&mut s, 1, &[]), Some(Status::Done));
+        assert!(!awaits_release(&s) && !can_release_again(&s));
     }
 
     #[test]
@@ -302,8 +385,10 @@ mod tests {
         assert_eq!(change(&mut s, &q0, &d0), None, "one of two files done: still running");
         assert_eq!(s.transferred, 10);
         let (q1, d1) = (member(&s, 1, Status::Running, None), member(&s, 1, Status::Done, None));
-        assert_eq!(change(&mut s, &q1, &d1), Some(Status::Done));
-        assert_eq!((s.set.as_ref().map(|i| i.done), s.transferred, s.step), (Some(2), 20, Step::AllDone));
+        assert_eq!(change(&mut s, &q1, &d1), None, "delivered: it waits for its release");
+        assert_eq!((s.set.as_ref().map(|i| i.done), s.transferred, s.step), (Some(2), 20, Step::Held));
+        assert!(released(&mut s, 2, false));
+        assert_eq!((s.status, s.step), (Status::Done, Step::AllDone));
     }
 
     #[test]
@@ -349,7 +434,8 @@ mod tests {
         assert_eq!(s.set.as_ref().map(|i| i.failed), Some(0));
         assert!(s.error.is_none() && s.finished_at.is_none());
         let done = member(&s, 0, Status::Done, None);
-        assert_eq!(change(&mut s, &queued, &done), Some(Status::Done));
+        assert_eq!(change(&mut s, &queued, &done), None);
+        assert!(awaits_release(&s), "delivered again: it waits for its release");
     }
 
     #[test]

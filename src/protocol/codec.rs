@@ -385,7 +385,7 @@ mod tests {
                 Ask::Ping,
                 Ask::RelayDialBack { target: target.clone() },
                 Ask::DialMe { node: target.clone() },
-                Ask::Release { set, files },
+                Ask::Release { set, files, pattern: target.clone() },
             ];
             for ask in asks {
                 let frame = encode_control(&ask).expect("encodes");

@@ -107,10 +107,18 @@ pub enum Ask {
     /// From a relay: "`node` cannot reach you; dial it". Answered once the
     /// dial succeeded or failed.
     DialMe { node: String },
-    /// A file set sent with `delivery = all` is verified whole: put its
-    /// held files `0..files` (member ids derived from `set`) under their
-    /// final names. Answered once every file is delivered.
-    Release { set: RequestId, files: u32 },
+    /// A file set's files `0..files` (member ids derived from `set`) are
+    /// all delivered, or verified and held (`delivery = all`): put the held
+    /// ones under their final names, then run the receiving rule's set
+    /// tasks once (version 7: every set is released, not only held ones).
+    /// Answered once every file is in place and the set tasks ran.
+    Release {
+        set: RequestId,
+        files: u32,
+        /// The set's pattern (or its list, one path per line), as the
+        /// receiver's record of the set and its set tasks name it.
+        pattern: String,
+    },
 }
 
 impl Ask {
@@ -141,8 +149,8 @@ pub enum Answer {
         code: ErrorCode,
         message: String,
     },
-    /// The set's held files are under their final names (`delivered` of
-    /// them by this exchange; the rest were already).
+    /// The set's files are under their final names (`delivered` of them
+    /// by this exchange; the rest were already) and its set tasks ran.
     Released {
         delivered: u32,
     },

@@ -94,6 +94,10 @@ pub struct SideTasks {
     pub post_tasks: Vec<TaskConfig>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub error_tasks: Vec<TaskConfig>,
+    /// Run once when a whole file set is delivered (every file `Done`),
+    /// on the set's folder: `log` and `exec` only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub set_tasks: Vec<TaskConfig>,
 }
 
 impl SideTasks {
@@ -102,10 +106,18 @@ impl SideTasks {
             TaskList::Pre => &self.pre_tasks,
             TaskList::Post => &self.post_tasks,
             TaskList::Error => &self.error_tasks,
+            TaskList::Set => &self.set_tasks,
         }
     }
 
+    /// Whether the side has no task at all.
     pub fn is_empty(&self) -> bool {
+        self.has_no_file_tasks() && self.set_tasks.is_empty()
+    }
+
+    /// Whether the side has no per-file task (set tasks run once per set,
+    /// not per file).
+    pub fn has_no_file_tasks(&self) -> bool {
         self.pre_tasks.is_empty() && self.post_tasks.is_empty() && self.error_tasks.is_empty()
     }
 }
@@ -116,16 +128,19 @@ pub enum TaskList {
     Pre,
     Post,
     Error,
+    /// Once per file set, when every file of it is delivered.
+    Set,
 }
 
 impl TaskList {
-    pub const ALL: [TaskList; 3] = [TaskList::Pre, TaskList::Post, TaskList::Error];
+    pub const ALL: [TaskList; 4] = [TaskList::Pre, TaskList::Post, TaskList::Error, TaskList::Set];
 
     pub fn key(self) -> &'static str {
         match self {
             TaskList::Pre => "pre_tasks",
             TaskList::Post => "post_tasks",
             TaskList::Error => "error_tasks",
+            TaskList::Set => "set_tasks",
         }
     }
 }
@@ -213,6 +228,12 @@ impl TaskConfig {
                 ))
             }
         };
+        if list == TaskList::Set && !matches!(kind, "log" | "exec") {
+            return Err(format!(
+                "a {kind} task cannot run among set_tasks: they run once on the set's folder, not on one file \
+                 (set_tasks may be log or exec)"
+            ));
+        }
         for (key, set) in self.given() {
             if set && !allowed.contains(&key) {
                 return Err(format!("a {kind} task takes no {key:?} (it takes: {})", allowed.join(", ")));

@@ -36,6 +36,11 @@ fn every_type_parses_with_its_arguments() {
         (TaskConfig { partner: Some("c".into()), ..cfg("transfer") }, TaskList::Post),
         (TaskConfig { delay_ms: Some(1000), limit: Some(2), ..cfg("reschedule") }, TaskList::Error),
         (TaskConfig { at: Some("23:30".into()), ..cfg("reschedule") }, TaskList::Error),
+        (TaskConfig { message: Some("set #ORIGINALFILENAME# in #FILEPATH#".into()), ..cfg("log") }, TaskList::Set),
+        (
+            TaskConfig { program: Some("/usr/bin/load".into()), args: Some(vec!["#FILEPATH#".into()]), ..cfg("exec") },
+            TaskList::Set,
+        ),
     ];
     for (c, list) in cases {
         c.parse(list, &folders()).unwrap_or_else(|e| panic!("{c:?}: {e}"));
@@ -60,6 +65,9 @@ fn bad_tasks_are_refused_with_the_reason() {
         (TaskConfig { mode: Some("9z".into()), ..cfg("chmod") }, TaskList::Post, "not an octal mode"),
         (TaskConfig { action: Some("sign".into()), ..cfg("checksum") }, TaskList::Post, "neither"),
         (TaskConfig { delay_ms: Some(5), ..cfg("reschedule") }, TaskList::Post, "only among error_tasks"),
+        (TaskConfig { to: Some("/srv/archive/".into()), ..cfg("move") }, TaskList::Set, "cannot run among set_tasks"),
+        (TaskConfig { partner: Some("c".into()), ..cfg("transfer") }, TaskList::Set, "set_tasks may be log or exec"),
+        (TaskConfig { message: Some("#ERRORCODE#".into()), ..cfg("log") }, TaskList::Set, "only in error_tasks"),
         (cfg("reschedule"), TaskList::Error, "either \"delay_ms\" or \"at\""),
         (TaskConfig { at: Some("25:00".into()), ..cfg("reschedule") }, TaskList::Error, "not a time of day"),
         (cfg("exec"), TaskList::Post, "needs \"program\""),
