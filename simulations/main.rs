@@ -36,6 +36,7 @@ scenarios!(
     operator_commands,
     post_task_failures,
     file_set_faults,
+    pulled_set_faults,
 );
 
 /// The same seed gives the same run, in every scenario: same steps, same

@@ -578,3 +578,99 @@ async fn set_tasks_run_once_per_set_on_both_sides_and_resume_at_the_one_that_fai
     a.shutdown().await;
     b.shutdown().await;
 }
+
+fn pull_pattern(p: &str) -> Submit {
+    Submit { file: String::new(), pattern: Some(p.into()), ..submit(Direction::Pull, "b", "") }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pulled_set_is_resolved_by_the_partner_listed_in_pages_and_arrives_in_place() {
+    let mut layout = Layout::new(&["a", "b"]);
+    let marks = layout.in_dir("a").parent().expect("the layout's folder").join("marks");
+    std::fs::create_dir_all(&marks).expect("mkdir");
+    let m = |name: &str| marks.join(name).display().to_string();
+    // The requested node (the sender) runs its set tasks first, then the
+    // requester (the receiver), which here checks the other ran.
+    layout.config_mut("b").rules[0].sender.set_tasks =
+        vec![sh("echo \"$2\" >> \"$1\"", &[&m("b-runs"), "#ORIGINALFILENAME# #FILESIZE#"])];
+    layout.config_mut("a").rules[0].receiver.set_tasks = vec![sh(
+        "test -e \"$1\" && ls \"$3\" > /dev/null && echo ran >> \"$2\"",
+        &[&m("b-runs"), &m("a-runs"), "#FILEPATH#/night/sub dir"],
+    )];
+    let (a, b) = (layout.start("a").await, layout.start("b").await);
+    let out = layout.out_dir("b");
+    let mut want = vec![
+        ("night/big.bin".to_string(), vec![7u8; 3 * 1024 * 1024 + 5]),
+        ("night/sub dir/ünïcødé €.csv".to_string(), b"unicode".to_vec()),
+        ("night/a.csv".to_string(), b"a".to_vec()),
+    ];
+    // Enough entries with long names that the list takes several pages.
+    let long = "n".repeat(120);
+    want.extend((0..700).map(|i| (format!("night/many/{long}-{i:04}.dat"), format!("{i}").into_bytes())));
+    for (path, body) in &want {
+        write(&out.join(path), body);
+    }
+    std::fs::create_dir_all(out.join("night/empty")).expect("empty folder");
+    write(&out.join("other/not-asked.csv"), b"no");
+
+    let set = a.handle().submit(pull_pattern("night/**")).await.expect("submitted");
+    let info = set.set.clone().expect("a set");
+    assert_eq!(info.files as usize, want.len() + 1, "every file and the empty folder, as b resolved them");
+    let done = wait_final(&a.handle(), &set.id, WITHIN).await;
+    assert_eq!(done.status, Status::Done, "{:?}", done.error);
+    let got = tree(&layout.in_dir("a"));
+    let mut names: Vec<String> = want.iter().map(|(p, _)| p.clone()).collect();
+    names.sort();
+    assert_eq!(got, names, "the tree arrives in place; nothing else");
+    for (path, body) in &want {
+        assert_eq!(&std::fs::read(layout.in_dir("a").join(path)).expect("read"), body, "{path}");
+    }
+    assert!(layout.in_dir("a").join("night/empty").is_dir(), "the empty folder arrives as a folder");
+    // Each file is a request on both nodes; the set's tasks ran once each.
+    for member in members(&a.handle(), &done) {
+        assert_eq!(member.direction, Direction::Pull);
+        let theirs = b.handle().store().get(&member.id).expect("get").expect("b records each file");
+        assert_eq!(theirs.status, Status::Done, "{}", theirs.file_name);
+    }
+    let size: u64 = want.iter().map(|(_, b)| b.len() as u64).sum();
+    assert_eq!(std::fs::read_to_string(m("b-runs")).expect("b ran"), format!("night/** {size}\n"));
+    assert_eq!(std::fs::read_to_string(m("a-runs")).expect("a ran"), "ran\n");
+    let theirs = b.handle().store().get(&set.id).expect("get").expect("b records the set");
+    assert_eq!((theirs.status, theirs.direction), (Status::Done, Direction::Pull));
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pulled_set_refuses_escapes_empty_matches_and_all_or_nothing_with_nothing_recorded() {
+    let (layout, a, b) = two_nodes().await;
+    let out = layout.out_dir("b");
+    write(&out.join("tree/ok.csv"), b"ok");
+    std::os::unix::fs::symlink("/etc/passwd", out.join("tree/passwd")).expect("symlink");
+    let cases: Vec<(Submit, &str, &str)> = vec![
+        (pull_pattern("../x/*"), "bad_file_name", "\"..\""),
+        (pull_pattern("/etc/*"), "bad_file_name", "pattern"),
+        (pull_pattern("tree/**"), "file_not_found", "symbolic link \"tree/passwd\""),
+        (pull_pattern("nothing/*.csv"), "no_files", "on node b"),
+        (Submit { delivery: Some(Delivery::All), ..pull_pattern("tree/*.csv") }, "bad_request", "delivery = all"),
+    ];
+    for (s, code, why) in cases {
+        let asked = s.pattern.clone();
+        let e = a.handle().submit(s).await.expect_err("refused");
+        assert_eq!(e.code(), code, "{asked:?}: {e}");
+        assert!(e.to_string().contains(why), "{asked:?}: {e}");
+    }
+    assert!(a.handle().store().list(None).expect("list").is_empty(), "nothing recorded");
+    assert!(tree(&layout.in_dir("a")).is_empty(), "nothing sent");
+    // An empty match the policy allows is an empty success.
+    let ok = a.handle().submit(Submit { on_empty: Some(OnEmpty::Succeed), ..pull_pattern("nothing/*") }).await;
+    assert_eq!(ok.expect("recorded").status, Status::Done);
+    // The list is the partner's to make: with it down, nothing is recorded.
+    b.shutdown().await;
+    let before = a.handle().store().list(None).expect("list").len();
+    let e = a.handle().submit(pull_pattern("tree/*.csv")).await.expect_err("refused");
+    assert_eq!(e.code(), "unreachable", "{e}");
+    assert!(e.to_string().contains("cannot reach b to list the file set"), "{e}");
+    assert_eq!(a.handle().store().list(None).expect("list").len(), before);
+    a.shutdown().await;
+}

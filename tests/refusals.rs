@@ -139,19 +139,38 @@ async fn a_file_name_that_escapes_the_rule_folder_is_refused() {
     }
     assert!(delivered(&layout.in_dir("b")).is_empty());
     assert!(!layout.dir.path().join("b").join("escape").exists());
-    // A pull names one file at the top of the send folder: a path below it
-    // is refused (pulls of file sets are not built), even to a real file.
+    // A pull may name a path below the send folder (a pulled file set's
+    // file), never through a link, and a set's file must still be what the
+    // set resolved (size and modification time).
     std::fs::create_dir_all(layout.out_dir("b").join("sub")).expect("mkdir");
     std::fs::write(layout.out_dir("b").join("sub/real.csv"), b"real").expect("write");
-    for name in ["sub/real.csv", "sub/"] {
+    std::os::unix::fs::symlink("/etc", layout.out_dir("b").join("esc")).expect("symlink");
+    let mtime = std::fs::metadata(layout.out_dir("b").join("sub/real.csv")).expect("stat").modified().expect("mtime");
+    let ns = mtime.duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_nanos() as u64;
+    let as_resolved = |size, modified_ns| Some(ferry::protocol::AsResolved { size, modified_ns });
+    for (name, resolved, refused) in [
+        ("esc/passwd", None, Some((ErrorCode::FileNotFound, "symbolic link"))),
+        ("esc/", None, Some((ErrorCode::FileNotFound, "symbolic link"))),
+        ("sub/real.csv", as_resolved(3, ns), Some((ErrorCode::SourceChanged, "size went from 3 to 4"))),
+        ("sub/real.csv", as_resolved(4, ns + 1), Some((ErrorCode::SourceChanged, "modification time"))),
+        ("sub/real.csv", as_resolved(4, ns), None),
+        ("sub/real.csv", None, None),
+        ("sub/", None, None),
+    ] {
         let (mut w, mut r) = channel(&conn).await;
         let id = handshake(&mut w, &mut r, "a").await;
         assert!(matches!(next(&mut r).await, Message::Authent(_)));
-        let pull = Request { direction: Direction::Pull, size: 0, restart_offset: 0, ..push_request(id.clone(), name) };
+        let mut pull =
+            Request { direction: Direction::Pull, size: 0, restart_offset: 0, ..push_request(id.clone(), name) };
+        pull.options.as_resolved = resolved;
         w.send(&Message::Request(pull)).await.expect("send");
-        match next(&mut r).await {
-            Message::Refused(f) => assert_eq!(f.code, ErrorCode::BadFileName, "{name:?}: {}", f.message),
-            other => panic!("pull of {name:?}: expected Refused, got {other:?}"),
+        match (next(&mut r).await, refused) {
+            (Message::Refused(f), Some((code, why))) => {
+                assert_eq!(f.code, code, "{name:?}: {}", f.message);
+                assert!(f.message.contains(why), "{name:?}: {}", f.message);
+            }
+            (Message::Valid(v), None) => assert_eq!(v.size, if name.ends_with('/') { 0 } else { 4 }, "{name:?}"),
+            (other, want) => panic!("pull of {name:?}: expected {want:?}, got {other:?}"),
         }
     }
     // The node's own API refuses such names too, before anything is queued.

@@ -58,7 +58,12 @@ fn frames() {
                 restart_offset: u64::MAX,
                 prefix_hash: None,
                 delivered: None,
-                options: TransferOptions { compression: Compression::Lz4, target_mode: None, hold: true },
+                options: TransferOptions {
+                    compression: Compression::Lz4,
+                    target_mode: None,
+                    hold: false,
+                    as_resolved: Some(ferry::protocol::AsResolved { size: 4096, modified_ns: 1_700_000_000_000_000_000 }),
+                },
                 external_job_id: Some("job-7".into()),
                 transfer_info: "nightly".into(),
             }),
@@ -153,7 +158,8 @@ fn control() {
         ("ask-query", Ask::Query(id(0x0d))),
         ("ask-relay-dial-back", Ask::RelayDialBack { target: "c".into() }),
         ("ask-dial-me", Ask::DialMe { node: "a".into() }),
-        ("ask-release", Ask::Release { set: id(0x0e), files: 12 }),
+        ("ask-release", Ask::Release { set: id(0x0e), files: 12, pattern: "night/**".into() }),
+        ("ask-list", Ask::List { rule: "default".into(), patterns: vec!["night/**".into()], start: 300 }),
     ];
     for (name, ask) in &asks {
         let frame = encode_control(ask).expect("encodes");
@@ -168,6 +174,17 @@ fn control() {
         ("answer-dialed", Answer::Dialed),
         ("answer-refused", Answer::Refused { code: ErrorCode::UnknownPartner, message: "who is z?".into() }),
         ("answer-released", Answer::Released { delivered: 12 }),
+        (
+            "answer-listed",
+            Answer::Listed {
+                entries: vec![
+                    ferry::protocol::control::ListedEntry { path: "night/a.csv".into(), size: 12, modified_ns: 1 },
+                    ferry::protocol::control::ListedEntry { path: "night/empty/".into(), size: 0, modified_ns: 0 },
+                ],
+                total: 2,
+                digest: ferry::protocol::Digest([9; 32]),
+            },
+        ),
     ];
     for (name, answer) in &answers {
         let frame = encode_control(answer).expect("encodes");

@@ -13,7 +13,10 @@
 //! - `agreement`: both nodes of a request agree on its final state;
 //! - `sets`: a file set's record agrees with its files (totals, status,
 //!   ended only once every file ended); each file is a request of its own
-//!   under every other invariant;
+//!   under every other invariant; a set `Done` on its requester was
+//!   released by its partner (whose record of the set is `Done`) and its
+//!   set task ran on both nodes; a set not `Done` ran none on its
+//!   requester;
 //! - `all or nothing`: a file set sent with `delivery = all` has no file
 //!   under its final name while another of its files is not yet received
 //!   whole (checked through the run, every 100 steps, and at every crash);
@@ -285,6 +288,46 @@ impl World<'_> {
                 if self.spec.all_done && set.status != Status::Done {
                     v.push(format!("sets: {node}'s set {} ended {:?} though every fault healed", set.id, set.status));
                 }
+                if set.role == Role::Requester && info.files > 0 {
+                    v.extend(self.set_tasks(node, set));
+                }
+            }
+        }
+        v
+    }
+
+    /// The set-task half of `sets`, for a set `requester` holds.
+    fn set_tasks(&self, requester: &str, set: &RequestRecord) -> Vec<String> {
+        let id = set.id.to_string();
+        let ran = |node: &str| {
+            let log = self.logs.get(&(node.to_owned(), id.clone()));
+            log.map_or(0, |l| l.iter().filter(|l| l.starts_with("set task 1/1 (log") && l.contains(": ok in ")).count())
+        };
+        let mut v = Vec::new();
+        if set.status != Status::Done {
+            if ran(requester) > 0 {
+                v.push(format!("sets: {requester}'s set {id} is {:?} but ran its set task", set.status));
+            }
+            return v;
+        }
+        let partner = set.partner.as_str();
+        if self.lost(partner) {
+            return v;
+        }
+        match self.records.get(partner).and_then(|rs| rs.get(&id)) {
+            Some(theirs) if theirs.status == Status::Done => {}
+            other => v.push(format!(
+                "sets: {requester}'s set {id} is Done but {partner}'s record of it is {:?}{}",
+                other.map(|r| r.status),
+                self.job_logs(&id, &[requester, partner])
+            )),
+        }
+        for node in [requester, partner] {
+            if ran(node) == 0 {
+                v.push(format!(
+                    "sets: {requester}'s set {id} is Done but {node} never ran its set task{}",
+                    self.job_logs(&id, &[requester, partner])
+                ));
             }
         }
         v

@@ -249,6 +249,14 @@ fn configure(cfg: &mut NodeConfig, spec: &RunSpec) {
     cfg.groups = spec.groups.clone();
     for rule in &mut cfg.rules {
         rule.partners = vec!["*".into()];
+        // Every file set runs a set task on each node (the `sets`
+        // invariant checks it ran, and only for a set that is Done).
+        let once = |side: &str| TaskConfig {
+            message: Some(format!("{side} set #REQUESTID# of #ORIGINALFILENAME# complete on #LOCALHOST#")),
+            ..task("log")
+        };
+        rule.sender.set_tasks = vec![once("sent")];
+        rule.receiver.set_tasks = vec![once("received")];
     }
     if spec.tasks {
         add_tasks(cfg);

@@ -630,15 +630,7 @@ impl ChannelRun {
         // A plain name, or a file set's relative path (a folder's ends in
         // `/`), checked component by component.
         check_entry_path(&req.file_name).map_err(|why| (ErrorCode::BadFileName, why))?;
-        // Paths and folders are what a pushed file set sends; a pull names
-        // one file at the top of the send folder (pulls of sets are not
-        // built), and a folder carries no data.
-        if req.direction == Direction::Pull && req.file_name.contains('/') {
-            return Err((
-                ErrorCode::BadFileName,
-                format!("a pull names one file in the rule's send folder, not the path {:?}", req.file_name),
-            ));
-        }
+        // A folder carries no data.
         if is_folder_entry(&req.file_name) && req.size != 0 {
             return Err((
                 ErrorCode::BadFileName,
@@ -716,6 +708,20 @@ impl ChannelRun {
                     return Ok(Judgement::Complete(end));
                 }
                 let source = retrieve::open_source(&rule.send_dir, &file_name, &req.rule, &cfg.node_id)?;
+                // A pulled set's file must still be what the set resolved.
+                if let Some(r) = req.options.as_resolved.filter(|_| !is_folder_entry(&file_name)) {
+                    if let Some(change) = retrieve::SourceSnapshot::resolved(r.size, u128::from(r.modified_ns))
+                        .change_to(&source.snapshot)
+                    {
+                        return Err((
+                            ErrorCode::SourceChanged,
+                            format!(
+                                "{file_name} on node {} changed after its file set was resolved: {change}",
+                                cfg.node_id
+                            ),
+                        ));
+                    }
+                }
                 let size = source.snapshot.size;
                 self.reserve_room(size, req.block_size).await?;
                 if let Some(theirs) = req.prefix_hash.filter(|_| req.restart_offset > 0 && req.restart_offset <= size) {

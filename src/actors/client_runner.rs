@@ -17,8 +17,8 @@ use super::task_runner;
 use crate::fileset::progress::Delivery;
 use crate::lifecycle;
 use crate::protocol::{
-    Authent, Cancel, Direction, EndTransfer, ErrorCode, Message, Request, RequestId, Session, Startup, StreamKind,
-    TransferOptions, PROTOCOL_VERSION,
+    AsResolved, Authent, Cancel, Direction, EndTransfer, ErrorCode, Message, Request, RequestId, Session, Startup,
+    StreamKind, TransferOptions, PROTOCOL_VERSION,
 };
 use crate::store::Step;
 use crate::tasks::TaskList;
@@ -164,10 +164,18 @@ async fn run(args: ClientRunnerArgs, mut control: mpsc::Receiver<Command>) {
         restart_offset = 0;
         if rec.delivered {
             if work.exists() {
-                // Verified and recorded as delivered, but the rename did not happen.
-                let final_path = dir.join(&rec.file_name);
-                match receive::deliver_as(&work, &final_path, &channel_run::delivery_for(&ctx.core, &rec, &final_path))
-                {
+                // Verified and recorded as delivered, but the rename did not
+                // happen (a pulled set's path: its folders made, no link).
+                let delivered = receive::target_path(&dir, &rec.file_name, true).and_then(|final_path| {
+                    if crate::protocol::names::is_folder_entry(&rec.file_name) {
+                        receive::discard(&work);
+                        Ok(format!("folder {} made", final_path.display()))
+                    } else {
+                        let how = channel_run::delivery_for(&ctx.core, &rec, &final_path);
+                        receive::deliver_as(&work, &final_path, &how)
+                    }
+                });
+                match delivered {
                     Ok(line) => {
                         let _ = ctx.core.store.log(&id, &format!("{line} (finishing an interrupted delivery)"));
                     }
@@ -189,7 +197,9 @@ async fn run(args: ClientRunnerArgs, mut control: mpsc::Receiver<Command>) {
             delivered = rec.hash.map(|hash| EndTransfer { bytes: rec.size, hash });
         } else {
             let mode = channel_run::target_mode(&ctx.core, &rec);
-            if let Err((code, msg)) = channel_run::refuse_existing_target(&ctx.core, mode, &dir.join(&rec.file_name)) {
+            let checked = receive::target_path(&dir, &rec.file_name, false)
+                .and_then(|target| channel_run::refuse_existing_target(&ctx.core, mode, &target));
+            if let Err((code, msg)) = checked {
                 return fail_early(&ctx, &id, code, msg).await;
             }
             let (point, block_size) = (rec.restart_point, rec.block_size);
@@ -254,6 +264,13 @@ async fn run(args: ClientRunnerArgs, mut control: mpsc::Receiver<Command>) {
         },
         _ => false,
     };
+    // A pulled set's file: the sender checks it is still as it resolved it.
+    let as_resolved = match &rec.member_of {
+        Some(m) if rec.direction == Direction::Pull => {
+            Some(AsResolved { size: rec.size, modified_ns: u64::try_from(m.modified_ns).unwrap_or(u64::MAX) })
+        }
+        _ => None,
+    };
     let request = Request {
         request_id: id.clone(),
         rule: rec.rule.clone(),
@@ -264,7 +281,7 @@ async fn run(args: ClientRunnerArgs, mut control: mpsc::Receiver<Command>) {
         restart_offset,
         prefix_hash,
         delivered,
-        options: TransferOptions { compression: rec.compression, target_mode: rec.target_mode, hold },
+        options: TransferOptions { compression: rec.compression, target_mode: rec.target_mode, hold, as_resolved },
         external_job_id: rec.external_job_id.clone(),
         transfer_info: rec.transfer_info.clone(),
     };
@@ -378,11 +395,7 @@ pub fn changed_since_resolved(rec: &crate::store::RequestRecord, source: &retrie
     if crate::protocol::names::is_folder_entry(&rec.file_name) {
         return None; // a folder's time moves with what is put in it; it exists (open_source checked)
     }
-    let modified = (member.modified_ns > 0).then(|| {
-        let ns = u64::try_from(member.modified_ns).unwrap_or(u64::MAX);
-        std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns)
-    });
-    let resolved = retrieve::SourceSnapshot { size: rec.size, modified };
+    let resolved = retrieve::SourceSnapshot::resolved(rec.size, member.modified_ns);
     let change = resolved.change_to(&source.snapshot)?;
     Some(format!("{} changed after file set {} resolved it: {change}", rec.file_name, member.set))
 }

@@ -13,6 +13,8 @@
 //!   final names ([`super::set_release::release_held`]), then the
 //!   receiving rule's set tasks run once
 //!   ([`super::set_release::run_received_set_tasks`]).
+//! - `List` → a pulled file set's entries, resolved in the rule's send
+//!   folder, one page ([`super::set_listing::answer`]).
 //!
 //! The asker's identity is the connection's verified peer; nothing it says
 //! about itself is trusted. Every exchange is bounded in time.
@@ -138,6 +140,9 @@ async fn answer(ctx: &RunHandle, conns: &ActorRef<ConnectionsMsg>, partner: &str
                 Ok(delivered) => Answer::Released { delivered },
                 Err((code, message)) => refused(code, format!("node {me}: {message}")),
             }
+        }
+        Ask::List { rule, patterns, start } => {
+            super::set_listing::answer(&ctx.core, partner, rule, patterns, start).await
         }
         Ask::DialMe { node } => {
             let relay = partner.to_owned();

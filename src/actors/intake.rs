@@ -11,7 +11,7 @@ use super::context::Intake;
 use super::AUDIT;
 use crate::cluster::rules::{self, pick_member};
 use crate::fileset;
-use crate::fileset::progress::{OnEmpty, Policy};
+use crate::fileset::progress::{Delivery, OnEmpty, Policy};
 use crate::model::{Submit, SubmitError, MAX_EXTERNAL_JOB_ID, MAX_TRANSFER_INFO};
 use crate::protocol::names::{check_file_name, check_relative_path};
 use crate::protocol::{Direction, RequestId, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
@@ -69,6 +69,13 @@ pub async fn submit(
             on_failure: s.on_failure.unwrap_or(rule.on_failure),
             delivery: s.delivery.unwrap_or(rule.delivery),
         };
+        if s.direction == Direction::Pull && policy.delivery == Delivery::All {
+            return Err(SubmitError::BadRequest(
+                "delivery = all is not built for a pulled file set (see docs/FILESETS.md); pull it with \
+                 delivery = each, or have the partner push it"
+                    .into(),
+            ));
+        }
         let spec = SetSpec { patterns, policy, partner, group, block_size, submitted_on, chained_from };
         return submit_set(ctx, s, spec, id).await;
     }
@@ -135,13 +142,6 @@ fn set_patterns(s: &Submit, send_dir: &std::path::Path) -> Result<Option<Vec<Str
         }
         _ => return Ok(None),
     };
-    if s.direction == Direction::Pull {
-        return Err(SubmitError::BadRequest(
-            "a file set can only be pushed for now: a pull would need the partner to resolve the pattern, \
-             which is not built yet (see docs/FILESETS.md); pull one file by name"
-                .into(),
-        ));
-    }
     Ok(Some(patterns))
 }
 
@@ -166,26 +166,22 @@ struct SetSpec {
 async fn submit_set(ctx: &Intake, s: Submit, spec: SetSpec, id: RequestId) -> Result<RequestRecord, SubmitError> {
     let cfg = &ctx.core.config;
     let rule = cfg.rule(&s.rule).ok_or_else(|| SubmitError::UnknownRule(s.rule.clone()))?;
-    let root = rule.send_dir.clone();
-    let patterns = spec.patterns.clone();
-    let resolved = crate::determinism::blocking(move || fileset::resolve_set(&root, &patterns))
-        .await
-        .map_err(|e| SubmitError::BadRequest(format!("cannot resolve the file set: {e}")))?;
-    let entries = resolved.map_err(|e| match e {
-        fileset::ResolveError::BadPattern { .. } | fileset::ResolveError::BadName { .. } => {
-            SubmitError::BadFileName(e.to_string())
+    // The sender resolves: this node for a push, the partner for a pull.
+    let (entries, sender) = match s.direction {
+        Direction::Push => (resolve_here(&rule.send_dir, &spec.patterns).await?, cfg.node_id.as_str()),
+        Direction::Pull => {
+            for p in &spec.patterns {
+                fileset::check_pattern(p).map_err(|why| SubmitError::BadFileName(format!("pattern {p:?}: {why}")))?;
+            }
+            let listed = super::set_listing::fetch(ctx, &spec.partner, &s.rule, &spec.patterns).await?;
+            (listed, spec.partner.as_str())
         }
-        fileset::ResolveError::Io { .. } => SubmitError::FileNotFound(e.to_string()),
-        other => SubmitError::BadRequest(other.to_string()),
-    })?;
-    if entries.len() > fileset::MAX_ENTRIES {
-        return Err(SubmitError::BadRequest(format!("the set holds more than {} files", fileset::MAX_ENTRIES)));
-    }
+    };
     let shown = spec.patterns.join("\n");
     if entries.is_empty() && spec.policy.on_empty == OnEmpty::Fail {
         return Err(SubmitError::NoFiles(format!(
-            "{shown:?} matches no file in the send folder of rule {:?} on node {} (on_empty = fail)",
-            s.rule, cfg.node_id
+            "{shown:?} matches no file in the send folder of rule {:?} on node {sender} (on_empty = fail)",
+            s.rule
         )));
     }
     let files = u32::try_from(entries.len()).unwrap_or(u32::MAX);
@@ -247,6 +243,21 @@ async fn submit_set(ctx: &Intake, s: Submit, spec: SetSpec, id: RequestId) -> Re
     tracing::info!(target: AUDIT, event = "submitted", request_id = %rec.id, partner = %rec.partner, direction = ?rec.direction, pattern = %shown, files);
     ctx.actors.wake_commander();
     Ok(rec)
+}
+
+/// Resolves a pushed set's patterns in this node's send folder.
+async fn resolve_here(root: &std::path::Path, patterns: &[String]) -> Result<Vec<fileset::Entry>, SubmitError> {
+    let (root, patterns) = (root.to_path_buf(), patterns.to_vec());
+    let resolved = crate::determinism::blocking(move || fileset::resolve_set(&root, &patterns))
+        .await
+        .map_err(|e| SubmitError::BadRequest(format!("cannot resolve the file set: {e}")))?;
+    resolved.map_err(|e| match e {
+        fileset::ResolveError::BadPattern { .. } | fileset::ResolveError::BadName { .. } => {
+            SubmitError::BadFileName(e.to_string())
+        }
+        fileset::ResolveError::Io { .. } => SubmitError::FileNotFound(e.to_string()),
+        other => SubmitError::BadRequest(other.to_string()),
+    })
 }
 
 /// Takes over a request another node's API accepted (submit anywhere):

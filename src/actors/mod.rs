@@ -46,6 +46,7 @@ pub mod intake;
 pub mod partner_budget;
 pub mod server_runner;
 pub mod set_keeper;
+pub mod set_listing;
 pub mod set_release;
 pub mod set_stream;
 pub mod supervisor;

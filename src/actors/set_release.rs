@@ -1,29 +1,40 @@
-//! `delivery = all`: a file set's files go under their final names only
-//! once every file is verified, all together.
+//! A file set's release: the end of every set whose files all arrived,
+//! which puts held files in place (`delivery = all`) and runs the set
+//! tasks once on each node.
 //!
-//! Each file of such a set is sent as usual with `hold` set in its
-//! request: the receiver verifies it, fsyncs it under its work name,
+//! When every file of a set is delivered, or verified and held, the
+//! requester's set waits in step `Held` (`lifecycle::set::settle`), and the
+//! [`Releaser`] asks the partner to `Release` it. The partner renames every
+//! held file ([`release_held`]; a set sent with `delivery = each` holds
+//! none), runs its rule's set tasks ([`run_received_set_tasks`]) and
+//! answers `Released`; then the requester runs its own set tasks, and only
+//! then is the set `Done`.
+//!
+//! `delivery = all` (pushes): each file is sent with `hold` set in its
+//! request; the receiver verifies it, fsyncs it under its work name,
 //! records it `Running`/`Held` (flushed) and confirms it, without renaming
-//! it. When every file is verified the sender's set waits in step `Held`
-//! (`lifecycle::set::settle`), and the [`Releaser`] asks the receiver to
-//! `Release` the set; the receiver ([`release_held`]) renames every held
-//! file and answers `Released`, and only then is the set `Done`.
+//! it.
 //!
-//! Durable order on the receiver, for one `Release`:
+//! Durable order on the asked node, for one `Release`:
 //! 1. every file of the set is checked (present, from this partner, held
 //!    or already delivered; a `create` target that appeared refuses the
 //!    release) before anything changes;
 //! 2. each held file is recorded as released (`delivered`, with the base
 //!    of an append), then one flush: the release is now ordered;
 //! 3. each file is renamed into place (its folders made, each rename's
-//!    folder fsynced) and recorded `Done`; one flush at the end.
+//!    folder fsynced) and recorded `Done`; one flush at the end;
+//! 4. its record of the set is written (`Running`/`PostTask`, flushed), the
+//!    set tasks run (each task's cursor flushed after it), the record is
+//!    flushed `Done`, and only then is the ask answered.
 //!
 //! A crash during 3 leaves ordered files not yet renamed: start-up
 //! finishes them ([`finish_ordered`]) before the node serves, and a
 //! `Release` asked again finishes them too (a delivery is idempotent: a
 //! missing work file with the target in place is a rename that happened).
-//! The sender asks again until it gets an answer, so a set is `Done` on
-//! the sender only after every file is under its final name.
+//! A crash during 4 runs the set tasks on from the cursor when the
+//! requester asks again. The requester asks again until it gets an
+//! answer, so a set is `Done` on the requester only after every file is
+//! under its final name and both nodes' set tasks ran.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -63,9 +74,9 @@ fn internal(e: impl std::fmt::Display) -> Refusal {
     (ErrorCode::Internal, e.to_string())
 }
 
-/// The receiver's side of `Release { set, files }` from `partner`: puts
-/// every held file of the set under its final name (see the module doc for
-/// the order). Returns how many files this call delivered. Blocking.
+/// The asked node's side of `Release { set, files, .. }` from `partner`:
+/// puts every held file of the set under its final name (see the module
+/// doc for the order). Returns what it found and did. Blocking.
 pub fn release_held(core: &Core, partner: &str, set: &RequestId, files: u32) -> Result<ReleasedFiles, Refusal> {
     let me = &core.config.node_id;
     if files as usize > crate::fileset::MAX_ENTRIES {
@@ -74,7 +85,7 @@ pub fn release_held(core: &Core, partner: &str, set: &RequestId, files: u32) -> 
     let store = &core.store;
     // 1. Checked whole before anything changes.
     let mut ordered = Vec::new();
-    let (mut rule, mut bytes) = (None, 0u64);
+    let (mut rule, mut bytes, mut direction) = (None, 0u64, Direction::Push);
     for i in 0..files {
         let id = member_id(set, i);
         let rec = store.get(&id).map_err(internal)?.ok_or_else(|| {
@@ -87,9 +98,12 @@ pub fn release_held(core: &Core, partner: &str, set: &RequestId, files: u32) -> 
             return Err((ErrorCode::Protocol, format!("request {id} belongs to another request")));
         }
         match &rule {
-            None => rule = Some(rec.rule.clone()),
-            Some(r) if *r != rec.rule => {
-                return Err((ErrorCode::Protocol, format!("the files of set {set} came under more than one rule")))
+            None => (rule, direction) = (Some(rec.rule.clone()), rec.direction),
+            Some(r) if *r != rec.rule || rec.direction != direction => {
+                return Err((
+                    ErrorCode::Protocol,
+                    format!("the files of set {set} came under more than one rule or direction"),
+                ))
             }
             Some(_) => {}
         }
@@ -156,7 +170,7 @@ pub fn release_held(core: &Core, partner: &str, set: &RequestId, files: u32) -> 
         return Err(f);
     }
     tracing::info!(target: AUDIT, event = "released", request_id = %set, partner = %partner, files, delivered = count);
-    Ok(ReleasedFiles { delivered: count, rule, bytes })
+    Ok(ReleasedFiles { delivered: count, rule, bytes, direction })
 }
 
 /// What [`release_held`] found and did.
@@ -168,6 +182,8 @@ pub struct ReleasedFiles {
     pub rule: Option<String>,
     /// The bytes of the set's files.
     pub bytes: u64,
+    /// Whether the set was pushed to this node or pulled from it.
+    pub direction: Direction,
 }
 
 fn recv_dir(core: &Core, rec: &RequestRecord) -> Result<std::path::PathBuf, Refusal> {
@@ -244,9 +260,10 @@ impl Drop for RunningSetTasks {
     }
 }
 
-/// The receiver's side of a release, once [`release_held`] put every file
-/// in place: its own record of the set (made at the first ask) runs the
-/// receiving rule's set tasks once, from their cursor.
+/// The asked node's side of a release, once [`release_held`] put every
+/// file in place: its own record of the set (made at the first ask) runs
+/// its side's set tasks once (the receiver's for a push, the sender's for
+/// a pull), from their cursor.
 ///
 /// Durable order: the record is written `Running`/`PostTask` and flushed
 /// before the first set task; each task's cursor is flushed after it
@@ -286,7 +303,7 @@ pub async fn run_received_set_tasks(
                     failed: 0,
                     skipped: 0,
                 }),
-                ..RequestRecord::new(set.clone(), Role::Requested, partner, rule, Direction::Push, pattern)
+                ..RequestRecord::new(set.clone(), Role::Requested, partner, rule, released.direction, pattern)
             };
             let line = format!("set of {files} files from {partner}: every file is in place; its set tasks run");
             store.insert(rec, &line).map_err(internal)?;
@@ -342,8 +359,8 @@ fn releaser_acts_on(r: &RequestRecord) -> bool {
     r.role == Role::Requester && (lifecycle::set::awaits_release(r) || lifecycle::set::runs_set_tasks(r))
 }
 
-/// The sender's side: asks the receiver to release each set that waits
-/// for it, until it is answered, then runs the sending rule's set tasks.
+/// The requester's side: asks the partner to release each set that waits
+/// for it, until it is answered, then runs its own side's set tasks.
 /// Sets come from a store observer (a set entering step `Held`, or its set
 /// tasks again after an operator restart, whoever wrote it) and from
 /// start-up.
@@ -420,7 +437,7 @@ async fn release(store: &Store, config: &NodeConfig, asker: &Asker, runner: &Set
         let ask = Ask::Release { set: id.clone(), files, pattern };
         let outcome = asker(set.partner.clone(), ask, RELEASE_LIMIT).await;
         let now = now_ms();
-        let set_tasks = config.rule(&set.rule).is_some_and(|r| !r.sender.set_tasks.is_empty());
+        let set_tasks = config.rule(&set.rule).is_some_and(|r| !task_runner::side(r, &set).set_tasks.is_empty());
         let written = match outcome {
             Ok(Answer::Released { delivered }) => {
                 let line = format!(

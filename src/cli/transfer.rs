@@ -66,9 +66,11 @@ pub struct TransferArgs {
     /// The rule (decides the folders on both nodes).
     pub rule: String,
     /// A plain file name in the rule's send folder (of this node for `send`,
-    /// of the partner for `get`). `send` also takes a folder (its tree) or a
-    /// pattern, quoted so the shell leaves it alone (`'*.csv'`,
-    /// `'2026-11-??/*.xml'`, `'daily/**'`): one request, a file set.
+    /// of the partner for `get`), or a pattern, quoted so the shell leaves
+    /// it alone (`'*.csv'`, `'2026-11-??/*.xml'`, `'daily/**'`, `a/b.csv`):
+    /// one request, a file set, resolved by the sending node. `send` also
+    /// takes a folder's name (its tree); `get` a folder's tree as
+    /// `'folder/**'`.
     pub file: String,
     /// File sets: when a file fails, send the others anyway (the set ends
     /// InError naming the failed files). Default: the rule's `on_failure`
@@ -207,7 +209,7 @@ pub async fn transfer(args: TransferArgs, direction: Direction, other_node: Opti
     let anywhere = source.is_some();
     // A glob or a path is a file set's pattern; a plain name is one file
     // (or, for a push, a folder's tree: the node decides).
-    let is_pattern = direction == Direction::Push && args.file.contains(['*', '?', '[', '{', '/']);
+    let is_pattern = args.file.contains(['*', '?', '[', '{', '/']);
     let (file, pattern) = if is_pattern { (String::new(), Some(args.file)) } else { (args.file, None) };
     let submit = Submit {
         partner: args.partner,

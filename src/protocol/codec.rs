@@ -386,6 +386,7 @@ mod tests {
                 Ask::RelayDialBack { target: target.clone() },
                 Ask::DialMe { node: target.clone() },
                 Ask::Release { set, files, pattern: target.clone() },
+                Ask::List { rule: target.clone(), patterns: vec![target.clone(), "a/**".into()], start: files },
             ];
             for ask in asks {
                 let frame = encode_control(&ask).expect("encodes");

@@ -119,6 +119,10 @@ pub enum Ask {
         /// receiver's record of the set and its set tasks name it.
         pattern: String,
     },
+    /// A pull of a file set (version 7): resolve `patterns` in the send
+    /// folder of `rule`, as the sender of the set, and answer the entries
+    /// from index `start` on ([`Answer::Listed`]).
+    List { rule: String, patterns: Vec<String>, start: u32 },
 }
 
 impl Ask {
@@ -130,6 +134,7 @@ impl Ask {
             Ask::RelayDialBack { .. } => "RelayDialBack",
             Ask::DialMe { .. } => "DialMe",
             Ask::Release { .. } => "Release",
+            Ask::List { .. } => "List",
         }
     }
 }
@@ -154,6 +159,26 @@ pub enum Answer {
     Released {
         delivered: u32,
     },
+    /// A page of a file set's resolved entries, from the asked `start`:
+    /// `total` entries in all, the whole list hashing to `digest`
+    /// (`fileset::listing_digest`), so the asker sees whether every page
+    /// came from one resolution.
+    Listed {
+        entries: Vec<ListedEntry>,
+        total: u32,
+        digest: super::Digest,
+    },
+}
+
+/// One resolved entry of a file set, as [`Answer::Listed`] carries it: a
+/// file, or an empty folder (its path ends in `/`, its size 0).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListedEntry {
+    /// Below the rule's send folder, components joined by `/`.
+    pub path: String,
+    pub size: u64,
+    /// Nanoseconds since the Unix epoch (0 if unknown).
+    pub modified_ns: u128,
 }
 
 #[cfg(test)]

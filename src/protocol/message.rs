@@ -269,6 +269,18 @@ pub struct TransferOptions {
     /// receiver keeps it verified under its work name until the sender's
     /// `Release` of the set.
     pub hold: bool,
+    /// A pulled file set's file (version 7): its size and modification
+    /// time as the sender resolved them; a file that differs when asked
+    /// for is refused with `SourceChanged`.
+    pub as_resolved: Option<AsResolved>,
+}
+
+/// A file's size and modification time when its file set was resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AsResolved {
+    pub size: u64,
+    /// Nanoseconds since the Unix epoch (0 if unknown: not compared).
+    pub modified_ns: u64,
 }
 
 /// What a receiver does when the target file already exists.
@@ -300,7 +312,8 @@ pub struct Request {
     pub request_id: RequestId,
     pub rule: String,
     pub direction: Direction,
-    /// A plain file name (no folders): the file in the rule's send folder.
+    /// The file below the rule's send folder: a plain name, or a file
+    /// set's relative path (`a/b.csv`; an empty folder's ends in `/`).
     pub file_name: String,
     /// The file's size when the requester sends it (push); 0 for a pull.
     pub size: u64,

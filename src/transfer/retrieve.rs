@@ -61,6 +61,15 @@ impl SourceSnapshot {
         SourceSnapshot { size: meta.len(), modified: meta.modified().ok() }
     }
 
+    /// A file as its file set resolved it (`modified_ns` 0: unknown).
+    pub fn resolved(size: u64, modified_ns: u128) -> Self {
+        let modified = (modified_ns > 0).then(|| {
+            let ns = u64::try_from(modified_ns).unwrap_or(u64::MAX);
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(ns)
+        });
+        SourceSnapshot { size, modified }
+    }
+
     /// What differs in `now`, with both values, or `None` if nothing does.
     pub fn change_to(&self, now: &SourceSnapshot) -> Option<String> {
         let mut what = Vec::new();
