@@ -441,6 +441,30 @@ pub struct TransportSettings {
     pub loss_tolerance_percent: u8,
 }
 
+/// `[retention]`: how long ended requests stay in the store.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Requests that ended `Done` or `Cancelled` more than this many days
+    /// ago are removed with their job logs (the audit log is kept). 0 (the
+    /// default): kept for ever. `InError` requests are never removed.
+    #[serde(default)]
+    pub keep_days: u32,
+    /// How often old requests are looked for (also once at start).
+    #[serde(default = "default_sweep_interval_secs")]
+    pub sweep_interval_secs: u64,
+}
+
+fn default_sweep_interval_secs() -> u64 {
+    3600
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        RetentionSettings { keep_days: 0, sweep_interval_secs: default_sweep_interval_secs() }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
@@ -483,6 +507,9 @@ pub struct NodeConfig {
     /// How the node's QUIC connections behave.
     #[serde(default)]
     pub transport: TransportSettings,
+    /// `[retention]`: ended requests pruned after `keep_days` (off by default).
+    #[serde(default)]
+    pub retention: RetentionSettings,
     #[serde(default)]
     pub partners: Vec<Partner>,
     #[serde(default)]
@@ -518,6 +545,7 @@ impl NodeConfig {
             limits: PartnerLimits::default(),
             audit: AuditSettings::default(),
             transport: TransportSettings::default(),
+            retention: RetentionSettings::default(),
             partners: vec![],
             groups: vec![],
             rules: vec![],
@@ -670,6 +698,12 @@ impl NodeConfig {
                 self.transport.loss_tolerance_percent
             ));
         }
+        if self.retention.sweep_interval_secs < 60 {
+            return Err(format!(
+                "retention.sweep_interval_secs {} is below 60: old requests need not be looked for more often",
+                self.retention.sweep_interval_secs
+            ));
+        }
         let mut rules = HashSet::new();
         for r in &self.rules {
             if !rules.insert(r.name.as_str()) {
@@ -787,6 +821,24 @@ partners = ["b"]
         assert_eq!(rule("/srv/in/#PARTNER#").recv_dir_for("b"), PathBuf::from("/srv/in/b"));
         assert_eq!(rule("/srv/#PARTNER#/in").recv_dir_for("c"), PathBuf::from("/srv/c/in"));
         assert_eq!(rule("/srv/in").recv_dir_for("b"), PathBuf::from("/srv/in"), "shared when not asked for");
+    }
+
+    #[test]
+    fn retention_is_off_by_default_and_its_sweep_is_bounded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("a.toml");
+        let with = |extra: &str| SAMPLE.replace("[tls]", &format!("{extra}\n[tls]"));
+        std::fs::write(&path, with("")).expect("write");
+        let cfg = NodeConfig::load(&path).expect("loads");
+        assert_eq!((cfg.retention.keep_days, cfg.retention.sweep_interval_secs), (0, 3600), "kept for ever");
+        std::fs::write(&path, with("[retention]\nkeep_days = 90\nsweep_interval_secs = 600")).expect("write");
+        let cfg = NodeConfig::load(&path).expect("loads");
+        assert_eq!((cfg.retention.keep_days, cfg.retention.sweep_interval_secs), (90, 600));
+        std::fs::write(&path, with("[retention]\nkeep_days = 1\nsweep_interval_secs = 5")).expect("write");
+        let err = NodeConfig::load(&path).expect_err("too often");
+        assert!(err.to_string().contains("retention.sweep_interval_secs 5 is below 60"), "{err}");
+        std::fs::write(&path, with("[retention]\nkeep_days = -1")).expect("write");
+        assert!(NodeConfig::load(&path).is_err(), "a negative age is refused");
     }
 
     #[test]

@@ -9,9 +9,10 @@
 //! keeps the pages only if all came from one resolution and the entries it
 //! assembled hash to that digest; otherwise (the folder changed between
 //! pages and was resolved again) it starts over, at most [`ATTEMPTS`]
-//! times. The answering node keeps its last list per partner for
-//! [`LISTING_KEPT`], so the pages after the first are cut from it instead
-//! of resolving the folder again; a first page always resolves anew.
+//! times. The answering node keeps its last list per partner until it
+//! served the last page, for at most [`LISTING_KEPT`], so the pages after
+//! the first are cut from it instead of resolving the folder again; a
+//! first page always resolves anew.
 //!
 //! What a partner may learn: the entries the pattern reaches in the send
 //! folder of a rule that allows it, which it could pull by name anyway.
@@ -107,12 +108,18 @@ async fn page(core: &Core, partner: &str, rule: String, patterns: Vec<String>, s
             let entries = Arc::new(resolved.map_err(|e| refusal_of(&rule, e))?);
             let digest = fileset::listing_digest(&entries);
             let made = Kept { rule, patterns, entries: entries.clone(), digest, made_ms: now };
-            KEPT.lock().expect("the map is only held to read or replace an entry").insert(key, made);
+            KEPT.lock().expect("the map is only held to read or replace an entry").insert(key.clone(), made);
             (entries, digest)
         }
     };
     let total = u32::try_from(entries.len()).unwrap_or(u32::MAX);
-    Ok(Answer::Listed { entries: cut_page(&entries, start), total, digest })
+    let page = cut_page(&entries, start);
+    if start as usize + page.len() >= entries.len() {
+        // The last page: the list is not kept beyond it (asked again, it is
+        // resolved again, and the digest tells whether it is the same).
+        KEPT.lock().expect("the map is only held to read or replace an entry").remove(&key);
+    }
+    Ok(Answer::Listed { entries: page, total, digest })
 }
 
 /// The page of `entries` from `start`: as many as fit [`PAGE_BYTES`], and

@@ -52,7 +52,9 @@ use crate::lifecycle;
 use crate::protocol::control::{Answer, Ask};
 use crate::protocol::names::is_folder_entry;
 use crate::protocol::{Direction, ErrorCode, RequestId};
-use crate::store::{member_id, now_ms, RequestRecord, Role, SetInfo, Status, Step, Store, StoreError, TargetMode};
+use crate::store::{
+    member_id, now_ms, RequestRecord, Role, SetInfo, SetMember, Status, Step, Store, StoreError, TargetMode,
+};
 use crate::tasks::TaskList;
 use crate::transfer::receive;
 
@@ -307,6 +309,13 @@ pub async fn run_received_set_tasks(
             };
             let line = format!("set of {files} files from {partner}: every file is in place; its set tasks run");
             store.insert(rec, &line).map_err(internal)?;
+            // Its files become its members here too: listed through the
+            // set, and pruned with it (retention), as on the requester.
+            let (marking, id) = (store.clone(), set.clone());
+            crate::determinism::blocking(move || mark_members(&marking, &id, files))
+                .await
+                .map_err(internal)?
+                .map_err(internal)?;
             store.flush().await.map_err(internal)?;
         }
         Some(r) if r.role != Role::Requested || r.partner != partner || r.set.is_none() => {
@@ -325,6 +334,21 @@ pub async fn run_received_set_tasks(
     }
     let ran = task_runner::run_tasks(intake, set, TaskList::Set).await;
     end_set_tasks(store, set, ran).await
+}
+
+/// Marks the asked node's records of a released set's files as its
+/// members (they were recorded one by one, before it knew the set).
+fn mark_members(store: &Store, set: &RequestId, files: u32) -> Result<(), StoreError> {
+    for index in 0..files {
+        let member = SetMember { set: set.clone(), index, modified_ns: 0 };
+        store.update_if(
+            &member_id(set, index),
+            "",
+            |r| r.member_of.is_none(),
+            |r| r.member_of = Some(member.clone()),
+        )?;
+    }
+    Ok(())
 }
 
 /// Records how a set's set tasks ended (`Done`, or `InError` at the task

@@ -171,6 +171,17 @@ fn run_flusher(mut rx: tokio::sync::mpsc::UnboundedReceiver<FlushReply>) {
     }
 }
 
+/// What one [`Store::prune`] call removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Requests removed (a set's files included).
+    pub requests: usize,
+    /// Job-log lines removed with them.
+    pub log_lines: usize,
+    /// The call stopped at its limit: old requests may be left.
+    pub more: bool,
+}
+
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store").finish_non_exhaustive()
@@ -521,6 +532,82 @@ impl Store {
         Ok(Page { records, next: None })
     }
 
+    /// Removes requests that ended `Done` or `Cancelled` and were created
+    /// and finished before `cutoff_ms`, each with its job log and listing
+    /// entries: the retention setting's work (the audit log, written
+    /// elsewhere, is kept). A file set goes with its files, its files first
+    /// and its record last, so a crash in between leaves the set's record,
+    /// still old, for the next call to finish. Kept: whatever has not
+    /// ended, `InError` requests (an operator may restart them), a
+    /// cancelled request whose partner is still owed its notice, and a
+    /// set's file on its own (it goes with its set). At most about `max`
+    /// requests per call (a set counts with its files); `more` says whether
+    /// old ones may be left. The caller flushes.
+    pub fn prune(&self, cutoff_ms: u64, max: usize) -> Result<Pruned, StoreError> {
+        let mut pruned = Pruned::default();
+        for status in [Status::Done, Status::Cancelled] {
+            let mut q = ListQuery {
+                status: Some(status),
+                created_to: Some(cutoff_ms),
+                limit: listing::MAX_PAGE,
+                ..ListQuery::default()
+            };
+            loop {
+                let page = self.page(&q)?;
+                for rec in &page.records {
+                    if pruned.requests >= max {
+                        pruned.more = true;
+                        return Ok(pruned);
+                    }
+                    let finished = rec.finished_at.unwrap_or(rec.updated_at);
+                    let owed = rec.status == Status::Cancelled && self.notices.contains_key(rec.id.as_str())?;
+                    if finished >= cutoff_ms || rec.member_of.is_some() || owed {
+                        continue;
+                    }
+                    if let Some(info) = &rec.set {
+                        for i in 0..info.files {
+                            pruned.log_lines += self.remove_request(&member_id(&rec.id, i))?;
+                            pruned.requests += 1;
+                        }
+                    }
+                    pruned.log_lines += self.remove_request(&rec.id)?;
+                    pruned.requests += 1;
+                }
+                match page.next {
+                    Some(next) => q.after = Some(next),
+                    None => break,
+                }
+            }
+        }
+        Ok(pruned)
+    }
+
+    /// Removes one request, its listing entries and its job log (nothing
+    /// if it is gone already). Returns the job-log lines removed.
+    fn remove_request(&self, id: &RequestId) -> Result<usize, StoreError> {
+        let key = id.as_str().as_bytes();
+        let _order = self.write_order.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Some(bytes) = self.requests.get(key)? else { return Ok(0) };
+        let rec: RequestRecord = decode(key, &bytes)?;
+        // Its log first, then the record, then its index entries: a crash
+        // before the record goes leaves it listed, old, for the next call;
+        // one after leaves index entries readers skip (no record).
+        let mut lines = 0;
+        for kv in self.joblog.scan_prefix(key) {
+            let (k, _) = kv?;
+            self.joblog.remove(k)?;
+            lines += 1;
+        }
+        self.requests.remove(key)?;
+        for k in listing::keys(&rec) {
+            self.listing.remove(k)?;
+        }
+        if let Some(seq) = rec.queue_seq {
+            self.queue.remove(queue_key(seq, id))?;
+        }
+        Ok(lines)
+    }
+
     /// Up to `max` queued (`ToSubmit`) requests in submission order.
     ///
     /// Stale index entries (the record is gone or no longer `ToSubmit`) are
@@ -791,6 +878,72 @@ mod tests {
         let (again, more) = set_of(1);
         let again = RequestRecord { id: set.id.clone(), ..again };
         assert!(matches!(store.insert_set(again, more, "again"), Err(StoreError::Exists(_))));
+    }
+
+    #[test]
+    fn prune_removes_old_ended_requests_with_their_logs_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let (old, cutoff, recent) = (1_000, 5_000, 9_000);
+        let aged = |status: Status, created: u64, finished: Option<u64>| RequestRecord {
+            created_at: created,
+            updated_at: finished.unwrap_or(created),
+            finished_at: finished,
+            ..sample(status)
+        };
+        let put = |rec: RequestRecord| {
+            let rec = store.insert(rec, "submitted").expect("insert");
+            store.log(&rec.id, "a line of its job log").expect("log");
+            rec
+        };
+        let gone = [put(aged(Status::Done, old, Some(old + 10))), put(aged(Status::Cancelled, old, Some(old + 10)))];
+        let kept = [
+            put(aged(Status::Running, old, None)),
+            put(aged(Status::ToSubmit, old, None)),
+            put(aged(Status::Interrupted, old, None)),
+            put(aged(Status::InError, old, Some(old + 10))),
+            // Created before the cutoff but finished after it.
+            put(aged(Status::Done, old, Some(recent))),
+            put(aged(Status::Done, recent, Some(recent))),
+        ];
+        // A cancelled request whose partner is still owed its notice.
+        let owed = put(aged(Status::Cancelled, old, Some(old + 10)));
+        store.owe_cancel_notice(&owed.id).expect("owed");
+        // An old set goes with its files; a running set keeps its files.
+        let (set, members) = set_of(3);
+        let set = RequestRecord { status: Status::Done, created_at: old, finished_at: Some(old + 20), ..set };
+        let members: Vec<RequestRecord> =
+            members.into_iter().map(|m| RequestRecord { status: Status::Done, created_at: old, ..m }).collect();
+        let member_ids: Vec<RequestId> = members.iter().map(|m| m.id.clone()).collect();
+        store.insert_set(set.clone(), members, "set").expect("set");
+        let (running, running_members) = set_of(2);
+        let running = RequestRecord { created_at: old, ..running };
+        store.insert_set(running.clone(), running_members, "running set").expect("set");
+
+        let pruned = store.prune(cutoff, 1_000).expect("pruned");
+        assert_eq!((pruned.requests, pruned.more), (2 + 1 + 3, false), "{pruned:?}");
+        assert!(pruned.log_lines >= 4, "{pruned:?}");
+        for id in gone.iter().map(|r| &r.id).chain([&set.id]).chain(&member_ids) {
+            assert!(store.get(id).expect("get").is_none(), "{id} is pruned");
+            assert!(store.job_log(id).expect("log").is_empty(), "{id}'s job log is pruned");
+        }
+        for r in kept.iter().chain([&owed, &running]) {
+            assert!(store.get(&r.id).expect("get").is_some(), "{:?} {} is kept", r.status, r.id);
+            assert!(!store.job_log(&r.id).expect("log").is_empty());
+        }
+        for i in 0..2 {
+            assert!(store.get(&member_id(&running.id, i)).expect("get").is_some(), "a running set's files stay");
+        }
+        let listed = store.page(&ListQuery { limit: 100, ..Default::default() }).expect("page").records.len();
+        assert_eq!(listed, kept.len() + 2, "the listing no longer shows what was pruned");
+        // A limit stops a call part-way and says more is left.
+        let more = put(aged(Status::Done, old, Some(old)));
+        let also = put(aged(Status::Done, old, Some(old)));
+        let first = store.prune(cutoff, 1).expect("pruned");
+        assert_eq!((first.requests, first.more), (1, true));
+        assert_eq!(store.prune(cutoff, 1).expect("pruned").requests, 1);
+        assert!(store.get(&more.id).expect("get").is_none() && store.get(&also.id).expect("get").is_none());
+        assert_eq!(store.prune(cutoff, 1).expect("pruned"), Pruned::default(), "nothing left");
     }
 
     #[test]
