@@ -162,9 +162,11 @@ impl Metrics {
     /// Counts every record `store` holds now into the transfer gauges, and
     /// registers for every write and flush from now on. Called once, at start.
     pub fn attach(self: &std::sync::Arc<Self>, store: &Store) -> Result<(), StoreError> {
-        for rec in store.list(None)? {
+        // One record at a time: a store with a million requests is not
+        // held in memory to be counted.
+        store.for_each(|rec| {
             self.transfers.get_or_create(&status_labels(rec.status, &rec)).inc();
-        }
+        })?;
         let me = self.clone();
         store.observe(std::sync::Arc::new(move |change| me.record_change(change)));
         let me = self.clone();

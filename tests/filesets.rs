@@ -653,6 +653,15 @@ async fn a_pulled_set_refuses_escapes_empty_matches_and_all_or_nothing_with_noth
         (pull_pattern("tree/**"), "file_not_found", "symbolic link \"tree/passwd\""),
         (pull_pattern("nothing/*.csv"), "no_files", "on node b"),
         (Submit { delivery: Some(Delivery::All), ..pull_pattern("tree/*.csv") }, "bad_request", "delivery = all"),
+        (
+            Submit {
+                pattern: None,
+                files: Some((0..2000).map(|i| format!("tree/file-number-{i:06}.csv")).collect()),
+                ..pull_pattern("")
+            },
+            "bad_request",
+            "name a pattern or a folder instead",
+        ),
     ];
     for (s, code, why) in cases {
         let asked = s.pattern.clone();

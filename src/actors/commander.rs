@@ -276,8 +276,17 @@ impl Actor for Commander {
     ) -> Result<Self::State, ActorProcessingErr> {
         let store = &args.ctx.core.store;
         if args.recover {
-            for status in [Status::Running, Status::Interrupted] {
-                for rec in store.list(Some(status))? {
+            // One pass over the store for everything start-up acts on.
+            let (mut queued, mut failed, mut left) = (Vec::new(), Vec::new(), Vec::new());
+            for rec in store.list_where(|s| !matches!(s, Status::Done | Status::Cancelled))? {
+                match rec.status {
+                    Status::ToSubmit => queued.push(rec),
+                    Status::InError => failed.push(rec),
+                    _ => left.push(rec),
+                }
+            }
+            {
+                for rec in left {
                     match lifecycle::recovery(&rec) {
                         Recovery::Keep => {
                             if let (Status::Interrupted, Some(at)) = (rec.status, rec.retry_at) {
@@ -288,7 +297,9 @@ impl Actor for Commander {
                             }
                         }
                         Recovery::Requeue => {
-                            store.update(&rec.id, "resumed at node start-up", |r| r.status = Status::ToSubmit)?;
+                            let r =
+                                store.update(&rec.id, "resumed at node start-up", |r| r.status = Status::ToSubmit)?;
+                            queued.push(r);
                         }
                         Recovery::Interrupt => {
                             store.update(&rec.id, "node restarted; the partner drives the request again", |r| {
@@ -301,13 +312,13 @@ impl Actor for Commander {
             // Error tasks a crash interrupted: the rest run now, the
             // interrupted one again (at least once).
             let mut error_tasks_left = Vec::new();
-            for rec in store.list(Some(Status::InError))? {
+            for rec in failed {
                 if rec.step == Step::ErrorTask && super::task_runner::error_tasks_left(&args.ctx.core, &rec) {
                     store.log(&rec.id, "node restarted during the error tasks; the rest run now")?;
                     error_tasks_left.push(rec.id);
                 }
             }
-            store.rebuild_queue()?;
+            store.rebuild_queue_from(queued)?;
             store.flush_blocking()?;
             for id in error_tasks_left {
                 spawn_error_tasks(&myself, &args.ctx, id);

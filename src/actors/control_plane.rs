@@ -124,6 +124,9 @@ async fn answer(ctx: &RunHandle, conns: &ActorRef<ConnectionsMsg>, partner: &str
             }
         }
         Ask::Release { set, files, pattern } => {
+            if let Err((code, message)) = super::set_release::check_release_pattern(&pattern) {
+                return refused(code, format!("node {me}: {message}"));
+            }
             let (core, owner, id) = (ctx.core.clone(), partner.to_owned(), set.clone());
             let released =
                 crate::determinism::blocking(move || super::set_release::release_held(&core, &owner, &id, files)).await;

@@ -170,6 +170,15 @@ async fn submit_set(ctx: &Intake, s: Submit, spec: SetSpec, id: RequestId) -> Re
     let (entries, sender) = match s.direction {
         Direction::Push => (resolve_here(&rule.send_dir, &spec.patterns).await?, cfg.node_id.as_str()),
         Direction::Pull => {
+            // The patterns travel in every `List` ask: they must fit one.
+            let bytes: usize = spec.patterns.iter().map(|p| p.len() + 8).sum();
+            if bytes > super::set_listing::MAX_PATTERN_BYTES {
+                return Err(SubmitError::BadRequest(format!(
+                    "a pulled set's patterns take {bytes} bytes; at most {} fit the partner's list ask \
+                     (name a pattern or a folder instead of every path)",
+                    super::set_listing::MAX_PATTERN_BYTES
+                )));
+            }
             for p in &spec.patterns {
                 fileset::check_pattern(p).map_err(|why| SubmitError::BadFileName(format!("pattern {p:?}: {why}")))?;
             }
@@ -185,7 +194,7 @@ async fn submit_set(ctx: &Intake, s: Submit, spec: SetSpec, id: RequestId) -> Re
         )));
     }
     let files = u32::try_from(entries.len()).unwrap_or(u32::MAX);
-    let total: u64 = entries.iter().map(|e| e.size).sum();
+    let total: u64 = entries.iter().fold(0u64, |t, e| t.saturating_add(e.size));
     let now = crate::store::now_ms();
     let set = RequestRecord {
         block_size: spec.block_size,

@@ -9,17 +9,19 @@
 //! keeps the pages only if all came from one resolution and the entries it
 //! assembled hash to that digest; otherwise (the folder changed between
 //! pages and was resolved again) it starts over, at most [`ATTEMPTS`]
-//! times. The answering node keeps its last list per partner until it
-//! served the last page, for at most [`LISTING_KEPT`], so the pages after
-//! the first are cut from it instead of resolving the folder again; a
-//! first page always resolves anew.
+//! times. The answering node keeps each list it made until it served the
+//! last page (a few per partner; one older than [`LISTING_KEPT`] is
+//! dropped at the next ask), so the pages after the first are cut from it
+//! instead of resolving the folder again; a first page always resolves
+//! anew.
 //!
 //! What a partner may learn: the entries the pattern reaches in the send
 //! folder of a rule that allows it, which it could pull by name anyway.
 //! The requester trusts nothing in an answer: every path is checked by the
 //! path rule, the list must be in strictly increasing path order (so no
-//! file is named twice), a folder entry has size 0, and the length is
-//! bounded by `fileset::MAX_ENTRIES`.
+//! file is named twice), a folder entry has size 0, the length is bounded
+//! by `fileset::MAX_ENTRIES` and the paths by [`MAX_LIST_BYTES`], and the
+//! whole listing by [`LIST_LIMIT`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -54,6 +56,21 @@ pub const ATTEMPTS: usize = 3;
 /// folder, which for a large tree takes a while).
 pub const PAGE_LIMIT: Duration = Duration::from_secs(120);
 
+/// How long the requester waits for the whole list.
+pub const LIST_LIMIT: Duration = Duration::from_secs(600);
+
+/// Most bytes of paths a requester accepts in one list (a million entries
+/// of 128 bytes): a partner cannot make a pull hold more in memory.
+pub const MAX_LIST_BYTES: usize = 128 << 20;
+
+/// Most bytes of patterns a pull may name: they travel in every `List`
+/// ask, which must fit a control frame (64 KiB) with the rest.
+pub const MAX_PATTERN_BYTES: usize = 32 * 1024;
+
+/// Lists an answering node keeps per partner (two pulls of one partner
+/// listed at once do not evict each other's).
+const KEPT_PER_PARTNER: usize = 4;
+
 /// A partner's last list on the answering node.
 struct Kept {
     rule: String,
@@ -63,9 +80,12 @@ struct Kept {
     made_ms: u64,
 }
 
-/// The kept lists, by (this node, partner): one each, so a partner holds at
-/// most one list's memory on a node.
-static KEPT: std::sync::LazyLock<Mutex<HashMap<(String, String), Kept>>> = std::sync::LazyLock::new(Mutex::default);
+/// The kept lists, by (this node, partner), at most [`KEPT_PER_PARTNER`]
+/// each; any older than [`LISTING_KEPT`] are dropped at every ask.
+static KEPT: std::sync::LazyLock<Mutex<KeptLists>> = std::sync::LazyLock::new(Mutex::default);
+
+/// (this node, partner) → its kept lists, oldest first.
+type KeptLists = HashMap<(String, String), Vec<Kept>>;
 
 type Refusal = (ErrorCode, String);
 
@@ -89,15 +109,18 @@ async fn page(core: &Core, partner: &str, rule: String, patterns: Vec<String>, s
     }
     let key = (me, partner.to_owned());
     let now = crate::determinism::now_ms();
-    let kept = (start > 0)
-        .then(|| {
-            let kept = KEPT.lock().expect("the map is only held to read or replace an entry");
-            kept.get(&key)
-                .filter(|k| k.rule == rule && k.patterns == patterns)
-                .filter(|k| now.saturating_sub(k.made_ms) < LISTING_KEPT.as_millis() as u64)
-                .map(|k| (k.entries.clone(), k.digest))
-        })
-        .flatten();
+    let fresh = |k: &Kept| now.saturating_sub(k.made_ms) < LISTING_KEPT.as_millis() as u64;
+    let kept = {
+        let mut all = KEPT.lock().expect("the map is only held to read or change its lists");
+        all.retain(|_, lists| {
+            lists.retain(fresh);
+            !lists.is_empty()
+        });
+        all.get(&key)
+            .and_then(|lists| lists.iter().find(|k| k.rule == rule && k.patterns == patterns))
+            .filter(|_| start > 0)
+            .map(|k| (k.entries.clone(), k.digest))
+    };
     let (entries, digest) = match kept {
         Some(k) => k,
         None => {
@@ -107,8 +130,15 @@ async fn page(core: &Core, partner: &str, rule: String, patterns: Vec<String>, s
                 .map_err(|e| (ErrorCode::Internal, e.to_string()))?;
             let entries = Arc::new(resolved.map_err(|e| refusal_of(&rule, e))?);
             let digest = fileset::listing_digest(&entries);
-            let made = Kept { rule, patterns, entries: entries.clone(), digest, made_ms: now };
-            KEPT.lock().expect("the map is only held to read or replace an entry").insert(key.clone(), made);
+            let made =
+                Kept { rule: rule.clone(), patterns: patterns.clone(), entries: entries.clone(), digest, made_ms: now };
+            let mut all = KEPT.lock().expect("the map is only held to read or change its lists");
+            let lists = all.entry(key.clone()).or_default();
+            lists.retain(|k| k.rule != rule || k.patterns != patterns);
+            if lists.len() == KEPT_PER_PARTNER {
+                lists.remove(0);
+            }
+            lists.push(made);
             (entries, digest)
         }
     };
@@ -117,7 +147,10 @@ async fn page(core: &Core, partner: &str, rule: String, patterns: Vec<String>, s
     if start as usize + page.len() >= entries.len() {
         // The last page: the list is not kept beyond it (asked again, it is
         // resolved again, and the digest tells whether it is the same).
-        KEPT.lock().expect("the map is only held to read or replace an entry").remove(&key);
+        let mut all = KEPT.lock().expect("the map is only held to read or change its lists");
+        if let Some(lists) = all.get_mut(&key) {
+            lists.retain(|k| k.rule != rule || k.patterns != patterns);
+        }
     }
     Ok(Answer::Listed { entries: page, total, digest })
 }
@@ -153,18 +186,23 @@ pub async fn fetch(intake: &Intake, partner: &str, rule: &str, patterns: &[Strin
     let link = connections::connect(&a.connections, partner)
         .await
         .map_err(|e| SubmitError::Unreachable(format!("cannot reach {partner} to list the file set: {}", e.message)))?;
-    let mut changed = 0;
-    loop {
-        match fetch_once(&link.conn, partner, rule, patterns).await? {
-            Some(entries) => return Ok(entries),
-            None if changed + 1 < ATTEMPTS => changed += 1,
-            None => {
-                return Err(SubmitError::BadRequest(format!(
-                    "the send folder on {partner} changed while it was listed, {ATTEMPTS} times; try again"
-                )))
+    let listing = async {
+        let mut changed = 0;
+        loop {
+            match fetch_once(&link.conn, partner, rule, patterns).await? {
+                Some(entries) => return Ok(entries),
+                None if changed + 1 < ATTEMPTS => changed += 1,
+                None => {
+                    return Err(SubmitError::BadRequest(format!(
+                        "the send folder on {partner} changed while it was listed, {ATTEMPTS} times; try again"
+                    )))
+                }
             }
         }
-    }
+    };
+    tokio::time::timeout(LIST_LIMIT, listing).await.map_err(|_| {
+        SubmitError::Unreachable(format!("{partner} did not list the file set within {} s", LIST_LIMIT.as_secs()))
+    })?
 }
 
 /// One pass over the pages; `None` if they came from different
@@ -177,6 +215,7 @@ async fn fetch_once(
 ) -> Result<Option<Vec<Entry>>, SubmitError> {
     let mut entries: Vec<Entry> = Vec::new();
     let mut first: Option<(u32, Digest)> = None;
+    let mut bytes = 0usize;
     loop {
         let start = u32::try_from(entries.len()).unwrap_or(u32::MAX);
         let ask = Ask::List { rule: rule.to_owned(), patterns: patterns.to_vec(), start };
@@ -204,6 +243,10 @@ async fn fetch_once(
         }
         for e in page {
             check_listed(partner, entries.last(), &e)?;
+            bytes += e.path.len();
+            if bytes > MAX_LIST_BYTES {
+                return Err(bad_list(partner, format!("listed more than {MAX_LIST_BYTES} bytes of paths")));
+            }
             let kind = if is_folder_entry(&e.path) { EntryKind::Folder } else { EntryKind::File };
             entries.push(Entry { path: e.path, kind, size: e.size, modified_ns: e.modified_ns });
         }

@@ -76,6 +76,23 @@ fn internal(e: impl std::fmt::Display) -> Refusal {
     (ErrorCode::Internal, e.to_string())
 }
 
+/// Checks a `Release`'s `pattern` before anything else is done: it only
+/// names the set (in its record and as its set tasks'
+/// `#ORIGINALFILENAME#`), so it must be short text.
+pub fn check_release_pattern(pattern: &str) -> Result<(), Refusal> {
+    if pattern.len() > crate::fileset::SHOWN_PATTERN_BYTES + 64 || pattern.contains('\0') {
+        return Err((
+            ErrorCode::Protocol,
+            format!(
+                "a Release names its set in at most {} bytes of text ({} given)",
+                crate::fileset::SHOWN_PATTERN_BYTES,
+                pattern.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The asked node's side of `Release { set, files, .. }` from `partner`:
 /// puts every held file of the set under its final name (see the module
 /// doc for the order). Returns what it found and did. Blocking.
@@ -411,6 +428,7 @@ impl Releaser {
         for id in waiting_sets(store)? {
             let _ = tx.send(id);
         }
+        let again = tx.clone();
         let store = store.clone();
         let asking: Arc<Mutex<HashSet<RequestId>>> = Arc::default();
         Ok(tokio::spawn(async move {
@@ -418,11 +436,17 @@ impl Releaser {
                 if !asking.lock().expect("the set is only held to insert or remove").insert(id.clone()) {
                     continue; // already being asked for
                 }
-                let (store, config, asker, runner, asking) =
-                    (store.clone(), config.clone(), asker.clone(), runner.clone(), asking.clone());
+                let (store, config, asker, runner, asking, again) =
+                    (store.clone(), config.clone(), asker.clone(), runner.clone(), asking.clone(), again.clone());
                 tokio::spawn(async move {
-                    release(&store, &config, &asker, &runner, &id).await;
+                    let paused = release(&store, &config, &asker, &runner, &id).await;
                     asking.lock().expect("the set is only held to insert or remove").remove(&id);
+                    // A change the observer sent while this ran (an operator
+                    // restart just after the set ended) was dropped above:
+                    // read again, and go on if there is work.
+                    if !paused && store.get(&id).ok().flatten().is_some_and(|r| releaser_acts_on(&r)) {
+                        let _ = again.send(id);
+                    }
                 });
             }
         }))
@@ -444,20 +468,27 @@ fn waiting_sets(store: &Store) -> Result<Vec<RequestId>, StoreError> {
 
 /// Asks for one set's release until it is answered (or the set no longer
 /// waits: cancelled meanwhile), then runs its set tasks.
-async fn release(store: &Store, config: &NodeConfig, asker: &Asker, runner: &SetTaskRunner, id: &RequestId) {
+/// Returns whether it stopped for the node's shutdown (the set is left to
+/// the next start), rather than because the set ended or left the steps
+/// this task acts on.
+async fn release(store: &Store, config: &NodeConfig, asker: &Asker, runner: &SetTaskRunner, id: &RequestId) -> bool {
     let mut wait = FIRST_WAIT;
     loop {
         let set = match store.get(id) {
             Ok(Some(s)) if lifecycle::set::awaits_release(&s) => s,
             Ok(Some(s)) if lifecycle::set::runs_set_tasks(&s) => {
                 // A shutdown leaves them to run on at the next start.
-                let _ = end_set_tasks(store, id, runner(id.clone()).await).await;
-                return;
+                let ran = end_set_tasks(store, id, runner(id.clone()).await).await;
+                return matches!(ran, Err((ErrorCode::Shutdown, _)));
             }
-            Ok(_) => return,
-            Err(e) => return tracing::error!(request_id = %id, error = %e, "cannot read the file set to release"),
+            Ok(_) => return false,
+            Err(e) => {
+                tracing::error!(request_id = %id, error = %e, "cannot read the file set to release");
+                return true; // not asked again until the next start
+            }
         };
-        let (files, pattern) = set.set.as_ref().map_or((0, String::new()), |i| (i.files, i.pattern.clone()));
+        let (files, pattern) =
+            set.set.as_ref().map_or((0, String::new()), |i| (i.files, crate::fileset::shown_pattern(&i.pattern)));
         let ask = Ask::Release { set: id.clone(), files, pattern };
         let outcome = asker(set.partner.clone(), ask, RELEASE_LIMIT).await;
         let now = now_ms();
@@ -505,6 +536,6 @@ async fn release(store: &Store, config: &NodeConfig, asker: &Asker, runner: &Set
             Ok(None) => {}
             Err(e) => tracing::error!(request_id = %id, error = %e, "cannot record the set's release"),
         }
-        return;
+        return false;
     }
 }

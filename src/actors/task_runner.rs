@@ -172,6 +172,10 @@ pub async fn run_tasks(ctx: &Intake, id: &RequestId, list: TaskList) -> Result<(
             // A task moved the request on (a reschedule left the error step).
             return Ok(());
         }
+        if list == TaskList::Set && rec.status != crate::store::Status::Running {
+            // The set was cancelled while its set tasks ran: no more run.
+            return Ok(());
+        }
         let tasks = side(rule, &rec).list(list);
         let Some(index) = lifecycle::next_task(&rec, tasks.len()) else { return Ok(()) };
         let task = &tasks[index];

@@ -45,6 +45,77 @@ pub struct BenchArgs {
     /// Kept for scripts: the comparison with scp/rsync is done by cluster/bench.sh.
     #[arg(long)]
     pub skip_ssh: bool,
+    /// Before the nodes start, fill each node's store with N requests that
+    /// ended over the last 180 days (3 job-log lines each), then report
+    /// the fill, the nodes' start, a listing page and memory with them.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub history: usize,
+    /// Internal: only fill the store in DIR with `--history` requests with
+    /// partner `--fill-partner`, then exit (run as a child process, so the
+    /// bench's own memory figures do not count the fill).
+    #[arg(long, value_name = "DIR", hide = true)]
+    pub fill_store: Option<PathBuf>,
+    #[arg(long, value_name = "ID", hide = true, default_value = "b")]
+    pub fill_partner: String,
+}
+
+/// Resident memory of this process (both nodes), in bytes.
+fn resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// The big push and its two bounds: MB/s, CPU s per GiB (both nodes), the
+/// raw QUIC bound's MB/s and the local bound's MB/s.
+async fn big_push(api: &ApiClient, layout: &LocalLayout, big_mib: u64) -> anyhow::Result<(f64, f64, f64, f64)> {
+    let big = "big.bin";
+    let big_bytes = big_mib << 20;
+    {
+        let path = layout.out_dir("a").join(big);
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&path)?);
+        let mut chunk = vec![0u8; 1 << 20];
+        for _ in 0..big_mib {
+            rand::rng().fill_bytes(&mut chunk);
+            std::io::Write::write_all(&mut f, &chunk)?;
+        }
+        std::io::Write::flush(&mut f)?;
+    }
+    let t = Instant::now();
+    let cpu = cpu_seconds();
+    let view = api.submit(&submit(big.into())).await?;
+    let done = api.wait(&view.id, Duration::from_millis(20), |_| {}).await?;
+    let secs = t.elapsed().as_secs_f64();
+    if done.status != Status::Done {
+        bail!("big push ended {:?}: {:?}", done.status, done.error);
+    }
+    let big_mbs = big_bytes as f64 / 1e6 / secs;
+    let big_cpu = (cpu_seconds() - cpu) / (big_bytes as f64 / f64::from(1u32 << 30));
+    println!(
+        "big push: {} in {secs:.2} s = {} (verified, fsynced, delivered); {big_cpu:.2} CPU s per GiB, both nodes",
+        display::bytes(big_bytes),
+        display::rate(big_bytes, secs)
+    );
+    let quic_secs = raw_quic_secs(layout, big_bytes).await.context("the raw QUIC bound")?;
+    let quic_mbs = big_bytes as f64 / 1e6 / quic_secs;
+    println!(
+        "transport bound: one raw QUIC stream, {} of zeros, no disk or hashing: {}; the big push is {:.2}x it",
+        display::bytes(big_bytes),
+        display::rate(big_bytes, quic_secs),
+        big_mbs / quic_mbs
+    );
+    let path = layout.out_dir("a").join(big);
+    let local_secs = tokio::task::spawn_blocking(move || read_and_hash_secs(&path)).await??;
+    let local_mbs = big_bytes as f64 / 1e6 / local_secs;
+    println!(
+        "local bound: reading and hashing (BLAKE3) the big file alone, page cache warm: {}; the big push is {:.2}x it",
+        display::rate(big_bytes, local_secs),
+        big_mbs / local_mbs
+    );
+    Ok((big_mbs, big_cpu, quic_mbs, local_mbs))
 }
 
 /// CPU time (user + system) this process has used, in seconds: a steadier
@@ -146,6 +217,15 @@ fn submit(file: String) -> Submit {
 
 /// Runs the benchmark.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(dir) = &args.fill_store {
+        let (dir, n, partner) = (dir.clone(), args.history, args.fill_partner.clone());
+        return tokio::task::spawn_blocking(move || {
+            let store = ferry::store::Store::open(&dir)?;
+            ferry::store::history::fill(&store, n, &partner, "default", ferry::store::now_ms())
+        })
+        .await?
+        .map_err(Into::into);
+    }
     let temp;
     let root = match &args.dir {
         Some(d) => d.clone(),
@@ -155,56 +235,47 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     };
     let layout = LocalLayout::create(&root, &["a", "b"]).context("generating certificates and configs")?;
+    if args.history > 0 {
+        let t = Instant::now();
+        let me = std::env::current_exe().context("this program's path, to fill the stores")?;
+        for (cfg, partner) in [(&layout.configs[0], "b"), (&layout.configs[1], "a")] {
+            let n = args.history.to_string();
+            let dir = cfg.data_dir.join("store");
+            let status = tokio::process::Command::new(&me)
+                .args(["bench", "--history", n.as_str(), "--fill-partner", partner, "--fill-store"])
+                .arg(&dir)
+                .status()
+                .await?;
+            if !status.success() {
+                bail!("filling {} failed: {status}", dir.display());
+            }
+        }
+        let secs = t.elapsed().as_secs_f64();
+        println!(
+            "history: {} ended requests written to each node's store in {secs:.1} s ({:.0} requests/s, {} job-log lines each)",
+            args.history,
+            (2 * args.history) as f64 / secs,
+            ferry::store::history::LOG_LINES
+        );
+    }
+    let t = Instant::now();
     let a = Node::start(layout.configs[0].clone()).await?;
     let b = Node::start(layout.configs[1].clone()).await?;
+    let start_secs = t.elapsed().as_secs_f64();
     let api = ApiClient::for_local_node(&layout.configs[0], a.api_addr())?.with_timeout(Duration::from_secs(60));
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     println!("ferry bench: 2 nodes on loopback, {cores} cores, work folder {}", root.display());
 
-    // One big file.
-    let big = "big.bin";
+    println!(
+        "start: both nodes started in {start_secs:.2} s with {} requests in each store; {} resident",
+        args.history,
+        display::bytes(resident_bytes())
+    );
+    let (mut big_mbs, mut big_cpu, mut quic_mbs, mut local_mbs) = (0.0, 0.0, 0.0, 0.0);
     let big_bytes = args.big_mib << 20;
-    {
-        let path = layout.out_dir("a").join(big);
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&path)?);
-        let mut chunk = vec![0u8; 1 << 20];
-        for _ in 0..args.big_mib {
-            rand::rng().fill_bytes(&mut chunk);
-            std::io::Write::write_all(&mut f, &chunk)?;
-        }
-        std::io::Write::flush(&mut f)?;
+    if big_bytes > 0 {
+        (big_mbs, big_cpu, quic_mbs, local_mbs) = big_push(&api, &layout, args.big_mib).await?;
     }
-    let t = Instant::now();
-    let cpu = cpu_seconds();
-    let view = api.submit(&submit(big.into())).await?;
-    let done = api.wait(&view.id, Duration::from_millis(20), |_| {}).await?;
-    let secs = t.elapsed().as_secs_f64();
-    if done.status != Status::Done {
-        bail!("big push ended {:?}: {:?}", done.status, done.error);
-    }
-    let big_mbs = big_bytes as f64 / 1e6 / secs;
-    let big_cpu = (cpu_seconds() - cpu) / (big_bytes as f64 / f64::from(1u32 << 30));
-    println!(
-        "big push: {} in {secs:.2} s = {} (verified, fsynced, delivered); {big_cpu:.2} CPU s per GiB, both nodes",
-        display::bytes(big_bytes),
-        display::rate(big_bytes, secs)
-    );
-    let quic_secs = raw_quic_secs(&layout, big_bytes).await.context("the raw QUIC bound")?;
-    let quic_mbs = big_bytes as f64 / 1e6 / quic_secs;
-    println!(
-        "transport bound: one raw QUIC stream, {} of zeros, no disk or hashing: {}; the big push is {:.2}x it",
-        display::bytes(big_bytes),
-        display::rate(big_bytes, quic_secs),
-        big_mbs / quic_mbs
-    );
-    let path = layout.out_dir("a").join(big);
-    let local_secs = tokio::task::spawn_blocking(move || read_and_hash_secs(&path)).await??;
-    let local_mbs = big_bytes as f64 / 1e6 / local_secs;
-    println!(
-        "local bound: reading and hashing (BLAKE3) the big file alone, page cache warm: {}; the big push is {:.2}x it",
-        display::rate(big_bytes, local_secs),
-        big_mbs / local_mbs
-    );
 
     // Many small files, each its own request.
     let small_dir = layout.out_dir("a");
@@ -248,7 +319,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
     let secs = t.elapsed().as_secs_f64();
-    let failed = store.store().list(None)?.iter().filter(|r| r.status != Status::Done).count();
+    let mut failed = 0;
+    for id in &ids {
+        let id = ferry::protocol::RequestId::parse(id).context("request id from the API")?;
+        failed += usize::from(store.store().get(&id)?.is_none_or(|r| r.status != Status::Done));
+    }
 
     if failed > 0 {
         bail!("{failed} requests did not end Done");
@@ -259,6 +334,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "small files: {} requests of {} in {secs:.2} s = {rps:.0} requests/s (all submitted through the API in {submitted:.2} s); {small_cpu_ms:.2} CPU ms per request, both nodes",
         names.len(),
         display::bytes(args.small_kib << 10)
+    );
+
+    // A page of the listing, newest requests, through the API, as a
+    // console would ask for it.
+    let t = Instant::now();
+    let filter = ferry::model::TransferFilter { limit: Some(100), ..Default::default() };
+    let (page, _) = api.list_page(&filter).await?;
+    let list_ms = t.elapsed().as_secs_f64() * 1e3;
+    println!(
+        "listing: a page of {} transfers in {list_ms:.1} ms with {} requests stored; {} resident",
+        page.len(),
+        args.history + names.len(),
+        display::bytes(resident_bytes())
     );
 
     // The same small files as one file set: one request, resolved by a.
@@ -287,8 +375,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         display::bytes(args.small_kib << 10)
     );
     println!(
-        "BENCH big_bytes={big_bytes} big_mbs={big_mbs:.1} big_cpu_s_per_gib={big_cpu:.2} quic_mbs={quic_mbs:.1} local_mbs={local_mbs:.1} small_count={} small_rps={rps:.1} small_cpu_ms={small_cpu_ms:.2} set_fps={set_fps:.1} set_cpu_ms={set_cpu_ms:.2} cores={cores}",
-        names.len()
+        "BENCH big_bytes={big_bytes} big_mbs={big_mbs:.1} big_cpu_s_per_gib={big_cpu:.2} quic_mbs={quic_mbs:.1} local_mbs={local_mbs:.1} small_count={} small_rps={rps:.1} small_cpu_ms={small_cpu_ms:.2} set_fps={set_fps:.1} set_cpu_ms={set_cpu_ms:.2} history={} start_s={start_secs:.2} list_ms={list_ms:.1} rss_bytes={} cores={cores}",
+        names.len(),
+        args.history,
+        resident_bytes()
     );
     a.shutdown().await;
     b.shutdown().await;

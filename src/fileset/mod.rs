@@ -145,6 +145,39 @@ pub fn resolve_set(root: &Path, patterns: &[String]) -> Result<Vec<Entry>, Resol
     Ok(out)
 }
 
+/// Most bytes of a set's pattern (or list) that travel in a `Release`.
+pub const SHOWN_PATTERN_BYTES: usize = 4096;
+
+/// A set's pattern as it travels in a `Release` and names the set on the
+/// partner: whole when short, else its first lines within
+/// [`SHOWN_PATTERN_BYTES`] and how many more there were.
+pub fn shown_pattern(pattern: &str) -> String {
+    if pattern.len() <= SHOWN_PATTERN_BYTES {
+        return pattern.to_owned();
+    }
+    let lines: Vec<&str> = pattern.lines().collect();
+    let (mut out, mut taken) = (String::new(), 0);
+    for line in &lines {
+        if out.len() + line.len() + 1 > SHOWN_PATTERN_BYTES - 64 {
+            break;
+        }
+        out.push_str(line);
+        out.push('\n');
+        taken += 1;
+    }
+    if taken == 0 {
+        // One line longer than the limit: its start, cut on a character.
+        let mut end = SHOWN_PATTERN_BYTES - 64;
+        while !pattern.is_char_boundary(end) {
+            end -= 1;
+        }
+        out = format!("{}\n", &pattern[..end]);
+        taken = 1;
+    }
+    out.push_str(&format!("… ({} more paths)", lines.len().saturating_sub(taken)));
+    out
+}
+
 /// A digest of a resolved list (each entry's path, size and modification
 /// time, in order): a partner that lists a set page by page checks that
 /// every page came from the same resolution.

@@ -169,3 +169,18 @@ fn a_set_sends_its_files_and_only_its_empty_folders() {
     ];
     assert_eq!(paths(&entries_to_send(nested)), ["x/y/"]);
 }
+
+#[test]
+fn a_long_pattern_is_shown_by_its_first_lines_within_the_limit() {
+    assert_eq!(shown_pattern("daily/**"), "daily/**", "short: whole");
+    let list: Vec<String> = (0..2000).map(|i| format!("folder/file-{i:05}.csv")).collect();
+    let shown = shown_pattern(&list.join("\n"));
+    assert!(shown.len() <= SHOWN_PATTERN_BYTES, "{} bytes", shown.len());
+    assert!(shown.starts_with("folder/file-00000.csv\nfolder/file-00001.csv\n"));
+    let taken = shown.lines().count() - 1;
+    assert!(shown.ends_with(&format!("… ({} more paths)", 2000 - taken)), "{}", &shown[shown.len() - 40..]);
+    // One line longer than the limit, with a character across the cut.
+    let long = "é".repeat(SHOWN_PATTERN_BYTES);
+    let shown = shown_pattern(&long);
+    assert!(shown.len() <= SHOWN_PATTERN_BYTES && shown.ends_with("… (0 more paths)"), "{}", shown.len());
+}

@@ -47,6 +47,7 @@
 //! hard kill; a record that does not decode is reported as
 //! [`StoreError::Corrupt`] naming the key, never skipped silently.
 
+pub mod history;
 pub mod listing;
 mod migrate;
 mod record;
@@ -443,15 +444,28 @@ impl Store {
 
     /// Every request, optionally only those with `status`.
     pub fn list(&self, status: Option<Status>) -> Result<Vec<RequestRecord>, StoreError> {
+        self.list_where(|s| status.is_none_or(|want| s == want))
+    }
+
+    /// Every request whose status `keep` accepts, in one pass over the
+    /// store (start-up reads what it must act on once, not once per status).
+    pub fn list_where(&self, keep: impl Fn(Status) -> bool) -> Result<Vec<RequestRecord>, StoreError> {
         let mut out = Vec::new();
-        for kv in self.requests.iter() {
-            let (k, v) = kv?;
-            let rec: RequestRecord = decode(&k, &v)?;
-            if status.is_none_or(|s| rec.status == s) {
+        self.for_each(|rec| {
+            if keep(rec.status) {
                 out.push(rec);
             }
-        }
+        })?;
         Ok(out)
+    }
+
+    /// Calls `f` with every request, one at a time (never all in memory).
+    pub fn for_each(&self, mut f: impl FnMut(RequestRecord)) -> Result<(), StoreError> {
+        for kv in self.requests.iter() {
+            let (k, v) = kv?;
+            f(decode(&k, &v)?);
+        }
+        Ok(())
     }
 
     /// Calls `f` with every record whose status is one of `statuses`, read
@@ -560,11 +574,18 @@ impl Store {
                         return Ok(pruned);
                     }
                     let finished = rec.finished_at.unwrap_or(rec.updated_at);
-                    let owed = rec.status == Status::Cancelled && self.notices.contains_key(rec.id.as_str())?;
-                    if finished >= cutoff_ms || rec.member_of.is_some() || owed {
+                    if finished >= cutoff_ms || rec.member_of.is_some() || !self.prunable(rec)? {
                         continue;
                     }
                     if let Some(info) = &rec.set {
+                        // A set goes only when every file of it may go too.
+                        let mut all = true;
+                        for i in 0..info.files {
+                            all &= self.get(&member_id(&rec.id, i))?.map_or(Ok(true), |m| self.prunable(&m))?;
+                        }
+                        if !all {
+                            continue;
+                        }
                         for i in 0..info.files {
                             pruned.log_lines += self.remove_request(&member_id(&rec.id, i))?;
                             pruned.requests += 1;
@@ -580,6 +601,12 @@ impl Store {
             }
         }
         Ok(pruned)
+    }
+
+    /// Whether pruning may remove `rec` (its age aside): it ended `Done` or
+    /// `Cancelled`, and its partner is owed no cancel notice.
+    fn prunable(&self, rec: &RequestRecord) -> Result<bool, StoreError> {
+        Ok(matches!(rec.status, Status::Done | Status::Cancelled) && !self.notices.contains_key(rec.id.as_str())?)
     }
 
     /// Removes one request, its listing entries and its job log (nothing
@@ -658,8 +685,14 @@ impl Store {
     /// crash cut their submission short before its commit point (see
     /// [`Store::insert_set`]), so it was never acknowledged.
     pub fn rebuild_queue(&self) -> Result<(), StoreError> {
+        self.rebuild_queue_from(self.list(Some(Status::ToSubmit))?)
+    }
+
+    /// [`Store::rebuild_queue`] from the `ToSubmit` requests the caller
+    /// read already (others are skipped).
+    pub fn rebuild_queue_from(&self, queued: Vec<RequestRecord>) -> Result<(), StoreError> {
         let mut orphans = 0usize;
-        for rec in self.list(Some(Status::ToSubmit))? {
+        for rec in queued.into_iter().filter(|r| r.status == Status::ToSubmit) {
             if let Some(m) = &rec.member_of {
                 if !self.requests.contains_key(m.set.as_str().as_bytes())? {
                     self.requests.remove(rec.id.as_str().as_bytes())?;
@@ -919,6 +952,20 @@ mod tests {
         let (running, running_members) = set_of(2);
         let running = RequestRecord { created_at: old, ..running };
         store.insert_set(running.clone(), running_members, "running set").expect("set");
+        // Old ended sets one of whose files must stay: a notice owed for a
+        // held file, a file that failed.
+        let mut held_sets = Vec::new();
+        for (set_status, file_status) in [(Status::Cancelled, Status::Done), (Status::Cancelled, Status::InError)] {
+            let (set, members) = set_of(2);
+            let set = RequestRecord { status: set_status, created_at: old, finished_at: Some(old), ..set };
+            let members: Vec<RequestRecord> =
+                members.into_iter().map(|m| RequestRecord { status: file_status, created_at: old, ..m }).collect();
+            store.insert_set(set.clone(), members, "set").expect("set");
+            if file_status == Status::Done {
+                store.owe_cancel_notice(&member_id(&set.id, 1)).expect("owed");
+            }
+            held_sets.push(set);
+        }
 
         let pruned = store.prune(cutoff, 1_000).expect("pruned");
         assert_eq!((pruned.requests, pruned.more), (2 + 1 + 3, false), "{pruned:?}");
@@ -931,11 +978,14 @@ mod tests {
             assert!(store.get(&r.id).expect("get").is_some(), "{:?} {} is kept", r.status, r.id);
             assert!(!store.job_log(&r.id).expect("log").is_empty());
         }
-        for i in 0..2 {
-            assert!(store.get(&member_id(&running.id, i)).expect("get").is_some(), "a running set's files stay");
+        for set in held_sets.iter().chain([&running]) {
+            assert!(store.get(&set.id).expect("get").is_some(), "a set one of whose files must stay stays");
+            for i in 0..2 {
+                assert!(store.get(&member_id(&set.id, i)).expect("get").is_some(), "and so do its files");
+            }
         }
         let listed = store.page(&ListQuery { limit: 100, ..Default::default() }).expect("page").records.len();
-        assert_eq!(listed, kept.len() + 2, "the listing no longer shows what was pruned");
+        assert_eq!(listed, kept.len() + 2 + held_sets.len(), "the listing no longer shows what was pruned");
         // A limit stops a call part-way and says more is left.
         let more = put(aged(Status::Done, old, Some(old)));
         let also = put(aged(Status::Done, old, Some(old)));
