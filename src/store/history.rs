@@ -36,7 +36,7 @@ pub fn fill(store: &Store, count: usize, partner: &str, rule: &str, now_ms: u64)
                 message: "generated: the file was gone".into(),
             }),
             ..RequestRecord::new(
-                RequestId::generate(),
+                RequestId::generate_at(at),
                 Role::Requester,
                 partner,
                 rule,
