@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::procs::{digest_streamed, format_log, now_ms, parse_resume, run_ferry, write_random_streamed, ProcCluster};
-use common::{delivered, work_files};
+use common::{delivered, sh_task, work_files};
 use ferry::api::{ApiClient, LogLineView, TransferView};
 use ferry::cluster::LocalLayout;
 use ferry::config::{OnResumeMismatch, RetryPolicy, Rule};
@@ -581,18 +581,6 @@ async fn a_source_appended_to_during_the_push_fails_and_is_not_delivered() {
         err.message,
         started.elapsed().as_secs_f64()
     );
-}
-
-/// An `exec` of `/bin/sh -c SCRIPT sh ARGS…`.
-fn sh_task(script: &str, args: &[&str]) -> ferry::tasks::TaskConfig {
-    let mut all = vec!["-c".to_string(), script.to_string(), "sh".to_string()];
-    all.extend(args.iter().map(|a| a.to_string()));
-    ferry::tasks::TaskConfig {
-        kind: "exec".into(),
-        program: Some("/bin/sh".into()),
-        args: Some(all),
-        ..Default::default()
-    }
 }
 
 fn runs_of(file: &Path) -> usize {

@@ -510,18 +510,6 @@ async fn a_receiver_whose_rule_runs_post_tasks_refuses_to_hold_files() {
     b.shutdown().await;
 }
 
-/// An `exec` of `/bin/sh -c SCRIPT sh ARGS…`.
-fn sh(script: &str, args: &[&str]) -> ferry::tasks::TaskConfig {
-    let mut all = vec!["-c".to_string(), script.to_string(), "sh".to_string()];
-    all.extend(args.iter().map(|a| a.to_string()));
-    ferry::tasks::TaskConfig {
-        kind: "exec".into(),
-        program: Some("/bin/sh".into()),
-        args: Some(all),
-        ..Default::default()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_tasks_run_once_per_set_on_both_sides_and_resume_at_the_one_that_failed() {
     let mut layout = Layout::new(&["a", "b"]);
@@ -531,15 +519,15 @@ async fn set_tasks_run_once_per_set_on_both_sides_and_resume_at_the_one_that_fai
     // Receiver: list the set's folder (a loader would load it), count the
     // runs, then a task that fails until `go` exists.
     layout.config_mut("b").rules[0].receiver.set_tasks = vec![
-        sh(
+        sh_task(
             "cd \"$1\" && find . -type f ! -path './.ferry*' | LC_ALL=C sort > \"$2\"; echo \"$4\" >> \"$3\"",
             &["#FILEPATH#", &m("b-list"), &m("b-runs"), "#ORIGINALFILENAME# #FILESIZE#"],
         ),
-        sh("test -e \"$1\"", &[&m("go")]),
+        sh_task("test -e \"$1\"", &[&m("go")]),
     ];
     // Sender: once, after the receiver's set tasks ran.
     layout.config_mut("a").rules[0].sender.set_tasks =
-        vec![sh("echo \"$2 $3\" >> \"$1\"", &[&m("a-runs"), "#REQUESTID#", "#FILESIZE#"])];
+        vec![sh_task("echo \"$2 $3\" >> \"$1\"", &[&m("a-runs"), "#REQUESTID#", "#FILESIZE#"])];
     let (a, b) = (layout.start("a").await, layout.start("b").await);
     for (name, body) in [("d/one.csv", &b"1111"[..]), ("d/sub/two.csv", b"22"), ("d/three.csv", b"333")] {
         write(&layout.out_dir("a").join(name), body);
@@ -592,8 +580,8 @@ async fn a_pulled_set_is_resolved_by_the_partner_listed_in_pages_and_arrives_in_
     // The requested node (the sender) runs its set tasks first, then the
     // requester (the receiver), which here checks the other ran.
     layout.config_mut("b").rules[0].sender.set_tasks =
-        vec![sh("echo \"$2\" >> \"$1\"", &[&m("b-runs"), "#ORIGINALFILENAME# #FILESIZE#"])];
-    layout.config_mut("a").rules[0].receiver.set_tasks = vec![sh(
+        vec![sh_task("echo \"$2\" >> \"$1\"", &[&m("b-runs"), "#ORIGINALFILENAME# #FILESIZE#"])];
+    layout.config_mut("a").rules[0].receiver.set_tasks = vec![sh_task(
         "test -e \"$1\" && ls \"$3\" > /dev/null && echo ran >> \"$2\"",
         &[&m("b-runs"), &m("a-runs"), "#FILEPATH#/night/sub dir"],
     )];

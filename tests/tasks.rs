@@ -19,16 +19,9 @@ fn task(kind: &str) -> TaskConfig {
     TaskConfig { kind: kind.into(), ..TaskConfig::default() }
 }
 
-/// An `exec` of `/bin/sh -c SCRIPT sh ARGS…`.
-fn sh(script: &str, args: &[&str]) -> TaskConfig {
-    let mut all = vec!["-c".to_string(), script.to_string(), "sh".to_string()];
-    all.extend(args.iter().map(|a| a.to_string()));
-    TaskConfig { program: Some("/bin/sh".into()), args: Some(all), ..task("exec") }
-}
-
 /// A task that appends a line to `file` each time it runs.
 fn count_into(file: &Path) -> TaskConfig {
-    sh("echo run >> \"$1\"", &[&file.display().to_string()])
+    sh_task("echo run >> \"$1\"", &[&file.display().to_string()])
 }
 
 fn runs(file: &Path) -> usize {
@@ -187,7 +180,7 @@ async fn a_failed_post_task_is_resumed_at_that_task_and_nothing_is_resent() {
     let (count_a, count_b, count_c, marker) = (dir.join("A"), dir.join("B"), dir.join("C"), dir.join("fixed"));
     layout.config_mut("b").rules[0].receiver.post_tasks = vec![
         count_into(&count_a),
-        sh(
+        sh_task(
             "echo run >> \"$1\"; if [ -e \"$2\" ]; then exit 0; fi; echo 'loader not ready' >&2; exit 4",
             &[&count_b.display().to_string(), &marker.display().to_string()],
         ),
@@ -252,15 +245,18 @@ async fn error_tasks_see_the_cause_and_a_failing_one_keeps_the_first_cause() {
     let a_seen = layout.dir.path().join("a-seen");
     {
         let rule = &mut layout.config_mut("b").rules[0];
-        rule.receiver.post_tasks = vec![sh("exit 9", &[])];
+        rule.receiver.post_tasks = vec![sh_task("exit 9", &[])];
         rule.receiver.error_tasks = vec![
-            sh("printf '%s|%s' \"$1\" \"$2\" > \"$3\"", &["#ERRORCODE#", "#ERRORMSG#", &seen.display().to_string()]),
-            sh("echo 'alert failed' >&2; exit 1", &[]),
+            sh_task(
+                "printf '%s|%s' \"$1\" \"$2\" > \"$3\"",
+                &["#ERRORCODE#", "#ERRORMSG#", &seen.display().to_string()],
+            ),
+            sh_task("echo 'alert failed' >&2; exit 1", &[]),
             TaskConfig { message: Some("alerted: #ERRORCODE#".into()), ..task("log") },
         ];
     }
     layout.config_mut("a").rules[0].sender.error_tasks =
-        vec![sh("printf '%s' \"$1\" > \"$2\"", &["#ERRORCODE#", &a_seen.display().to_string()])];
+        vec![sh_task("printf '%s' \"$1\" > \"$2\"", &["#ERRORCODE#", &a_seen.display().to_string()])];
     let a = layout.start("a").await;
     let b = layout.start("b").await;
     write_random(&layout.out_dir("a").join("x.bin"), 1000);
@@ -294,7 +290,7 @@ async fn hostile_file_names_reach_a_program_as_one_argument() {
     let got = layout.dir.path().join("got");
     std::fs::create_dir_all(&got).expect("got");
     layout.config_mut("b").rules[0].receiver.post_tasks =
-        vec![sh("printf '%s' \"$1\" > \"$2/$3\"", &["#FILENAME#", &got.display().to_string(), "#REQUESTID#"])];
+        vec![sh_task("printf '%s' \"$1\" > \"$2/$3\"", &["#FILENAME#", &got.display().to_string(), "#REQUESTID#"])];
     let a = layout.start("a").await;
     let b = layout.start("b").await;
     let names =
@@ -349,7 +345,7 @@ async fn a_reschedule_error_task_runs_the_request_again_later() {
     let mut layout = Layout::new(&["a", "b"]);
     let marker = layout.dir.path().join("second-time");
     layout.config_mut("b").rules[0].receiver.post_tasks =
-        vec![sh("if [ -e \"$1\" ]; then exit 0; fi; touch \"$1\"; exit 2", &[&marker.display().to_string()])];
+        vec![sh_task("if [ -e \"$1\" ]; then exit 0; fi; touch \"$1\"; exit 2", &[&marker.display().to_string()])];
     layout.config_mut("a").rules[0].sender.error_tasks =
         vec![TaskConfig { delay_ms: Some(300), limit: Some(2), ..task("reschedule") }];
     let a = layout.start("a").await;
@@ -452,7 +448,7 @@ async fn a_failed_sender_post_task_resumes_after_a_complete_answer() {
     let (first, marker, last) = (dir.join("first"), dir.join("ready"), dir.join("last"));
     layout.config_mut("a").rules[0].sender.post_tasks = vec![
         count_into(&first),
-        sh("[ -e \"$1\" ] || { echo 'archive offline' >&2; exit 5; }", &[&marker.display().to_string()]),
+        sh_task("[ -e \"$1\" ] || { echo 'archive offline' >&2; exit 5; }", &[&marker.display().to_string()]),
         count_into(&last),
     ];
     let a = layout.start("a").await;
@@ -492,7 +488,7 @@ async fn a_stop_during_a_task_abandons_it_and_a_restart_runs_it_again() {
     let mut layout = Layout::new(&["a", "b"]);
     let dir = layout.dir.path().to_path_buf();
     let (started, finished, quick) = (dir.join("started"), dir.join("finished"), dir.join("quick"));
-    layout.config_mut("a").rules[0].sender.post_tasks = vec![sh(
+    layout.config_mut("a").rules[0].sender.post_tasks = vec![sh_task(
         "echo run >> \"$1\"; [ -e \"$3\" ] || sleep 30; echo run >> \"$2\"",
         &[&started.display().to_string(), &finished.display().to_string(), &quick.display().to_string()],
     )];

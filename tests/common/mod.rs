@@ -206,3 +206,16 @@ pub async fn raw_exchange(
         .unwrap_or_else(|| panic!("no status line in {head:?}"));
     (status, head.to_ascii_lowercase(), body.to_owned())
 }
+
+/// A task that runs `/bin/sh -c SCRIPT sh ARGS…` (`exec`, no other shell:
+/// each of ARGS is one argument, `$1`… in SCRIPT).
+pub fn sh_task(script: &str, args: &[&str]) -> ferry::tasks::TaskConfig {
+    let mut all = vec!["-c".to_string(), script.to_string(), "sh".to_string()];
+    all.extend(args.iter().map(|a| a.to_string()));
+    ferry::tasks::TaskConfig {
+        kind: "exec".into(),
+        program: Some("/bin/sh".into()),
+        args: Some(all),
+        ..Default::default()
+    }
+}
