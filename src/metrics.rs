@@ -164,8 +164,9 @@ impl Metrics {
     pub fn attach(self: &std::sync::Arc<Self>, store: &Store) -> Result<(), StoreError> {
         // One record at a time: a store with a million requests is not
         // held in memory to be counted.
-        store.for_each(|rec| {
-            self.transfers.get_or_create(&status_labels(rec.status, &rec)).inc();
+        store.for_each_head(|h| {
+            let labels = [("status", format!("{:?}", h.status)), ("rule", h.rule), ("partner", h.partner)];
+            self.transfers.get_or_create(&labels).inc();
         })?;
         let me = self.clone();
         store.observe(std::sync::Arc::new(move |change| me.record_change(change)));

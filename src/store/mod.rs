@@ -449,18 +449,23 @@ impl Store {
 
     /// Every request whose status `keep` accepts, in one pass over the
     /// store (start-up reads what it must act on once, not once per status).
+    /// Only each record's head is decoded to decide; the rest of the
+    /// records kept.
     pub fn list_where(&self, keep: impl Fn(Status) -> bool) -> Result<Vec<RequestRecord>, StoreError> {
         let mut out = Vec::new();
-        self.for_each(|rec| {
-            if keep(rec.status) {
-                out.push(rec);
+        for kv in self.requests.iter() {
+            let (k, v) = kv?;
+            let head: RecordHead = decode(&k, &v)?;
+            if keep(head.status) {
+                out.push(decode(&k, &v)?);
             }
-        })?;
+        }
         Ok(out)
     }
 
-    /// Calls `f` with every request, one at a time (never all in memory).
-    pub fn for_each(&self, mut f: impl FnMut(RequestRecord)) -> Result<(), StoreError> {
+    /// Calls `f` with the head of every request, one at a time (never all
+    /// in memory, and never the rest of a record).
+    pub fn for_each_head(&self, mut f: impl FnMut(RecordHead)) -> Result<(), StoreError> {
         for kv in self.requests.iter() {
             let (k, v) = kv?;
             f(decode(&k, &v)?);
@@ -911,6 +916,51 @@ mod tests {
         let (again, more) = set_of(1);
         let again = RequestRecord { id: set.id.clone(), ..again };
         assert!(matches!(store.insert_set(again, more, "again"), Err(StoreError::Exists(_))));
+    }
+
+    #[test]
+    fn a_record_head_is_the_records_first_fields() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let rec = RequestRecord {
+            role: Role::Requested,
+            direction: Direction::Pull,
+            size: u64::MAX,
+            transferred: 7,
+            restart_offset: 3,
+            compression: crate::protocol::Compression::Lz4,
+            block_size: 65_536,
+            error: Some(RequestError { code: crate::protocol::ErrorCode::Io, message: "x".into() }),
+            set: Some(SetInfo {
+                pattern: "p".into(),
+                policy: Default::default(),
+                files: 1,
+                done: 1,
+                failed: 0,
+                skipped: 0,
+            }),
+            ..sample(Status::InError)
+        };
+        store.insert(rec.clone(), "in").expect("insert");
+        let mut heads = Vec::new();
+        store.for_each_head(|h| heads.push(h)).expect("heads");
+        let want = RecordHead {
+            id: rec.id.clone(),
+            role: rec.role,
+            partner: rec.partner.clone(),
+            rule: rec.rule.clone(),
+            direction: rec.direction,
+            file_name: rec.file_name.clone(),
+            block_size: rec.block_size,
+            compression: rec.compression,
+            size: rec.size,
+            transferred: rec.transferred,
+            restart_offset: rec.restart_offset,
+            status: rec.status,
+        };
+        assert_eq!(heads, [want]);
+        assert_eq!(store.list_where(|s| s == Status::InError).expect("list"), [rec]);
+        assert!(store.list_where(|s| s == Status::Done).expect("list").is_empty());
     }
 
     #[test]

@@ -157,6 +157,26 @@ pub struct RequestRecord {
     pub member_of: Option<SetMember>,
 }
 
+/// The leading fields of a stored [`RequestRecord`], decoded without the
+/// rest: a pass over every record (start-up's) that needs only these reads
+/// a fraction of each. The fields are [`RequestRecord`]'s first, in its
+/// order (bincode decodes by position); a unit test holds them to it.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct RecordHead {
+    pub id: RequestId,
+    pub role: Role,
+    pub partner: String,
+    pub rule: String,
+    pub direction: Direction,
+    pub file_name: String,
+    pub block_size: u32,
+    pub compression: Compression,
+    pub size: u64,
+    pub transferred: u64,
+    pub restart_offset: u64,
+    pub status: Status,
+}
+
 /// What a file set's record holds besides the common fields: the pattern
 /// it was resolved from, its policies, and its totals, kept up to date as
 /// its members end (`lifecycle::set`). Its `size` is the sum of its files'
