@@ -546,6 +546,12 @@ impl NodeHandle {
                 // discard them (the files stay `Done` here: they were sent).
                 let held = set.set.as_ref().is_some_and(|i| i.policy.delivery == Delivery::All);
                 let mut owed = false;
+                if lifecycle::set::awaits_release(&rec) || lifecycle::set::runs_set_tasks(&rec) {
+                    // The partner may hold its record of the set, running
+                    // its set tasks: it is told, and that record ends too.
+                    self.ctx.core.store.owe_cancel_notice(&set.id)?;
+                    owed = true;
+                }
                 self.each_member(&set, |member| {
                     if held && member.status == Status::Done && member.direction == Direction::Push {
                         self.ctx.core.store.owe_cancel_notice(&member.id)?;

@@ -671,3 +671,37 @@ async fn a_pulled_set_refuses_escapes_empty_matches_and_all_or_nothing_with_noth
     assert_eq!(a.handle().store().list(None).expect("list").len(), before);
     a.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_set_while_its_partner_runs_set_tasks_ends_the_partners_record_and_stops_them() {
+    let mut layout = Layout::new(&["a", "b"]);
+    let marks = layout.in_dir("b").parent().expect("the layout's folder").join("marks");
+    std::fs::create_dir_all(&marks).expect("mkdir");
+    let second = marks.join("second-ran");
+    layout.config_mut("b").rules[0].receiver.set_tasks =
+        vec![sh_task("sleep 3", &[]), sh_task("echo ran >> \"$1\"", &[&second.display().to_string()])];
+    let (a, b) = (layout.start("a").await, layout.start("b").await);
+    write(&layout.out_dir("a").join("c/one.csv"), b"1");
+    write(&layout.out_dir("a").join("c/two.csv"), b"2");
+    let set = a.handle().submit(pattern("c/*.csv")).await.expect("submitted");
+    // b records the set and starts its first (slow) set task.
+    let deadline = std::time::Instant::now() + WITHIN;
+    loop {
+        let theirs = b.handle().store().get(&set.id).expect("get");
+        if theirs.is_some_and(|r| r.status == Status::Running) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "b never ran its set tasks");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cancelled = a.handle().cancel(&set.id).await.expect("cancelled");
+    assert_eq!(cancelled.status, Status::Cancelled);
+    let theirs = wait_record(&b.handle(), &set.id, Status::Cancelled, WITHIN).await;
+    assert!(theirs.error.is_some_and(|e| e.message.contains("cancelled by a")));
+    // The slow task ends; the one after it never runs.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(!second.exists(), "a set task ran after the set was cancelled");
+    assert_eq!(a.handle().store().get(&set.id).expect("get").expect("set").status, Status::Cancelled);
+    a.shutdown().await;
+    b.shutdown().await;
+}
