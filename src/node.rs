@@ -546,9 +546,11 @@ impl NodeHandle {
                 // discard them (the files stay `Done` here: they were sent).
                 let held = set.set.as_ref().is_some_and(|i| i.policy.delivery == Delivery::All);
                 let mut owed = false;
-                if lifecycle::set::awaits_release(&rec) || lifecycle::set::runs_set_tasks(&rec) {
-                    // The partner may hold its record of the set, running
-                    // its set tasks: it is told, and that record ends too.
+                if lifecycle::set::awaits_release(&rec) {
+                    // The partner may be releasing the set, running its set
+                    // tasks: it is told, and its record of the set ends too.
+                    // (A set running this node's set tasks was answered:
+                    // the partner's ended.)
                     self.ctx.core.store.owe_cancel_notice(&set.id)?;
                     owed = true;
                 }

@@ -371,9 +371,20 @@ fn mark_members(store: &Store, set: &RequestId, files: u32) -> Result<(), StoreE
 /// Records how a set's set tasks ended (`Done`, or `InError` at the task
 /// that failed; a shutdown leaves them to run on) and flushes it.
 async fn end_set_tasks(store: &Store, set: &RequestId, ran: Result<(), Refusal>) -> Result<(), Refusal> {
+    end_set_tasks_written(store, set, ran).await.0
+}
+
+/// [`end_set_tasks`], also saying whether the end was written (not for a
+/// shutdown, a store that cannot be written, or a set that no longer ran
+/// its set tasks: cancelled meanwhile).
+async fn end_set_tasks_written(
+    store: &Store,
+    set: &RequestId,
+    ran: Result<(), Refusal>,
+) -> (Result<(), Refusal>, bool) {
     let now = now_ms();
     let written = match &ran {
-        Err((ErrorCode::Shutdown, _)) => return ran,
+        Err((ErrorCode::Shutdown, _)) => return (ran, false),
         Ok(()) => store.update_if(set, "every set task ran", lifecycle::set::runs_set_tasks, |r| {
             lifecycle::set::set_tasks_ran(r, now);
         }),
@@ -381,12 +392,18 @@ async fn end_set_tasks(store: &Store, set: &RequestId, ran: Result<(), Refusal>)
             lifecycle::set::set_task_failed(r, *code, message, now);
         }),
     };
-    if let Some(r) = written.map_err(internal)? {
-        store.flush().await.map_err(internal)?;
-        let files = r.set.as_ref().map_or(0, |i| i.files);
-        tracing::info!(target: AUDIT, event = "finished", request_id = %set, partner = %r.partner, status = ?r.status, files);
+    match written {
+        Ok(Some(r)) => {
+            if let Err(e) = store.flush().await {
+                return (Err(internal(e)), false);
+            }
+            let files = r.set.as_ref().map_or(0, |i| i.files);
+            tracing::info!(target: AUDIT, event = "finished", request_id = %set, partner = %r.partner, status = ?r.status, files);
+            (ran, true)
+        }
+        Ok(None) => (ran, false),
+        Err(e) => (Err(internal(e)), false),
     }
-    ran
 }
 
 /// Runs this node's set tasks of a released set, from its cursor (the node
@@ -468,9 +485,9 @@ fn waiting_sets(store: &Store) -> Result<Vec<RequestId>, StoreError> {
 
 /// Asks for one set's release until it is answered (or the set no longer
 /// waits: cancelled meanwhile), then runs its set tasks.
-/// Returns whether it stopped for the node's shutdown (the set is left to
-/// the next start), rather than because the set ended or left the steps
-/// this task acts on.
+/// Returns whether it left the set to the next start (a shutdown, a set
+/// task that failed, a store that cannot be read or written), rather than
+/// because the set ended or left the steps this task acts on.
 async fn release(store: &Store, config: &NodeConfig, asker: &Asker, runner: &SetTaskRunner, id: &RequestId) -> bool {
     let mut wait = FIRST_WAIT;
     loop {
@@ -478,8 +495,10 @@ async fn release(store: &Store, config: &NodeConfig, asker: &Asker, runner: &Set
             Ok(Some(s)) if lifecycle::set::awaits_release(&s) => s,
             Ok(Some(s)) if lifecycle::set::runs_set_tasks(&s) => {
                 // A shutdown leaves them to run on at the next start.
-                let ran = end_set_tasks(store, id, runner(id.clone()).await).await;
-                return matches!(ran, Err((ErrorCode::Shutdown, _)));
+                // Not ended (a shutdown, a store that cannot be written,
+                // a cancel): left to the next start.
+                let (_, ended) = end_set_tasks_written(store, id, runner(id.clone()).await).await;
+                return !ended;
             }
             Ok(_) => return false,
             Err(e) => {
@@ -534,7 +553,10 @@ async fn release(store: &Store, config: &NodeConfig, asker: &Asker, runner: &Set
                 tracing::info!(target: AUDIT, event = "finished", request_id = %id, status = ?r.status, files);
             }
             Ok(None) => {}
-            Err(e) => tracing::error!(request_id = %id, error = %e, "cannot record the set's release"),
+            Err(e) => {
+                tracing::error!(request_id = %id, error = %e, "cannot record the set's release");
+                return true; // asked again at the next start, not at once
+            }
         }
         return false;
     }
