@@ -427,7 +427,7 @@ fn default_connect_timeout_ms() -> u64 {
 }
 
 /// `[transport]`: how the node's QUIC connections behave.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct TransportSettings {
     /// The congestion controller: `"cubic"` (the default), `"newreno"` or
@@ -439,6 +439,26 @@ pub struct TransportSettings {
     /// congestion. 0 (the default): every loss counts as congestion.
     #[serde(default)]
     pub loss_tolerance_percent: u8,
+    /// Bytes of blocks this node's sending transfers may hold together,
+    /// read ahead of the network or not yet acknowledged by the partner,
+    /// beyond one block each (src/transfer/send_pool.rs). One transfer
+    /// alone may use all of it.
+    #[serde(default = "default_send_buffer_bytes")]
+    pub send_buffer_bytes: usize,
+}
+
+fn default_send_buffer_bytes() -> usize {
+    64 << 20
+}
+
+impl Default for TransportSettings {
+    fn default() -> Self {
+        TransportSettings {
+            congestion: Default::default(),
+            loss_tolerance_percent: 0,
+            send_buffer_bytes: default_send_buffer_bytes(),
+        }
+    }
 }
 
 /// `[retention]`: how long ended requests stay in the store.
@@ -698,6 +718,14 @@ impl NodeConfig {
                 self.transport.loss_tolerance_percent
             ));
         }
+        let frame = crate::protocol::MAX_BLOCK_SIZE as usize + crate::protocol::session::FRAME_FIELDS;
+        if self.transport.send_buffer_bytes < 2 * frame {
+            return Err(format!(
+                "transport.send_buffer_bytes {} is below {}: room for two frames of the largest block",
+                self.transport.send_buffer_bytes,
+                2 * frame
+            ));
+        }
         if self.retention.sweep_interval_secs < 60 {
             return Err(format!(
                 "retention.sweep_interval_secs {} is below 60: old requests need not be looked for more often",
@@ -850,6 +878,7 @@ partners = ["b"]
         let cfg = NodeConfig::load(&path).expect("loads");
         assert_eq!(cfg.transport.congestion, crate::transport::Congestion::Cubic, "the default");
         assert_eq!(cfg.transport.loss_tolerance_percent, 0, "off by default");
+        assert_eq!(cfg.transport.send_buffer_bytes, 64 << 20, "the default");
         std::fs::write(&path, with("[transport]\ncongestion = \"bbr\"\nloss_tolerance_percent = 5")).expect("write");
         let cfg = NodeConfig::load(&path).expect("loads");
         assert_eq!(cfg.transport.congestion, crate::transport::Congestion::Bbr);
@@ -857,6 +886,9 @@ partners = ["b"]
         std::fs::write(&path, with("[transport]\nloss_tolerance_percent = 21")).expect("write");
         let err = NodeConfig::load(&path).expect_err("too much");
         assert!(err.to_string().contains("transport.loss_tolerance_percent 21"), "{err}");
+        std::fs::write(&path, with("[transport]\nsend_buffer_bytes = 1048576")).expect("write");
+        let err = NodeConfig::load(&path).expect_err("too small for the largest block");
+        assert!(err.to_string().contains("transport.send_buffer_bytes 1048576"), "{err}");
         std::fs::write(&path, with("[transport]\ncongestion = \"vegas\"")).expect("write");
         let err = NodeConfig::load(&path).expect_err("unknown");
         assert!(err.to_string().contains("vegas"), "{err}");

@@ -17,6 +17,7 @@ pub mod determinism;
 pub mod events;
 pub mod fileset;
 pub mod lifecycle;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod node;

@@ -899,6 +899,11 @@ impl Node {
             crate::actors::retention::start(&ctx.core.store, ctx.core.config.retention.clone(), shutdown_rx.clone());
         let mut tasks = vec![set_keeper, releaser, pruner];
         tasks.push(tokio::spawn(identity_watch.run(shutdown_rx.clone())));
+        // A simulation's hosts share one thread and a simulated clock: no
+        // allocator housekeeping there.
+        if !crate::determinism::inline_io() {
+            tasks.push(tokio::spawn(crate::memory::trim_when_idle(ctx.run.open_channels.clone(), shutdown_rx.clone())));
+        }
         let accept_ctx = ctx.connections_context();
         tasks.push(tokio::spawn(async move {
             while let Some(incoming) = endpoint.accept().await {

@@ -367,3 +367,53 @@ async fn certs_renew_and_sighup_reload_a_running_node_and_read_commands_print_js
     assert_eq!(list, serde_json::json!([]));
     assert!(a.is_running());
 }
+
+/// `ferry bench` on small sizes runs both nodes as processes of their own
+/// and measures every phase: the big push with each node's CPU, the small
+/// requests, the file set, parallel pushes with each node's memory, and a
+/// queue that drains once its stopped partner is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_measures_every_phase_with_each_node_apart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let work = dir.path().join("bench");
+    let work = work.to_str().expect("utf-8 path");
+    let out = ferry_ok(&[
+        "bench",
+        "--dir",
+        work,
+        "--big-mib",
+        "2",
+        "--small-count",
+        "20",
+        "--parallel",
+        "3",
+        "--parallel-mib",
+        "2",
+        "--queued",
+        "30",
+    ])
+    .await;
+    let line = out.lines().find_map(|l| l.strip_prefix("BENCH ")).unwrap_or_else(|| panic!("no BENCH line: {out}"));
+    let field = |key: &str| -> f64 {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {line}"))
+    };
+    assert_eq!(field("big_bytes"), f64::from(2u32 << 20));
+    assert_eq!(field("small_count"), 20.0);
+    assert_eq!(field("queued"), 30.0);
+    for key in ["big_mbs", "big_cpu_a", "big_cpu_b", "small_rps", "set_fps", "rss_a_bytes", "rss_b_bytes"] {
+        assert!(field(key) > 0.0, "{key} in {line}");
+    }
+    for key in ["par_mbs", "par_peak_a_bytes", "par_peak_b_bytes", "queued_drain_s", "queued_peak_a_bytes"] {
+        assert!(field(key) > 0.0, "{key} in {line}");
+    }
+    assert!(field("queued_react_s") <= field("queued_drain_s"), "{line}");
+    // Every file of the queue reached b.
+    let delivered = std::fs::read_dir(dir.path().join("bench/b/in"))
+        .expect("b's in folder")
+        .filter(|e| e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().starts_with("queued-")))
+        .count();
+    assert_eq!(delivered, 30);
+}

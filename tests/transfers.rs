@@ -126,3 +126,30 @@ async fn a_sparse_file_arrives_sparse_and_verified() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// With the node's send pool at its smallest (room for two frames of the
+/// largest block), sixteen pushes of 16 MiB at once (256 blocks, while the
+/// pool holds 32 and each transfer one of its own) wait for room instead
+/// of reading ahead, and every file still arrives whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_pushes_through_the_smallest_send_pool_all_arrive() {
+    let mut layout = Layout::new(&["a", "b"]);
+    let smallest = 2 * (ferry::protocol::MAX_BLOCK_SIZE as usize + ferry::protocol::session::FRAME_FIELDS);
+    layout.config_mut("a").transport.send_buffer_bytes = smallest;
+    let a = layout.start("a").await;
+    let b = layout.start("b").await;
+    let mut sent = Vec::new();
+    for i in 0..16 {
+        let name = format!("p{i:02}");
+        let digest = write_random(&layout.out_dir("a").join(&name), (16 << 20) + i * 4099);
+        let id = a.handle().submit(submit(Direction::Push, "b", &name)).await.expect("submit").id;
+        sent.push((name, digest, id));
+    }
+    for (name, digest, id) in &sent {
+        let r = wait_final(&a.handle(), id, WITHIN).await;
+        assert_eq!(r.status, Status::Done, "{name}: {:?}", r.error);
+        assert_eq!(file_digest(&layout.in_dir("b").join(name)), *digest, "{name}");
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}

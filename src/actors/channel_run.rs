@@ -284,7 +284,8 @@ impl ChannelRun {
                         match self.files.source.clone() {
                             Some(source) => {
                                 let prefix = self.files.prefix.take();
-                                pump = Some(retrieve::start(source, plan, prefix, pump_stop.clone()))
+                                let slots = Some(self.ctx.send_pool.slots());
+                                pump = Some(retrieve::start(source, plan, prefix, pump_stop.clone(), slots))
                             }
                             None => pending.extend(self.session.fail(ErrorCode::Internal, "no source file".into())),
                         }

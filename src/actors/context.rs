@@ -135,6 +135,8 @@ pub struct RunParts {
     pub set_streams: Arc<Mutex<BTreeMap<RequestId, tokio::sync::mpsc::UnboundedSender<RequestRecord>>>>,
     /// For `transfer` tasks.
     pub intake: Intake,
+    /// What this node's sending transfers may hold in memory together.
+    pub send_pool: crate::transfer::send_pool::SendPool,
 }
 
 /// The node's parts, built at start-up.
@@ -174,6 +176,7 @@ impl NodeContext {
         shutdown: watch::Receiver<bool>,
     ) -> NodeContext {
         let budgets = Arc::new(PartnerBudgets::new(config.limits.clone()));
+        let send_pool = crate::transfer::send_pool::SendPool::new(config.transport.send_buffer_bytes);
         let core = Core { config: Arc::new(config), store, shutdown };
         let availability = Arc::new(Availability::default());
         let actors = Actors::default();
@@ -186,6 +189,7 @@ impl NodeContext {
             open_channels: Arc::new(AtomicUsize::new(0)),
             set_streams: Default::default(),
             intake: intake.clone(),
+            send_pool,
         }));
         let own_core_refs = Arc::strong_count(&core.config);
         NodeContext {

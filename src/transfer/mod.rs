@@ -6,6 +6,7 @@
 
 pub mod receive;
 pub mod retrieve;
+pub mod send_pool;
 
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -115,7 +116,9 @@ mod tests {
             (m, t) => panic!("one side offers a prefix at {restart}, the other not: {m:?} {t:?}"),
         };
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mut pump = retrieve::start(source, plan.clone(), theirs, stop);
+        // A pool of one frame: every other frame waits for the one before.
+        let pool = send_pool::SendPool::new(block_size as usize + 64);
+        let mut pump = retrieve::start(source, plan.clone(), theirs, stop, Some(pool.slots()));
         let mut writer = receive::BlockWriter::start(work.to_path_buf(), plan, mine, None);
         let sent = loop {
             match pump.recv().await.expect("the pump ends with an event") {

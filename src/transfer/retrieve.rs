@@ -27,6 +27,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use super::send_pool::{frame_bytes, SendSlots};
 use crate::protocol::codec;
 use crate::protocol::{Compression, EndTransfer, ErrorCode, Plan};
 
@@ -37,6 +38,10 @@ const PIPELINE_DEPTH: usize = 4;
 /// A file this small that fits in one block is read, hashed and encoded on
 /// the runner's own task: a thread hand-off would cost more than the work.
 const INLINE_MAX: u64 = 64 * 1024;
+
+/// What a Data frame holds besides its block: `codec::encode_data`
+/// allocates the block and this much room for the header and fields.
+const FRAME_ROOM: usize = 64;
 
 /// What the pump reports to its runner.
 #[derive(Debug)]
@@ -215,11 +220,16 @@ fn open_folder_entry(dir: &Path, folder: &str, rule: &str, node: &str) -> Result
 ///
 /// `prefix` is the source's hash state over `plan.restart_offset` bytes when
 /// the caller already computed it to check a resume (read again otherwise).
+///
+/// `slots` bound what the pump's frames hold in memory until the partner
+/// has them ([`super::send_pool`]); a file small enough to be encoded
+/// inline, or a simulated one, takes no room.
 pub fn start(
     source: Source,
     plan: Plan,
     prefix: Option<super::Prefix>,
     stop: Arc<AtomicBool>,
+    slots: Option<SendSlots>,
 ) -> mpsc::Receiver<PumpEvent> {
     let prefix =
         prefix.filter(|p| p.offset == plan.restart_offset && p.hasher.block_size() == u64::from(plan.block_size));
@@ -231,14 +241,14 @@ pub fn start(
     let (tx, rx) = mpsc::channel(if simulated { frames.saturating_add(1).max(1) } else { PIPELINE_DEPTH });
     if simulated || (remaining <= INLINE_MAX && remaining <= u64::from(plan.block_size)) {
         // Every frame and the final event fit in the channel.
-        let last = finish(pump(&source, &plan, prefix, &stop, &mut |ev| tx.try_send(ev).is_ok()));
+        let last = finish(pump(&source, &plan, prefix, &stop, None, &mut |ev| tx.try_send(ev).is_ok()));
         if let Some(last) = last {
             let _ = tx.try_send(last);
         }
         return rx;
     }
     tokio::task::spawn_blocking(move || {
-        let last = finish(pump(&source, &plan, prefix, &stop, &mut |ev| tx.blocking_send(ev).is_ok()));
+        let last = finish(pump(&source, &plan, prefix, &stop, slots.as_ref(), &mut |ev| tx.blocking_send(ev).is_ok()));
         if let Some(last) = last {
             let _ = tx.blocking_send(last);
         }
@@ -266,6 +276,7 @@ fn pump(
     plan: &Plan,
     prefix: Option<super::Prefix>,
     stop: &AtomicBool,
+    slots: Option<&SendSlots>,
     send: &mut dyn FnMut(PumpEvent) -> bool,
 ) -> PumpResult<Option<EndTransfer>> {
     let (file, path, snapshot) = (&source.file, source.path.as_path(), &source.snapshot);
@@ -302,6 +313,15 @@ fn pump(
             return Ok(None);
         }
         let n = block.min((plan.size - offset) as usize);
+        // Room for the frame before its block is read: the read-ahead is
+        // bounded by the node's pool, not only by the channel.
+        let hold = match slots {
+            Some(slots) => match slots.hold(n + FRAME_ROOM, stop) {
+                Some(hold) => Some(hold),
+                None => return Ok(None),
+            },
+            None => None,
+        };
         let raw = &mut buf[..n];
         if let Err(e) = file.read_exact_at(raw, offset) {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
@@ -327,7 +347,7 @@ fn pump(
         }
         .map_err(|e| (ErrorCode::Internal, e.to_string()))?;
         offset += n as u64;
-        if !send(PumpEvent::Frame { frame: Bytes::from(frame), end: offset }) {
+        if !send(PumpEvent::Frame { frame: frame_bytes(frame, hold), end: offset }) {
             return Ok(None);
         }
     }

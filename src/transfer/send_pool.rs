@@ -1,0 +1,232 @@
+//! The node's bound on what its senders hold in memory.
+//!
+//! A sending transfer holds the blocks its pump has read ahead of the
+//! network and, once they are written to the stream, the blocks QUIC keeps
+//! until the partner acknowledges them. Without a bound per node, 64
+//! concurrent pushes held 64 pumps' read-ahead each (measured: 768 MiB
+//! resident on the sender, docs/BENCHMARKS.md "Memory").
+//!
+//! Every frame a pump produces takes a [`Hold`] first, and the hold goes
+//! with the frame's bytes ([`frame_bytes`]): it is given back when the
+//! last copy of those bytes is dropped, that is when QUIC has the whole
+//! frame acknowledged (or the stream or connection is gone). Each transfer
+//! has one frame of its own outside the pool ([`SendSlots`]), so a
+//! transfer always makes progress whatever the others hold (a partner that
+//! acknowledges slowly cannot stop another partner's transfers); every
+//! further frame takes its bytes from the node's pool, and waits while the
+//! pool is spent. So a node's senders hold at most the pool plus one frame
+//! per running transfer, and a single transfer alone may use the whole
+//! pool (its read-ahead and QUIC's window are what made it fast).
+//!
+//! The pool is a plain mutex and condition variable: pumps run on blocking
+//! threads, and a hold is given back from wherever QUIC drops the bytes.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+/// How often a pump waiting for room looks at its stop flag.
+const STOP_CHECK: Duration = Duration::from_millis(50);
+
+/// The bytes of frames a node's senders may hold beyond each transfer's
+/// own frame. Cloning shares the pool.
+#[derive(Clone, Debug)]
+pub struct SendPool(Arc<PoolState>);
+
+#[derive(Debug)]
+struct PoolState {
+    capacity: usize,
+    free: Mutex<usize>,
+    returned: Condvar,
+}
+
+impl SendPool {
+    /// A pool of `capacity` bytes.
+    pub fn new(capacity: usize) -> SendPool {
+        SendPool(Arc::new(PoolState { capacity, free: Mutex::new(capacity), returned: Condvar::new() }))
+    }
+
+    /// Bytes of the pool held now.
+    pub fn held(&self) -> usize {
+        self.0.capacity - *self.0.free.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The slots of one transfer.
+    pub fn slots(&self) -> SendSlots {
+        SendSlots { pool: self.clone(), own: Arc::new(AtomicBool::new(false)) }
+    }
+
+    fn try_take(&self, len: usize) -> bool {
+        let mut free = self.0.free.lock().unwrap_or_else(|p| p.into_inner());
+        if *free >= len {
+            *free -= len;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Waits up to `wait` for `len` bytes; whether they were taken.
+    fn take_within(&self, len: usize, wait: Duration) -> bool {
+        let free = self.0.free.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut free, _) =
+            self.0.returned.wait_timeout_while(free, wait, |f| *f < len).unwrap_or_else(|p| p.into_inner());
+        if *free >= len {
+            *free -= len;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn give_back(&self, len: usize) {
+        let mut free = self.0.free.lock().unwrap_or_else(|p| p.into_inner());
+        *free = (*free + len).min(self.0.capacity);
+        drop(free);
+        self.0.returned.notify_all();
+    }
+}
+
+/// One transfer's way to its frames' room: its own frame, then the pool.
+#[derive(Debug)]
+pub struct SendSlots {
+    pool: SendPool,
+    /// Whether the transfer's own frame is out (held by a frame's bytes).
+    own: Arc<AtomicBool>,
+}
+
+impl SendSlots {
+    /// Room for a frame of `len` bytes, waiting while there is none (call
+    /// it from a blocking thread). `None` once `stop` is set, or when the
+    /// frame is larger than the whole pool and the transfer's own frame is
+    /// out (it waits for the own frame then).
+    pub fn hold(&self, len: usize, stop: &AtomicBool) -> Option<Hold> {
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return None;
+            }
+            if self.own.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                return Some(Hold::Own(self.own.clone()));
+            }
+            if len <= self.pool.0.capacity && self.pool.try_take(len) {
+                return Some(Hold::Pool(self.pool.clone(), len));
+            }
+            if len <= self.pool.0.capacity && self.pool.take_within(len, STOP_CHECK) {
+                return Some(Hold::Pool(self.pool.clone(), len));
+            }
+            if len > self.pool.0.capacity {
+                std::thread::sleep(STOP_CHECK / 10);
+            }
+        }
+    }
+}
+
+/// Room for one frame, given back when dropped.
+#[derive(Debug)]
+pub enum Hold {
+    /// The transfer's own frame.
+    Own(Arc<AtomicBool>),
+    /// Bytes of the node's pool.
+    Pool(SendPool, usize),
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        match self {
+            Hold::Own(out) => out.store(false, Ordering::Release),
+            Hold::Pool(pool, len) => pool.give_back(*len),
+        }
+    }
+}
+
+/// A frame's bytes that keep `hold` until their last copy is dropped.
+pub fn frame_bytes(frame: Vec<u8>, hold: Option<Hold>) -> Bytes {
+    match hold {
+        None => Bytes::from(frame),
+        Some(hold) => Bytes::from_owner(HeldFrame { frame, _hold: hold }),
+    }
+}
+
+struct HeldFrame {
+    frame: Vec<u8>,
+    _hold: Hold,
+}
+
+impl AsRef<[u8]> for HeldFrame {
+    fn as_ref(&self) -> &[u8] {
+        &self.frame
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_transfer_has_one_frame_of_its_own_and_the_rest_comes_from_the_pool() {
+        let pool = SendPool::new(10);
+        let stop = AtomicBool::new(false);
+        let slots = pool.slots();
+        let own = slots.hold(100, &stop).expect("its own frame, whatever its size");
+        assert_eq!(pool.held(), 0);
+        let a = slots.hold(6, &stop).expect("room in the pool");
+        assert_eq!(pool.held(), 6);
+        // Another transfer still gets its own frame while the pool is short.
+        let other = pool.slots();
+        let other_own = other.hold(8, &stop).expect("its own frame");
+        assert_eq!(pool.held(), 6);
+        drop((own, other_own));
+        drop(a);
+        assert_eq!(pool.held(), 0);
+    }
+
+    #[test]
+    fn room_comes_back_when_the_last_copy_of_the_bytes_is_dropped() {
+        let pool = SendPool::new(10);
+        let stop = AtomicBool::new(false);
+        let slots = pool.slots();
+        let _own = slots.hold(1, &stop).expect("own");
+        let hold = slots.hold(4, &stop).expect("pool");
+        let bytes = frame_bytes(vec![7; 4], Some(hold));
+        let tail = bytes.slice(2..);
+        drop(bytes);
+        assert_eq!(pool.held(), 4, "a slice still holds the frame");
+        assert_eq!(&tail[..], &[7, 7]);
+        drop(tail);
+        assert_eq!(pool.held(), 0);
+    }
+
+    #[test]
+    fn a_pump_waits_for_room_and_goes_on_when_it_is_given_back() {
+        let pool = SendPool::new(4);
+        let stop = Arc::new(AtomicBool::new(false));
+        let slots = pool.slots();
+        let _own = slots.hold(4, &stop).expect("own");
+        let first = slots.hold(4, &stop).expect("pool");
+        let waiting = {
+            let stop = stop.clone();
+            std::thread::spawn(move || slots.hold(4, &stop).map(|h| matches!(h, Hold::Pool(..))))
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!waiting.is_finished(), "no room yet");
+        drop(first);
+        assert_eq!(waiting.join().expect("joins"), Some(true));
+    }
+
+    #[test]
+    fn a_waiting_pump_stops_when_told() {
+        let pool = SendPool::new(4);
+        let stop = Arc::new(AtomicBool::new(false));
+        let slots = pool.slots();
+        let _own = slots.hold(4, &stop).expect("own");
+        let _full = slots.hold(4, &stop).expect("pool");
+        let waiting = {
+            let stop = stop.clone();
+            std::thread::spawn(move || slots.hold(4, &stop).is_none())
+        };
+        stop.store(true, Ordering::Relaxed);
+        assert!(waiting.join().expect("joins"), "stopped, nothing held");
+    }
+}
