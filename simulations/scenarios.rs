@@ -300,7 +300,10 @@ pub fn pulled_set_faults(seed: u64) -> RunSpec {
     let size = r.random_range(256 * 1024..=1024 * 1024);
     spec.requests.push(RequestSpec { set_files: 10, ..request(0, 0, "b", "a", Direction::Pull, size) });
     let small = r.random_range(512..=32 * 1024);
-    spec.requests.push(RequestSpec { set_files: 30, ..request(1, 5, "b", "a", Direction::Pull, small) });
+    // Every other seed, the small files with `delivery = all`: a holds
+    // them until all are verified, then puts them in place itself.
+    let delivery_all = seed % 2 == 1;
+    spec.requests.push(RequestSpec { set_files: 30, delivery_all, ..request(1, 5, "b", "a", Direction::Pull, small) });
     spec.requests.push(request(2, r.random_range(0..400), "a", "b", Direction::Push, small));
     for node in ["a", "b"] {
         let at = r.random_range(300..1_500);

@@ -555,6 +555,12 @@ impl NodeHandle {
                     owed = true;
                 }
                 self.each_member(&set, |member| {
+                    if crate::actors::set_release::is_own_held(&member) {
+                        // A pulled `delivery = all` set: this node holds the
+                        // verified file under its work name; it goes.
+                        self.discard_own_held(&member);
+                        return Ok(());
+                    }
                     if held && member.status == Status::Done && member.direction == Direction::Push {
                         self.ctx.core.store.owe_cancel_notice(&member.id)?;
                         owed = true;
@@ -577,6 +583,18 @@ impl NodeHandle {
         };
         self.ctx.core.store.flush().await?;
         Ok(rec)
+    }
+
+    /// Removes the work file of a pulled `delivery = all` set's file that
+    /// this node verified and held, once its set was cancelled (the file
+    /// stays `Done`: it was received, never delivered).
+    fn discard_own_held(&self, member: &RequestRecord) {
+        let Some(rule) = self.ctx.core.config.rule(&member.rule) else { return };
+        let work = crate::transfer::receive::work_path(&rule.recv_dir_for(&member.partner), &member.id);
+        if work.exists() {
+            crate::transfer::receive::discard(&work);
+            let _ = self.ctx.core.store.log(&member.id, "its set was cancelled: the held file is discarded");
+        }
     }
 
     /// Cancels one request; like [`Self::stop_one`], the record is written
@@ -890,8 +908,7 @@ impl Node {
                 async move { crate::actors::task_runner::run_tasks(&intake, &id, crate::tasks::TaskList::Set).await },
             )
         });
-        let releaser =
-            crate::actors::set_release::Releaser::start(&ctx.core.store, ctx.core.config.clone(), asker, set_tasks)?;
+        let releaser = crate::actors::set_release::Releaser::start(ctx.core.clone(), asker, set_tasks)?;
         let (supervisor, _) =
             Actor::spawn(None, Supervisor, ctx.clone()).await.map_err(|e| NodeError::Actors(e.to_string()))?;
         let handle = NodeHandle { ctx: ctx.clone(), identity: identity_watch.clone() };

@@ -630,7 +630,7 @@ async fn a_pulled_set_is_resolved_by_the_partner_listed_in_pages_and_arrives_in_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pulled_set_refuses_escapes_empty_matches_and_all_or_nothing_with_nothing_recorded() {
+async fn a_pulled_set_refuses_escapes_and_empty_matches_with_nothing_recorded() {
     let (layout, a, b) = two_nodes().await;
     let out = layout.out_dir("b");
     write(&out.join("tree/ok.csv"), b"ok");
@@ -640,7 +640,6 @@ async fn a_pulled_set_refuses_escapes_empty_matches_and_all_or_nothing_with_noth
         (pull_pattern("/etc/*"), "bad_file_name", "pattern"),
         (pull_pattern("tree/**"), "file_not_found", "symbolic link \"tree/passwd\""),
         (pull_pattern("nothing/*.csv"), "no_files", "on node b"),
-        (Submit { delivery: Some(Delivery::All), ..pull_pattern("tree/*.csv") }, "bad_request", "delivery = all"),
         (
             Submit {
                 pattern: None,
@@ -702,6 +701,111 @@ async fn cancelling_a_set_while_its_partner_runs_set_tasks_ends_the_partners_rec
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(!second.exists(), "a set task ran after the set was cancelled");
     assert_eq!(a.handle().store().get(&set.id).expect("get").expect("set").status, Status::Cancelled);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Writes the eight entries of a pulled all-or-nothing set below `dir/` on
+/// b (six files, one in a subfolder, an empty folder) and submits the pull
+/// of `dir/**` with `delivery = all` and `on_failure = continue`.
+async fn pulled_all_or_nothing_set(layout: &Layout, a: &Node, dir: &str) -> RequestRecord {
+    let out = layout.out_dir("b");
+    for i in 0..6 {
+        write(&out.join(format!("{dir}/f{i}.dat")), format!("content {i}\n").repeat(100 * i + 1).as_bytes());
+    }
+    write(&out.join(format!("{dir}/sub/g.dat")), b"in a subfolder");
+    std::fs::create_dir_all(out.join(format!("{dir}/empty"))).expect("mkdir");
+    let s = Submit {
+        on_failure: Some(OnFailure::Continue),
+        delivery: Some(Delivery::All),
+        ..pull_pattern(&format!("{dir}/**"))
+    };
+    let set = a.handle().submit(s).await.expect("submitted");
+    assert_eq!(set.set.as_ref().map(|i| (i.files, i.policy.delivery)), Some((8, Delivery::All)));
+    set
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pulled_set_with_delivery_all_is_in_place_only_once_every_file_is_verified() {
+    let mut layout = Layout::new(&["a", "b"]);
+    let marks = layout.in_dir("a").parent().expect("the layout's folder").join("marks");
+    std::fs::create_dir_all(&marks).expect("mkdir");
+    let gate = marks.join("go");
+    // Each file's pull waits (bounded) in a pre-task on a until the gate
+    // opens, so a file can vanish on b after the set was resolved.
+    let wait = "i=0; while [ ! -e \"$1\" ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done";
+    layout.config_mut("a").rules[0].receiver.pre_tasks = vec![sh_task(wait, &[&gate.display().to_string()])];
+    let (a, b) = (layout.start("a").await, layout.start("b").await);
+    let (inbox, out) = (layout.in_dir("a"), layout.out_dir("b"));
+
+    let set = pulled_all_or_nothing_set(&layout, &a, "all").await;
+    let f4 = out.join("all/f4.dat");
+    let (f4_content, f4_time) = (std::fs::read(&f4).expect("read"), std::fs::metadata(&f4).expect("stat").modified());
+    std::fs::remove_file(&f4).expect("delete");
+    std::fs::write(&gate, b"").expect("open the gate");
+    let failed = wait_final(&a.handle(), &set.id, WITHIN).await;
+    assert_eq!(failed.status, Status::InError, "{:?}", failed.error);
+    let info = failed.set.clone().expect("set");
+    assert_eq!((info.done, info.failed), (7, 1), "seven verified, f4 missing");
+    // Seven verified, none in place: a holds them under their work names,
+    // and not even their folders are made.
+    assert!(tree(&inbox).is_empty(), "{:?}", tree(&inbox));
+    assert!(!inbox.join("all").exists(), "no folder of the set is made before the release");
+    let held: Vec<RequestRecord> =
+        members(&a.handle(), &failed).into_iter().filter(|m| m.status == Status::Done).collect();
+    for m in &held {
+        assert!(ferry::actors::set_release::is_own_held(m), "{}: {:?}/{:?}", m.file_name, m.status, m.delivered);
+    }
+    let work_held = held
+        .iter()
+        .filter(|m| !m.file_name.ends_with('/'))
+        .filter(|m| ferry::transfer::receive::work_path(&inbox, &m.id).is_file())
+        .count();
+    assert_eq!(work_held, 6, "the six verified files wait in the work folder");
+
+    // f4 back as resolved, the set restarted: f4 arrives, then every file
+    // goes in place together and the set is Done on both nodes.
+    let back = std::fs::File::create(&f4).expect("restore");
+    std::io::Write::write_all(&mut &back, &f4_content).expect("write");
+    back.set_modified(f4_time.expect("mtime")).expect("time");
+    a.handle().restart(&set.id).await.expect("restart the set");
+    let done = wait_final(&a.handle(), &set.id, WITHIN).await;
+    assert_eq!(done.status, Status::Done, "{:?}", done.error);
+    let mut want: Vec<String> = (0..6).map(|i| format!("all/f{i}.dat")).collect();
+    want.push("all/sub/g.dat".into());
+    assert_eq!(tree(&inbox), want);
+    assert!(inbox.join("all/empty").is_dir(), "the empty folder is made at the release");
+    for f in &want {
+        assert_eq!(file_digest(&inbox.join(f)), file_digest(&out.join(f)), "{f}");
+    }
+    for m in members(&a.handle(), &done) {
+        assert!(m.status == Status::Done && m.delivered, "{}: {:?} delivered {}", m.file_name, m.status, m.delivered);
+    }
+    assert!(work_files(&inbox).is_empty(), "no work file left");
+    let log = a.handle().store().job_log(&set.id).expect("log");
+    assert!(
+        log.iter().any(|l| l.message.contains("8 of its entries put under their final names on this node")),
+        "{log:?}"
+    );
+    let theirs = b.handle().store().get(&set.id).expect("get").expect("b records the set");
+    assert_eq!(theirs.status, Status::Done);
+
+    // Cancelled while its verified files are held: they are discarded, and
+    // none was ever in place.
+    std::fs::remove_file(&gate).expect("close the gate");
+    let set = pulled_all_or_nothing_set(&layout, &a, "gone").await;
+    std::fs::remove_file(out.join("gone/f0.dat")).expect("delete");
+    std::fs::write(&gate, b"").expect("open the gate");
+    let failed = wait_final(&a.handle(), &set.id, WITHIN).await;
+    assert_eq!(failed.status, Status::InError, "{:?}", failed.error);
+    let held: Vec<RequestRecord> =
+        members(&a.handle(), &failed).into_iter().filter(|m| m.status == Status::Done).collect();
+    assert!(held.iter().any(|m| ferry::transfer::receive::work_path(&inbox, &m.id).is_file()), "files held");
+    a.handle().cancel(&set.id).await.expect("cancel");
+    assert!(!inbox.join("gone").exists(), "nothing of the cancelled set in place");
+    for m in &held {
+        assert!(!ferry::transfer::receive::work_path(&inbox, &m.id).exists(), "{}: held file discarded", m.file_name);
+    }
     a.shutdown().await;
     b.shutdown().await;
 }

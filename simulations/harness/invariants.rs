@@ -93,7 +93,8 @@ pub fn all_or_nothing(nodes: &BTreeMap<String, Node>, spec: &RunSpec, when: &str
         let Some(node) = nodes.get(&r.requester) else { continue };
         let acked = node.io.borrow().acks.iter().find(|(t, _)| *t == tag).and_then(|(_, id)| id.clone().ok());
         let Some(set) = acked.as_deref().and_then(ferry::protocol::RequestId::parse) else { continue };
-        let Some(receiver) = nodes.get(&r.partner) else { continue };
+        let receiver = if r.direction == Direction::Push { &r.partner } else { &r.requester };
+        let Some(receiver) = nodes.get(receiver) else { continue };
         let dir = receiver.recv_dir();
         let files = r.files();
         let in_place: Vec<&String> = files.iter().filter(|f| dir.join(f).exists()).collect();

@@ -75,6 +75,9 @@ pub struct Files {
     pub prefix: Option<Prefix>,
     /// Receiver: bytes the work file held before this attempt.
     pub work_len: u64,
+    /// Requester of a pulled set's file under `delivery = all`: the
+    /// verified file stays under its work name until the set's release.
+    pub hold: bool,
 }
 
 /// The requested side's decision on an incoming request.
@@ -334,7 +337,7 @@ impl ChannelRun {
                         pending.extend(self.session.sender_tasks_done(result));
                     }
                     Output::Done => {
-                        if self.holds_file() {
+                        if self.holds_file() && self.session.role() == SessionRole::Requested {
                             // Stays `Held` until its set is released.
                             self.record("confirmed; held under its work name until its set is released", |_| {});
                             self.flush().await;
@@ -1111,8 +1114,13 @@ impl ChannelRun {
     /// Whether this side receives a file it holds for its set's release
     /// (`delivery = all`) instead of delivering it.
     fn holds_file(&self) -> bool {
-        self.session.role() == SessionRole::Requested
-            && self.session.request().is_some_and(|r| r.options.hold && r.direction == Direction::Push)
+        match self.session.role() {
+            SessionRole::Requested => {
+                self.session.request().is_some_and(|r| r.options.hold && r.direction == Direction::Push)
+            }
+            // Its record ends `Done` but not delivered (`set_release::is_own_held`).
+            SessionRole::Requester => self.files.hold,
+        }
     }
 
     fn cleanup_after_failure(&self, f: &Failure) {

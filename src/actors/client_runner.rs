@@ -254,16 +254,19 @@ async fn run(args: ClientRunnerArgs, mut control: mpsc::Receiver<Command>) {
         }
     };
     // A file of a `delivery = all` set is held by the receiver until the
-    // set is released (`set_release`).
-    let hold = match &rec.member_of {
-        Some(m) if rec.direction == Direction::Push => match ctx.core.store.get(&m.set) {
+    // set is released (`set_release`): the partner for a push (told in the
+    // request), this node for a pull.
+    let held_set = match &rec.member_of {
+        Some(m) => match ctx.core.store.get(&m.set) {
             Ok(set) => set.and_then(|s| s.set).is_some_and(|i| i.policy.delivery == Delivery::All),
             Err(e) => {
                 return fail_early(&ctx, &id, ErrorCode::Internal, format!("cannot read its file set: {e}")).await
             }
         },
-        _ => false,
+        None => false,
     };
+    let hold = held_set && rec.direction == Direction::Push;
+    files.hold = held_set && rec.direction == Direction::Pull;
     // A pulled set's file: the sender checks it is still as it resolved it.
     let as_resolved = match &rec.member_of {
         Some(m) if rec.direction == Direction::Pull => {

@@ -69,12 +69,12 @@ pub async fn submit(
             on_failure: s.on_failure.unwrap_or(rule.on_failure),
             delivery: s.delivery.unwrap_or(rule.delivery),
         };
-        if s.direction == Direction::Pull && policy.delivery == Delivery::All {
-            return Err(SubmitError::BadRequest(
-                "delivery = all is not built for a pulled file set (see docs/FILESETS.md); pull it with \
-                 delivery = each, or have the partner push it"
-                    .into(),
-            ));
+        if s.direction == Direction::Pull && policy.delivery == Delivery::All && !rule.receiver.post_tasks.is_empty() {
+            return Err(SubmitError::BadRequest(format!(
+                "rule {:?} runs post-tasks on each received file, which a set pulled with delivery = all cannot \
+                 use (its files are delivered together later); pull it with delivery = each",
+                s.rule
+            )));
         }
         let spec = SetSpec { patterns, policy, partner, group, block_size, submitted_on, chained_from };
         return submit_set(ctx, s, spec, id).await;

@@ -15,6 +15,15 @@
 //! records it `Running`/`Held` (flushed) and confirms it, without renaming
 //! it.
 //!
+//! `delivery = all` (pulls): the requester is the receiver. Each file is
+//! verified, fsynced under its work name and recorded `Done` without being
+//! delivered (`delivered` false, flushed); the set is then `Held` like a
+//! pushed one. Before it asks the partner to release the set, the
+//! requester puts its own held files in place ([`release_own_held`]), in
+//! the same durable order as the asked node's steps 1–3 below; a crash in
+//! the middle leaves the set `Held`, and the releaser finishes the renames
+//! at the next start before it asks.
+//!
 //! Durable order on the asked node, for one `Release`:
 //! 1. every file of the set is checked (present, from this partner, held
 //!    or already delivered; a `create` target that appeared refuses the
@@ -46,7 +55,6 @@ use tokio::sync::mpsc;
 use super::channel_run::{delivery_for, refuse_existing_target, target_mode};
 use super::context::{Core, Intake};
 use super::{task_runner, AUDIT};
-use crate::config::NodeConfig;
 use crate::fileset::progress::Policy;
 use crate::lifecycle;
 use crate::protocol::control::{Answer, Ask};
@@ -190,6 +198,112 @@ pub fn release_held(core: &Core, partner: &str, set: &RequestId, files: u32) -> 
     }
     tracing::info!(target: AUDIT, event = "released", request_id = %set, partner = %partner, files, delivered = count);
     Ok(ReleasedFiles { delivered: count, rule, bytes, direction })
+}
+
+/// Whether `set` is a pulled set sent with `delivery = all`: this node,
+/// its requester, holds the verified files until the release.
+pub fn holds_own_files(set: &RequestRecord) -> bool {
+    set.role == Role::Requester
+        && set.direction == Direction::Pull
+        && set.set.as_ref().is_some_and(|i| i.policy.delivery == crate::fileset::progress::Delivery::All)
+}
+
+/// Whether `rec`, a file of a pulled `delivery = all` set, is verified
+/// and held here under its work name.
+pub fn is_own_held(rec: &RequestRecord) -> bool {
+    rec.role == Role::Requester && rec.direction == Direction::Pull && rec.status == Status::Done && !rec.delivered
+}
+
+/// The requester's side of a pulled `delivery = all` set's release: puts
+/// every file it holds under its final name (blocking). Checked whole
+/// first (every file `Done`; a `create` target that appeared refuses the
+/// release and nothing changes); then every held file is recorded as
+/// released (`delivered`, with the base of an append) and flushed; then
+/// each is renamed into place (its folders made, each rename's folder
+/// fsynced) and one flush ends it. Idempotent: asked again after a crash,
+/// it renames what the crash left under a work name. Returns the files it
+/// renamed.
+pub fn release_own_held(core: &Core, set: &RequestRecord) -> Result<u32, Refusal> {
+    let store = &core.store;
+    let files = set.set.as_ref().map_or(0, |i| i.files);
+    let mut members = Vec::with_capacity(files.min(4096) as usize);
+    // 1. Checked whole before anything changes.
+    for i in 0..files {
+        let id = member_id(&set.id, i);
+        let rec = store
+            .get(&id)
+            .map_err(internal)?
+            .ok_or_else(|| (ErrorCode::Internal, format!("file {i} of set {} has no record", set.id)))?;
+        if rec.status != Status::Done || rec.role != Role::Requester || rec.direction != Direction::Pull {
+            return Err((
+                ErrorCode::Internal,
+                format!(
+                    "{:?} (file {i} of set {}) is {:?}, not received; nothing was released",
+                    rec.file_name, set.id, rec.status
+                ),
+            ));
+        }
+        if !rec.delivered && !is_folder_entry(&rec.file_name) {
+            let target = receive::target_path(&recv_dir(core, &rec)?, &rec.file_name, false)?;
+            refuse_existing_target(core, target_mode(core, &rec), &target)?;
+        }
+        members.push(rec);
+    }
+    // 2. The release is ordered, durably, before the first rename.
+    for rec in members.iter_mut().filter(|r| !r.delivered) {
+        let append_base = match target_mode(core, rec) {
+            TargetMode::Append => {
+                let target = receive::target_path(&recv_dir(core, rec)?, &rec.file_name, false)?;
+                Some(std::fs::metadata(&target).map_or(0, |m| m.len()))
+            }
+            _ => None,
+        };
+        let written = store
+            .update_if(&rec.id, "released with its set: delivering", is_own_held, |r| {
+                r.delivered = true;
+                r.append_base = append_base;
+            })
+            .map_err(internal)?;
+        *rec = written
+            .ok_or_else(|| (ErrorCode::Internal, format!("{:?} changed while its set was released", rec.file_name)))?;
+    }
+    store.flush_blocking().map_err(internal)?;
+    // 3. Each file still under its work name goes in place (a file renamed
+    // before a crash is not there any more).
+    let mut renamed = 0u32;
+    let mut first_failure = None;
+    for rec in &members {
+        let dir = recv_dir(core, rec)?;
+        let work = receive::work_path(&dir, &rec.id);
+        let folder = is_folder_entry(&rec.file_name);
+        if !folder && !work.exists() {
+            continue;
+        }
+        let put = receive::target_path(&dir, &rec.file_name, true).and_then(|target| {
+            let line = if folder {
+                receive::discard(&work);
+                format!("folder {} made", target.display())
+            } else {
+                receive::deliver_as(&work, &target, &delivery_for(core, rec, &target))?
+            };
+            Ok((line, target))
+        });
+        match put {
+            Ok((line, target)) => {
+                renamed += 1;
+                let _ = store.log(&rec.id, &line);
+                tracing::info!(target: AUDIT, event = "delivered", request_id = %rec.id, partner = %rec.partner, path = %target.display());
+            }
+            Err(f) => {
+                first_failure.get_or_insert(f);
+            }
+        }
+    }
+    store.flush_blocking().map_err(internal)?;
+    if let Some(f) = first_failure {
+        return Err(f);
+    }
+    Ok(renamed)
 }
 
 /// What [`release_held`] found and did.
@@ -428,12 +542,8 @@ impl Releaser {
     /// Follows the store, and asks for the sets found waiting at start-up
     /// (read after the observer is in place, so none is missed; one seen
     /// twice is asked for once).
-    pub fn start(
-        store: &Store,
-        config: Arc<NodeConfig>,
-        asker: Asker,
-        runner: SetTaskRunner,
-    ) -> Result<tokio::task::JoinHandle<()>, StoreError> {
+    pub fn start(core: Core, asker: Asker, runner: SetTaskRunner) -> Result<tokio::task::JoinHandle<()>, StoreError> {
+        let store = &core.store;
         let (tx, mut rx) = mpsc::unbounded_channel::<RequestId>();
         let observed = tx.clone();
         store.observe(Arc::new(move |change| {
@@ -446,17 +556,17 @@ impl Releaser {
             let _ = tx.send(id);
         }
         let again = tx.clone();
-        let store = store.clone();
         let asking: Arc<Mutex<HashSet<RequestId>>> = Arc::default();
         Ok(tokio::spawn(async move {
             while let Some(id) = rx.recv().await {
                 if !asking.lock().expect("the set is only held to insert or remove").insert(id.clone()) {
                     continue; // already being asked for
                 }
-                let (store, config, asker, runner, asking, again) =
-                    (store.clone(), config.clone(), asker.clone(), runner.clone(), asking.clone(), again.clone());
+                let (core, asker, runner, asking, again) =
+                    (core.clone(), asker.clone(), runner.clone(), asking.clone(), again.clone());
                 tokio::spawn(async move {
-                    let paused = release(&store, &config, &asker, &runner, &id).await;
+                    let paused = release(&core, &asker, &runner, &id).await;
+                    let store = &core.store;
                     asking.lock().expect("the set is only held to insert or remove").remove(&id);
                     // A change the observer sent while this ran (an operator
                     // restart just after the set ended) was dropped above:
@@ -488,7 +598,8 @@ fn waiting_sets(store: &Store) -> Result<Vec<RequestId>, StoreError> {
 /// Returns whether it left the set to the next start (a shutdown, a set
 /// task that failed, a store that cannot be read or written), rather than
 /// because the set ended or left the steps this task acts on.
-async fn release(store: &Store, config: &NodeConfig, asker: &Asker, runner: &SetTaskRunner, id: &RequestId) -> bool {
+async fn release(core: &Core, asker: &Asker, runner: &SetTaskRunner, id: &RequestId) -> bool {
+    let (store, config) = (&core.store, &core.config);
     let mut wait = FIRST_WAIT;
     loop {
         let set = match store.get(id) {
@@ -506,6 +617,42 @@ async fn release(store: &Store, config: &NodeConfig, asker: &Asker, runner: &Set
                 return true; // not asked again until the next start
             }
         };
+        if holds_own_files(&set) {
+            // A pulled `delivery = all` set: this node's held files go in
+            // place first (again after a crash: idempotent).
+            let (own, held) = (core.clone(), set.clone());
+            match crate::determinism::blocking(move || release_own_held(&own, &held)).await {
+                Ok(Ok(n)) => {
+                    if n > 0 {
+                        let _ = store.log(id, &format!("{n} of its entries put under their final names on this node"));
+                    }
+                }
+                Ok(Err((code, message))) if code != ErrorCode::Internal => {
+                    let message = format!("cannot put the set's files in place: {message}");
+                    let now = now_ms();
+                    let written = store.update_if(id, &message, lifecycle::set::awaits_release, |r| {
+                        lifecycle::set::release_refused(r, code, &message, now);
+                    });
+                    if let Err(e) =
+                        store.flush().await.map_err(|e| e.to_string()).and(written.map_err(|e| e.to_string()))
+                    {
+                        tracing::error!(request_id = %id, error = %e, "cannot record the set's failed release");
+                    }
+                    return false;
+                }
+                other => {
+                    let why = match other {
+                        Ok(Err((_, message))) => message,
+                        Err(e) => e.to_string(),
+                        Ok(Ok(_)) => String::new(),
+                    };
+                    tracing::warn!(request_id = %id, error = %why, wait_ms = wait.as_millis() as u64, "cannot put the set's files in place yet; trying again");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(LONGEST_WAIT);
+                    continue;
+                }
+            }
+        }
         let (files, pattern) =
             set.set.as_ref().map_or((0, String::new()), |i| (i.files, crate::fileset::shown_pattern(&i.pattern)));
         let ask = Ask::Release { set: id.clone(), files, pattern };
