@@ -93,8 +93,8 @@ pub fn all_or_nothing(nodes: &BTreeMap<String, Node>, spec: &RunSpec, when: &str
         let Some(node) = nodes.get(&r.requester) else { continue };
         let acked = node.io.borrow().acks.iter().find(|(t, _)| *t == tag).and_then(|(_, id)| id.clone().ok());
         let Some(set) = acked.as_deref().and_then(ferry::protocol::RequestId::parse) else { continue };
-        let receiver = if r.direction == Direction::Push { &r.partner } else { &r.requester };
-        let Some(receiver) = nodes.get(receiver) else { continue };
+        let receiver_id = if r.direction == Direction::Push { &r.partner } else { &r.requester };
+        let Some(receiver) = nodes.get(receiver_id) else { continue };
         let dir = receiver.recv_dir();
         let files = r.files();
         let in_place: Vec<&String> = files.iter().filter(|f| dir.join(f).exists()).collect();
@@ -105,8 +105,7 @@ pub fn all_or_nothing(nodes: &BTreeMap<String, Node>, spec: &RunSpec, when: &str
             let whole = dir.join(f).exists() || std::fs::metadata(&work).is_ok_and(|m| m.len() == r.size as u64);
             if !whole {
                 v.push(format!(
-                    "all or nothing: {}'s {first} of set {set} (delivery = all) is in place {when} while {f} of the same set is not received whole",
-                    r.partner
+                    "all or nothing: {receiver_id}'s {first} of set {set} (delivery = all) is in place {when} while {f} of the same set is not received whole"
                 ));
                 break;
             }
