@@ -111,6 +111,21 @@ pub fn encode_data(
     Ok(out)
 }
 
+/// Where a `Data` frame's payload starts in its body, read from the body's
+/// first bytes (its variant, offset, raw length and payload length):
+/// `None` when they are not a `Data` frame's, or too few to tell. A
+/// receiver uses it to place the body so that the payload lands where it
+/// can be written from without a copy.
+pub fn data_payload_offset(first: &[u8]) -> Option<usize> {
+    let (variant, head) = bincode::serde::decode_from_slice::<u32, _>(first, config()).ok()?;
+    if variant != DATA_VARIANT {
+        return None;
+    }
+    // offset, raw_len, then the payload's length prefix (serde bytes).
+    let (_, fields) = bincode::serde::decode_from_slice::<(u64, u32, u64), _>(first.get(head..)?, config()).ok()?;
+    Some(head + fields)
+}
+
 /// Decodes a frame body held in `Bytes`; a `Data` payload is a slice of
 /// `body` rather than a copy.
 pub fn decode_body_shared(body: &Bytes) -> Result<Message, CodecError> {
@@ -251,6 +266,23 @@ pub fn decode_frame(buf: &[u8]) -> Result<Option<(Message, usize)>, CodecError> 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_data_frames_payload_offset_is_read_from_its_first_bytes() {
+        use super::*;
+        use crate::protocol::message::Cancel;
+        for (offset, len) in [(0u64, 1usize), (1 << 20, 4096), (u64::from(u32::MAX) * 7, 300_000), (127, 128)] {
+            let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let raw_len = u32::try_from(len).expect("fits");
+            let frame = encode_data(offset, raw_len, false, Digest([9; 32]), &payload).expect("encodes");
+            let body = &frame[HEADER_LEN..];
+            let p = data_payload_offset(&body[..32.min(body.len())]).expect("a data frame");
+            assert_eq!(&body[p..p + len], &payload[..], "offset {offset}, {len} bytes");
+            assert_eq!(data_payload_offset(&body[..2]), None, "too few bytes to tell");
+        }
+        let other = encode(&Message::Cancel(Cancel { reason: "x".into() })).expect("encodes");
+        assert_eq!(data_payload_offset(&other[HEADER_LEN..]), None, "not a data frame");
+    }
+
     use super::*;
     use crate::protocol::message::*;
     use proptest::prelude::*;

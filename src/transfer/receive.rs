@@ -287,6 +287,13 @@ impl WorkFile {
         let WorkFile { work, file, direct, size, whole, points, since_point, point_at, offset, buf, short } = self;
         let work = work.as_path();
         let len = block.raw_len as usize;
+        // A raw block is written from its frame when it can be: always
+        // with buffered writes, and with `O_DIRECT` when the reader placed
+        // the payload on an aligned boundary (`channel::PAYLOAD_ALIGN`);
+        // otherwise it is copied into the aligned buffer first.
+        let from_frame = !block.compressed
+            && block.payload.len() == len
+            && (!*direct || block.payload.as_ptr().align_offset(DIRECT_ALIGN) == 0);
         if block.compressed {
             match lz4_flex::block::decompress_into(&block.payload, buf.fill(len)) {
                 Ok(n) if n == len => {}
@@ -303,13 +310,13 @@ impl WorkFile {
                     ))
                 }
             }
-        } else {
+        } else if !from_frame {
             buf.fill(len).copy_from_slice(&block.payload);
         }
         if points.as_ref().is_some_and(|p| p.abandoned.load(std::sync::atomic::Ordering::Relaxed)) {
             return Err((ErrorCode::Internal, "superseded by a newer attempt of the request".into()));
         }
-        let raw = buf.filled();
+        let raw = if from_frame { &block.payload[..] } else { buf.filled() };
         // The block's check and its part of the whole-file digest: one pass.
         if !whole.check(*size, block.offset, raw, &block.hash) {
             return Err((
