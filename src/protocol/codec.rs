@@ -111,6 +111,40 @@ pub fn encode_data(
     Ok(out)
 }
 
+/// A `Data` frame of an uncompressed block that `fill` writes straight
+/// into its place in the frame (and returns the block's digest): the same
+/// bytes as `encode_data(offset, len, false, digest, block)`, without
+/// first reading the block into a buffer of its own and copying it.
+/// `fill`'s error is returned as is.
+pub fn encode_data_filled<E>(
+    offset: u64,
+    len: u32,
+    fill: impl FnOnce(&mut [u8]) -> Result<Digest, E>,
+) -> Result<Result<Vec<u8>, E>, CodecError> {
+    let n = len as usize;
+    let mut out = Vec::with_capacity(HEADER_LEN + n + 64);
+    out.extend_from_slice(&[0; HEADER_LEN]);
+    // The variant, then `DataRef`'s fields up to the payload's length
+    // prefix (serde bytes: its length, then the bytes).
+    bincode::serde::encode_into_std_write((DATA_VARIANT, offset, len, n as u64), &mut out, config())
+        .map_err(|e| CodecError::Encode(e.to_string()))?;
+    let at = out.len();
+    out.resize(at + n, 0);
+    let hash = match fill(&mut out[at..]) {
+        Ok(h) => h,
+        Err(e) => return Ok(Err(e)),
+    };
+    bincode::serde::encode_into_std_write((false, hash), &mut out, config())
+        .map_err(|e| CodecError::Encode(e.to_string()))?;
+    let body = out.len() - HEADER_LEN;
+    if body > MAX_FRAME_BODY {
+        return Err(CodecError::TooLarge { len: body, max: MAX_FRAME_BODY });
+    }
+    let body = u32::try_from(body).expect("body <= MAX_FRAME_BODY, which fits in u32");
+    out[..HEADER_LEN].copy_from_slice(&body.to_be_bytes());
+    Ok(Ok(out))
+}
+
 /// Where a `Data` frame's payload starts in its body, read from the body's
 /// first bytes (its variant, offset, raw length and payload length):
 /// `None` when they are not a `Data` frame's, or too few to tell. A
@@ -281,6 +315,25 @@ mod tests {
         }
         let other = encode(&Message::Cancel(Cancel { reason: "x".into() })).expect("encodes");
         assert_eq!(data_payload_offset(&other[HEADER_LEN..]), None, "not a data frame");
+    }
+
+    #[test]
+    fn a_block_filled_in_place_makes_the_same_frame_as_one_encoded_from_a_buffer() {
+        use super::*;
+        for (offset, len) in [(0u64, 0usize), (0, 1), (1 << 20, 4096), (u64::MAX >> 3, 300_001), (127, 128)] {
+            let block: Vec<u8> = (0..len).map(|i| (i % 241) as u8).collect();
+            let raw_len = u32::try_from(len).expect("fits");
+            let want = encode_data(offset, raw_len, false, Digest([len as u8; 32]), &block).expect("encodes");
+            let got = encode_data_filled::<()>(offset, raw_len, |room| {
+                room.copy_from_slice(&block);
+                Ok(Digest([len as u8; 32]))
+            })
+            .expect("encodes")
+            .expect("filled");
+            assert_eq!(got, want, "offset {offset}, {len} bytes");
+        }
+        let failed = encode_data_filled(0, 10, |_| Err("cannot read")).expect("encodes");
+        assert_eq!(failed, Err("cannot read"));
     }
 
     use super::*;

@@ -296,8 +296,9 @@ fn pump(
         ));
     }
     let block = plan.block_size as usize;
-    // A small file needs no block-sized buffer (zeroing 1 MiB per 4 KiB request shows up).
-    let mut buf = vec![0u8; block.min(usize::try_from(plan.size).unwrap_or(usize::MAX))];
+    // Compression reads each block into this buffer first (sized on first
+    // use); a raw block is read straight into its frame.
+    let mut buf = Vec::new();
     // The prefix that is not resent is still hashed, so the final check covers the whole file.
     let mut whole = match prefix {
         Some(p) => p.hasher,
@@ -322,30 +323,40 @@ fn pump(
             },
             None => None,
         };
-        let raw = &mut buf[..n];
-        if let Err(e) = file.read_exact_at(raw, offset) {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                return Err((
-                    ErrorCode::SourceChanged,
-                    format!("source {} shrank during the transfer", path.display()),
-                ));
-            }
-            return Err(io_err(path, "read", e));
-        }
-        // The block's digest and its part of the whole file's, in one pass.
-        let hash = whole.add(plan.size, raw).ok_or_else(|| {
-            (ErrorCode::Internal, format!("the block at {offset} does not fit blocks of {}", plan.block_size))
-        })?;
-        let compressed = match plan.compression {
-            Compression::Lz4 => Some(lz4_flex::block::compress(raw)).filter(|c| c.len() < n),
-            Compression::None => None,
-        };
         let raw_len = u32::try_from(n).expect("a block is at most MAX_BLOCK_SIZE");
-        let frame = match &compressed {
-            Some(c) => codec::encode_data(offset, raw_len, true, hash, c),
-            None => codec::encode_data(offset, raw_len, false, hash, raw),
-        }
-        .map_err(|e| (ErrorCode::Internal, e.to_string()))?;
+        let read = |raw: &mut [u8]| match file.read_exact_at(raw, offset) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                Err((ErrorCode::SourceChanged, format!("source {} shrank during the transfer", path.display())))
+            }
+            Err(e) => Err(io_err(path, "read", e)),
+        };
+        // The block's digest and its part of the whole file's, in one pass.
+        let mut hash = |raw: &[u8]| {
+            whole.add(plan.size, raw).ok_or_else(|| {
+                (ErrorCode::Internal, format!("the block at {offset} does not fit blocks of {}", plan.block_size))
+            })
+        };
+        let encoded = match plan.compression {
+            Compression::None => codec::encode_data_filled(offset, raw_len, |room| {
+                read(room)?;
+                hash(room)
+            }),
+            Compression::Lz4 => {
+                buf.resize(block.min(usize::try_from(plan.size).unwrap_or(usize::MAX)), 0);
+                let raw = &mut buf[..n];
+                read(raw)?;
+                let digest = hash(raw)?;
+                let compressed = lz4_flex::block::compress(raw);
+                Ok(Ok(if compressed.len() < n {
+                    codec::encode_data(offset, raw_len, true, digest, &compressed)
+                } else {
+                    codec::encode_data(offset, raw_len, false, digest, raw)
+                }
+                .map_err(|e| (ErrorCode::Internal, e.to_string()))?))
+            }
+        };
+        let frame = encoded.map_err(|e| (ErrorCode::Internal, e.to_string()))??;
         offset += n as u64;
         if !send(PumpEvent::Frame { frame: frame_bytes(frame, hold), end: offset }) {
             return Ok(None);
