@@ -159,13 +159,7 @@ pub fn release_held(core: &Core, partner: &str, set: &RequestId, files: u32) -> 
         if rec.delivered {
             continue; // ordered by an earlier ask that a crash cut short
         }
-        let append_base = match target_mode(core, rec) {
-            TargetMode::Append => {
-                let target = receive::target_path(&recv_dir(core, rec)?, &rec.file_name, false)?;
-                Some(std::fs::metadata(&target).map_or(0, |m| m.len()))
-            }
-            _ => None,
-        };
+        let append_base = append_base(core, rec)?;
         let line = "released with its set: delivering";
         let written = store
             .update_if(&rec.id, line, lifecycle::is_held, |r| {
@@ -251,13 +245,7 @@ pub fn release_own_held(core: &Core, set: &RequestRecord) -> Result<u32, Refusal
     }
     // 2. The release is ordered, durably, before the first rename.
     for rec in members.iter_mut().filter(|r| !r.delivered) {
-        let append_base = match target_mode(core, rec) {
-            TargetMode::Append => {
-                let target = receive::target_path(&recv_dir(core, rec)?, &rec.file_name, false)?;
-                Some(std::fs::metadata(&target).map_or(0, |m| m.len()))
-            }
-            _ => None,
-        };
+        let append_base = append_base(core, rec)?;
         let written = store
             .update_if(&rec.id, "released with its set: delivering", is_own_held, |r| {
                 r.delivered = true;
@@ -317,6 +305,19 @@ pub struct ReleasedFiles {
     pub bytes: u64,
     /// Whether the set was pushed to this node or pulled from it.
     pub direction: Direction,
+}
+
+/// Where an `append` delivery of `rec` starts: the target's length now,
+/// recorded with the release before the target is touched (`None` for the
+/// other target modes).
+fn append_base(core: &Core, rec: &RequestRecord) -> Result<Option<u64>, Refusal> {
+    Ok(match target_mode(core, rec) {
+        TargetMode::Append => {
+            let target = receive::target_path(&recv_dir(core, rec)?, &rec.file_name, false)?;
+            Some(std::fs::metadata(&target).map_or(0, |m| m.len()))
+        }
+        _ => None,
+    })
 }
 
 fn recv_dir(core: &Core, rec: &RequestRecord) -> Result<std::path::PathBuf, Refusal> {

@@ -110,6 +110,20 @@ impl Nodes {
     }
 }
 
+/// Writes `mib` MiB of random bytes to `path` and fsyncs it: on disk
+/// before the clock starts, so a push does not race the write-back of its
+/// own source.
+fn write_random_file(path: &std::path::Path, mib: u64) -> anyhow::Result<()> {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut chunk = vec![0u8; 1 << 20];
+    for _ in 0..mib {
+        rand::rng().fill_bytes(&mut chunk);
+        std::io::Write::write_all(&mut f, &chunk)?;
+    }
+    f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    Ok(())
+}
+
 /// Figures of the big push and its bounds.
 #[derive(Default)]
 struct Big {
@@ -126,18 +140,7 @@ async fn big_push(nodes: &Nodes, layout: &LocalLayout, big_mib: u64) -> anyhow::
     let api = &nodes.api;
     let big = "big.bin";
     let big_bytes = big_mib << 20;
-    {
-        let path = layout.out_dir("a").join(big);
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&path)?);
-        let mut chunk = vec![0u8; 1 << 20];
-        for _ in 0..big_mib {
-            rand::rng().fill_bytes(&mut chunk);
-            std::io::Write::write_all(&mut f, &chunk)?;
-        }
-        // On disk before the clock starts: the push should not race the
-        // write-back of its own source.
-        f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-    }
+    write_random_file(&layout.out_dir("a").join(big), big_mib)?;
     let t = Instant::now();
     let cpu = nodes.cpu();
     let view = api.submit(&submit(big.into())).await?;
@@ -387,17 +390,7 @@ async fn file_set(nodes: &Nodes, dir: &std::path::Path, names: &[String], kib: u
 async fn parallel_pushes(nodes: &Nodes, layout: &LocalLayout, count: usize, mib: u64) -> anyhow::Result<String> {
     let out = layout.out_dir("a");
     let first = out.join("par-00000.dat");
-    {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&first)?);
-        let mut chunk = vec![0u8; 1 << 20];
-        for _ in 0..mib {
-            rand::rng().fill_bytes(&mut chunk);
-            std::io::Write::write_all(&mut f, &chunk)?;
-        }
-        // On disk before the clock starts: the push should not race the
-        // write-back of its own source.
-        f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-    }
+    write_random_file(&first, mib)?;
     let names: Vec<String> = (0..count).map(|i| format!("par-{i:05}.dat")).collect();
     for n in names.iter().skip(1) {
         std::fs::hard_link(&first, out.join(n)).or_else(|_| std::fs::copy(&first, out.join(n)).map(|_| ()))?;
