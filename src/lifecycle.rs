@@ -194,11 +194,19 @@ pub enum CommandPath {
     Refused,
 }
 
+/// Whether `r` waits for its set's release, which alone decides it: a
+/// set itself, or a file the requested node holds for its set. (A pulled
+/// file its requester holds is the requester's own request, and takes
+/// commands as any other.)
+fn waits_for_release(r: &RequestRecord) -> bool {
+    r.step == Step::Held && (r.set.is_some() || r.role == crate::store::Role::Requested)
+}
+
 /// How an operator `stop` applies.
 pub fn stop_path(r: &RequestRecord) -> CommandPath {
     match r.status {
         // Nothing runs: the file waits for its set's release.
-        _ if r.step == Step::Held => CommandPath::Refused,
+        _ if waits_for_release(r) => CommandPath::Refused,
         Status::Running => CommandPath::ToRunner,
         Status::ToSubmit | Status::Interrupted if !is_stopped(r) => CommandPath::Record,
         _ => CommandPath::Refused,
@@ -208,7 +216,7 @@ pub fn stop_path(r: &RequestRecord) -> CommandPath {
 /// How an operator `cancel` applies.
 pub fn cancel_path(r: &RequestRecord) -> CommandPath {
     match r.status {
-        _ if r.step == Step::Held => CommandPath::Refused,
+        _ if waits_for_release(r) => CommandPath::Refused,
         Status::Running => CommandPath::ToRunner,
         Status::ToSubmit | Status::Interrupted | Status::InError => CommandPath::Record,
         _ => CommandPath::Refused,

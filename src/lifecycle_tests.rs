@@ -247,3 +247,31 @@ fn a_held_file_waits_for_its_set_whatever_happens_to_the_node() {
     assert!(!is_held(&rec(Role::Requester, Status::Running, Step::Held)));
     assert!(!is_held(&rec(Role::Requested, Status::Done, Step::Held)));
 }
+
+#[test]
+fn a_pulled_file_its_requester_holds_takes_commands_and_its_set_does_not() {
+    // delivery = all on a pull: the requester holds what it received, but
+    // the request is its own: it stops and cancels as any other, and a
+    // crash requeues it (its retry claims the held file, not sent again).
+    let mut r = rec(Role::Requester, Status::Running, Step::Transfer);
+    held(&mut r, 42, Digest([7; 32]));
+    assert_eq!(stop_path(&r), CommandPath::ToRunner);
+    assert_eq!(cancel_path(&r), CommandPath::ToRunner);
+    assert_eq!(recovery(&r), Recovery::Requeue);
+    let mut lost = r.clone();
+    fail(&mut lost, ErrorCode::Connection, "gone", 0, 1);
+    assert_eq!(lost.step, Step::Held, "still held, for the claim");
+    assert_eq!(cancel_path(&lost), CommandPath::Record);
+    // The set itself waits for its release: its own commands decide.
+    let mut set = rec(Role::Requester, Status::Running, Step::Held);
+    set.set = Some(crate::store::SetInfo {
+        pattern: "*".into(),
+        policy: Default::default(),
+        files: 1,
+        done: 1,
+        failed: 0,
+        skipped: 0,
+    });
+    assert_eq!(stop_path(&set), CommandPath::Refused);
+    assert_eq!(cancel_path(&set), CommandPath::Refused);
+}

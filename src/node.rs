@@ -558,8 +558,7 @@ impl NodeHandle {
                     if crate::actors::set_release::is_own_held(&member) {
                         // A pulled `delivery = all` set: this node holds the
                         // verified file under its work name; it goes.
-                        self.discard_own_held(&member);
-                        return Ok(());
+                        return self.discard_own_held(&member, &reason);
                     }
                     if held && member.status == Status::Done && member.direction == Direction::Push {
                         self.ctx.core.store.owe_cancel_notice(&member.id)?;
@@ -585,16 +584,25 @@ impl NodeHandle {
         Ok(rec)
     }
 
-    /// Removes the work file of a pulled `delivery = all` set's file that
-    /// this node verified and held, once its set was cancelled (the file
-    /// stays `Done`: it was received, never delivered).
-    fn discard_own_held(&self, member: &RequestRecord) {
-        let Some(rule) = self.ctx.core.config.rule(&member.rule) else { return };
-        let work = crate::transfer::receive::work_path(&rule.recv_dir_for(&member.partner), &member.id);
-        if work.exists() {
-            crate::transfer::receive::discard(&work);
-            let _ = self.ctx.core.store.log(&member.id, "its set was cancelled: the held file is discarded");
+    /// Cancels a pulled `delivery = all` set's file that this node
+    /// verified and holds, and removes its work file; unless the set's
+    /// release ordered it meanwhile (recorded first), which then finishes
+    /// it.
+    fn discard_own_held(&self, member: &RequestRecord, reason: &str) -> Result<(), CommandError> {
+        let line = format!("{reason}: the held file is discarded");
+        let cancelled =
+            self.ctx.core.store.update_if(&member.id, &line, crate::actors::set_release::is_own_held, |r| {
+                lifecycle::cancel(r, reason, now_ms())
+            })?;
+        if cancelled.is_some() {
+            if let Some(rule) = self.ctx.core.config.rule(&member.rule) {
+                crate::transfer::receive::discard(&crate::transfer::receive::work_path(
+                    &rule.recv_dir_for(&member.partner),
+                    &member.id,
+                ));
+            }
         }
+        Ok(())
     }
 
     /// Cancels one request; like [`Self::stop_one`], the record is written

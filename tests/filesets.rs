@@ -276,14 +276,16 @@ async fn files_changed_or_deleted_after_resolution_fail_and_the_others_arrive() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_stop_a_failed_file_skips_the_rest() {
     // One file at a time, in path order: f0 fails first, the rest wait.
+    // b is down until the set is stopped, so no file is sent before.
     let mut layout = Layout::new(&["a", "b"]);
     layout.config_mut("a").concurrency = 1;
     let a = layout.start("a").await;
-    let b = layout.start("b").await;
     let set = held_set(&layout, &a, OnFailure::Stop).await;
-    // The first file not sent before the stop is deleted: it fails first
-    // when the set restarts, and the files after it wait their turn.
-    let first_held = members(&a.handle(), &set).into_iter().find(|m| m.attempts == 0).expect("a file still queued");
+    let b = layout.start("b").await;
+    // The first file is deleted: it fails first when the set restarts, and
+    // the files after it wait their turn.
+    let first_held = members(&a.handle(), &set).into_iter().next().expect("a file");
+    assert_ne!(first_held.status, Status::Done, "nothing was sent while b was down");
     std::fs::remove_file(layout.out_dir("a").join(&first_held.file_name)).expect("delete it");
     a.handle().restart(&set.id).await.expect("restart the set");
     let done = wait_final(&a.handle(), &set.id, WITHIN).await;

@@ -162,7 +162,13 @@ async fn run(args: ClientRunnerArgs, mut control: mpsc::Receiver<Command>) {
         let dir = rule.recv_dir_for(&rec.partner);
         let work = receive::work_path(&dir, &id);
         restart_offset = 0;
-        if rec.delivered {
+        if !rec.delivered && rec.step == Step::Held && rec.hash.is_some() {
+            // A pulled `delivery = all` file verified and held before (the
+            // channel was lost before the partner's end): claimed as
+            // received, so the partner confirms it without sending it again
+            // (its source may be gone by now); it stays held.
+            delivered = rec.hash.map(|hash| EndTransfer { bytes: rec.size, hash });
+        } else if rec.delivered {
             if work.exists() {
                 // Verified and recorded as delivered, but the rename did not
                 // happen (a pulled set's path: its folders made, no link).

@@ -244,6 +244,7 @@ pub fn release_own_held(core: &Core, set: &RequestRecord) -> Result<u32, Refusal
         members.push(rec);
     }
     // 2. The release is ordered, durably, before the first rename.
+    let mut first_failure = None;
     for rec in members.iter_mut().filter(|r| !r.delivered) {
         let append_base = append_base(core, rec)?;
         let written = store
@@ -252,19 +253,35 @@ pub fn release_own_held(core: &Core, set: &RequestRecord) -> Result<u32, Refusal
                 r.append_base = append_base;
             })
             .map_err(internal)?;
-        *rec = written
-            .ok_or_else(|| (ErrorCode::Internal, format!("{:?} changed while its set was released", rec.file_name)))?;
+        match written {
+            Some(r) => *rec = r,
+            None => {
+                // Changed meanwhile (an operator cancelled the set and
+                // discarded it): nothing more is ordered; what already was
+                // is finished below, as a release the receiver of a push
+                // recorded is finished (docs/FILESETS.md).
+                first_failure =
+                    Some((ErrorCode::Cancelled, format!("{:?} changed while its set was released", rec.file_name)));
+                break;
+            }
+        }
     }
     store.flush_blocking().map_err(internal)?;
-    // 3. Each file still under its work name goes in place (a file renamed
-    // before a crash is not there any more).
+    // 3. Each ordered file still under its work name goes in place (a file
+    // renamed before a crash is there no more, and its target is).
     let mut renamed = 0u32;
-    let mut first_failure = None;
-    for rec in &members {
+    for rec in members.iter().filter(|r| r.delivered) {
         let dir = recv_dir(core, rec)?;
         let work = receive::work_path(&dir, &rec.id);
         let folder = is_folder_entry(&rec.file_name);
         if !folder && !work.exists() {
+            let target = receive::target_path(&dir, &rec.file_name, false)?;
+            if !target.exists() {
+                first_failure.get_or_insert((
+                    ErrorCode::FileNotFound,
+                    format!("{:?} is neither held under its work name nor in place", rec.file_name),
+                ));
+            }
             continue;
         }
         let put = receive::target_path(&dir, &rec.file_name, true).and_then(|target| {
@@ -288,10 +305,10 @@ pub fn release_own_held(core: &Core, set: &RequestRecord) -> Result<u32, Refusal
         }
     }
     store.flush_blocking().map_err(internal)?;
-    if let Some(f) = first_failure {
-        return Err(f);
+    match first_failure {
+        Some(f) => Err(f),
+        None => Ok(renamed),
     }
-    Ok(renamed)
 }
 
 /// What [`release_held`] found and did.

@@ -58,21 +58,15 @@ impl SendPool {
         SendSlots { pool: self.clone(), own: Arc::new(AtomicBool::new(false)) }
     }
 
-    fn try_take(&self, len: usize) -> bool {
+    /// Takes `len` bytes if there are, else waits up to `wait` for bytes
+    /// or for the transfer's own frame (`own`) to come back (checked under
+    /// the lock its return notifies through, so no return is missed).
+    /// Whether the bytes were taken.
+    fn take_or_wait(&self, len: usize, own: &AtomicBool, wait: Duration) -> bool {
         let mut free = self.0.free.lock().unwrap_or_else(|p| p.into_inner());
-        if *free >= len {
-            *free -= len;
-            true
-        } else {
-            false
+        if *free < len && own.load(Ordering::Acquire) {
+            free = self.0.returned.wait_timeout(free, wait).unwrap_or_else(|p| p.into_inner()).0;
         }
-    }
-
-    /// Waits up to `wait` for `len` bytes; whether they were taken.
-    fn take_within(&self, len: usize, wait: Duration) -> bool {
-        let free = self.0.free.lock().unwrap_or_else(|p| p.into_inner());
-        let (mut free, _) =
-            self.0.returned.wait_timeout_while(free, wait, |f| *f < len).unwrap_or_else(|p| p.into_inner());
         if *free >= len {
             *free -= len;
             true
@@ -108,16 +102,14 @@ impl SendSlots {
                 return None;
             }
             if self.own.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-                return Some(Hold::Own(self.own.clone()));
-            }
-            if len <= self.pool.0.capacity && self.pool.try_take(len) {
-                return Some(Hold::Pool(self.pool.clone(), len));
-            }
-            if len <= self.pool.0.capacity && self.pool.take_within(len, STOP_CHECK) {
-                return Some(Hold::Pool(self.pool.clone(), len));
+                return Some(Hold::Own(self.pool.clone(), self.own.clone()));
             }
             if len > self.pool.0.capacity {
+                // Only its own frame can carry it (the config keeps the
+                // pool above two of the largest frames).
                 std::thread::sleep(STOP_CHECK / 10);
+            } else if self.pool.take_or_wait(len, &self.own, STOP_CHECK) {
+                return Some(Hold::Pool(self.pool.clone(), len));
             }
         }
     }
@@ -126,8 +118,9 @@ impl SendSlots {
 /// Room for one frame, given back when dropped.
 #[derive(Debug)]
 pub enum Hold {
-    /// The transfer's own frame.
-    Own(Arc<AtomicBool>),
+    /// The transfer's own frame (the pool is told when it comes back: its
+    /// transfer may be waiting for it).
+    Own(SendPool, Arc<AtomicBool>),
     /// Bytes of the node's pool.
     Pool(SendPool, usize),
 }
@@ -135,7 +128,10 @@ pub enum Hold {
 impl Drop for Hold {
     fn drop(&mut self) {
         match self {
-            Hold::Own(out) => out.store(false, Ordering::Release),
+            Hold::Own(pool, out) => {
+                out.store(false, Ordering::Release);
+                pool.give_back(0);
+            }
             Hold::Pool(pool, len) => pool.give_back(*len),
         }
     }

@@ -110,6 +110,17 @@ impl Nodes {
     }
 }
 
+/// How long one measured step may take before the bench gives up (a node
+/// that died leaves its requests unfinished for ever).
+const STEP_WITHIN: Duration = Duration::from_secs(1800);
+
+/// `work`, or an error naming `what` once [`STEP_WITHIN`] has passed.
+async fn bounded<T>(work: impl std::future::Future<Output = T>, what: &str) -> anyhow::Result<T> {
+    tokio::time::timeout(STEP_WITHIN, work)
+        .await
+        .map_err(|_| anyhow::anyhow!("{what} did not end within {} s", STEP_WITHIN.as_secs()))
+}
+
 /// Writes `mib` MiB of random bytes to `path` and fsyncs it: on disk
 /// before the clock starts, so a push does not race the write-back of its
 /// own source.
@@ -144,7 +155,7 @@ async fn big_push(nodes: &Nodes, layout: &LocalLayout, big_mib: u64) -> anyhow::
     let t = Instant::now();
     let cpu = nodes.cpu();
     let view = api.submit(&submit(big.into())).await?;
-    let done = api.wait(&view.id, Duration::from_millis(20), |_| {}).await?;
+    let done = bounded(api.wait(&view.id, Duration::from_millis(20), |_| {}), "the big push").await??;
     let secs = t.elapsed().as_secs_f64();
     if done.status != Status::Done {
         bail!("big push ended {:?}: {:?}", done.status, done.error);
@@ -158,7 +169,8 @@ async fn big_push(nodes: &Nodes, layout: &LocalLayout, big_mib: u64) -> anyhow::
         display::bytes(big_bytes),
         display::rate(big_bytes, secs)
     );
-    let quic_secs = raw_quic_secs(layout, big_bytes).await.context("the raw QUIC bound")?;
+    let quic_secs =
+        bounded(raw_quic_secs(layout, big_bytes), "the raw QUIC bound").await?.context("the raw QUIC bound")?;
     let quic_mbs = big_bytes as f64 / 1e6 / quic_secs;
     println!(
         "transport bound: one raw QUIC stream, {} of zeros, no disk or hashing: {}; the big push is {:.2}x it",
@@ -366,7 +378,7 @@ async fn file_set(nodes: &Nodes, dir: &std::path::Path, names: &[String], kib: u
     let cpu = nodes.cpu();
     let set = Submit { file: String::new(), pattern: Some("set/small-*.dat".into()), ..submit(String::new()) };
     let view = nodes.api.submit(&set).await?;
-    let done = nodes.api.wait(&view.id, Duration::from_millis(20), |_| {}).await?;
+    let done = bounded(nodes.api.wait(&view.id, Duration::from_millis(20), |_| {}), "the file set").await??;
     let secs = t.elapsed().as_secs_f64();
     let files = done.set.as_ref().map_or(0, |s| s.done);
     if done.status != Status::Done || files as usize != names.len() {
