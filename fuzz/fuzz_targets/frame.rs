@@ -6,8 +6,9 @@
 //! - the generic and the zero-copy (`Bytes`) decoders agree;
 //! - re-encoding the message with `encode` gives a frame that decodes back to
 //!   an equal message, through both decoders, using the whole frame;
-//! - a `Data` message encodes with the fast path `encode_data` to exactly the
-//!   bytes `encode` produces;
+//! - a `Data` message encodes with the fast paths `encode_data` and
+//!   `encode_data_filled` to exactly the bytes `encode` produces, and
+//!   `data_payload_offset` finds its payload from the body's first bytes;
 //! - a `Request`'s file name can be checked without panicking.
 //! Anything else must be an `Err`, never a panic.
 #![no_main]
@@ -31,6 +32,19 @@ fn round_trip(msg: &Message) {
     if let Message::Data(d) = msg {
         let fast = codec::encode_data(d.offset, d.raw_len, d.compressed, d.hash, &d.payload).expect("encode_data");
         assert_eq!(fast, frame, "encode_data and encode disagree on a Data frame");
+        // The payload's place, told by the body's first bytes.
+        let body = &frame[HEADER_LEN..];
+        let at = codec::data_payload_offset(body).expect("a Data body tells where its payload starts");
+        assert_eq!(&body[at..at + d.payload.len()], &d.payload[..], "data_payload_offset points elsewhere");
+        if !d.compressed && d.payload.len() == d.raw_len as usize {
+            let filled = codec::encode_data_filled::<()>(d.offset, d.raw_len, |room| {
+                room.copy_from_slice(&d.payload);
+                Ok(d.hash)
+            })
+            .expect("encode_data_filled")
+            .expect("filled");
+            assert_eq!(filled, frame, "encode_data_filled and encode disagree on a Data frame");
+        }
     }
     if let Message::Request(r) = msg {
         let _ = ferry::protocol::names::check_file_name(&r.file_name);
@@ -57,6 +71,12 @@ fuzz_target!(|data: &[u8]| {
         }
     } else {
         assert!(matches!(codec::decode_frame(data), Ok(None)), "a partial header must ask for more");
+    }
+
+    // The input as a bare body's first bytes: where a Data payload would
+    // start is never past what was read.
+    if let Some(at) = codec::data_payload_offset(data) {
+        assert!(at <= data.len(), "data_payload_offset past its input");
     }
 
     // The input as a bare body, through both body decoders.
