@@ -338,7 +338,8 @@ pub struct Request {
     /// which the sender checks against its own file before resuming.
     pub prefix_hash: Option<Digest>,
     /// Pull: the requester already delivered this request's file (it
-    /// crashed before recording Done); the sender only confirms.
+    /// crashed before recording Done), or holds it verified for its set
+    /// (`delivery = all`); the sender only confirms.
     pub delivered: Option<EndTransfer>,
     pub options: TransferOptions,
     pub external_job_id: Option<String>,
