@@ -400,8 +400,10 @@ struct RunningSetTasks((String, RequestId));
 impl RunningSetTasks {
     fn take(node: &str, set: &RequestId) -> Option<RunningSetTasks> {
         let key = (node.to_owned(), set.clone());
-        let mut running = RUNNING_SET_TASKS.lock().expect("the set is only held to insert or remove");
-        running.insert(key.clone()).then_some(RunningSetTasks(key))
+        let inserted = RUNNING_SET_TASKS.lock().expect("the set is only held to insert or remove").insert(key.clone());
+        // Made only once the lock is let go: a place not taken must not be
+        // built (and dropped) under the lock its drop takes.
+        inserted.then(|| RunningSetTasks(key))
     }
 }
 
@@ -724,5 +726,22 @@ async fn release(core: &Core, asker: &Asker, runner: &SetTaskRunner, id: &Reques
             }
         }
         return false;
+    }
+}
+
+#[cfg(test)]
+mod running_set_tasks_tests {
+    use super::*;
+
+    #[test]
+    fn a_set_runs_its_tasks_once_at_a_time_and_a_second_ask_is_turned_away() {
+        let set = RequestId::generate();
+        let first = RunningSetTasks::take("a", &set).expect("free");
+        // A second ask while they run: turned away, and nothing is held
+        // (this once dropped a place built under the lock its drop takes).
+        assert!(RunningSetTasks::take("a", &set).is_none());
+        assert!(RunningSetTasks::take("b", &set).is_some(), "another node of the process is apart");
+        drop(first);
+        assert!(RunningSetTasks::take("a", &set).is_some(), "free again once they ended");
     }
 }
