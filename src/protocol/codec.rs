@@ -88,6 +88,11 @@ impl Serialize for DataFrame<'_> {
     }
 }
 
+/// Room a `Data` frame takes besides its payload: the header and the
+/// message's other fields, at most 4 + 5 + 9 + 5 + 9 + 1 + 32 = 65 bytes
+/// (bincode's variable-length integers), rounded up.
+pub const DATA_FRAME_ROOM: usize = 80;
+
 /// One frame holding a `Data` message whose payload is borrowed: the same
 /// bytes as `encode(&Message::Data(..))`, with one copy of the payload
 /// instead of two.
@@ -99,7 +104,7 @@ pub fn encode_data(
     payload: &[u8],
 ) -> Result<Vec<u8>, CodecError> {
     let frame = DataFrame(DataRef { offset, raw_len, payload, compressed, hash });
-    let mut out = Vec::with_capacity(payload.len() + 64);
+    let mut out = Vec::with_capacity(payload.len() + DATA_FRAME_ROOM);
     out.extend_from_slice(&[0; HEADER_LEN]);
     bincode::serde::encode_into_std_write(&frame, &mut out, config()).map_err(|e| CodecError::Encode(e.to_string()))?;
     let len = out.len() - HEADER_LEN;
@@ -122,7 +127,7 @@ pub fn encode_data_filled<E>(
     fill: impl FnOnce(&mut [u8]) -> Result<Digest, E>,
 ) -> Result<Result<Vec<u8>, E>, CodecError> {
     let n = len as usize;
-    let mut out = Vec::with_capacity(HEADER_LEN + n + 64);
+    let mut out = Vec::with_capacity(n + DATA_FRAME_ROOM);
     out.extend_from_slice(&[0; HEADER_LEN]);
     // The variant, then `DataRef`'s fields up to the payload's length
     // prefix (serde bytes: its length, then the bytes).

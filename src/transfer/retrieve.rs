@@ -39,10 +39,6 @@ const PIPELINE_DEPTH: usize = 4;
 /// the runner's own task: a thread hand-off would cost more than the work.
 const INLINE_MAX: u64 = 64 * 1024;
 
-/// What a Data frame holds besides its block: `codec::encode_data`
-/// allocates the block and this much room for the header and fields.
-const FRAME_ROOM: usize = 64;
-
 /// What the pump reports to its runner.
 #[derive(Debug)]
 pub enum PumpEvent {
@@ -317,7 +313,7 @@ fn pump(
         // Room for the frame before its block is read: the read-ahead is
         // bounded by the node's pool, not only by the channel.
         let hold = match slots {
-            Some(slots) => match slots.hold(n + FRAME_ROOM, stop) {
+            Some(slots) => match slots.hold(n + codec::DATA_FRAME_ROOM, stop) {
                 Some(hold) => Some(hold),
                 None => return Ok(None),
             },

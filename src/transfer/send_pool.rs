@@ -75,6 +75,13 @@ impl SendPool {
         }
     }
 
+    /// Wakes the pumps waiting for room: a transfer's own frame came back.
+    fn wake(&self) {
+        // Under the lock, so a pump between its check and its wait hears it.
+        drop(self.0.free.lock().unwrap_or_else(|p| p.into_inner()));
+        self.0.returned.notify_all();
+    }
+
     fn give_back(&self, len: usize) {
         let mut free = self.0.free.lock().unwrap_or_else(|p| p.into_inner());
         *free = (*free + len).min(self.0.capacity);
@@ -130,7 +137,7 @@ impl Drop for Hold {
         match self {
             Hold::Own(pool, out) => {
                 out.store(false, Ordering::Release);
-                pool.give_back(0);
+                pool.wake();
             }
             Hold::Pool(pool, len) => pool.give_back(*len),
         }
