@@ -37,11 +37,15 @@ const SET_WITHIN: Duration = Duration::from_secs(300);
 static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const STEP_WITHIN: Duration = Duration::from_secs(90);
 
-/// Few files at a time, so the set moves through its files in order and
-/// each kill lands in the middle of the large file it waits for.
+/// One request at a time: the set's stream carries its small files first
+/// (its leader holds the one slot), then the large files go one by one, in
+/// order, so each kill lands in the middle of the large file it waits for,
+/// with files Done before it. (Two at a time would run the large files
+/// beside the stream, where a large file's writes can hold the stream's
+/// first fsync long enough for the kill to find nothing Done yet.)
 fn tweak(layout: &mut LocalLayout) {
     for c in &mut layout.configs {
-        c.concurrency = 4;
+        c.concurrency = 1;
         c.restart_interval_bytes = INTERVAL;
         c.retry = RetryPolicy { attempts: 50, initial_delay_ms: 200, max_delay_ms: 1000 };
     }

@@ -89,8 +89,7 @@ impl CommanderState {
         }
         let ctx = self.ctx.clone();
         let mut passed_over = Vec::new();
-        let streaming: std::collections::BTreeSet<RequestId> =
-            ctx.run.set_streams.lock().map(|s| s.keys().cloned().collect()).unwrap_or_default();
+        let streaming = super::set_stream::led_sets(&ctx.run.set_streams);
         let picked = ctx.core.store.queued_where(free, |rec| {
             // A small file of a set this node streams is the stream's to
             // claim (larger ones run beside the stream, one request each).

@@ -28,7 +28,7 @@ use super::connections::{ConnectionsContext, ConnectionsMsg, ConnectionsParts};
 use super::partner_budget::PartnerBudgets;
 use crate::config::NodeConfig;
 use crate::protocol::{Capabilities, RequestId};
-use crate::store::{RequestRecord, Store};
+use crate::store::Store;
 use crate::transport::DialConfig;
 
 /// What every part of a node reads.
@@ -132,7 +132,7 @@ pub struct RunParts {
     pub open_channels: Arc<AtomicUsize>,
     /// The set streams this node leads, by set: where another file of the
     /// set joins the stream instead of opening one of its own.
-    pub set_streams: Arc<Mutex<BTreeMap<RequestId, tokio::sync::mpsc::UnboundedSender<RequestRecord>>>>,
+    pub set_streams: super::set_stream::SetStreams,
     /// For `transfer` tasks.
     pub intake: Intake,
     /// What this node's sending transfers may hold in memory together.

@@ -53,7 +53,9 @@ use crate::fileset::progress::{Delivery, OnFailure};
 use crate::lifecycle;
 use crate::protocol::codec::{self, HEADER_LEN};
 use crate::protocol::names::{check_entry_path, is_folder_entry};
-use crate::protocol::set_stream::{Batch, FileOutcome, Filed, SetFrame, StreamedFile, Window, MAX_STREAMED_FILE};
+use crate::protocol::set_stream::{
+    Batch, FileOutcome, Filed, Moment, SetFrame, StreamedFile, Window, MAX_STREAMED_FILE,
+};
 use crate::protocol::{Digest, Direction, ErrorCode, RequestId, StreamKind};
 use crate::store::{member_id, now_ms, RequestRecord, Role, Status, Step, TargetMode};
 use crate::transfer::{receive, retrieve};
@@ -173,50 +175,36 @@ pub async fn lead(
         Ok(Some(s)) => s,
         _ => return Led::Declined("its set cannot be read".into()),
     };
-    // Another file of the set leads a stream here already: join it.
-    if let Ok(streams) = ctx.set_streams.lock() {
-        if streams.get(&member.set).is_some_and(|tx| tx.send(rec.clone()).is_ok()) {
-            return Led::Joined;
-        }
+    // The set's slot is taken before the stream is opened, so the files
+    // whose runners start meanwhile join this stream instead of opening
+    // streams of their own (each with batches too small to share much).
+    let (join_tx, mut joined) = mpsc::unbounded_channel();
+    match take_slot(&ctx.set_streams, &member.set, rec, &join_tx) {
+        SlotTaken::Leader => {}
+        SlotTaken::Joined => return Led::Joined,
+        SlotTaken::Declined => return Led::Declined(format!("{} refused the set's stream lately", rec.partner)),
     }
     let hold = set.set.as_ref().is_some_and(|i| i.policy.delivery == Delivery::All);
     let files = set.set.as_ref().map_or(0, |i| i.files);
     let link = match connections::connect(conns, &rec.partner).await {
         Ok(l) => l,
-        Err(e) => return Led::Declined(e.message),
+        Err(e) => return decline(ctx, &member.set, &join_tx, &mut joined, Unopened::Failed(e.message)),
     };
     let _channel = link.channel_guard();
     let (mut send, recv) = match link.conn.open_bi().await {
         Ok(s) => s,
-        Err(e) => return Led::Declined(crate::transport::channel::describe_connection(&e)),
+        Err(e) => {
+            let why = Unopened::Failed(crate::transport::channel::describe_connection(&e));
+            return decline(ctx, &member.set, &join_tx, &mut joined, why);
+        }
     };
     let (tx, mut rx) = mpsc::channel(64);
     let reader = tokio::spawn(read_frames(recv, tx));
     let _stop_reader = AbortOnDrop(reader);
-    let open = SetFrame::Open { set: member.set.clone(), rule: rec.rule.clone(), hold };
-    let mut first = vec![StreamKind::SetStream.byte()];
-    match codec::encode_set_frame(&open) {
-        Ok(b) => first.extend_from_slice(&b),
-        Err(e) => return Led::Declined(e.to_string()),
-    }
-    if let Err(e) = write_bytes(&mut send, &first).await {
-        return Led::Declined(e);
-    }
-    let limit = Duration::from_millis(ctx.core.config.limits.handshake_timeout_ms);
-    match tokio::time::timeout(limit, rx.recv()).await {
-        Ok(Some(Ok(SetFrame::Opened))) => {}
-        Ok(Some(Ok(SetFrame::Refused { code, message }))) => {
-            return Led::Declined(format!("{} refused the set stream ({code}: {message})", rec.partner))
-        }
-        Ok(Some(Ok(other))) => return Led::Declined(format!("unexpected answer to Open: {other:?}")),
-        Ok(Some(Err(e))) => return Led::Declined(e),
-        Ok(None) | Err(_) => return Led::Declined("no answer to Open".into()),
+    if let Err(why) = open(ctx, &mut send, &mut rx, &member.set, rec, hold).await {
+        return decline(ctx, &member.set, &join_tx, &mut joined, why);
     }
     tracing::info!(request_id = %rec.id, set = %member.set, partner = %rec.partner, "set stream opened");
-    let (join_tx, joined) = mpsc::unbounded_channel();
-    if let Ok(mut streams) = ctx.set_streams.lock() {
-        streams.entry(member.set.clone()).or_insert_with(|| join_tx.clone());
-    }
 
     let mut stream = Leader {
         ctx,
@@ -239,23 +227,9 @@ pub async fn lead(
     let outcome = stream.run(&mut send, &mut rx, control).await;
     ctx.open_channels.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     // No file joins from here; those that joined too late go back to the queue.
-    if let Ok(mut streams) = ctx.set_streams.lock() {
-        if streams.get(&member.set).is_some_and(|tx| tx.same_channel(&join_tx)) {
-            streams.remove(&member.set);
-        }
-    }
+    leave_slot(&ctx.set_streams, &member.set, &join_tx, None);
     drop(join_tx);
-    stream.joined.close();
-    let verdict = stream.check_set();
-    while let Ok(late) = stream.joined.try_recv() {
-        match &verdict {
-            Err(Abort::Stopped) => {
-                stream.record_failure(&late.id, ErrorCode::Stopped, "stopped by an operator with its set")
-            }
-            Err(Abort::Cancelled(reason)) => stream.cancel_one(&late.id, reason),
-            _ => stream.give_back(&late.id, "its set's stream had ended; back in the queue"),
-        }
-    }
+    settle_late(&ctx.core, &member.set, &mut stream.joined, "its set's stream had ended");
     // Files of the set the stream left queued are the Commander's again.
     ctx.intake.actors.wake_commander();
     match outcome {
@@ -268,6 +242,196 @@ pub async fn lead(
         }
     }
     Led::Handled
+}
+
+/// Why a set's stream was not opened.
+enum Unopened {
+    /// The partner refused it (its rule cannot take a stream): the set's
+    /// files go one request each for a while.
+    Refused(String),
+    /// The partner was not reached or did not answer: the files wait for
+    /// it as any request does, and the next one tries a stream again.
+    Failed(String),
+}
+
+/// Sends `Open` and waits for the answer.
+async fn open(
+    ctx: &RunHandle,
+    send: &mut quinn::SendStream,
+    rx: &mut mpsc::Receiver<Result<SetFrame, String>>,
+    set: &RequestId,
+    rec: &RequestRecord,
+    hold: bool,
+) -> Result<(), Unopened> {
+    let open = SetFrame::Open { set: set.clone(), rule: rec.rule.clone(), hold };
+    let mut first = vec![StreamKind::SetStream.byte()];
+    first.extend_from_slice(&codec::encode_set_frame(&open).map_err(|e| Unopened::Failed(e.to_string()))?);
+    write_bytes(send, &first).await.map_err(Unopened::Failed)?;
+    let limit = Duration::from_millis(ctx.core.config.limits.handshake_timeout_ms);
+    match tokio::time::timeout(limit, rx.recv()).await {
+        Ok(Some(Ok(SetFrame::Opened))) => Ok(()),
+        Ok(Some(Ok(SetFrame::Refused { code, message }))) => {
+            Err(Unopened::Refused(format!("{} refused the set stream ({code}: {message})", rec.partner)))
+        }
+        Ok(Some(Ok(other))) => Err(Unopened::Failed(format!("unexpected answer to Open: {other:?}"))),
+        Ok(Some(Err(e))) => Err(Unopened::Failed(e)),
+        Ok(None) | Err(_) => Err(Unopened::Failed("no answer to Open".into())),
+    }
+}
+
+/// A set's entry in the node's table of set streams.
+pub enum Slot {
+    /// A runner leads the set's stream (or is opening it): another file
+    /// of the set joins it through this sender.
+    Led(mpsc::UnboundedSender<RequestRecord>),
+    /// The partner refused the set's stream: until then its files go one
+    /// request each, rather than each trying to lead a stream again.
+    Declined(tokio::time::Instant),
+}
+
+/// How long a set whose stream was refused sends its files one request
+/// each before one of them tries to lead a stream again.
+const DECLINED_FOR: Duration = Duration::from_secs(30);
+
+/// The node's set streams, by set.
+pub type SetStreams = std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<RequestId, Slot>>>;
+
+/// The sets whose stream is led (or being opened) here: their small files
+/// are the stream's to claim.
+pub fn led_sets(streams: &SetStreams) -> BTreeSet<RequestId> {
+    streams
+        .lock()
+        .map(|s| s.iter().filter(|(_, slot)| matches!(slot, Slot::Led(_))).map(|(k, _)| k.clone()).collect())
+        .unwrap_or_default()
+}
+
+enum SlotTaken {
+    /// This runner leads the set's stream.
+    Leader,
+    /// Handed to the stream another runner leads.
+    Joined,
+    /// The set's stream was declined lately.
+    Declined,
+}
+
+fn take_slot(
+    streams: &SetStreams,
+    set: &RequestId,
+    rec: &RequestRecord,
+    join: &mpsc::UnboundedSender<RequestRecord>,
+) -> SlotTaken {
+    let Ok(mut streams) = streams.lock() else { return SlotTaken::Declined };
+    match streams.get(set) {
+        Some(Slot::Led(tx)) if tx.send(rec.clone()).is_ok() => return SlotTaken::Joined,
+        Some(Slot::Declined(until)) if tokio::time::Instant::now() < *until => return SlotTaken::Declined,
+        _ => {}
+    }
+    streams.insert(set.clone(), Slot::Led(join.clone()));
+    SlotTaken::Leader
+}
+
+/// Gives up the set's slot if this leader still holds it, leaving a
+/// `Declined` mark when `declined`.
+fn leave_slot(
+    streams: &SetStreams,
+    set: &RequestId,
+    join: &mpsc::UnboundedSender<RequestRecord>,
+    declined: Option<tokio::time::Instant>,
+) {
+    if let Ok(mut streams) = streams.lock() {
+        if matches!(streams.get(set), Some(Slot::Led(tx)) if tx.same_channel(join)) {
+            match declined {
+                Some(until) => streams.insert(set.clone(), Slot::Declined(until)),
+                None => streams.remove(set),
+            };
+        }
+    }
+}
+
+/// The stream was not opened: the files that joined meanwhile go back to
+/// the queue, and the leader's own file goes alone. A refused stream marks
+/// the set declined for a while.
+fn decline(
+    ctx: &RunHandle,
+    set: &RequestId,
+    join: &mpsc::UnboundedSender<RequestRecord>,
+    joined: &mut mpsc::UnboundedReceiver<RequestRecord>,
+    why: Unopened,
+) -> Led {
+    let (why, declined) = match why {
+        Unopened::Refused(why) => (why, Some(tokio::time::Instant::now() + DECLINED_FOR)),
+        Unopened::Failed(why) => (why, None),
+    };
+    leave_slot(&ctx.set_streams, set, join, declined);
+    if settle_late(&ctx.core, set, joined, &format!("its set's stream could not be opened ({why})")) {
+        ctx.intake.actors.wake_commander();
+    }
+    Led::Declined(why)
+}
+
+/// The files that joined a stream which will not send them: stopped or
+/// cancelled with their set if it was meanwhile, else back in the queue.
+/// Closes `joined` first, so none joins after. Whether any file was there.
+fn settle_late(core: &Core, set: &RequestId, joined: &mut mpsc::UnboundedReceiver<RequestRecord>, why: &str) -> bool {
+    joined.close();
+    let verdict = set_verdict(core, set);
+    let mut any = false;
+    while let Ok(late) = joined.try_recv() {
+        match &verdict {
+            Err(Abort::Stopped) => record_failure(core, &late.id, ErrorCode::Stopped, STOPPED_WITH_SET),
+            Err(Abort::Cancelled(reason)) => cancel_one(core, &late.id, reason),
+            _ => give_back(core, &late.id, &format!("{why}; back in the queue")),
+        }
+        any = true;
+    }
+    any
+}
+
+const STOPPED_WITH_SET: &str = "stopped by an operator with its set";
+
+/// Whether the set was stopped or cancelled (its stream ends then).
+fn set_verdict(core: &Core, set: &RequestId) -> Result<(), Abort> {
+    match core.store.get(set) {
+        Ok(Some(s)) if s.status == Status::Cancelled => {
+            Err(Abort::Cancelled(s.error.map_or_else(|| "the set was cancelled".into(), |e| e.message)))
+        }
+        Ok(Some(s)) if lifecycle::is_stopped(&s) => Err(Abort::Stopped),
+        _ => Ok(()),
+    }
+}
+
+/// Puts a file claimed for a stream back in the queue.
+fn give_back(core: &Core, id: &RequestId, why: &str) {
+    let r = core.store.update_if(id, why, |r| r.status == Status::Running, lifecycle::give_back);
+    if let Err(e) = r {
+        tracing::error!(request_id = %id, error = %e, "cannot put a file back in the queue");
+    }
+}
+
+/// Cancels a file of the set. The receiver may hold it or have it
+/// written: it is owed a cancel notice (which discards a held file and
+/// leaves a delivered one).
+fn cancel_one(core: &Core, id: &RequestId, reason: &str) {
+    let r =
+        core.store.update_if(id, reason, |r| r.status == Status::Running, |r| lifecycle::cancel(r, reason, now_ms()));
+    if let Err(e) = r.and_then(|_| core.store.owe_cancel_notice(id)) {
+        tracing::error!(request_id = %id, error = %e, "cannot record request state");
+    }
+}
+
+/// Records a running file of the set failed.
+fn record_failure(core: &Core, id: &RequestId, code: ErrorCode, message: &str) {
+    let status = std::cell::Cell::new(None);
+    let r = core.store.update_if(
+        id,
+        &format!("{code}: {message}"),
+        |r| r.status == Status::Running,
+        |r| status.set(lifecycle::fail(r, code, message, 0, now_ms())),
+    );
+    if let Err(e) = r {
+        tracing::error!(request_id = %id, error = %e, "cannot record request state");
+    }
+    tracing::warn!(target: AUDIT, event = "failed", request_id = %id, code = %code, message = %message, status = ?status.get());
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -555,30 +719,13 @@ impl Leader<'_> {
         done
     }
 
-    /// Cancels a file of the set. The receiver may hold it or have it
-    /// written: it is owed a cancel notice (which discards a held file and
-    /// leaves a delivered one).
     fn cancel_one(&self, id: &RequestId, reason: &str) {
-        let r = self.ctx.core.store.update_if(
-            id,
-            reason,
-            |r| r.status == Status::Running,
-            |r| lifecycle::cancel(r, reason, now_ms()),
-        );
-        if let Err(e) = r.and_then(|_| self.ctx.core.store.owe_cancel_notice(id)) {
-            tracing::error!(request_id = %id, error = %e, "cannot record request state");
-        }
+        cancel_one(&self.ctx.core, id, reason);
     }
 
     /// Between batches: a stop or cancel of the set reaches its stream.
     fn check_set(&self) -> Result<(), Abort> {
-        match self.ctx.core.store.get(&self.set) {
-            Ok(Some(s)) if s.status == Status::Cancelled => {
-                Err(Abort::Cancelled(s.error.map_or_else(|| "the set was cancelled".into(), |e| e.message)))
-            }
-            Ok(Some(s)) if lifecycle::is_stopped(&s) => Err(Abort::Stopped),
-            _ => Ok(()),
-        }
+        set_verdict(&self.ctx.core, &self.set)
     }
 
     /// A file of the set failed: under `on_failure = stop` the files not
@@ -611,24 +758,11 @@ impl Leader<'_> {
     }
 
     fn record_failure(&self, id: &RequestId, code: ErrorCode, message: &str) {
-        let status = std::cell::Cell::new(None);
-        let r = self.ctx.core.store.update_if(
-            id,
-            &format!("{code}: {message}"),
-            |r| r.status == Status::Running,
-            |r| status.set(lifecycle::fail(r, code, message, 0, now_ms())),
-        );
-        if let Err(e) = r {
-            tracing::error!(request_id = %id, error = %e, "cannot record request state");
-        }
-        tracing::warn!(target: AUDIT, event = "failed", request_id = %id, code = %code, message = %message, status = ?status.get());
+        record_failure(&self.ctx.core, id, code, message);
     }
 
     fn give_back(&self, id: &RequestId, why: &str) {
-        let r = self.ctx.core.store.update_if(id, why, |r| r.status == Status::Running, lifecycle::give_back);
-        if let Err(e) = r {
-            tracing::error!(request_id = %id, error = %e, "cannot put a file back in the queue");
-        }
+        give_back(&self.ctx.core, id, why);
     }
 
     /// The stream ended early: the files not answered are stopped,
@@ -642,7 +776,7 @@ impl Leader<'_> {
         }
         for (id, own) in left {
             match &abort {
-                Abort::Stopped => self.record_failure(&id, ErrorCode::Stopped, "stopped by an operator with its set"),
+                Abort::Stopped => self.record_failure(&id, ErrorCode::Stopped, STOPPED_WITH_SET),
                 Abort::Cancelled(reason) => self.cancel_one(&id, reason),
                 Abort::Lost(code, message) if own => self.record_failure(&id, *code, message),
                 Abort::Lost(code, message) => self.give_back(&id, &format!("{code}: {message}; back in the queue")),
@@ -823,6 +957,25 @@ async fn receive_files(
     send: &mut quinn::SendStream,
     rx: &mut mpsc::Receiver<Result<SetFrame, String>>,
 ) -> Result<(), String> {
+    let mut committing: Option<tokio::task::JoinHandle<Vec<Filed>>> = None;
+    let result = accept_and_commit(served, send, rx, &mut committing).await;
+    // A commit under way finishes (its files' claims end with it); its
+    // answers are lost with the stream, and the sender's one-request path
+    // confirms those files.
+    if let Some(mut c) = committing.take() {
+        finished(&mut c).await;
+    }
+    result
+}
+
+/// The receiving loop: files are accepted (written under their work
+/// names) while the previous batch commits, one commit at a time.
+async fn accept_and_commit(
+    served: &Arc<Served>,
+    send: &mut quinn::SendStream,
+    rx: &mut mpsc::Receiver<Result<SetFrame, String>>,
+    committing: &mut Option<tokio::task::JoinHandle<Vec<Filed>>>,
+) -> Result<(), String> {
     let frame_limit = Duration::from_millis(served.core.config.limits.frame_timeout_ms);
     let mut batch = Batch::default();
     let mut pending: Vec<Pending> = Vec::new();
@@ -836,19 +989,43 @@ async fn receive_files(
             Err(mpsc::error::TryRecvError::Disconnected) => Some(Err("the stream ended".into())),
         });
         let closing = matches!(waiting, Some(Ok(SetFrame::Close)));
-        if batch.is_due(waiting.is_some(), closing) || (waiting.is_none() && !answers.is_empty()) {
-            let committed = commit(served, std::mem::take(&mut pending)).await;
-            answers.extend(committed);
+        let now = Moment { more_waiting: waiting.is_some(), closing, committing: committing.is_some() };
+        if batch.is_due(now) {
+            if let Some(mut previous) = committing.take() {
+                answers.extend(finished(&mut previous).await);
+            }
+            *committing = Some(tokio::spawn(commit(served.clone(), std::mem::take(&mut pending))));
             batch = Batch::default();
+        }
+        if !answers.is_empty() && (waiting.is_none() || answers.len() >= Batch::MAX_FILES) {
             write_frame(send, &SetFrame::Filed(std::mem::take(&mut answers))).await?;
         }
         let frame = match waiting {
             Some(f) => f,
-            None => match tokio::time::timeout(frame_limit, rx.recv()).await {
-                Ok(Some(f)) => f,
-                Ok(None) => Err("the stream ended".into()),
-                Err(_) => Err(format!("no frame within {} ms (limits.frame_timeout_ms)", frame_limit.as_millis())),
-            },
+            None => {
+                let next = tokio::time::timeout(frame_limit, rx.recv());
+                let ended = async {
+                    match committing.as_mut() {
+                        Some(c) => finished(c).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    done = ended => {
+                        // The commit ended while nothing arrived: its
+                        // answers go now, and the batch grown meanwhile
+                        // commits next.
+                        *committing = None;
+                        answers.extend(done);
+                        continue;
+                    }
+                    f = next => match f {
+                        Ok(Some(f)) => f,
+                        Ok(None) => Err("the stream ended".into()),
+                        Err(_) => Err(format!("no frame within {} ms (limits.frame_timeout_ms)", frame_limit.as_millis())),
+                    },
+                }
+            }
         };
         match frame {
             Ok(SetFrame::File(file)) => {
@@ -896,8 +1073,13 @@ async fn receive_files(
                 }
             }
             Ok(SetFrame::Close) => {
-                if !answers.is_empty() || !pending.is_empty() {
-                    answers.extend(commit(served, std::mem::take(&mut pending)).await);
+                if let Some(mut previous) = committing.take() {
+                    answers.extend(finished(&mut previous).await);
+                }
+                if !pending.is_empty() {
+                    answers.extend(commit(served.clone(), std::mem::take(&mut pending)).await);
+                }
+                if !answers.is_empty() {
                     write_frame(send, &SetFrame::Filed(std::mem::take(&mut answers))).await?;
                 }
                 write_frame(send, &SetFrame::Closed).await?;
@@ -917,6 +1099,19 @@ async fn receive_files(
         release_serving(&served.serving, &p.rec.id, served.token);
     }
     result
+}
+
+/// A commit's answers. [`commit`] answers for every file it is given (its
+/// blocking part's failure included) and its task is never aborted: an
+/// error here is a bug, or the runtime shutting down.
+async fn finished(commit: &mut tokio::task::JoinHandle<Vec<Filed>>) -> Vec<Filed> {
+    match commit.await {
+        Ok(out) => out,
+        Err(e) => {
+            tracing::error!(error = %e, "a set stream's commit failed");
+            Vec::new()
+        }
+    }
 }
 
 enum Accepted {
@@ -986,12 +1181,16 @@ fn accept_file(s: &Served, f: StreamedFile) -> Result<Accepted, Refusal> {
         None
     } else {
         let path = receive::work_path(&s.dir, &f.id);
-        let written = (|| {
+        let written = (|| -> std::io::Result<()> {
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent)?;
             }
             let mut file = std::fs::OpenOptions::new().create(true).write(true).truncate(true).open(&path)?;
-            file.write_all(&f.data)
+            file.write_all(&f.data)?;
+            // Written back while the batch fills; its commit's fsync then
+            // mostly finds it done.
+            receive::start_writeback(&file);
+            Ok(())
         })();
         if let Err(e) = written {
             release_serving(&s.serving, &f.id, s.token);
@@ -1016,7 +1215,7 @@ fn accept_file(s: &Served, f: StreamedFile) -> Result<Accepted, Refusal> {
 }
 
 /// Commits a batch (see the module doc for the order); how each file ended.
-async fn commit(served: &Arc<Served>, batch: Vec<Pending>) -> Vec<Filed> {
+async fn commit(served: Arc<Served>, batch: Vec<Pending>) -> Vec<Filed> {
     if batch.is_empty() {
         return Vec::new();
     }
@@ -1073,9 +1272,12 @@ fn commit_blocking(s: &Served, batch: Vec<Pending>) -> Vec<Filed> {
     if s.superseded.load(Ordering::Relaxed) {
         return superseded(batch);
     }
+    let works: Vec<&std::path::Path> = batch.iter().filter_map(|p| p.work.as_deref()).collect();
+    let mut synced = receive::sync_files(&works).into_iter();
     for p in batch {
         if let Some(path) = &p.work {
-            if let Err(e) = std::fs::File::open(path).and_then(|f| f.sync_all()) {
+            let result = synced.next().unwrap_or_else(|| Err(std::io::Error::other("not fsynced")));
+            if let Err(e) = result {
                 receive::discard(path);
                 fail(&p.rec, ErrorCode::Io, format!("cannot fsync {}: {e}", path.display()), &mut out);
                 continue;

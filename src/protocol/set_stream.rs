@@ -150,12 +150,29 @@ impl Batch {
         self.bytes += size;
     }
 
-    /// Whether to commit now: the batch is full, or nothing more is waiting
-    /// to be read (committing then costs no throughput and answers the
-    /// sender soonest), or the sender closed the stream.
-    pub fn is_due(&self, more_waiting: bool, closing: bool) -> bool {
-        self.files > 0 && (closing || !more_waiting || self.files >= Self::MAX_FILES || self.bytes >= Self::MAX_BYTES)
+    /// Whether to commit the batch now: it is full, or the sender closed
+    /// the stream, or nothing more is waiting to be read and no commit is
+    /// under way (committing then costs no throughput and answers the
+    /// sender soonest; while one runs, the batch grows instead, and is
+    /// committed as soon as that one ends).
+    pub fn is_due(&self, now: Moment) -> bool {
+        self.files > 0
+            && (now.closing
+                || self.files >= Self::MAX_FILES
+                || self.bytes >= Self::MAX_BYTES
+                || (!now.more_waiting && !now.committing))
     }
+}
+
+/// What the receiver knows when it asks [`Batch::is_due`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Moment {
+    /// A frame is waiting to be read.
+    pub more_waiting: bool,
+    /// The sender closed the stream.
+    pub closing: bool,
+    /// The previous batch's commit is under way.
+    pub committing: bool,
 }
 
 #[cfg(test)]
@@ -182,19 +199,26 @@ mod tests {
 
     #[test]
     fn a_batch_commits_when_full_idle_or_closing_and_never_empty() {
+        let idle = Moment::default();
+        let waiting = Moment { more_waiting: true, ..idle };
+        let closing = Moment { closing: true, ..idle };
+        let committing = Moment { committing: true, ..idle };
         let mut b = Batch::default();
-        assert!(!b.is_due(false, true), "nothing to commit");
+        for m in [idle, waiting, closing, committing] {
+            assert!(!b.is_due(m), "nothing to commit: {m:?}");
+        }
         b.add(10);
-        assert!(!b.is_due(true, false), "more is coming and there is room");
-        assert!(b.is_due(false, false), "nothing more waiting: commit now");
-        assert!(b.is_due(true, true), "closing");
+        assert!(!b.is_due(waiting), "more is coming and there is room");
+        assert!(b.is_due(idle), "nothing more waiting: commit now");
+        assert!(!b.is_due(committing), "a commit runs: the batch grows meanwhile");
+        assert!(b.is_due(closing) && b.is_due(Moment { committing: true, ..closing }), "closing");
         let mut full = Batch::default();
         for _ in 0..Batch::MAX_FILES {
             full.add(0);
         }
-        assert!(full.is_due(true, false), "full by count");
+        assert!(full.is_due(waiting) && full.is_due(Moment { committing: true, ..waiting }), "full by count");
         let mut big = Batch::default();
         big.add(Batch::MAX_BYTES);
-        assert!(big.is_due(true, false), "full by bytes");
+        assert!(big.is_due(Moment { committing: true, ..waiting }), "full by bytes");
     }
 }
