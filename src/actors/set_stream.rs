@@ -1003,7 +1003,11 @@ async fn accept_and_commit(
         let frame = match waiting {
             Some(f) => f,
             None => {
-                let next = tokio::time::timeout(frame_limit, rx.recv());
+                // The sender may rightly send nothing while a commit runs
+                // (its window full of files that commit answers): the
+                // frame limit counts only while none runs.
+                let limit = if committing.is_some() { Duration::MAX } else { frame_limit };
+                let next = async { tokio::time::timeout(limit, rx.recv()).await };
                 let ended = async {
                     match committing.as_mut() {
                         Some(c) => finished(c).await,
