@@ -3,7 +3,9 @@
 //! grouped on the receiver.
 //!
 //! **Sender** ([`lead`]): a ClientRunner that runs a small file of a pushed
-//! set becomes the stream's leader. It opens a stream of kind `S`, sends
+//! set becomes the stream's leader: it takes the set's [`Slot`] first (so
+//! runners started meanwhile hand it their files instead of opening
+//! streams of their own), then opens a stream of kind `S`, sends
 //! its own file and claims more queued small files of the same set
 //! (`ToSubmit → Running`, one store write each), keeping at most a
 //! [`Window`] unanswered, until no file of the set is left to claim. Each
@@ -21,10 +23,13 @@
 //! partner, has no per-file tasks on the receiving side, and its target
 //! mode is `replace` or `create`; otherwise `Refused`), then writes each
 //! file under its work name as it arrives (claimed in the table of
-//! running requests, so no other run of the same file can interleave) and
-//! commits a [`Batch`] when it is full or nothing more is waiting. The
+//! running requests, so no other run of the same file can interleave; its
+//! write-back started at once) and commits a [`Batch`] when it is full, or
+//! nothing more is waiting and no commit runs. A commit runs on a task of
+//! its own while the next batch is written; commits never overlap. The
 //! commit's durable order:
-//! 1. every file of the batch is fsynced under its work name;
+//! 1. every file of the batch is fsynced under its work name (up to 16 at
+//!    once);
 //! 2. each is recorded verified and `delivered` (or held, for `delivery =
 //!    all`), then one flush: from here a crash finishes the delivery (the
 //!    one-request path's rule);
