@@ -7,8 +7,8 @@
 //! (docs/BENCHMARKS.md "Memory"). Once no request channel has been open
 //! for a second after some were (or the allocator keeps more than 16 MiB
 //! freed: a burst shorter than a second), the node asks the allocator to
-//! return its free pages (`malloc_trim`), off the async threads. While transfers run it does not:
-//! they would take the memory again at once.
+//! return its free pages (`malloc_trim`), off the async threads. While
+//! transfers run it does not: they would take the memory again at once.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

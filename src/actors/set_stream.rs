@@ -304,10 +304,8 @@ pub type SetStreams = std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap
 /// The sets whose stream is led (or being opened) here: their small files
 /// are the stream's to claim.
 pub fn led_sets(streams: &SetStreams) -> BTreeSet<RequestId> {
-    streams
-        .lock()
-        .map(|s| s.iter().filter(|(_, slot)| matches!(slot, Slot::Led(_))).map(|(k, _)| k.clone()).collect())
-        .unwrap_or_default()
+    let streams = streams.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    streams.iter().filter(|(_, slot)| matches!(slot, Slot::Led(_))).map(|(k, _)| k.clone()).collect()
 }
 
 enum SlotTaken {
@@ -325,7 +323,7 @@ fn take_slot(
     rec: &RequestRecord,
     join: &mpsc::UnboundedSender<RequestRecord>,
 ) -> SlotTaken {
-    let Ok(mut streams) = streams.lock() else { return SlotTaken::Declined };
+    let mut streams = streams.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     match streams.get(set) {
         Some(Slot::Led(tx)) if tx.send(rec.clone()).is_ok() => return SlotTaken::Joined,
         Some(Slot::Declined(until)) if tokio::time::Instant::now() < *until => return SlotTaken::Declined,
@@ -343,13 +341,12 @@ fn leave_slot(
     join: &mpsc::UnboundedSender<RequestRecord>,
     declined: Option<tokio::time::Instant>,
 ) {
-    if let Ok(mut streams) = streams.lock() {
-        if matches!(streams.get(set), Some(Slot::Led(tx)) if tx.same_channel(join)) {
-            match declined {
-                Some(until) => streams.insert(set.clone(), Slot::Declined(until)),
-                None => streams.remove(set),
-            };
-        }
+    let mut streams = streams.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if matches!(streams.get(set), Some(Slot::Led(tx)) if tx.same_channel(join)) {
+        match declined {
+            Some(until) => streams.insert(set.clone(), Slot::Declined(until)),
+            None => streams.remove(set),
+        };
     }
 }
 
@@ -554,7 +551,7 @@ impl Leader<'_> {
                                     .insert(next.id.clone(), InFlight { size, hash, own: next.id == self.rec.id });
                             }
                             Err((code, message)) => {
-                                self.record_failure(&next.id, code, &message);
+                                record_failure(&self.ctx.core, &next.id, code, &message);
                                 self.after_failure();
                             }
                         }
@@ -590,7 +587,7 @@ impl Leader<'_> {
                 frame = tokio::time::timeout(frame_limit, rx.recv()) => match frame {
                     Ok(Some(Ok(SetFrame::Filed(results)))) => {
                         let done = self.answered(results).await;
-                        if let Err(abort) = self.check_set() {
+                        if let Err(abort) = set_verdict(&self.ctx.core, &self.set) {
                             if matches!(abort, Abort::Cancelled(_)) && self.hold {
                                 // Held by the receiver: a cancelled set's files go.
                                 for id in &done {
@@ -709,28 +706,19 @@ impl Leader<'_> {
                 FileOutcome::Failed { code, message } => (code, format!("{message} (reported by partner)")),
             };
             if sent.own || !lifecycle::keeps_partial_file(code) {
-                self.record_failure(&r.id, code, &message);
+                record_failure(&self.ctx.core, &r.id, code, &message);
                 if !lifecycle::keeps_partial_file(code) {
                     self.after_failure();
                 }
             } else {
                 // Resumable: back to the queue, to be sent again.
-                self.give_back(&r.id, &format!("{code}: {message}; back in the queue"));
+                give_back(&self.ctx.core, &r.id, &format!("{code}: {message}; back in the queue"));
             }
         }
         if let Err(e) = self.ctx.core.store.flush().await {
             tracing::error!(error = %e, "cannot flush the set stream's files");
         }
         done
-    }
-
-    fn cancel_one(&self, id: &RequestId, reason: &str) {
-        cancel_one(&self.ctx.core, id, reason);
-    }
-
-    /// Between batches: a stop or cancel of the set reaches its stream.
-    fn check_set(&self) -> Result<(), Abort> {
-        set_verdict(&self.ctx.core, &self.set)
     }
 
     /// A file of the set failed: under `on_failure = stop` the files not
@@ -762,14 +750,6 @@ impl Leader<'_> {
         }
     }
 
-    fn record_failure(&self, id: &RequestId, code: ErrorCode, message: &str) {
-        record_failure(&self.ctx.core, id, code, message);
-    }
-
-    fn give_back(&self, id: &RequestId, why: &str) {
-        give_back(&self.ctx.core, id, why);
-    }
-
     /// The stream ended early: the files not answered are stopped,
     /// cancelled, or put back in the queue (the leader's own fails as any
     /// request would, so the Commander retries it).
@@ -781,10 +761,12 @@ impl Leader<'_> {
         }
         for (id, own) in left {
             match &abort {
-                Abort::Stopped => self.record_failure(&id, ErrorCode::Stopped, STOPPED_WITH_SET),
-                Abort::Cancelled(reason) => self.cancel_one(&id, reason),
-                Abort::Lost(code, message) if own => self.record_failure(&id, *code, message),
-                Abort::Lost(code, message) => self.give_back(&id, &format!("{code}: {message}; back in the queue")),
+                Abort::Stopped => record_failure(&self.ctx.core, &id, ErrorCode::Stopped, STOPPED_WITH_SET),
+                Abort::Cancelled(reason) => cancel_one(&self.ctx.core, &id, reason),
+                Abort::Lost(code, message) if own => record_failure(&self.ctx.core, &id, *code, message),
+                Abort::Lost(code, message) => {
+                    give_back(&self.ctx.core, &id, &format!("{code}: {message}; back in the queue"))
+                }
             }
         }
         if let Err(e) = self.ctx.core.store.flush().await {
