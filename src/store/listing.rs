@@ -18,12 +18,11 @@
 //! [`Store::update_if`](super::Store::update_if) write a record's new
 //! entries before the record and remove the entries it no longer has after
 //! it (sled's log keeps writes in order), so after any crash every record
-//! is reachable through each index it belongs to. Concurrent writers: a
-//! write that loses its compare-and-swap removes nothing, and a write that
-//! removed entries re-reads the record and writes its current entries
-//! again, so a key another writer needs (a status that went back) is put
-//! back by whichever re-reads last. An entry may be left over (a crash
-//! between the record and the clean-up, a write that lost a race): a
+//! is reachable through each index it belongs to. Concurrent writers: every
+//! writer of a record holds the store's write-order lock from its first new
+//! entry to its clean-up, so a key one write removes is never one another
+//! write needs (a status that went back puts its key back itself). An
+//! entry may be left over (a crash between the record and the clean-up): a
 //! reader keeps an entry only if it is one of its record's current
 //! [`keys`], so a leftover never shows a record twice or under a filter it
 //! no longer matches.

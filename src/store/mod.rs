@@ -399,7 +399,7 @@ impl Store {
                 // the same keys); readers skip those that are not current.
                 continue;
             }
-            self.drop_old_entries(key, &old_keys, &new_keys)?;
+            self.drop_old_entries(&old_keys, &new_keys)?;
             if let (true, Some(seq)) = (leaving_queue, old.queue_seq) {
                 self.queue.remove(queue_key(seq, id))?;
             }
@@ -497,28 +497,16 @@ impl Store {
         Ok(())
     }
 
-    /// Removes the listing entries a record no longer has, then writes its
-    /// current entries again: a concurrent writer may have needed a key
-    /// just removed (a status that went back), and whichever of the two
-    /// writers re-reads last puts it back.
+    /// Removes the listing entries a record no longer has. Every writer of
+    /// `requests` holds `write_order` from its first index entry to this
+    /// clean-up, so no other write can need a key removed here.
     fn drop_old_entries(
         &self,
-        key: &[u8],
         old_keys: &std::collections::BTreeSet<Vec<u8>>,
         new_keys: &std::collections::BTreeSet<Vec<u8>>,
     ) -> Result<(), StoreError> {
-        let mut removed = false;
         for k in old_keys.difference(new_keys) {
             self.listing.remove(k.as_slice())?;
-            removed = true;
-        }
-        if removed {
-            if let Some(bytes) = self.requests.get(key)? {
-                let current: RequestRecord = decode(key, &bytes)?;
-                for k in listing::keys(&current) {
-                    self.listing.insert(k, &[])?;
-                }
-            }
         }
         Ok(())
     }
@@ -1214,7 +1202,7 @@ mod tests {
         assert_eq!(page(Some(Status::Done)), [id.as_str()]);
         assert!(page(Some(Status::ToSubmit)).is_empty(), "the old entry was removed");
         // A crash between the record and the clean-up leaves the old entry;
-        // one from a lost race names a time the record does not have.
+        // and an entry naming a time the record does not have is skipped too.
         for k in listing::keys(&rec) {
             s.listing.insert(k, &[]).expect("left over");
         }
