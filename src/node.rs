@@ -546,11 +546,12 @@ impl NodeHandle {
                 // discard them (the files stay `Done` here: they were sent).
                 let held = set.set.as_ref().is_some_and(|i| i.policy.delivery == Delivery::All);
                 let mut owed = false;
-                if lifecycle::set::awaits_release(&rec) {
+                if lifecycle::set::awaits_release(&rec) || rec.direction == Direction::Push {
                     // The partner may be releasing the set, running its set
-                    // tasks: it is told, and its record of the set ends too.
-                    // (A set running this node's set tasks was answered:
-                    // the partner's ended.)
+                    // tasks, or (a pushed set) have a record of it from its
+                    // set stream: it is told, and its record of the set ends
+                    // too. (A set running this node's set tasks was
+                    // answered: the partner's ended.)
                     self.ctx.core.store.owe_cancel_notice(&set.id)?;
                     owed = true;
                 }

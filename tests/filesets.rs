@@ -15,7 +15,7 @@ use ferry::model::{Submit, SubmitError};
 use ferry::node::{Node, NodeHandle};
 use ferry::protocol::{Direction, ErrorCode};
 use ferry::store::member_id;
-use ferry::store::{RequestRecord, Status};
+use ferry::store::{RequestRecord, Role, Status, Step};
 
 const WITHIN: Duration = Duration::from_secs(120);
 
@@ -117,6 +117,13 @@ async fn a_glob_a_tree_and_odd_names_arrive_in_place_as_one_request() {
     }
     // The set is one line of the listing; its files are not listed apart.
     let page = a.handle().store().page(&ferry::store::ListQuery { limit: 100, ..Default::default() }).expect("page");
+    assert_eq!(page.records.len(), 1, "{:?}", page.records.iter().map(|r| &r.file_name).collect::<Vec<_>>());
+    // So on the receiver, whose record of the set its release ended.
+    let theirs = b.handle().store().get(&done.id).expect("get").expect("the receiver's record of the set");
+    assert_eq!((theirs.status, theirs.role), (Status::Done, Role::Requested));
+    assert_eq!(theirs.set.as_ref().map(|i| (i.files, i.done)), Some((6, 6)));
+    assert_eq!(theirs.transferred, done.transferred);
+    let page = b.handle().store().page(&ferry::store::ListQuery { limit: 100, ..Default::default() }).expect("page");
     assert_eq!(page.records.len(), 1, "{:?}", page.records.iter().map(|r| &r.file_name).collect::<Vec<_>>());
 
     // A glob at the top: `*.csv` takes top.csv only (`*` stays in its folder).
@@ -269,6 +276,30 @@ async fn files_changed_or_deleted_after_resolution_fail_and_the_others_arrive() 
     assert!(layout.in_dir("b").join("batch/f4.dat").is_file());
     let f0 = members(&a.handle(), &again).into_iter().find(|m| m.file_name == "batch/f0.dat").expect("f0");
     assert_eq!(f0.attempts, f0_attempts, "a file done is not sent again");
+
+    // The receiver recorded the set at its stream's `Open`: never released
+    // (a file failed), it still runs, counts the streamed files it has
+    // `Done`, and lists them through itself, not one line each.
+    let store_b = b.handle().store().clone();
+    let theirs = store_b.get(&set.id).expect("get").expect("the receiver's record of the set");
+    assert_eq!((theirs.status, theirs.step, theirs.role), (Status::Running, Step::Transfer, Role::Requested));
+    let received: Vec<RequestRecord> =
+        (0..6).filter_map(|i| store_b.get(&member_id(&set.id, i)).expect("get")).collect();
+    let streamed = received.iter().filter(|m| m.member_of.is_some() && m.status == Status::Done).count();
+    assert!(streamed > 0, "the small files came on the set stream");
+    assert_eq!(theirs.set.as_ref().map(|i| (i.files, i.done as usize)), Some((6, streamed)));
+    let listed = store_b.page(&ferry::store::ListQuery { limit: 100, ..Default::default() }).expect("page");
+    let apart = received.iter().filter(|m| m.member_of.is_none()).count();
+    assert_eq!(
+        listed.records.len(),
+        1 + apart,
+        "{:?}",
+        listed.records.iter().map(|r| &r.file_name).collect::<Vec<_>>()
+    );
+    // Cancelled on the sender, the receiver's record of the set ends too.
+    a.handle().cancel(&set.id).await.expect("cancel the set");
+    let ended = wait_record(&b.handle(), &set.id, Status::Cancelled, WITHIN).await;
+    assert_eq!(ended.set.as_ref().map(|i| i.done as usize), Some(streamed), "its files stay delivered");
     a.shutdown().await;
     b.shutdown().await;
 }

@@ -658,9 +658,11 @@ async fn a_set_stream_delivers_only_well_formed_files_of_the_set() {
         file(5, member_id(&set, 5), "liar.txt", good, Digest::of(b"something else")),
         // A folder entry that carries data.
         file(6, member_id(&set, 6), "dir/", good, Digest::of(good)),
+        // A member id, but past the files the set has.
+        file(7, member_id(&set, 7), "past.txt", good, Digest::of(good)),
     ];
-    let answers =
-        set_stream(&conn, SetFrame::Open { set: set.clone(), rule: "default".into(), hold: false }, frames).await;
+    let open = SetFrame::Open { set: set.clone(), rule: "default".into(), hold: false, files: 7, pattern: "**".into() };
+    let answers = set_stream(&conn, open, frames).await;
     assert_eq!(answers.last(), Some(&SetFrame::Closed), "{answers:?}");
     let outcomes: std::collections::BTreeMap<String, FileOutcome> = answers
         .iter()
@@ -671,7 +673,7 @@ async fn a_set_stream_delivers_only_well_formed_files_of_the_set() {
         .flatten()
         .map(|f| (f.id.to_string(), f.outcome))
         .collect();
-    assert_eq!(outcomes.len(), 7, "every file is answered: {outcomes:?}");
+    assert_eq!(outcomes.len(), 8, "every file is answered: {outcomes:?}");
     let code_of = |i: u32| match &outcomes[&member_id(&set, i).to_string()] {
         FileOutcome::Failed { code, message } => (*code, message.clone()),
         other => panic!("file {i}: {other:?}"),
@@ -683,26 +685,34 @@ async fn a_set_stream_delivers_only_well_formed_files_of_the_set() {
         (4, ErrorCode::BadFileName),
         (5, ErrorCode::FileHashMismatch),
         (6, ErrorCode::BadFileName),
+        (7, ErrorCode::Protocol),
     ] {
         let (got, message) = code_of(i);
         assert_eq!(got, code, "file {i}: {message}");
     }
-    let wrong_id = outcomes.iter().find(|(id, _)| !(0..7).any(|i| member_id(&set, i).to_string() == **id));
+    let wrong_id = outcomes.iter().find(|(id, _)| !(0..8).any(|i| member_id(&set, i).to_string() == **id));
     assert!(
         matches!(wrong_id, Some((_, FileOutcome::Failed { code: ErrorCode::Protocol, .. }))),
         "an id that is not the set's: {wrong_id:?}"
     );
-    // Only the good file is recorded and written; nothing escaped.
+    // Only the good file is recorded (as a member of the set the stream
+    // recorded) and written; nothing escaped.
     assert_eq!(std::fs::read(layout.in_dir("b").join("ok/x.txt")).expect("delivered"), good);
     let recorded = b.handle().store().list(None).expect("list");
-    assert_eq!(recorded.len(), 1, "{:?}", recorded.iter().map(|r| &r.file_name).collect::<Vec<_>>());
-    assert_eq!((recorded[0].status, recorded[0].partner.as_str()), (Status::Done, "m"));
+    assert_eq!(recorded.len(), 2, "{:?}", recorded.iter().map(|r| &r.file_name).collect::<Vec<_>>());
+    let the_set = recorded.iter().find(|r| r.id == set).expect("the set's record");
+    assert_eq!((the_set.status, the_set.partner.as_str()), (Status::Running, "m"));
+    assert_eq!(the_set.set.as_ref().map(|i| (i.files, i.done)), Some((7, 1)), "it counts the file delivered");
+    let file = recorded.iter().find(|r| r.id == member_id(&set, 0)).expect("the good file's record");
+    assert_eq!((file.status, file.partner.as_str()), (Status::Done, "m"));
+    assert_eq!(file.member_of.as_ref().map(|m| (&m.set, m.index)), Some((&set, 0)));
     assert!(!layout.in_dir("b").join("../evil.txt").exists() && !Path::new("/etc/evil.txt").exists());
     assert!(!layout.in_dir("b").join("liar.txt").exists() && !layout.in_dir("b").join("dir").exists());
     assert!(work_files(&layout.in_dir("b")).is_empty(), "no work file left");
 
     // A rule that does not exist, or whose receiving side runs tasks, refuses the stream.
-    let refused = set_stream(&conn, SetFrame::Open { set, rule: "nope".into(), hold: false }, vec![]).await;
+    let open = SetFrame::Open { set, rule: "nope".into(), hold: false, files: 1, pattern: "*".into() };
+    let refused = set_stream(&conn, open, vec![]).await;
     assert!(matches!(&refused[..], [SetFrame::Refused { code: ErrorCode::UnknownRule, .. }]), "{refused:?}");
     b.shutdown().await;
 }

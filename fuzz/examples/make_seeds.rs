@@ -309,7 +309,7 @@ fn set_stream() {
     use ferry::protocol::set_stream::{FileOutcome, Filed, SetFrame, StreamedFile};
     let data = b"one small file of a set\n".to_vec();
     let frames = [
-        ("open", SetFrame::Open { set: id(0x10), rule: "default".into(), hold: true }),
+        ("open", SetFrame::Open { set: id(0x10), rule: "default".into(), hold: true, files: 3, pattern: "*.csv".into() }),
         ("opened", SetFrame::Opened),
         ("refused", SetFrame::Refused { code: ErrorCode::CapabilityMismatch, message: "tasks".into() }),
         (

@@ -67,9 +67,10 @@ impl SetKeeper {
     }
 }
 
-/// A set whose totals this keeper keeps: the sender's. A receiver's
-/// record of a set (made when the set is released, to run its set tasks)
-/// holds no counts of its own.
+/// A set whose totals this keeper keeps: the requester's. A receiver's
+/// record of a set (made by its set stream, or when it is released) is
+/// counted by the stream's commits and made final by the release
+/// (`lifecycle::set::streamed_done`, `received_whole`).
 fn is_counted_set(r: &RequestRecord) -> bool {
     r.set.is_some() && r.role == Role::Requester
 }

@@ -368,19 +368,36 @@ fn deliver_released(core: &Core, rec: &RequestRecord) -> Result<(), Refusal> {
 
 /// Start-up, before the node serves: the files whose release was ordered
 /// (recorded) but not finished before a crash go under their final names.
+/// They are found through the status index, and through the members of
+/// each set this node receives (a set stream's files are members from the
+/// start, not listed on their own).
 pub fn finish_ordered(core: &Core) -> Result<usize, StoreError> {
     let mut finished = 0;
-    core.store.for_each_with_status(&[Status::Running, Status::Interrupted], |rec| {
-        if lifecycle::is_held(&rec) && rec.delivered {
-            match deliver_released(core, &rec) {
+    let mut finish = |rec: &RequestRecord| {
+        if lifecycle::is_held(rec) && rec.delivered {
+            match deliver_released(core, rec) {
                 Ok(()) => finished += 1,
                 Err((code, message)) => {
                     tracing::error!(request_id = %rec.id, %code, %message, "cannot finish a released file")
                 }
             }
         }
+    };
+    let mut streamed = Vec::new();
+    core.store.for_each_with_status(&[Status::Running, Status::Interrupted], |rec| {
+        if rec.role == Role::Requested && rec.set.is_some() {
+            streamed.push((rec.id.clone(), rec.set.as_ref().map_or(0, |i| i.files)));
+        }
+        finish(&rec);
         Ok(())
     })?;
+    for (set, files) in streamed {
+        for index in 0..files {
+            if let Some(rec) = core.store.get(&member_id(&set, index))? {
+                finish(&rec);
+            }
+        }
+    }
     if finished > 0 {
         core.store.flush_blocking()?;
     }
@@ -439,9 +456,10 @@ pub async fn run_received_set_tasks(
         return Err((ErrorCode::Internal, format!("the set tasks of set {set} are running already; ask again")));
     };
     let store = &intake.core.store;
-    match store.get(set).map_err(internal)? {
+    let bytes = released.bytes;
+    let line = format!("set of {files} files from {partner}: every file is in place; its set tasks run");
+    let made = match store.get(set).map_err(internal)? {
         None => {
-            let bytes = released.bytes;
             let rec = RequestRecord {
                 status: Status::Running,
                 step: Step::PostTask,
@@ -458,21 +476,23 @@ pub async fn run_received_set_tasks(
                 }),
                 ..RequestRecord::new(set.clone(), Role::Requested, partner, rule, released.direction, pattern)
             };
-            let line = format!("set of {files} files from {partner}: every file is in place; its set tasks run");
             store.insert(rec, &line).map_err(internal)?;
-            // Its files become its members here too: listed through the
-            // set, and pruned with it (retention), as on the requester.
-            let (marking, id) = (store.clone(), set.clone());
-            crate::determinism::blocking(move || mark_members(&marking, &id, files))
-                .await
-                .map_err(internal)?
-                .map_err(internal)?;
-            store.flush().await.map_err(internal)?;
+            true
         }
         Some(r) if r.role != Role::Requested || r.partner != partner || r.set.is_none() => {
             return Err((ErrorCode::Protocol, format!("request {set} on node {me} is not a file set from {partner}")));
         }
         Some(r) if r.status == Status::Done => return Ok(()),
+        Some(r) if lifecycle::set::is_streamed_here(&r) => {
+            // Made by the set's stream: every file is in place now, so its
+            // totals are final and its set tasks run.
+            store
+                .update_if(set, &line, lifecycle::set::is_streamed_here, |r| {
+                    lifecycle::set::received_whole(r, files, bytes, pattern);
+                })
+                .map_err(internal)?;
+            true
+        }
         Some(r) if r.status == Status::InError => {
             let line = "asked again: its set tasks run on from the one that failed";
             store
@@ -480,15 +500,28 @@ pub async fn run_received_set_tasks(
                     lifecycle::set::release_again(r);
                 })
                 .map_err(internal)?;
+            false
         }
-        Some(_) => {} // running them was cut short (a crash, a lost answer)
+        Some(_) => false, // running them was cut short (a crash, a lost answer)
+    };
+    if made {
+        // Its files are its members (the streamed ones were from the
+        // start): listed through the set, and pruned with it (retention),
+        // as on the requester.
+        let (marking, id) = (store.clone(), set.clone());
+        crate::determinism::blocking(move || mark_members(&marking, &id, files))
+            .await
+            .map_err(internal)?
+            .map_err(internal)?;
+        store.flush().await.map_err(internal)?;
     }
     let ran = task_runner::run_tasks(intake, set, TaskList::Set).await;
     end_set_tasks(store, set, ran).await
 }
 
 /// Marks the asked node's records of a released set's files as its
-/// members (they were recorded one by one, before it knew the set).
+/// members (those recorded one request each, before it knew the set; a
+/// set stream's files are its members from the start).
 fn mark_members(store: &Store, set: &RequestId, files: u32) -> Result<(), StoreError> {
     for index in 0..files {
         let member = SetMember { set: set.clone(), index, modified_ns: 0 };

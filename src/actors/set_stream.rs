@@ -21,7 +21,8 @@
 //!
 //! **Receiver** ([`serve`]): checks the `Open` (the rule exists, allows the
 //! partner, has no per-file tasks on the receiving side, and its target
-//! mode is `replace` or `create`; otherwise `Refused`), then writes each
+//! mode is `replace` or `create`; otherwise `Refused`), records the set
+//! ([`record_set`]: each streamed file is recorded as its member), then writes each
 //! file under its work name as it arrives (claimed in the table of
 //! running requests, so no other run of the same file can interleave; its
 //! write-back started at once) and commits a [`Batch`] when it is full, or
@@ -37,7 +38,7 @@
 //!    parent fsynced), then each folder that received a file is fsynced
 //!    once (in `create` mode each file's no-clobber placement also fsyncs
 //!    its folder);
-//! 4. each is recorded `Done`, then one flush;
+//! 4. each is recorded `Done` and the set counts them, then one flush;
 //! 5. only then does `Filed` tell the sender.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -62,7 +63,7 @@ use crate::protocol::set_stream::{
     Batch, FileOutcome, Filed, Moment, SetFrame, StreamedFile, Window, MAX_STREAMED_FILE,
 };
 use crate::protocol::{Digest, Direction, ErrorCode, RequestId, StreamKind};
-use crate::store::{member_id, now_ms, RequestRecord, Role, Status, Step, TargetMode};
+use crate::store::{member_id, now_ms, RequestRecord, Role, SetMember, Status, Step, TargetMode};
 use crate::transfer::{receive, retrieve};
 
 type Refusal = (ErrorCode, String);
@@ -129,8 +130,9 @@ async fn read_frame(recv: &mut quinn::RecvStream, max: usize) -> Result<Option<S
     codec::decode_set_body(&body).map(Some).map_err(|e| format!("bad set-stream frame: {e}"))
 }
 
-/// Largest `Open` frame: a set id, a rule name, a flag.
-const MAX_OPEN_BODY: usize = 4096;
+/// Largest `Open` frame: a set id, a rule name, a flag, a count and a
+/// pattern cut to `fileset::SHOWN_PATTERN_BYTES`.
+const MAX_OPEN_BODY: usize = 8192;
 
 /// How long a write may wait for the peer to read (its flow control).
 const WRITE_LIMIT: Duration = Duration::from_secs(60);
@@ -206,7 +208,9 @@ pub async fn lead(
     let (tx, mut rx) = mpsc::channel(64);
     let reader = tokio::spawn(read_frames(recv, tx));
     let _stop_reader = AbortOnDrop(reader);
-    if let Err(why) = open(ctx, &mut send, &mut rx, &member.set, rec, hold).await {
+    let pattern = set.set.as_ref().map(|i| crate::fileset::shown_pattern(&i.pattern)).unwrap_or_default();
+    let open_frame = SetFrame::Open { set: member.set.clone(), rule: rec.rule.clone(), hold, files, pattern };
+    if let Err(why) = open(ctx, &mut send, &mut rx, &open_frame, &rec.partner).await {
         return decline(ctx, &member.set, &join_tx, &mut joined, why);
     }
     tracing::info!(request_id = %rec.id, set = %member.set, partner = %rec.partner, "set stream opened");
@@ -259,24 +263,22 @@ enum Unopened {
     Failed(String),
 }
 
-/// Sends `Open` and waits for the answer.
+/// Sends `open` and waits for the answer.
 async fn open(
     ctx: &RunHandle,
     send: &mut quinn::SendStream,
     rx: &mut mpsc::Receiver<Result<SetFrame, String>>,
-    set: &RequestId,
-    rec: &RequestRecord,
-    hold: bool,
+    open: &SetFrame,
+    partner: &str,
 ) -> Result<(), Unopened> {
-    let open = SetFrame::Open { set: set.clone(), rule: rec.rule.clone(), hold };
     let mut first = vec![StreamKind::SetStream.byte()];
-    first.extend_from_slice(&codec::encode_set_frame(&open).map_err(|e| Unopened::Failed(e.to_string()))?);
+    first.extend_from_slice(&codec::encode_set_frame(open).map_err(|e| Unopened::Failed(e.to_string()))?);
     write_bytes(send, &first).await.map_err(Unopened::Failed)?;
     let limit = Duration::from_millis(ctx.core.config.limits.handshake_timeout_ms);
     match tokio::time::timeout(limit, rx.recv()).await {
         Ok(Some(Ok(SetFrame::Opened))) => Ok(()),
         Ok(Some(Ok(SetFrame::Refused { code, message }))) => {
-            Err(Unopened::Refused(format!("{} refused the set stream ({code}: {message})", rec.partner)))
+            Err(Unopened::Refused(format!("{partner} refused the set stream ({code}: {message})")))
         }
         Ok(Some(Ok(other))) => Err(Unopened::Failed(format!("unexpected answer to Open: {other:?}"))),
         Ok(Some(Err(e))) => Err(Unopened::Failed(e)),
@@ -831,6 +833,8 @@ struct Served {
     core: Core,
     partner: String,
     set: RequestId,
+    /// How many files the set has (`Open`).
+    files: u32,
     rule: crate::config::Rule,
     hold: bool,
     mode: TargetMode,
@@ -845,8 +849,8 @@ pub async fn serve(ctx: RunHandle, partner: String, mut send: quinn::SendStream,
     // `Open` is read here, small; the files are read ahead only once the
     // stream's memory is reserved.
     let limit = Duration::from_millis(ctx.core.config.limits.handshake_timeout_ms);
-    let (set, rule, hold) = match tokio::time::timeout(limit, read_frame(&mut recv, MAX_OPEN_BODY)).await {
-        Ok(Ok(Some(SetFrame::Open { set, rule, hold }))) => (set, rule, hold),
+    let open = match tokio::time::timeout(limit, read_frame(&mut recv, MAX_OPEN_BODY)).await {
+        Ok(Ok(Some(open @ SetFrame::Open { .. }))) => open,
         other => {
             tracing::warn!(partner = %partner, frame = ?other.map(|f| f.map(|f| f.map(|f| format!("{f:?}")))), "a set stream without Open");
             let refused =
@@ -856,10 +860,10 @@ pub async fn serve(ctx: RunHandle, partner: String, mut send: quinn::SendStream,
             return;
         }
     };
-    let served = match opened(&ctx, &partner, set, &rule, hold) {
+    let served = match opened(&ctx, &partner, open) {
         Ok(s) => s,
         Err((code, message)) => {
-            tracing::info!(partner = %partner, rule = %rule, %code, %message, "refused a set stream");
+            tracing::info!(partner = %partner, %code, %message, "refused a set stream");
             let _ = write_frame(&mut send, &SetFrame::Refused { code, message }).await;
             let _ = send.finish();
             return;
@@ -897,8 +901,13 @@ pub async fn serve(ctx: RunHandle, partner: String, mut send: quinn::SendStream,
     }
 }
 
-/// The checks of an `Open`: the rule, the partner, the receiving side.
-fn opened(ctx: &RunHandle, partner: &str, set: RequestId, rule: &str, hold: bool) -> Result<Served, Refusal> {
+/// The checks of an `Open` (the rule, the partner, the receiving side),
+/// then this node's record of the set.
+fn opened(ctx: &RunHandle, partner: &str, open: SetFrame) -> Result<Served, Refusal> {
+    let SetFrame::Open { set, rule, hold, files, pattern } = open else {
+        return Err((ErrorCode::Protocol, "a set stream starts with Open".into()));
+    };
+    let rule = rule.as_str();
     let cfg = &ctx.core.config;
     let rule = cfg
         .rule(rule)
@@ -925,10 +934,12 @@ fn opened(ctx: &RunHandle, partner: &str, set: RequestId, rule: &str, hold: bool
         ));
     }
     let dir = rule.recv_dir_for(partner);
+    record_set(&ctx.core, partner, &set, &rule.name, SetOpened { files, pattern: &pattern, hold })?;
     Ok(Served {
         core: ctx.core.clone(),
         partner: partner.to_owned(),
         set,
+        files,
         rule,
         hold,
         mode,
@@ -937,6 +948,61 @@ fn opened(ctx: &RunHandle, partner: &str, set: RequestId, rule: &str, hold: bool
         superseded: Arc::new(AtomicBool::new(false)),
         serving: ctx.serving.clone(),
     })
+}
+
+/// What an `Open` says of the set.
+struct SetOpened<'a> {
+    files: u32,
+    pattern: &'a str,
+    hold: bool,
+}
+
+/// This node's record of a set its partner streams: made at the set's
+/// first stream (`Running`, step `Transfer`), kept by later ones. Each
+/// streamed file is recorded as its member, so the files are listed and
+/// pruned with the set; its `Release` ends it (`set_release`), as does a
+/// cancel notice. Not flushed here: sled keeps writes in order, so it is
+/// durable before any member a commit flushes.
+fn record_set(core: &Core, partner: &str, set: &RequestId, rule: &str, opened: SetOpened) -> Result<(), Refusal> {
+    let me = &core.config.node_id;
+    let internal = |e: crate::store::StoreError| (ErrorCode::Internal, e.to_string());
+    let not_this = || {
+        (
+            ErrorCode::Protocol,
+            format!("request {set} on node {me} is not a file set from {partner} under rule {rule:?}"),
+        )
+    };
+    match core.store.get(set).map_err(internal)? {
+        Some(r) if r.role != Role::Requested || r.partner != partner || r.rule != rule => Err(not_this()),
+        Some(r) if r.set.as_ref().is_none_or(|i| i.files != opened.files) => Err(not_this()),
+        Some(r) if r.status == Status::Cancelled => {
+            Err((ErrorCode::Cancelled, format!("set {set} was cancelled on node {me}")))
+        }
+        Some(_) => Ok(()),
+        None => {
+            let delivery = if opened.hold { Delivery::All } else { Delivery::Each };
+            let rec = RequestRecord {
+                status: Status::Running,
+                step: Step::Transfer,
+                started_at: Some(now_ms()),
+                set: Some(crate::store::SetInfo {
+                    pattern: opened.pattern.to_owned(),
+                    policy: crate::fileset::progress::Policy { delivery, ..Default::default() },
+                    files: opened.files,
+                    done: 0,
+                    failed: 0,
+                    skipped: 0,
+                }),
+                ..RequestRecord::new(set.clone(), Role::Requested, partner, rule, Direction::Push, opened.pattern)
+            };
+            let line = format!("set of {} files from {partner}: its small files arrive on a set stream", opened.files);
+            match core.store.insert(rec, &line) {
+                // A stream of the same set recorded it first.
+                Ok(_) | Err(crate::store::StoreError::Exists(_)) => Ok(()),
+                Err(e) => Err(internal(e)),
+            }
+        }
+    }
 }
 
 async fn receive_files(
@@ -1114,7 +1180,7 @@ enum Accepted {
 /// Checks one file and writes it under its work name (not fsynced yet).
 fn accept_file(s: &Served, f: StreamedFile) -> Result<Accepted, Refusal> {
     let me = &s.core.config.node_id;
-    if f.id != member_id(&s.set, f.index) {
+    if f.id != member_id(&s.set, f.index) || f.index >= s.files {
         return Err((ErrorCode::Protocol, format!("{} is not file {} of set {}", f.id, f.index, s.set)));
     }
     check_entry_path(&f.name).map_err(|why| (ErrorCode::BadFileName, why))?;
@@ -1198,6 +1264,7 @@ fn accept_file(s: &Served, f: StreamedFile) -> Result<Accepted, Refusal> {
             status: Status::Running,
             step: Step::Transfer,
             started_at: Some(now_ms()),
+            member_of: Some(SetMember { set: s.set.clone(), index: f.index, modified_ns: 0 }),
             ..RequestRecord::new(f.id.clone(), Role::Requested, &s.partner, &s.rule.name, Direction::Push, &f.name)
         },
     };
@@ -1423,6 +1490,17 @@ fn commit_blocking(s: &Served, batch: Vec<Pending>) -> Vec<Filed> {
             tracing::info!(target: AUDIT, event = "delivered", request_id = %p.rec.id, partner = %s.partner, path = %target.display());
         }
     }
+    // The set counts the files it now has `Done`, in the same flush (its
+    // release then writes the final totals).
+    let (newly, bytes) = (placed.len() as u32, placed.iter().map(|(p, _)| p.rec.transferred).sum::<u64>());
+    let counted = (newly > 0).then(|| {
+        s.core.store.update_if(&s.set, "", lifecycle::set::is_streamed_here, |r| {
+            lifecycle::set::streamed_done(r, newly, bytes);
+        })
+    });
+    if let Some(Err(e)) = counted {
+        tracing::error!(set = %s.set, error = %e, "cannot count a set's streamed files");
+    }
     let flushed = s.core.store.flush_blocking();
     for (p, _) in placed {
         let (bytes, hash) = (p.rec.transferred, p.rec.hash.unwrap_or(Digest([0; 32])));
@@ -1441,7 +1519,6 @@ fn commit_blocking(s: &Served, batch: Vec<Pending>) -> Vec<Filed> {
 mod tests {
     use super::*;
     use crate::config::Rule;
-    use crate::store::SetMember;
     use crate::tasks::TaskConfig;
 
     #[test]

@@ -649,8 +649,21 @@ async fn set_files(
     let to = from.saturating_add(u32::try_from(limit).unwrap_or(u32::MAX)).min(info.files);
     let store = state.node.store().clone();
     let set = id.clone();
+    // A receiver's set lists the files it has received so far; on the
+    // sender every member exists, and a missing one is damage.
+    let receiving = rec.role == crate::store::Role::Requested;
     let records = blocking(move || {
-        (from..to).map(|i| store.member(&set, i).map_err(ApiError::Store)).collect::<Result<Vec<_>, ApiError>>()
+        let mut out = Vec::new();
+        for i in from..to {
+            match store.get(&crate::store::member_id(&set, i)).map_err(ApiError::Store)? {
+                Some(r) => out.push(r),
+                None if receiving => {}
+                None => {
+                    return Err(ApiError::Store(crate::store::StoreError::NotFound(crate::store::member_id(&set, i))))
+                }
+            }
+        }
+        Ok(out)
     })
     .await?;
     let files = records.iter().map(|r| state.node.view(r)).collect();

@@ -22,7 +22,7 @@
 //!   means the members not yet started are skipped.
 
 use crate::protocol::{ErrorCode, RequestId};
-use crate::store::{RequestError, RequestRecord, Status, Step};
+use crate::store::{RequestError, RequestRecord, Role, Status, Step};
 
 use crate::fileset::progress::OnFailure;
 
@@ -240,6 +240,45 @@ pub fn release_again(set: &mut RequestRecord) -> bool {
     true
 }
 
+/// Whether `set` is a receiver's record of a set its partner streams
+/// (made at the first stream's `Open`), not yet released: it counts the
+/// streamed files as they are `Done` ([`streamed_done`]) and waits for
+/// its `Release` ([`received_whole`]) or a cancel notice.
+pub fn is_streamed_here(set: &RequestRecord) -> bool {
+    set.set.is_some() && set.role == Role::Requested && set.step == Step::Transfer && !set.status.is_final()
+}
+
+/// A set stream's commit made `files` more of the set's files `Done`
+/// (`bytes` together). `false` if the set no longer counts them (released
+/// or ended).
+pub fn streamed_done(set: &mut RequestRecord, files: u32, bytes: u64) -> bool {
+    if !is_streamed_here(set) {
+        return false;
+    }
+    let Some(info) = set.set.as_mut() else { return false };
+    info.done = info.done.saturating_add(files).min(info.files);
+    set.transferred = set.transferred.saturating_add(bytes);
+    true
+}
+
+/// The sender's `Release` put every one of the set's `files` in place
+/// (`bytes` together): its totals are final and its set tasks run (step
+/// `PostTask`, cursor at the start). `false` if it was not streamed here.
+pub fn received_whole(set: &mut RequestRecord, files: u32, bytes: u64, pattern: &str) -> bool {
+    if !is_streamed_here(set) {
+        return false;
+    }
+    set.status = Status::Running;
+    set.step = Step::PostTask;
+    set.task_index = 0;
+    set.size = bytes;
+    set.transferred = bytes;
+    if let Some(info) = set.set.as_mut() {
+        (info.pattern, info.files, info.done) = (pattern.to_owned(), files, files);
+    }
+    true
+}
+
 /// Whether the set must skip its members not yet started after `change`:
 /// under `on_failure = stop`, a file that just failed (only then: a
 /// restart of the set, which uncounts its failures one by one, must not
@@ -256,7 +295,7 @@ mod tests {
     use crate::fileset::progress::{Delivery, Policy};
     use crate::protocol::Direction;
     use crate::store::member_id;
-    use crate::store::{Role, SetInfo, SetMember};
+    use crate::store::{SetInfo, SetMember};
 
     fn set(files: u32, policy: Policy) -> RequestRecord {
         let id = RequestId::parse(&"a".repeat(32)).expect("id");
@@ -361,6 +400,30 @@ mod tests {
         assert!(set_tasks_ran(&mut s, 7));
         assert_eq!((s.status, s.step, s.finished_at), (Status::Done, Step::AllDone, Some(7)));
         assert!(!set_tasks_ran(&mut s, 8) && !release_again(&mut s), "Done stays Done");
+    }
+
+    #[test]
+    fn a_streamed_set_counts_its_files_until_its_release_makes_its_totals_final() {
+        let mut s = set(3, Policy::default());
+        s.role = Role::Requested;
+        s.step = Step::Transfer;
+        assert!(is_streamed_here(&s));
+        assert!(streamed_done(&mut s, 2, 20));
+        assert!(streamed_done(&mut s, 5, 50), "counted at most to its size");
+        assert_eq!((s.set.as_ref().map(|i| i.done), s.transferred), (Some(3), 70));
+        assert!(received_whole(&mut s, 3, 30, "*.csv"));
+        assert_eq!((s.status, s.step, s.transferred), (Status::Running, Step::PostTask, 30));
+        assert!(runs_set_tasks(&s), "released: its set tasks run");
+        assert!(!is_streamed_here(&s));
+        assert!(!streamed_done(&mut s, 1, 10), "released: the stream no longer counts");
+        assert!(!received_whole(&mut s, 3, 30, "*.csv"), "released once");
+        // A sender's own set, or a receiver's set that ended, is not one.
+        let mut own = set(3, Policy::default());
+        own.step = Step::Transfer;
+        assert!(!is_streamed_here(&own));
+        let mut cancelled = set(3, Policy::default());
+        (cancelled.role, cancelled.step, cancelled.status) = (Role::Requested, Step::Transfer, Status::Cancelled);
+        assert!(!streamed_done(&mut cancelled, 1, 10));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks. A peer with another version is refused.
-pub const PROTOCOL_VERSION: u16 = 7;
+pub const PROTOCOL_VERSION: u16 = 8;
 
 /// Largest block size a node accepts (the frame limit is derived from it).
 pub const MAX_BLOCK_SIZE: u32 = 16 * 1024 * 1024;

@@ -6,13 +6,15 @@
 //! [`MAX_SET_FRAME_BODY`]):
 //!
 //! ```text
-//! sender:   Open{set, rule, hold}      File{..} File{..} ...            Close
+//! sender:   Open{set, rule, ..}        File{..} File{..} ...            Close
 //! receiver:                  Opened            Filed{results} ...              Closed
 //! ```
 //!
-//! - `Open` names the set and the rule; the receiver answers `Opened`, or
-//!   `Refused` (the sender then sends those files one request each, as
-//!   before: the stream is only a faster path, never the only one).
+//! - `Open` names the set, the rule, how many files the set has and its
+//!   pattern; the receiver records the set (its record lists the files as
+//!   they arrive) and answers `Opened`, or `Refused` (the sender then
+//!   sends those files one request each, as before: the stream is only a
+//!   faster path, never the only one).
 //! - `File` is one whole file of the set (its index, id, relative path,
 //!   bytes and BLAKE3); at most [`MAX_STREAMED_FILE`] bytes.
 //! - The receiver writes each file under its work name as it arrives and
@@ -40,8 +42,10 @@ pub const MAX_SET_FRAME_BODY: usize = MAX_STREAMED_FILE as usize + 8 * 1024;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SetFrame {
     /// Sender, first: the files that follow belong to `set`, under `rule`;
-    /// `hold`: the set is sent with `delivery = all`.
-    Open { set: RequestId, rule: String, hold: bool },
+    /// `hold`: the set is sent with `delivery = all`; `files`: how many
+    /// files the set resolved (members are numbered `0..files`);
+    /// `pattern`: its pattern as a `Release` shows it (version 8).
+    Open { set: RequestId, rule: String, hold: bool, files: u32, pattern: String },
     /// Receiver: ready for the files.
     Opened,
     /// Receiver: the stream is refused (the files go one request each).
