@@ -32,15 +32,40 @@ pub const KEPT: usize = 4096;
 /// the ring instead.
 const LIVE_BUFFER: usize = 1024;
 
-/// One event as the bus keeps it: what filters look at, and the JSON sent.
+/// One event as the bus keeps it: what filters look at, and what the
+/// JSON sent is made from.
 #[derive(Debug)]
 pub struct Kept {
     pub seq: u64,
     pub id: RequestId,
     pub rule: String,
     pub partner: String,
-    /// The [`TransferEvent`], serialized once for every subscriber.
-    pub json: String,
+    at: u64,
+    rate: Option<f64>,
+    /// The record as this write left it.
+    record: RequestRecord,
+    node_id: Arc<str>,
+    /// The run of the node (see [`EventBus::position`]).
+    epoch: u64,
+    /// The [`TransferEvent`], made and serialized once, when a subscriber
+    /// first reads it (most events are never read: a write only pays for
+    /// keeping the record).
+    json: std::sync::OnceLock<String>,
+}
+
+impl Kept {
+    /// The [`TransferEvent`] as JSON.
+    pub fn json(&self) -> &str {
+        self.json.get_or_init(|| {
+            let event = TransferEvent {
+                position: format!("{}-{}", self.epoch, self.seq),
+                at: self.at,
+                rate: self.rate,
+                transfer: TransferView::from_record(&self.record, &self.node_id),
+            };
+            serde_json::to_string(&event).unwrap_or_default()
+        })
+    }
 }
 
 /// Events a subscriber missed and cannot get any more.
@@ -75,7 +100,7 @@ struct Ring {
 
 /// The node's event bus.
 pub struct EventBus {
-    node_id: String,
+    node_id: Arc<str>,
     epoch: u64,
     ring: Mutex<Ring>,
     live: broadcast::Sender<Arc<Kept>>,
@@ -97,7 +122,7 @@ pub struct Subscription {
 impl EventBus {
     pub fn new(node_id: &str) -> EventBus {
         EventBus {
-            node_id: node_id.to_owned(),
+            node_id: Arc::from(node_id),
             epoch: now_ms(),
             ring: Mutex::new(Ring { next_seq: 1, events: VecDeque::new(), progress: HashMap::new() }),
             live: broadcast::channel(LIVE_BUFFER).0,
@@ -142,15 +167,18 @@ impl EventBus {
         };
         let seq = ring.next_seq;
         ring.next_seq += 1;
-        let event = TransferEvent {
-            position: self.position(seq),
+        let kept = Arc::new(Kept {
+            seq,
+            id: rec.id.clone(),
+            rule: rec.rule.clone(),
+            partner: rec.partner.clone(),
             at,
             rate,
-            transfer: TransferView::from_record(rec, &self.node_id),
-        };
-        let Ok(json) = serde_json::to_string(&event) else { return };
-        let kept =
-            Arc::new(Kept { seq, id: rec.id.clone(), rule: rec.rule.clone(), partner: rec.partner.clone(), json });
+            record: rec.clone(),
+            node_id: self.node_id.clone(),
+            epoch: self.epoch,
+            json: std::sync::OnceLock::new(),
+        });
         if ring.events.len() == KEPT {
             ring.events.pop_front();
         }

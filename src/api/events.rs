@@ -158,9 +158,7 @@ impl Stream {
             }
             self.last_seq = kept.seq;
             if self.filter.passes(&kept) {
-                return Some(
-                    Event::default().event("transfer").id(self.bus.position(kept.seq)).data(kept.json.clone()),
-                );
+                return Some(Event::default().event("transfer").id(self.bus.position(kept.seq)).data(kept.json()));
             }
         }
     }

@@ -57,7 +57,7 @@ fn a_subscriber_resuming_gets_exactly_what_followed_its_position() {
     assert_eq!(now.after_seq, 7, "a lagging subscriber catches up from here, not from the start");
     assert_eq!(resumed.after_seq, 4);
     // The event is the transfer's view with its position.
-    let json: crate::model::TransferEvent = serde_json::from_str(&all.backlog[5].json).expect("event JSON");
+    let json: crate::model::TransferEvent = serde_json::from_str(all.backlog[5].json()).expect("event JSON");
     assert_eq!(json.position, bus.position(6));
     assert_eq!(json.transfer.transferred, 5);
 }
