@@ -136,46 +136,63 @@ impl AuditLog {
     }
 
     /// Writes one line (the node and the time filled in).
-    pub fn record(&self, mut event: AuditEvent) {
+    pub fn record(&self, event: AuditEvent) {
+        let mut lines = Vec::new();
+        self.encode(event, &mut lines);
+        self.write(&lines);
+    }
+
+    /// Appends `event` as one line to `lines` (the node and the time
+    /// filled in).
+    fn encode(&self, mut event: AuditEvent, lines: &mut Vec<u8>) {
         event.node = self.node.to_string();
         if event.at == 0 {
             event.at = now_ms();
         }
-        let mut line = match serde_json::to_vec(&event) {
-            Ok(line) => line,
-            Err(e) => {
-                tracing::error!(error = %e, "an audit line does not encode");
-                return;
-            }
-        };
-        line.push(b'\n');
-        let mut w = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Err(e) = w.write_line(&line) {
-            tracing::error!(path = %w.path.display(), error = %e, "cannot write the audit log; line: {}", String::from_utf8_lossy(&line).trim_end());
+        match serde_json::to_writer(&mut *lines, &event) {
+            Ok(()) => lines.push(b'\n'),
+            Err(e) => tracing::error!(error = %e, "an audit line does not encode"),
         }
     }
 
-    /// Writes the milestones `change` reached (see [`milestones`]).
+    /// Writes whole lines with one `write` (lines are never interleaved).
+    fn write(&self, lines: &[u8]) {
+        if lines.is_empty() {
+            return;
+        }
+        let mut w = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Err(e) = w.write_line(lines) {
+            tracing::error!(path = %w.path.display(), error = %e, "cannot write the audit log; lines: {}", String::from_utf8_lossy(lines).trim_end());
+        }
+    }
+
+    /// Writes the milestones `change` reached (see [`milestones`]), with
+    /// one `write` for them all.
     pub fn record_change(&self, change: &RecordChange<'_>) {
+        let mut lines = Vec::new();
         for event in milestones(change.old, change.new) {
             let r = change.new;
-            self.record(AuditEvent {
-                kind: "transfer",
-                event,
-                request_id: Some(r.id.to_string()),
-                side: Some(match r.role {
-                    Role::Requester => "requester",
-                    Role::Requested => "requested",
-                }),
-                partner: Some(r.partner.clone()),
-                rule: Some(r.rule.clone()),
-                file: Some(r.file_name.clone()),
-                status: Some(format!("{:?}", r.status)),
-                bytes: Some(r.transferred),
-                error: r.error.as_ref().map(|e| format!("{:?}: {}", e.code, e.message)),
-                ..Default::default()
-            });
+            self.encode(
+                AuditEvent {
+                    kind: "transfer",
+                    event,
+                    request_id: Some(r.id.to_string()),
+                    side: Some(match r.role {
+                        Role::Requester => "requester",
+                        Role::Requested => "requested",
+                    }),
+                    partner: Some(r.partner.clone()),
+                    rule: Some(r.rule.clone()),
+                    file: Some(r.file_name.clone()),
+                    status: Some(format!("{:?}", r.status)),
+                    bytes: Some(r.transferred),
+                    error: r.error.as_ref().map(|e| format!("{:?}: {}", e.code, e.message)),
+                    ..Default::default()
+                },
+                &mut lines,
+            );
         }
+        self.write(&lines);
     }
 }
 
