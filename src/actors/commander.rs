@@ -71,6 +71,9 @@ pub struct CommanderState {
     /// Notices that failed once already: logged once, not on every retry.
     notice_failed: BTreeSet<RequestId>,
     tick_scheduled: bool,
+    /// Queued small files of sets whose stream this node leads, by id,
+    /// with their set: passed over unread while the stream runs.
+    streamed: std::collections::HashMap<RequestId, RequestId>,
 }
 
 impl CommanderState {
@@ -90,20 +93,30 @@ impl CommanderState {
         let ctx = self.ctx.clone();
         let mut passed_over = Vec::new();
         let streaming = super::set_stream::led_sets(&ctx.run.set_streams);
-        let picked = ctx.core.store.queued_where(free, |rec| {
-            // A small file of a set this node streams is the stream's to
-            // claim (larger ones run beside the stream, one request each).
-            if rec.member_of.as_ref().is_some_and(|m| streaming.contains(&m.set))
-                && ctx.core.config.rule(&rec.rule).is_some_and(|rule| super::set_stream::is_streamable(rec, rule))
-            {
-                return false;
-            }
-            if !ctx.availability.is_unavailable(&rec.partner) || movable_member(&ctx, rec).is_some() {
-                return true;
-            }
-            passed_over.push((rec.id.clone(), rec.partner.clone()));
-            false
-        })?;
+        // A small file of a set this node streams is the stream's to claim
+        // (larger ones run beside the stream, one request each). Those seen
+        // once are passed over by id while their set's stream runs, so a
+        // fill does not read each of a large set's queued files again.
+        self.streamed.retain(|_, set| streaming.contains(set));
+        let mut newly_streamed = Vec::new();
+        let picked = ctx.core.store.queued_where(
+            free,
+            |id| self.streamed.contains_key(id),
+            |rec| {
+                if let Some(m) = rec.member_of.as_ref().filter(|m| streaming.contains(&m.set)) {
+                    if ctx.core.config.rule(&rec.rule).is_some_and(|rule| super::set_stream::is_streamable(rec, rule)) {
+                        newly_streamed.push((rec.id.clone(), m.set.clone()));
+                        return false;
+                    }
+                }
+                if !ctx.availability.is_unavailable(&rec.partner) || movable_member(&ctx, rec).is_some() {
+                    return true;
+                }
+                passed_over.push((rec.id.clone(), rec.partner.clone()));
+                false
+            },
+        )?;
+        self.streamed.extend(newly_streamed);
         self.wait_for_partners(myself, passed_over).await?;
         for rec in picked {
             self.waiting.remove(&rec.id);
@@ -332,6 +345,7 @@ impl Actor for Commander {
             telling: BTreeSet::new(),
             notice_failed: BTreeSet::new(),
             tick_scheduled: false,
+            streamed: Default::default(),
         })
     }
 

@@ -633,14 +633,16 @@ impl Store {
     /// Stale index entries (the record is gone or no longer `ToSubmit`) are
     /// dropped on the way.
     pub fn queued(&self, max: usize) -> Result<Vec<RequestRecord>, StoreError> {
-        self.queued_where(max, |_| true)
+        self.queued_where(max, |_| false, |_| true)
     }
 
     /// Like [`Store::queued`], taking only records `take` accepts (the
-    /// others stay queued and are passed over).
+    /// others stay queued and are passed over); an id `pass` names is
+    /// passed over without reading its record.
     pub fn queued_where(
         &self,
         max: usize,
+        mut pass: impl FnMut(&RequestId) -> bool,
         mut take: impl FnMut(&RequestRecord) -> bool,
     ) -> Result<Vec<RequestRecord>, StoreError> {
         let mut out = Vec::new();
@@ -650,6 +652,9 @@ impl Store {
             }
             let (k, _) = kv?;
             let id = k.get(8..).and_then(|b| std::str::from_utf8(b).ok()).and_then(RequestId::parse);
+            if id.as_ref().is_some_and(&mut pass) {
+                continue;
+            }
             let rec = match &id {
                 Some(id) => self.get(id)?,
                 None => None,
