@@ -92,28 +92,39 @@ impl CommanderState {
         }
         let ctx = self.ctx.clone();
         let mut passed_over = Vec::new();
-        let streaming = super::set_stream::led_sets(&ctx.run.set_streams);
+        let slots = super::set_stream::slots_now(&ctx.run.set_streams);
         // A small file of a set this node streams is the stream's to claim
         // (larger ones run beside the stream, one request each). Those seen
         // once are passed over by id while their set's stream runs, so a
-        // fill does not read each of a large set's queued files again.
-        self.streamed.retain(|_, set| streaming.contains(set));
+        // fill does not read each of a large set's queued files again. Of a
+        // set not streamed yet, one small file is taken: its runner leads
+        // the stream and claims the others (unless the partner refused the
+        // set's stream lately: then each goes one request, as any).
+        self.streamed.retain(|_, set| slots.led.contains(set));
         let mut newly_streamed = Vec::new();
+        let mut leaders = BTreeSet::new();
         let picked = ctx.core.store.queued_where(
             free,
             |id| self.streamed.contains_key(id),
             |rec| {
-                if let Some(m) = rec.member_of.as_ref().filter(|m| streaming.contains(&m.set)) {
-                    if ctx.core.config.rule(&rec.rule).is_some_and(|rule| super::set_stream::is_streamable(rec, rule)) {
-                        newly_streamed.push((rec.id.clone(), m.set.clone()));
-                        return false;
-                    }
+                let rule = ctx.core.config.rule(&rec.rule);
+                let streamable = rec
+                    .member_of
+                    .as_ref()
+                    .filter(|_| rule.is_some_and(|rule| super::set_stream::is_streamable(rec, rule)))
+                    .map(|m| &m.set);
+                if let Some(set) = streamable.filter(|set| slots.led.contains(*set)) {
+                    newly_streamed.push((rec.id.clone(), set.clone()));
+                    return false;
                 }
-                if !ctx.availability.is_unavailable(&rec.partner) || movable_member(&ctx, rec).is_some() {
-                    return true;
+                if ctx.availability.is_unavailable(&rec.partner) && movable_member(&ctx, rec).is_none() {
+                    passed_over.push((rec.id.clone(), rec.partner.clone()));
+                    return false;
                 }
-                passed_over.push((rec.id.clone(), rec.partner.clone()));
-                false
+                match streamable {
+                    Some(set) if !slots.declined.contains(set) => leaders.insert(set.clone()),
+                    _ => true,
+                }
             },
         )?;
         self.streamed.extend(newly_streamed);

@@ -303,11 +303,33 @@ const DECLINED_FOR: Duration = Duration::from_secs(30);
 /// The node's set streams, by set.
 pub type SetStreams = std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<RequestId, Slot>>>;
 
-/// The sets whose stream is led (or being opened) here: their small files
-/// are the stream's to claim.
-pub fn led_sets(streams: &SetStreams) -> BTreeSet<RequestId> {
+/// What the node's table of set streams says now.
+#[derive(Debug, Default)]
+pub struct SlotsNow {
+    /// Sets whose stream is led (or being opened) here: their small files
+    /// are the stream's to claim.
+    pub led: BTreeSet<RequestId>,
+    /// Sets whose stream the partner refused lately: their files go one
+    /// request each.
+    pub declined: BTreeSet<RequestId>,
+}
+
+pub fn slots_now(streams: &SetStreams) -> SlotsNow {
     let streams = streams.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    streams.iter().filter(|(_, slot)| matches!(slot, Slot::Led(_))).map(|(k, _)| k.clone()).collect()
+    let now = tokio::time::Instant::now();
+    let mut out = SlotsNow::default();
+    for (set, slot) in streams.iter() {
+        match slot {
+            Slot::Led(_) => {
+                out.led.insert(set.clone());
+            }
+            Slot::Declined(until) if now < *until => {
+                out.declined.insert(set.clone());
+            }
+            Slot::Declined(_) => {}
+        }
+    }
+    out
 }
 
 enum SlotTaken {
