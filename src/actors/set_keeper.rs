@@ -41,6 +41,11 @@ impl SetKeeper {
         }
         let (tx, mut rx) = mpsc::unbounded_channel::<MemberChange>();
         store.observe(Arc::new(move |change| {
+            // Only a requester's members count in a set this keeper keeps
+            // (a receiver's streamed files are counted by their commits).
+            if change.new.role != Role::Requester {
+                return;
+            }
             if let Some(c) = MemberChange::of(change.old, change.new) {
                 let _ = tx.send(c);
             }
