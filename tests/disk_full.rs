@@ -20,12 +20,13 @@ struct Tmpfs(PathBuf);
 
 impl Tmpfs {
     fn mount(dir: &Path, size_mib: u64) -> Tmpfs {
+        Tmpfs::mount_with(dir, &format!("size={size_mib}m"))
+    }
+
+    fn mount_with(dir: &Path, options: &str) -> Tmpfs {
         std::fs::create_dir_all(dir).expect("mount point");
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size_mib}m"), "tmpfs"])
-            .arg(dir)
-            .output()
-            .expect("run mount");
+        let out =
+            Command::new("mount").args(["-t", "tmpfs", "-o", options, "tmpfs"]).arg(dir).output().expect("run mount");
         assert!(
             out.status.success(),
             "this test mounts a tmpfs and needs root (CI runs as root): {}",
@@ -90,6 +91,66 @@ async fn a_disk_that_fills_mid_transfer_fails_only_that_request() {
     let o = wait_final(&a.handle(), &other.id, WITHIN).await;
     assert_eq!(o.status, Status::Done, "the other request is unharmed: {:?}", o.error);
     assert_eq!(file_digest(&layout.in_dir("b").join("other")), other_digest);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_stream_whose_folder_runs_out_of_inodes_fails_those_files_as_no_space() {
+    let mut layout = Layout::new(&["a", "b"]);
+    let small = layout.dir.path().join("b-few-inodes");
+    // Room for the bytes, not for the files: 40 inodes for 100 files.
+    let _mount = Tmpfs::mount_with(&small, "size=64m,nr_inodes=40");
+    let mut rule = layout.config("b").rules[0].clone();
+    rule.name = "small".into();
+    rule.recv_dir = small.clone();
+    layout.config_mut("b").rules.push(rule);
+    let mut rule_a = layout.config("a").rules[0].clone();
+    rule_a.name = "small".into();
+    layout.config_mut("a").rules.push(rule_a);
+    let a = layout.start("a").await;
+    let b = layout.start("b").await;
+    for i in 0..100 {
+        std::fs::create_dir_all(layout.out_dir("a").join("many")).expect("mkdir");
+        std::fs::write(layout.out_dir("a").join(format!("many/f{i:03}")), format!("file {i}\n")).expect("write");
+    }
+    let s = ferry::model::Submit {
+        file: String::new(),
+        pattern: Some("many/*".into()),
+        rule: "small".into(),
+        ..submit(Direction::Push, "b", "")
+    };
+    let set = a.handle().submit(s).await.expect("submitted");
+    let r = wait_final(&a.handle(), &set.id, WITHIN).await;
+    assert_eq!(r.status, Status::InError, "{r:?}");
+    let message = r.error.expect("error").message;
+    assert!(message.contains("(NoSpace)"), "a file without an inode is named as NoSpace: {message}");
+    let info = r.set.expect("a set");
+    assert!(info.failed > 0 && info.done + info.failed + info.skipped == 100, "{info:?}");
+    for i in 0..100 {
+        let m = a.handle().store().get(&ferry::store::member_id(&set.id, i)).expect("read").expect("member");
+        if let Some(e) = m.error.as_ref().filter(|e| e.code != ErrorCode::Skipped) {
+            assert_eq!(e.code, ErrorCode::NoSpace, "file {i} failed for want of space: {}", e.message);
+        }
+    }
+    // A work file is left only for a file b recorded as delivered: its
+    // rename is finished when the file comes again.
+    for work in work_files(&small) {
+        let id = work.strip_suffix(".part").and_then(ferry::protocol::RequestId::parse);
+        let rec = id.and_then(|id| b.handle().store().get(&id).expect("read"));
+        assert!(rec.as_ref().is_some_and(|r| r.delivered), "{work} is left without a delivered record");
+    }
+    // Room again: restarted, the set ends Done, each file whole, once.
+    let out = Command::new("mount").args(["-o", "remount,nr_inodes=1000"]).arg(&small).output().expect("remount");
+    assert!(out.status.success(), "remount: {}", String::from_utf8_lossy(&out.stderr));
+    a.handle().restart(&set.id).await.expect("restart the set");
+    let r = wait_final(&a.handle(), &set.id, WITHIN).await;
+    assert_eq!(r.status, Status::Done, "{:?}", r.error);
+    for i in 0..100 {
+        let got = std::fs::read(small.join(format!("many/f{i:03}"))).expect("every file arrived");
+        assert_eq!(got, format!("file {i}\n").as_bytes());
+    }
+    assert!(work_files(&small).is_empty(), "no work file left");
     a.shutdown().await;
     b.shutdown().await;
 }

@@ -1274,7 +1274,7 @@ fn accept_file(s: &Served, f: StreamedFile) -> Result<Accepted, Refusal> {
         if let Err(e) = written {
             release_serving(&s.serving, &f.id, s.token);
             receive::discard(&path);
-            return Err((ErrorCode::Io, format!("cannot write {}: {e}", path.display())));
+            return Err(receive::io_failure("write", &path, e));
         }
         Some(path)
     };
@@ -1359,7 +1359,8 @@ fn commit_blocking(s: &Served, batch: Vec<Pending>) -> Vec<Filed> {
             let result = synced.next().unwrap_or_else(|| Err(std::io::Error::other("not fsynced")));
             if let Err(e) = result {
                 receive::discard(path);
-                fail(&p.rec, ErrorCode::Io, format!("cannot fsync {}: {e}", path.display()), &mut out);
+                let (code, message) = receive::io_failure("fsync", path, e);
+                fail(&p.rec, code, message, &mut out);
                 continue;
             }
         }

@@ -195,7 +195,9 @@ impl BlockWriter {
     }
 }
 
-fn io_failure(what: &str, path: &Path, e: std::io::Error) -> Failure {
+/// An I/O error on `path` as a failure: a full disk (no blocks or no
+/// inodes left) is `NoSpace`, anything else `Io`.
+pub fn io_failure(what: &str, path: &Path, e: std::io::Error) -> Failure {
     if e.raw_os_error() == Some(libc::ENOSPC) {
         return (ErrorCode::NoSpace, format!("disk full while trying to {what} {}", path.display()));
     }
