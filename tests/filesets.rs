@@ -296,6 +296,10 @@ async fn files_changed_or_deleted_after_resolution_fail_and_the_others_arrive() 
         "{:?}",
         listed.records.iter().map(|r| &r.file_name).collect::<Vec<_>>()
     );
+    // Its files page there lists the files received so far (f1 never came).
+    assert!(received.len() < 6, "a file that failed on the sender is not on b");
+    let page = api_client(&b).set_files(set.id.as_str(), 0, 100).await.expect("b's files page of the set");
+    assert_eq!(page.files.len(), received.len());
     // Cancelled on the sender, the receiver's record of the set ends too.
     a.handle().cancel(&set.id).await.expect("cancel the set");
     let ended = wait_record(&b.handle(), &set.id, Status::Cancelled, WITHIN).await;

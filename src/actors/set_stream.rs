@@ -996,7 +996,15 @@ fn record_set(core: &Core, partner: &str, set: &RequestId, rule: &str, opened: S
     };
     match core.store.get(set).map_err(internal)? {
         Some(r) if r.role != Role::Requested || r.partner != partner || r.rule != rule => Err(not_this()),
-        Some(r) if r.set.as_ref().is_none_or(|i| i.files != opened.files) => Err(not_this()),
+        Some(r) if r.set.is_none() => Err(not_this()),
+        Some(r) if r.set.as_ref().is_some_and(|i| i.files != opened.files) => Err((
+            ErrorCode::Protocol,
+            format!(
+                "set {set} was opened on node {me} with {} files; this stream says {}",
+                r.set.as_ref().map_or(0, |i| i.files),
+                opened.files
+            ),
+        )),
         Some(r) if r.status == Status::Cancelled => {
             Err((ErrorCode::Cancelled, format!("set {set} was cancelled on node {me}")))
         }
