@@ -377,7 +377,7 @@ impl Rule {
 
     /// The folder files from `partner` are received into: the rule's
     /// receive folder with `#PARTNER#` replaced by the partner's id (a node
-    /// id, which is a plain name: see [`crate::certs::node_id_problem`]).
+    /// id, which is a plain name: see `certs::node_id_problem`).
     pub fn recv_dir_for(&self, partner: &str) -> PathBuf {
         let text = self.recv_dir.to_string_lossy();
         if text.contains(PARTNER_PLACEHOLDER) {

@@ -92,7 +92,7 @@ enum Judgement {
     Refuse(ErrorCode, String),
 }
 
-/// A requested-side run serving a request (see [`ChannelRun::claim`]).
+/// A requested-side run serving a request (see `ChannelRun::claim`).
 #[derive(Debug)]
 pub struct ServingRun {
     token: u64,
@@ -101,7 +101,7 @@ pub struct ServingRun {
 }
 
 /// Requested side: the run `token` of `partner` now serves `id` (see
-/// [`ChannelRun::claim`]; a set stream claims each file it receives the
+/// `ChannelRun::claim`; a set stream claims each file it receives the
 /// same way).
 pub fn claim_serving(
     serving: &Mutex<BTreeMap<RequestId, ServingRun>>,

@@ -22,7 +22,7 @@
 //! **Receiver** ([`serve`]): checks the `Open` (the rule exists, allows the
 //! partner, has no per-file tasks on the receiving side, and its target
 //! mode is `replace` or `create`; otherwise `Refused`), records the set
-//! ([`record_set`]: each streamed file is recorded as its member), then writes each
+//! (`record_set`: each streamed file is recorded as its member), then writes each
 //! file under its work name as it arrives (claimed in the table of
 //! running requests, so no other run of the same file can interleave; its
 //! write-back started at once) and commits a [`Batch`] when it is full, or
