@@ -141,11 +141,41 @@ pub fn work_path(recv_dir: &Path, id: &RequestId) -> PathBuf {
 }
 
 /// Receives blocks into a work file.
-#[derive(Debug)]
 pub struct BlockWriter {
-    tx: Option<mpsc::Sender<Data>>,
-    handle: JoinHandle<Result<EndTransfer, Failure>>,
+    mode: Mode,
 }
+
+impl std::fmt::Debug for BlockWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mode = match &self.mode {
+            Mode::Threaded { .. } => "threaded",
+            Mode::Held(_) => "held",
+        };
+        f.debug_struct("BlockWriter").field("mode", &mode).finish_non_exhaustive()
+    }
+}
+
+enum Mode {
+    /// A writer thread takes the blocks as they come.
+    Threaded { tx: Option<mpsc::Sender<Data>>, handle: JoinHandle<Result<EndTransfer, Failure>> },
+    /// A file of one block from its start: the block is held until
+    /// [`BlockWriter::finish`], which opens, writes and fsyncs the work file
+    /// in one blocking task (no thread waits for blocks, no hand-off per
+    /// block). A second block is held too (the work file then refuses it as
+    /// past the file's end); a third stops the writer.
+    Held(Box<Held>),
+}
+
+/// What a held writer keeps until [`BlockWriter::finish`].
+struct Held {
+    work: PathBuf,
+    plan: Plan,
+    points: Option<RestartPoints>,
+    blocks: Vec<Data>,
+}
+
+/// Blocks a held writer keeps before it stops (see [`Mode::Held`]).
+const HELD_BLOCKS: usize = 2;
 
 impl BlockWriter {
     /// Opens the work file, keeping its first `plan.restart_offset` bytes.
@@ -157,6 +187,10 @@ impl BlockWriter {
         prefix: Option<super::Prefix>,
         points: Option<RestartPoints>,
     ) -> BlockWriter {
+        let one_block = plan.restart_offset == 0 && plan.size <= u64::from(plan.block_size);
+        if one_block && !crate::determinism::inline_io() {
+            return BlockWriter { mode: Mode::Held(Box::new(Held { work, plan, points, blocks: Vec::new() })) };
+        }
         let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
         let prefix =
             prefix.filter(|p| p.offset == plan.restart_offset && p.hasher.block_size() == u64::from(plan.block_size));
@@ -173,22 +207,40 @@ impl BlockWriter {
         } else {
             tokio::task::spawn_blocking(move || write_blocks(work, &plan, prefix, points, rx))
         };
-        BlockWriter { tx: Some(tx), handle }
+        BlockWriter { mode: Mode::Threaded { tx: Some(tx), handle } }
     }
 
     /// Queues a block. `false` means the writer stopped: call [`Self::finish`] for why.
     pub async fn write(&mut self, block: Data) -> bool {
-        match &self.tx {
-            Some(tx) => tx.send(block).await.is_ok(),
-            None => false,
+        match &mut self.mode {
+            Mode::Threaded { tx: Some(tx), .. } => tx.send(block).await.is_ok(),
+            Mode::Threaded { tx: None, .. } => false,
+            Mode::Held(held) if held.blocks.len() < HELD_BLOCKS => {
+                held.blocks.push(block);
+                true
+            }
+            Mode::Held(_) => false,
         }
     }
 
     /// Ends the stream of blocks; returns the count and whole-file hash of the
     /// fsynced work file, or why writing failed.
-    pub async fn finish(mut self) -> Result<EndTransfer, Failure> {
-        self.tx = None;
-        match self.handle.await {
+    pub async fn finish(self) -> Result<EndTransfer, Failure> {
+        let handle = match self.mode {
+            Mode::Threaded { tx, handle } => {
+                drop(tx);
+                handle
+            }
+            Mode::Held(held) => tokio::task::spawn_blocking(move || {
+                let Held { work, plan, points, blocks } = *held;
+                let mut file = WorkFile::open(work, &plan, None, points)?;
+                for block in blocks {
+                    file.write(block)?;
+                }
+                file.finish()
+            }),
+        };
+        match handle.await {
             Ok(r) => r,
             Err(e) => Err((ErrorCode::Internal, format!("block writer panicked: {e}"))),
         }
@@ -732,6 +784,35 @@ mod tests {
         let payload = lz4_flex::block::compress(&raw).into();
         w.write(Data { offset: 0, raw_len: 4096, payload, compressed: true, hash: Digest::of(&raw) }).await;
         assert_eq!(w.finish().await.expect("ok").hash, Digest::of(&raw));
+    }
+
+    #[tokio::test]
+    async fn a_one_block_file_is_written_and_fsynced_whole_at_finish() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let work = work_path(dir.path(), &RequestId::generate());
+        let data = b"one small file\n".to_vec();
+        let mut w = BlockWriter::start(work.clone(), plan(data.len() as u64), None, None);
+        assert!(matches!(w.mode, Mode::Held(_)), "{w:?}");
+        assert!(w.write(blocks(&data).remove(0)).await);
+        assert!(!work.exists(), "held: nothing written before finish");
+        let end = w.finish().await.expect("finishes");
+        assert_eq!(end, EndTransfer { bytes: data.len() as u64, hash: Digest::of(&data) });
+        assert_eq!(std::fs::read(&work).expect("the work file"), data);
+
+        // Blocks past a one-block file: the work file refuses the second;
+        // the writer takes no third.
+        let work = work_path(dir.path(), &RequestId::generate());
+        let mut w = BlockWriter::start(work, plan(4096), None, None);
+        let more = blocks(&[3; 3 * 4096]);
+        assert!(w.write(more[0].clone()).await && w.write(more[1].clone()).await);
+        assert!(!w.write(more[2].clone()).await, "a third block stops a held writer");
+        assert!(w.finish().await.is_err(), "a file longer than announced is refused");
+        // A file of more than one block, or resumed, goes to a writer thread.
+        let w = BlockWriter::start(work_path(dir.path(), &RequestId::generate()), plan(4097), None, None);
+        assert!(matches!(w.mode, Mode::Threaded { .. }));
+        let resumed = Plan { restart_offset: 10, ..plan(4096) };
+        let w = BlockWriter::start(work_path(dir.path(), &RequestId::generate()), resumed, None, None);
+        assert!(matches!(w.mode, Mode::Threaded { .. }));
     }
 
     #[test]
