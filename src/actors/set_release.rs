@@ -458,7 +458,7 @@ pub async fn run_received_set_tasks(
     let store = &intake.core.store;
     let bytes = released.bytes;
     let line = format!("set of {files} files from {partner}: every file is in place; its set tasks run");
-    let made = match store.get(set).map_err(internal)? {
+    let mark = match store.get(set).map_err(internal)? {
         None => {
             let rec = RequestRecord {
                 status: Status::Running,
@@ -502,12 +502,14 @@ pub async fn run_received_set_tasks(
                 .map_err(internal)?;
             false
         }
-        Some(_) => false, // running them was cut short (a crash, a lost answer)
+        // Running them was cut short (a crash, a lost answer): so may the
+        // marking below have been.
+        Some(_) => true,
     };
-    if made {
+    if mark {
         // Its files are its members (the streamed ones were from the
         // start): listed through the set, and pruned with it (retention),
-        // as on the requester.
+        // as on the requester. Marking again marks only what is left.
         let (marking, id) = (store.clone(), set.clone());
         crate::determinism::blocking(move || mark_members(&marking, &id, files))
             .await
