@@ -714,5 +714,13 @@ async fn a_set_stream_delivers_only_well_formed_files_of_the_set() {
     let open = SetFrame::Open { set, rule: "nope".into(), hold: false, files: 1, pattern: "*".into() };
     let refused = set_stream(&conn, open, vec![]).await;
     assert!(matches!(&refused[..], [SetFrame::Refused { code: ErrorCode::UnknownRule, .. }]), "{refused:?}");
+    // A set larger than any set may be is refused, and not recorded (a
+    // start-up must never walk four billion members).
+    let huge = RequestId::generate();
+    let open =
+        SetFrame::Open { set: huge.clone(), rule: "default".into(), hold: true, files: u32::MAX, pattern: "*".into() };
+    let refused = set_stream(&conn, open, vec![]).await;
+    assert!(matches!(&refused[..], [SetFrame::Refused { code: ErrorCode::Protocol, .. }]), "{refused:?}");
+    assert!(b.handle().store().get(&huge).expect("read").is_none(), "nothing recorded");
     b.shutdown().await;
 }

@@ -154,7 +154,13 @@ pub fn release_held(core: &Core, partner: &str, set: &RequestId, files: u32) -> 
         }
         ordered.push(rec);
     }
-    // 2. The release is ordered, durably, before the first rename.
+    // 2. The release is ordered, durably, before the first rename (and a
+    // set streamed here says so, for `finish_ordered`).
+    store
+        .update_if(set, "its release is ordered", lifecycle::set::is_streamed_here, |r| {
+            lifecycle::set::release_ordered(r);
+        })
+        .map_err(internal)?;
     for rec in &mut ordered {
         if rec.delivered {
             continue; // ordered by an earlier ask that a crash cut short
@@ -369,8 +375,8 @@ fn deliver_released(core: &Core, rec: &RequestRecord) -> Result<(), Refusal> {
 /// Start-up, before the node serves: the files whose release was ordered
 /// (recorded) but not finished before a crash go under their final names.
 /// They are found through the status index, and through the members of
-/// each set this node receives (a set stream's files are members from the
-/// start, not listed on their own).
+/// each set streamed here whose release was ordered (a set stream's files
+/// are members from the start, not listed on their own).
 pub fn finish_ordered(core: &Core) -> Result<usize, StoreError> {
     let mut finished = 0;
     let mut finish = |rec: &RequestRecord| {
@@ -385,7 +391,7 @@ pub fn finish_ordered(core: &Core) -> Result<usize, StoreError> {
     };
     let mut streamed = Vec::new();
     core.store.for_each_with_status(&[Status::Running, Status::Interrupted], |rec| {
-        if rec.role == Role::Requested && rec.set.is_some() {
+        if lifecycle::set::is_release_ordered_here(&rec) {
             streamed.push((rec.id.clone(), rec.set.as_ref().map_or(0, |i| i.files)));
         }
         finish(&rec);

@@ -988,6 +988,9 @@ struct SetOpened<'a> {
 fn record_set(core: &Core, partner: &str, set: &RequestId, rule: &str, opened: SetOpened) -> Result<(), Refusal> {
     let me = &core.config.node_id;
     let internal = |e: crate::store::StoreError| (ErrorCode::Internal, e.to_string());
+    if opened.files as usize > crate::fileset::MAX_ENTRIES {
+        return Err((ErrorCode::Protocol, format!("a set of {} files is larger than any set may be", opened.files)));
+    }
     let not_this = || {
         (
             ErrorCode::Protocol,

@@ -245,7 +245,29 @@ pub fn release_again(set: &mut RequestRecord) -> bool {
 /// streamed files as they are `Done` ([`streamed_done`]) and waits for
 /// its `Release` ([`received_whole`]) or a cancel notice.
 pub fn is_streamed_here(set: &RequestRecord) -> bool {
-    set.set.is_some() && set.role == Role::Requested && set.step == Step::Transfer && !set.status.is_final()
+    set.set.is_some()
+        && set.role == Role::Requested
+        && matches!(set.step, Step::Transfer | Step::Held)
+        && !set.status.is_final()
+}
+
+/// The sender ordered the release of a set streamed here: it moves to
+/// step `Held` until its files are in place, so a start-up after a crash
+/// finishes the renames of only the sets whose release was ordered (every
+/// file received), not of any set a partner opened. `false` if it was not
+/// streamed here.
+pub fn release_ordered(set: &mut RequestRecord) -> bool {
+    if !is_streamed_here(set) {
+        return false;
+    }
+    set.step = Step::Held;
+    true
+}
+
+/// Whether the release of a set streamed here was ordered and its files
+/// may wait for their renames (see [`release_ordered`]).
+pub fn is_release_ordered_here(set: &RequestRecord) -> bool {
+    is_streamed_here(set) && set.step == Step::Held
 }
 
 /// A set stream's commit made `files` more of the set's files `Done`
@@ -411,12 +433,16 @@ mod tests {
         assert!(streamed_done(&mut s, 2, 20));
         assert!(streamed_done(&mut s, 5, 50), "counted at most to its size");
         assert_eq!((s.set.as_ref().map(|i| i.done), s.transferred), (Some(3), 70));
+        assert!(!is_release_ordered_here(&s));
+        assert!(release_ordered(&mut s));
+        assert!(is_release_ordered_here(&s) && is_streamed_here(&s), "ordered: still streamed here until in place");
         assert!(received_whole(&mut s, 3, 30, "*.csv"));
         assert_eq!((s.status, s.step, s.transferred), (Status::Running, Step::PostTask, 30));
         assert!(runs_set_tasks(&s), "released: its set tasks run");
         assert!(!is_streamed_here(&s));
         assert!(!streamed_done(&mut s, 1, 10), "released: the stream no longer counts");
         assert!(!received_whole(&mut s, 3, 30, "*.csv"), "released once");
+        assert!(!release_ordered(&mut s) && !is_release_ordered_here(&s));
         // A sender's own set, or a receiver's set that ended, is not one.
         let mut own = set(3, Policy::default());
         own.step = Step::Transfer;
