@@ -156,11 +156,14 @@ pub fn release_held(core: &Core, partner: &str, set: &RequestId, files: u32) -> 
     }
     // 2. The release is ordered, durably, before the first rename (and a
     // set streamed here says so, for `finish_ordered`).
-    store
-        .update_if(set, "its release is ordered", lifecycle::set::is_streamed_here, |r| {
-            lifecycle::set::release_ordered(r);
-        })
-        .map_err(internal)?;
+    // (A set whose files all came one request each has no record here yet.)
+    let ordered_here = store.update_if(set, "its release is ordered", lifecycle::set::is_streamed_here, |r| {
+        lifecycle::set::release_ordered(r);
+    });
+    match ordered_here {
+        Ok(_) | Err(StoreError::NotFound(_)) => {}
+        Err(e) => return Err(internal(e)),
+    }
     for rec in &mut ordered {
         if rec.delivered {
             continue; // ordered by an earlier ask that a crash cut short
