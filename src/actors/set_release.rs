@@ -60,9 +60,7 @@ use crate::lifecycle;
 use crate::protocol::control::{Answer, Ask};
 use crate::protocol::names::is_folder_entry;
 use crate::protocol::{Direction, ErrorCode, RequestId};
-use crate::store::{
-    member_id, now_ms, RequestRecord, Role, SetInfo, SetMember, Status, Step, Store, StoreError, TargetMode,
-};
+use crate::store::{member_id, now_ms, RequestRecord, Role, SetMember, Status, Store, StoreError, TargetMode};
 use crate::tasks::TaskList;
 use crate::transfer::receive;
 
@@ -469,22 +467,9 @@ pub async fn run_received_set_tasks(
     let line = format!("set of {files} files from {partner}: every file is in place; its set tasks run");
     let mark = match store.get(set).map_err(internal)? {
         None => {
-            let rec = RequestRecord {
-                status: Status::Running,
-                step: Step::PostTask,
-                size: bytes,
-                transferred: bytes,
-                started_at: Some(now_ms()),
-                set: Some(SetInfo {
-                    pattern: pattern.to_owned(),
-                    policy: Policy::default(),
-                    files,
-                    done: files,
-                    failed: 0,
-                    skipped: 0,
-                }),
-                ..RequestRecord::new(set.clone(), Role::Requested, partner, rule, released.direction, pattern)
-            };
+            let info = (files, pattern, Policy::default());
+            let mut rec = lifecycle::set::received_set(set.clone(), partner, rule, released.direction, info, now_ms());
+            lifecycle::set::received_whole(&mut rec, files, bytes, pattern);
             store.insert(rec, &line).map_err(internal)?;
             true
         }

@@ -1014,20 +1014,9 @@ fn record_set(core: &Core, partner: &str, set: &RequestId, rule: &str, opened: S
         Some(_) => Ok(()),
         None => {
             let delivery = if opened.hold { Delivery::All } else { Delivery::Each };
-            let rec = RequestRecord {
-                status: Status::Running,
-                step: Step::Transfer,
-                started_at: Some(now_ms()),
-                set: Some(crate::store::SetInfo {
-                    pattern: opened.pattern.to_owned(),
-                    policy: crate::fileset::progress::Policy { delivery, ..Default::default() },
-                    files: opened.files,
-                    done: 0,
-                    failed: 0,
-                    skipped: 0,
-                }),
-                ..RequestRecord::new(set.clone(), Role::Requested, partner, rule, Direction::Push, opened.pattern)
-            };
+            let policy = crate::fileset::progress::Policy { delivery, ..Default::default() };
+            let info = (opened.files, opened.pattern, policy);
+            let rec = lifecycle::set::received_set(set.clone(), partner, rule, Direction::Push, info, now_ms());
             let line = format!("set of {} files from {partner}: its small files arrive on a set stream", opened.files);
             match core.store.insert(rec, &line) {
                 // A stream of the same set recorded it first.

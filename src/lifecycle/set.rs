@@ -240,10 +240,33 @@ pub fn release_again(set: &mut RequestRecord) -> bool {
     true
 }
 
-/// Whether `set` is a receiver's record of a set its partner streams
-/// (made at the first stream's `Open`), not yet released: it counts the
-/// streamed files as they are `Done` ([`streamed_done`]) and waits for
-/// its `Release` ([`received_whole`]) or a cancel notice.
+/// The asked node's record of a set its partner sends: `Running` in step
+/// `Transfer`, nothing counted yet ([`is_streamed_here`]). A set stream's
+/// `Open` makes it; a `Release` that finds none makes it and applies
+/// [`received_whole`] at once.
+pub fn received_set(
+    id: RequestId,
+    partner: &str,
+    rule: &str,
+    direction: crate::protocol::Direction,
+    info: (u32, &str, crate::fileset::progress::Policy),
+    now: u64,
+) -> RequestRecord {
+    let (files, pattern, policy) = info;
+    RequestRecord {
+        status: Status::Running,
+        step: Step::Transfer,
+        started_at: Some(now),
+        set: Some(crate::store::SetInfo { pattern: pattern.to_owned(), policy, files, done: 0, failed: 0, skipped: 0 }),
+        ..RequestRecord::new(id, Role::Requested, partner, rule, direction, pattern)
+    }
+}
+
+/// Whether `set` is a receiver's record of a set its partner sends
+/// ([`received_set`]), not yet in place (step `Transfer`, or `Held` once
+/// its release is ordered): it counts the streamed files as they are
+/// `Done` ([`streamed_done`]) and waits for its `Release`
+/// ([`received_whole`]) or a cancel notice.
 pub fn is_streamed_here(set: &RequestRecord) -> bool {
     set.set.is_some()
         && set.role == Role::Requested
