@@ -658,17 +658,18 @@ impl Leader<'_> {
         let claimed = crate::determinism::blocking(move || {
             let mut out = Vec::new();
             let mut i = from;
+            let line = format!("sent on the set stream of {leader}");
             while i < files && out.len() < CLAIM_BATCH {
-                let m = store.member(&set, i)?;
+                let id = member_id(&set, i);
                 i += 1;
-                if m.id == leader || m.status != Status::ToSubmit || m.partner != partner || !is_streamable(&m, &rule) {
+                if id == leader {
                     continue;
                 }
-                let line = format!("sent on the set stream of {leader}");
+                // Read once: the check and the claim are one write.
                 let taken = store.update_if(
-                    &m.id,
+                    &id,
                     &line,
-                    |r| r.status == Status::ToSubmit,
+                    |r| r.status == Status::ToSubmit && r.partner == partner && is_streamable(r, &rule),
                     |r| {
                         lifecycle::take(r, r.attempts + 1, None);
                         lifecycle::start_transfer(r, r.size, 0, now_ms());
@@ -848,6 +849,9 @@ struct Pending {
     /// Recorded as delivered by an earlier attempt: only its rename (if
     /// its work file is still there) and its `Done` are left.
     finishing: bool,
+    /// This node had a record of the file when it was accepted (else the
+    /// commit inserts one, unless a record appeared meanwhile).
+    recorded: bool,
 }
 
 /// What the receiving side of one stream needs.
@@ -1125,11 +1129,19 @@ async fn accept_and_commit(
                 }
                 let s = served.clone();
                 let accepted = crate::determinism::blocking(move || {
+                    // Room for the whole pass (with one margin) means room
+                    // for each file; only short of that is each checked.
+                    let total = files.iter().map(|f| f.data.len() as u64).sum();
+                    let space = if super::channel_run::check_space(&s.dir, total).is_ok() {
+                        Space::Checked
+                    } else {
+                        Space::EachFile
+                    };
                     files
                         .into_iter()
                         .map(|f| {
                             let (id, size) = (f.id.clone(), f.data.len() as u64);
-                            (id, size, accept_file(&s, f))
+                            (id, size, accept_file(&s, space, f))
                         })
                         .collect::<Vec<_>>()
                 })
@@ -1200,7 +1212,14 @@ enum Accepted {
 }
 
 /// Checks one file and writes it under its work name (not fsynced yet).
-fn accept_file(s: &Served, f: StreamedFile) -> Result<Accepted, Refusal> {
+/// Whether a pass of files was found to fit the receive folder whole.
+#[derive(Clone, Copy)]
+enum Space {
+    Checked,
+    EachFile,
+}
+
+fn accept_file(s: &Served, space: Space, f: StreamedFile) -> Result<Accepted, Refusal> {
     let me = &s.core.config.node_id;
     if f.id != member_id(&s.set, f.index) || f.index >= s.files {
         return Err((ErrorCode::Protocol, format!("{} is not file {} of set {}", f.id, f.index, s.set)));
@@ -1245,7 +1264,12 @@ fn accept_file(s: &Served, f: StreamedFile) -> Result<Accepted, Refusal> {
             claim_serving(&s.serving, &f.id, &s.partner, s.token, &s.superseded)?;
             let path = receive::work_path(&s.dir, &f.id);
             let work = path.exists().then_some(path);
-            return Ok(Accepted::Pending(Box::new(Pending { rec: rec.clone(), work, finishing: true })));
+            return Ok(Accepted::Pending(Box::new(Pending {
+                rec: rec.clone(),
+                work,
+                finishing: true,
+                recorded: true,
+            })));
         }
     }
     // The path's folders are checked now (no link on the way), made at
@@ -1254,17 +1278,26 @@ fn accept_file(s: &Served, f: StreamedFile) -> Result<Accepted, Refusal> {
     if !folder {
         super::channel_run::refuse_existing_target(&s.core, s.mode, &target)?;
     }
-    super::channel_run::check_space(&s.dir, f.data.len() as u64)?;
+    if let Space::EachFile = space {
+        super::channel_run::check_space(&s.dir, f.data.len() as u64)?;
+    }
     claim_serving(&s.serving, &f.id, &s.partner, s.token, &s.superseded)?;
     let work = if folder {
         None
     } else {
         let path = receive::work_path(&s.dir, &f.id);
         let written = (|| -> std::io::Result<()> {
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            let mut file = std::fs::OpenOptions::new().create(true).write(true).truncate(true).open(&path)?;
+            let create = || std::fs::OpenOptions::new().create(true).write(true).truncate(true).open(&path);
+            // The work folder is made by the first file that finds none.
+            let mut file = match create() {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    if let Some(parent) = path.parent() {
+                        std::fs::create_dir_all(parent)?;
+                    }
+                    create()?
+                }
+                other => other?,
+            };
             file.write_all(&f.data)?;
             // Written back while the batch fills; its commit's fsync then
             // mostly finds it done.
@@ -1279,6 +1312,7 @@ fn accept_file(s: &Served, f: StreamedFile) -> Result<Accepted, Refusal> {
         Some(path)
     };
     let size = f.data.len() as u64;
+    let recorded = existing.is_some();
     let rec = match existing {
         Some(r) => r,
         None => RequestRecord {
@@ -1291,7 +1325,7 @@ fn accept_file(s: &Served, f: StreamedFile) -> Result<Accepted, Refusal> {
         },
     };
     let rec = RequestRecord { size, hash: Some(f.hash), transferred: size, ..rec };
-    Ok(Accepted::Pending(Box::new(Pending { rec, work, finishing: false })))
+    Ok(Accepted::Pending(Box::new(Pending { rec, work, finishing: false, recorded })))
 }
 
 /// Commits a batch (see the module doc for the order); how each file ended.
@@ -1389,9 +1423,8 @@ fn commit_blocking(s: &Served, batch: Vec<Pending>) -> Vec<Filed> {
         // Written only over the record this stream accepted the file on (a
         // run that took it over meanwhile, or an end it met, stays).
         let accepted_at = p.rec.updated_at;
-        let written = match s.core.store.get(&rec.id) {
-            Ok(Some(_)) => s
-                .core
+        let written = if p.recorded {
+            s.core
                 .store
                 .update_if(
                     &rec.id,
@@ -1399,9 +1432,14 @@ fn commit_blocking(s: &Served, batch: Vec<Pending>) -> Vec<Filed> {
                     |r| !r.delivered && !r.status.is_final() && r.updated_at == accepted_at,
                     |r| *r = RequestRecord { updated_at: r.updated_at, ..rec.clone() },
                 )
-                .map(|w| w.is_some()),
-            Ok(None) => s.core.store.insert(rec, &line).map(|_| true),
-            Err(e) => Err(e),
+                .map(|w| w.is_some())
+        } else {
+            match s.core.store.insert(rec, &line) {
+                Ok(_) => Ok(true),
+                // Recorded meanwhile by another run: this one leaves it.
+                Err(crate::store::StoreError::Exists(_)) => Ok(false),
+                Err(e) => Err(e),
+            }
         };
         match written {
             Ok(false) => out.push(Filed {
