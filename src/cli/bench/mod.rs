@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use ferry::api::ApiClient;
+use ferry::api::{ApiClient, EventQuery, StreamItem, TransferView};
 use ferry::cluster::LocalLayout;
 use ferry::model::{Submit, TransferFilter};
 use ferry::protocol::{Compression, Direction};
@@ -155,7 +155,7 @@ async fn big_push(nodes: &Nodes, layout: &LocalLayout, big_mib: u64) -> anyhow::
     let t = Instant::now();
     let cpu = nodes.cpu();
     let view = api.submit(&submit(big.into())).await?;
-    let done = bounded(api.wait(&view.id, Duration::from_millis(20), |_| {}), "the big push").await??;
+    let done = bounded(wait_final(api, &view.id), "the big push").await??;
     let secs = t.elapsed().as_secs_f64();
     if done.status != Status::Done {
         bail!("big push ended {:?}: {:?}", done.status, done.error);
@@ -306,6 +306,26 @@ async fn wait_settled(api: &ApiClient, since_ms: u64, within: Duration) -> anyho
     Ok(())
 }
 
+/// Waits until transfer `id` ends, on a's event stream: the clock stops
+/// at the event that ends it, not at the next poll. Its final view.
+async fn wait_final(api: &ApiClient, id: &str) -> anyhow::Result<TransferView> {
+    let query = EventQuery { transfer: Some(id.to_owned()), ..EventQuery::default() };
+    let mut stream = api.events(&query).await?;
+    // Opened first, then read: an end between the two is not missed.
+    let view = api.get(id).await?;
+    if view.is_final() {
+        return Ok(view);
+    }
+    while let Some(item) = stream.next().await {
+        if let StreamItem::Transfer(event) = item? {
+            if event.transfer.is_final() {
+                return Ok(api.get(id).await?);
+            }
+        }
+    }
+    bail!("a's event stream ended before transfer {id} did")
+}
+
 /// Writes `count` files of `bytes` random bytes named `{prefix}{i:05}.dat` in `dir`.
 fn write_small_files(dir: &std::path::Path, prefix: &str, count: usize, bytes: u64) -> anyhow::Result<Vec<String>> {
     let mut data = vec![0u8; usize::try_from(bytes)?];
@@ -378,7 +398,7 @@ async fn file_set(nodes: &Nodes, dir: &std::path::Path, names: &[String], kib: u
     let cpu = nodes.cpu();
     let set = Submit { file: String::new(), pattern: Some("set/small-*.dat".into()), ..submit(String::new()) };
     let view = nodes.api.submit(&set).await?;
-    let done = bounded(nodes.api.wait(&view.id, Duration::from_millis(20), |_| {}), "the file set").await??;
+    let done = bounded(wait_final(&nodes.api, &view.id), "the file set").await??;
     let secs = t.elapsed().as_secs_f64();
     let files = done.set.as_ref().map_or(0, |s| s.done);
     if done.status != Status::Done || files as usize != names.len() {
