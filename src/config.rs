@@ -441,8 +441,8 @@ pub struct TransportSettings {
     pub loss_tolerance_percent: u8,
     /// Bytes of blocks this node's sending transfers may hold together,
     /// read ahead of the network or not yet acknowledged by the partner,
-    /// beyond one block each (src/transfer/send_pool.rs). One transfer
-    /// alone may use all of it.
+    /// beyond one block each (src/transfer/send_pool.rs). One partner's
+    /// transfers together may use half of it.
     #[serde(default = "default_send_buffer_bytes")]
     pub send_buffer_bytes: usize,
 }

@@ -287,7 +287,7 @@ impl ChannelRun {
                         match self.files.source.clone() {
                             Some(source) => {
                                 let prefix = self.files.prefix.take();
-                                let slots = Some(self.ctx.send_pool.slots());
+                                let slots = Some(self.ctx.send_pool.slots(&self.partner));
                                 pump = Some(retrieve::start(source, plan, prefix, pump_stop.clone(), slots))
                             }
                             None => pending.extend(self.session.fail(ErrorCode::Internal, "no source file".into())),

@@ -118,7 +118,7 @@ mod tests {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         // A pool of one frame: every other frame waits for the one before.
         let pool = send_pool::SendPool::new(block_size as usize + crate::protocol::codec::DATA_FRAME_ROOM);
-        let mut pump = retrieve::start(source, plan.clone(), theirs, stop, Some(pool.slots()));
+        let mut pump = retrieve::start(source, plan.clone(), theirs, stop, Some(pool.slots("b")));
         let mut writer = receive::BlockWriter::start(work.to_path_buf(), plan, mine, None);
         let sent = loop {
             match pump.recv().await.expect("the pump ends with an event") {

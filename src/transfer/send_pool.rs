@@ -15,12 +15,20 @@
 //! acknowledges slowly cannot stop another partner's transfers); every
 //! further frame takes its bytes from the node's pool, and waits while the
 //! pool is spent. So a node's senders hold at most the pool plus one frame
-//! per running transfer, and a single transfer alone may use the whole
-//! pool (its read-ahead and QUIC's window are what made it fast).
+//! per running transfer.
+//!
+//! One partner's transfers together may hold at most half the pool
+//! ([`SendPool::share`]). Without that bound, a partner that reads slowly
+//! or leaves its frames unacknowledged (a slow link, or a hostile partner
+//! with a valid certificate and many transfers) could hold the whole pool,
+//! and every other partner's transfers would be left with one frame in
+//! flight each. Half the default pool (32 MiB) is still more than one
+//! transfer needs to run at full speed here (docs/BENCHMARKS.md "Memory").
 //!
 //! The pool is a plain mutex and condition variable: pumps run on blocking
 //! threads, and a hold is given back from wherever QUIC drops the bytes.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -38,37 +46,69 @@ pub struct SendPool(Arc<PoolState>);
 #[derive(Debug)]
 struct PoolState {
     capacity: usize,
-    free: Mutex<usize>,
+    room: Mutex<Room>,
     returned: Condvar,
+}
+
+/// What the pool has left, and what each partner's transfers hold of it.
+#[derive(Debug)]
+struct Room {
+    free: usize,
+    by_partner: HashMap<Arc<str>, usize>,
+}
+
+impl Room {
+    fn held_by(&self, partner: &str) -> usize {
+        self.by_partner.get(partner).copied().unwrap_or(0)
+    }
 }
 
 impl SendPool {
     /// A pool of `capacity` bytes.
     pub fn new(capacity: usize) -> SendPool {
-        SendPool(Arc::new(PoolState { capacity, free: Mutex::new(capacity), returned: Condvar::new() }))
+        let room = Room { free: capacity, by_partner: HashMap::new() };
+        SendPool(Arc::new(PoolState { capacity, room: Mutex::new(room), returned: Condvar::new() }))
+    }
+
+    /// The most one partner's transfers may hold together: half the pool.
+    pub fn share(&self) -> usize {
+        self.0.capacity / 2
+    }
+
+    fn room(&self) -> std::sync::MutexGuard<'_, Room> {
+        self.0.room.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Bytes of the pool held now.
     pub fn held(&self) -> usize {
-        self.0.capacity - *self.0.free.lock().unwrap_or_else(|p| p.into_inner())
+        self.0.capacity - self.room().free
     }
 
-    /// The slots of one transfer.
-    pub fn slots(&self) -> SendSlots {
-        SendSlots { pool: self.clone(), own: Arc::new(AtomicBool::new(false)) }
+    /// Bytes of the pool `partner`'s transfers hold now.
+    pub fn held_by(&self, partner: &str) -> usize {
+        self.room().held_by(partner)
     }
 
-    /// Takes `len` bytes if there are, else waits up to `wait` for bytes
-    /// or for the transfer's own frame (`own`) to come back (checked under
-    /// the lock its return notifies through, so no return is missed).
-    /// Whether the bytes were taken.
-    fn take_or_wait(&self, len: usize, own: &AtomicBool, wait: Duration) -> bool {
-        let mut free = self.0.free.lock().unwrap_or_else(|p| p.into_inner());
-        if *free < len && own.load(Ordering::Acquire) {
-            free = self.0.returned.wait_timeout(free, wait).unwrap_or_else(|p| p.into_inner()).0;
+    /// The slots of one transfer to (or from) `partner`.
+    pub fn slots(&self, partner: &str) -> SendSlots {
+        SendSlots { pool: self.clone(), partner: Arc::from(partner), own: Arc::new(AtomicBool::new(false)) }
+    }
+
+    /// Takes `len` bytes for `partner` if the pool has them and the
+    /// partner's share allows, else waits up to `wait` for bytes or for
+    /// the transfer's own frame (`own`) to come back (checked under the
+    /// lock its return notifies through, so no return is missed). Whether
+    /// the bytes were taken.
+    fn take_or_wait(&self, len: usize, partner: &Arc<str>, own: &AtomicBool, wait: Duration) -> bool {
+        let share = self.share();
+        let fits = |r: &Room| r.free >= len && r.held_by(partner) + len <= share;
+        let mut room = self.room();
+        if !fits(&room) && own.load(Ordering::Acquire) {
+            room = self.0.returned.wait_timeout(room, wait).unwrap_or_else(|p| p.into_inner()).0;
         }
-        if *free >= len {
-            *free -= len;
+        if fits(&room) {
+            room.free -= len;
+            *room.by_partner.entry(partner.clone()).or_insert(0) += len;
             true
         } else {
             false
@@ -78,14 +118,20 @@ impl SendPool {
     /// Wakes the pumps waiting for room: a transfer's own frame came back.
     fn wake(&self) {
         // Under the lock, so a pump between its check and its wait hears it.
-        drop(self.0.free.lock().unwrap_or_else(|p| p.into_inner()));
+        drop(self.room());
         self.0.returned.notify_all();
     }
 
-    fn give_back(&self, len: usize) {
-        let mut free = self.0.free.lock().unwrap_or_else(|p| p.into_inner());
-        *free = (*free + len).min(self.0.capacity);
-        drop(free);
+    fn give_back(&self, partner: &str, len: usize) {
+        let mut room = self.room();
+        room.free = (room.free + len).min(self.0.capacity);
+        if let Some(held) = room.by_partner.get_mut(partner) {
+            *held = held.saturating_sub(len);
+            if *held == 0 {
+                room.by_partner.remove(partner);
+            }
+        }
+        drop(room);
         self.0.returned.notify_all();
     }
 }
@@ -94,15 +140,16 @@ impl SendPool {
 #[derive(Debug)]
 pub struct SendSlots {
     pool: SendPool,
+    /// The partner whose share of the pool the transfer's frames count in.
+    partner: Arc<str>,
     /// Whether the transfer's own frame is out (held by a frame's bytes).
     own: Arc<AtomicBool>,
 }
 
 impl SendSlots {
     /// Room for a frame of `len` bytes, waiting while there is none (call
-    /// it from a blocking thread). `None` once `stop` is set, or when the
-    /// frame is larger than the whole pool and the transfer's own frame is
-    /// out (it waits for the own frame then).
+    /// it from a blocking thread). `None` once `stop` is set. A frame
+    /// larger than a partner's share waits for the transfer's own frame.
     pub fn hold(&self, len: usize, stop: &AtomicBool) -> Option<Hold> {
         loop {
             if stop.load(Ordering::Relaxed) {
@@ -111,12 +158,12 @@ impl SendSlots {
             if self.own.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_ok() {
                 return Some(Hold::Own(self.pool.clone(), self.own.clone()));
             }
-            if len > self.pool.0.capacity {
+            if len > self.pool.share() {
                 // Only its own frame can carry it (the config keeps the
                 // pool above two of the largest frames).
                 std::thread::sleep(STOP_CHECK / 10);
-            } else if self.pool.take_or_wait(len, &self.own, STOP_CHECK) {
-                return Some(Hold::Pool(self.pool.clone(), len));
+            } else if self.pool.take_or_wait(len, &self.partner, &self.own, STOP_CHECK) {
+                return Some(Hold::Pool(self.pool.clone(), self.partner.clone(), len));
             }
         }
     }
@@ -128,8 +175,8 @@ pub enum Hold {
     /// The transfer's own frame (the pool is told when it comes back: its
     /// transfer may be waiting for it).
     Own(SendPool, Arc<AtomicBool>),
-    /// Bytes of the node's pool.
-    Pool(SendPool, usize),
+    /// Bytes of the node's pool, counted in a partner's share.
+    Pool(SendPool, Arc<str>, usize),
 }
 
 impl Drop for Hold {
@@ -139,7 +186,7 @@ impl Drop for Hold {
                 out.store(false, Ordering::Release);
                 pool.wake();
             }
-            Hold::Pool(pool, len) => pool.give_back(*len),
+            Hold::Pool(pool, partner, len) => pool.give_back(partner, *len),
         }
     }
 }
@@ -169,15 +216,15 @@ mod tests {
 
     #[test]
     fn a_transfer_has_one_frame_of_its_own_and_the_rest_comes_from_the_pool() {
-        let pool = SendPool::new(10);
+        let pool = SendPool::new(20);
         let stop = AtomicBool::new(false);
-        let slots = pool.slots();
+        let slots = pool.slots("b");
         let own = slots.hold(100, &stop).expect("its own frame, whatever its size");
         assert_eq!(pool.held(), 0);
         let a = slots.hold(6, &stop).expect("room in the pool");
         assert_eq!(pool.held(), 6);
         // Another transfer still gets its own frame while the pool is short.
-        let other = pool.slots();
+        let other = pool.slots("b");
         let other_own = other.hold(8, &stop).expect("its own frame");
         assert_eq!(pool.held(), 6);
         drop((own, other_own));
@@ -189,7 +236,7 @@ mod tests {
     fn room_comes_back_when_the_last_copy_of_the_bytes_is_dropped() {
         let pool = SendPool::new(10);
         let stop = AtomicBool::new(false);
-        let slots = pool.slots();
+        let slots = pool.slots("b");
         let _own = slots.hold(1, &stop).expect("own");
         let hold = slots.hold(4, &stop).expect("pool");
         let bytes = frame_bytes(vec![7; 4], Some(hold));
@@ -203,9 +250,9 @@ mod tests {
 
     #[test]
     fn a_pump_waits_for_room_and_goes_on_when_it_is_given_back() {
-        let pool = SendPool::new(4);
+        let pool = SendPool::new(8);
         let stop = Arc::new(AtomicBool::new(false));
-        let slots = pool.slots();
+        let slots = pool.slots("b");
         let _own = slots.hold(4, &stop).expect("own");
         let first = slots.hold(4, &stop).expect("pool");
         let waiting = {
@@ -220,9 +267,9 @@ mod tests {
 
     #[test]
     fn a_waiting_pump_stops_when_told() {
-        let pool = SendPool::new(4);
+        let pool = SendPool::new(8);
         let stop = Arc::new(AtomicBool::new(false));
-        let slots = pool.slots();
+        let slots = pool.slots("b");
         let _own = slots.hold(4, &stop).expect("own");
         let _full = slots.hold(4, &stop).expect("pool");
         let waiting = {
@@ -231,5 +278,35 @@ mod tests {
         };
         stop.store(true, Ordering::Relaxed);
         assert!(waiting.join().expect("joins"), "stopped, nothing held");
+    }
+
+    #[test]
+    fn one_partner_holds_at_most_half_the_pool_and_another_still_gets_room() {
+        let pool = SendPool::new(8);
+        let stop = Arc::new(AtomicBool::new(false));
+        let slow = pool.slots("slow");
+        let _slow_own = slow.hold(4, &stop).expect("own");
+        let first = slow.hold(4, &stop).expect("its share");
+        assert_eq!((pool.held(), pool.held_by("slow")), (4, 4));
+        // A second transfer of the same partner counts in the same share.
+        let again = pool.slots("slow");
+        let _again_own = again.hold(4, &stop).expect("own frame, outside the pool");
+        let waiting = {
+            let stop = stop.clone();
+            std::thread::spawn(move || again.hold(4, &stop))
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!waiting.is_finished(), "the pool has room, the partner's share has none");
+        let other = pool.slots("other");
+        let _other_own = other.hold(4, &stop).expect("own");
+        let taken = other.hold(4, &stop).expect("the half the slow partner may not take");
+        assert_eq!((pool.held(), pool.held_by("other")), (8, 4));
+        drop(taken);
+        assert_eq!(pool.held_by("other"), 0);
+        assert!(!waiting.is_finished(), "room in the pool again, still none in the share");
+        drop(first);
+        let second = waiting.join().expect("joins");
+        assert!(matches!(second, Some(Hold::Pool(..))), "its share came back");
+        assert_eq!(pool.held_by("slow"), 4);
     }
 }
