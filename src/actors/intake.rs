@@ -302,22 +302,12 @@ pub async fn accept_handover(
         )));
     }
     let s = Submit {
-        partner: h.partner,
-        rule: h.rule,
-        direction: h.direction,
-        file: h.file,
         external_job_id: h.external_job_id,
         transfer_info: h.transfer_info,
         block_size: h.block_size,
         compression: h.compression,
-        source: None,
-        target: None,
         target_mode: h.target_mode,
-        pattern: None,
-        files: None,
-        on_empty: None,
-        on_failure: None,
-        delivery: None,
+        ..Submit::file(&h.partner, &h.rule, h.direction, &h.file)
     };
     let submitted_on = rules::handed_over_via(&h.submitted_on, from);
     let id = h.id.clone();

@@ -336,22 +336,10 @@ async fn submit_chained(
                 ));
             }
             let s = Submit {
-                partner: partner.to_owned(),
-                rule: rule.clone(),
-                direction: Direction::Push,
-                file: name.clone(),
                 external_job_id: rec.external_job_id.clone(),
                 transfer_info: rec.transfer_info.clone(),
-                block_size: None,
                 compression: rec.compression,
-                source: None,
-                target: None,
-                target_mode: None,
-                pattern: None,
-                files: None,
-                on_empty: None,
-                on_failure: None,
-                delivery: None,
+                ..Submit::file(partner, &rule, Direction::Push, &name)
             };
             super::intake::submit(ctx, s, id.clone(), None, Some(rec.id.clone())).await.map_err(|e| e.to_string())?
         }

@@ -14,7 +14,7 @@ use ferry::api::ApiClient;
 use ferry::cluster::LocalLayout;
 use ferry::model::Submit;
 use ferry::node::Node;
-use ferry::protocol::{Compression, Digest, Direction};
+use ferry::protocol::{Digest, Direction};
 use ferry::store::Status;
 use rand::RngCore;
 
@@ -131,22 +131,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         let (from, _) = p.route();
         let digest = write_random(&layout.out_dir(from).join(&p.file), p.size)?;
         let s = Submit {
-            partner: p.partner.into(),
-            rule: "default".into(),
-            direction: p.direction,
-            file: p.file.clone(),
             external_job_id: Some(format!("demo-{}", submitted.len() + 1)),
             transfer_info: "ferry demo".into(),
-            block_size: None,
-            source: None,
-            target: None,
-            target_mode: None,
-            pattern: None,
-            files: None,
-            on_empty: None,
-            on_failure: None,
-            delivery: None,
-            compression: Compression::None,
+            ..Submit::file(p.partner, "default", p.direction, &p.file)
         };
         let view = api(p.requester)?.submit(&s).await.with_context(|| format!("submitting {}", p.file))?;
         submitted.push((p, digest, view.id));
@@ -223,22 +210,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(tree.join("empty"))?;
     let set = Submit {
-        partner: to.into(),
-        rule: "default".into(),
-        direction: Direction::Push,
-        file: String::new(),
         external_job_id: Some("demo-set".into()),
         transfer_info: "ferry demo: a file set".into(),
-        block_size: None,
-        source: None,
-        target: None,
-        target_mode: None,
         pattern: Some("reports/**".into()),
-        files: None,
-        on_empty: None,
-        on_failure: None,
-        delivery: None,
-        compression: Compression::None,
+        ..Submit::file(to, "default", Direction::Push, "")
     };
     println!("file set: {from} pushes 'reports/**' (24 files in a tree and an empty folder) to {to} as one request");
     let client = api(from)?;

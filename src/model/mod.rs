@@ -92,6 +92,31 @@ pub struct Submit {
     pub target_mode: Option<TargetMode>,
 }
 
+impl Submit {
+    /// A transfer of one named file under `rule`, everything else left to
+    /// the rule and the node's defaults.
+    pub fn file(partner: &str, rule: &str, direction: Direction, file: &str) -> Submit {
+        Submit {
+            partner: partner.into(),
+            rule: rule.into(),
+            direction,
+            file: file.into(),
+            pattern: None,
+            files: None,
+            on_empty: None,
+            on_failure: None,
+            delivery: None,
+            external_job_id: None,
+            transfer_info: String::new(),
+            block_size: None,
+            compression: Compression::None,
+            source: None,
+            target: None,
+            target_mode: None,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SubmitError {

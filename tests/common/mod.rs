@@ -12,7 +12,7 @@ use ferry::cluster::LocalLayout;
 use ferry::config::NodeConfig;
 use ferry::model::Submit;
 use ferry::node::{Node, NodeHandle};
-use ferry::protocol::{Compression, Digest, Direction, RequestId};
+use ferry::protocol::{Digest, Direction, RequestId};
 use ferry::store::{RequestRecord, Status};
 
 /// Folders and configs of a test cluster; nodes are started separately so
@@ -66,24 +66,7 @@ pub fn file_digest(path: &Path) -> Digest {
 }
 
 pub fn submit(direction: Direction, partner: &str, file: &str) -> Submit {
-    Submit {
-        partner: partner.into(),
-        rule: "default".into(),
-        direction,
-        file: file.into(),
-        external_job_id: None,
-        transfer_info: String::new(),
-        block_size: None,
-        source: None,
-        target: None,
-        target_mode: None,
-        pattern: None,
-        files: None,
-        on_empty: None,
-        on_failure: None,
-        delivery: None,
-        compression: Compression::None,
-    }
+    Submit::file(partner, "default", direction, file)
 }
 
 /// Waits (bounded) until the request is final on `node`.

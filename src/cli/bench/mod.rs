@@ -26,7 +26,7 @@ use anyhow::{bail, Context};
 use ferry::api::{ApiClient, EventQuery, StreamItem, TransferView};
 use ferry::cluster::LocalLayout;
 use ferry::model::{Submit, TransferFilter};
-use ferry::protocol::{Compression, Direction};
+use ferry::protocol::Direction;
 use ferry::store::Status;
 use rand::RngCore;
 
@@ -252,24 +252,7 @@ fn read_and_hash_secs(path: &std::path::Path) -> anyhow::Result<f64> {
 }
 
 fn submit(file: String) -> Submit {
-    Submit {
-        partner: "b".into(),
-        rule: "default".into(),
-        direction: Direction::Push,
-        file,
-        external_job_id: None,
-        transfer_info: String::new(),
-        block_size: None,
-        source: None,
-        target: None,
-        target_mode: None,
-        pattern: None,
-        files: None,
-        on_empty: None,
-        on_failure: None,
-        delivery: None,
-        compression: Compression::None,
-    }
+    Submit::file("b", "default", Direction::Push, &file)
 }
 
 /// Waits until no request a created at or after `since_ms` is still to
