@@ -78,6 +78,10 @@ pub enum ResolveError {
     /// More entries than the limit.
     #[error("the pattern matches more than {limit} files and folders")]
     TooMany { limit: usize },
+    /// The patterns together walk more entries than [`MAX_VISITS`] (many
+    /// patterns over the same tree).
+    #[error("the patterns together walk more than {limit} files and folders; name fewer patterns")]
+    TooMuchWalking { limit: usize },
     /// The folder or a file could not be read.
     #[error("cannot read {}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
@@ -116,9 +120,23 @@ pub fn entries_to_send(entries: Vec<Entry>) -> Vec<Entry> {
 /// cut short. What the sender of a set records (a push) or answers its
 /// partner (a pull).
 pub fn resolve_set(root: &Path, patterns: &[String]) -> Result<Vec<Entry>, ResolveError> {
+    resolve_set_walking(root, patterns, MAX_VISITS)
+}
+
+/// [`resolve_set`], all its walks together visiting at most `visits`
+/// entries: what one resolution costs does not grow with how many of its
+/// patterns walk the same tree.
+fn resolve_set_walking(root: &Path, patterns: &[String], visits: usize) -> Result<Vec<Entry>, ResolveError> {
+    resolve_each(root, patterns, visits).map_err(|e| match e {
+        ResolveError::TooMuchWalking { .. } => ResolveError::TooMuchWalking { limit: visits },
+        other => other,
+    })
+}
+
+fn resolve_each(root: &Path, patterns: &[String], mut visits: usize) -> Result<Vec<Entry>, ResolveError> {
     let mut all = std::collections::BTreeMap::new();
     for p in patterns {
-        for e in resolve(root, p, MAX_ENTRIES)? {
+        for e in resolve_within(root, p, MAX_ENTRIES, &mut visits)? {
             all.insert(e.path.clone(), e);
         }
     }
@@ -131,7 +149,7 @@ pub fn resolve_set(root: &Path, patterns: &[String]) -> Result<Vec<Entry>, Resol
         if all.range(below.clone()..).next().is_some_and(|(k, _)| k.starts_with(&below)) {
             continue;
         }
-        for e in resolve(root, &folder, MAX_ENTRIES)? {
+        for e in resolve_within(root, &folder, MAX_ENTRIES, &mut visits)? {
             all.insert(e.path.clone(), e);
         }
         if all.len() > MAX_ENTRIES {
@@ -233,9 +251,20 @@ fn literal_prefix(pattern: &str) -> (String, bool) {
     (components[..literal].join("/"), literal == components.len())
 }
 
+/// Most entries one resolution of a set walks, over all its patterns: a
+/// set matches at most [`MAX_ENTRIES`], and a glob may walk past more that
+/// it does not take.
+pub const MAX_VISITS: usize = 4 * MAX_ENTRIES;
+
 /// Resolves `pattern` below `root` into its entries, sorted by path, with
 /// at most `limit` of them.
 pub fn resolve(root: &Path, pattern: &str, limit: usize) -> Result<Vec<Entry>, ResolveError> {
+    let mut visits = MAX_VISITS;
+    resolve_within(root, pattern, limit, &mut visits)
+}
+
+/// [`resolve`], walking at most `visits` entries (less what it walked).
+fn resolve_within(root: &Path, pattern: &str, limit: usize, visits: &mut usize) -> Result<Vec<Entry>, ResolveError> {
     check_pattern(pattern).map_err(|why| ResolveError::BadPattern { pattern: pattern.to_owned(), why })?;
     let io = |path: &Path| {
         let path = path.to_owned();
@@ -260,7 +289,7 @@ pub fn resolve(root: &Path, pattern: &str, limit: usize) -> Result<Vec<Entry>, R
             Err(e) => return Err(io(&folder)(e)),
         }
     }
-    let mut found = Walk { root: &root, limit, entries: Vec::new() };
+    let mut found = Walk { root: &root, limit, entries: Vec::new(), visits };
     if all_literal {
         // A file, or a folder's whole tree; nothing when it does not exist.
         match std::fs::symlink_metadata(&start) {
@@ -304,6 +333,8 @@ struct Walk<'a> {
     root: &'a Path,
     limit: usize,
     entries: Vec<Entry>,
+    /// Entries this walk may still visit, taken or not.
+    visits: &'a mut usize,
 }
 
 impl Walk<'_> {
@@ -349,6 +380,10 @@ impl Walk<'_> {
                     return Err(ResolveError::Io { path, source });
                 }
             };
+            if *self.visits == 0 {
+                return Err(ResolveError::TooMuchWalking { limit: MAX_VISITS });
+            }
+            *self.visits -= 1;
             // Matched first, checked after: a name the pattern does not
             // take cannot fail the set.
             if !take(item.path().strip_prefix(self.root).unwrap_or(item.path())) {

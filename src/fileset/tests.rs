@@ -131,6 +131,20 @@ fn any_symbolic_link_refuses_the_set_and_names_where_it_leads() {
 }
 
 #[test]
+fn patterns_that_walk_the_same_tree_again_and_again_are_refused_not_walked() {
+    let dir = folder();
+    let once = resolve_set_walking(dir.path(), &["**".to_string()], 1_000).expect("one walk");
+    let walked = once.len() + 1;
+    let again: Vec<String> = (0..50).map(|i| if i % 2 == 0 { "**".into() } else { "**/*".into() }).collect();
+    match resolve_set_walking(dir.path(), &again, walked * 10) {
+        Err(ResolveError::TooMuchWalking { limit }) => assert_eq!(limit, walked * 10),
+        other => panic!("50 walks of the same tree within the room of 10: {other:?}"),
+    }
+    let twice = resolve_set_walking(dir.path(), &again[..2], walked * 10).expect("two walks fit");
+    assert_eq!(twice.len(), once.len(), "the same entries");
+}
+
+#[test]
 fn a_set_over_the_limit_is_refused() {
     let dir = folder();
     assert!(matches!(resolve(dir.path(), "**", 3), Err(ResolveError::TooMany { limit: 3 })));
