@@ -724,3 +724,58 @@ async fn a_set_stream_delivers_only_well_formed_files_of_the_set() {
     assert!(b.handle().store().get(&huge).expect("read").is_none(), "nothing recorded");
     b.shutdown().await;
 }
+
+/// A `Release` must name its set whole: one that names fewer files than
+/// the set this partner streamed is refused, and nothing is released or
+/// ordered; the whole set's release then delivers every file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_that_names_part_of_a_set_is_refused() {
+    use ferry::protocol::set_stream::{FileOutcome, SetFrame, StreamedFile};
+    use ferry::store::{member_id, Step};
+    let layout = Layout::new(&["b", "m"]);
+    let b = layout.start("b").await;
+    let conn = connect(&endpoint_of(&layout.dir.path().join("certs"), "m"), layout.config("b").listen, "b").await;
+    let set = RequestId::generate();
+    let frames = (0..3u32)
+        .map(|i| {
+            let data = format!("file {i} of the set\n").into_bytes();
+            SetFrame::File(StreamedFile {
+                index: i,
+                id: member_id(&set, i),
+                name: format!("held-{i}.txt"),
+                hash: Digest::of(&data),
+                data,
+            })
+        })
+        .collect();
+    let open = SetFrame::Open { set: set.clone(), rule: "default".into(), hold: true, files: 3, pattern: "*".into() };
+    let answers = set_stream(&conn, open, frames).await;
+    let held = answers
+        .iter()
+        .filter_map(|a| match a {
+            SetFrame::Filed(v) => Some(v.iter().filter(|f| matches!(f.outcome, FileOutcome::Held { .. })).count()),
+            _ => None,
+        })
+        .sum::<usize>();
+    assert_eq!(held, 3, "{answers:?}");
+    let release = |files: u32| {
+        let ask = Ask::Release { set: set.clone(), files, pattern: "*".into() };
+        let conn = conn.clone();
+        async move { transport::control::ask(&conn, &ask, WITHIN).await.expect("answered") }
+    };
+    match release(1).await {
+        Answer::Refused { code: ErrorCode::Protocol, message } => assert!(message.contains("names 1"), "{message}"),
+        other => panic!("a release of 1 of 3 files: {other:?}"),
+    }
+    let rec = b.handle().store().get(&set).expect("read").expect("the set's record");
+    assert_eq!((rec.status, rec.step), (Status::Running, Step::Transfer), "its release is not ordered");
+    assert!(!layout.in_dir("b").join("held-0.txt").exists(), "nothing released");
+    match release(3).await {
+        Answer::Released { delivered } => assert_eq!(delivered, 3),
+        other => panic!("the whole set's release: {other:?}"),
+    }
+    for i in 0..3 {
+        assert!(layout.in_dir("b").join(format!("held-{i}.txt")).exists(), "file {i} delivered");
+    }
+    b.shutdown().await;
+}

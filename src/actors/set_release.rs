@@ -108,6 +108,21 @@ pub fn release_held(core: &Core, partner: &str, set: &RequestId, files: u32) -> 
         return Err((ErrorCode::Protocol, format!("a set of {files} files is larger than any set may be")));
     }
     let store = &core.store;
+    // The set's own record here, if a stream or an earlier release made
+    // it, is this partner's and has this many files: a Release cannot
+    // order another partner's set, or a set released short (a start-up
+    // walks the members of every set whose release was ordered).
+    if let Some(r) = store.get(set).map_err(internal)? {
+        let Some(info) = r.set.as_ref().filter(|_| r.partner == partner && r.role == Role::Requested) else {
+            return Err((ErrorCode::Protocol, format!("request {set} on node {me} is not a file set from {partner}")));
+        };
+        if info.files != files {
+            return Err((
+                ErrorCode::Protocol,
+                format!("set {set} has {} files on node {me}; this Release names {files}", info.files),
+            ));
+        }
+    }
     // 1. Checked whole before anything changes.
     let mut ordered = Vec::new();
     let (mut rule, mut bytes, mut direction) = (None, 0u64, Direction::Push);
