@@ -725,6 +725,55 @@ async fn a_set_stream_delivers_only_well_formed_files_of_the_set() {
     b.shutdown().await;
 }
 
+/// A file sent twice on one set stream is refused the second time: its
+/// first copy's bytes are what is delivered and recorded, never bytes
+/// written over them after their check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_stream_refuses_a_file_sent_twice_on_it() {
+    use ferry::protocol::set_stream::{FileOutcome, SetFrame, StreamedFile};
+    use ferry::store::member_id;
+    let layout = Layout::new(&["b", "m"]);
+    let b = layout.start("b").await;
+    let conn = connect(&endpoint_of(&layout.dir.path().join("certs"), "m"), layout.config("b").listen, "b").await;
+    let set = RequestId::generate();
+    let (first, second) = (b"the bytes checked first\n".to_vec(), b"other bytes, sent after\n".to_vec());
+    let copy = |data: &[u8]| {
+        SetFrame::File(StreamedFile {
+            index: 0,
+            id: member_id(&set, 0),
+            name: "twice.txt".into(),
+            data: data.to_vec(),
+            hash: Digest::of(data),
+        })
+    };
+    let open = SetFrame::Open { set: set.clone(), rule: "default".into(), hold: false, files: 1, pattern: "*".into() };
+    let answers = set_stream(&conn, open, vec![copy(&first), copy(&second)]).await;
+    assert_eq!(answers.last(), Some(&SetFrame::Closed), "{answers:?}");
+    let outcomes: Vec<FileOutcome> = answers
+        .iter()
+        .filter_map(|a| match a {
+            SetFrame::Filed(v) => Some(v.iter().map(|f| f.outcome.clone()).collect::<Vec<_>>()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert!(
+        outcomes.iter().any(|o| matches!(o, FileOutcome::Delivered { hash, .. } if *hash == Digest::of(&first))),
+        "the first copy is delivered: {outcomes:?}"
+    );
+    assert!(
+        outcomes.iter().any(
+            |o| matches!(o, FileOutcome::Failed { code: ErrorCode::Protocol, message } if message.contains("twice"))
+        ),
+        "the second is refused: {outcomes:?}"
+    );
+    assert_eq!(std::fs::read(layout.in_dir("b").join("twice.txt")).expect("delivered"), first);
+    let rec = b.handle().store().get(&member_id(&set, 0)).expect("read").expect("recorded");
+    assert_eq!((rec.status, rec.hash), (Status::Done, Some(Digest::of(&first))));
+    assert!(work_files(&layout.in_dir("b")).is_empty(), "no work file left");
+    b.shutdown().await;
+}
+
 /// A `Release` must name its set whole: one that names fewer files than
 /// the set this partner streamed is refused, and nothing is released or
 /// ordered; the whole set's release then delivers every file.

@@ -127,6 +127,26 @@ pub fn claim_serving(
     Ok(())
 }
 
+/// Whether the run `token` serves `id` now.
+pub fn is_served_by(serving: &Mutex<BTreeMap<RequestId, ServingRun>>, id: &RequestId, token: u64) -> bool {
+    serving.lock().is_ok_and(|serving| serving.get(id).is_some_and(|run| run.token == token))
+}
+
+/// Removes the work file `work` of `id`, which the run `token` wrote,
+/// unless another run claimed `id` since (that run owns the work file
+/// now). Under the table's lock, so no claim comes in between.
+pub fn discard_unless_taken(
+    serving: &Mutex<BTreeMap<RequestId, ServingRun>>,
+    id: &RequestId,
+    token: u64,
+    work: &std::path::Path,
+) {
+    let serving = serving.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if serving.get(id).is_none_or(|run| run.token == token) {
+        receive::discard(work);
+    }
+}
+
 /// The run `token` no longer serves `id` (a newer run's claim stays).
 pub fn release_serving(serving: &Mutex<BTreeMap<RequestId, ServingRun>>, id: &RequestId, token: u64) {
     if let Ok(mut serving) = serving.lock() {

@@ -1111,6 +1111,12 @@ async fn accept_and_commit(
             }
         };
         match frame {
+            Ok(SetFrame::File(_)) if served.superseded.load(Ordering::Relaxed) => {
+                // A newer run of this partner took over one of the stream's
+                // files: the stream ends rather than write files whose
+                // commits would all be given up.
+                break Err("superseded by a newer attempt of the same partner".into());
+            }
             Ok(SetFrame::File(file)) => {
                 // With the files already waiting, accepted in one pass off
                 // the async threads.
@@ -1182,10 +1188,9 @@ async fn accept_and_commit(
     };
     // Files written but not committed: their work files go (unless a newer
     // run took them over), and their claims end.
-    let superseded = served.superseded.load(Ordering::Relaxed);
     for p in &pending {
-        if let (Some(path), false, false) = (&p.work, superseded, p.finishing) {
-            receive::discard(path);
+        if let (Some(path), false) = (&p.work, p.finishing) {
+            super::channel_run::discard_unless_taken(&served.serving, &p.rec.id, served.token, path);
         }
         release_serving(&served.serving, &p.rec.id, served.token);
     }
@@ -1211,7 +1216,6 @@ enum Accepted {
     Answered(FileOutcome),
 }
 
-/// Checks one file and writes it under its work name (not fsynced yet).
 /// Whether a pass of files was found to fit the receive folder whole.
 #[derive(Clone, Copy)]
 enum Space {
@@ -1219,10 +1223,16 @@ enum Space {
     EachFile,
 }
 
+/// Checks one file and writes it under its work name (not fsynced yet).
 fn accept_file(s: &Served, space: Space, f: StreamedFile) -> Result<Accepted, Refusal> {
     let me = &s.core.config.node_id;
     if f.id != member_id(&s.set, f.index) || f.index >= s.files {
         return Err((ErrorCode::Protocol, format!("{} is not file {} of set {}", f.id, f.index, s.set)));
+    }
+    if super::channel_run::is_served_by(&s.serving, &f.id, s.token) {
+        // Its first copy is written or committing: a second would write
+        // over bytes already checked (and perhaps fsynced) under its name.
+        return Err((ErrorCode::Protocol, format!("{} ({}) was sent twice on one set stream", f.name, f.id)));
     }
     check_entry_path(&f.name).map_err(|why| (ErrorCode::BadFileName, why))?;
     let folder = is_folder_entry(&f.name);
@@ -1247,6 +1257,13 @@ fn accept_file(s: &Served, space: Space, f: StreamedFile) -> Result<Accepted, Re
         if lifecycle::is_held(rec) && same {
             // Held (its release may be under way, which finishes it).
             return Ok(Accepted::Answered(FileOutcome::Held { bytes: rec.transferred, hash: f.hash }));
+        }
+        if lifecycle::is_held(rec) {
+            // Its release may be renaming the held bytes now.
+            return Err((
+                ErrorCode::Protocol,
+                format!("{} is held by node {me} with other content; it is not replaced", f.name),
+            ));
         }
         if rec.status == Status::Cancelled {
             return Err((ErrorCode::Cancelled, format!("request {} was cancelled on node {me}", rec.id)));
@@ -1353,11 +1370,18 @@ async fn commit(served: Arc<Served>, batch: Vec<Pending>) -> Vec<Filed> {
     out
 }
 
-/// A newer run of the same partner took these files over: this stream
-/// leaves them (and their work files) to it.
-fn superseded(batch: Vec<Pending>) -> Vec<Filed> {
+/// A newer run of the same partner took over some file of this stream:
+/// it leaves these files. Not recorded yet (`recorded = false`), their work
+/// files go, except those the newer run claimed (it owns them now); once
+/// recorded delivered, they stay for whichever run finishes them.
+fn superseded(s: &Served, batch: Vec<Pending>, recorded: bool) -> Vec<Filed> {
     batch
         .into_iter()
+        .inspect(|p| {
+            if let (Some(path), false, false) = (&p.work, recorded, p.finishing) {
+                super::channel_run::discard_unless_taken(&s.serving, &p.rec.id, s.token, path);
+            }
+        })
         .map(|p| Filed {
             id: p.rec.id,
             outcome: FileOutcome::Failed {
@@ -1384,7 +1408,7 @@ fn commit_blocking(s: &Served, batch: Vec<Pending>) -> Vec<Filed> {
     };
     // 1. Each file's bytes durable under its work name.
     if s.superseded.load(Ordering::Relaxed) {
-        return superseded(batch);
+        return superseded(s, batch, false);
     }
     let works: Vec<&std::path::Path> = batch.iter().filter_map(|p| p.work.as_deref()).collect();
     let mut synced = receive::sync_files(&works).into_iter();
@@ -1488,7 +1512,7 @@ fn commit_blocking(s: &Served, batch: Vec<Pending>) -> Vec<Filed> {
     // 3. Renamed into place; each folder fsynced once.
     if s.superseded.load(Ordering::Relaxed) {
         // Recorded delivered: the run that took over finishes them.
-        return superseded(recorded);
+        return superseded(s, recorded, true);
     }
     let mut folders = BTreeSet::new();
     let mut placed = Vec::with_capacity(recorded.len());
