@@ -318,7 +318,19 @@ impl Session {
             (State::AwaitValid, Message::Refused(r)) => self.fail_remote(r.code, r.message),
             (State::AwaitValid, Message::Complete(end)) => {
                 // The partner already completed this request (we crashed
-                // before recording it): nothing moves again.
+                // before recording it): nothing moves again. On a pull this
+                // side is the receiver: only the delivery it claimed, with
+                // the same count and hash, can be complete.
+                let req = self.request.as_ref().expect("the requester always holds its request");
+                if req.direction == Direction::Pull && req.delivered.as_ref() != Some(&end) {
+                    return self.fail_local(
+                        ErrorCode::Protocol,
+                        format!(
+                            "{} answered Complete ({} bytes, BLAKE3 {}) to a pull this node did not claim delivered so",
+                            self.peer_id, end.bytes, end.hash
+                        ),
+                    );
+                }
                 self.end = Some(end);
                 self.state = State::Done;
                 vec![Output::Done]

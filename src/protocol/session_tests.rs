@@ -331,6 +331,31 @@ fn a_request_completed_before_is_confirmed_without_moving_the_file() {
     assert_eq!(a.end_transfer(), Some(&end));
 }
 
+#[test]
+fn a_pull_is_complete_only_as_the_requester_claimed_it() {
+    let src = file(2 * BS as usize);
+    let end = EndTransfer { bytes: src.len() as u64, hash: Digest::of(&src) };
+    let awaiting_valid = |req: Request| {
+        let mut a = Session::requester("a", "b", Capabilities::default(), req);
+        a.start();
+        a.handle(Message::Startup(Startup { version: PROTOCOL_VERSION, request_id: a.request_id().clone() }));
+        a.handle(Message::Authent(Authent { host_id: "b".into(), capabilities: Capabilities::default() }));
+        a
+    };
+    // Claimed: the partner confirms it, nothing moves.
+    let claimed = Request { delivered: Some(end.clone()), ..request(Direction::Pull, 0) };
+    assert_eq!(awaiting_valid(claimed.clone()).handle(Message::Complete(end.clone())), vec![Output::Done]);
+    // Not claimed, or claimed with other bytes: a protocol error, not Done.
+    let other = EndTransfer { bytes: end.bytes, hash: Digest::of(b"other bytes") };
+    for (req, answer) in [(request(Direction::Pull, 0), end.clone()), (claimed, other)] {
+        let outs = awaiting_valid(req).handle(Message::Complete(answer));
+        assert!(outs.iter().any(|o| matches!(o, Output::Failed(f) if f.code == ErrorCode::Protocol)), "{outs:?}");
+        assert!(!outs.contains(&Output::Done));
+    }
+    // A push's receiver may say it has the file already.
+    assert_eq!(awaiting_valid(request(Direction::Push, end.bytes)).handle(Message::Complete(end)), vec![Output::Done]);
+}
+
 fn file(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 31 % 251) as u8).collect()
 }
