@@ -306,6 +306,11 @@ impl WorkFile {
         prefix: Option<super::Prefix>,
         points: Option<RestartPoints>,
     ) -> Result<WorkFile, Failure> {
+        if points.as_ref().is_some_and(|p| p.abandoned.load(std::sync::atomic::Ordering::Relaxed)) {
+            // A newer run of the request owns the work file: this one must
+            // not truncate it (its blocks would be cut under that run's hash).
+            return Err((ErrorCode::Connection, "superseded by a newer attempt of the request".into()));
+        }
         if let Some(dir) = work.parent() {
             std::fs::create_dir_all(dir).map_err(|e| io_failure("create", dir, e))?;
         }
@@ -813,6 +818,33 @@ mod tests {
         let resumed = Plan { restart_offset: 10, ..plan(4096) };
         let w = BlockWriter::start(work_path(dir.path(), &RequestId::generate()), resumed, None, None);
         assert!(matches!(w.mode, Mode::Threaded { .. }));
+    }
+
+    #[tokio::test]
+    async fn a_superseded_writer_leaves_the_work_file_to_the_newer_run() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("store")).expect("store");
+        let id = RequestId::generate();
+        let work = work_path(dir.path(), &id);
+        std::fs::create_dir_all(work.parent().expect("a folder")).expect("mkdir");
+        let newer = vec![7u8; 10_000];
+        std::fs::write(&work, &newer).expect("the newer run's bytes");
+        let abandoned = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let points = || RestartPoints {
+            store: store.clone(),
+            abandoned: abandoned.clone(),
+            id: id.clone(),
+            every_bytes: 0,
+            every: std::time::Duration::ZERO,
+        };
+        // A held one-block file, and a file for a writer thread.
+        let data = b"the old run's bytes\n".to_vec();
+        let mut held = BlockWriter::start(work.clone(), plan(data.len() as u64), None, Some(points()));
+        assert!(held.write(blocks(&data).remove(0)).await);
+        assert!(held.finish().await.is_err(), "a superseded run fails");
+        let threaded = BlockWriter::start(work.clone(), plan(3 * 4096), None, Some(points()));
+        assert!(threaded.finish().await.is_err());
+        assert_eq!(std::fs::read(&work).expect("still there"), newer, "not truncated, not written");
     }
 
     #[test]
