@@ -828,3 +828,36 @@ async fn a_release_that_names_part_of_a_set_is_refused() {
     }
     b.shutdown().await;
 }
+
+/// A partner cannot cancel a request this node made to it: a channel that
+/// opens on the id of b's own push to m and says only `Cancel` leaves b's
+/// record as it was (only b's operators cancel b's requests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partner_cannot_cancel_a_request_this_node_made_to_it() {
+    let layout = Layout::new(&["b", "m"]);
+    let b = layout.start("b").await;
+    write_random(&layout.out_dir("b").join("mine.bin"), 1000);
+    // m never answers as a node: b's push to it waits.
+    let rec = b.handle().submit(submit(Direction::Push, "m", "mine.bin")).await.expect("submitted");
+    let conn = connect(&endpoint_of(&layout.dir.path().join("certs"), "m"), layout.config("b").listen, "b").await;
+    let (mut w, mut r) = channel(&conn).await;
+    for m in [
+        Message::Startup(Startup { version: PROTOCOL_VERSION, request_id: rec.id.clone() }),
+        Message::Authent(Authent { host_id: "m".into(), capabilities: Capabilities::default() }),
+        Message::Cancel(Cancel { reason: "not yours to keep".into() }),
+    ] {
+        w.send(&m).await.expect("send");
+    }
+    w.finish();
+    // b answers the handshake, then ends the channel.
+    for _ in 0..4 {
+        match tokio::time::timeout(WITHIN, r.next()).await.expect("in time") {
+            Ok(Some(_)) => continue,
+            _ => break,
+        }
+    }
+    let after = b.handle().store().get(&rec.id).expect("read").expect("b's record");
+    assert_ne!(after.status, Status::Cancelled, "{:?}", after.error);
+    assert_eq!((after.role, after.partner.as_str()), (ferry::store::Role::Requester, "m"));
+    b.shutdown().await;
+}

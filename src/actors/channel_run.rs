@@ -980,7 +980,9 @@ impl ChannelRun {
     fn cancelled_before_request(&self) {
         let id = self.session.request_id();
         let Ok(Some(rec)) = self.ctx.core.store.get(id) else { return };
-        if rec.partner != self.partner || rec.status.is_final() {
+        // Only a request the partner asked for: this node's own requests
+        // to it are cancelled by this node's operators.
+        if rec.partner != self.partner || rec.role != Role::Requested || rec.status.is_final() {
             return;
         }
         if lifecycle::is_held(&rec) && rec.delivered {
