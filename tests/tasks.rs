@@ -511,3 +511,25 @@ async fn a_stop_during_a_task_abandons_it_and_a_restart_runs_it_again() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A backup name made from what the sender sent (`#TRANSFERINFO#`) that is
+/// not one plain name falls back to `NAME.bak` beside the target: the old
+/// file never leaves its folder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_name_from_the_senders_text_stays_in_the_folder() {
+    let mut layout = Layout::new(&["a", "b"]);
+    layout.config_mut("b").rules[0].backup_name = "#TRANSFERINFO#".into();
+    let a = layout.start("a").await;
+    let b = layout.start("b").await;
+    let (src, dst) = (layout.out_dir("a"), layout.in_dir("b"));
+    std::fs::write(dst.join("t.txt"), b"old\n").expect("existing target");
+    std::fs::write(src.join("t.txt"), b"new\n").expect("source");
+    let s = Submit { transfer_info: "../escaped".into(), ..with_mode("t.txt", Some(TargetMode::Backup)) };
+    let rec = a.handle().submit(s).await.expect("submitted");
+    assert_eq!(wait_final(&a.handle(), &rec.id, WITHIN).await.status, Status::Done);
+    assert_eq!(std::fs::read(dst.join("t.txt")).expect("target"), b"new\n");
+    assert_eq!(std::fs::read(dst.join("t.txt.bak")).expect("the fallback backup"), b"old\n");
+    assert!(!dst.join("../escaped").exists(), "nothing left the folder");
+    a.shutdown().await;
+    b.shutdown().await;
+}

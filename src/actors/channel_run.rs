@@ -1302,10 +1302,15 @@ pub fn delivery_for(ctx: &Core, rec: &RequestRecord, final_path: &std::path::Pat
         TargetMode::Replace => Delivery::Replace,
         TargetMode::Append => Delivery::Append { base: rec.append_base.unwrap_or(0) },
         TargetMode::Backup => {
+            // One plain name beside the target: the variables may carry
+            // what a partner sent (`#TRANSFERINFO#`), which must not lead
+            // the old file out of its folder.
             let backup = match ctx.config.rule(&rec.rule) {
                 Some(rule) => task_runner::vars(rule, rec, &ctx.config.node_id, final_path)
                     .substitute(&rule.backup_name)
-                    .unwrap_or_else(|_| fallback_backup(final_path)),
+                    .ok()
+                    .filter(|name| crate::protocol::names::check_file_name(name).is_ok())
+                    .unwrap_or_else(|| fallback_backup(final_path)),
                 None => fallback_backup(final_path),
             };
             Delivery::Backup { backup }
