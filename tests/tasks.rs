@@ -533,3 +533,43 @@ async fn a_backup_name_from_the_senders_text_stays_in_the_folder() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A `transfer` task's request id is derived from its request's: one that
+/// a partner took first (a push of its own under that id) is not taken for
+/// the task's own. The task fails saying so, and the partner's record is
+/// left as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_task_does_not_take_a_request_id_a_partner_used_first() {
+    use ferry::lifecycle::chained_id;
+    use ferry::store::{RequestRecord, Role, Store};
+    let mut layout = Layout::new(&["a", "b", "c"]);
+    layout.config_mut("b").rules[0].receiver.post_tasks =
+        vec![TaskConfig { partner: Some("c".into()), ..task("transfer") }];
+    let a = layout.start("a").await;
+    write_random(&layout.out_dir("a").join("relay.bin"), 1000);
+    // Queued while b is down, so b's store can be written first.
+    let first = a.handle().submit(submit(Direction::Push, "b", "relay.bin")).await.expect("submitted");
+    let taken = chained_id(&first.id, Step::PostTask, 0);
+    {
+        let store = Store::open(&layout.config("b").data_dir.join("store")).expect("b's store");
+        let theirs = RequestRecord {
+            status: Status::Done,
+            ..RequestRecord::new(taken.clone(), Role::Requested, "a", "default", Direction::Push, "other.bin")
+        };
+        store.insert(theirs, "a push of a's own").expect("inserted");
+        store.flush_blocking().expect("flushed");
+    }
+    let b = layout.start("b").await;
+    let c = layout.start("c").await;
+    let at_b = wait_final(&b.handle(), &first.id, WITHIN).await;
+    assert_eq!(at_b.status, Status::InError, "{:?}", at_b.error);
+    let error = at_b.error.expect("why");
+    assert_eq!(error.code, ErrorCode::TaskFailed);
+    assert!(error.message.contains("is taken by another request"), "{}", error.message);
+    assert!(at_b.chained_to.is_empty(), "{:?}", at_b.chained_to);
+    let theirs = b.handle().store().get(&taken).expect("read").expect("still there");
+    assert_eq!((theirs.partner.as_str(), theirs.file_name.as_str(), theirs.chained_from), ("a", "other.bin", None));
+    a.shutdown().await;
+    b.shutdown().await;
+    c.shutdown().await;
+}

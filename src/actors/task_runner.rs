@@ -326,7 +326,16 @@ async fn submit_chained(
     let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let existing = ctx.core.store.get(&id).map_err(|e| e.to_string())?;
     let chained = match existing {
-        Some(r) => r,
+        // Submitted by an earlier run of this task.
+        Some(r) if r.role == Role::Requester && r.chained_from.as_ref() == Some(&rec.id) => r,
+        // The id is derived from this request's: a partner that knows it
+        // could have used it first (a push of its own under that id).
+        Some(r) => {
+            return Err(format!(
+                "request id {id} is taken by another request (from {}, file {:?}); nothing was sent on",
+                r.partner, r.file_name
+            ))
+        }
         None => {
             let send_dir = ctx.core.config.rule(&rule).map(|r| r.send_dir.clone());
             if send_dir.as_deref() != file.parent() {
