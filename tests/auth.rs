@@ -274,3 +274,65 @@ async fn plain_http_is_served_on_loopback_only() {
     let text = err.to_string();
     assert!(text.contains("api_plain_http") && text.contains("not a loopback address"), "{text}");
 }
+
+/// A scoped token cannot reach past its scope by naming this node as the
+/// source of a submission (its partner is then the target), and a scoped
+/// admin cannot manage tokens (it could make one wider than its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scoped_token_reaches_nothing_past_its_scope_through_a_source_or_a_new_token() {
+    let layout = Layout::new(&["a", "b", "c"]);
+    let a = layout.start("a").await;
+    let admin = api_client(&a);
+    std::fs::write(layout.out_dir("a").join("f.bin"), b"hello").expect("source");
+    let to_b = NewToken { name: "to-b".into(), role: TokenRole::Operator, rules: vec![], partners: vec!["b".into()] };
+    let to_b = admin.create_token(&to_b).await.expect("token made").token;
+    let scoped_admin = make_token(&admin, "half-admin", TokenRole::Admin, &["default"]).await;
+    // Transfers to c around one to b: a page of the scoped token holds b's
+    // only, and its cursor never names one of c's.
+    let mut to_c = Vec::new();
+    for partner in ["c", "b", "c"] {
+        let id = admin.submit(&submit(Direction::Push, partner, "f.bin")).await.expect("submitted").id;
+        if partner == "c" {
+            to_c.push(id.to_string());
+        }
+    }
+    let config = a.handle().config().clone();
+    let bearer = format!("Bearer {to_b}");
+    let mut path = "/api/v1/transfers?limit=1".to_string();
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let headers = [("authorization", bearer.as_str())];
+        let (status, head, body) = raw_exchange(&config, a.api_addr(), "GET", &path, &headers, None).await;
+        assert_eq!(status, 200, "{body}");
+        let page: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        seen.extend(page.as_array().expect("a list").iter().map(|t| t["partner"].as_str().unwrap_or("").to_owned()));
+        let cursor = head.lines().find_map(|l| l.strip_prefix("x-next-cursor: ")).map(str::trim).map(str::to_owned);
+        let Some(cursor) = cursor else { break };
+        assert!(!to_c.iter().any(|c| cursor.contains(c.as_str())), "the cursor {cursor} names a transfer to c");
+        path = format!("/api/v1/transfers?limit=1&cursor={cursor}");
+    }
+    assert_eq!(seen, ["b"], "the scoped token sees b's transfer only");
+    let before = snapshot(&a);
+    for body in [
+        r#"{"source":"a","partner":"c","rule":"default","direction":"push","file":"f.bin"}"#,
+        r#"{"partner":"c","rule":"default","direction":"push","file":"f.bin"}"#,
+    ] {
+        let (status, json) = call(&a, "POST", "/api/v1/transfers", Some(&to_b), Some(body)).await;
+        assert_eq!(status, 403, "{body}: {json}");
+        assert!(json["error"]["message"].as_str().unwrap_or("").contains("outside"), "{json}");
+    }
+    for (method, path, body) in [
+        ("POST", "/api/v1/tokens", Some(r#"{"name":"wide","role":"admin"}"#)),
+        ("GET", "/api/v1/tokens", None),
+        ("DELETE", "/api/v1/tokens/to-b", None),
+    ] {
+        let (status, json) = call(&a, method, path, Some(&scoped_admin), body).await;
+        assert_eq!(status, 403, "{method} {path} by a scoped admin: {json}");
+    }
+    assert_eq!(snapshot(&a), before, "nothing was submitted, made or revoked");
+    // Inside its scope the operator still submits.
+    let body = r#"{"partner":"b","rule":"default","direction":"push","file":"f.bin"}"#;
+    let (status, json) = call(&a, "POST", "/api/v1/transfers", Some(&to_b), Some(body)).await;
+    assert_eq!(status, 201, "{json}");
+    a.shutdown().await;
+}

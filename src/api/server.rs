@@ -447,12 +447,12 @@ fn check_record(node: &NodeHandle, caller: &Caller, right: Right, rec: &RequestR
 /// Refuses a submission the caller's role or scope does not allow.
 fn check_submit(node: &NodeHandle, caller: &Caller, s: &Submit) -> Result<(), ApiError> {
     caller.require(Right::Operate)?;
-    // The nodes other than this one the transfer involves: its partner, or
-    // the source and target a submission anywhere names.
-    let others: Vec<&str> = match (s.source.as_deref(), s.target.as_deref()) {
-        (None, None) => vec![s.partner.as_str()],
-        (source, target) => [source, target].into_iter().flatten().filter(|n| *n != node.node_id()).collect(),
-    };
+    // The nodes other than this one the transfer involves, as
+    // `submit_anywhere` picks them: the source (this node if none), and the
+    // target, which is the partner when no target is named.
+    let target = s.target.as_deref().unwrap_or(s.partner.as_str());
+    let others: Vec<&str> =
+        [s.source.as_deref(), Some(target)].into_iter().flatten().filter(|n| *n != node.node_id()).collect();
     for name in &others {
         let names = partner_names(node, name);
         caller.require_on(Right::Operate, &s.rule, names.iter().map(String::as_str))?;
@@ -581,10 +581,11 @@ async fn list_transfers(
     let Query(filter) = query?;
     let q = list_query(&filter)?;
     let store = node.store().clone();
-    let mut page = blocking(move || Ok(store.page(&q)?)).await?;
-    // A scoped token's page may hold fewer than `limit`; the cursor still
-    // moves past every record walked.
-    page.records.retain(|r| check_record(&node, &caller, Right::Read, r).is_ok());
+    // The scope is applied during the walk, so the page's cursor names only
+    // a record the caller may see.
+    let (in_scope, who) = (node.clone(), caller.clone());
+    let page =
+        blocking(move || Ok(store.page_where(&q, |r| check_record(&in_scope, &who, Right::Read, r).is_ok())?)).await?;
     let views: Vec<TransferView> = page.records.iter().map(|r| node.view(r)).collect();
     let mut response = Json(views).into_response();
     if let Some(next) = page.next {
@@ -828,6 +829,8 @@ async fn list_tokens(
     Extension(caller): Extension<Caller>,
 ) -> Result<Json<Vec<TokenView>>, ApiError> {
     caller.require(Right::ManageTokens)?;
+    // A scoped admin could otherwise make a token wider than its own.
+    caller.require_unscoped("managing tokens")?;
     let tokens = state.tokens.clone();
     let list = blocking(move || Ok(tokens.list()?)).await?;
     Ok(Json(list.iter().map(TokenView::from).collect()))
@@ -849,6 +852,8 @@ async fn create_token(
     body: Result<Json<NewToken>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     caller.require(Right::ManageTokens)?;
+    // A scoped admin could otherwise make a token wider than its own.
+    caller.require_unscoped("managing tokens")?;
     let Json(t) = body?;
     let (record, token) = state.tokens.create(&t.name, t.role, t.rules, t.partners).await?;
     tracing::info!(target: crate::actors::AUDIT, event = "token_created", token = caller.name(), name = %record.name, role = record.role.name());
@@ -872,6 +877,8 @@ async fn revoke_token(
     name: Result<Path<String>, PathRejection>,
 ) -> Result<Json<TokenView>, ApiError> {
     caller.require(Right::ManageTokens)?;
+    // A scoped admin could otherwise make a token wider than its own.
+    caller.require_unscoped("managing tokens")?;
     let Path(name) = name?;
     let record = state.tokens.revoke(&name).await?;
     tracing::info!(target: crate::actors::AUDIT, event = "token_revoked", token = caller.name(), name = %record.name);

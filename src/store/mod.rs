@@ -515,6 +515,14 @@ impl Store {
     /// `q`'s filters, read through the listing indexes: the cost is the
     /// entries walked, not the records stored.
     pub fn page(&self, q: &ListQuery) -> Result<Page, StoreError> {
+        self.page_where(q, |_| true)
+    }
+
+    /// [`Store::page`] of the records `keep` accepts: the page holds up to
+    /// `limit` of them and its cursor names the last one kept, never a
+    /// record `keep` refused (a scoped token's page says nothing of what is
+    /// outside its scope).
+    pub fn page_where(&self, q: &ListQuery, keep: impl Fn(&RequestRecord) -> bool) -> Result<Page, StoreError> {
         let limit = q.limit.clamp(1, listing::MAX_PAGE);
         let index = listing::index_for(q);
         let start = listing::start_key(&index, q);
@@ -527,7 +535,7 @@ impl Store {
             }
             let Some(rec) = self.get(&id)? else { continue };
             // A left-over entry (see listing.rs) is not one of the record's keys.
-            if !listing::keys(&rec).contains(k.as_ref()) || !listing::matches(q, &rec) {
+            if !listing::keys(&rec).contains(k.as_ref()) || !listing::matches(q, &rec) || !keep(&rec) {
                 continue;
             }
             if records.len() == limit {
