@@ -66,6 +66,10 @@ pub struct AuditEvent {
     pub bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Calls without a valid token left out of the trail since the last one
+    /// recorded (see `api::server::Unauthenticated`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held_back: Option<u64>,
 }
 
 struct Writer {

@@ -939,7 +939,14 @@ impl Node {
         }));
         if let Some(api_listener) = api_listener {
             let mut api_shutdown = shutdown_rx;
-            let api_state = crate::api::ApiState { node: handle.clone(), tokens, audit, metrics, events };
+            let api_state = crate::api::ApiState {
+                node: handle.clone(),
+                tokens,
+                audit,
+                metrics,
+                events,
+                unauthenticated: Default::default(),
+            };
             tasks.push(tokio::spawn(async move {
                 let stop = async move {
                     let _ = api_shutdown.wait_for(|s| *s).await;

@@ -246,6 +246,55 @@ pub struct ApiState {
     pub audit: crate::audit::AuditLog,
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     pub events: std::sync::Arc<crate::events::EventBus>,
+    pub unauthenticated: std::sync::Arc<Unauthenticated>,
+}
+
+/// How many changing calls without a valid token the audit trail records
+/// one by one: at most [`Unauthenticated::PER_MINUTE`] a minute; the rest
+/// are counted and the next line recorded says how many were left out
+/// (`held_back`). Without it, anyone who can reach the port could fill the
+/// trail's files with refused calls and rotate its history away.
+#[derive(Debug, Default)]
+pub struct Unauthenticated(std::sync::Mutex<UnauthenticatedWindow>);
+
+#[derive(Debug, Default)]
+struct UnauthenticatedWindow {
+    started_ms: u64,
+    recorded: u32,
+    held_back: u64,
+}
+
+impl Unauthenticated {
+    pub const PER_MINUTE: u32 = 60;
+
+    /// Whether to record this call; if so, how many were left out before it.
+    fn admit(&self, now_ms: u64) -> Option<Option<u64>> {
+        let mut w = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if now_ms.saturating_sub(w.started_ms) >= 60_000 {
+            (w.started_ms, w.recorded) = (now_ms, 0);
+        }
+        if w.recorded >= Self::PER_MINUTE {
+            w.held_back += 1;
+            return None;
+        }
+        w.recorded += 1;
+        Some(std::mem::take(&mut w.held_back)).map(|n| (n > 0).then_some(n))
+    }
+}
+
+/// Longest path the audit trail keeps of one call.
+const AUDIT_PATH_BYTES: usize = 256;
+
+/// `path` cut to [`AUDIT_PATH_BYTES`] (on a character boundary), saying so.
+fn audit_path(path: &str) -> String {
+    if path.len() <= AUDIT_PATH_BYTES {
+        return path.to_owned();
+    }
+    let mut end = AUDIT_PATH_BYTES;
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &path[..end], path.len())
 }
 
 /// The API's routes: `/healthz` and `/readyz` open to all, everything else
@@ -370,6 +419,13 @@ async fn authenticate(State(state): State<ApiState>, mut request: Request, next:
         }
         Err(e) => (None, ApiError::from(e).into_response()),
     };
+    let held_back = match (&caller, changes) {
+        (None, true) => match state.unauthenticated.admit(crate::determinism::now_ms()) {
+            Some(held_back) => held_back,
+            None => return response,
+        },
+        _ => None,
+    };
     if changes {
         let request_id =
             path.strip_prefix("/api/v1/transfers/").and_then(|rest| rest.split('/').next()).map(str::to_owned).or_else(
@@ -388,10 +444,11 @@ async fn authenticate(State(state): State<ApiState>, mut request: Request, next:
             token: caller.as_ref().map(|c| c.name().to_owned()),
             role: caller.as_ref().map(|c| c.role().name().to_owned()),
             method: Some(method.to_string()),
-            path: Some(path),
+            path: Some(audit_path(&path)),
             http_status: Some(response.status().as_u16()),
             code: response.extensions().get::<ErrorCodeTag>().map(|t| t.0.to_owned()),
-            request_id,
+            request_id: request_id.filter(|id| id.len() <= 64),
+            held_back,
             ..Default::default()
         });
     }
@@ -1066,5 +1123,28 @@ mod tests {
         .expect("minimal body decodes");
         assert_eq!(ok.0.transfer_info, "");
         assert_eq!(ok.0.block_size, None);
+    }
+
+    #[test]
+    fn calls_without_a_token_are_recorded_up_to_a_rate_and_the_rest_counted() {
+        let u = Unauthenticated::default();
+        let t0 = 1_000_000;
+        for _ in 0..Unauthenticated::PER_MINUTE {
+            assert_eq!(u.admit(t0), Some(None), "recorded, nothing left out before");
+        }
+        for _ in 0..5 {
+            assert_eq!(u.admit(t0 + 1_000), None, "over the rate: left out");
+        }
+        assert_eq!(u.admit(t0 + 60_000), Some(Some(5)), "the next minute's first line counts them");
+        assert_eq!(u.admit(t0 + 60_001), Some(None));
+    }
+
+    #[test]
+    fn an_audited_path_is_cut_to_its_bound_on_a_character_boundary() {
+        assert_eq!(audit_path("/api/v1/transfers"), "/api/v1/transfers");
+        let long = format!("/api/v1/{}", "é".repeat(40_000));
+        let cut = audit_path(&long);
+        assert!(cut.len() < AUDIT_PATH_BYTES + 32, "{}", cut.len());
+        assert!(cut.ends_with(&format!("... ({} bytes)", long.len())), "{cut}");
     }
 }
