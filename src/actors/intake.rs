@@ -12,7 +12,7 @@ use super::AUDIT;
 use crate::cluster::rules::{self, pick_member};
 use crate::fileset;
 use crate::fileset::progress::{Delivery, OnEmpty, Policy};
-use crate::model::{Submit, SubmitError, MAX_EXTERNAL_JOB_ID, MAX_TRANSFER_INFO};
+use crate::model::{Submit, SubmitError};
 use crate::protocol::names::{check_file_name, check_relative_path};
 use crate::protocol::{Direction, RequestId, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
 use crate::store::{RequestRecord, Role, SetInfo, SetMember, Status, Step};
@@ -45,15 +45,8 @@ pub async fn submit(
     }
     // Both travel in the Request, which must fit the partner's
     // handshake frame limit (at least 16 KiB).
-    if s.transfer_info.len() > MAX_TRANSFER_INFO {
-        return Err(SubmitError::BadRequest(format!(
-            "transfer_info is {} bytes; at most {MAX_TRANSFER_INFO} are allowed",
-            s.transfer_info.len()
-        )));
-    }
-    if s.external_job_id.as_ref().is_some_and(|j| j.len() > MAX_EXTERNAL_JOB_ID) {
-        return Err(SubmitError::BadRequest(format!("external_job_id is longer than {MAX_EXTERNAL_JOB_ID} bytes")));
-    }
+    crate::protocol::names::check_request_text(&s.transfer_info, s.external_job_id.as_deref())
+        .map_err(SubmitError::BadRequest)?;
     let block_size = s.block_size.unwrap_or(cfg.block_size);
     if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) {
         return Err(SubmitError::BadBlockSize(format!("{block_size} is outside {MIN_BLOCK_SIZE}..={MAX_BLOCK_SIZE}")));

@@ -27,10 +27,7 @@ pub enum PartnerState {
     Unavailable,
 }
 
-/// Longest `transfer_info` a request may carry, in bytes.
-pub const MAX_TRANSFER_INFO: usize = 8 * 1024;
-/// Longest `external_job_id` a request may carry, in bytes.
-pub const MAX_EXTERNAL_JOB_ID: usize = 256;
+pub use crate::protocol::names::{MAX_EXTERNAL_JOB_ID, MAX_TRANSFER_INFO};
 
 /// A transfer to submit.
 ///

@@ -43,6 +43,29 @@ pub fn check_file_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Longest `transfer_info` a request may carry, in bytes.
+pub const MAX_TRANSFER_INFO: usize = 8 * 1024;
+/// Longest `external_job_id` a request may carry, in bytes.
+pub const MAX_EXTERNAL_JOB_ID: usize = 256;
+
+/// Checks the free text a request carries (`transfer_info`, and
+/// `external_job_id` if any): within its length and without NUL bytes. A
+/// partner's text becomes tasks' variables and an `exec`'s environment,
+/// where an overlong or NUL-bearing value would make every program fail to
+/// start.
+pub fn check_request_text(transfer_info: &str, external_job_id: Option<&str>) -> Result<(), String> {
+    if transfer_info.len() > MAX_TRANSFER_INFO {
+        return Err(format!("transfer_info is {} bytes; at most {MAX_TRANSFER_INFO} are allowed", transfer_info.len()));
+    }
+    if external_job_id.is_some_and(|j| j.len() > MAX_EXTERNAL_JOB_ID) {
+        return Err(format!("external_job_id is longer than {MAX_EXTERNAL_JOB_ID} bytes"));
+    }
+    if transfer_info.contains('\0') || external_job_id.is_some_and(|j| j.contains('\0')) {
+        return Err("transfer_info or external_job_id contains a NUL byte".into());
+    }
+    Ok(())
+}
+
 /// Longest accepted relative path, in bytes (the usual `PATH_MAX`).
 pub const MAX_PATH_LEN: usize = 4096;
 

@@ -641,6 +641,11 @@ impl Session {
             self.state = State::Judging;
             return self.refuse(ErrorCode::BadFileName, why);
         }
+        if let Err(why) = super::names::check_request_text(&r.transfer_info, r.external_job_id.as_deref()) {
+            self.request = Some(r);
+            self.state = State::Judging;
+            return self.refuse(ErrorCode::Protocol, why);
+        }
         self.request = Some(r.clone());
         self.state = State::Judging;
         vec![Output::Judge(r)]

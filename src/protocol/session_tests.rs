@@ -332,6 +332,25 @@ fn a_request_completed_before_is_confirmed_without_moving_the_file() {
 }
 
 #[test]
+fn a_request_with_overlong_or_nul_bearing_text_is_refused_without_asking_the_runner() {
+    let long = "x".repeat(crate::protocol::names::MAX_TRANSFER_INFO + 1);
+    for (info, job) in [(long.as_str(), None), ("nul\0", None), ("", Some("j".repeat(300))), ("", Some("a\0b".into()))]
+    {
+        let mut b = Session::requested("b", "a", Capabilities::default());
+        let req = Request { transfer_info: info.into(), external_job_id: job.clone(), ..request(Direction::Push, 1) };
+        let id = req.request_id.clone();
+        let mut outs = b.handle(Message::Startup(Startup { version: PROTOCOL_VERSION, request_id: id }));
+        outs.extend(b.handle(Message::Authent(Authent { host_id: "a".into(), capabilities: Capabilities::default() })));
+        outs.extend(b.handle(Message::Request(req)));
+        assert!(!outs.iter().any(|o| matches!(o, Output::Judge(_))), "{info:.10} {job:?}: not judged");
+        assert!(
+            outs.iter().any(|o| matches!(o, Output::Send(Message::Refused(r)) if r.code == ErrorCode::Protocol)),
+            "{outs:?}"
+        );
+    }
+}
+
+#[test]
 fn a_pull_is_complete_only_as_the_requester_claimed_it() {
     let src = file(2 * BS as usize);
     let end = EndTransfer { bytes: src.len() as u64, hash: Digest::of(&src) };
