@@ -28,7 +28,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use ferry::cluster::LocalLayout;
 use ferry::config::{Group, NodeConfig, RetryPolicy};
 use ferry::model::Submit;
-use ferry::protocol::{Compression, Digest, Direction};
+use ferry::protocol::{Digest, Direction};
 use ferry::store::{RequestRecord, Store};
 use ferry::tasks::TaskConfig;
 use rand::rngs::StdRng;
@@ -521,23 +521,11 @@ pub fn run(spec: &RunSpec, seed: u64) -> Result<RunReport, String> {
 }
 
 fn submission(r: &RequestSpec) -> Submit {
+    let file = if r.set_files > 0 { "" } else { r.file.as_str() };
     Submit {
-        partner: r.partner.clone(),
-        rule: "default".into(),
-        direction: r.direction,
-        file: if r.set_files > 0 { String::new() } else { r.file.clone() },
-        external_job_id: None,
-        transfer_info: String::new(),
-        block_size: None,
-        compression: Compression::None,
-        source: None,
-        target: None,
-        target_mode: None,
         pattern: (r.set_files > 0).then(|| format!("{}-*", r.file)),
-        files: None,
-        on_empty: None,
-        on_failure: None,
         delivery: r.delivery_all.then_some(ferry::fileset::progress::Delivery::All),
+        ..Submit::file(&r.partner, "default", r.direction, file)
     }
 }
 
