@@ -132,9 +132,11 @@ pub fn is_served_by(serving: &Mutex<BTreeMap<RequestId, ServingRun>>, id: &Reque
     serving.lock().is_ok_and(|serving| serving.get(id).is_some_and(|run| run.token == token))
 }
 
-/// Removes the work file `work` of `id`, which the run `token` wrote,
-/// unless another run claimed `id` since (that run owns the work file
-/// now). Under the table's lock, so no claim comes in between.
+/// Removes the work file `work` of `id`, which the run `token` wrote, if
+/// that run still holds its claim on `id`. Another run that claimed it
+/// since owns the work file now, and keeps owning it after its claim ends
+/// (it may have left the file held, or as a resumable partial). Under the
+/// table's lock, so no claim comes in between.
 pub fn discard_unless_taken(
     serving: &Mutex<BTreeMap<RequestId, ServingRun>>,
     id: &RequestId,
@@ -142,7 +144,7 @@ pub fn discard_unless_taken(
     work: &std::path::Path,
 ) {
     let serving = serving.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    if serving.get(id).is_none_or(|run| run.token == token) {
+    if serving.get(id).is_some_and(|run| run.token == token) {
         receive::discard(work);
     }
 }
