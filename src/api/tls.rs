@@ -5,8 +5,9 @@
 //! the next connection without a restart.
 //!
 //! Open connections are bounded too ([`MAX_CONNECTIONS`]; more wait in the
-//! kernel's backlog), and one that moves no byte either way for
-//! [`IDLE_TIMEOUT`] is closed: axum serves connections without a header
+//! kernel's backlog). One that sends nothing within [`FIRST_BYTE_TIMEOUT`]
+//! of its handshake, or later moves no byte either way for
+//! [`IDLE_TIMEOUT`], is closed: axum serves connections without a header
 //! timeout, so without these a client with no token could hold
 //! connections, and the node's file descriptors, for ever.
 
@@ -33,6 +34,9 @@ pub const MAX_CONNECTIONS: usize = 1024;
 /// closed. Longer than the slowest answer (a pulled set's listing may take
 /// 10 minutes) and far longer than an event stream's keep-alive (15 s).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// How long a connection may send nothing after its handshake: a client
+/// that does not start a request holds a place for this long at most.
+pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A TCP listener that yields only connections whose TLS handshake completed.
 pub struct TlsListener {
@@ -103,8 +107,9 @@ impl axum::serve::Listener for TlsListener {
 }
 
 /// A connection that holds its place among the [`MAX_CONNECTIONS`] until
-/// it is dropped, and fails with `TimedOut` once no byte moved either way
-/// for [`IDLE_TIMEOUT`].
+/// it is dropped, and fails with `TimedOut` if it sent nothing within
+/// [`FIRST_BYTE_TIMEOUT`], or once no byte moved either way for
+/// [`IDLE_TIMEOUT`].
 pub struct Bounded<T> {
     io: T,
     _open: OwnedSemaphorePermit,
@@ -113,7 +118,7 @@ pub struct Bounded<T> {
 
 impl<T> Bounded<T> {
     fn new(io: T, open: OwnedSemaphorePermit) -> Self {
-        Bounded { io, _open: open, idle: Box::pin(tokio::time::sleep(IDLE_TIMEOUT)) }
+        Bounded { io, _open: open, idle: Box::pin(tokio::time::sleep(FIRST_BYTE_TIMEOUT)) }
     }
 
     fn moved(&mut self) {
@@ -123,7 +128,7 @@ impl<T> Bounded<T> {
     /// Whether the connection has been idle too long (registers the waker otherwise).
     fn check_idle(&mut self, cx: &mut Context<'_>) -> std::io::Result<()> {
         match self.idle.as_mut().poll(cx) {
-            Poll::Ready(()) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no byte moved for 15 minutes")),
+            Poll::Ready(()) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the connection is idle")),
             Poll::Pending => Ok(()),
         }
     }
@@ -178,6 +183,21 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test(start_paused = true)]
+    async fn a_connection_that_sends_nothing_after_its_handshake_is_closed_soon() {
+        let open = Arc::new(Semaphore::new(1));
+        let (ours, _theirs) = tokio::io::duplex(64);
+        let mut conn = Bounded::new(ours, open.clone().try_acquire_owned().expect("a place"));
+        let read = tokio::spawn(async move {
+            let mut b = [0u8; 1];
+            conn.read(&mut b).await
+        });
+        tokio::time::advance(FIRST_BYTE_TIMEOUT + Duration::from_secs(1)).await;
+        let err = read.await.expect("joins").expect_err("timed out");
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(open.available_permits(), 1, "its place is free again");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_connection_that_moves_nothing_is_closed_and_gives_its_place_back() {
         let open = Arc::new(Semaphore::new(1));
         let (ours, mut theirs) = tokio::io::duplex(64);
@@ -185,11 +205,11 @@ mod tests {
         assert_eq!(open.available_permits(), 0, "it holds its place");
         // Bytes either way keep it open past the timeout.
         for _ in 0..3 {
-            tokio::time::advance(IDLE_TIMEOUT / 2).await;
             theirs.write_all(b"x").await.expect("write");
             let mut b = [0u8; 1];
             conn.read_exact(&mut b).await.expect("read");
             conn.write_all(b"y").await.expect("answer");
+            tokio::time::advance(IDLE_TIMEOUT / 2).await;
         }
         // Then nothing: the next read fails once the timeout passed.
         let read = tokio::spawn(async move {
