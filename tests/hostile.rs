@@ -631,6 +631,25 @@ async fn set_stream(
     answers
 }
 
+/// Node b, and a connection to it as the hostile partner m, with a new set id.
+async fn b_and_mallory() -> (Layout, ferry::node::Node, quinn::Connection, RequestId) {
+    let layout = Layout::new(&["b", "m"]);
+    let b = layout.start("b").await;
+    let conn = connect(&endpoint_of(&layout.dir.path().join("certs"), "m"), layout.config("b").listen, "b").await;
+    (layout, b, conn, RequestId::generate())
+}
+
+/// File `index` of `set`, well formed: its member id and its bytes' BLAKE3.
+fn member_file(set: &RequestId, index: u32, name: &str, data: &[u8]) -> ferry::protocol::set_stream::SetFrame {
+    ferry::protocol::set_stream::SetFrame::File(ferry::protocol::set_stream::StreamedFile {
+        index,
+        id: ferry::store::member_id(set, index),
+        name: name.into(),
+        data: data.to_vec(),
+        hash: Digest::of(data),
+    })
+}
+
 /// A partner's set stream delivers only files named as the set's own
 /// members, below the rule's folder, with the bytes they announce; every
 /// other file is answered with why, and nothing of it is recorded or written.
@@ -638,10 +657,7 @@ async fn set_stream(
 async fn a_set_stream_delivers_only_well_formed_files_of_the_set() {
     use ferry::protocol::set_stream::{FileOutcome, SetFrame, StreamedFile};
     use ferry::store::member_id;
-    let layout = Layout::new(&["b", "m"]);
-    let b = layout.start("b").await;
-    let conn = connect(&endpoint_of(&layout.dir.path().join("certs"), "m"), layout.config("b").listen, "b").await;
-    let set = RequestId::generate();
+    let (layout, b, conn, set) = b_and_mallory().await;
     let file = |index: u32, id: RequestId, name: &str, data: &[u8], hash: Digest| {
         SetFrame::File(StreamedFile { index, id, name: name.into(), data: data.to_vec(), hash })
     };
@@ -730,22 +746,11 @@ async fn a_set_stream_delivers_only_well_formed_files_of_the_set() {
 /// written over them after their check.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_set_stream_refuses_a_file_sent_twice_on_it() {
-    use ferry::protocol::set_stream::{FileOutcome, SetFrame, StreamedFile};
+    use ferry::protocol::set_stream::{FileOutcome, SetFrame};
     use ferry::store::member_id;
-    let layout = Layout::new(&["b", "m"]);
-    let b = layout.start("b").await;
-    let conn = connect(&endpoint_of(&layout.dir.path().join("certs"), "m"), layout.config("b").listen, "b").await;
-    let set = RequestId::generate();
+    let (layout, b, conn, set) = b_and_mallory().await;
     let (first, second) = (b"the bytes checked first\n".to_vec(), b"other bytes, sent after\n".to_vec());
-    let copy = |data: &[u8]| {
-        SetFrame::File(StreamedFile {
-            index: 0,
-            id: member_id(&set, 0),
-            name: "twice.txt".into(),
-            data: data.to_vec(),
-            hash: Digest::of(data),
-        })
-    };
+    let copy = |data: &[u8]| member_file(&set, 0, "twice.txt", data);
     let open = SetFrame::Open { set: set.clone(), rule: "default".into(), hold: false, files: 1, pattern: "*".into() };
     let answers = set_stream(&conn, open, vec![copy(&first), copy(&second)]).await;
     assert_eq!(answers.last(), Some(&SetFrame::Closed), "{answers:?}");
@@ -779,23 +784,11 @@ async fn a_set_stream_refuses_a_file_sent_twice_on_it() {
 /// ordered; the whole set's release then delivers every file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_that_names_part_of_a_set_is_refused() {
-    use ferry::protocol::set_stream::{FileOutcome, SetFrame, StreamedFile};
-    use ferry::store::{member_id, Step};
-    let layout = Layout::new(&["b", "m"]);
-    let b = layout.start("b").await;
-    let conn = connect(&endpoint_of(&layout.dir.path().join("certs"), "m"), layout.config("b").listen, "b").await;
-    let set = RequestId::generate();
+    use ferry::protocol::set_stream::{FileOutcome, SetFrame};
+    use ferry::store::Step;
+    let (layout, b, conn, set) = b_and_mallory().await;
     let frames = (0..3u32)
-        .map(|i| {
-            let data = format!("file {i} of the set\n").into_bytes();
-            SetFrame::File(StreamedFile {
-                index: i,
-                id: member_id(&set, i),
-                name: format!("held-{i}.txt"),
-                hash: Digest::of(&data),
-                data,
-            })
-        })
+        .map(|i| member_file(&set, i, &format!("held-{i}.txt"), format!("file {i} of the set\n").as_bytes()))
         .collect();
     let open = SetFrame::Open { set: set.clone(), rule: "default".into(), hold: true, files: 3, pattern: "*".into() };
     let answers = set_stream(&conn, open, frames).await;
