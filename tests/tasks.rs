@@ -196,7 +196,7 @@ async fn a_failed_post_task_is_resumed_at_that_task_and_nothing_is_resent() {
     assert_eq!(failed.status, Status::InError);
     let err = failed.error.clone().expect("cause");
     assert_eq!(err.code, ErrorCode::TaskFailed, "{err:?}");
-    assert!(err.message.contains("post-task 2/3") && err.message.contains("exited with status 4"), "{err:?}");
+    assert!(err.message.contains("post-task 2/3 (exec) failed on node b"), "{err:?}");
     let mut theirs = wait_record(&b.handle(), &rec.id, Status::InError, WITHIN).await;
     // InError is recorded before the error task runs: wait (bounded) until it ran.
     let deadline = Instant::now() + WITHIN;
@@ -234,6 +234,36 @@ async fn a_failed_post_task_is_resumed_at_that_task_and_nothing_is_resent() {
     let a_log = log_of(&a, &rec.id);
     assert_eq!(lines_starting(&a_log, "sending"), 1, "sent once:\n{}", show(&a_log));
     assert_eq!(done.transferred, 2 << 20);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partner_is_told_which_task_failed_but_not_its_arguments_or_output() {
+    let mut layout = Layout::new(&["a", "b"]);
+    // The task's argument and its output stand for what must stay on b: a
+    // path, a password, the head of a file.
+    layout.config_mut("b").rules[0].receiver.post_tasks =
+        vec![sh_task("echo \"token=$1\" >&2; exit 3", &["s3cr3t-argument"])];
+    let a = layout.start("a").await;
+    let b = layout.start("b").await;
+    write_random(&layout.out_dir("a").join("x.bin"), 1000);
+    let rec = a.handle().submit(submit(Direction::Push, "b", "x.bin")).await.expect("submitted");
+    let ours = wait_final(&a.handle(), &rec.id, WITHIN).await;
+    let told = ours.error.expect("a was told why");
+    assert_eq!(told.code, ErrorCode::TaskFailed, "{told:?}");
+    assert!(told.message.contains("post-task 1/1 (exec) failed on node b"), "{told:?}");
+    assert!(!told.message.contains("s3cr3t-argument") && !told.message.contains("exited"), "{told:?}");
+    // b's own record keeps the whole cause (its operator's to read).
+    let theirs = wait_record(&b.handle(), &rec.id, Status::InError, WITHIN).await;
+    let cause = theirs.error.expect("b's cause").message;
+    assert!(cause.contains("s3cr3t-argument") && cause.contains("exited with status 3"), "{cause}");
+    // Nor does asking b for the request's state show them.
+    let view = a.handle().cluster_view(&rec.id).await;
+    let b_state = view.nodes.iter().find(|n| n.node == "b").expect("b answered");
+    let shown = b_state.error.as_deref().expect("b's error shown");
+    assert!(shown.contains("post-task 1/1 (exec) failed on node b"), "{shown}");
+    assert!(!shown.contains("s3cr3t-argument") && !shown.contains("exited"), "{shown}");
     a.shutdown().await;
     b.shutdown().await;
 }
@@ -459,7 +489,9 @@ async fn a_failed_sender_post_task_resumes_after_a_complete_answer() {
     assert_eq!(failed.error.as_ref().map(|e| e.code), Some(ErrorCode::TaskFailed), "{:?}", failed.error);
     assert_eq!((failed.step, failed.task_index), (Step::PostTask, 1));
     let theirs = wait_record(&b.handle(), &rec.id, Status::InError, WITHIN).await;
-    assert!(theirs.error.as_ref().is_some_and(|e| e.message.contains("archive offline")), "b was told why");
+    let told = theirs.error.as_ref().map(|e| e.message.as_str()).unwrap_or_default();
+    assert!(told.contains("post-task 2/3 (exec) failed on node a"), "b was told which task: {told}");
+    assert!(!told.contains("archive offline"), "but not its output: {told}");
     assert_eq!(file_digest(&layout.in_dir("b").join("s.bin")), digest, "delivered before the sender's tasks");
     std::fs::write(&marker, b"").expect("fix");
     a.handle().restart(&rec.id).await.expect("restart");

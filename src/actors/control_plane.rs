@@ -46,7 +46,7 @@ pub fn request_state(node: &str, rec: &RequestRecord) -> RequestState {
         step: format!("{:?}", rec.step),
         size: rec.size,
         transferred: rec.transferred,
-        error: rec.error.as_ref().map(|e| format!("{}: {}", e.code, e.message)),
+        error: rec.error.as_ref().map(|e| format!("{}: {}", e.code, e.code.told_to_partner(&e.message))),
         updated_at: rec.updated_at,
     }
 }
@@ -141,7 +141,7 @@ async fn answer(ctx: &RunHandle, conns: &ActorRef<ConnectionsMsg>, partner: &str
             };
             match ran {
                 Ok(delivered) => Answer::Released { delivered },
-                Err((code, message)) => refused(code, format!("node {me}: {message}")),
+                Err((code, message)) => refused(code, format!("node {me}: {}", code.told_to_partner(&message))),
             }
         }
         Ask::List { rule, patterns, start } => {

@@ -209,6 +209,10 @@ async fn run_one(
     let file = file_path(rule, rec);
     let vars = vars(rule, rec, me, &file);
     let what = format!("{} {}/{count} ({})", list_name(list), index + 1, task.describe(&vars));
+    // The request's error: the summary first, which is all a partner is
+    // told (`ErrorCode::told_to_partner`), then the arguments and why.
+    let summary = format!("{} {}/{count} ({}) failed on node {me}", list_name(list), index + 1, task.kind);
+    let failure = |why: &str| (ErrorCode::TaskFailed, format!("{summary}: {what}: {why}"));
     let folders = folders(rule, &rec.partner);
     let started = Instant::now();
     let result = match task.parse(list, &folders) {
@@ -233,7 +237,7 @@ async fn run_one(
         Err(why) => {
             let line = format!("{what}: failed after {took} ms: {why}");
             ctx.core.store.log(&rec.id, &line).map_err(internal)?;
-            return Err((ErrorCode::TaskFailed, format!("{what} failed: {why}")));
+            return Err(failure(&why));
         }
     };
     let mut detail = outcome.detail.clone();
@@ -247,7 +251,7 @@ async fn run_one(
                 Ok(line) => detail = line,
                 Err(why) => {
                     ctx.core.store.log(&rec.id, &format!("{what}: failed after {took} ms: {why}")).map_err(internal)?;
-                    return Err((ErrorCode::TaskFailed, format!("{what} failed: {why}")));
+                    return Err(failure(&why));
                 }
             }
         }
@@ -265,7 +269,7 @@ async fn run_one(
                 .map_err(internal)?;
             if let Some(why) = refused.into_inner() {
                 ctx.core.store.log(&rec.id, &format!("{what}: not rescheduled: {why}")).map_err(internal)?;
-                return Err((ErrorCode::TaskFailed, format!("{what}: {why}")));
+                return Err(failure(&format!("not rescheduled: {why}")));
             }
             detail = format!("{detail}; the request runs again then, from the step that failed");
         }
@@ -279,7 +283,7 @@ async fn run_one(
         if to.parent() != Some(rule.send_dir.as_path()) {
             let why = format!("a sender's pre-task must leave the file in the send folder {}", rule.send_dir.display());
             ctx.core.store.log(&rec.id, &format!("{what}: failed after {took} ms: {why}")).map_err(internal)?;
-            return Err((ErrorCode::TaskFailed, format!("{what} failed: {why}")));
+            return Err(failure(&why));
         }
     }
     let line =

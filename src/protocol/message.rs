@@ -185,7 +185,8 @@ pub enum ErrorCode {
     /// (`cluster.partner_wait_secs`); the message carries the last cause.
     PartnerUnavailable,
     /// A pre-, post- or error task of the rule failed (or ran past its
-    /// timeout); the message names the task and why.
+    /// timeout); the message names the task and why (a partner is told
+    /// only which task, see [`ErrorCode::told_to_partner`]).
     TaskFailed,
     /// The target file exists and the rule's target mode is `create`.
     TargetExists,
@@ -201,6 +202,22 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// What a partner is told of a failure with this code and `message`.
+    /// A `TaskFailed` message is a summary naming the task and the node
+    /// ("post-task 2/3 (exec) failed on node b"), then, after the first
+    /// `": "`, the task's arguments after substitution and its output, which
+    /// may carry paths, file contents or secrets of this node: the partner
+    /// is told only the summary, and the node's job log keeps the rest.
+    /// Every other message goes as it is.
+    pub fn told_to_partner(self, message: &str) -> String {
+        match (self, message.split_once(": ")) {
+            (ErrorCode::TaskFailed, Some((summary, _))) => {
+                format!("{summary} (the task's output is in that node's job log)")
+            }
+            _ => message.to_owned(),
+        }
+    }
+
     /// Every code, in wire order.
     pub const ALL: [ErrorCode; 30] = [
         ErrorCode::VersionMismatch,

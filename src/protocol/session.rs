@@ -492,7 +492,7 @@ impl Session {
         }
         self.state = State::Failed;
         vec![
-            Output::Send(Message::Refused(Refused { code, message: message.clone() })),
+            Output::Send(Message::Refused(Refused { code, message: code.told_to_partner(&message) })),
             Output::Failed(Failure { code, message, origin: Origin::Local }),
         ]
     }
@@ -740,7 +740,7 @@ impl Session {
     fn fail_local(&mut self, code: ErrorCode, message: String) -> Vec<Output> {
         self.state = State::Failed;
         vec![
-            Output::Send(Message::Error(ErrorReport { code, message: message.clone() })),
+            Output::Send(Message::Error(ErrorReport { code, message: code.told_to_partner(&message) })),
             Output::Failed(Failure { code, message, origin: Origin::Local }),
         ]
     }

@@ -988,7 +988,10 @@ fn a_failed_sender_post_task_fails_both_sides_and_names_the_task() {
     for direction in [Direction::Push, Direction::Pull] {
         let src = file(BS as usize);
         let pull_size = if direction == Direction::Pull { src.len() as u64 } else { 0 };
-        let failed = Err((ErrorCode::TaskFailed, "post-task 1/1 (exec) failed: exited 1".to_string()));
+        let failed = Err((
+            ErrorCode::TaskFailed,
+            "post-task 1/1 (exec) failed on node x: exec program=\"/bin/load\" args=[\"pw\"]: exited 1".to_string(),
+        ));
         let o =
             run_full(request(direction, src.len() as u64), "b", &src, &[], accept_all(pull_size), no_tamper(), failed);
         let (sender, receiver) =
@@ -997,7 +1000,8 @@ fn a_failed_sender_post_task_fails_both_sides_and_names_the_task() {
         assert_eq!((f.code, f.origin), (ErrorCode::TaskFailed, Origin::Local), "{direction:?}");
         let f = Outcome::failure(receiver).expect("receiver told");
         assert_eq!((f.code, f.origin), (ErrorCode::TaskFailed, Origin::Remote), "{direction:?}");
-        assert!(f.message.contains("post-task 1/1"), "{}", f.message);
+        assert!(f.message.contains("post-task 1/1 (exec) failed on node x"), "{}", f.message);
+        assert!(!f.message.contains("pw") && !f.message.contains("exited"), "only which task: {}", f.message);
         assert!(!Outcome::done(sender) && !Outcome::done(receiver), "{direction:?}");
         assert!(o.wrote, "the file itself was delivered before the tasks");
     }
