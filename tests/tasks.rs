@@ -269,6 +269,38 @@ async fn a_partner_is_told_which_task_failed_but_not_its_arguments_or_output() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_task_never_acts_on_a_file_of_the_same_name_that_the_failed_request_did_not_deliver() {
+    let mut layout = Layout::new(&["a", "b"]);
+    let seen = layout.dir.path().join("seen");
+    {
+        let receiver = &mut layout.config_mut("b").rules[0].receiver;
+        // Fails when a sender names a file "refused.*" (a sender can make a
+        // request fail at will; this is the simplest way).
+        receiver.pre_tasks = vec![sh_task("case \"$1\" in refused.*) exit 1;; esac", &["#FILENAME#"])];
+        receiver.error_tasks =
+            vec![sh_task("printf '%s' \"$1\" > \"$2\"", &["#FILEPATH#", &seen.display().to_string()]), task("delete")];
+    }
+    let a = layout.start("a").await;
+    let b = layout.start("b").await;
+    // A file b received earlier, under the name the failing request uses.
+    let kept = layout.in_dir("b").join("refused.csv");
+    std::fs::create_dir_all(layout.in_dir("b")).expect("in folder");
+    std::fs::write(&kept, b"delivered yesterday").expect("earlier file");
+    write_random(&layout.out_dir("a").join("refused.csv"), 1000);
+    let rec = a.handle().submit(submit(Direction::Push, "b", "refused.csv")).await.expect("submitted");
+    assert_eq!(wait_final(&a.handle(), &rec.id, WITHIN).await.status, Status::InError);
+    let theirs = record_when(&b, &rec.id, |r| r.error_task_index == 2).await;
+    assert_eq!(theirs.failed_step, Some(Step::PreTask), "{theirs:?}");
+    let acted_on = std::fs::read_to_string(&seen).expect("the first error task ran");
+    assert!(acted_on.ends_with(&format!(".ferry-work/{}.part", rec.id)), "its own work file: {acted_on}");
+    assert_eq!(std::fs::read(&kept).expect("still there"), b"delivered yesterday", "the earlier file is untouched");
+    let log = log_of(&b, &rec.id);
+    assert_eq!(lines_with(&log, "error task 2/2 (delete").len(), 1, "the delete found nothing:\n{}", show(&log));
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn error_tasks_see_the_cause_and_a_failing_one_keeps_the_first_cause() {
     let mut layout = Layout::new(&["a", "b"]);
     let seen = layout.dir.path().join("seen");

@@ -95,6 +95,19 @@ pub fn file_path(rule: &Rule, rec: &RequestRecord) -> PathBuf {
     dir.join(&rec.file_name)
 }
 
+/// The file error tasks of `rec` act on: where its file is, except on the
+/// receiving side of a file that was never delivered. Its final name there
+/// may be another file, delivered before (by this partner or another one),
+/// which a failure the sender can cause at will must not reach: the error
+/// tasks get the request's own work file instead (`.ferry-work/ID.part`,
+/// the partial or held bytes, or nothing at that path).
+pub fn error_task_file(rule: &Rule, rec: &RequestRecord) -> PathBuf {
+    if !rec.is_sender() && !rec.delivered && rec.local_path.is_none() && rec.set.is_none() {
+        return crate::transfer::receive::work_path(&rule.recv_dir_for(&rec.partner), &rec.id);
+    }
+    file_path(rule, rec)
+}
+
 /// The folders tasks of `rule` may touch for `partner`.
 pub fn folders(rule: &Rule, partner: &str) -> Vec<PathBuf> {
     let mut v = vec![rule.send_dir.clone(), rule.recv_dir_for(partner)];
@@ -206,7 +219,7 @@ async fn run_one(
 ) -> Result<(), (ErrorCode, String)> {
     let internal = |e: crate::store::StoreError| (ErrorCode::Internal, format!("cannot record a task: {e}"));
     let me = ctx.core.config.node_id.as_str();
-    let file = file_path(rule, rec);
+    let file = if list == TaskList::Error { error_task_file(rule, rec) } else { file_path(rule, rec) };
     let vars = vars(rule, rec, me, &file);
     let what = format!("{} {}/{count} ({})", list_name(list), index + 1, task.describe(&vars));
     // The request's error: the summary first, which is all a partner is
