@@ -315,14 +315,32 @@ impl Drop for GroupGuard {
     }
 }
 
+/// The first argument that starts with `-` only once its variables are
+/// substituted (a file name such as `-rf`, or a sender's transfer info
+/// `--config=...`), unless it follows a `--` the rule wrote: a program
+/// would read it as an option. Arguments the rule itself starts with `-`
+/// are its own options.
+fn option_from_a_variable(templates: &[String], values: &[String]) -> Option<usize> {
+    let end_of_options = templates.iter().position(|t| t == "--").unwrap_or(templates.len());
+    (0..end_of_options.min(values.len())).find(|&i| values[i].starts_with('-') && !templates[i].starts_with('-'))
+}
+
 /// Runs a program without a shell: each argument substituted on its own,
 /// the variables also in its environment (`FERRY_…`), its output kept up
 /// to [`OUTPUT_KEPT`] bytes per stream, its process group killed at the
 /// timeout. Exit status 0 is success.
-async fn exec(program: &str, args: &[String], env: &TaskEnv) -> Result<Outcome, String> {
+async fn exec(program: &str, template_args: &[String], env: &TaskEnv) -> Result<Outcome, String> {
     use tokio::io::AsyncReadExt;
     let program = env.vars.substitute(program)?;
-    let args = args.iter().map(|a| env.vars.substitute(a)).collect::<Result<Vec<_>, _>>()?;
+    let args = template_args.iter().map(|a| env.vars.substitute(a)).collect::<Result<Vec<_>, _>>()?;
+    option_from_a_variable(template_args, &args).map_or(Ok(()), |i| {
+        Err(format!(
+            "argument {} of {program} would start with '-' only through its variables ({:?}), so the program could \
+             take a file name or a partner's text as an option; write it as #FILEPATH# (a full path) or after \"--\"",
+            i + 1,
+            template_args[i]
+        ))
+    })?;
     let mut cmd = tokio::process::Command::new(&program);
     cmd.args(&args)
         .envs(env.vars.env())

@@ -192,6 +192,27 @@ async fn exec_passes_a_hostile_name_as_one_argument_and_runs_nothing_else() {
 }
 
 #[tokio::test]
+async fn exec_refuses_an_option_that_only_a_variable_made_unless_after_a_double_dash() {
+    let (_dir, mut e) = setup("f.csv", b"x");
+    e.vars.set("FILENAME", "--version");
+    let echo = |args: &[&str]| {
+        task(TaskConfig {
+            program: Some("/bin/echo".into()),
+            args: Some(args.iter().map(|a| a.to_string()).collect()),
+            ..cfg("exec")
+        })
+    };
+    // `echo --version` would print echo's version, not the name.
+    let why = run(&echo(&["-n", "#FILENAME#"]), &e).await.expect_err("refused");
+    assert!(why.contains("argument 2 of /bin/echo would start with '-'") && why.contains("#FILENAME#"), "{why}");
+    // The rule's own options, and anything after its "--", are its choice.
+    let out = run(&echo(&["-n", "--", "#FILENAME#"]), &e).await.expect("after --");
+    assert!(out.detail.contains("--version"), "{}", out.detail);
+    let out = run(&echo(&["-n", "name=#FILENAME#"]), &e).await.expect("not at the start");
+    assert!(out.detail.contains("name=--version"), "{}", out.detail);
+}
+
+#[tokio::test]
 async fn exec_fails_on_a_nonzero_status_and_at_its_timeout_with_its_output() {
     let (_dir, mut e) = setup("f.csv", b"x");
     let t = task(TaskConfig {
