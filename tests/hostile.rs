@@ -137,6 +137,35 @@ async fn a_forged_delivery_claim_earns_no_record() {
     b.shutdown().await;
 }
 
+/// A pull that is Done on the sender is not sent again (nor its post-tasks
+/// run again) for a requester that asks for it without claiming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_done_pull_is_not_sent_again_to_a_requester_that_asks_anew() {
+    let mut layout = Layout::new(&["a", "b"]);
+    let runs = layout.dir.path().join("runs");
+    layout.config_mut("b").rules[0].sender.post_tasks =
+        vec![sh_task("echo run >> \"$1\"", &[&runs.display().to_string()])];
+    let a = layout.start("a").await;
+    let b = layout.start("b").await;
+    write_random(&layout.out_dir("b").join("report.bin"), 4096);
+    let rec = a.handle().submit(submit(Direction::Pull, "b", "report.bin")).await.expect("submitted");
+    assert_eq!(wait_final(&a.handle(), &rec.id, WITHIN).await.status, Status::Done);
+    let theirs = wait_record(&b.handle(), &rec.id, Status::Done, WITHIN).await;
+    assert_eq!(std::fs::read_to_string(&runs).expect("ran").lines().count(), 1);
+
+    // a's own id, asked again as if new: refused, b's record and tasks untouched.
+    let certs = layout.dir.path().join("certs");
+    let conn = connect(&endpoint_of(&certs, "a"), layout.config("b").listen, "b").await;
+    let r = ask_request(&conn, "a", request(rec.id.clone(), Direction::Pull, "report.bin", 0)).await;
+    let r = refused(&r);
+    assert_eq!(r.code, ErrorCode::Protocol, "{}", r.message);
+    assert!(r.message.contains("is Done on node b"), "{}", r.message);
+    assert_eq!(b.handle().store().get(&rec.id).expect("store"), Some(theirs), "b's record untouched");
+    assert_eq!(std::fs::read_to_string(&runs).expect("ran").lines().count(), 1, "post-tasks ran once");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 /// Bug 3: a Request reusing the id of a transfer running with another
 /// partner is refused, and that transfer runs on undisturbed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
