@@ -198,11 +198,23 @@ pub fn confine(path: &Path, folders: &[PathBuf]) -> Result<PathBuf, String> {
     };
     let root = folders.iter().find(|d| path.starts_with(d)).ok_or_else(outside)?;
     let parent = path.parent().ok_or_else(outside)?;
+    let real_root = root.canonicalize().map_err(|e| format!("cannot resolve {}: {e}", root.display()))?;
+    let through_a_link = || format!("{} leads outside {} through a symbolic link", path.display(), root.display());
+    // Nothing is made before the part of the path that exists is known to
+    // stay inside the root: a link on the way would have folders made
+    // wherever it points.
+    let mut existing = parent;
+    while std::fs::symlink_metadata(existing).is_err() {
+        existing = existing.parent().ok_or_else(outside)?;
+    }
+    let real_existing = existing.canonicalize().map_err(|e| format!("cannot resolve {}: {e}", existing.display()))?;
+    if !real_existing.starts_with(&real_root) {
+        return Err(through_a_link());
+    }
     std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
     let real_parent = parent.canonicalize().map_err(|e| format!("cannot resolve {}: {e}", parent.display()))?;
-    let real_root = root.canonicalize().map_err(|e| format!("cannot resolve {}: {e}", root.display()))?;
     if !real_parent.starts_with(&real_root) {
-        return Err(format!("{} leads outside {} through a symbolic link", path.display(), root.display()));
+        return Err(through_a_link());
     }
     Ok(path.to_path_buf())
 }

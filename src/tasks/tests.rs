@@ -156,6 +156,13 @@ async fn a_path_made_by_substitution_cannot_leave_the_rules_folders() {
     assert!(err.contains("through a symbolic link"), "{err}");
     let err = confine(std::path::Path::new("/etc/x"), &e.folders).expect_err("outside");
     assert!(err.contains("outside the folders"), "{err}");
+    // No folder is made through a link before it is refused.
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    std::os::unix::fs::symlink(elsewhere.path(), dir.path().join("archive/away")).expect("symlink");
+    let t = task(TaskConfig { to: Some(format!("{}/archive/away/made/x", dir.path().display())), ..cfg("copy") });
+    let err = run(&t, &e).await.expect_err("refused");
+    assert!(err.contains("through a symbolic link"), "{err}");
+    assert!(!elsewhere.path().join("made").exists(), "a folder was made outside the rule's folders");
 }
 
 #[tokio::test]
