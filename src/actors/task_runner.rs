@@ -95,17 +95,25 @@ pub fn file_path(rule: &Rule, rec: &RequestRecord) -> PathBuf {
     dir.join(&rec.file_name)
 }
 
-/// The file error tasks of `rec` act on: where its file is, except on the
-/// receiving side of a file that was never delivered. Its final name there
-/// may be another file, delivered before (by this partner or another one),
-/// which a failure the sender can cause at will must not reach: the error
-/// tasks get the request's own work file instead (`.ferry-work/ID.part`,
-/// the partial or held bytes, or nothing at that path).
-pub fn error_task_file(rule: &Rule, rec: &RequestRecord) -> PathBuf {
-    if !rec.is_sender() && !rec.delivered && rec.local_path.is_none() && rec.set.is_none() {
-        return crate::transfer::receive::work_path(&rule.recv_dir_for(&rec.partner), &rec.id);
+/// The file error tasks of `rec` act on, and whether the request's file is
+/// in place there. On the receiving side a file that was never put under
+/// its final name (nothing delivered, or delivered but not renamed: its
+/// work file is still there, as when `create` found the name taken) is not
+/// in place: its final name may be another file, delivered before (by this
+/// partner or another one), which a failure the sender can cause at will
+/// must not reach. The error tasks then see the request's own work file
+/// (`.ferry-work/ID.part`, the partial or verified bytes, or nothing at
+/// that path) and those that act on a file are skipped: the work file is
+/// the next attempt's to resume or finish.
+pub fn error_task_file(rule: &Rule, rec: &RequestRecord) -> (PathBuf, bool) {
+    if rec.is_sender() || rec.local_path.is_some() || rec.set.is_some() {
+        return (file_path(rule, rec), true);
     }
-    file_path(rule, rec)
+    let work = crate::transfer::receive::work_path(&rule.recv_dir_for(&rec.partner), &rec.id);
+    if rec.delivered && !work.exists() {
+        return (file_path(rule, rec), true);
+    }
+    (work, false)
 }
 
 /// The folders tasks of `rule` may touch for `partner`.
@@ -219,17 +227,27 @@ async fn run_one(
 ) -> Result<(), (ErrorCode, String)> {
     let internal = |e: crate::store::StoreError| (ErrorCode::Internal, format!("cannot record a task: {e}"));
     let me = ctx.core.config.node_id.as_str();
-    let file = if list == TaskList::Error { error_task_file(rule, rec) } else { file_path(rule, rec) };
+    let (file, in_place) =
+        if list == TaskList::Error { error_task_file(rule, rec) } else { (file_path(rule, rec), true) };
     let vars = vars(rule, rec, me, &file);
     let what = format!("{} {}/{count} ({})", list_name(list), index + 1, task.describe(&vars));
+    // The task named without its arguments (they may hold this node's
+    // paths or secrets): all a partner is told of it.
+    let named = format!("{} {}/{count} ({})", list_name(list), index + 1, task.kind);
     // The request's error: the summary first, which is all a partner is
     // told (`ErrorCode::told_to_partner`), then the arguments and why.
-    let summary = format!("{} {}/{count} ({}) failed on node {me}", list_name(list), index + 1, task.kind);
+    let summary = format!("{named} failed on node {me}");
     let failure = |why: &str| (ErrorCode::TaskFailed, format!("{summary}: {what}: {why}"));
     let folders = folders(rule, &rec.partner);
     let started = Instant::now();
     let result = match task.parse(list, &folders) {
         Err(e) => Err(e),
+        Ok(parsed) if !in_place && parsed.acts_on_the_file() => {
+            let line = format!("{what}: skipped: the request's file was never put in place on node {me}");
+            ctx.core.store.update(&rec.id, &line, lifecycle::task_done).map_err(internal)?;
+            ctx.core.store.flush().await.map_err(internal)?;
+            return Ok(());
+        }
         Ok(parsed) => {
             let scratch = format!(".ferry-task-{}-{}-{index}", rec.id, list.key());
             let env = TaskEnv { file: file.clone(), folders, vars, timeout: task.timeout(), now_ms: now_ms(), scratch };
@@ -237,7 +255,7 @@ async fn run_one(
             tokio::select! {
                 r = run::run(&parsed, &env) => r,
                 _ = shutdown.wait_for(|s| *s) => {
-                    let msg = format!("node {me} is shutting down during {what}; it runs again when the request resumes");
+                    let msg = format!("node {me} is shutting down during {named}; it runs again when the request resumes");
                     ctx.core.store.log(&rec.id, &msg).map_err(internal)?;
                     return Err((ErrorCode::Shutdown, msg));
                 }

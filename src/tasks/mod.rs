@@ -162,6 +162,15 @@ pub enum Task {
     Reschedule { when: When, limit: u32 },
 }
 
+impl Task {
+    /// Whether the task acts on the request's file (reads, moves, changes
+    /// or sends it on), as opposed to writing a line, running a program or
+    /// scheduling the request.
+    pub fn acts_on_the_file(&self) -> bool {
+        !matches!(self, Task::Log { .. } | Task::Exec { .. } | Task::Reschedule { .. })
+    }
+}
+
 /// When a rescheduled request runs again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum When {
