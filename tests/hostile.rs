@@ -137,14 +137,17 @@ async fn a_forged_delivery_claim_earns_no_record() {
     b.shutdown().await;
 }
 
-/// A pull that is Done on the sender is not sent again (nor its post-tasks
-/// run again) for a requester that asks for it without claiming it.
+/// A pull its requester confirmed (Done, or failed in the sender's
+/// post-tasks) is not sent again, nor are the sender's post-tasks run
+/// again, for a requester that asks for it without claiming it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_done_pull_is_not_sent_again_to_a_requester_that_asks_anew() {
+async fn a_confirmed_pull_is_not_sent_again_to_a_requester_that_asks_anew() {
     let mut layout = Layout::new(&["a", "b"]);
     let runs = layout.dir.path().join("runs");
-    layout.config_mut("b").rules[0].sender.post_tasks =
-        vec![sh_task("echo run >> \"$1\"", &[&runs.display().to_string()])];
+    layout.config_mut("b").rules[0].sender.post_tasks = vec![sh_task(
+        "echo run >> \"$1\"; case \"$2\" in fail*) exit 1;; esac",
+        &[&runs.display().to_string(), "#FILENAME#"],
+    )];
     let a = layout.start("a").await;
     let b = layout.start("b").await;
     write_random(&layout.out_dir("b").join("report.bin"), 4096);
@@ -159,9 +162,21 @@ async fn a_done_pull_is_not_sent_again_to_a_requester_that_asks_anew() {
     let r = ask_request(&conn, "a", request(rec.id.clone(), Direction::Pull, "report.bin", 0)).await;
     let r = refused(&r);
     assert_eq!(r.code, ErrorCode::Protocol, "{}", r.message);
-    assert!(r.message.contains("is Done on node b"), "{}", r.message);
+    assert!(r.message.contains("confirmed (Done) on node b"), "{}", r.message);
     assert_eq!(b.handle().store().get(&rec.id).expect("store"), Some(theirs), "b's record untouched");
     assert_eq!(std::fs::read_to_string(&runs).expect("ran").lines().count(), 1, "post-tasks ran once");
+
+    // Nor one whose sender's post-task failed after the file was confirmed.
+    write_random(&layout.out_dir("b").join("fail.bin"), 4096);
+    let rec = a.handle().submit(submit(Direction::Pull, "b", "fail.bin")).await.expect("submitted");
+    assert_eq!(wait_final(&a.handle(), &rec.id, WITHIN).await.status, Status::InError);
+    let theirs = wait_record(&b.handle(), &rec.id, Status::InError, WITHIN).await;
+    assert_eq!(std::fs::read_to_string(&runs).expect("ran").lines().count(), 2);
+    let r = ask_request(&conn, "a", request(rec.id.clone(), Direction::Pull, "fail.bin", 0)).await;
+    assert!(refused(&r).message.contains("confirmed (InError) on node b"), "{r:?}");
+    let now = b.handle().store().get(&rec.id).expect("store").expect("record");
+    assert_eq!((now.status, now.step, now.failed_step), (theirs.status, theirs.step, theirs.failed_step));
+    assert_eq!(std::fs::read_to_string(&runs).expect("ran").lines().count(), 2, "its post-task did not run again");
     a.shutdown().await;
     b.shutdown().await;
 }

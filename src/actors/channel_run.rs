@@ -670,16 +670,19 @@ impl ChannelRun {
             if rec.status == Status::Cancelled {
                 return Err((ErrorCode::Cancelled, format!("request {} was cancelled", rec.id)));
             }
-            // A pull is Done here only after its requester verified and
-            // recorded the file, so a requester asking again claims that
-            // delivery. One that does not is not sent the file again: a Done
-            // request stays done (its post-tasks ran once).
-            if rec.status == Status::Done && req.direction == Direction::Pull && req.delivered.is_none() {
+            // The sender of a pull reaches its post-tasks (or Done) only
+            // after its requester verified and recorded the file, so a
+            // requester asking again claims that delivery. One that does
+            // not is not sent the file again, and the post-tasks that ran
+            // do not run again.
+            let confirmed =
+                matches!(rec.step, Step::PostTask | Step::AllDone) || rec.failed_step == Some(Step::PostTask);
+            if confirmed && req.direction == Direction::Pull && req.delivered.is_none() {
                 return Err((
                     ErrorCode::Protocol,
                     format!(
-                        "request {} is Done on node {}; it is not sent again",
-                        rec.id, self.ctx.core.config.node_id
+                        "request {} was delivered to {} and confirmed ({:?}) on node {}; it is not sent again",
+                        rec.id, self.partner, rec.status, self.ctx.core.config.node_id
                     ),
                 ));
             }
