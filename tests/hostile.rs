@@ -181,6 +181,45 @@ async fn a_confirmed_pull_is_not_sent_again_to_a_requester_that_asks_anew() {
     b.shutdown().await;
 }
 
+/// A partner whose transfers never end (here b's post-task sleeps, so a's
+/// pushes wait for their echo) holds at most its share of a's slots (3 of
+/// 4): a request for c submitted later still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partner_whose_transfers_never_end_leaves_slots_for_the_others() {
+    let mut layout = Layout::new(&["a", "b", "c"]);
+    layout.config_mut("a").concurrency = 4;
+    layout.config_mut("b").rules[0].receiver.post_tasks = vec![sh_task("sleep 60", &[])];
+    let a = layout.start("a").await;
+    let b = layout.start("b").await;
+    let c = layout.start("c").await;
+    let mut held = Vec::new();
+    for i in 0..6 {
+        let name = format!("slow-{i}.bin");
+        write_random(&layout.out_dir("a").join(&name), 1000);
+        held.push(a.handle().submit(submit(Direction::Push, "b", &name)).await.expect("submitted").id);
+    }
+    let running = |a: &ferry::node::Node| {
+        let running =
+            |id: &&RequestId| a.handle().store().get(id).expect("store").is_some_and(|r| r.status == Status::Running);
+        held.iter().filter(running).count()
+    };
+    let deadline = std::time::Instant::now() + WITHIN;
+    while running(&a) < 3 {
+        assert!(std::time::Instant::now() < deadline, "b's requests did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Had b taken the fourth slot, c's request would wait 60 s for one of
+    // b's to end.
+    write_random(&layout.out_dir("a").join("fast.bin"), 1000);
+    let fast = a.handle().submit(submit(Direction::Push, "c", "fast.bin")).await.expect("submitted");
+    let done = wait_final(&a.handle(), &fast.id, WITHIN).await;
+    assert_eq!(done.status, Status::Done, "{:?}", done.error);
+    assert_eq!(running(&a), 3, "b still holds its share, no more");
+    a.shutdown().await;
+    b.shutdown().await;
+    c.shutdown().await;
+}
+
 /// Bug 3: a Request reusing the id of a transfer running with another
 /// partner is refused, and that transfer runs on undisturbed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -46,6 +46,8 @@ pub enum CommanderMsg {
 pub struct CommanderContext {
     pub core: Core,
     pub availability: Arc<Availability>,
+    /// Who else waits in the queue, for each partner's share of the slots.
+    pub queued: Arc<super::partner_share::QueuedByPartner>,
     pub running_requests: Arc<std::sync::atomic::AtomicUsize>,
     pub run: RunHandle,
 }
@@ -62,7 +64,9 @@ pub struct Commander;
 pub struct CommanderState {
     ctx: CommanderContext,
     connections: ActorRef<ConnectionsMsg>,
-    running: BTreeMap<ActorId, (RequestId, ActorRef<ClientRunnerMsg>)>,
+    /// The runners, with their request and the partner whose share of
+    /// the slots it counts in (`partner_share`).
+    running: BTreeMap<ActorId, (RequestId, String, ActorRef<ClientRunnerMsg>)>,
     /// Queued requests passed over because their partner is unavailable,
     /// with when they started waiting (in memory: a restart waits afresh).
     waiting: BTreeMap<RequestId, (String, Instant)>,
@@ -103,6 +107,23 @@ impl CommanderState {
         self.streamed.retain(|_, set| slots.led.contains(set));
         let mut newly_streamed = Vec::new();
         let mut leaders = BTreeSet::new();
+        // Each partner's runners now, and those this fill takes: a partner
+        // at its share of the slots waits (`partner_share`).
+        let share = super::partner_share::share(ctx.core.config.concurrency);
+        let mut holding: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        for (_, partner, _) in self.running.values() {
+            *holding.entry(partner.clone()).or_default() += 1;
+        }
+        // The most this fill can take; an unavailable partner's requests
+        // are all read (their wait is kept), the others' up to their share.
+        let room = |p: &str| match ctx.availability.is_unavailable(p) {
+            true => usize::MAX,
+            false => share.saturating_sub(holding.get(p).copied().unwrap_or(0)),
+        };
+        let free = free.min(ctx.queued.could_start(room));
+        if free == 0 {
+            return Ok(());
+        }
         let picked = ctx.core.store.queued_where(
             free,
             |id| self.streamed.contains_key(id),
@@ -121,10 +142,17 @@ impl CommanderState {
                     passed_over.push((rec.id.clone(), rec.partner.clone()));
                     return false;
                 }
-                match streamable {
+                if holding.get(&rec.partner).copied().unwrap_or(0) >= share {
+                    return false;
+                }
+                let take = match streamable {
                     Some(set) if !slots.declined.contains(set) => leaders.insert(set.clone()),
                     _ => true,
+                };
+                if take {
+                    *holding.entry(rec.partner.clone()).or_default() += 1;
                 }
+                take
             },
         )?;
         self.streamed.extend(newly_streamed);
@@ -149,6 +177,9 @@ impl CommanderState {
                     lifecycle::take(r, attempt, member.as_deref());
                 },
             )?;
+            // Counted in the share of the partner it was queued for (a
+            // group's request may have moved to a member).
+            let queued_for = rec.partner.clone();
             let Some(rec) = taken else { continue };
             let args = ClientRunnerArgs {
                 ctx: self.ctx.run.clone(),
@@ -157,7 +188,7 @@ impl CommanderState {
             };
             match Actor::spawn_linked(None, ClientRunner, args, myself.get_cell()).await {
                 Ok((runner, _)) => {
-                    self.running.insert(runner.get_id(), (rec.id, runner));
+                    self.running.insert(runner.get_id(), (rec.id, queued_for, runner));
                 }
                 Err(e) => {
                     tracing::error!(request_id = %rec.id, error = %e, "cannot start a ClientRunner");
@@ -347,6 +378,8 @@ impl Actor for Commander {
                 spawn_error_tasks(&myself, &args.ctx, id);
             }
         }
+        // The queue as it is now (rebuilt above after a crash) is who waits.
+        args.ctx.queued.recount(store)?;
         myself.cast(CommanderMsg::Wake)?;
         Ok(CommanderState {
             ctx: args.ctx,
@@ -407,7 +440,7 @@ impl Actor for Commander {
                 state.fill(&myself).await?;
             }
             CommanderMsg::Command(id, control) => {
-                if let Some((_, runner)) = state.running.values().find(|(rid, _)| *rid == id) {
+                if let Some((_, _, runner)) = state.running.values().find(|(rid, _, _)| *rid == id) {
                     let _ = runner.cast(ClientRunnerMsg::Command(control));
                 }
             }
@@ -423,12 +456,12 @@ impl Actor for Commander {
     ) -> Result<(), ActorProcessingErr> {
         match evt {
             SupervisionEvent::ActorTerminated(cell, _, _) => {
-                if let Some((id, _)) = state.running.remove(&cell.get_id()) {
+                if let Some((id, _, _)) = state.running.remove(&cell.get_id()) {
                     schedule_retry(&myself, &state.ctx, &id).await?;
                 }
             }
             SupervisionEvent::ActorFailed(cell, err) => {
-                if let Some((id, _)) = state.running.remove(&cell.get_id()) {
+                if let Some((id, _, _)) = state.running.remove(&cell.get_id()) {
                     tracing::error!(request_id = %id, error = %err, "ClientRunner failed");
                     let message = format!("runner failed: {err}");
                     state.ctx.core.store.update(&id, "runner failed", |r| {

@@ -149,6 +149,8 @@ pub struct NodeContext {
     pub availability: Arc<Availability>,
     /// Requests this node's Commander is running.
     pub running_requests: Arc<AtomicUsize>,
+    /// Queued requests per partner (each partner's share of the slots).
+    pub queued: Arc<super::partner_share::QueuedByPartner>,
     pub actors: Actors,
     pub intake: Intake,
     pub run: RunHandle,
@@ -177,6 +179,7 @@ impl NodeContext {
     ) -> NodeContext {
         let budgets = Arc::new(PartnerBudgets::new(config.limits.clone()));
         let send_pool = crate::transfer::send_pool::SendPool::new(config.transport.send_buffer_bytes);
+        let queued = super::partner_share::QueuedByPartner::attach(&store);
         let core = Core { config: Arc::new(config), store, shutdown };
         let availability = Arc::new(Availability::default());
         let actors = Actors::default();
@@ -198,6 +201,7 @@ impl NodeContext {
             dial,
             availability,
             running_requests: Arc::new(AtomicUsize::new(0)),
+            queued,
             actors,
             intake,
             run,
@@ -210,6 +214,7 @@ impl NodeContext {
         CommanderContext {
             core: self.core.clone(),
             availability: self.availability.clone(),
+            queued: self.queued.clone(),
             running_requests: self.running_requests.clone(),
             run: self.run.clone(),
         }

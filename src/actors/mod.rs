@@ -44,6 +44,7 @@ pub mod context;
 pub mod control_plane;
 pub mod intake;
 pub mod partner_budget;
+pub mod partner_share;
 pub mod retention;
 pub mod server_runner;
 pub mod set_keeper;
