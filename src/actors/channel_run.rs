@@ -214,6 +214,8 @@ pub struct ChannelRun {
     superseded: Arc<AtomicBool>,
     /// Requested side: what this transfer holds of its partner's budget.
     reservation: Option<partner_budget::Reservation>,
+    /// Receiver: the disk space promised to the bytes still to come.
+    room: Option<crate::transfer::room::Promise>,
     /// Whether this node holds a record of the request (the requester
     /// always; the requested side once it recorded the request).
     recorded: bool,
@@ -241,6 +243,7 @@ impl ChannelRun {
             token: crate::determinism::random_u128() as u64,
             superseded: Arc::new(AtomicBool::new(false)),
             reservation: None,
+            room: None,
             recorded: false,
         }
     }
@@ -334,6 +337,9 @@ impl ChannelRun {
                     }
                     Output::Write(block) => {
                         let end = block.offset + u64::from(block.raw_len);
+                        if let Some(room) = self.room.as_mut() {
+                            room.written(u64::from(block.raw_len));
+                        }
                         let ok = match writer.as_mut() {
                             Some(w) => w.write(block).await,
                             None => false,
@@ -819,7 +825,8 @@ impl ChannelRun {
                     .await
                     .map_err(|e| (ErrorCode::Internal, e.to_string()))?
                     .map_err(|e| (ErrorCode::Io, format!("cannot read the partial file: {e}")))?;
-                check_space(&dir, req.size.saturating_sub(offer.prefix.as_ref().map_or(0, |p| p.offset)))?;
+                let to_come = req.size.saturating_sub(offer.prefix.as_ref().map_or(0, |p| p.offset));
+                self.room = Some(self.ctx.room.promise(&dir, to_come)?);
                 self.files.work_len = offer.work_len;
                 if let Some(p) = offer.prefix {
                     restart = p.offset;
@@ -1034,7 +1041,7 @@ impl ChannelRun {
                 )
             })?;
             let dir = rule.recv_dir_for(&self.partner);
-            check_space(&dir, plan.size)?;
+            self.room = Some(self.ctx.room.promise(&dir, plan.size)?);
             self.files.recv_dir = Some(dir);
         }
         let dir = self.files.recv_dir.as_ref().expect("set just above");
@@ -1352,24 +1359,6 @@ pub fn refuse_existing_target(
         return Err((
             ErrorCode::TargetExists,
             format!("{} exists on node {} and the target mode is create", final_path.display(), ctx.config.node_id),
-        ));
-    }
-    Ok(())
-}
-
-/// Refuses a transfer the receive folder has no room for.
-pub fn check_space(dir: &std::path::Path, size: u64) -> Result<(), (ErrorCode, String)> {
-    std::fs::create_dir_all(dir).map_err(|e| (ErrorCode::Io, format!("cannot create {}: {e}", dir.display())))?;
-    let free = receive::available_space(dir)
-        .map_err(|e| (ErrorCode::Io, format!("cannot read free space of {}: {e}", dir.display())))?;
-    let needed = size.saturating_add(receive::space_margin(size));
-    if free < needed {
-        return Err((
-            ErrorCode::NoSpace,
-            format!(
-                "not enough space in {}: {size} bytes plus a margin need {needed}, {free} available",
-                dir.display()
-            ),
         ));
     }
     Ok(())

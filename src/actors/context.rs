@@ -137,6 +137,8 @@ pub struct RunParts {
     pub intake: Intake,
     /// What this node's sending transfers may hold in memory together.
     pub send_pool: crate::transfer::send_pool::SendPool,
+    /// Disk space promised to the files being received.
+    pub room: Arc<crate::transfer::room::DiskRoom>,
 }
 
 /// The node's parts, built at start-up.
@@ -193,6 +195,7 @@ impl NodeContext {
             set_streams: Default::default(),
             intake: intake.clone(),
             send_pool,
+            room: Default::default(),
         }));
         let own_core_refs = Arc::strong_count(&core.config);
         NodeContext {

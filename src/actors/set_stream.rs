@@ -868,6 +868,9 @@ struct Served {
     token: u64,
     superseded: Arc<AtomicBool>,
     serving: Arc<std::sync::Mutex<std::collections::BTreeMap<RequestId, super::channel_run::ServingRun>>>,
+    /// Disk space promised to other transfers: a pass of files, written at
+    /// once, fits beside it.
+    room: Arc<crate::transfer::room::DiskRoom>,
 }
 
 /// Serves a set stream `partner` opened (its kind byte read).
@@ -973,6 +976,7 @@ fn opened(ctx: &RunHandle, partner: &str, open: SetFrame) -> Result<Served, Refu
         token: crate::determinism::random_u128() as u64,
         superseded: Arc::new(AtomicBool::new(false)),
         serving: ctx.serving.clone(),
+        room: ctx.room.clone(),
     })
 }
 
@@ -1138,11 +1142,7 @@ async fn accept_and_commit(
                     // Room for the whole pass (with one margin) means room
                     // for each file; only short of that is each checked.
                     let total = files.iter().map(|f| f.data.len() as u64).sum();
-                    let space = if super::channel_run::check_space(&s.dir, total).is_ok() {
-                        Space::Checked
-                    } else {
-                        Space::EachFile
-                    };
+                    let space = if s.room.has_room(&s.dir, total).is_ok() { Space::Checked } else { Space::EachFile };
                     files
                         .into_iter()
                         .map(|f| {
@@ -1296,7 +1296,7 @@ fn accept_file(s: &Served, space: Space, f: StreamedFile) -> Result<Accepted, Re
         super::channel_run::refuse_existing_target(&s.core, s.mode, &target)?;
     }
     if let Space::EachFile = space {
-        super::channel_run::check_space(&s.dir, f.data.len() as u64)?;
+        s.room.has_room(&s.dir, f.data.len() as u64)?;
     }
     claim_serving(&s.serving, &f.id, &s.partner, s.token, &s.superseded)?;
     let work = if folder {

@@ -6,6 +6,7 @@
 
 pub mod receive;
 pub mod retrieve;
+pub mod room;
 pub mod send_pool;
 
 use std::os::unix::fs::FileExt;
