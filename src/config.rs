@@ -473,6 +473,16 @@ pub struct RetentionSettings {
     /// How often old requests are looked for (also once at start).
     #[serde(default = "default_sweep_interval_secs")]
     pub sweep_interval_secs: u64,
+    /// A push a partner left `Interrupted` here, with nothing delivered,
+    /// and did not resume for this many hours is cancelled and its partial
+    /// file removed (default 168, a week). 0: kept for ever, and a partner
+    /// that starts transfers and walks away can fill the disk with them.
+    #[serde(default = "default_partial_keep_hours")]
+    pub partial_keep_hours: u32,
+}
+
+fn default_partial_keep_hours() -> u32 {
+    168
 }
 
 fn default_sweep_interval_secs() -> u64 {
@@ -481,7 +491,11 @@ fn default_sweep_interval_secs() -> u64 {
 
 impl Default for RetentionSettings {
     fn default() -> Self {
-        RetentionSettings { keep_days: 0, sweep_interval_secs: default_sweep_interval_secs() }
+        RetentionSettings {
+            keep_days: 0,
+            sweep_interval_secs: default_sweep_interval_secs(),
+            partial_keep_hours: default_partial_keep_hours(),
+        }
     }
 }
 

@@ -1,39 +1,80 @@
-//! The retention setting carried out: requests that ended long ago are
-//! removed from the store with their job logs (`[retention] keep_days`;
-//! off by default). What is removed, and what never is, is
-//! [`Store::prune`]'s to decide; this task only runs it at start and then
-//! every `sweep_interval_secs`, a bounded batch at a time off the async
-//! threads, flushes after each batch, and writes one audit event per sweep
-//! that removed anything (the audit log itself is never pruned).
+//! The retention settings carried out, at start and then every
+//! `sweep_interval_secs`:
+//! - requests that ended long ago are removed from the store with their
+//!   job logs (`[retention] keep_days`; off by default). What is removed,
+//!   and what never is, is [`Store::prune`]'s to decide; this task runs it
+//!   a bounded batch at a time off the async threads, flushes after each
+//!   batch, and writes one audit event per sweep that removed anything
+//!   (the audit log itself is never pruned);
+//! - pushes a partner left `Interrupted` here with nothing delivered, and
+//!   did not resume within `partial_keep_hours` (a week by default), are
+//!   cancelled and their partial files removed ([`abandon_partials`]):
+//!   without it a partner that starts transfers and walks away fills the
+//!   disk with partial files nobody resumes. Each is recorded `Cancelled`,
+//!   then its work file is removed; the records are flushed after the
+//!   sweep. A crash before that flush leaves such a request `Interrupted`
+//!   without its partial file: resumed, it starts over from offset 0 (a
+//!   restart point counts only while the work file holds it).
 
 use std::time::Duration;
 
 use tokio::sync::watch;
 
 use super::AUDIT;
-use crate::config::RetentionSettings;
-use crate::store::{now_ms, Pruned, Store, StoreError};
+use crate::config::{NodeConfig, RetentionSettings};
+use crate::protocol::{Direction, ErrorCode};
+use crate::store::{now_ms, Pruned, Role, Status, Store, StoreError};
 
 /// Requests removed per batch (a set counts with its files), so a first
 /// sweep over years of history does not hold the store for long at once.
 pub const BATCH: usize = 10_000;
 
 const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+const HOUR_MS: u64 = 60 * 60 * 1000;
 
 /// Started once per node; ends at once when retention is off, else when
 /// the node shuts down.
 pub fn start(
     store: &Store,
-    settings: RetentionSettings,
+    config: std::sync::Arc<NodeConfig>,
     mut shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     let store = store.clone();
+    let settings: RetentionSettings = config.retention.clone();
     tokio::spawn(async move {
-        if settings.keep_days == 0 {
+        if settings.keep_days == 0 && settings.partial_keep_hours == 0 {
             return;
         }
         let every = Duration::from_secs(settings.sweep_interval_secs);
         loop {
+            if settings.partial_keep_hours > 0 {
+                let cutoff = now_ms().saturating_sub(u64::from(settings.partial_keep_hours) * HOUR_MS);
+                let (s, c) = (store.clone(), config.clone());
+                let abandoned = crate::determinism::blocking(move || abandon_partials(&s, &c, cutoff)).await;
+                match abandoned {
+                    Ok(Ok(0)) => {}
+                    Ok(Ok(n)) => match store.flush().await {
+                        Ok(()) => tracing::info!(
+                            target: AUDIT,
+                            event = "partials_abandoned",
+                            requests = n,
+                            partial_keep_hours = settings.partial_keep_hours,
+                            "cancelled pushes a partner left unfinished and did not resume, and removed their partial files"
+                        ),
+                        Err(e) => tracing::error!(error = %e, "cannot flush the cancelled unfinished pushes"),
+                    },
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "cannot look for unfinished pushes; trying again at the next sweep")
+                    }
+                    Err(e) => tracing::error!(error = %e, "the look for unfinished pushes stopped"),
+                }
+            }
+            if settings.keep_days == 0 {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => continue,
+                    _ = shutdown.wait_for(|s| *s) => return,
+                }
+            }
             let cutoff = now_ms().saturating_sub(u64::from(settings.keep_days) * DAY_MS);
             match sweep(&store, cutoff, &mut shutdown).await {
                 Ok(p) if p.requests > 0 => tracing::info!(
@@ -73,4 +114,40 @@ pub async fn sweep(store: &Store, cutoff: u64, shutdown: &mut watch::Receiver<bo
         }
         tokio::task::yield_now().await;
     }
+}
+
+/// Cancels the pushes a partner left `Interrupted` here before `cutoff`
+/// (unix ms of their last change) with nothing delivered or held, and
+/// removes their partial files; returns how many. Each record is written
+/// `Cancelled` only if it did not change since it was read (a resume that
+/// came meanwhile keeps it), then its work file goes. The caller flushes.
+pub fn abandon_partials(store: &Store, config: &NodeConfig, cutoff: u64) -> Result<usize, StoreError> {
+    let mut abandoned = 0;
+    for rec in store.list(Some(Status::Interrupted))? {
+        let unfinished_push = rec.role == Role::Requested && rec.direction == Direction::Push;
+        if !unfinished_push || rec.delivered || crate::lifecycle::is_held(&rec) || rec.updated_at >= cutoff {
+            continue;
+        }
+        let Some(rule) = config.rule(&rec.rule) else { continue };
+        let work = crate::transfer::receive::work_path(&rule.recv_dir_for(&rec.partner), &rec.id);
+        let hours = config.retention.partial_keep_hours;
+        let message = format!(
+            "not resumed by {} within {hours} hours (retention.partial_keep_hours); its partial file was removed",
+            rec.partner
+        );
+        let seen = rec.updated_at;
+        let cancelled = store.update_if(
+            &rec.id,
+            &message,
+            |r| r.status == Status::Interrupted && r.updated_at == seen && !r.delivered,
+            |r| {
+                crate::lifecycle::fail(r, ErrorCode::Cancelled, &message, 0, now_ms());
+            },
+        )?;
+        if cancelled.is_some() {
+            crate::transfer::receive::discard(&work);
+            abandoned += 1;
+        }
+    }
+    Ok(abandoned)
 }
