@@ -138,11 +138,20 @@ impl CommanderState {
                     newly_streamed.push((rec.id.clone(), set.clone()));
                     return false;
                 }
-                if ctx.availability.is_unavailable(&rec.partner) && movable_member(&ctx, rec).is_none() {
-                    passed_over.push((rec.id.clone(), rec.partner.clone()));
-                    return false;
-                }
-                if holding.get(&rec.partner).copied().unwrap_or(0) >= share {
+                // The partner it would run with: a group's request may move
+                // to another member, and counts in that member's share.
+                let moved = match ctx.availability.is_unavailable(&rec.partner) {
+                    false => None,
+                    true => match movable_member(&ctx, rec) {
+                        Some(member) => Some(member),
+                        None => {
+                            passed_over.push((rec.id.clone(), rec.partner.clone()));
+                            return false;
+                        }
+                    },
+                };
+                let runs_with = moved.unwrap_or_else(|| rec.partner.clone());
+                if holding.get(&runs_with).copied().unwrap_or(0) >= share {
                     return false;
                 }
                 let take = match streamable {
@@ -150,7 +159,7 @@ impl CommanderState {
                     _ => true,
                 };
                 if take {
-                    *holding.entry(rec.partner.clone()).or_default() += 1;
+                    *holding.entry(runs_with).or_default() += 1;
                 }
                 take
             },
@@ -177,9 +186,9 @@ impl CommanderState {
                     lifecycle::take(r, attempt, member.as_deref());
                 },
             )?;
-            // Counted in the share of the partner it was queued for (a
-            // group's request may have moved to a member).
-            let queued_for = rec.partner.clone();
+            // Counted in the share of the partner it runs with (a group's
+            // request may have moved to another member).
+            let runs_with = member.clone().unwrap_or_else(|| rec.partner.clone());
             let Some(rec) = taken else { continue };
             let args = ClientRunnerArgs {
                 ctx: self.ctx.run.clone(),
@@ -188,7 +197,7 @@ impl CommanderState {
             };
             match Actor::spawn_linked(None, ClientRunner, args, myself.get_cell()).await {
                 Ok((runner, _)) => {
-                    self.running.insert(runner.get_id(), (rec.id, queued_for, runner));
+                    self.running.insert(runner.get_id(), (rec.id, runs_with, runner));
                 }
                 Err(e) => {
                     tracing::error!(request_id = %rec.id, error = %e, "cannot start a ClientRunner");
@@ -377,9 +386,13 @@ impl Actor for Commander {
             for id in error_tasks_left {
                 spawn_error_tasks(&myself, &args.ctx, id);
             }
+            // The queue as it is now (rebuilt above) is who waits. Only at
+            // the node's start, before the API serves: a Commander started
+            // again after a failure keeps the count the store's observer
+            // kept meanwhile (a recount then could miss a write that came
+            // while it read the queue).
+            args.ctx.queued.recount(store)?;
         }
-        // The queue as it is now (rebuilt above after a crash) is who waits.
-        args.ctx.queued.recount(store)?;
         myself.cast(CommanderMsg::Wake)?;
         Ok(CommanderState {
             ctx: args.ctx,
