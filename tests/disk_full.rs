@@ -200,3 +200,44 @@ async fn transfers_accepted_at_once_cannot_promise_the_same_free_space_twice() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// The same for pulls: the pulling node promises itself the room of each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_started_at_once_cannot_promise_the_same_free_space_twice() {
+    let mut layout = Layout::new(&["a", "b"]);
+    let small = layout.dir.path().join("a-shared-disk");
+    let _mount = Tmpfs::mount(&small, 64);
+    let mut rule_a = layout.config("a").rules[0].clone();
+    rule_a.name = "small".into();
+    rule_a.recv_dir = small.clone();
+    layout.config_mut("a").rules.push(rule_a);
+    let mut rule_b = layout.config("b").rules[0].clone();
+    rule_b.name = "small".into();
+    layout.config_mut("b").rules.push(rule_b);
+    let a = layout.start("a").await;
+    let b = layout.start("b").await;
+    let mut digests = Vec::new();
+    for name in ["one", "two"] {
+        digests.push(write_random(&layout.out_dir("b").join(name), 36 << 20));
+    }
+    let mut ids = Vec::new();
+    for name in ["one", "two"] {
+        let mut s = submit(Direction::Pull, "b", name);
+        s.rule = "small".into();
+        ids.push(a.handle().submit(s).await.expect("submitted").id);
+    }
+    let mut ends = Vec::new();
+    for id in &ids {
+        ends.push(wait_final(&a.handle(), id, WITHIN).await);
+    }
+    let done: Vec<usize> = (0..2).filter(|&i| ends[i].status == Status::Done).collect();
+    assert_eq!(done.len(), 1, "one arrives, one is refused: {ends:?}");
+    let (kept, refused) = (done[0], 1 - done[0]);
+    let err = ends[refused].error.clone().expect("why");
+    assert_eq!((ends[refused].status, err.code), (Status::InError, ErrorCode::NoSpace), "{}", err.message);
+    assert!(err.message.contains("promised to transfers being received"), "refused at once: {}", err.message);
+    assert_eq!(file_digest(&small.join(["one", "two"][kept])), digests[kept], "the other arrives whole");
+    assert!(work_files(&small).is_empty(), "no work file left");
+    a.shutdown().await;
+    b.shutdown().await;
+}

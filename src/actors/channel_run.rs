@@ -826,7 +826,7 @@ impl ChannelRun {
                     .map_err(|e| (ErrorCode::Internal, e.to_string()))?
                     .map_err(|e| (ErrorCode::Io, format!("cannot read the partial file: {e}")))?;
                 let to_come = req.size.saturating_sub(offer.prefix.as_ref().map_or(0, |p| p.offset));
-                self.room = Some(self.ctx.room.promise(&dir, to_come)?);
+                self.room = Some(self.ctx.room.promise(&dir, &req.request_id, to_come)?);
                 self.files.work_len = offer.work_len;
                 if let Some(p) = offer.prefix {
                     restart = p.offset;
@@ -1040,11 +1040,15 @@ impl ChannelRun {
                     format!("rule {:?} does not exist on node {}", rec.rule, self.ctx.core.config.node_id),
                 )
             })?;
-            let dir = rule.recv_dir_for(&self.partner);
-            self.room = Some(self.ctx.room.promise(&dir, plan.size)?);
-            self.files.recv_dir = Some(dir);
+            self.files.recv_dir = Some(rule.recv_dir_for(&self.partner));
         }
         let dir = self.files.recv_dir.as_ref().expect("set just above");
+        if self.room.is_none() {
+            // A pulling requester: the room for the bytes still to come
+            // (a push's requested side promised it while judging).
+            let id = self.session.request_id().clone();
+            self.room = Some(self.ctx.room.promise(dir, &id, plan.size.saturating_sub(plan.restart_offset))?);
+        }
         std::fs::create_dir_all(dir).map_err(|e| (ErrorCode::Io, format!("cannot create {}: {e}", dir.display())))?;
         let held = self.files.work_len;
         if plan.restart_offset > 0 {
