@@ -155,32 +155,31 @@ async fn a_set_stream_whose_folder_runs_out_of_inodes_fails_those_files_as_no_sp
     b.shutdown().await;
 }
 
-/// Two transfers that each fit the disk, announced at once: the second is
-/// refused at once (the first's bytes are promised to it), and the first
-/// arrives whole. Without the promise both were accepted, both wrote, and
-/// the disk filled under both.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn transfers_accepted_at_once_cannot_promise_the_same_free_space_twice() {
+/// Two transfers of `direction` that each fit the receiving disk (64 MiB,
+/// 36 MiB each with its margin), started at once: one arrives whole, the
+/// other is refused at once, since the first's bytes are promised to it.
+/// Without the promise both were accepted, both wrote, and the disk filled
+/// under both.
+async fn two_at_once_into_a_disk_with_room_for_one(direction: Direction) {
     let mut layout = Layout::new(&["a", "b"]);
-    let small = layout.dir.path().join("b-shared-disk");
+    let (sender, receiver) = if direction == Direction::Push { ("a", "b") } else { ("b", "a") };
+    let small = layout.dir.path().join("shared-disk");
     let _mount = Tmpfs::mount(&small, 64);
-    let mut rule = layout.config("b").rules[0].clone();
-    rule.name = "small".into();
-    rule.recv_dir = small.clone();
-    layout.config_mut("b").rules.push(rule);
-    let mut rule_a = layout.config("a").rules[0].clone();
-    rule_a.name = "small".into();
-    layout.config_mut("a").rules.push(rule_a);
+    for node in ["a", "b"] {
+        let mut rule = layout.config(node).rules[0].clone();
+        rule.name = "small".into();
+        if node == receiver {
+            rule.recv_dir = small.clone();
+        }
+        layout.config_mut(node).rules.push(rule);
+    }
     let a = layout.start("a").await;
     let b = layout.start("b").await;
-    // 36 MiB and its margin fit 64 MiB once, not twice.
+    let names = ["one", "two"];
+    let digests: Vec<_> = names.iter().map(|n| write_random(&layout.out_dir(sender).join(n), 36 << 20)).collect();
     let mut ids = Vec::new();
-    let mut digests = Vec::new();
-    for name in ["one", "two"] {
-        digests.push(write_random(&layout.out_dir("a").join(name), 36 << 20));
-    }
-    for name in ["one", "two"] {
-        let mut s = submit(Direction::Push, "b", name);
+    for name in names {
+        let mut s = submit(direction, "b", name);
         s.rule = "small".into();
         ids.push(a.handle().submit(s).await.expect("submitted").id);
     }
@@ -194,50 +193,19 @@ async fn transfers_accepted_at_once_cannot_promise_the_same_free_space_twice() {
     let err = ends[refused].error.clone().expect("why");
     assert_eq!((ends[refused].status, err.code), (Status::InError, ErrorCode::NoSpace), "{}", err.message);
     assert!(err.message.contains("promised to transfers being received"), "refused at once: {}", err.message);
-    let name = ["one", "two"][kept];
-    assert_eq!(file_digest(&small.join(name)), digests[kept], "the accepted one arrives whole");
+    assert_eq!(file_digest(&small.join(names[kept])), digests[kept], "the accepted one arrives whole");
     assert!(work_files(&small).is_empty(), "no work file left");
     a.shutdown().await;
     b.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfers_accepted_at_once_cannot_promise_the_same_free_space_twice() {
+    two_at_once_into_a_disk_with_room_for_one(Direction::Push).await;
+}
+
 /// The same for pulls: the pulling node promises itself the room of each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pulls_started_at_once_cannot_promise_the_same_free_space_twice() {
-    let mut layout = Layout::new(&["a", "b"]);
-    let small = layout.dir.path().join("a-shared-disk");
-    let _mount = Tmpfs::mount(&small, 64);
-    let mut rule_a = layout.config("a").rules[0].clone();
-    rule_a.name = "small".into();
-    rule_a.recv_dir = small.clone();
-    layout.config_mut("a").rules.push(rule_a);
-    let mut rule_b = layout.config("b").rules[0].clone();
-    rule_b.name = "small".into();
-    layout.config_mut("b").rules.push(rule_b);
-    let a = layout.start("a").await;
-    let b = layout.start("b").await;
-    let mut digests = Vec::new();
-    for name in ["one", "two"] {
-        digests.push(write_random(&layout.out_dir("b").join(name), 36 << 20));
-    }
-    let mut ids = Vec::new();
-    for name in ["one", "two"] {
-        let mut s = submit(Direction::Pull, "b", name);
-        s.rule = "small".into();
-        ids.push(a.handle().submit(s).await.expect("submitted").id);
-    }
-    let mut ends = Vec::new();
-    for id in &ids {
-        ends.push(wait_final(&a.handle(), id, WITHIN).await);
-    }
-    let done: Vec<usize> = (0..2).filter(|&i| ends[i].status == Status::Done).collect();
-    assert_eq!(done.len(), 1, "one arrives, one is refused: {ends:?}");
-    let (kept, refused) = (done[0], 1 - done[0]);
-    let err = ends[refused].error.clone().expect("why");
-    assert_eq!((ends[refused].status, err.code), (Status::InError, ErrorCode::NoSpace), "{}", err.message);
-    assert!(err.message.contains("promised to transfers being received"), "refused at once: {}", err.message);
-    assert_eq!(file_digest(&small.join(["one", "two"][kept])), digests[kept], "the other arrives whole");
-    assert!(work_files(&small).is_empty(), "no work file left");
-    a.shutdown().await;
-    b.shutdown().await;
+    two_at_once_into_a_disk_with_room_for_one(Direction::Pull).await;
 }
