@@ -290,6 +290,7 @@ impl TaskConfig {
             },
             "exec" => {
                 let program = text("program", &self.program)?;
+                Vars::check_program(&program).map_err(|e| format!("program: {e}"))?;
                 let args = self.args.clone().unwrap_or_default();
                 for a in &args {
                     Vars::check(a, error_vars).map_err(|e| format!("args: {e}"))?;

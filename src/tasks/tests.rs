@@ -71,6 +71,12 @@ fn bad_tasks_are_refused_with_the_reason() {
         (cfg("reschedule"), TaskList::Error, "either \"delay_ms\" or \"at\""),
         (TaskConfig { at: Some("25:00".into()), ..cfg("reschedule") }, TaskList::Error, "not a time of day"),
         (cfg("exec"), TaskList::Post, "needs \"program\""),
+        (TaskConfig { program: Some("#FILEPATH#".into()), ..cfg("exec") }, TaskList::Post, "chosen by the partner"),
+        (
+            TaskConfig { program: Some("/opt/bin/#TRANSFERINFO#".into()), ..cfg("exec") },
+            TaskList::Post,
+            "program: #TRANSFERINFO# is chosen by the partner",
+        ),
         (TaskConfig { timeout_ms: Some(0), ..cfg("delete") }, TaskList::Post, "timeout_ms"),
     ];
     for (c, list, want) in cases {

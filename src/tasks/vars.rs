@@ -33,6 +33,12 @@ pub const NAMES: [(&str, &str); 20] = [
 
 const ERROR_ONLY: [&str; 2] = ["ERRORCODE", "ERRORMSG"];
 
+/// Variables whose value the partner chooses: the names and paths of the
+/// files it sends (a delivered file's path is the file it sent), its free
+/// text, and the message of a failure it reports.
+const PARTNER_CHOSEN: [&str; 6] =
+    ["FILENAME", "ORIGINALFILENAME", "FILEPATH", "EXTERNALJOBID", "TRANSFERINFO", "ERRORMSG"];
+
 /// The values of the variables for one task run.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Vars {
@@ -104,6 +110,20 @@ impl Vars {
             }
         }
         Ok(())
+    }
+}
+
+impl Vars {
+    /// Checks an `exec` task's program at start-up: the rule fixes which
+    /// program runs, so no variable a partner chooses may name it (with
+    /// `#FILEPATH#` a node would run the file a partner sent).
+    pub fn check_program(template: &str) -> Result<(), String> {
+        match PARTNER_CHOSEN.iter().find(|name| template.contains(&format!("#{name}#"))) {
+            Some(name) => Err(format!(
+                "#{name}# is chosen by the partner; the program a rule runs must not be (pass it as an argument)"
+            )),
+            None => Ok(()),
+        }
     }
 }
 
