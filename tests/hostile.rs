@@ -344,6 +344,30 @@ async fn a_symbolic_link_in_a_send_folder_is_not_followed() {
     b.shutdown().await;
 }
 
+/// A pull of a name that is a symbolic link in the send folder is refused
+/// before the sender's pre-tasks run: they would act through the link on a
+/// file outside the folder that the transfer itself refuses to send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_senders_pre_task_never_runs_on_a_file_a_link_leads_to() {
+    let mut layout = Layout::new(&["a", "b"]);
+    let seen = layout.dir.path().join("seen");
+    layout.config_mut("b").rules[0].sender.pre_tasks =
+        vec![sh_task("cat \"$1\" >> \"$2\"", &["#FILEPATH#", &seen.display().to_string()])];
+    let a = layout.start("a").await;
+    let b = layout.start("b").await;
+    let outside = layout.dir.path().join("outside-secret.txt");
+    std::fs::write(&outside, b"not for partners").expect("write");
+    std::os::unix::fs::symlink(&outside, layout.out_dir("b").join("link.txt")).expect("symlink");
+    let rec = a.handle().submit(submit(Direction::Pull, "b", "link.txt")).await.expect("submitted");
+    let rec = wait_final(&a.handle(), &rec.id, WITHIN).await;
+    assert_eq!(rec.status, Status::InError);
+    let why = rec.error.expect("error").message;
+    assert!(why.contains("symbolic link"), "{why}");
+    assert!(!seen.exists(), "the pre-task ran on the file the link leads to");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 /// Partners that share a rule can be given receive folders of their own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_partner_receive_folders_keep_partners_apart() {

@@ -730,6 +730,11 @@ impl ChannelRun {
         let pre_pending = !side.pre_tasks.is_empty()
             && req.delivered.is_none()
             && existing.as_ref().is_none_or(|r| r.step == Step::PreTask && !r.delivered);
+        if pre_pending && req.direction == Direction::Pull {
+            // The sender's pre-tasks act on the file before it is opened:
+            // not through a link the transfer itself would refuse.
+            retrieve::check_source_path(&rule.send_dir, &req.file_name, &req.rule, &cfg.node_id)?;
+        }
         if pre_pending {
             let line = format!(
                 "recorded {:?} of {:?} from {}; its pre-tasks run first",

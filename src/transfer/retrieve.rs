@@ -170,6 +170,35 @@ pub fn open_source(dir: &Path, name: &str, rule: &str, node: &str) -> Result<Sou
     Ok(Source { path, file: Arc::new(file), snapshot: SourceSnapshot::of(&meta) })
 }
 
+/// What [`open_source`] can check of `dir/name` before the file is opened,
+/// for a sender whose pre-tasks run first (they may make the file): a
+/// plain relative path, and no symbolic link on the way or at its end
+/// among what exists already. A task must not act, through a link, on a
+/// file outside the send folder that the transfer itself would refuse.
+pub fn check_source_path(dir: &Path, name: &str, rule: &str, node: &str) -> Result<(), (ErrorCode, String)> {
+    if let Err(why) = crate::protocol::names::check_entry_path(name) {
+        return Err((ErrorCode::BadFileName, why));
+    }
+    let mut path = dir.to_path_buf();
+    for component in name.trim_end_matches('/').split('/') {
+        path.push(component);
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err((
+                    ErrorCode::FileNotFound,
+                    format!(
+                        "{name:?} in the send folder of rule {rule:?} on node {node} is or passes a symbolic link; \
+                         a rule sends only regular files inside its folder"
+                    ),
+                ))
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    Ok(())
+}
+
 /// `dir/folders`, checked folder by folder: each must be a real folder,
 /// never a symbolic link (a link would lead out of the rule's folder).
 /// `name` is what the messages call the file or folder asked for.
