@@ -921,7 +921,12 @@ impl Node {
         let (supervisor, _) =
             Actor::spawn(None, Supervisor, ctx.clone()).await.map_err(|e| NodeError::Actors(e.to_string()))?;
         let handle = NodeHandle { ctx: ctx.clone(), identity: identity_watch.clone() };
-        let pruner = crate::actors::retention::start(&ctx.core.store, ctx.core.config.clone(), shutdown_rx.clone());
+        let pruner = crate::actors::retention::start(
+            &ctx.core.store,
+            ctx.core.config.clone(),
+            ctx.run.serving.clone(),
+            shutdown_rx.clone(),
+        );
         let mut tasks = vec![set_keeper, releaser, pruner];
         tasks.push(tokio::spawn(identity_watch.run(shutdown_rx.clone())));
         // A simulation's hosts share one thread and a simulated clock: no

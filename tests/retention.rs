@@ -75,57 +75,58 @@ async fn retention_removes_old_ended_requests_and_keeps_running_failed_and_recen
     b.shutdown().await;
 }
 
-/// A push a partner started here and left `Interrupted` for longer than
-/// `partial_keep_hours` is cancelled at the sweep and its partial file
-/// removed; a recent one, and one whose file was delivered, are kept.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unfinished_push_left_longer_than_partial_keep_hours_is_cancelled_and_its_partial_removed() {
-    let mut layout = Layout::new(&["a", "b"]);
-    layout.config_mut("b").retention.partial_keep_hours = 72;
+/// A push a partner started here and left `Interrupted`, unchanged for
+/// longer than `partial_keep_hours` while the node was up, is cancelled and
+/// its partial file removed. Kept: a recent one, one whose file was
+/// delivered, one an operator stopped, one a run serves now, and every one
+/// when the node has not been up that long (its downtime does not count).
+#[test]
+fn an_unfinished_push_left_longer_than_partial_keep_hours_is_cancelled_and_its_partial_removed() {
+    let layout = Layout::new(&["a", "b"]);
+    let config = layout.config("b").clone();
     let work_dir = layout.in_dir("b").join(".ferry-work");
     std::fs::create_dir_all(&work_dir).expect("work folder");
-    let partial = |age_hours: u64, file: &str, delivered: bool| {
-        let at = now_ms() - age_hours * 60 * 60 * 1000;
+    let hour = 60 * 60 * 1000;
+    let partial = |age_hours: u64, file: &str| {
+        let at = now_ms() - age_hours * hour;
         let rec = RequestRecord {
             status: Status::Interrupted,
             created_at: at,
             updated_at: at,
             size: 10_000,
             transferred: 4_000,
-            delivered,
             ..RequestRecord::new(RequestId::generate(), Role::Requested, "a", "default", Direction::Push, file)
         };
         std::fs::write(work_dir.join(format!("{}.part", rec.id)), vec![1u8; 4_000]).expect("partial file");
         rec
     };
-    let (old, recent, delivered) = {
-        let store = Store::open(&layout.config("b").data_dir.join("store")).expect("store");
-        let put = |r: RequestRecord| store.insert(r, "accepted Push from a").expect("insert");
-        let old = put(partial(100, "walked-away.bin", false));
-        let recent = put(partial(2, "coming-back.bin", false));
-        let delivered = put(partial(100, "renamed-later.bin", true));
-        store.flush_blocking().expect("flush");
-        (old, recent, delivered)
-    };
-    let b = layout.start("b").await;
-    // The first sweep runs at start.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let now = loop {
-        let now = b.handle().store().get(&old.id).expect("get").expect("kept, cancelled");
-        if now.status != Status::Interrupted {
-            break now;
-        }
-        assert!(std::time::Instant::now() < deadline, "the old partial was not abandoned within 30 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let store = Store::open(&config.data_dir.join("store")).expect("store");
+    let put = |r: RequestRecord| store.insert(r, "accepted Push from a").expect("insert");
+    let old = put(partial(100, "walked-away.bin"));
+    let recent = put(partial(2, "coming-back.bin"));
+    let delivered = put(RequestRecord { delivered: true, ..partial(100, "renamed-later.bin") });
+    let mut stopped = partial(100, "paused.bin");
+    ferry::lifecycle::stop(&mut stopped, "stopped by an operator");
+    let stopped = put(stopped);
+    let served = put(partial(100, "resuming-now.bin"));
+    let serving = ferry::actors::retention::Serving::default();
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    ferry::actors::channel_run::claim_serving(&serving, &served.id, "a", 7, &flag).expect("claimed");
+    let part = |id: &RequestId| work_dir.join(format!("{id}.part"));
+    let cutoff = now_ms() - 72 * hour;
+    let abandon = |up_since| ferry::actors::retention::abandon_partials(&store, &config, &serving, cutoff, up_since);
+
+    // Just started: nothing is old enough yet, whatever its age.
+    assert_eq!(abandon(now_ms()).expect("sweep"), 0);
+    // Up for a week.
+    assert_eq!(abandon(now_ms() - 168 * hour).expect("sweep"), 1);
+    let now = store.get(&old.id).expect("get").expect("kept, cancelled");
     assert_eq!(now.status, Status::Cancelled);
-    let why = now.error.expect("why");
-    assert!(why.message.contains("partial_keep_hours"), "{}", why.message);
-    assert!(!work_dir.join(format!("{}.part", old.id)).exists(), "its partial file is removed");
-    for kept in [&recent, &delivered] {
-        let r = b.handle().store().get(&kept.id).expect("get").expect("kept");
+    assert!(now.error.expect("why").message.contains("partial_keep_hours"));
+    assert!(!part(&old.id).exists(), "its partial file is removed");
+    for kept in [&recent, &delivered, &stopped, &served] {
+        let r = store.get(&kept.id).expect("get").expect("kept");
         assert_eq!(r.status, Status::Interrupted, "{} is kept as it was", r.file_name);
-        assert!(work_dir.join(format!("{}.part", kept.id)).exists(), "{}'s partial file is kept", r.file_name);
+        assert!(part(&kept.id).exists(), "{}'s partial file is kept", r.file_name);
     }
-    b.shutdown().await;
 }

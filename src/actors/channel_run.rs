@@ -149,6 +149,18 @@ pub fn discard_unless_taken(
     }
 }
 
+/// Runs `f` unless a run serves `id` now, under the table's lock, so no
+/// run claims it meanwhile (the retention sweep cancels an abandoned
+/// partial this way: never one a resume is reading or writing).
+pub fn unless_served<T>(
+    serving: &Mutex<BTreeMap<RequestId, ServingRun>>,
+    id: &RequestId,
+    f: impl FnOnce() -> T,
+) -> Option<T> {
+    let serving = serving.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    (!serving.contains_key(id)).then(f)
+}
+
 /// The run `token` no longer serves `id` (a newer run's claim stays).
 pub fn release_serving(serving: &Mutex<BTreeMap<RequestId, ServingRun>>, id: &RequestId, token: u64) {
     if let Ok(mut serving) = serving.lock() {

@@ -7,10 +7,11 @@
 //!   batch, and writes one audit event per sweep that removed anything
 //!   (the audit log itself is never pruned);
 //! - pushes a partner left `Interrupted` here with nothing delivered, and
-//!   did not resume within `partial_keep_hours` (a week by default), are
-//!   cancelled and their partial files removed ([`abandon_partials`]):
-//!   without it a partner that starts transfers and walks away fills the
-//!   disk with partial files nobody resumes. Each is recorded `Cancelled`,
+//!   did not resume within `partial_keep_hours` (a week by default,
+//!   counted while this node is up; stopped ones and any a run serves now
+//!   are kept), are cancelled and their partial files removed
+//!   ([`abandon_partials`]): without it a partner that starts transfers
+//!   and walks away fills the disk with partial files nobody resumes. Each is recorded `Cancelled`,
 //!   then its work file is removed; the records are flushed after the
 //!   sweep. A crash before that flush leaves such a request `Interrupted`
 //!   without its partial file: resumed, it starts over from offset 0 (a
@@ -37,10 +38,13 @@ const HOUR_MS: u64 = 60 * 60 * 1000;
 pub fn start(
     store: &Store,
     config: std::sync::Arc<NodeConfig>,
+    serving: Serving,
     mut shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     let store = store.clone();
     let settings: RetentionSettings = config.retention.clone();
+    // Time this node was down does not count: a partner cannot resume then.
+    let up_since = now_ms();
     tokio::spawn(async move {
         if settings.keep_days == 0 && settings.partial_keep_hours == 0 {
             return;
@@ -49,8 +53,9 @@ pub fn start(
         loop {
             if settings.partial_keep_hours > 0 {
                 let cutoff = now_ms().saturating_sub(u64::from(settings.partial_keep_hours) * HOUR_MS);
-                let (s, c) = (store.clone(), config.clone());
-                let abandoned = crate::determinism::blocking(move || abandon_partials(&s, &c, cutoff)).await;
+                let (s, c, v) = (store.clone(), config.clone(), serving.clone());
+                let abandoned =
+                    crate::determinism::blocking(move || abandon_partials(&s, &c, &v, cutoff, up_since)).await;
                 match abandoned {
                     Ok(Ok(0)) => {}
                     Ok(Ok(n)) => match store.flush().await {
@@ -116,16 +121,31 @@ pub async fn sweep(store: &Store, cutoff: u64, shutdown: &mut watch::Receiver<bo
     }
 }
 
-/// Cancels the pushes a partner left `Interrupted` here before `cutoff`
-/// (unix ms of their last change) with nothing delivered or held, and
-/// removes their partial files; returns how many. Each record is written
-/// `Cancelled` only if it did not change since it was read (a resume that
-/// came meanwhile keeps it), then its work file goes. The caller flushes.
-pub fn abandon_partials(store: &Store, config: &NodeConfig, cutoff: u64) -> Result<usize, StoreError> {
+/// The requested-side runs serving each request now (`RunParts::serving`).
+pub type Serving = std::sync::Arc<
+    std::sync::Mutex<std::collections::BTreeMap<crate::protocol::RequestId, super::channel_run::ServingRun>>,
+>;
+
+/// Cancels the pushes a partner left `Interrupted` here with nothing
+/// delivered or held, unchanged since before `cutoff` (unix ms) while this
+/// node was up (since `up_since`), and removes their partial files;
+/// returns how many. Kept: a push an operator stopped (paused), a file
+/// set's own record, and any a run serves now (a resume reading its
+/// prefix: checked under the serving table's lock, so none claims it in
+/// between). Each record is written `Cancelled` only if it did not change
+/// since it was read, then its work file goes. The caller flushes.
+pub fn abandon_partials(
+    store: &Store,
+    config: &NodeConfig,
+    serving: &Serving,
+    cutoff: u64,
+    up_since: u64,
+) -> Result<usize, StoreError> {
     let mut abandoned = 0;
     for rec in store.list(Some(Status::Interrupted))? {
-        let unfinished_push = rec.role == Role::Requested && rec.direction == Direction::Push;
-        if !unfinished_push || rec.delivered || crate::lifecycle::is_held(&rec) || rec.updated_at >= cutoff {
+        let unfinished_push = rec.role == Role::Requested && rec.direction == Direction::Push && rec.set.is_none();
+        let kept = rec.delivered || crate::lifecycle::is_held(&rec) || crate::lifecycle::is_stopped(&rec);
+        if !unfinished_push || kept || rec.updated_at.max(up_since) >= cutoff {
             continue;
         }
         let Some(rule) = config.rule(&rec.rule) else { continue };
@@ -136,16 +156,21 @@ pub fn abandon_partials(store: &Store, config: &NodeConfig, cutoff: u64) -> Resu
             rec.partner
         );
         let seen = rec.updated_at;
-        let cancelled = store.update_if(
-            &rec.id,
-            &message,
-            |r| r.status == Status::Interrupted && r.updated_at == seen && !r.delivered,
-            |r| {
-                crate::lifecycle::fail(r, ErrorCode::Cancelled, &message, 0, now_ms());
-            },
-        )?;
-        if cancelled.is_some() {
-            crate::transfer::receive::discard(&work);
+        let cancel = || -> Result<bool, StoreError> {
+            let cancelled = store.update_if(
+                &rec.id,
+                &message,
+                |r| r.status == Status::Interrupted && r.updated_at == seen && !r.delivered,
+                |r| {
+                    crate::lifecycle::fail(r, ErrorCode::Cancelled, &message, 0, now_ms());
+                },
+            )?;
+            if cancelled.is_some() {
+                crate::transfer::receive::discard(&work);
+            }
+            Ok(cancelled.is_some())
+        };
+        if super::channel_run::unless_served(serving, &rec.id, cancel).transpose()?.unwrap_or(false) {
             abandoned += 1;
         }
     }

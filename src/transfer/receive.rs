@@ -315,6 +315,20 @@ impl WorkFile {
             std::fs::create_dir_all(dir).map_err(|e| io_failure("create", dir, e))?;
         }
         let (mut file, direct) = open_work(&work).map_err(|e| io_failure("open", &work, e))?;
+        // The prefix was read from this file when the resume was agreed: if
+        // it no longer holds it (removed or cut meanwhile), extending it
+        // would put zeros under a hash that says otherwise.
+        let held = file.metadata().map_err(|e| io_failure("stat", &work, e))?.len();
+        if held < plan.restart_offset {
+            return Err((
+                ErrorCode::ResumeMismatch,
+                format!(
+                    "the work file {} holds {held} bytes, less than the agreed restart offset {}; restart the request to start over",
+                    work.display(),
+                    plan.restart_offset
+                ),
+            ));
+        }
         file.set_len(plan.restart_offset).map_err(|e| io_failure("truncate", &work, e))?;
         let whole = match prefix {
             Some(p) => p.hasher,
@@ -763,6 +777,30 @@ mod tests {
         deliver(&work, &fin).expect("delivers");
         assert_eq!(std::fs::read(&fin).expect("read"), data);
         assert!(!work.exists());
+    }
+
+    #[tokio::test]
+    async fn a_resume_whose_work_file_lost_its_prefix_fails_instead_of_writing_zeros_under_its_hash() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let work = work_path(dir.path(), &RequestId::generate());
+        let data = [5u8; 8192];
+        // Agreed on a prefix of 4096 bytes, then the file went (removed
+        // meanwhile): the writer must not extend an empty file to 4096.
+        let mut prefix = crate::protocol::block_hash::FileHasher::new(4096);
+        prefix.add(8192, &data[..4096]).expect("first block");
+        let resumed = Plan { restart_offset: 4096, ..plan(8192) };
+        let mut w = BlockWriter::start(
+            work.clone(),
+            resumed,
+            Some(super::super::Prefix { offset: 4096, hasher: prefix }),
+            None,
+        );
+        for b in blocks(&data).into_iter().skip(1) {
+            w.write(b).await;
+        }
+        let (code, msg) = w.finish().await.expect_err("fails");
+        assert_eq!(code, ErrorCode::ResumeMismatch, "{msg}");
+        assert!(msg.contains("less than the agreed restart offset"), "{msg}");
     }
 
     #[tokio::test]
