@@ -142,13 +142,16 @@ pub fn abandon_partials(
     up_since: u64,
 ) -> Result<usize, StoreError> {
     let mut abandoned = 0;
-    for rec in store.list(Some(Status::Interrupted))? {
+    // Through the status index: the cost is the Interrupted records, not
+    // every record stored (a file set's members have no index entries, and
+    // none of them is an unfinished push: a streamed file is written whole).
+    store.for_each_with_status(&[Status::Interrupted], |rec| {
         let unfinished_push = rec.role == Role::Requested && rec.direction == Direction::Push && rec.set.is_none();
         let kept = rec.delivered || crate::lifecycle::is_held(&rec) || crate::lifecycle::is_stopped(&rec);
         if !unfinished_push || kept || rec.updated_at.max(up_since) >= cutoff {
-            continue;
+            return Ok(());
         }
-        let Some(rule) = config.rule(&rec.rule) else { continue };
+        let Some(rule) = config.rule(&rec.rule) else { return Ok(()) };
         let work = crate::transfer::receive::work_path(&rule.recv_dir_for(&rec.partner), &rec.id);
         let hours = config.retention.partial_keep_hours;
         let message = format!(
@@ -173,6 +176,7 @@ pub fn abandon_partials(
         if super::channel_run::unless_served(serving, &rec.id, cancel).transpose()?.unwrap_or(false) {
             abandoned += 1;
         }
-    }
+        Ok(())
+    })?;
     Ok(abandoned)
 }
