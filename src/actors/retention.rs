@@ -15,7 +15,20 @@
 //!   then its work file is removed; the records are flushed after the
 //!   sweep. A crash before that flush leaves such a request `Interrupted`
 //!   without its partial file: resumed, it starts over from offset 0 (a
-//!   restart point counts only while the work file holds it).
+//!   restart point counts only while the work file holds it);
+//! - under the same setting, what a partner's file sets left held here and
+//!   never released ([`abandon_unreleased`]): a `delivery = all` file
+//!   verified and kept under its work name waits for its set's `Release`,
+//!   which a partner that walks away (or whose set ended in error) never
+//!   sends. Without it such files fill the disk for ever, and a set
+//!   streamed here stays `Running`. A set streamed here whose release was
+//!   not ordered, unchanged that long (no file committed, no stream open
+//!   now), is recorded `Cancelled`, then each file it holds is recorded
+//!   `Cancelled` and its work file removed; so is a held file that came one
+//!   request alone. Files already delivered stay. A stream of the set
+//!   opened later is refused (the set was cancelled here). Same order and
+//!   crash rule as above: a crash before the flush leaves a held file's
+//!   record without its work file, which a `Release` then refuses.
 
 use std::time::Duration;
 
@@ -23,8 +36,9 @@ use tokio::sync::watch;
 
 use super::AUDIT;
 use crate::config::{NodeConfig, RetentionSettings};
+use crate::lifecycle;
 use crate::protocol::{Direction, ErrorCode};
-use crate::store::{now_ms, Pruned, Role, Status, Store, StoreError};
+use crate::store::{member_id, now_ms, Pruned, RequestRecord, Role, Status, Step, Store, StoreError};
 
 /// Requests removed per batch (a set counts with its files), so a first
 /// sweep over years of history does not hold the store for long at once.
@@ -72,6 +86,27 @@ pub fn start(
                         tracing::error!(error = %e, "cannot look for unfinished pushes; trying again at the next sweep")
                     }
                     Err(e) => tracing::error!(error = %e, "the look for unfinished pushes stopped"),
+                }
+                let (s, c, v) = (store.clone(), config.clone(), serving.clone());
+                let unreleased =
+                    crate::determinism::blocking(move || abandon_unreleased(&s, &c, &v, cutoff, up_since)).await;
+                match unreleased {
+                    Ok(Ok(u)) if u == Unreleased::default() => {}
+                    Ok(Ok(u)) => match store.flush().await {
+                        Ok(()) => tracing::info!(
+                            target: AUDIT,
+                            event = "held_files_abandoned",
+                            sets = u.sets,
+                            files = u.files,
+                            partial_keep_hours = settings.partial_keep_hours,
+                            "cancelled file sets a partner never released, and removed the files they held"
+                        ),
+                        Err(e) => tracing::error!(error = %e, "cannot flush the cancelled unreleased sets"),
+                    },
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "cannot look for unreleased sets; trying again at the next sweep")
+                    }
+                    Err(e) => tracing::error!(error = %e, "the look for unreleased sets stopped"),
                 }
             }
             if settings.keep_days == 0 {
@@ -179,4 +214,123 @@ pub fn abandon_partials(
         Ok(())
     })?;
     Ok(abandoned)
+}
+
+/// What one [`abandon_unreleased`] call cancelled.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Unreleased {
+    /// Sets streamed here, never released.
+    pub sets: usize,
+    /// Held files whose work files were removed (a cancelled set's, and
+    /// those that came one request alone).
+    pub files: usize,
+}
+
+/// Cancels what partners left held here for a `Release` they never sent,
+/// unchanged since before `cutoff` (unix ms) while this node was up (since
+/// `up_since`), and removes the held files (see the module doc). Kept: a
+/// set whose release was ordered (start-up and the next `Release` finish
+/// it), files already delivered, and any set or file a run serves now
+/// (checked under the serving table's lock, where a set stream claims its
+/// set before it reads the set's record, so none opens in between). Each
+/// record is written `Cancelled` only if it did not change since it was
+/// read, then its work file goes. The caller flushes.
+pub fn abandon_unreleased(
+    store: &Store,
+    config: &NodeConfig,
+    serving: &Serving,
+    cutoff: u64,
+    up_since: u64,
+) -> Result<Unreleased, StoreError> {
+    let hours = config.retention.partial_keep_hours;
+    let mut done = Unreleased::default();
+    // Through the status index: a set's own record has entries, its
+    // members none (they are walked through the set).
+    store.for_each_with_status(&[Status::Running, Status::Interrupted], |rec| {
+        if rec.role != Role::Requested || rec.updated_at.max(up_since) >= cutoff {
+            return Ok(());
+        }
+        if rec.set.is_some() {
+            if !(lifecycle::set::is_streamed_here(&rec) && rec.step == Step::Transfer) {
+                return Ok(());
+            }
+            let message = format!(
+                "neither released nor streamed on by {} within {hours} hours (retention.partial_keep_hours); \
+                 the files it held here were removed",
+                rec.partner
+            );
+            let seen = rec.updated_at;
+            let cancel = || {
+                store.update_if(
+                    &rec.id,
+                    &message,
+                    |r| lifecycle::set::is_streamed_here(r) && r.step == Step::Transfer && r.updated_at == seen,
+                    |r| {
+                        lifecycle::fail(r, ErrorCode::Cancelled, &message, 0, now_ms());
+                    },
+                )
+            };
+            if super::channel_run::unless_served(serving, &rec.id, cancel).transpose()?.flatten().is_none() {
+                return Ok(());
+            }
+            done.sets += 1;
+            let files = rec.set.as_ref().map_or(0, |i| i.files);
+            let why = format!(
+                "its set was not released by {} within {hours} hours (retention.partial_keep_hours); \
+                 its held file was removed",
+                rec.partner
+            );
+            for index in 0..files {
+                if let Some(member) = store.get(&member_id(&rec.id, index))? {
+                    if abandon_held(store, config, serving, &member, &why)? {
+                        done.files += 1;
+                    }
+                }
+            }
+        } else if rec.direction == Direction::Push {
+            let why = format!(
+                "its set was not released by {} within {hours} hours (retention.partial_keep_hours); \
+                 its held file was removed",
+                rec.partner
+            );
+            if abandon_held(store, config, serving, &rec, &why)? {
+                done.files += 1;
+            }
+        }
+        Ok(())
+    })?;
+    Ok(done)
+}
+
+/// Cancels `rec` and removes its work file if it is still a file held here
+/// for its set's release, unchanged since it was read and not served now;
+/// whether it did.
+fn abandon_held(
+    store: &Store,
+    config: &NodeConfig,
+    serving: &Serving,
+    rec: &RequestRecord,
+    message: &str,
+) -> Result<bool, StoreError> {
+    if !lifecycle::is_held(rec) || rec.delivered {
+        return Ok(false);
+    }
+    let Some(rule) = config.rule(&rec.rule) else { return Ok(false) };
+    let work = crate::transfer::receive::work_path(&rule.recv_dir_for(&rec.partner), &rec.id);
+    let seen = rec.updated_at;
+    let cancel = || -> Result<bool, StoreError> {
+        let cancelled = store.update_if(
+            &rec.id,
+            message,
+            |r| lifecycle::is_held(r) && !r.delivered && r.updated_at == seen,
+            |r| {
+                lifecycle::fail(r, ErrorCode::Cancelled, message, 0, now_ms());
+            },
+        )?;
+        if cancelled.is_some() {
+            crate::transfer::receive::discard(&work);
+        }
+        Ok(cancelled.is_some())
+    };
+    Ok(super::channel_run::unless_served(serving, &rec.id, cancel).transpose()?.unwrap_or(false))
 }

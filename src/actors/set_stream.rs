@@ -871,6 +871,8 @@ struct Served {
     /// Disk space promised to other transfers: a pass of files, written at
     /// once, fits beside it.
     room: Arc<crate::transfer::room::DiskRoom>,
+    /// The set, claimed while the stream lives.
+    _claim: SetClaim,
 }
 
 /// Serves a set stream `partner` opened (its kind byte read).
@@ -963,6 +965,12 @@ fn opened(ctx: &RunHandle, partner: &str, open: SetFrame) -> Result<Served, Refu
         ));
     }
     let dir = rule.recv_dir_for(partner);
+    // Claimed before its record is read: the sweep of sets never released
+    // (`retention::abandon_unreleased`) passes over a set a stream serves,
+    // and a stream that opens after the sweep cancelled it finds it
+    // cancelled.
+    let token = crate::determinism::random_u128() as u64;
+    let claim = SetClaim::take(&ctx.serving, &set, partner, token)?;
     record_set(&ctx.core, partner, &set, &rule.name, SetOpened { files, pattern: &pattern, hold })?;
     Ok(Served {
         core: ctx.core.clone(),
@@ -973,11 +981,40 @@ fn opened(ctx: &RunHandle, partner: &str, open: SetFrame) -> Result<Served, Refu
         hold,
         mode,
         dir,
-        token: crate::determinism::random_u128() as u64,
+        token,
         superseded: Arc::new(AtomicBool::new(false)),
         serving: ctx.serving.clone(),
         room: ctx.room.clone(),
+        _claim: claim,
     })
+}
+
+/// A stream's claim of its set in the table of running requests, for as
+/// long as the stream (and its last commit) lives.
+struct SetClaim {
+    serving: Arc<std::sync::Mutex<std::collections::BTreeMap<RequestId, super::channel_run::ServingRun>>>,
+    set: RequestId,
+    token: u64,
+}
+
+impl SetClaim {
+    fn take(
+        serving: &Arc<std::sync::Mutex<std::collections::BTreeMap<RequestId, super::channel_run::ServingRun>>>,
+        set: &RequestId,
+        partner: &str,
+        token: u64,
+    ) -> Result<SetClaim, Refusal> {
+        // A newer stream of the set takes the claim over; the older one's
+        // files keep their own claims, so nothing else is superseded.
+        claim_serving(serving, set, partner, token, &Arc::new(AtomicBool::new(false)))?;
+        Ok(SetClaim { serving: serving.clone(), set: set.clone(), token })
+    }
+}
+
+impl Drop for SetClaim {
+    fn drop(&mut self) {
+        release_serving(&self.serving, &self.set, self.token);
+    }
 }
 
 /// What an `Open` says of the set.
