@@ -898,7 +898,9 @@ impl Node {
             tracing::info!(node = %ctx.core.config.node_id, files = finished, "finished the delivery of released file-set files");
         }
         // Before the Commander starts any runner: open sets counted again.
-        let set_keeper = crate::actors::set_keeper::SetKeeper::start(&ctx.core.store)?;
+        let woken = ctx.actors.clone();
+        let set_keeper =
+            crate::actors::set_keeper::SetKeeper::start(&ctx.core.store, Arc::new(move || woken.wake_commander()))?;
         let actors = ctx.actors.clone();
         let asker: crate::actors::set_release::Asker = Arc::new(move |partner, ask, limit| {
             let actors = actors.clone();
@@ -925,6 +927,7 @@ impl Node {
             &ctx.core.store,
             ctx.core.config.clone(),
             ctx.run.serving.clone(),
+            ctx.run.sets_in_use.clone(),
             shutdown_rx.clone(),
         );
         let mut tasks = vec![set_keeper, releaser, pruner];

@@ -446,7 +446,11 @@ async fn a_cancel_reaches_a_partner_that_was_down() {
     .await;
     let cancelled = ha.cancel(&rec.id).await.expect("cancel");
     assert_eq!(cancelled.status, Status::Cancelled);
-    assert_eq!(ha.store().cancel_notices_owed().expect("store"), vec![rec.id.clone()], "b is owed a notice");
+    assert_eq!(
+        ha.store().notices_owed().expect("store"),
+        vec![(rec.id.clone(), ferry::store::Notice::Cancel)],
+        "b is owed a notice"
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(work.exists(), "b is down: nothing can have told it yet");
     let b = layout.start("b").await;
@@ -459,7 +463,7 @@ async fn a_cancel_reaches_a_partner_that_was_down() {
     assert_eq!(r.error.map(|e| e.code), Some(ErrorCode::Cancelled));
     wait_until("b removes the partial file", WITHIN, async || (!work.exists()).then_some(())).await;
     wait_until("the notice is no longer owed", WITHIN, async || {
-        ha.store().cancel_notices_owed().ok()?.is_empty().then_some(())
+        ha.store().notices_owed().ok()?.is_empty().then_some(())
     })
     .await;
     assert!(job_log_text(&ha, &rec.id).contains("partner b told of the cancellation"));

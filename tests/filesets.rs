@@ -252,6 +252,15 @@ async fn files_changed_or_deleted_after_resolution_fail_and_the_others_arrive() 
     );
     let info = done.set.clone().expect("set");
     assert_eq!((info.done, info.failed, info.skipped), (4, 2, 0));
+    // b's record of the set, made by its stream, ends in error too: a
+    // tells it (what a partner may be told of the cause).
+    let theirs = wait_record(&b.handle(), &set.id, Status::InError, WITHIN).await;
+    assert_eq!((theirs.step, theirs.role), (Step::Transfer, Role::Requested));
+    let told = theirs.error.clone().expect("why");
+    assert_eq!(told.code, ErrorCode::FilesFailed);
+    assert!(told.message.starts_with("a ended the set in error"), "{}", told.message);
+    assert!(told.message.contains("batch/f1.dat (SourceChanged)"), "{}", told.message);
+    let first_end = theirs.updated_at;
 
     // f4 put back as it was resolved (content and modification time) and
     // the set restarted: f4 is sent; f1 still differs from what the set
@@ -278,11 +287,22 @@ async fn files_changed_or_deleted_after_resolution_fail_and_the_others_arrive() 
     assert_eq!(f0.attempts, f0_attempts, "a file done is not sent again");
 
     // The receiver recorded the set at its stream's `Open`: never released
-    // (a file failed), it still runs, counts the streamed files it has
-    // `Done`, and lists them through itself, not one line each.
+    // (a file failed), it ran again with the restart (f4 came on a new
+    // stream), ended in error again when a told it, counts the streamed
+    // files it has `Done`, and lists them through itself, not one line each.
     let store_b = b.handle().store().clone();
-    let theirs = store_b.get(&set.id).expect("get").expect("the receiver's record of the set");
-    assert_eq!((theirs.status, theirs.step, theirs.role), (Status::Running, Step::Transfer, Role::Requested));
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    let theirs = loop {
+        let r = store_b.get(&set.id).expect("get").expect("the receiver's record of the set");
+        if r.status == Status::InError && r.updated_at > first_end {
+            break r;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "b's record of the set did not end again: {r:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!((theirs.step, theirs.role), (Step::Transfer, Role::Requested));
+    let reopened = store_b.job_log(&set.id).expect("log");
+    assert!(reopened.iter().any(|l| l.message.contains("opened the set's stream again")), "{reopened:?}");
     let received: Vec<RequestRecord> =
         (0..6).filter_map(|i| store_b.get(&member_id(&set.id, i)).expect("get")).collect();
     let streamed = received.iter().filter(|m| m.member_of.is_some() && m.status == Status::Done).count();

@@ -131,13 +131,14 @@ fn an_unfinished_push_left_longer_than_partial_keep_hours_is_cancelled_and_its_p
     }
 }
 
-/// A file set a partner sent here with `delivery = all` and never released
-/// (it walked away, or its set ended in error) is cancelled once it was
-/// left longer than `partial_keep_hours`, and the files it held under
-/// their work names are removed; so is a held file that came one request
-/// alone. Kept: delivered files, a recent set, one a stream serves now, one
-/// whose release was ordered, and everything when the node has not been
-/// up that long.
+/// A file set a partner streamed here with `delivery = all` and never
+/// released (it walked away, or its set ended in error and was never
+/// restarted) is cancelled once none of its records changed for longer
+/// than `partial_keep_hours`, and the files it held under their work names
+/// are removed. Kept: delivered files, a recent set, one whose file came
+/// (one request alone) recently, one a stream or a `Release` works on
+/// now, one whose release was ordered, a `delivery = each` set (it holds
+/// nothing), and everything when the node has not been up that long.
 #[test]
 fn a_set_a_partner_never_released_is_cancelled_and_the_files_it_held_are_removed() {
     use ferry::fileset::progress::{Delivery, Policy};
@@ -150,19 +151,15 @@ fn a_set_a_partner_never_released_is_cancelled_and_the_files_it_held_are_removed
     let hour = 60 * 60 * 1000;
     let store = Store::open(&config.data_dir.join("store")).expect("store");
     let part = |id: &RequestId| work_dir.join(format!("{id}.part"));
-    let policy = Policy { delivery: Delivery::All, ..Policy::default() };
-    // A set streamed here, its file 0 held, file 1 delivered, file 2 never sent.
-    let streamed = |age_hours: u64, name: &str, ordered: bool| {
+    // A set streamed here, its file 0 held, file 1 delivered, file 2 not
+    // sent yet (or, `newest` hours ago, arriving one request alone).
+    let streamed = |age_hours: u64, name: &str, delivery: Delivery, newest: Option<u64>| {
         let at = now_ms() - age_hours * hour;
         let id = RequestId::generate();
-        let mut set =
+        let policy = Policy { delivery, ..Policy::default() };
+        let set =
             ferry::lifecycle::set::received_set(id.clone(), "a", "default", Direction::Push, (3, name, policy), at);
-        set.created_at = at;
-        set.updated_at = at;
-        if ordered {
-            assert!(ferry::lifecycle::set::release_ordered(&mut set));
-        }
-        store.insert(set, "set of 3 files from a").expect("set");
+        let set = RequestRecord { created_at: at, updated_at: at, ..set };
         let member = |index: u32, file: &str| RequestRecord {
             created_at: at,
             updated_at: at,
@@ -178,59 +175,76 @@ fn a_set_a_partner_never_released_is_cancelled_and_the_files_it_held_are_removed
         ferry::lifecycle::complete(&mut delivered, None, at);
         delivered.delivered = true;
         std::fs::write(in_dir.join(&delivered.file_name), [8u8; 100]).expect("delivered file");
-        store.insert(held.clone(), "held").expect("member");
-        store.insert(delivered.clone(), "delivered").expect("member");
-        (id, held.id, delivered.id)
+        (
+            set,
+            held,
+            delivered,
+            newest.map(|h| {
+                let mut arriving = member(2, &format!("{name}-big.dat"));
+                arriving.status = Status::Running;
+                arriving.updated_at = now_ms() - h * hour;
+                arriving
+            }),
+        )
     };
-    let (old_set, old_held, old_delivered) = streamed(100, "walked-away", false);
-    let (recent_set, recent_held, _) = streamed(2, "coming-back", false);
-    let (served_set, served_held, _) = streamed(100, "streaming-now", false);
-    let (ordered_set, ordered_held, _) = streamed(100, "being-released", true);
-    // A held file that came one request alone (a large file of a set).
-    let alone = |age_hours: u64, file: &str, delivered: bool| {
-        let at = now_ms() - age_hours * hour;
-        let mut rec = RequestRecord {
-            created_at: at,
-            updated_at: at,
-            ..RequestRecord::new(RequestId::generate(), Role::Requested, "a", "default", Direction::Push, file)
+    let put =
+        |(set, held, delivered, arriving): (RequestRecord, RequestRecord, RequestRecord, Option<RequestRecord>)| {
+            let ids = (set.id.clone(), held.id.clone(), delivered.id.clone());
+            store.insert(set, "set of 3 files from a").expect("set");
+            store.insert(held, "held").expect("member");
+            store.insert(delivered, "delivered").expect("member");
+            if let Some(a) = arriving {
+                store.insert(a, "receiving").expect("member");
+            }
+            ids
         };
-        ferry::lifecycle::held(&mut rec, 100, ferry::protocol::Digest::of(&[9; 100]));
-        rec.delivered = delivered;
-        std::fs::write(part(&rec.id), [9u8; 100]).expect("held file");
-        store.insert(rec, "held").expect("insert").id
-    };
-    let old_alone = alone(100, "big-walked-away.dat", false);
-    let released_alone = alone(100, "big-being-released.dat", true);
+    let (old_set, old_held, old_delivered) = put(streamed(100, "walked-away", Delivery::All, None));
+    let (recent_set, recent_held, _) = put(streamed(2, "coming-back", Delivery::All, None));
+    let (arriving_set, arriving_held, _) = put(streamed(100, "big-file-coming", Delivery::All, Some(2)));
+    let (in_use_set, in_use_held, _) = put(streamed(100, "streaming-now", Delivery::All, None));
+    let (each_set, _, _) = put(streamed(100, "each", Delivery::Each, None));
+    let mut ordered = streamed(100, "being-released", Delivery::All, None);
+    assert!(ferry::lifecycle::set::release_ordered(&mut ordered.0));
+    let (ordered_set, ordered_held, _) = put(ordered);
+    let mut ended = streamed(100, "ended-by-a", Delivery::All, None);
+    assert!(ferry::lifecycle::set::ended_by_sender(&mut ended.0, ErrorCode::FilesFailed, "1 of 3 files failed", 0));
+    ended.0.updated_at = now_ms() - 100 * hour;
+    let (ended_set, ended_held, _) = put(ended);
     let serving = ferry::actors::retention::Serving::default();
-    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    ferry::actors::channel_run::claim_serving(&serving, &served_set, "a", 7, &flag).expect("claimed");
+    let sets = std::sync::Arc::new(ferry::actors::sets_in_use::SetsInUse::default());
+    let _streaming = sets.take(&in_use_set);
     let cutoff = now_ms() - 72 * hour;
-    let abandon = |up_since| ferry::actors::retention::abandon_unreleased(&store, &config, &serving, cutoff, up_since);
+    let abandon =
+        |up_since| ferry::actors::retention::abandon_unreleased(&store, &config, &serving, &sets, cutoff, up_since);
     let status = |id: &RequestId| store.get(id).expect("get").expect("kept").status;
 
     // Just started: nothing is old enough yet, whatever its age.
     assert_eq!(abandon(now_ms()).expect("sweep"), Default::default());
-    // Up for a week: the set and its held file, and the file held alone.
+    // Up for a week: the set left, and the set its sender ended in error.
     let done = abandon(now_ms() - 168 * hour).expect("sweep");
-    assert_eq!((done.sets, done.files), (1, 2));
-    let set = store.get(&old_set).expect("get").expect("kept");
-    assert_eq!(set.status, Status::Cancelled);
-    assert!(set.error.expect("why").message.contains("partial_keep_hours"));
-    for id in [&old_held, &old_alone] {
-        let r = store.get(id).expect("get").expect("kept");
+    assert_eq!((done.sets, done.files), (2, 2));
+    for (set, held) in [(&old_set, &old_held), (&ended_set, &ended_held)] {
+        let s = store.get(set).expect("get").expect("kept");
+        assert_eq!(s.status, Status::Cancelled);
+        assert!(s.error.expect("why").message.contains("partial_keep_hours"));
+        let r = store.get(held).expect("get").expect("kept");
         assert_eq!(r.status, Status::Cancelled, "{} is cancelled", r.file_name);
         assert!(r.error.expect("why").message.contains("partial_keep_hours"));
-        assert!(!part(id).exists(), "{}'s held file is removed", r.file_name);
+        assert!(!part(held).exists(), "{}'s held file is removed", r.file_name);
     }
     assert_eq!(status(&old_delivered), Status::Done, "a delivered file stays");
     assert!(in_dir.join("walked-away-delivered.dat").exists());
-    for (set, held) in [(&recent_set, &recent_held), (&served_set, &served_held), (&ordered_set, &ordered_held)] {
+    for (set, held) in [
+        (&recent_set, &recent_held),
+        (&arriving_set, &arriving_held),
+        (&in_use_set, &in_use_held),
+        (&ordered_set, &ordered_held),
+    ] {
         assert_eq!(status(set), Status::Running, "set {set} is kept");
         assert_eq!(status(held), Status::Running, "its held file is kept");
         assert!(part(held).exists(), "its held file stays under its work name");
     }
-    assert_eq!(status(&released_alone), Status::Running, "a file whose release was ordered is kept");
-    assert!(part(&released_alone).exists());
+    assert_eq!(status(&each_set), Status::Running, "a delivery = each set holds nothing: kept");
     assert_eq!(store.get(&ordered_set).expect("get").expect("kept").step, Step::Held);
     // A second sweep finds nothing more.
     assert_eq!(abandon(now_ms() - 168 * hour).expect("sweep"), Default::default());

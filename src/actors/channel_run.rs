@@ -1024,7 +1024,9 @@ impl ChannelRun {
         let Ok(Some(rec)) = self.ctx.core.store.get(id) else { return };
         // Only a request the partner asked for: this node's own requests
         // to it are cancelled by this node's operators.
-        if rec.partner != self.partner || rec.role != Role::Requested || rec.status.is_final() {
+        // (A set its sender ended in error is cancelled all the same.)
+        let ended = rec.status.is_final() && !lifecycle::set::is_ended_by_sender(&rec);
+        if rec.partner != self.partner || rec.role != Role::Requested || ended {
             return;
         }
         if lifecycle::is_held(&rec) && rec.delivered {

@@ -389,7 +389,9 @@ pub async fn tell_cancel(
     .await;
     if told.is_ok() {
         let line = format!("partner {partner} told of the cancellation");
-        if let Err(e) = ctx.core.store.cancel_notice_given(&id).and_then(|_| ctx.core.store.log(&id, &line)) {
+        if let Err(e) =
+            ctx.core.store.notice_given(&id, crate::store::Notice::Cancel).and_then(|_| ctx.core.store.log(&id, &line))
+        {
             tracing::error!(request_id = %id, error = %e, "cannot record the cancellation notice");
         }
     }

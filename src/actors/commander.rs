@@ -24,7 +24,7 @@ use super::connections::ConnectionsMsg;
 use super::context::{Core, RunHandle};
 use crate::lifecycle::{self, AfterRun, Recovery};
 use crate::protocol::{ErrorCode, RequestId};
-use crate::store::{now_ms, RequestRecord, Status, Step};
+use crate::store::{now_ms, Notice, RequestRecord, Status, Step};
 
 pub enum CommanderMsg {
     /// New requests may be queued.
@@ -34,10 +34,10 @@ pub enum CommanderMsg {
     /// Forward a control command to the runner of a request, if it runs here.
     Command(RequestId, Command),
     /// Probe the partners requests are waiting for, and check how long
-    /// they have waited; send the cancellation notices still owed.
+    /// they have waited; send the notices still owed.
     Tick,
-    /// A cancellation notice was delivered, or why not.
-    Told(RequestId, Result<(), String>),
+    /// A notice was delivered, or why not.
+    Told(RequestId, Notice, Result<(), String>),
 }
 
 /// What the Commander needs: the node's core, the availability table it
@@ -280,20 +280,27 @@ impl CommanderState {
         }
     }
 
-    /// Tells partners of cancellations they may not know of: a requester
-    /// that cancelled while its partner was down, or whose in-band Cancel
-    /// was lost with the link, would otherwise leave the partner's record
-    /// waiting (and its partial file on disk) for good. The notice stays
-    /// owed in the store until the partner answered it; a partner known to
-    /// be unavailable is tried again on a later tick.
+    /// Tells partners how requests ended when they may not know: a
+    /// requester that cancelled while its partner was down, or whose
+    /// in-band Cancel was lost with the link, would otherwise leave the
+    /// partner's record waiting (and its partial file on disk) for good;
+    /// a pushed set that ended in error would leave the receiver's record
+    /// of it running. The notice stays owed in the store until the partner
+    /// answered it; a partner known to be unavailable is tried again on a
+    /// later tick. A set-end notice whose set no longer ended so (it was
+    /// restarted, or it never ended: the notice is owed before the end is
+    /// written) is dropped unsent.
     fn send_notices(&mut self, myself: &ActorRef<CommanderMsg>) -> Result<(), ActorProcessingErr> {
-        for id in self.ctx.core.store.cancel_notices_owed()? {
+        for (id, notice) in self.ctx.core.store.notices_owed()? {
             if self.telling.contains(&id) {
                 continue;
             }
-            let Some(rec) = self.ctx.core.store.get(&id)? else {
-                self.ctx.core.store.cancel_notice_given(&id)?;
-                continue;
+            let rec = match self.ctx.core.store.get(&id)? {
+                Some(rec) if notice == Notice::Cancel || super::set_release::tells_its_end(&rec) => rec,
+                _ => {
+                    self.ctx.core.store.notice_given(&id, notice)?;
+                    continue;
+                }
             };
             if self.ctx.availability.is_unavailable(&rec.partner) {
                 // Probed now, tried again on the next tick.
@@ -304,8 +311,11 @@ impl CommanderState {
             self.telling.insert(id.clone());
             let (ctx, conns, me) = (self.ctx.run.clone(), self.connections.clone(), myself.clone());
             tokio::spawn(async move {
-                let told = tell_cancel(ctx, conns, id.clone(), rec.partner).await;
-                let _ = me.cast(CommanderMsg::Told(id, told));
+                let told = match notice {
+                    Notice::Cancel => tell_cancel(ctx, conns, id.clone(), rec.partner).await,
+                    Notice::SetEnded => super::set_release::tell_set_ended(&ctx.core, &conns, &rec).await,
+                };
+                let _ = me.cast(CommanderMsg::Told(id, notice, told));
             });
         }
         Ok(())
@@ -428,7 +438,7 @@ impl Actor for Commander {
                     }
                 }
             }
-            CommanderMsg::Told(id, told) => {
+            CommanderMsg::Told(id, notice, told) => {
                 state.telling.remove(&id);
                 match told {
                     Ok(()) => {
@@ -436,7 +446,11 @@ impl Actor for Commander {
                     }
                     Err(why) => {
                         if state.notice_failed.insert(id.clone()) {
-                            let line = format!("the partner could not be told of the cancellation yet: {why}");
+                            let what = match notice {
+                                Notice::Cancel => "the cancellation",
+                                Notice::SetEnded => "the set's end",
+                            };
+                            let line = format!("the partner could not be told of {what} yet: {why}");
                             state.ctx.core.store.log(&id, &line)?;
                         }
                         state.schedule_tick(&myself);

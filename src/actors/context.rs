@@ -128,6 +128,8 @@ pub struct RunParts {
     /// the partner it serves, and the flag that tells an older runner of
     /// the same partner it was superseded.
     pub serving: Arc<Mutex<BTreeMap<RequestId, ServingRun>>>,
+    /// The sets a partner's set streams and releases work on here now.
+    pub sets_in_use: Arc<super::sets_in_use::SetsInUse>,
     /// Private channels (requests) running on this node, either side.
     pub open_channels: Arc<AtomicUsize>,
     /// The set streams this node leads, by set: where another file of the
@@ -191,6 +193,7 @@ impl NodeContext {
             capabilities: Capabilities::default(),
             budgets,
             serving: Default::default(),
+            sets_in_use: Default::default(),
             open_channels: Arc::new(AtomicUsize::new(0)),
             set_streams: Default::default(),
             intake: intake.clone(),

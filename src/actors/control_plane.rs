@@ -15,6 +15,8 @@
 //!   ([`super::set_release::run_received_set_tasks`]).
 //! - `List` → a pulled file set's entries, resolved in the rule's send
 //!   folder, one page ([`super::set_listing::answer`]).
+//! - `SetEnded` → this node's record of a set the partner streams here
+//!   ends in error with it ([`super::set_release::set_ended_by_sender`]).
 //!
 //! The asker's identity is the connection's verified peer; nothing it says
 //! about itself is trusted. Every exchange is bounded in time.
@@ -127,6 +129,8 @@ async fn answer(ctx: &RunHandle, conns: &ActorRef<ConnectionsMsg>, partner: &str
             if let Err((code, message)) = super::set_release::check_release_pattern(&pattern) {
                 return refused(code, format!("node {me}: {message}"));
             }
+            // In use until answered (see `sets_in_use`).
+            let _in_use = ctx.sets_in_use.take(&set);
             let (core, owner, id) = (ctx.core.clone(), partner.to_owned(), set.clone());
             let released =
                 crate::determinism::blocking(move || super::set_release::release_held(&core, &owner, &id, files)).await;
@@ -143,6 +147,9 @@ async fn answer(ctx: &RunHandle, conns: &ActorRef<ConnectionsMsg>, partner: &str
                 Ok(delivered) => Answer::Released { delivered },
                 Err((code, message)) => refused(code, format!("node {me}: {}", code.told_to_partner(&message))),
             }
+        }
+        Ask::SetEnded { set, code, message } => {
+            super::set_release::set_ended_by_sender(&ctx.core, partner, &set, code, &message).await
         }
         Ask::List { rule, patterns, start } => {
             super::set_listing::answer(&ctx.core, partner, rule, patterns, start).await

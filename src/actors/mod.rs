@@ -27,6 +27,8 @@
 //!   receiver does.
 //! - [`set_stream`]: a pushed set's small files back to back on one
 //!   stream (the leader on the sender, the batch commits on the receiver).
+//! - [`sets_in_use`]: the sets a partner's streams and releases work on
+//!   here now, which the retention sweep passes over.
 //! - [`context`]: the narrow handles each actor is given ([`context::Core`],
 //!   [`context::Intake`], [`context::RunHandle`]) and the node's parts they
 //!   are made from ([`context::NodeContext`]); the node builds them, so
@@ -51,6 +53,7 @@ pub mod set_keeper;
 pub mod set_listing;
 pub mod set_release;
 pub mod set_stream;
+pub mod sets_in_use;
 pub mod supervisor;
 pub mod task_runner;
 

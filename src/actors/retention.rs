@@ -34,8 +34,10 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use super::sets_in_use::SetsInUse;
 use super::AUDIT;
 use crate::config::{NodeConfig, RetentionSettings};
+use crate::fileset::progress::Delivery;
 use crate::lifecycle;
 use crate::protocol::{Direction, ErrorCode};
 use crate::store::{member_id, now_ms, Pruned, RequestRecord, Role, Status, Step, Store, StoreError};
@@ -53,6 +55,7 @@ pub fn start(
     store: &Store,
     config: std::sync::Arc<NodeConfig>,
     serving: Serving,
+    sets: std::sync::Arc<SetsInUse>,
     mut shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     let store = store.clone();
@@ -87,22 +90,20 @@ pub fn start(
                     }
                     Err(e) => tracing::error!(error = %e, "the look for unfinished pushes stopped"),
                 }
-                let (s, c, v) = (store.clone(), config.clone(), serving.clone());
+                let (s, c, v, w) = (store.clone(), config.clone(), serving.clone(), sets.clone());
                 let unreleased =
-                    crate::determinism::blocking(move || abandon_unreleased(&s, &c, &v, cutoff, up_since)).await;
+                    crate::determinism::blocking(move || abandon_unreleased(&s, &c, &v, &w, cutoff, up_since)).await;
                 match unreleased {
                     Ok(Ok(u)) if u == Unreleased::default() => {}
-                    Ok(Ok(u)) => match store.flush().await {
-                        Ok(()) => tracing::info!(
-                            target: AUDIT,
-                            event = "held_files_abandoned",
-                            sets = u.sets,
-                            files = u.files,
-                            partial_keep_hours = settings.partial_keep_hours,
-                            "cancelled file sets a partner never released, and removed the files they held"
-                        ),
-                        Err(e) => tracing::error!(error = %e, "cannot flush the cancelled unreleased sets"),
-                    },
+                    // Flushed before the files were removed.
+                    Ok(Ok(u)) => tracing::info!(
+                        target: AUDIT,
+                        event = "held_files_abandoned",
+                        sets = u.sets,
+                        files = u.files,
+                        partial_keep_hours = settings.partial_keep_hours,
+                        "cancelled file sets a partner never released, and removed the files they held"
+                    ),
                     Ok(Err(e)) => {
                         tracing::error!(error = %e, "cannot look for unreleased sets; trying again at the next sweep")
                     }
@@ -219,118 +220,128 @@ pub fn abandon_partials(
 /// What one [`abandon_unreleased`] call cancelled.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Unreleased {
-    /// Sets streamed here, never released.
+    /// Sets streamed here with `delivery = all`, never released.
     pub sets: usize,
-    /// Held files whose work files were removed (a cancelled set's, and
-    /// those that came one request alone).
+    /// Their held files, removed.
     pub files: usize,
 }
 
-/// Cancels what partners left held here for a `Release` they never sent,
-/// unchanged since before `cutoff` (unix ms) while this node was up (since
-/// `up_since`), and removes the held files (see the module doc). Kept: a
-/// set whose release was ordered (start-up and the next `Release` finish
-/// it), files already delivered, and any set or file a run serves now
-/// (checked under the serving table's lock, where a set stream claims its
-/// set before it reads the set's record, so none opens in between). Each
-/// record is written `Cancelled` only if it did not change since it was
-/// read, then its work file goes. The caller flushes.
+/// Cancels the sets a partner streamed here with `delivery = all` and
+/// never released, and removes the files they held (see the module doc):
+/// a set whose release was not ordered (still streamed here, or ended in
+/// error by its sender), none of whose records (its own, its files')
+/// changed since before `cutoff` (unix ms) while this node was up (since
+/// `up_since`), and that no set stream or `Release` works on now (checked
+/// under `sets`' lock, which those take before they read the set's record).
+/// Each is recorded `Cancelled` only if it did not change since it was
+/// read; then each file it holds, not served now, likewise. The
+/// cancellations are flushed before any held file is removed: a crash
+/// never leaves a file recorded held whose bytes are gone.
 pub fn abandon_unreleased(
     store: &Store,
     config: &NodeConfig,
     serving: &Serving,
+    sets: &SetsInUse,
     cutoff: u64,
     up_since: u64,
 ) -> Result<Unreleased, StoreError> {
     let hours = config.retention.partial_keep_hours;
+    let old = |at: u64| at.max(up_since) < cutoff;
     let mut done = Unreleased::default();
+    let mut removed = Vec::new();
     // Through the status index: a set's own record has entries, its
     // members none (they are walked through the set).
-    store.for_each_with_status(&[Status::Running, Status::Interrupted], |rec| {
-        if rec.role != Role::Requested || rec.updated_at.max(up_since) >= cutoff {
+    store.for_each_with_status(&[Status::Running, Status::Interrupted, Status::InError], |rec| {
+        if !awaits_its_release_here(&rec) || !old(rec.updated_at) {
             return Ok(());
         }
-        if rec.set.is_some() {
-            if !(lifecycle::set::is_streamed_here(&rec) && rec.step == Step::Transfer) {
+        let files = rec.set.as_ref().map_or(0, |i| i.files);
+        // A file of the set arriving one request alone changes its own
+        // record, not the set's.
+        for index in 0..files {
+            if store.get(&member_id(&rec.id, index))?.is_some_and(|m| !old(m.updated_at)) {
                 return Ok(());
             }
-            let message = format!(
-                "neither released nor streamed on by {} within {hours} hours (retention.partial_keep_hours); \
-                 the files it held here were removed",
-                rec.partner
-            );
-            let seen = rec.updated_at;
-            let cancel = || {
-                store.update_if(
-                    &rec.id,
-                    &message,
-                    |r| lifecycle::set::is_streamed_here(r) && r.step == Step::Transfer && r.updated_at == seen,
-                    |r| {
-                        lifecycle::fail(r, ErrorCode::Cancelled, &message, 0, now_ms());
-                    },
-                )
-            };
-            if super::channel_run::unless_served(serving, &rec.id, cancel).transpose()?.flatten().is_none() {
-                return Ok(());
-            }
-            done.sets += 1;
-            let files = rec.set.as_ref().map_or(0, |i| i.files);
-            let why = format!(
-                "its set was not released by {} within {hours} hours (retention.partial_keep_hours); \
-                 its held file was removed",
-                rec.partner
-            );
-            for index in 0..files {
-                if let Some(member) = store.get(&member_id(&rec.id, index))? {
-                    if abandon_held(store, config, serving, &member, &why)? {
-                        done.files += 1;
-                    }
-                }
-            }
-        } else if rec.direction == Direction::Push {
-            let why = format!(
-                "its set was not released by {} within {hours} hours (retention.partial_keep_hours); \
-                 its held file was removed",
-                rec.partner
-            );
-            if abandon_held(store, config, serving, &rec, &why)? {
-                done.files += 1;
+        }
+        let message = format!(
+            "neither released nor sent on by {} within {hours} hours (retention.partial_keep_hours); the files it \
+             held here were removed",
+            rec.partner
+        );
+        let seen = rec.updated_at;
+        let cancel = || {
+            store.update_if(
+                &rec.id,
+                &message,
+                |r| awaits_its_release_here(r) && r.updated_at == seen,
+                |r| {
+                    lifecycle::fail(r, ErrorCode::Cancelled, &message, 0, now_ms());
+                },
+            )
+        };
+        if sets.unless_in_use(&rec.id, cancel).transpose()?.flatten().is_none() {
+            return Ok(());
+        }
+        done.sets += 1;
+        let why = format!(
+            "its set was not released by {} within {hours} hours (retention.partial_keep_hours); its held file \
+             was removed",
+            rec.partner
+        );
+        for index in 0..files {
+            let Some(member) = store.get(&member_id(&rec.id, index))? else { continue };
+            if let Some(work) = cancel_held(store, config, serving, &member, &why)? {
+                removed.push(work);
             }
         }
         Ok(())
     })?;
+    done.files = removed.len();
+    if done.sets > 0 {
+        store.flush_blocking()?;
+    }
+    for work in &removed {
+        crate::transfer::receive::discard(work);
+    }
     Ok(done)
 }
 
-/// Cancels `rec` and removes its work file if it is still a file held here
-/// for its set's release, unchanged since it was read and not served now;
-/// whether it did.
-fn abandon_held(
+/// Whether `set` is this node's record of a set a partner sends with
+/// `delivery = all` that waits for its release: streamed here, its
+/// release not ordered, or ended in error by its sender.
+fn awaits_its_release_here(set: &RequestRecord) -> bool {
+    let holds = set.set.as_ref().is_some_and(|i| i.policy.delivery == Delivery::All);
+    holds
+        && ((lifecycle::set::is_streamed_here(set) && set.step == Step::Transfer)
+            || lifecycle::set::is_ended_by_sender(set))
+}
+
+/// Records `rec` `Cancelled` if it is still a file held here for its set's
+/// release, unchanged since it was read and not served now; its work file
+/// then, for the caller to remove once that is flushed.
+fn cancel_held(
     store: &Store,
     config: &NodeConfig,
     serving: &Serving,
     rec: &RequestRecord,
     message: &str,
-) -> Result<bool, StoreError> {
+) -> Result<Option<std::path::PathBuf>, StoreError> {
     if !lifecycle::is_held(rec) || rec.delivered {
-        return Ok(false);
+        return Ok(None);
     }
-    let Some(rule) = config.rule(&rec.rule) else { return Ok(false) };
+    let Some(rule) = config.rule(&rec.rule) else { return Ok(None) };
     let work = crate::transfer::receive::work_path(&rule.recv_dir_for(&rec.partner), &rec.id);
     let seen = rec.updated_at;
-    let cancel = || -> Result<bool, StoreError> {
-        let cancelled = store.update_if(
+    let cancel = || {
+        store.update_if(
             &rec.id,
             message,
             |r| lifecycle::is_held(r) && !r.delivered && r.updated_at == seen,
             |r| {
                 lifecycle::fail(r, ErrorCode::Cancelled, message, 0, now_ms());
             },
-        )?;
-        if cancelled.is_some() {
-            crate::transfer::receive::discard(&work);
-        }
-        Ok(cancelled.is_some())
+        )
     };
-    Ok(super::channel_run::unless_served(serving, &rec.id, cancel).transpose()?.unwrap_or(false))
+    let cancelled = super::channel_run::unless_served(serving, &rec.id, cancel).transpose()?.flatten();
+    Ok(cancelled.map(|_| work))
 }

@@ -8,6 +8,11 @@
 //! queued. When a set ends it flushes the store, so a set shown `Done` is
 //! durably so.
 //!
+//! A pushed set that ends in error owes its partner a notice
+//! (`Store::owe_set_end_notice`, written before the set's end; the
+//! Commander, woken, sends it), so the receiver's record of the set ends
+//! too.
+//!
 //! Crash order: a member's end is written (and flushed by its runner)
 //! before the keeper adds it to the set, so a crash in between leaves the
 //! set's totals behind, never ahead. At start-up ([`SetKeeper::start`])
@@ -32,10 +37,14 @@ const COALESCED: usize = 1024;
 /// Started once per node, before the Commander.
 pub struct SetKeeper;
 
+/// Wakes the Commander (a notice is owed).
+pub type Wake = Arc<dyn Fn() + Send + Sync>;
+
 impl SetKeeper {
     /// Counts every open set again from its members, then follows member
-    /// changes until the store's last handle is dropped.
-    pub fn start(store: &Store) -> Result<tokio::task::JoinHandle<()>, StoreError> {
+    /// changes until the store's last handle is dropped; `wake` once a set
+    /// ended owing its partner a notice.
+    pub fn start(store: &Store, wake: Wake) -> Result<tokio::task::JoinHandle<()>, StoreError> {
         for set in open_sets(store)? {
             recount(store, &set)?;
         }
@@ -63,8 +72,12 @@ impl SetKeeper {
                     }
                 }
                 for run in waiting.chunk_by(|x, y| x.set == y.set) {
-                    if let Err(e) = apply(&store, run).await {
-                        tracing::error!(request_id = %run[0].set, error = %e, "cannot update the file set's totals");
+                    match apply(&store, run).await {
+                        Ok(true) => wake(),
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::error!(request_id = %run[0].set, error = %e, "cannot update the file set's totals")
+                        }
                     }
                 }
             }
@@ -97,9 +110,10 @@ fn open_sets(store: &Store) -> Result<Vec<RequestRecord>, StoreError> {
 /// `lifecycle::set` decides, and skips the rest when the policy says so. The store
 /// work that reads every member (skipping, naming the failed files) runs
 /// off the async threads; an ended set is flushed and audited once, when
-/// it ends.
-async fn apply(store: &Store, changes: &[MemberChange]) -> Result<(), StoreError> {
-    let Some(first) = changes.first() else { return Ok(()) };
+/// it ends. Whether it owed its partner a notice.
+async fn apply(store: &Store, changes: &[MemberChange]) -> Result<bool, StoreError> {
+    let Some(first) = changes.first() else { return Ok(false) };
+    let mut owes = false;
     let now = now_ms();
     // A set these changes end in error names its first failed files in the
     // same write, so it is never seen `InError` without them.
@@ -109,6 +123,12 @@ async fn apply(store: &Store, changes: &[MemberChange]) -> Result<(), StoreError
                 lifecycle::set::apply(&mut preview, change);
             }
             if lifecycle::set::settle(&mut preview, now, &[]) == Some(Status::InError) {
+                if super::set_release::tells_its_end(&preview) {
+                    // Before the end is written: a crash in between leaves
+                    // a notice the Commander drops (the set did not end).
+                    store.owe_set_end_notice(&preview.id)?;
+                    owes = true;
+                }
                 let store = store.clone();
                 crate::determinism::blocking(move || failed_names(&store, &preview))
                     .await
@@ -129,7 +149,7 @@ async fn apply(store: &Store, changes: &[MemberChange]) -> Result<(), StoreError
         decided.set(lifecycle::set::settle(r, now, &names));
     })?
     else {
-        return Ok(());
+        return Ok(false);
     };
     let ended = decided.get().filter(|s| s.is_final());
     let skip = changes.iter().any(|change| lifecycle::set::must_skip(&set, change));
@@ -143,7 +163,7 @@ async fn apply(store: &Store, changes: &[MemberChange]) -> Result<(), StoreError
         store.flush().await?;
         tracing::info!(target: super::AUDIT, event = "finished", request_id = %set.id, status = ?status, files = set.set.as_ref().map_or(0, |i| i.files));
     }
-    Ok(())
+    Ok(owes && ended == Some(Status::InError))
 }
 
 fn members<'a>(store: &'a Store, set: &RequestRecord) -> impl Iterator<Item = Result<RequestRecord, StoreError>> + 'a {
@@ -214,6 +234,7 @@ fn recount(store: &Store, set: &RequestRecord) -> Result<(), StoreError> {
         }
     }
     let now = now_ms();
+    let was_in_error = set.status == Status::InError;
     let set = store.update_if(&set.id, "", is_counted_set, |r| {
         if let Some(info) = r.set.as_mut() {
             (info.done, info.failed, info.skipped) = (done, failed, skipped);
@@ -227,6 +248,11 @@ fn recount(store: &Store, set: &RequestRecord) -> Result<(), StoreError> {
         s.set.as_ref().is_some_and(|i| i.policy.on_failure == crate::fileset::progress::OnFailure::Stop && i.failed > 0)
             && !s.status.is_final()
     });
+    if let Some(set) = set.as_ref().filter(|s| !was_in_error && super::set_release::tells_its_end(s)) {
+        // Ended in error only now (the end a crash cut short): the
+        // Commander's first fill sends the notice.
+        store.owe_set_end_notice(&set.id)?;
+    }
     if let (true, Some(set)) = (stops, set) {
         skip_queued(store, &set)?;
     }
@@ -288,7 +314,7 @@ mod tests {
                 lifecycle::fail(r, ErrorCode::FileNotFound, "gone", 0, 1);
             })
             .expect("failed");
-        let keeper = SetKeeper::start(&store).expect("starts");
+        let keeper = SetKeeper::start(&store, Arc::new(|| {})).expect("starts");
         let rec = store.get(&set.id).expect("get").expect("set");
         let info = rec.set.clone().expect("info");
         assert_eq!((info.done, info.failed, rec.transferred), (1, 1, 10), "counted again at start-up");
@@ -307,7 +333,7 @@ mod tests {
     async fn under_stop_a_failure_skips_the_queued_members() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("store");
-        let keeper = SetKeeper::start(&store).expect("starts");
+        let keeper = SetKeeper::start(&store, Arc::new(|| {})).expect("starts");
         let set = set_with(&store, 4);
         store
             .update(&crate::store::member_id(&set.id, 0), "", |r| {

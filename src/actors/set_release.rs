@@ -122,6 +122,24 @@ pub fn release_held(core: &Core, partner: &str, set: &RequestId, files: u32) -> 
                 format!("set {set} has {} files on node {me}; this Release names {files}", info.files),
             ));
         }
+        if r.status == Status::Cancelled {
+            let why = r.error.as_ref().map_or(String::new(), |e| format!(": {}", e.message));
+            return Err((ErrorCode::Cancelled, format!("set {set} was cancelled on node {me}{why}")));
+        }
+        if lifecycle::set::is_ended_by_sender(&r) {
+            // The sender restarted the set it had ended in error, and its
+            // files are all in: it runs here again, to be released.
+            store
+                .update_if(
+                    set,
+                    "its sender asks for its release: it runs again",
+                    lifecycle::set::is_ended_by_sender,
+                    |r| {
+                        lifecycle::set::reopen(r);
+                    },
+                )
+                .map_err(internal)?;
+        }
     }
     // 1. Checked whole before anything changes.
     let mut ordered = Vec::new();
@@ -162,6 +180,17 @@ pub fn release_held(core: &Core, partner: &str, set: &RequestId, files: u32) -> 
         }
         if !rec.delivered && !is_folder_entry(&rec.file_name) {
             let dir = recv_dir(core, &rec)?;
+            if !receive::work_path(&dir, &rec.id).exists() {
+                // Held, not released yet: its bytes are only there.
+                return Err((
+                    ErrorCode::FileNotFound,
+                    format!(
+                        "{:?} (file {i} of set {set}) is recorded held on node {me} but its work file is gone; \
+                         nothing was released",
+                        rec.file_name
+                    ),
+                ));
+            }
             let target = receive::target_path(&dir, &rec.file_name, false)?;
             refuse_existing_target(core, target_mode(core, &rec), &target)?;
         }
@@ -377,8 +406,13 @@ fn deliver_released(core: &Core, rec: &RequestRecord) -> Result<(), Refusal> {
         format!("folder {} made", target.display())
     } else if work.exists() {
         receive::deliver_as(&work, &target, &delivery_for(core, rec, &target))?
-    } else {
+    } else if target.exists() {
         format!("{} was delivered before", target.display())
+    } else {
+        return Err((
+            ErrorCode::FileNotFound,
+            format!("{:?} is neither held under its work name nor in place", rec.file_name),
+        ));
     };
     let end = rec.hash.map(|h| (rec.transferred, h));
     core.store
@@ -771,6 +805,93 @@ async fn release(core: &Core, asker: &Asker, runner: &SetTaskRunner, id: &Reques
         }
         return false;
     }
+}
+
+/// Whether the partner of `set`, a pushed set of this node's, must be
+/// told it ended in error (see [`tell_set_ended`]).
+pub fn tells_its_end(set: &RequestRecord) -> bool {
+    set.set.is_some()
+        && set.role == Role::Requester
+        && set.direction == Direction::Push
+        && set.status == Status::InError
+}
+
+/// How long the partner may take to answer `SetEnded`.
+const SET_ENDED_LIMIT: Duration = Duration::from_secs(10);
+
+/// Tells the partner that `set`, a set this node pushed, ended in error
+/// (only what a partner may be told of the cause), so its record of the
+/// set ends too; then the notice is no longer owed. A partner that does
+/// not know the ask (an older node) refuses it as a bad ask: it is not
+/// asked again. `Err` (asked again later) while it cannot be reached.
+pub async fn tell_set_ended(
+    core: &Core,
+    conns: &ractor::ActorRef<super::connections::ConnectionsMsg>,
+    set: &RequestRecord,
+) -> Result<(), String> {
+    let (code, message) =
+        set.error.as_ref().map_or((ErrorCode::Internal, String::new()), |e| (e.code, e.message.clone()));
+    let ask = Ask::SetEnded { set: set.id.clone(), code, message: code.told_to_partner(&message).to_owned() };
+    let link = super::connections::connect(conns, &set.partner).await.map_err(|e| e.message)?;
+    let answer = crate::transport::control::ask(&link.conn, &ask, SET_ENDED_LIMIT)
+        .await
+        .map_err(|e| format!("{} did not answer: {e}", set.partner))?;
+    let line = match answer {
+        Answer::State(Some(theirs)) => {
+            format!("{} told the set ended in error; its record is {}", set.partner, theirs.status)
+        }
+        Answer::State(None) => format!("{} told the set ended in error; it has no record of the set", set.partner),
+        Answer::Refused { code: ErrorCode::Protocol, message } => {
+            format!("{} cannot be told the set ended in error: {message}", set.partner)
+        }
+        Answer::Refused { code, message } => return Err(format!("{code}: {message}")),
+        other => return Err(format!("unexpected answer {other:?}")),
+    };
+    let store = &core.store;
+    store
+        .notice_given(&set.id, crate::store::Notice::SetEnded)
+        .and_then(|_| store.log(&set.id, &line))
+        .map_err(|e| e.to_string())
+}
+
+/// The asked node's side of `SetEnded { set, code, message }` from
+/// `partner`: its record of a set the partner streams here, its release
+/// not ordered, ends `InError` with the partner's cause (flushed before
+/// the answer). Answered with its record of the set, whatever it is.
+pub async fn set_ended_by_sender(
+    core: &Core,
+    partner: &str,
+    set: &RequestId,
+    code: ErrorCode,
+    message: &str,
+) -> Answer {
+    let me = core.config.node_id.as_str();
+    let refused = |code, message: String| Answer::Refused { code, message };
+    let rec = match core.store.get(set) {
+        Ok(Some(r)) if r.partner != partner || r.role != Role::Requested || r.set.is_none() => {
+            return refused(ErrorCode::Protocol, format!("request {set} on node {me} is not a file set from {partner}"))
+        }
+        Ok(r) => r,
+        Err(e) => return refused(ErrorCode::Internal, format!("node {me} cannot read its store: {e}")),
+    };
+    let Some(rec) = rec else { return Answer::State(None) };
+    let shown: String = message.chars().take(crate::fileset::SHOWN_PATTERN_BYTES).collect();
+    let why = format!("{partner} ended the set in error: {code}: {shown}");
+    let ended = core.store.update_if(set, &why, lifecycle::set::can_end_by_sender, |r| {
+        lifecycle::set::ended_by_sender(r, code, &why, now_ms());
+    });
+    let rec = match ended {
+        Ok(Some(r)) => match core.store.flush().await {
+            Ok(()) => {
+                tracing::info!(target: AUDIT, event = "finished", request_id = %set, partner = %partner, status = ?r.status);
+                r
+            }
+            Err(e) => return refused(ErrorCode::Internal, format!("node {me} cannot flush its store: {e}")),
+        },
+        Ok(None) => rec,
+        Err(e) => return refused(ErrorCode::Internal, format!("node {me} cannot write its store: {e}")),
+    };
+    Answer::State(Some(super::control_plane::request_state(me, &rec)))
 }
 
 #[cfg(test)]

@@ -871,8 +871,8 @@ struct Served {
     /// Disk space promised to other transfers: a pass of files, written at
     /// once, fits beside it.
     room: Arc<crate::transfer::room::DiskRoom>,
-    /// The set, claimed while the stream lives.
-    _claim: SetClaim,
+    /// The set, in use while the stream (and its last commit) lives.
+    _in_use: super::sets_in_use::InUse,
 }
 
 /// Serves a set stream `partner` opened (its kind byte read).
@@ -965,12 +965,9 @@ fn opened(ctx: &RunHandle, partner: &str, open: SetFrame) -> Result<Served, Refu
         ));
     }
     let dir = rule.recv_dir_for(partner);
-    // Claimed before its record is read: the sweep of sets never released
-    // (`retention::abandon_unreleased`) passes over a set a stream serves,
-    // and a stream that opens after the sweep cancelled it finds it
-    // cancelled.
+    // In use before its record is read (see `sets_in_use`).
     let token = crate::determinism::random_u128() as u64;
-    let claim = SetClaim::take(&ctx.serving, &set, partner, token)?;
+    let in_use = ctx.sets_in_use.take(&set);
     record_set(&ctx.core, partner, &set, &rule.name, SetOpened { files, pattern: &pattern, hold })?;
     Ok(Served {
         core: ctx.core.clone(),
@@ -985,36 +982,8 @@ fn opened(ctx: &RunHandle, partner: &str, open: SetFrame) -> Result<Served, Refu
         superseded: Arc::new(AtomicBool::new(false)),
         serving: ctx.serving.clone(),
         room: ctx.room.clone(),
-        _claim: claim,
+        _in_use: in_use,
     })
-}
-
-/// A stream's claim of its set in the table of running requests, for as
-/// long as the stream (and its last commit) lives.
-struct SetClaim {
-    serving: Arc<std::sync::Mutex<std::collections::BTreeMap<RequestId, super::channel_run::ServingRun>>>,
-    set: RequestId,
-    token: u64,
-}
-
-impl SetClaim {
-    fn take(
-        serving: &Arc<std::sync::Mutex<std::collections::BTreeMap<RequestId, super::channel_run::ServingRun>>>,
-        set: &RequestId,
-        partner: &str,
-        token: u64,
-    ) -> Result<SetClaim, Refusal> {
-        // A newer stream of the set takes the claim over; the older one's
-        // files keep their own claims, so nothing else is superseded.
-        claim_serving(serving, set, partner, token, &Arc::new(AtomicBool::new(false)))?;
-        Ok(SetClaim { serving: serving.clone(), set: set.clone(), token })
-    }
-}
-
-impl Drop for SetClaim {
-    fn drop(&mut self) {
-        release_serving(&self.serving, &self.set, self.token);
-    }
 }
 
 /// What an `Open` says of the set.
@@ -1028,7 +997,8 @@ struct SetOpened<'a> {
 /// first stream (`Running`, step `Transfer`), kept by later ones. Each
 /// streamed file is recorded as its member, so the files are listed and
 /// pruned with the set; its `Release` ends it (`set_release`), as does a
-/// cancel notice. Not flushed here: sled keeps writes in order, so it is
+/// cancel notice; a set its sender ended in error (`Ask::SetEnded`) runs
+/// again when a stream of it opens. Not flushed here: sled keeps writes in order, so it is
 /// durable before any member a commit flushes.
 fn record_set(core: &Core, partner: &str, set: &RequestId, rule: &str, opened: SetOpened) -> Result<(), Refusal> {
     let me = &core.config.node_id;
@@ -1053,8 +1023,22 @@ fn record_set(core: &Core, partner: &str, set: &RequestId, rule: &str, opened: S
                 opened.files
             ),
         )),
-        Some(r) if r.status == Status::Cancelled => {
-            Err((ErrorCode::Cancelled, format!("set {set} was cancelled on node {me}")))
+        Some(r) if r.status == Status::Cancelled => Err((
+            ErrorCode::Cancelled,
+            format!(
+                "set {set} was cancelled on node {me}{}",
+                r.error.as_ref().map_or(String::new(), |e| format!(": {}", e.message))
+            ),
+        )),
+        Some(r) if lifecycle::set::is_ended_by_sender(&r) => {
+            // The sender restarted a set it had ended in error.
+            let line = format!("{partner} opened the set's stream again: it runs again");
+            core.store
+                .update_if(set, &line, lifecycle::set::is_ended_by_sender, |r| {
+                    lifecycle::set::reopen(r);
+                })
+                .map_err(internal)?;
+            Ok(())
         }
         Some(_) => Ok(()),
         None => {

@@ -324,6 +324,48 @@ pub fn received_whole(set: &mut RequestRecord, files: u32, bytes: u64, pattern: 
     true
 }
 
+/// The sender told this node its set ended in error (`code`, `message`:
+/// what the sender may tell, see `ErrorCode::told_to_partner`): a set
+/// streamed here whose release was not ordered ends `InError` too, its
+/// files as they are (delivered ones stay; held ones wait for a restart of
+/// the set, a cancel, or the retention sweep). `false` if that is not its
+/// state (released, ordered, or ended already).
+pub fn ended_by_sender(set: &mut RequestRecord, code: ErrorCode, message: &str, now: u64) -> bool {
+    if !can_end_by_sender(set) {
+        return false;
+    }
+    set.status = Status::InError;
+    set.error = Some(RequestError { code, message: message.to_owned() });
+    set.finished_at = Some(now);
+    true
+}
+
+/// Whether [`ended_by_sender`] applies: streamed here, its release not
+/// ordered.
+pub fn can_end_by_sender(set: &RequestRecord) -> bool {
+    is_streamed_here(set) && set.step == Step::Transfer
+}
+
+/// Whether `set` is a set streamed here that its sender ended in error
+/// ([`ended_by_sender`]): a restart of the set on the sender reopens it
+/// ([`reopen`]), a cancel ends it.
+pub fn is_ended_by_sender(set: &RequestRecord) -> bool {
+    set.set.is_some() && set.role == Role::Requested && set.status == Status::InError && set.step == Step::Transfer
+}
+
+/// The sender restarted a set it had ended in error (a new stream opens,
+/// or it asks for the release): it is streamed here again, its counts
+/// kept. `false` if it was not ended by its sender.
+pub fn reopen(set: &mut RequestRecord) -> bool {
+    if !is_ended_by_sender(set) {
+        return false;
+    }
+    set.status = Status::Running;
+    set.error = None;
+    set.finished_at = None;
+    true
+}
+
 /// Whether the set must skip its members not yet started after `change`:
 /// under `on_failure = stop`, a file that just failed (only then: a
 /// restart of the set, which uncounts its failures one by one, must not
@@ -473,6 +515,40 @@ mod tests {
         let mut cancelled = set(3, Policy::default());
         (cancelled.role, cancelled.step, cancelled.status) = (Role::Requested, Step::Transfer, Status::Cancelled);
         assert!(!streamed_done(&mut cancelled, 1, 10));
+    }
+
+    #[test]
+    fn a_set_its_sender_ended_in_error_ends_here_and_a_restart_reopens_it() {
+        let mut s = set(3, Policy::default());
+        (s.role, s.step) = (Role::Requested, Step::Transfer);
+        assert!(streamed_done(&mut s, 2, 20));
+        assert!(!is_ended_by_sender(&s) && !reopen(&mut s), "running: nothing to reopen");
+        assert!(ended_by_sender(&mut s, ErrorCode::FilesFailed, "1 of 3 files failed", 5));
+        assert_eq!((s.status, s.step, s.finished_at), (Status::InError, Step::Transfer, Some(5)));
+        assert_eq!(s.error.as_ref().map(|e| e.code), Some(ErrorCode::FilesFailed));
+        assert!(is_ended_by_sender(&s) && !is_streamed_here(&s));
+        assert!(!streamed_done(&mut s, 1, 10), "ended: a late commit is not counted");
+        assert!(!ended_by_sender(&mut s, ErrorCode::FilesFailed, "again", 6), "ended once");
+        assert!(reopen(&mut s));
+        assert_eq!((s.status, s.error.is_none(), s.finished_at), (Status::Running, true, None));
+        assert!(is_streamed_here(&s) && streamed_done(&mut s, 1, 10), "reopened: counted again");
+        assert_eq!(s.set.as_ref().map(|i| i.done), Some(3), "its counts kept");
+        // Not once its release was ordered (it finishes), nor a sender's
+        // own set, nor a set that ended otherwise.
+        let mut ordered = set(3, Policy::default());
+        (ordered.role, ordered.step) = (Role::Requested, Step::Transfer);
+        assert!(release_ordered(&mut ordered));
+        assert!(!ended_by_sender(&mut ordered, ErrorCode::FilesFailed, "late", 7));
+        let mut own = set(3, Policy::default());
+        own.step = Step::Transfer;
+        assert!(!ended_by_sender(&mut own, ErrorCode::FilesFailed, "no", 7));
+        let mut cancelled = set(3, Policy::default());
+        (cancelled.role, cancelled.step, cancelled.status) = (Role::Requested, Step::Transfer, Status::Cancelled);
+        assert!(!ended_by_sender(&mut cancelled, ErrorCode::FilesFailed, "no", 7) && !reopen(&mut cancelled));
+        let mut failed_tasks = set(3, Policy::default());
+        (failed_tasks.role, failed_tasks.step, failed_tasks.status) =
+            (Role::Requested, Step::PostTask, Status::InError);
+        assert!(!is_ended_by_sender(&failed_tasks) && !reopen(&mut failed_tasks), "a set task failed here");
     }
 
     #[test]

@@ -123,6 +123,15 @@ pub enum Ask {
     /// folder of `rule`, as the sender of the set, and answer the entries
     /// from index `start` on ([`Answer::Listed`]).
     List { rule: String, patterns: Vec<String>, start: u32 },
+    /// A pushed file set ended in error on its sender (added after version
+    /// 8 without a version change: an older node refuses it as a bad ask,
+    /// and the sender does not ask it again): the
+    /// asked node's record of the set, if a set stream made it and its
+    /// release was not ordered, ends `InError` with `code` and `message`
+    /// (only what the sender tells a partner). Answered with the asked
+    /// node's record of the set ([`Answer::State`]). A restart of the set
+    /// opens it again.
+    SetEnded { set: RequestId, code: ErrorCode, message: String },
 }
 
 impl Ask {
@@ -135,6 +144,7 @@ impl Ask {
             Ask::DialMe { .. } => "DialMe",
             Ask::Release { .. } => "Release",
             Ask::List { .. } => "List",
+            Ask::SetEnded { .. } => "SetEnded",
         }
     }
 }

@@ -13,10 +13,12 @@
 //! - `queue`: sequence (u64 BE) ++ request id → empty; one entry per
 //!   `ToSubmit` request, so the Commander takes them in submission order
 //!   without scanning every request.
-//! - `cancel_notices`: request id → empty; a requester's cancelled requests
-//!   whose partner has not yet confirmed it was told (the Commander retries
-//!   until it has). Added without a schema change: an older store simply
-//!   has none.
+//! - `cancel_notices`: request id → [`Notice`] (empty: a cancel; `E`: a
+//!   pushed set that ended in error); the requester's requests whose
+//!   partner has not yet confirmed it was told how they ended (the
+//!   Commander retries until it has). Added without a schema change: an
+//!   older store simply has none, or only cancels (empty values, as
+//!   before).
 //! - `handovers`: partner id ++ 0 ++ request id → empty; requests a partner
 //!   handed over to this node, so how many one partner has queued here can
 //!   be bounded ([`Store::open_handovers`] drops the entries of requests
@@ -132,6 +134,34 @@ pub type Observer = std::sync::Arc<dyn Fn(&RecordChange<'_>) + Send + Sync>;
 /// Told how long each [`Store::flush`] caller waited for its data to be on
 /// disk (queueing behind other flushes included).
 pub type FlushObserver = std::sync::Arc<dyn Fn(std::time::Duration) + Send + Sync>;
+
+/// What a partner is owed the news of (the store's `cancel_notices`
+/// tree: its key the request's id, its value which notice; stores
+/// written before set-end notices hold only cancels, with empty values).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// The request was cancelled here.
+    Cancel,
+    /// A pushed file set ended in error here.
+    SetEnded,
+}
+
+impl Notice {
+    fn value(self) -> &'static [u8] {
+        match self {
+            Notice::Cancel => b"",
+            Notice::SetEnded => b"E",
+        }
+    }
+
+    fn of(value: &[u8]) -> Option<Notice> {
+        match value {
+            b"" => Some(Notice::Cancel),
+            b"E" => Some(Notice::SetEnded),
+            _ => None,
+        }
+    }
+}
 
 /// A handle to the node's database; cheap to clone.
 #[derive(Clone)]
@@ -749,28 +779,43 @@ impl Store {
 
     /// Records that the partner of `id` must still be told that the request
     /// was cancelled (durable with the next flush; kept until
-    /// [`Store::cancel_notice_given`]).
+    /// [`Store::notice_given`]). Replaces a [`Notice::SetEnded`] owed for it.
     pub fn owe_cancel_notice(&self, id: &RequestId) -> Result<(), StoreError> {
-        self.notices.insert(id.as_str().as_bytes(), &[])?;
+        self.notices.insert(id.as_str().as_bytes(), Notice::Cancel.value())?;
         Ok(())
     }
 
-    /// The partner confirmed it knows `id` was cancelled.
-    pub fn cancel_notice_given(&self, id: &RequestId) -> Result<(), StoreError> {
-        self.notices.remove(id.as_str().as_bytes())?;
+    /// Records that the partner of pushed set `id` must still be told the
+    /// set ended in error (durable with the next flush). Written before the
+    /// set's end: one owed for a set that did not end so (or was restarted
+    /// since) is dropped unsent. Never replaces an owed cancel notice.
+    pub fn owe_set_end_notice(&self, id: &RequestId) -> Result<(), StoreError> {
+        let _ = self.notices.compare_and_swap(
+            id.as_str().as_bytes(),
+            None as Option<&[u8]>,
+            Some(Notice::SetEnded.value()),
+        )?;
         Ok(())
     }
 
-    /// Requests whose partner must still be told of their cancellation.
-    pub fn cancel_notices_owed(&self) -> Result<Vec<RequestId>, StoreError> {
+    /// The partner was told `notice` of `id` (or need not be): it is no
+    /// longer owed, unless another notice replaced it meanwhile.
+    pub fn notice_given(&self, id: &RequestId, notice: Notice) -> Result<(), StoreError> {
+        let _ = self.notices.compare_and_swap(id.as_str().as_bytes(), Some(notice.value()), None as Option<&[u8]>)?;
+        Ok(())
+    }
+
+    /// Requests whose partner must still be told how they ended, each with
+    /// what it must be told.
+    pub fn notices_owed(&self) -> Result<Vec<(RequestId, Notice)>, StoreError> {
         let mut out = Vec::new();
         for kv in self.notices.iter() {
-            let (k, _) = kv?;
+            let (k, v) = kv?;
             let text = String::from_utf8_lossy(&k).into_owned();
-            match RequestId::parse(&text) {
-                Some(id) => out.push(id),
-                None => return Err(StoreError::Corrupt { key: text, reason: "not a request id".into() }),
-            }
+            let (Some(id), Some(notice)) = (RequestId::parse(&text), Notice::of(&v)) else {
+                return Err(StoreError::Corrupt { key: text, reason: "not a request id and a notice".into() });
+            };
+            out.push((id, notice));
         }
         Ok(out)
     }
@@ -1119,15 +1164,39 @@ mod tests {
         let rec = sample(Status::Cancelled);
         {
             let s = Store::open(dir.path()).expect("open");
-            assert!(s.cancel_notices_owed().expect("read").is_empty());
+            assert!(s.notices_owed().expect("read").is_empty());
             s.owe_cancel_notice(&rec.id).expect("owe");
             s.owe_cancel_notice(&rec.id).expect("owing twice is one notice");
             s.flush_blocking().expect("flush");
         }
         let s = Store::open(dir.path()).expect("reopen");
-        assert_eq!(s.cancel_notices_owed().expect("read"), vec![rec.id.clone()]);
-        s.cancel_notice_given(&rec.id).expect("given");
-        assert!(s.cancel_notices_owed().expect("read").is_empty());
+        assert_eq!(s.notices_owed().expect("read"), vec![(rec.id.clone(), Notice::Cancel)]);
+        s.notice_given(&rec.id, Notice::Cancel).expect("given");
+        assert!(s.notices_owed().expect("read").is_empty());
+    }
+
+    #[test]
+    fn a_cancel_notice_replaces_a_set_end_notice_and_is_never_replaced_or_given_by_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(dir.path()).expect("open");
+        let (ended, cancelled) = (RequestId::generate(), RequestId::generate());
+        s.owe_set_end_notice(&ended).expect("owe");
+        s.owe_cancel_notice(&cancelled).expect("owe");
+        s.owe_set_end_notice(&cancelled).expect("owe: kept a cancel");
+        let mut owed = s.notices_owed().expect("read");
+        owed.sort_by(|x, y| x.0.as_str().cmp(y.0.as_str()));
+        let mut want = vec![(ended.clone(), Notice::SetEnded), (cancelled.clone(), Notice::Cancel)];
+        want.sort_by(|x, y| x.0.as_str().cmp(y.0.as_str()));
+        assert_eq!(owed, want);
+        // The set was cancelled while its end was being told: the answer
+        // to the end does not take the cancel away.
+        s.owe_cancel_notice(&ended).expect("owe");
+        s.notice_given(&ended, Notice::SetEnded).expect("given");
+        s.notice_given(&cancelled, Notice::SetEnded).expect("given");
+        assert_eq!(s.notices_owed().expect("read").len(), 2, "both cancels are still owed");
+        s.notice_given(&ended, Notice::Cancel).expect("given");
+        s.notice_given(&cancelled, Notice::Cancel).expect("given");
+        assert!(s.notices_owed().expect("read").is_empty());
     }
 
     #[test]
