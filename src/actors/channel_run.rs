@@ -686,7 +686,9 @@ impl ChannelRun {
         }
         if let Some(rec) = &existing {
             if rec.status == Status::Cancelled {
-                return Err((ErrorCode::Cancelled, format!("request {} was cancelled", rec.id)));
+                let why = rec.error.as_ref().map_or(String::new(), |e| format!(": {}", e.message));
+                let me = &self.ctx.core.config.node_id;
+                return Err((ErrorCode::Cancelled, format!("request {} was cancelled on node {me}{why}", rec.id)));
             }
             // The sender of a pull reaches its post-tasks (or Done) only
             // after its requester verified and recorded the file, so a

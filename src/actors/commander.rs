@@ -71,9 +71,9 @@ pub struct CommanderState {
     /// with when they started waiting (in memory: a restart waits afresh).
     waiting: BTreeMap<RequestId, (String, Instant)>,
     /// Cancellation notices being sent now.
-    telling: BTreeSet<RequestId>,
+    telling: BTreeSet<(RequestId, u8)>,
     /// Notices that failed once already: logged once, not on every retry.
-    notice_failed: BTreeSet<RequestId>,
+    notice_failed: BTreeSet<(RequestId, u8)>,
     tick_scheduled: bool,
     /// Queued small files of sets whose stream this node leads, by id,
     /// with their set: passed over unread while the stream runs.
@@ -292,11 +292,12 @@ impl CommanderState {
     /// written) is dropped unsent.
     fn send_notices(&mut self, myself: &ActorRef<CommanderMsg>) -> Result<(), ActorProcessingErr> {
         for (id, notice) in self.ctx.core.store.notices_owed()? {
-            if self.telling.contains(&id) {
+            let key = (id.clone(), notice.kind());
+            if self.telling.contains(&key) {
                 continue;
             }
             let rec = match self.ctx.core.store.get(&id)? {
-                Some(rec) if notice == Notice::Cancel || super::set_release::tells_its_end(&rec) => rec,
+                Some(rec) if super::set_release::still_owed(&rec, notice) => rec,
                 _ => {
                     self.ctx.core.store.notice_given(&id, notice)?;
                     continue;
@@ -308,12 +309,12 @@ impl CommanderState {
                 self.schedule_tick(myself);
                 continue;
             }
-            self.telling.insert(id.clone());
+            self.telling.insert(key);
             let (ctx, conns, me) = (self.ctx.run.clone(), self.connections.clone(), myself.clone());
             tokio::spawn(async move {
                 let told = match notice {
                     Notice::Cancel => tell_cancel(ctx, conns, id.clone(), rec.partner).await,
-                    Notice::SetEnded => super::set_release::tell_set_ended(&ctx.core, &conns, &rec).await,
+                    Notice::SetEnded { at } => super::set_release::tell_set_ended(&ctx.core, &conns, &id, at).await,
                 };
                 let _ = me.cast(CommanderMsg::Told(id, notice, told));
             });
@@ -439,16 +440,21 @@ impl Actor for Commander {
                 }
             }
             CommanderMsg::Told(id, notice, told) => {
-                state.telling.remove(&id);
+                let key = (id.clone(), notice.kind());
+                state.telling.remove(&key);
                 match told {
                     Ok(()) => {
-                        state.notice_failed.remove(&id);
+                        state.notice_failed.remove(&key);
+                        // Another notice of the same request may have
+                        // waited for this one (a cancel while the set's
+                        // end was told).
+                        state.send_notices(&myself)?;
                     }
                     Err(why) => {
-                        if state.notice_failed.insert(id.clone()) {
+                        if state.notice_failed.insert(key) {
                             let what = match notice {
                                 Notice::Cancel => "the cancellation",
-                                Notice::SetEnded => "the set's end",
+                                Notice::SetEnded { .. } => "the set's end",
                             };
                             let line = format!("the partner could not be told of {what} yet: {why}");
                             state.ctx.core.store.log(&id, &line)?;

@@ -149,7 +149,7 @@ async fn answer(ctx: &RunHandle, conns: &ActorRef<ConnectionsMsg>, partner: &str
             }
         }
         Ask::SetEnded { set, code, message } => {
-            super::set_release::set_ended_by_sender(&ctx.core, partner, &set, code, &message).await
+            super::set_release::set_ended_by_sender(&ctx.core, &ctx.sets_in_use, partner, &set, code, &message).await
         }
         Ask::List { rule, patterns, start } => {
             super::set_listing::answer(&ctx.core, partner, rule, patterns, start).await

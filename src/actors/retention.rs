@@ -16,19 +16,24 @@
 //!   sweep. A crash before that flush leaves such a request `Interrupted`
 //!   without its partial file: resumed, it starts over from offset 0 (a
 //!   restart point counts only while the work file holds it);
-//! - under the same setting, what a partner's file sets left held here and
-//!   never released ([`abandon_unreleased`]): a `delivery = all` file
-//!   verified and kept under its work name waits for its set's `Release`,
-//!   which a partner that walks away (or whose set ended in error) never
-//!   sends. Without it such files fill the disk for ever, and a set
-//!   streamed here stays `Running`. A set streamed here whose release was
-//!   not ordered, unchanged that long (no file committed, no stream open
-//!   now), is recorded `Cancelled`, then each file it holds is recorded
-//!   `Cancelled` and its work file removed; so is a held file that came one
-//!   request alone. Files already delivered stay. A stream of the set
-//!   opened later is refused (the set was cancelled here). Same order and
-//!   crash rule as above: a crash before the flush leaves a held file's
-//!   record without its work file, which a `Release` then refuses.
+//! - under the same setting, the files a partner's `delivery = all` sets
+//!   hold here and it never releases ([`abandon_unreleased`]): a verified
+//!   file kept under its work name waits for its set's `Release`, which a
+//!   partner that walks away (or whose set ended in error and is never
+//!   restarted) never sends; without this they fill the disk for ever. A
+//!   set streamed here whose release was not ordered, none of whose
+//!   records changed that long, and that no stream or `Release` works on
+//!   now, is recorded `Cancelled`, then each file it holds (not served by
+//!   a run now) is recorded `Cancelled`; the records are flushed, and only
+//!   then are the work files removed, so a crash never leaves a file
+//!   recorded held whose bytes are gone (a crash between the flush and the
+//!   removals leaves those work files behind). Files already delivered
+//!   stay. A later stream or `Release` of the set is refused, naming why.
+//!   Not swept: a set none of whose files came on a stream (it has no
+//!   record here before its release, and a file that came one request
+//!   alone does not say which set it belongs to), and files of a cancelled
+//!   set that the partner sends one request alone afterwards; the
+//!   sender's cancel of the set removes them.
 
 use std::time::Duration;
 
@@ -252,7 +257,7 @@ pub fn abandon_unreleased(
     // Through the status index: a set's own record has entries, its
     // members none (they are walked through the set).
     store.for_each_with_status(&[Status::Running, Status::Interrupted, Status::InError], |rec| {
-        if !awaits_its_release_here(&rec) || !old(rec.updated_at) {
+        if !awaits_its_release_here(&rec) || !old(rec.updated_at) || sets.unless_in_use(&rec.id, || ()).is_none() {
             return Ok(());
         }
         let files = rec.set.as_ref().map_or(0, |i| i.files);

@@ -126,7 +126,7 @@ async fn apply(store: &Store, changes: &[MemberChange]) -> Result<bool, StoreErr
                 if super::set_release::tells_its_end(&preview) {
                     // Before the end is written: a crash in between leaves
                     // a notice the Commander drops (the set did not end).
-                    store.owe_set_end_notice(&preview.id)?;
+                    store.owe_set_end_notice(&preview.id, preview.finished_at.unwrap_or(now))?;
                     owes = true;
                 }
                 let store = store.clone();
@@ -251,7 +251,7 @@ fn recount(store: &Store, set: &RequestRecord) -> Result<(), StoreError> {
     if let Some(set) = set.as_ref().filter(|s| !was_in_error && super::set_release::tells_its_end(s)) {
         // Ended in error only now (the end a crash cut short): the
         // Commander's first fill sends the notice.
-        store.owe_set_end_notice(&set.id)?;
+        store.owe_set_end_notice(&set.id, set.finished_at.unwrap_or(0))?;
     }
     if let (true, Some(set)) = (stops, set) {
         skip_queued(store, &set)?;

@@ -126,20 +126,6 @@ pub fn release_held(core: &Core, partner: &str, set: &RequestId, files: u32) -> 
             let why = r.error.as_ref().map_or(String::new(), |e| format!(": {}", e.message));
             return Err((ErrorCode::Cancelled, format!("set {set} was cancelled on node {me}{why}")));
         }
-        if lifecycle::set::is_ended_by_sender(&r) {
-            // The sender restarted the set it had ended in error, and its
-            // files are all in: it runs here again, to be released.
-            store
-                .update_if(
-                    set,
-                    "its sender asks for its release: it runs again",
-                    lifecycle::set::is_ended_by_sender,
-                    |r| {
-                        lifecycle::set::reopen(r);
-                    },
-                )
-                .map_err(internal)?;
-        }
     }
     // 1. Checked whole before anything changes.
     let mut ordered = Vec::new();
@@ -199,11 +185,23 @@ pub fn release_held(core: &Core, partner: &str, set: &RequestId, files: u32) -> 
     // 2. The release is ordered, durably, before the first rename (and a
     // set streamed here says so, for `finish_ordered`).
     // (A set whose files all came one request each has no record here yet.)
-    let ordered_here = store.update_if(set, "its release is ordered", lifecycle::set::is_streamed_here, |r| {
+    // A set its sender had ended in error runs again: the sender restarted
+    // it and its files are all in.
+    let orderable = |r: &RequestRecord| lifecycle::set::is_streamed_here(r) || lifecycle::set::is_ended_by_sender(r);
+    let ordered_here = store.update_if(set, "its release is ordered", orderable, |r| {
+        lifecycle::set::reopen(r);
         lifecycle::set::release_ordered(r);
     });
     match ordered_here {
-        Ok(_) | Err(StoreError::NotFound(_)) => {}
+        Ok(Some(_)) | Err(StoreError::NotFound(_)) => {}
+        Ok(None) => {
+            // Released before (nothing is left to order), or ended since
+            // the check above: a cancelled set orders nothing.
+            if let Some(r) = store.get(set).map_err(internal)?.filter(|r| r.status == Status::Cancelled) {
+                let why = r.error.as_ref().map_or(String::new(), |e| format!(": {}", e.message));
+                return Err((ErrorCode::Cancelled, format!("set {set} was cancelled on node {me}{why}")));
+            }
+        }
         Err(e) => return Err(internal(e)),
     }
     for rec in &mut ordered {
@@ -816,22 +814,46 @@ pub fn tells_its_end(set: &RequestRecord) -> bool {
         && set.status == Status::InError
 }
 
+/// Whether `notice` of `rec` is still to be told: a cancel always; a set's
+/// end only while the set is still in that end (not restarted since).
+pub fn still_owed(rec: &RequestRecord, notice: crate::store::Notice) -> bool {
+    match notice {
+        crate::store::Notice::Cancel => true,
+        crate::store::Notice::SetEnded { at } => tells_its_end(rec) && rec.finished_at == Some(at),
+    }
+}
+
 /// How long the partner may take to answer `SetEnded`.
 const SET_ENDED_LIMIT: Duration = Duration::from_secs(10);
 
-/// Tells the partner that `set`, a set this node pushed, ended in error
-/// (only what a partner may be told of the cause), so its record of the
-/// set ends too; then the notice is no longer owed. A partner that does
-/// not know the ask (an older node) refuses it as a bad ask: it is not
-/// asked again. `Err` (asked again later) while it cannot be reached.
+/// Tells the partner that set `id`, which this node pushed, ended in error
+/// at `at` (only what a partner may be told of the cause), so its record
+/// of the set ends too; then the notice is no longer owed. Read again
+/// just before the ask: a set restarted meanwhile is not told of. A
+/// partner that does not know the ask (an older node) refuses it as a bad
+/// ask: it is not asked again. `Err` (asked again later) while it cannot
+/// be reached, or is receiving the set at that moment.
 pub async fn tell_set_ended(
     core: &Core,
     conns: &ractor::ActorRef<super::connections::ConnectionsMsg>,
-    set: &RequestRecord,
+    id: &RequestId,
+    at: u64,
 ) -> Result<(), String> {
+    let store = &core.store;
+    let notice = crate::store::Notice::SetEnded { at };
+    let given = |line: Option<String>| {
+        store
+            .notice_given(id, notice)
+            .and_then(|_| line.map_or(Ok(()), |l| store.log(id, &l)))
+            .map_err(|e| e.to_string())
+    };
+    let set = match store.get(id).map_err(|e| e.to_string())? {
+        Some(set) if still_owed(&set, notice) => set,
+        _ => return given(None),
+    };
     let (code, message) =
         set.error.as_ref().map_or((ErrorCode::Internal, String::new()), |e| (e.code, e.message.clone()));
-    let ask = Ask::SetEnded { set: set.id.clone(), code, message: code.told_to_partner(&message).to_owned() };
+    let ask = Ask::SetEnded { set: id.clone(), code, message: code.told_to_partner(&message).to_owned() };
     let link = super::connections::connect(conns, &set.partner).await.map_err(|e| e.message)?;
     let answer = crate::transport::control::ask(&link.conn, &ask, SET_ENDED_LIMIT)
         .await
@@ -847,19 +869,19 @@ pub async fn tell_set_ended(
         Answer::Refused { code, message } => return Err(format!("{code}: {message}")),
         other => return Err(format!("unexpected answer {other:?}")),
     };
-    let store = &core.store;
-    store
-        .notice_given(&set.id, crate::store::Notice::SetEnded)
-        .and_then(|_| store.log(&set.id, &line))
-        .map_err(|e| e.to_string())
+    given(Some(line))
 }
 
 /// The asked node's side of `SetEnded { set, code, message }` from
 /// `partner`: its record of a set the partner streams here, its release
 /// not ordered, ends `InError` with the partner's cause (flushed before
-/// the answer). Answered with its record of the set, whatever it is.
+/// the answer). Answered with its record of the set, whatever it is; "ask
+/// again" (`Internal`) while a stream or a release of the set runs here
+/// (`sets`): the set was restarted and this end is stale, or the stream
+/// that carried its last files is still closing.
 pub async fn set_ended_by_sender(
     core: &Core,
+    sets: &super::sets_in_use::SetsInUse,
     partner: &str,
     set: &RequestId,
     code: ErrorCode,
@@ -877,9 +899,14 @@ pub async fn set_ended_by_sender(
     let Some(rec) = rec else { return Answer::State(None) };
     let shown: String = message.chars().take(crate::fileset::SHOWN_PATTERN_BYTES).collect();
     let why = format!("{partner} ended the set in error: {code}: {shown}");
-    let ended = core.store.update_if(set, &why, lifecycle::set::can_end_by_sender, |r| {
-        lifecycle::set::ended_by_sender(r, code, &why, now_ms());
-    });
+    let end = || {
+        core.store.update_if(set, &why, lifecycle::set::can_end_by_sender, |r| {
+            lifecycle::set::ended_by_sender(r, code, &why, now_ms());
+        })
+    };
+    let Some(ended) = sets.unless_in_use(set, end) else {
+        return refused(ErrorCode::Internal, format!("node {me} is receiving set {set} now; ask again"));
+    };
     let rec = match ended {
         Ok(Some(r)) => match core.store.flush().await {
             Ok(()) => {
@@ -897,6 +924,36 @@ pub async fn set_ended_by_sender(
 #[cfg(test)]
 mod running_set_tasks_tests {
     use super::*;
+
+    #[test]
+    fn a_set_end_is_told_only_of_a_pushed_set_still_in_that_end() {
+        use crate::store::Notice;
+        let mut set = RequestRecord {
+            status: Status::InError,
+            finished_at: Some(10),
+            set: Some(crate::store::SetInfo {
+                pattern: "*.csv".into(),
+                policy: Policy::default(),
+                files: 2,
+                done: 1,
+                failed: 1,
+                skipped: 0,
+            }),
+            ..RequestRecord::new(RequestId::generate(), Role::Requester, "b", "r", Direction::Push, "*.csv")
+        };
+        assert!(still_owed(&set, Notice::SetEnded { at: 10 }));
+        assert!(!still_owed(&set, Notice::SetEnded { at: 9 }), "an earlier end: restarted and ended again since");
+        set.status = Status::Running;
+        set.finished_at = None;
+        assert!(!still_owed(&set, Notice::SetEnded { at: 10 }), "restarted: not told");
+        assert!(still_owed(&set, Notice::Cancel), "a cancel is always told");
+        (set.status, set.finished_at) = (Status::InError, Some(10));
+        set.direction = Direction::Pull;
+        assert!(!tells_its_end(&set), "a pulled set's partner holds no record of it to end");
+        set.direction = Direction::Push;
+        set.role = Role::Requested;
+        assert!(!tells_its_end(&set), "a receiver does not tell its sender");
+    }
 
     #[test]
     fn a_set_runs_its_tasks_once_at_a_time_and_a_second_ask_is_turned_away() {

@@ -1287,7 +1287,8 @@ fn accept_file(s: &Served, space: Space, f: StreamedFile) -> Result<Accepted, Re
             ));
         }
         if rec.status == Status::Cancelled {
-            return Err((ErrorCode::Cancelled, format!("request {} was cancelled on node {me}", rec.id)));
+            let why = rec.error.as_ref().map_or(String::new(), |e| format!(": {}", e.message));
+            return Err((ErrorCode::Cancelled, format!("request {} was cancelled on node {me}{why}", rec.id)));
         }
         if rec.delivered && !same {
             return Err((

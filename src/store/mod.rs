@@ -13,12 +13,14 @@
 //! - `queue`: sequence (u64 BE) ++ request id → empty; one entry per
 //!   `ToSubmit` request, so the Commander takes them in submission order
 //!   without scanning every request.
-//! - `cancel_notices`: request id → [`Notice`] (empty: a cancel; `E`: a
-//!   pushed set that ended in error); the requester's requests whose
-//!   partner has not yet confirmed it was told how they ended (the
-//!   Commander retries until it has). Added without a schema change: an
-//!   older store simply has none, or only cancels (empty values, as
-//!   before).
+//! - `cancel_notices`: request id → empty; a requester's cancelled requests
+//!   whose partner has not yet confirmed it was told (the Commander retries
+//!   until it has). Added without a schema change: an older store simply
+//!   has none.
+//! - `set_end_notices`: set id → its end time (u64 BE); pushed sets that
+//!   ended in error whose partner was not told yet (the Commander asks
+//!   `SetEnded` until answered). Added without a schema change, like
+//!   `cancel_notices` (an older build ignores it).
 //! - `handovers`: partner id ++ 0 ++ request id → empty; requests a partner
 //!   handed over to this node, so how many one partner has queued here can
 //!   be bounded ([`Store::open_handovers`] drops the entries of requests
@@ -135,30 +137,23 @@ pub type Observer = std::sync::Arc<dyn Fn(&RecordChange<'_>) + Send + Sync>;
 /// disk (queueing behind other flushes included).
 pub type FlushObserver = std::sync::Arc<dyn Fn(std::time::Duration) + Send + Sync>;
 
-/// What a partner is owed the news of (the store's `cancel_notices`
-/// tree: its key the request's id, its value which notice; stores
-/// written before set-end notices hold only cancels, with empty values).
+/// What a partner is owed the news of, about one of this node's requests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Notice {
-    /// The request was cancelled here.
+    /// The request was cancelled here (tree `cancel_notices`).
     Cancel,
-    /// A pushed file set ended in error here.
-    SetEnded,
+    /// A pushed file set ended in error here, at `at` (its `finished_at`;
+    /// tree `set_end_notices`): a notice of an earlier end of the same set
+    /// (restarted since) is told of no more, nor given in its place.
+    SetEnded { at: u64 },
 }
 
 impl Notice {
-    fn value(self) -> &'static [u8] {
+    /// Which of the two kinds, for keying notices in flight.
+    pub fn kind(self) -> u8 {
         match self {
-            Notice::Cancel => b"",
-            Notice::SetEnded => b"E",
-        }
-    }
-
-    fn of(value: &[u8]) -> Option<Notice> {
-        match value {
-            b"" => Some(Notice::Cancel),
-            b"E" => Some(Notice::SetEnded),
-            _ => None,
+            Notice::Cancel => 0,
+            Notice::SetEnded { .. } => 1,
         }
     }
 }
@@ -172,6 +167,8 @@ pub struct Store {
     queue: sled::Tree,
     /// Cancelled requests whose partner has not yet confirmed it was told.
     notices: sled::Tree,
+    /// Pushed sets that ended in error whose partner was not told yet.
+    set_end_notices: sled::Tree,
     handovers: sled::Tree,
     tokens: sled::Tree,
     listing: sled::Tree,
@@ -258,6 +255,7 @@ impl Store {
             joblog: db.open_tree("joblog")?,
             queue: db.open_tree("queue")?,
             notices: db.open_tree("cancel_notices")?,
+            set_end_notices: db.open_tree("set_end_notices")?,
             handovers: db.open_tree("handovers")?,
             tokens: db.open_tree("tokens")?,
             listing: db.open_tree("listing")?,
@@ -779,43 +777,56 @@ impl Store {
 
     /// Records that the partner of `id` must still be told that the request
     /// was cancelled (durable with the next flush; kept until
-    /// [`Store::notice_given`]). Replaces a [`Notice::SetEnded`] owed for it.
+    /// [`Store::notice_given`]).
     pub fn owe_cancel_notice(&self, id: &RequestId) -> Result<(), StoreError> {
-        self.notices.insert(id.as_str().as_bytes(), Notice::Cancel.value())?;
+        self.notices.insert(id.as_str().as_bytes(), &[])?;
         Ok(())
     }
 
     /// Records that the partner of pushed set `id` must still be told the
-    /// set ended in error (durable with the next flush). Written before the
-    /// set's end: one owed for a set that did not end so (or was restarted
-    /// since) is dropped unsent. Never replaces an owed cancel notice.
-    pub fn owe_set_end_notice(&self, id: &RequestId) -> Result<(), StoreError> {
-        let _ = self.notices.compare_and_swap(
-            id.as_str().as_bytes(),
-            None as Option<&[u8]>,
-            Some(Notice::SetEnded.value()),
-        )?;
+    /// set ended in error at `at` (durable with the next flush), instead
+    /// of any earlier end of it. Written before the end: a notice whose set
+    /// did not end so at `at` is dropped unsent.
+    pub fn owe_set_end_notice(&self, id: &RequestId, at: u64) -> Result<(), StoreError> {
+        self.set_end_notices.insert(id.as_str().as_bytes(), &at.to_be_bytes())?;
         Ok(())
     }
 
     /// The partner was told `notice` of `id` (or need not be): it is no
-    /// longer owed, unless another notice replaced it meanwhile.
+    /// longer owed. A set-end notice of a later end, written meanwhile,
+    /// stays owed.
     pub fn notice_given(&self, id: &RequestId, notice: Notice) -> Result<(), StoreError> {
-        let _ = self.notices.compare_and_swap(id.as_str().as_bytes(), Some(notice.value()), None as Option<&[u8]>)?;
+        let key = id.as_str().as_bytes();
+        match notice {
+            Notice::Cancel => {
+                self.notices.remove(key)?;
+            }
+            Notice::SetEnded { at } => {
+                let _ = self.set_end_notices.compare_and_swap(key, Some(&at.to_be_bytes()), None as Option<&[u8]>)?;
+            }
+        }
         Ok(())
     }
 
     /// Requests whose partner must still be told how they ended, each with
     /// what it must be told.
     pub fn notices_owed(&self) -> Result<Vec<(RequestId, Notice)>, StoreError> {
+        let id_of = |k: &[u8]| {
+            let text = String::from_utf8_lossy(k).into_owned();
+            RequestId::parse(&text).ok_or(StoreError::Corrupt { key: text, reason: "not a request id".into() })
+        };
         let mut out = Vec::new();
         for kv in self.notices.iter() {
+            let (k, _) = kv?;
+            out.push((id_of(&k)?, Notice::Cancel));
+        }
+        for kv in self.set_end_notices.iter() {
             let (k, v) = kv?;
-            let text = String::from_utf8_lossy(&k).into_owned();
-            let (Some(id), Some(notice)) = (RequestId::parse(&text), Notice::of(&v)) else {
-                return Err(StoreError::Corrupt { key: text, reason: "not a request id and a notice".into() });
-            };
-            out.push((id, notice));
+            let at = v.as_ref().try_into().map(u64::from_be_bytes).map_err(|_| StoreError::Corrupt {
+                key: String::from_utf8_lossy(&k).into_owned(),
+                reason: "a set-end notice is not a time".into(),
+            })?;
+            out.push((id_of(&k)?, Notice::SetEnded { at }));
         }
         Ok(out)
     }
@@ -1176,26 +1187,26 @@ mod tests {
     }
 
     #[test]
-    fn a_cancel_notice_replaces_a_set_end_notice_and_is_never_replaced_or_given_by_one() {
+    fn a_set_end_notice_is_given_only_for_the_end_it_told_of() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let s = Store::open(dir.path()).expect("open");
-        let (ended, cancelled) = (RequestId::generate(), RequestId::generate());
-        s.owe_set_end_notice(&ended).expect("owe");
-        s.owe_cancel_notice(&cancelled).expect("owe");
-        s.owe_set_end_notice(&cancelled).expect("owe: kept a cancel");
+        let set = RequestId::generate();
+        {
+            let s = Store::open(dir.path()).expect("open");
+            s.owe_set_end_notice(&set, 10).expect("owe");
+            s.owe_cancel_notice(&set).expect("owe");
+            s.flush_blocking().expect("flush");
+        }
+        let s = Store::open(dir.path()).expect("reopen");
         let mut owed = s.notices_owed().expect("read");
-        owed.sort_by(|x, y| x.0.as_str().cmp(y.0.as_str()));
-        let mut want = vec![(ended.clone(), Notice::SetEnded), (cancelled.clone(), Notice::Cancel)];
-        want.sort_by(|x, y| x.0.as_str().cmp(y.0.as_str()));
-        assert_eq!(owed, want);
-        // The set was cancelled while its end was being told: the answer
-        // to the end does not take the cancel away.
-        s.owe_cancel_notice(&ended).expect("owe");
-        s.notice_given(&ended, Notice::SetEnded).expect("given");
-        s.notice_given(&cancelled, Notice::SetEnded).expect("given");
-        assert_eq!(s.notices_owed().expect("read").len(), 2, "both cancels are still owed");
-        s.notice_given(&ended, Notice::Cancel).expect("given");
-        s.notice_given(&cancelled, Notice::Cancel).expect("given");
+        owed.sort_by_key(|(_, n)| n.kind());
+        assert_eq!(owed, vec![(set.clone(), Notice::Cancel), (set.clone(), Notice::SetEnded { at: 10 })]);
+        // Restarted and ended again while the first end was being told:
+        // the answer to the first leaves the second owed.
+        s.owe_set_end_notice(&set, 20).expect("owe");
+        s.notice_given(&set, Notice::SetEnded { at: 10 }).expect("given");
+        s.notice_given(&set, Notice::Cancel).expect("given");
+        assert_eq!(s.notices_owed().expect("read"), vec![(set.clone(), Notice::SetEnded { at: 20 })]);
+        s.notice_given(&set, Notice::SetEnded { at: 20 }).expect("given");
         assert!(s.notices_owed().expect("read").is_empty());
     }
 
