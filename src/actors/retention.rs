@@ -67,6 +67,7 @@ pub fn start(
     let settings: RetentionSettings = config.retention.clone();
     // Time this node was down does not count: a partner cannot resume then.
     let up_since = now_ms();
+    let watched = Watched { serving, sets };
     tokio::spawn(async move {
         if settings.keep_days == 0 && settings.partial_keep_hours == 0 {
             return;
@@ -75,45 +76,7 @@ pub fn start(
         loop {
             if settings.partial_keep_hours > 0 {
                 let cutoff = now_ms().saturating_sub(u64::from(settings.partial_keep_hours) * HOUR_MS);
-                let (s, c, v) = (store.clone(), config.clone(), serving.clone());
-                let abandoned =
-                    crate::determinism::blocking(move || abandon_partials(&s, &c, &v, cutoff, up_since)).await;
-                match abandoned {
-                    Ok(Ok(0)) => {}
-                    Ok(Ok(n)) => match store.flush().await {
-                        Ok(()) => tracing::info!(
-                            target: AUDIT,
-                            event = "partials_abandoned",
-                            requests = n,
-                            partial_keep_hours = settings.partial_keep_hours,
-                            "cancelled pushes a partner left unfinished and did not resume, and removed their partial files"
-                        ),
-                        Err(e) => tracing::error!(error = %e, "cannot flush the cancelled unfinished pushes"),
-                    },
-                    Ok(Err(e)) => {
-                        tracing::error!(error = %e, "cannot look for unfinished pushes; trying again at the next sweep")
-                    }
-                    Err(e) => tracing::error!(error = %e, "the look for unfinished pushes stopped"),
-                }
-                let (s, c, v, w) = (store.clone(), config.clone(), serving.clone(), sets.clone());
-                let unreleased =
-                    crate::determinism::blocking(move || abandon_unreleased(&s, &c, &v, &w, cutoff, up_since)).await;
-                match unreleased {
-                    Ok(Ok(u)) if u == Unreleased::default() => {}
-                    // Flushed before the files were removed.
-                    Ok(Ok(u)) => tracing::info!(
-                        target: AUDIT,
-                        event = "held_files_abandoned",
-                        sets = u.sets,
-                        files = u.files,
-                        partial_keep_hours = settings.partial_keep_hours,
-                        "cancelled file sets a partner never released, and removed the files they held"
-                    ),
-                    Ok(Err(e)) => {
-                        tracing::error!(error = %e, "cannot look for unreleased sets; trying again at the next sweep")
-                    }
-                    Err(e) => tracing::error!(error = %e, "the look for unreleased sets stopped"),
-                }
+                abandon_unfinished(&store, &config, &watched, cutoff, up_since).await;
             }
             if settings.keep_days == 0 {
                 tokio::select! {
@@ -140,6 +103,57 @@ pub fn start(
             }
         }
     })
+}
+
+/// What a partner's runs work on now, which the sweeps pass over.
+struct Watched {
+    serving: Serving,
+    sets: std::sync::Arc<SetsInUse>,
+}
+
+/// One sweep of what partners left unfinished here, unchanged since
+/// before `cutoff`: pushes left `Interrupted` ([`abandon_partials`]), then
+/// `delivery = all` sets never released ([`abandon_unreleased`]); each
+/// audited when it removed anything.
+async fn abandon_unfinished(
+    store: &Store,
+    config: &std::sync::Arc<NodeConfig>,
+    watched: &Watched,
+    cutoff: u64,
+    up_since: u64,
+) {
+    let hours = config.retention.partial_keep_hours;
+    let (s, c, v) = (store.clone(), config.clone(), watched.serving.clone());
+    match crate::determinism::blocking(move || abandon_partials(&s, &c, &v, cutoff, up_since)).await {
+        Ok(Ok(0)) => {}
+        Ok(Ok(n)) => match store.flush().await {
+            Ok(()) => tracing::info!(
+                target: AUDIT,
+                event = "partials_abandoned",
+                requests = n,
+                partial_keep_hours = hours,
+                "cancelled pushes a partner left unfinished and did not resume, and removed their partial files"
+            ),
+            Err(e) => tracing::error!(error = %e, "cannot flush the cancelled unfinished pushes"),
+        },
+        Ok(Err(e)) => tracing::error!(error = %e, "cannot look for unfinished pushes; trying again at the next sweep"),
+        Err(e) => tracing::error!(error = %e, "the look for unfinished pushes stopped"),
+    }
+    let (s, c, v, w) = (store.clone(), config.clone(), watched.serving.clone(), watched.sets.clone());
+    match crate::determinism::blocking(move || abandon_unreleased(&s, &c, &v, &w, cutoff, up_since)).await {
+        Ok(Ok(u)) if u == Unreleased::default() => {}
+        // Flushed before the files were removed.
+        Ok(Ok(u)) => tracing::info!(
+            target: AUDIT,
+            event = "held_files_abandoned",
+            sets = u.sets,
+            files = u.files,
+            partial_keep_hours = hours,
+            "cancelled file sets a partner never released, and removed the files they held"
+        ),
+        Ok(Err(e)) => tracing::error!(error = %e, "cannot look for unreleased sets; trying again at the next sweep"),
+        Err(e) => tracing::error!(error = %e, "the look for unreleased sets stopped"),
+    }
 }
 
 /// Prunes everything older than `cutoff`, batch by batch, until nothing
