@@ -1176,7 +1176,8 @@ impl ChannelRun {
         })
         .await
         .map_err(|e| (ErrorCode::Internal, e.to_string()))??;
-        self.record(&line, |_| {});
+        // A line only: the record itself does not change.
+        self.log(&line);
         tracing::info!(target: AUDIT, event = "delivered", request_id = %id, partner = %self.partner, path = %final_path.display());
         // The receiver's post-tasks run before its echo confirms the file.
         self.post_tasks(control).await?;
@@ -1321,6 +1322,16 @@ impl ChannelRun {
     async fn flush(&self) {
         if let Err(e) = self.ctx.core.store.flush().await {
             tracing::error!(request_id = %self.session.request_id(), error = %e, "cannot flush the final state");
+        }
+    }
+
+    /// A job-log line of the request's, the record unchanged.
+    fn log(&self, message: &str) {
+        if self.superseded.load(Ordering::Relaxed) {
+            return; // a newer run owns the record now
+        }
+        if let Err(e) = self.ctx.core.store.log(self.session.request_id(), message) {
+            tracing::error!(request_id = %self.session.request_id(), error = %e, "cannot log");
         }
     }
 

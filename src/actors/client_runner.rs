@@ -245,7 +245,7 @@ async fn run(args: ClientRunnerArgs, mut control: mpsc::Receiver<Command>) {
     };
     let _channel = link.channel_guard();
     let conn = link.conn.clone();
-    if let Err(e) = ctx.core.store.log(&id, &format!("channel opened on the connection {}", link.origin)) {
+    if let Err(e) = ctx.core.store.log_for(&rec, &format!("channel opened on the connection {}", link.origin)) {
         tracing::error!(request_id = %id, error = %e, "cannot log");
     }
     let (send, recv) = match conn.open_bi().await {

@@ -450,6 +450,12 @@ impl Store {
         self.append_log(&rec, message)
     }
 
+    /// Appends a line to the job log of `rec`, with its status and step as
+    /// given (the caller's current copy: nothing is read again).
+    pub fn log_for(&self, rec: &RequestRecord, message: &str) -> Result<(), StoreError> {
+        self.append_log(rec, message)
+    }
+
     fn append_log(&self, rec: &RequestRecord, message: &str) -> Result<(), StoreError> {
         let seq = self.db.generate_id()?;
         let mut key = rec.id.as_str().as_bytes().to_vec();
