@@ -866,3 +866,52 @@ async fn a_pulled_set_with_delivery_all_is_in_place_only_once_every_file_is_veri
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A set the receiver cancelled (here as its `partial_keep_hours` sweep
+/// does a set left unreleased) is refused when its sender restarts it:
+/// its files fail `Cancelled` with the receiver's reason, and none goes
+/// alone, where the receiver would hold it for a release that cannot come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_its_receiver_cancelled_is_not_sent_again_file_by_file() {
+    let layout = Layout::new(&["a", "b"]);
+    let a = layout.start("a").await;
+    let out = layout.out_dir("a");
+    for i in 0..4 {
+        write(&out.join(format!("late/f{i}.dat")), format!("content {i}").as_bytes());
+    }
+    let s = Submit { delivery: Some(Delivery::All), ..pattern("late/*.dat") };
+    let set = a.handle().submit(s).await.expect("submitted");
+    a.handle().stop(&set.id).await.expect("stop the set");
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while !members(&a.handle(), &set).iter().all(|m| ferry::lifecycle::is_stopped(m) || m.status.is_final()) {
+        assert!(tokio::time::Instant::now() < deadline, "the set's files did not all stop");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // b cancelled its record of the set while a was away.
+    {
+        let store = ferry::store::Store::open(&layout.config("b").data_dir.join("store")).expect("b's store");
+        let policy = ferry::fileset::progress::Policy { delivery: Delivery::All, ..Default::default() };
+        let info = (4, "late/*.dat", policy);
+        let mut theirs = ferry::lifecycle::set::received_set(set.id.clone(), "a", &set.rule, Direction::Push, info, 0);
+        let why = "neither released nor sent on by a within 168 hours (retention.partial_keep_hours)";
+        ferry::lifecycle::fail(&mut theirs, ErrorCode::Cancelled, why, 0, 0);
+        store.insert(theirs, why).expect("insert");
+        store.flush_blocking().expect("flush");
+    }
+    let b = layout.start("b").await;
+    a.handle().restart(&set.id).await.expect("restart the set");
+    let ended = wait_final(&a.handle(), &set.id, WITHIN).await;
+    assert_eq!(ended.status, Status::InError, "{:?}", ended.error);
+    for m in members(&a.handle(), &ended) {
+        assert_eq!(m.status, Status::Cancelled, "{}: {:?}", m.file_name, m.error);
+        let why = m.error.expect("why").message;
+        assert!(why.contains("partial_keep_hours"), "{why}");
+    }
+    let work = layout.in_dir("b").join(".ferry-work");
+    let held: Vec<_> =
+        std::fs::read_dir(&work).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    assert!(held.is_empty(), "nothing is held on b: {held:?}");
+    assert!(tree(&layout.in_dir("b")).is_empty(), "nothing arrived on b");
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -210,6 +210,11 @@ fn a_set_a_partner_never_released_is_cancelled_and_the_files_it_held_are_removed
     assert!(ferry::lifecycle::set::ended_by_sender(&mut ended.0, ErrorCode::FilesFailed, "1 of 3 files failed", 0));
     ended.0.updated_at = now_ms() - 100 * hour;
     let (ended_set, ended_held, _) = put(ended);
+    // The receiver notes the sets their sender ended (the sweep does not
+    // read every InError record).
+    store.note_ended_set(&ended_set).expect("noted");
+    let stale = RequestId::generate();
+    store.note_ended_set(&stale).expect("a set pruned since");
     let serving = ferry::actors::retention::Serving::default();
     let sets = std::sync::Arc::new(ferry::actors::sets_in_use::SetsInUse::default());
     let _streaming = sets.take(&in_use_set);
@@ -246,6 +251,8 @@ fn a_set_a_partner_never_released_is_cancelled_and_the_files_it_held_are_removed
     }
     assert_eq!(status(&each_set), Status::Running, "a delivery = each set holds nothing: kept");
     assert_eq!(store.get(&ordered_set).expect("get").expect("kept").step, Step::Held);
-    // A second sweep finds nothing more.
+    // A second sweep finds nothing more, and has forgotten the sets it
+    // noted that no longer wait.
     assert_eq!(abandon(now_ms() - 168 * hour).expect("sweep"), Default::default());
+    assert!(store.ended_sets().expect("read").is_empty());
 }

@@ -117,6 +117,7 @@ async fn run(args: ClientRunnerArgs, mut control: mpsc::Receiver<Command>) {
     if super::set_stream::is_streamable(&rec, rule) {
         match super::set_stream::lead(&ctx, &args.connections, &rec, rule, &mut control).await {
             super::set_stream::Led::Handled | super::set_stream::Led::Joined => return,
+            super::set_stream::Led::Refused(code, why) => return fail_early(&ctx, &id, code, why).await,
             super::set_stream::Led::Declined(why) => {
                 tracing::debug!(request_id = %id, reason = %why, "no set stream; the file goes alone");
             }

@@ -287,17 +287,35 @@ impl CommanderState {
     /// a pushed set that ended in error would leave the receiver's record
     /// of it running. The notice stays owed in the store until the partner
     /// answered it; a partner known to be unavailable is tried again on a
-    /// later tick. A set-end notice whose set no longer ended so (it was
-    /// restarted, or it never ended: the notice is owed before the end is
-    /// written) is dropped unsent.
+    /// later tick. A set-end notice waits while its set has not ended yet
+    /// (the notice is written just before the end), and is dropped unsent
+    /// once the set ended otherwise (see `set_release::set_end_to_tell`).
     fn send_notices(&mut self, myself: &ActorRef<CommanderMsg>) -> Result<(), ActorProcessingErr> {
-        for (id, notice) in self.ctx.core.store.notices_owed()? {
+        let owed = self.ctx.core.store.notices_owed()?;
+        self.send_these(owed, myself)
+    }
+
+    /// Sends those of `owed` not being sent already.
+    fn send_these(
+        &mut self,
+        owed: Vec<(RequestId, Notice)>,
+        myself: &ActorRef<CommanderMsg>,
+    ) -> Result<(), ActorProcessingErr> {
+        use super::set_release::{set_end_to_tell, ToTell};
+        for (id, notice) in owed {
             let key = (id.clone(), notice.kind());
             if self.telling.contains(&key) {
                 continue;
             }
-            let rec = match self.ctx.core.store.get(&id)? {
-                Some(rec) if super::set_release::still_owed(&rec, notice) => rec,
+            let rec = self.ctx.core.store.get(&id)?;
+            let to_tell = match (notice, &rec) {
+                (_, None) => ToTell::No,
+                (Notice::Cancel, Some(_)) => ToTell::Now,
+                (Notice::SetEnded { at }, Some(rec)) => set_end_to_tell(rec, at),
+            };
+            let rec = match (to_tell, rec) {
+                (ToTell::Now, Some(rec)) => rec,
+                (ToTell::Later, _) => continue,
                 _ => {
                     self.ctx.core.store.notice_given(&id, notice)?;
                     continue;
@@ -448,7 +466,8 @@ impl Actor for Commander {
                         // Another notice of the same request may have
                         // waited for this one (a cancel while the set's
                         // end was told).
-                        state.send_notices(&myself)?;
+                        let same = state.ctx.core.store.notices_owed_for(&id)?;
+                        state.send_these(same, &myself)?;
                     }
                     Err(why) => {
                         if state.notice_failed.insert(key) {

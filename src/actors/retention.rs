@@ -29,11 +29,12 @@
 //!   recorded held whose bytes are gone (a crash between the flush and the
 //!   removals leaves those work files behind). Files already delivered
 //!   stay. A later stream or `Release` of the set is refused, naming why.
+//!   (A sender whose stream of such a set is refused `Cancelled` fails
+//!   the set's queued files instead of sending them one request each.)
 //!   Not swept: a set none of whose files came on a stream (it has no
 //!   record here before its release, and a file that came one request
-//!   alone does not say which set it belongs to), and files of a cancelled
-//!   set that the partner sends one request alone afterwards; the
-//!   sender's cancel of the set removes them.
+//!   alone does not say which set it belongs to); the sender's cancel of
+//!   the set removes its held files.
 
 use std::time::Duration;
 
@@ -268,18 +269,37 @@ pub fn abandon_unreleased(
     let old = |at: u64| at.max(up_since) < cutoff;
     let mut done = Unreleased::default();
     let mut removed = Vec::new();
-    // Through the status index: a set's own record has entries, its
-    // members none (they are walked through the set).
-    store.for_each_with_status(&[Status::Running, Status::Interrupted, Status::InError], |rec| {
-        if !awaits_its_release_here(&rec) || !old(rec.updated_at) || sets.unless_in_use(&rec.id, || ()).is_none() {
-            return Ok(());
+    // The sets still streamed here, through the status index (a set's own
+    // record has entries, its members none: they are walked through the
+    // set); those their sender ended in error, through their own small
+    // list (not every `InError` record kept).
+    let mut waiting = Vec::new();
+    store.for_each_with_status(&[Status::Running, Status::Interrupted], |rec| {
+        if awaits_its_release_here(&rec) {
+            waiting.push(rec);
+        }
+        Ok(())
+    })?;
+    for id in store.ended_sets()? {
+        match store.get(&id)? {
+            Some(rec) if lifecycle::set::is_ended_by_sender(&rec) => {
+                if awaits_its_release_here(&rec) {
+                    waiting.push(rec);
+                }
+            }
+            _ => store.forget_ended_set(&id)?,
+        }
+    }
+    'sets: for rec in waiting {
+        if !old(rec.updated_at) || sets.unless_in_use(&rec.id, || ()).is_none() {
+            continue;
         }
         let files = rec.set.as_ref().map_or(0, |i| i.files);
         // A file of the set arriving one request alone changes its own
         // record, not the set's.
         for index in 0..files {
             if store.get(&member_id(&rec.id, index))?.is_some_and(|m| !old(m.updated_at)) {
-                return Ok(());
+                continue 'sets;
             }
         }
         let message = format!(
@@ -299,7 +319,7 @@ pub fn abandon_unreleased(
             )
         };
         if sets.unless_in_use(&rec.id, cancel).transpose()?.flatten().is_none() {
-            return Ok(());
+            continue;
         }
         done.sets += 1;
         let why = format!(
@@ -309,12 +329,11 @@ pub fn abandon_unreleased(
         );
         for index in 0..files {
             let Some(member) = store.get(&member_id(&rec.id, index))? else { continue };
-            if let Some(work) = cancel_held(store, config, serving, &member, &why)? {
+            if let Some(work) = cancel_held(store, config, serving, &member, &why, &old)? {
                 removed.push(work);
             }
         }
-        Ok(())
-    })?;
+    }
     done.files = removed.len();
     if done.sets > 0 {
         store.flush_blocking()?;
@@ -336,16 +355,18 @@ fn awaits_its_release_here(set: &RequestRecord) -> bool {
 }
 
 /// Records `rec` `Cancelled` if it is still a file held here for its set's
-/// release, unchanged since it was read and not served now; its work file
-/// then, for the caller to remove once that is flushed.
+/// release, `old` (a file that came meanwhile, one request alone, is not),
+/// unchanged since it was read and not served now; its work file then, for
+/// the caller to remove once that is flushed.
 fn cancel_held(
     store: &Store,
     config: &NodeConfig,
     serving: &Serving,
     rec: &RequestRecord,
     message: &str,
+    old: &dyn Fn(u64) -> bool,
 ) -> Result<Option<std::path::PathBuf>, StoreError> {
-    if !lifecycle::is_held(rec) || rec.delivered {
+    if !lifecycle::is_held(rec) || rec.delivered || !old(rec.updated_at) {
         return Ok(None);
     }
     let Some(rule) = config.rule(&rec.rule) else { return Ok(None) };

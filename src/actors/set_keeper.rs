@@ -234,13 +234,22 @@ fn recount(store: &Store, set: &RequestRecord) -> Result<(), StoreError> {
         }
     }
     let now = now_ms();
-    let was_in_error = set.status == Status::InError;
-    let set = store.update_if(&set.id, "", is_counted_set, |r| {
+    let count = |r: &mut RequestRecord| {
         if let Some(info) = r.set.as_mut() {
             (info.done, info.failed, info.skipped) = (done, failed, skipped);
         }
         r.transferred = bytes;
-        lifecycle::set::settle(r, now, &names);
+        lifecycle::set::settle(r, now, &names)
+    };
+    // Ending in error only now (the end a crash cut short): the notice is
+    // owed before the end is written, as in `apply`; the Commander's first
+    // fill sends it.
+    let mut preview = set.clone();
+    if count(&mut preview) == Some(Status::InError) && super::set_release::tells_its_end(&preview) {
+        store.owe_set_end_notice(&set.id, now)?;
+    }
+    let set = store.update_if(&set.id, "", is_counted_set, |r| {
+        count(r);
     })?;
     // Skips a crash cut short (not flushed) are done again before any
     // runner starts.
@@ -248,11 +257,6 @@ fn recount(store: &Store, set: &RequestRecord) -> Result<(), StoreError> {
         s.set.as_ref().is_some_and(|i| i.policy.on_failure == crate::fileset::progress::OnFailure::Stop && i.failed > 0)
             && !s.status.is_final()
     });
-    if let Some(set) = set.as_ref().filter(|s| !was_in_error && super::set_release::tells_its_end(s)) {
-        // Ended in error only now (the end a crash cut short): the
-        // Commander's first fill sends the notice.
-        store.owe_set_end_notice(&set.id, set.finished_at.unwrap_or(0))?;
-    }
     if let (true, Some(set)) = (stops, set) {
         skip_queued(store, &set)?;
     }

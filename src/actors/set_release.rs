@@ -404,13 +404,11 @@ fn deliver_released(core: &Core, rec: &RequestRecord) -> Result<(), Refusal> {
         format!("folder {} made", target.display())
     } else if work.exists() {
         receive::deliver_as(&work, &target, &delivery_for(core, rec, &target))?
-    } else if target.exists() {
-        format!("{} was delivered before", target.display())
     } else {
-        return Err((
-            ErrorCode::FileNotFound,
-            format!("{:?} is neither held under its work name nor in place", rec.file_name),
-        ));
+        // Its release was ordered only while its work file was there
+        // (`release_held` checks it first): gone now, it was renamed (and
+        // may have been taken from its place since).
+        format!("{} was delivered before", target.display())
     };
     let end = rec.hash.map(|h| (rec.transferred, h));
     core.store
@@ -814,12 +812,27 @@ pub fn tells_its_end(set: &RequestRecord) -> bool {
         && set.status == Status::InError
 }
 
-/// Whether `notice` of `rec` is still to be told: a cancel always; a set's
-/// end only while the set is still in that end (not restarted since).
-pub fn still_owed(rec: &RequestRecord, notice: crate::store::Notice) -> bool {
-    match notice {
-        crate::store::Notice::Cancel => true,
-        crate::store::Notice::SetEnded { at } => tells_its_end(rec) && rec.finished_at == Some(at),
+/// When a set's end is to be told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ToTell {
+    /// Now.
+    Now,
+    /// Not yet: the set has not ended yet (the notice is written just
+    /// before the end), or was restarted since and runs.
+    Later,
+    /// Never: the set ended otherwise (`Done`, `Cancelled`, another end).
+    No,
+}
+
+/// Whether the end at `at` of `set`, a set of this node's, is to be told
+/// to its partner.
+pub fn set_end_to_tell(set: &RequestRecord, at: u64) -> ToTell {
+    if tells_its_end(set) && set.finished_at == Some(at) {
+        ToTell::Now
+    } else if matches!(set.status, Status::Done | Status::Cancelled) || set.finished_at.is_some() {
+        ToTell::No
+    } else {
+        ToTell::Later
     }
 }
 
@@ -848,8 +861,13 @@ pub async fn tell_set_ended(
             .map_err(|e| e.to_string())
     };
     let set = match store.get(id).map_err(|e| e.to_string())? {
-        Some(set) if still_owed(&set, notice) => set,
-        _ => return given(None),
+        Some(set) => match set_end_to_tell(&set, at) {
+            ToTell::Now => set,
+            // Kept: told when the set ends again.
+            ToTell::Later => return Ok(()),
+            ToTell::No => return given(None),
+        },
+        None => return given(None),
     };
     let (code, message) =
         set.error.as_ref().map_or((ErrorCode::Internal, String::new()), |e| (e.code, e.message.clone()));
@@ -897,7 +915,12 @@ pub async fn set_ended_by_sender(
         Err(e) => return refused(ErrorCode::Internal, format!("node {me} cannot read its store: {e}")),
     };
     let Some(rec) = rec else { return Answer::State(None) };
-    let shown: String = message.chars().take(crate::fileset::SHOWN_PATTERN_BYTES).collect();
+    // At most as many bytes as a set's shown pattern, cut at a character.
+    let mut end = message.len().min(crate::fileset::SHOWN_PATTERN_BYTES);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    let shown = &message[..end];
     let why = format!("{partner} ended the set in error: {code}: {shown}");
     let end = || {
         core.store.update_if(set, &why, lifecycle::set::can_end_by_sender, |r| {
@@ -907,7 +930,7 @@ pub async fn set_ended_by_sender(
     let Some(ended) = sets.unless_in_use(set, end) else {
         return refused(ErrorCode::Internal, format!("node {me} is receiving set {set} now; ask again"));
     };
-    let rec = match ended {
+    let rec = match ended.and_then(|r| r.map(|r| core.store.note_ended_set(set).map(|()| r)).transpose()) {
         Ok(Some(r)) => match core.store.flush().await {
             Ok(()) => {
                 tracing::info!(target: AUDIT, event = "finished", request_id = %set, partner = %partner, status = ?r.status);
@@ -926,11 +949,9 @@ mod running_set_tasks_tests {
     use super::*;
 
     #[test]
-    fn a_set_end_is_told_only_of_a_pushed_set_still_in_that_end() {
-        use crate::store::Notice;
+    fn a_set_end_is_told_once_the_set_is_in_that_end_and_never_once_it_ended_otherwise() {
         let mut set = RequestRecord {
-            status: Status::InError,
-            finished_at: Some(10),
+            status: Status::Running,
             set: Some(crate::store::SetInfo {
                 pattern: "*.csv".into(),
                 policy: Policy::default(),
@@ -941,15 +962,19 @@ mod running_set_tasks_tests {
             }),
             ..RequestRecord::new(RequestId::generate(), Role::Requester, "b", "r", Direction::Push, "*.csv")
         };
-        assert!(still_owed(&set, Notice::SetEnded { at: 10 }));
-        assert!(!still_owed(&set, Notice::SetEnded { at: 9 }), "an earlier end: restarted and ended again since");
-        set.status = Status::Running;
-        set.finished_at = None;
-        assert!(!still_owed(&set, Notice::SetEnded { at: 10 }), "restarted: not told");
-        assert!(still_owed(&set, Notice::Cancel), "a cancel is always told");
+        // The notice is written just before the end: it waits for it.
+        assert_eq!(set_end_to_tell(&set, 10), ToTell::Later);
+        (set.status, set.finished_at) = (Status::InError, Some(10));
+        assert_eq!(set_end_to_tell(&set, 10), ToTell::Now);
+        assert_eq!(set_end_to_tell(&set, 9), ToTell::No, "an earlier end, restarted and ended again since");
+        (set.status, set.finished_at) = (Status::Running, None);
+        assert_eq!(set_end_to_tell(&set, 10), ToTell::Later, "restarted: waits for its next end");
+        (set.status, set.finished_at) = (Status::Done, Some(12));
+        assert_eq!(set_end_to_tell(&set, 10), ToTell::No);
         (set.status, set.finished_at) = (Status::InError, Some(10));
         set.direction = Direction::Pull;
         assert!(!tells_its_end(&set), "a pulled set's partner holds no record of it to end");
+        assert_eq!(set_end_to_tell(&set, 10), ToTell::No);
         set.direction = Direction::Push;
         set.role = Role::Requested;
         assert!(!tells_its_end(&set), "a receiver does not tell its sender");

@@ -76,6 +76,10 @@ pub enum Led {
     Declined(String),
     /// Handed to the stream another runner leads for the same set.
     Joined,
+    /// The partner refused the set for good (it cancelled it: its
+    /// `partial_keep_hours` sweep, or its operator): the leader's own file
+    /// fails with this, as the set's queued files did.
+    Refused(ErrorCode, String),
 }
 
 /// Whether `rec` may lead (or ride on) a set stream: a small file of a
@@ -210,8 +214,19 @@ pub async fn lead(
     let _stop_reader = AbortOnDrop(reader);
     let pattern = set.set.as_ref().map(|i| crate::fileset::shown_pattern(&i.pattern)).unwrap_or_default();
     let open_frame = SetFrame::Open { set: member.set.clone(), rule: rec.rule.clone(), hold, files, pattern };
-    if let Err(why) = open(ctx, &mut send, &mut rx, &open_frame, &rec.partner).await {
-        return decline(ctx, &member.set, &join_tx, &mut joined, why);
+    match open(ctx, &mut send, &mut rx, &open_frame, &rec.partner).await {
+        Ok(()) => {}
+        Err(Unopened::Refused(ErrorCode::Cancelled, why)) => {
+            // Sent alone, the files would be held there for a set that
+            // will never be released.
+            decline(ctx, &member.set, &join_tx, &mut joined, Unopened::Refused(ErrorCode::Cancelled, why.clone()));
+            let (core, set, message) = (ctx.core.clone(), member.set.clone(), why.clone());
+            if let Err(e) = crate::determinism::blocking(move || cancelled_there(&core, &set, files, &message)).await {
+                tracing::error!(set = %member.set, error = %e, "the files of a set its partner cancelled were not all failed");
+            }
+            return Led::Refused(ErrorCode::Cancelled, why);
+        }
+        Err(why) => return decline(ctx, &member.set, &join_tx, &mut joined, why),
     }
     tracing::info!(request_id = %rec.id, set = %member.set, partner = %rec.partner, "set stream opened");
 
@@ -257,7 +272,7 @@ pub async fn lead(
 enum Unopened {
     /// The partner refused it (its rule cannot take a stream): the set's
     /// files go one request each for a while.
-    Refused(String),
+    Refused(ErrorCode, String),
     /// The partner was not reached or did not answer: the files wait for
     /// it as any request does, and the next one tries a stream again.
     Failed(String),
@@ -278,7 +293,7 @@ async fn open(
     match tokio::time::timeout(limit, rx.recv()).await {
         Ok(Some(Ok(SetFrame::Opened))) => Ok(()),
         Ok(Some(Ok(SetFrame::Refused { code, message }))) => {
-            Err(Unopened::Refused(format!("{partner} refused the set stream ({code}: {message})")))
+            Err(Unopened::Refused(code, format!("{partner} refused the set stream ({code}: {message})")))
         }
         Ok(Some(Ok(other))) => Err(Unopened::Failed(format!("unexpected answer to Open: {other:?}"))),
         Ok(Some(Err(e))) => Err(Unopened::Failed(e)),
@@ -385,7 +400,7 @@ fn decline(
     why: Unopened,
 ) -> Led {
     let (why, declined) = match why {
-        Unopened::Refused(why) => (why, Some(tokio::time::Instant::now() + DECLINED_FOR)),
+        Unopened::Refused(_, why) => (why, Some(tokio::time::Instant::now() + DECLINED_FOR)),
         Unopened::Failed(why) => (why, None),
     };
     leave_slot(&ctx.set_streams, set, join, declined);
@@ -393,6 +408,26 @@ fn decline(
         ctx.intake.actors.wake_commander();
     }
     Led::Declined(why)
+}
+
+/// The partner cancelled the set (its stream was refused `Cancelled`):
+/// the set's files still queued here fail with that, so none is sent
+/// alone (the partner would hold it for a release that cannot come).
+fn cancelled_there(core: &Core, set: &RequestId, files: u32, why: &str) {
+    for index in 0..files {
+        let id = member_id(set, index);
+        let r = core.store.update_if(
+            &id,
+            why,
+            |r| r.status == Status::ToSubmit,
+            |r| {
+                lifecycle::fail(r, ErrorCode::Cancelled, why, 0, now_ms());
+            },
+        );
+        if let Err(e) = r {
+            tracing::error!(request_id = %id, error = %e, "cannot record a file of a set its partner cancelled");
+        }
+    }
 }
 
 /// The files that joined a stream which will not send them: stopped or

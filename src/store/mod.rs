@@ -21,6 +21,10 @@
 //!   ended in error whose partner was not told yet (the Commander asks
 //!   `SetEnded` until answered). Added without a schema change, like
 //!   `cancel_notices` (an older build ignores it).
+//! - `ended_sets`: set id → empty; the sets streamed here that their sender
+//!   ended in error, so the retention sweep finds them without reading
+//!   every `InError` record. An entry whose set is no longer so is dropped
+//!   by the sweep. Added without a schema change.
 //! - `handovers`: partner id ++ 0 ++ request id → empty; requests a partner
 //!   handed over to this node, so how many one partner has queued here can
 //!   be bounded ([`Store::open_handovers`] drops the entries of requests
@@ -169,6 +173,8 @@ pub struct Store {
     notices: sled::Tree,
     /// Pushed sets that ended in error whose partner was not told yet.
     set_end_notices: sled::Tree,
+    /// Sets streamed here that their sender ended in error.
+    ended_sets: sled::Tree,
     handovers: sled::Tree,
     tokens: sled::Tree,
     listing: sled::Tree,
@@ -256,6 +262,7 @@ impl Store {
             queue: db.open_tree("queue")?,
             notices: db.open_tree("cancel_notices")?,
             set_end_notices: db.open_tree("set_end_notices")?,
+            ended_sets: db.open_tree("ended_sets")?,
             handovers: db.open_tree("handovers")?,
             tokens: db.open_tree("tokens")?,
             listing: db.open_tree("listing")?,
@@ -814,6 +821,23 @@ impl Store {
         Ok(())
     }
 
+    /// The notices owed for `id` (see [`Store::notices_owed`]).
+    pub fn notices_owed_for(&self, id: &RequestId) -> Result<Vec<(RequestId, Notice)>, StoreError> {
+        let key = id.as_str().as_bytes();
+        let mut out = Vec::new();
+        if self.notices.contains_key(key)? {
+            out.push((id.clone(), Notice::Cancel));
+        }
+        if let Some(v) = self.set_end_notices.get(key)? {
+            let at = v.as_ref().try_into().map(u64::from_be_bytes).map_err(|_| StoreError::Corrupt {
+                key: id.to_string(),
+                reason: "a set-end notice is not a time".into(),
+            })?;
+            out.push((id.clone(), Notice::SetEnded { at }));
+        }
+        Ok(out)
+    }
+
     /// Requests whose partner must still be told how they ended, each with
     /// what it must be told.
     pub fn notices_owed(&self) -> Result<Vec<(RequestId, Notice)>, StoreError> {
@@ -835,6 +859,32 @@ impl Store {
             out.push((id_of(&k)?, Notice::SetEnded { at }));
         }
         Ok(out)
+    }
+
+    /// Notes that set `id`, streamed here, was ended in error by its sender
+    /// (durable with the next flush).
+    pub fn note_ended_set(&self, id: &RequestId) -> Result<(), StoreError> {
+        self.ended_sets.insert(id.as_str().as_bytes(), &[])?;
+        Ok(())
+    }
+
+    /// The sets noted by [`Store::note_ended_set`] and not forgotten.
+    pub fn ended_sets(&self) -> Result<Vec<RequestId>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.ended_sets.iter() {
+            let (k, _) = kv?;
+            let text = String::from_utf8_lossy(&k).into_owned();
+            out.push(
+                RequestId::parse(&text).ok_or(StoreError::Corrupt { key: text, reason: "not a request id".into() })?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Set `id` is no longer one its sender ended in error.
+    pub fn forget_ended_set(&self, id: &RequestId) -> Result<(), StoreError> {
+        self.ended_sets.remove(id.as_str().as_bytes())?;
+        Ok(())
     }
 
     /// Notes that `partner` handed request `id` over to this node.
