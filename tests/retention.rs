@@ -256,3 +256,79 @@ fn a_set_a_partner_never_released_is_cancelled_and_the_files_it_held_are_removed
     assert_eq!(abandon(now_ms() - 168 * hour).expect("sweep"), Default::default());
     assert!(store.ended_sets().expect("read").is_empty());
 }
+
+/// After the sweep, the set's sender is refused with the reason: a
+/// `Release` of the cancelled set, and, before that, a `Release` of a set
+/// whose held file lost its work file (nothing is ordered). A `SetEnded`
+/// is answered "ask again" while a stream or release works on the set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swept_set_is_refused_with_the_reason_and_a_set_in_use_is_not_ended() {
+    use ferry::actors::set_release::{release_held, set_ended_by_sender};
+    use ferry::fileset::progress::{Delivery, Policy};
+    use ferry::protocol::control::Answer;
+    use ferry::store::{member_id, SetMember};
+    let layout = Layout::new(&["a", "b"]);
+    let config = std::sync::Arc::new(layout.config("b").clone());
+    let work_dir = layout.in_dir("b").join(".ferry-work");
+    std::fs::create_dir_all(&work_dir).expect("work folder");
+    let hour = 60 * 60 * 1000;
+    let store = Store::open(&config.data_dir.join("store")).expect("store");
+    let (_stop, shutdown) = tokio::sync::watch::channel(false);
+    let core = ferry::actors::context::Core { config: config.clone(), store: store.clone(), shutdown };
+    // A set of one file, held, left 100 hours ago.
+    let set_of_one = |name: &str| {
+        let at = now_ms() - 100 * hour;
+        let id = RequestId::generate();
+        let policy = Policy { delivery: Delivery::All, ..Policy::default() };
+        let set =
+            ferry::lifecycle::set::received_set(id.clone(), "a", "default", Direction::Push, (1, name, policy), at);
+        store.insert(RequestRecord { created_at: at, updated_at: at, ..set }, "set").expect("set");
+        let mut held = RequestRecord {
+            created_at: at,
+            updated_at: at,
+            member_of: Some(SetMember { set: id.clone(), index: 0, modified_ns: 0 }),
+            ..RequestRecord::new(member_id(&id, 0), Role::Requested, "a", "default", Direction::Push, name)
+        };
+        ferry::lifecycle::held(&mut held, 3, ferry::protocol::Digest::of(b"abc"));
+        std::fs::write(work_dir.join(format!("{}.part", held.id)), b"abc").expect("held file");
+        store.insert(held.clone(), "held").expect("member");
+        (id, held.id)
+    };
+    let (swept, _) = set_of_one("swept.dat");
+    let (lost, lost_file) = set_of_one("lost.dat");
+    let (streaming, _) = set_of_one("streaming.dat");
+
+    // A held file whose work file is gone: nothing is ordered.
+    std::fs::remove_file(work_dir.join(format!("{lost_file}.part"))).expect("lose it");
+    let (code, why) = release_held(&core, "a", &lost, 1).expect_err("refused");
+    assert_eq!(code, ErrorCode::FileNotFound, "{why}");
+    assert!(why.contains("work file is gone") && why.contains("nothing was released"), "{why}");
+    let unchanged = store.get(&lost_file).expect("get").expect("kept");
+    assert!(ferry::lifecycle::is_held(&unchanged) && !unchanged.delivered, "not ordered");
+
+    // A stream works on one set while the sweep runs: that one is kept,
+    // and told of its end meanwhile, node b answers "ask again".
+    let sets = std::sync::Arc::new(ferry::actors::sets_in_use::SetsInUse::default());
+    let in_use = sets.take(&streaming);
+    let serving = ferry::actors::retention::Serving::default();
+    let cutoff = now_ms() - 72 * hour;
+    let done =
+        ferry::actors::retention::abandon_unreleased(&store, &config, &serving, &sets, cutoff, 0).expect("sweep");
+    assert_eq!(done.sets, 2, "the two sets nobody works on");
+    let ask_again =
+        set_ended_by_sender(&core, &sets, "a", &streaming, ErrorCode::FilesFailed, "1 of 1 files failed").await;
+    assert!(
+        matches!(&ask_again, Answer::Refused { code: ErrorCode::Internal, message } if message.contains("ask again")),
+        "{ask_again:?}"
+    );
+    drop(in_use);
+    let ended = set_ended_by_sender(&core, &sets, "a", &streaming, ErrorCode::FilesFailed, "1 of 1 files failed").await;
+    let Answer::State(Some(state)) = ended else { panic!("{ended:?}") };
+    assert_eq!(state.status, "InError");
+    assert!(state.error.as_deref().is_some_and(|e| e.contains("a ended the set in error")), "{state:?}");
+
+    // The swept set's release is refused, naming the setting.
+    let (code, why) = release_held(&core, "a", &swept, 1).expect_err("refused");
+    assert_eq!(code, ErrorCode::Cancelled);
+    assert!(why.contains("partial_keep_hours"), "{why}");
+}

@@ -921,7 +921,7 @@ pub async fn set_ended_by_sender(
         end -= 1;
     }
     let shown = &message[..end];
-    let why = format!("{partner} ended the set in error: {code}: {shown}");
+    let why = format!("{partner} ended the set in error: {shown}");
     let end = || {
         core.store.update_if(set, &why, lifecycle::set::can_end_by_sender, |r| {
             lifecycle::set::ended_by_sender(r, code, &why, now_ms());
