@@ -879,7 +879,8 @@ async fn a_set_its_receiver_cancelled_is_not_sent_again_file_by_file() {
     for i in 0..4 {
         write(&out.join(format!("late/f{i}.dat")), format!("content {i}").as_bytes());
     }
-    let s = Submit { delivery: Some(Delivery::All), ..pattern("late/*.dat") };
+    // (Under `on_failure = stop` the first refusal would skip the rest.)
+    let s = Submit { delivery: Some(Delivery::All), on_failure: Some(OnFailure::Continue), ..pattern("late/*.dat") };
     let set = a.handle().submit(s).await.expect("submitted");
     a.handle().stop(&set.id).await.expect("stop the set");
     let deadline = tokio::time::Instant::now() + WITHIN;

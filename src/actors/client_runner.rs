@@ -123,6 +123,14 @@ async fn run(args: ClientRunnerArgs, mut control: mpsc::Receiver<Command>) {
             }
         }
     }
+    // A file of a set the partner cancelled (it refused the set's stream
+    // so) is not sent alone either: it would be held there for a release
+    // that cannot come.
+    if let Some(member) = rec.member_of.as_ref().filter(|_| rec.direction == Direction::Push) {
+        if let Some(why) = super::set_stream::refused_by_partner(&ctx.set_streams, &member.set) {
+            return fail_early(&ctx, &id, ErrorCode::Cancelled, why).await;
+        }
+    }
     // This side's pre-tasks run once, before the first Request is sent, so
     // the Request carries what they made of the file (its new name and
     // size); see docs/PROTOCOL.md, "Tasks".

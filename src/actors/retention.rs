@@ -30,7 +30,9 @@
 //!   removals leaves those work files behind). Files already delivered
 //!   stay. A later stream or `Release` of the set is refused, naming why.
 //!   (A sender whose stream of such a set is refused `Cancelled` fails
-//!   the set's queued files instead of sending them one request each.)
+//!   the set's files instead of sending them one request each, for as
+//!   long as it runs: a large file of the set that runs first after the
+//!   sender restarts is still sent alone, and held.)
 //!   Not swept: a set none of whose files came on a stream (it has no
 //!   record here before its release, and a file that came one request
 //!   alone does not say which set it belongs to); the sender's cancel of
@@ -282,12 +284,13 @@ pub fn abandon_unreleased(
     })?;
     for id in store.ended_sets()? {
         match store.get(&id)? {
-            Some(rec) if lifecycle::set::is_ended_by_sender(&rec) => {
-                if awaits_its_release_here(&rec) {
-                    waiting.push(rec);
-                }
-            }
-            _ => store.forget_ended_set(&id)?,
+            Some(rec) if lifecycle::set::is_ended_by_sender(&rec) && awaits_its_release_here(&rec) => waiting.push(rec),
+            // Gone, or ended for good. (One that runs again is kept: its
+            // sender may end it again, and noting it again must not race
+            // this forgetting.)
+            None => store.forget_ended_set(&id)?,
+            Some(rec) if matches!(rec.status, Status::Done | Status::Cancelled) => store.forget_ended_set(&id)?,
+            Some(_) => {}
         }
     }
     'sets: for rec in waiting {
@@ -329,7 +332,7 @@ pub fn abandon_unreleased(
         );
         for index in 0..files {
             let Some(member) = store.get(&member_id(&rec.id, index))? else { continue };
-            if let Some(work) = cancel_held(store, config, serving, &member, &why, &old)? {
+            if let Some(work) = cancel_held(store, config, serving, &member, &why)? {
                 removed.push(work);
             }
         }
@@ -355,18 +358,18 @@ fn awaits_its_release_here(set: &RequestRecord) -> bool {
 }
 
 /// Records `rec` `Cancelled` if it is still a file held here for its set's
-/// release, `old` (a file that came meanwhile, one request alone, is not),
-/// unchanged since it was read and not served now; its work file then, for
-/// the caller to remove once that is flushed.
+/// release (cancelled), unchanged since it was read and not served now;
+/// its work file then, for the caller to remove once that is flushed.
 fn cancel_held(
     store: &Store,
     config: &NodeConfig,
     serving: &Serving,
     rec: &RequestRecord,
     message: &str,
-    old: &dyn Fn(u64) -> bool,
 ) -> Result<Option<std::path::PathBuf>, StoreError> {
-    if !lifecycle::is_held(rec) || rec.delivered || !old(rec.updated_at) {
+    // (Not its age: the set is cancelled, so even a file that arrived a
+    // moment ago can never be released.)
+    if !lifecycle::is_held(rec) || rec.delivered {
         return Ok(None);
     }
     let Some(rule) = config.rule(&rec.rule) else { return Ok(None) };

@@ -124,8 +124,9 @@ async fn apply(store: &Store, changes: &[MemberChange]) -> Result<bool, StoreErr
             }
             if lifecycle::set::settle(&mut preview, now, &[]) == Some(Status::InError) {
                 if super::set_release::tells_its_end(&preview) {
-                    // Before the end is written: a crash in between leaves
-                    // a notice the Commander drops (the set did not end).
+                    // Before the end is written: until it is (or if a crash
+                    // comes in between), the Commander keeps the notice
+                    // unsent (`set_release::set_end_to_tell`).
                     store.owe_set_end_notice(&preview.id, preview.finished_at.unwrap_or(now))?;
                     owes = true;
                 }

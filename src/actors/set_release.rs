@@ -39,7 +39,8 @@
 //! A crash during 3 leaves ordered files not yet renamed: start-up
 //! finishes them ([`finish_ordered`]) before the node serves, and a
 //! `Release` asked again finishes them too (a delivery is idempotent: a
-//! missing work file with the target in place is a rename that happened).
+//! missing work file of a file whose release was ordered is a rename that
+//! happened: a release is ordered only while the work file is there).
 //! A crash during 4 runs the set tasks on from the cursor when the
 //! requester asks again. The requester asks again until it gets an
 //! answer, so a set is `Done` on the requester only after every file is
@@ -818,7 +819,7 @@ pub enum ToTell {
     /// Now.
     Now,
     /// Not yet: the set has not ended yet (the notice is written just
-    /// before the end), or was restarted since and runs.
+    /// before the end), or was restarted since and runs, or is stopped.
     Later,
     /// Never: the set ended otherwise (`Done`, `Cancelled`, another end).
     No,
@@ -930,7 +931,16 @@ pub async fn set_ended_by_sender(
     let Some(ended) = sets.unless_in_use(set, end) else {
         return refused(ErrorCode::Internal, format!("node {me} is receiving set {set} now; ask again"));
     };
-    let rec = match ended.and_then(|r| r.map(|r| core.store.note_ended_set(set).map(|()| r)).transpose()) {
+    // Noted for the sweep of sets never released, which only concerns
+    // sets that hold files (`delivery = all`).
+    let holds = |r: &RequestRecord| {
+        r.set.as_ref().is_some_and(|i| i.policy.delivery == crate::fileset::progress::Delivery::All)
+    };
+    let noted = ended.and_then(|r| match r {
+        Some(r) if holds(&r) => core.store.note_ended_set(set).map(|()| Some(r)),
+        other => Ok(other),
+    });
+    let rec = match noted {
         Ok(Some(r)) => match core.store.flush().await {
             Ok(()) => {
                 tracing::info!(target: AUDIT, event = "finished", request_id = %set, partner = %partner, status = ?r.status);

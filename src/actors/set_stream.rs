@@ -194,6 +194,7 @@ pub async fn lead(
         SlotTaken::Leader => {}
         SlotTaken::Joined => return Led::Joined,
         SlotTaken::Declined => return Led::Declined(format!("{} refused the set's stream lately", rec.partner)),
+        SlotTaken::Refused(why) => return Led::Refused(ErrorCode::Cancelled, why),
     }
     let hold = set.set.as_ref().is_some_and(|i| i.policy.delivery == Delivery::All);
     let files = set.set.as_ref().map_or(0, |i| i.files);
@@ -218,8 +219,14 @@ pub async fn lead(
         Ok(()) => {}
         Err(Unopened::Refused(ErrorCode::Cancelled, why)) => {
             // Sent alone, the files would be held there for a set that
-            // will never be released.
-            decline(ctx, &member.set, &join_tx, &mut joined, Unopened::Refused(ErrorCode::Cancelled, why.clone()));
+            // will never be released: every runner of the set's files
+            // fails from now on, the files that joined fail now, and the
+            // queued ones are failed below.
+            refuse_slot(&ctx.set_streams, &member.set, &join_tx, &why);
+            joined.close();
+            while let Ok(late) = joined.try_recv() {
+                record_failure(&ctx.core, &late.id, ErrorCode::Cancelled, &why);
+            }
             let (core, set, message) = (ctx.core.clone(), member.set.clone(), why.clone());
             if let Err(e) = crate::determinism::blocking(move || cancelled_there(&core, &set, files, &message)).await {
                 tracing::error!(set = %member.set, error = %e, "the files of a set its partner cancelled were not all failed");
@@ -309,6 +316,10 @@ pub enum Slot {
     /// The partner refused the set's stream: until then its files go one
     /// request each, rather than each trying to lead a stream again.
     Declined(tokio::time::Instant),
+    /// The partner cancelled the set (it refused its stream `Cancelled`):
+    /// every file of the set run here from now on fails with this, none
+    /// goes alone (for as long as this process runs).
+    Refused(String),
 }
 
 /// How long a set whose stream was refused sends its files one request
@@ -342,9 +353,23 @@ pub fn slots_now(streams: &SetStreams) -> SlotsNow {
                 out.declined.insert(set.clone());
             }
             Slot::Declined(_) => {}
+            // Each of its files fails when its runner starts.
+            Slot::Refused(_) => {
+                out.declined.insert(set.clone());
+            }
         }
     }
     out
+}
+
+/// Why the partner refused set `set` for good, if it did (see
+/// [`Slot::Refused`]): a file of it must not be sent, streamed or alone.
+pub fn refused_by_partner(streams: &SetStreams, set: &RequestId) -> Option<String> {
+    let streams = streams.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    match streams.get(set) {
+        Some(Slot::Refused(why)) => Some(why.clone()),
+        _ => None,
+    }
 }
 
 enum SlotTaken {
@@ -354,6 +379,8 @@ enum SlotTaken {
     Joined,
     /// The set's stream was declined lately.
     Declined,
+    /// The partner cancelled the set.
+    Refused(String),
 }
 
 fn take_slot(
@@ -366,6 +393,7 @@ fn take_slot(
     match streams.get(set) {
         Some(Slot::Led(tx)) if tx.send(rec.clone()).is_ok() => return SlotTaken::Joined,
         Some(Slot::Declined(until)) if tokio::time::Instant::now() < *until => return SlotTaken::Declined,
+        Some(Slot::Refused(why)) => return SlotTaken::Refused(why.clone()),
         _ => {}
     }
     streams.insert(set.clone(), Slot::Led(join.clone()));
@@ -386,6 +414,15 @@ fn leave_slot(
             Some(until) => streams.insert(set.clone(), Slot::Declined(until)),
             None => streams.remove(set),
         };
+    }
+}
+
+/// The partner cancelled the set: its slot says so for good (if this
+/// leader still holds it).
+fn refuse_slot(streams: &SetStreams, set: &RequestId, join: &mpsc::UnboundedSender<RequestRecord>, why: &str) {
+    let mut streams = streams.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if matches!(streams.get(set), Some(Slot::Led(tx)) if tx.same_channel(join)) {
+        streams.insert(set.clone(), Slot::Refused(why.to_owned()));
     }
 }
 
