@@ -668,6 +668,9 @@ impl NodeHandle {
         }
         let rec = match &rec.set {
             Some(_) => {
+                // A stream the partner refused as cancelled is tried again
+                // (it may have pruned its record since).
+                crate::actors::set_stream::forget_refusal(&self.ctx.run.set_streams, id);
                 // Refused while a file still runs (a stop not yet taken
                 // effect): it would end stopped after the restart and hold
                 // the set open. And refused when no file can run again.

@@ -879,6 +879,10 @@ async fn a_set_its_receiver_cancelled_is_not_sent_again_file_by_file() {
     for i in 0..4 {
         write(&out.join(format!("late/f{i}.dat")), format!("content {i}").as_bytes());
     }
+    // And two too large for a stream: they go alone, beside its leader.
+    for i in 4..6 {
+        write(&out.join(format!("late/f{i}.dat")), &vec![i as u8; 3 << 20]);
+    }
     // (Under `on_failure = stop` the first refusal would skip the rest.)
     let s = Submit { delivery: Some(Delivery::All), on_failure: Some(OnFailure::Continue), ..pattern("late/*.dat") };
     let set = a.handle().submit(s).await.expect("submitted");
@@ -892,7 +896,7 @@ async fn a_set_its_receiver_cancelled_is_not_sent_again_file_by_file() {
     {
         let store = ferry::store::Store::open(&layout.config("b").data_dir.join("store")).expect("b's store");
         let policy = ferry::fileset::progress::Policy { delivery: Delivery::All, ..Default::default() };
-        let info = (4, "late/*.dat", policy);
+        let info = (6, "late/*.dat", policy);
         let mut theirs = ferry::lifecycle::set::received_set(set.id.clone(), "a", &set.rule, Direction::Push, info, 0);
         let why = "neither released nor sent on by a within 168 hours (retention.partial_keep_hours)";
         ferry::lifecycle::fail(&mut theirs, ErrorCode::Cancelled, why, 0, 0);
@@ -904,14 +908,29 @@ async fn a_set_its_receiver_cancelled_is_not_sent_again_file_by_file() {
     let ended = wait_final(&a.handle(), &set.id, WITHIN).await;
     assert_eq!(ended.status, Status::InError, "{:?}", ended.error);
     for m in members(&a.handle(), &ended) {
+        if m.status == Status::Done {
+            // A large file b took whole before the refusal: b is told to
+            // discard it (a cancel notice).
+            assert!(m.size > 1 << 20, "{} went alone", m.file_name);
+            continue;
+        }
         assert_eq!(m.status, Status::Cancelled, "{}: {:?}", m.file_name, m.error);
         let why = m.error.expect("why").message;
-        assert!(why.contains("partial_keep_hours"), "{why}");
+        assert!(why.contains("partial_keep_hours"), "{}: {why}", m.file_name);
     }
+    // Nothing stays held on b (a large file cut short or told of is
+    // discarded there).
     let work = layout.in_dir("b").join(".ferry-work");
-    let held: Vec<_> =
-        std::fs::read_dir(&work).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
-    assert!(held.is_empty(), "nothing is held on b: {held:?}");
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        let held: Vec<_> =
+            std::fs::read_dir(&work).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+        if held.is_empty() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "b still holds {held:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(tree(&layout.in_dir("b")).is_empty(), "nothing arrived on b");
     a.shutdown().await;
     b.shutdown().await;

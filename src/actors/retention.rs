@@ -30,9 +30,10 @@
 //!   removals leaves those work files behind). Files already delivered
 //!   stay. A later stream or `Release` of the set is refused, naming why.
 //!   (A sender whose stream of such a set is refused `Cancelled` fails
-//!   the set's files instead of sending them one request each, for as
-//!   long as it runs: a large file of the set that runs first after the
-//!   sender restarts is still sent alone, and held.)
+//!   the set's files instead of sending them one request each, cancels
+//!   those it is sending alone and tells this node to discard those it
+//!   sent alone before; it knows it until it restarts: a large file of
+//!   the set that runs first after that is still sent alone, and held.)
 //!   Not swept: a set none of whose files came on a stream (it has no
 //!   record here before its release, and a file that came one request
 //!   alone does not say which set it belongs to); the sender's cancel of
@@ -285,12 +286,12 @@ pub fn abandon_unreleased(
     for id in store.ended_sets()? {
         match store.get(&id)? {
             Some(rec) if lifecycle::set::is_ended_by_sender(&rec) && awaits_its_release_here(&rec) => waiting.push(rec),
-            // Gone, or ended for good. (One that runs again is kept: its
-            // sender may end it again, and noting it again must not race
-            // this forgetting.)
-            None => store.forget_ended_set(&id)?,
-            Some(rec) if matches!(rec.status, Status::Done | Status::Cancelled) => store.forget_ended_set(&id)?,
-            Some(_) => {}
+            // One streamed here again is kept (its sender may end it
+            // again, and noting it again must not race this forgetting);
+            // it is walked through the status index meanwhile.
+            Some(rec) if lifecycle::set::is_streamed_here(&rec) => {}
+            // Gone, released, or ended for good.
+            _ => store.forget_ended_set(&id)?,
         }
     }
     'sets: for rec in waiting {

@@ -228,8 +228,28 @@ pub async fn lead(
                 record_failure(&ctx.core, &late.id, ErrorCode::Cancelled, &why);
             }
             let (core, set, message) = (ctx.core.clone(), member.set.clone(), why.clone());
-            if let Err(e) = crate::determinism::blocking(move || cancelled_there(&core, &set, files, &message)).await {
-                tracing::error!(set = %member.set, error = %e, "the files of a set its partner cancelled were not all failed");
+            let leader = rec.id.clone();
+            let ended =
+                crate::determinism::blocking(move || cancelled_there(&core, &set, files, &message, &leader)).await;
+            match ended {
+                Ok(Reach { running, held }) => {
+                    // Files of the set sent alone right now (a large file
+                    // started beside this stream's leader) are cancelled,
+                    // and the partner is told to discard the ones it holds.
+                    if let Some(a) = ctx.intake.actors.get() {
+                        for id in running {
+                            let _ = a
+                                .commander
+                                .cast(super::commander::CommanderMsg::Command(id, Command::Cancel(why.clone())));
+                        }
+                    }
+                    if held {
+                        ctx.intake.actors.wake_commander();
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(set = %member.set, error = %e, "the files of a set its partner cancelled were not all failed")
+                }
             }
             return Led::Refused(ErrorCode::Cancelled, why);
         }
@@ -362,6 +382,15 @@ pub fn slots_now(streams: &SetStreams) -> SlotsNow {
     out
 }
 
+/// An operator restarts set `set`: a refusal of its stream as cancelled
+/// is forgotten, so its next file tries a stream again.
+pub fn forget_refusal(streams: &SetStreams, set: &RequestId) {
+    let mut streams = streams.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if matches!(streams.get(set), Some(Slot::Refused(_))) {
+        streams.remove(set);
+    }
+}
+
 /// Why the partner refused set `set` for good, if it did (see
 /// [`Slot::Refused`]): a file of it must not be sent, streamed or alone.
 pub fn refused_by_partner(streams: &SetStreams, set: &RequestId) -> Option<String> {
@@ -447,10 +476,28 @@ fn decline(
     Led::Declined(why)
 }
 
+/// What of a set its partner cancelled is still out there: the files
+/// sent alone now, and whether the partner holds any (owed a notice).
+struct Reach {
+    running: Vec<RequestId>,
+    held: bool,
+}
+
 /// The partner cancelled the set (its stream was refused `Cancelled`):
 /// the set's files still queued here fail with that, so none is sent
-/// alone (the partner would hold it for a release that cannot come).
-fn cancelled_there(core: &Core, set: &RequestId, files: u32, why: &str) {
+/// alone (the partner would hold it for a release that cannot come); the
+/// partner is owed a cancel notice for each file it may hold, sent alone
+/// (too large for a stream) and `Done` here under `delivery = all`, so it
+/// discards it. Returns the files running now, other than `leader`, for
+/// the caller to cancel.
+fn cancelled_there(core: &Core, set: &RequestId, files: u32, why: &str, leader: &RequestId) -> Reach {
+    let holds = core
+        .store
+        .get(set)
+        .ok()
+        .flatten()
+        .is_some_and(|s| s.set.as_ref().is_some_and(|i| i.policy.delivery == Delivery::All));
+    let mut reach = Reach { running: Vec::new(), held: false };
     for index in 0..files {
         let id = member_id(set, index);
         let r = core.store.update_if(
@@ -461,10 +508,26 @@ fn cancelled_there(core: &Core, set: &RequestId, files: u32, why: &str) {
                 lifecycle::fail(r, ErrorCode::Cancelled, why, 0, now_ms());
             },
         );
-        if let Err(e) = r {
-            tracing::error!(request_id = %id, error = %e, "cannot record a file of a set its partner cancelled");
+        match r {
+            Ok(Some(_)) => {}
+            Ok(None) => match core.store.get(&id) {
+                Ok(Some(m)) if m.status == Status::Running && m.id != *leader => reach.running.push(m.id),
+                // (A file that fits a stream went on one, and the partner's
+                // sweep removed it with its set: no notice for those.)
+                Ok(Some(m)) if holds && m.status == Status::Done && m.size > MAX_STREAMED_FILE => {
+                    match core.store.owe_cancel_notice(&m.id) {
+                        Ok(()) => reach.held = true,
+                        Err(e) => tracing::error!(request_id = %id, error = %e, "cannot owe a cancel notice"),
+                    }
+                }
+                _ => {}
+            },
+            Err(e) => {
+                tracing::error!(request_id = %id, error = %e, "cannot record a file of a set its partner cancelled")
+            }
         }
     }
+    reach
 }
 
 /// The files that joined a stream which will not send them: stopped or

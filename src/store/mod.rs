@@ -21,10 +21,11 @@
 //!   ended in error whose partner was not told yet (the Commander asks
 //!   `SetEnded` until answered). Added without a schema change, like
 //!   `cancel_notices` (an older build ignores it).
-//! - `ended_sets`: set id → empty; the sets streamed here that their sender
-//!   ended in error, so the retention sweep finds them without reading
-//!   every `InError` record. An entry whose set is no longer so is dropped
-//!   by the sweep. Added without a schema change.
+//! - `ended_sets`: set id → empty; the `delivery = all` sets streamed here
+//!   that their sender ended in error, so the retention sweep finds them
+//!   without reading every `InError` record. The sweep drops an entry once
+//!   its set is gone, released or ended for good (kept while the set is
+//!   streamed here again). Added without a schema change.
 //! - `handovers`: partner id ++ 0 ++ request id → empty; requests a partner
 //!   handed over to this node, so how many one partner has queued here can
 //!   be bounded ([`Store::open_handovers`] drops the entries of requests
