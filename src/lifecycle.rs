@@ -38,6 +38,15 @@ pub fn status_after(code: ErrorCode) -> Status {
     }
 }
 
+/// The refusal of anything a `Cancelled` record stands for (`what`: "set
+/// ID", "request ID"), on node `node`, with the reason it was cancelled
+/// (an operator's, a partner's, or the retention sweep's, naming its
+/// setting).
+pub fn cancelled_refusal(what: &str, rec: &RequestRecord, node: &str) -> (ErrorCode, String) {
+    let why = rec.error.as_ref().map_or(String::new(), |e| format!(": {}", e.message));
+    (ErrorCode::Cancelled, format!("{what} was cancelled on node {node}{why}"))
+}
+
 /// Whether a failure keeps the receiver's partial file for a resume.
 pub fn keeps_partial_file(code: ErrorCode) -> bool {
     status_after(code) == Status::Interrupted

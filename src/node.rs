@@ -30,7 +30,6 @@ use crate::actors::supervisor::{Supervisor, SupervisorMsg};
 use crate::actors::{intake, task_runner, AUDIT};
 use crate::auth::TokenBook;
 use crate::config::NodeConfig;
-use crate::fileset::progress::Delivery;
 use crate::lifecycle::{self, CommandPath};
 use crate::model::{
     CertificateView, ClusterSubmitted, ClusterView, CommandError, NodeStats, PartnerState, PartnerView, PartnersView,
@@ -544,7 +543,7 @@ impl NodeHandle {
                 // `delivery = all`: the receiver holds the verified files
                 // under their work names; a cancel notice per file has it
                 // discard them (the files stay `Done` here: they were sent).
-                let held = set.set.as_ref().is_some_and(|i| i.policy.delivery == Delivery::All);
+                let held = lifecycle::set::holds_files(&set);
                 let mut owed = false;
                 if lifecycle::set::awaits_release(&rec) || rec.direction == Direction::Push {
                     // The partner may be releasing the set, running its set

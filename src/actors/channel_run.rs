@@ -686,9 +686,8 @@ impl ChannelRun {
         }
         if let Some(rec) = &existing {
             if rec.status == Status::Cancelled {
-                let why = rec.error.as_ref().map_or(String::new(), |e| format!(": {}", e.message));
-                let me = &self.ctx.core.config.node_id;
-                return Err((ErrorCode::Cancelled, format!("request {} was cancelled on node {me}{why}", rec.id)));
+                let (what, me) = (format!("request {}", rec.id), &self.ctx.core.config.node_id);
+                return Err(lifecycle::cancelled_refusal(&what, rec, me));
             }
             // The sender of a pull reaches its post-tasks (or Done) only
             // after its requester verified and recorded the file, so a

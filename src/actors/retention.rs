@@ -46,7 +46,6 @@ use tokio::sync::watch;
 use super::sets_in_use::SetsInUse;
 use super::AUDIT;
 use crate::config::{NodeConfig, RetentionSettings};
-use crate::fileset::progress::Delivery;
 use crate::lifecycle;
 use crate::protocol::{Direction, ErrorCode};
 use crate::store::{member_id, now_ms, Pruned, RequestRecord, Role, Status, Step, Store, StoreError};
@@ -352,8 +351,7 @@ pub fn abandon_unreleased(
 /// `delivery = all` that waits for its release: streamed here, its
 /// release not ordered, or ended in error by its sender.
 fn awaits_its_release_here(set: &RequestRecord) -> bool {
-    let holds = set.set.as_ref().is_some_and(|i| i.policy.delivery == Delivery::All);
-    holds
+    lifecycle::set::holds_files(set)
         && ((lifecycle::set::is_streamed_here(set) && set.step == Step::Transfer)
             || lifecycle::set::is_ended_by_sender(set))
 }

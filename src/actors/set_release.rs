@@ -124,8 +124,7 @@ pub fn release_held(core: &Core, partner: &str, set: &RequestId, files: u32) -> 
             ));
         }
         if r.status == Status::Cancelled {
-            let why = r.error.as_ref().map_or(String::new(), |e| format!(": {}", e.message));
-            return Err((ErrorCode::Cancelled, format!("set {set} was cancelled on node {me}{why}")));
+            return Err(lifecycle::cancelled_refusal(&format!("set {set}"), &r, me));
         }
     }
     // 1. Checked whole before anything changes.
@@ -199,8 +198,7 @@ pub fn release_held(core: &Core, partner: &str, set: &RequestId, files: u32) -> 
             // Released before (nothing is left to order), or ended since
             // the check above: a cancelled set orders nothing.
             if let Some(r) = store.get(set).map_err(internal)?.filter(|r| r.status == Status::Cancelled) {
-                let why = r.error.as_ref().map_or(String::new(), |e| format!(": {}", e.message));
-                return Err((ErrorCode::Cancelled, format!("set {set} was cancelled on node {me}{why}")));
+                return Err(lifecycle::cancelled_refusal(&format!("set {set}"), &r, me));
             }
         }
         Err(e) => return Err(internal(e)),
@@ -247,9 +245,7 @@ pub fn release_held(core: &Core, partner: &str, set: &RequestId, files: u32) -> 
 /// Whether `set` is a pulled set sent with `delivery = all`: this node,
 /// its requester, holds the verified files until the release.
 pub fn holds_own_files(set: &RequestRecord) -> bool {
-    set.role == Role::Requester
-        && set.direction == Direction::Pull
-        && set.set.as_ref().is_some_and(|i| i.policy.delivery == crate::fileset::progress::Delivery::All)
+    set.role == Role::Requester && set.direction == Direction::Pull && lifecycle::set::holds_files(set)
 }
 
 /// Whether `rec`, a file of a pulled `delivery = all` set, is verified
@@ -933,11 +929,8 @@ pub async fn set_ended_by_sender(
     };
     // Noted for the sweep of sets never released, which only concerns
     // sets that hold files (`delivery = all`).
-    let holds = |r: &RequestRecord| {
-        r.set.as_ref().is_some_and(|i| i.policy.delivery == crate::fileset::progress::Delivery::All)
-    };
     let noted = ended.and_then(|r| match r {
-        Some(r) if holds(&r) => core.store.note_ended_set(set).map(|()| Some(r)),
+        Some(r) if lifecycle::set::holds_files(&r) => core.store.note_ended_set(set).map(|()| Some(r)),
         other => Ok(other),
     });
     let rec = match noted {

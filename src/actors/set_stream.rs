@@ -196,7 +196,7 @@ pub async fn lead(
         SlotTaken::Declined => return Led::Declined(format!("{} refused the set's stream lately", rec.partner)),
         SlotTaken::Refused(why) => return Led::Refused(ErrorCode::Cancelled, why),
     }
-    let hold = set.set.as_ref().is_some_and(|i| i.policy.delivery == Delivery::All);
+    let hold = lifecycle::set::holds_files(&set);
     let files = set.set.as_ref().map_or(0, |i| i.files);
     let link = match connections::connect(conns, &rec.partner).await {
         Ok(l) => l,
@@ -491,12 +491,7 @@ struct Reach {
 /// discards it. Returns the files running now, other than `leader`, for
 /// the caller to cancel.
 fn cancelled_there(core: &Core, set: &RequestId, files: u32, why: &str, leader: &RequestId) -> Reach {
-    let holds = core
-        .store
-        .get(set)
-        .ok()
-        .flatten()
-        .is_some_and(|s| s.set.as_ref().is_some_and(|i| i.policy.delivery == Delivery::All));
+    let holds = core.store.get(set).ok().flatten().is_some_and(|s| lifecycle::set::holds_files(&s));
     let mut reach = Reach { running: Vec::new(), held: false };
     for index in 0..files {
         let id = member_id(set, index);
@@ -1158,13 +1153,7 @@ fn record_set(core: &Core, partner: &str, set: &RequestId, rule: &str, opened: S
                 opened.files
             ),
         )),
-        Some(r) if r.status == Status::Cancelled => Err((
-            ErrorCode::Cancelled,
-            format!(
-                "set {set} was cancelled on node {me}{}",
-                r.error.as_ref().map_or(String::new(), |e| format!(": {}", e.message))
-            ),
-        )),
+        Some(r) if r.status == Status::Cancelled => Err(lifecycle::cancelled_refusal(&format!("set {set}"), &r, me)),
         Some(r) if lifecycle::set::is_ended_by_sender(&r) => {
             // The sender restarted a set it had ended in error.
             let line = format!("{partner} opened the set's stream again: it runs again");
@@ -1422,8 +1411,7 @@ fn accept_file(s: &Served, space: Space, f: StreamedFile) -> Result<Accepted, Re
             ));
         }
         if rec.status == Status::Cancelled {
-            let why = rec.error.as_ref().map_or(String::new(), |e| format!(": {}", e.message));
-            return Err((ErrorCode::Cancelled, format!("request {} was cancelled on node {me}{why}", rec.id)));
+            return Err(lifecycle::cancelled_refusal(&format!("request {}", rec.id), rec, me));
         }
         if rec.delivered && !same {
             return Err((

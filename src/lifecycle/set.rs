@@ -262,6 +262,12 @@ pub fn received_set(
     }
 }
 
+/// Whether `set` is a file set sent with `delivery = all`: its files are
+/// held under their work names until its release.
+pub fn holds_files(set: &RequestRecord) -> bool {
+    set.set.as_ref().is_some_and(|i| i.policy.delivery == crate::fileset::progress::Delivery::All)
+}
+
 /// Whether `set` is a receiver's record of a set its partner sends
 /// ([`received_set`]), not yet in place (step `Transfer`, or `Held` once
 /// its release is ordered): it counts the streamed files as they are
