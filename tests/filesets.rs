@@ -549,6 +549,49 @@ async fn cancelling_a_delivery_all_set_discards_the_files_the_receiver_holds() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_notices_beyond_those_sent_at_once_all_reach_a_partner_that_comes_back() {
+    // More held files than notices go at once (`notice_queue::MAX_TELLING`),
+    // cancelled while b is down: each is owed a notice, sent a few at a
+    // time once b is back, and b discards every one.
+    let held_files = ferry::actors::notice_queue::MAX_TELLING * 3 + 5;
+    let layout = Layout::new(&["a", "b"]);
+    let out = layout.out_dir("a");
+    for i in 0..=held_files {
+        write(&out.join(format!("many/f{i:04}.dat")), format!("file {i}\n").as_bytes());
+    }
+    let a = layout.start("a").await;
+    let s = Submit { on_failure: Some(OnFailure::Continue), delivery: Some(Delivery::All), ..pattern("many/*") };
+    let set = a.handle().submit(s).await.expect("submitted");
+    // b is down: nothing is sent before the last file is gone, so the set
+    // ends in error with every other file held on b.
+    std::fs::remove_file(out.join(format!("many/f{held_files:04}.dat"))).expect("delete");
+    let b = layout.start("b").await;
+    let failed = wait_final(&a.handle(), &set.id, WITHIN).await;
+    assert_eq!(failed.status, Status::InError, "{:?}", failed.error);
+    assert_eq!(held_work_files(&layout, &a, &failed), held_files);
+    b.shutdown().await;
+
+    let cancelled = a.handle().cancel(&set.id).await.expect("cancel the set");
+    assert_eq!(cancelled.status, Status::Cancelled);
+    let owed = a.handle().store().notices_owed().expect("owed");
+    assert!(owed.len() > held_files, "one notice per held file and one for the set: {}", owed.len());
+
+    let b = layout.start("b").await;
+    for m in members(&a.handle(), &failed).into_iter().filter(|m| m.status == Status::Done) {
+        wait_record(&b.handle(), &m.id, Status::Cancelled, WITHIN).await;
+    }
+    assert!(work_files(&layout.in_dir("b")).is_empty(), "the held files are discarded");
+    assert!(tree(&layout.in_dir("b")).is_empty(), "and none went in place");
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while !a.handle().store().notices_owed().expect("owed").is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "notices still owed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_whose_rule_runs_post_tasks_refuses_to_hold_files() {
     let mut layout = Layout::new(&["a", "b"]);
     layout.config_mut("b").rules[0].receiver.post_tasks =

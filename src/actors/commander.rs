@@ -70,8 +70,8 @@ pub struct CommanderState {
     /// Queued requests passed over because their partner is unavailable,
     /// with when they started waiting (in memory: a restart waits afresh).
     waiting: BTreeMap<RequestId, (String, Instant)>,
-    /// Cancellation notices being sent now.
-    telling: BTreeSet<(RequestId, u8)>,
+    /// The notices owed to partners, and those being sent now.
+    notices: super::notice_queue::NoticeQueue,
     /// Notices that failed once already: logged once, not on every retry.
     notice_failed: BTreeSet<(RequestId, u8)>,
     tick_scheduled: bool,
@@ -89,7 +89,7 @@ impl CommanderState {
         if *self.ctx.core.shutdown.borrow() {
             return Ok(());
         }
-        self.send_notices(myself)?;
+        self.send_notices(myself, false)?;
         let free = self.ctx.core.config.concurrency.saturating_sub(self.running.len());
         if free == 0 {
             return Ok(());
@@ -290,53 +290,66 @@ impl CommanderState {
     /// later tick. A set-end notice waits while its set has not ended yet
     /// (the notice is written just before the end), and is dropped unsent
     /// once the set ended otherwise (see `set_release::set_end_to_tell`).
-    fn send_notices(&mut self, myself: &ActorRef<CommanderMsg>) -> Result<(), ActorProcessingErr> {
-        let owed = self.ctx.core.store.notices_owed()?;
-        self.send_these(owed, myself)
+    /// The owed notices are read from the store only when some were
+    /// written since or, `on_tick`, must be tried again, and a few are sent
+    /// at once (see `notice_queue`).
+    fn send_notices(&mut self, myself: &ActorRef<CommanderMsg>, on_tick: bool) -> Result<(), ActorProcessingErr> {
+        let store = &self.ctx.core.store;
+        // The count first: a notice written after it is read again later.
+        let written = store.notices_written();
+        let now = Instant::now();
+        if self.notices.wants_read(written, on_tick, now) {
+            let owed = store.notices_owed()?;
+            self.notices.read(written, owed, now);
+        }
+        while let Some((id, notice)) = self.notices.up_next() {
+            self.send_notice(id, notice, myself)?;
+        }
+        Ok(())
     }
 
-    /// Sends those of `owed` not being sent already.
-    fn send_these(
+    /// Sends `notice` of `id` if it is still to be told now.
+    fn send_notice(
         &mut self,
-        owed: Vec<(RequestId, Notice)>,
+        id: RequestId,
+        notice: Notice,
         myself: &ActorRef<CommanderMsg>,
     ) -> Result<(), ActorProcessingErr> {
         use super::set_release::{set_end_to_tell, ToTell};
-        for (id, notice) in owed {
-            let key = (id.clone(), notice.kind());
-            if self.telling.contains(&key) {
-                continue;
-            }
-            let rec = self.ctx.core.store.get(&id)?;
-            let to_tell = match (notice, &rec) {
-                (_, None) => ToTell::No,
-                (Notice::Cancel, Some(_)) => ToTell::Now,
-                (Notice::SetEnded { at }, Some(rec)) => set_end_to_tell(rec, at),
-            };
-            let rec = match (to_tell, rec) {
-                (ToTell::Now, Some(rec)) => rec,
-                (ToTell::Later, _) => continue,
-                _ => {
-                    self.ctx.core.store.notice_given(&id, notice)?;
-                    continue;
-                }
-            };
-            if self.ctx.availability.is_unavailable(&rec.partner) {
-                // Probed now, tried again on the next tick.
-                let _ = self.connections.cast(ConnectionsMsg::Probe(rec.partner.clone()));
+        let rec = self.ctx.core.store.get(&id)?;
+        let to_tell = match (notice, &rec) {
+            (_, None) => ToTell::No,
+            (Notice::Cancel, Some(_)) => ToTell::Now,
+            (Notice::SetEnded { at }, Some(rec)) => set_end_to_tell(rec, at),
+        };
+        let rec = match (to_tell, rec) {
+            (ToTell::Now, Some(rec)) => rec,
+            (ToTell::Later, _) => {
+                self.notices.passed_over();
                 self.schedule_tick(myself);
-                continue;
+                return Ok(());
             }
-            self.telling.insert(key);
-            let (ctx, conns, me) = (self.ctx.run.clone(), self.connections.clone(), myself.clone());
-            tokio::spawn(async move {
-                let told = match notice {
-                    Notice::Cancel => tell_cancel(ctx, conns, id.clone(), rec.partner).await,
-                    Notice::SetEnded { at } => super::set_release::tell_set_ended(&ctx.core, &conns, &id, at).await,
-                };
-                let _ = me.cast(CommanderMsg::Told(id, notice, told));
-            });
+            _ => {
+                self.ctx.core.store.notice_given(&id, notice)?;
+                return Ok(());
+            }
+        };
+        if self.ctx.availability.is_unavailable(&rec.partner) {
+            // Probed now, tried again on the next tick.
+            let _ = self.connections.cast(ConnectionsMsg::Probe(rec.partner.clone()));
+            self.notices.passed_over();
+            self.schedule_tick(myself);
+            return Ok(());
         }
+        self.notices.sending((id.clone(), notice.kind()));
+        let (ctx, conns, me) = (self.ctx.run.clone(), self.connections.clone(), myself.clone());
+        tokio::spawn(async move {
+            let told = match notice {
+                Notice::Cancel => tell_cancel(ctx, conns, id.clone(), rec.partner).await,
+                Notice::SetEnded { at } => super::set_release::tell_set_ended(&ctx.core, &conns, &id, at).await,
+            };
+            let _ = me.cast(CommanderMsg::Told(id, notice, told));
+        });
         Ok(())
     }
 }
@@ -428,7 +441,7 @@ impl Actor for Commander {
             connections: args.connections,
             running: BTreeMap::new(),
             waiting: BTreeMap::new(),
-            telling: BTreeSet::new(),
+            notices: Default::default(),
             notice_failed: BTreeSet::new(),
             tick_scheduled: false,
             streamed: Default::default(),
@@ -459,7 +472,7 @@ impl Actor for Commander {
             }
             CommanderMsg::Told(id, notice, told) => {
                 let key = (id.clone(), notice.kind());
-                state.telling.remove(&key);
+                state.notices.told(&key, told.is_ok());
                 match told {
                     Ok(()) => {
                         state.notice_failed.remove(&key);
@@ -467,7 +480,9 @@ impl Actor for Commander {
                         // waited for this one (a cancel while the set's
                         // end was told).
                         let same = state.ctx.core.store.notices_owed_for(&id)?;
-                        state.send_these(same, &myself)?;
+                        state.notices.first(same);
+                        // And the answer made room for the next.
+                        state.send_notices(&myself, false)?;
                     }
                     Err(why) => {
                         if state.notice_failed.insert(key) {
@@ -489,6 +504,7 @@ impl Actor for Commander {
                 for p in partners {
                     let _ = state.connections.cast(ConnectionsMsg::Probe(p));
                 }
+                state.send_notices(&myself, true)?;
                 state.fill(&myself).await?;
             }
             CommanderMsg::Command(id, control) => {

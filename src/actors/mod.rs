@@ -45,6 +45,7 @@ pub mod connections;
 pub mod context;
 pub mod control_plane;
 pub mod intake;
+pub mod notice_queue;
 pub mod partner_budget;
 pub mod partner_share;
 pub mod retention;

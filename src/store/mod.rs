@@ -188,6 +188,8 @@ pub struct Store {
     write_order: std::sync::Arc<std::sync::Mutex<()>>,
     flush_observers: std::sync::Arc<std::sync::RwLock<Vec<FlushObserver>>>,
     flusher: tokio::sync::mpsc::UnboundedSender<FlushReply>,
+    /// Notices written since the store opened (see [`Store::notices_written`]).
+    notices_written: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The group-commit loop: one sled flush answers every request queued
@@ -272,6 +274,7 @@ impl Store {
             flush_observers: Default::default(),
             db,
             flusher,
+            notices_written: Default::default(),
         })
     }
 
@@ -794,6 +797,7 @@ impl Store {
     /// [`Store::notice_given`]).
     pub fn owe_cancel_notice(&self, id: &RequestId) -> Result<(), StoreError> {
         self.notices.insert(id.as_str().as_bytes(), &[])?;
+        self.notices_written.fetch_add(1, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 
@@ -803,7 +807,16 @@ impl Store {
     /// did not end so at `at` is dropped unsent.
     pub fn owe_set_end_notice(&self, id: &RequestId, at: u64) -> Result<(), StoreError> {
         self.set_end_notices.insert(id.as_str().as_bytes(), &at.to_be_bytes())?;
+        self.notices_written.fetch_add(1, std::sync::atomic::Ordering::Release);
         Ok(())
+    }
+
+    /// How many notices were written (owed) since the store opened: a
+    /// reader of [`Store::notices_owed`] reads them again only when this
+    /// changed. Counted after each write, so a count read before
+    /// `notices_owed` never misses a notice that read did not see.
+    pub fn notices_written(&self) -> u64 {
+        self.notices_written.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The partner was told `notice` of `id` (or need not be): it is no
