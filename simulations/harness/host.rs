@@ -52,6 +52,10 @@ pub struct Snapshot {
     pub records: Vec<RequestRecord>,
     pub running_requests: usize,
     pub open_channels: usize,
+    /// The partner of each notice this node still owes (a cancel, a set's
+    /// end): the run has not settled while one is owed to a partner that
+    /// is not lost.
+    pub notices_owed_to: Vec<String>,
 }
 
 /// The mailbox between the harness and one host.
@@ -151,9 +155,20 @@ pub async fn software(
             }
         }
         let records = handle.store().list(None).unwrap_or_default();
+        let notices_owed_to = handle
+            .store()
+            .notices_owed()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(id, _)| handle.store().get(&id).ok().flatten().map(|r| r.partner))
+            .collect();
         let stats = handle.stats().await;
-        io.borrow_mut().snapshot =
-            Some(Snapshot { records, running_requests: stats.running_requests, open_channels: stats.open_channels });
+        io.borrow_mut().snapshot = Some(Snapshot {
+            records,
+            running_requests: stats.running_requests,
+            open_channels: stats.open_channels,
+            notices_owed_to,
+        });
         tokio::time::sleep(SNAPSHOT_EVERY).await;
     }
 }

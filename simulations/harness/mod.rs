@@ -543,6 +543,7 @@ fn settled(nodes: &BTreeMap<String, Node>, down: &BTreeSet<String>, spec: &RunSp
         s.running_requests == 0
             && s.open_channels == 0
             && s.records.iter().filter(|r| r.role == ferry::store::Role::Requester).all(|r| r.status.is_final())
+            && s.notices_owed_to.iter().all(|p| spec.lost.contains(p))
     })
 }
 
@@ -556,6 +557,9 @@ fn unsettled(nodes: &BTreeMap<String, Node>, down: &BTreeSet<String>) -> String 
         };
         if s.running_requests > 0 || s.open_channels > 0 {
             out.push(format!("{name}: {} runners, {} channels", s.running_requests, s.open_channels));
+        }
+        if !s.notices_owed_to.is_empty() {
+            out.push(format!("{name}: owes {} notices to {:?}", s.notices_owed_to.len(), s.notices_owed_to));
         }
         for r in s.records.iter().filter(|r| r.role == ferry::store::Role::Requester && !r.status.is_final()) {
             out.push(format!("{name}: {} to {} is {:?} ({})", r.id, r.partner, r.status, r.file_name));
