@@ -475,8 +475,11 @@ pub struct RetentionSettings {
     pub sweep_interval_secs: u64,
     /// A push a partner left `Interrupted` here, with nothing delivered,
     /// and did not resume for this many hours is cancelled and its partial
-    /// file removed (default 168, a week). 0: kept for ever, and a partner
-    /// that starts transfers and walks away can fill the disk with them.
+    /// file removed (default 168, a week). The same bounds the files a
+    /// `delivery = all` set a partner never releases holds here, and work
+    /// files no request names (left by a crash). 0: kept for ever, and a
+    /// partner that starts transfers and walks away can fill the disk with
+    /// them.
     #[serde(default = "default_partial_keep_hours")]
     pub partial_keep_hours: u32,
 }

@@ -131,6 +131,54 @@ fn an_unfinished_push_left_longer_than_partial_keep_hours_is_cancelled_and_its_p
     }
 }
 
+/// A work file no request record names (a crash came before its record
+/// was written, and the partner cancelled or never came back) is removed
+/// once it has been there longer than `partial_keep_hours` while the node
+/// was up. Kept: a work file whose request is recorded, a recent one, one a
+/// run serves now, and anything not named like a work file.
+#[test]
+fn a_work_file_no_request_names_is_removed_after_partial_keep_hours() {
+    let layout = Layout::new(&["a", "b"]);
+    let config = layout.config("b").clone();
+    let work_dir = layout.in_dir("b").join(".ferry-work");
+    std::fs::create_dir_all(&work_dir).expect("work folder");
+    let hour = 60 * 60 * 1000;
+    let file = |name: String, age_hours: u64| {
+        let path = work_dir.join(name);
+        let f = std::fs::File::create(&path).expect("work file");
+        std::io::Write::write_all(&mut &f, b"bytes of a file").expect("write");
+        let at = std::time::SystemTime::now() - Duration::from_millis(age_hours * hour);
+        f.set_modified(at).expect("time");
+        path
+    };
+    let store = Store::open(&config.data_dir.join("store")).expect("store");
+    let orphan = file(format!("{}.part", RequestId::generate()), 100);
+    let recent = file(format!("{}.part", RequestId::generate()), 2);
+    let recorded = record(Status::Interrupted, 0, "recorded.bin");
+    let recorded = store.insert(RequestRecord { role: Role::Requested, ..recorded }, "accepted").expect("insert");
+    let recorded_file = file(format!("{}.part", recorded.id), 100);
+    let served_id = RequestId::generate();
+    let served = file(format!("{served_id}.part"), 100);
+    let other = file("notes.txt".into(), 100);
+    let not_an_id = file("not-a-request.part".into(), 100);
+    let serving = ferry::actors::retention::Serving::default();
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    ferry::actors::channel_run::claim_serving(&serving, &served_id, "a", 7, &flag).expect("claimed");
+    let cutoff = now_ms() - 72 * hour;
+    let sweep =
+        |up_since| ferry::actors::retention::remove_orphan_work_files(&store, &config, &serving, cutoff, up_since);
+
+    // Just started: nothing is old enough yet, whatever its age.
+    assert_eq!(sweep(now_ms()).expect("sweep"), 0);
+    assert!(orphan.exists());
+    // Up for a week.
+    assert_eq!(sweep(now_ms() - 168 * hour).expect("sweep"), 1);
+    assert!(!orphan.exists(), "the work file no request names is removed");
+    for kept in [&recent, &recorded_file, &served, &other, &not_an_id] {
+        assert!(kept.exists(), "{} is kept", kept.display());
+    }
+}
+
 /// A file set a partner streamed here with `delivery = all` and never
 /// released (it walked away, or its set ended in error and was never
 /// restarted) is cancelled once none of its records changed for longer

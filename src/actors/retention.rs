@@ -38,6 +38,17 @@
 //!   record here before its release, and a file that came one request
 //!   alone does not say which set it belongs to); the sender's cancel of
 //!   the set removes its held files.
+//! - under the same setting, work files no request record names
+//!   ([`remove_orphan_work_files`]): a set stream writes each file under
+//!   its work name before the batch's commit records it, and a
+//!   one-request push's record may not be flushed yet when its work file
+//!   is made, so a crash there leaves a work file this node has no record
+//!   of. The partner's next attempt writes over it; a partner that cancels
+//!   instead (its notice names a request this node never recorded) or
+//!   never comes back left it for good. Only `ID.part` files in the work
+//!   folders of the rules' receive folders are looked at, each unchanged
+//!   that long while the node was up, and removed only if no record and
+//!   no run names it (checked under the serving table's lock).
 
 use std::time::Duration;
 
@@ -47,7 +58,7 @@ use super::sets_in_use::SetsInUse;
 use super::AUDIT;
 use crate::config::{NodeConfig, RetentionSettings};
 use crate::lifecycle;
-use crate::protocol::{Direction, ErrorCode};
+use crate::protocol::{Direction, ErrorCode, RequestId};
 use crate::store::{member_id, now_ms, Pruned, RequestRecord, Role, Status, Step, Store, StoreError};
 
 /// Requests removed per batch (a set counts with its files), so a first
@@ -157,6 +168,87 @@ async fn abandon_unfinished(
         Ok(Err(e)) => tracing::error!(error = %e, "cannot look for unreleased sets; trying again at the next sweep"),
         Err(e) => tracing::error!(error = %e, "the look for unreleased sets stopped"),
     }
+    let (s, c, v) = (store.clone(), config.clone(), watched.serving.clone());
+    match crate::determinism::blocking(move || remove_orphan_work_files(&s, &c, &v, cutoff, up_since)).await {
+        Ok(Ok(0)) => {}
+        Ok(Ok(n)) => tracing::info!(
+            target: AUDIT,
+            event = "orphan_work_files_removed",
+            files = n,
+            partial_keep_hours = hours,
+            "removed work files that no request names (left by a crash before they were recorded)"
+        ),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot look for work files without a request; trying again at the next sweep")
+        }
+        Err(e) => tracing::error!(error = %e, "the look for work files without a request stopped"),
+    }
+}
+
+/// Removes the work files (`ID.part` in the work folder of each rule's
+/// receive folder) that no request record names, unchanged since before
+/// `cutoff` (unix ms) while this node was up (since `up_since`); returns
+/// how many. Each is removed under the serving table's lock, only if no
+/// run serves its id and the store still has no record of it (a run
+/// claims its id before it writes the file). Anything else in a work
+/// folder is left alone. A work folder that cannot be read is logged and
+/// passed over.
+pub fn remove_orphan_work_files(
+    store: &Store,
+    config: &NodeConfig,
+    serving: &Serving,
+    cutoff: u64,
+    up_since: u64,
+) -> Result<usize, StoreError> {
+    if up_since >= cutoff {
+        return Ok(0); // not up that long: nothing can be that old here
+    }
+    let mut folders = std::collections::BTreeSet::new();
+    for rule in &config.rules {
+        folders.insert(rule.recv_dir.clone());
+        for p in &config.partners {
+            folders.insert(rule.recv_dir_for(&p.id));
+        }
+    }
+    let mut removed = 0;
+    for folder in folders {
+        let work_dir = folder.join(crate::transfer::receive::WORK_DIR);
+        let entries = match std::fs::read_dir(&work_dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                tracing::warn!(folder = %work_dir.display(), error = %e, "cannot read a work folder");
+                continue;
+            }
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".part")).and_then(RequestId::parse) else {
+                continue;
+            };
+            let Ok(meta) = entry.path().symlink_metadata() else { continue };
+            let changed_ms = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(u64::MAX, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            if !meta.is_file() || changed_ms.max(up_since) >= cutoff || store.get(&id)?.is_some() {
+                continue;
+            }
+            let path = entry.path();
+            let remove = || -> Result<bool, StoreError> {
+                if store.get(&id)?.is_some() {
+                    return Ok(false);
+                }
+                Ok(std::fs::remove_file(&path).is_ok())
+            };
+            if super::channel_run::unless_served(serving, &id, remove).transpose()?.unwrap_or(false) {
+                tracing::info!(file = %path.display(), "removed a work file no request names");
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
 }
 
 /// Prunes everything older than `cutoff`, batch by batch, until nothing
