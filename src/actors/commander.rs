@@ -85,11 +85,18 @@ impl CommanderState {
         self.ctx.running_requests.store(self.running.len(), Ordering::Relaxed);
     }
 
-    async fn fill(&mut self, myself: &ActorRef<CommanderMsg>) -> Result<(), ActorProcessingErr> {
+    /// Starts what may start. `on_tick`: also reads every request queued
+    /// for an unavailable partner, to keep how long each has waited (and
+    /// fail those that waited too long). Any other fill passes those over
+    /// unread: with thousands queued for a partner that is down, reading
+    /// them all at each submit and each runner's end made every fill cost
+    /// time in proportion to them; the tick does it every
+    /// `probe_interval_ms` instead.
+    async fn fill(&mut self, myself: &ActorRef<CommanderMsg>, on_tick: bool) -> Result<(), ActorProcessingErr> {
         if *self.ctx.core.shutdown.borrow() {
             return Ok(());
         }
-        self.send_notices(myself, false)?;
+        self.send_notices(myself, on_tick)?;
         let free = self.ctx.core.config.concurrency.saturating_sub(self.running.len());
         if free == 0 {
             return Ok(());
@@ -114,19 +121,29 @@ impl CommanderState {
         for (_, partner, _) in self.running.values() {
             *holding.entry(partner.clone()).or_default() += 1;
         }
-        // The most this fill can take; an unavailable partner's requests
-        // are all read (their wait is kept), the others' up to their share.
-        let room = |p: &str| match ctx.availability.is_unavailable(p) {
-            true => usize::MAX,
-            false => share.saturating_sub(holding.get(p).copied().unwrap_or(0)),
+        // The most this fill can take; on a tick an unavailable partner's
+        // requests are all read (their wait is kept), the others' up to
+        // their share.
+        let room = |p: &str| match (ctx.availability.is_unavailable(p), on_tick) {
+            (true, true) => usize::MAX,
+            (true, false) => 0,
+            (false, _) => share.saturating_sub(holding.get(p).copied().unwrap_or(0)),
         };
         let free = free.min(ctx.queued.could_start(room));
         if free == 0 {
+            if !on_tick && ctx.queued.could_start(|p| usize::from(ctx.availability.is_unavailable(p))) > 0 {
+                // Requests wait for a partner that is down: the tick reads them.
+                self.schedule_tick(myself);
+            }
             return Ok(());
         }
+        // Between ticks, a request known to wait for a partner still
+        // unavailable is passed over by id, unread.
+        let waits =
+            |id: &RequestId| !on_tick && self.waiting.get(id).is_some_and(|(p, _)| ctx.availability.is_unavailable(p));
         let picked = ctx.core.store.queued_where(
             free,
-            |id| self.streamed.contains_key(id),
+            |id| self.streamed.contains_key(id) || waits(id),
             |rec| {
                 let rule = ctx.core.config.rule(&rec.rule);
                 let streamable = rec
@@ -165,7 +182,7 @@ impl CommanderState {
             },
         )?;
         self.streamed.extend(newly_streamed);
-        self.wait_for_partners(myself, passed_over).await?;
+        self.wait_for_partners(myself, passed_over, on_tick).await?;
         for rec in picked {
             self.waiting.remove(&rec.id);
             // A group request that has sent nothing moves to an available
@@ -215,11 +232,14 @@ impl CommanderState {
     /// Keeps requests for unavailable partners queued without spending
     /// their attempts, logs when each starts waiting, fails those that
     /// waited longer than `cluster.partner_wait_secs`, and keeps a probe
-    /// timer going while any wait.
+    /// timer going while any wait. `every`: `passed_over` is every request
+    /// that waits now (a tick's fill); else only those this fill read, and
+    /// the others known to wait still do.
     async fn wait_for_partners(
         &mut self,
         myself: &ActorRef<CommanderMsg>,
         passed_over: Vec<(RequestId, String)>,
+        every: bool,
     ) -> Result<(), ActorProcessingErr> {
         let limit = Duration::from_secs(self.ctx.core.config.cluster.partner_wait_secs);
         let mut still = BTreeMap::new();
@@ -265,7 +285,11 @@ impl CommanderState {
         for id in failed_now {
             spawn_error_tasks(myself, &self.ctx, id);
         }
-        self.waiting = still;
+        if every {
+            self.waiting = still;
+        } else {
+            self.waiting.extend(still);
+        }
         if !self.waiting.is_empty() {
             self.schedule_tick(myself);
         }
@@ -457,7 +481,7 @@ impl Actor for Commander {
         match msg {
             CommanderMsg::Wake => {
                 state.ctx.run.intake.actors.commander_woken();
-                state.fill(&myself).await?
+                state.fill(&myself, false).await?
             }
             CommanderMsg::Retry(id) => {
                 if let Some(rec) = state.ctx.core.store.get(&id)? {
@@ -466,7 +490,7 @@ impl Actor for Commander {
                         lifecycle::retry_due(r);
                     })?;
                     if due.is_some() {
-                        state.fill(&myself).await?;
+                        state.fill(&myself, false).await?;
                     }
                 }
             }
@@ -504,8 +528,7 @@ impl Actor for Commander {
                 for p in partners {
                     let _ = state.connections.cast(ConnectionsMsg::Probe(p));
                 }
-                state.send_notices(&myself, true)?;
-                state.fill(&myself).await?;
+                state.fill(&myself, true).await?;
             }
             CommanderMsg::Command(id, control) => {
                 if let Some((_, _, runner)) = state.running.values().find(|(rid, _, _)| *rid == id) {
@@ -542,7 +565,7 @@ impl Actor for Commander {
             _ => return Ok(()),
         }
         state.set_gauge();
-        state.fill(&myself).await
+        state.fill(&myself, false).await
     }
 }
 
