@@ -232,16 +232,21 @@ impl CommanderState {
     /// Keeps requests for unavailable partners queued without spending
     /// their attempts, logs when each starts waiting, fails those that
     /// waited longer than `cluster.partner_wait_secs`, and keeps a probe
-    /// timer going while any wait. `every`: `passed_over` is every request
-    /// that waits now (a tick's fill); else only those this fill read, and
-    /// the others known to wait still do.
+    /// timer going while any wait. `passed_over` are those this fill read;
+    /// others known to wait keep their time (a fill stops reading the queue
+    /// once it took what may start). On a tick (`on_tick`) those whose
+    /// partner is available again are forgotten: the next fills read them.
     async fn wait_for_partners(
         &mut self,
         myself: &ActorRef<CommanderMsg>,
         passed_over: Vec<(RequestId, String)>,
-        every: bool,
+        on_tick: bool,
     ) -> Result<(), ActorProcessingErr> {
         let limit = Duration::from_secs(self.ctx.core.config.cluster.partner_wait_secs);
+        if on_tick {
+            let availability = &self.ctx.availability;
+            self.waiting.retain(|_, (p, _)| availability.is_unavailable(p));
+        }
         let mut still = BTreeMap::new();
         let mut wrote = false;
         let mut failed_now = Vec::new();
@@ -273,6 +278,7 @@ impl CommanderState {
                     lifecycle::fail(r, ErrorCode::PartnerUnavailable, &message, error_tasks, now_ms());
                 },
             )?;
+            self.waiting.remove(&id);
             if failed.is_some() {
                 wrote = true;
                 tracing::warn!(target: super::AUDIT, event = "failed", request_id = %id, code = %ErrorCode::PartnerUnavailable, message = %message);
@@ -285,11 +291,7 @@ impl CommanderState {
         for id in failed_now {
             spawn_error_tasks(myself, &self.ctx, id);
         }
-        if every {
-            self.waiting = still;
-        } else {
-            self.waiting.extend(still);
-        }
+        self.waiting.extend(still);
         if !self.waiting.is_empty() {
             self.schedule_tick(myself);
         }
@@ -340,6 +342,9 @@ impl CommanderState {
         myself: &ActorRef<CommanderMsg>,
     ) -> Result<(), ActorProcessingErr> {
         use super::set_release::{set_end_to_tell, ToTell};
+        if !self.ctx.core.store.notices_owed_for(&id)?.contains(&(id.clone(), notice)) {
+            return Ok(()); // told meanwhile (a copy was read again), or replaced
+        }
         let rec = self.ctx.core.store.get(&id)?;
         let to_tell = match (notice, &rec) {
             (_, None) => ToTell::No,
@@ -518,6 +523,9 @@ impl Actor for Commander {
                             state.ctx.core.store.log(&id, &line)?;
                         }
                         state.schedule_tick(&myself);
+                        // The slot goes to the next notice (this one is
+                        // tried again after the others, on the tick).
+                        state.send_notices(&myself, false)?;
                     }
                 }
             }

@@ -10,11 +10,15 @@
 //! partner came back, flooded it with control asks.
 //!
 //! So the owed notices are read into a backlog, and read again only when
-//! one was written since (at most once a second while the backlog is not
-//! empty: a set's cancel writes thousands in a row) or, on a tick, when
-//! some could not be sent (partner unavailable, set not ended yet, no
-//! answer). At most [`MAX_TELLING`] are sent at once; each answer makes room
-//! for the next. Pure: the Commander reads the store and sends.
+//! one was written since (at once when the backlog is empty and none was
+//! passed over since the last read, else at most once a second: a set's
+//! cancel writes thousands in a row, and notices owed to a partner that is
+//! down are all passed over at each read) or, on a tick, when some could
+//! not be sent (partner unavailable, set not ended yet, no answer). At most
+//! [`MAX_TELLING`] are sent at once; each answer makes room for the next.
+//! A notice that was not answered goes to the back at the next read, so a
+//! partner that fails every ask does not keep the others' notices waiting.
+//! Pure: the Commander reads the store and sends.
 use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -41,6 +45,8 @@ pub struct NoticeQueue {
     retry: bool,
     backlog: VecDeque<(RequestId, Notice)>,
     telling: BTreeSet<Key>,
+    /// Not answered since the last read: sent after the others next time.
+    unanswered: BTreeSet<Key>,
 }
 
 impl NoticeQueue {
@@ -51,7 +57,7 @@ impl NoticeQueue {
     pub fn wants_read(&self, written: u64, on_tick: bool, now: Instant) -> bool {
         let Some(seen) = self.seen else { return true };
         let stale = self.read_at.is_none_or(|at| now.duration_since(at) >= RELOAD_EVERY);
-        (seen != written && (self.backlog.is_empty() || stale)) || (on_tick && self.retry)
+        (seen != written && ((self.backlog.is_empty() && !self.retry) || stale)) || (on_tick && self.retry)
     }
 
     /// The store's owed notices, read when its count was `written`: they
@@ -60,7 +66,20 @@ impl NoticeQueue {
         self.seen = Some(written);
         self.read_at = Some(now);
         self.retry = false;
-        self.backlog = owed.into_iter().filter(|(id, n)| !self.telling.contains(&(id.clone(), n.kind()))).collect();
+        let (mut first, mut last) = (VecDeque::new(), VecDeque::new());
+        for (id, n) in owed {
+            let key = (id, n.kind());
+            if self.telling.contains(&key) {
+                continue;
+            }
+            match self.unanswered.contains(&key) {
+                true => last.push_back((key.0, n)),
+                false => first.push_back((key.0, n)),
+            }
+        }
+        first.append(&mut last);
+        self.backlog = first;
+        self.unanswered.clear();
     }
 
     /// Notices of one request to look at before the rest (another notice
@@ -100,6 +119,7 @@ impl NoticeQueue {
         self.telling.remove(key);
         if !answered {
             self.retry = true;
+            self.unanswered.insert(key.clone());
         }
     }
 
@@ -164,6 +184,32 @@ mod tests {
         q.read(5, Vec::new(), t);
         q.told(&(id(9), 0), false);
         assert!(q.wants_read(5, true, t), "a notice not answered is retried on a tick");
+    }
+
+    #[test]
+    fn notices_not_answered_go_after_the_others_at_the_next_read() {
+        let (mut q, t) = (NoticeQueue::default(), Instant::now());
+        // The first MAX_TELLING go to a partner that answers none of them.
+        let owed = owed(MAX_TELLING as u64 + 3);
+        q.read(1, owed.clone(), t);
+        let mut failing = Vec::new();
+        while let Some((id, n)) = q.up_next() {
+            q.sending((id.clone(), n.kind()));
+            failing.push(id);
+        }
+        for id in &failing {
+            q.told(&(id.clone(), 0), false);
+        }
+        assert!(q.wants_read(1, true, t), "read again on the tick");
+        q.read(1, owed, t);
+        let (next, _) = q.up_next().expect("one");
+        assert_eq!(next, id(MAX_TELLING as u64), "the others' notices first");
+        // And a notice written meanwhile waits for a second, not for ever.
+        let mut q2 = NoticeQueue::default();
+        q2.read(1, Vec::new(), t);
+        q2.passed_over();
+        assert!(!q2.wants_read(2, false, t), "some were passed over: not at once");
+        assert!(q2.wants_read(2, false, t + RELOAD_EVERY), "but within a second");
     }
 
     #[test]

@@ -127,7 +127,8 @@ struct Watched {
 
 /// One sweep of what partners left unfinished here, unchanged since
 /// before `cutoff`: pushes left `Interrupted` ([`abandon_partials`]), then
-/// `delivery = all` sets never released ([`abandon_unreleased`]); each
+/// `delivery = all` sets never released ([`abandon_unreleased`]), then work
+/// files no request names ([`remove_orphan_work_files`]); each
 /// audited when it removed anything.
 async fn abandon_unfinished(
     store: &Store,
