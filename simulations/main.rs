@@ -37,6 +37,7 @@ scenarios!(
     post_task_failures,
     file_set_faults,
     pulled_set_faults,
+    set_ended_in_error,
 );
 
 /// The same seed gives the same run, in every scenario: same steps, same

@@ -260,6 +260,12 @@ impl World<'_> {
                 let files: Vec<Option<&RequestRecord>> =
                     (0..info.files).map(|i| rs.get(ferry::store::member_id(&set.id, i).as_str())).collect();
                 if files.iter().any(Option::is_none) {
+                    if set.role == Role::Requested && set.status != Status::Done {
+                        // A receiver's record of a set that did not end
+                        // Done lacks the files never sent to it (whether it
+                        // ended is `set_end_told`'s, from the requester).
+                        continue;
+                    }
                     v.push(format!("sets: {node}'s set {} lacks some of its {} files", set.id, info.files));
                     continue;
                 }
@@ -290,10 +296,36 @@ impl World<'_> {
                 }
                 if set.role == Role::Requester && info.files > 0 {
                     v.extend(self.set_tasks(node, set));
+                    v.extend(self.set_end_told(node, set));
                 }
             }
         }
         v
+    }
+
+    /// A pushed set that ended but not `Done` on `requester` has ended on
+    /// its receiver too, if the receiver has a record of it (it does once
+    /// a set stream opened): the requester tells it (`SetEnded`, or a
+    /// cancel notice), and the run settles only once it was told.
+    fn set_end_told(&self, requester: &str, set: &RequestRecord) -> Vec<String> {
+        let partner = set.partner.as_str();
+        if set.direction != Direction::Push
+            || !set.status.is_final()
+            || set.status == Status::Done
+            || self.lost(partner)
+        {
+            return Vec::new();
+        }
+        let id = set.id.to_string();
+        match self.records.get(partner).and_then(|rs| rs.get(&id)) {
+            Some(theirs) if !theirs.status.is_final() => vec![format!(
+                "sets: {requester}'s set {id} ended {:?} but {partner}'s record of it is {:?}\n{}",
+                set.status,
+                theirs.status,
+                self.job_logs(&id, &[requester, partner])
+            )],
+            _ => Vec::new(),
+        }
     }
 
     /// The set-task half of `sets`, for a set `requester` holds.

@@ -101,6 +101,13 @@ pub enum Fault {
         node: String,
         file: String,
     },
+    /// A source file of a set is deleted from `node`'s send folder after
+    /// its set resolved it: the file fails (`FileNotFound`) if it was not
+    /// sent yet, and its set ends in error.
+    RemoveSource {
+        node: String,
+        file: String,
+    },
 }
 
 /// Everything a run does.
@@ -376,6 +383,10 @@ pub fn run(spec: &RunSpec, seed: u64) -> Result<RunReport, String> {
                     let path = nodes[&node].archive_dir().join(&file);
                     std::fs::remove_file(&path).map_err(|e| format!("cannot unblock {}: {e}", path.display()))?;
                 }
+                Fault::RemoveSource { node, file } => {
+                    let path = nodes[&node].send_dir().join(&file);
+                    std::fs::remove_file(&path).map_err(|e| format!("cannot remove {}: {e}", path.display()))?;
+                }
                 Fault::Operate { tag, op } => {
                     let requester = &spec.requests[tag].requester;
                     if !down.contains(requester) {
@@ -529,8 +540,9 @@ fn submission(r: &RequestSpec) -> Submit {
     }
 }
 
-/// Every submission answered, every request on a live requester final, and
-/// no runner or channel left on any live node.
+/// Every submission answered, every request on a live requester final, no
+/// runner or channel left on any live node, and no live node owing a
+/// notice to a partner that is not lost.
 fn settled(nodes: &BTreeMap<String, Node>, down: &BTreeSet<String>, spec: &RunSpec, unanswered: usize) -> bool {
     let answered: usize = nodes.values().map(|n| n.io.borrow().acks.len()).sum();
     let lost_requests = spec.requests.iter().filter(|r| spec.lost.contains(&r.requester)).count();
