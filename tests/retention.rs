@@ -139,20 +139,29 @@ fn an_unfinished_push_left_longer_than_partial_keep_hours_is_cancelled_and_its_p
 #[test]
 fn a_work_file_no_request_names_is_removed_after_partial_keep_hours() {
     let layout = Layout::new(&["a", "b"]);
-    let config = layout.config("b").clone();
+    let mut config = layout.config("b").clone();
+    // And a rule whose receive folder names its partner: its folder for a.
+    let mut per_partner = config.rules[0].clone();
+    per_partner.name = "per-partner".into();
+    per_partner.recv_dir = layout.in_dir("b").join("from-#PARTNER#");
+    config.rules.push(per_partner);
+    let partner_work_dir = layout.in_dir("b").join("from-a/.ferry-work");
+    std::fs::create_dir_all(&partner_work_dir).expect("work folder");
     let work_dir = layout.in_dir("b").join(".ferry-work");
     std::fs::create_dir_all(&work_dir).expect("work folder");
     let hour = 60 * 60 * 1000;
-    let file = |name: String, age_hours: u64| {
-        let path = work_dir.join(name);
+    let file_in = |dir: &std::path::Path, name: String, age_hours: u64| {
+        let path = dir.join(name);
         let f = std::fs::File::create(&path).expect("work file");
         std::io::Write::write_all(&mut &f, b"bytes of a file").expect("write");
         let at = std::time::SystemTime::now() - Duration::from_millis(age_hours * hour);
         f.set_modified(at).expect("time");
         path
     };
+    let file = |name: String, age_hours: u64| file_in(&work_dir, name, age_hours);
     let store = Store::open(&config.data_dir.join("store")).expect("store");
     let orphan = file(format!("{}.part", RequestId::generate()), 100);
+    let partner_orphan = file_in(&partner_work_dir, format!("{}.part", RequestId::generate()), 100);
     let recent = file(format!("{}.part", RequestId::generate()), 2);
     let recorded = record(Status::Interrupted, 0, "recorded.bin");
     let recorded = store.insert(RequestRecord { role: Role::Requested, ..recorded }, "accepted").expect("insert");
@@ -172,8 +181,9 @@ fn a_work_file_no_request_names_is_removed_after_partial_keep_hours() {
     assert_eq!(sweep(now_ms()).expect("sweep"), 0);
     assert!(orphan.exists());
     // Up for a week.
-    assert_eq!(sweep(now_ms() - 168 * hour).expect("sweep"), 1);
+    assert_eq!(sweep(now_ms() - 168 * hour).expect("sweep"), 2);
     assert!(!orphan.exists(), "the work file no request names is removed");
+    assert!(!partner_orphan.exists(), "in a receive folder named after its partner too");
     for kept in [&recent, &recorded_file, &served, &other, &not_an_id] {
         assert!(kept.exists(), "{} is kept", kept.display());
     }

@@ -85,12 +85,13 @@ impl CommanderState {
         self.ctx.running_requests.store(self.running.len(), Ordering::Relaxed);
     }
 
-    /// Starts what may start. `on_tick`: also reads every request queued
-    /// for an unavailable partner, to keep how long each has waited (and
-    /// fail those that waited too long). Any other fill passes those over
-    /// unread: with thousands queued for a partner that is down, reading
-    /// them all at each submit and each runner's end made every fill cost
-    /// time in proportion to them; the tick does it every
+    /// Starts what may start. `on_tick`: also reads the requests queued for
+    /// an unavailable partner, to keep how long each has waited (and fail
+    /// those that waited too long). Any other fill ends without reading the
+    /// queue when only such requests wait, and passes over, unread, those
+    /// known to wait: with thousands queued for a partner that is down,
+    /// reading them all at each submit and each runner's end made every
+    /// fill cost time in proportion to them; the tick does it every
     /// `probe_interval_ms` instead.
     async fn fill(&mut self, myself: &ActorRef<CommanderMsg>, on_tick: bool) -> Result<(), ActorProcessingErr> {
         if *self.ctx.core.shutdown.borrow() {
