@@ -123,10 +123,12 @@ impl CommanderState {
             *holding.entry(partner.clone()).or_default() += 1;
         }
         // The most this fill can take; on a tick an unavailable partner's
-        // requests are all read (their wait is kept), the others' up to
-        // their share.
+        // requests are all read (their wait is kept), and between ticks
+        // those of a group member another member may take over; the
+        // others' up to their share.
         let room = |p: &str| match (ctx.availability.is_unavailable(p), on_tick) {
             (true, true) => usize::MAX,
+            (true, false) if has_stand_in(&ctx, p) => usize::MAX,
             (true, false) => 0,
             (false, _) => share.saturating_sub(holding.get(p).copied().unwrap_or(0)),
         };
@@ -382,6 +384,15 @@ impl CommanderState {
         });
         Ok(())
     }
+}
+
+/// Whether `partner` is a member of a group with another member not known
+/// to be unavailable: its queued group requests may move there.
+fn has_stand_in(ctx: &CommanderContext, partner: &str) -> bool {
+    ctx.core.config.groups.iter().any(|g| {
+        g.members.iter().any(|m| m == partner)
+            && g.members.iter().any(|m| m != partner && !ctx.availability.is_unavailable(m))
+    })
 }
 
 /// For a queued group request whose member is unavailable and never
