@@ -29,8 +29,9 @@ use crate::store::Notice;
 /// Notices sent at once, at most (each is a control ask to its partner).
 pub const MAX_TELLING: usize = 32;
 
-/// While the backlog is not empty, the store's owed notices are read again
-/// at most this often when new ones are written.
+/// While the backlog is not empty, or some were passed over since the last
+/// read, the store's owed notices are read again at most this often when
+/// new ones are written.
 pub const RELOAD_EVERY: Duration = Duration::from_secs(1);
 
 /// A notice in flight: its request and kind ([`Notice::kind`]).
@@ -51,9 +52,9 @@ pub struct NoticeQueue {
 
 impl NoticeQueue {
     /// Whether the owed notices must be read from the store now: never
-    /// read yet; new ones written (`written` is the store's count) and the
-    /// backlog empty or read a while ago; or, `on_tick`, some could not be
-    /// sent.
+    /// read yet; new ones written (`written` is the store's count) and
+    /// either the backlog empty with none passed over, or the last read
+    /// [`RELOAD_EVERY`] ago; or, `on_tick`, some could not be sent.
     pub fn wants_read(&self, written: u64, on_tick: bool, now: Instant) -> bool {
         let Some(seen) = self.seen else { return true };
         let stale = self.read_at.is_none_or(|at| now.duration_since(at) >= RELOAD_EVERY);
@@ -91,7 +92,8 @@ impl NoticeQueue {
     }
 
     /// The next notice to look at, if one may be sent now. The caller
-    /// marks it [`sending`](Self::sending) or [`passed_over`](Self::passed_over).
+    /// marks it [`sending`](Self::sending) or [`passed_over`](Self::passed_over),
+    /// or drops it (no longer owed, or given up as the store decides).
     pub fn up_next(&mut self) -> Option<(RequestId, Notice)> {
         while self.telling.len() < MAX_TELLING {
             let (id, notice) = self.backlog.pop_front()?;
