@@ -5,7 +5,7 @@
 //! listen = "127.0.0.1:7001"      # QUIC (UDP)
 //! api = "127.0.0.1:8001"         # REST (TCP), HTTPS with the node's certificate
 //! # api_plain_http = true        # plain HTTP instead: only on a loopback address
-//! data_dir = "/var/lib/ferry/a"  # sled store
+//! data_dir = "/var/lib/ferry/a"  # the store (fjall)
 //! concurrency = 64               # ClientRunners at once
 //! block_size = 1048576
 //!

@@ -3,7 +3,7 @@
 //!
 //! Handlers only read the store and call [`NodeHandle`]'s `submit`, `stop`,
 //! `cancel` and `restart`; they never change a record themselves. Store reads
-//! are synchronous sled calls, so the ones that may scan (lists, logs) run on
+//! are synchronous store calls, so the ones that may scan (lists, logs) run on
 //! the blocking pool.
 
 use std::future::Future;

@@ -15,17 +15,16 @@
 //! all), and checks the other filters on each record it reads.
 //!
 //! Crash order: [`Store::insert`](super::Store::insert) and
-//! [`Store::update_if`](super::Store::update_if) write a record's new
-//! entries before the record and remove the entries it no longer has after
-//! it (sled's log keeps writes in order), so after any crash every record
-//! is reachable through each index it belongs to. Concurrent writers: every
-//! writer of a record holds the store's write-order lock from its first new
-//! entry to its clean-up, so a key one write removes is never one another
-//! write needs (a status that went back puts its key back itself). An
-//! entry may be left over (a crash between the record and the clean-up): a
-//! reader keeps an entry only if it is one of its record's current
-//! [`keys`], so a leftover never shows a record twice or under a filter it
-//! no longer matches.
+//! [`Store::update_if`](super::Store::update_if) write a record with the
+//! entries it gains and the removal of those it loses in one atomic batch,
+//! so after any crash every record is reachable through each index it
+//! belongs to, and through no other. Concurrent writers: every writer of a
+//! record holds the store's write-order lock for its read and its batch.
+//! A store written by sled (schema 6 and older, which wrote entries, record
+//! and clean-up one after the other) may hold left-over entries: a reader
+//! keeps an entry only if it is one of its record's current [`keys`], so a
+//! leftover never shows a record twice or under a filter it no longer
+//! matches.
 
 use std::collections::BTreeSet;
 

@@ -1,6 +1,6 @@
-//! Migrations of older stores to [`SCHEMA_VERSION`](super::SCHEMA_VERSION):
-//! schema 3 (up to 10f75f2), schema 4 (up to 0ed9da1) and schema 5 (up to
-//! e06d4cc).
+//! Migrations of older sled stores to schema 6, the last one written with
+//! sled, which `from_sled.rs` then moves into fjall (schema 7): schema 3
+//! (up to 10f75f2), schema 4 (up to 0ed9da1) and schema 5 (up to e06d4cc).
 //!
 //! Each older record layout is kept here, frozen, with the conversion to
 //! the next one. [`migrate`] runs when [`Store::open`](super::Store::open)
@@ -192,9 +192,10 @@ impl From<RequestRecordV5> for RequestRecord {
     }
 }
 
-/// Brings a store at schema `found` to the current schema; returns how
-/// many records it went through. Writes nothing for a version it does not
-/// know.
+/// Brings a sled store at schema `found` to schema 6, the last sled
+/// schema ([`LAST_SLED_SCHEMA`](super::from_sled::LAST_SLED_SCHEMA)), in
+/// place, before it is moved into fjall; returns how many records it went
+/// through. Writes nothing for a version it does not know.
 ///
 /// - 3 → 6: every record is converted from [`RequestRecordV3`];
 /// - 4 or 5 → 6: every record is converted from [`RequestRecordV5`]
@@ -209,7 +210,7 @@ impl From<RequestRecordV5> for RequestRecord {
 /// defaults they had anyway in a store that never ran the new schema;
 /// index entries are keys inserted again).
 pub(super) fn migrate(db: &sled::Db, found: u32) -> Result<Option<usize>, StoreError> {
-    if !(3..super::SCHEMA_VERSION).contains(&found) {
+    if !(3..super::from_sled::LAST_SLED_SCHEMA).contains(&found) {
         return Ok(None);
     }
     let requests = db.open_tree("requests")?;
@@ -237,7 +238,7 @@ pub(super) fn migrate(db: &sled::Db, found: u32) -> Result<Option<usize>, StoreE
     }
     listing.apply_batch(batch)?;
     db.flush()?;
-    db.open_tree("meta")?.insert("schema", &super::SCHEMA_VERSION.to_be_bytes())?;
+    db.open_tree("meta")?.insert("schema", &super::from_sled::LAST_SLED_SCHEMA.to_be_bytes())?;
     db.flush()?;
     Ok(Some(count))
 }

@@ -1,14 +1,17 @@
-//! The node's persistent store: one sled database, owned by this module alone.
+//! The node's persistent store: one fjall database, owned by this module
+//! alone (a store an earlier release wrote with sled is moved into fjall at
+//! open: `from_sled.rs`).
 //!
-//! Trees:
-//! - `meta`: the schema version (`schema` → u32 big-endian). An older
-//!   version this build knows is migrated at open (see `migrate.rs`); any
-//!   other is refused, never silently reinterpreted.
+//! Trees (fjall's keyspaces):
+//! - `meta`: the schema version (`schema` → u32 big-endian), and where the
+//!   next block of sequence numbers starts (`sequence`, see [`Sequence`]).
+//!   An older version this build knows is migrated at open; any other is
+//!   refused, never silently reinterpreted.
 //! - `requests`: request id → bincode([`RequestRecord`]). Schema 6 added
 //!   the file-set fields (`set`, `member_of`); a set's members are written
 //!   before its record, which is the commit point ([`Store::insert_set`]).
 //! - `joblog`: request id ++ sequence (u64 BE) → bincode([`LogEntry`]); the
-//!   sequence comes from sled's monotonic id generator, so a request's entries
+//!   sequence comes from the store's [`Sequence`], so a request's entries
 //!   scan in the order they were written.
 //! - `queue`: sequence (u64 BE) ++ request id → empty; one entry per
 //!   `ToSubmit` request, so the Commander takes them in submission order
@@ -39,23 +42,29 @@
 //!   schema change: an older store has none, and the node makes its first
 //!   admin token at start (see [`crate::auth`]).
 //!
-//! Invariants: a record and its queue entry are written together, by
-//! [`Store::insert`] and [`Store::update_if`] only; the queue index may be
-//! stale after a crash (written after the record), so readers re-check the
-//! record's status, and [`Store::rebuild_queue`] restores it at start-up.
+//! Invariants: a record, its index entries, its queue entry and its
+//! job-log line are written in one atomic batch, by [`Store::insert`] and
+//! [`Store::update_if`]; a file set's members get their queue entries after
+//! the set's record (the commit point), so readers re-check the record's
+//! status, and [`Store::rebuild_queue`] restores missing entries at
+//! start-up.
 //!
-//! Crash guarantees: writes land in sled's log, which sled flushes to disk in
-//! the background every 500 ms. [`Store::flush`] forces that flush (fsync);
-//! callers use it where a write must survive a crash before they answer
-//! anyone: a submitted request before the API acknowledges it, and final
-//! states. Flushes are group commits: one flusher thread per store takes
-//! every flush request queued while it was busy and answers them all with
-//! one sled flush, so a burst of submits costs a few fsyncs, not one each.
-//! (sled's own `flush_async` goes through its global thread pool and stalls
-//! under many concurrent callers, so it is not used.) sled 0.34 is unmaintained and has open reports of damage after a
-//! hard kill; a record that does not decode is reported as
-//! [`StoreError::Corrupt`] naming the key, never skipped silently.
+//! Crash guarantees: every write goes to fjall's journal and reaches the
+//! OS before it returns, so a process crash (SIGKILL) loses none; the
+//! journal is one file for every keyspace, written in order, so after a
+//! power loss what survives is a prefix of the writes. [`Store::flush`]
+//! makes every write so far durable (fdatasync of the journal, see
+//! [`JournalSync`]); callers use it where a write must survive a power
+//! loss before they answer anyone: a submitted request before the API
+//! acknowledges it, and final states. Flushes are group commits: one
+//! flusher thread per store takes every flush request queued while it was
+//! busy and answers them all with one fsync, so a burst of submits costs a
+//! few fsyncs, not one each. A record that does not decode is reported as
+//! [`StoreError::Corrupt`] naming the key, never skipped silently; fjall
+//! checks its journal and tables with checksums and reports damage as an
+//! error.
 
+mod from_sled;
 pub mod history;
 pub mod listing;
 mod migrate;
@@ -71,12 +80,15 @@ use std::path::Path;
 use crate::protocol::RequestId;
 
 /// The on-disk layout version this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 6;
+pub const SCHEMA_VERSION: u32 = 7;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
     #[error("store: {0}")]
+    Engine(#[from] fjall::Error),
+    /// Reading a store an earlier release wrote with sled failed.
+    #[error("store (as an earlier release wrote it, with sled): {0}")]
     Sled(#[from] sled::Error),
     #[error("store at {path} has schema version {found}; this build reads version {SCHEMA_VERSION}")]
     Schema { path: String, found: u32 },
@@ -86,14 +98,23 @@ pub enum StoreError {
     Exists(RequestId),
     #[error("store: no request {0}")]
     NotFound(RequestId),
-    /// Another process holds the database (sled's file lock).
+    /// Another process holds the database (its file lock).
     #[error("the store at {path} is in use by another process")]
     InUse { path: String },
     #[error("store: record does not encode: {0}")]
     Encode(String),
     #[error("store: flush to disk failed: {0}")]
     Flush(String),
+    /// Moving a store an earlier release wrote with sled into fjall failed.
+    #[error("store at {path}: cannot move it from sled to fjall: {reason}")]
+    Move { path: String, reason: String },
 }
+
+/// One of the store's trees (fjall calls it a keyspace).
+type Tree = fjall::Keyspace;
+
+/// The value of an entry whose key says it all (indexes, queue, notices).
+const EMPTY: &[u8] = &[];
 
 fn config() -> bincode::config::Configuration {
     bincode::config::standard()
@@ -124,7 +145,7 @@ pub fn member_id(set: &RequestId, index: u32) -> RequestId {
 /// A flush request carries its own handle to the database, so the flusher
 /// thread keeps the database open only while it flushes: dropping the last
 /// [`Store`] closes it (and releases its lock) at once.
-type FlushReply = (sled::Db, tokio::sync::oneshot::Sender<Result<(), String>>);
+type FlushReply = (fjall::Database, tokio::sync::oneshot::Sender<Result<(), String>>);
 
 /// A record as it was written: `old` is `None` for a new record.
 #[derive(Debug)]
@@ -166,19 +187,23 @@ impl Notice {
 /// A handle to the node's database; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    db: sled::Db,
-    requests: sled::Tree,
-    joblog: sled::Tree,
-    queue: sled::Tree,
+    db: fjall::Database,
+    requests: Tree,
+    joblog: Tree,
+    queue: Tree,
     /// Cancelled requests whose partner has not yet confirmed it was told.
-    notices: sled::Tree,
+    notices: Tree,
     /// Pushed sets that ended in error whose partner was not told yet.
-    set_end_notices: sled::Tree,
+    set_end_notices: Tree,
     /// Sets streamed here that their sender ended in error.
-    ended_sets: sled::Tree,
-    handovers: sled::Tree,
-    tokens: sled::Tree,
-    listing: sled::Tree,
+    ended_sets: Tree,
+    handovers: Tree,
+    tokens: Tree,
+    listing: Tree,
+    /// Queue and job-log sequence numbers (see [`Sequence`]).
+    sequence: std::sync::Arc<Sequence>,
+    /// Where readers of the queue start (see [`QueueFloor`]).
+    queue_floor: std::sync::Arc<QueueFloor>,
     /// Who is told of every record written (see [`Store::observe`]).
     observers: std::sync::Arc<std::sync::RwLock<Vec<Observer>>>,
     /// Held from a record write to the end of its observers' calls, so
@@ -192,20 +217,68 @@ pub struct Store {
     notices_written: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
-/// The group-commit loop: one sled flush answers every request queued
-/// while the previous flush ran. Ends when the last [`Store`] is dropped.
-fn run_flusher(mut rx: tokio::sync::mpsc::UnboundedReceiver<FlushReply>) {
+/// The group-commit loop: one fsync of the journal answers every request
+/// queued while the previous one ran. Ends when the last [`Store`] is dropped.
+fn run_flusher(mut rx: tokio::sync::mpsc::UnboundedReceiver<FlushReply>, dir: std::path::PathBuf) {
+    let mut journal = JournalSync { dir, newest: None };
     while let Some((db, first)) = rx.blocking_recv() {
         let mut batch = vec![first];
         while let Ok((_, more)) = rx.try_recv() {
             batch.push(more);
         }
-        let result = db.flush().map(|_| ()).map_err(|e| e.to_string());
+        let result = journal.sync(&db);
         drop(db);
         for waiter in batch {
             let _ = waiter.send(result.clone());
         }
     }
+}
+
+/// Makes everything written so far durable without holding up writers.
+///
+/// fjall's own `persist(SyncAll)` fsyncs while holding the journal's lock,
+/// which every write takes, so every write on the node would wait for the
+/// disk during each flush. Instead: `persist(Buffer)` hands fjall's buffer
+/// to the OS (quick, under the lock; writes already do so each time), then
+/// the newest journal file is fdatasynced through a descriptor of this
+/// thread's own, outside the lock. That covers every write made before
+/// the call: an older journal was fsynced by fjall when it rotated to a new
+/// one (and the folder with it), and fjall removes a journal only once its
+/// memtables are in tables it synced. The journal is allocated at its full
+/// size when made, so `fdatasync` is enough.
+struct JournalSync {
+    dir: std::path::PathBuf,
+    /// The newest journal's number and a descriptor of it.
+    newest: Option<(u64, std::fs::File)>,
+}
+
+impl JournalSync {
+    fn sync(&mut self, db: &fjall::Database) -> Result<(), String> {
+        db.persist(fjall::PersistMode::Buffer).map_err(|e| e.to_string())?;
+        let newest = newest_journal(&self.dir).map_err(|e| format!("cannot list the journals: {e}"))?;
+        let Some(number) = newest else {
+            // No journal file (fjall made none yet): fall back on its own fsync.
+            return db.persist(fjall::PersistMode::SyncAll).map_err(|e| e.to_string());
+        };
+        if self.newest.as_ref().is_none_or(|(n, _)| *n != number) {
+            let path = self.dir.join(format!("{number}.jnl"));
+            let file = std::fs::File::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+            self.newest = Some((number, file));
+        }
+        let (_, file) = self.newest.as_ref().expect("set just above");
+        file.sync_data().map_err(|e| format!("cannot fsync the journal: {e}"))
+    }
+}
+
+/// The number of the newest journal file (`N.jnl`) in `dir`.
+fn newest_journal(dir: &Path) -> std::io::Result<Option<u64>> {
+    let mut newest = None;
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let number = name.to_str().and_then(|n| n.strip_suffix(".jnl")).and_then(|n| n.parse::<u64>().ok());
+        newest = newest.max(number);
+    }
+    Ok(newest)
 }
 
 /// What one [`Store::prune`] call removed.
@@ -226,49 +299,59 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Opens (or creates) the database in `dir`.
+    /// Opens (or creates) the store in `dir`. A store an earlier release
+    /// wrote with sled (schema 6 or older) is first moved into fjall, its
+    /// sled folder kept beside it (see `from_sled.rs`).
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        if let Some(moved) = from_sled::move_if_sled(dir)? {
+            tracing::info!(
+                path = %dir.display(),
+                from = moved.schema,
+                to = SCHEMA_VERSION,
+                records = moved.records,
+                kept = %moved.kept.display(),
+                "store moved from sled to fjall; the sled folder is kept and may be removed once this release is trusted"
+            );
+        }
         let db = open_db(dir)?;
-        let meta = db.open_tree("meta")?;
+        let meta = db.keyspace("meta", fjall::KeyspaceCreateOptions::default)?;
         match meta.get("schema")? {
             Some(v) => {
                 let found = v.as_ref().try_into().map(u32::from_be_bytes).unwrap_or(0);
                 if found != SCHEMA_VERSION {
-                    match migrate::migrate(&db, found)? {
-                        Some(count) => tracing::info!(
-                            path = %dir.display(),
-                            from = found,
-                            to = SCHEMA_VERSION,
-                            records = count,
-                            "store migrated to the current schema"
-                        ),
-                        None => return Err(StoreError::Schema { path: dir.display().to_string(), found }),
-                    }
+                    return Err(StoreError::Schema { path: dir.display().to_string(), found });
                 }
             }
             None => {
-                meta.insert("schema", &SCHEMA_VERSION.to_be_bytes())?;
-                db.flush()?;
+                meta.insert("schema", SCHEMA_VERSION.to_be_bytes())?;
+                db.persist(fjall::PersistMode::SyncAll)?;
             }
         }
+        let sequence = std::sync::Arc::new(Sequence::open(meta)?);
+        let tree = |name: &str| db.keyspace(name, keyspace_options);
         let (flusher, rx) = tokio::sync::mpsc::unbounded_channel();
         // A simulation flushes inline (see `flush`): no thread of its own.
         if !crate::determinism::inline_io() {
             std::thread::Builder::new()
                 .name("ferry-store-flush".into())
-                .spawn(move || run_flusher(rx))
+                .spawn({
+                    let dir = dir.to_path_buf();
+                    move || run_flusher(rx, dir)
+                })
                 .map_err(|e| StoreError::Flush(format!("cannot start the flusher thread: {e}")))?;
         }
         Ok(Store {
-            requests: db.open_tree("requests")?,
-            joblog: db.open_tree("joblog")?,
-            queue: db.open_tree("queue")?,
-            notices: db.open_tree("cancel_notices")?,
-            set_end_notices: db.open_tree("set_end_notices")?,
-            ended_sets: db.open_tree("ended_sets")?,
-            handovers: db.open_tree("handovers")?,
-            tokens: db.open_tree("tokens")?,
-            listing: db.open_tree("listing")?,
+            requests: tree("requests")?,
+            joblog: tree("joblog")?,
+            queue: tree("queue")?,
+            notices: tree("cancel_notices")?,
+            set_end_notices: tree("set_end_notices")?,
+            ended_sets: tree("ended_sets")?,
+            handovers: tree("handovers")?,
+            tokens: tree("tokens")?,
+            listing: tree("listing")?,
+            sequence,
+            queue_floor: Default::default(),
             observers: Default::default(),
             write_order: Default::default(),
             flush_observers: Default::default(),
@@ -280,27 +363,29 @@ impl Store {
 
     /// Stores a new request, refusing an id that already exists, and logs `message`.
     pub fn insert(&self, mut rec: RequestRecord, message: &str) -> Result<RequestRecord, StoreError> {
+        let _order = self.write_order.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Numbered under the lock, so it is queued in the order numbered
+        // (see `QueueFloor`).
         if rec.status == Status::ToSubmit {
-            rec.queue_seq = Some(self.db.generate_id()?);
+            rec.queue_seq = Some(self.sequence.next()?);
         }
         let bytes = encode(&rec)?;
         let key = rec.id.as_str().as_bytes();
-        let _order = self.write_order.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        // Index entries first (see listing.rs for the crash order).
-        let entries = listing::keys(&rec);
-        for k in &entries {
-            self.listing.insert(k.as_slice(), &[])?;
-        }
-        if self.requests.compare_and_swap(key, None as Option<&[u8]>, Some(bytes))?.is_err() {
-            // The id is taken. The entries just written are left: they may
-            // be the existing record's own keys, and readers skip any that
-            // are not.
+        if self.requests.contains_key(key)? {
             return Err(StoreError::Exists(rec.id));
         }
-        if let Some(seq) = rec.queue_seq {
-            self.queue.insert(queue_key(seq, &rec.id), &[])?;
+        // The record, its index entries, its queue entry and its log line
+        // in one atomic batch.
+        let mut batch = self.db.batch();
+        for k in listing::keys(&rec) {
+            batch.insert(&self.listing, k, EMPTY);
         }
-        self.append_log(&rec, message)?;
+        batch.insert(&self.requests, key, bytes);
+        if let Some(seq) = rec.queue_seq {
+            batch.insert(&self.queue, queue_key(seq, &rec.id), EMPTY);
+        }
+        self.log_into(&mut batch, &rec, message)?;
+        batch.commit()?;
         self.notify(&RecordChange { old: None, new: &rec });
         Ok(rec)
     }
@@ -311,9 +396,8 @@ impl Store {
     /// them, and a crash before it leaves members without a set, which
     /// [`Store::rebuild_queue`] removes at start-up (the submission was
     /// never acknowledged: the caller flushes after this returns). Queue
-    /// entries follow the set's record, in index order. (One sled batch
-    /// would make it atomic too, but sled holds a batch's every entry in
-    /// memory several times over: 130 MB for 30,000 files.)
+    /// entries follow the set's record, in index order. (One batch would
+    /// make it atomic too, but would hold every member in memory at once.)
     pub fn insert_set(
         &self,
         set: RequestRecord,
@@ -332,30 +416,38 @@ impl Store {
         for mut rec in members {
             let _order = lock();
             if rec.status == Status::ToSubmit {
-                let seq = self.db.generate_id()?;
+                let seq = self.sequence.next()?;
                 rec.queue_seq = Some(seq);
                 queue_keys.push(queue_key(seq, &rec.id));
             }
             // Members have no listing entries (see listing::keys).
             let key = rec.id.as_str().as_bytes();
-            if self.requests.compare_and_swap(key, None as Option<&[u8]>, Some(encode(&rec)?))?.is_err() {
+            if self.requests.contains_key(key)? {
                 return Err(StoreError::Exists(rec.id));
             }
+            self.requests.insert(key, encode(&rec)?)?;
             self.notify(&RecordChange { old: None, new: &rec });
         }
         let _order = lock();
-        for k in listing::keys(&set) {
-            self.listing.insert(k.as_slice(), &[])?;
-        }
         let key = set.id.as_str().as_bytes();
-        if self.requests.compare_and_swap(key, None as Option<&[u8]>, Some(encode(&set)?))?.is_err() {
+        if self.requests.contains_key(key)? {
             return Err(StoreError::Exists(set.id));
         }
-        self.append_log(&set, message)?;
-        self.notify(&RecordChange { old: None, new: &set });
-        for k in queue_keys {
-            self.queue.insert(k, &[])?;
+        let mut batch = self.db.batch();
+        for k in listing::keys(&set) {
+            batch.insert(&self.listing, k, EMPTY);
         }
+        batch.insert(&self.requests, key, encode(&set)?);
+        self.log_into(&mut batch, &set, message)?;
+        batch.commit()?;
+        self.notify(&RecordChange { old: None, new: &set });
+        // Numbered before other requests queued meanwhile: the floor is
+        // lowered once they are written (see `QueueFloor`).
+        let lowest = queue_keys.iter().filter_map(|k| seq_of(k)).min();
+        for k in queue_keys {
+            self.queue.insert(k, EMPTY)?;
+        }
+        self.queue_floor.lower_to(lowest);
         Ok(set)
     }
 
@@ -409,50 +501,47 @@ impl Store {
         change: impl Fn(&mut RequestRecord),
     ) -> Result<Option<RequestRecord>, StoreError> {
         let key = id.as_str().as_bytes();
-        loop {
-            let _order = self.write_order.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            let old_bytes = self.requests.get(key)?.ok_or_else(|| StoreError::NotFound(id.clone()))?;
-            let old: RequestRecord = decode(key, &old_bytes)?;
-            if !cond(&old) {
-                return Ok(None);
-            }
-            let mut new = old.clone();
-            change(&mut new);
-            new.updated_at = record::now_ms();
-            let leaving_queue = old.queue_seq.is_some() && new.status != Status::ToSubmit;
-            if leaving_queue {
-                new.queue_seq = None;
-            }
-            let joining_queue = new.status == Status::ToSubmit && new.queue_seq.is_none();
-            if joining_queue {
-                new.queue_seq = Some(self.db.generate_id()?);
-            }
-            let new_bytes = encode(&new)?;
-            let (old_keys, new_keys) = (listing::keys(&old), listing::keys(&new));
-            for k in new_keys.difference(&old_keys) {
-                self.listing.insert(k.as_slice(), &[])?;
-            }
-            if self.requests.compare_and_swap(key, Some(old_bytes), Some(new_bytes))?.is_err() {
-                // Someone else changed it meanwhile: re-read and re-apply.
-                // The entries just written stay (another writer may need
-                // the same keys); readers skip those that are not current.
-                continue;
-            }
-            self.drop_old_entries(&old_keys, &new_keys)?;
-            if let (true, Some(seq)) = (leaving_queue, old.queue_seq) {
-                self.queue.remove(queue_key(seq, id))?;
-            }
-            if let (true, Some(seq)) = (joining_queue, new.queue_seq) {
-                self.queue.insert(queue_key(seq, id), &[])?;
-            }
-            if !message.is_empty() || old.status != new.status || old.step != new.step {
-                let msg =
-                    if message.is_empty() { format!("{:?} / {:?}", new.status, new.step) } else { message.into() };
-                self.append_log(&new, &msg)?;
-            }
-            self.notify(&RecordChange { old: Some(&old), new: &new });
-            return Ok(Some(new));
+        let _order = self.write_order.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let old_bytes = self.requests.get(key)?.ok_or_else(|| StoreError::NotFound(id.clone()))?;
+        let old: RequestRecord = decode(key, &old_bytes)?;
+        if !cond(&old) {
+            return Ok(None);
         }
+        let mut new = old.clone();
+        change(&mut new);
+        new.updated_at = record::now_ms();
+        let leaving_queue = old.queue_seq.is_some() && new.status != Status::ToSubmit;
+        if leaving_queue {
+            new.queue_seq = None;
+        }
+        let joining_queue = new.status == Status::ToSubmit && new.queue_seq.is_none();
+        if joining_queue {
+            new.queue_seq = Some(self.sequence.next()?);
+        }
+        // The record, the index entries it gains and loses, its queue
+        // entry and its log line in one atomic batch.
+        let mut batch = self.db.batch();
+        let (old_keys, new_keys) = (listing::keys(&old), listing::keys(&new));
+        for k in new_keys.difference(&old_keys) {
+            batch.insert(&self.listing, k.as_slice(), EMPTY);
+        }
+        batch.insert(&self.requests, key, encode(&new)?);
+        for k in old_keys.difference(&new_keys) {
+            batch.remove(&self.listing, k.as_slice());
+        }
+        if let (true, Some(seq)) = (leaving_queue, old.queue_seq) {
+            batch.remove(&self.queue, queue_key(seq, id));
+        }
+        if let (true, Some(seq)) = (joining_queue, new.queue_seq) {
+            batch.insert(&self.queue, queue_key(seq, id), EMPTY);
+        }
+        if !message.is_empty() || old.status != new.status || old.step != new.step {
+            let msg = if message.is_empty() { format!("{:?} / {:?}", new.status, new.step) } else { message.into() };
+            self.log_into(&mut batch, &new, &msg)?;
+        }
+        batch.commit()?;
+        self.notify(&RecordChange { old: Some(&old), new: &new });
+        Ok(Some(new))
     }
 
     /// Appends a line to a request's job log.
@@ -468,20 +557,37 @@ impl Store {
     }
 
     fn append_log(&self, rec: &RequestRecord, message: &str) -> Result<(), StoreError> {
-        let seq = self.db.generate_id()?;
+        let (key, entry) = self.log_entry(rec, message)?;
+        self.joblog.insert(key, entry)?;
+        Ok(())
+    }
+
+    /// Adds a line of `rec`'s job log to `batch`.
+    fn log_into(
+        &self,
+        batch: &mut fjall::OwnedWriteBatch,
+        rec: &RequestRecord,
+        message: &str,
+    ) -> Result<(), StoreError> {
+        let (key, entry) = self.log_entry(rec, message)?;
+        batch.insert(&self.joblog, key, entry);
+        Ok(())
+    }
+
+    fn log_entry(&self, rec: &RequestRecord, message: &str) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
+        let seq = self.sequence.next()?;
         let mut key = rec.id.as_str().as_bytes().to_vec();
         key.extend_from_slice(&seq.to_be_bytes());
         let entry = LogEntry { at: record::now_ms(), status: rec.status, step: rec.step, message: message.to_owned() };
-        self.joblog.insert(key, encode(&entry)?)?;
-        Ok(())
+        Ok((key, encode(&entry)?))
     }
 
     /// A request's job log, oldest first.
     pub fn job_log(&self, id: &RequestId) -> Result<Vec<LogEntry>, StoreError> {
         self.joblog
-            .scan_prefix(id.as_str().as_bytes())
+            .prefix(id.as_str().as_bytes())
             .map(|kv| {
-                let (k, v) = kv?;
+                let (k, v) = kv.into_inner()?;
                 decode(&k, &v)
             })
             .collect()
@@ -499,7 +605,7 @@ impl Store {
     pub fn list_where(&self, keep: impl Fn(Status) -> bool) -> Result<Vec<RequestRecord>, StoreError> {
         let mut out = Vec::new();
         for kv in self.requests.iter() {
-            let (k, v) = kv?;
+            let (k, v) = kv.into_inner()?;
             let head: RecordHead = decode(&k, &v)?;
             if keep(head.status) {
                 out.push(decode(&k, &v)?);
@@ -512,7 +618,7 @@ impl Store {
     /// in memory, and never the rest of a record).
     pub fn for_each_head(&self, mut f: impl FnMut(RecordHead)) -> Result<(), StoreError> {
         for kv in self.requests.iter() {
-            let (k, v) = kv?;
+            let (k, v) = kv.into_inner()?;
             f(decode(&k, &v)?);
         }
         Ok(())
@@ -542,20 +648,6 @@ impl Store {
         Ok(())
     }
 
-    /// Removes the listing entries a record no longer has. Every writer of
-    /// `requests` holds `write_order` from its first index entry to this
-    /// clean-up, so no other write can need a key removed here.
-    fn drop_old_entries(
-        &self,
-        old_keys: &std::collections::BTreeSet<Vec<u8>>,
-        new_keys: &std::collections::BTreeSet<Vec<u8>>,
-    ) -> Result<(), StoreError> {
-        for k in old_keys.difference(new_keys) {
-            self.listing.remove(k.as_slice())?;
-        }
-        Ok(())
-    }
-
     /// One page of records in creation order (oldest first) that pass
     /// `q`'s filters, read through the listing indexes: the cost is the
     /// entries walked, not the records stored.
@@ -573,7 +665,7 @@ impl Store {
         let start = listing::start_key(&index, q);
         let mut records = Vec::with_capacity(limit.min(1024));
         for kv in self.listing.range(start..) {
-            let (k, _) = kv?;
+            let k = kv.key()?;
             let Some((created_at, id)) = listing::parse_entry(&index, &k) else { break };
             if q.created_to.is_some_and(|to| created_at >= to) {
                 break;
@@ -662,22 +754,22 @@ impl Store {
         let _order = self.write_order.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let Some(bytes) = self.requests.get(key)? else { return Ok(0) };
         let rec: RequestRecord = decode(key, &bytes)?;
-        // Its log first, then the record, then its index entries: a crash
-        // before the record goes leaves it listed, old, for the next call;
-        // one after leaves index entries readers skip (no record).
+        // Its log, the record, its index and queue entries in one atomic
+        // batch.
+        let mut batch = self.db.batch();
         let mut lines = 0;
-        for kv in self.joblog.scan_prefix(key) {
-            let (k, _) = kv?;
-            self.joblog.remove(k)?;
+        for kv in self.joblog.prefix(key) {
+            batch.remove(&self.joblog, kv.key()?);
             lines += 1;
         }
-        self.requests.remove(key)?;
+        batch.remove(&self.requests, key);
         for k in listing::keys(&rec) {
-            self.listing.remove(k)?;
+            batch.remove(&self.listing, k);
         }
         if let Some(seq) = rec.queue_seq {
-            self.queue.remove(queue_key(seq, id))?;
+            batch.remove(&self.queue, queue_key(seq, id));
         }
+        batch.commit()?;
         Ok(lines)
     }
 
@@ -699,11 +791,19 @@ impl Store {
         mut take: impl FnMut(&RequestRecord) -> bool,
     ) -> Result<Vec<RequestRecord>, StoreError> {
         let mut out = Vec::new();
-        for kv in self.queue.iter() {
+        let (floor, lowered) = self.queue_floor.get();
+        let mut first = None;
+        for kv in self.queue.range(floor.to_be_bytes()..) {
             if out.len() >= max {
                 break;
             }
-            let (k, _) = kv?;
+            let k = kv.key()?;
+            if first.is_none() {
+                first = seq_of(&k);
+                if let Some(seq) = first {
+                    self.queue_floor.raise_to(seq, lowered);
+                }
+            }
             let id = k.get(8..).and_then(|b| std::str::from_utf8(b).ok()).and_then(RequestId::parse);
             if id.as_ref().is_some_and(&mut pass) {
                 continue;
@@ -753,7 +853,9 @@ impl Store {
             }
             match rec.queue_seq {
                 Some(seq) => {
-                    self.queue.insert(queue_key(seq, &rec.id), &[])?;
+                    let _order = self.write_order.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    self.queue.insert(queue_key(seq, &rec.id), EMPTY)?;
+                    self.queue_floor.lower_to(Some(seq));
                 }
                 None => {
                     // Re-queue through update so the record gets its sequence.
@@ -796,7 +898,7 @@ impl Store {
     /// was cancelled (durable with the next flush; kept until
     /// [`Store::notice_given`]).
     pub fn owe_cancel_notice(&self, id: &RequestId) -> Result<(), StoreError> {
-        self.notices.insert(id.as_str().as_bytes(), &[])?;
+        self.notices.insert(id.as_str().as_bytes(), EMPTY)?;
         self.notices_written.fetch_add(1, std::sync::atomic::Ordering::Release);
         Ok(())
     }
@@ -806,7 +908,9 @@ impl Store {
     /// of any earlier end of it. Written before the end: a notice whose set
     /// did not end so at `at` is dropped unsent.
     pub fn owe_set_end_notice(&self, id: &RequestId, at: u64) -> Result<(), StoreError> {
-        self.set_end_notices.insert(id.as_str().as_bytes(), &at.to_be_bytes())?;
+        // Under the write-order lock: `notice_given` compares and removes.
+        let _order = self.write_order.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.set_end_notices.insert(id.as_str().as_bytes(), at.to_be_bytes())?;
         self.notices_written.fetch_add(1, std::sync::atomic::Ordering::Release);
         Ok(())
     }
@@ -829,7 +933,10 @@ impl Store {
                 self.notices.remove(key)?;
             }
             Notice::SetEnded { at } => {
-                let _ = self.set_end_notices.compare_and_swap(key, Some(&at.to_be_bytes()), None as Option<&[u8]>)?;
+                let _order = self.write_order.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                if self.set_end_notices.get(key)?.is_some_and(|v| v.as_ref() == at.to_be_bytes()) {
+                    self.set_end_notices.remove(key)?;
+                }
             }
         }
         Ok(())
@@ -861,11 +968,11 @@ impl Store {
         };
         let mut out = Vec::new();
         for kv in self.notices.iter() {
-            let (k, _) = kv?;
+            let k = kv.key()?;
             out.push((id_of(&k)?, Notice::Cancel));
         }
         for kv in self.set_end_notices.iter() {
-            let (k, v) = kv?;
+            let (k, v) = kv.into_inner()?;
             let at = v.as_ref().try_into().map(u64::from_be_bytes).map_err(|_| StoreError::Corrupt {
                 key: String::from_utf8_lossy(&k).into_owned(),
                 reason: "a set-end notice is not a time".into(),
@@ -878,7 +985,7 @@ impl Store {
     /// Notes that set `id`, streamed here, was ended in error by its sender
     /// (durable with the next flush).
     pub fn note_ended_set(&self, id: &RequestId) -> Result<(), StoreError> {
-        self.ended_sets.insert(id.as_str().as_bytes(), &[])?;
+        self.ended_sets.insert(id.as_str().as_bytes(), EMPTY)?;
         Ok(())
     }
 
@@ -886,7 +993,7 @@ impl Store {
     pub fn ended_sets(&self) -> Result<Vec<RequestId>, StoreError> {
         let mut out = Vec::new();
         for kv in self.ended_sets.iter() {
-            let (k, _) = kv?;
+            let k = kv.key()?;
             let text = String::from_utf8_lossy(&k).into_owned();
             out.push(
                 RequestId::parse(&text).ok_or(StoreError::Corrupt { key: text, reason: "not a request id".into() })?,
@@ -903,7 +1010,7 @@ impl Store {
 
     /// Notes that `partner` handed request `id` over to this node.
     pub fn note_handover(&self, partner: &str, id: &RequestId) -> Result<(), StoreError> {
-        self.handovers.insert(handover_key(partner, id), &[])?;
+        self.handovers.insert(handover_key(partner, id), EMPTY)?;
         Ok(())
     }
 
@@ -913,8 +1020,8 @@ impl Store {
         let mut prefix = partner.as_bytes().to_vec();
         prefix.push(0);
         let mut open = 0;
-        for kv in self.handovers.scan_prefix(&prefix) {
-            let (k, _) = kv?;
+        for kv in self.handovers.prefix(&prefix) {
+            let k = kv.key()?;
             let text = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
             let Some(id) = RequestId::parse(&text) else {
                 return Err(StoreError::Corrupt { key: text, reason: "not a request id".into() });
@@ -922,20 +1029,19 @@ impl Store {
             match self.get(&id)? {
                 Some(rec) if !rec.status.is_final() => open += 1,
                 _ => {
-                    self.handovers.remove(&k)?;
+                    self.handovers.remove(k)?;
                 }
             }
         }
         Ok(open)
     }
 
-    /// Blocking variant of [`Store::flush`] for shutdown paths.
     /// Every API token, revoked ones included, by name.
     pub fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
         self.tokens
             .iter()
             .map(|kv| {
-                let (k, v) = kv?;
+                let (k, v) = kv.into_inner()?;
                 decode(&k, &v)
             })
             .collect()
@@ -949,34 +1055,43 @@ impl Store {
 
     /// Whether the database answers a read (one entry, never a scan).
     pub fn is_readable(&self) -> bool {
-        self.tokens.first().is_ok()
+        self.tokens.first_key_value().is_none_or(|first| first.key().is_ok())
     }
 
+    /// Blocking variant of [`Store::flush`] for shutdown paths.
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
+        self.db.persist(fjall::PersistMode::SyncAll)?;
         Ok(())
     }
 }
 
-/// Opens sled, waiting (bounded) for its file lock: sled releases the lock
-/// of a database dropped in this process from a background thread, a moment
-/// after the last handle is gone, so a store reopened at once (a node
-/// restarted in the same process) may find it still held.
-/// sled's page cache, in bytes. sled's default (1 GiB) let a node that
-/// recorded a set of 100,000 files grow to 650 MB resident and keep it; the
-/// store's working set (queued and running records, recent job logs) fits
-/// in far less, and what falls out is read back from the OS page cache.
-const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// The block cache, in bytes: the store's working set (queued and running
+/// records, recent job logs) fits in it; what falls out is read back from
+/// the OS page cache.
+const CACHE_BYTES: u64 = 32 * 1024 * 1024;
 
-fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
+/// The journals' total size before fjall writes memtables out to tables
+/// (fjall's least). fjall's default (512 MiB) let a node keep that much in
+/// memtables: 520 MB resident after a million records were written.
+const JOURNAL_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Each keyspace's memtable before it is written out to a table.
+const MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
+
+fn keyspace_options() -> fjall::KeyspaceCreateOptions {
+    fjall::KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
+}
+
+/// Opens fjall, waiting (bounded) for its file lock: a store dropped in
+/// this process releases it once fjall's own threads let go of it, a
+/// moment after the last handle is gone, so a store reopened at once (a
+/// node restarted in the same process) may find it still held.
+fn open_db(dir: &Path) -> Result<fjall::Database, StoreError> {
     const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
     let deadline = std::time::Instant::now() + LOCK_WAIT;
     loop {
-        // sled's own timed flush runs on a thread; a simulation, whose
-        // clock that thread cannot follow, relies on the explicit flushes.
-        let every = (!crate::determinism::inline_io()).then_some(500);
-        match sled::Config::new().path(dir).cache_capacity(CACHE_BYTES).flush_every_ms(every).open() {
-            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+        match fjall::Database::builder(dir).cache_size(CACHE_BYTES).max_journaling_size(JOURNAL_BYTES).open() {
+            Err(fjall::Error::Locked) => {
                 if std::time::Instant::now() >= deadline {
                     return Err(StoreError::InUse { path: dir.display().to_string() });
                 }
@@ -987,12 +1102,100 @@ fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
     }
 }
 
+/// Sequence numbers for queue and job-log keys, increasing for the life of
+/// the store, across restarts. A block of [`Sequence::BLOCK`] numbers is
+/// reserved in `meta` (`sequence` → the first number not reserved, u64 BE)
+/// before any of them is used. The journal keeps writes in order, so a
+/// reservation is on disk before any key that uses one of its numbers, and
+/// a reopened store starts after the last reservation it finds.
+struct Sequence {
+    meta: Tree,
+    /// The next number, and the end of the block reserved.
+    state: std::sync::Mutex<(u64, u64)>,
+}
+
+impl Sequence {
+    const BLOCK: u64 = 1 << 20;
+    pub(super) const KEY: &'static str = "sequence";
+
+    fn open(meta: Tree) -> Result<Sequence, StoreError> {
+        let end = match meta.get(Self::KEY)? {
+            Some(v) => v
+                .as_ref()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| StoreError::Corrupt { key: format!("meta/{}", Self::KEY), reason: "not a u64".into() })?,
+            None => 0,
+        };
+        Ok(Sequence { meta, state: std::sync::Mutex::new((end, end)) })
+    }
+
+    fn next(&self) -> Result<u64, StoreError> {
+        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (next, end) = *state;
+        if next >= end {
+            let end = next + Self::BLOCK;
+            self.meta.insert(Self::KEY, end.to_be_bytes())?;
+            state.1 = end;
+        }
+        state.0 = next + 1;
+        Ok(next)
+    }
+}
+
 /// Node ids never hold a NUL byte, so the 0 ends the partner's part.
 fn handover_key(partner: &str, id: &RequestId) -> Vec<u8> {
     let mut k = partner.as_bytes().to_vec();
     k.push(0);
     k.extend_from_slice(id.as_str().as_bytes());
     k
+}
+
+/// The sequence number of a queue key.
+fn seq_of(key: &[u8]) -> Option<u64> {
+    key.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes)
+}
+
+/// Where the queue's first entry may be: every queue entry's number is at
+/// least the floor. Removed queue entries stay in fjall as tombstones until
+/// compaction drops them, and a reader that walked the queue from its start
+/// would step over every request queued and taken since; a reader starts at
+/// the floor instead, and raises it to the first entry it finds.
+///
+/// Why that first entry bounds every entry: a request queued by
+/// [`Store::insert`] or [`Store::update_if`] is numbered and written under
+/// the write-order lock, so it is numbered after, and written after, every
+/// entry a reader could find. Only entries numbered earlier and written
+/// later (a file set's, after its commit point; the queue rebuilt at
+/// start-up) could fall below a floor raised meanwhile: once they are
+/// written, their writer lowers the floor and counts the lowering, and a
+/// reader raises the floor only if no lowering happened since it read it
+/// (so since before it began to read the queue).
+#[derive(Default)]
+struct QueueFloor(std::sync::Mutex<(u64, u64)>);
+
+impl QueueFloor {
+    /// The floor and how many lowerings came before it.
+    fn get(&self) -> (u64, u64) {
+        *self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// No entry is below `seq`, as a reader found at `lowered` lowerings.
+    fn raise_to(&self, seq: u64, lowered: u64) {
+        let mut state = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if state.1 == lowered && seq > state.0 {
+            state.0 = seq;
+        }
+    }
+
+    /// Entries numbered from `seq` on were just written.
+    fn lower_to(&self, seq: Option<u64>) {
+        let mut state = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        state.1 += 1;
+        if let Some(seq) = seq {
+            state.0 = state.0.min(seq);
+        }
+    }
 }
 
 fn queue_key(seq: u64, id: &RequestId) -> Vec<u8> {
@@ -1290,6 +1493,46 @@ mod tests {
     }
 
     #[test]
+    fn the_queue_floor_is_raised_only_by_a_reader_no_lowering_came_after() {
+        let floor = QueueFloor::default();
+        let (at, lowered) = floor.get();
+        assert_eq!(at, 0);
+        floor.raise_to(10, lowered);
+        assert_eq!(floor.get().0, 10, "a reader raises it to the first entry it found");
+        floor.raise_to(5, lowered);
+        assert_eq!(floor.get().0, 10, "never lowered by a reader");
+        // A reader began; entries numbered 7 on were written meanwhile.
+        let (_, lowered) = floor.get();
+        floor.lower_to(Some(7));
+        assert_eq!(floor.get().0, 7);
+        floor.raise_to(12, lowered);
+        assert_eq!(floor.get().0, 7, "a reader that began before the lowering may have missed them");
+        let (_, lowered) = floor.get();
+        floor.raise_to(12, lowered);
+        assert_eq!(floor.get().0, 12);
+    }
+
+    #[test]
+    fn the_queue_passes_what_was_taken_and_finds_what_is_queued_after() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(dir.path()).expect("open");
+        let (set, members) = set_of(3);
+        let early: Vec<_> = (0..50).map(|_| s.insert(sample(Status::ToSubmit), "q").expect("insert")).collect();
+        for r in &early[..49] {
+            s.update(&r.id, "", |r| r.status = Status::Running).expect("take");
+        }
+        let q: Vec<_> = s.queued(10).expect("queued").into_iter().map(|r| r.id).collect();
+        assert_eq!(q, [early[49].id.clone()], "the taken ones are passed, the floor raised");
+        s.insert_set(set, members, "set").expect("set");
+        let q = s.queued(10).expect("queued");
+        assert_eq!(q.len(), 4, "the set's files are found past the raised floor: {q:?}");
+        assert_eq!(q[0].id, early[49].id);
+        drop(s);
+        let s = Store::open(dir.path()).expect("reopen");
+        assert_eq!(s.queued(10).expect("queued").len(), 4, "and after a restart");
+    }
+
+    #[test]
     fn the_queue_follows_the_status_in_submission_order() {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = Store::open(dir.path()).expect("open");
@@ -1308,9 +1551,10 @@ mod tests {
     fn another_schema_version_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
-            let db = sled::open(dir.path()).expect("sled");
-            db.open_tree("meta").expect("meta").insert("schema", &99u32.to_be_bytes()).expect("insert");
-            db.flush().expect("flush");
+            let db = open_db(dir.path()).expect("fjall");
+            let meta = db.keyspace("meta", fjall::KeyspaceCreateOptions::default).expect("meta");
+            meta.insert("schema", 99u32.to_be_bytes()).expect("insert");
+            db.persist(fjall::PersistMode::SyncAll).expect("flush");
         }
         let err = Store::open(dir.path()).expect_err("refused");
         assert!(err.to_string().contains("schema version 99"), "{err}");
@@ -1367,10 +1611,10 @@ mod tests {
         // A crash between the record and the clean-up leaves the old entry;
         // and an entry naming a time the record does not have is skipped too.
         for k in listing::keys(&rec) {
-            s.listing.insert(k, &[]).expect("left over");
+            s.listing.insert(k, EMPTY).expect("left over");
         }
         s.listing
-            .insert(listing::keys(&RequestRecord { created_at: 1, ..done.clone() }).pop_first().expect("key"), &[])
+            .insert(listing::keys(&RequestRecord { created_at: 1, ..done.clone() }).pop_first().expect("key"), EMPTY)
             .expect("left over");
         assert!(
             page(Some(Status::ToSubmit)).is_empty(),
