@@ -348,3 +348,24 @@ async fn a_schema_6_node_runs_its_queued_request_and_restarts_its_stopped_one() 
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[test]
+fn two_nodes_started_at_once_on_one_sled_store_move_it_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fixture_of(6, "a", &store_in(dir.path()));
+    let path = store_in(dir.path());
+    let opens: Vec<_> = (0..2)
+        .map(|_| {
+            let path = path.clone();
+            std::thread::spawn(move || Store::open(&path))
+        })
+        .collect();
+    let results: Vec<_> = opens.into_iter().map(|t| t.join().expect("no panic")).collect();
+    let opened: Vec<&Store> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(opened.len(), 1, "one opens it");
+    let refused = results.iter().find_map(|r| r.as_ref().err()).expect("the other is refused");
+    assert!(refused.to_string().contains("in use by another process"), "{refused}");
+    check_six(opened[0]);
+    assert_eq!(schema_of(&kept(dir.path())), 6, "moved once: the kept sled store is the fixture");
+    assert!(!dir.path().join("store.moving").exists());
+}

@@ -11,6 +11,9 @@
 //! 3. the sled folder is renamed `STORE.sled`;
 //! 4. `STORE.moving` is renamed `STORE`, and their parent folder fsynced.
 //!
+//! The whole move holds an exclusive lock on `STORE.move-lock`, so two
+//! processes started on one store at once never both move it.
+//!
 //! A crash before step 3 leaves the sled store where it was, and the next
 //! open moves it again. A crash between 3 and 4 leaves no `STORE`, with
 //! both folders beside it: the next open finishes step 4. The sled folder
@@ -55,15 +58,44 @@ fn sibling(dir: &Path, ext: &str) -> PathBuf {
 
 /// Moves the sled store in `dir` into fjall, if `dir` holds one (or
 /// finishes a move a crash cut short); `None` when there was nothing to do.
+///
+/// The move holds an exclusive lock on `STORE.move-lock` from its first
+/// look to its last rename, so two processes started on one store at once
+/// never move it both (the second finds the move done, then fjall's own
+/// lock stops it).
 pub(super) fn move_if_sled(dir: &Path) -> Result<Option<Moved>, StoreError> {
     let (moving, kept) = (sibling(dir, "moving"), sibling(dir, "sled"));
+    let to_do = |dir: &Path| is_sled(dir) || (!dir.exists() && moving.is_dir() && kept.is_dir());
+    if !to_do(dir) {
+        return Ok(None);
+    }
+    let failed = |what: &str, e: std::io::Error| StoreError::Move {
+        path: dir.display().to_string(),
+        reason: format!("{what}: {e}"),
+    };
+    let lock_path = sibling(dir, "move-lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| failed(&format!("cannot open {}", lock_path.display()), e))?;
+    lock.lock().map_err(|e| failed(&format!("cannot lock {}", lock_path.display()), e))?;
+    // Another process may have moved it while this one waited.
+    let moved = if to_do(dir) { move_locked(dir, &moving, &kept) } else { Ok(None) };
+    let _ = std::fs::remove_file(&lock_path);
+    drop(lock);
+    moved
+}
+
+fn move_locked(dir: &Path, moving: &Path, kept: &Path) -> Result<Option<Moved>, StoreError> {
     let failed = |what: &str, e: std::io::Error| StoreError::Move {
         path: dir.display().to_string(),
         reason: format!("{what}: {e}"),
     };
     if !dir.exists() && moving.is_dir() && kept.is_dir() {
         // A crash between steps 3 and 4.
-        std::fs::rename(&moving, dir).map_err(|e| failed("cannot rename the fjall store into place", e))?;
+        std::fs::rename(moving, dir).map_err(|e| failed("cannot rename the fjall store into place", e))?;
         sync_parent(dir).map_err(|e| failed("cannot fsync the store's parent folder", e))?;
         tracing::info!(path = %dir.display(), kept = %kept.display(), "finished moving the store from sled to fjall");
     }
@@ -84,14 +116,19 @@ pub(super) fn move_if_sled(dir: &Path) -> Result<Option<Moved>, StoreError> {
             None => 0,
         };
         if found != LAST_SLED_SCHEMA && super::migrate::migrate(&sled, found)?.is_none() {
-            return Err(StoreError::Schema { path: dir.display().to_string(), found });
+            return Err(StoreError::Move {
+                path: dir.display().to_string(),
+                reason: format!(
+                    "it is a sled store at schema {found}; this build moves sled stores at schemas 3 to {LAST_SLED_SCHEMA}"
+                ),
+            });
         }
-        (found, copy(&sled, &moving)?)
+        (found, copy(&sled, moving)?)
     };
-    std::fs::rename(dir, &kept).map_err(|e| failed("cannot rename the sled store aside", e))?;
-    std::fs::rename(&moving, dir).map_err(|e| failed("cannot rename the fjall store into place", e))?;
+    std::fs::rename(dir, kept).map_err(|e| failed("cannot rename the sled store aside", e))?;
+    std::fs::rename(moving, dir).map_err(|e| failed("cannot rename the fjall store into place", e))?;
     sync_parent(dir).map_err(|e| failed("cannot fsync the store's parent folder", e))?;
-    Ok(Some(Moved { schema, records, kept }))
+    Ok(Some(Moved { schema, records, kept: kept.to_path_buf() }))
 }
 
 /// Step 2: every tree of `sled` into a new fjall store at `to`; returns

@@ -220,7 +220,7 @@ pub struct Store {
 /// The group-commit loop: one fsync of the journal answers every request
 /// queued while the previous one ran. Ends when the last [`Store`] is dropped.
 fn run_flusher(mut rx: tokio::sync::mpsc::UnboundedReceiver<FlushReply>, dir: std::path::PathBuf) {
-    let mut journal = JournalSync { dir, newest: None };
+    let mut journal = JournalSync { dir, newest: None, failed: None };
     while let Some((db, first)) = rx.blocking_recv() {
         let mut batch = vec![first];
         while let Ok((_, more)) = rx.try_recv() {
@@ -244,16 +244,36 @@ fn run_flusher(mut rx: tokio::sync::mpsc::UnboundedReceiver<FlushReply>, dir: st
 /// thread's own, outside the lock. That covers every write made before
 /// the call: an older journal was fsynced by fjall when it rotated to a new
 /// one (and the folder with it), and fjall removes a journal only once its
-/// memtables are in tables it synced. The journal is allocated at its full
-/// size when made, so `fdatasync` is enough.
+/// memtables are in tables it synced. `fdatasync` is enough: on Linux it
+/// also writes the file's size and block allocation, which the journal
+/// changes as it grows (its `set_len` at creation makes a sparse file).
+///
+/// A failed fsync is final: Linux reports a write-back error once and then
+/// marks the pages clean, so a later fsync could succeed over a hole in
+/// the journal and acknowledge writes that recovery would cut off after
+/// it. Every later flush fails with the first error (as fjall poisons its
+/// database when its own fsync fails); the node must be restarted.
 struct JournalSync {
     dir: std::path::PathBuf,
     /// The newest journal's number and a descriptor of it.
     newest: Option<(u64, std::fs::File)>,
+    /// The first fsync that failed.
+    failed: Option<String>,
 }
 
 impl JournalSync {
     fn sync(&mut self, db: &fjall::Database) -> Result<(), String> {
+        if let Some(first) = &self.failed {
+            return Err(format!("an earlier flush of the store failed ({first}); restart the node"));
+        }
+        let result = self.sync_once(db);
+        if let Err(e) = &result {
+            self.failed = Some(e.clone());
+        }
+        result
+    }
+
+    fn sync_once(&mut self, db: &fjall::Database) -> Result<(), String> {
         db.persist(fjall::PersistMode::Buffer).map_err(|e| e.to_string())?;
         let newest = newest_journal(&self.dir).map_err(|e| format!("cannot list the journals: {e}"))?;
         let Some(number) = newest else {
@@ -444,10 +464,11 @@ impl Store {
         // Numbered before other requests queued meanwhile: the floor is
         // lowered once they are written (see `QueueFloor`).
         let lowest = queue_keys.iter().filter_map(|k| seq_of(k)).min();
-        for k in queue_keys {
-            self.queue.insert(k, EMPTY)?;
-        }
+        let written: Result<(), StoreError> =
+            queue_keys.into_iter().try_for_each(|k| Ok(self.queue.insert(k, EMPTY)?));
+        // Lowered even if a write failed: those written before it count.
         self.queue_floor.lower_to(lowest);
+        written?;
         Ok(set)
     }
 
@@ -845,6 +866,7 @@ impl Store {
         let mut orphans = 0usize;
         for rec in queued.into_iter().filter(|r| r.status == Status::ToSubmit) {
             if let Some(m) = &rec.member_of {
+                let _order = self.write_order.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                 if !self.requests.contains_key(m.set.as_str().as_bytes())? {
                     self.requests.remove(rec.id.as_str().as_bytes())?;
                     orphans += 1;
@@ -854,8 +876,9 @@ impl Store {
             match rec.queue_seq {
                 Some(seq) => {
                     let _order = self.write_order.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                    self.queue.insert(queue_key(seq, &rec.id), EMPTY)?;
+                    let written = self.queue.insert(queue_key(seq, &rec.id), EMPTY);
                     self.queue_floor.lower_to(Some(seq));
+                    written?;
                 }
                 None => {
                     // Re-queue through update so the record gets its sequence.
@@ -1067,8 +1090,11 @@ impl Store {
 
 /// The block cache, in bytes: the store's working set (queued and running
 /// records, recent job logs) fits in it; what falls out is read back from
-/// the OS page cache.
-const CACHE_BYTES: u64 = 32 * 1024 * 1024;
+/// the OS page cache. 16 MiB and 4 MiB memtables (below) kept a node with
+/// a million records stored and 10,000 queued at 92–118 MiB at its peak,
+/// where 32 MiB and 8 MiB reached 188–241 MiB, at the same rates
+/// (docs/BENCHMARKS.md, "The store moved to fjall").
+const CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// The journals' total size before fjall writes memtables out to tables
 /// (fjall's least). fjall's default (512 MiB) let a node keep that much in
@@ -1076,7 +1102,7 @@ const CACHE_BYTES: u64 = 32 * 1024 * 1024;
 const JOURNAL_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Each keyspace's memtable before it is written out to a table.
-const MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
+const MEMTABLE_BYTES: u64 = 4 * 1024 * 1024;
 
 fn keyspace_options() -> fjall::KeyspaceCreateOptions {
     fjall::KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
