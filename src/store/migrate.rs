@@ -3,8 +3,8 @@
 //! (up to 10f75f2), schema 4 (up to 0ed9da1) and schema 5 (up to e06d4cc).
 //!
 //! Each older record layout is kept here, frozen, with the conversion to
-//! the next one. [`migrate`] runs when [`Store::open`](super::Store::open)
-//! finds an older schema: it converts every record in one atomic sled
+//! the next one. [`migrate`] runs when `from_sled.rs` finds a sled store at
+//! an older schema, before moving it: it converts every record in one atomic sled
 //! batch, then writes the new version and flushes. A crash before the new
 //! version is written leaves the old version in `meta`, and the migration
 //! runs again on the next open; converting a record twice gives the same
