@@ -95,6 +95,28 @@ fn status_byte(s: Status) -> u8 {
     }
 }
 
+/// How many statuses there are (status bytes are below this).
+pub const STATUSES: usize = 6;
+
+/// The prefix of every status-index key: kind `s`, a one-byte value.
+const STATUS_INDEX: [u8; 3] = [b's', 0, 1];
+
+/// The status byte of a status index (`index_for` of a status query).
+pub fn status_of_index(index: &[u8]) -> Option<u8> {
+    match index.strip_prefix(&STATUS_INDEX[..]) {
+        Some(&[status]) => Some(status),
+        _ => None,
+    }
+}
+
+/// The status byte and creation time of a status-index entry; `None` for
+/// an entry of any other index.
+pub fn status_entry(key: &[u8]) -> Option<(u8, u64)> {
+    let (&status, rest) = key.strip_prefix(&STATUS_INDEX[..])?.split_first()?;
+    let created_at = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
+    Some((status, created_at))
+}
+
 /// The start of index `kind`'s keys for `value`.
 fn prefix(kind: u8, value: &[u8]) -> Vec<u8> {
     let len = u16::try_from(value.len()).unwrap_or(u16::MAX);
@@ -191,6 +213,18 @@ mod tests {
             created_at,
             ..RequestRecord::new(RequestId::generate(), Role::Requester, "b", "payroll", Direction::Push, "f")
         }
+    }
+
+    #[test]
+    fn a_status_entry_names_its_status_and_creation_time_and_no_other_entry_does() {
+        let r = RequestRecord { status: Status::Interrupted, ..rec(77) };
+        let statuses: Vec<_> = keys(&r).iter().filter_map(|k| status_entry(k)).collect();
+        assert_eq!(statuses, [(status_byte(Status::Interrupted), 77)]);
+        let q = ListQuery { status: Some(Status::Interrupted), ..ListQuery::default() };
+        assert_eq!(status_of_index(&index_for(&q)), Some(status_byte(Status::Interrupted)));
+        assert_eq!(status_of_index(&index_for(&ListQuery::default())), None);
+        let by_rule = ListQuery { rule: Some("s".into()), status: Some(Status::Done), ..ListQuery::default() };
+        assert_eq!(status_of_index(&index_for(&by_rule)), None, "a query that walks another index");
     }
 
     #[test]

@@ -202,8 +202,11 @@ pub struct Store {
     listing: Tree,
     /// Queue and job-log sequence numbers (see [`Sequence`]).
     sequence: std::sync::Arc<Sequence>,
-    /// Where readers of the queue start (see [`QueueFloor`]).
-    queue_floor: std::sync::Arc<QueueFloor>,
+    /// Where readers of the queue start (see [`Floor`]).
+    queue_floor: std::sync::Arc<Floor>,
+    /// Where walks of each status index start, by the index's status byte
+    /// (see [`Floor`]).
+    status_floors: std::sync::Arc<[Floor; listing::STATUSES]>,
     /// Who is told of every record written (see [`Store::observe`]).
     observers: std::sync::Arc<std::sync::RwLock<Vec<Observer>>>,
     /// Held from a record write to the end of its observers' calls, so
@@ -372,6 +375,7 @@ impl Store {
             listing: tree("listing")?,
             sequence,
             queue_floor: Default::default(),
+            status_floors: Default::default(),
             observers: Default::default(),
             write_order: Default::default(),
             flush_observers: Default::default(),
@@ -385,7 +389,7 @@ impl Store {
     pub fn insert(&self, mut rec: RequestRecord, message: &str) -> Result<RequestRecord, StoreError> {
         let _order = self.write_order.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         // Numbered under the lock, so it is queued in the order numbered
-        // (see `QueueFloor`).
+        // (see `Floor`).
         if rec.status == Status::ToSubmit {
             rec.queue_seq = Some(self.sequence.next()?);
         }
@@ -397,15 +401,18 @@ impl Store {
         // The record, its index entries, its queue entry and its log line
         // in one atomic batch.
         let mut batch = self.db.batch();
-        for k in listing::keys(&rec) {
-            batch.insert(&self.listing, k, EMPTY);
+        let entries = listing::keys(&rec);
+        for k in &entries {
+            batch.insert(&self.listing, k.as_slice(), EMPTY);
         }
         batch.insert(&self.requests, key, bytes);
         if let Some(seq) = rec.queue_seq {
             batch.insert(&self.queue, queue_key(seq, &rec.id), EMPTY);
         }
         self.log_into(&mut batch, &rec, message)?;
-        batch.commit()?;
+        let written = batch.commit();
+        self.lower_status_floors(entries.iter());
+        written?;
         self.notify(&RecordChange { old: None, new: &rec });
         Ok(rec)
     }
@@ -454,15 +461,18 @@ impl Store {
             return Err(StoreError::Exists(set.id));
         }
         let mut batch = self.db.batch();
-        for k in listing::keys(&set) {
-            batch.insert(&self.listing, k, EMPTY);
+        let entries = listing::keys(&set);
+        for k in &entries {
+            batch.insert(&self.listing, k.as_slice(), EMPTY);
         }
         batch.insert(&self.requests, key, encode(&set)?);
         self.log_into(&mut batch, &set, message)?;
-        batch.commit()?;
+        let written = batch.commit();
+        self.lower_status_floors(entries.iter());
+        written?;
         self.notify(&RecordChange { old: None, new: &set });
         // Numbered before other requests queued meanwhile: the floor is
-        // lowered once they are written (see `QueueFloor`).
+        // lowered once they are written (see `Floor`).
         let lowest = queue_keys.iter().filter_map(|k| seq_of(k)).min();
         let written: Result<(), StoreError> =
             queue_keys.into_iter().try_for_each(|k| Ok(self.queue.insert(k, EMPTY)?));
@@ -560,9 +570,21 @@ impl Store {
             let msg = if message.is_empty() { format!("{:?} / {:?}", new.status, new.step) } else { message.into() };
             self.log_into(&mut batch, &new, &msg)?;
         }
-        batch.commit()?;
+        let written = batch.commit();
+        self.lower_status_floors(new_keys.difference(&old_keys));
+        written?;
         self.notify(&RecordChange { old: Some(&old), new: &new });
         Ok(Some(new))
+    }
+
+    /// Status-index entries were just written (or tried): each lowers its
+    /// status's floor to its creation time (see [`Floor`]).
+    fn lower_status_floors<'k>(&self, entries: impl Iterator<Item = &'k Vec<u8>>) {
+        for (status, created_at) in entries.filter_map(|k| listing::status_entry(k)) {
+            if let Some(floor) = self.status_floors.get(usize::from(status)) {
+                floor.lower_to(Some(created_at));
+            }
+        }
     }
 
     /// Appends a line to a request's job log.
@@ -683,7 +705,24 @@ impl Store {
     pub fn page_where(&self, q: &ListQuery, keep: impl Fn(&RequestRecord) -> bool) -> Result<Page, StoreError> {
         let limit = q.limit.clamp(1, listing::MAX_PAGE);
         let index = listing::index_for(q);
-        let start = listing::start_key(&index, q);
+        let mut start = listing::start_key(&index, q);
+        if let Some(floor) = listing::status_of_index(&index).and_then(|s| self.status_floors.get(usize::from(s))) {
+            // A status index: no entry lies below its floor. Raise the
+            // floor to the first entry found from it (past the tombstones
+            // of every request that left the status), then start there if
+            // the query would start lower.
+            let (at, lowered) = floor.get();
+            let mut floor_key = index.clone();
+            floor_key.extend_from_slice(&at.to_be_bytes());
+            let first = match self.listing.range(floor_key..).next() {
+                Some(kv) => listing::parse_entry(&index, &kv.key()?).map_or(u64::MAX, |(created_at, _)| created_at),
+                None => u64::MAX,
+            };
+            floor.raise_to(first, lowered);
+            let mut lowest = index.clone();
+            lowest.extend_from_slice(&floor.get().0.to_be_bytes());
+            start = start.max(lowest);
+        }
         let mut records = Vec::with_capacity(limit.min(1024));
         for kv in self.listing.range(start..) {
             let k = kv.key()?;
@@ -1182,13 +1221,22 @@ fn seq_of(key: &[u8]) -> Option<u64> {
     key.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes)
 }
 
-/// Where the queue's first entry may be: every queue entry's number is at
-/// least the floor. Removed queue entries stay in fjall as tombstones until
-/// compaction drops them, and a reader that walked the queue from its start
-/// would step over every request queued and taken since; a reader starts at
-/// the floor instead, and raises it to the first entry it finds.
+/// Where an index's first entry may be: every entry's position (a queue
+/// entry's number, a status-index entry's creation time) is at least the
+/// floor. Removed entries stay in fjall as tombstones until compaction
+/// drops them, and a reader that walked the queue (or the index of
+/// `Running` requests) from its start would step over every request that
+/// passed through since; a reader starts at the floor instead, and raises
+/// it to the first entry it finds.
 ///
-/// Why that first entry bounds every entry: a request queued by
+/// A status index: entries go in at any position (a request created long
+/// ago may become `Running` again), so every write of an entry lowers the
+/// floor to its position and counts the lowering, after the write; a
+/// reader raises the floor only if no lowering happened since it read it
+/// (so since before its walk began), and then no entry it could not see
+/// lies below what it found.
+///
+/// The queue: a request queued by
 /// [`Store::insert`] or [`Store::update_if`] is numbered and written under
 /// the write-order lock, so it is numbered after, and written after, every
 /// entry a reader could find. Only entries numbered earlier and written
@@ -1198,9 +1246,9 @@ fn seq_of(key: &[u8]) -> Option<u64> {
 /// reader raises the floor only if no lowering happened since it read it
 /// (so since before it began to read the queue).
 #[derive(Default)]
-struct QueueFloor(std::sync::Mutex<(u64, u64)>);
+struct Floor(std::sync::Mutex<(u64, u64)>);
 
-impl QueueFloor {
+impl Floor {
     /// The floor and how many lowerings came before it.
     fn get(&self) -> (u64, u64) {
         *self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -1520,7 +1568,7 @@ mod tests {
 
     #[test]
     fn the_queue_floor_is_raised_only_by_a_reader_no_lowering_came_after() {
-        let floor = QueueFloor::default();
+        let floor = Floor::default();
         let (at, lowered) = floor.get();
         assert_eq!(at, 0);
         floor.raise_to(10, lowered);
@@ -1536,6 +1584,36 @@ mod tests {
         let (_, lowered) = floor.get();
         floor.raise_to(12, lowered);
         assert_eq!(floor.get().0, 12);
+    }
+
+    #[test]
+    fn a_status_page_skips_who_left_the_status_and_finds_an_old_request_that_came_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(dir.path()).expect("open");
+        let running = |s: &Store| {
+            let q = ListQuery { status: Some(Status::Running), limit: 10, ..ListQuery::default() };
+            s.page(&q).expect("page").records.into_iter().map(|r| r.id).collect::<Vec<_>>()
+        };
+        let recs: Vec<_> = (0..40u64)
+            .map(|i| s.insert(RequestRecord { created_at: 1_000 + i, ..sample(Status::Running) }, "r").expect("insert"))
+            .collect();
+        for r in &recs[..39] {
+            s.update(&r.id, "", |r| r.status = Status::Done).expect("done");
+        }
+        assert_eq!(running(&s), [recs[39].id.clone()], "the floor is raised past the 39 that left");
+        assert_eq!(s.status_floors[1].get().0, 1_039);
+        // The oldest comes back to Running: below the raised floor.
+        s.update(&recs[0].id, "", |r| r.status = Status::Running).expect("again");
+        assert_eq!(running(&s), [recs[0].id.clone(), recs[39].id.clone()], "its write lowered the floor");
+        // None left: the floor goes past every entry, and a new one lowers it.
+        for r in [&recs[0], &recs[39]] {
+            s.update(&r.id, "", |r| r.status = Status::Done).expect("done");
+        }
+        assert!(running(&s).is_empty());
+        let again = s.insert(RequestRecord { created_at: 5, ..sample(Status::Running) }, "r").expect("insert");
+        assert_eq!(running(&s), [again.id]);
+        let done = ListQuery { status: Some(Status::Done), limit: 100, ..ListQuery::default() };
+        assert_eq!(s.page(&done).expect("page").records.len(), 40, "other statuses are unaffected");
     }
 
     #[test]
