@@ -145,7 +145,24 @@ pub fn member_id(set: &RequestId, index: u32) -> RequestId {
 /// A flush request carries its own handle to the database, so the flusher
 /// thread keeps the database open only while it flushes: dropping the last
 /// [`Store`] closes it (and releases its lock) at once.
-type FlushReply = (fjall::Database, tokio::sync::oneshot::Sender<Result<(), String>>);
+type FlushReply = (fjall::Database, Waiter);
+
+/// Who waits for a flush: a task ([`Store::flush`]) or a thread
+/// ([`Store::flush_blocking`]).
+enum Waiter {
+    Task(tokio::sync::oneshot::Sender<Result<(), String>>),
+    Thread(std::sync::mpsc::SyncSender<Result<(), String>>),
+}
+
+impl Waiter {
+    fn answer(self, result: Result<(), String>) {
+        // A waiter that gave up (its task dropped) needs no answer.
+        let _ = match self {
+            Waiter::Task(tx) => tx.send(result),
+            Waiter::Thread(tx) => tx.send(result).map_err(|e| e.0),
+        };
+    }
+}
 
 /// A record as it was written: `old` is `None` for a new record.
 #[derive(Debug)]
@@ -232,7 +249,7 @@ fn run_flusher(mut rx: tokio::sync::mpsc::UnboundedReceiver<FlushReply>, dir: st
         let result = journal.sync(&db);
         drop(db);
         for waiter in batch {
-            let _ = waiter.send(result.clone());
+            waiter.answer(result.clone());
         }
     }
 }
@@ -943,7 +960,7 @@ impl Store {
         let started = std::time::Instant::now();
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.flusher
-            .send((self.db.clone(), tx))
+            .send((self.db.clone(), Waiter::Task(tx)))
             .map_err(|_| StoreError::Flush("the flusher thread has stopped".into()))?;
         let result = rx
             .await
@@ -1120,10 +1137,27 @@ impl Store {
         self.tokens.first_key_value().is_none_or(|first| first.key().is_ok())
     }
 
-    /// Blocking variant of [`Store::flush`] for shutdown paths.
+    /// [`Store::flush`] for a thread that may block (a blocking task, a
+    /// shutdown path): the same group commit, the calling thread waiting
+    /// for it, so a failed fsync fails it too (see [`JournalSync`]).
+    /// Without the flusher thread (a simulation, or the thread gone)
+    /// fjall's own fsync does it.
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
-        self.db.persist(fjall::PersistMode::SyncAll)?;
-        Ok(())
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        if crate::determinism::inline_io() || self.flusher.send((self.db.clone(), Waiter::Thread(tx))).is_err() {
+            self.db.persist(fjall::PersistMode::SyncAll)?;
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        let result = rx
+            .recv()
+            .map_err(|_| StoreError::Flush("the flusher thread has stopped".into()))?
+            .map_err(StoreError::Flush);
+        let waited = started.elapsed();
+        for o in self.flush_observers.read().expect("observer list lock is never poisoned").iter() {
+            o(waited);
+        }
+        result
     }
 }
 
@@ -1320,6 +1354,23 @@ mod tests {
         let (again, more) = set_of(1);
         let again = RequestRecord { id: set.id.clone(), ..again };
         assert!(matches!(store.insert_set(again, more, "again"), Err(StoreError::Exists(_))));
+    }
+
+    #[test]
+    fn a_failed_flush_fails_every_later_flush_blocking_ones_included() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (path, away) = (dir.path().join("store"), dir.path().join("away"));
+        let store = Store::open(&path).expect("open");
+        store.insert(sample(Status::ToSubmit), "one").expect("inserted");
+        store.flush_blocking().expect("a healthy store flushes");
+        // The flusher finds no journal folder: its fsync fails.
+        std::fs::rename(&path, &away).expect("moved away");
+        store.insert(sample(Status::ToSubmit), "two").expect("inserted");
+        assert!(store.flush_blocking().is_err(), "a flush that cannot fsync fails");
+        std::fs::rename(&away, &path).expect("moved back");
+        store.insert(sample(Status::ToSubmit), "three").expect("inserted");
+        let later = store.flush_blocking().expect_err("a flush after a failed one fails too");
+        assert!(later.to_string().contains("restart the node"), "{later}");
     }
 
     #[test]
