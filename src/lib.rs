@@ -24,5 +24,6 @@ pub mod node;
 pub mod protocol;
 pub mod store;
 pub mod tasks;
+pub mod text;
 pub mod transfer;
 pub mod transport;

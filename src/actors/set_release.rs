@@ -913,11 +913,7 @@ pub async fn set_ended_by_sender(
     };
     let Some(rec) = rec else { return Answer::State(None) };
     // At most as many bytes as a set's shown pattern, cut at a character.
-    let mut end = message.len().min(crate::fileset::SHOWN_PATTERN_BYTES);
-    while !message.is_char_boundary(end) {
-        end -= 1;
-    }
-    let shown = &message[..end];
+    let shown = crate::text::head(message, crate::fileset::SHOWN_PATTERN_BYTES);
     let why = format!("{partner} ended the set in error: {shown}");
     let end = || {
         core.store.update_if(set, &why, lifecycle::set::can_end_by_sender, |r| {

@@ -290,11 +290,7 @@ fn audit_path(path: &str) -> String {
     if path.len() <= AUDIT_PATH_BYTES {
         return path.to_owned();
     }
-    let mut end = AUDIT_PATH_BYTES;
-    while !path.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}... ({} bytes)", &path[..end], path.len())
+    format!("{}... ({} bytes)", crate::text::head(path, AUDIT_PATH_BYTES), path.len())
 }
 
 /// The API's routes: `/healthz` and `/readyz` open to all, everything else

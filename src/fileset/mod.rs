@@ -185,11 +185,7 @@ pub fn shown_pattern(pattern: &str) -> String {
     }
     if taken == 0 {
         // One line longer than the limit: its start, cut on a character.
-        let mut end = SHOWN_PATTERN_BYTES - 64;
-        while !pattern.is_char_boundary(end) {
-            end -= 1;
-        }
-        out = format!("{}\n", &pattern[..end]);
+        out = format!("{}\n", crate::text::head(pattern, SHOWN_PATTERN_BYTES - 64));
         taken = 1;
     }
     out.push_str(&format!("… ({} more paths)", lines.len().saturating_sub(taken)));
