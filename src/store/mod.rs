@@ -959,12 +959,21 @@ impl Store {
         }
         let started = std::time::Instant::now();
         let (tx, rx) = tokio::sync::oneshot::channel();
+        self.ask_flusher(Waiter::Task(tx))?;
+        self.flushed(started, rx.await.ok())
+    }
+
+    fn ask_flusher(&self, waiter: Waiter) -> Result<(), StoreError> {
         self.flusher
-            .send((self.db.clone(), Waiter::Task(tx)))
-            .map_err(|_| StoreError::Flush("the flusher thread has stopped".into()))?;
-        let result = rx
-            .await
-            .map_err(|_| StoreError::Flush("the flusher thread has stopped".into()))?
+            .send((self.db.clone(), waiter))
+            .map_err(|_| StoreError::Flush("the flusher thread has stopped".into()))
+    }
+
+    /// The flusher's answer (`None`: it stopped before answering), told to
+    /// the flush observers with how long the caller waited.
+    fn flushed(&self, started: std::time::Instant, answer: Option<Result<(), String>>) -> Result<(), StoreError> {
+        let result = answer
+            .ok_or_else(|| StoreError::Flush("the flusher thread has stopped".into()))?
             .map_err(StoreError::Flush);
         let waited = started.elapsed();
         for o in self.flush_observers.read().expect("observer list lock is never poisoned").iter() {
@@ -1139,25 +1148,17 @@ impl Store {
 
     /// [`Store::flush`] for a thread that may block (a blocking task, a
     /// shutdown path): the same group commit, the calling thread waiting
-    /// for it, so a failed fsync fails it too (see [`JournalSync`]).
-    /// Without the flusher thread (a simulation, or the thread gone)
-    /// fjall's own fsync does it.
+    /// for it, so a failed fsync fails it too (see [`JournalSync`]). A
+    /// simulation, which has no flusher thread, has fjall fsync inline.
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        if crate::determinism::inline_io() || self.flusher.send((self.db.clone(), Waiter::Thread(tx))).is_err() {
+        if crate::determinism::inline_io() {
             self.db.persist(fjall::PersistMode::SyncAll)?;
             return Ok(());
         }
         let started = std::time::Instant::now();
-        let result = rx
-            .recv()
-            .map_err(|_| StoreError::Flush("the flusher thread has stopped".into()))?
-            .map_err(StoreError::Flush);
-        let waited = started.elapsed();
-        for o in self.flush_observers.read().expect("observer list lock is never poisoned").iter() {
-            o(waited);
-        }
-        result
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.ask_flusher(Waiter::Thread(tx))?;
+        self.flushed(started, rx.recv().ok())
     }
 }
 
