@@ -395,7 +395,8 @@ small_result() { # small_result DIR KEY (the copy stays until the cleanup at exi
 # (shown only when ferry reports them).
 BENCH_KEYS=(big_bytes big_mbs big_cpu_s_per_gib quic_mbs local_mbs small_count small_rps small_cpu_ms
     set_fps set_cpu_ms history start_s list_ms rss_bytes cores
-    big_cpu_a big_cpu_b small_cpu_a_ms small_cpu_b_ms set_cpu_a_ms set_cpu_b_ms rss_a_bytes rss_b_bytes)
+    big_cpu_a big_cpu_b small_cpu_a_ms small_cpu_b_ms set_cpu_a_ms set_cpu_b_ms rss_a_bytes rss_b_bytes
+    small_busy_pct set_busy_pct)
 BIG_BYTES='' BIG_MIB=0 SMALL_KIB='' FERRY_CORES='' SMALL_TOTAL=''
 LIMIT=${FERRY_BENCH_SCP_SMALL_TIMEOUT:-120}
 
@@ -594,6 +595,8 @@ TABLE=$WORK/table.md
     bound_row "CPU ms per file of the file set, both nodes" f_set_cpu_ms '%.2f'
     bound_row "CPU ms per file of the file set, sender (a)" f_set_cpu_a_ms '%.2f'
     bound_row "CPU ms per file of the file set, receiver (b)" f_set_cpu_b_ms '%.2f'
+    bound_row "the machine's cores busy, one request per file, %" f_small_busy_pct '%.0f'
+    bound_row "the machine's cores busy, the file set, %" f_set_busy_pct '%.0f'
     bound_row "resident memory at the end, MiB, both nodes" f_rss_bytes '%.0f'
     bound_row "resident memory at the end, MiB, node a" f_rss_a_bytes '%.0f'
     bound_row "resident memory at the end, MiB, node b" f_rss_b_bytes '%.0f'

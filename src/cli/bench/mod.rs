@@ -346,25 +346,69 @@ struct Small {
     /// CPU milliseconds per request of a (sender) and b (receiver).
     cpu_a_ms: f64,
     cpu_b_ms: f64,
+    /// How busy the whole machine's cores were meanwhile, in percent.
+    busy_pct: f64,
+}
+
+/// The whole machine's CPU time (the first line of `/proc/stat`), in
+/// clock ticks: how busy all cores were over a step, the nodes, the
+/// kernel's own threads and this bench together. It tells a step bound by
+/// CPU (near 100%) from one that waits (the nodes' own CPU time does not).
+#[derive(Clone, Copy, Default)]
+struct MachineCpu {
+    busy: u64,
+    total: u64,
+}
+
+impl MachineCpu {
+    /// Now; zero where `/proc/stat` cannot be read (then no share is given).
+    fn now() -> MachineCpu {
+        let Ok(stat) = std::fs::read_to_string("/proc/stat") else { return MachineCpu::default() };
+        // user nice system idle iowait irq softirq steal (guest time is in user).
+        let ticks: Vec<u64> = stat
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .filter_map(|t| t.parse().ok())
+            .collect();
+        if ticks.len() < 5 {
+            return MachineCpu::default();
+        }
+        let total = ticks.iter().sum::<u64>();
+        MachineCpu { busy: total - ticks[3] - ticks[4], total }
+    }
+
+    /// The share of all cores busy since `self`, in percent (0 if unknown).
+    fn busy_since(self) -> f64 {
+        let now = MachineCpu::now();
+        match now.total.checked_sub(self.total) {
+            Some(t) if t > 0 && self.total > 0 => 100.0 * now.busy.saturating_sub(self.busy) as f64 / t as f64,
+            _ => 0.0,
+        }
+    }
 }
 
 async fn small_requests(nodes: &Nodes, names: &[String], kib: u64, parallel: usize) -> anyhow::Result<Small> {
     let since = ferry::store::now_ms();
     let t = Instant::now();
-    let cpu = nodes.cpu();
+    let (cpu, machine) = (nodes.cpu(), MachineCpu::now());
     let submitted = submit_each(&nodes.api, names, parallel).await?;
     wait_settled(&nodes.api, since, Duration::from_secs(600)).await?;
     let secs = t.elapsed().as_secs_f64();
+    let busy_pct = machine.busy_since();
     let rps = names.len() as f64 / secs;
     let (a, b) = nodes.cpu();
     let per = |now: f64, before: f64| (now - before) * 1e3 / names.len() as f64;
     let (cpu_a_ms, cpu_b_ms) = (per(a, cpu.0), per(b, cpu.1));
     println!(
-        "small files: {} requests of {} in {secs:.2} s = {rps:.0} requests/s (all submitted through the API in {submitted:.2} s); CPU ms per request: sender {cpu_a_ms:.2}, receiver {cpu_b_ms:.2}",
+        "small files: {} requests of {} in {secs:.2} s = {rps:.0} requests/s (all submitted through the API in {submitted:.2} s); CPU ms per request: sender {cpu_a_ms:.2}, receiver {cpu_b_ms:.2}; the machine's cores {busy_pct:.0}% busy",
         names.len(),
         display::bytes(kib << 10)
     );
-    Ok(Small { rps, cpu_a_ms, cpu_b_ms })
+    Ok(Small { rps, cpu_a_ms, cpu_b_ms, busy_pct })
 }
 
 /// The same small files as one file set: one request, resolved by a. A
@@ -378,11 +422,12 @@ async fn file_set(nodes: &Nodes, dir: &std::path::Path, names: &[String], kib: u
         std::fs::copy(dir.join(n), set_dir.join(n))?;
     }
     let t = Instant::now();
-    let cpu = nodes.cpu();
+    let (cpu, machine) = (nodes.cpu(), MachineCpu::now());
     let set = Submit { file: String::new(), pattern: Some("set/small-*.dat".into()), ..submit(String::new()) };
     let view = nodes.api.submit(&set).await?;
     let done = bounded(wait_final(&nodes.api, &view.id), "the file set").await??;
     let secs = t.elapsed().as_secs_f64();
+    let busy_pct = machine.busy_since();
     let files = done.set.as_ref().map_or(0, |s| s.done);
     if done.status != Status::Done || files as usize != names.len() {
         bail!("the file set ended {:?} with {files} of {} files: {:?}", done.status, names.len(), done.error);
@@ -392,10 +437,10 @@ async fn file_set(nodes: &Nodes, dir: &std::path::Path, names: &[String], kib: u
     let per = |now: f64, before: f64| (now - before) * 1e3 / f64::from(files);
     let (cpu_a_ms, cpu_b_ms) = (per(a, cpu.0), per(b, cpu.1));
     println!(
-        "file set: {files} files of {} as one request in {secs:.2} s = {fps:.0} files/s; CPU ms per file: sender {cpu_a_ms:.2}, receiver {cpu_b_ms:.2}",
+        "file set: {files} files of {} as one request in {secs:.2} s = {fps:.0} files/s; CPU ms per file: sender {cpu_a_ms:.2}, receiver {cpu_b_ms:.2}; the machine's cores {busy_pct:.0}% busy",
         display::bytes(kib << 10)
     );
-    Ok(Small { rps: fps, cpu_a_ms, cpu_b_ms })
+    Ok(Small { rps: fps, cpu_a_ms, cpu_b_ms, busy_pct })
 }
 
 /// `--parallel`: `count` pushes of `mib` MiB at once (hard links of one
@@ -592,7 +637,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         extra += &queued_requests(&mut nodes, &exe, &layout, args.queued, args.small_kib).await?;
     }
     println!(
-        "BENCH big_bytes={big_bytes} big_mbs={:.1} big_cpu_s_per_gib={:.2} big_cpu_a={:.2} big_cpu_b={:.2} quic_mbs={:.1} local_mbs={:.1} small_count={} small_rps={:.1} small_cpu_ms={:.2} small_cpu_a_ms={:.2} small_cpu_b_ms={:.2} set_fps={:.1} set_cpu_ms={:.2} set_cpu_a_ms={:.2} set_cpu_b_ms={:.2} history={} start_s={start_secs:.2} list_ms={list_ms:.1} rss_bytes={} rss_a_bytes={rss_a} rss_b_bytes={rss_b} cores={cores}{extra}",
+        "BENCH big_bytes={big_bytes} big_mbs={:.1} big_cpu_s_per_gib={:.2} big_cpu_a={:.2} big_cpu_b={:.2} quic_mbs={:.1} local_mbs={:.1} small_count={} small_rps={:.1} small_cpu_ms={:.2} small_cpu_a_ms={:.2} small_cpu_b_ms={:.2} set_fps={:.1} set_cpu_ms={:.2} set_cpu_a_ms={:.2} set_cpu_b_ms={:.2} small_busy_pct={:.0} set_busy_pct={:.0} history={} start_s={start_secs:.2} list_ms={list_ms:.1} rss_bytes={} rss_a_bytes={rss_a} rss_b_bytes={rss_b} cores={cores}{extra}",
         big.mbs,
         big.cpu_a + big.cpu_b,
         big.cpu_a,
@@ -608,6 +653,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         set.cpu_a_ms + set.cpu_b_ms,
         set.cpu_a_ms,
         set.cpu_b_ms,
+        small.busy_pct,
+        set.busy_pct,
         args.history,
         rss_a + rss_b,
     );
