@@ -1128,8 +1128,9 @@ struct SetOpened<'a> {
 /// streamed file is recorded as its member, so the files are listed and
 /// pruned with the set; its `Release` ends it (`set_release`), as does a
 /// cancel notice; a set its sender ended in error (`Ask::SetEnded`) runs
-/// again when a stream of it opens. Not flushed here: the store's journal keeps writes in order, so it is
-/// durable before any member a commit flushes.
+/// again when a stream of it opens. Not flushed here: the store's journal
+/// keeps writes in order, so it is durable before any member a commit
+/// flushes.
 fn record_set(core: &Core, partner: &str, set: &RequestId, rule: &str, opened: SetOpened) -> Result<(), Refusal> {
     let me = &core.config.node_id;
     let internal = |e: crate::store::StoreError| (ErrorCode::Internal, e.to_string());

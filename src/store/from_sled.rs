@@ -2,14 +2,17 @@
 //! ferry up to 38183ee) into fjall (schema 7), once, when
 //! [`Store::open`](super::Store::open) finds one.
 //!
-//! Order, each step durable before the next:
+//! Order, each step done before the next:
 //! 1. the sled store is brought to schema 6 in place (`migrate.rs`);
 //! 2. every entry of every tree is copied into a new fjall store in the
 //!    sibling folder `STORE.moving` (one a crash left is removed first),
 //!    with `meta`'s schema 7 and where the sequence starts (sled's next id,
-//!    beyond every number sled gave), then fsynced;
+//!    beyond every number sled gave), then fsynced: the copy is durable
+//!    before anything is renamed;
 //! 3. the sled folder is renamed `STORE.sled`;
-//! 4. `STORE.moving` is renamed `STORE`, and their parent folder fsynced.
+//! 4. `STORE.moving` is renamed `STORE`, and their parent folder fsynced,
+//!    which makes both renames durable (one folder's renames are recorded
+//!    in the order made).
 //!
 //! The whole move holds an exclusive lock on `STORE.move-lock`, so two
 //! processes started on one store at once never both move it.
@@ -69,10 +72,7 @@ pub(super) fn move_if_sled(dir: &Path) -> Result<Option<Moved>, StoreError> {
     if !to_do(dir) {
         return Ok(None);
     }
-    let failed = |what: &str, e: std::io::Error| StoreError::Move {
-        path: dir.display().to_string(),
-        reason: format!("{what}: {e}"),
-    };
+    let failed = |what: &str, e| move_failed(dir, what, e);
     let lock_path = sibling(dir, "move-lock");
     let lock = std::fs::OpenOptions::new()
         .create(true)
@@ -88,11 +88,13 @@ pub(super) fn move_if_sled(dir: &Path) -> Result<Option<Moved>, StoreError> {
     moved
 }
 
+/// The move of the store in `dir` failed at `what`.
+fn move_failed(dir: &Path, what: &str, e: std::io::Error) -> StoreError {
+    StoreError::Move { path: dir.display().to_string(), reason: format!("{what}: {e}") }
+}
+
 fn move_locked(dir: &Path, moving: &Path, kept: &Path) -> Result<Option<Moved>, StoreError> {
-    let failed = |what: &str, e: std::io::Error| StoreError::Move {
-        path: dir.display().to_string(),
-        reason: format!("{what}: {e}"),
-    };
+    let failed = |what: &str, e| move_failed(dir, what, e);
     if !dir.exists() && moving.is_dir() && kept.is_dir() {
         // A crash between steps 3 and 4.
         std::fs::rename(moving, dir).map_err(|e| failed("cannot rename the fjall store into place", e))?;

@@ -410,28 +410,34 @@ impl Store {
         if rec.status == Status::ToSubmit {
             rec.queue_seq = Some(self.sequence.next()?);
         }
-        let bytes = encode(&rec)?;
+        self.write_new(&rec, message)?;
+        Ok(rec)
+    }
+
+    /// Writes a record that must not exist yet: the record, its index
+    /// entries, its queue entry (if it has a queue number) and its log line
+    /// in one atomic batch; then tells the observers. The caller holds
+    /// `write_order`.
+    fn write_new(&self, rec: &RequestRecord, message: &str) -> Result<(), StoreError> {
         let key = rec.id.as_str().as_bytes();
         if self.requests.contains_key(key)? {
-            return Err(StoreError::Exists(rec.id));
+            return Err(StoreError::Exists(rec.id.clone()));
         }
-        // The record, its index entries, its queue entry and its log line
-        // in one atomic batch.
         let mut batch = self.db.batch();
-        let entries = listing::keys(&rec);
+        let entries = listing::keys(rec);
         for k in &entries {
             batch.insert(&self.listing, k.as_slice(), EMPTY);
         }
-        batch.insert(&self.requests, key, bytes);
+        batch.insert(&self.requests, key, encode(rec)?);
         if let Some(seq) = rec.queue_seq {
             batch.insert(&self.queue, queue_key(seq, &rec.id), EMPTY);
         }
-        self.log_into(&mut batch, &rec, message)?;
+        self.log_into(&mut batch, rec, message)?;
         let written = batch.commit();
         self.lower_status_floors(entries.iter());
         written?;
-        self.notify(&RecordChange { old: None, new: &rec });
-        Ok(rec)
+        self.notify(&RecordChange { old: None, new: rec });
+        Ok(())
     }
 
     /// Stores a file set: its members, then its own record, all new. The
@@ -473,21 +479,9 @@ impl Store {
             self.notify(&RecordChange { old: None, new: &rec });
         }
         let _order = lock();
-        let key = set.id.as_str().as_bytes();
-        if self.requests.contains_key(key)? {
-            return Err(StoreError::Exists(set.id));
-        }
-        let mut batch = self.db.batch();
-        let entries = listing::keys(&set);
-        for k in &entries {
-            batch.insert(&self.listing, k.as_slice(), EMPTY);
-        }
-        batch.insert(&self.requests, key, encode(&set)?);
-        self.log_into(&mut batch, &set, message)?;
-        let written = batch.commit();
-        self.lower_status_floors(entries.iter());
-        written?;
-        self.notify(&RecordChange { old: None, new: &set });
+        // The set is never queued itself: its members are.
+        let set = RequestRecord { queue_seq: None, ..set };
+        self.write_new(&set, message)?;
         // Numbered before other requests queued meanwhile: the floor is
         // lowered once they are written (see `Floor`).
         let lowest = queue_keys.iter().filter_map(|k| seq_of(k)).min();
